@@ -1,0 +1,230 @@
+//! Frames: splitting a byte stream into frames, and writing frames.
+//!
+//! The splitter reads the 7-octet header first and refuses an unknown type or a size over
+//! frame-max before buffering a single payload octet, so a peer cannot make the server hold
+//! more than one frame-max of its input. Payloads are `Bytes` slices of the input buffer: body
+//! frames are never copied.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::CodecError;
+use crate::method::Method;
+use crate::properties::{BasicProperties, ContentHeader};
+
+/// The header a client sends first: AMQP 0-9-1.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// Octets before a frame's payload: type, channel, size.
+pub const FRAME_HEADER_SIZE: usize = 7;
+/// Octets a frame adds to its payload: header and end octet.
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
+/// The octet that ends every frame.
+pub const FRAME_END: u8 = 0xCE;
+/// The smallest frame-max a peer may negotiate.
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
+const TYPE_METHOD: u8 = 1;
+const TYPE_HEADER: u8 = 2;
+const TYPE_BODY: u8 = 3;
+const TYPE_HEARTBEAT: u8 = 8;
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A method frame.
+    Method {
+        /// Channel number.
+        channel: u16,
+        /// The method.
+        method: Method,
+    },
+    /// A content header frame.
+    Header {
+        /// Channel number.
+        channel: u16,
+        /// The header.
+        header: ContentHeader,
+    },
+    /// A content body frame.
+    Body {
+        /// Channel number.
+        channel: u16,
+        /// A slice of the body.
+        payload: Bytes,
+    },
+    /// A heartbeat frame.
+    Heartbeat {
+        /// Channel number (0 on the wire from a correct peer).
+        channel: u16,
+    },
+}
+
+impl Frame {
+    /// A method frame.
+    pub fn method(channel: u16, method: impl Into<Method>) -> Self {
+        Frame::Method {
+            channel,
+            method: method.into(),
+        }
+    }
+
+    /// The channel a frame is on.
+    pub fn channel(&self) -> u16 {
+        match *self {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. }
+            | Frame::Heartbeat { channel } => channel,
+        }
+    }
+
+    /// Appends the frame.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let (ty, channel) = match self {
+            Frame::Method { channel, .. } => (TYPE_METHOD, *channel),
+            Frame::Header { channel, .. } => (TYPE_HEADER, *channel),
+            Frame::Body { channel, .. } => (TYPE_BODY, *channel),
+            Frame::Heartbeat { channel } => (TYPE_HEARTBEAT, *channel),
+        };
+        buf.put_u8(ty);
+        buf.put_u16(channel);
+        let size_at = buf.len();
+        buf.put_u32(0);
+        match self {
+            Frame::Method { method, .. } => method.encode(buf),
+            Frame::Header { header, .. } => header.encode(buf),
+            Frame::Body { payload, .. } => buf.put_slice(payload),
+            Frame::Heartbeat { .. } => {}
+        }
+        let size = (buf.len() - size_at - 4) as u32;
+        buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+        buf.put_u8(FRAME_END);
+    }
+}
+
+/// Appends a method with content: the method frame, a header frame, and body frames cut to
+/// fit `frame_max` (0 means no limit).
+pub fn encode_content(
+    buf: &mut BytesMut,
+    channel: u16,
+    method: impl Into<Method>,
+    properties: &BasicProperties,
+    body: &Bytes,
+    frame_max: u32,
+) {
+    Frame::method(channel, method).encode(buf);
+    let header = ContentHeader::basic(body.len() as u64, properties.clone());
+    Frame::Header { channel, header }.encode(buf);
+    let chunk = match frame_max {
+        0 => body.len().max(1),
+        n => (n as usize).saturating_sub(FRAME_OVERHEAD).max(1),
+    };
+    let mut rest = body.clone();
+    while !rest.is_empty() {
+        let payload = rest.split_to(chunk.min(rest.len()));
+        Frame::Body { channel, payload }.encode(buf);
+    }
+}
+
+/// Takes one frame off the front of `buf`, or `Ok(None)` when more bytes are needed.
+///
+/// `frame_max` is the negotiated maximum frame size including overhead; 0 means no limit.
+pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, CodecError> {
+    if buf.len() < FRAME_HEADER_SIZE {
+        return Ok(None);
+    }
+    let ty = buf[0];
+    if !matches!(ty, TYPE_METHOD | TYPE_HEADER | TYPE_BODY | TYPE_HEARTBEAT) {
+        return Err(CodecError::UnknownFrameType(ty));
+    }
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
+    let total = u64::from(size) + FRAME_OVERHEAD as u64;
+    if frame_max != 0 && total > u64::from(frame_max) {
+        return Err(CodecError::FrameTooLarge {
+            size: total,
+            max: frame_max,
+        });
+    }
+    let total = total as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let end = buf[total - 1];
+    if end != FRAME_END {
+        return Err(CodecError::BadFrameEnd(end));
+    }
+    let mut frame = buf.split_to(total).freeze();
+    frame.advance(FRAME_HEADER_SIZE);
+    let payload = frame.slice(..size as usize);
+    let frame = match ty {
+        TYPE_METHOD => Frame::Method {
+            channel,
+            method: Method::decode(payload)?,
+        },
+        TYPE_HEADER => Frame::Header {
+            channel,
+            header: ContentHeader::decode(payload)?,
+        },
+        TYPE_BODY => Frame::Body { channel, payload },
+        _ => Frame::Heartbeat { channel },
+    };
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::{BasicPublish, ConnectionTuneOk};
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut whole = BytesMut::new();
+        Frame::method(0, ConnectionTuneOk { channel_max: 1, frame_max: 4096, heartbeat: 60 })
+            .encode(&mut whole);
+        let mut buf = BytesMut::new();
+        for (i, b) in whole.iter().enumerate() {
+            buf.put_u8(*b);
+            let got = decode_frame(&mut buf, 4096);
+            assert_eq!(got.as_ref().map(Option::is_some), Ok(i == whole.len() - 1));
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversize_frame_is_refused_from_its_header_alone() {
+        let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 1, 0, 0][..]);
+        assert_eq!(
+            decode_frame(&mut buf, 4096),
+            Err(CodecError::FrameTooLarge { size: 65544, max: 4096 })
+        );
+    }
+
+    #[test]
+    fn bad_end_octet_and_type_are_refused() {
+        let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
+        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::BadFrameEnd(0xCD)));
+        let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
+        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::UnknownFrameType(9)));
+    }
+
+    #[test]
+    fn content_is_split_to_frame_max() {
+        let mut buf = BytesMut::new();
+        let body = Bytes::from(vec![7u8; 10_000]);
+        encode_content(&mut buf, 1, BasicPublish::default(), &BasicProperties::default(), &body, 4096);
+        let mut frames = Vec::new();
+        while let Ok(Some(f)) = decode_frame(&mut buf, 4096) {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 2 + 3);
+        let total: usize = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Body { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, 10_000);
+    }
+}
