@@ -1,1 +1,12 @@
-//! placeholder
+//! The Warren broker binary's library half: settings, listeners and connection drivers.
+//!
+//! # Layout
+//! - [`config`]: flags, environment, TOML file, defaults.
+//! - [`server`]: the TCP listener and the per-connection driver around
+//!   [`warren_core::Connection`].
+//!
+//! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
+//! socket with real AMQP clients.
+
+pub mod config;
+pub mod server;

@@ -1,1 +1,41 @@
-fn main() {}
+//! `warren`: starts a single-node broker.
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+use warren::config::{Cli, Settings};
+use warren::server::Server;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli)?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let server = Server::bind(&settings)
+        .await
+        .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
+    info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    info!(data_dir = %settings.data_dir.display(), "data directory");
+    server.run(shutdown_signal()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

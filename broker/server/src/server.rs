@@ -1,0 +1,214 @@
+//! The TCP listener and the per-connection driver loop.
+//!
+//! One tokio task per connection runs the sans-IO [`Connection`] machine: it reads into the
+//! machine's buffer, lets it act on the shared [`Broker`] under a short std mutex (never held
+//! across an await: the critical section is pure computation), writes what it produced, and
+//! wakes the tasks of other connections the broker queued frames for.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use warren_core::connection::code_name;
+use warren_core::{Broker, BrokerConfig, ConnId, Connection, ConnectionConfig, Event};
+
+use crate::config::Settings;
+
+/// State shared by all connection tasks.
+pub struct Shared {
+    /// The broker model.
+    pub broker: Broker,
+    wakers: HashMap<ConnId, Arc<Notify>>,
+    woken: Vec<ConnId>,
+}
+
+impl Shared {
+    /// Wakes every connection the broker queued frames for, except `me`.
+    fn wake_others(&mut self, me: Option<ConnId>) {
+        self.broker.take_wakeups(&mut self.woken);
+        for id in self.woken.drain(..) {
+            if Some(id) != me {
+                if let Some(n) = self.wakers.get(&id) {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// A handle on the shared state.
+pub type SharedRef = Arc<Mutex<Shared>>;
+
+/// Locks the shared state. A panic while it was held (a bug) must not stop the others.
+pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A bound, not yet running broker.
+pub struct Server {
+    listener: TcpListener,
+    shared: SharedRef,
+    connection: ConnectionConfig,
+}
+
+impl Server {
+    /// Binds the AMQP listener and builds the broker.
+    pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(settings.amqp_listen).await?;
+        let seed = RandomState::new().hash_one(std::time::SystemTime::now());
+        let broker = Broker::new(BrokerConfig { users: settings.users.clone(), seed });
+        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new() };
+        Ok(Server { listener, shared: Arc::new(Mutex::new(shared)), connection: settings.connection.clone() })
+    }
+
+    /// The address the AMQP listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state, for inspection.
+    pub fn shared(&self) -> SharedRef {
+        self.shared.clone()
+    }
+
+    /// Accepts connections until `shutdown` completes, then closes every connection with
+    /// 320 CONNECTION_FORCED and waits (up to the close timeout) for them to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
+                        tasks.spawn(drive(stream, peer, shared, config, stop));
+                    }
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        info!(connections = tasks.len(), "shutting down");
+        let _ = stop_tx.send(true);
+        let deadline = self.connection.close_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tasks.abort_all();
+        }
+        Ok(())
+    }
+}
+
+async fn drive(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: SharedRef,
+    config: ConnectionConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std());
+    let notify = Arc::new(Notify::new());
+    let mut registered: Option<ConnId> = None;
+    debug!(%peer, "accepted");
+    loop {
+        let deadline = conn.poll_timeout().map(Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = stream.read_buf(conn.read_buf()) => {
+                let now = Instant::now().into_std();
+                let mut s = lock(&shared);
+                match read {
+                    Ok(n) if n > 0 => conn.handle_input(now, &mut s.broker),
+                    _ => conn.handle_eof(&mut s.broker),
+                }
+                s.wake_others(conn.id());
+            }
+            () = notify.notified() => {
+                let mut s = lock(&shared);
+                conn.pull_outbound(Instant::now().into_std(), &mut s.broker);
+            }
+            () = sleep => {
+                let now = Instant::now().into_std();
+                let mut s = lock(&shared);
+                conn.handle_timeout(now, &mut s.broker);
+                conn.pull_outbound(now, &mut s.broker);
+                s.wake_others(conn.id());
+            }
+            Ok(()) = stop.changed() => {
+                let now = Instant::now().into_std();
+                let mut s = lock(&shared);
+                conn.shutdown(now, &mut s.broker);
+                s.wake_others(conn.id());
+            }
+        }
+        if registered.is_none() {
+            if let Some(id) = conn.id() {
+                lock(&shared).wakers.insert(id, notify.clone());
+                registered = Some(id);
+            }
+        }
+        while let Some(event) = conn.poll_event() {
+            log_event(peer, event);
+        }
+        if conn.has_output() {
+            let out = conn.take_output();
+            if let Err(e) = stream.write_all(&out).await {
+                debug!(%peer, error = %e, "write failed");
+                let mut s = lock(&shared);
+                conn.handle_eof(&mut s.broker);
+                s.wake_others(None);
+                break;
+            }
+        }
+        if conn.is_closed() {
+            break;
+        }
+    }
+    {
+        let mut s = lock(&shared);
+        conn.handle_eof(&mut s.broker);
+        if let Some(id) = registered {
+            s.wakers.remove(&id);
+        }
+        s.wake_others(None);
+    }
+    while let Some(event) = conn.poll_event() {
+        log_event(peer, event);
+    }
+    let _ = stream.shutdown().await;
+}
+
+fn log_event(peer: SocketAddr, event: Event) {
+    match event {
+        Event::Opened { user, vhost } => info!(%peer, %user, %vhost, "connection opened"),
+        Event::AuthFailed { reason } => warn!(%peer, %reason, "login refused"),
+        Event::Closed { code: 0, text, by_peer } => info!(%peer, reason = %text, by_peer, "connection closed"),
+        Event::Closed { code, text, by_peer } => {
+            if code == 200 {
+                info!(%peer, code, by_peer, "connection closed");
+            } else {
+                warn!(%peer, code, name = code_name(code), reason = %text, by_peer, "connection closed with error");
+            }
+        }
+    }
+}

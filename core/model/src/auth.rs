@@ -1,0 +1,142 @@
+//! Users and SASL: PLAIN and AMQPLAIN, as RabbitMQ offers them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use warren_codec::field::decode_table;
+use warren_codec::wire::Reader;
+
+/// The mechanisms advertised in connection.start, space separated.
+pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
+
+/// A user allowed to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password, compared as given.
+    pub password: String,
+    /// Refuse this user unless the peer is on a loopback address (RabbitMQ's rule for guest).
+    pub loopback_only: bool,
+}
+
+impl User {
+    /// RabbitMQ's default user: guest/guest, loopback only.
+    pub fn guest() -> Self {
+        User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }
+    }
+}
+
+/// Why a login was refused; logged by the server, never shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The mechanism is not one we offer.
+    #[error("unknown authentication mechanism '{0}'")]
+    UnknownMechanism(String),
+    /// The response could not be parsed for its mechanism.
+    #[error("malformed {0} response")]
+    Malformed(&'static str),
+    /// No such user, or a wrong password.
+    #[error("user '{0}' - invalid credentials")]
+    InvalidCredentials(String),
+    /// A loopback-only user connecting from elsewhere.
+    #[error("user '{0}' can only connect via localhost")]
+    NotLoopback(String),
+}
+
+/// Parses a SASL response and checks it against `users`; returns the user name.
+pub fn authenticate(
+    users: &[User],
+    mechanism: &str,
+    response: &Bytes,
+    peer_is_loopback: bool,
+) -> Result<String, AuthError> {
+    let (name, password) = match mechanism {
+        "PLAIN" => parse_plain(response)?,
+        "AMQPLAIN" => parse_amqplain(response)?,
+        other => return Err(AuthError::UnknownMechanism(other.to_string())),
+    };
+    let user = users
+        .iter()
+        .find(|u| u.name == name && u.password == password)
+        .ok_or_else(|| AuthError::InvalidCredentials(name.clone()))?;
+    if user.loopback_only && !peer_is_loopback {
+        return Err(AuthError::NotLoopback(name));
+    }
+    Ok(name)
+}
+
+/// PLAIN: `authzid NUL authcid NUL password` (RFC 4616).
+fn parse_plain(response: &[u8]) -> Result<(String, String), AuthError> {
+    let mut parts = response.split(|b| *b == 0);
+    let (Some(_authz), Some(user), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("PLAIN"));
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| AuthError::Malformed("PLAIN"));
+    Ok((text(user)?, text(pass)?))
+}
+
+/// AMQPLAIN: a field table without its length prefix, holding LOGIN and PASSWORD.
+fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
+    let mut framed = BytesMut::with_capacity(response.len() + 4);
+    framed.put_u32(response.len() as u32);
+    framed.put_slice(response);
+    let table =
+        decode_table(&mut Reader::new(framed.freeze())).map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
+    let field = |k: &str| {
+        table
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or(AuthError::Malformed("AMQPLAIN"))
+    };
+    Ok((field("LOGIN")?, field("PASSWORD")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_codec::field::{FieldTable, FieldValue, encode_table};
+    use warren_codec::wire::Writer;
+
+    use super::*;
+
+    #[test]
+    fn plain_guest_from_loopback_only() {
+        let users = [User::guest()];
+        let resp = Bytes::from_static(b"\0guest\0guest");
+        assert_eq!(authenticate(&users, "PLAIN", &resp, true), Ok("guest".into()));
+        assert_eq!(
+            authenticate(&users, "PLAIN", &resp, false),
+            Err(AuthError::NotLoopback("guest".into()))
+        );
+        let bad = Bytes::from_static(b"\0guest\0nope");
+        assert!(matches!(
+            authenticate(&users, "PLAIN", &bad, true),
+            Err(AuthError::InvalidCredentials(_))
+        ));
+    }
+
+    #[test]
+    fn amqplain_reads_login_and_password() {
+        let mut t = FieldTable::new();
+        t.insert("LOGIN".into(), FieldValue::str("guest"));
+        t.insert("PASSWORD".into(), FieldValue::str("guest"));
+        let mut buf = BytesMut::new();
+        encode_table(&mut Writer::new(&mut buf), &t);
+        let resp = buf.freeze().slice(4..);
+        assert_eq!(authenticate(&[User::guest()], "AMQPLAIN", &resp, true), Ok("guest".into()));
+    }
+
+    #[test]
+    fn unknown_mechanism_and_garbage_are_refused() {
+        let users = [User::guest()];
+        let r = authenticate(&users, "EXTERNAL", &Bytes::new(), true);
+        assert_eq!(r, Err(AuthError::UnknownMechanism("EXTERNAL".into())));
+        let r = authenticate(&users, "AMQPLAIN", &Bytes::from_static(&[3, 1]), true);
+        assert_eq!(r, Err(AuthError::Malformed("AMQPLAIN")));
+    }
+}

@@ -1,0 +1,280 @@
+//! The broker: one vhost (`/`) with its queues, and the sessions of open connections.
+//!
+//! Connections call in with decoded methods; the broker changes state and queues what each
+//! connection must send in that connection's outbound list. A method on one connection can
+//! produce frames for another (a publish delivers to a consumer elsewhere): those
+//! connections are listed in [`Broker::take_wakeups`] for the driver to wake.
+//!
+//! Method handlers live in submodules by AMQP class: [`queues`] (queue.*), [`basic`]
+//! (basic.*, confirm.*, channel.flow) and [`deliver`] (dispatch to consumers, settling).
+
+use std::collections::HashMap;
+
+use warren_codec::reply_code::{COMMAND_INVALID, NOT_IMPLEMENTED};
+use warren_codec::{ChannelCloseOk, ChannelOpenOk, Method};
+
+use crate::auth::User;
+use crate::channel::ChannelState;
+use crate::error::AmqpError;
+use crate::message::Outgoing;
+use crate::names::NameGen;
+use crate::queue::Queue;
+
+mod basic;
+mod deliver;
+mod queues;
+
+/// Identifies an open connection within the broker.
+pub type ConnId = u64;
+
+/// What the broker is built from.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Users allowed to log in.
+    pub users: Vec<User>,
+    /// Seed for generated names; the driver passes something random.
+    pub seed: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            users: vec![User::guest()],
+            seed: 0,
+        }
+    }
+}
+
+/// What the broker knows of a connection once it is open.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The authenticated user.
+    pub user: String,
+    /// The client advertised `consumer_cancel_notify`: tell it when its consumer's queue goes.
+    pub consumer_cancel_notify: bool,
+}
+
+#[derive(Debug)]
+struct Session {
+    info: ConnectionInfo,
+    channels: HashMap<u16, ChannelState>,
+    outbound: Vec<Outgoing>,
+    woken: bool,
+}
+
+/// The broker model: queues, sessions, and everything they do to each other. No I/O.
+#[derive(Debug)]
+pub struct Broker {
+    users: Vec<User>,
+    names: NameGen,
+    queues: HashMap<String, Queue>,
+    sessions: HashMap<ConnId, Session>,
+    next_conn: ConnId,
+    next_queue_id: u64,
+    wakeups: Vec<ConnId>,
+}
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(config: BrokerConfig) -> Self {
+        Broker {
+            users: config.users,
+            names: NameGen::new(config.seed),
+            queues: HashMap::new(),
+            sessions: HashMap::new(),
+            next_conn: 1,
+            next_queue_id: 1,
+            wakeups: Vec::new(),
+        }
+    }
+
+    /// The users allowed to log in.
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    /// Registers a connection that completed its handshake.
+    pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let session = Session {
+            info,
+            channels: HashMap::new(),
+            outbound: Vec::new(),
+            woken: false,
+        };
+        self.sessions.insert(id, session);
+        id
+    }
+
+    /// Forgets a connection: its channels close (unacked messages requeued, consumers
+    /// cancelled) and its exclusive queues are deleted.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        let channels: Vec<u16> = session.channels.keys().copied().collect();
+        for ch in channels {
+            self.release_channel(conn, ch);
+        }
+        let exclusive: Vec<String> = self
+            .queues
+            .values()
+            .filter(|q| q.spec.exclusive_owner == Some(conn))
+            .map(|q| q.name.clone())
+            .collect();
+        for name in exclusive {
+            self.delete_queue(&name);
+        }
+        self.sessions.remove(&conn);
+    }
+
+    /// Opens channel `ch` and answers channel.open-ok.
+    pub fn open_channel(&mut self, conn: ConnId, ch: u16) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.channels.insert(ch, ChannelState::default());
+        }
+        self.send(conn, ch, ChannelOpenOk::default());
+    }
+
+    /// Closes channel `ch` at the client's request and answers channel.close-ok.
+    pub fn close_channel(&mut self, conn: ConnId, ch: u16) {
+        self.release_channel(conn, ch);
+        self.send(conn, ch, ChannelCloseOk {});
+    }
+
+    /// Closes channel `ch` for a channel error: releases it and sends channel.close.
+    pub fn channel_error(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
+        self.release_channel(conn, ch);
+        self.send(
+            conn,
+            ch,
+            warren_codec::ChannelClose {
+                reply_code: err.code,
+                reply_text: err.text.clone(),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            },
+        );
+    }
+
+    /// Handles a method (other than channel.open/close and basic.publish, which the
+    /// connection routes to their own calls) on an open channel.
+    pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
+        let err_on = method.clone();
+        let r = match method {
+            Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
+            Method::QueuePurge(m) => self.queue_purge(conn, ch, m),
+            Method::QueueDelete(m) => self.queue_delete(conn, ch, m),
+            Method::QueueBind(m) => self.queue_bind(conn, ch, m),
+            Method::QueueUnbind(m) => self.queue_unbind(conn, ch, m),
+            Method::BasicQos(m) => self.basic_qos(conn, ch, m),
+            Method::BasicConsume(m) => self.basic_consume(conn, ch, m),
+            Method::BasicCancel(m) => self.basic_cancel(conn, ch, m),
+            Method::BasicGet(m) => self.basic_get(conn, ch, m),
+            Method::BasicAck(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, None),
+            Method::BasicReject(m) => self.settle(conn, ch, m.delivery_tag, false, Some(m.requeue)),
+            Method::BasicNack(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue)),
+            Method::BasicRecover(m) => self.basic_recover(conn, ch, m.requeue, true),
+            Method::BasicRecoverAsync(m) => self.basic_recover(conn, ch, m.requeue, false),
+            Method::ConfirmSelect(m) => self.confirm_select(conn, ch, m),
+            Method::ChannelFlow(m) => self.channel_flow(conn, ch, m),
+            Method::ExchangeDeclare(_)
+            | Method::ExchangeDelete(_)
+            | Method::ExchangeBind(_)
+            | Method::ExchangeUnbind(_)
+            | Method::TxSelect(_)
+            | Method::TxCommit(_)
+            | Method::TxRollback(_) => Err(AmqpError::new(
+                NOT_IMPLEMENTED,
+                format!("{} is not supported by Warren yet", err_on.name()),
+            )),
+            // Server-to-client methods, or ones the connection handles itself.
+            _ => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method")),
+        };
+        r.map_err(|e| e.on(&err_on))
+    }
+
+    /// Moves what connection `conn` has to send into `out`.
+    pub fn take_outbound(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            out.append(&mut s.outbound);
+            s.woken = false;
+        }
+    }
+
+    /// Moves the connections that have new frames to send into `out`.
+    pub fn take_wakeups(&mut self, out: &mut Vec<ConnId>) {
+        out.append(&mut self.wakeups);
+    }
+
+    /// (ready, unacked, consumers) of a queue, for tests and metrics.
+    pub fn queue_counts(&self, name: &str) -> Option<(usize, usize, usize)> {
+        let q = self.queues.get(name)?;
+        let unacked = self
+            .sessions
+            .values()
+            .flat_map(|s| s.channels.values())
+            .flat_map(|c| c.unacked.values())
+            .filter(|u| u.queue_id == q.id)
+            .count();
+        Some((q.ready.len(), unacked, q.consumers.len()))
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn send(&mut self, conn: ConnId, channel: u16, method: impl Into<Method>) {
+        self.push(
+            conn,
+            Outgoing::Method {
+                channel,
+                method: method.into(),
+            },
+        );
+    }
+
+    fn push(&mut self, conn: ConnId, out: Outgoing) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.outbound.push(out);
+        if !s.woken {
+            s.woken = true;
+            self.wakeups.push(conn);
+        }
+    }
+
+    fn channel(&mut self, conn: ConnId, ch: u16) -> Option<&mut ChannelState> {
+        self.sessions.get_mut(&conn)?.channels.get_mut(&ch)
+    }
+
+    /// Drops a channel's state: consumers cancelled, unacked messages requeued.
+    fn release_channel(&mut self, conn: ConnId, ch: u16) {
+        let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
+            return;
+        };
+        let mut touched: Vec<String> = Vec::new();
+        for (tag, c) in state.consumers {
+            if let Some(q) = self.queues.get_mut(&c.queue) {
+                q.remove_consumer(conn, ch, &tag);
+            }
+            touched.push(c.queue);
+        }
+        for u in state.unacked.into_values() {
+            touched.push(u.queue.clone());
+            self.requeue(u);
+        }
+        touched.sort();
+        touched.dedup();
+        for name in touched {
+            if self.queues.get(&name).is_some_and(Queue::should_auto_delete) {
+                self.delete_queue(&name);
+            } else {
+                self.dispatch(&name);
+            }
+        }
+    }
+}

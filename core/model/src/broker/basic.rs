@@ -1,0 +1,224 @@
+//! basic.* methods other than acknowledgements, plus confirm.select and channel.flow.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warren_codec::reply_code::{ACCESS_REFUSED, NOT_ALLOWED, NOT_IMPLEMENTED, NO_ROUTE};
+use warren_codec::{
+    BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty,
+    BasicGetOk, BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn,
+    ChannelFlow, ChannelFlowOk, ConfirmSelect, ConfirmSelectOk,
+};
+
+use super::{Broker, ConnId};
+use crate::channel::{Consumer, Unacked};
+use crate::error::{AmqpError, no_exchange, no_queue};
+use crate::message::{Message, Outgoing};
+use crate::queue::ConsumerKey;
+
+impl Broker {
+    /// Routes a fully received basic.publish and answers confirms and returns.
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicPublish,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        let err_on = warren_codec::Method::BasicPublish(m.clone());
+        if m.immediate {
+            // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
+            return Err(AmqpError::new(NOT_IMPLEMENTED, "immediate=true").on(&err_on));
+        }
+        let destinations = self.route(&m.exchange, &m.routing_key).map_err(|e| e.on(&err_on))?;
+        let confirm = self.channel(conn, ch).and_then(|c| {
+            let seq = c.confirm_seq?;
+            c.confirm_seq = Some(seq + 1);
+            Some(seq)
+        });
+        let message = Arc::new(Message {
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            properties,
+            body,
+        });
+        if destinations.is_empty() && m.mandatory {
+            let ret = BasicReturn {
+                reply_code: NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            };
+            self.push(conn, Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() });
+        }
+        for name in destinations {
+            if let Some(q) = self.queues.get_mut(&name) {
+                q.push(message.clone());
+            }
+            self.dispatch(&name);
+        }
+        if let Some(delivery_tag) = confirm {
+            self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+        }
+        Ok(())
+    }
+
+    /// The queues a message goes to. Only the default exchange exists so far: it routes to
+    /// the queue named by the routing key.
+    fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, AmqpError> {
+        if !exchange.is_empty() && exchange != "amq.default" {
+            return Err(no_exchange(exchange));
+        }
+        Ok(self.queues.get(routing_key).map(|q| q.name.clone()).into_iter().collect())
+    }
+
+    pub(super) fn basic_qos(&mut self, conn: ConnId, ch: u16, m: BasicQos) -> Result<(), AmqpError> {
+        if m.prefetch_size != 0 {
+            return Err(AmqpError::new(
+                NOT_IMPLEMENTED,
+                format!("prefetch_size!=0 ({})", m.prefetch_size),
+            ));
+        }
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        // As RabbitMQ: global=false sets the limit for consumers created after it,
+        // global=true a limit shared by the channel.
+        if m.global {
+            c.channel_prefetch = m.prefetch_count;
+        } else {
+            c.consumer_prefetch = m.prefetch_count;
+        }
+        let queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        self.send(conn, ch, BasicQosOk {});
+        for q in queues {
+            self.dispatch(&q);
+        }
+        Ok(())
+    }
+
+    pub(super) fn basic_consume(&mut self, conn: ConnId, ch: u16, m: BasicConsume) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+            return Err(AmqpError::new(
+                ACCESS_REFUSED,
+                format!("queue '{}' in vhost '/' in exclusive use", m.queue),
+            ));
+        }
+        let tag = if m.consumer_tag.is_empty() {
+            self.names.name("amq.ctag-")
+        } else {
+            m.consumer_tag
+        };
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        if c.consumers.contains_key(&tag) {
+            return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        let prefetch = c.consumer_prefetch;
+        c.consumers.insert(
+            tag.clone(),
+            Consumer { queue: m.queue.clone(), no_ack: m.no_ack, prefetch, unacked: 0 },
+        );
+        if let Some(q) = self.queues.get_mut(&m.queue) {
+            q.consumers.push(ConsumerKey { conn, channel: ch, tag: tag.clone() });
+            q.exclusive_consumer = m.exclusive;
+            q.had_consumer = true;
+        }
+        if !m.no_wait {
+            self.send(conn, ch, BasicConsumeOk { consumer_tag: tag });
+        }
+        self.dispatch(&m.queue);
+        Ok(())
+    }
+
+    pub(super) fn basic_cancel(&mut self, conn: ConnId, ch: u16, m: BasicCancel) -> Result<(), AmqpError> {
+        // An unknown tag is not an error: the consumer may be gone with its queue already.
+        let queue = self
+            .channel(conn, ch)
+            .and_then(|c| c.consumers.remove(&m.consumer_tag))
+            .map(|c| c.queue);
+        if !m.no_wait {
+            self.send(conn, ch, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });
+        }
+        let Some(queue) = queue else {
+            return Ok(());
+        };
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return Ok(());
+        };
+        q.remove_consumer(conn, ch, &m.consumer_tag);
+        if q.should_auto_delete() {
+            self.delete_queue(&queue);
+        } else {
+            self.dispatch(&queue);
+        }
+        Ok(())
+    }
+
+    pub(super) fn basic_get(&mut self, conn: ConnId, ch: u16, m: BasicGet) -> Result<(), AmqpError> {
+        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        let Some(msg) = q.ready.pop_front() else {
+            self.send(conn, ch, BasicGetEmpty::default());
+            return Ok(());
+        };
+        let (queue_id, message_count) = (q.id, q.ready.len() as u32);
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        let delivery_tag = c.next_delivery_tag();
+        let method = BasicGetOk {
+            delivery_tag,
+            redelivered: msg.redelivered,
+            exchange: msg.message.exchange.clone(),
+            routing_key: msg.message.routing_key.clone(),
+            message_count,
+        };
+        let message = msg.message.clone();
+        if !m.no_ack {
+            let u = Unacked { queue_id, queue: m.queue, message: msg, consumer: None };
+            c.unacked.insert(delivery_tag, u);
+        }
+        self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
+        Ok(())
+    }
+
+    pub(super) fn basic_recover(&mut self, conn: ConnId, ch: u16, requeue: bool, reply: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            // RabbitMQ refuses redelivery to the original consumer the same way.
+            return Err(AmqpError::new(NOT_IMPLEMENTED, "requeue=false"));
+        }
+        self.settle(conn, ch, 0, true, Some(true))?;
+        if reply {
+            self.send(conn, ch, BasicRecoverOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn confirm_select(&mut self, conn: ConnId, ch: u16, m: ConfirmSelect) -> Result<(), AmqpError> {
+        if let Some(c) = self.channel(conn, ch) {
+            c.confirm_seq.get_or_insert(1);
+        }
+        if !m.no_wait {
+            self.send(conn, ch, ConfirmSelectOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn channel_flow(&mut self, conn: ConnId, ch: u16, m: ChannelFlow) -> Result<(), AmqpError> {
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        c.active = m.active;
+        let queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        self.send(conn, ch, ChannelFlowOk { active: m.active });
+        for q in queues {
+            self.dispatch(&q);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! queue.* methods.
+
+use warren_codec::reply_code::ACCESS_REFUSED;
+use warren_codec::{
+    QueueBind, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk,
+    QueueUnbind,
+};
+
+use super::{Broker, ConnId};
+use crate::error::{AmqpError, no_queue, precondition};
+use crate::queue::{Queue, QueueSpec};
+
+impl Broker {
+    pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+        let name = if m.queue.is_empty() && !m.passive {
+            self.names.name("amq.gen-")
+        } else {
+            m.queue
+        };
+        if let Some(q) = self.queues.get(&name) {
+            q.check_access(conn)?;
+            if !m.passive {
+                q.check_equivalent(m.durable, m.auto_delete, &m.arguments)?;
+            }
+        } else if m.passive {
+            return Err(no_queue(&name));
+        } else {
+            if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+                return Err(AmqpError::new(
+                    ACCESS_REFUSED,
+                    format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+                ));
+            }
+            Queue::check_arguments(&m.arguments)?;
+            let spec = QueueSpec {
+                durable: m.durable,
+                auto_delete: m.auto_delete,
+                exclusive_owner: m.exclusive.then_some(conn),
+                arguments: m.arguments,
+            };
+            let id = self.next_queue_id;
+            self.next_queue_id += 1;
+            self.queues.insert(name.clone(), Queue::new(id, name.clone(), spec));
+        }
+        if !m.no_wait {
+            let (message_count, consumer_count) = self
+                .queues
+                .get(&name)
+                .map_or((0, 0), |q| (q.ready.len() as u32, q.consumers.len() as u32));
+            self.send(conn, ch, QueueDeclareOk { queue: name, message_count, consumer_count });
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
+        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        let message_count = q.ready.len() as u32;
+        q.ready.clear();
+        if !m.no_wait {
+            self.send(conn, ch, QueuePurgeOk { message_count });
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_delete(&mut self, conn: ConnId, ch: u16, m: QueueDelete) -> Result<(), AmqpError> {
+        // RabbitMQ answers delete-ok for a queue that does not exist: delete is idempotent.
+        let mut message_count = 0;
+        if let Some(q) = self.queues.get(&m.queue) {
+            q.check_access(conn)?;
+            if m.if_unused && !q.consumers.is_empty() {
+                return Err(precondition(format!("queue '{}' in vhost '/' in use", m.queue)));
+            }
+            if m.if_empty && !q.ready.is_empty() {
+                return Err(precondition(format!("queue '{}' in vhost '/' is not empty", m.queue)));
+            }
+            message_count = self.delete_queue(&m.queue);
+        }
+        if !m.no_wait {
+            self.send(conn, ch, QueueDeleteOk { message_count });
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_bind(&mut self, conn: ConnId, _ch: u16, m: QueueBind) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        Err(default_exchange_refusal(&m.exchange))
+    }
+
+    pub(super) fn queue_unbind(&mut self, conn: ConnId, _ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        Err(default_exchange_refusal(&m.exchange))
+    }
+
+    /// Removes a queue; its consumers are dropped and, where the client asked for it, told
+    /// with basic.cancel. Returns how many ready messages went with it.
+    pub(super) fn delete_queue(&mut self, name: &str) -> u32 {
+        let Some(q) = self.queues.remove(name) else {
+            return 0;
+        };
+        for key in q.consumers {
+            let Some(session) = self.sessions.get_mut(&key.conn) else {
+                continue;
+            };
+            let notify = session.info.consumer_cancel_notify;
+            if let Some(c) = session.channels.get_mut(&key.channel) {
+                c.consumers.remove(&key.tag);
+            }
+            if notify {
+                let cancel = warren_codec::BasicCancel { consumer_tag: key.tag, no_wait: true };
+                self.send(key.conn, key.channel, cancel);
+            }
+        }
+        q.ready.len() as u32
+    }
+}
+
+/// Only the default exchange exists until exchange types land; it takes no bindings.
+fn default_exchange_refusal(exchange: &str) -> AmqpError {
+    if exchange.is_empty() || exchange == "amq.default" {
+        AmqpError::new(ACCESS_REFUSED, "operation not permitted on the default exchange")
+    } else {
+        crate::error::no_exchange(exchange)
+    }
+}

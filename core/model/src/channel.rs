@@ -1,0 +1,152 @@
+//! The broker's state for one open channel: delivery tags, unacked messages, consumers and
+//! prefetch limits.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::message::QueuedMessage;
+
+/// A consumer as its channel sees it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The queue it consumes from.
+    pub queue: String,
+    /// Deliveries need no acknowledgement.
+    pub no_ack: bool,
+    /// Per-consumer prefetch limit (basic.qos global=false); 0 is unlimited.
+    pub prefetch: u16,
+    /// Its deliveries not yet acknowledged.
+    pub unacked: u32,
+}
+
+/// A delivered message waiting for ack, nack or reject.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    /// The queue incarnation it came from.
+    pub queue_id: u64,
+    /// That queue's name.
+    pub queue: String,
+    /// The message.
+    pub message: QueuedMessage,
+    /// The consumer it went to; `None` for basic.get.
+    pub consumer: Option<String>,
+}
+
+/// One channel's delivery state.
+#[derive(Debug)]
+pub struct ChannelState {
+    next_tag: u64,
+    /// Unacked deliveries by delivery tag, in delivery order.
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// Consumers by tag.
+    pub consumers: HashMap<String, Consumer>,
+    /// The prefetch new consumers get (basic.qos global=false).
+    pub consumer_prefetch: u16,
+    /// The channel-wide prefetch (basic.qos global=true); 0 is unlimited.
+    pub channel_prefetch: u16,
+    /// Cleared by channel.flow active=false: no deliveries to this channel's consumers.
+    pub active: bool,
+    /// Next publish sequence number once confirm.select was received.
+    pub confirm_seq: Option<u64>,
+}
+
+impl Default for ChannelState {
+    fn default() -> Self {
+        ChannelState {
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            channel_prefetch: 0,
+            active: true,
+            confirm_seq: None,
+        }
+    }
+}
+
+impl ChannelState {
+    /// Allocates the next delivery tag.
+    pub fn next_delivery_tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        t
+    }
+
+    /// Whether consumer `tag` may receive one more message now.
+    pub fn can_deliver(&self, tag: &str) -> bool {
+        let Some(c) = self.consumers.get(tag) else {
+            return false;
+        };
+        if !self.active {
+            return false;
+        }
+        if c.no_ack {
+            return true;
+        }
+        let under_consumer = c.prefetch == 0 || c.unacked < u32::from(c.prefetch);
+        let under_channel =
+            self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch);
+        under_consumer && under_channel
+    }
+
+    /// Removes the unacked deliveries an ack, nack or reject names, RabbitMQ's way:
+    /// `multiple` with tag 0 takes all; otherwise the tag must be outstanding, and
+    /// `multiple` takes every tag up to it. `None` means an unknown tag.
+    pub fn take_unacked(&mut self, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        if multiple && tag == 0 {
+            return Some(std::mem::take(&mut self.unacked).into_values().collect());
+        }
+        if !self.unacked.contains_key(&tag) {
+            return None;
+        }
+        if !multiple {
+            return self.unacked.remove(&tag).map(|u| vec![u]);
+        }
+        let rest = self.unacked.split_off(&(tag + 1));
+        let taken = std::mem::replace(&mut self.unacked, rest);
+        Some(taken.into_values().collect())
+    }
+
+    /// Counts a settled delivery off its consumer's prefetch window.
+    pub fn settled(&mut self, u: &Unacked) {
+        if let Some(c) = u.consumer.as_ref().and_then(|t| self.consumers.get_mut(t)) {
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn unacked() -> Unacked {
+        let message = Arc::new(Message {
+            exchange: String::new(),
+            routing_key: String::new(),
+            properties: Default::default(),
+            body: Default::default(),
+        });
+        Unacked {
+            queue_id: 1,
+            queue: "q".into(),
+            message: QueuedMessage { seq: 0, message, redelivered: false },
+            consumer: None,
+        }
+    }
+
+    #[test]
+    fn multiple_takes_every_tag_up_to_the_named_one() {
+        let mut ch = ChannelState::default();
+        for _ in 0..5 {
+            let t = ch.next_delivery_tag();
+            ch.unacked.insert(t, unacked());
+        }
+        assert!(ch.take_unacked(9, true).is_none());
+        assert_eq!(ch.take_unacked(3, true).map(|v| v.len()), Some(3));
+        assert!(ch.take_unacked(2, false).is_none());
+        assert_eq!(ch.take_unacked(0, true).map(|v| v.len()), Some(2));
+        assert!(ch.take_unacked(0, false).is_none());
+    }
+}

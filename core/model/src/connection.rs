@@ -1,0 +1,730 @@
+//! The per-connection AMQP machine: bytes and `now` in, bytes out. No I/O, no clock.
+//!
+//! ```text
+//!  ProtocolHeader ─► StartOk ─► TuneOk ─► Open ─► Open ─┬─► Closed   (client close, EOF)
+//!        │              │          │        │           └─► Closing ─► Closed (server close)
+//!        └── wrong header: our header back, Closed
+//! ```
+//!
+//! The driver appends socket bytes to [`Connection::read_buf`], calls
+//! [`Connection::handle_input`], writes [`Connection::take_output`] to the socket, sleeps until
+//! [`Connection::poll_timeout`] and then calls [`Connection::handle_timeout`]. When another
+//! connection's work produced frames for this one, the driver calls
+//! [`Connection::pull_outbound`]. Once [`Connection::is_closed`], it flushes and drops the socket.
+//!
+//! Channel-level work goes to the [`Broker`]; this machine owns what is per connection:
+//! handshake, frame validation, content assembly, heartbeats, and closing.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use warren_codec::reply_code::{
+    self, ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR,
+    NOT_ALLOWED, PRECONDITION_FAILED, REPLY_SUCCESS, UNEXPECTED_FRAME,
+};
+use warren_codec::{
+    BasicPublish, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart,
+    ConnectionTune, ConnectionUpdateSecretOk, ContentHeader, FieldTable, FieldValue, Frame,
+    Method, PROTOCOL_HEADER, decode_frame, encode_content,
+};
+
+use crate::auth::{self, AuthError};
+use crate::broker::{Broker, ConnId, ConnectionInfo};
+use crate::error::AmqpError;
+use crate::message::Outgoing;
+
+/// RabbitMQ's default largest message: bigger content is refused before it is buffered.
+pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
+
+/// Limits the server offers in connection.tune, and its handshake patience.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest frame, overhead included.
+    pub frame_max: u32,
+    /// Highest channel number.
+    pub channel_max: u16,
+    /// Heartbeat interval offered, in seconds; 0 disables.
+    pub heartbeat: u16,
+    /// Time allowed from socket open to connection.open.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the client to answer our connection.close.
+    pub close_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        // RabbitMQ's defaults.
+        ConnectionConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Things worth logging that happened to the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed.
+    Opened {
+        /// The authenticated user.
+        user: String,
+        /// The vhost opened.
+        vhost: String,
+    },
+    /// A login was refused.
+    AuthFailed {
+        /// Why, for the log only.
+        reason: String,
+    },
+    /// The connection is over.
+    Closed {
+        /// The reply code of the close, or 0 when the socket just went.
+        code: u16,
+        /// The reason.
+        text: String,
+        /// Whether the client started the close.
+        by_peer: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    ProtocolHeader,
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    Closing { deadline: Instant },
+    Closed,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    AwaitingHeader(BasicPublish),
+    AwaitingBody { publish: BasicPublish, header: ContentHeader, parts: Vec<Bytes>, received: u64 },
+    Closing,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    peer_is_loopback: bool,
+    state: State,
+    input: BytesMut,
+    output: BytesMut,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: Option<Duration>,
+    handshake_deadline: Instant,
+    last_recv: Instant,
+    last_send: Instant,
+    /// The latest `now` the driver passed in; frames sent are stamped with it.
+    now: Instant,
+    user: Option<String>,
+    client_capabilities: FieldTable,
+    id: Option<ConnId>,
+    channels: HashMap<u16, Phase>,
+    events: VecDeque<Event>,
+    scratch: Vec<Outgoing>,
+}
+
+impl Connection {
+    /// A connection whose socket opened at `now`.
+    pub fn new(config: ConnectionConfig, peer_is_loopback: bool, now: Instant) -> Self {
+        Connection {
+            frame_max: config.frame_max,
+            channel_max: config.channel_max,
+            handshake_deadline: now + config.handshake_timeout,
+            config,
+            peer_is_loopback,
+            state: State::ProtocolHeader,
+            input: BytesMut::with_capacity(8192),
+            output: BytesMut::with_capacity(8192),
+            heartbeat: None,
+            last_recv: now,
+            last_send: now,
+            now,
+            user: None,
+            client_capabilities: FieldTable::new(),
+            id: None,
+            channels: HashMap::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The buffer the driver reads socket bytes into.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Bytes to write to the socket, taken out of the machine.
+    pub fn take_output(&mut self) -> BytesMut {
+        self.output.split()
+    }
+
+    /// Whether there are bytes to write.
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// The socket should be closed once the output is written.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The broker's id for this connection once it is open.
+    pub fn id(&self) -> Option<ConnId> {
+        self.id
+    }
+
+    /// Next event to log.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Processes every complete frame in the read buffer.
+    pub fn handle_input(&mut self, now: Instant, broker: &mut Broker) {
+        self.now = now;
+        self.last_recv = now;
+        loop {
+            match self.state {
+                State::Closed => {
+                    self.input.clear();
+                    break;
+                }
+                State::ProtocolHeader => {
+                    if self.input.len() < PROTOCOL_HEADER.len() {
+                        break;
+                    }
+                    if &self.input[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+                        // The spec's answer to a header we do not speak: ours, then close.
+                        self.output.extend_from_slice(PROTOCOL_HEADER);
+                        self.finish(0, "bad protocol header".into(), true);
+                        continue;
+                    }
+                    let _ = self.input.split_to(PROTOCOL_HEADER.len());
+                    self.send_start();
+                    self.state = State::StartOk;
+                }
+                _ => match decode_frame(&mut self.input, self.frame_max) {
+                    Ok(None) => break,
+                    Ok(Some(frame)) => self.handle_frame(now, frame, broker),
+                    Err(e) => {
+                        let err = AmqpError::new(e.reply_code(), e);
+                        self.fail(now, err, broker);
+                    }
+                },
+            }
+        }
+        self.pull_outbound(now, broker);
+    }
+
+    /// Encodes what the broker queued for this connection.
+    pub fn pull_outbound(&mut self, now: Instant, broker: &mut Broker) {
+        self.now = now;
+        let Some(id) = self.id else {
+            return;
+        };
+        let mut items = std::mem::take(&mut self.scratch);
+        broker.take_outbound(id, &mut items);
+        if items.is_empty() {
+            self.scratch = items;
+            return;
+        }
+        for item in items.drain(..) {
+            match item {
+                Outgoing::Method { channel, method } => {
+                    Frame::Method { channel, method }.encode(&mut self.output)
+                }
+                Outgoing::Content { channel, method, message } => encode_content(
+                    &mut self.output,
+                    channel,
+                    method,
+                    &message.properties,
+                    &message.body,
+                    self.frame_max,
+                ),
+            }
+        }
+        self.scratch = items;
+        self.mark_sent();
+    }
+
+    /// The socket reached end of file or failed: forget the connection.
+    pub fn handle_eof(&mut self, broker: &mut Broker) {
+        if self.state != State::Closed {
+            self.finish(0, "client closed the socket".into(), true);
+        }
+        self.release(broker);
+    }
+
+    /// Closes the connection from the server side (shutdown, operator).
+    pub fn close(&mut self, now: Instant, code: u16, detail: &str, broker: &mut Broker) {
+        self.now = now;
+        if matches!(self.state, State::Running) {
+            self.fail(now, AmqpError::new(code, detail), broker);
+        } else if !matches!(self.state, State::Closing { .. } | State::Closed) {
+            self.finish(code, detail.into(), false);
+        }
+    }
+
+    /// Closes the connection for broker shutdown, as RabbitMQ does (320 CONNECTION_FORCED).
+    pub fn shutdown(&mut self, now: Instant, broker: &mut Broker) {
+        self.close(now, CONNECTION_FORCED, "broker shutdown", broker);
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Closing { deadline } => Some(deadline),
+            State::Running => {
+                let hb = self.heartbeat?;
+                Some((self.last_send + hb / 2).min(self.last_recv + hb * 2))
+            }
+            _ => Some(self.handshake_deadline),
+        }
+    }
+
+    /// Acts on expired timers: handshake timeout, heartbeats, close timeout.
+    pub fn handle_timeout(&mut self, now: Instant, broker: &mut Broker) {
+        self.now = now;
+        match self.state {
+            State::Closed => {}
+            State::Closing { deadline } if now >= deadline => {
+                self.finish(0, "no connection.close-ok from client".into(), false);
+                self.release(broker);
+            }
+            State::Closing { .. } => {}
+            State::Running => {
+                let Some(hb) = self.heartbeat else {
+                    return;
+                };
+                if now >= self.last_recv + hb * 2 {
+                    // RabbitMQ closes the socket without a close frame here.
+                    let text = format!("missed heartbeats from client, timeout: {}s", hb.as_secs());
+                    self.finish(0, text, false);
+                    self.release(broker);
+                    return;
+                }
+                if now >= self.last_send + hb / 2 {
+                    Frame::Heartbeat { channel: 0 }.encode(&mut self.output);
+                    self.mark_sent();
+                }
+            }
+            _ if now >= self.handshake_deadline => {
+                self.finish(0, "handshake timeout".into(), false);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {
+        match self.state {
+            State::Closed | State::ProtocolHeader => {}
+            State::Closing { .. } => self.closing_frame(frame, broker),
+            State::StartOk | State::TuneOk | State::Open => self.handshake_frame(now, frame, broker),
+            State::Running => self.running_frame(now, frame, broker),
+        }
+    }
+
+    fn send_start(&mut self) {
+        let start = ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: Bytes::from_static(auth::MECHANISMS.as_bytes()),
+            locales: Bytes::from_static(b"en_US"),
+        };
+        self.send(0, start);
+    }
+
+    fn handshake_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {
+        let method = match frame {
+            Frame::Heartbeat { .. } => return,
+            Frame::Method { channel: 0, method } => method,
+            Frame::Method { .. } => {
+                let e = AmqpError::new(CHANNEL_ERROR, "expected a method on channel 0 during the handshake");
+                return self.fail(now, e, broker);
+            }
+            Frame::Header { .. } | Frame::Body { .. } => {
+                let e = AmqpError::new(UNEXPECTED_FRAME, "expected a method frame during the handshake");
+                return self.fail(now, e, broker);
+            }
+        };
+        match (self.state, method) {
+            (State::StartOk, Method::ConnectionStartOk(m)) => {
+                match auth::authenticate(broker.users(), &m.mechanism, &m.response, self.peer_is_loopback) {
+                    Ok(user) => {
+                        self.user = Some(user);
+                        if let Some(FieldValue::Table(caps)) = m.client_properties.get("capabilities") {
+                            self.client_capabilities = caps.clone();
+                        }
+                        let tune = ConnectionTune {
+                            channel_max: self.config.channel_max,
+                            frame_max: self.config.frame_max,
+                            heartbeat: self.config.heartbeat,
+                        };
+                        self.send(0, tune);
+                        self.state = State::TuneOk;
+                    }
+                    Err(AuthError::UnknownMechanism(mech)) => {
+                        let e = AmqpError::new(
+                            COMMAND_INVALID,
+                            format!("unknown authentication mechanism '{mech}'"),
+                        );
+                        self.fail(now, e, broker);
+                    }
+                    Err(reason) => {
+                        self.events.push_back(Event::AuthFailed { reason: reason.to_string() });
+                        let e = AmqpError::new(
+                            ACCESS_REFUSED,
+                            format!(
+                                "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                                m.mechanism
+                            ),
+                        );
+                        self.fail(now, e, broker);
+                    }
+                }
+            }
+            (State::TuneOk, Method::ConnectionTuneOk(m)) => {
+                if let Err(e) = self.negotiate(m.channel_max, m.frame_max, m.heartbeat) {
+                    return self.fail(now, e, broker);
+                }
+                self.state = State::Open;
+            }
+            (State::Open, Method::ConnectionOpen(m)) => {
+                if m.virtual_host != "/" {
+                    let e = AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
+                    return self.fail(now, e, broker);
+                }
+                let user = self.user.clone().unwrap_or_default();
+                let cancel_notify =
+                    self.client_capabilities.get("consumer_cancel_notify").and_then(FieldValue::as_bool);
+                let info = ConnectionInfo { user: user.clone(), consumer_cancel_notify: cancel_notify == Some(true) };
+                self.id = Some(broker.connect(info));
+                self.send(0, ConnectionOpenOk::default());
+                self.state = State::Running;
+                self.events.push_back(Event::Opened { user, vhost: m.virtual_host });
+            }
+            (_, Method::ConnectionClose(_)) => {
+                self.send(0, ConnectionCloseOk {});
+                self.finish(REPLY_SUCCESS, "closed by client during handshake".into(), true);
+            }
+            (state, m) => {
+                let expected = match state {
+                    State::StartOk => "connection.start-ok",
+                    State::TuneOk => "connection.tune-ok",
+                    _ => "connection.open",
+                };
+                let e = AmqpError::new(COMMAND_INVALID, format!("expected '{expected}', got '{}'", m.name()));
+                self.fail(now, e.on(&m), broker);
+            }
+        }
+    }
+
+    /// Applies tune-ok the way RabbitMQ does: 0 means "the server's limit", and a client may
+    /// lower but not raise a limit.
+    fn negotiate(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> Result<(), AmqpError> {
+        let max = self.config.frame_max;
+        if frame_max != 0 && frame_max < warren_codec::FRAME_MIN_SIZE {
+            let text = format!("frame_max={frame_max} < {} min size", warren_codec::FRAME_MIN_SIZE);
+            return Err(AmqpError::new(NOT_ALLOWED, text));
+        }
+        if frame_max > max {
+            return Err(AmqpError::new(NOT_ALLOWED, format!("frame_max={frame_max} > {max} max size")));
+        }
+        let cmax = self.config.channel_max;
+        if channel_max > cmax {
+            let text = format!(
+                "negotiated channel_max = {channel_max} is higher than the maximum allowed value ({cmax})"
+            );
+            return Err(AmqpError::new(NOT_ALLOWED, text));
+        }
+        self.frame_max = if frame_max == 0 { max } else { frame_max };
+        self.channel_max = if channel_max == 0 { cmax } else { channel_max };
+        self.heartbeat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
+        Ok(())
+    }
+
+    fn running_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let channel = frame.channel();
+        if let Frame::Heartbeat { channel } = frame {
+            if channel != 0 {
+                let e = AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
+                self.fail(now, e, broker);
+            }
+            return;
+        }
+        if channel == 0 {
+            return match frame {
+                Frame::Method { method, .. } => self.connection_method(now, method, broker),
+                _ => {
+                    let e = AmqpError::new(UNEXPECTED_FRAME, "content frame on channel 0");
+                    self.fail(now, e, broker)
+                }
+            };
+        }
+        if channel > self.channel_max {
+            let text = format!("channel {channel} is above the negotiated channel_max {}", self.channel_max);
+            return self.fail(now, AmqpError::new(CHANNEL_ERROR, text), broker);
+        }
+        let Some(phase) = self.channels.get_mut(&channel) else {
+            return match frame {
+                Frame::Method { method: Method::ChannelOpen(_), .. } => {
+                    self.channels.insert(channel, Phase::Idle);
+                    broker.open_channel(id, channel);
+                }
+                _ => {
+                    let e = AmqpError::new(CHANNEL_ERROR, "expected 'channel.open'");
+                    self.fail(now, e, broker)
+                }
+            };
+        };
+        match (phase, frame) {
+            (Phase::Closing, Frame::Method { method: Method::ChannelCloseOk(_), .. }) => {
+                self.channels.remove(&channel);
+            }
+            (Phase::Closing, Frame::Method { method: Method::ChannelClose(_), .. }) => {
+                // Both sides closed at once: answer, and the channel is done.
+                self.channels.remove(&channel);
+                self.send(channel, warren_codec::ChannelCloseOk {});
+            }
+            // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
+            (Phase::Closing, _) => {}
+            (Phase::Idle, Frame::Method { method, .. }) => self.channel_method(now, channel, method, broker),
+            (Phase::AwaitingHeader(publish), Frame::Header { header, .. }) => {
+                let publish = std::mem::take(publish);
+                if header.body_size > MAX_MESSAGE_SIZE {
+                    let text = format!(
+                        "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                        header.body_size
+                    );
+                    let e = AmqpError::new(PRECONDITION_FAILED, text).on(&Method::BasicPublish(publish));
+                    return self.channel_error(now, channel, e, broker);
+                }
+                if header.body_size == 0 {
+                    self.channels.insert(channel, Phase::Idle);
+                    return self.complete_publish(now, channel, publish, header, Bytes::new(), broker);
+                }
+                let phase = Phase::AwaitingBody { publish, header, parts: Vec::new(), received: 0 };
+                self.channels.insert(channel, phase);
+            }
+            (Phase::AwaitingBody { publish, header, parts, received }, Frame::Body { payload, .. }) => {
+                *received += payload.len() as u64;
+                parts.push(payload);
+                if *received > header.body_size {
+                    let text = format!("received {received} body octets, header announced {}", header.body_size);
+                    return self.fail(now, AmqpError::new(UNEXPECTED_FRAME, text), broker);
+                }
+                if *received < header.body_size {
+                    return;
+                }
+                let (publish, header) = (std::mem::take(publish), std::mem::take(header));
+                let body = join(std::mem::take(parts));
+                self.channels.insert(channel, Phase::Idle);
+                self.complete_publish(now, channel, publish, header, body, broker);
+            }
+            (Phase::AwaitingHeader(_), _) => {
+                let e = AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    "expected content header for class 60, got non content header frame instead",
+                );
+                self.fail(now, e, broker);
+            }
+            (Phase::AwaitingBody { .. }, _) => {
+                let e = AmqpError::new(UNEXPECTED_FRAME, "expected content body, got non content body frame instead");
+                self.fail(now, e, broker);
+            }
+            (Phase::Idle, _) => {
+                let e = AmqpError::new(UNEXPECTED_FRAME, "expected method frame, got non method frame instead");
+                self.fail(now, e, broker);
+            }
+        }
+    }
+
+    fn channel_method(&mut self, now: Instant, channel: u16, method: Method, broker: &mut Broker) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let r = match method {
+            Method::ChannelOpen(_) => {
+                let e = AmqpError::new(CHANNEL_ERROR, "second 'channel.open' seen");
+                return self.fail(now, e.on(&method), broker);
+            }
+            Method::ChannelClose(_) => {
+                self.channels.remove(&channel);
+                broker.close_channel(id, channel);
+                return;
+            }
+            // A close-ok for a close we never sent: nothing to do.
+            Method::ChannelCloseOk(_) => return,
+            Method::BasicPublish(p) => {
+                self.channels.insert(channel, Phase::AwaitingHeader(p));
+                return;
+            }
+            m if m.ids().0 == 10 => {
+                let e = AmqpError::new(COMMAND_INVALID, format!("{} on channel {channel}", m.name()));
+                Err(e.on(&m))
+            }
+            m => broker.handle_method(id, channel, m),
+        };
+        if let Err(e) = r {
+            self.channel_error(now, channel, e, broker);
+        }
+    }
+
+    fn complete_publish(
+        &mut self,
+        now: Instant,
+        channel: u16,
+        publish: BasicPublish,
+        header: ContentHeader,
+        body: Bytes,
+        broker: &mut Broker,
+    ) {
+        let Some(id) = self.id else {
+            return;
+        };
+        if let Err(e) = broker.publish(id, channel, publish, header.properties, body) {
+            self.channel_error(now, channel, e, broker);
+        }
+    }
+
+    /// A soft error closes the channel, a hard one the connection.
+    fn channel_error(&mut self, now: Instant, channel: u16, e: AmqpError, broker: &mut Broker) {
+        if e.is_hard() {
+            return self.fail(now, e, broker);
+        }
+        if let Some(id) = self.id {
+            broker.channel_error(id, channel, &e);
+        }
+        self.channels.insert(channel, Phase::Closing);
+    }
+
+    fn connection_method(&mut self, now: Instant, method: Method, broker: &mut Broker) {
+        match method {
+            Method::ConnectionClose(m) => {
+                self.pull_outbound(now, broker);
+                self.send(0, ConnectionCloseOk {});
+                self.finish(m.reply_code, m.reply_text, true);
+                self.release(broker);
+            }
+            Method::ConnectionUpdateSecret(_) => self.send(0, ConnectionUpdateSecretOk {}),
+            // Only meaningful from server to client; a client sending them changes nothing.
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) | Method::ConnectionCloseOk(_) => {}
+            m => {
+                let e = AmqpError::new(COMMAND_INVALID, format!("unexpected {} on channel 0", m.name()));
+                self.fail(now, e.on(&m), broker);
+            }
+        }
+    }
+
+    fn closing_frame(&mut self, frame: Frame, broker: &mut Broker) {
+        match frame {
+            Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) } => {
+                self.state = State::Closed;
+                self.release(broker);
+            }
+            Frame::Method { channel: 0, method: Method::ConnectionClose(_) } => {
+                self.send(0, ConnectionCloseOk {});
+                self.state = State::Closed;
+                self.release(broker);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends connection.close for a hard error and waits for close-ok. Channels are released
+    /// at once, so unacked messages go back to their queues without waiting on the client.
+    fn fail(&mut self, now: Instant, e: AmqpError, broker: &mut Broker) {
+        if matches!(self.state, State::Closing { .. } | State::Closed) {
+            return;
+        }
+        self.pull_outbound(now, broker);
+        self.release(broker);
+        let close = ConnectionClose {
+            reply_code: e.code,
+            reply_text: e.text.clone(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        self.send(0, close);
+        self.events.push_back(Event::Closed { code: e.code, text: e.text, by_peer: false });
+        self.state = State::Closing { deadline: now + self.config.close_timeout };
+    }
+
+    fn finish(&mut self, code: u16, text: String, by_peer: bool) {
+        self.events.push_back(Event::Closed { code, text, by_peer });
+        self.state = State::Closed;
+    }
+
+    fn release(&mut self, broker: &mut Broker) {
+        if let Some(id) = self.id.take() {
+            broker.disconnect(id);
+        }
+        self.channels.clear();
+    }
+
+    fn send(&mut self, channel: u16, method: impl Into<Method>) {
+        Frame::method(channel, method).encode(&mut self.output);
+        self.mark_sent();
+    }
+
+    fn mark_sent(&mut self) {
+        self.last_send = self.now;
+    }
+}
+
+/// The reply-code name for logs, e.g. `NOT_FOUND`.
+pub fn code_name(code: u16) -> &'static str {
+    reply_code::name(code)
+}
+
+fn join(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                all.extend_from_slice(&p);
+            }
+            all.freeze()
+        }
+    }
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::new();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "per_consumer_qos",
+        "authentication_failure_close",
+    ] {
+        caps.insert(cap.into(), FieldValue::Bool(true));
+    }
+    let mut p = FieldTable::new();
+    p.insert("capabilities".into(), FieldValue::Table(caps));
+    p.insert("product".into(), FieldValue::str("Warren"));
+    p.insert("version".into(), FieldValue::str(env!("CARGO_PKG_VERSION")));
+    p.insert("platform".into(), FieldValue::str("Rust"));
+    p.insert("cluster_name".into(), FieldValue::str("warren"));
+    p.insert("information".into(), FieldValue::str("A message broker that speaks AMQP 0-9-1"));
+    p
+}

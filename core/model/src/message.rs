@@ -1,0 +1,51 @@
+//! Messages as the broker holds them, and what it sends to connections.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warren_codec::{BasicProperties, Method};
+
+/// A published message. Shared by every queue it was routed to; the body is never copied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its properties.
+    pub properties: BasicProperties,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// A message in a queue: the shared message plus this queue's view of it.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Position in the queue's publish order; requeued messages go back by it.
+    pub seq: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+}
+
+/// Something the broker has for a connection to send, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A method frame.
+    Method {
+        /// Channel number.
+        channel: u16,
+        /// The method.
+        method: Method,
+    },
+    /// A method followed by a message's header and body (deliver, get-ok, return).
+    Content {
+        /// Channel number.
+        channel: u16,
+        /// basic.deliver, basic.get-ok or basic.return.
+        method: Method,
+        /// The message.
+        message: Arc<Message>,
+    },
+}
