@@ -218,8 +218,12 @@ impl Connection {
                     Ok(None) => break,
                     Ok(Some(frame)) => self.handle_frame(now, frame, broker),
                     Err(e) => {
+                        // Past a framing error the stream has no frame boundaries left to
+                        // trust: drop what is buffered and close.
+                        self.input.clear();
                         let err = AmqpError::new(e.reply_code(), e);
                         self.fail(now, err, broker);
+                        break;
                     }
                 },
             }

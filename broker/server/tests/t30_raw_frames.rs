@@ -1,0 +1,399 @@
+//! Malformed and hostile input over a raw socket: each gets RabbitMQ's close code, and the
+//! broker keeps serving other connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::TestBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren_codec::*;
+
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw { stream, buf: BytesMut::new() }
+    }
+
+    /// Connects and completes the handshake, asking for `frame_max` and `heartbeat`.
+    async fn open_with(addr: SocketAddr, frame_max: u32, heartbeat: u16) -> Raw {
+        let mut r = Raw::connect(addr).await;
+        r.send(PROTOCOL_HEADER).await;
+        assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+        r.send_method(0, ConnectionStartOk {
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+            ..Default::default()
+        })
+        .await;
+        let Method::ConnectionTune(tune) = r.method().await else { panic!("expected tune") };
+        assert_eq!((tune.frame_max, tune.channel_max, tune.heartbeat), (131_072, 2047, 60));
+        r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max, heartbeat }).await;
+        r.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+        assert!(matches!(r.method().await, Method::ConnectionOpenOk(_)));
+        r
+    }
+
+    async fn open(addr: SocketAddr) -> Raw {
+        Raw::open_with(addr, 131_072, 0).await
+    }
+
+    async fn open_channel(&mut self, ch: u16) {
+        self.send_method(ch, ChannelOpen::default()).await;
+        assert!(matches!(self.method().await, Method::ChannelOpenOk(_)));
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn send_frame(&mut self, f: Frame) {
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        self.send(&b).await;
+    }
+
+    async fn send_method(&mut self, ch: u16, m: impl Into<Method>) {
+        self.send_frame(Frame::method(ch, m)).await;
+    }
+
+    /// The next frame, or None at end of stream.
+    async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, 0).expect("server sent a bad frame") {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server went silent")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn method(&mut self) -> Method {
+        loop {
+            match self.recv().await {
+                Some(Frame::Method { method, .. }) => return method,
+                Some(Frame::Heartbeat { .. }) => continue,
+                other => panic!("expected a method, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for connection.close, answers close-ok, and checks the socket then ends.
+    async fn expect_connection_close(&mut self) -> ConnectionClose {
+        let close = loop {
+            match self.recv().await {
+                Some(Frame::Method { channel: 0, method: Method::ConnectionClose(c) }) => break c,
+                Some(_) => continue,
+                None => panic!("socket closed without connection.close"),
+            }
+        };
+        self.send_method(0, ConnectionCloseOk {}).await;
+        assert_eq!(self.recv().await, None, "socket still open after close-ok");
+        close
+    }
+}
+
+/// The broker still completes a handshake and answers a declare.
+async fn still_serving(addr: SocketAddr) {
+    let mut r = Raw::open(addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "alive".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+}
+
+async fn raw_frame(ty: u8, ch: u16, payload: &[u8], end: u8) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(ty);
+    b.put_u16(ch);
+    b.put_u32(payload.len() as u32);
+    b.put_slice(payload);
+    b.put_u8(end);
+    b.to_vec()
+}
+
+async fn close_code_after(addr: SocketAddr, bytes: &[u8]) -> ConnectionClose {
+    let mut r = Raw::open(addr).await;
+    r.open_channel(1).await;
+    r.send(bytes).await;
+    r.expect_connection_close().await
+}
+
+#[tokio::test]
+async fn bad_protocol_header_gets_ours_back_and_the_socket_closed() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), r.stream.read_to_end(&mut got)).await.expect("eof").expect("read");
+    assert_eq!(got, PROTOCOL_HEADER);
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn truncated_method_fields_are_frame_error() {
+    let b = TestBroker::start().await;
+    // queue.declare cut after its ticket: no queue name, no bits, no table.
+    let bytes = raw_frame(1, 1, &[0, 50, 0, 10, 0, 0], FRAME_END).await;
+    let c = close_code_after(b.addr, &bytes).await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn oversize_frame_is_frame_error_before_its_payload_arrives() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    // Announce 1 MiB and send none of it: the header alone must be refused.
+    r.send(&[3, 0, 1, 0, 0x10, 0, 0]).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn bad_frame_end_octet_is_frame_error() {
+    let b = TestBroker::start().await;
+    let bytes = raw_frame(8, 0, &[], 0xCD).await;
+    let c = close_code_after(b.addr, &bytes).await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn unknown_frame_type_is_frame_error() {
+    let b = TestBroker::start().await;
+    let bytes = raw_frame(7, 1, &[1, 2, 3], FRAME_END).await;
+    let c = close_code_after(b.addr, &bytes).await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+}
+
+#[tokio::test]
+async fn unknown_class_or_method_is_command_invalid() {
+    let b = TestBroker::start().await;
+    let bytes = raw_frame(1, 1, &[0, 77, 0, 1], FRAME_END).await;
+    let c = close_code_after(b.addr, &bytes).await;
+    assert_eq!(c.reply_code, reply_code::COMMAND_INVALID, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn method_on_a_channel_never_opened_is_channel_error() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.send_method(5, QueueDeclare { queue: "q".into(), ..Default::default() }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 0, 0), "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn method_on_a_closed_channel_is_channel_error() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, ChannelClose { reply_code: 200, ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::ChannelCloseOk(_)));
+    r.send_method(1, BasicQos { prefetch_count: 1, ..Default::default() }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::CHANNEL_ERROR, "{c:?}");
+}
+
+#[tokio::test]
+async fn second_channel_open_is_channel_error() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, ChannelOpen::default()).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 20, 10), "{c:?}");
+}
+
+#[tokio::test]
+async fn content_without_a_method_is_unexpected_frame() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_frame(Frame::Body { channel: 1, payload: Bytes::from_static(b"abc") }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn body_longer_than_announced_is_unexpected_frame_and_nothing_is_queued() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "long".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.send_method(1, BasicPublish { routing_key: "long".into(), ..Default::default() }).await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) }).await;
+    r.send_frame(Frame::Body { channel: 1, payload: Bytes::from_static(b"abcdef") }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
+    assert_eq!(b.counts("long"), Some((0, 0, 0)));
+}
+
+#[tokio::test]
+async fn a_method_in_the_middle_of_content_is_unexpected_frame() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, BasicPublish { routing_key: "x".into(), ..Default::default() }).await;
+    r.send_method(1, BasicQos::default()).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
+}
+
+#[tokio::test]
+async fn heartbeat_on_a_channel_is_frame_error() {
+    let b = TestBroker::start().await;
+    let c = close_code_after(b.addr, &raw_frame(8, 1, &[], FRAME_END).await).await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+}
+
+#[tokio::test]
+async fn after_a_channel_error_frames_are_discarded_until_close_ok() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "ghost".into(), passive: true, ..Default::default() }).await;
+    let Method::ChannelClose(c) = r.method().await else { panic!("expected channel.close") };
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (404, 50, 10));
+    assert_eq!(c.reply_text, "NOT_FOUND - no queue 'ghost' in vhost '/'");
+    // Ignored: the channel is closing.
+    r.send_method(1, QueueDeclare { queue: "ignored".into(), ..Default::default() }).await;
+    r.send_method(1, ChannelCloseOk {}).await;
+    r.open_channel(1).await;
+    assert_eq!(b.counts("ignored"), None);
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_403_during_the_handshake() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+    r.send_method(0, ConnectionStartOk {
+        mechanism: "PLAIN".into(),
+        response: Bytes::from_static(b"\0guest\0bad"),
+        ..Default::default()
+    })
+    .await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::ACCESS_REFUSED);
+    assert!(c.reply_text.starts_with("ACCESS_REFUSED - Login was refused"), "{}", c.reply_text);
+}
+
+#[tokio::test]
+async fn tune_ok_above_the_servers_limits_is_refused() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    r.method().await;
+    r.send_method(0, ConnectionStartOk {
+        mechanism: "PLAIN".into(),
+        response: Bytes::from_static(b"\0guest\0guest"),
+        ..Default::default()
+    })
+    .await;
+    r.method().await;
+    r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 1 << 20, heartbeat: 0 }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
+}
+
+#[tokio::test]
+async fn unknown_vhost_is_not_allowed() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    r.method().await;
+    r.send_method(0, ConnectionStartOk {
+        mechanism: "PLAIN".into(),
+        response: Bytes::from_static(b"\0guest\0guest"),
+        ..Default::default()
+    })
+    .await;
+    r.method().await;
+    r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 0, heartbeat: 0 }).await;
+    r.send_method(0, ConnectionOpen { virtual_host: "/other".into(), ..Default::default() }).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
+}
+
+#[tokio::test]
+async fn deliveries_respect_the_negotiated_frame_max() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open_with(b.addr, 4096, 0).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "small-frames".into(), ..Default::default() }).await;
+    r.method().await;
+    let body = Bytes::from(vec![b'x'; 10_000]);
+    let mut out = BytesMut::new();
+    encode_content(&mut out, 1, BasicPublish { routing_key: "small-frames".into(), ..Default::default() }, &BasicProperties::default(), &body, 4096);
+    r.send(&out).await;
+    r.send_method(1, BasicGet { queue: "small-frames".into(), no_ack: true, ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::BasicGetOk(_)));
+    let mut total = 0;
+    while total < body.len() {
+        match r.recv().await {
+            Some(Frame::Header { header, .. }) => assert_eq!(header.body_size, 10_000),
+            Some(Frame::Body { payload, .. }) => {
+                assert!(payload.len() + FRAME_OVERHEAD <= 4096, "body frame of {} octets", payload.len());
+                total += payload.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_sends_heartbeats_and_drops_a_silent_client() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open_with(b.addr, 131_072, 1).await;
+    let started = tokio::time::Instant::now();
+    // Stay silent: heartbeats arrive, then the broker gives up on us after two intervals.
+    let mut heartbeats = 0;
+    loop {
+        match r.recv().await {
+            Some(Frame::Heartbeat { channel: 0 }) => heartbeats += 1,
+            None => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(heartbeats >= 2, "only {heartbeats} heartbeats");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    let b = TestBroker::start_with(|s| s.connection.handshake_timeout = Duration::from_millis(300)).await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(b"AMQP").await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), r.stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "socket still open after the handshake timeout");
+}
