@@ -27,6 +27,9 @@ pub mod properties;
 pub mod reply_code;
 pub mod wire;
 
+#[cfg(test)]
+mod proptests;
+
 pub use error::CodecError;
 pub use field::{Decimal, FieldTable, FieldValue};
 pub use frame::{

@@ -144,6 +144,33 @@ macro_rules! methods {
                 }
             }
 
+            /// A proptest strategy over every method with arbitrary fields.
+            /// Sets every reserved field (ticket, out-of-band, ...) back to its default: other
+            /// implementations write zeroes there whatever they read.
+            #[cfg(test)]
+            pub(crate) fn clear_reserved(&mut self) {
+                match self {
+                    $( Method::$Variant(_m) => {
+                        $( if stringify!($field).starts_with("reserved") {
+                            _m.$field = Default::default();
+                        } )*
+                    } )*
+                }
+            }
+
+            #[cfg(test)]
+            #[allow(unused_parens)]
+            pub(crate) fn arbitrary() -> proptest::strategy::BoxedStrategy<Method> {
+                use proptest::strategy::Strategy;
+                use crate::proptests::Arb;
+                proptest::strategy::Union::new(vec![
+                    $( ( $( <$ty as Arb>::arb(), )* proptest::strategy::Just(()) )
+                        .prop_map(|( $($field,)* () )| Method::$Variant($Variant { $($field),* }))
+                        .boxed(), )*
+                ])
+                .boxed()
+            }
+
             /// Parses a method frame's payload; every octet must be used.
             pub fn decode(payload: Bytes) -> Result<Method, CodecError> {
                 let mut r = Reader::new(payload);
