@@ -36,10 +36,10 @@ impl Shared {
     fn wake_others(&mut self, me: Option<ConnId>) {
         self.broker.take_wakeups(&mut self.woken);
         for id in self.woken.drain(..) {
-            if Some(id) != me {
-                if let Some(n) = self.wakers.get(&id) {
-                    n.notify_one();
-                }
+            if Some(id) != me
+                && let Some(n) = self.wakers.get(&id)
+            {
+                n.notify_one();
             }
         }
     }
@@ -50,7 +50,9 @@ pub type SharedRef = Arc<Mutex<Shared>>;
 
 /// Locks the shared state. A panic while it was held (a bug) must not stop the others.
 pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A bound, not yet running broker.
@@ -65,9 +67,20 @@ impl Server {
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
         let listener = TcpListener::bind(settings.amqp_listen).await?;
         let seed = RandomState::new().hash_one(std::time::SystemTime::now());
-        let broker = Broker::new(BrokerConfig { users: settings.users.clone(), seed });
-        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new() };
-        Ok(Server { listener, shared: Arc::new(Mutex::new(shared)), connection: settings.connection.clone() })
+        let broker = Broker::new(BrokerConfig {
+            users: settings.users.clone(),
+            seed,
+        });
+        let shared = Shared {
+            broker,
+            wakers: HashMap::new(),
+            woken: Vec::new(),
+        };
+        Ok(Server {
+            listener,
+            shared: Arc::new(Mutex::new(shared)),
+            connection: settings.connection.clone(),
+        })
     }
 
     /// The address the AMQP listener is bound to.
@@ -106,7 +119,12 @@ impl Server {
         info!(connections = tasks.len(), "shutting down");
         let _ = stop_tx.send(true);
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
             tasks.abort_all();
         }
         Ok(())
@@ -161,11 +179,11 @@ async fn drive(
                 s.wake_others(conn.id());
             }
         }
-        if registered.is_none() {
-            if let Some(id) = conn.id() {
-                lock(&shared).wakers.insert(id, notify.clone());
-                registered = Some(id);
-            }
+        if registered.is_none()
+            && let Some(id) = conn.id()
+        {
+            lock(&shared).wakers.insert(id, notify.clone());
+            registered = Some(id);
         }
         while let Some(event) = conn.poll_event() {
             log_event(peer, event);
@@ -202,8 +220,16 @@ fn log_event(peer: SocketAddr, event: Event) {
     match event {
         Event::Opened { user, vhost } => info!(%peer, %user, %vhost, "connection opened"),
         Event::AuthFailed { reason } => warn!(%peer, %reason, "login refused"),
-        Event::Closed { code: 0, text, by_peer } => info!(%peer, reason = %text, by_peer, "connection closed"),
-        Event::Closed { code, text, by_peer } => {
+        Event::Closed {
+            code: 0,
+            text,
+            by_peer,
+        } => info!(%peer, reason = %text, by_peer, "connection closed"),
+        Event::Closed {
+            code,
+            text,
+            by_peer,
+        } => {
             if code == 200 {
                 info!(%peer, code, by_peer, "connection closed");
             } else {

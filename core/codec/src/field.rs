@@ -246,7 +246,13 @@ mod tests {
             "x-death".into(),
             FieldValue::Array(vec![FieldValue::Table(inner), FieldValue::Void]),
         );
-        t.insert("d".into(), FieldValue::Decimal(Decimal { scale: 2, value: 314 }));
+        t.insert(
+            "d".into(),
+            FieldValue::Decimal(Decimal {
+                scale: 2,
+                value: 314,
+            }),
+        );
         let mut buf = BytesMut::new();
         encode_table(&mut Writer::new(&mut buf), &t);
         let back = decode_table(&mut Reader::new(buf.freeze()));

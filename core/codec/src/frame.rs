@@ -180,8 +180,15 @@ mod tests {
     #[test]
     fn partial_frames_wait_for_more_bytes() {
         let mut whole = BytesMut::new();
-        Frame::method(0, ConnectionTuneOk { channel_max: 1, frame_max: 4096, heartbeat: 60 })
-            .encode(&mut whole);
+        Frame::method(
+            0,
+            ConnectionTuneOk {
+                channel_max: 1,
+                frame_max: 4096,
+                heartbeat: 60,
+            },
+        )
+        .encode(&mut whole);
         let mut buf = BytesMut::new();
         for (i, b) in whole.iter().enumerate() {
             buf.put_u8(*b);
@@ -196,23 +203,39 @@ mod tests {
         let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 1, 0, 0][..]);
         assert_eq!(
             decode_frame(&mut buf, 4096),
-            Err(CodecError::FrameTooLarge { size: 65544, max: 4096 })
+            Err(CodecError::FrameTooLarge {
+                size: 65544,
+                max: 4096
+            })
         );
     }
 
     #[test]
     fn bad_end_octet_and_type_are_refused() {
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
-        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::BadFrameEnd(0xCD)));
+        assert_eq!(
+            decode_frame(&mut buf, 0),
+            Err(CodecError::BadFrameEnd(0xCD))
+        );
         let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::UnknownFrameType(9)));
+        assert_eq!(
+            decode_frame(&mut buf, 0),
+            Err(CodecError::UnknownFrameType(9))
+        );
     }
 
     #[test]
     fn content_is_split_to_frame_max() {
         let mut buf = BytesMut::new();
         let body = Bytes::from(vec![7u8; 10_000]);
-        encode_content(&mut buf, 1, BasicPublish::default(), &BasicProperties::default(), &body, 4096);
+        encode_content(
+            &mut buf,
+            1,
+            BasicPublish::default(),
+            &BasicProperties::default(),
+            &body,
+            4096,
+        );
         let mut frames = Vec::new();
         while let Ok(Some(f)) = decode_frame(&mut buf, 4096) {
             frames.push(f);

@@ -33,8 +33,7 @@ mod proptests;
 pub use error::CodecError;
 pub use field::{Decimal, FieldTable, FieldValue};
 pub use frame::{
-    FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, PROTOCOL_HEADER, decode_frame,
-    encode_content,
+    FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, PROTOCOL_HEADER, decode_frame, encode_content,
 };
 pub use method::*;
 pub use properties::{BASIC_CLASS, BasicProperties, ContentHeader};

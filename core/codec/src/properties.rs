@@ -139,11 +139,21 @@ impl ContentHeader {
             more = r.u16()? & 1 != 0;
         }
         let has = |bit: u16| flags & (1 << bit) != 0;
-        let short = |r: &mut Reader, bit| if has(bit) { r.short_str().map(Some) } else { Ok(None) };
+        let short = |r: &mut Reader, bit| {
+            if has(bit) {
+                r.short_str().map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let properties = BasicProperties {
             content_type: short(&mut r, 15)?,
             content_encoding: short(&mut r, 14)?,
-            headers: if has(13) { Some(decode_table(&mut r)?) } else { None },
+            headers: if has(13) {
+                Some(decode_table(&mut r)?)
+            } else {
+                None
+            },
             delivery_mode: if has(12) { Some(r.u8()?) } else { None },
             priority: if has(11) { Some(r.u8()?) } else { None },
             correlation_id: short(&mut r, 10)?,

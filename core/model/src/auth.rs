@@ -85,8 +85,8 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut framed = BytesMut::with_capacity(response.len() + 4);
     framed.put_u32(response.len() as u32);
     framed.put_slice(response);
-    let table =
-        decode_table(&mut Reader::new(framed.freeze())).map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
+    let table = decode_table(&mut Reader::new(framed.freeze()))
+        .map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
     let field = |k: &str| {
         table
             .get(k)
@@ -108,7 +108,10 @@ mod tests {
     fn plain_guest_from_loopback_only() {
         let users = [User::guest()];
         let resp = Bytes::from_static(b"\0guest\0guest");
-        assert_eq!(authenticate(&users, "PLAIN", &resp, true), Ok("guest".into()));
+        assert_eq!(
+            authenticate(&users, "PLAIN", &resp, true),
+            Ok("guest".into())
+        );
         assert_eq!(
             authenticate(&users, "PLAIN", &resp, false),
             Err(AuthError::NotLoopback("guest".into()))
@@ -128,7 +131,10 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_table(&mut Writer::new(&mut buf), &t);
         let resp = buf.freeze().slice(4..);
-        assert_eq!(authenticate(&[User::guest()], "AMQPLAIN", &resp, true), Ok("guest".into()));
+        assert_eq!(
+            authenticate(&[User::guest()], "AMQPLAIN", &resp, true),
+            Ok("guest".into())
+        );
     }
 
     #[test]

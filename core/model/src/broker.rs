@@ -160,7 +160,12 @@ impl Broker {
 
     /// Handles a method (other than channel.open/close and basic.publish, which the
     /// connection routes to their own calls) on an open channel.
-    pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
+    pub fn handle_method(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        method: Method,
+    ) -> Result<(), AmqpError> {
         let err_on = method.clone();
         let r = match method {
             Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
@@ -174,7 +179,9 @@ impl Broker {
             Method::BasicGet(m) => self.basic_get(conn, ch, m),
             Method::BasicAck(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, None),
             Method::BasicReject(m) => self.settle(conn, ch, m.delivery_tag, false, Some(m.requeue)),
-            Method::BasicNack(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue)),
+            Method::BasicNack(m) => {
+                self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue))
+            }
             Method::BasicRecover(m) => self.basic_recover(conn, ch, m.requeue, true),
             Method::BasicRecoverAsync(m) => self.basic_recover(conn, ch, m.requeue, false),
             Method::ConfirmSelect(m) => self.confirm_select(conn, ch, m),
@@ -253,7 +260,11 @@ impl Broker {
 
     /// Drops a channel's state: consumers cancelled, unacked messages requeued.
     fn release_channel(&mut self, conn: ConnId, ch: u16) {
-        let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
+        let Some(state) = self
+            .sessions
+            .get_mut(&conn)
+            .and_then(|s| s.channels.remove(&ch))
+        else {
             return;
         };
         let mut touched: Vec<String> = Vec::new();
@@ -270,7 +281,11 @@ impl Broker {
         touched.sort();
         touched.dedup();
         for name in touched {
-            if self.queues.get(&name).is_some_and(Queue::should_auto_delete) {
+            if self
+                .queues
+                .get(&name)
+                .is_some_and(Queue::should_auto_delete)
+            {
                 self.delete_queue(&name);
             } else {
                 self.dispatch(&name);

@@ -131,7 +131,11 @@ mod tests {
         Unacked {
             queue_id: 1,
             queue: "q".into(),
-            message: QueuedMessage { seq: 0, message, redelivered: false },
+            message: QueuedMessage {
+                seq: 0,
+                message,
+                redelivered: false,
+            },
             consumer: None,
         }
     }

@@ -25,8 +25,8 @@ use warren_codec::reply_code::{
 };
 use warren_codec::{
     BasicPublish, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart,
-    ConnectionTune, ConnectionUpdateSecretOk, ContentHeader, FieldTable, FieldValue, Frame,
-    Method, PROTOCOL_HEADER, decode_frame, encode_content,
+    ConnectionTune, ConnectionUpdateSecretOk, ContentHeader, FieldTable, FieldValue, Frame, Method,
+    PROTOCOL_HEADER, decode_frame, encode_content,
 };
 
 use crate::auth::{self, AuthError};
@@ -106,8 +106,17 @@ enum State {
 enum Phase {
     Idle,
     AwaitingHeader(BasicPublish),
-    AwaitingBody { publish: BasicPublish, header: ContentHeader, parts: Vec<Bytes>, received: u64 },
+    AwaitingBody(Box<Assembly>),
     Closing,
+}
+
+/// A publish whose header arrived and whose body frames are being collected.
+#[derive(Debug)]
+struct Assembly {
+    publish: BasicPublish,
+    header: ContentHeader,
+    parts: Vec<Bytes>,
+    received: u64,
 }
 
 /// One client connection's protocol state.
@@ -248,7 +257,11 @@ impl Connection {
                 Outgoing::Method { channel, method } => {
                     Frame::Method { channel, method }.encode(&mut self.output)
                 }
-                Outgoing::Content { channel, method, message } => encode_content(
+                Outgoing::Content {
+                    channel,
+                    method,
+                    message,
+                } => encode_content(
                     &mut self.output,
                     channel,
                     method,
@@ -335,7 +348,9 @@ impl Connection {
         match self.state {
             State::Closed | State::ProtocolHeader => {}
             State::Closing { .. } => self.closing_frame(frame, broker),
-            State::StartOk | State::TuneOk | State::Open => self.handshake_frame(now, frame, broker),
+            State::StartOk | State::TuneOk | State::Open => {
+                self.handshake_frame(now, frame, broker)
+            }
             State::Running => self.running_frame(now, frame, broker),
         }
     }
@@ -356,20 +371,33 @@ impl Connection {
             Frame::Heartbeat { .. } => return,
             Frame::Method { channel: 0, method } => method,
             Frame::Method { .. } => {
-                let e = AmqpError::new(CHANNEL_ERROR, "expected a method on channel 0 during the handshake");
+                let e = AmqpError::new(
+                    CHANNEL_ERROR,
+                    "expected a method on channel 0 during the handshake",
+                );
                 return self.fail(now, e, broker);
             }
             Frame::Header { .. } | Frame::Body { .. } => {
-                let e = AmqpError::new(UNEXPECTED_FRAME, "expected a method frame during the handshake");
+                let e = AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    "expected a method frame during the handshake",
+                );
                 return self.fail(now, e, broker);
             }
         };
         match (self.state, method) {
             (State::StartOk, Method::ConnectionStartOk(m)) => {
-                match auth::authenticate(broker.users(), &m.mechanism, &m.response, self.peer_is_loopback) {
+                match auth::authenticate(
+                    broker.users(),
+                    &m.mechanism,
+                    &m.response,
+                    self.peer_is_loopback,
+                ) {
                     Ok(user) => {
                         self.user = Some(user);
-                        if let Some(FieldValue::Table(caps)) = m.client_properties.get("capabilities") {
+                        if let Some(FieldValue::Table(caps)) =
+                            m.client_properties.get("capabilities")
+                        {
                             self.client_capabilities = caps.clone();
                         }
                         let tune = ConnectionTune {
@@ -388,7 +416,9 @@ impl Connection {
                         self.fail(now, e, broker);
                     }
                     Err(reason) => {
-                        self.events.push_back(Event::AuthFailed { reason: reason.to_string() });
+                        self.events.push_back(Event::AuthFailed {
+                            reason: reason.to_string(),
+                        });
                         let e = AmqpError::new(
                             ACCESS_REFUSED,
                             format!(
@@ -408,21 +438,34 @@ impl Connection {
             }
             (State::Open, Method::ConnectionOpen(m)) => {
                 if m.virtual_host != "/" {
-                    let e = AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
+                    let e =
+                        AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
                     return self.fail(now, e, broker);
                 }
                 let user = self.user.clone().unwrap_or_default();
-                let cancel_notify =
-                    self.client_capabilities.get("consumer_cancel_notify").and_then(FieldValue::as_bool);
-                let info = ConnectionInfo { user: user.clone(), consumer_cancel_notify: cancel_notify == Some(true) };
+                let cancel_notify = self
+                    .client_capabilities
+                    .get("consumer_cancel_notify")
+                    .and_then(FieldValue::as_bool);
+                let info = ConnectionInfo {
+                    user: user.clone(),
+                    consumer_cancel_notify: cancel_notify == Some(true),
+                };
                 self.id = Some(broker.connect(info));
                 self.send(0, ConnectionOpenOk::default());
                 self.state = State::Running;
-                self.events.push_back(Event::Opened { user, vhost: m.virtual_host });
+                self.events.push_back(Event::Opened {
+                    user,
+                    vhost: m.virtual_host,
+                });
             }
             (_, Method::ConnectionClose(_)) => {
                 self.send(0, ConnectionCloseOk {});
-                self.finish(REPLY_SUCCESS, "closed by client during handshake".into(), true);
+                self.finish(
+                    REPLY_SUCCESS,
+                    "closed by client during handshake".into(),
+                    true,
+                );
             }
             (state, m) => {
                 let expected = match state {
@@ -430,7 +473,10 @@ impl Connection {
                     State::TuneOk => "connection.tune-ok",
                     _ => "connection.open",
                 };
-                let e = AmqpError::new(COMMAND_INVALID, format!("expected '{expected}', got '{}'", m.name()));
+                let e = AmqpError::new(
+                    COMMAND_INVALID,
+                    format!("expected '{expected}', got '{}'", m.name()),
+                );
                 self.fail(now, e.on(&m), broker);
             }
         }
@@ -438,14 +484,25 @@ impl Connection {
 
     /// Applies tune-ok the way RabbitMQ does: 0 means "the server's limit", and a client may
     /// lower but not raise a limit.
-    fn negotiate(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> Result<(), AmqpError> {
+    fn negotiate(
+        &mut self,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> Result<(), AmqpError> {
         let max = self.config.frame_max;
         if frame_max != 0 && frame_max < warren_codec::FRAME_MIN_SIZE {
-            let text = format!("frame_max={frame_max} < {} min size", warren_codec::FRAME_MIN_SIZE);
+            let text = format!(
+                "frame_max={frame_max} < {} min size",
+                warren_codec::FRAME_MIN_SIZE
+            );
             return Err(AmqpError::new(NOT_ALLOWED, text));
         }
         if frame_max > max {
-            return Err(AmqpError::new(NOT_ALLOWED, format!("frame_max={frame_max} > {max} max size")));
+            return Err(AmqpError::new(
+                NOT_ALLOWED,
+                format!("frame_max={frame_max} > {max} max size"),
+            ));
         }
         let cmax = self.config.channel_max;
         if channel_max > cmax {
@@ -467,7 +524,8 @@ impl Connection {
         let channel = frame.channel();
         if let Frame::Heartbeat { channel } = frame {
             if channel != 0 {
-                let e = AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
+                let e =
+                    AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
                 self.fail(now, e, broker);
             }
             return;
@@ -482,12 +540,18 @@ impl Connection {
             };
         }
         if channel > self.channel_max {
-            let text = format!("channel {channel} is above the negotiated channel_max {}", self.channel_max);
+            let text = format!(
+                "channel {channel} is above the negotiated channel_max {}",
+                self.channel_max
+            );
             return self.fail(now, AmqpError::new(CHANNEL_ERROR, text), broker);
         }
         let Some(phase) = self.channels.get_mut(&channel) else {
             return match frame {
-                Frame::Method { method: Method::ChannelOpen(_), .. } => {
+                Frame::Method {
+                    method: Method::ChannelOpen(_),
+                    ..
+                } => {
                     self.channels.insert(channel, Phase::Idle);
                     broker.open_channel(id, channel);
                 }
@@ -498,17 +562,31 @@ impl Connection {
             };
         };
         match (phase, frame) {
-            (Phase::Closing, Frame::Method { method: Method::ChannelCloseOk(_), .. }) => {
+            (
+                Phase::Closing,
+                Frame::Method {
+                    method: Method::ChannelCloseOk(_),
+                    ..
+                },
+            ) => {
                 self.channels.remove(&channel);
             }
-            (Phase::Closing, Frame::Method { method: Method::ChannelClose(_), .. }) => {
+            (
+                Phase::Closing,
+                Frame::Method {
+                    method: Method::ChannelClose(_),
+                    ..
+                },
+            ) => {
                 // Both sides closed at once: answer, and the channel is done.
                 self.channels.remove(&channel);
                 self.send(channel, warren_codec::ChannelCloseOk {});
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}
-            (Phase::Idle, Frame::Method { method, .. }) => self.channel_method(now, channel, method, broker),
+            (Phase::Idle, Frame::Method { method, .. }) => {
+                self.channel_method(now, channel, method, broker)
+            }
             (Phase::AwaitingHeader(publish), Frame::Header { header, .. }) => {
                 let publish = std::mem::take(publish);
                 if header.body_size > MAX_MESSAGE_SIZE {
@@ -516,30 +594,49 @@ impl Connection {
                         "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
                         header.body_size
                     );
-                    let e = AmqpError::new(PRECONDITION_FAILED, text).on(&Method::BasicPublish(publish));
+                    let e = AmqpError::new(PRECONDITION_FAILED, text)
+                        .on(&Method::BasicPublish(publish));
                     return self.channel_error(now, channel, e, broker);
                 }
                 if header.body_size == 0 {
                     self.channels.insert(channel, Phase::Idle);
-                    return self.complete_publish(now, channel, publish, header, Bytes::new(), broker);
+                    return self.complete_publish(
+                        now,
+                        channel,
+                        publish,
+                        header,
+                        Bytes::new(),
+                        broker,
+                    );
                 }
-                let phase = Phase::AwaitingBody { publish, header, parts: Vec::new(), received: 0 };
-                self.channels.insert(channel, phase);
+                let assembly = Assembly {
+                    publish,
+                    header,
+                    parts: Vec::new(),
+                    received: 0,
+                };
+                self.channels
+                    .insert(channel, Phase::AwaitingBody(Box::new(assembly)));
             }
-            (Phase::AwaitingBody { publish, header, parts, received }, Frame::Body { payload, .. }) => {
-                *received += payload.len() as u64;
-                parts.push(payload);
-                if *received > header.body_size {
-                    let text = format!("received {received} body octets, header announced {}", header.body_size);
+            (Phase::AwaitingBody(a), Frame::Body { payload, .. }) => {
+                a.received += payload.len() as u64;
+                a.parts.push(payload);
+                if a.received > a.header.body_size {
+                    let text = format!(
+                        "received {} body octets, header announced {}",
+                        a.received, a.header.body_size
+                    );
                     return self.fail(now, AmqpError::new(UNEXPECTED_FRAME, text), broker);
                 }
-                if *received < header.body_size {
+                if a.received < a.header.body_size {
                     return;
                 }
-                let (publish, header) = (std::mem::take(publish), std::mem::take(header));
-                let body = join(std::mem::take(parts));
-                self.channels.insert(channel, Phase::Idle);
-                self.complete_publish(now, channel, publish, header, body, broker);
+                let Some(Phase::AwaitingBody(a)) = self.channels.insert(channel, Phase::Idle)
+                else {
+                    return;
+                };
+                let body = join(a.parts);
+                self.complete_publish(now, channel, a.publish, a.header, body, broker);
             }
             (Phase::AwaitingHeader(_), _) => {
                 let e = AmqpError::new(
@@ -548,12 +645,18 @@ impl Connection {
                 );
                 self.fail(now, e, broker);
             }
-            (Phase::AwaitingBody { .. }, _) => {
-                let e = AmqpError::new(UNEXPECTED_FRAME, "expected content body, got non content body frame instead");
+            (Phase::AwaitingBody(_), _) => {
+                let e = AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    "expected content body, got non content body frame instead",
+                );
                 self.fail(now, e, broker);
             }
             (Phase::Idle, _) => {
-                let e = AmqpError::new(UNEXPECTED_FRAME, "expected method frame, got non method frame instead");
+                let e = AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    "expected method frame, got non method frame instead",
+                );
                 self.fail(now, e, broker);
             }
         }
@@ -580,7 +683,10 @@ impl Connection {
                 return;
             }
             m if m.ids().0 == 10 => {
-                let e = AmqpError::new(COMMAND_INVALID, format!("{} on channel {channel}", m.name()));
+                let e = AmqpError::new(
+                    COMMAND_INVALID,
+                    format!("{} on channel {channel}", m.name()),
+                );
                 Err(e.on(&m))
             }
             m => broker.handle_method(id, channel, m),
@@ -628,9 +734,14 @@ impl Connection {
             }
             Method::ConnectionUpdateSecret(_) => self.send(0, ConnectionUpdateSecretOk {}),
             // Only meaningful from server to client; a client sending them changes nothing.
-            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) | Method::ConnectionCloseOk(_) => {}
+            Method::ConnectionBlocked(_)
+            | Method::ConnectionUnblocked(_)
+            | Method::ConnectionCloseOk(_) => {}
             m => {
-                let e = AmqpError::new(COMMAND_INVALID, format!("unexpected {} on channel 0", m.name()));
+                let e = AmqpError::new(
+                    COMMAND_INVALID,
+                    format!("unexpected {} on channel 0", m.name()),
+                );
                 self.fail(now, e.on(&m), broker);
             }
         }
@@ -638,11 +749,17 @@ impl Connection {
 
     fn closing_frame(&mut self, frame: Frame, broker: &mut Broker) {
         match frame {
-            Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) } => {
+            Frame::Method {
+                channel: 0,
+                method: Method::ConnectionCloseOk(_),
+            } => {
                 self.state = State::Closed;
                 self.release(broker);
             }
-            Frame::Method { channel: 0, method: Method::ConnectionClose(_) } => {
+            Frame::Method {
+                channel: 0,
+                method: Method::ConnectionClose(_),
+            } => {
                 self.send(0, ConnectionCloseOk {});
                 self.state = State::Closed;
                 self.release(broker);
@@ -666,12 +783,22 @@ impl Connection {
             method_id: e.method_id,
         };
         self.send(0, close);
-        self.events.push_back(Event::Closed { code: e.code, text: e.text, by_peer: false });
-        self.state = State::Closing { deadline: now + self.config.close_timeout };
+        self.events.push_back(Event::Closed {
+            code: e.code,
+            text: e.text,
+            by_peer: false,
+        });
+        self.state = State::Closing {
+            deadline: now + self.config.close_timeout,
+        };
     }
 
     fn finish(&mut self, code: u16, text: String, by_peer: bool) {
-        self.events.push_back(Event::Closed { code, text, by_peer });
+        self.events.push_back(Event::Closed {
+            code,
+            text,
+            by_peer,
+        });
         self.state = State::Closed;
     }
 
@@ -729,6 +856,9 @@ fn server_properties() -> FieldTable {
     p.insert("version".into(), FieldValue::str(env!("CARGO_PKG_VERSION")));
     p.insert("platform".into(), FieldValue::str("Rust"));
     p.insert("cluster_name".into(), FieldValue::str("warren"));
-    p.insert("information".into(), FieldValue::str("A message broker that speaks AMQP 0-9-1"));
+    p.insert(
+        "information".into(),
+        FieldValue::str("A message broker that speaks AMQP 0-9-1"),
+    );
     p
 }

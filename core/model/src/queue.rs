@@ -104,12 +104,12 @@ impl Queue {
 
     /// Refuses arguments Warren cannot honour yet; the error names the argument.
     pub fn check_arguments(arguments: &FieldTable) -> Result<(), AmqpError> {
-        if let Some(t) = arguments.get("x-queue-type").and_then(FieldValue::as_str) {
-            if t != "classic" {
-                return Err(precondition(format!(
-                    "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
-                )));
-            }
+        if let Some(t) = arguments.get("x-queue-type").and_then(FieldValue::as_str)
+            && t != "classic"
+        {
+            return Err(precondition(format!(
+                "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
+            )));
         }
         for key in NOT_YET_SUPPORTED_ARGS {
             if arguments.contains_key(*key) {
@@ -122,7 +122,12 @@ impl Queue {
     }
 
     /// Checks a redeclare against the existing declaration, as RabbitMQ does.
-    pub fn check_equivalent(&self, durable: bool, auto_delete: bool, args: &FieldTable) -> Result<(), AmqpError> {
+    pub fn check_equivalent(
+        &self,
+        durable: bool,
+        auto_delete: bool,
+        args: &FieldTable,
+    ) -> Result<(), AmqpError> {
         let name = &self.name;
         let flag = |what: &str, received: bool, current: bool| {
             precondition(format!(
@@ -254,7 +259,10 @@ mod tests {
             q.requeue(m);
         }
         let order: Vec<_> = q.ready.iter().map(|m| m.message.body.clone()).collect();
-        assert_eq!(order, ["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes())));
+        assert_eq!(
+            order,
+            ["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes()))
+        );
         assert!(q.ready[0].redelivered && !q.ready[2].redelivered);
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use warren_codec::reply_code::{ACCESS_REFUSED, NOT_ALLOWED, NOT_IMPLEMENTED, NO_ROUTE};
+use warren_codec::reply_code::{ACCESS_REFUSED, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED};
 use warren_codec::{
     BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty,
     BasicGetOk, BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn,
@@ -31,7 +31,9 @@ impl Broker {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
             return Err(AmqpError::new(NOT_IMPLEMENTED, "immediate=true").on(&err_on));
         }
-        let destinations = self.route(&m.exchange, &m.routing_key).map_err(|e| e.on(&err_on))?;
+        let destinations = self
+            .route(&m.exchange, &m.routing_key)
+            .map_err(|e| e.on(&err_on))?;
         let confirm = self.channel(conn, ch).and_then(|c| {
             let seq = c.confirm_seq?;
             c.confirm_seq = Some(seq + 1);
@@ -50,7 +52,14 @@ impl Broker {
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
             };
-            self.push(conn, Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() });
+            self.push(
+                conn,
+                Outgoing::Content {
+                    channel: ch,
+                    method: ret.into(),
+                    message: message.clone(),
+                },
+            );
         }
         for name in destinations {
             if let Some(q) = self.queues.get_mut(&name) {
@@ -59,7 +68,14 @@ impl Broker {
             self.dispatch(&name);
         }
         if let Some(delivery_tag) = confirm {
-            self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+            self.send(
+                conn,
+                ch,
+                BasicAck {
+                    delivery_tag,
+                    multiple: false,
+                },
+            );
         }
         Ok(())
     }
@@ -70,10 +86,20 @@ impl Broker {
         if !exchange.is_empty() && exchange != "amq.default" {
             return Err(no_exchange(exchange));
         }
-        Ok(self.queues.get(routing_key).map(|q| q.name.clone()).into_iter().collect())
+        Ok(self
+            .queues
+            .get(routing_key)
+            .map(|q| q.name.clone())
+            .into_iter()
+            .collect())
     }
 
-    pub(super) fn basic_qos(&mut self, conn: ConnId, ch: u16, m: BasicQos) -> Result<(), AmqpError> {
+    pub(super) fn basic_qos(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicQos,
+    ) -> Result<(), AmqpError> {
         if m.prefetch_size != 0 {
             return Err(AmqpError::new(
                 NOT_IMPLEMENTED,
@@ -98,8 +124,16 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn basic_consume(&mut self, conn: ConnId, ch: u16, m: BasicConsume) -> Result<(), AmqpError> {
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn basic_consume(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicConsume,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::new(
@@ -116,15 +150,27 @@ impl Broker {
             return Ok(());
         };
         if c.consumers.contains_key(&tag) {
-            return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+            return Err(AmqpError::new(
+                NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
         }
         let prefetch = c.consumer_prefetch;
         c.consumers.insert(
             tag.clone(),
-            Consumer { queue: m.queue.clone(), no_ack: m.no_ack, prefetch, unacked: 0 },
+            Consumer {
+                queue: m.queue.clone(),
+                no_ack: m.no_ack,
+                prefetch,
+                unacked: 0,
+            },
         );
         if let Some(q) = self.queues.get_mut(&m.queue) {
-            q.consumers.push(ConsumerKey { conn, channel: ch, tag: tag.clone() });
+            q.consumers.push(ConsumerKey {
+                conn,
+                channel: ch,
+                tag: tag.clone(),
+            });
             q.exclusive_consumer = m.exclusive;
             q.had_consumer = true;
         }
@@ -135,14 +181,25 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn basic_cancel(&mut self, conn: ConnId, ch: u16, m: BasicCancel) -> Result<(), AmqpError> {
+    pub(super) fn basic_cancel(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicCancel,
+    ) -> Result<(), AmqpError> {
         // An unknown tag is not an error: the consumer may be gone with its queue already.
         let queue = self
             .channel(conn, ch)
             .and_then(|c| c.consumers.remove(&m.consumer_tag))
             .map(|c| c.queue);
         if !m.no_wait {
-            self.send(conn, ch, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });
+            self.send(
+                conn,
+                ch,
+                BasicCancelOk {
+                    consumer_tag: m.consumer_tag.clone(),
+                },
+            );
         }
         let Some(queue) = queue else {
             return Ok(());
@@ -159,8 +216,16 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn basic_get(&mut self, conn: ConnId, ch: u16, m: BasicGet) -> Result<(), AmqpError> {
-        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn basic_get(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicGet,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get_mut(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let Some(msg) = q.ready.pop_front() else {
             self.send(conn, ch, BasicGetEmpty::default());
@@ -180,14 +245,32 @@ impl Broker {
         };
         let message = msg.message.clone();
         if !m.no_ack {
-            let u = Unacked { queue_id, queue: m.queue, message: msg, consumer: None };
+            let u = Unacked {
+                queue_id,
+                queue: m.queue,
+                message: msg,
+                consumer: None,
+            };
             c.unacked.insert(delivery_tag, u);
         }
-        self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
+        self.push(
+            conn,
+            Outgoing::Content {
+                channel: ch,
+                method: method.into(),
+                message,
+            },
+        );
         Ok(())
     }
 
-    pub(super) fn basic_recover(&mut self, conn: ConnId, ch: u16, requeue: bool, reply: bool) -> Result<(), AmqpError> {
+    pub(super) fn basic_recover(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        requeue: bool,
+        reply: bool,
+    ) -> Result<(), AmqpError> {
         if !requeue {
             // RabbitMQ refuses redelivery to the original consumer the same way.
             return Err(AmqpError::new(NOT_IMPLEMENTED, "requeue=false"));
@@ -199,7 +282,12 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn confirm_select(&mut self, conn: ConnId, ch: u16, m: ConfirmSelect) -> Result<(), AmqpError> {
+    pub(super) fn confirm_select(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ConfirmSelect,
+    ) -> Result<(), AmqpError> {
         if let Some(c) = self.channel(conn, ch) {
             c.confirm_seq.get_or_insert(1);
         }
@@ -209,7 +297,12 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn channel_flow(&mut self, conn: ConnId, ch: u16, m: ChannelFlow) -> Result<(), AmqpError> {
+    pub(super) fn channel_flow(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ChannelFlow,
+    ) -> Result<(), AmqpError> {
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };

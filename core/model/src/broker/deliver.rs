@@ -49,10 +49,19 @@ impl Broker {
             let message = msg.message.clone();
             if let Some(c) = ch.consumers.get_mut(&key.tag).filter(|c| !c.no_ack) {
                 c.unacked += 1;
-                let u = Unacked { queue_id: q.id, queue: q.name.clone(), message: msg, consumer: Some(key.tag) };
+                let u = Unacked {
+                    queue_id: q.id,
+                    queue: q.name.clone(),
+                    message: msg,
+                    consumer: Some(key.tag),
+                };
                 ch.unacked.insert(delivery_tag, u);
             }
-            session.outbound.push(Outgoing::Content { channel: key.channel, method: method.into(), message });
+            session.outbound.push(Outgoing::Content {
+                channel: key.channel,
+                method: method.into(),
+                message,
+            });
             if !session.woken {
                 session.woken = true;
                 self.wakeups.push(key.conn);

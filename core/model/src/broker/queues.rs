@@ -11,7 +11,12 @@ use crate::error::{AmqpError, no_queue, precondition};
 use crate::queue::{Queue, QueueSpec};
 
 impl Broker {
-    pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+    pub(super) fn queue_declare(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: QueueDeclare,
+    ) -> Result<(), AmqpError> {
         let name = if m.queue.is_empty() && !m.passive {
             self.names.name("amq.gen-")
         } else {
@@ -40,20 +45,37 @@ impl Broker {
             };
             let id = self.next_queue_id;
             self.next_queue_id += 1;
-            self.queues.insert(name.clone(), Queue::new(id, name.clone(), spec));
+            self.queues
+                .insert(name.clone(), Queue::new(id, name.clone(), spec));
         }
         if !m.no_wait {
             let (message_count, consumer_count) = self
                 .queues
                 .get(&name)
                 .map_or((0, 0), |q| (q.ready.len() as u32, q.consumers.len() as u32));
-            self.send(conn, ch, QueueDeclareOk { queue: name, message_count, consumer_count });
+            self.send(
+                conn,
+                ch,
+                QueueDeclareOk {
+                    queue: name,
+                    message_count,
+                    consumer_count,
+                },
+            );
         }
         Ok(())
     }
 
-    pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
-        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_purge(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: QueuePurge,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get_mut(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let message_count = q.ready.len() as u32;
         q.ready.clear();
@@ -63,16 +85,27 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn queue_delete(&mut self, conn: ConnId, ch: u16, m: QueueDelete) -> Result<(), AmqpError> {
+    pub(super) fn queue_delete(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: QueueDelete,
+    ) -> Result<(), AmqpError> {
         // RabbitMQ answers delete-ok for a queue that does not exist: delete is idempotent.
         let mut message_count = 0;
         if let Some(q) = self.queues.get(&m.queue) {
             q.check_access(conn)?;
             if m.if_unused && !q.consumers.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '/' in use", m.queue)));
+                return Err(precondition(format!(
+                    "queue '{}' in vhost '/' in use",
+                    m.queue
+                )));
             }
             if m.if_empty && !q.ready.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '/' is not empty", m.queue)));
+                return Err(precondition(format!(
+                    "queue '{}' in vhost '/' is not empty",
+                    m.queue
+                )));
             }
             message_count = self.delete_queue(&m.queue);
         }
@@ -82,14 +115,30 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn queue_bind(&mut self, conn: ConnId, _ch: u16, m: QueueBind) -> Result<(), AmqpError> {
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_bind(
+        &mut self,
+        conn: ConnId,
+        _ch: u16,
+        m: QueueBind,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         Err(default_exchange_refusal(&m.exchange))
     }
 
-    pub(super) fn queue_unbind(&mut self, conn: ConnId, _ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_unbind(
+        &mut self,
+        conn: ConnId,
+        _ch: u16,
+        m: QueueUnbind,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         Err(default_exchange_refusal(&m.exchange))
     }
@@ -109,7 +158,10 @@ impl Broker {
                 c.consumers.remove(&key.tag);
             }
             if notify {
-                let cancel = warren_codec::BasicCancel { consumer_tag: key.tag, no_wait: true };
+                let cancel = warren_codec::BasicCancel {
+                    consumer_tag: key.tag,
+                    no_wait: true,
+                };
                 self.send(key.conn, key.channel, cancel);
             }
         }
@@ -120,7 +172,10 @@ impl Broker {
 /// Only the default exchange exists until exchange types land; it takes no bindings.
 fn default_exchange_refusal(exchange: &str) -> AmqpError {
     if exchange.is_empty() || exchange == "amq.default" {
-        AmqpError::new(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        AmqpError::new(
+            ACCESS_REFUSED,
+            "operation not permitted on the default exchange",
+        )
     } else {
         crate::error::no_exchange(exchange)
     }
