@@ -703,3 +703,77 @@ async fn wrong_password_is_refused() {
     let ok = connect(&b).await;
     assert!(ok.status().connected());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exclusive_consumer_excludes_others_with_403() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "solo").await;
+    let opts = BasicConsumeOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let _c = ch
+        .basic_consume("solo".into(), "first".into(), opts, FieldTable::default())
+        .await
+        .expect("consume");
+    let ch2 = conn.create_channel().await.expect("channel");
+    let e = ch2
+        .basic_consume(
+            "solo".into(),
+            "second".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("403");
+    assert_eq!(code(&e), Some(403));
+    // And an exclusive consumer cannot join a queue that already has consumers.
+    declare(&ch, "shared").await;
+    let _d = ch
+        .basic_consume(
+            "shared".into(),
+            "a".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let ch3 = conn.create_channel().await.expect("channel");
+    let e = ch3
+        .basic_consume("shared".into(), "b".into(), opts, FieldTable::default())
+        .await
+        .expect_err("403");
+    assert_eq!(code(&e), Some(403));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_flow_pauses_and_resumes_deliveries() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "flow").await;
+    ch.channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .expect("flow off");
+    let opts = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut c = ch
+        .basic_consume("flow".into(), "".into(), opts, FieldTable::default())
+        .await
+        .expect("consume");
+    publish(&ch, "flow", b"held").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), c.next())
+            .await
+            .is_err(),
+        "delivered while paused"
+    );
+    ch.channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .expect("flow on");
+    let d = c.next().await.expect("delivery").expect("ok");
+    assert_eq!(d.data, b"held");
+}
