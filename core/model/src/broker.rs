@@ -5,24 +5,30 @@
 //! produce frames for another (a publish delivers to a consumer elsewhere): those
 //! connections are listed in [`Broker::take_wakeups`] for the driver to wake.
 //!
-//! Method handlers live in submodules by AMQP class: [`queues`] (queue.*), [`basic`]
-//! (basic.*, confirm.*, channel.flow) and [`deliver`] (dispatch to consumers, settling).
+//! Method handlers live in submodules by AMQP class: `queues` (queue.declare/purge/delete),
+//! `exchanges` (exchange.*, bindings, routing), `basic` (basic.*, confirm.*, channel.flow),
+//! `tx` (tx.*) and `deliver` (dispatch to consumers, settling).
 
 use std::collections::HashMap;
 
-use warren_codec::reply_code::{COMMAND_INVALID, NOT_IMPLEMENTED};
+use warren_codec::reply_code::COMMAND_INVALID;
 use warren_codec::{ChannelCloseOk, ChannelOpenOk, Method};
 
 use crate::auth::User;
 use crate::channel::ChannelState;
 use crate::error::AmqpError;
+use crate::exchange::{ExchangeFactory, TypeRegistry};
 use crate::message::Outgoing;
 use crate::names::NameGen;
 use crate::queue::Queue;
 
 mod basic;
 mod deliver;
+mod exchanges;
 mod queues;
+mod tx;
+
+pub use exchanges::Exchange;
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;
@@ -68,6 +74,8 @@ pub struct Broker {
     users: Vec<User>,
     names: NameGen,
     queues: HashMap<String, Queue>,
+    exchanges: HashMap<String, Exchange>,
+    types: TypeRegistry,
     sessions: HashMap<ConnId, Session>,
     next_conn: ConnId,
     next_queue_id: u64,
@@ -77,15 +85,33 @@ pub struct Broker {
 impl Broker {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
-        Broker {
+        let mut b = Broker {
             users: config.users,
             names: NameGen::new(config.seed),
             queues: HashMap::new(),
+            exchanges: HashMap::new(),
+            types: TypeRegistry::builtin(),
             sessions: HashMap::new(),
             next_conn: 1,
             next_queue_id: 1,
             wakeups: Vec::new(),
-        }
+        };
+        b.declare_predefined_exchanges();
+        b
+    }
+
+    /// Makes an exchange type available to exchange.declare under `name`.
+    pub fn register_exchange_type(
+        &mut self,
+        name: &str,
+        factory: std::sync::Arc<dyn ExchangeFactory>,
+    ) {
+        self.types.register(name, factory);
+    }
+
+    /// A declared exchange, for tests and metrics.
+    pub fn exchange(&self, name: &str) -> Option<&Exchange> {
+        self.exchanges.get(name)
     }
 
     /// The users allowed to log in.
@@ -186,16 +212,13 @@ impl Broker {
             Method::BasicRecoverAsync(m) => self.basic_recover(conn, ch, m.requeue, false),
             Method::ConfirmSelect(m) => self.confirm_select(conn, ch, m),
             Method::ChannelFlow(m) => self.channel_flow(conn, ch, m),
-            Method::ExchangeDeclare(_)
-            | Method::ExchangeDelete(_)
-            | Method::ExchangeBind(_)
-            | Method::ExchangeUnbind(_)
-            | Method::TxSelect(_)
-            | Method::TxCommit(_)
-            | Method::TxRollback(_) => Err(AmqpError::new(
-                NOT_IMPLEMENTED,
-                format!("{} is not supported by Warren yet", err_on.name()),
-            )),
+            Method::ExchangeDeclare(m) => self.exchange_declare(conn, ch, m),
+            Method::ExchangeDelete(m) => self.exchange_delete(conn, ch, m),
+            Method::ExchangeBind(m) => self.exchange_bind(conn, ch, m),
+            Method::ExchangeUnbind(m) => self.exchange_unbind(conn, ch, m),
+            Method::TxSelect(_) => self.tx_select(conn, ch),
+            Method::TxCommit(_) => self.tx_commit(conn, ch),
+            Method::TxRollback(_) => self.tx_rollback(conn, ch),
             // Server-to-client methods, or ones the connection handles itself.
             _ => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method")),
         };

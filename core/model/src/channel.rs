@@ -47,6 +47,31 @@ pub struct ChannelState {
     pub active: bool,
     /// Next publish sequence number once confirm.select was received.
     pub confirm_seq: Option<u64>,
+    /// Publishes and settlements held for tx.commit, once tx.select was received.
+    pub tx: Option<Vec<TxOp>>,
+}
+
+/// Work a transactional channel holds until tx.commit.
+#[derive(Debug)]
+pub enum TxOp {
+    /// A publish, routed at commit.
+    Publish {
+        /// The method.
+        method: warren_codec::BasicPublish,
+        /// Its properties.
+        properties: warren_codec::BasicProperties,
+        /// Its body.
+        body: bytes::Bytes,
+    },
+    /// An ack (`requeue` None), nack or reject, applied at commit.
+    Settle {
+        /// Delivery tag.
+        tag: u64,
+        /// Multiple flag.
+        multiple: bool,
+        /// Requeue flag for nack and reject.
+        requeue: Option<bool>,
+    },
 }
 
 impl Default for ChannelState {
@@ -59,6 +84,7 @@ impl Default for ChannelState {
             channel_prefetch: 0,
             active: true,
             confirm_seq: None,
+            tx: None,
         }
     }
 }
@@ -104,6 +130,11 @@ impl ChannelState {
         let rest = self.unacked.split_off(&(tag + 1));
         let taken = std::mem::replace(&mut self.unacked, rest);
         Some(taken.into_values().collect())
+    }
+
+    /// Whether an ack, nack or reject for `tag` would find something to settle.
+    pub fn knows_tag(&self, tag: u64, multiple: bool) -> bool {
+        (multiple && tag == 0) || self.unacked.contains_key(&tag)
     }
 
     /// Counts a settled delivery off its consumer's prefetch window.

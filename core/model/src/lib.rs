@@ -27,6 +27,7 @@ pub mod broker;
 pub mod channel;
 pub mod connection;
 pub mod error;
+pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod queue;

@@ -35,7 +35,6 @@ const NOT_YET_SUPPORTED_ARGS: &[&str] = &[
     "x-max-priority",
     "x-message-ttl",
     "x-overflow",
-    "x-single-active-consumer",
     "x-delivery-limit",
 ];
 
@@ -48,6 +47,8 @@ pub struct ConsumerKey {
     pub channel: u16,
     /// The consumer tag.
     pub tag: String,
+    /// `x-priority`: higher-priority consumers get messages first while they have room.
+    pub priority: i64,
 }
 
 /// The flags a queue was declared with.
@@ -83,13 +84,21 @@ pub struct Queue {
     pub exclusive_consumer: bool,
     /// Whether it ever had a consumer; auto-delete applies only after the first.
     pub had_consumer: bool,
+    /// `x-single-active-consumer`: only the earliest registered consumer receives.
+    pub single_active: bool,
     next_seq: u64,
 }
 
 impl Queue {
     /// A new, empty queue.
     pub fn new(id: u64, name: String, spec: QueueSpec) -> Self {
+        let single_active = spec
+            .arguments
+            .get("x-single-active-consumer")
+            .and_then(FieldValue::as_bool)
+            == Some(true);
         Queue {
+            single_active,
             id,
             name,
             spec,
@@ -109,6 +118,13 @@ impl Queue {
         {
             return Err(precondition(format!(
                 "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
+            )));
+        }
+        if let Some(v) = arguments.get("x-single-active-consumer")
+            && v.as_bool().is_none()
+        {
+            return Err(precondition(format!(
+                "invalid arg 'x-single-active-consumer' for queue: expected a boolean, got {v:?}"
             )));
         }
         for key in NOT_YET_SUPPORTED_ARGS {

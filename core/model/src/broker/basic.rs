@@ -11,13 +11,14 @@ use warren_codec::{
 };
 
 use super::{Broker, ConnId};
-use crate::channel::{Consumer, Unacked};
-use crate::error::{AmqpError, no_exchange, no_queue};
+use crate::channel::{Consumer, TxOp, Unacked};
+use crate::error::{AmqpError, no_queue, precondition};
 use crate::message::{Message, Outgoing};
 use crate::queue::ConsumerKey;
 
 impl Broker {
-    /// Routes a fully received basic.publish and answers confirms and returns.
+    /// Handles a fully received basic.publish: routes it now, or holds it until tx.commit
+    /// on a transactional channel.
     pub fn publish(
         &mut self,
         conn: ConnId,
@@ -26,14 +27,42 @@ impl Broker {
         properties: BasicProperties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let err_on = warren_codec::Method::BasicPublish(m.clone());
+        let on = |e: AmqpError| AmqpError {
+            class_id: 60,
+            method_id: 40,
+            ..e
+        };
         if m.immediate {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
-            return Err(AmqpError::new(NOT_IMPLEMENTED, "immediate=true").on(&err_on));
+            return Err(on(AmqpError::new(NOT_IMPLEMENTED, "immediate=true")));
         }
-        let destinations = self
-            .route(&m.exchange, &m.routing_key)
-            .map_err(|e| e.on(&err_on))?;
+        self.check_publish_target(&m.exchange).map_err(on)?;
+        if let Some(tx) = self.channel(conn, ch).and_then(|c| c.tx.as_mut()) {
+            tx.push(TxOp::Publish {
+                method: m,
+                properties,
+                body,
+            });
+            return Ok(());
+        }
+        self.route_and_deliver(conn, ch, m, properties, body)
+            .map_err(on)
+    }
+
+    /// Routes a message, queues it, and answers with a return and a confirm as needed.
+    pub(super) fn route_and_deliver(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: BasicPublish,
+        mut properties: BasicProperties,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        let destinations = self.route(&m.exchange, &m.routing_key, &properties)?;
+        // BCC keys route the message but are never shown to consumers.
+        if let Some(h) = properties.headers.as_mut() {
+            h.remove("BCC");
+        }
         let confirm = self.channel(conn, ch).and_then(|c| {
             let seq = c.confirm_seq?;
             c.confirm_seq = Some(seq + 1);
@@ -52,17 +81,15 @@ impl Broker {
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
             };
-            self.push(
-                conn,
-                Outgoing::Content {
-                    channel: ch,
-                    method: ret.into(),
-                    message: message.clone(),
-                },
-            );
+            let out = Outgoing::Content {
+                channel: ch,
+                method: ret.into(),
+                message: message.clone(),
+            };
+            self.push(conn, out);
         }
         for name in destinations {
-            if let Some(q) = self.queues.get_mut(&name) {
+            if let Some(q) = self.queues.get_mut(&*name) {
                 q.push(message.clone());
             }
             self.dispatch(&name);
@@ -78,20 +105,6 @@ impl Broker {
             );
         }
         Ok(())
-    }
-
-    /// The queues a message goes to. Only the default exchange exists so far: it routes to
-    /// the queue named by the routing key.
-    fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, AmqpError> {
-        if !exchange.is_empty() && exchange != "amq.default" {
-            return Err(no_exchange(exchange));
-        }
-        Ok(self
-            .queues
-            .get(routing_key)
-            .map(|q| q.name.clone())
-            .into_iter()
-            .collect())
     }
 
     pub(super) fn basic_qos(
@@ -141,6 +154,14 @@ impl Broker {
                 format!("queue '{}' in vhost '/' in exclusive use", m.queue),
             ));
         }
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                precondition(format!(
+                    "invalid arg 'x-priority' for consumer: expected an integer, got {v:?}"
+                ))
+            })?,
+        };
         let tag = if m.consumer_tag.is_empty() {
             self.names.name("amq.ctag-")
         } else {
@@ -170,6 +191,7 @@ impl Broker {
                 conn,
                 channel: ch,
                 tag: tag.clone(),
+                priority,
             });
             q.exclusive_consumer = m.exclusive;
             q.had_consumer = true;
@@ -289,6 +311,9 @@ impl Broker {
         m: ConfirmSelect,
     ) -> Result<(), AmqpError> {
         if let Some(c) = self.channel(conn, ch) {
+            if c.tx.is_some() {
+                return Err(precondition("cannot switch from tx to confirm mode"));
+            }
             c.confirm_seq.get_or_insert(1);
         }
         if !m.no_wait {

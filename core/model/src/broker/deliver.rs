@@ -3,7 +3,7 @@
 use warren_codec::BasicDeliver;
 
 use super::{Broker, ConnId};
-use crate::channel::Unacked;
+use crate::channel::{TxOp, Unacked};
 use crate::error::{AmqpError, precondition};
 use crate::message::Outgoing;
 
@@ -16,15 +16,24 @@ impl Broker {
         };
         while !q.ready.is_empty() && !q.consumers.is_empty() {
             let n = q.consumers.len();
+            // With a single active consumer only the earliest registered one is eligible.
+            // Otherwise the highest priority with room wins, round-robin among equals.
+            let eligible = if q.single_active { 1 } else { n };
             let sessions = &self.sessions;
-            let found = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
-                let k = &q.consumers[i];
-                sessions
+            let mut best: Option<(i64, usize)> = None;
+            for i in 0..eligible {
+                let idx = (q.next_consumer + i) % n;
+                let idx = if q.single_active { 0 } else { idx };
+                let k = &q.consumers[idx];
+                let has_room = sessions
                     .get(&k.conn)
                     .and_then(|s| s.channels.get(&k.channel))
-                    .is_some_and(|c| c.can_deliver(&k.tag))
-            });
-            let Some(idx) = found else {
+                    .is_some_and(|c| c.can_deliver(&k.tag));
+                if has_room && best.is_none_or(|(p, _)| k.priority > p) {
+                    best = Some((k.priority, idx));
+                }
+            }
+            let Some((_, idx)) = best else {
                 break;
             };
             q.next_consumer = (idx + 1) % n;
@@ -71,6 +80,35 @@ impl Broker {
 
     /// basic.ack (`requeue` None), basic.nack and basic.reject (`requeue` Some).
     pub(super) fn settle(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+    ) -> Result<(), AmqpError> {
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        if c.tx.is_some() {
+            // Checked now, applied at tx.commit.
+            if !c.knows_tag(delivery_tag, multiple) {
+                return Err(precondition(format!("unknown delivery tag {delivery_tag}")));
+            }
+            if let Some(tx) = c.tx.as_mut() {
+                tx.push(TxOp::Settle {
+                    tag: delivery_tag,
+                    multiple,
+                    requeue,
+                });
+            }
+            return Ok(());
+        }
+        self.settle_now(conn, ch, delivery_tag, multiple, requeue)
+    }
+
+    /// Applies an ack, nack or reject.
+    pub(super) fn settle_now(
         &mut self,
         conn: ConnId,
         ch: u16,

@@ -1,13 +1,15 @@
 //! queue.* methods.
 
+use std::sync::Arc;
 use warren_codec::reply_code::ACCESS_REFUSED;
+
 use warren_codec::{
-    QueueBind, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk,
-    QueueUnbind,
+    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk,
 };
 
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_queue, precondition};
+use crate::exchange::Destination;
 use crate::queue::{Queue, QueueSpec};
 
 impl Broker {
@@ -115,40 +117,13 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn queue_bind(
-        &mut self,
-        conn: ConnId,
-        _ch: u16,
-        m: QueueBind,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
-        q.check_access(conn)?;
-        Err(default_exchange_refusal(&m.exchange))
-    }
-
-    pub(super) fn queue_unbind(
-        &mut self,
-        conn: ConnId,
-        _ch: u16,
-        m: QueueUnbind,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
-        q.check_access(conn)?;
-        Err(default_exchange_refusal(&m.exchange))
-    }
-
     /// Removes a queue; its consumers are dropped and, where the client asked for it, told
     /// with basic.cancel. Returns how many ready messages went with it.
     pub(super) fn delete_queue(&mut self, name: &str) -> u32 {
         let Some(q) = self.queues.remove(name) else {
             return 0;
         };
+        self.unbind_destination(&Destination::Queue(Arc::from(name)));
         for key in q.consumers {
             let Some(session) = self.sessions.get_mut(&key.conn) else {
                 continue;
@@ -166,17 +141,5 @@ impl Broker {
             }
         }
         q.ready.len() as u32
-    }
-}
-
-/// Only the default exchange exists until exchange types land; it takes no bindings.
-fn default_exchange_refusal(exchange: &str) -> AmqpError {
-    if exchange.is_empty() || exchange == "amq.default" {
-        AmqpError::new(
-            ACCESS_REFUSED,
-            "operation not permitted on the default exchange",
-        )
-    } else {
-        crate::error::no_exchange(exchange)
     }
 }

@@ -1,0 +1,480 @@
+//! exchange.* methods, queue.bind / queue.unbind, and routing through exchanges.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use warren_codec::field::encode_table;
+use warren_codec::reply_code::{ACCESS_REFUSED, COMMAND_INVALID};
+use warren_codec::wire::Writer;
+use warren_codec::{
+    BasicProperties, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk,
+    ExchangeDelete, ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue,
+    QueueBind, QueueBindOk, QueueUnbind, QueueUnbindOk,
+};
+
+use super::{Broker, ConnId};
+use crate::error::{AmqpError, no_exchange, no_queue, precondition};
+use crate::exchange::{Binding, Destination, ExchangeType, RoutingInput};
+
+/// Pre-declared exchanges, as RabbitMQ has them.
+pub(super) const PREDECLARED: &[(&str, &str)] = &[
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+];
+
+/// A declared exchange: its declaration, its bindings, and its type's routing state.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Type name.
+    pub kind: String,
+    /// Survives a restart (once storage lands).
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Refuses direct publishes; reachable only through exchange-to-exchange bindings.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    /// Bindings by identity: destination, key and arguments, RabbitMQ's binding equality.
+    bindings: HashMap<BindingId, Binding>,
+    router: Box<dyn ExchangeType>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BindingId(Destination, String, Vec<u8>);
+
+impl BindingId {
+    fn of(b: &Binding) -> Self {
+        // Field tables hold floats and so are not `Hash`; their wire form is canonical
+        // (sorted keys), so it serves as the identity.
+        let mut buf = BytesMut::new();
+        encode_table(&mut Writer::new(&mut buf), &b.arguments);
+        BindingId(b.destination.clone(), b.key.clone(), buf.to_vec())
+    }
+}
+
+impl Exchange {
+    /// Number of bindings with this exchange as source.
+    pub fn binding_count(&self) -> usize {
+        self.bindings.len()
+    }
+
+    fn alternate(&self) -> Option<&str> {
+        self.arguments
+            .get("alternate-exchange")
+            .and_then(FieldValue::as_str)
+    }
+}
+
+fn is_default(name: &str) -> bool {
+    name.is_empty() || name == "amq.default"
+}
+
+fn default_refused() -> AmqpError {
+    AmqpError::new(
+        ACCESS_REFUSED,
+        "operation not permitted on the default exchange",
+    )
+}
+
+impl Broker {
+    pub(super) fn declare_predefined_exchanges(&mut self) {
+        for (name, kind) in PREDECLARED {
+            let decl = ExchangeDeclare {
+                exchange: (*name).into(),
+                kind: (*kind).into(),
+                durable: true,
+                ..Default::default()
+            };
+            let _ = self.create_exchange(&decl);
+        }
+    }
+
+    fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+        let factory = self.types.get(&m.kind).ok_or_else(|| {
+            AmqpError::new(
+                COMMAND_INVALID,
+                format!("unknown exchange type '{}'", m.kind),
+            )
+        })?;
+        let router = factory.create(&m.arguments)?;
+        let x = Exchange {
+            kind: m.kind.clone(),
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: m.arguments.clone(),
+            bindings: HashMap::new(),
+            router,
+        };
+        self.exchanges.insert(m.exchange.clone(), x);
+        Ok(())
+    }
+
+    pub(super) fn exchange_declare(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ExchangeDeclare,
+    ) -> Result<(), AmqpError> {
+        if m.passive {
+            if !is_default(&m.exchange) && !self.exchanges.contains_key(&m.exchange) {
+                return Err(no_exchange(&m.exchange));
+            }
+        } else {
+            if is_default(&m.exchange) {
+                return Err(default_refused());
+            }
+            // Like RabbitMQ: an unknown type is a connection error, checked first.
+            if self.types.get(&m.kind).is_none() {
+                return Err(AmqpError::new(
+                    COMMAND_INVALID,
+                    format!("unknown exchange type '{}'", m.kind),
+                ));
+            }
+            match self.exchanges.get(&m.exchange) {
+                Some(x) => check_equivalent(&m, x)?,
+                None if m.exchange.starts_with("amq.") => {
+                    return Err(AmqpError::new(
+                        ACCESS_REFUSED,
+                        format!(
+                            "exchange name '{}' contains reserved prefix 'amq.*'",
+                            m.exchange
+                        ),
+                    ));
+                }
+                None => self.create_exchange(&m)?,
+            }
+        }
+        if !m.no_wait {
+            self.send(conn, ch, ExchangeDeclareOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_delete(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ExchangeDelete,
+    ) -> Result<(), AmqpError> {
+        if is_default(&m.exchange) {
+            return Err(default_refused());
+        }
+        if m.exchange.starts_with("amq.") {
+            return Err(AmqpError::new(
+                ACCESS_REFUSED,
+                format!(
+                    "deletion of system exchange '{}' in vhost '/' not allowed",
+                    m.exchange
+                ),
+            ));
+        }
+        // Deleting an exchange that is not there succeeds, as in RabbitMQ.
+        if let Some(x) = self.exchanges.get(&m.exchange) {
+            if m.if_unused && x.binding_count() > 0 {
+                return Err(precondition(format!(
+                    "exchange '{}' in vhost '/' in use",
+                    m.exchange
+                )));
+            }
+            self.delete_exchange(&m.exchange);
+        }
+        if !m.no_wait {
+            self.send(conn, ch, ExchangeDeleteOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_bind(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: QueueBind,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+        self.bind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        if !m.no_wait {
+            self.send(conn, ch, QueueBindOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_unbind(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: QueueUnbind,
+    ) -> Result<(), AmqpError> {
+        let q = self
+            .queues
+            .get(&m.queue)
+            .ok_or_else(|| no_queue(&m.queue))?;
+        q.check_access(conn)?;
+        let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+        self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        self.send(conn, ch, QueueUnbindOk {});
+        Ok(())
+    }
+
+    pub(super) fn exchange_bind(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ExchangeBind,
+    ) -> Result<(), AmqpError> {
+        if is_default(&m.destination) {
+            return Err(default_refused());
+        }
+        if !self.exchanges.contains_key(&m.destination) {
+            return Err(no_exchange(&m.destination));
+        }
+        let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+        self.bind(&m.source, dest, m.routing_key, m.arguments)?;
+        if !m.no_wait {
+            self.send(conn, ch, ExchangeBindOk {});
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_unbind(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        m: ExchangeUnbind,
+    ) -> Result<(), AmqpError> {
+        if is_default(&m.destination) {
+            return Err(default_refused());
+        }
+        if !self.exchanges.contains_key(&m.destination) {
+            return Err(no_exchange(&m.destination));
+        }
+        let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+        self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
+        if !m.no_wait {
+            self.send(conn, ch, ExchangeUnbindOk {});
+        }
+        Ok(())
+    }
+
+    fn bind(
+        &mut self,
+        source: &str,
+        destination: Destination,
+        key: String,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if is_default(source) {
+            return Err(default_refused());
+        }
+        let x = self
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| no_exchange(source))?;
+        x.router.validate_binding(&key, &arguments)?;
+        let b = Binding {
+            destination,
+            key,
+            arguments,
+        };
+        let id = BindingId::of(&b);
+        if !x.bindings.contains_key(&id) {
+            x.router.add_binding(&b);
+            x.bindings.insert(id, b);
+        }
+        Ok(())
+    }
+
+    fn unbind(
+        &mut self,
+        source: &str,
+        destination: Destination,
+        key: String,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if is_default(source) {
+            return Err(default_refused());
+        }
+        let x = self
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| no_exchange(source))?;
+        // Unbinding what is not bound succeeds, as in RabbitMQ.
+        let id = BindingId::of(&Binding {
+            destination,
+            key,
+            arguments,
+        });
+        if let Some(b) = x.bindings.remove(&id) {
+            x.router.remove_binding(&b);
+            self.auto_delete_exchange(source);
+        }
+        Ok(())
+    }
+
+    /// Drops every binding to `dest` (a deleted queue or exchange), cascading auto-delete.
+    pub(super) fn unbind_destination(&mut self, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for (name, x) in &mut self.exchanges {
+            let before = x.bindings.len();
+            let router = &mut x.router;
+            x.bindings.retain(|_, b| {
+                let keep = b.destination != *dest;
+                if !keep {
+                    router.remove_binding(b);
+                }
+                keep
+            });
+            if x.bindings.len() != before {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            self.auto_delete_exchange(&name);
+        }
+    }
+
+    fn auto_delete_exchange(&mut self, name: &str) {
+        if self
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.auto_delete && x.bindings.is_empty())
+        {
+            self.delete_exchange(name);
+        }
+    }
+
+    fn delete_exchange(&mut self, name: &str) {
+        if self.exchanges.remove(name).is_some() {
+            self.unbind_destination(&Destination::Exchange(Arc::from(name)));
+        }
+    }
+
+    /// Refuses a publish to an exchange that does not exist or is internal.
+    pub(super) fn check_publish_target(&self, exchange: &str) -> Result<(), AmqpError> {
+        if is_default(exchange) {
+            return Ok(());
+        }
+        let x = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| no_exchange(exchange))?;
+        if x.internal {
+            return Err(AmqpError::new(
+                ACCESS_REFUSED,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The queues a message published to `exchange` reaches. Follows exchange-to-exchange
+    /// bindings and alternate exchanges, visiting each exchange at most once so cycles end,
+    /// and routes on the routing key plus any `CC` and `BCC` header keys.
+    pub(super) fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+    ) -> Result<Vec<Arc<str>>, AmqpError> {
+        let mut keys = vec![routing_key];
+        if let Some(h) = &properties.headers {
+            for name in ["CC", "BCC"] {
+                if let Some(FieldValue::Array(items)) = h.get(name) {
+                    keys.extend(items.iter().filter_map(FieldValue::as_str));
+                }
+            }
+        }
+        self.check_publish_target(exchange)?;
+        let mut queues: Vec<Arc<str>> = Vec::new();
+        if is_default(exchange) {
+            queues.extend(
+                keys.iter()
+                    .filter_map(|k| self.queues.get_key_value(*k))
+                    .map(|(k, _)| Arc::from(k.as_str())),
+            );
+        } else {
+            let mut seen: HashSet<&str> = HashSet::from([exchange]);
+            let mut work: Vec<&str> = vec![exchange];
+            let mut dests = Vec::new();
+            while let Some(name) = work.pop() {
+                let Some(x) = self.exchanges.get(name) else {
+                    continue;
+                };
+                dests.clear();
+                for key in &keys {
+                    x.router.route(
+                        RoutingInput {
+                            routing_key: key,
+                            properties,
+                        },
+                        &mut dests,
+                    );
+                }
+                if dests.is_empty()
+                    && let Some(ae) = x.alternate()
+                    && seen.insert(ae)
+                {
+                    work.push(ae);
+                }
+                for d in dests.drain(..) {
+                    match d {
+                        Destination::Queue(q) => queues.push(q),
+                        Destination::Exchange(e) => {
+                            if let Some((k, _)) = self.exchanges.get_key_value(&*e)
+                                && seen.insert(k.as_str())
+                            {
+                                work.push(k.as_str());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        queues.sort();
+        queues.dedup();
+        queues.retain(|q| self.queues.contains_key(&**q));
+        Ok(queues)
+    }
+}
+
+fn check_equivalent(m: &ExchangeDeclare, x: &Exchange) -> Result<(), AmqpError> {
+    let name = &m.exchange;
+    let differ = |what: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
+        precondition(format!(
+            "inequivalent arg '{what}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+        ))
+    };
+    if m.kind != x.kind {
+        return Err(differ("type", &m.kind, &x.kind));
+    }
+    if m.durable != x.durable {
+        return Err(differ("durable", &m.durable, &x.durable));
+    }
+    if m.auto_delete != x.auto_delete {
+        return Err(differ("auto_delete", &m.auto_delete, &x.auto_delete));
+    }
+    if m.internal != x.internal {
+        return Err(differ("internal", &m.internal, &x.internal));
+    }
+    let ae = |t: &FieldTable| {
+        t.get("alternate-exchange")
+            .and_then(FieldValue::as_str)
+            .map(str::to_string)
+    };
+    let (new, old) = (ae(&m.arguments), ae(&x.arguments));
+    if new != old {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        return Err(differ("alternate-exchange", &show(new), &show(old)));
+    }
+    Ok(())
+}
