@@ -645,24 +645,22 @@ async fn publish_to_a_missing_exchange_is_404() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    publish(&ch, "", b"x").await;
-    ch.basic_publish(
-        "no-such".into(),
-        "k".into(),
-        BasicPublishOptions::default(),
-        b"x",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish is async");
-    let e = ch
-        .queue_declare(
-            "x".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    // lapin sends content after other pending methods: read the error from the publish's own
+    // confirm, not from a later call.
+    let confirm = ch
+        .basic_publish(
+            "no-such".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
         )
         .await
-        .expect_err("channel closed");
+        .expect("publish is async");
+    let e = confirm.await.expect_err("channel closed");
     assert_eq!(code(&e), Some(404), "{e}");
 }
 

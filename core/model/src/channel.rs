@@ -58,8 +58,8 @@ pub enum TxOp {
     Publish {
         /// The method.
         method: warren_codec::BasicPublish,
-        /// Its properties.
-        properties: warren_codec::BasicProperties,
+        /// Its properties (boxed: settlements are far more common in a transaction).
+        properties: Box<warren_codec::BasicProperties>,
         /// Its body.
         body: bytes::Bytes,
     },

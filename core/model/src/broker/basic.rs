@@ -40,7 +40,7 @@ impl Broker {
         if let Some(tx) = self.channel(conn, ch).and_then(|c| c.tx.as_mut()) {
             tx.push(TxOp::Publish {
                 method: m,
-                properties,
+                properties: Box::new(properties),
                 body,
             });
             return Ok(());

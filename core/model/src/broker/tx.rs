@@ -27,7 +27,7 @@ impl Broker {
                     method,
                     properties,
                     body,
-                } => self.route_and_deliver(conn, ch, method, properties, body)?,
+                } => self.route_and_deliver(conn, ch, method, *properties, body)?,
                 TxOp::Settle {
                     tag,
                     multiple,

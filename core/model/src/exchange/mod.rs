@@ -114,6 +114,19 @@ pub(crate) fn remove_one(v: &mut Vec<Destination>, d: &Destination) {
     }
 }
 
+/// A hash that stays the same across runs, platforms and versions (FNV-1a 64 then a
+/// splitmix64 finalizer to spread short keys): a key's queue must not move on restart.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
@@ -152,17 +165,4 @@ pub(crate) mod test_support {
         out.dedup();
         out
     }
-}
-
-/// A hash that stays the same across runs, platforms and versions (FNV-1a 64 then a
-/// splitmix64 finalizer to spread short keys): a key's queue must not move on restart.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
 }
