@@ -11,11 +11,7 @@ use warren_core::auth::User;
 
 /// Command-line flags.
 #[derive(Debug, Default, Parser)]
-#[command(
-    name = "warren",
-    version,
-    about = "Warren: an AMQP 0-9-1 message broker"
-)]
+#[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker")]
 pub struct Cli {
     /// Address for AMQP 0-9-1 over TCP [default: 0.0.0.0:5672].
     #[arg(long, env = "WARREN_AMQP_LISTEN", value_name = "ADDR")]
@@ -151,11 +147,7 @@ impl Settings {
         if let Some(users) = file.users {
             s.users = users
                 .into_iter()
-                .map(|u| User {
-                    name: u.name,
-                    password: u.password,
-                    loopback_only: u.loopback_only,
-                })
+                .map(|u| User { name: u.name, password: u.password, loopback_only: u.loopback_only })
                 .collect();
         }
         Ok(s)
@@ -163,14 +155,9 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.into(),
-        message: e.to_string(),
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
 }
 
 #[cfg(test)]
@@ -183,21 +170,15 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = parse("amqp-listen = \"127.0.0.1:1\"\n\n[amqp]\nheartbeet = 5\n")
-            .err()
-            .unwrap_or_default();
+        let err = parse("amqp-listen = \"127.0.0.1:1\"\n\n[amqp]\nheartbeet = 5\n").err().unwrap_or_default();
         assert!(err.contains("heartbeet") && err.contains("line 4"), "{err}");
     }
 
     #[test]
     fn flags_win_over_the_file() {
         let file =
-            parse("amqp-listen = \"127.0.0.1:1000\"\ndata-dir = \"/tmp/x\"\n[amqp]\nheartbeat = 5")
-                .ok();
-        let cli = Cli {
-            amqp_listen: Some("127.0.0.1:2000".parse().ok()).flatten(),
-            ..Cli::default()
-        };
+            parse("amqp-listen = \"127.0.0.1:1000\"\ndata-dir = \"/tmp/x\"\n[amqp]\nheartbeat = 5").ok();
+        let cli = Cli { amqp_listen: Some("127.0.0.1:2000".parse().ok()).flatten(), ..Cli::default() };
         let s = Settings::resolve(&cli, file.unwrap_or_default()).ok();
         let s = s.as_ref();
         assert_eq!(s.map(|s| s.amqp_listen.port()), Some(2000));
@@ -208,9 +189,6 @@ mod tests {
     #[test]
     fn tiny_frame_max_is_refused() {
         let file = parse("[amqp]\nframe-max = 100").ok().unwrap_or_default();
-        assert!(matches!(
-            Settings::resolve(&Cli::default(), file),
-            Err(ConfigError::Invalid(_))
-        ));
+        assert!(matches!(Settings::resolve(&Cli::default(), file), Err(ConfigError::Invalid(_))));
     }
 }

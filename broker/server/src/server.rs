@@ -10,7 +10,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,11 +29,15 @@ pub struct Shared {
     pub broker: Broker,
     wakers: HashMap<ConnId, Arc<Notify>>,
     woken: Vec<ConnId>,
+    timer: Arc<Notify>,
 }
 
 impl Shared {
     /// Wakes every connection the broker queued frames for, except `me`.
     fn wake_others(&mut self, me: Option<ConnId>) {
+        if self.broker.take_timer_changed() {
+            self.timer.notify_one();
+        }
         self.broker.take_wakeups(&mut self.woken);
         for id in self.woken.drain(..) {
             if Some(id) != me
@@ -48,11 +52,13 @@ impl Shared {
 /// A handle on the shared state.
 pub type SharedRef = Arc<Mutex<Shared>>;
 
-/// Locks the shared state. A panic while it was held (a bug) must not stop the others.
+/// Locks the shared state and gives the broker the time. A panic while the lock was held (a
+/// bug) must not stop the other connections, hence the poison is ignored.
 pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    let mut guard = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    guard.broker.set_time(std::time::Instant::now(), unix_ms);
+    guard
 }
 
 /// A bound, not yet running broker.
@@ -66,21 +72,12 @@ impl Server {
     /// Binds the AMQP listener and builds the broker.
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
         let listener = TcpListener::bind(settings.amqp_listen).await?;
-        let seed = RandomState::new().hash_one(std::time::SystemTime::now());
-        let broker = Broker::new(BrokerConfig {
-            users: settings.users.clone(),
-            seed,
-        });
-        let shared = Shared {
-            broker,
-            wakers: HashMap::new(),
-            woken: Vec::new(),
-        };
-        Ok(Server {
-            listener,
-            shared: Arc::new(Mutex::new(shared)),
-            connection: settings.connection.clone(),
-        })
+        let seed = RandomState::new().hash_one(SystemTime::now());
+        let config = BrokerConfig { users: settings.users.clone(), seed };
+        let broker = Broker::new(config, std::time::Instant::now());
+        let timer = Arc::new(Notify::new());
+        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer };
+        Ok(Server { listener, shared: Arc::new(Mutex::new(shared)), connection: settings.connection.clone() })
     }
 
     /// The address the AMQP listener is bound to.
@@ -98,6 +95,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let timers = tokio::spawn(run_timers(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -117,17 +115,36 @@ impl Server {
             }
         }
         info!(connections = tasks.len(), "shutting down");
+        timers.abort();
         let _ = stop_tx.send(true);
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(deadline, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
+        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()
         {
             tasks.abort_all();
         }
         Ok(())
+    }
+}
+
+/// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
+async fn run_timers(shared: SharedRef) {
+    let notify = lock(&shared).timer.clone();
+    loop {
+        let next = {
+            let mut s = lock(&shared);
+            s.broker.handle_timeout();
+            s.wake_others(None);
+            s.broker.poll_timeout()
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(Instant::from_std(at)) => {}
+                    () = notify.notified() => {}
+                }
+            }
+            None => notify.notified().await,
+        }
     }
 }
 
@@ -220,16 +237,10 @@ fn log_event(peer: SocketAddr, event: Event) {
     match event {
         Event::Opened { user, vhost } => info!(%peer, %user, %vhost, "connection opened"),
         Event::AuthFailed { reason } => warn!(%peer, %reason, "login refused"),
-        Event::Closed {
-            code: 0,
-            text,
-            by_peer,
-        } => info!(%peer, reason = %text, by_peer, "connection closed"),
-        Event::Closed {
-            code,
-            text,
-            by_peer,
-        } => {
+        Event::Closed { code: 0, text, by_peer } => {
+            info!(%peer, reason = %text, by_peer, "connection closed")
+        }
+        Event::Closed { code, text, by_peer } => {
             if code == 200 {
                 info!(%peer, code, by_peer, "connection closed");
             } else {

@@ -11,19 +11,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 async fn connect(b: &TestBroker) -> Connection {
-    Connection::connect(&b.uri(), ConnectionProperties::default())
-        .await
-        .expect("connect")
+    Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect")
 }
 
 async fn declare(ch: &Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
 }
 
 async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
@@ -39,9 +33,7 @@ async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
 }
 
 async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
-    ch.basic_get(queue.into(), BasicGetOptions { no_ack })
-        .await
-        .expect("get")
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack }).await.expect("get")
 }
 
 /// The reply code a failed call carries, if the broker sent one.
@@ -64,19 +56,10 @@ async fn publish_then_get_and_consume_with_acks() {
     let first = get(&ch, "work", false).await.expect("a message");
     assert_eq!(first.delivery.data, b"one");
     assert_eq!(first.message_count, 2);
-    first
-        .delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .expect("ack");
+    first.delivery.ack(BasicAckOptions::default()).await.expect("ack");
 
     let mut consumer = ch
-        .basic_consume(
-            "work".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("work".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect("consume");
     assert!(consumer.tag().as_str().starts_with("amq.ctag-"));
@@ -102,29 +85,14 @@ async fn nack_requeue_restores_order_and_marks_redelivered() {
     let bm = get(&ch, "q", false).await.expect("b");
     let c = get(&ch, "q", false).await.expect("c");
     // Requeue b alone, then a and c with one multiple nack: all go back where they were.
-    bm.delivery
-        .nack(BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        })
+    bm.delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await.expect("nack");
+    ch.basic_nack(c.delivery.delivery_tag, BasicNackOptions { multiple: true, requeue: true })
         .await
-        .expect("nack");
-    ch.basic_nack(
-        c.delivery.delivery_tag,
-        BasicNackOptions {
-            multiple: true,
-            requeue: true,
-        },
-    )
-    .await
-    .expect("nack multiple");
+        .expect("nack multiple");
     drop(a);
     let mut seen = Vec::new();
     while let Some(m) = get(&ch, "q", true).await {
-        seen.push((
-            String::from_utf8_lossy(&m.delivery.data).to_string(),
-            m.delivery.redelivered,
-        ));
+        seen.push((String::from_utf8_lossy(&m.delivery.data).to_string(), m.delivery.redelivered));
     }
     let want: Vec<(String, bool)> = [("a", true), ("b", true), ("c", true), ("d", false)]
         .iter()
@@ -142,15 +110,9 @@ async fn reject_without_requeue_drops_and_with_requeue_redelivers() {
     publish(&ch, "r", b"x").await;
     publish(&ch, "r", b"y").await;
     let x = get(&ch, "r", false).await.expect("x");
-    x.delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await
-        .expect("reject");
+    x.delivery.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
     let y = get(&ch, "r", false).await.expect("y");
-    y.delivery
-        .reject(BasicRejectOptions { requeue: true })
-        .await
-        .expect("reject");
+    y.delivery.reject(BasicRejectOptions { requeue: true }).await.expect("reject");
     let again = get(&ch, "r", true).await.expect("y again");
     assert_eq!(again.delivery.data, b"y");
     assert!(again.delivery.redelivered);
@@ -166,16 +128,9 @@ async fn per_consumer_prefetch_limits_unacked_deliveries() {
     for i in 0..5 {
         publish(&ch, "p", format!("{i}").as_bytes()).await;
     }
-    ch.basic_qos(2, BasicQosOptions { global: false })
-        .await
-        .expect("qos");
+    ch.basic_qos(2, BasicQosOptions { global: false }).await.expect("qos");
     let mut consumer = ch
-        .basic_consume(
-            "p".into(),
-            "c1".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("p".into(), "c1".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect("consume");
     let d1 = consumer.next().await.expect("d1").expect("ok");
@@ -199,25 +154,11 @@ async fn global_prefetch_is_shared_by_the_channel() {
         publish(&ch, "g1", b"1").await;
         publish(&ch, "g2", b"2").await;
     }
-    ch.basic_qos(3, BasicQosOptions { global: true })
-        .await
-        .expect("qos");
-    let _c1 = ch
-        .basic_consume(
-            "g1".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await;
-    let _c2 = ch
-        .basic_consume(
-            "g2".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await;
+    ch.basic_qos(3, BasicQosOptions { global: true }).await.expect("qos");
+    let _c1 =
+        ch.basic_consume("g1".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await;
+    let _c2 =
+        ch.basic_consume("g2".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await;
     assert!(
         eventually(|| {
             let (r1, u1, _) = b.counts("g1").unwrap_or_default();
@@ -234,18 +175,9 @@ async fn deliveries_round_robin_across_consumers() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "rr").await;
-    let opts = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut c1 = ch
-        .basic_consume("rr".into(), "one".into(), opts, FieldTable::default())
-        .await
-        .expect("c1");
-    let mut c2 = ch
-        .basic_consume("rr".into(), "two".into(), opts, FieldTable::default())
-        .await
-        .expect("c2");
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut c1 = ch.basic_consume("rr".into(), "one".into(), opts, FieldTable::default()).await.expect("c1");
+    let mut c2 = ch.basic_consume("rr".into(), "two".into(), opts, FieldTable::default()).await.expect("c2");
     for i in 0..6 {
         publish(&ch, "rr", format!("{i}").as_bytes()).await;
     }
@@ -280,10 +212,7 @@ async fn unacked_messages_return_when_the_channel_or_connection_closes() {
     conn2.close(200, "bye".into()).await.expect("close conn");
     assert!(eventually(|| b.counts("back") == Some((2, 0, 0))).await);
     let m = get(&ch, "back", true).await.expect("m1 again");
-    assert_eq!(
-        (m.delivery.data.as_slice(), m.delivery.redelivered),
-        (&b"m1"[..], true)
-    );
+    assert_eq!((m.delivery.data.as_slice(), m.delivery.redelivered), (&b"m1"[..], true));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,9 +223,7 @@ async fn basic_recover_requeues_everything_unacked() {
     declare(&ch, "rec").await;
     publish(&ch, "rec", b"z").await;
     let _z = get(&ch, "rec", false).await.expect("z");
-    ch.basic_recover(BasicRecoverOptions { requeue: true })
-        .await
-        .expect("recover");
+    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.expect("recover");
     let z = get(&ch, "rec", true).await.expect("z again");
     assert!(z.delivery.redelivered);
 }
@@ -309,10 +236,7 @@ async fn server_named_queues_purge_and_delete() {
     let q = ch
         .queue_declare(
             "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { exclusive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -324,26 +248,16 @@ async fn server_named_queues_purge_and_delete() {
     let again = ch
         .queue_declare(
             name.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { passive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
         .expect("passive");
     assert_eq!(again.message_count(), 2);
-    assert_eq!(
-        ch.queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .expect("purge"),
-        2
-    );
+    assert_eq!(ch.queue_purge(name.as_str().into(), QueuePurgeOptions::default()).await.expect("purge"), 2);
     publish(&ch, &name, b"3").await;
     assert_eq!(
-        ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("delete"),
+        ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await.expect("delete"),
         1
     );
     assert_eq!(b.counts(&name), None);
@@ -354,41 +268,18 @@ async fn exclusive_and_auto_delete_queues_go_with_their_owner() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    ch.queue_declare("mine".into(), opts, FieldTable::default())
-        .await
-        .expect("declare");
-    let ad = QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    ch.queue_declare("ad".into(), ad, FieldTable::default())
-        .await
-        .expect("declare");
+    let opts = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    ch.queue_declare("mine".into(), opts, FieldTable::default()).await.expect("declare");
+    let ad = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+    ch.queue_declare("ad".into(), ad, FieldTable::default()).await.expect("declare");
     let c = ch
-        .basic_consume(
-            "ad".into(),
-            "t".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("ad".into(), "t".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await;
     assert!(c.is_ok());
-    ch.basic_cancel("t".into(), BasicCancelOptions::default())
-        .await
-        .expect("cancel");
-    assert!(
-        eventually(|| b.counts("ad").is_none()).await,
-        "auto-delete queue survived its last consumer"
-    );
+    ch.basic_cancel("t".into(), BasicCancelOptions::default()).await.expect("cancel");
+    assert!(eventually(|| b.counts("ad").is_none()).await, "auto-delete queue survived its last consumer");
     conn.close(200, "bye".into()).await.expect("close");
-    assert!(
-        eventually(|| b.counts("mine").is_none()).await,
-        "exclusive queue survived its owner"
-    );
+    assert!(eventually(|| b.counts("mine").is_none()).await, "exclusive queue survived its owner");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,9 +300,7 @@ async fn confirms_ack_each_publish_and_mandatory_returns_come_first() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
     declare(&ch, "c").await;
     let ok = ch
         .basic_publish(
@@ -426,18 +315,9 @@ async fn confirms_ack_each_publish_and_mandatory_returns_come_first() {
         .await
         .expect("confirm");
     assert!(matches!(ok, Confirmation::Ack(None)));
-    let opts = BasicPublishOptions {
-        mandatory: true,
-        ..Default::default()
-    };
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
     let returned = ch
-        .basic_publish(
-            "".into(),
-            "nowhere".into(),
-            opts,
-            b"lost",
-            BasicProperties::default(),
-        )
+        .basic_publish("".into(), "nowhere".into(), opts, b"lost", BasicProperties::default())
         .await
         .expect("publish")
         .await
@@ -464,15 +344,9 @@ async fn properties_and_headers_survive_the_trip() {
         .with_message_id("id-1".into())
         .with_timestamp(1_700_000_000)
         .with_headers(headers.clone());
-    ch.basic_publish(
-        "".into(),
-        "props".into(),
-        BasicPublishOptions::default(),
-        b"p",
-        props.clone(),
-    )
-    .await
-    .expect("publish");
+    ch.basic_publish("".into(), "props".into(), BasicPublishOptions::default(), b"p", props.clone())
+        .await
+        .expect("publish");
     let m = get(&ch, "props", true).await.expect("message");
     assert_eq!(m.delivery.properties, props);
 }
@@ -484,19 +358,10 @@ async fn passive_declare_of_a_missing_queue_is_404_and_closes_only_the_channel()
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    let opts = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let e = ch
-        .queue_declare("ghost".into(), opts, FieldTable::default())
-        .await
-        .expect_err("404");
+    let opts = QueueDeclareOptions { passive: true, ..Default::default() };
+    let e = ch.queue_declare("ghost".into(), opts, FieldTable::default()).await.expect_err("404");
     assert_eq!(code(&e), Some(404));
-    let ch2 = conn
-        .create_channel()
-        .await
-        .expect("the connection still works");
+    let ch2 = conn.create_channel().await.expect("the connection still works");
     declare(&ch2, "alive").await;
 }
 
@@ -506,14 +371,8 @@ async fn redeclare_with_different_flags_is_406() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "d").await;
-    let opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let e = ch
-        .queue_declare("d".into(), opts, FieldTable::default())
-        .await
-        .expect_err("406");
+    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let e = ch.queue_declare("d".into(), opts, FieldTable::default()).await.expect_err("406");
     assert_eq!(code(&e), Some(406));
 }
 
@@ -522,22 +381,12 @@ async fn exclusive_queue_from_another_connection_is_405() {
     let b = TestBroker::start().await;
     let owner = connect(&b).await;
     let ch = owner.create_channel().await.expect("channel");
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    ch.queue_declare("excl".into(), opts, FieldTable::default())
-        .await
-        .expect("declare");
+    let opts = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    ch.queue_declare("excl".into(), opts, FieldTable::default()).await.expect("declare");
     let other = connect(&b).await;
     let ch2 = other.create_channel().await.expect("channel");
     let e = ch2
-        .basic_consume(
-            "excl".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("excl".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect_err("405");
     assert_eq!(code(&e), Some(405));
@@ -548,16 +397,10 @@ async fn unknown_delivery_tag_is_406() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.basic_ack(99, BasicAckOptions::default())
-        .await
-        .expect("ack is async");
+    ch.basic_ack(99, BasicAckOptions::default()).await.expect("ack is async");
     // The channel.close arrives asynchronously: the next synchronous call reports it.
     let e = ch
-        .queue_declare(
-            "x".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+        .queue_declare("x".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .expect_err("channel closed");
     assert_eq!(code(&e), Some(406), "{e}");
@@ -571,33 +414,16 @@ async fn delete_if_unused_and_if_empty_are_406() {
     declare(&ch, "busy").await;
     publish(&ch, "busy", b"x").await;
     let e = ch
-        .queue_delete(
-            "busy".into(),
-            QueueDeleteOptions {
-                if_empty: true,
-                ..Default::default()
-            },
-        )
+        .queue_delete("busy".into(), QueueDeleteOptions { if_empty: true, ..Default::default() })
         .await
         .expect_err("not empty");
     assert_eq!(code(&e), Some(406));
     let ch = conn.create_channel().await.expect("channel");
     let _c = ch
-        .basic_consume(
-            "busy".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("busy".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await;
     let e = ch
-        .queue_delete(
-            "busy".into(),
-            QueueDeleteOptions {
-                if_unused: true,
-                ..Default::default()
-            },
-        )
+        .queue_delete("busy".into(), QueueDeleteOptions { if_unused: true, ..Default::default() })
         .await
         .expect_err("in use");
     assert_eq!(code(&e), Some(406));
@@ -609,32 +435,17 @@ async fn consume_from_missing_queue_is_404_and_reused_tag_is_530() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     let e = ch
-        .basic_consume(
-            "nope".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("nope".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect_err("404");
     assert_eq!(code(&e), Some(404));
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "t").await;
     let _c = ch
-        .basic_consume(
-            "t".into(),
-            "same".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("t".into(), "same".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await;
     let e = ch
-        .basic_consume(
-            "t".into(),
-            "same".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("t".into(), "same".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect_err("530");
     assert_eq!(code(&e), Some(530));
@@ -645,9 +456,7 @@ async fn publish_to_a_missing_exchange_is_404() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
     // lapin sends content after other pending methods: read the error from the publish's own
     // confirm, not from a later call.
     let confirm = ch
@@ -670,23 +479,9 @@ async fn immediate_publish_closes_the_connection_with_540() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "i").await;
-    let opts = BasicPublishOptions {
-        immediate: true,
-        ..Default::default()
-    };
-    let _ = ch
-        .basic_publish(
-            "".into(),
-            "i".into(),
-            opts,
-            b"x",
-            BasicProperties::default(),
-        )
-        .await;
-    assert!(
-        eventually(|| !conn.status().connected()).await,
-        "connection still open after immediate=true"
-    );
+    let opts = BasicPublishOptions { immediate: true, ..Default::default() };
+    let _ = ch.basic_publish("".into(), "i".into(), opts, b"x", BasicProperties::default()).await;
+    assert!(eventually(|| !conn.status().connected()).await, "connection still open after immediate=true");
     assert_eq!(b.counts("i"), Some((0, 0, 0)));
 }
 
@@ -694,9 +489,7 @@ async fn immediate_publish_closes_the_connection_with_540() {
 async fn wrong_password_is_refused() {
     let b = TestBroker::start().await;
     let uri = format!("amqp://guest:wrong@{}/%2f", b.addr);
-    let e = Connection::connect(&uri, ConnectionProperties::default())
-        .await
-        .expect_err("refused");
+    let e = Connection::connect(&uri, ConnectionProperties::default()).await.expect_err("refused");
     assert_eq!(code(&e), Some(403), "{e}");
     let ok = connect(&b).await;
     assert!(ok.status().connected());
@@ -708,40 +501,23 @@ async fn exclusive_consumer_excludes_others_with_403() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "solo").await;
-    let opts = BasicConsumeOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    let _c = ch
-        .basic_consume("solo".into(), "first".into(), opts, FieldTable::default())
-        .await
-        .expect("consume");
+    let opts = BasicConsumeOptions { exclusive: true, ..Default::default() };
+    let _c =
+        ch.basic_consume("solo".into(), "first".into(), opts, FieldTable::default()).await.expect("consume");
     let ch2 = conn.create_channel().await.expect("channel");
     let e = ch2
-        .basic_consume(
-            "solo".into(),
-            "second".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("solo".into(), "second".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect_err("403");
     assert_eq!(code(&e), Some(403));
     // And an exclusive consumer cannot join a queue that already has consumers.
     declare(&ch, "shared").await;
     let _d = ch
-        .basic_consume(
-            "shared".into(),
-            "a".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("shared".into(), "a".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await;
     let ch3 = conn.create_channel().await.expect("channel");
-    let e = ch3
-        .basic_consume("shared".into(), "b".into(), opts, FieldTable::default())
-        .await
-        .expect_err("403");
+    let e =
+        ch3.basic_consume("shared".into(), "b".into(), opts, FieldTable::default()).await.expect_err("403");
     assert_eq!(code(&e), Some(403));
 }
 
@@ -751,27 +527,16 @@ async fn channel_flow_pauses_and_resumes_deliveries() {
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "flow").await;
-    ch.channel_flow(ChannelFlowOptions { active: false })
-        .await
-        .expect("flow off");
-    let opts = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut c = ch
-        .basic_consume("flow".into(), "".into(), opts, FieldTable::default())
-        .await
-        .expect("consume");
+    ch.channel_flow(ChannelFlowOptions { active: false }).await.expect("flow off");
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut c =
+        ch.basic_consume("flow".into(), "".into(), opts, FieldTable::default()).await.expect("consume");
     publish(&ch, "flow", b"held").await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), c.next())
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_millis(200), c.next()).await.is_err(),
         "delivered while paused"
     );
-    ch.channel_flow(ChannelFlowOptions { active: true })
-        .await
-        .expect("flow on");
+    ch.channel_flow(ChannelFlowOptions { active: true }).await.expect("flow on");
     let d = c.next().await.expect("delivery").expect("ok");
     assert_eq!(d.data, b"held");
 }

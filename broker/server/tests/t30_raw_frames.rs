@@ -20,10 +20,7 @@ struct Raw {
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Raw { stream, buf: BytesMut::new() }
     }
 
     /// Connects and completes the handshake, asking for `frame_max` and `heartbeat`.
@@ -41,30 +38,10 @@ impl Raw {
             },
         )
         .await;
-        let Method::ConnectionTune(tune) = r.method().await else {
-            panic!("expected tune")
-        };
-        assert_eq!(
-            (tune.frame_max, tune.channel_max, tune.heartbeat),
-            (131_072, 2047, 60)
-        );
-        r.send_method(
-            0,
-            ConnectionTuneOk {
-                channel_max: 0,
-                frame_max,
-                heartbeat,
-            },
-        )
-        .await;
-        r.send_method(
-            0,
-            ConnectionOpen {
-                virtual_host: "/".into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let Method::ConnectionTune(tune) = r.method().await else { panic!("expected tune") };
+        assert_eq!((tune.frame_max, tune.channel_max, tune.heartbeat), (131_072, 2047, 60));
+        r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max, heartbeat }).await;
+        r.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
         assert!(matches!(r.method().await, Method::ConnectionOpenOk(_)));
         r
     }
@@ -98,11 +75,10 @@ impl Raw {
             if let Some(f) = decode_frame(&mut self.buf, 0).expect("server sent a bad frame") {
                 return Some(f);
             }
-            let n =
-                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
-                    .await
-                    .expect("server went silent")
-                    .unwrap_or(0);
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server went silent")
+                .unwrap_or(0);
             if n == 0 {
                 return None;
             }
@@ -123,10 +99,7 @@ impl Raw {
     async fn expect_connection_close(&mut self) -> ConnectionClose {
         let close = loop {
             match self.recv().await {
-                Some(Frame::Method {
-                    channel: 0,
-                    method: Method::ConnectionClose(c),
-                }) => break c,
+                Some(Frame::Method { channel: 0, method: Method::ConnectionClose(c) }) => break c,
                 Some(_) => continue,
                 None => panic!("socket closed without connection.close"),
             }
@@ -141,14 +114,7 @@ impl Raw {
 async fn still_serving(addr: SocketAddr) {
     let mut r = Raw::open(addr).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        QueueDeclare {
-            queue: "alive".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, QueueDeclare { queue: "alive".into(), ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
 }
 
@@ -235,20 +201,9 @@ async fn unknown_class_or_method_is_command_invalid() {
 async fn method_on_a_channel_never_opened_is_channel_error() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
-    r.send_method(
-        5,
-        QueueDeclare {
-            queue: "q".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(5, QueueDeclare { queue: "q".into(), ..Default::default() }).await;
     let c = r.expect_connection_close().await;
-    assert_eq!(
-        (c.reply_code, c.class_id, c.method_id),
-        (reply_code::CHANNEL_ERROR, 0, 0),
-        "{c:?}"
-    );
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 0, 0), "{c:?}");
     still_serving(b.addr).await;
 }
 
@@ -257,23 +212,9 @@ async fn method_on_a_closed_channel_is_channel_error() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        ChannelClose {
-            reply_code: 200,
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, ChannelClose { reply_code: 200, ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::ChannelCloseOk(_)));
-    r.send_method(
-        1,
-        BasicQos {
-            prefetch_count: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, BasicQos { prefetch_count: 1, ..Default::default() }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::CHANNEL_ERROR, "{c:?}");
 }
@@ -285,11 +226,7 @@ async fn second_channel_open_is_channel_error() {
     r.open_channel(1).await;
     r.send_method(1, ChannelOpen::default()).await;
     let c = r.expect_connection_close().await;
-    assert_eq!(
-        (c.reply_code, c.class_id, c.method_id),
-        (reply_code::CHANNEL_ERROR, 20, 10),
-        "{c:?}"
-    );
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 20, 10), "{c:?}");
 }
 
 #[tokio::test]
@@ -297,20 +234,13 @@ async fn content_without_a_method_is_unexpected_frame() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_frame(Frame::Header {
-        channel: 1,
-        header: ContentHeader::basic(3, BasicProperties::default()),
-    })
-    .await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) })
+        .await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_frame(Frame::Body {
-        channel: 1,
-        payload: Bytes::from_static(b"abc"),
-    })
-    .await;
+    r.send_frame(Frame::Body { channel: 1, payload: Bytes::from_static(b"abc") }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
     still_serving(b.addr).await;
@@ -321,33 +251,12 @@ async fn body_longer_than_announced_is_unexpected_frame_and_nothing_is_queued() 
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        QueueDeclare {
-            queue: "long".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, QueueDeclare { queue: "long".into(), ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
-    r.send_method(
-        1,
-        BasicPublish {
-            routing_key: "long".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    r.send_frame(Frame::Header {
-        channel: 1,
-        header: ContentHeader::basic(3, BasicProperties::default()),
-    })
-    .await;
-    r.send_frame(Frame::Body {
-        channel: 1,
-        payload: Bytes::from_static(b"abcdef"),
-    })
-    .await;
+    r.send_method(1, BasicPublish { routing_key: "long".into(), ..Default::default() }).await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) })
+        .await;
+    r.send_frame(Frame::Body { channel: 1, payload: Bytes::from_static(b"abcdef") }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
     assert_eq!(b.counts("long"), Some((0, 0, 0)));
@@ -358,14 +267,7 @@ async fn a_method_in_the_middle_of_content_is_unexpected_frame() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        BasicPublish {
-            routing_key: "x".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, BasicPublish { routing_key: "x".into(), ..Default::default() }).await;
     r.send_method(1, BasicQos::default()).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
@@ -383,29 +285,12 @@ async fn after_a_channel_error_frames_are_discarded_until_close_ok() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        QueueDeclare {
-            queue: "ghost".into(),
-            passive: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let Method::ChannelClose(c) = r.method().await else {
-        panic!("expected channel.close")
-    };
+    r.send_method(1, QueueDeclare { queue: "ghost".into(), passive: true, ..Default::default() }).await;
+    let Method::ChannelClose(c) = r.method().await else { panic!("expected channel.close") };
     assert_eq!((c.reply_code, c.class_id, c.method_id), (404, 50, 10));
     assert_eq!(c.reply_text, "NOT_FOUND - no queue 'ghost' in vhost '/'");
     // Ignored: the channel is closing.
-    r.send_method(
-        1,
-        QueueDeclare {
-            queue: "ignored".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, QueueDeclare { queue: "ignored".into(), ..Default::default() }).await;
     r.send_method(1, ChannelCloseOk {}).await;
     r.open_channel(1).await;
     assert_eq!(b.counts("ignored"), None);
@@ -428,12 +313,7 @@ async fn wrong_credentials_get_403_during_the_handshake() {
     .await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::ACCESS_REFUSED);
-    assert!(
-        c.reply_text
-            .starts_with("ACCESS_REFUSED - Login was refused"),
-        "{}",
-        c.reply_text
-    );
+    assert!(c.reply_text.starts_with("ACCESS_REFUSED - Login was refused"), "{}", c.reply_text);
 }
 
 #[tokio::test]
@@ -452,15 +332,7 @@ async fn tune_ok_above_the_servers_limits_is_refused() {
     )
     .await;
     r.method().await;
-    r.send_method(
-        0,
-        ConnectionTuneOk {
-            channel_max: 0,
-            frame_max: 1 << 20,
-            heartbeat: 0,
-        },
-    )
-    .await;
+    r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 1 << 20, heartbeat: 0 }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
 }
@@ -481,23 +353,8 @@ async fn unknown_vhost_is_not_allowed() {
     )
     .await;
     r.method().await;
-    r.send_method(
-        0,
-        ConnectionTuneOk {
-            channel_max: 0,
-            frame_max: 0,
-            heartbeat: 0,
-        },
-    )
-    .await;
-    r.send_method(
-        0,
-        ConnectionOpen {
-            virtual_host: "/other".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 0, heartbeat: 0 }).await;
+    r.send_method(0, ConnectionOpen { virtual_host: "/other".into(), ..Default::default() }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
 }
@@ -507,49 +364,27 @@ async fn deliveries_respect_the_negotiated_frame_max() {
     let b = TestBroker::start().await;
     let mut r = Raw::open_with(b.addr, 4096, 0).await;
     r.open_channel(1).await;
-    r.send_method(
-        1,
-        QueueDeclare {
-            queue: "small-frames".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, QueueDeclare { queue: "small-frames".into(), ..Default::default() }).await;
     r.method().await;
     let body = Bytes::from(vec![b'x'; 10_000]);
     let mut out = BytesMut::new();
     encode_content(
         &mut out,
         1,
-        BasicPublish {
-            routing_key: "small-frames".into(),
-            ..Default::default()
-        },
+        BasicPublish { routing_key: "small-frames".into(), ..Default::default() },
         &BasicProperties::default(),
         &body,
         4096,
     );
     r.send(&out).await;
-    r.send_method(
-        1,
-        BasicGet {
-            queue: "small-frames".into(),
-            no_ack: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    r.send_method(1, BasicGet { queue: "small-frames".into(), no_ack: true, ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::BasicGetOk(_)));
     let mut total = 0;
     while total < body.len() {
         match r.recv().await {
             Some(Frame::Header { header, .. }) => assert_eq!(header.body_size, 10_000),
             Some(Frame::Body { payload, .. }) => {
-                assert!(
-                    payload.len() + FRAME_OVERHEAD <= 4096,
-                    "body frame of {} octets",
-                    payload.len()
-                );
+                assert!(payload.len() + FRAME_OVERHEAD <= 4096, "body frame of {} octets", payload.len());
                 total += payload.len();
             }
             other => panic!("unexpected {other:?}"),
@@ -582,14 +417,10 @@ async fn the_server_sends_heartbeats_and_drops_a_silent_client() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_dropped() {
-    let b = TestBroker::start_with(|s| s.connection.handshake_timeout = Duration::from_millis(300))
-        .await;
+    let b = TestBroker::start_with(|s| s.connection.handshake_timeout = Duration::from_millis(300)).await;
     let mut r = Raw::connect(b.addr).await;
     r.send(b"AMQP").await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(3), r.stream.read_to_end(&mut got)).await;
-    assert!(
-        read.is_ok(),
-        "socket still open after the handshake timeout"
-    );
+    assert!(read.is_ok(), "socket still open after the handshake timeout");
 }

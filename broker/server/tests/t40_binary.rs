@@ -14,24 +14,11 @@ fn warren() -> Command {
 fn a_bad_config_file_names_the_key_and_line_and_exits_nonzero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("warren.toml");
-    std::fs::write(
-        &path,
-        "amqp-listen = \"127.0.0.1:0\"\n\n[amqp]\nhartbeat = 5\n",
-    )
-    .expect("write");
-    let out = warren()
-        .arg("--config")
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    std::fs::write(&path, "amqp-listen = \"127.0.0.1:0\"\n\n[amqp]\nhartbeat = 5\n").expect("write");
+    let out = warren().arg("--config").arg(&path).arg("--data-dir").arg(dir.path()).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("hartbeat") && err.contains("line 4") && err.contains("warren.toml"),
-        "{err}"
-    );
+    assert!(err.contains("hartbeat") && err.contains("line 4") && err.contains("warren.toml"), "{err}");
 }
 
 #[test]
@@ -39,11 +26,7 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("warren.toml");
     let data = dir.path().join("data");
-    std::fs::write(
-        &path,
-        format!("amqp-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n", data),
-    )
-    .expect("write");
+    std::fs::write(&path, format!("amqp-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n", data)).expect("write");
     let mut child = warren()
         .arg("--config")
         .arg(&path)
@@ -57,11 +40,7 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
         let line = lines.next().expect("a log line").expect("utf-8");
         if line.contains("listening for AMQP") {
             let at = line.find("addr=").expect("addr field") + 5;
-            break line[at..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            break line[at..].split_whitespace().next().unwrap_or_default().to_string();
         }
     };
     assert!(data.is_dir(), "data dir not created");
@@ -72,22 +51,13 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
     assert_eq!(first[0], 1, "expected a method frame");
 
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "warren did not stop on SIGTERM"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "warren did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");

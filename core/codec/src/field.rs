@@ -187,10 +187,7 @@ impl FieldValue {
             b'l' => FieldValue::I64(r.u64()? as i64),
             b'f' => FieldValue::F32(f32::from_bits(r.u32()?)),
             b'd' => FieldValue::F64(f64::from_bits(r.u64()?)),
-            b'D' => FieldValue::Decimal(Decimal {
-                scale: r.u8()?,
-                value: r.u32()?,
-            }),
+            b'D' => FieldValue::Decimal(Decimal { scale: r.u8()?, value: r.u32()? }),
             b'S' => FieldValue::LongString(r.long_str()?),
             b'A' => {
                 let mut inner = Reader::new(r.long_str()?);
@@ -242,17 +239,8 @@ mod tests {
         let mut inner = FieldTable::new();
         inner.insert("count".into(), FieldValue::I64(-3));
         let mut t = FieldTable::new();
-        t.insert(
-            "x-death".into(),
-            FieldValue::Array(vec![FieldValue::Table(inner), FieldValue::Void]),
-        );
-        t.insert(
-            "d".into(),
-            FieldValue::Decimal(Decimal {
-                scale: 2,
-                value: 314,
-            }),
-        );
+        t.insert("x-death".into(), FieldValue::Array(vec![FieldValue::Table(inner), FieldValue::Void]));
+        t.insert("d".into(), FieldValue::Decimal(Decimal { scale: 2, value: 314 }));
         let mut buf = BytesMut::new();
         encode_table(&mut Writer::new(&mut buf), &t);
         let back = decode_table(&mut Reader::new(buf.freeze()));

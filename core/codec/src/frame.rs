@@ -61,10 +61,7 @@ pub enum Frame {
 impl Frame {
     /// A method frame.
     pub fn method(channel: u16, method: impl Into<Method>) -> Self {
-        Frame::Method {
-            channel,
-            method: method.into(),
-        }
+        Frame::Method { channel, method: method.into() }
     }
 
     /// The channel a frame is on.
@@ -140,10 +137,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
     let total = u64::from(size) + FRAME_OVERHEAD as u64;
     if frame_max != 0 && total > u64::from(frame_max) {
-        return Err(CodecError::FrameTooLarge {
-            size: total,
-            max: frame_max,
-        });
+        return Err(CodecError::FrameTooLarge { size: total, max: frame_max });
     }
     let total = total as usize;
     if buf.len() < total {
@@ -158,14 +152,8 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     frame.advance(FRAME_HEADER_SIZE);
     let payload = frame.slice(..size as usize);
     let frame = match ty {
-        TYPE_METHOD => Frame::Method {
-            channel,
-            method: Method::decode(payload)?,
-        },
-        TYPE_HEADER => Frame::Header {
-            channel,
-            header: ContentHeader::decode(payload)?,
-        },
+        TYPE_METHOD => Frame::Method { channel, method: Method::decode(payload)? },
+        TYPE_HEADER => Frame::Header { channel, header: ContentHeader::decode(payload)? },
         TYPE_BODY => Frame::Body { channel, payload },
         _ => Frame::Heartbeat { channel },
     };
@@ -180,15 +168,8 @@ mod tests {
     #[test]
     fn partial_frames_wait_for_more_bytes() {
         let mut whole = BytesMut::new();
-        Frame::method(
-            0,
-            ConnectionTuneOk {
-                channel_max: 1,
-                frame_max: 4096,
-                heartbeat: 60,
-            },
-        )
-        .encode(&mut whole);
+        Frame::method(0, ConnectionTuneOk { channel_max: 1, frame_max: 4096, heartbeat: 60 })
+            .encode(&mut whole);
         let mut buf = BytesMut::new();
         for (i, b) in whole.iter().enumerate() {
             buf.put_u8(*b);
@@ -201,41 +182,22 @@ mod tests {
     #[test]
     fn oversize_frame_is_refused_from_its_header_alone() {
         let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 1, 0, 0][..]);
-        assert_eq!(
-            decode_frame(&mut buf, 4096),
-            Err(CodecError::FrameTooLarge {
-                size: 65544,
-                max: 4096
-            })
-        );
+        assert_eq!(decode_frame(&mut buf, 4096), Err(CodecError::FrameTooLarge { size: 65544, max: 4096 }));
     }
 
     #[test]
     fn bad_end_octet_and_type_are_refused() {
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
-        assert_eq!(
-            decode_frame(&mut buf, 0),
-            Err(CodecError::BadFrameEnd(0xCD))
-        );
+        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::BadFrameEnd(0xCD)));
         let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(
-            decode_frame(&mut buf, 0),
-            Err(CodecError::UnknownFrameType(9))
-        );
+        assert_eq!(decode_frame(&mut buf, 0), Err(CodecError::UnknownFrameType(9)));
     }
 
     #[test]
     fn content_is_split_to_frame_max() {
         let mut buf = BytesMut::new();
         let body = Bytes::from(vec![7u8; 10_000]);
-        encode_content(
-            &mut buf,
-            1,
-            BasicPublish::default(),
-            &BasicProperties::default(),
-            &body,
-            4096,
-        );
+        encode_content(&mut buf, 1, BasicPublish::default(), &BasicProperties::default(), &body, 4096);
         let mut frames = Vec::new();
         while let Ok(Some(f)) = decode_frame(&mut buf, 4096) {
             frames.push(f);

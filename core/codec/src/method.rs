@@ -312,23 +312,14 @@ mod tests {
         let mut buf = BytesMut::new();
         m.encode(&mut buf);
         // class, method, ticket, "q", bits, empty table
-        assert_eq!(
-            &buf[..],
-            &[0, 50, 0, 10, 0, 0, 1, b'q', 0b10010, 0, 0, 0, 0]
-        );
+        assert_eq!(&buf[..], &[0, 50, 0, 10, 0, 0, 1, b'q', 0b10010, 0, 0, 0, 0]);
         assert_eq!(Method::decode(buf.freeze()), Ok(m));
     }
 
     #[test]
     fn unknown_method_and_trailing_bytes_are_refused() {
         let r = Method::decode(Bytes::from_static(&[0, 60, 0, 99]));
-        assert_eq!(
-            r,
-            Err(CodecError::UnknownMethod {
-                class_id: 60,
-                method_id: 99
-            })
-        );
+        assert_eq!(r, Err(CodecError::UnknownMethod { class_id: 60, method_id: 99 }));
         let r = Method::decode(Bytes::from_static(&[0, 10, 0, 51, 7]));
         assert_eq!(r, Err(CodecError::TrailingBytes(1)));
     }

@@ -64,11 +64,7 @@ macro_rules! flag {
 impl ContentHeader {
     /// A basic-class header.
     pub fn basic(body_size: u64, properties: BasicProperties) -> Self {
-        ContentHeader {
-            class_id: BASIC_CLASS,
-            body_size,
-            properties,
-        }
+        ContentHeader { class_id: BASIC_CLASS, body_size, properties }
     }
 
     /// Appends the payload.
@@ -140,20 +136,12 @@ impl ContentHeader {
         }
         let has = |bit: u16| flags & (1 << bit) != 0;
         let short = |r: &mut Reader, bit| {
-            if has(bit) {
-                r.short_str().map(Some)
-            } else {
-                Ok(None)
-            }
+            if has(bit) { r.short_str().map(Some) } else { Ok(None) }
         };
         let properties = BasicProperties {
             content_type: short(&mut r, 15)?,
             content_encoding: short(&mut r, 14)?,
-            headers: if has(13) {
-                Some(decode_table(&mut r)?)
-            } else {
-                None
-            },
+            headers: if has(13) { Some(decode_table(&mut r)?) } else { None },
             delivery_mode: if has(12) { Some(r.u8()?) } else { None },
             priority: if has(11) { Some(r.u8()?) } else { None },
             correlation_id: short(&mut r, 10)?,
@@ -167,11 +155,7 @@ impl ContentHeader {
             cluster_id: short(&mut r, 2)?,
         };
         r.finish()?;
-        Ok(ContentHeader {
-            class_id,
-            body_size,
-            properties,
-        })
+        Ok(ContentHeader { class_id, body_size, properties })
     }
 }
 

@@ -31,9 +31,7 @@ impl Arb for String {
 
 impl Arb for Bytes {
     fn arb() -> BoxedStrategy<Self> {
-        proptest::collection::vec(any::<u8>(), 0..64)
-            .prop_map(Bytes::from)
-            .boxed()
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from).boxed()
     }
 }
 
@@ -59,8 +57,7 @@ fn field_value() -> BoxedStrategy<FieldValue> {
         any::<i64>().prop_map(FieldValue::I64),
         proptest::num::f32::NORMAL.prop_map(FieldValue::F32),
         proptest::num::f64::NORMAL.prop_map(FieldValue::F64),
-        (any::<u8>(), any::<u32>())
-            .prop_map(|(scale, value)| FieldValue::Decimal(Decimal { scale, value })),
+        (any::<u8>(), any::<u32>()).prop_map(|(scale, value)| FieldValue::Decimal(Decimal { scale, value })),
         Bytes::arb().prop_map(FieldValue::LongString),
         any::<u64>().prop_map(FieldValue::Timestamp),
         Just(FieldValue::Void),
@@ -78,48 +75,36 @@ fn field_value() -> BoxedStrategy<FieldValue> {
 fn properties() -> impl Strategy<Value = BasicProperties> {
     let s = || proptest::option::of(String::arb());
     (
-        (
-            s(),
-            s(),
-            proptest::option::of(FieldTable::arb()),
-            any::<Option<u8>>(),
-            any::<Option<u8>>(),
-        ),
+        (s(), s(), proptest::option::of(FieldTable::arb()), any::<Option<u8>>(), any::<Option<u8>>()),
         (s(), s(), s(), s(), any::<Option<u64>>()),
         (s(), s(), s(), s()),
     )
-        .prop_map(
-            |((ct, ce, h, dm, pr), (corr, reply, exp, id, ts), (kind, user, app, cluster))| {
-                BasicProperties {
-                    content_type: ct,
-                    content_encoding: ce,
-                    headers: h,
-                    delivery_mode: dm,
-                    priority: pr,
-                    correlation_id: corr,
-                    reply_to: reply,
-                    expiration: exp,
-                    message_id: id,
-                    timestamp: ts,
-                    kind,
-                    user_id: user,
-                    app_id: app,
-                    cluster_id: cluster,
-                }
-            },
-        )
+        .prop_map(|((ct, ce, h, dm, pr), (corr, reply, exp, id, ts), (kind, user, app, cluster))| {
+            BasicProperties {
+                content_type: ct,
+                content_encoding: ce,
+                headers: h,
+                delivery_mode: dm,
+                priority: pr,
+                correlation_id: corr,
+                reply_to: reply,
+                expiration: exp,
+                message_id: id,
+                timestamp: ts,
+                kind,
+                user_id: user,
+                app_id: app,
+                cluster_id: cluster,
+            }
+        })
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), Method::arbitrary())
-            .prop_map(|(channel, method)| Frame::Method { channel, method }),
-        (any::<u16>(), any::<u64>(), properties()).prop_map(|(channel, size, p)| Frame::Header {
-            channel,
-            header: ContentHeader::basic(size, p)
-        }),
-        (any::<u16>(), Bytes::arb())
-            .prop_map(|(channel, payload)| Frame::Body { channel, payload }),
+        (any::<u16>(), Method::arbitrary()).prop_map(|(channel, method)| Frame::Method { channel, method }),
+        (any::<u16>(), any::<u64>(), properties())
+            .prop_map(|(channel, size, p)| Frame::Header { channel, header: ContentHeader::basic(size, p) }),
+        (any::<u16>(), Bytes::arb()).prop_map(|(channel, payload)| Frame::Body { channel, payload }),
         Just(Frame::Heartbeat { channel: 0 }),
     ]
 }
@@ -128,10 +113,7 @@ fn frame() -> impl Strategy<Value = Frame> {
 /// (it drops that field, which RabbitMQ does not implement either).
 fn canonical(f: Frame) -> Frame {
     match f {
-        Frame::Method {
-            channel,
-            mut method,
-        } => {
+        Frame::Method { channel, mut method } => {
             method.clear_reserved();
             if let Method::BasicQos(q) = &mut method {
                 q.prefetch_size = 0;

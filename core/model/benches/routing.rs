@@ -23,16 +23,8 @@ fn plain(key: String) -> (String, BasicProperties) {
 }
 
 const CASES: &[Case] = &[
-    Case {
-        kind: "direct",
-        binding: |i| no_args(format!("key.{i}")),
-        message: |i| plain(format!("key.{i}")),
-    },
-    Case {
-        kind: "fanout",
-        binding: |_| no_args(String::new()),
-        message: |_| plain(String::new()),
-    },
+    Case { kind: "direct", binding: |i| no_args(format!("key.{i}")), message: |i| plain(format!("key.{i}")) },
+    Case { kind: "fanout", binding: |_| no_args(String::new()), message: |_| plain(String::new()) },
     Case {
         kind: "topic",
         // A mix of exact, `*` and `#` patterns over a spread of first words.
@@ -58,16 +50,8 @@ const CASES: &[Case] = &[
             (String::new(), t)
         },
         message: |i| {
-            let headers = [("tenant".to_string(), FieldValue::I64(i as i64))]
-                .into_iter()
-                .collect();
-            (
-                String::new(),
-                BasicProperties {
-                    headers: Some(headers),
-                    ..Default::default()
-                },
-            )
+            let headers = [("tenant".to_string(), FieldValue::I64(i as i64))].into_iter().collect();
+            (String::new(), BasicProperties { headers: Some(headers), ..Default::default() })
         },
     },
     Case {
@@ -89,19 +73,14 @@ fn build(case: &Case, n: usize) -> Box<dyn ExchangeType> {
     for i in 0..n {
         let (key, arguments) = (case.binding)(i);
         let destination = Destination::Queue(format!("q{i}").into());
-        x.add_binding(&Binding {
-            destination,
-            key,
-            arguments,
-        });
+        x.add_binding(&Binding { destination, key, arguments });
     }
     x
 }
 
 fn measure(case: &Case, x: &dyn ExchangeType, n: usize) -> (f64, usize) {
-    let messages: Vec<(String, BasicProperties)> = (0..1024)
-        .map(|i| (case.message)(i * 7919 % n.max(1)))
-        .collect();
+    let messages: Vec<(String, BasicProperties)> =
+        (0..1024).map(|i| (case.message)(i * 7919 % n.max(1))).collect();
     let mut out = Vec::new();
     let mut routes = 0usize;
     let mut matched = 0usize;
@@ -109,29 +88,17 @@ fn measure(case: &Case, x: &dyn ExchangeType, n: usize) -> (f64, usize) {
     while started.elapsed() < Duration::from_millis(400) {
         for (key, props) in &messages {
             out.clear();
-            x.route(
-                RoutingInput {
-                    routing_key: key,
-                    properties: props,
-                },
-                &mut out,
-            );
+            x.route(RoutingInput { routing_key: key, properties: props }, &mut out);
             matched += out.len();
             black_box(&out);
         }
         routes += messages.len();
     }
-    (
-        started.elapsed().as_nanos() as f64 / routes as f64,
-        matched / routes,
-    )
+    (started.elapsed().as_nanos() as f64 / routes as f64, matched / routes)
 }
 
 fn main() {
-    println!(
-        "{:<18} {:>9} {:>14} {:>12}",
-        "type", "bindings", "ns/route", "dests/route"
-    );
+    println!("{:<18} {:>9} {:>14} {:>12}", "type", "bindings", "ns/route", "dests/route");
     for case in CASES {
         for n in [1usize, 1_000, 100_000] {
             let x = build(case, n);

@@ -21,11 +21,7 @@ pub struct User {
 impl User {
     /// RabbitMQ's default user: guest/guest, loopback only.
     pub fn guest() -> Self {
-        User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }
+        User { name: "guest".into(), password: "guest".into(), loopback_only: true }
     }
 }
 
@@ -85,14 +81,10 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut framed = BytesMut::with_capacity(response.len() + 4);
     framed.put_u32(response.len() as u32);
     framed.put_slice(response);
-    let table = decode_table(&mut Reader::new(framed.freeze()))
-        .map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
+    let table =
+        decode_table(&mut Reader::new(framed.freeze())).map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
     let field = |k: &str| {
-        table
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .ok_or(AuthError::Malformed("AMQPLAIN"))
+        table.get(k).and_then(|v| v.as_str()).map(str::to_string).ok_or(AuthError::Malformed("AMQPLAIN"))
     };
     Ok((field("LOGIN")?, field("PASSWORD")?))
 }
@@ -108,19 +100,10 @@ mod tests {
     fn plain_guest_from_loopback_only() {
         let users = [User::guest()];
         let resp = Bytes::from_static(b"\0guest\0guest");
-        assert_eq!(
-            authenticate(&users, "PLAIN", &resp, true),
-            Ok("guest".into())
-        );
-        assert_eq!(
-            authenticate(&users, "PLAIN", &resp, false),
-            Err(AuthError::NotLoopback("guest".into()))
-        );
+        assert_eq!(authenticate(&users, "PLAIN", &resp, true), Ok("guest".into()));
+        assert_eq!(authenticate(&users, "PLAIN", &resp, false), Err(AuthError::NotLoopback("guest".into())));
         let bad = Bytes::from_static(b"\0guest\0nope");
-        assert!(matches!(
-            authenticate(&users, "PLAIN", &bad, true),
-            Err(AuthError::InvalidCredentials(_))
-        ));
+        assert!(matches!(authenticate(&users, "PLAIN", &bad, true), Err(AuthError::InvalidCredentials(_))));
     }
 
     #[test]
@@ -131,10 +114,7 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_table(&mut Writer::new(&mut buf), &t);
         let resp = buf.freeze().slice(4..);
-        assert_eq!(
-            authenticate(&[User::guest()], "AMQPLAIN", &resp, true),
-            Ok("guest".into())
-        );
+        assert_eq!(authenticate(&[User::guest()], "AMQPLAIN", &resp, true), Ok("guest".into()));
     }
 
     #[test]

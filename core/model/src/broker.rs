@@ -9,7 +9,8 @@
 //! `exchanges` (exchange.*, bindings, routing), `basic` (basic.*, confirm.*, channel.flow),
 //! `tx` (tx.*) and `deliver` (dispatch to consumers, settling).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use warren_codec::reply_code::COMMAND_INVALID;
 use warren_codec::{ChannelCloseOk, ChannelOpenOk, Method};
@@ -23,9 +24,11 @@ use crate::names::NameGen;
 use crate::queue::Queue;
 
 mod basic;
+mod deadletter;
 mod deliver;
 mod exchanges;
 mod queues;
+mod timers;
 mod tx;
 
 pub use exchanges::Exchange;
@@ -44,10 +47,7 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig {
-            users: vec![User::guest()],
-            seed: 0,
-        }
+        BrokerConfig { users: vec![User::guest()], seed: 0 }
     }
 }
 
@@ -80,11 +80,20 @@ pub struct Broker {
     next_conn: ConnId,
     next_queue_id: u64,
     wakeups: Vec<ConnId>,
+    /// The driver's monotonic clock, as of the last `set_time`.
+    now: Instant,
+    /// Wall-clock milliseconds since the epoch, as of the last `set_time`.
+    unix_ms: u64,
+    timers: BTreeSet<(Instant, u64, timers::Timer)>,
+    timer_seq: u64,
+    timer_changed: bool,
+    delayed: HashMap<u64, timers::Delayed>,
+    next_delayed: u64,
 }
 
 impl Broker {
-    /// An empty broker.
-    pub fn new(config: BrokerConfig) -> Self {
+    /// An empty broker, its clock starting at `now`.
+    pub fn new(config: BrokerConfig, now: Instant) -> Self {
         let mut b = Broker {
             users: config.users,
             names: NameGen::new(config.seed),
@@ -95,17 +104,20 @@ impl Broker {
             next_conn: 1,
             next_queue_id: 1,
             wakeups: Vec::new(),
+            now,
+            unix_ms: 0,
+            timers: BTreeSet::new(),
+            timer_seq: 0,
+            timer_changed: false,
+            delayed: HashMap::new(),
+            next_delayed: 0,
         };
         b.declare_predefined_exchanges();
         b
     }
 
     /// Makes an exchange type available to exchange.declare under `name`.
-    pub fn register_exchange_type(
-        &mut self,
-        name: &str,
-        factory: std::sync::Arc<dyn ExchangeFactory>,
-    ) {
+    pub fn register_exchange_type(&mut self, name: &str, factory: std::sync::Arc<dyn ExchangeFactory>) {
         self.types.register(name, factory);
     }
 
@@ -123,12 +135,7 @@ impl Broker {
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        let session = Session {
-            info,
-            channels: HashMap::new(),
-            outbound: Vec::new(),
-            woken: false,
-        };
+        let session = Session { info, channels: HashMap::new(), outbound: Vec::new(), woken: false };
         self.sessions.insert(id, session);
         id
     }
@@ -186,12 +193,7 @@ impl Broker {
 
     /// Handles a method (other than channel.open/close and basic.publish, which the
     /// connection routes to their own calls) on an open channel.
-    pub fn handle_method(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        method: Method,
-    ) -> Result<(), AmqpError> {
+    pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
         let err_on = method.clone();
         let r = match method {
             Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
@@ -205,9 +207,7 @@ impl Broker {
             Method::BasicGet(m) => self.basic_get(conn, ch, m),
             Method::BasicAck(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, None),
             Method::BasicReject(m) => self.settle(conn, ch, m.delivery_tag, false, Some(m.requeue)),
-            Method::BasicNack(m) => {
-                self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue))
-            }
+            Method::BasicNack(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue)),
             Method::BasicRecover(m) => self.basic_recover(conn, ch, m.requeue, true),
             Method::BasicRecoverAsync(m) => self.basic_recover(conn, ch, m.requeue, false),
             Method::ConfirmSelect(m) => self.confirm_select(conn, ch, m),
@@ -248,7 +248,7 @@ impl Broker {
             .flat_map(|c| c.unacked.values())
             .filter(|u| u.queue_id == q.id)
             .count();
-        Some((q.ready.len(), unacked, q.consumers.len()))
+        Some((q.len(), unacked, q.consumers.len()))
     }
 
     /// Number of open connections.
@@ -257,13 +257,7 @@ impl Broker {
     }
 
     fn send(&mut self, conn: ConnId, channel: u16, method: impl Into<Method>) {
-        self.push(
-            conn,
-            Outgoing::Method {
-                channel,
-                method: method.into(),
-            },
-        );
+        self.push(conn, Outgoing::Method { channel, method: method.into() });
     }
 
     fn push(&mut self, conn: ConnId, out: Outgoing) {
@@ -283,11 +277,7 @@ impl Broker {
 
     /// Drops a channel's state: consumers cancelled, unacked messages requeued.
     fn release_channel(&mut self, conn: ConnId, ch: u16) {
-        let Some(state) = self
-            .sessions
-            .get_mut(&conn)
-            .and_then(|s| s.channels.remove(&ch))
-        else {
+        let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
             return;
         };
         let mut touched: Vec<String> = Vec::new();
@@ -299,16 +289,12 @@ impl Broker {
         }
         for u in state.unacked.into_values() {
             touched.push(u.queue.clone());
-            self.requeue(u);
+            self.give_back(u, deliver::Return::Released);
         }
         touched.sort();
         touched.dedup();
         for name in touched {
-            if self
-                .queues
-                .get(&name)
-                .is_some_and(Queue::should_auto_delete)
-            {
+            if self.queues.get(&name).is_some_and(Queue::should_auto_delete) {
                 self.delete_queue(&name);
             } else {
                 self.dispatch(&name);

@@ -166,6 +166,8 @@ mod tests {
                 seq: 0,
                 message,
                 redelivered: false,
+                expires_at: None,
+                delivery_count: 0,
             },
             consumer: None,
         }

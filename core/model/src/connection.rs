@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use warren_codec::reply_code::{
-    self, ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR,
-    NOT_ALLOWED, PRECONDITION_FAILED, REPLY_SUCCESS, UNEXPECTED_FRAME,
+    self, ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
+    PRECONDITION_FAILED, REPLY_SUCCESS, UNEXPECTED_FRAME,
 };
 use warren_codec::{
-    BasicPublish, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart,
-    ConnectionTune, ConnectionUpdateSecretOk, ContentHeader, FieldTable, FieldValue, Frame, Method,
-    PROTOCOL_HEADER, decode_frame, encode_content,
+    BasicPublish, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune,
+    ConnectionUpdateSecretOk, ContentHeader, FieldTable, FieldValue, Frame, Method, PROTOCOL_HEADER,
+    decode_frame, encode_content,
 };
 
 use crate::auth::{self, AuthError};
@@ -257,11 +257,7 @@ impl Connection {
                 Outgoing::Method { channel, method } => {
                     Frame::Method { channel, method }.encode(&mut self.output)
                 }
-                Outgoing::Content {
-                    channel,
-                    method,
-                    message,
-                } => encode_content(
+                Outgoing::Content { channel, method, message } => encode_content(
                     &mut self.output,
                     channel,
                     method,
@@ -348,9 +344,7 @@ impl Connection {
         match self.state {
             State::Closed | State::ProtocolHeader => {}
             State::Closing { .. } => self.closing_frame(frame, broker),
-            State::StartOk | State::TuneOk | State::Open => {
-                self.handshake_frame(now, frame, broker)
-            }
+            State::StartOk | State::TuneOk | State::Open => self.handshake_frame(now, frame, broker),
             State::Running => self.running_frame(now, frame, broker),
         }
     }
@@ -371,33 +365,20 @@ impl Connection {
             Frame::Heartbeat { .. } => return,
             Frame::Method { channel: 0, method } => method,
             Frame::Method { .. } => {
-                let e = AmqpError::new(
-                    CHANNEL_ERROR,
-                    "expected a method on channel 0 during the handshake",
-                );
+                let e = AmqpError::new(CHANNEL_ERROR, "expected a method on channel 0 during the handshake");
                 return self.fail(now, e, broker);
             }
             Frame::Header { .. } | Frame::Body { .. } => {
-                let e = AmqpError::new(
-                    UNEXPECTED_FRAME,
-                    "expected a method frame during the handshake",
-                );
+                let e = AmqpError::new(UNEXPECTED_FRAME, "expected a method frame during the handshake");
                 return self.fail(now, e, broker);
             }
         };
         match (self.state, method) {
             (State::StartOk, Method::ConnectionStartOk(m)) => {
-                match auth::authenticate(
-                    broker.users(),
-                    &m.mechanism,
-                    &m.response,
-                    self.peer_is_loopback,
-                ) {
+                match auth::authenticate(broker.users(), &m.mechanism, &m.response, self.peer_is_loopback) {
                     Ok(user) => {
                         self.user = Some(user);
-                        if let Some(FieldValue::Table(caps)) =
-                            m.client_properties.get("capabilities")
-                        {
+                        if let Some(FieldValue::Table(caps)) = m.client_properties.get("capabilities") {
                             self.client_capabilities = caps.clone();
                         }
                         let tune = ConnectionTune {
@@ -416,9 +397,7 @@ impl Connection {
                         self.fail(now, e, broker);
                     }
                     Err(reason) => {
-                        self.events.push_back(Event::AuthFailed {
-                            reason: reason.to_string(),
-                        });
+                        self.events.push_back(Event::AuthFailed { reason: reason.to_string() });
                         let e = AmqpError::new(
                             ACCESS_REFUSED,
                             format!(
@@ -438,15 +417,12 @@ impl Connection {
             }
             (State::Open, Method::ConnectionOpen(m)) => {
                 if m.virtual_host != "/" {
-                    let e =
-                        AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
+                    let e = AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
                     return self.fail(now, e, broker);
                 }
                 let user = self.user.clone().unwrap_or_default();
-                let cancel_notify = self
-                    .client_capabilities
-                    .get("consumer_cancel_notify")
-                    .and_then(FieldValue::as_bool);
+                let cancel_notify =
+                    self.client_capabilities.get("consumer_cancel_notify").and_then(FieldValue::as_bool);
                 let info = ConnectionInfo {
                     user: user.clone(),
                     consumer_cancel_notify: cancel_notify == Some(true),
@@ -454,18 +430,11 @@ impl Connection {
                 self.id = Some(broker.connect(info));
                 self.send(0, ConnectionOpenOk::default());
                 self.state = State::Running;
-                self.events.push_back(Event::Opened {
-                    user,
-                    vhost: m.virtual_host,
-                });
+                self.events.push_back(Event::Opened { user, vhost: m.virtual_host });
             }
             (_, Method::ConnectionClose(_)) => {
                 self.send(0, ConnectionCloseOk {});
-                self.finish(
-                    REPLY_SUCCESS,
-                    "closed by client during handshake".into(),
-                    true,
-                );
+                self.finish(REPLY_SUCCESS, "closed by client during handshake".into(), true);
             }
             (state, m) => {
                 let expected = match state {
@@ -473,10 +442,7 @@ impl Connection {
                     State::TuneOk => "connection.tune-ok",
                     _ => "connection.open",
                 };
-                let e = AmqpError::new(
-                    COMMAND_INVALID,
-                    format!("expected '{expected}', got '{}'", m.name()),
-                );
+                let e = AmqpError::new(COMMAND_INVALID, format!("expected '{expected}', got '{}'", m.name()));
                 self.fail(now, e.on(&m), broker);
             }
         }
@@ -484,25 +450,14 @@ impl Connection {
 
     /// Applies tune-ok the way RabbitMQ does: 0 means "the server's limit", and a client may
     /// lower but not raise a limit.
-    fn negotiate(
-        &mut self,
-        channel_max: u16,
-        frame_max: u32,
-        heartbeat: u16,
-    ) -> Result<(), AmqpError> {
+    fn negotiate(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> Result<(), AmqpError> {
         let max = self.config.frame_max;
         if frame_max != 0 && frame_max < warren_codec::FRAME_MIN_SIZE {
-            let text = format!(
-                "frame_max={frame_max} < {} min size",
-                warren_codec::FRAME_MIN_SIZE
-            );
+            let text = format!("frame_max={frame_max} < {} min size", warren_codec::FRAME_MIN_SIZE);
             return Err(AmqpError::new(NOT_ALLOWED, text));
         }
         if frame_max > max {
-            return Err(AmqpError::new(
-                NOT_ALLOWED,
-                format!("frame_max={frame_max} > {max} max size"),
-            ));
+            return Err(AmqpError::new(NOT_ALLOWED, format!("frame_max={frame_max} > {max} max size")));
         }
         let cmax = self.config.channel_max;
         if channel_max > cmax {
@@ -524,8 +479,7 @@ impl Connection {
         let channel = frame.channel();
         if let Frame::Heartbeat { channel } = frame {
             if channel != 0 {
-                let e =
-                    AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
+                let e = AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
                 self.fail(now, e, broker);
             }
             return;
@@ -540,18 +494,12 @@ impl Connection {
             };
         }
         if channel > self.channel_max {
-            let text = format!(
-                "channel {channel} is above the negotiated channel_max {}",
-                self.channel_max
-            );
+            let text = format!("channel {channel} is above the negotiated channel_max {}", self.channel_max);
             return self.fail(now, AmqpError::new(CHANNEL_ERROR, text), broker);
         }
         let Some(phase) = self.channels.get_mut(&channel) else {
             return match frame {
-                Frame::Method {
-                    method: Method::ChannelOpen(_),
-                    ..
-                } => {
+                Frame::Method { method: Method::ChannelOpen(_), .. } => {
                     self.channels.insert(channel, Phase::Idle);
                     broker.open_channel(id, channel);
                 }
@@ -562,31 +510,17 @@ impl Connection {
             };
         };
         match (phase, frame) {
-            (
-                Phase::Closing,
-                Frame::Method {
-                    method: Method::ChannelCloseOk(_),
-                    ..
-                },
-            ) => {
+            (Phase::Closing, Frame::Method { method: Method::ChannelCloseOk(_), .. }) => {
                 self.channels.remove(&channel);
             }
-            (
-                Phase::Closing,
-                Frame::Method {
-                    method: Method::ChannelClose(_),
-                    ..
-                },
-            ) => {
+            (Phase::Closing, Frame::Method { method: Method::ChannelClose(_), .. }) => {
                 // Both sides closed at once: answer, and the channel is done.
                 self.channels.remove(&channel);
                 self.send(channel, warren_codec::ChannelCloseOk {});
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}
-            (Phase::Idle, Frame::Method { method, .. }) => {
-                self.channel_method(now, channel, method, broker)
-            }
+            (Phase::Idle, Frame::Method { method, .. }) => self.channel_method(now, channel, method, broker),
             (Phase::AwaitingHeader(publish), Frame::Header { header, .. }) => {
                 let publish = std::mem::take(publish);
                 if header.body_size > MAX_MESSAGE_SIZE {
@@ -594,29 +528,15 @@ impl Connection {
                         "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
                         header.body_size
                     );
-                    let e = AmqpError::new(PRECONDITION_FAILED, text)
-                        .on(&Method::BasicPublish(publish));
+                    let e = AmqpError::new(PRECONDITION_FAILED, text).on(&Method::BasicPublish(publish));
                     return self.channel_error(now, channel, e, broker);
                 }
                 if header.body_size == 0 {
                     self.channels.insert(channel, Phase::Idle);
-                    return self.complete_publish(
-                        now,
-                        channel,
-                        publish,
-                        header,
-                        Bytes::new(),
-                        broker,
-                    );
+                    return self.complete_publish(now, channel, publish, header, Bytes::new(), broker);
                 }
-                let assembly = Assembly {
-                    publish,
-                    header,
-                    parts: Vec::new(),
-                    received: 0,
-                };
-                self.channels
-                    .insert(channel, Phase::AwaitingBody(Box::new(assembly)));
+                let assembly = Assembly { publish, header, parts: Vec::new(), received: 0 };
+                self.channels.insert(channel, Phase::AwaitingBody(Box::new(assembly)));
             }
             (Phase::AwaitingBody(a), Frame::Body { payload, .. }) => {
                 a.received += payload.len() as u64;
@@ -631,8 +551,7 @@ impl Connection {
                 if a.received < a.header.body_size {
                     return;
                 }
-                let Some(Phase::AwaitingBody(a)) = self.channels.insert(channel, Phase::Idle)
-                else {
+                let Some(Phase::AwaitingBody(a)) = self.channels.insert(channel, Phase::Idle) else {
                     return;
                 };
                 let body = join(a.parts);
@@ -653,10 +572,8 @@ impl Connection {
                 self.fail(now, e, broker);
             }
             (Phase::Idle, _) => {
-                let e = AmqpError::new(
-                    UNEXPECTED_FRAME,
-                    "expected method frame, got non method frame instead",
-                );
+                let e =
+                    AmqpError::new(UNEXPECTED_FRAME, "expected method frame, got non method frame instead");
                 self.fail(now, e, broker);
             }
         }
@@ -683,10 +600,7 @@ impl Connection {
                 return;
             }
             m if m.ids().0 == 10 => {
-                let e = AmqpError::new(
-                    COMMAND_INVALID,
-                    format!("{} on channel {channel}", m.name()),
-                );
+                let e = AmqpError::new(COMMAND_INVALID, format!("{} on channel {channel}", m.name()));
                 Err(e.on(&m))
             }
             m => broker.handle_method(id, channel, m),
@@ -734,14 +648,9 @@ impl Connection {
             }
             Method::ConnectionUpdateSecret(_) => self.send(0, ConnectionUpdateSecretOk {}),
             // Only meaningful from server to client; a client sending them changes nothing.
-            Method::ConnectionBlocked(_)
-            | Method::ConnectionUnblocked(_)
-            | Method::ConnectionCloseOk(_) => {}
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) | Method::ConnectionCloseOk(_) => {}
             m => {
-                let e = AmqpError::new(
-                    COMMAND_INVALID,
-                    format!("unexpected {} on channel 0", m.name()),
-                );
+                let e = AmqpError::new(COMMAND_INVALID, format!("unexpected {} on channel 0", m.name()));
                 self.fail(now, e.on(&m), broker);
             }
         }
@@ -749,17 +658,11 @@ impl Connection {
 
     fn closing_frame(&mut self, frame: Frame, broker: &mut Broker) {
         match frame {
-            Frame::Method {
-                channel: 0,
-                method: Method::ConnectionCloseOk(_),
-            } => {
+            Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) } => {
                 self.state = State::Closed;
                 self.release(broker);
             }
-            Frame::Method {
-                channel: 0,
-                method: Method::ConnectionClose(_),
-            } => {
+            Frame::Method { channel: 0, method: Method::ConnectionClose(_) } => {
                 self.send(0, ConnectionCloseOk {});
                 self.state = State::Closed;
                 self.release(broker);
@@ -783,22 +686,12 @@ impl Connection {
             method_id: e.method_id,
         };
         self.send(0, close);
-        self.events.push_back(Event::Closed {
-            code: e.code,
-            text: e.text,
-            by_peer: false,
-        });
-        self.state = State::Closing {
-            deadline: now + self.config.close_timeout,
-        };
+        self.events.push_back(Event::Closed { code: e.code, text: e.text, by_peer: false });
+        self.state = State::Closing { deadline: now + self.config.close_timeout };
     }
 
     fn finish(&mut self, code: u16, text: String, by_peer: bool) {
-        self.events.push_back(Event::Closed {
-            code,
-            text,
-            by_peer,
-        });
+        self.events.push_back(Event::Closed { code, text, by_peer });
         self.state = State::Closed;
     }
 
@@ -856,9 +749,6 @@ fn server_properties() -> FieldTable {
     p.insert("version".into(), FieldValue::str(env!("CARGO_PKG_VERSION")));
     p.insert("platform".into(), FieldValue::str("Rust"));
     p.insert("cluster_name".into(), FieldValue::str("warren"));
-    p.insert(
-        "information".into(),
-        FieldValue::str("A message broker that speaks AMQP 0-9-1"),
-    );
+    p.insert("information".into(), FieldValue::str("A message broker that speaks AMQP 0-9-1"));
     p
 }

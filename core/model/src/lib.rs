@@ -26,11 +26,14 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod connection;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod queue;
+pub mod queue_args;
+pub mod retry;
 
 pub use broker::{Broker, BrokerConfig, ConnId};
 pub use connection::{Connection, ConnectionConfig, Event};

@@ -1,6 +1,7 @@
 //! Messages as the broker holds them, and what it sends to connections.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use warren_codec::{BasicProperties, Method};
@@ -27,6 +28,10 @@ pub struct QueuedMessage {
     pub message: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// When its TTL (queue's or its own, the shorter) runs out.
+    pub expires_at: Option<Instant>,
+    /// How many times it went back to the queue after a delivery (`x-delivery-count`).
+    pub delivery_count: u32,
 }
 
 /// Something the broker has for a connection to send, in order.

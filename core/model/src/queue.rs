@@ -1,12 +1,16 @@
 //! A queue: its declaration, its ready messages in publish order, and its consumers.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
 
 use warren_codec::{FieldTable, FieldValue};
 
 use crate::broker::ConnId;
+use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
-use crate::message::QueuedMessage;
+use crate::message::{Message, QueuedMessage};
+use crate::queue_args::QueueArgs;
 
 /// Queue arguments RabbitMQ checks on redeclare; a difference is 406 PRECONDITION_FAILED.
 const EQUIVALENCE_ARGS: &[&str] = &[
@@ -21,20 +25,6 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-mode",
     "x-queue-type",
     "x-single-active-consumer",
-    "x-delivery-limit",
-];
-
-/// Arguments RabbitMQ gives meaning to that Warren does not implement yet. Accepting them
-/// silently would pretend to a behaviour the queue does not have, so declare refuses them.
-const NOT_YET_SUPPORTED_ARGS: &[&str] = &[
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-message-ttl",
-    "x-overflow",
     "x-delivery-limit",
 ];
 
@@ -74,8 +64,19 @@ pub struct Queue {
     pub name: String,
     /// How it was declared.
     pub spec: QueueSpec,
-    /// Messages ready for delivery, ordered by `seq`.
-    pub ready: VecDeque<QueuedMessage>,
+    /// Its arguments, parsed.
+    pub args: QueueArgs,
+    /// Messages ready for delivery, ordered by `seq`. Change it only through the methods
+    /// below, which keep `ready_bytes` right.
+    ready: VecDeque<QueuedMessage>,
+    /// Body octets of the ready messages (for `x-max-length-bytes`).
+    ready_bytes: u64,
+    /// Last declare, get or consumer change (for `x-expires`).
+    pub last_used: Instant,
+    /// Dead-lettered messages by reason, for metrics.
+    pub dead_lettered: [u64; 4],
+    /// Messages held out of the queue by its retry policy.
+    pub delayed: usize,
     /// Consumers in round-robin order.
     pub consumers: Vec<ConsumerKey>,
     /// Where the next round-robin search starts.
@@ -84,21 +85,27 @@ pub struct Queue {
     pub exclusive_consumer: bool,
     /// Whether it ever had a consumer; auto-delete applies only after the first.
     pub had_consumer: bool,
-    /// `x-single-active-consumer`: only the earliest registered consumer receives.
-    pub single_active: bool,
     next_seq: u64,
+}
+
+/// What happened to a message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// It is in the queue.
+    Accepted,
+    /// The queue is full and refuses new messages (`x-overflow` reject-publish*).
+    Refused,
 }
 
 impl Queue {
     /// A new, empty queue.
-    pub fn new(id: u64, name: String, spec: QueueSpec) -> Self {
-        let single_active = spec
-            .arguments
-            .get("x-single-active-consumer")
-            .and_then(FieldValue::as_bool)
-            == Some(true);
+    pub fn new(id: u64, name: String, spec: QueueSpec, args: QueueArgs, now: Instant) -> Self {
         Queue {
-            single_active,
+            args,
+            ready_bytes: 0,
+            last_used: now,
+            dead_lettered: [0; 4],
+            delayed: 0,
             id,
             name,
             spec,
@@ -109,32 +116,6 @@ impl Queue {
             had_consumer: false,
             next_seq: 0,
         }
-    }
-
-    /// Refuses arguments Warren cannot honour yet; the error names the argument.
-    pub fn check_arguments(arguments: &FieldTable) -> Result<(), AmqpError> {
-        if let Some(t) = arguments.get("x-queue-type").and_then(FieldValue::as_str)
-            && t != "classic"
-        {
-            return Err(precondition(format!(
-                "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
-            )));
-        }
-        if let Some(v) = arguments.get("x-single-active-consumer")
-            && v.as_bool().is_none()
-        {
-            return Err(precondition(format!(
-                "invalid arg 'x-single-active-consumer' for queue: expected a boolean, got {v:?}"
-            )));
-        }
-        for key in NOT_YET_SUPPORTED_ARGS {
-            if arguments.contains_key(*key) {
-                return Err(precondition(format!(
-                    "invalid arg '{key}': not supported by Warren yet"
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Checks a redeclare against the existing declaration, as RabbitMQ does.
@@ -185,29 +166,93 @@ impl Queue {
         }
     }
 
-    /// Appends a newly routed message.
-    pub fn push(&mut self, message: std::sync::Arc<crate::message::Message>) {
+    /// Appends a newly routed message that expires at `expires_at`; returns its seq.
+    pub fn push(&mut self, message: Arc<Message>, expires_at: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.ready_bytes += message.body.len() as u64;
         self.ready.push_back(QueuedMessage {
             seq,
             message,
             redelivered: false,
+            expires_at,
+            delivery_count: 0,
         });
+        seq
     }
 
     /// Puts a message back at its original position, marked redelivered.
     pub fn requeue(&mut self, mut m: QueuedMessage) {
         m.redelivered = true;
+        self.ready_bytes += m.message.body.len() as u64;
         let at = self.ready.partition_point(|x| x.seq < m.seq);
         self.ready.insert(at, m);
+    }
+
+    /// Takes the oldest ready message.
+    pub fn pop(&mut self) -> Option<QueuedMessage> {
+        let m = self.ready.pop_front()?;
+        self.ready_bytes -= m.message.body.len() as u64;
+        Some(m)
+    }
+
+    /// Takes the ready message with `seq`, wherever it is.
+    pub fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
+        let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
+        let m = self.ready.remove(at)?;
+        self.ready_bytes -= m.message.body.len() as u64;
+        Some(m)
+    }
+
+    /// The oldest ready message.
+    pub fn head(&self) -> Option<&QueuedMessage> {
+        self.ready.front()
+    }
+
+    /// Number of ready messages.
+    pub fn len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Whether no message is ready.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// Body octets of the ready messages.
+    pub fn bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    /// Drops every ready message; returns how many there were.
+    pub fn purge(&mut self) -> usize {
+        let n = self.ready.len();
+        self.ready.clear();
+        self.ready_bytes = 0;
+        n
+    }
+
+    /// Whether one more message of `size` octets would exceed a length limit.
+    pub fn would_overflow(&self, size: u64) -> bool {
+        self.args.max_length.is_some_and(|max| self.ready.len() as u64 >= max)
+            || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
+    }
+
+    /// Whether the queue is over a length limit now.
+    pub fn over_limit(&self) -> bool {
+        self.args.max_length.is_some_and(|max| self.ready.len() as u64 > max)
+            || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
+    }
+
+    /// Counts a dead-lettered message.
+    pub fn count_dead_letter(&mut self, reason: Reason) {
+        self.dead_lettered[reason as usize] += 1;
     }
 
     /// Removes one consumer; returns whether it was there.
     pub fn remove_consumer(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
         let before = self.consumers.len();
-        self.consumers
-            .retain(|c| !(c.conn == conn && c.channel == channel && c.tag == tag));
+        self.consumers.retain(|c| !(c.conn == conn && c.channel == channel && c.tag == tag));
         let removed = self.consumers.len() != before;
         if removed {
             self.exclusive_consumer = false;
@@ -236,6 +281,7 @@ fn describe(v: Option<&FieldValue>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use std::sync::Arc;
 
@@ -251,7 +297,7 @@ mod tests {
             exclusive_owner: None,
             arguments: FieldTable::new(),
         };
-        Queue::new(1, "q".into(), spec)
+        Queue::new(1, "q".into(), spec, QueueArgs::default(), Instant::now())
     }
 
     fn msg(body: &'static str) -> Arc<Message> {
@@ -267,19 +313,17 @@ mod tests {
     fn requeued_messages_return_to_their_original_position() {
         let mut q = queue();
         for b in ["a", "b", "c", "d"] {
-            q.push(msg(b));
+            q.push(msg(b), None);
         }
-        let a = q.ready.pop_front();
-        let b = q.ready.pop_front();
+        let a = q.pop();
+        let b = q.pop();
         for m in [b, a].into_iter().flatten() {
             q.requeue(m);
         }
         let order: Vec<_> = q.ready.iter().map(|m| m.message.body.clone()).collect();
-        assert_eq!(
-            order,
-            ["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes()))
-        );
+        assert_eq!(order, ["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes())));
         assert!(q.ready[0].redelivered && !q.ready[2].redelivered);
+        assert_eq!(q.bytes(), 4);
     }
 
     #[test]

@@ -21,10 +21,8 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestBroker {
-        let mut settings = Settings {
-            amqp_listen: "127.0.0.1:0".parse().expect("addr"),
-            ..Settings::default()
-        };
+        let mut settings =
+            Settings { amqp_listen: "127.0.0.1:0".parse().expect("addr"), ..Settings::default() };
         tweak(&mut settings);
         let server = Server::bind(&settings).await.expect("bind");
         let addr = server.local_addr().expect("local addr");
@@ -38,12 +36,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker {
-            addr,
-            shared,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        TestBroker { addr, shared, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.
@@ -53,9 +46,7 @@ impl TestBroker {
 
     /// (ready, unacked, consumers) of a queue, read from the broker model.
     pub fn counts(&self, queue: &str) -> Option<(usize, usize, usize)> {
-        warren::server::lock(&self.shared)
-            .broker
-            .queue_counts(queue)
+        warren::server::lock(&self.shared).broker.queue_counts(queue)
     }
 
     pub async fn stop(mut self) {

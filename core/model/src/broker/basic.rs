@@ -5,16 +5,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use warren_codec::reply_code::{ACCESS_REFUSED, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED};
 use warren_codec::{
-    BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty,
-    BasicGetOk, BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn,
-    ChannelFlow, ChannelFlowOk, ConfirmSelect, ConfirmSelectOk,
+    BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty, BasicGetOk,
+    BasicNack, BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelFlow,
+    ChannelFlowOk, ConfirmSelect, ConfirmSelectOk,
 };
 
+use super::deadletter::message_ttl;
+use super::deliver::delivered_form;
 use super::{Broker, ConnId};
 use crate::channel::{Consumer, TxOp, Unacked};
+use crate::deadletter::Reason;
 use crate::error::{AmqpError, no_queue, precondition};
 use crate::message::{Message, Outgoing};
-use crate::queue::ConsumerKey;
+use crate::queue::{ConsumerKey, Offer};
 
 impl Broker {
     /// Handles a fully received basic.publish: routes it now, or holds it until tx.commit
@@ -27,26 +30,18 @@ impl Broker {
         properties: BasicProperties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let on = |e: AmqpError| AmqpError {
-            class_id: 60,
-            method_id: 40,
-            ..e
-        };
+        let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
         if m.immediate {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
             return Err(on(AmqpError::new(NOT_IMPLEMENTED, "immediate=true")));
         }
         self.check_publish_target(&m.exchange).map_err(on)?;
+        message_ttl(&properties).map_err(on)?;
         if let Some(tx) = self.channel(conn, ch).and_then(|c| c.tx.as_mut()) {
-            tx.push(TxOp::Publish {
-                method: m,
-                properties: Box::new(properties),
-                body,
-            });
+            tx.push(TxOp::Publish { method: m, properties: Box::new(properties), body });
             return Ok(());
         }
-        self.route_and_deliver(conn, ch, m, properties, body)
-            .map_err(on)
+        self.route_and_deliver(conn, ch, m, properties, body).map_err(on)
     }
 
     /// Routes a message, queues it, and answers with a return and a confirm as needed.
@@ -68,12 +63,8 @@ impl Broker {
             c.confirm_seq = Some(seq + 1);
             Some(seq)
         });
-        let message = Arc::new(Message {
-            exchange: m.exchange,
-            routing_key: m.routing_key,
-            properties,
-            body,
-        });
+        let message =
+            Arc::new(Message { exchange: m.exchange, routing_key: m.routing_key, properties, body });
         if destinations.is_empty() && m.mandatory {
             let ret = BasicReturn {
                 reply_code: NO_ROUTE,
@@ -81,43 +72,27 @@ impl Broker {
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
             };
-            let out = Outgoing::Content {
-                channel: ch,
-                method: ret.into(),
-                message: message.clone(),
-            };
+            let out = Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() };
             self.push(conn, out);
         }
+        let mut refused = false;
         for name in destinations {
-            if let Some(q) = self.queues.get_mut(&*name) {
-                q.push(message.clone());
-            }
-            self.dispatch(&name);
+            refused |= self.offer(&name, message.clone()) == Offer::Refused;
         }
         if let Some(delivery_tag) = confirm {
-            self.send(
-                conn,
-                ch,
-                BasicAck {
-                    delivery_tag,
-                    multiple: false,
-                },
-            );
+            // A queue that refused it (x-overflow reject-publish) makes the confirm a nack.
+            if refused {
+                self.send(conn, ch, BasicNack { delivery_tag, multiple: false, requeue: false });
+            } else {
+                self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+            }
         }
         Ok(())
     }
 
-    pub(super) fn basic_qos(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: BasicQos,
-    ) -> Result<(), AmqpError> {
+    pub(super) fn basic_qos(&mut self, conn: ConnId, ch: u16, m: BasicQos) -> Result<(), AmqpError> {
         if m.prefetch_size != 0 {
-            return Err(AmqpError::new(
-                NOT_IMPLEMENTED,
-                format!("prefetch_size!=0 ({})", m.prefetch_size),
-            ));
+            return Err(AmqpError::new(NOT_IMPLEMENTED, format!("prefetch_size!=0 ({})", m.prefetch_size)));
         }
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
@@ -137,16 +112,8 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn basic_consume(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: BasicConsume,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn basic_consume(&mut self, conn: ConnId, ch: u16, m: BasicConsume) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::new(
@@ -157,44 +124,24 @@ impl Broker {
         let priority = match m.arguments.get("x-priority") {
             None => 0,
             Some(v) => v.as_i64().ok_or_else(|| {
-                precondition(format!(
-                    "invalid arg 'x-priority' for consumer: expected an integer, got {v:?}"
-                ))
+                precondition(format!("invalid arg 'x-priority' for consumer: expected an integer, got {v:?}"))
             })?,
         };
-        let tag = if m.consumer_tag.is_empty() {
-            self.names.name("amq.ctag-")
-        } else {
-            m.consumer_tag
-        };
+        let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
         if c.consumers.contains_key(&tag) {
-            return Err(AmqpError::new(
-                NOT_ALLOWED,
-                format!("attempt to reuse consumer tag '{tag}'"),
-            ));
+            return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
         }
         let prefetch = c.consumer_prefetch;
-        c.consumers.insert(
-            tag.clone(),
-            Consumer {
-                queue: m.queue.clone(),
-                no_ack: m.no_ack,
-                prefetch,
-                unacked: 0,
-            },
-        );
+        c.consumers
+            .insert(tag.clone(), Consumer { queue: m.queue.clone(), no_ack: m.no_ack, prefetch, unacked: 0 });
         if let Some(q) = self.queues.get_mut(&m.queue) {
-            q.consumers.push(ConsumerKey {
-                conn,
-                channel: ch,
-                tag: tag.clone(),
-                priority,
-            });
+            q.consumers.push(ConsumerKey { conn, channel: ch, tag: tag.clone(), priority });
             q.exclusive_consumer = m.exclusive;
             q.had_consumer = true;
+            q.last_used = self.now;
         }
         if !m.no_wait {
             self.send(conn, ch, BasicConsumeOk { consumer_tag: tag });
@@ -203,25 +150,11 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn basic_cancel(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: BasicCancel,
-    ) -> Result<(), AmqpError> {
+    pub(super) fn basic_cancel(&mut self, conn: ConnId, ch: u16, m: BasicCancel) -> Result<(), AmqpError> {
         // An unknown tag is not an error: the consumer may be gone with its queue already.
-        let queue = self
-            .channel(conn, ch)
-            .and_then(|c| c.consumers.remove(&m.consumer_tag))
-            .map(|c| c.queue);
+        let queue = self.channel(conn, ch).and_then(|c| c.consumers.remove(&m.consumer_tag)).map(|c| c.queue);
         if !m.no_wait {
-            self.send(
-                conn,
-                ch,
-                BasicCancelOk {
-                    consumer_tag: m.consumer_tag.clone(),
-                },
-            );
+            self.send(conn, ch, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });
         }
         let Some(queue) = queue else {
             return Ok(());
@@ -232,28 +165,38 @@ impl Broker {
         q.remove_consumer(conn, ch, &m.consumer_tag);
         if q.should_auto_delete() {
             self.delete_queue(&queue);
-        } else {
-            self.dispatch(&queue);
+            return Ok(());
         }
+        if q.consumers.is_empty() {
+            self.arm_queue_expiry(&queue);
+        }
+        self.dispatch(&queue);
         Ok(())
     }
 
-    pub(super) fn basic_get(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: BasicGet,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get_mut(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn basic_get(&mut self, conn: ConnId, ch: u16, m: BasicGet) -> Result<(), AmqpError> {
+        let now = self.now;
+        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
-        let Some(msg) = q.ready.pop_front() else {
-            self.send(conn, ch, BasicGetEmpty::default());
+        q.last_used = now;
+        let msg = loop {
+            let Some(q) = self.queues.get_mut(&m.queue) else {
+                return Ok(());
+            };
+            let Some(msg) = q.pop() else {
+                self.send(conn, ch, BasicGetEmpty::default());
+                return Ok(());
+            };
+            if msg.expires_at.is_some_and(|t| t <= now) {
+                self.dead_letter(&m.queue, msg, Reason::Expired);
+                continue;
+            }
+            break msg;
+        };
+        let Some(q) = self.queues.get(&m.queue) else {
             return Ok(());
         };
-        let (queue_id, message_count) = (q.id, q.ready.len() as u32);
+        let (queue_id, message_count) = (q.id, q.len() as u32);
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
@@ -265,24 +208,12 @@ impl Broker {
             routing_key: msg.message.routing_key.clone(),
             message_count,
         };
-        let message = msg.message.clone();
+        let message = delivered_form(&msg);
         if !m.no_ack {
-            let u = Unacked {
-                queue_id,
-                queue: m.queue,
-                message: msg,
-                consumer: None,
-            };
+            let u = Unacked { queue_id, queue: m.queue, message: msg, consumer: None };
             c.unacked.insert(delivery_tag, u);
         }
-        self.push(
-            conn,
-            Outgoing::Content {
-                channel: ch,
-                method: method.into(),
-                message,
-            },
-        );
+        self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
         Ok(())
     }
 
@@ -322,12 +253,7 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn channel_flow(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: ChannelFlow,
-    ) -> Result<(), AmqpError> {
+    pub(super) fn channel_flow(&mut self, conn: ConnId, ch: u16, m: ChannelFlow) -> Result<(), AmqpError> {
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };

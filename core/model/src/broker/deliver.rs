@@ -1,31 +1,50 @@
-//! Handing messages to consumers, and settling them: ack, nack, reject, requeue.
+//! Handing messages to consumers, and settling them: ack, nack, reject, requeue, with the
+//! delivery limit and retry policy applied to messages that come back.
 
-use warren_codec::BasicDeliver;
+use std::sync::Arc;
+
+use warren_codec::{BasicDeliver, FieldValue};
 
 use super::{Broker, ConnId};
 use crate::channel::{TxOp, Unacked};
+use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
-use crate::message::Outgoing;
+use crate::message::{Message, Outgoing, QueuedMessage};
+use crate::retry::RetryDecision;
+
+/// How an unacked message came back to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Return {
+    /// A consumer nacked or rejected it with requeue: the retry policy applies.
+    Refused,
+    /// Its channel closed or the client asked to recover: it simply goes back.
+    Released,
+}
 
 impl Broker {
-    /// Delivers ready messages of `queue` round-robin to consumers with room in their
-    /// prefetch window, until the queue is empty or every consumer is full.
+    /// Delivers ready messages of `queue` to consumers with room in their prefetch window,
+    /// until the queue is empty or every consumer is full. Expired messages met on the way
+    /// are dead-lettered, never delivered.
     pub(super) fn dispatch(&mut self, queue: &str) {
-        let Some(q) = self.queues.get_mut(queue) else {
-            return;
-        };
-        while !q.ready.is_empty() && !q.consumers.is_empty() {
+        loop {
+            let now = self.now;
+            let Some(q) = self.queues.get_mut(queue) else {
+                return;
+            };
+            if q.is_empty() || q.consumers.is_empty() {
+                return;
+            }
             let n = q.consumers.len();
             // With a single active consumer only the earliest registered one is eligible.
             // Otherwise the highest priority with room wins, round-robin among equals.
-            let eligible = if q.single_active { 1 } else { n };
-            let sessions = &self.sessions;
+            let single = q.args.single_active_consumer;
+            let eligible = if single { 1 } else { n };
             let mut best: Option<(i64, usize)> = None;
             for i in 0..eligible {
-                let idx = (q.next_consumer + i) % n;
-                let idx = if q.single_active { 0 } else { idx };
+                let idx = if single { 0 } else { (q.next_consumer + i) % n };
                 let k = &q.consumers[idx];
-                let has_room = sessions
+                let has_room = self
+                    .sessions
                     .get(&k.conn)
                     .and_then(|s| s.channels.get(&k.channel))
                     .is_some_and(|c| c.can_deliver(&k.tag));
@@ -34,18 +53,23 @@ impl Broker {
                 }
             }
             let Some((_, idx)) = best else {
-                break;
+                return;
             };
+            let Some(msg) = q.pop() else {
+                return;
+            };
+            if msg.expires_at.is_some_and(|t| t <= now) {
+                self.dead_letter(queue, msg, Reason::Expired);
+                continue;
+            }
             q.next_consumer = (idx + 1) % n;
-            let Some(msg) = q.ready.pop_front() else {
-                break;
-            };
             let key = q.consumers[idx].clone();
+            let (queue_id, queue_name) = (q.id, q.name.clone());
             let Some(session) = self.sessions.get_mut(&key.conn) else {
-                break;
+                return;
             };
             let Some(ch) = session.channels.get_mut(&key.channel) else {
-                break;
+                return;
             };
             let delivery_tag = ch.next_delivery_tag();
             let method = BasicDeliver {
@@ -55,22 +79,13 @@ impl Broker {
                 exchange: msg.message.exchange.clone(),
                 routing_key: msg.message.routing_key.clone(),
             };
-            let message = msg.message.clone();
+            let message = delivered_form(&msg);
             if let Some(c) = ch.consumers.get_mut(&key.tag).filter(|c| !c.no_ack) {
                 c.unacked += 1;
-                let u = Unacked {
-                    queue_id: q.id,
-                    queue: q.name.clone(),
-                    message: msg,
-                    consumer: Some(key.tag),
-                };
+                let u = Unacked { queue_id, queue: queue_name, message: msg, consumer: Some(key.tag) };
                 ch.unacked.insert(delivery_tag, u);
             }
-            session.outbound.push(Outgoing::Content {
-                channel: key.channel,
-                method: method.into(),
-                message,
-            });
+            session.outbound.push(Outgoing::Content { channel: key.channel, method: method.into(), message });
             if !session.woken {
                 session.woken = true;
                 self.wakeups.push(key.conn);
@@ -96,11 +111,7 @@ impl Broker {
                 return Err(precondition(format!("unknown delivery tag {delivery_tag}")));
             }
             if let Some(tx) = c.tx.as_mut() {
-                tx.push(TxOp::Settle {
-                    tag: delivery_tag,
-                    multiple,
-                    requeue,
-                });
+                tx.push(TxOp::Settle { tag: delivery_tag, multiple, requeue });
             }
             return Ok(());
         }
@@ -127,12 +138,16 @@ impl Broker {
         }
         let mut queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
         for u in taken {
-            if requeue == Some(true) {
-                queues.push(u.queue.clone());
-                self.requeue(u);
+            queues.push(u.queue.clone());
+            match requeue {
+                None => {}
+                Some(true) => self.give_back(u, Return::Refused),
+                Some(false) => {
+                    if self.queues.get(&u.queue).is_some_and(|q| q.id == u.queue_id) {
+                        self.dead_letter(&u.queue, u.message, Reason::Rejected);
+                    }
+                }
             }
-            // Acked, or rejected without requeue: the message is done (dead-lettering
-            // arrives with the DLX issue).
         }
         queues.sort();
         queues.dedup();
@@ -142,10 +157,58 @@ impl Broker {
         Ok(())
     }
 
-    /// Puts an unacked message back in its queue, if that queue still exists.
-    pub(super) fn requeue(&mut self, u: Unacked) {
-        if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) {
-            q.requeue(u.message);
+    /// Returns an unacked message to its queue (if that queue still exists): counted against
+    /// `x-delivery-limit`, held back by the retry policy when a consumer refused it, and
+    /// otherwise put back at its original position.
+    pub(super) fn give_back(&mut self, u: Unacked, how: Return) {
+        let now = self.now;
+        let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) else {
+            return;
+        };
+        let mut m = u.message;
+        m.delivery_count = m.delivery_count.saturating_add(1);
+        if q.args.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
+            return self.dead_letter(&u.queue, m, Reason::DeliveryLimit);
         }
+        if m.expires_at.is_some_and(|t| t <= now) {
+            return self.dead_letter(&u.queue, m, Reason::Expired);
+        }
+        if let (Return::Refused, Some(policy)) = (how, q.args.retry) {
+            let previous = retry_count(&m.message);
+            match policy.decide(previous) {
+                RetryDecision::DeadLetter => {
+                    return self.dead_letter(&u.queue, m, Reason::Rejected);
+                }
+                RetryDecision::Retry { delay_ms, attempt } => {
+                    m.message = with_header(&m.message, "x-retry-count", FieldValue::I64(i64::from(attempt)));
+                    return self.delay(&u.queue, u.queue_id, m, delay_ms);
+                }
+            }
+        }
+        q.requeue(m);
     }
+}
+
+/// The message as a consumer sees it: redeliveries carry `x-delivery-count`.
+pub(super) fn delivered_form(m: &QueuedMessage) -> Arc<Message> {
+    if m.delivery_count == 0 {
+        return m.message.clone();
+    }
+    with_header(&m.message, "x-delivery-count", FieldValue::I64(i64::from(m.delivery_count)))
+}
+
+fn with_header(m: &Message, key: &str, value: FieldValue) -> Arc<Message> {
+    let mut copy = m.clone();
+    copy.properties.headers.get_or_insert_with(Default::default).insert(key.into(), value);
+    Arc::new(copy)
+}
+
+fn retry_count(m: &Message) -> u32 {
+    m.properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-retry-count"))
+        .and_then(FieldValue::as_i64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }

@@ -8,9 +8,9 @@ use warren_codec::field::encode_table;
 use warren_codec::reply_code::{ACCESS_REFUSED, COMMAND_INVALID};
 use warren_codec::wire::Writer;
 use warren_codec::{
-    BasicProperties, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk,
-    ExchangeDelete, ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue,
-    QueueBind, QueueBindOk, QueueUnbind, QueueUnbindOk,
+    BasicProperties, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, QueueBind, QueueBindOk,
+    QueueUnbind, QueueUnbindOk,
 };
 
 use super::{Broker, ConnId};
@@ -64,9 +64,7 @@ impl Exchange {
     }
 
     fn alternate(&self) -> Option<&str> {
-        self.arguments
-            .get("alternate-exchange")
-            .and_then(FieldValue::as_str)
+        self.arguments.get("alternate-exchange").and_then(FieldValue::as_str)
     }
 }
 
@@ -75,10 +73,7 @@ fn is_default(name: &str) -> bool {
 }
 
 fn default_refused() -> AmqpError {
-    AmqpError::new(
-        ACCESS_REFUSED,
-        "operation not permitted on the default exchange",
-    )
+    AmqpError::new(ACCESS_REFUSED, "operation not permitted on the default exchange")
 }
 
 impl Broker {
@@ -95,12 +90,10 @@ impl Broker {
     }
 
     fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
-        let factory = self.types.get(&m.kind).ok_or_else(|| {
-            AmqpError::new(
-                COMMAND_INVALID,
-                format!("unknown exchange type '{}'", m.kind),
-            )
-        })?;
+        let factory = self
+            .types
+            .get(&m.kind)
+            .ok_or_else(|| AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)))?;
         let router = factory.create(&m.arguments)?;
         let x = Exchange {
             kind: m.kind.clone(),
@@ -131,20 +124,14 @@ impl Broker {
             }
             // Like RabbitMQ: an unknown type is a connection error, checked first.
             if self.types.get(&m.kind).is_none() {
-                return Err(AmqpError::new(
-                    COMMAND_INVALID,
-                    format!("unknown exchange type '{}'", m.kind),
-                ));
+                return Err(AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)));
             }
             match self.exchanges.get(&m.exchange) {
                 Some(x) => check_equivalent(&m, x)?,
                 None if m.exchange.starts_with("amq.") => {
                     return Err(AmqpError::new(
                         ACCESS_REFUSED,
-                        format!(
-                            "exchange name '{}' contains reserved prefix 'amq.*'",
-                            m.exchange
-                        ),
+                        format!("exchange name '{}' contains reserved prefix 'amq.*'", m.exchange),
                     ));
                 }
                 None => self.create_exchange(&m)?,
@@ -168,19 +155,13 @@ impl Broker {
         if m.exchange.starts_with("amq.") {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
-                format!(
-                    "deletion of system exchange '{}' in vhost '/' not allowed",
-                    m.exchange
-                ),
+                format!("deletion of system exchange '{}' in vhost '/' not allowed", m.exchange),
             ));
         }
         // Deleting an exchange that is not there succeeds, as in RabbitMQ.
         if let Some(x) = self.exchanges.get(&m.exchange) {
             if m.if_unused && x.binding_count() > 0 {
-                return Err(precondition(format!(
-                    "exchange '{}' in vhost '/' in use",
-                    m.exchange
-                )));
+                return Err(precondition(format!("exchange '{}' in vhost '/' in use", m.exchange)));
             }
             self.delete_exchange(&m.exchange);
         }
@@ -190,16 +171,8 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn queue_bind(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: QueueBind,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_bind(&mut self, conn: ConnId, ch: u16, m: QueueBind) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let dest = Destination::Queue(Arc::from(m.queue.as_str()));
         self.bind(&m.exchange, dest, m.routing_key, m.arguments)?;
@@ -209,16 +182,8 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn queue_unbind(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: QueueUnbind,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_unbind(&mut self, conn: ConnId, ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
+        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let dest = Destination::Queue(Arc::from(m.queue.as_str()));
         self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
@@ -226,12 +191,7 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn exchange_bind(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: ExchangeBind,
-    ) -> Result<(), AmqpError> {
+    pub(super) fn exchange_bind(&mut self, conn: ConnId, ch: u16, m: ExchangeBind) -> Result<(), AmqpError> {
         if is_default(&m.destination) {
             return Err(default_refused());
         }
@@ -276,16 +236,9 @@ impl Broker {
         if is_default(source) {
             return Err(default_refused());
         }
-        let x = self
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| no_exchange(source))?;
+        let x = self.exchanges.get_mut(source).ok_or_else(|| no_exchange(source))?;
         x.router.validate_binding(&key, &arguments)?;
-        let b = Binding {
-            destination,
-            key,
-            arguments,
-        };
+        let b = Binding { destination, key, arguments };
         let id = BindingId::of(&b);
         if !x.bindings.contains_key(&id) {
             x.router.add_binding(&b);
@@ -304,16 +257,9 @@ impl Broker {
         if is_default(source) {
             return Err(default_refused());
         }
-        let x = self
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| no_exchange(source))?;
+        let x = self.exchanges.get_mut(source).ok_or_else(|| no_exchange(source))?;
         // Unbinding what is not bound succeeds, as in RabbitMQ.
-        let id = BindingId::of(&Binding {
-            destination,
-            key,
-            arguments,
-        });
+        let id = BindingId::of(&Binding { destination, key, arguments });
         if let Some(b) = x.bindings.remove(&id) {
             x.router.remove_binding(&b);
             self.auto_delete_exchange(source);
@@ -344,11 +290,7 @@ impl Broker {
     }
 
     fn auto_delete_exchange(&mut self, name: &str) {
-        if self
-            .exchanges
-            .get(name)
-            .is_some_and(|x| x.auto_delete && x.bindings.is_empty())
-        {
+        if self.exchanges.get(name).is_some_and(|x| x.auto_delete && x.bindings.is_empty()) {
             self.delete_exchange(name);
         }
     }
@@ -364,10 +306,7 @@ impl Broker {
         if is_default(exchange) {
             return Ok(());
         }
-        let x = self
-            .exchanges
-            .get(exchange)
-            .ok_or_else(|| no_exchange(exchange))?;
+        let x = self.exchanges.get(exchange).ok_or_else(|| no_exchange(exchange))?;
         if x.internal {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
@@ -386,6 +325,17 @@ impl Broker {
         routing_key: &str,
         properties: &BasicProperties,
     ) -> Result<Vec<Arc<str>>, AmqpError> {
+        self.check_publish_target(exchange)?;
+        self.route_from(exchange, routing_key, properties)
+    }
+
+    /// Routing without the publish checks: dead letters may go through internal exchanges.
+    pub(super) fn route_from(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+    ) -> Result<Vec<Arc<str>>, AmqpError> {
         let mut keys = vec![routing_key];
         if let Some(h) = &properties.headers {
             for name in ["CC", "BCC"] {
@@ -394,15 +344,15 @@ impl Broker {
                 }
             }
         }
-        self.check_publish_target(exchange)?;
         let mut queues: Vec<Arc<str>> = Vec::new();
         if is_default(exchange) {
             queues.extend(
-                keys.iter()
-                    .filter_map(|k| self.queues.get_key_value(*k))
-                    .map(|(k, _)| Arc::from(k.as_str())),
+                keys.iter().filter_map(|k| self.queues.get_key_value(*k)).map(|(k, _)| Arc::from(k.as_str())),
             );
         } else {
+            if !self.exchanges.contains_key(exchange) {
+                return Err(no_exchange(exchange));
+            }
             let mut seen: HashSet<&str> = HashSet::from([exchange]);
             let mut work: Vec<&str> = vec![exchange];
             let mut dests = Vec::new();
@@ -412,13 +362,7 @@ impl Broker {
                 };
                 dests.clear();
                 for key in &keys {
-                    x.router.route(
-                        RoutingInput {
-                            routing_key: key,
-                            properties,
-                        },
-                        &mut dests,
-                    );
+                    x.router.route(RoutingInput { routing_key: key, properties }, &mut dests);
                 }
                 if dests.is_empty()
                     && let Some(ae) = x.alternate()
@@ -466,11 +410,7 @@ fn check_equivalent(m: &ExchangeDeclare, x: &Exchange) -> Result<(), AmqpError> 
     if m.internal != x.internal {
         return Err(differ("internal", &m.internal, &x.internal));
     }
-    let ae = |t: &FieldTable| {
-        t.get("alternate-exchange")
-            .and_then(FieldValue::as_str)
-            .map(str::to_string)
-    };
+    let ae = |t: &FieldTable| t.get("alternate-exchange").and_then(FieldValue::as_str).map(str::to_string);
     let (new, old) = (ae(&m.arguments), ae(&x.arguments));
     if new != old {
         let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());

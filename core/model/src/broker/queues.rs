@@ -3,29 +3,21 @@
 use std::sync::Arc;
 use warren_codec::reply_code::ACCESS_REFUSED;
 
-use warren_codec::{
-    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk,
-};
+use warren_codec::{QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk};
 
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_queue, precondition};
 use crate::exchange::Destination;
 use crate::queue::{Queue, QueueSpec};
+use crate::queue_args::QueueArgs;
 
 impl Broker {
-    pub(super) fn queue_declare(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: QueueDeclare,
-    ) -> Result<(), AmqpError> {
-        let name = if m.queue.is_empty() && !m.passive {
-            self.names.name("amq.gen-")
-        } else {
-            m.queue
-        };
-        if let Some(q) = self.queues.get(&name) {
+    pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+        let name = if m.queue.is_empty() && !m.passive { self.names.name("amq.gen-") } else { m.queue };
+        let now = self.now;
+        if let Some(q) = self.queues.get_mut(&name) {
             q.check_access(conn)?;
+            q.last_used = now;
             if !m.passive {
                 q.check_equivalent(m.durable, m.auto_delete, &m.arguments)?;
             }
@@ -38,7 +30,7 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            Queue::check_arguments(&m.arguments)?;
+            let args = QueueArgs::parse(&m.arguments)?;
             let spec = QueueSpec {
                 durable: m.durable,
                 auto_delete: m.auto_delete,
@@ -47,67 +39,38 @@ impl Broker {
             };
             let id = self.next_queue_id;
             self.next_queue_id += 1;
-            self.queues
-                .insert(name.clone(), Queue::new(id, name.clone(), spec));
+            let queue = Queue::new(id, name.clone(), spec, args, self.now);
+            self.queues.insert(name.clone(), queue);
+            self.arm_queue_expiry(&name);
         }
         if !m.no_wait {
-            let (message_count, consumer_count) = self
-                .queues
-                .get(&name)
-                .map_or((0, 0), |q| (q.ready.len() as u32, q.consumers.len() as u32));
-            self.send(
-                conn,
-                ch,
-                QueueDeclareOk {
-                    queue: name,
-                    message_count,
-                    consumer_count,
-                },
-            );
+            let (message_count, consumer_count) =
+                self.queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
+            self.send(conn, ch, QueueDeclareOk { queue: name, message_count, consumer_count });
         }
         Ok(())
     }
 
-    pub(super) fn queue_purge(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: QueuePurge,
-    ) -> Result<(), AmqpError> {
-        let q = self
-            .queues
-            .get_mut(&m.queue)
-            .ok_or_else(|| no_queue(&m.queue))?;
+    pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
+        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
-        let message_count = q.ready.len() as u32;
-        q.ready.clear();
+        let message_count = q.purge() as u32;
         if !m.no_wait {
             self.send(conn, ch, QueuePurgeOk { message_count });
         }
         Ok(())
     }
 
-    pub(super) fn queue_delete(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        m: QueueDelete,
-    ) -> Result<(), AmqpError> {
+    pub(super) fn queue_delete(&mut self, conn: ConnId, ch: u16, m: QueueDelete) -> Result<(), AmqpError> {
         // RabbitMQ answers delete-ok for a queue that does not exist: delete is idempotent.
         let mut message_count = 0;
         if let Some(q) = self.queues.get(&m.queue) {
             q.check_access(conn)?;
             if m.if_unused && !q.consumers.is_empty() {
-                return Err(precondition(format!(
-                    "queue '{}' in vhost '/' in use",
-                    m.queue
-                )));
+                return Err(precondition(format!("queue '{}' in vhost '/' in use", m.queue)));
             }
-            if m.if_empty && !q.ready.is_empty() {
-                return Err(precondition(format!(
-                    "queue '{}' in vhost '/' is not empty",
-                    m.queue
-                )));
+            if m.if_empty && !q.is_empty() {
+                return Err(precondition(format!("queue '{}' in vhost '/' is not empty", m.queue)));
             }
             message_count = self.delete_queue(&m.queue);
         }
@@ -124,6 +87,7 @@ impl Broker {
             return 0;
         };
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
+        let count = q.len() as u32;
         for key in q.consumers {
             let Some(session) = self.sessions.get_mut(&key.conn) else {
                 continue;
@@ -133,13 +97,10 @@ impl Broker {
                 c.consumers.remove(&key.tag);
             }
             if notify {
-                let cancel = warren_codec::BasicCancel {
-                    consumer_tag: key.tag,
-                    no_wait: true,
-                };
+                let cancel = warren_codec::BasicCancel { consumer_tag: key.tag, no_wait: true };
                 self.send(key.conn, key.channel, cancel);
             }
         }
-        q.ready.len() as u32
+        count
     }
 }

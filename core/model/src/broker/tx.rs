@@ -23,16 +23,12 @@ impl Broker {
         let ops = self.take_tx(conn, ch)?;
         for op in ops {
             match op {
-                TxOp::Publish {
-                    method,
-                    properties,
-                    body,
-                } => self.route_and_deliver(conn, ch, method, *properties, body)?,
-                TxOp::Settle {
-                    tag,
-                    multiple,
-                    requeue,
-                } => self.settle_now(conn, ch, tag, multiple, requeue)?,
+                TxOp::Publish { method, properties, body } => {
+                    self.route_and_deliver(conn, ch, method, *properties, body)?
+                }
+                TxOp::Settle { tag, multiple, requeue } => {
+                    self.settle_now(conn, ch, tag, multiple, requeue)?
+                }
             }
         }
         self.send(conn, ch, TxCommitOk {});

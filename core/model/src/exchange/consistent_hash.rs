@@ -20,9 +20,7 @@ impl ExchangeFactory for Factory {
         let property = arguments.get("hash-property").map(arg_str).transpose()?;
         let source = match (header, property) {
             (Some(_), Some(_)) => {
-                return Err(precondition(
-                    "hash-header and hash-property are mutually exclusive",
-                ));
+                return Err(precondition("hash-header and hash-property are mutually exclusive"));
             }
             (Some(h), None) => Source::Header(h),
             (None, Some(p)) => match p.as_str() {
@@ -37,11 +35,7 @@ impl ExchangeFactory for Factory {
             },
             (None, None) => Source::RoutingKey,
         };
-        Ok(Box::new(ConsistentHash {
-            source,
-            bindings: Vec::new(),
-            buckets: Vec::new(),
-        }))
+        Ok(Box::new(ConsistentHash { source, bindings: Vec::new(), buckets: Vec::new() }))
     }
 }
 
@@ -88,8 +82,7 @@ impl ConsistentHash {
     fn rebuild(&mut self) {
         self.buckets.clear();
         for (b, w) in &self.bindings {
-            self.buckets
-                .extend(std::iter::repeat_n(b.destination.clone(), *w as usize));
+            self.buckets.extend(std::iter::repeat_n(b.destination.clone(), *w as usize));
         }
     }
 
@@ -162,10 +155,7 @@ mod tests {
 
     #[test]
     fn shares_follow_weights_and_keys_stick() {
-        let x = exchange(
-            FieldTable::new(),
-            &[("a", "1"), ("b", "1"), ("c", "2"), ("d", "4")],
-        );
+        let x = exchange(FieldTable::new(), &[("a", "1"), ("b", "1"), ("c", "2"), ("d", "4")]);
         let mut counts: HashMap<Destination, u32> = HashMap::new();
         for i in 0..40_000 {
             let key = format!("key-{i}");
@@ -184,13 +174,9 @@ mod tests {
     #[test]
     fn adding_a_binding_moves_only_the_keys_it_takes() {
         let mut x = exchange(FieldTable::new(), &[("a", "1"), ("b", "1"), ("c", "1")]);
-        let before: Vec<_> = (0..3000)
-            .map(|i| route_key(x.as_ref(), &i.to_string()))
-            .collect();
+        let before: Vec<_> = (0..3000).map(|i| route_key(x.as_ref(), &i.to_string())).collect();
         x.add_binding(&binding("d", "1"));
-        let moved = (0..3000)
-            .filter(|i| route_key(x.as_ref(), &i.to_string()) != before[*i])
-            .count();
+        let moved = (0..3000).filter(|i| route_key(x.as_ref(), &i.to_string()) != before[*i]).count();
         // Ideally a quarter of the keys move, all of them to the new queue.
         assert!((600..900).contains(&moved), "{moved} keys moved");
     }
@@ -201,33 +187,19 @@ mod tests {
         args.insert("hash-header".into(), FieldValue::str("user"));
         let x = exchange(args, &[("a", "1"), ("b", "1")]);
         let with = |v: &str| BasicProperties {
-            headers: Some(
-                [("user".to_string(), FieldValue::str(v))]
-                    .into_iter()
-                    .collect(),
-            ),
+            headers: Some([("user".to_string(), FieldValue::str(v))].into_iter().collect()),
             ..Default::default()
         };
         for v in ["alice", "bob", "carol"] {
-            assert_eq!(
-                route_props(x.as_ref(), "k1", &with(v)),
-                route_props(x.as_ref(), "k2", &with(v))
-            );
+            assert_eq!(route_props(x.as_ref(), "k1", &with(v)), route_props(x.as_ref(), "k2", &with(v)));
         }
         assert!(route_props(x.as_ref(), "k", &BasicProperties::default()).is_empty());
 
         let mut both = FieldTable::new();
         both.insert("hash-header".into(), FieldValue::str("a"));
         both.insert("hash-property".into(), FieldValue::str("message_id"));
-        assert_eq!(
-            Factory.create(&both).map(|_| ()).map_err(|e| e.code),
-            Err(406)
-        );
+        assert_eq!(Factory.create(&both).map(|_| ()).map_err(|e| e.code), Err(406));
         let x = Factory.create(&FieldTable::new()).expect("create");
-        assert_eq!(
-            x.validate_binding("heavy", &FieldTable::new())
-                .map_err(|e| e.code),
-            Err(406)
-        );
+        assert_eq!(x.validate_binding("heavy", &FieldTable::new()).map_err(|e| e.code), Err(406));
     }
 }

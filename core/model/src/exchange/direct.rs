@@ -25,10 +25,7 @@ pub struct Direct {
 
 impl ExchangeType for Direct {
     fn add_binding(&mut self, b: &Binding) {
-        self.by_key
-            .entry(b.key.clone())
-            .or_default()
-            .push(b.destination.clone());
+        self.by_key.entry(b.key.clone()).or_default().push(b.destination.clone());
     }
 
     fn remove_binding(&mut self, b: &Binding) {

@@ -88,11 +88,7 @@ impl ExchangeType for Headers {
             .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        self.rules.push(Rule {
-            binding: b.clone(),
-            kind,
-            keys,
-        });
+        self.rules.push(Rule { binding: b.clone(), kind, keys });
     }
 
     fn remove_binding(&mut self, b: &Binding) {
@@ -103,12 +99,7 @@ impl ExchangeType for Headers {
 
     fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
         let headers = input.properties.headers.as_ref();
-        out.extend(
-            self.rules
-                .iter()
-                .filter(|r| r.matches(headers))
-                .map(|r| r.binding.destination.clone()),
-        );
+        out.extend(self.rules.iter().filter(|r| r.matches(headers)).map(|r| r.binding.destination.clone()));
     }
 }
 
@@ -120,26 +111,16 @@ mod tests {
     use super::*;
 
     fn table(pairs: &[(&str, FieldValue)]) -> FieldTable {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 
     fn bind(h: &mut Headers, dest: &str, args: FieldTable) {
         h.validate_binding("", &args).expect("valid");
-        h.add_binding(&Binding {
-            destination: q(dest),
-            key: String::new(),
-            arguments: args,
-        });
+        h.add_binding(&Binding { destination: q(dest), key: String::new(), arguments: args });
     }
 
     fn route(h: &Headers, headers: FieldTable) -> Vec<Destination> {
-        let props = BasicProperties {
-            headers: Some(headers),
-            ..Default::default()
-        };
+        let props = BasicProperties { headers: Some(headers), ..Default::default() };
         route_props(h, "", &props)
     }
 
@@ -147,54 +128,18 @@ mod tests {
     fn all_any_and_with_x() {
         let mut h = Headers::default();
         let s = FieldValue::str;
-        bind(
-            &mut h,
-            "all",
-            table(&[
-                ("x-match", s("all")),
-                ("a", s("1")),
-                ("b", FieldValue::I32(2)),
-            ]),
-        );
-        bind(
-            &mut h,
-            "any",
-            table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]),
-        );
-        bind(
-            &mut h,
-            "x-ignored",
-            table(&[("a", s("1")), ("x-tag", s("t"))]),
-        );
-        bind(
-            &mut h,
-            "with-x",
-            table(&[
-                ("x-match", s("all-with-x")),
-                ("a", s("1")),
-                ("x-tag", s("t")),
-            ]),
-        );
+        bind(&mut h, "all", table(&[("x-match", s("all")), ("a", s("1")), ("b", FieldValue::I32(2))]));
+        bind(&mut h, "any", table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]));
+        bind(&mut h, "x-ignored", table(&[("a", s("1")), ("x-tag", s("t"))]));
+        bind(&mut h, "with-x", table(&[("x-match", s("all-with-x")), ("a", s("1")), ("x-tag", s("t"))]));
         bind(&mut h, "presence", table(&[("b", FieldValue::Void)]));
         bind(&mut h, "no-keys-all", table(&[]));
         bind(&mut h, "no-keys-any", table(&[("x-match", s("any"))]));
 
         let got = route(&h, table(&[("a", s("1")), ("b", FieldValue::I64(2))]));
-        assert_eq!(
-            got,
-            vec![
-                q("all"),
-                q("any"),
-                q("no-keys-all"),
-                q("presence"),
-                q("x-ignored")
-            ]
-        );
+        assert_eq!(got, vec![q("all"), q("any"), q("no-keys-all"), q("presence"), q("x-ignored")]);
         let got = route(&h, table(&[("a", s("1")), ("x-tag", s("t"))]));
-        assert_eq!(
-            got,
-            vec![q("any"), q("no-keys-all"), q("with-x"), q("x-ignored")]
-        );
+        assert_eq!(got, vec![q("any"), q("no-keys-all"), q("with-x"), q("x-ignored")]);
         assert_eq!(route(&h, table(&[])), vec![q("no-keys-all")]);
     }
 

@@ -83,9 +83,7 @@ pub struct TypeRegistry {
 impl TypeRegistry {
     /// The built-in types: direct, fanout, topic, headers, x-consistent-hash, x-modulus-hash.
     pub fn builtin() -> Self {
-        let mut r = TypeRegistry {
-            types: HashMap::new(),
-        };
+        let mut r = TypeRegistry { types: HashMap::new() };
         r.register("direct", Arc::new(direct::Factory));
         r.register("fanout", Arc::new(fanout::Factory));
         r.register("topic", Arc::new(topic::Factory));
@@ -136,11 +134,7 @@ pub(crate) mod test_support {
     }
 
     pub fn binding(dest: &str, key: &str) -> Binding {
-        Binding {
-            destination: q(dest),
-            key: key.into(),
-            arguments: FieldTable::new(),
-        }
+        Binding { destination: q(dest), key: key.into(), arguments: FieldTable::new() }
     }
 
     pub fn route_key(t: &dyn ExchangeType, key: &str) -> Vec<Destination> {
@@ -148,19 +142,9 @@ pub(crate) mod test_support {
         route_props(t, key, &props)
     }
 
-    pub fn route_props(
-        t: &dyn ExchangeType,
-        key: &str,
-        props: &BasicProperties,
-    ) -> Vec<Destination> {
+    pub fn route_props(t: &dyn ExchangeType, key: &str, props: &BasicProperties) -> Vec<Destination> {
         let mut out = Vec::new();
-        t.route(
-            RoutingInput {
-                routing_key: key,
-                properties: props,
-            },
-            &mut out,
-        );
+        t.route(RoutingInput { routing_key: key, properties: props }, &mut out);
         out.sort();
         out.dedup();
         out

@@ -101,11 +101,7 @@ impl Node {
 
 /// Splits a key into words the way RabbitMQ does.
 pub fn words(key: &str) -> Vec<&str> {
-    if key.is_empty() {
-        Vec::new()
-    } else {
-        key.split('.').collect()
-    }
+    if key.is_empty() { Vec::new() } else { key.split('.').collect() }
 }
 
 impl ExchangeType for Topic {
@@ -143,16 +139,8 @@ mod tests {
 
     #[test]
     fn star_and_hash() {
-        let t = topic(&[
-            ("star", "a.*.c"),
-            ("hash", "a.#"),
-            ("all", "#"),
-            ("exact", "a.b.c"),
-        ]);
-        assert_eq!(
-            route_key(&t, "a.b.c"),
-            vec![q("all"), q("exact"), q("hash"), q("star")]
-        );
+        let t = topic(&[("star", "a.*.c"), ("hash", "a.#"), ("all", "#"), ("exact", "a.b.c")]);
+        assert_eq!(route_key(&t, "a.b.c"), vec![q("all"), q("exact"), q("hash"), q("star")]);
         assert_eq!(route_key(&t, "a"), vec![q("all"), q("hash")]);
         assert_eq!(route_key(&t, "a.b.b.c"), vec![q("all"), q("hash")]);
         assert_eq!(route_key(&t, "b"), vec![q("all")]);
@@ -160,21 +148,12 @@ mod tests {
 
     #[test]
     fn rabbitmq_edge_cases() {
-        let t = topic(&[
-            ("empty", ""),
-            ("star", "*"),
-            ("hh", "#.#"),
-            ("trail", "a.#"),
-            ("lead", "#.a"),
-        ]);
+        let t = topic(&[("empty", ""), ("star", "*"), ("hh", "#.#"), ("trail", "a.#"), ("lead", "#.a")]);
         // "" has no words: only "" and the #-bindings match it.
         assert_eq!(route_key(&t, ""), vec![q("empty"), q("hh")]);
         // "a." is the words "a" and "": `*` needs exactly one word.
         assert_eq!(route_key(&t, "a."), vec![q("hh"), q("trail")]);
-        assert_eq!(
-            route_key(&t, "a"),
-            vec![q("hh"), q("lead"), q("star"), q("trail")]
-        );
+        assert_eq!(route_key(&t, "a"), vec![q("hh"), q("lead"), q("star"), q("trail")]);
         assert_eq!(route_key(&t, ".a"), vec![q("hh"), q("lead")]);
         assert_eq!(route_key(&t, "nodots"), vec![q("hh"), q("star")]);
     }

@@ -1,0 +1,109 @@
+//! Offering messages to queues (TTL, length limits) and dead-lettering them.
+
+use std::sync::Arc;
+
+use warren_codec::BasicProperties;
+use warren_codec::reply_code::PRECONDITION_FAILED;
+
+use super::Broker;
+use super::timers::Timer;
+use crate::deadletter::{self, Reason};
+use crate::error::AmqpError;
+use crate::message::{Message, QueuedMessage};
+use crate::queue::Offer;
+use crate::queue_args::Overflow;
+
+/// A per-message TTL from the `expiration` property: milliseconds as a decimal string.
+pub(super) fn message_ttl(p: &BasicProperties) -> Result<Option<u64>, AmqpError> {
+    let Some(e) = p.expiration.as_deref() else {
+        return Ok(None);
+    };
+    e.parse::<u64>().map(Some).map_err(|_| {
+        AmqpError::new(PRECONDITION_FAILED, format!("invalid expiration '{e}': not a non-negative integer"))
+    })
+}
+
+impl Broker {
+    /// Puts a routed message in `queue`, applying its TTL and length limits, and hands it
+    /// to a consumer if one is ready.
+    pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>) -> Offer {
+        let now = self.now;
+        let Some(q) = self.queues.get_mut(queue) else {
+            return Offer::Accepted;
+        };
+        let size = message.body.len() as u64;
+        if q.would_overflow(size) {
+            match q.args.overflow {
+                Overflow::DropHead => {}
+                Overflow::RejectPublish => return Offer::Refused,
+                Overflow::RejectPublishDlx => {
+                    let m = QueuedMessage {
+                        seq: 0,
+                        message,
+                        redelivered: false,
+                        expires_at: None,
+                        delivery_count: 0,
+                    };
+                    self.dead_letter(queue, m, Reason::MaxLen);
+                    return Offer::Refused;
+                }
+            }
+        }
+        // The shorter of the queue's and the message's TTL (already validated at publish).
+        let own = message_ttl(&message.properties).ok().flatten();
+        let ttl = match (q.args.message_ttl, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
+        let seq = q.push(message, expires_at);
+        let (id, name) = (q.id, Arc::<str>::from(queue));
+        // drop-head: the oldest messages make room.
+        while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
+            let Some(head) = q.pop() else {
+                break;
+            };
+            self.dead_letter(queue, head, Reason::MaxLen);
+        }
+        self.dispatch(queue);
+        if let Some(at) = expires_at {
+            if ttl == Some(0) {
+                // TTL 0: delivered at once to a waiting consumer, or expired now.
+                self.expire_now(queue, seq);
+            } else {
+                self.arm(at, Timer::Expire { queue: name, queue_id: id, seq });
+            }
+        }
+        Offer::Accepted
+    }
+
+    fn expire_now(&mut self, queue: &str, seq: u64) {
+        if let Some(m) = self.queues.get_mut(queue).and_then(|q| q.take(seq)) {
+            self.dead_letter(queue, m, Reason::Expired);
+        }
+    }
+
+    /// Sends a message that died in `queue` to the queue's dead-letter exchange, or drops
+    /// it when there is none. Targets that would form an automatic cycle are skipped.
+    pub(super) fn dead_letter(&mut self, queue: &str, m: QueuedMessage, reason: Reason) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        let Some(dlx) = q.args.dead_letter_exchange.clone() else {
+            return;
+        };
+        q.count_dead_letter(reason);
+        let dlrk = q.args.dead_letter_routing_key.clone();
+        let now_secs = self.unix_ms / 1000;
+        let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);
+        // A missing dead-letter exchange drops the message, as in RabbitMQ.
+        let Ok(mut targets) = self.route_from(&dlx, &dead.routing_key, &dead.properties) else {
+            return;
+        };
+        targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));
+        let dead = Arc::new(dead);
+        for t in targets {
+            self.offer(&t, dead.clone());
+        }
+    }
+}

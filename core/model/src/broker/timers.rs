@@ -1,0 +1,148 @@
+//! Timed work: message TTL expiry (anywhere in a queue, not only at its head), retry delays,
+//! and `x-expires` for unused queues. One ordered set holds every deadline; entries are
+//! checked when they fire, so work that became moot (a message delivered before it expired)
+//! needs no cancellation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Broker;
+use crate::deadletter::Reason;
+use crate::message::QueuedMessage;
+
+/// Something to do at a deadline.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    /// A ready message's TTL runs out.
+    Expire { queue: Arc<str>, queue_id: u64, seq: u64 },
+    /// A message held by a retry policy goes back to its queue.
+    Retry { id: u64 },
+    /// An `x-expires` queue may have gone unused long enough.
+    QueueExpires { queue: Arc<str>, queue_id: u64 },
+}
+
+/// A message held out of its queue by a retry policy.
+#[derive(Debug)]
+pub(super) struct Delayed {
+    pub queue: Arc<str>,
+    pub queue_id: u64,
+    pub message: QueuedMessage,
+}
+
+impl Broker {
+    /// The driver's clock: monotonic `now` and wall-clock milliseconds since the epoch.
+    /// Call before each batch of work.
+    pub fn set_time(&mut self, now: Instant, unix_ms: u64) {
+        self.now = now;
+        self.unix_ms = unix_ms;
+    }
+
+    /// When [`Broker::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Whether a timer earlier than the last `poll_timeout` answer may have been added;
+    /// clears the flag.
+    pub fn take_timer_changed(&mut self) -> bool {
+        std::mem::take(&mut self.timer_changed)
+    }
+
+    /// Does everything that is due at the time last set.
+    pub fn handle_timeout(&mut self) {
+        while let Some((at, _, _)) = self.timers.first() {
+            if *at > self.now {
+                break;
+            }
+            let Some((_, _, timer)) = self.timers.pop_first() else {
+                break;
+            };
+            match timer {
+                Timer::Expire { queue, queue_id, seq } => self.expire_one(&queue, queue_id, seq),
+                Timer::Retry { id } => self.release_delayed(id),
+                Timer::QueueExpires { queue, queue_id } => self.check_queue_expiry(&queue, queue_id),
+            }
+        }
+    }
+
+    pub(super) fn arm(&mut self, at: Instant, timer: Timer) {
+        if self.timers.first().is_none_or(|(first, _, _)| at < *first) {
+            self.timer_changed = true;
+        }
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq, timer));
+    }
+
+    pub(super) fn after(&self, ms: u64) -> Instant {
+        self.now + Duration::from_millis(ms)
+    }
+
+    fn expire_one(&mut self, queue: &str, queue_id: u64, seq: u64) {
+        let Some(q) = self.queues.get_mut(queue).filter(|q| q.id == queue_id) else {
+            return;
+        };
+        let Some(m) = q.take(seq) else {
+            return;
+        };
+        self.dead_letter(queue, m, Reason::Expired);
+    }
+
+    /// Holds `message` for `delay_ms`, then puts it back in `queue`.
+    pub(super) fn delay(&mut self, queue: &str, queue_id: u64, message: QueuedMessage, delay_ms: u64) {
+        let id = self.next_delayed;
+        self.next_delayed += 1;
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.delayed += 1;
+        }
+        let queue: Arc<str> = Arc::from(queue);
+        self.delayed.insert(id, Delayed { queue, queue_id, message });
+        let at = self.after(delay_ms);
+        self.arm(at, Timer::Retry { id });
+    }
+
+    fn release_delayed(&mut self, id: u64) {
+        let Some(d) = self.delayed.remove(&id) else {
+            return;
+        };
+        let Some(q) = self.queues.get_mut(&*d.queue).filter(|q| q.id == d.queue_id) else {
+            return;
+        };
+        q.delayed = q.delayed.saturating_sub(1);
+        q.requeue(d.message);
+        self.dispatch(&d.queue);
+    }
+
+    /// Arms the `x-expires` check for a queue that just became unused.
+    pub(super) fn arm_queue_expiry(&mut self, queue: &str) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        q.last_used = self.now;
+        let Some(ms) = q.args.expires else {
+            return;
+        };
+        let (name, queue_id) = (Arc::from(queue), q.id);
+        let at = self.after(ms);
+        self.arm(at, Timer::QueueExpires { queue: name, queue_id });
+    }
+
+    fn check_queue_expiry(&mut self, queue: &str, queue_id: u64) {
+        let now = self.now;
+        let Some(q) = self.queues.get(queue).filter(|q| q.id == queue_id) else {
+            return;
+        };
+        let Some(ms) = q.args.expires else {
+            return;
+        };
+        if !q.consumers.is_empty() {
+            return; // re-armed when the last consumer goes
+        }
+        let due = q.last_used + Duration::from_millis(ms);
+        if now >= due {
+            self.delete_queue(queue);
+        } else {
+            let name = Arc::from(queue);
+            self.arm(due, Timer::QueueExpires { queue: name, queue_id });
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Queue arguments, parsed and checked once at declare. A bad value is 406 PRECONDITION_FAILED
+//! naming the argument, as RabbitMQ answers it.
+
+use warren_codec::{FieldTable, FieldValue};
+
+use crate::error::{AmqpError, precondition};
+use crate::retry::RetryPolicy;
+
+/// Arguments RabbitMQ gives meaning to that Warren does not implement; accepting them would
+/// pretend to a behaviour the queue lacks, so declare refuses them.
+const UNSUPPORTED: &[&str] = &["x-max-priority"];
+
+/// What to do when a queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (dead-letter) the oldest message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (nack under confirms).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// A queue's behaviour-changing arguments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, milliseconds unused before the queue is deleted.
+    pub expires: Option<u64>,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-length`, ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`, body octets of ready messages.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-delivery-limit`: deliveries that may end in a requeue before the message is
+    /// dead-lettered.
+    pub delivery_limit: Option<u32>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// `x-retry-policy` and its parameters.
+    pub retry: Option<RetryPolicy>,
+}
+
+fn non_negative(key: &str, v: &FieldValue) -> Result<u64, AmqpError> {
+    v.as_i64().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
+        precondition(format!("invalid arg '{key}': expected a non-negative integer, got {v:?}"))
+    })
+}
+
+fn text(key: &str, v: &FieldValue) -> Result<String, AmqpError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| precondition(format!("invalid arg '{key}': expected a string, got {v:?}")))
+}
+
+impl QueueArgs {
+    /// Parses and checks the declare arguments.
+    pub fn parse(args: &FieldTable) -> Result<QueueArgs, AmqpError> {
+        for key in UNSUPPORTED {
+            if args.contains_key(*key) {
+                return Err(precondition(format!("invalid arg '{key}': not supported by Warren yet")));
+            }
+        }
+        let mut q = QueueArgs::default();
+        for (key, v) in args {
+            match key.as_str() {
+                "x-message-ttl" => q.message_ttl = Some(non_negative(key, v)?),
+                "x-expires" => {
+                    let ms = non_negative(key, v)?;
+                    if ms == 0 {
+                        return Err(precondition("invalid arg 'x-expires': must be positive"));
+                    }
+                    q.expires = Some(ms);
+                }
+                "x-dead-letter-exchange" => q.dead_letter_exchange = Some(text(key, v)?),
+                "x-dead-letter-routing-key" => q.dead_letter_routing_key = Some(text(key, v)?),
+                "x-max-length" => q.max_length = Some(non_negative(key, v)?),
+                "x-max-length-bytes" => q.max_length_bytes = Some(non_negative(key, v)?),
+                "x-overflow" => {
+                    q.overflow = match text(key, v)?.as_str() {
+                        "drop-head" => Overflow::DropHead,
+                        "reject-publish" => Overflow::RejectPublish,
+                        "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                        other => {
+                            return Err(precondition(format!(
+                                "invalid arg 'x-overflow': '{other}'; expected drop-head, reject-publish or reject-publish-dlx"
+                            )));
+                        }
+                    }
+                }
+                "x-delivery-limit" => {
+                    let n = non_negative(key, v)?;
+                    q.delivery_limit = Some(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+                "x-single-active-consumer" => {
+                    q.single_active_consumer = v.as_bool().ok_or_else(|| {
+                        precondition(format!(
+                            "invalid arg 'x-single-active-consumer': expected a boolean, got {v:?}"
+                        ))
+                    })?
+                }
+                "x-queue-type" => {
+                    let t = text(key, v)?;
+                    if t != "classic" {
+                        return Err(precondition(format!(
+                            "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if q.dead_letter_routing_key.is_some() && q.dead_letter_exchange.is_none() {
+            return Err(precondition(
+                "invalid arg 'x-dead-letter-routing-key': x-dead-letter-exchange must be set as well",
+            ));
+        }
+        q.retry = RetryPolicy::parse(args)?;
+        Ok(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, FieldValue)]) -> FieldTable {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn parses_what_rabbitmq_accepts() {
+        let a = QueueArgs::parse(&args(&[
+            ("x-message-ttl", FieldValue::I32(1000)),
+            ("x-dead-letter-exchange", FieldValue::str("dlx")),
+            ("x-overflow", FieldValue::str("reject-publish")),
+            ("x-max-length", FieldValue::I64(10)),
+        ]));
+        let a = a.expect("valid");
+        assert_eq!(a.message_ttl, Some(1000));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+    }
+
+    #[test]
+    fn bad_values_name_the_argument() {
+        for bad in [
+            args(&[("x-message-ttl", FieldValue::I32(-1))]),
+            args(&[("x-overflow", FieldValue::str("drop-tail"))]),
+            args(&[("x-max-priority", FieldValue::I32(5))]),
+            args(&[("x-dead-letter-routing-key", FieldValue::str("k"))]),
+        ] {
+            let e = QueueArgs::parse(&bad).expect_err("refused");
+            assert_eq!(e.code, 406);
+            assert!(e.text.contains("'x-"), "{}", e.text);
+        }
+    }
+}
