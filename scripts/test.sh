@@ -49,9 +49,9 @@ done
 seed_dir="${SEED_EXAMPLES:-../shared/seed-examples}"
 seed_out=$(SEED_WORK="$data/seed" bash "$seed_dir/run.sh" "$port" 2>&1) || true
 echo "$seed_out"
-# Checks that wait on features of open issues (see README "Status"). Anything else failing
-# fails the run; a listed check that starts passing is reported so the list gets shortened.
-expected_failures="${SEED_EXPECTED_FAILURES-dlx}"
+# Checks that wait on features of open issues may be listed in SEED_EXPECTED_FAILURES (none
+# are now). Anything else failing fails the run; a listed check that passes is reported.
+expected_failures="${SEED_EXPECTED_FAILURES-}"
 unexpected=$(echo "$seed_out" | sed -n 's/^FAIL //p' | grep -vxF -f <(tr ' ' '\n' <<<"$expected_failures") || true)
 if [ -n "$unexpected" ]; then
     echo "seed examples failed: $unexpected" >&2

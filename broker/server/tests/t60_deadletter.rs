@@ -1,0 +1,417 @@
+//! Dead lettering, TTL, length limits, delivery limits and retry through lapin, with real
+//! (short) time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestBroker, eventually};
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+async fn channel(b: &TestBroker) -> (Connection, Channel) {
+    let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn s(v: &str) -> AMQPValue {
+    AMQPValue::LongString(v.into())
+}
+
+fn int(v: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(v)
+}
+
+async fn queue(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), args).await.expect("declare");
+}
+
+/// A fanout DLX named `dlx-<dlq>` feeding queue `dlq`.
+async fn dlq(ch: &Channel, dlq: &str) -> String {
+    let x = format!("dlx-{dlq}");
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("dlx");
+    queue(ch, dlq, FieldTable::default()).await;
+    ch.queue_bind(
+        dlq.into(),
+        x.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    x
+}
+
+async fn publish(ch: &Channel, key: &str, body: &str, props: BasicProperties) {
+    ch.basic_publish("".into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), props)
+        .await
+        .expect("publish");
+}
+
+async fn get(ch: &Channel, q: &str) -> Option<lapin::message::BasicGetMessage> {
+    ch.basic_get(q.into(), BasicGetOptions::default()).await.expect("get")
+}
+
+fn deaths(m: &lapin::message::Delivery) -> Vec<FieldTable> {
+    let h = m.properties.headers().clone().unwrap_or_default();
+    match h.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(|v| match v {
+                AMQPValue::FieldTable(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn field<'a>(t: &'a FieldTable, k: &str) -> Option<&'a AMQPValue> {
+    t.inner().get(k)
+}
+
+fn text(v: Option<&AMQPValue>) -> Option<String> {
+    match v {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn header(m: &lapin::message::Delivery, k: &str) -> Option<AMQPValue> {
+    m.properties.headers().clone().unwrap_or_default().inner().get(k).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_messages_keep_properties_and_get_rabbitmqs_x_death() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "dead").await;
+    queue(&ch, "work", table(&[("x-dead-letter-exchange", s(&dlx))])).await;
+    let props = BasicProperties::default()
+        .with_message_id("m-1".into())
+        .with_expiration("60000".into())
+        .with_headers(table(&[("CC", AMQPValue::FieldArray(FieldArray::from(vec![s("also")])))]));
+    publish(&ch, "work", "body", props).await;
+    let m = get(&ch, "work").await.expect("message");
+    m.delivery.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
+    assert!(eventually(|| b.counts("dead") == Some((1, 0, 0))).await);
+    let d = get(&ch, "dead").await.expect("dead letter").delivery;
+    assert_eq!(d.data, b"body");
+    assert_eq!(d.properties.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
+    assert_eq!(d.properties.expiration(), &None, "expiration moves into x-death");
+    assert_eq!((d.exchange.as_str(), d.routing_key.as_str()), (dlx.as_str(), "work"));
+    let x = deaths(&d);
+    assert_eq!(x.len(), 1);
+    assert_eq!(field(&x[0], "count"), Some(&int(1)));
+    assert_eq!(text(field(&x[0], "queue")).as_deref(), Some("work"));
+    assert_eq!(text(field(&x[0], "reason")).as_deref(), Some("rejected"));
+    assert_eq!(text(field(&x[0], "exchange")).as_deref(), Some(""));
+    assert_eq!(text(field(&x[0], "original-expiration")).as_deref(), Some("60000"));
+    assert!(matches!(field(&x[0], "time"), Some(AMQPValue::Timestamp(t)) if *t > 1_700_000_000));
+    let keys = field(&x[0], "routing-keys");
+    assert_eq!(keys, Some(&AMQPValue::FieldArray(FieldArray::from(vec![s("work"), s("also")]))));
+    assert_eq!(text(header(&d, "x-first-death-reason").as_ref()).as_deref(), Some("rejected"));
+    assert_eq!(text(header(&d, "x-last-death-queue").as_ref()).as_deref(), Some("work"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_routing_key_replaces_the_key_and_drops_cc() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "parking", FieldTable::default()).await;
+    let args = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("parking"))]);
+    queue(&ch, "src", args).await;
+    let cc = table(&[("CC", AMQPValue::FieldArray(FieldArray::from(vec![s("x")])))]);
+    publish(&ch, "src", "m", BasicProperties::default().with_headers(cc)).await;
+    get(&ch, "src").await.expect("m").delivery.nack(BasicNackOptions::default()).await.expect("nack");
+    assert!(eventually(|| b.counts("parking") == Some((1, 0, 0))).await);
+    let d = get(&ch, "parking").await.expect("dead letter").delivery;
+    assert_eq!(d.routing_key.as_str(), "parking");
+    assert!(header(&d, "CC").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_ttl_expires_unread_messages_into_the_dlq() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "expired").await;
+    queue(&ch, "short", table(&[("x-message-ttl", int(100)), ("x-dead-letter-exchange", s(&dlx))])).await;
+    publish(&ch, "short", "old", BasicProperties::default()).await;
+    assert!(eventually(|| b.counts("expired") == Some((1, 0, 0))).await, "not expired in time");
+    assert_eq!(b.counts("short"), Some((0, 0, 0)));
+    let d = get(&ch, "expired").await.expect("dead letter").delivery;
+    assert_eq!(text(field(&deaths(&d)[0], "reason")).as_deref(), Some("expired"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_ttl_behind_a_long_one_still_expires_on_time() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "gone").await;
+    queue(&ch, "mixed", table(&[("x-dead-letter-exchange", s(&dlx))])).await;
+    publish(&ch, "mixed", "long", BasicProperties::default().with_expiration("60000".into())).await;
+    publish(&ch, "mixed", "short", BasicProperties::default().with_expiration("100".into())).await;
+    let started = Instant::now();
+    assert!(
+        eventually(|| b.counts("gone") == Some((1, 0, 0))).await,
+        "the message behind the head did not expire"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(b.counts("mixed"), Some((1, 0, 0)));
+    let d = get(&ch, "gone").await.expect("short").delivery;
+    assert_eq!(d.data, b"short");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_expiration_is_406() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
+    queue(&ch, "q", FieldTable::default()).await;
+    let c = ch
+        .basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_expiration("soon".into()),
+        )
+        .await
+        .expect("publish");
+    let e = c.await.expect_err("406");
+    assert!(matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 406), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_length_drop_head_dead_letters_the_oldest() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "overflowed").await;
+    queue(&ch, "capped", table(&[("x-max-length", int(2)), ("x-dead-letter-exchange", s(&dlx))])).await;
+    for body in ["1", "2", "3"] {
+        publish(&ch, "capped", body, BasicProperties::default()).await;
+    }
+    assert!(eventually(|| b.counts("overflowed") == Some((1, 0, 0))).await);
+    let d = get(&ch, "overflowed").await.expect("dropped head").delivery;
+    assert_eq!(d.data, b"1");
+    assert_eq!(text(field(&deaths(&d)[0], "reason")).as_deref(), Some("maxlen"));
+    assert_eq!(b.counts("capped"), Some((2, 0, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_publish_nacks_and_reject_publish_dlx_also_dead_letters() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
+    let dlx = dlq(&ch, "refused").await;
+    let args = |mode: &str| {
+        table(&[("x-max-length-bytes", int(5)), ("x-overflow", s(mode)), ("x-dead-letter-exchange", s(&dlx))])
+    };
+    queue(&ch, "rp", args("reject-publish")).await;
+    queue(&ch, "rpd", args("reject-publish-dlx")).await;
+    for q in ["rp", "rpd"] {
+        let publish = |body: &'static str| {
+            let ch = ch.clone();
+            async move {
+                ch.basic_publish(
+                    "".into(),
+                    q.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm")
+            }
+        };
+        assert!(matches!(publish("12345").await, Confirmation::Ack(_)));
+        assert!(matches!(publish("6").await, Confirmation::Nack(_)), "{q}: a full queue must nack");
+        assert_eq!(b.counts(q), Some((1, 0, 0)));
+    }
+    assert!(
+        eventually(|| b.counts("refused") == Some((1, 0, 0))).await,
+        "reject-publish-dlx must dead-letter"
+    );
+    let d = get(&ch, "refused").await.expect("refused").delivery;
+    assert_eq!(
+        (d.data.as_slice(), text(field(&deaths(&d)[0], "queue")).as_deref()),
+        (&b"6"[..], Some("rpd"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_automatic_dead_letter_loop_is_dropped_but_a_rejection_breaks_it() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    // `loop` dead-letters expired messages back into itself through the default exchange.
+    let args = table(&[
+        ("x-message-ttl", int(50)),
+        ("x-dead-letter-exchange", s("")),
+        ("x-dead-letter-routing-key", s("loop")),
+    ]);
+    queue(&ch, "loop", args).await;
+    publish(&ch, "loop", "round", BasicProperties::default()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.counts("loop"), Some((0, 0, 0)), "a TTL loop must end, not spin");
+
+    // Rejections are never cycles: a rejected message can come back to the same queue.
+    let args = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("again"))]);
+    queue(&ch, "again", args).await;
+    publish(&ch, "again", "r", BasicProperties::default()).await;
+    for round in 1..=3i64 {
+        let m = get(&ch, "again").await.expect("back again");
+        let x = deaths(&m.delivery);
+        if round > 1 {
+            assert_eq!(field(&x[0], "count"), Some(&int(round - 1)));
+        }
+        m.delivery.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
+        assert!(eventually(|| b.counts("again") == Some((1, 0, 0))).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_death_lists_the_newest_death_first_across_two_queues() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "final", FieldTable::default()).await;
+    queue(
+        &ch,
+        "second",
+        table(&[
+            ("x-message-ttl", int(50)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("final")),
+        ]),
+    )
+    .await;
+    queue(
+        &ch,
+        "first",
+        table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("second"))]),
+    )
+    .await;
+    publish(&ch, "first", "twice", BasicProperties::default()).await;
+    get(&ch, "first")
+        .await
+        .expect("m")
+        .delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    assert!(eventually(|| b.counts("final") == Some((1, 0, 0))).await);
+    let d = get(&ch, "final").await.expect("twice dead").delivery;
+    let x = deaths(&d);
+    let order: Vec<_> = x.iter().map(|t| (text(field(t, "queue")), text(field(t, "reason")))).collect();
+    assert_eq!(
+        order,
+        vec![
+            (Some("second".into()), Some("expired".into())),
+            (Some("first".into()), Some("rejected".into()))
+        ]
+    );
+    assert_eq!(text(header(&d, "x-first-death-queue").as_ref()).as_deref(), Some("first"));
+    assert_eq!(text(header(&d, "x-last-death-queue").as_ref()).as_deref(), Some("second"));
+    assert_eq!(text(header(&d, "x-last-death-reason").as_ref()).as_deref(), Some("expired"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_limit_dead_letters_after_too_many_returns_and_shows_the_count() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "poison").await;
+    queue(&ch, "limited", table(&[("x-delivery-limit", int(2)), ("x-dead-letter-exchange", s(&dlx))])).await;
+    publish(&ch, "limited", "bad", BasicProperties::default()).await;
+    for expected in [None, Some(1), Some(2)] {
+        let m = get(&ch, "limited").await.expect("delivery").delivery;
+        assert_eq!(header(&m, "x-delivery-count"), expected.map(int));
+        m.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    }
+    assert!(eventually(|| b.counts("poison") == Some((1, 0, 0))).await);
+    assert_eq!(b.counts("limited"), Some((0, 0, 0)));
+    let d = get(&ch, "poison").await.expect("poison").delivery;
+    assert_eq!(text(field(&deaths(&d)[0], "reason")).as_deref(), Some("delivery_limit"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_policy_backs_off_without_blocking_the_queue_then_dead_letters() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "retries-exhausted").await;
+    let args = table(&[
+        ("x-retry-policy", s("exponential")),
+        ("x-retry-delay-ms", int(150)),
+        ("x-retry-max-attempts", int(2)),
+        ("x-dead-letter-exchange", s(&dlx)),
+    ]);
+    queue(&ch, "jobs", args).await;
+    let mut consumer = ch
+        .basic_consume("jobs".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    publish(&ch, "jobs", "flaky", BasicProperties::default()).await;
+    publish(&ch, "jobs", "fine", BasicProperties::default()).await;
+
+    let first = consumer.next().await.expect("d").expect("ok");
+    assert_eq!(first.data, b"flaky");
+    let nacked_at = Instant::now();
+    first.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    // The rest of the queue flows while the failed message waits.
+    let next = consumer.next().await.expect("d").expect("ok");
+    assert_eq!(next.data, b"fine");
+    assert!(nacked_at.elapsed() < Duration::from_millis(150));
+    next.ack(BasicAckOptions::default()).await.expect("ack");
+
+    let mut waits = Vec::new();
+    for attempt in 1..=2i64 {
+        let again = consumer.next().await.expect("d").expect("ok");
+        waits.push(nacked_at.elapsed());
+        assert_eq!(again.data, b"flaky");
+        assert_eq!(header(&again, "x-retry-count"), Some(int(attempt)));
+        again.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    }
+    // First delay 150 ms, second 300 ms (doubling).
+    assert!(waits[0] >= Duration::from_millis(140), "{waits:?}");
+    assert!(waits[1] >= Duration::from_millis(140 + 290), "{waits:?}");
+    assert!(eventually(|| b.counts("retries-exhausted") == Some((1, 0, 0))).await);
+    let d = get(&ch, "retries-exhausted").await.expect("dead").delivery;
+    assert_eq!(text(field(&deaths(&d)[0], "reason")).as_deref(), Some("rejected"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unused_queues_with_x_expires_are_deleted() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "temp", table(&[("x-expires", int(150))])).await;
+    let mut c = ch
+        .basic_consume("temp".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("c");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.counts("temp").is_some(), "a queue with a consumer is in use");
+    ch.basic_cancel("c".into(), BasicCancelOptions::default()).await.expect("cancel");
+    let _ = tokio::time::timeout(Duration::from_millis(10), c.next()).await;
+    assert!(eventually(|| b.counts("temp").is_none()).await, "unused queue not deleted");
+}
