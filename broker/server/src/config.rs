@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Deserialize;
+use warren_codec::FieldValue;
 use warren_core::ConnectionConfig;
 use warren_core::auth::User;
+use warren_core::policy::Policy;
+use warren_core::queue_args::QueueArgs;
 
 /// Command-line flags.
 #[derive(Debug, Default, Parser)]
@@ -19,6 +22,10 @@ pub struct Cli {
     /// Directory for metadata and message logs [default: ./warren-data].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Address for the management HTTP API (no authentication: keep it on loopback)
+    /// [default: 127.0.0.1:15672].
+    #[arg(long, env = "WARREN_MANAGEMENT_LISTEN", value_name = "ADDR")]
+    pub management_listen: Option<SocketAddr>,
     /// TOML file with the same settings and more; unknown keys are an error.
     #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -32,11 +39,79 @@ pub struct FileConfig {
     pub amqp_listen: Option<SocketAddr>,
     /// As `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// As `--management-listen`.
+    pub management_listen: Option<SocketAddr>,
     /// Connection limits offered to clients.
     #[serde(default)]
     pub amqp: AmqpLimits,
     /// Users; when given, they replace the default guest user.
     pub users: Option<Vec<UserConfig>>,
+    /// Queue policies: arguments applied by queue-name pattern.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// `[[policies]]`: RabbitMQ-style queue policy. The queue's own `x-` arguments win.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyConfig {
+    /// Name, for errors and logs.
+    pub name: String,
+    /// Regular expression over queue names (unanchored, as in RabbitMQ).
+    pub pattern: String,
+    /// Higher wins when several policies match.
+    #[serde(default)]
+    pub priority: i64,
+    /// As `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// As `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// As `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// As `x-expires`, milliseconds.
+    pub expires: Option<u64>,
+    /// As `x-max-length`.
+    pub max_length: Option<u64>,
+    /// As `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// As `x-overflow`.
+    pub overflow: Option<String>,
+    /// As `x-delivery-limit`.
+    pub delivery_limit: Option<u64>,
+}
+
+impl PolicyConfig {
+    fn build(self) -> Result<Policy, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("policy '{}': {why}", self.name));
+        let pattern = regex::Regex::new(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
+        let int = |v: u64| FieldValue::I64(i64::try_from(v).unwrap_or(i64::MAX));
+        let mut def: Vec<(&str, FieldValue)> = Vec::new();
+        let strings = [
+            ("dead-letter-exchange", &self.dead_letter_exchange),
+            ("dead-letter-routing-key", &self.dead_letter_routing_key),
+            ("overflow", &self.overflow),
+        ];
+        for (k, v) in strings {
+            if let Some(v) = v {
+                def.push((k, FieldValue::str(v)));
+            }
+        }
+        let numbers = [
+            ("message-ttl", self.message_ttl),
+            ("expires", self.expires),
+            ("max-length", self.max_length),
+            ("max-length-bytes", self.max_length_bytes),
+            ("delivery-limit", self.delivery_limit),
+        ];
+        for (k, v) in numbers {
+            if let Some(v) = v {
+                def.push((k, int(v)));
+            }
+        }
+        let arguments = warren_core::policy::arguments_from(&def).map_err(bad)?;
+        QueueArgs::parse(&arguments).map_err(|e| bad(e.text))?;
+        Ok(Policy { name: self.name, pattern, priority: self.priority, arguments })
+    }
 }
 
 /// `[amqp]`: what connection.tune offers.
@@ -95,6 +170,10 @@ pub struct Settings {
     pub amqp_listen: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Management HTTP API listen address; `None` turns it off.
+    pub management_listen: Option<SocketAddr>,
+    /// Queue policies.
+    pub policies: Vec<Policy>,
     /// Connection limits and timeouts.
     pub connection: ConnectionConfig,
     /// Users allowed to log in.
@@ -106,6 +185,8 @@ impl Default for Settings {
         Settings {
             amqp_listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: PathBuf::from("./warren-data"),
+            management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+            policies: Vec::new(),
             connection: ConnectionConfig::default(),
             users: vec![User::guest()],
         }
@@ -130,6 +211,10 @@ impl Settings {
         if let Some(d) = cli.data_dir.clone().or(file.data_dir) {
             s.data_dir = d;
         }
+        if let Some(m) = cli.management_listen.or(file.management_listen) {
+            s.management_listen = Some(m);
+        }
+        s.policies = file.policies.into_iter().map(PolicyConfig::build).collect::<Result<_, _>>()?;
         if let Some(f) = file.amqp.frame_max {
             if f < warren_codec::FRAME_MIN_SIZE {
                 return Err(ConfigError::Invalid(format!(
@@ -184,6 +269,23 @@ mod tests {
         assert_eq!(s.map(|s| s.amqp_listen.port()), Some(2000));
         assert_eq!(s.map(|s| s.data_dir.clone()), Some(PathBuf::from("/tmp/x")));
         assert_eq!(s.map(|s| s.connection.heartbeat), Some(5));
+    }
+
+    #[test]
+    fn policies_are_checked_at_load_and_named_in_errors() {
+        let ok = parse(
+            "[[policies]]\nname = \"dlx\"\npattern = \"^orders\\\\.\"\ndead-letter-exchange = \"d\"\nmessage-ttl = 5",
+        );
+        let s = Settings::resolve(&Cli::default(), ok.unwrap_or_default());
+        assert_eq!(s.map(|s| s.policies.len()).ok(), Some(1));
+        let bad = parse("[[policies]]\nname = \"oops\"\npattern = \"(\"\n").ok().unwrap_or_default();
+        let e = Settings::resolve(&Cli::default(), bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("policy 'oops'") && e.contains("pattern"), "{e}");
+        let bad = parse("[[policies]]\nname = \"o2\"\npattern = \"x\"\noverflow = \"sideways\"\n")
+            .ok()
+            .unwrap_or_default();
+        let e = Settings::resolve(&Cli::default(), bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("policy 'o2'") && e.contains("x-overflow"), "{e}");
     }
 
     #[test]

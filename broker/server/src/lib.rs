@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags, environment, TOML file, defaults.
+//! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`server`]: the TCP listener and the per-connection driver around
 //!   [`warren_core::Connection`].
 //!
@@ -9,4 +10,5 @@
 //! socket with real AMQP clients.
 
 pub mod config;
+pub mod management;
 pub mod server;

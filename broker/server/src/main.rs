@@ -19,6 +19,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
     info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    if let Some(addr) = server.management_addr() {
+        info!(%addr, "listening for the management HTTP API");
+    }
     info!(data_dir = %settings.data_dir.display(), "data directory");
     server.run(shutdown_signal()).await?;
     info!("stopped");

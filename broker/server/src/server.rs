@@ -33,6 +33,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Wakes every connection the broker queued frames for (after work no connection did).
+    pub fn wake_all(&mut self) {
+        self.wake_others(None);
+    }
+
     /// Wakes every connection the broker queued frames for, except `me`.
     fn wake_others(&mut self, me: Option<ConnId>) {
         if self.broker.take_timer_changed() {
@@ -64,6 +69,7 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 /// A bound, not yet running broker.
 pub struct Server {
     listener: TcpListener,
+    management: Option<TcpListener>,
     shared: SharedRef,
     connection: ConnectionConfig,
 }
@@ -72,17 +78,32 @@ impl Server {
     /// Binds the AMQP listener and builds the broker.
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
         let listener = TcpListener::bind(settings.amqp_listen).await?;
+        let management = match settings.management_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let seed = RandomState::new().hash_one(SystemTime::now());
         let config = BrokerConfig { users: settings.users.clone(), seed };
-        let broker = Broker::new(config, std::time::Instant::now());
+        let mut broker = Broker::new(config, std::time::Instant::now());
+        broker.set_policies(settings.policies.clone());
         let timer = Arc::new(Notify::new());
         let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer };
-        Ok(Server { listener, shared: Arc::new(Mutex::new(shared)), connection: settings.connection.clone() })
+        Ok(Server {
+            listener,
+            management,
+            shared: Arc::new(Mutex::new(shared)),
+            connection: settings.connection.clone(),
+        })
     }
 
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the management HTTP API, when it is on.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state, for inspection.
@@ -96,6 +117,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let timers = tokio::spawn(run_timers(self.shared.clone()));
+        let management = self.management.map(|l| {
+            let app = crate::management::router(self.shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    warn!(error = %e, "management API stopped");
+                }
+            })
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -116,6 +145,9 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         timers.abort();
+        if let Some(m) = management {
+            m.abort();
+        }
         let _ = stop_tx.send(true);
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
         if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()

@@ -26,7 +26,14 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("warren.toml");
     let data = dir.path().join("data");
-    std::fs::write(&path, format!("amqp-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n", data)).expect("write");
+    std::fs::write(
+        &path,
+        format!(
+            "amqp-listen = \"127.0.0.1:0\"\nmanagement-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n",
+            data
+        ),
+    )
+    .expect("write");
     let mut child = warren()
         .arg("--config")
         .arg(&path)

@@ -415,3 +415,84 @@ async fn unused_queues_with_x_expires_are_deleted() {
     let _ = tokio::time::timeout(Duration::from_millis(10), c.next()).await;
     assert!(eventually(|| b.counts("temp").is_none()).await, "unused queue not deleted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_policies_give_matching_queues_a_dead_letter_exchange() {
+    let b = TestBroker::start_with(|s| {
+        let arguments = warren_core::policy::arguments_from(&[(
+            "dead-letter-exchange",
+            warren_codec::FieldValue::str("dlx-policy-dlq"),
+        )])
+        .expect("keys");
+        s.policies = vec![warren_core::policy::Policy {
+            name: "orders".into(),
+            pattern: regex::Regex::new("^orders\\.").expect("regex"),
+            priority: 0,
+            arguments,
+        }];
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    dlq(&ch, "policy-dlq").await;
+    queue(&ch, "orders.eu", FieldTable::default()).await;
+    queue(&ch, "audit", FieldTable::default()).await;
+    for q in ["orders.eu", "audit"] {
+        publish(&ch, q, q, BasicProperties::default()).await;
+        get(&ch, q)
+            .await
+            .expect("m")
+            .delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    assert!(eventually(|| b.counts("policy-dlq") == Some((1, 0, 0))).await);
+    assert_eq!(get(&ch, "policy-dlq").await.expect("dead").delivery.data, b"orders.eu");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_lists_queues_and_replays_a_dead_letter_queue() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "replay-dlq").await;
+    queue(&ch, "billing", table(&[("x-dead-letter-exchange", s(&dlx))])).await;
+    for i in 0..3 {
+        publish(&ch, "billing", &format!("invoice-{i}"), BasicProperties::default()).await;
+        get(&ch, "billing")
+            .await
+            .expect("m")
+            .delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    assert!(eventually(|| b.counts("replay-dlq") == Some((3, 0, 0))).await);
+
+    let (status, body) = common::http(&b, "GET", "/api/queues").await;
+    assert_eq!(status, 200, "{body}");
+    let queues: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let find = |name: &str| queues.as_array().and_then(|a| a.iter().find(|q| q["name"] == name)).cloned();
+    let dead = find("replay-dlq").expect("listed");
+    assert_eq!(
+        (dead["dead_letter_target"].as_bool(), dead["messages_ready"].as_u64()),
+        (Some(true), Some(3))
+    );
+    let billing = find("billing").expect("listed");
+    assert_eq!(billing["dead_letter_target"].as_bool(), Some(false));
+    assert_eq!(billing["dead_lettered"]["rejected"].as_u64(), Some(3));
+
+    let (status, body) = common::http(&b, "POST", "/api/queues/%2F/replay-dlq/replay?count=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).expect("json")["moved"], 2);
+    assert_eq!(b.counts("billing"), Some((2, 0, 0)));
+    assert_eq!(b.counts("replay-dlq"), Some((1, 0, 0)));
+    let back = get(&ch, "billing").await.expect("replayed").delivery;
+    assert_eq!(back.data, b"invoice-0", "oldest first");
+    assert_eq!(deaths(&back).len(), 1, "the history stays on the message");
+
+    let (status, _) = common::http(&b, "POST", "/api/queues/%2F/replay-dlq/replay").await;
+    assert_eq!(status, 200);
+    assert_eq!(b.counts("replay-dlq"), Some((0, 0, 0)));
+    let (status, body) = common::http(&b, "POST", "/api/queues/%2F/nope/replay").await;
+    assert_eq!(status, 404, "{body}");
+}

@@ -34,7 +34,8 @@ fn render(v: &AMQPValue) -> String {
         AMQPValue::FieldTable(t) => {
             let mut entries: Vec<_> = t.inner().iter().collect();
             entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}: {}", k.as_str(), render(v))).collect();
+            let inner: Vec<String> =
+                entries.iter().map(|(k, v)| format!("{}: {}", k.as_str(), render(v))).collect();
             format!("{{{}}}", inner.join(", "))
         }
         AMQPValue::FieldArray(a) => {
@@ -68,7 +69,11 @@ async fn scenario(uri: &str) -> String {
         ]),
     )
     .await;
-    declare("xd-first", table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("xd-second"))])).await;
+    declare(
+        "xd-first",
+        table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("xd-second"))]),
+    )
+    .await;
     let props = BasicProperties::default()
         .with_expiration("60000".into())
         .with_headers(table(&[("CC", AMQPValue::FieldArray(FieldArray::from(vec![s("nobody")])))]));
@@ -83,17 +88,15 @@ async fn scenario(uri: &str) -> String {
     };
     m.delivery.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
     let d = loop {
-        if let Some(m) = ch.basic_get("xd-final".into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+        if let Some(m) = ch.basic_get("xd-final".into(), BasicGetOptions { no_ack: true }).await.expect("get")
+        {
             break m.delivery;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let headers = d.properties.headers().clone().unwrap_or_default();
-    let mut lines: Vec<String> = headers
-        .inner()
-        .iter()
-        .map(|(k, v)| format!("{} = {}", k.as_str(), render(v)))
-        .collect();
+    let mut lines: Vec<String> =
+        headers.inner().iter().map(|(k, v)| format!("{} = {}", k.as_str(), render(v))).collect();
     lines.push(format!("expiration = {:?}", d.properties.expiration()));
     lines.push(format!("routing-key = {}", d.routing_key.as_str()));
     lines.sort();
@@ -106,7 +109,8 @@ async fn scenario(uri: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "records the fixture from a RabbitMQ at RABBITMQ_URL"]
 async fn record() {
-    let uri = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let uri =
+        std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     std::fs::write(FIXTURE, scenario(&uri).await).expect("write fixture");
 }
 

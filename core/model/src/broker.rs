@@ -27,11 +27,13 @@ mod basic;
 mod deadletter;
 mod deliver;
 mod exchanges;
+mod operator;
 mod queues;
 mod timers;
 mod tx;
 
 pub use exchanges::Exchange;
+pub use operator::ReplayReport;
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;
@@ -89,6 +91,7 @@ pub struct Broker {
     timer_changed: bool,
     delayed: HashMap<u64, timers::Delayed>,
     next_delayed: u64,
+    policies: Vec<crate::policy::Policy>,
 }
 
 impl Broker {
@@ -111,6 +114,7 @@ impl Broker {
             timer_changed: false,
             delayed: HashMap::new(),
             next_delayed: 0,
+            policies: Vec::new(),
         };
         b.declare_predefined_exchanges();
         b
@@ -119,6 +123,16 @@ impl Broker {
     /// Makes an exchange type available to exchange.declare under `name`.
     pub fn register_exchange_type(&mut self, name: &str, factory: std::sync::Arc<dyn ExchangeFactory>) {
         self.types.register(name, factory);
+    }
+
+    /// A declared queue, for metrics and operators.
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.get(name)
+    }
+
+    /// Every declared queue.
+    pub fn queues(&self) -> impl Iterator<Item = &Queue> {
+        self.queues.values()
     }
 
     /// A declared exchange, for tests and metrics.

@@ -31,6 +31,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod names;
+pub mod policy;
 pub mod queue;
 pub mod queue_args;
 pub mod retry;

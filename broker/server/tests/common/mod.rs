@@ -10,6 +10,7 @@ use warren::server::{Server, SharedRef};
 /// A running broker; dropping it shuts the broker down.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    pub management: Option<SocketAddr>,
     pub shared: SharedRef,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -21,11 +22,15 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestBroker {
-        let mut settings =
-            Settings { amqp_listen: "127.0.0.1:0".parse().expect("addr"), ..Settings::default() };
+        let mut settings = Settings {
+            amqp_listen: "127.0.0.1:0".parse().expect("addr"),
+            management_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            ..Settings::default()
+        };
         tweak(&mut settings);
         let server = Server::bind(&settings).await.expect("bind");
         let addr = server.local_addr().expect("local addr");
+        let management = server.management_addr();
         let shared = server.shared();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -36,7 +41,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker { addr, shared, stop: Some(tx), task: Some(task) }
+        TestBroker { addr, management, shared, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.
@@ -65,6 +70,21 @@ impl Drop for TestBroker {
             let _ = tx.send(());
         }
     }
+}
+
+/// A plain HTTP/1.1 request to the management API; returns (status, body).
+pub async fn http(b: &TestBroker, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = b.management.expect("management API on");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 /// Polls `f` until it returns true or two seconds pass.

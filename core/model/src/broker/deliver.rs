@@ -142,11 +142,10 @@ impl Broker {
             match requeue {
                 None => {}
                 Some(true) => self.give_back(u, Return::Refused),
-                Some(false) => {
-                    if self.queues.get(&u.queue).is_some_and(|q| q.id == u.queue_id) {
-                        self.dead_letter(&u.queue, u.message, Reason::Rejected);
-                    }
+                Some(false) if self.queues.get(&u.queue).is_some_and(|q| q.id == u.queue_id) => {
+                    self.dead_letter(&u.queue, u.message, Reason::Rejected);
                 }
+                Some(false) => {}
             }
         }
         queues.sort();

@@ -63,6 +63,11 @@ impl Exchange {
         self.bindings.len()
     }
 
+    /// Where its bindings point.
+    pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
+        self.bindings.values().map(|b| &b.destination)
+    }
+
     fn alternate(&self) -> Option<&str> {
         self.arguments.get("alternate-exchange").and_then(FieldValue::as_str)
     }

@@ -8,6 +8,7 @@ use warren_codec::{QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, Que
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_queue, precondition};
 use crate::exchange::Destination;
+use crate::policy::effective_arguments;
 use crate::queue::{Queue, QueueSpec};
 use crate::queue_args::QueueArgs;
 
@@ -30,7 +31,7 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            let args = QueueArgs::parse(&m.arguments)?;
+            let args = QueueArgs::parse(&effective_arguments(&self.policies, &name, &m.arguments))?;
             let spec = QueueSpec {
                 durable: m.durable,
                 auto_delete: m.auto_delete,

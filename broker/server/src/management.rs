@@ -1,0 +1,82 @@
+//! The management HTTP API: what an operator asks of a running broker.
+//!
+//! - `GET /api/queues`: every queue with its depth, consumers, dead-letter counts by reason,
+//!   retry-delayed messages, and whether it receives dead letters.
+//! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
+//!   messages from a dead-letter queue back to the queue each last died in.
+//!
+//! There is no authentication yet, so the default listen address is loopback only.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warren_core::deadletter::Reason;
+
+use crate::server::{SharedRef, lock};
+
+/// The API's routes over the shared broker state.
+pub fn router(shared: SharedRef) -> Router {
+    Router::new()
+        .route("/api/queues", get(list_queues))
+        .route("/api/queues/{vhost}/{queue}/replay", post(replay))
+        .with_state(shared)
+}
+
+async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {
+    let s = lock(&shared);
+    let targets = s.broker.dead_letter_targets();
+    let mut queues: Vec<Value> = s
+        .broker
+        .queues()
+        .map(|q| {
+            let dead: serde_json::Map<String, Value> = Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), json!(q.dead_lettered[*r as usize])))
+                .collect();
+            let (_, unacked, _) = s.broker.queue_counts(&q.name).unwrap_or_default();
+            json!({
+                "vhost": "/",
+                "name": q.name,
+                "durable": q.spec.durable,
+                "messages_ready": q.len(),
+                "messages_unacknowledged": unacked,
+                "message_bytes_ready": q.bytes(),
+                "consumers": q.consumers.len(),
+                "retry_delayed": q.delayed,
+                "dead_lettered": dead,
+                "dead_letter_target": targets.contains(&q.name),
+            })
+        })
+        .collect();
+    queues.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(Value::Array(queues))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplayQuery {
+    count: Option<usize>,
+}
+
+async fn replay(
+    State(shared): State<SharedRef>,
+    Path((vhost, queue)): Path<(String, String)>,
+    Query(q): Query<ReplayQuery>,
+) -> (StatusCode, Json<Value>) {
+    if vhost != "/" {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
+    }
+    let mut s = lock(&shared);
+    let result = s.broker.replay_dead_letters(&queue, q.count);
+    s.wake_all();
+    match result {
+        Ok(r) => {
+            tracing::info!(%queue, moved = r.moved, skipped = r.skipped, "dead-letter queue replayed");
+            (StatusCode::OK, Json(json!({"moved": r.moved, "skipped": r.skipped})))
+        }
+        Err(e) => (StatusCode::NOT_FOUND, Json(json!({"error": e.text}))),
+    }
+}
