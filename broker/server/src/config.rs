@@ -22,6 +22,12 @@ pub struct Cli {
     /// Directory for metadata and message logs [default: ./warren-data].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Address for Prometheus `/metrics` [default: 0.0.0.0:15692].
+    #[arg(long, env = "WARREN_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format: text or json [default: text].
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Address for the management HTTP API (no authentication: keep it on loopback)
     /// [default: 127.0.0.1:15672].
     #[arg(long, env = "WARREN_MANAGEMENT_LISTEN", value_name = "ADDR")]
@@ -29,6 +35,17 @@ pub struct Cli {
     /// TOML file with the same settings and more; unknown keys are an error.
     #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The config file's shape. Every key is optional; unknown keys are refused by name.
@@ -41,6 +58,10 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// As `--management-listen`.
     pub management_listen: Option<SocketAddr>,
+    /// As `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// As `--log-format`.
+    pub log_format: Option<LogFormat>,
     /// Connection limits offered to clients.
     #[serde(default)]
     pub amqp: AmqpLimits,
@@ -172,6 +193,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Management HTTP API listen address; `None` turns it off.
     pub management_listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` listen address; `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Queue policies.
     pub policies: Vec<Policy>,
     /// Connection limits and timeouts.
@@ -186,6 +211,8 @@ impl Default for Settings {
             amqp_listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: PathBuf::from("./warren-data"),
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 15692))),
+            log_format: LogFormat::Text,
             policies: Vec::new(),
             connection: ConnectionConfig::default(),
             users: vec![User::guest()],
@@ -213,6 +240,12 @@ impl Settings {
         }
         if let Some(m) = cli.management_listen.or(file.management_listen) {
             s.management_listen = Some(m);
+        }
+        if let Some(m) = cli.metrics_listen.or(file.metrics_listen) {
+            s.metrics_listen = Some(m);
+        }
+        if let Some(f) = cli.log_format.or(file.log_format) {
+            s.log_format = f;
         }
         s.policies = file.policies.into_iter().map(PolicyConfig::build).collect::<Result<_, _>>()?;
         if let Some(f) = file.amqp.frame_max {

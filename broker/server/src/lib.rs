@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: flags, environment, TOML file, defaults.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
+//! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
 //! - [`server`]: the TCP listener and the per-connection driver around
 //!   [`warren_core::Connection`].
 //!
@@ -11,4 +12,5 @@
 
 pub mod config;
 pub mod management;
+pub mod metrics;
 pub mod server;

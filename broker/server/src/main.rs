@@ -4,21 +4,28 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
-use warren::config::{Cli, Settings};
+use warren::config::{Cli, LogFormat, Settings};
 use warren::server::Server;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let settings = Settings::load(&cli)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let server = Server::bind(&settings)
         .await
         .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
     info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    if let Some(addr) = server.metrics_addr() {
+        info!(%addr, "listening for Prometheus scrapes on /metrics");
+    }
     if let Some(addr) = server.management_addr() {
         info!(%addr, "listening for the management HTTP API");
     }

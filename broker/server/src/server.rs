@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use warren_core::connection::code_name;
+use warren_core::stats::BrokerEvent;
 use warren_core::{Broker, BrokerConfig, ConnId, Connection, ConnectionConfig, Event};
 
 use crate::config::Settings;
@@ -30,6 +31,7 @@ pub struct Shared {
     wakers: HashMap<ConnId, Arc<Notify>>,
     woken: Vec<ConnId>,
     timer: Arc<Notify>,
+    events: Vec<BrokerEvent>,
 }
 
 impl Shared {
@@ -42,6 +44,13 @@ impl Shared {
     fn wake_others(&mut self, me: Option<ConnId>) {
         if self.broker.take_timer_changed() {
             self.timer.notify_one();
+        }
+        self.broker.take_events(&mut self.events);
+        for e in self.events.drain(..) {
+            match e {
+                BrokerEvent::QueueDeclared { queue, durable } => info!(%queue, durable, "queue declared"),
+                BrokerEvent::QueueDeleted { queue } => info!(%queue, "queue deleted"),
+            }
         }
         self.broker.take_wakeups(&mut self.woken);
         for id in self.woken.drain(..) {
@@ -70,6 +79,7 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 pub struct Server {
     listener: TcpListener,
     management: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     shared: SharedRef,
     connection: ConnectionConfig,
 }
@@ -82,15 +92,20 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let metrics = match settings.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let seed = RandomState::new().hash_one(SystemTime::now());
         let config = BrokerConfig { users: settings.users.clone(), seed };
         let mut broker = Broker::new(config, std::time::Instant::now());
         broker.set_policies(settings.policies.clone());
         let timer = Arc::new(Notify::new());
-        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer };
+        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer, events: Vec::new() };
         Ok(Server {
             listener,
             management,
+            metrics,
             shared: Arc::new(Mutex::new(shared)),
             connection: settings.connection.clone(),
         })
@@ -99,6 +114,11 @@ impl Server {
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the Prometheus endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address of the management HTTP API, when it is on.
@@ -117,6 +137,24 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let timers = tokio::spawn(run_timers(self.shared.clone()));
+        let metrics = self.metrics.map(|l| {
+            let registry = Arc::new(crate::metrics::registry(self.shared.clone()));
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let registry = registry.clone();
+                    async move {
+                        let body = crate::metrics::render(&registry);
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                    }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    warn!(error = %e, "metrics endpoint stopped");
+                }
+            })
+        });
         let management = self.management.map(|l| {
             let app = crate::management::router(self.shared.clone());
             tokio::spawn(async move {
@@ -145,8 +183,8 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         timers.abort();
-        if let Some(m) = management {
-            m.abort();
+        for task in [management, metrics].into_iter().flatten() {
+            task.abort();
         }
         let _ = stop_tx.send(true);
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
@@ -191,6 +229,7 @@ async fn drive(
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std());
     let notify = Arc::new(Notify::new());
     let mut registered: Option<ConnId> = None;
+    let mut user: Option<String> = None;
     debug!(%peer, "accepted");
     loop {
         let deadline = conn.poll_timeout().map(Instant::from_std);
@@ -235,7 +274,7 @@ async fn drive(
             registered = Some(id);
         }
         while let Some(event) = conn.poll_event() {
-            log_event(peer, event);
+            log_event(peer, &mut user, event);
         }
         if conn.has_output() {
             let out = conn.take_output();
@@ -260,24 +299,25 @@ async fn drive(
         s.wake_others(None);
     }
     while let Some(event) = conn.poll_event() {
-        log_event(peer, event);
+        log_event(peer, &mut user, event);
     }
     let _ = stream.shutdown().await;
 }
 
-fn log_event(peer: SocketAddr, event: Event) {
+fn log_event(peer: SocketAddr, user: &mut Option<String>, event: Event) {
+    let who = user.clone().unwrap_or_default();
     match event {
-        Event::Opened { user, vhost } => info!(%peer, %user, %vhost, "connection opened"),
+        Event::Opened { user: u, vhost } => {
+            info!(%peer, user = %u, %vhost, "connection opened");
+            *user = Some(u);
+        }
         Event::AuthFailed { reason } => warn!(%peer, %reason, "login refused"),
         Event::Closed { code: 0, text, by_peer } => {
-            info!(%peer, reason = %text, by_peer, "connection closed")
+            info!(%peer, user = %who, reason = %text, by_peer, "connection closed")
         }
+        Event::Closed { code: 200, by_peer, .. } => info!(%peer, user = %who, by_peer, "connection closed"),
         Event::Closed { code, text, by_peer } => {
-            if code == 200 {
-                info!(%peer, code, by_peer, "connection closed");
-            } else {
-                warn!(%peer, code, name = code_name(code), reason = %text, by_peer, "connection closed with error");
-            }
+            warn!(%peer, user = %who, code, name = code_name(code), reason = %text, by_peer, "connection closed with error")
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct Broker {
     delayed: HashMap<u64, timers::Delayed>,
     next_delayed: u64,
     policies: Vec<crate::policy::Policy>,
+    stats: crate::stats::GlobalStats,
+    events: Vec<crate::stats::BrokerEvent>,
 }
 
 impl Broker {
@@ -115,6 +117,8 @@ impl Broker {
             delayed: HashMap::new(),
             next_delayed: 0,
             policies: Vec::new(),
+            stats: Default::default(),
+            events: Vec::new(),
         };
         b.declare_predefined_exchanges();
         b
@@ -123,6 +127,30 @@ impl Broker {
     /// Makes an exchange type available to exchange.declare under `name`.
     pub fn register_exchange_type(&mut self, name: &str, factory: std::sync::Arc<dyn ExchangeFactory>) {
         self.types.register(name, factory);
+    }
+
+    /// Broker-wide counters.
+    pub fn stats(&self) -> &crate::stats::GlobalStats {
+        &self.stats
+    }
+
+    /// Unacked deliveries per queue incarnation id, in one pass over every channel.
+    pub fn unacked_by_queue(&self) -> HashMap<u64, usize> {
+        let mut counts = HashMap::new();
+        for u in self.sessions.values().flat_map(|s| s.channels.values()).flat_map(|c| c.unacked.values()) {
+            *counts.entry(u.queue_id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Open connections and their open channels: (connections, channels).
+    pub fn open_counts(&self) -> (usize, usize) {
+        (self.sessions.len(), self.sessions.values().map(|s| s.channels.len()).sum())
+    }
+
+    /// Moves out the events that happened since the last call.
+    pub fn take_events(&mut self, out: &mut Vec<crate::stats::BrokerEvent>) {
+        out.append(&mut self.events);
     }
 
     /// A declared queue, for metrics and operators.
@@ -149,6 +177,7 @@ impl Broker {
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
+        self.stats.connections_opened += 1;
         let session = Session { info, channels: HashMap::new(), outbound: Vec::new(), woken: false };
         self.sessions.insert(id, session);
         id
@@ -174,12 +203,14 @@ impl Broker {
             self.delete_queue(&name);
         }
         self.sessions.remove(&conn);
+        self.stats.connections_closed += 1;
     }
 
     /// Opens channel `ch` and answers channel.open-ok.
     pub fn open_channel(&mut self, conn: ConnId, ch: u16) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.channels.insert(ch, ChannelState::default());
+            self.stats.channels_opened += 1;
         }
         self.send(conn, ch, ChannelOpenOk::default());
     }
@@ -294,6 +325,7 @@ impl Broker {
         let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
             return;
         };
+        self.stats.channels_closed += 1;
         let mut touched: Vec<String> = Vec::new();
         for (tag, c) in state.consumers {
             if let Some(q) = self.queues.get_mut(&c.queue) {

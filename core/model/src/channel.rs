@@ -168,6 +168,7 @@ mod tests {
                 redelivered: false,
                 expires_at: None,
                 delivery_count: 0,
+                enqueued_ms: 0,
             },
             consumer: None,
         }

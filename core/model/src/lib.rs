@@ -35,6 +35,7 @@ pub mod policy;
 pub mod queue;
 pub mod queue_args;
 pub mod retry;
+pub mod stats;
 
 pub use broker::{Broker, BrokerConfig, ConnId};
 pub use connection::{Connection, ConnectionConfig, Event};

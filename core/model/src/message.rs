@@ -32,6 +32,8 @@ pub struct QueuedMessage {
     pub expires_at: Option<Instant>,
     /// How many times it went back to the queue after a delivery (`x-delivery-count`).
     pub delivery_count: u32,
+    /// Wall-clock milliseconds when it entered the queue (for the head message's age).
+    pub enqueued_ms: u64,
 }
 
 /// Something the broker has for a connection to send, in order.

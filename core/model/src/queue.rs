@@ -77,6 +77,8 @@ pub struct Queue {
     pub dead_lettered: [u64; 4],
     /// Messages held out of the queue by its retry policy.
     pub delayed: usize,
+    /// Counters for metrics.
+    pub stats: crate::stats::QueueStats,
     /// Consumers in round-robin order.
     pub consumers: Vec<ConsumerKey>,
     /// Where the next round-robin search starts.
@@ -106,6 +108,7 @@ impl Queue {
             last_used: now,
             dead_lettered: [0; 4],
             delayed: 0,
+            stats: Default::default(),
             id,
             name,
             spec,
@@ -167,17 +170,20 @@ impl Queue {
     }
 
     /// Appends a newly routed message that expires at `expires_at`; returns its seq.
-    pub fn push(&mut self, message: Arc<Message>, expires_at: Option<Instant>) -> u64 {
+    pub fn push(&mut self, message: Arc<Message>, expires_at: Option<Instant>, now_ms: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready_bytes += message.body.len() as u64;
-        self.ready.push_back(QueuedMessage {
+        self.stats.published += 1;
+        let m = QueuedMessage {
             seq,
             message,
             redelivered: false,
             expires_at,
             delivery_count: 0,
-        });
+            enqueued_ms: now_ms,
+        };
+        self.ready.push_back(m);
         seq
     }
 
@@ -313,7 +319,7 @@ mod tests {
     fn requeued_messages_return_to_their_original_position() {
         let mut q = queue();
         for b in ["a", "b", "c", "d"] {
-            q.push(msg(b), None);
+            q.push(msg(b), None, 0);
         }
         let a = q.pop();
         let b = q.pop();

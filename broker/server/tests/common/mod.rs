@@ -11,6 +11,7 @@ use warren::server::{Server, SharedRef};
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub management: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -25,12 +26,14 @@ impl TestBroker {
         let mut settings = Settings {
             amqp_listen: "127.0.0.1:0".parse().expect("addr"),
             management_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
             ..Settings::default()
         };
         tweak(&mut settings);
         let server = Server::bind(&settings).await.expect("bind");
         let addr = server.local_addr().expect("local addr");
         let management = server.management_addr();
+        let metrics = server.metrics_addr();
         let shared = server.shared();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -41,7 +44,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker { addr, management, shared, stop: Some(tx), task: Some(task) }
+        TestBroker { addr, management, metrics, shared, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.
@@ -74,8 +77,12 @@ impl Drop for TestBroker {
 
 /// A plain HTTP/1.1 request to the management API; returns (status, body).
 pub async fn http(b: &TestBroker, method: &str, path: &str) -> (u16, String) {
+    http_to(b.management.expect("management API on"), method, path).await
+}
+
+/// A plain HTTP/1.1 request to `addr`; returns (status, body).
+pub async fn http_to(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = b.management.expect("management API on");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

@@ -11,7 +11,7 @@ use warren_codec::{
 };
 
 use super::deadletter::message_ttl;
-use super::deliver::delivered_form;
+use super::deliver::{count_delivery, delivered_form};
 use super::{Broker, ConnId};
 use crate::channel::{Consumer, TxOp, Unacked};
 use crate::deadletter::Reason;
@@ -54,6 +54,12 @@ impl Broker {
         body: Bytes,
     ) -> Result<(), AmqpError> {
         let destinations = self.route(&m.exchange, &m.routing_key, &properties)?;
+        self.stats.received += 1;
+        match (destinations.is_empty(), m.mandatory) {
+            (false, _) => self.stats.routed += 1,
+            (true, true) => self.stats.unroutable_returned += 1,
+            (true, false) => self.stats.unroutable_dropped += 1,
+        }
         // BCC keys route the message but are never shown to consumers.
         if let Some(h) = properties.headers.as_mut() {
             h.remove("BCC");
@@ -84,6 +90,7 @@ impl Broker {
             if refused {
                 self.send(conn, ch, BasicNack { delivery_tag, multiple: false, requeue: false });
             } else {
+                self.stats.confirmed += 1;
                 self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
             }
         }
@@ -193,10 +200,11 @@ impl Broker {
             }
             break msg;
         };
-        let Some(q) = self.queues.get(&m.queue) else {
+        let Some(q) = self.queues.get_mut(&m.queue) else {
             return Ok(());
         };
         let (queue_id, message_count) = (q.id, q.len() as u32);
+        count_delivery(&mut self.stats, q, msg.redelivered);
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };

@@ -43,6 +43,7 @@ impl Broker {
                         redelivered: false,
                         expires_at: None,
                         delivery_count: 0,
+                        enqueued_ms: 0,
                     };
                     self.dead_letter(queue, m, Reason::MaxLen);
                     return Offer::Refused;
@@ -56,7 +57,7 @@ impl Broker {
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
-        let seq = q.push(message, expires_at);
+        let seq = q.push(message, expires_at, self.unix_ms);
         let (id, name) = (q.id, Arc::<str>::from(queue));
         // drop-head: the oldest messages make room.
         while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
@@ -93,6 +94,7 @@ impl Broker {
             return;
         };
         q.count_dead_letter(reason);
+        self.stats.dead_lettered[reason as usize] += 1;
         let dlrk = q.args.dead_letter_routing_key.clone();
         let now_secs = self.unix_ms / 1000;
         let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);

@@ -63,6 +63,7 @@ impl Broker {
                 continue;
             }
             q.next_consumer = (idx + 1) % n;
+            count_delivery(&mut self.stats, q, msg.redelivered);
             let key = q.consumers[idx].clone();
             let (queue_id, queue_name) = (q.id, q.name.clone());
             let Some(session) = self.sessions.get_mut(&key.conn) else {
@@ -137,6 +138,14 @@ impl Broker {
             c.settled(u);
         }
         let mut queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        if requeue.is_none() {
+            self.stats.acknowledged += taken.len() as u64;
+            for u in &taken {
+                if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) {
+                    q.stats.acked += 1;
+                }
+            }
+        }
         for u in taken {
             queues.push(u.queue.clone());
             match requeue {
@@ -185,6 +194,19 @@ impl Broker {
             }
         }
         q.requeue(m);
+    }
+}
+
+/// Counts one delivery from `q` in the queue's and the broker's counters.
+pub(super) fn count_delivery(
+    stats: &mut crate::stats::GlobalStats,
+    q: &mut crate::queue::Queue,
+    redelivered: bool,
+) {
+    stats.delivered += 1;
+    q.stats.delivered += 1;
+    if redelivered {
+        q.stats.redelivered += 1;
     }
 }
 

@@ -11,6 +11,7 @@ use crate::exchange::Destination;
 use crate::policy::effective_arguments;
 use crate::queue::{Queue, QueueSpec};
 use crate::queue_args::QueueArgs;
+use crate::stats::BrokerEvent;
 
 impl Broker {
     pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
@@ -43,6 +44,7 @@ impl Broker {
             let queue = Queue::new(id, name.clone(), spec, args, self.now);
             self.queues.insert(name.clone(), queue);
             self.arm_queue_expiry(&name);
+            self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
         }
         if !m.no_wait {
             let (message_count, consumer_count) =
@@ -88,6 +90,7 @@ impl Broker {
             return 0;
         };
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
+        self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;
         for key in q.consumers {
             let Some(session) = self.sessions.get_mut(&key.conn) else {

@@ -1,0 +1,61 @@
+//! Counters for metrics, kept in the model as plain integers: reading them is a copy, and
+//! the metrics endpoint turns them into Prometheus series at scrape time.
+
+/// Per-queue counters (RabbitMQ's `rabbitmq_queue_*_total` family).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages that entered the queue.
+    pub published: u64,
+    /// Messages handed to consumers or basic.get.
+    pub delivered: u64,
+    /// Of those, deliveries flagged redelivered.
+    pub redelivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+}
+
+/// Broker-wide counters (RabbitMQ's `rabbitmq_global_*` family).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Messages published by clients.
+    pub received: u64,
+    /// Publisher confirms sent (acks).
+    pub confirmed: u64,
+    /// Messages routed to at least one queue.
+    pub routed: u64,
+    /// Unroutable messages dropped.
+    pub unroutable_dropped: u64,
+    /// Unroutable mandatory messages returned.
+    pub unroutable_returned: u64,
+    /// Deliveries to consumers and basic.get.
+    pub delivered: u64,
+    /// Deliveries acknowledged.
+    pub acknowledged: u64,
+    /// Dead-lettered messages by reason (index: `Reason as usize`).
+    pub dead_lettered: [u64; 4],
+    /// Connections opened.
+    pub connections_opened: u64,
+    /// Connections closed.
+    pub connections_closed: u64,
+    /// Channels opened.
+    pub channels_opened: u64,
+    /// Channels closed.
+    pub channels_closed: u64,
+}
+
+/// Things about queues worth a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// A queue was created.
+    QueueDeclared {
+        /// Its name.
+        queue: String,
+        /// Whether it is durable.
+        durable: bool,
+    },
+    /// A queue was deleted.
+    QueueDeleted {
+        /// Its name.
+        queue: String,
+    },
+}
