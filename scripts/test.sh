@@ -64,6 +64,18 @@ done
 echo "$seed_out" | grep -qE '^[0-9]+ passed, [0-9]+ failed$' || { echo "seed runner did not finish" >&2; exit 1; }
 ok
 
+step "Prometheus: alert rule unit tests, and a real scrape of a running warren"
+prom_pkgs=()
+command -v promtool >/dev/null 2>&1 || prom_pkgs+=(prometheus)
+if [ ${#prom_pkgs[@]} -gt 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${prom_pkgs[@]}") >/dev/null
+fi
+promtool check rules examples/prometheus/alerts.yml
+(cd examples/prometheus && promtool test rules alerts_test.yml)
+cargo build -q -p warren-examples --bin dead-letter
+bash examples/prometheus/scrape-test.sh "$CARGO_TARGET_DIR/debug/warren" "$CARGO_TARGET_DIR/debug/dead-letter"
+ok
+
 step "warren stops cleanly on SIGTERM"
 kill -TERM $pid
 for _ in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
