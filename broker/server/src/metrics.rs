@@ -46,6 +46,16 @@ impl BrokerCollector {
         BrokerCollector { shared, descs }
     }
 
+    /// How long one scrape holds the broker lock (what the message path waits at most);
+    /// for the scrape benchmark.
+    pub fn lock_hold(&self) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let snapshot = self.snapshot();
+        let held = started.elapsed();
+        drop(snapshot);
+        held
+    }
+
     fn snapshot(&self) -> (Vec<QueueSnapshot>, GlobalStats, (usize, usize)) {
         let s = lock(&self.shared);
         let b = &s.broker;
