@@ -184,9 +184,9 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let re = regex::Regex::new(r"warren_[a-z_]+").expect("regex");
     for file in ["grafana/warren.json", "prometheus/alerts.yml"] {
         let text = std::fs::read_to_string(format!("{root}/{file}")).expect("example file");
-        let re = regex::Regex::new(r"warren_[a-z_]+").expect("regex");
         for name in re.find_iter(&text).map(|m| m.as_str()) {
             if LATER.contains(&name) {
                 continue;

@@ -29,6 +29,8 @@ mod deliver;
 mod exchanges;
 mod operator;
 mod queues;
+#[cfg(test)]
+mod tests;
 mod timers;
 mod tx;
 
