@@ -7,10 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestBroker, eventually};
+use common::{TestBroker, eventually, s, table};
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 async fn channel(b: &TestBroker) -> (Connection, Channel) {
@@ -24,18 +24,6 @@ fn code(e: &lapin::Error) -> Option<u16> {
         lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
         _ => None,
     }
-}
-
-fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
 }
 
 async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) {

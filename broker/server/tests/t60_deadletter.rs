@@ -5,28 +5,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, eventually};
+use common::{TestBroker, eventually, s, table};
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 async fn channel(b: &TestBroker) -> (Connection, Channel) {
     let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
-}
-
-fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
 }
 
 fn int(v: i64) -> AMQPValue {

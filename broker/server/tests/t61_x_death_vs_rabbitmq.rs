@@ -8,24 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestBroker;
+use common::{TestBroker, s, table};
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/x_death_rabbitmq_3.10.8.txt");
-
-fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
 
 /// One line per header, sorted, with types; timestamps masked since they differ per run.
 fn render(v: &AMQPValue) -> String {

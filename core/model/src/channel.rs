@@ -162,14 +162,7 @@ mod tests {
         Unacked {
             queue_id: 1,
             queue: "q".into(),
-            message: QueuedMessage {
-                seq: 0,
-                message,
-                redelivered: false,
-                expires_at: None,
-                delivery_count: 0,
-                enqueued_ms: 0,
-            },
+            message: QueuedMessage::new(0, message, None, 0),
             consumer: None,
         }
     }

@@ -36,6 +36,13 @@ pub struct QueuedMessage {
     pub enqueued_ms: u64,
 }
 
+impl QueuedMessage {
+    /// A message entering a queue: never delivered, never returned.
+    pub fn new(seq: u64, message: Arc<Message>, expires_at: Option<Instant>, enqueued_ms: u64) -> Self {
+        QueuedMessage { seq, message, redelivered: false, expires_at, delivery_count: 0, enqueued_ms }
+    }
+}
+
 /// Something the broker has for a connection to send, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {

@@ -175,15 +175,7 @@ impl Queue {
         self.next_seq += 1;
         self.ready_bytes += message.body.len() as u64;
         self.stats.published += 1;
-        let m = QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-            expires_at,
-            delivery_count: 0,
-            enqueued_ms: now_ms,
-        };
-        self.ready.push_back(m);
+        self.ready.push_back(QueuedMessage::new(seq, message, expires_at, now_ms));
         seq
     }
 

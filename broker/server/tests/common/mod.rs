@@ -94,6 +94,20 @@ pub async fn http_to(addr: SocketAddr, method: &str, path: &str) -> (u16, String
     (status, body)
 }
 
+/// A lapin field table from pairs.
+pub fn table(pairs: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(lapin::types::ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// A lapin long-string value.
+pub fn s(v: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(v.into())
+}
+
 /// Polls `f` until it returns true or two seconds pass.
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {

@@ -37,14 +37,7 @@ impl Broker {
                 Overflow::DropHead => {}
                 Overflow::RejectPublish => return Offer::Refused,
                 Overflow::RejectPublishDlx => {
-                    let m = QueuedMessage {
-                        seq: 0,
-                        message,
-                        redelivered: false,
-                        expires_at: None,
-                        delivery_count: 0,
-                        enqueued_ms: 0,
-                    };
+                    let m = QueuedMessage::new(0, message, None, 0);
                     self.dead_letter(queue, m, Reason::MaxLen);
                     return Offer::Refused;
                 }

@@ -177,9 +177,7 @@ impl Broker {
     }
 
     pub(super) fn queue_bind(&mut self, conn: ConnId, ch: u16, m: QueueBind) -> Result<(), AmqpError> {
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
-        q.check_access(conn)?;
-        let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+        let dest = self.queue_destination(conn, &m.queue)?;
         self.bind(&m.exchange, dest, m.routing_key, m.arguments)?;
         if !m.no_wait {
             self.send(conn, ch, QueueBindOk {});
@@ -188,22 +186,14 @@ impl Broker {
     }
 
     pub(super) fn queue_unbind(&mut self, conn: ConnId, ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
-        q.check_access(conn)?;
-        let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+        let dest = self.queue_destination(conn, &m.queue)?;
         self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
         self.send(conn, ch, QueueUnbindOk {});
         Ok(())
     }
 
     pub(super) fn exchange_bind(&mut self, conn: ConnId, ch: u16, m: ExchangeBind) -> Result<(), AmqpError> {
-        if is_default(&m.destination) {
-            return Err(default_refused());
-        }
-        if !self.exchanges.contains_key(&m.destination) {
-            return Err(no_exchange(&m.destination));
-        }
-        let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+        let dest = self.exchange_destination(&m.destination)?;
         self.bind(&m.source, dest, m.routing_key, m.arguments)?;
         if !m.no_wait {
             self.send(conn, ch, ExchangeBindOk {});
@@ -217,18 +207,30 @@ impl Broker {
         ch: u16,
         m: ExchangeUnbind,
     ) -> Result<(), AmqpError> {
-        if is_default(&m.destination) {
-            return Err(default_refused());
-        }
-        if !self.exchanges.contains_key(&m.destination) {
-            return Err(no_exchange(&m.destination));
-        }
-        let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+        let dest = self.exchange_destination(&m.destination)?;
         self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
         if !m.no_wait {
             self.send(conn, ch, ExchangeUnbindOk {});
         }
         Ok(())
+    }
+
+    /// A queue as a binding's destination: it must exist and be accessible to `conn`.
+    fn queue_destination(&self, conn: ConnId, name: &str) -> Result<Destination, AmqpError> {
+        let q = self.queues.get(name).ok_or_else(|| no_queue(name))?;
+        q.check_access(conn)?;
+        Ok(Destination::Queue(Arc::from(name)))
+    }
+
+    /// An exchange as a binding's destination: it must exist and not be the default exchange.
+    fn exchange_destination(&self, name: &str) -> Result<Destination, AmqpError> {
+        if is_default(name) {
+            return Err(default_refused());
+        }
+        if !self.exchanges.contains_key(name) {
+            return Err(no_exchange(name));
+        }
+        Ok(Destination::Exchange(Arc::from(name)))
     }
 
     fn bind(
