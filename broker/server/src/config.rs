@@ -12,6 +12,8 @@ use warren_core::auth::User;
 use warren_core::policy::Policy;
 use warren_core::queue_args::QueueArgs;
 
+use crate::tls::TlsConfig;
+
 /// Command-line flags.
 #[derive(Debug, Default, Parser)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker")]
@@ -22,6 +24,10 @@ pub struct Cli {
     /// Directory for metadata and message logs [default: ./warren-data].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Address for AMQP over TLS; needs `[tls]` in the config file [default: 0.0.0.0:5671
+    /// when TLS is configured].
+    #[arg(long, env = "WARREN_AMQPS_LISTEN", value_name = "ADDR")]
+    pub amqps_listen: Option<SocketAddr>,
     /// Address for Prometheus `/metrics` [default: 0.0.0.0:15692].
     #[arg(long, env = "WARREN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -58,6 +64,10 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// As `--management-listen`.
     pub management_listen: Option<SocketAddr>,
+    /// As `--amqps-listen`.
+    pub amqps_listen: Option<SocketAddr>,
+    /// `[tls]`: certificate, key, optional client CA.
+    pub tls: Option<TlsConfig>,
     /// As `--metrics-listen`.
     pub metrics_listen: Option<SocketAddr>,
     /// As `--log-format`.
@@ -193,6 +203,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Management HTTP API listen address; `None` turns it off.
     pub management_listen: Option<SocketAddr>,
+    /// AMQPS listen address and TLS configuration; `None` without `[tls]`.
+    pub amqps: Option<(SocketAddr, TlsConfig)>,
     /// Prometheus `/metrics` listen address; `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
     /// Log line format.
@@ -212,6 +224,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./warren-data"),
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 15692))),
+            amqps: None,
             log_format: LogFormat::Text,
             policies: Vec::new(),
             connection: ConnectionConfig::default(),
@@ -247,6 +260,16 @@ impl Settings {
         if let Some(f) = cli.log_format.or(file.log_format) {
             s.log_format = f;
         }
+        let amqps_listen = cli.amqps_listen.or(file.amqps_listen);
+        s.amqps = match (file.tls, amqps_listen) {
+            (Some(tls), addr) => Some((addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 5671))), tls)),
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "amqps-listen needs a [tls] section with cert and key".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         s.policies = file.policies.into_iter().map(PolicyConfig::build).collect::<Result<_, _>>()?;
         if let Some(f) = file.amqp.frame_max {
             if f < warren_codec::FRAME_MIN_SIZE {

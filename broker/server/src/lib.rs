@@ -4,6 +4,7 @@
 //! - [`config`]: flags, environment, TOML file, defaults.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
+//! - [`tls`]: AMQPS configuration and client-certificate identities.
 //! - [`server`]: the TCP listener and the per-connection driver around
 //!   [`warren_core::Connection`].
 //!
@@ -14,3 +15,4 @@ pub mod config;
 pub mod management;
 pub mod metrics;
 pub mod server;
+pub mod tls;

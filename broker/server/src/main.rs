@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
     info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    if let Some(addr) = server.amqps_addr() {
+        info!(%addr, "listening for AMQP 0-9-1 over TLS");
+    }
     if let Some(addr) = server.metrics_addr() {
         info!(%addr, "listening for Prometheus scrapes on /metrics");
     }

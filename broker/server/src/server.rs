@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -78,6 +78,7 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 /// A bound, not yet running broker.
 pub struct Server {
     listener: TcpListener,
+    amqps: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     management: Option<TcpListener>,
     metrics: Option<TcpListener>,
     shared: SharedRef,
@@ -88,6 +89,13 @@ impl Server {
     /// Binds the AMQP listener and builds the broker.
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
         let listener = TcpListener::bind(settings.amqp_listen).await?;
+        let amqps = match &settings.amqps {
+            Some((addr, tls)) => {
+                let config = crate::tls::server_config(tls).map_err(std::io::Error::other)?;
+                Some((TcpListener::bind(addr).await?, tokio_rustls::TlsAcceptor::from(config)))
+            }
+            None => None,
+        };
         let management = match settings.management_listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -104,6 +112,7 @@ impl Server {
         let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer, events: Vec::new() };
         Ok(Server {
             listener,
+            amqps,
             management,
             metrics,
             shared: Arc::new(Mutex::new(shared)),
@@ -114,6 +123,11 @@ impl Server {
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the AMQPS listener, when TLS is configured.
+    pub fn amqps_addr(&self) -> Option<SocketAddr> {
+        self.amqps.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The address of the Prometheus endpoint, when it is on.
@@ -168,12 +182,34 @@ impl Server {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
                         let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
-                        tasks.spawn(drive(stream, peer, shared, config, stop));
+                        tasks.spawn(drive(stream, peer, shared, config, stop, None));
                     }
                     // Out of file descriptors and the like: keep serving the connections we have.
                     Err(e) => {
                         warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                accepted = accept_tls(&self.amqps) => match accepted {
+                    Ok((stream, peer, acceptor)) => {
+                        let _ = stream.set_nodelay(true);
+                        let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
+                        tasks.spawn(async move {
+                            let handshake = tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(tls)) => {
+                                    let identity = crate::tls::peer_identity(tls.get_ref().1);
+                                    drive(tls, peer, shared, config, stop, identity).await
+                                }
+                                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => info!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "TLS accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -218,15 +254,27 @@ async fn run_timers(shared: SharedRef) {
     }
 }
 
-async fn drive(
-    mut stream: TcpStream,
+/// The next TLS client, when AMQPS is on; never completes otherwise.
+async fn accept_tls(
+    amqps: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(TcpStream, SocketAddr, tokio_rustls::TlsAcceptor)> {
+    match amqps {
+        Some((listener, acceptor)) => listener.accept().await.map(|(s, peer)| (s, peer, acceptor.clone())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one AMQP connection over any byte stream: TCP, TLS, or a QUIC stream.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     shared: SharedRef,
     config: ConnectionConfig,
     mut stop: watch::Receiver<bool>,
+    external: Option<String>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std());
+    let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
+        .with_external_identity(external);
     let notify = Arc::new(Notify::new());
     let mut registered: Option<ConnId> = None;
     let mut user: Option<String> = None;

@@ -6,6 +6,8 @@ use warren_codec::wire::Reader;
 
 /// The mechanisms advertised in connection.start, space separated.
 pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
+/// The mechanisms advertised when the client presented a verified certificate.
+pub const MECHANISMS_WITH_EXTERNAL: &str = "EXTERNAL AMQPLAIN PLAIN";
 
 /// A user allowed to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,21 +45,35 @@ pub enum AuthError {
 }
 
 /// Parses a SASL response and checks it against `users`; returns the user name.
+///
+/// `external` is the identity a verified TLS client certificate gives (its subject CN); with
+/// it, the EXTERNAL mechanism logs in as that user without a password, as RabbitMQ's
+/// rabbitmq_auth_mechanism_ssl does.
 pub fn authenticate(
     users: &[User],
     mechanism: &str,
     response: &Bytes,
     peer_is_loopback: bool,
+    external: Option<&str>,
 ) -> Result<String, AuthError> {
-    let (name, password) = match mechanism {
-        "PLAIN" => parse_plain(response)?,
-        "AMQPLAIN" => parse_amqplain(response)?,
-        other => return Err(AuthError::UnknownMechanism(other.to_string())),
+    let user = match (mechanism, external) {
+        ("EXTERNAL", Some(id)) => users
+            .iter()
+            .find(|u| u.name == id)
+            .ok_or_else(|| AuthError::InvalidCredentials(id.to_string()))?,
+        _ => {
+            let (name, password) = match mechanism {
+                "PLAIN" => parse_plain(response)?,
+                "AMQPLAIN" => parse_amqplain(response)?,
+                other => return Err(AuthError::UnknownMechanism(other.to_string())),
+            };
+            users
+                .iter()
+                .find(|u| u.name == name && u.password == password)
+                .ok_or_else(|| AuthError::InvalidCredentials(name.clone()))?
+        }
     };
-    let user = users
-        .iter()
-        .find(|u| u.name == name && u.password == password)
-        .ok_or_else(|| AuthError::InvalidCredentials(name.clone()))?;
+    let name = user.name.clone();
     if user.loopback_only && !peer_is_loopback {
         return Err(AuthError::NotLoopback(name));
     }
@@ -100,10 +116,16 @@ mod tests {
     fn plain_guest_from_loopback_only() {
         let users = [User::guest()];
         let resp = Bytes::from_static(b"\0guest\0guest");
-        assert_eq!(authenticate(&users, "PLAIN", &resp, true), Ok("guest".into()));
-        assert_eq!(authenticate(&users, "PLAIN", &resp, false), Err(AuthError::NotLoopback("guest".into())));
+        assert_eq!(authenticate(&users, "PLAIN", &resp, true, None), Ok("guest".into()));
+        assert_eq!(
+            authenticate(&users, "PLAIN", &resp, false, None),
+            Err(AuthError::NotLoopback("guest".into()))
+        );
         let bad = Bytes::from_static(b"\0guest\0nope");
-        assert!(matches!(authenticate(&users, "PLAIN", &bad, true), Err(AuthError::InvalidCredentials(_))));
+        assert!(matches!(
+            authenticate(&users, "PLAIN", &bad, true, None),
+            Err(AuthError::InvalidCredentials(_))
+        ));
     }
 
     #[test]
@@ -114,15 +136,25 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_table(&mut Writer::new(&mut buf), &t);
         let resp = buf.freeze().slice(4..);
-        assert_eq!(authenticate(&[User::guest()], "AMQPLAIN", &resp, true), Ok("guest".into()));
+        assert_eq!(authenticate(&[User::guest()], "AMQPLAIN", &resp, true, None), Ok("guest".into()));
+    }
+
+    #[test]
+    fn external_logs_in_as_the_certificate_identity() {
+        let users =
+            [User::guest(), User { name: "alice".into(), password: "x".into(), loopback_only: false }];
+        let none = Bytes::new();
+        assert_eq!(authenticate(&users, "EXTERNAL", &none, false, Some("alice")), Ok("alice".into()));
+        let r = authenticate(&users, "EXTERNAL", &none, false, Some("mallory"));
+        assert!(matches!(r, Err(AuthError::InvalidCredentials(_))));
     }
 
     #[test]
     fn unknown_mechanism_and_garbage_are_refused() {
         let users = [User::guest()];
-        let r = authenticate(&users, "EXTERNAL", &Bytes::new(), true);
+        let r = authenticate(&users, "EXTERNAL", &Bytes::new(), true, None);
         assert_eq!(r, Err(AuthError::UnknownMechanism("EXTERNAL".into())));
-        let r = authenticate(&users, "AMQPLAIN", &Bytes::from_static(&[3, 1]), true);
+        let r = authenticate(&users, "AMQPLAIN", &Bytes::from_static(&[3, 1]), true, None);
         assert_eq!(r, Err(AuthError::Malformed("AMQPLAIN")));
     }
 }

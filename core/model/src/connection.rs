@@ -137,6 +137,7 @@ pub struct Connection {
     now: Instant,
     user: Option<String>,
     client_capabilities: FieldTable,
+    external: Option<String>,
     id: Option<ConnId>,
     channels: HashMap<u16, Phase>,
     events: VecDeque<Event>,
@@ -161,11 +162,18 @@ impl Connection {
             now,
             user: None,
             client_capabilities: FieldTable::new(),
+            external: None,
             id: None,
             channels: HashMap::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// The identity of a verified TLS client certificate: offers EXTERNAL login as that user.
+    pub fn with_external_identity(mut self, identity: Option<String>) -> Self {
+        self.external = identity;
+        self
     }
 
     /// The buffer the driver reads socket bytes into.
@@ -354,7 +362,10 @@ impl Connection {
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: Bytes::from_static(auth::MECHANISMS.as_bytes()),
+            mechanisms: Bytes::from_static(match self.external {
+                Some(_) => auth::MECHANISMS_WITH_EXTERNAL.as_bytes(),
+                None => auth::MECHANISMS.as_bytes(),
+            }),
             locales: Bytes::from_static(b"en_US"),
         };
         self.send(0, start);
@@ -375,7 +386,14 @@ impl Connection {
         };
         match (self.state, method) {
             (State::StartOk, Method::ConnectionStartOk(m)) => {
-                match auth::authenticate(broker.users(), &m.mechanism, &m.response, self.peer_is_loopback) {
+                let external = self.external.as_deref();
+                match auth::authenticate(
+                    broker.users(),
+                    &m.mechanism,
+                    &m.response,
+                    self.peer_is_loopback,
+                    external,
+                ) {
                     Ok(user) => {
                         self.user = Some(user);
                         if let Some(FieldValue::Table(caps)) = m.client_properties.get("capabilities") {

@@ -11,6 +11,7 @@ use warren::server::{Server, SharedRef};
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub management: Option<SocketAddr>,
+    pub amqps: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
     stop: Option<oneshot::Sender<()>>,
@@ -33,6 +34,7 @@ impl TestBroker {
         let server = Server::bind(&settings).await.expect("bind");
         let addr = server.local_addr().expect("local addr");
         let management = server.management_addr();
+        let amqps = server.amqps_addr();
         let metrics = server.metrics_addr();
         let shared = server.shared();
         let (tx, rx) = oneshot::channel();
@@ -44,7 +46,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker { addr, management, metrics, shared, stop: Some(tx), task: Some(task) }
+        TestBroker { addr, management, amqps, metrics, shared, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.
