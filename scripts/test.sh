@@ -39,7 +39,7 @@ cargo build -q -p warren --bin warren
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
 log="$data/warren.log"
-"$CARGO_TARGET_DIR/debug/warren" --amqp-listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$data" >"$log" 2>&1 &
+"$CARGO_TARGET_DIR/debug/warren" --amqp-listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$data" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

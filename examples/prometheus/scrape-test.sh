@@ -15,7 +15,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$warren" --amqp-listen "127.0.0.1:$amqp" --metrics-listen "127.0.0.1:$metrics" \
-    --management-listen 127.0.0.1:0 --data-dir "$work/data" >"$work/warren.log" 2>&1 &
+    --management-listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --data-dir "$work/data" >"$work/warren.log" 2>&1 &
 pids+=($!)
 # The example config, with fast intervals so the test does not wait 15 s per step.
 sed -e "s/15s/1s/g" -e "s/127.0.0.1:15692/127.0.0.1:$metrics/" -e "s#alerts.yml#$here/alerts.yml#" \

@@ -28,6 +28,9 @@ pub struct Cli {
     /// when TLS is configured].
     #[arg(long, env = "WARREN_AMQPS_LISTEN", value_name = "ADDR")]
     pub amqps_listen: Option<SocketAddr>,
+    /// UDP address for AMQP over QUIC (ALPN amqp091) [default: 0.0.0.0:5671].
+    #[arg(long, env = "WARREN_QUIC_LISTEN", value_name = "ADDR")]
+    pub quic_listen: Option<SocketAddr>,
     /// Address for Prometheus `/metrics` [default: 0.0.0.0:15692].
     #[arg(long, env = "WARREN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -41,6 +44,26 @@ pub struct Cli {
     /// TOML file with the same settings and more; unknown keys are an error.
     #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Run a tool instead of the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools the binary runs instead of the broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Accept plain AMQP on a local TCP port and carry each connection over QUIC to a broker.
+    Bridge {
+        /// Local TCP address to accept AMQP clients on.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// The broker's QUIC address, `quic://HOST:PORT`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// PEM certificate(s) to trust for the broker (its self-signed `quic/cert.pem`, or a CA).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+    },
 }
 
 /// How log lines are written.
@@ -66,6 +89,8 @@ pub struct FileConfig {
     pub management_listen: Option<SocketAddr>,
     /// As `--amqps-listen`.
     pub amqps_listen: Option<SocketAddr>,
+    /// As `--quic-listen`.
+    pub quic_listen: Option<SocketAddr>,
     /// `[tls]`: certificate, key, optional client CA.
     pub tls: Option<TlsConfig>,
     /// As `--metrics-listen`.
@@ -205,6 +230,8 @@ pub struct Settings {
     pub management_listen: Option<SocketAddr>,
     /// AMQPS listen address and TLS configuration; `None` without `[tls]`.
     pub amqps: Option<(SocketAddr, TlsConfig)>,
+    /// QUIC listen address (UDP); `None` turns QUIC off.
+    pub quic_listen: Option<SocketAddr>,
     /// Prometheus `/metrics` listen address; `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
     /// Log line format.
@@ -225,6 +252,7 @@ impl Default for Settings {
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 15692))),
             amqps: None,
+            quic_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5671))),
             log_format: LogFormat::Text,
             policies: Vec::new(),
             connection: ConnectionConfig::default(),
@@ -259,6 +287,9 @@ impl Settings {
         }
         if let Some(f) = cli.log_format.or(file.log_format) {
             s.log_format = f;
+        }
+        if let Some(q) = cli.quic_listen.or(file.quic_listen) {
+            s.quic_listen = Some(q);
         }
         let amqps_listen = cli.amqps_listen.or(file.amqps_listen);
         s.amqps = match (file.tls, amqps_listen) {

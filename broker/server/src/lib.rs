@@ -1,6 +1,8 @@
 //! The Warren broker binary's library half: settings, listeners and connection drivers.
 //!
 //! # Layout
+//! - [`bridge`]: `warren bridge`, plain AMQP over TCP carried over QUIC.
+//! - [`quic`]: QUIC endpoints (mapping v1: one stream, one AMQP connection).
 //! - [`config`]: flags, environment, TOML file, defaults.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
@@ -11,8 +13,10 @@
 //! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
 //! socket with real AMQP clients.
 
+pub mod bridge;
 pub mod config;
 pub mod management;
 pub mod metrics;
+pub mod quic;
 pub mod server;
 pub mod tls;

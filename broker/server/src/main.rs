@@ -4,12 +4,19 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
-use warren::config::{Cli, LogFormat, Settings};
+use warren::config::{Cli, Command, LogFormat, Settings};
 use warren::server::Server;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Bridge { listen, to, ca }) = &cli.command {
+        tracing_subscriber::fmt().with_env_filter(EnvFilter::new("info")).with_writer(std::io::stderr).init();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        return warren::bridge::run(listener, to, ca).await;
+    }
     let settings = Settings::load(&cli)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -23,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
     info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    if let (Some(addr), Some(cert)) = (server.quic_addr(), server.quic_cert()) {
+        info!(%addr, cert = %cert.display(), "listening for AMQP 0-9-1 over QUIC (UDP, ALPN amqp091)");
+    }
     if let Some(addr) = server.amqps_addr() {
         info!(%addr, "listening for AMQP 0-9-1 over TLS");
     }

@@ -78,6 +78,7 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 /// A bound, not yet running broker.
 pub struct Server {
     listener: TcpListener,
+    quic: Option<(quinn::Endpoint, std::path::PathBuf)>,
     amqps: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     management: Option<TcpListener>,
     metrics: Option<TcpListener>,
@@ -93,6 +94,15 @@ impl Server {
             Some((addr, tls)) => {
                 let config = crate::tls::server_config(tls).map_err(std::io::Error::other)?;
                 Some((TcpListener::bind(addr).await?, tokio_rustls::TlsAcceptor::from(config)))
+            }
+            None => None,
+        };
+        let quic = match settings.quic_listen {
+            Some(addr) => {
+                let tls = settings.amqps.as_ref().map(|(_, t)| t);
+                let (chain, key, cert) =
+                    crate::quic::certificate(&settings.data_dir, tls).map_err(std::io::Error::other)?;
+                Some((crate::quic::server_endpoint(addr, chain, key).map_err(std::io::Error::other)?, cert))
             }
             None => None,
         };
@@ -112,6 +122,7 @@ impl Server {
         let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer, events: Vec::new() };
         Ok(Server {
             listener,
+            quic,
             amqps,
             management,
             metrics,
@@ -123,6 +134,16 @@ impl Server {
     /// The address the AMQP listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The UDP address QUIC listens on, when it is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|(e, _)| e.local_addr().ok())
+    }
+
+    /// The certificate file QUIC clients can trust, when QUIC is on.
+    pub fn quic_cert(&self) -> Option<&std::path::Path> {
+        self.quic.as_ref().map(|(_, c)| c.as_path())
     }
 
     /// The address of the AMQPS listener, when TLS is configured.
@@ -213,6 +234,10 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                Some(incoming) = accept_quic(&self.quic) => {
+                    let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
+                    tasks.spawn(serve_quic(incoming, shared, config, stop));
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = &mut shutdown => break,
             }
@@ -252,6 +277,43 @@ async fn run_timers(shared: SharedRef) {
             None => notify.notified().await,
         }
     }
+}
+
+/// The next QUIC connection attempt, when QUIC is on; never completes otherwise.
+async fn accept_quic(quic: &Option<(quinn::Endpoint, std::path::PathBuf)>) -> Option<quinn::Incoming> {
+    match quic {
+        Some((endpoint, _)) => endpoint.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One QUIC connection: every bidirectional stream the client opens is one AMQP connection.
+async fn serve_quic(
+    incoming: quinn::Incoming,
+    shared: SharedRef,
+    config: ConnectionConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => return info!(error = %e, "QUIC handshake failed"),
+    };
+    let peer = conn.remote_address();
+    debug!(%peer, "QUIC connection");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let stream = tokio::io::join(recv, send);
+                    streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), None));
+                }
+                Err(_) => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
 }
 
 /// The next TLS client, when AMQPS is on; never completes otherwise.

@@ -29,7 +29,7 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
     std::fs::write(
         &path,
         format!(
-            "amqp-listen = \"127.0.0.1:0\"\nmanagement-listen = \"127.0.0.1:0\"\nmetrics-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n",
+            "amqp-listen = \"127.0.0.1:0\"\nmanagement-listen = \"127.0.0.1:0\"\nmetrics-listen = \"127.0.0.1:0\"\nquic-listen = \"127.0.0.1:0\"\ndata-dir = {:?}\n",
             data
         ),
     )

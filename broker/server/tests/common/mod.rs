@@ -12,6 +12,7 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub management: Option<SocketAddr>,
     pub amqps: Option<SocketAddr>,
+    pub quic: Option<(SocketAddr, std::path::PathBuf)>,
     pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
     stop: Option<oneshot::Sender<()>>,
@@ -28,6 +29,7 @@ impl TestBroker {
             amqp_listen: "127.0.0.1:0".parse().expect("addr"),
             management_listen: Some("127.0.0.1:0".parse().expect("addr")),
             metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            quic_listen: None,
             ..Settings::default()
         };
         tweak(&mut settings);
@@ -35,6 +37,7 @@ impl TestBroker {
         let addr = server.local_addr().expect("local addr");
         let management = server.management_addr();
         let amqps = server.amqps_addr();
+        let quic = server.quic_addr().zip(server.quic_cert().map(|p| p.to_path_buf()));
         let metrics = server.metrics_addr();
         let shared = server.shared();
         let (tx, rx) = oneshot::channel();
@@ -46,7 +49,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker { addr, management, amqps, metrics, shared, stop: Some(tx), task: Some(task) }
+        TestBroker { addr, management, amqps, quic, metrics, shared, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.

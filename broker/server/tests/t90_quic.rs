@@ -1,0 +1,119 @@
+//! AMQP over QUIC (mapping v1: one stream, one AMQP connection), and the TCP-to-QUIC bridge.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestBroker;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_examples::quic::{AmqpOverQuic, connect};
+
+async fn quic_broker(data: &Path) -> TestBroker {
+    let data = data.to_path_buf();
+    TestBroker::start_with(move |s| {
+        s.quic_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        s.data_dir = data;
+    })
+    .await
+}
+
+fn url(b: &TestBroker) -> String {
+    format!("quic://localhost:{}", b.quic.as_ref().expect("quic on").0.port())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_codec_client_publishes_and_gets_over_a_quic_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut amqp = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP handshake");
+    amqp.declare("over-quic").await.expect("declare");
+    let big = vec![7u8; 300_000];
+    amqp.publish("over-quic", b"small").await.expect("publish");
+    amqp.publish("over-quic", &big).await.expect("publish");
+    assert_eq!(amqp.get("over-quic").await.expect("get").as_deref(), Some(&b"small"[..]));
+    assert_eq!(amqp.get("over-quic").await.expect("get").map(|b| b.len()), Some(300_000));
+    assert_eq!(amqp.get("over-quic").await.expect("get"), None);
+    amqp.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_amqp_connections_share_one_quic_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut producer = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("first");
+    let mut consumer = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("second");
+    producer.declare("shared").await.expect("declare");
+    producer.publish("shared", b"from stream one").await.expect("publish");
+    assert!(common::eventually(|| b.counts("shared") == Some((1, 0, 0))).await);
+    assert_eq!(warren::server::lock(&b.shared).broker.open_counts().0, 2, "two AMQP connections");
+    assert_eq!(consumer.get("shared").await.expect("get").as_deref(), Some(&b"from stream one"[..]));
+    // A wrong password on a third stream is refused without touching the other two.
+    assert!(AmqpOverQuic::open(&quic, "guest", "nope").await.is_err());
+    producer.publish("shared", b"still fine").await.expect("publish");
+    // Different streams are not ordered with each other: wait for the publish to land.
+    assert!(common::eventually(|| b.counts("shared") == Some((1, 0, 0))).await);
+    assert_eq!(consumer.get("shared").await.expect("get").as_deref(), Some(&b"still fine"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_amqp_client_uses_quic_through_the_bridge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let bridge = listener.local_addr().expect("addr");
+    let to = url(&b);
+    tokio::spawn(async move { warren::bridge::run(listener, &to, &cert).await });
+    let conn =
+        Connection::connect(&format!("amqp://guest:guest@{bridge}/%2f"), ConnectionProperties::default())
+            .await
+            .expect("lapin through the bridge");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("bridged".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    for i in 0..100 {
+        let body = format!("m{i}");
+        ch.basic_publish(
+            "".into(),
+            "bridged".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    for i in 0..100 {
+        let m = ch
+            .basic_get("bridged".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .expect("message");
+        assert_eq!(m.delivery.data, format!("m{i}").as_bytes());
+    }
+    // A second client shares the bridge's QUIC connection on its own stream.
+    let other =
+        Connection::connect(&format!("amqp://guest:guest@{bridge}/%2f"), ConnectionProperties::default())
+            .await
+            .expect("second client");
+    assert!(other.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_self_signed_certificate_is_made_once_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = quic_broker(dir.path()).await;
+    let cert = std::fs::read(dir.path().join("quic/cert.pem")).expect("made at first start");
+    first.stop().await;
+    let second = quic_broker(dir.path()).await;
+    assert_eq!(std::fs::read(dir.path().join("quic/cert.pem")).expect("still there"), cert);
+    let quic = connect(&url(&second), &dir.path().join("quic/cert.pem")).await.expect("trusted");
+    AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP over QUIC");
+}

@@ -1,0 +1,142 @@
+//! A minimal AMQP 0-9-1 client over one QUIC stream, built from `warren-codec` frames: the
+//! handshake, a channel, declare, publish and get. Each [`AmqpOverQuic`] is one AMQP
+//! connection; several can share one QUIC connection.
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use warren_codec::*;
+
+/// One AMQP connection on its own bidirectional QUIC stream, with channel 1 open.
+pub struct AmqpOverQuic {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl AmqpOverQuic {
+    /// Opens a stream on `conn`, logs in as `user`/`password` with PLAIN, opens channel 1.
+    pub async fn open(conn: &quinn::Connection, user: &str, password: &str) -> anyhow::Result<Self> {
+        let (send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
+        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new() };
+        c.send.write_all(PROTOCOL_HEADER).await?;
+        let Method::ConnectionStart(_) = c.method().await? else { bail!("expected connection.start") };
+        let response = Bytes::from(format!("\0{user}\0{password}"));
+        c.send_method(
+            0,
+            ConnectionStartOk {
+                mechanism: "PLAIN".into(),
+                response,
+                locale: "en_US".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let Method::ConnectionTune(t) = c.method().await? else { bail!("login refused") };
+        c.send_method(
+            0,
+            ConnectionTuneOk { channel_max: t.channel_max, frame_max: t.frame_max, heartbeat: 0 },
+        )
+        .await?;
+        c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await?;
+        let Method::ConnectionOpenOk(_) = c.method().await? else { bail!("expected connection.open-ok") };
+        c.send_method(1, ChannelOpen::default()).await?;
+        let Method::ChannelOpenOk(_) = c.method().await? else { bail!("expected channel.open-ok") };
+        Ok(c)
+    }
+
+    /// Declares a queue.
+    pub async fn declare(&mut self, queue: &str) -> anyhow::Result<()> {
+        self.send_method(1, QueueDeclare { queue: queue.into(), ..Default::default() }).await?;
+        match self.method().await? {
+            Method::QueueDeclareOk(_) => Ok(()),
+            other => bail!("declare: {other:?}"),
+        }
+    }
+
+    /// Publishes `body` to `queue` through the default exchange.
+    pub async fn publish(&mut self, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+        let mut out = BytesMut::new();
+        let publish = BasicPublish { routing_key: queue.into(), ..Default::default() };
+        encode_content(
+            &mut out,
+            1,
+            publish,
+            &BasicProperties::default(),
+            &Bytes::copy_from_slice(body),
+            131_072,
+        );
+        self.send.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Takes one message from `queue` (auto-ack), or None when it is empty.
+    pub async fn get(&mut self, queue: &str) -> anyhow::Result<Option<Bytes>> {
+        self.send_method(1, BasicGet { queue: queue.into(), no_ack: true, ..Default::default() }).await?;
+        match self.method().await? {
+            Method::BasicGetEmpty(_) => return Ok(None),
+            Method::BasicGetOk(_) => {}
+            other => bail!("get: {other:?}"),
+        }
+        let Frame::Header { header, .. } = self.frame().await? else { bail!("expected a content header") };
+        let mut body = BytesMut::new();
+        while (body.len() as u64) < header.body_size {
+            match self.frame().await? {
+                Frame::Body { payload, .. } => body.extend_from_slice(&payload),
+                other => bail!("expected a body frame, got {other:?}"),
+            }
+        }
+        Ok(Some(body.freeze()))
+    }
+
+    /// Closes the AMQP connection and finishes the stream.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.send_method(
+            0,
+            ConnectionClose { reply_code: 200, reply_text: "bye".into(), ..Default::default() },
+        )
+        .await?;
+        let _ = self.method().await;
+        self.send.finish()?;
+        Ok(())
+    }
+
+    async fn send_method(&mut self, channel: u16, m: impl Into<Method>) -> anyhow::Result<()> {
+        let mut out = BytesMut::new();
+        Frame::method(channel, m).encode(&mut out);
+        self.send.write_all(&out).await?;
+        Ok(())
+    }
+
+    async fn frame(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, 0)? {
+                return Ok(f);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.recv.read(&mut chunk).await? {
+                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+                None => bail!("the broker closed the stream"),
+            }
+        }
+    }
+
+    async fn method(&mut self) -> anyhow::Result<Method> {
+        loop {
+            match self.frame().await? {
+                Frame::Method { method: Method::ConnectionClose(c), .. } => {
+                    bail!("connection closed: {}", c.reply_text)
+                }
+                Frame::Method { method, .. } => return Ok(method),
+                Frame::Heartbeat { .. } => continue,
+                other => bail!("expected a method, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Connects to a broker's QUIC listener, trusting the certificate file `ca`.
+pub async fn connect(url: &str, ca: &std::path::Path) -> anyhow::Result<quinn::Connection> {
+    let (host, addr) = warren::bridge::resolve(url).await?;
+    let endpoint = warren::quic::client_endpoint(ca)?;
+    Ok(endpoint.connect(addr, &host)?.await?)
+}
