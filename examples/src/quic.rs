@@ -1,23 +1,27 @@
-//! A minimal AMQP 0-9-1 client over one QUIC stream, built from `warren-codec` frames: the
-//! handshake, a channel, declare, publish and get. Each [`AmqpOverQuic`] is one AMQP
-//! connection; several can share one QUIC connection.
+//! A minimal AMQP 0-9-1 client over QUIC, built from `warren-codec` frames: the handshake, a
+//! channel, declare, publish, get and consume. [`AmqpOverQuic::open`] makes one AMQP
+//! connection on its own stream (several can share one QUIC connection);
+//! [`AmqpOverQuic::open_channel_stream`] adds a stream that carries one more channel of that
+//! connection, so a slow channel does not hold up the others (see `broker/server/QUIC.md`).
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use warren_codec::*;
 
-/// One AMQP connection on its own bidirectional QUIC stream, with channel 1 open.
+/// A QUIC stream carrying AMQP frames for one open channel: either an AMQP connection's own
+/// stream (channel 1) or one of its channel streams.
 pub struct AmqpOverQuic {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: BytesMut,
+    channel: u16,
 }
 
 impl AmqpOverQuic {
     /// Opens a stream on `conn`, logs in as `user`/`password` with PLAIN, opens channel 1.
     pub async fn open(conn: &quinn::Connection, user: &str, password: &str) -> anyhow::Result<Self> {
         let (send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
-        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new() };
+        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new(), channel: 1 };
         c.send.write_all(PROTOCOL_HEADER).await?;
         let Method::ConnectionStart(_) = c.method().await? else { bail!("expected connection.start") };
         let response = Bytes::from(format!("\0{user}\0{password}"));
@@ -44,9 +48,41 @@ impl AmqpOverQuic {
         Ok(c)
     }
 
+    /// The id of this stream, which channel streams of this AMQP connection name.
+    pub fn stream_id(&self) -> u64 {
+        u64::from(self.send.id())
+    }
+
+    /// Opens another stream on `conn` for channel `channel` of this AMQP connection.
+    pub async fn open_channel_stream(&self, conn: &quinn::Connection, channel: u16) -> anyhow::Result<Self> {
+        let (mut send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
+        send.write_all(warren::channel_streams::PREAMBLE).await?;
+        send.write_all(&self.stream_id().to_be_bytes()).await?;
+        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new(), channel };
+        c.send_method(channel, ChannelOpen::default()).await?;
+        let Method::ChannelOpenOk(_) = c.method().await? else { bail!("expected channel.open-ok") };
+        Ok(c)
+    }
+
+    /// Starts an auto-ack consumer on `queue`; deliveries come from [`AmqpOverQuic::next_delivery`].
+    pub async fn consume(&mut self, queue: &str) -> anyhow::Result<()> {
+        let m = BasicConsume { queue: queue.into(), no_ack: true, ..Default::default() };
+        self.send_method(self.channel, m).await?;
+        match self.method().await? {
+            Method::BasicConsumeOk(_) => Ok(()),
+            other => bail!("consume: {other:?}"),
+        }
+    }
+
+    /// The body of the next delivery to a consumer on this stream.
+    pub async fn next_delivery(&mut self) -> anyhow::Result<Bytes> {
+        let Method::BasicDeliver(_) = self.method().await? else { bail!("expected basic.deliver") };
+        self.content().await
+    }
+
     /// Declares a queue.
     pub async fn declare(&mut self, queue: &str) -> anyhow::Result<()> {
-        self.send_method(1, QueueDeclare { queue: queue.into(), ..Default::default() }).await?;
+        self.send_method(self.channel, QueueDeclare { queue: queue.into(), ..Default::default() }).await?;
         match self.method().await? {
             Method::QueueDeclareOk(_) => Ok(()),
             other => bail!("declare: {other:?}"),
@@ -59,7 +95,7 @@ impl AmqpOverQuic {
         let publish = BasicPublish { routing_key: queue.into(), ..Default::default() };
         encode_content(
             &mut out,
-            1,
+            self.channel,
             publish,
             &BasicProperties::default(),
             &Bytes::copy_from_slice(body),
@@ -71,12 +107,17 @@ impl AmqpOverQuic {
 
     /// Takes one message from `queue` (auto-ack), or None when it is empty.
     pub async fn get(&mut self, queue: &str) -> anyhow::Result<Option<Bytes>> {
-        self.send_method(1, BasicGet { queue: queue.into(), no_ack: true, ..Default::default() }).await?;
+        self.send_method(self.channel, BasicGet { queue: queue.into(), no_ack: true, ..Default::default() })
+            .await?;
         match self.method().await? {
-            Method::BasicGetEmpty(_) => return Ok(None),
-            Method::BasicGetOk(_) => {}
+            Method::BasicGetEmpty(_) => Ok(None),
+            Method::BasicGetOk(_) => self.content().await.map(Some),
             other => bail!("get: {other:?}"),
         }
+    }
+
+    /// A content header and its body frames.
+    async fn content(&mut self) -> anyhow::Result<Bytes> {
         let Frame::Header { header, .. } = self.frame().await? else { bail!("expected a content header") };
         let mut body = BytesMut::new();
         while (body.len() as u64) < header.body_size {
@@ -85,7 +126,18 @@ impl AmqpOverQuic {
                 other => bail!("expected a body frame, got {other:?}"),
             }
         }
-        Ok(Some(body.freeze()))
+        Ok(body.freeze())
+    }
+
+    /// Sends this stream's frames for channel `channel` from now on (to test a broker's checks).
+    pub fn retarget(&mut self, channel: u16) {
+        self.channel = channel;
+    }
+
+    /// Ends this stream without an AMQP close (a channel stream: its channels are released).
+    pub fn close_stream(mut self) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
     }
 
     /// Closes the AMQP connection and finishes the stream.

@@ -14,6 +14,7 @@
 //! socket with real AMQP clients.
 
 pub mod bridge;
+pub mod channel_streams;
 pub mod config;
 pub mod management;
 pub mod metrics;

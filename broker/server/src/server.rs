@@ -20,6 +20,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use warren_core::connection::code_name;
 use warren_core::stats::BrokerEvent;
+
+use crate::channel_streams::{ChannelStreams, Input, StreamEvent};
 use warren_core::{Broker, BrokerConfig, ConnId, Connection, ConnectionConfig, Event};
 
 use crate::config::Settings;
@@ -205,7 +207,7 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
-                        tasks.spawn(drive(stream, peer, shared, config, stop, None));
+                        tasks.spawn(drive(stream, peer, shared, config, stop, None, None));
                     }
                     // Out of file descriptors and the like: keep serving the connections we have.
                     Err(e) => {
@@ -222,7 +224,7 @@ impl Server {
                             match handshake.await {
                                 Ok(Ok(tls)) => {
                                     let identity = crate::tls::peer_identity(tls.get_ref().1);
-                                    drive(tls, peer, shared, config, stop, identity).await
+                                    drive(tls, peer, shared, config, stop, identity, None).await
                                 }
                                 Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => info!(%peer, "TLS handshake timed out"),
@@ -279,6 +281,14 @@ async fn run_timers(shared: SharedRef) {
     }
 }
 
+/// The next channel-stream event of a QUIC connection; never completes without them.
+async fn next_stream_event(streams: &mut Option<ChannelStreams>) -> Option<StreamEvent> {
+    match streams {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next QUIC connection attempt, when QUIC is on; never completes otherwise.
 async fn accept_quic(quic: &Option<(quinn::Endpoint, std::path::PathBuf)>) -> Option<quinn::Incoming> {
     match quic {
@@ -287,7 +297,9 @@ async fn accept_quic(quic: &Option<(quinn::Endpoint, std::path::PathBuf)>) -> Op
     }
 }
 
-/// One QUIC connection: every bidirectional stream the client opens is one AMQP connection.
+/// One QUIC connection. A stream that starts with the AMQP protocol header is one AMQP
+/// connection (mapping v1); a stream that starts with the channel-stream preamble joins the
+/// AMQP connection whose stream id follows it, and carries channels of that connection.
 async fn serve_quic(
     incoming: quinn::Incoming,
     shared: SharedRef,
@@ -300,20 +312,64 @@ async fn serve_quic(
     };
     let peer = conn.remote_address();
     debug!(%peer, "QUIC connection");
+    let (classified_tx, mut classified) = tokio::sync::mpsc::unbounded_channel();
+    let mut routes: HashMap<u64, tokio::sync::mpsc::UnboundedSender<StreamEvent>> = HashMap::new();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
+                // Reading the first octets may wait on the client: do it off this loop.
                 Ok((send, recv)) => {
-                    let stream = tokio::io::join(recv, send);
-                    streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), None));
+                    let tx = classified_tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(kind) = classify(send, recv).await {
+                            let _ = tx.send(kind);
+                        }
+                    });
                 }
                 Err(_) => break,
+            },
+            Some(kind) = classified.recv() => match kind {
+                Stream::Connection { id, prefix, send, recv } => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let channels = ChannelStreams::new(rx, tx.clone());
+                    routes.insert(id, tx);
+                    let stream = tokio::io::join(std::io::Cursor::new(prefix).chain(recv), send);
+                    streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), None, Some(channels)));
+                }
+                Stream::Channel { of, send, recv } => {
+                    let refused = match routes.get(&of) {
+                        Some(tx) => tx.send(StreamEvent::Opened(recv, send)).err().map(|e| e.0),
+                        None => Some(StreamEvent::Opened(recv, send)),
+                    };
+                    if let Some(StreamEvent::Opened(mut recv, _)) = refused {
+                        let _ = recv.stop(1u32.into());
+                        debug!(%peer, of, "channel stream for an unknown AMQP connection");
+                    }
+                }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
     while streams.join_next().await.is_some() {}
+}
+
+/// A new QUIC stream, by its first octets.
+enum Stream {
+    Connection { id: u64, prefix: Vec<u8>, send: quinn::SendStream, recv: quinn::RecvStream },
+    Channel { of: u64, send: quinn::SendStream, recv: quinn::RecvStream },
+}
+
+async fn classify(send: quinn::SendStream, mut recv: quinn::RecvStream) -> Option<Stream> {
+    let id = u64::from(recv.id());
+    let mut head = [0u8; 8];
+    recv.read_exact(&mut head).await.ok()?;
+    if &head != crate::channel_streams::PREAMBLE {
+        return Some(Stream::Connection { id, prefix: head.to_vec(), send, recv });
+    }
+    let mut of = [0u8; 8];
+    recv.read_exact(&mut of).await.ok()?;
+    Some(Stream::Channel { of: u64::from_be_bytes(of), send, recv })
 }
 
 /// The next TLS client, when AMQPS is on; never completes otherwise.
@@ -334,6 +390,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     config: ConnectionConfig,
     mut stop: watch::Receiver<bool>,
     external: Option<String>,
+    mut channel_streams: Option<ChannelStreams>,
 ) {
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
@@ -376,6 +433,20 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 conn.shutdown(now, &mut s.broker);
                 s.wake_others(conn.id());
             }
+            Some(event) = next_stream_event(&mut channel_streams) => {
+                let Some(streams) = channel_streams.as_mut() else { continue };
+                let input = streams.handle(event, conn.frame_max());
+                let now = Instant::now().into_std();
+                let mut s = lock(&shared);
+                match input {
+                    Input::Frames(frames) => conn.handle_frames(now, frames, &mut s.broker),
+                    Input::Error(e) => conn.handle_codec_error(now, e, &mut s.broker),
+                    Input::Violation(code, text) => conn.close(now, code, &text, &mut s.broker),
+                    Input::Ended(channels) => conn.drop_channels(&channels, &mut s.broker),
+                    Input::Nothing => {}
+                }
+                s.wake_others(conn.id());
+            }
         }
         if registered.is_none()
             && let Some(id) = conn.id()
@@ -387,7 +458,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             log_event(peer, &mut user, event);
         }
         if conn.has_output() {
-            let out = conn.take_output();
+            let mut out = conn.take_output();
+            if let Some(streams) = channel_streams.as_mut() {
+                out = streams.route(out);
+            }
             if let Err(e) = stream.write_all(&out).await {
                 debug!(%peer, error = %e, "write failed");
                 let mut s = lock(&shared);

@@ -117,3 +117,81 @@ async fn the_self_signed_certificate_is_made_once_and_reused() {
     let quic = connect(&url(&second), &dir.path().join("quic/cert.pem")).await.expect("trusted");
     AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP over QUIC");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_channel_stream_does_not_hold_up_the_other_channels() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warren=debug").with_test_writer().try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut control = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP connection");
+    // Channel 2 on its own stream consumes a queue, then its reader stops reading.
+    let mut slow = control.open_channel_stream(&quic, 2).await.expect("channel stream");
+    slow.declare("flood").await.expect("declare");
+    slow.consume("flood").await.expect("consume");
+    // 16 MiB of deliveries for it: far more than one stream's flow-control window.
+    let chunk = vec![b'f'; 128 * 1024];
+    for _ in 0..128 {
+        control.publish("flood", &chunk).await.expect("publish");
+    }
+    // Channel 3 on another stream of the same AMQP connection keeps working meanwhile.
+    let mut fast = control.open_channel_stream(&quic, 3).await.expect("channel stream");
+    fast.declare("quick").await.expect("declare");
+    let flowing = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for i in 0..20 {
+            fast.publish("quick", format!("q{i}").as_bytes()).await.expect("publish");
+            assert_eq!(
+                fast.get("quick").await.expect("get").map(|b| b.to_vec()),
+                Some(format!("q{i}").into_bytes())
+            );
+        }
+    })
+    .await;
+    assert!(flowing.is_ok(), "channel 3 was held up by channel 2's stalled stream");
+    // Nothing was lost on the stalled stream: it gets every delivery once it reads again.
+    for _ in 0..128 {
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), slow.next_delivery())
+            .await
+            .expect("delivery in time")
+            .expect("delivery");
+        assert_eq!(body.len(), chunk.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_channel_stream_releases_its_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut control = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP connection");
+    control.declare("held").await.expect("declare");
+    let mut side = control.open_channel_stream(&quic, 5).await.expect("channel stream");
+    side.consume("held").await.expect("consume");
+    assert!(common::eventually(|| b.counts("held") == Some((0, 0, 1))).await);
+    assert_eq!(warren::server::lock(&b.shared).broker.open_counts(), (1, 2));
+    side.close_stream();
+    assert!(common::eventually(|| b.counts("held") == Some((0, 0, 0))).await, "consumer not cancelled");
+    assert_eq!(warren::server::lock(&b.shared).broker.open_counts(), (1, 1));
+    control.publish("held", b"still here").await.expect("the AMQP connection lives on");
+    assert_eq!(control.get("held").await.expect("get").as_deref(), Some(&b"still here"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_travels_only_on_the_stream_that_opened_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut control = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP connection");
+    // A channel stream that speaks for channel 1, which lives on the connection stream.
+    let mut rogue = control.open_channel_stream(&quic, 9).await.expect("channel stream");
+    rogue.retarget(1);
+    // No answer comes on the rogue stream: the broker answers on the connection stream.
+    let no_answer = tokio::time::timeout(std::time::Duration::from_millis(300), rogue.declare("x")).await;
+    assert!(no_answer.is_err(), "{no_answer:?}");
+    // The connection error arrives where connection frames go: on the connection stream.
+    let e = control.declare("y").await.expect_err("connection closed");
+    assert!(e.to_string().contains("CHANNEL_ERROR - channel 1 is not open on this stream"), "{e}");
+}

@@ -122,6 +122,22 @@ pub fn encode_content(
     }
 }
 
+/// Splits one complete encoded frame off the front of `buf` without decoding its payload:
+/// its channel and its bytes. For routing frames this side encoded (well-formed by
+/// construction); returns None when `buf` holds no complete frame.
+pub fn split_encoded(buf: &mut BytesMut) -> Option<(u16, Bytes)> {
+    if buf.len() < FRAME_HEADER_SIZE {
+        return None;
+    }
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    let total = size + FRAME_OVERHEAD;
+    if buf.len() < total {
+        return None;
+    }
+    Some((channel, buf.split_to(total).freeze()))
+}
+
 /// Takes one frame off the front of `buf`, or `Ok(None)` when more bytes are needed.
 ///
 /// `frame_max` is the negotiated maximum frame size including overhead; 0 means no limit.
@@ -183,6 +199,26 @@ mod tests {
     fn oversize_frame_is_refused_from_its_header_alone() {
         let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 1, 0, 0][..]);
         assert_eq!(decode_frame(&mut buf, 4096), Err(CodecError::FrameTooLarge { size: 65544, max: 4096 }));
+    }
+
+    #[test]
+    fn split_encoded_routes_whole_frames_by_channel() {
+        let mut buf = BytesMut::new();
+        Frame::Heartbeat { channel: 0 }.encode(&mut buf);
+        encode_content(
+            &mut buf,
+            7,
+            BasicPublish::default(),
+            &BasicProperties::default(),
+            &Bytes::from_static(b"x"),
+            0,
+        );
+        let mut got = Vec::new();
+        while let Some((ch, bytes)) = split_encoded(&mut buf) {
+            got.push((ch, bytes.len()));
+        }
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 7, 7, 7]);
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub use error::CodecError;
 pub use field::{Decimal, FieldTable, FieldValue};
 pub use frame::{
     FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, PROTOCOL_HEADER, decode_frame, encode_content,
+    split_encoded,
 };
 pub use method::*;
 pub use properties::{BASIC_CLASS, BasicProperties, ContentHeader};

@@ -223,6 +223,12 @@ impl Broker {
         self.send(conn, ch, ChannelCloseOk {});
     }
 
+    /// Forgets channel `ch` without a reply (its transport is gone): consumers cancelled,
+    /// unacked messages requeued.
+    pub fn drop_channel(&mut self, conn: ConnId, ch: u16) {
+        self.release_channel(conn, ch);
+    }
+
     /// Closes channel `ch` for a channel error: releases it and sends channel.close.
     pub fn channel_error(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
         self.release_channel(conn, ch);

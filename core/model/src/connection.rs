@@ -248,6 +248,49 @@ impl Connection {
         self.pull_outbound(now, broker);
     }
 
+    /// Processes frames decoded elsewhere (a QUIC channel stream), as if they had arrived on
+    /// the connection's own byte stream.
+    pub fn handle_frames(
+        &mut self,
+        now: Instant,
+        frames: impl IntoIterator<Item = Frame>,
+        broker: &mut Broker,
+    ) {
+        self.now = now;
+        self.last_recv = now;
+        for frame in frames {
+            if self.state == State::Closed {
+                break;
+            }
+            self.handle_frame(now, frame, broker);
+        }
+        self.pull_outbound(now, broker);
+    }
+
+    /// Closes the connection for bytes that did not decode on another stream of it.
+    pub fn handle_codec_error(&mut self, now: Instant, e: warren_codec::CodecError, broker: &mut Broker) {
+        let err = AmqpError::new(e.reply_code(), e);
+        self.fail(now, err, broker);
+    }
+
+    /// Closes the channels a vanished QUIC channel stream carried, as channel.close would,
+    /// without a reply (there is no stream left to send it on).
+    pub fn drop_channels(&mut self, channels: &[u16], broker: &mut Broker) {
+        let Some(id) = self.id else {
+            return;
+        };
+        for ch in channels {
+            if self.channels.remove(ch).is_some() {
+                broker.drop_channel(id, *ch);
+            }
+        }
+    }
+
+    /// The negotiated frame-max, for decoding frames that arrive on other streams.
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
     /// Encodes what the broker queued for this connection.
     pub fn pull_outbound(&mut self, now: Instant, broker: &mut Broker) {
         self.now = now;
@@ -261,22 +304,26 @@ impl Connection {
             return;
         }
         for item in items.drain(..) {
-            match item {
-                Outgoing::Method { channel, method } => {
-                    Frame::Method { channel, method }.encode(&mut self.output)
-                }
-                Outgoing::Content { channel, method, message } => encode_content(
-                    &mut self.output,
-                    channel,
-                    method,
-                    &message.properties,
-                    &message.body,
-                    self.frame_max,
-                ),
-            }
+            self.encode_outgoing(item);
         }
         self.scratch = items;
         self.mark_sent();
+    }
+
+    fn encode_outgoing(&mut self, item: Outgoing) {
+        match item {
+            Outgoing::Method { channel, method } => {
+                Frame::Method { channel, method }.encode(&mut self.output)
+            }
+            Outgoing::Content { channel, method, message } => encode_content(
+                &mut self.output,
+                channel,
+                method,
+                &message.properties,
+                &message.body,
+                self.frame_max,
+            ),
+        }
     }
 
     /// The socket reached end of file or failed: forget the connection.
@@ -578,20 +625,25 @@ impl Connection {
             (Phase::AwaitingHeader(_), _) => {
                 let e = AmqpError::new(
                     UNEXPECTED_FRAME,
-                    "expected content header for class 60, got non content header frame instead",
+                    format!("expected content header for class 60 on channel {channel}, got another frame"),
                 );
                 self.fail(now, e, broker);
             }
-            (Phase::AwaitingBody(_), _) => {
-                let e = AmqpError::new(
-                    UNEXPECTED_FRAME,
-                    "expected content body, got non content body frame instead",
+            (Phase::AwaitingBody(a), other) => {
+                let text = format!(
+                    "expected a content body frame on channel {channel} ({} of {} octets received), got {}",
+                    a.received,
+                    a.header.body_size,
+                    describe(&other)
                 );
+                let e = AmqpError::new(UNEXPECTED_FRAME, text);
                 self.fail(now, e, broker);
             }
             (Phase::Idle, _) => {
-                let e =
-                    AmqpError::new(UNEXPECTED_FRAME, "expected method frame, got non method frame instead");
+                let e = AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    format!("expected a method frame on channel {channel}, got a content frame"),
+                );
                 self.fail(now, e, broker);
             }
         }
@@ -733,6 +785,16 @@ impl Connection {
 /// The reply-code name for logs, e.g. `NOT_FOUND`.
 pub fn code_name(code: u16) -> &'static str {
     reply_code::name(code)
+}
+
+/// A frame in a few words, for error texts.
+fn describe(f: &Frame) -> String {
+    match f {
+        Frame::Method { method, .. } => method.name().to_string(),
+        Frame::Header { header, .. } => format!("a content header ({} octets)", header.body_size),
+        Frame::Body { payload, .. } => format!("a body frame ({} octets)", payload.len()),
+        Frame::Heartbeat { .. } => "a heartbeat".into(),
+    }
 }
 
 fn join(parts: Vec<Bytes>) -> Bytes {
