@@ -1,4 +1,4 @@
-//! A minimal AMQP 0-9-1 client over QUIC, built from `warren-codec` frames: the handshake, a
+//! A minimal AMQP 0-9-1 client over any byte stream (TCP, TLS, QUIC), built from `warren-codec` frames: the handshake, a
 //! channel, declare, publish, get and consume. [`AmqpOverQuic::open`] makes one AMQP
 //! connection on its own stream (several can share one QUIC connection);
 //! [`AmqpOverQuic::open_channel_stream`] adds a stream that carries one more channel of that
@@ -6,22 +6,55 @@
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warren_codec::*;
 
-/// A QUIC stream carrying AMQP frames for one open channel: either an AMQP connection's own
-/// stream (channel 1) or one of its channel streams.
-pub struct AmqpOverQuic {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+/// An AMQP client on any byte stream (TCP, TLS, a QUIC stream) with one open channel.
+pub struct AmqpClient<R, W> {
+    send: W,
+    recv: R,
     buf: BytesMut,
     channel: u16,
 }
+
+/// The client on a QUIC stream: either an AMQP connection's own stream (channel 1) or one of
+/// its channel streams.
+pub type AmqpOverQuic = AmqpClient<quinn::RecvStream, quinn::SendStream>;
 
 impl AmqpOverQuic {
     /// Opens a stream on `conn`, logs in as `user`/`password` with PLAIN, opens channel 1.
     pub async fn open(conn: &quinn::Connection, user: &str, password: &str) -> anyhow::Result<Self> {
         let (send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
-        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new(), channel: 1 };
+        AmqpClient::handshake(recv, send, user, password).await
+    }
+
+    /// The id of this stream, which channel streams of this AMQP connection name.
+    pub fn stream_id(&self) -> u64 {
+        u64::from(self.send.id())
+    }
+
+    /// Opens another stream on `conn` for channel `channel` of this AMQP connection.
+    pub async fn open_channel_stream(&self, conn: &quinn::Connection, channel: u16) -> anyhow::Result<Self> {
+        let (mut send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
+        send.write_all(warren::channel_streams::PREAMBLE).await?;
+        send.write_all(&self.stream_id().to_be_bytes()).await?;
+        let mut c = AmqpClient { send, recv, buf: BytesMut::new(), channel };
+        c.send_method(channel, ChannelOpen::default()).await?;
+        let Method::ChannelOpenOk(_) = c.method().await? else { bail!("expected channel.open-ok") };
+        Ok(c)
+    }
+
+    /// Ends this stream without an AMQP close (a channel stream: its channels are released).
+    pub fn close_stream(mut self) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AmqpClient<R, W> {
+    /// Logs in on a fresh byte stream as `user`/`password` with PLAIN and opens channel 1.
+    pub async fn handshake(recv: R, send: W, user: &str, password: &str) -> anyhow::Result<Self> {
+        let mut c = AmqpClient { send, recv, buf: BytesMut::new(), channel: 1 };
         c.send.write_all(PROTOCOL_HEADER).await?;
         let Method::ConnectionStart(_) = c.method().await? else { bail!("expected connection.start") };
         let response = Bytes::from(format!("\0{user}\0{password}"));
@@ -44,22 +77,6 @@ impl AmqpOverQuic {
         c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await?;
         let Method::ConnectionOpenOk(_) = c.method().await? else { bail!("expected connection.open-ok") };
         c.send_method(1, ChannelOpen::default()).await?;
-        let Method::ChannelOpenOk(_) = c.method().await? else { bail!("expected channel.open-ok") };
-        Ok(c)
-    }
-
-    /// The id of this stream, which channel streams of this AMQP connection name.
-    pub fn stream_id(&self) -> u64 {
-        u64::from(self.send.id())
-    }
-
-    /// Opens another stream on `conn` for channel `channel` of this AMQP connection.
-    pub async fn open_channel_stream(&self, conn: &quinn::Connection, channel: u16) -> anyhow::Result<Self> {
-        let (mut send, recv) = conn.open_bi().await.context("open a QUIC stream")?;
-        send.write_all(warren::channel_streams::PREAMBLE).await?;
-        send.write_all(&self.stream_id().to_be_bytes()).await?;
-        let mut c = AmqpOverQuic { send, recv, buf: BytesMut::new(), channel };
-        c.send_method(channel, ChannelOpen::default()).await?;
         let Method::ChannelOpenOk(_) = c.method().await? else { bail!("expected channel.open-ok") };
         Ok(c)
     }
@@ -102,6 +119,7 @@ impl AmqpOverQuic {
             131_072,
         );
         self.send.write_all(&out).await?;
+        self.send.flush().await?;
         Ok(())
     }
 
@@ -134,12 +152,6 @@ impl AmqpOverQuic {
         self.channel = channel;
     }
 
-    /// Ends this stream without an AMQP close (a channel stream: its channels are released).
-    pub fn close_stream(mut self) {
-        let _ = self.send.finish();
-        let _ = self.recv.stop(0u32.into());
-    }
-
     /// Closes the AMQP connection and finishes the stream.
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.send_method(
@@ -148,7 +160,7 @@ impl AmqpOverQuic {
         )
         .await?;
         let _ = self.method().await;
-        self.send.finish()?;
+        self.send.shutdown().await?;
         Ok(())
     }
 
@@ -156,6 +168,7 @@ impl AmqpOverQuic {
         let mut out = BytesMut::new();
         Frame::method(channel, m).encode(&mut out);
         self.send.write_all(&out).await?;
+        self.send.flush().await?;
         Ok(())
     }
 
@@ -164,10 +177,8 @@ impl AmqpOverQuic {
             if let Some(f) = decode_frame(&mut self.buf, 0)? {
                 return Ok(f);
             }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.recv.read(&mut chunk).await? {
-                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
-                None => bail!("the broker closed the stream"),
+            if self.recv.read_buf(&mut self.buf).await? == 0 {
+                bail!("the broker closed the stream");
             }
         }
     }

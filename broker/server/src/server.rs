@@ -462,7 +462,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(streams) = channel_streams.as_mut() {
                 out = streams.route(out);
             }
-            if let Err(e) = stream.write_all(&out).await {
+            // Flush too: a TLS stream may hold records back after accepting the bytes.
+            let written = match stream.write_all(&out).await {
+                Ok(()) => stream.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 debug!(%peer, error = %e, "write failed");
                 let mut s = lock(&shared);
                 conn.handle_eof(&mut s.broker);

@@ -147,3 +147,37 @@ fn missing_certificate_files_are_named() {
     let e = warren::tls::server_config(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("/nonexistent/cert.pem"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_deliveries_over_tls_all_arrive() {
+    // Enough traffic to fill socket buffers, where a TLS stream holds records until flushed.
+    use futures_lite::StreamExt;
+    let pki = Pki::new();
+    let b = tls_broker(&pki, false).await;
+    let conn = connect(&b, &pki, None, "").await.expect("TLS connection");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("tls-many".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    for _ in 0..20_000 {
+        ch.basic_publish(
+            "".into(),
+            "tls-many".into(),
+            BasicPublishOptions::default(),
+            &[b'x'; 64],
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut consumer =
+        ch.basic_consume("tls-many".into(), "".into(), opts, FieldTable::default()).await.expect("consume");
+    let all = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        for _ in 0..20_000 {
+            consumer.next().await.expect("delivery").expect("ok");
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "deliveries stalled over TLS");
+}
