@@ -18,6 +18,21 @@ struct Raw {
 }
 
 impl Raw {
+    /// Connects, sends the protocol header and a PLAIN start-ok with `response`.
+    async fn login(addr: SocketAddr, response: &'static [u8]) -> Raw {
+        let mut r = Raw::connect(addr).await;
+        r.send(PROTOCOL_HEADER).await;
+        assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+        let start_ok = ConnectionStartOk {
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(response),
+            locale: "en_US".into(),
+            ..Default::default()
+        };
+        r.send_method(0, start_ok).await;
+        r
+    }
+
     async fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
         Raw { stream, buf: BytesMut::new() }
@@ -25,19 +40,7 @@ impl Raw {
 
     /// Connects and completes the handshake, asking for `frame_max` and `heartbeat`.
     async fn open_with(addr: SocketAddr, frame_max: u32, heartbeat: u16) -> Raw {
-        let mut r = Raw::connect(addr).await;
-        r.send(PROTOCOL_HEADER).await;
-        assert!(matches!(r.method().await, Method::ConnectionStart(_)));
-        r.send_method(
-            0,
-            ConnectionStartOk {
-                mechanism: "PLAIN".into(),
-                response: Bytes::from_static(b"\0guest\0guest"),
-                locale: "en_US".into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let mut r = Raw::login(addr, b"\0guest\0guest").await;
         let Method::ConnectionTune(tune) = r.method().await else { panic!("expected tune") };
         assert_eq!((tune.frame_max, tune.channel_max, tune.heartbeat), (131_072, 2047, 60));
         r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max, heartbeat }).await;
@@ -299,18 +302,7 @@ async fn after_a_channel_error_frames_are_discarded_until_close_ok() {
 #[tokio::test]
 async fn wrong_credentials_get_403_during_the_handshake() {
     let b = TestBroker::start().await;
-    let mut r = Raw::connect(b.addr).await;
-    r.send(PROTOCOL_HEADER).await;
-    assert!(matches!(r.method().await, Method::ConnectionStart(_)));
-    r.send_method(
-        0,
-        ConnectionStartOk {
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0bad"),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut r = Raw::login(b.addr, b"\0guest\0bad").await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::ACCESS_REFUSED);
     assert!(c.reply_text.starts_with("ACCESS_REFUSED - Login was refused"), "{}", c.reply_text);
@@ -319,18 +311,7 @@ async fn wrong_credentials_get_403_during_the_handshake() {
 #[tokio::test]
 async fn tune_ok_above_the_servers_limits_is_refused() {
     let b = TestBroker::start().await;
-    let mut r = Raw::connect(b.addr).await;
-    r.send(PROTOCOL_HEADER).await;
-    r.method().await;
-    r.send_method(
-        0,
-        ConnectionStartOk {
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut r = Raw::login(b.addr, b"\0guest\0guest").await;
     r.method().await;
     r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 1 << 20, heartbeat: 0 }).await;
     let c = r.expect_connection_close().await;
@@ -340,18 +321,7 @@ async fn tune_ok_above_the_servers_limits_is_refused() {
 #[tokio::test]
 async fn unknown_vhost_is_not_allowed() {
     let b = TestBroker::start().await;
-    let mut r = Raw::connect(b.addr).await;
-    r.send(PROTOCOL_HEADER).await;
-    r.method().await;
-    r.send_method(
-        0,
-        ConnectionStartOk {
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut r = Raw::login(b.addr, b"\0guest\0guest").await;
     r.method().await;
     r.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 0, heartbeat: 0 }).await;
     r.send_method(0, ConnectionOpen { virtual_host: "/other".into(), ..Default::default() }).await;

@@ -233,6 +233,14 @@ impl Broker {
         Ok(Destination::Exchange(Arc::from(name)))
     }
 
+    /// An exchange as a binding's source: it must exist and not be the default exchange.
+    fn source_exchange(&mut self, name: &str) -> Result<&mut Exchange, AmqpError> {
+        if is_default(name) {
+            return Err(default_refused());
+        }
+        self.exchanges.get_mut(name).ok_or_else(|| no_exchange(name))
+    }
+
     fn bind(
         &mut self,
         source: &str,
@@ -240,10 +248,7 @@ impl Broker {
         key: String,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
-        if is_default(source) {
-            return Err(default_refused());
-        }
-        let x = self.exchanges.get_mut(source).ok_or_else(|| no_exchange(source))?;
+        let x = self.source_exchange(source)?;
         x.router.validate_binding(&key, &arguments)?;
         let b = Binding { destination, key, arguments };
         let id = BindingId::of(&b);
@@ -261,10 +266,7 @@ impl Broker {
         key: String,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
-        if is_default(source) {
-            return Err(default_refused());
-        }
-        let x = self.exchanges.get_mut(source).ok_or_else(|| no_exchange(source))?;
+        let x = self.source_exchange(source)?;
         // Unbinding what is not bound succeeds, as in RabbitMQ.
         let id = BindingId::of(&Binding { destination, key, arguments });
         if let Some(b) = x.bindings.remove(&id) {
