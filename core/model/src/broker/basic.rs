@@ -53,7 +53,8 @@ impl Broker {
         mut properties: BasicProperties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let destinations = self.route(&m.exchange, &m.routing_key, &properties)?;
+        // `publish` checked the exchange; a transaction re-checks existence here at commit.
+        let destinations = self.route_from(&m.exchange, &m.routing_key, &properties)?;
         self.stats.received += 1;
         match (destinations.is_empty(), m.mandatory) {
             (false, _) => self.stats.routed += 1,

@@ -327,18 +327,8 @@ impl Broker {
 
     /// The queues a message published to `exchange` reaches. Follows exchange-to-exchange
     /// bindings and alternate exchanges, visiting each exchange at most once so cycles end,
-    /// and routes on the routing key plus any `CC` and `BCC` header keys.
-    pub(super) fn route(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        properties: &BasicProperties,
-    ) -> Result<Vec<Arc<str>>, AmqpError> {
-        self.check_publish_target(exchange)?;
-        self.route_from(exchange, routing_key, properties)
-    }
-
-    /// Routing without the publish checks: dead letters may go through internal exchanges.
+    /// and routes on the routing key plus any `CC` and `BCC` header keys. Publish permission
+    /// (internal exchanges) is checked by the caller; dead letters may pass internal exchanges.
     pub(super) fn route_from(
         &self,
         exchange: &str,
