@@ -81,6 +81,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AmqpClient<R, W> {
         Ok(c)
     }
 
+    /// Opens channel `channel` on this same stream and makes it the one this client uses.
+    pub async fn open_channel(&mut self, channel: u16) -> anyhow::Result<()> {
+        self.send_method(channel, ChannelOpen::default()).await?;
+        let Method::ChannelOpenOk(_) = self.method().await? else { bail!("expected channel.open-ok") };
+        self.channel = channel;
+        Ok(())
+    }
+
     /// Starts an auto-ack consumer on `queue`; deliveries come from [`AmqpOverQuic::next_delivery`].
     pub async fn consume(&mut self, queue: &str) -> anyhow::Result<()> {
         let m = BasicConsume { queue: queue.into(), no_ack: true, ..Default::default() };
@@ -164,7 +172,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AmqpClient<R, W> {
         Ok(())
     }
 
-    async fn send_method(&mut self, channel: u16, m: impl Into<Method>) -> anyhow::Result<()> {
+    /// Sends one method frame on `channel`.
+    pub async fn send_method(&mut self, channel: u16, m: impl Into<Method>) -> anyhow::Result<()> {
         let mut out = BytesMut::new();
         Frame::method(channel, m).encode(&mut out);
         self.send.write_all(&out).await?;
@@ -172,7 +181,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AmqpClient<R, W> {
         Ok(())
     }
 
-    async fn frame(&mut self) -> anyhow::Result<Frame> {
+    /// The next frame from the broker, whatever its channel.
+    pub async fn frame(&mut self) -> anyhow::Result<Frame> {
         loop {
             if let Some(f) = decode_frame(&mut self.buf, 0)? {
                 return Ok(f);

@@ -110,6 +110,91 @@ async fn run_all(label: &str) {
         AmqpOverQuic::open(&conn, "guest", "guest").await,
     );
     report("QUIC", p.expect("producer"), c.expect("consumer")).await;
+
+    println!("\n{label}: latency on one channel while another channel of the same connection drains a");
+    println!("{HOL_BACKLOG} x 64 KiB backlog (median of {HOL_ROUNDS} rounds)");
+    println!("TCP, both channels on one connection:    {:>8.1} ms", hol_tcp(tcp).await);
+    println!("QUIC, each channel on its own stream:    {:>8.1} ms", hol_quic(&conn).await);
+}
+
+const HOL_BACKLOG: usize = 256;
+const HOL_ROUNDS: usize = 5;
+
+/// Publishes the backlog to `hol-bulk` then one probe to `hol-probe`; returns when it was sent.
+async fn publish_backlog_then_probe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    p: &mut AmqpClient<R, W>,
+) -> Instant {
+    let bulk = vec![b'b'; 64 * 1024];
+    for _ in 0..HOL_BACKLOG {
+        p.publish("hol-bulk", &bulk).await.expect("publish");
+    }
+    let sent = Instant::now();
+    p.publish("hol-probe", b"probe").await.expect("publish");
+    sent
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// TCP: channels 2 (bulk) and 3 (probe) share the one byte stream, so the probe waits for every
+/// backlog byte queued before it.
+async fn hol_tcp(addr: SocketAddr) -> f64 {
+    let mut producer = tcp_client(addr).await;
+    let mut c = tcp_client(addr).await;
+    for q in ["hol-bulk", "hol-probe"] {
+        c.declare(q).await.expect("declare");
+    }
+    c.open_channel(2).await.expect("channel 2");
+    c.consume("hol-bulk").await.expect("consume");
+    c.open_channel(3).await.expect("channel 3");
+    c.consume("hol-probe").await.expect("consume");
+    let mut rounds = Vec::new();
+    for _ in 0..HOL_ROUNDS {
+        let sent = publish_backlog_then_probe(&mut producer).await;
+        let mut bulk_seen = 0;
+        let mut probe_at = None;
+        while bulk_seen < HOL_BACKLOG || probe_at.is_none() {
+            if let warren_codec::Frame::Method { channel, method: warren_codec::Method::BasicDeliver(_) } =
+                c.frame().await.expect("frame")
+            {
+                match channel {
+                    3 => probe_at = Some(sent.elapsed()),
+                    _ => bulk_seen += 1,
+                }
+            }
+        }
+        rounds.push(probe_at.unwrap_or_default().as_secs_f64() * 1000.0);
+    }
+    median(rounds)
+}
+
+/// QUIC: channel 2 (bulk) and channel 3 (probe) on their own streams of one AMQP connection; a
+/// task drains the bulk stream while the probe is read from its own.
+async fn hol_quic(conn: &quinn::Connection) -> f64 {
+    let mut producer = AmqpOverQuic::open(conn, "guest", "guest").await.expect("producer");
+    let mut control = AmqpOverQuic::open(conn, "guest", "guest").await.expect("consumer");
+    for q in ["hol-bulk", "hol-probe"] {
+        control.declare(q).await.expect("declare");
+    }
+    let mut bulk = control.open_channel_stream(conn, 2).await.expect("bulk stream");
+    bulk.consume("hol-bulk").await.expect("consume");
+    let mut probe = control.open_channel_stream(conn, 3).await.expect("probe stream");
+    probe.consume("hol-probe").await.expect("consume");
+    let drain = tokio::spawn(async move {
+        for _ in 0..HOL_BACKLOG * HOL_ROUNDS {
+            bulk.next_delivery().await.expect("bulk");
+        }
+    });
+    let mut rounds = Vec::new();
+    for _ in 0..HOL_ROUNDS {
+        let sent = publish_backlog_then_probe(&mut producer).await;
+        probe.next_delivery().await.expect("probe");
+        rounds.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = drain.await;
+    median(rounds)
 }
 
 fn self_signed(dir: &Path) -> PathBuf {
