@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
         return warren::bridge::run(listener, to, ca).await;
     }
     let settings = Settings::load(&cli)?;
+    let shutdown = shutdown_signal()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match settings.log_format {
@@ -43,22 +44,21 @@ async fn main() -> anyhow::Result<()> {
         info!(%addr, "listening for the management HTTP API");
     }
     info!(data_dir = %settings.data_dir.display(), "data directory");
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed now, not when
+/// the future is first polled, so a signal during start-up still stops the broker cleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

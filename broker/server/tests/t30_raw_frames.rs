@@ -300,6 +300,17 @@ async fn after_a_channel_error_frames_are_discarded_until_close_ok() {
 }
 
 #[tokio::test]
+async fn an_unknown_delivery_tag_closes_the_channel_with_406() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, BasicAck { delivery_tag: 99, multiple: false }).await;
+    let Method::ChannelClose(c) = r.method().await else { panic!("expected channel.close") };
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (406, 60, 80));
+    assert_eq!(c.reply_text, "PRECONDITION_FAILED - unknown delivery tag 99");
+}
+
+#[tokio::test]
 async fn wrong_credentials_get_403_during_the_handshake() {
     let b = TestBroker::start().await;
     let mut r = Raw::login(b.addr, b"\0guest\0bad").await;
