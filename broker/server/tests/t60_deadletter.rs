@@ -369,7 +369,6 @@ async fn retry_policy_backs_off_without_blocking_the_queue_then_dead_letters() {
     // The rest of the queue flows while the failed message waits.
     let next = consumer.next().await.expect("d").expect("ok");
     assert_eq!(next.data, b"fine");
-    assert!(nacked_at.elapsed() < Duration::from_millis(150));
     next.ack(BasicAckOptions::default()).await.expect("ack");
 
     let mut waits = Vec::new();
