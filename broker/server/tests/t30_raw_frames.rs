@@ -206,7 +206,8 @@ async fn method_on_a_channel_never_opened_is_channel_error() {
     let mut r = Raw::open(b.addr).await;
     r.send_method(5, QueueDeclare { queue: "q".into(), ..Default::default() }).await;
     let c = r.expect_connection_close().await;
-    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 0, 0), "{c:?}");
+    // Attributed to the method that arrived, as RabbitMQ does.
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::CHANNEL_ERROR, 50, 10), "{c:?}");
     still_serving(b.addr).await;
 }
 
@@ -273,14 +274,15 @@ async fn a_method_in_the_middle_of_content_is_unexpected_frame() {
     r.send_method(1, BasicPublish { routing_key: "x".into(), ..Default::default() }).await;
     r.send_method(1, BasicQos::default()).await;
     let c = r.expect_connection_close().await;
-    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
+    assert_eq!((c.reply_code, c.class_id, c.method_id), (reply_code::UNEXPECTED_FRAME, 60, 40), "{c:?}");
 }
 
 #[tokio::test]
-async fn heartbeat_on_a_channel_is_frame_error() {
+async fn heartbeat_on_a_channel_is_unexpected_frame() {
+    // RabbitMQ 3.10 answers 505 here (checked against it), not 501.
     let b = TestBroker::start().await;
     let c = close_code_after(b.addr, &raw_frame(8, 1, &[], FRAME_END).await).await;
-    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use warren_codec::reply_code::{
-    self, ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
+    self, ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, NOT_ALLOWED,
     PRECONDITION_FAILED, REPLY_SUCCESS, UNEXPECTED_FRAME,
 };
 use warren_codec::{
@@ -544,7 +544,8 @@ impl Connection {
         let channel = frame.channel();
         if let Frame::Heartbeat { channel } = frame {
             if channel != 0 {
-                let e = AmqpError::new(FRAME_ERROR, format!("heartbeat frame on channel {channel}"));
+                // RabbitMQ answers this with unexpected_frame, not frame_error.
+                let e = AmqpError::new(UNEXPECTED_FRAME, format!("heartbeat frame on channel {channel}"));
                 self.fail(now, e, broker);
             }
             return;
@@ -568,8 +569,12 @@ impl Connection {
                     self.channels.insert(channel, Phase::Idle);
                     broker.open_channel(id, channel);
                 }
-                _ => {
+                other => {
                     let e = AmqpError::new(CHANNEL_ERROR, "expected 'channel.open'");
+                    let e = match &other {
+                        Frame::Method { method, .. } => e.on(method),
+                        _ => e,
+                    };
                     self.fail(now, e, broker)
                 }
             };
@@ -622,11 +627,13 @@ impl Connection {
                 let body = join(a.parts);
                 self.complete_publish(now, channel, a.publish, a.header, body, broker);
             }
-            (Phase::AwaitingHeader(_), _) => {
-                let e = AmqpError::new(
-                    UNEXPECTED_FRAME,
-                    format!("expected content header for class 60 on channel {channel}, got another frame"),
+            (Phase::AwaitingHeader(_), other) => {
+                let text = format!(
+                    "expected content header for class 60 on channel {channel}, got {}",
+                    describe(&other)
                 );
+                // Attributed to basic.publish, as RabbitMQ does.
+                let e = AmqpError { class_id: 60, method_id: 40, ..AmqpError::new(UNEXPECTED_FRAME, text) };
                 self.fail(now, e, broker);
             }
             (Phase::AwaitingBody(a), other) => {
