@@ -42,9 +42,27 @@ pub enum CodecError {
     /// A method payload had bytes left over after its last field.
     #[error("{0} trailing bytes after method fields")]
     TrailingBytes(usize),
+    /// The fields of a known method did not decode.
+    #[error("cannot decode the fields of method {class_id}/{method_id}: {reason}")]
+    MethodFields {
+        /// The method's class id.
+        class_id: u16,
+        /// The method's id.
+        method_id: u16,
+        /// What went wrong in the fields.
+        reason: Box<CodecError>,
+    },
 }
 
 impl CodecError {
+    /// The (class id, method id) of the method whose fields failed, when known.
+    pub fn method_ids(&self) -> Option<(u16, u16)> {
+        match self {
+            CodecError::MethodFields { class_id, method_id, .. } => Some((*class_id, *method_id)),
+            _ => None,
+        }
+    }
+
     /// The connection.close reply code RabbitMQ uses for this error.
     pub fn reply_code(&self) -> ReplyCode {
         match self {
@@ -55,7 +73,8 @@ impl CodecError {
             | CodecError::Truncated(_)
             | CodecError::UnknownFieldType(_)
             | CodecError::BadUtf8
-            | CodecError::TrailingBytes(_) => reply_code::FRAME_ERROR,
+            | CodecError::TrailingBytes(_)
+            | CodecError::MethodFields { .. } => reply_code::FRAME_ERROR,
             CodecError::UnknownMethod { .. } => reply_code::COMMAND_INVALID,
             CodecError::BadContentClass(_) => reply_code::UNEXPECTED_FRAME,
         }

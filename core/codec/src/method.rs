@@ -176,13 +176,14 @@ macro_rules! methods {
                 let mut r = Reader::new(payload);
                 let class_id = r.u16()?;
                 let method_id = r.u16()?;
+                let in_method = |e: CodecError| CodecError::MethodFields { class_id, method_id, reason: Box::new(e) };
                 let m = match (class_id, method_id) {
                     $( ($class, $id) => Method::$Variant($Variant {
-                        $( $field: Field::take(&mut r)?, )*
+                        $( $field: Field::take(&mut r).map_err(in_method)?, )*
                     }), )*
                     _ => return Err(CodecError::UnknownMethod { class_id, method_id }),
                 };
-                r.finish()?;
+                r.finish().map_err(in_method)?;
                 Ok(m)
             }
         }
@@ -321,6 +322,10 @@ mod tests {
         let r = Method::decode(Bytes::from_static(&[0, 60, 0, 99]));
         assert_eq!(r, Err(CodecError::UnknownMethod { class_id: 60, method_id: 99 }));
         let r = Method::decode(Bytes::from_static(&[0, 10, 0, 51, 7]));
-        assert_eq!(r, Err(CodecError::TrailingBytes(1)));
+        let e = r.expect_err("trailing byte");
+        assert_eq!(e.method_ids(), Some((10, 51)));
+        assert!(
+            matches!(e, CodecError::MethodFields { reason, .. } if *reason == CodecError::TrailingBytes(1))
+        );
     }
 }

@@ -238,8 +238,7 @@ impl Connection {
                         // Past a framing error the stream has no frame boundaries left to
                         // trust: drop what is buffered and close.
                         self.input.clear();
-                        let err = AmqpError::new(e.reply_code(), e);
-                        self.fail(now, err, broker);
+                        self.fail(now, codec_error(e), broker);
                         break;
                     }
                 },
@@ -269,7 +268,7 @@ impl Connection {
 
     /// Closes the connection for bytes that did not decode on another stream of it.
     pub fn handle_codec_error(&mut self, now: Instant, e: warren_codec::CodecError, broker: &mut Broker) {
-        let err = AmqpError::new(e.reply_code(), e);
+        let err = codec_error(e);
         self.fail(now, err, broker);
     }
 
@@ -792,6 +791,12 @@ impl Connection {
 /// The reply-code name for logs, e.g. `NOT_FOUND`.
 pub fn code_name(code: u16) -> &'static str {
     reply_code::name(code)
+}
+
+/// The connection error for bytes that did not decode, naming the method when known.
+fn codec_error(e: warren_codec::CodecError) -> AmqpError {
+    let (class_id, method_id) = e.method_ids().unwrap_or((0, 0));
+    AmqpError { class_id, method_id, ..AmqpError::new(e.reply_code(), e) }
 }
 
 /// A frame in a few words, for error texts.
