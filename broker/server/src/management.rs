@@ -27,28 +27,25 @@ pub fn router(shared: SharedRef) -> Router {
 }
 
 async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {
-    let s = lock(&shared);
-    let targets = s.broker.dead_letter_targets();
-    let mut queues: Vec<Value> = s
-        .broker
-        .queues()
+    let snapshots = crate::metrics::queue_snapshots(&lock(&shared).broker);
+    let mut queues: Vec<Value> = snapshots
+        .iter()
         .map(|q| {
             let dead: serde_json::Map<String, Value> = Reason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), json!(q.dead_lettered[*r as usize])))
                 .collect();
-            let (_, unacked, _) = s.broker.queue_counts(&q.name).unwrap_or_default();
             json!({
                 "vhost": "/",
                 "name": q.name,
-                "durable": q.spec.durable,
-                "messages_ready": q.len(),
-                "messages_unacknowledged": unacked,
-                "message_bytes_ready": q.bytes(),
-                "consumers": q.consumers.len(),
+                "durable": q.durable,
+                "messages_ready": q.ready,
+                "messages_unacknowledged": q.unacked,
+                "message_bytes_ready": q.bytes,
+                "consumers": q.consumers,
                 "retry_delayed": q.delayed,
                 "dead_lettered": dead,
-                "dead_letter_target": targets.contains(&q.name),
+                "dead_letter_target": q.dead_letter_target,
             })
         })
         .collect();

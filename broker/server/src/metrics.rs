@@ -16,18 +16,41 @@ use crate::server::{SharedRef, lock};
 
 const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target"];
 
-/// One queue's numbers, copied out under the lock.
-struct QueueSnapshot {
-    name: String,
-    dead_letter_target: bool,
-    ready: usize,
-    unacked: usize,
-    bytes: u64,
-    consumers: usize,
-    delayed: usize,
-    head_ms: Option<u64>,
-    stats: QueueStats,
-    dead_lettered: [u64; 4],
+/// One queue's numbers, copied out under the lock (for metrics and the management API).
+pub(crate) struct QueueSnapshot {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) dead_letter_target: bool,
+    pub(crate) ready: usize,
+    pub(crate) unacked: usize,
+    pub(crate) bytes: u64,
+    pub(crate) consumers: usize,
+    pub(crate) delayed: usize,
+    pub(crate) head_ms: Option<u64>,
+    pub(crate) stats: QueueStats,
+    pub(crate) dead_lettered: [u64; 4],
+}
+
+/// Every queue's numbers in one pass over the broker: one walk of the unacked deliveries and
+/// of the dead-letter graph, not one per queue.
+pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
+    let targets = b.dead_letter_targets();
+    let unacked = b.unacked_by_queue();
+    b.queues()
+        .map(|q| QueueSnapshot {
+            name: q.name.clone(),
+            durable: q.spec.durable,
+            dead_letter_target: targets.contains(&q.name),
+            ready: q.len(),
+            unacked: unacked.get(&q.id).copied().unwrap_or(0),
+            bytes: q.bytes(),
+            consumers: q.consumers.len(),
+            delayed: q.delayed,
+            head_ms: q.head().map(|m| m.enqueued_ms),
+            stats: q.stats,
+            dead_lettered: q.dead_lettered,
+        })
+        .collect()
 }
 
 /// Reads the broker at scrape time.
@@ -59,23 +82,7 @@ impl BrokerCollector {
     fn snapshot(&self) -> (Vec<QueueSnapshot>, GlobalStats, (usize, usize)) {
         let s = lock(&self.shared);
         let b = &s.broker;
-        let targets = b.dead_letter_targets();
-        let unacked = b.unacked_by_queue();
-        let queues = b
-            .queues()
-            .map(|q| QueueSnapshot {
-                name: q.name.clone(),
-                dead_letter_target: targets.contains(&q.name),
-                ready: q.len(),
-                unacked: unacked.get(&q.id).copied().unwrap_or(0),
-                bytes: q.bytes(),
-                consumers: q.consumers.len(),
-                delayed: q.delayed,
-                head_ms: q.head().map(|m| m.enqueued_ms),
-                stats: q.stats,
-                dead_lettered: q.dead_lettered,
-            })
-            .collect();
+        let queues = queue_snapshots(b);
         (queues, *b.stats(), b.open_counts())
     }
 }

@@ -309,6 +309,13 @@ impl Broker {
         self.sessions.len()
     }
 
+    /// Sends a method's -ok reply unless the client asked for no-wait.
+    fn reply(&mut self, conn: ConnId, channel: u16, no_wait: bool, method: impl Into<Method>) {
+        if !no_wait {
+            self.send(conn, channel, method);
+        }
+    }
+
     fn send(&mut self, conn: ConnId, channel: u16, method: impl Into<Method>) {
         self.push(conn, Outgoing::Method { channel, method: method.into() });
     }

@@ -82,9 +82,11 @@ impl Broker {
             let out = Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() };
             self.push(conn, out);
         }
+        // Validated in `publish`; parsed once here for every destination.
+        let own_ttl = message_ttl(&message.properties).ok().flatten();
         let mut refused = false;
         for name in destinations {
-            refused |= self.offer(&name, message.clone()) == Offer::Refused;
+            refused |= self.offer(&name, message.clone(), own_ttl) == Offer::Refused;
         }
         if let Some(delivery_tag) = confirm {
             // A queue that refused it (x-overflow reject-publish) makes the confirm a nack.
@@ -151,9 +153,7 @@ impl Broker {
             q.had_consumer = true;
             q.last_used = self.now;
         }
-        if !m.no_wait {
-            self.send(conn, ch, BasicConsumeOk { consumer_tag: tag });
-        }
+        self.reply(conn, ch, m.no_wait, BasicConsumeOk { consumer_tag: tag });
         self.dispatch(&m.queue);
         Ok(())
     }
@@ -161,9 +161,7 @@ impl Broker {
     pub(super) fn basic_cancel(&mut self, conn: ConnId, ch: u16, m: BasicCancel) -> Result<(), AmqpError> {
         // An unknown tag is not an error: the consumer may be gone with its queue already.
         let queue = self.channel(conn, ch).and_then(|c| c.consumers.remove(&m.consumer_tag)).map(|c| c.queue);
-        if !m.no_wait {
-            self.send(conn, ch, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });
-        }
+        self.reply(conn, ch, m.no_wait, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });
         let Some(queue) = queue else {
             return Ok(());
         };
@@ -256,9 +254,7 @@ impl Broker {
             }
             c.confirm_seq.get_or_insert(1);
         }
-        if !m.no_wait {
-            self.send(conn, ch, ConfirmSelectOk {});
-        }
+        self.reply(conn, ch, m.no_wait, ConfirmSelectOk {});
         Ok(())
     }
 

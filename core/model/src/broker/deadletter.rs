@@ -24,9 +24,10 @@ pub(super) fn message_ttl(p: &BasicProperties) -> Result<Option<u64>, AmqpError>
 }
 
 impl Broker {
-    /// Puts a routed message in `queue`, applying its TTL and length limits, and hands it
-    /// to a consumer if one is ready.
-    pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>) -> Offer {
+    /// Puts a routed message in `queue`, applying its TTL (`own_ttl` is the message's
+    /// `expiration`, parsed once by the caller for all its queues) and length limits, and hands
+    /// it to a consumer if one is ready.
+    pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>, own_ttl: Option<u64>) -> Offer {
         let now = self.now;
         let Some(q) = self.queues.get_mut(queue) else {
             return Offer::Accepted;
@@ -43,9 +44,8 @@ impl Broker {
                 }
             }
         }
-        // The shorter of the queue's and the message's TTL (already validated at publish).
-        let own = message_ttl(&message.properties).ok().flatten();
-        let ttl = match (q.args.message_ttl, own) {
+        // The shorter of the queue's and the message's TTL.
+        let ttl = match (q.args.message_ttl, own_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -98,7 +98,7 @@ impl Broker {
         targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));
         let dead = Arc::new(dead);
         for t in targets {
-            self.offer(&t, dead.clone());
+            self.offer(&t, dead.clone(), None);
         }
     }
 }

@@ -142,9 +142,7 @@ impl Broker {
                 None => self.create_exchange(&m)?,
             }
         }
-        if !m.no_wait {
-            self.send(conn, ch, ExchangeDeclareOk {});
-        }
+        self.reply(conn, ch, m.no_wait, ExchangeDeclareOk {});
         Ok(())
     }
 
@@ -170,18 +168,14 @@ impl Broker {
             }
             self.delete_exchange(&m.exchange);
         }
-        if !m.no_wait {
-            self.send(conn, ch, ExchangeDeleteOk {});
-        }
+        self.reply(conn, ch, m.no_wait, ExchangeDeleteOk {});
         Ok(())
     }
 
     pub(super) fn queue_bind(&mut self, conn: ConnId, ch: u16, m: QueueBind) -> Result<(), AmqpError> {
         let dest = self.queue_destination(conn, &m.queue)?;
         self.bind(&m.exchange, dest, m.routing_key, m.arguments)?;
-        if !m.no_wait {
-            self.send(conn, ch, QueueBindOk {});
-        }
+        self.reply(conn, ch, m.no_wait, QueueBindOk {});
         Ok(())
     }
 
@@ -195,9 +189,7 @@ impl Broker {
     pub(super) fn exchange_bind(&mut self, conn: ConnId, ch: u16, m: ExchangeBind) -> Result<(), AmqpError> {
         let dest = self.exchange_destination(&m.destination)?;
         self.bind(&m.source, dest, m.routing_key, m.arguments)?;
-        if !m.no_wait {
-            self.send(conn, ch, ExchangeBindOk {});
-        }
+        self.reply(conn, ch, m.no_wait, ExchangeBindOk {});
         Ok(())
     }
 
@@ -209,9 +201,7 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let dest = self.exchange_destination(&m.destination)?;
         self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
-        if !m.no_wait {
-            self.send(conn, ch, ExchangeUnbindOk {});
-        }
+        self.reply(conn, ch, m.no_wait, ExchangeUnbindOk {});
         Ok(())
     }
 

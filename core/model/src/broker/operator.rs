@@ -59,7 +59,8 @@ impl Broker {
             let mut message = (*m.message).clone();
             message.exchange = String::new();
             message.routing_key = origin.clone();
-            self.offer(&origin, Arc::new(message));
+            let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
+            self.offer(&origin, Arc::new(message), own_ttl);
             report.moved += 1;
         }
         if let Some(q) = self.queues.get_mut(dlq) {

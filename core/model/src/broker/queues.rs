@@ -58,9 +58,7 @@ impl Broker {
         let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let message_count = q.purge() as u32;
-        if !m.no_wait {
-            self.send(conn, ch, QueuePurgeOk { message_count });
-        }
+        self.reply(conn, ch, m.no_wait, QueuePurgeOk { message_count });
         Ok(())
     }
 
@@ -77,9 +75,7 @@ impl Broker {
             }
             message_count = self.delete_queue(&m.queue);
         }
-        if !m.no_wait {
-            self.send(conn, ch, QueueDeleteOk { message_count });
-        }
+        self.reply(conn, ch, m.no_wait, QueueDeleteOk { message_count });
         Ok(())
     }
 
