@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use warren_codec::FieldTable;
-use warren_core::message::Message;
+use warren_core::message::{Message, QueuedMessage};
 use warren_core::queue::{Queue, QueueSpec};
 use warren_core::queue_args::QueueArgs;
 
@@ -28,6 +28,11 @@ fn message() -> Arc<Message> {
     })
 }
 
+fn push(q: &mut Queue, m: &Arc<Message>) {
+    let seq = q.allocate_seq();
+    q.push(QueuedMessage::new(seq, m.clone(), None, 0));
+}
+
 fn enqueue_dequeue(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue");
     group.throughput(Throughput::Elements(1));
@@ -35,10 +40,10 @@ fn enqueue_dequeue(c: &mut Criterion) {
     group.bench_function("push then pop (steady state, 1 000 deep)", |b| {
         let mut q = queue();
         for _ in 0..1_000 {
-            q.push(m.clone(), None, 0);
+            push(&mut q, &m);
         }
         b.iter(|| {
-            q.push(m.clone(), None, 0);
+            push(&mut q, &m);
             black_box(q.pop());
         })
     });
@@ -47,7 +52,7 @@ fn enqueue_dequeue(c: &mut Criterion) {
             || {
                 let mut q = queue();
                 for _ in 0..10_000 {
-                    q.push(m.clone(), None, 0);
+                    push(&mut q, &m);
                 }
                 let taken: Vec<_> = (0..5_000).filter_map(|_| q.pop()).collect();
                 (q, taken.into_iter().last())

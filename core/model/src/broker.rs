@@ -28,6 +28,7 @@ mod deadletter;
 mod deliver;
 mod exchanges;
 mod operator;
+mod persist;
 mod queues;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ mod tx;
 
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
+pub use persist::{ConfirmPolicy, RestoreReport};
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;
@@ -96,6 +98,7 @@ pub struct Broker {
     policies: Vec<crate::policy::Policy>,
     stats: crate::stats::GlobalStats,
     events: Vec<crate::stats::BrokerEvent>,
+    durability: persist::Durability,
 }
 
 impl Broker {
@@ -121,6 +124,7 @@ impl Broker {
             policies: Vec::new(),
             stats: Default::default(),
             events: Vec::new(),
+            durability: Default::default(),
         };
         b.declare_predefined_exchanges();
         b
@@ -210,8 +214,11 @@ impl Broker {
 
     /// Opens channel `ch` and answers channel.open-ok.
     pub fn open_channel(&mut self, conn: ConnId, ch: u16) {
+        let id = self.next_channel_id();
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.channels.insert(ch, ChannelState::default());
+            let mut state = ChannelState::default();
+            state.id = id;
+            s.channels.insert(ch, state);
             self.stats.channels_opened += 1;
         }
         self.send(conn, ch, ChannelOpenOk::default());

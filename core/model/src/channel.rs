@@ -34,6 +34,8 @@ pub struct Unacked {
 /// One channel's delivery state.
 #[derive(Debug)]
 pub struct ChannelState {
+    /// Unique per channel incarnation, broker-wide.
+    pub id: u64,
     next_tag: u64,
     /// Unacked deliveries by delivery tag, in delivery order.
     pub unacked: BTreeMap<u64, Unacked>,
@@ -77,6 +79,7 @@ pub enum TxOp {
 impl Default for ChannelState {
     fn default() -> Self {
         ChannelState {
+            id: 0,
             next_tag: 1,
             unacked: BTreeMap::new(),
             consumers: HashMap::new(),

@@ -36,6 +36,7 @@ pub mod queue;
 pub mod queue_args;
 pub mod retry;
 pub mod stats;
+pub mod storage;
 
 pub use broker::{Broker, BrokerConfig, ConnId};
 pub use connection::{Connection, ConnectionConfig, Event};

@@ -34,12 +34,22 @@ pub struct QueuedMessage {
     pub delivery_count: u32,
     /// Wall-clock milliseconds when it entered the queue (for the head message's age).
     pub enqueued_ms: u64,
+    /// Where the store keeps it, when it is stored.
+    pub stored: Option<crate::storage::StoreRef>,
 }
 
 impl QueuedMessage {
     /// A message entering a queue: never delivered, never returned.
     pub fn new(seq: u64, message: Arc<Message>, expires_at: Option<Instant>, enqueued_ms: u64) -> Self {
-        QueuedMessage { seq, message, redelivered: false, expires_at, delivery_count: 0, enqueued_ms }
+        QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+            expires_at,
+            delivery_count: 0,
+            enqueued_ms,
+            stored: None,
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! A queue: its declaration, its ready messages in publish order, and its consumers.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
 use warren_codec::{FieldTable, FieldValue};
@@ -9,7 +8,7 @@ use warren_codec::{FieldTable, FieldValue};
 use crate::broker::ConnId;
 use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
-use crate::message::{Message, QueuedMessage};
+use crate::message::QueuedMessage;
 use crate::queue_args::QueueArgs;
 
 /// Queue arguments RabbitMQ checks on redeclare; a difference is 406 PRECONDITION_FAILED.
@@ -93,8 +92,11 @@ pub struct Queue {
 /// What happened to a message offered to a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// It is in the queue.
-    Accepted,
+    /// It is in the queue; `stored` when it was written to storage too.
+    Accepted {
+        /// Written to storage (a persistent message in a durable queue).
+        stored: bool,
+    },
     /// The queue is full and refuses new messages (`x-overflow` reject-publish*).
     Refused,
 }
@@ -169,22 +171,48 @@ impl Queue {
         }
     }
 
-    /// Appends a newly routed message that expires at `expires_at`; returns its seq.
-    pub fn push(&mut self, message: Arc<Message>, expires_at: Option<Instant>, now_ms: u64) -> u64 {
+    /// The seq the next message entering the queue gets; the caller builds the entry with it
+    /// (and may store it) before [`Queue::push`].
+    pub fn allocate_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += message.body.len() as u64;
-        self.stats.published += 1;
-        self.ready.push_back(QueuedMessage::new(seq, message, expires_at, now_ms));
         seq
+    }
+
+    /// Appends a newly routed message, its seq taken from [`Queue::allocate_seq`].
+    pub fn push(&mut self, m: QueuedMessage) {
+        self.ready_bytes += m.message.body.len() as u64;
+        self.stats.published += 1;
+        self.insert_ordered(m);
     }
 
     /// Puts a message back at its original position, marked redelivered.
     pub fn requeue(&mut self, mut m: QueuedMessage) {
         m.redelivered = true;
         self.ready_bytes += m.message.body.len() as u64;
-        let at = self.ready.partition_point(|x| x.seq < m.seq);
-        self.ready.insert(at, m);
+        self.insert_ordered(m);
+    }
+
+    /// Puts a message recovered from storage back, as it was stored.
+    pub fn restore(&mut self, m: QueuedMessage) {
+        self.next_seq = self.next_seq.max(m.seq + 1);
+        self.ready_bytes += m.message.body.len() as u64;
+        self.insert_ordered(m);
+    }
+
+    /// Makes sure no new message gets a seq at or below one recovered into a delay.
+    pub fn reserve_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    fn insert_ordered(&mut self, m: QueuedMessage) {
+        // New messages go at the back; the search is for returns.
+        if self.ready.back().is_none_or(|last| last.seq < m.seq) {
+            self.ready.push_back(m);
+        } else {
+            let at = self.ready.partition_point(|x| x.seq < m.seq);
+            self.ready.insert(at, m);
+        }
     }
 
     /// Takes the oldest ready message.
@@ -222,12 +250,10 @@ impl Queue {
         self.ready_bytes
     }
 
-    /// Drops every ready message; returns how many there were.
-    pub fn purge(&mut self) -> usize {
-        let n = self.ready.len();
-        self.ready.clear();
+    /// Takes every ready message out.
+    pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
-        n
+        self.ready.drain(..).collect()
     }
 
     /// Whether one more message of `size` octets would exceed a length limit.
@@ -311,7 +337,8 @@ mod tests {
     fn requeued_messages_return_to_their_original_position() {
         let mut q = queue();
         for b in ["a", "b", "c", "d"] {
-            q.push(msg(b), None, 0);
+            let seq = q.allocate_seq();
+            q.push(QueuedMessage::new(seq, msg(b), None, 0));
         }
         let a = q.pop();
         let b = q.pop();

@@ -41,6 +41,8 @@ pub struct GlobalStats {
     pub channels_opened: u64,
     /// Channels closed.
     pub channels_closed: u64,
+    /// Storage writes that failed where no client could be told (acks, topology).
+    pub storage_errors: u64,
 }
 
 /// Things about queues worth a log line.
@@ -57,5 +59,10 @@ pub enum BrokerEvent {
     QueueDeleted {
         /// Its name.
         queue: String,
+    },
+    /// A storage write failed where no client could be told.
+    StorageError {
+        /// What failed.
+        error: String,
     },
 }

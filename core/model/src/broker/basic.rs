@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use warren_codec::reply_code::{ACCESS_REFUSED, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED};
 use warren_codec::{
-    BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty, BasicGetOk,
-    BasicNack, BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelFlow,
+    BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty, BasicGetOk, BasicNack,
+    BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelFlow,
     ChannelFlowOk, ConfirmSelect, ConfirmSelectOk,
 };
 
@@ -84,17 +84,20 @@ impl Broker {
         }
         // Validated in `publish`; parsed once here for every destination.
         let own_ttl = message_ttl(&message.properties).ok().flatten();
-        let mut refused = false;
+        let (mut refused, mut stored) = (false, false);
         for name in destinations {
-            refused |= self.offer(&name, message.clone(), own_ttl) == Offer::Refused;
+            match self.offer(&name, message.clone(), own_ttl) {
+                Offer::Refused => refused = true,
+                Offer::Accepted { stored: s } => stored |= s,
+            }
         }
         if let Some(delivery_tag) = confirm {
-            // A queue that refused it (x-overflow reject-publish) makes the confirm a nack.
+            // A queue that refused it (x-overflow reject-publish, a failed write) makes the
+            // confirm a nack; a stored message is acked once the store has synced it.
             if refused {
                 self.send(conn, ch, BasicNack { delivery_tag, multiple: false, requeue: false });
             } else {
-                self.stats.confirmed += 1;
-                self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+                self.confirm(conn, ch, delivery_tag, stored);
             }
         }
         Ok(())
@@ -216,7 +219,9 @@ impl Broker {
             message_count,
         };
         let message = delivered_form(&msg);
-        if !m.no_ack {
+        if m.no_ack {
+            self.forget(queue_id, &msg);
+        } else {
             let u = Unacked { queue_id, queue: m.queue, message: msg, consumer: None };
             c.unacked.insert(delivery_tag, u);
         }

@@ -28,9 +28,9 @@ impl Broker {
     /// `expiration`, parsed once by the caller for all its queues) and length limits, and hands
     /// it to a consumer if one is ready.
     pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>, own_ttl: Option<u64>) -> Offer {
-        let now = self.now;
+        let (now, has_store) = (self.now, self.has_store());
         let Some(q) = self.queues.get_mut(queue) else {
-            return Offer::Accepted;
+            return Offer::Accepted { stored: false };
         };
         let size = message.body.len() as u64;
         if q.would_overflow(size) {
@@ -50,8 +50,20 @@ impl Broker {
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
-        let seq = q.push(message, expires_at, self.unix_ms);
-        let (id, name) = (q.id, Arc::<str>::from(queue));
+        let seq = q.allocate_seq();
+        let id = q.id;
+        let store = has_store && super::persist::must_store(&q.spec, &message);
+        let mut entry = QueuedMessage::new(seq, message, expires_at, self.unix_ms);
+        if store && let Err(e) = self.store_entry(id, &mut entry, None) {
+            // Not written, not queued: the publisher's confirm becomes a nack.
+            self.storage_result(Err(e));
+            return Offer::Refused;
+        }
+        let Some(q) = self.queues.get_mut(queue) else {
+            return Offer::Refused;
+        };
+        q.push(entry);
+        let name = Arc::<str>::from(queue);
         // drop-head: the oldest messages make room.
         while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
             let Some(head) = q.pop() else {
@@ -68,7 +80,7 @@ impl Broker {
                 self.arm(at, Timer::Expire { queue: name, queue_id: id, seq });
             }
         }
-        Offer::Accepted
+        Offer::Accepted { stored: store }
     }
 
     fn expire_now(&mut self, queue: &str, seq: u64) {
@@ -78,8 +90,17 @@ impl Broker {
     }
 
     /// Sends a message that died in `queue` to the queue's dead-letter exchange, or drops
-    /// it when there is none. Targets that would form an automatic cycle are skipped.
+    /// it when there is none, then forgets the stored original: the copy is written first.
     pub(super) fn dead_letter(&mut self, queue: &str, m: QueuedMessage, reason: Reason) {
+        self.send_to_dlx(queue, &m, reason);
+        if let Some(id) = self.queues.get(queue).map(|q| q.id) {
+            self.forget(id, &m);
+        }
+    }
+
+    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange. Targets
+    /// that would form an automatic cycle are skipped.
+    fn send_to_dlx(&mut self, queue: &str, m: &QueuedMessage, reason: Reason) {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };

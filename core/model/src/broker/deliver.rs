@@ -81,15 +81,23 @@ impl Broker {
                 routing_key: msg.message.routing_key.clone(),
             };
             let message = delivered_form(&msg);
-            if let Some(c) = ch.consumers.get_mut(&key.tag).filter(|c| !c.no_ack) {
-                c.unacked += 1;
-                let u = Unacked { queue_id, queue: queue_name, message: msg, consumer: Some(key.tag) };
-                ch.unacked.insert(delivery_tag, u);
+            let mut settled = None;
+            match ch.consumers.get_mut(&key.tag) {
+                Some(c) if !c.no_ack => {
+                    c.unacked += 1;
+                    let u = Unacked { queue_id, queue: queue_name, message: msg, consumer: Some(key.tag) };
+                    ch.unacked.insert(delivery_tag, u);
+                }
+                _ => settled = Some(msg),
             }
             session.outbound.push(Outgoing::Content { channel: key.channel, method: method.into(), message });
             if !session.woken {
                 session.woken = true;
                 self.wakeups.push(key.conn);
+            }
+            // Auto-ack: delivered is done.
+            if let Some(m) = settled {
+                self.forget(queue_id, &m);
             }
         }
     }
@@ -144,6 +152,7 @@ impl Broker {
                 if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) {
                     q.stats.acked += 1;
                 }
+                self.forget(u.queue_id, &u.message);
             }
         }
         for u in taken {
@@ -154,6 +163,7 @@ impl Broker {
                 Some(false) if self.queues.get(&u.queue).is_some_and(|q| q.id == u.queue_id) => {
                     self.dead_letter(&u.queue, u.message, Reason::Rejected);
                 }
+                // Its queue is gone, and with it the stored entry.
                 Some(false) => {}
             }
         }
@@ -193,7 +203,9 @@ impl Broker {
                 }
             }
         }
+        let (seq, at, count) = (m.seq, m.stored, m.delivery_count);
         q.requeue(m);
+        self.store_delivery_count(u.queue_id, seq, at, count);
     }
 }
 

@@ -16,6 +16,7 @@ use warren_codec::{
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_exchange, no_queue, precondition};
 use crate::exchange::{Binding, Destination, ExchangeType, RoutingInput};
+use crate::storage::MetaOp;
 
 /// Pre-declared exchanges, as RabbitMQ has them.
 pub(super) const PREDECLARED: &[(&str, &str)] = &[
@@ -94,7 +95,7 @@ impl Broker {
         }
     }
 
-    fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+    pub(super) fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
         let factory = self
             .types
             .get(&m.kind)
@@ -139,7 +140,12 @@ impl Broker {
                         format!("exchange name '{}' contains reserved prefix 'amq.*'", m.exchange),
                     ));
                 }
-                None => self.create_exchange(&m)?,
+                None => {
+                    self.create_exchange(&m)?;
+                    if let Some(r) = Self::exchange_record(&m.exchange, &m) {
+                        self.store_meta(MetaOp::PutExchange(r));
+                    }
+                }
             }
         }
         self.reply(conn, ch, m.no_wait, ExchangeDeclareOk {});
@@ -174,7 +180,7 @@ impl Broker {
 
     pub(super) fn queue_bind(&mut self, conn: ConnId, ch: u16, m: QueueBind) -> Result<(), AmqpError> {
         let dest = self.queue_destination(conn, &m.queue)?;
-        self.bind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        self.bind_durably(&m.exchange, dest, m.routing_key, m.arguments)?;
         self.reply(conn, ch, m.no_wait, QueueBindOk {});
         Ok(())
     }
@@ -188,8 +194,25 @@ impl Broker {
 
     pub(super) fn exchange_bind(&mut self, conn: ConnId, ch: u16, m: ExchangeBind) -> Result<(), AmqpError> {
         let dest = self.exchange_destination(&m.destination)?;
-        self.bind(&m.source, dest, m.routing_key, m.arguments)?;
+        self.bind_durably(&m.source, dest, m.routing_key, m.arguments)?;
         self.reply(conn, ch, m.no_wait, ExchangeBindOk {});
+        Ok(())
+    }
+
+    /// Binds, and records the binding when both its ends are durable.
+    fn bind_durably(
+        &mut self,
+        source: &str,
+        destination: Destination,
+        key: String,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        let b = Binding { destination, key, arguments };
+        let record = self.binding_record(source, &b);
+        self.bind(source, b.destination, b.key, b.arguments)?;
+        if let Some(r) = record {
+            self.store_meta(MetaOp::Bind(r));
+        }
         Ok(())
     }
 
@@ -231,7 +254,7 @@ impl Broker {
         self.exchanges.get_mut(name).ok_or_else(|| no_exchange(name))
     }
 
-    fn bind(
+    pub(super) fn bind(
         &mut self,
         source: &str,
         destination: Destination,
@@ -261,6 +284,9 @@ impl Broker {
         let id = BindingId::of(&Binding { destination, key, arguments });
         if let Some(b) = x.bindings.remove(&id) {
             x.router.remove_binding(&b);
+            if let Some(r) = self.binding_record(source, &b) {
+                self.store_meta(MetaOp::Unbind(r));
+            }
             self.auto_delete_exchange(source);
         }
         Ok(())
@@ -295,7 +321,10 @@ impl Broker {
     }
 
     fn delete_exchange(&mut self, name: &str) {
-        if self.exchanges.remove(name).is_some() {
+        if let Some(x) = self.exchanges.remove(name) {
+            if x.durable {
+                self.store_meta(MetaOp::DeleteExchange(name.to_string()));
+            }
             self.unbind_destination(&Destination::Exchange(Arc::from(name)));
         }
     }

@@ -61,6 +61,9 @@ impl Broker {
             message.routing_key = origin.clone();
             let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
             self.offer(&origin, Arc::new(message), own_ttl);
+            if let Some(id) = self.queues.get(dlq).map(|q| q.id) {
+                self.forget(id, &m);
+            }
             report.moved += 1;
         }
         if let Some(q) = self.queues.get_mut(dlq) {

@@ -12,6 +12,7 @@ use crate::policy::effective_arguments;
 use crate::queue::{Queue, QueueSpec};
 use crate::queue_args::QueueArgs;
 use crate::stats::BrokerEvent;
+use crate::storage::MetaOp;
 
 impl Broker {
     pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
@@ -42,6 +43,9 @@ impl Broker {
             let id = self.next_queue_id;
             self.next_queue_id += 1;
             let queue = Queue::new(id, name.clone(), spec, args, self.now);
+            if let Some(op) = super::persist::queue_record(&queue) {
+                self.store_meta(op);
+            }
             self.queues.insert(name.clone(), queue);
             self.arm_queue_expiry(&name);
             self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
@@ -57,7 +61,11 @@ impl Broker {
     pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
         let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
-        let message_count = q.purge() as u32;
+        let (id, purged) = (q.id, q.purge());
+        for m in &purged {
+            self.forget(id, m);
+        }
+        let message_count = purged.len() as u32;
         self.reply(conn, ch, m.no_wait, QueuePurgeOk { message_count });
         Ok(())
     }
@@ -85,6 +93,9 @@ impl Broker {
         let Some(q) = self.queues.remove(name) else {
             return 0;
         };
+        if super::persist::stores_messages(&q.spec) {
+            self.store_meta(MetaOp::DeleteQueue(q.id));
+        }
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;

@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warren_codec::{
-    BasicConsume, BasicNack, BasicProperties, BasicPublish, FieldTable, FieldValue, Method, QueueDeclare,
+    BasicAck, BasicConsume, BasicNack, BasicProperties, BasicPublish, BasicReject, ConfirmSelect,
+    ExchangeDeclare, FieldTable, FieldValue, Method, QueueBind, QueueDeclare, QueueDelete,
 };
 
-use super::{Broker, BrokerConfig, ConnId, ConnectionInfo};
+use super::{Broker, BrokerConfig, ConfirmPolicy, ConnId, ConnectionInfo};
 use crate::message::Outgoing;
+use crate::storage::MemoryStore;
 
 struct Harness {
     b: Broker,
@@ -19,9 +21,21 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A broker started from `store`, as after a restart when the store holds something.
+    fn with_store(store: &MemoryStore, policy: ConfirmPolicy) -> Self {
+        Self::build(Some((store.clone(), policy)))
+    }
+
+    fn build(store: Option<(MemoryStore, ConfirmPolicy)>) -> Self {
         let now = Instant::now();
         let mut b = Broker::new(BrokerConfig::default(), now);
         b.set_time(now, 1_700_000_000_000);
+        if let Some((store, policy)) = store {
+            b.attach_storage(Box::new(store), policy).expect("restore");
+        }
         let conn = b.connect(ConnectionInfo::default());
         b.open_channel(conn, 1);
         let mut h = Harness { b, conn, now };
@@ -133,4 +147,178 @@ fn ttl_expires_a_message_behind_the_head_at_its_own_deadline() {
     h.advance(9_500);
     assert_eq!((h.ready("q"), h.ready("dlq")), (0, 2));
     assert_eq!(h.b.poll_timeout(), None, "no timers left");
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties { delivery_mode: Some(2), ..Default::default() }
+}
+
+fn durable(queue: &str) -> QueueDeclare {
+    QueueDeclare { queue: queue.into(), durable: true, ..Default::default() }
+}
+
+fn bodies(out: Vec<Outgoing>) -> Vec<Bytes> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Content { message, .. } => Some(message.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_keeps_durable_topology_and_persistent_messages_only() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    h.method(durable("keep"));
+    h.declare("transient", &[]);
+    h.method(QueueDeclare {
+        queue: "exclusive".into(),
+        durable: true,
+        exclusive: true,
+        ..Default::default()
+    });
+    h.method(ExchangeDeclare {
+        exchange: "x".into(),
+        kind: "topic".into(),
+        durable: true,
+        ..Default::default()
+    });
+    h.method(QueueBind {
+        queue: "keep".into(),
+        exchange: "x".into(),
+        routing_key: "a.*".into(),
+        ..Default::default()
+    });
+    h.method(QueueBind {
+        queue: "transient".into(),
+        exchange: "x".into(),
+        routing_key: "#".into(),
+        ..Default::default()
+    });
+    h.publish("keep", "p1", persistent());
+    h.publish("keep", "t1", BasicProperties::default());
+    h.publish("keep", "p2", persistent());
+    h.publish("transient", "p3", persistent());
+    h.publish("exclusive", "p4", persistent());
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    assert!(h.b.queue("transient").is_none() && h.b.queue("exclusive").is_none());
+    assert_eq!(h.ready("keep"), 2, "the transient message is dropped, as RabbitMQ does");
+    let x = h.b.exchange("x").expect("durable exchange");
+    assert_eq!(x.binding_count(), 1, "only the binding between durable ends");
+    let m = BasicPublish { exchange: "x".into(), routing_key: "a.b".into(), ..Default::default() };
+    h.b.publish(h.conn, 1, m, persistent(), Bytes::from_static(b"p5")).expect("publish");
+    h.method(BasicConsume { queue: "keep".into(), no_ack: true, ..Default::default() });
+    assert_eq!(bodies(h.sent()), ["p1", "p2", "p5"].map(|s| Bytes::from_static(s.as_bytes())));
+    // Delivered with auto-ack: gone for good.
+    let h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    assert_eq!(h.ready("keep"), 0);
+}
+
+#[test]
+fn acked_messages_stay_gone_and_returned_ones_keep_their_delivery_count() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    h.method(durable("q"));
+    for body in ["a", "b", "c"] {
+        h.publish("q", body, persistent());
+    }
+    h.method(BasicConsume { queue: "q".into(), ..Default::default() });
+    let tags = h.deliveries();
+    h.method(BasicAck { delivery_tag: tags[0].0, multiple: false });
+    h.method(BasicNack { delivery_tag: tags[1].0, multiple: false, requeue: true });
+    // "c" stays unacked when the broker "crashes".
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    assert_eq!(h.ready("q"), 2);
+    h.method(BasicConsume { queue: "q".into(), no_ack: true, ..Default::default() });
+    let got: Vec<_> = h
+        .sent()
+        .into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Content { method: Method::BasicDeliver(d), message, .. } => {
+                let count =
+                    message.properties.headers.as_ref().and_then(|h| h.get("x-delivery-count")).cloned();
+                Some((message.body.clone(), d.redelivered, count))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(Bytes::from_static(b"b"), true, Some(FieldValue::I64(1))), (Bytes::from_static(b"c"), false, None),]
+    );
+}
+
+#[test]
+fn confirms_for_stored_messages_wait_for_the_sync() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterSync);
+    h.method(durable("q"));
+    h.declare("transient", &[]);
+    h.method(ConfirmSelect { no_wait: false });
+    h.sent();
+    h.publish("q", "1", persistent());
+    h.publish("q", "2", persistent());
+    h.publish("transient", "3", persistent());
+    let acks = |out: Vec<Outgoing>| -> Vec<(u64, bool)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Method { method: Method::BasicAck(a), .. } => Some((a.delivery_tag, a.multiple)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(acks(h.sent()), [(3, false)], "only the transient queue's message is confirmed at once");
+    let (waiting, written) = h.b.storage_backlog();
+    assert_eq!(waiting, 2);
+    h.b.storage_synced(written - 1);
+    assert_eq!(acks(h.sent()), [(1, true)]);
+    h.b.storage_synced(written);
+    assert_eq!(acks(h.sent()), [(2, true)]);
+    assert_eq!(h.b.storage_backlog().0, 0);
+}
+
+#[test]
+fn dead_lettering_between_durable_queues_and_retries_survive_a_restart() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    h.method(durable("dlq"));
+    let args: FieldTable = [
+        ("x-dead-letter-exchange".to_string(), FieldValue::str("")),
+        ("x-dead-letter-routing-key".to_string(), FieldValue::str("dlq")),
+        ("x-retry-policy".to_string(), FieldValue::str("fixed")),
+        ("x-retry-delay-ms".to_string(), FieldValue::I64(1_000)),
+        ("x-retry-max-attempts".to_string(), FieldValue::I64(1)),
+    ]
+    .into_iter()
+    .collect();
+    h.method(QueueDeclare { queue: "work".into(), durable: true, arguments: args, ..Default::default() });
+    h.publish("work", "retried", persistent());
+    h.publish("work", "rejected", persistent());
+    h.method(BasicConsume { queue: "work".into(), ..Default::default() });
+    let tags = h.deliveries();
+    h.method(BasicNack { delivery_tag: tags[0].0, multiple: false, requeue: true });
+    h.method(BasicReject { delivery_tag: tags[1].0, requeue: false });
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    assert_eq!(h.ready("dlq"), 1, "the rejected message is in the dead-letter queue, once");
+    assert_eq!(h.ready("work"), 0, "the retried one is still held back");
+    h.advance(999);
+    assert_eq!(h.ready("work"), 0);
+    h.advance(1);
+    assert_eq!(h.ready("work"), 1, "released on time after the restart");
+    h.method(BasicConsume { queue: "work".into(), no_ack: true, ..Default::default() });
+    assert_eq!(h.deliveries(), [(1, Some(FieldValue::I64(1)))]);
+}
+
+#[test]
+fn a_deleted_durable_queue_does_not_come_back_and_its_id_is_not_reused() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    h.method(durable("old"));
+    h.publish("old", "x", persistent());
+    h.method(QueueDelete { queue: "old".into(), ..Default::default() });
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    assert!(h.b.queue("old").is_none());
+    h.method(durable("new"));
+    assert_eq!(h.ready("new"), 0, "the deleted queue's entries do not reappear under a reused id");
 }

@@ -87,8 +87,14 @@ impl Broker {
         self.dead_letter(queue, m, Reason::Expired);
     }
 
-    /// Holds `message` for `delay_ms`, then puts it back in `queue`.
-    pub(super) fn delay(&mut self, queue: &str, queue_id: u64, message: QueuedMessage, delay_ms: u64) {
+    /// Holds `message` for `delay_ms`, then puts it back in `queue`. A stored message is
+    /// rewritten with its new headers and the time it is due back.
+    pub(super) fn delay(&mut self, queue: &str, queue_id: u64, mut message: QueuedMessage, delay_ms: u64) {
+        if message.stored.is_some() {
+            let due = self.unix_ms.saturating_add(delay_ms);
+            let r = self.store_entry(queue_id, &mut message, Some(due));
+            self.storage_result(r);
+        }
         let id = self.next_delayed;
         self.next_delayed += 1;
         if let Some(q) = self.queues.get_mut(queue) {

@@ -1,0 +1,365 @@
+//! Durability: what the broker writes to its [`Storage`], how it starts from what was stored,
+//! and publisher confirms that wait for the store's sync.
+//!
+//! Persistent messages (delivery-mode 2) in durable, non-exclusive queues are stored; so are
+//! durable exchanges, durable queues and bindings whose both ends are durable, as in RabbitMQ.
+//! A stored message is written before it enters its queue and removed after whatever took it
+//! out (an ack, or a dead-letter copy written first), so a crash between two writes can leave
+//! a duplicate but never lose a message.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_codec::{BasicAck, ExchangeDeclare};
+
+use super::timers::{Delayed, Timer};
+use super::{Broker, ConnId};
+use crate::exchange::{Binding, Destination};
+use crate::message::{Message, QueuedMessage};
+use crate::queue::{Queue, QueueSpec};
+use crate::queue_args::QueueArgs;
+use crate::stats::BrokerEvent;
+use crate::storage::{
+    BindingRecord, EntryState, ExchangeRecord, MetaOp, QueueRecord, Recovered, Storage, StorageError,
+    StoreRef, StoredEntry,
+};
+
+/// When publisher confirms for stored messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfirmPolicy {
+    /// Once the driver reports a sync covering the message (`fsync = "before-confirm"`).
+    #[default]
+    AfterSync,
+    /// As soon as the message is written (`fsync = "interval"` or `"never"`).
+    AfterWrite,
+}
+
+/// A confirm held until the store syncs past `position`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingConfirm {
+    position: u64,
+    conn: ConnId,
+    channel: u16,
+    channel_id: u64,
+    delivery_tag: u64,
+}
+
+/// What start-up found in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Durable queues restored.
+    pub queues: usize,
+    /// Durable exchanges restored.
+    pub exchanges: usize,
+    /// Bindings restored.
+    pub bindings: usize,
+    /// Messages put back in their queues (ready or held by a retry policy).
+    pub messages: usize,
+    /// Stored things that could not be restored, with why (an exchange type no longer
+    /// available, a binding to something gone).
+    pub skipped: Vec<String>,
+}
+
+/// The durability state a broker carries.
+#[derive(Debug, Default)]
+pub(super) struct Durability {
+    pub store: Option<Box<dyn Storage>>,
+    pub policy: ConfirmPolicy,
+    pub pending: VecDeque<PendingConfirm>,
+    pub synced: u64,
+    pub next_channel_id: u64,
+}
+
+impl Broker {
+    /// Gives the broker its store and rebuilds durable state from it. Call once, before any
+    /// connection; without a store nothing is durable.
+    pub fn attach_storage(
+        &mut self,
+        mut store: Box<dyn Storage>,
+        policy: ConfirmPolicy,
+    ) -> Result<RestoreReport, StorageError> {
+        let recovered = store.recover()?;
+        self.durability.synced = store.written();
+        self.durability.policy = policy;
+        self.durability.store = Some(store);
+        Ok(self.restore(recovered))
+    }
+
+    /// The store reports that everything written up to `position` is durable: confirms
+    /// waiting for it go out, one multiple-ack per channel.
+    pub fn storage_synced(&mut self, position: u64) {
+        let d = &mut self.durability;
+        d.synced = d.synced.max(position);
+        let mut released: Vec<PendingConfirm> = Vec::new();
+        while let Some(p) = d.pending.front().filter(|p| p.position <= position) {
+            match released.iter_mut().find(|r| r.conn == p.conn && r.channel_id == p.channel_id) {
+                Some(r) => r.delivery_tag = r.delivery_tag.max(p.delivery_tag),
+                None => released.push(*p),
+            }
+            self.stats.confirmed += 1;
+            d.pending.pop_front();
+        }
+        for p in released {
+            // A channel closed and reopened under the same number must not get the old acks.
+            let open = self.channel(p.conn, p.channel).is_some_and(|c| c.id == p.channel_id);
+            if open {
+                self.send(p.conn, p.channel, BasicAck { delivery_tag: p.delivery_tag, multiple: true });
+            }
+        }
+    }
+
+    /// Confirms waiting for a sync, and the position the store has written up to: the driver
+    /// syncs while the first is non-zero.
+    pub fn storage_backlog(&self) -> (usize, u64) {
+        let written = self.durability.store.as_ref().map_or(0, |s| s.written());
+        (self.durability.pending.len(), written)
+    }
+
+    /// Acks a publish now, or once the store has synced what it wrote for it.
+    pub(super) fn confirm(&mut self, conn: ConnId, ch: u16, delivery_tag: u64, stored: bool) {
+        let d = &self.durability;
+        let position = d.store.as_ref().map_or(0, |s| s.written());
+        if stored && d.policy == ConfirmPolicy::AfterSync && position > d.synced {
+            let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+            let p = PendingConfirm { position, conn, channel: ch, channel_id, delivery_tag };
+            self.durability.pending.push_back(p);
+            return;
+        }
+        self.stats.confirmed += 1;
+        self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+    }
+
+    /// A fresh id for a channel being opened.
+    pub(super) fn next_channel_id(&mut self) -> u64 {
+        self.durability.next_channel_id += 1;
+        self.durability.next_channel_id
+    }
+
+    /// Whether the broker has a store at all.
+    pub(super) fn has_store(&self) -> bool {
+        self.durability.store.is_some()
+    }
+
+    /// Writes a queue entry; `replaces` for a rewrite of an entry already stored. On success the
+    /// entry's message is the store's (its body paged out) and it remembers where it is kept.
+    pub(super) fn store_entry(
+        &mut self,
+        queue_id: u64,
+        m: &mut QueuedMessage,
+        ready_at_ms: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let Some(store) = self.durability.store.as_mut() else {
+            return Ok(());
+        };
+        let state = EntryState {
+            delivery_count: m.delivery_count,
+            enqueued_ms: m.enqueued_ms,
+            expires_at_ms: m.expires_at.map(|t| {
+                let left = t.saturating_duration_since(self.now).as_millis() as u64;
+                self.unix_ms.saturating_add(left)
+            }),
+            ready_at_ms,
+        };
+        let (at, body) = store.put(queue_id, m.seq, &m.message, &state, m.stored)?;
+        m.stored = Some(at);
+        if let Some(body) = body {
+            m.message = Arc::new(Message { body, ..(*m.message).clone() });
+        }
+        Ok(())
+    }
+
+    /// Forgets a stored entry that left its queue for good.
+    pub(super) fn forget(&mut self, queue_id: u64, m: &QueuedMessage) {
+        let (Some(at), Some(store)) = (m.stored, self.durability.store.as_mut()) else {
+            return;
+        };
+        let r = store.remove(queue_id, m.seq, at);
+        self.storage_result(r);
+    }
+
+    /// Records a stored entry's new delivery count.
+    pub(super) fn store_delivery_count(&mut self, queue_id: u64, seq: u64, at: Option<StoreRef>, count: u32) {
+        let (Some(at), Some(store)) = (at, self.durability.store.as_mut()) else {
+            return;
+        };
+        let r = store.set_delivery_count(queue_id, seq, at, count);
+        self.storage_result(r);
+    }
+
+    /// Records a durable topology change.
+    pub(super) fn store_meta(&mut self, op: MetaOp) {
+        let Some(store) = self.durability.store.as_mut() else {
+            return;
+        };
+        let r = store.meta(&op);
+        self.storage_result(r);
+    }
+
+    /// A write that failed where the client cannot be told (an ack, a topology change):
+    /// counted and logged by the driver. At worst a message comes back after a restart.
+    pub(super) fn storage_result(&mut self, r: Result<(), StorageError>) {
+        if let Err(e) = r {
+            self.stats.storage_errors += 1;
+            self.events.push(BrokerEvent::StorageError { error: e.to_string() });
+        }
+    }
+
+    /// The durable record of a declared exchange, if it is one.
+    pub(super) fn exchange_record(name: &str, m: &ExchangeDeclare) -> Option<ExchangeRecord> {
+        (m.durable && !name.starts_with("amq.")).then(|| ExchangeRecord {
+            name: name.to_string(),
+            kind: m.kind.clone(),
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: m.arguments.clone(),
+        })
+    }
+
+    /// The durable record of a binding, when both its ends are durable.
+    pub(super) fn binding_record(&self, source: &str, b: &Binding) -> Option<BindingRecord> {
+        // amq.* exchanges are durable: predeclared at every start, bindings from them kept.
+        let source_durable = self.exchanges.get(source).is_some_and(|x| x.durable);
+        let (destination, to_queue, durable) = match &b.destination {
+            Destination::Queue(q) => {
+                (q, true, self.queues.get(&**q).is_some_and(|q| stores_messages(&q.spec)))
+            }
+            Destination::Exchange(x) => (x, false, self.exchanges.get(&**x).is_some_and(|x| x.durable)),
+        };
+        (source_durable && durable).then(|| BindingRecord {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            to_queue,
+            key: b.key.clone(),
+            arguments: b.arguments.clone(),
+        })
+    }
+
+    /// Rebuilds durable exchanges, queues, bindings and messages.
+    fn restore(&mut self, r: Recovered) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        self.next_queue_id = self.next_queue_id.max(r.next_queue_id);
+        for x in r.exchanges {
+            let decl = ExchangeDeclare {
+                exchange: x.name.clone(),
+                kind: x.kind,
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments,
+                ..Default::default()
+            };
+            match self.create_exchange(&decl) {
+                Ok(()) => report.exchanges += 1,
+                Err(e) => report.skipped.push(format!("exchange '{}': {}", x.name, e.text)),
+            }
+        }
+        for q in r.queues {
+            let args = match QueueArgs::parse(&crate::policy::effective_arguments(
+                &self.policies,
+                &q.name,
+                &q.arguments,
+            )) {
+                Ok(a) => a,
+                Err(e) => {
+                    report.skipped.push(format!("queue '{}': {}", q.name, e.text));
+                    continue;
+                }
+            };
+            let spec = QueueSpec {
+                durable: true,
+                auto_delete: q.auto_delete,
+                exclusive_owner: None,
+                arguments: q.arguments,
+            };
+            self.next_queue_id = self.next_queue_id.max(q.id + 1);
+            self.queues.insert(q.name.clone(), Queue::new(q.id, q.name.clone(), spec, args, self.now));
+            self.arm_queue_expiry(&q.name);
+            report.queues += 1;
+        }
+        for b in r.bindings {
+            let destination = if b.to_queue {
+                Destination::Queue(Arc::from(b.destination.as_str()))
+            } else {
+                Destination::Exchange(Arc::from(b.destination.as_str()))
+            };
+            let exists = if b.to_queue {
+                self.queues.contains_key(&b.destination)
+            } else {
+                self.exchanges.contains_key(&b.destination)
+            };
+            let bound = if exists {
+                self.bind(&b.source, destination, b.key.clone(), b.arguments).map_err(|e| e.text)
+            } else {
+                Err("destination is gone".into())
+            };
+            match bound {
+                Ok(()) => report.bindings += 1,
+                Err(e) => report.skipped.push(format!("binding {} -> {}: {e}", b.source, b.destination)),
+            }
+        }
+        for e in r.entries {
+            if self.restore_entry(e, r.clean) {
+                report.messages += 1;
+            }
+        }
+        report
+    }
+
+    /// Puts one recovered entry back: ready in its queue, or held until its retry delay ends.
+    fn restore_entry(&mut self, e: StoredEntry, clean: bool) -> bool {
+        let (now, unix_ms) = (self.now, self.unix_ms);
+        let in_future = |ms: u64| now + Duration::from_millis(ms.saturating_sub(unix_ms));
+        let Some(q) = self.queues.values_mut().find(|q| q.id == e.queue) else {
+            return false;
+        };
+        let mut m =
+            QueuedMessage::new(e.seq, e.message, e.state.expires_at_ms.map(in_future), e.state.enqueued_ms);
+        m.delivery_count = e.state.delivery_count;
+        // After a crash any entry may have been delivered: say so, as the spec allows.
+        m.redelivered = !clean || m.delivery_count > 0;
+        m.stored = Some(e.at);
+        q.reserve_seq(m.seq);
+        let (queue, queue_id) = (Arc::<str>::from(q.name.as_str()), q.id);
+        match e.state.ready_at_ms.filter(|&at| at > unix_ms) {
+            Some(at) => {
+                q.delayed += 1;
+                let id = self.next_delayed;
+                self.next_delayed += 1;
+                self.delayed.insert(id, Delayed { queue, queue_id, message: m });
+                self.arm(in_future(at), Timer::Retry { id });
+            }
+            None => {
+                let expires = m.expires_at.map(|at| (at, m.seq));
+                q.restore(m);
+                if let Some((at, seq)) = expires {
+                    self.arm(at, Timer::Expire { queue, queue_id, seq });
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Whether `message` entering a queue declared as `spec` must be stored: persistent
+/// (delivery-mode 2) into a durable queue.
+pub(super) fn must_store(spec: &QueueSpec, message: &Message) -> bool {
+    stores_messages(spec) && message.properties.delivery_mode == Some(2)
+}
+
+/// Whether a queue's messages and declaration outlive the broker: durable, not exclusive.
+pub(super) fn stores_messages(spec: &QueueSpec) -> bool {
+    spec.durable && spec.exclusive_owner.is_none()
+}
+
+/// The durable record of a newly declared queue.
+pub(super) fn queue_record(q: &Queue) -> Option<MetaOp> {
+    stores_messages(&q.spec).then(|| {
+        MetaOp::PutQueue(QueueRecord {
+            id: q.id,
+            name: q.name.clone(),
+            auto_delete: q.spec.auto_delete,
+            arguments: q.spec.arguments.clone(),
+        })
+    })
+}
