@@ -229,7 +229,8 @@ impl Storage for MemoryStore {
                     message: message.clone(),
                 })
                 .collect(),
-            next_queue_id: s.next_queue_id,
+            // Queue ids start at 1.
+            next_queue_id: s.next_queue_id.max(1),
             clean: true,
         }))
     }

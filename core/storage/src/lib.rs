@@ -1,0 +1,17 @@
+//! Warren's durable store: the [`warren_core::storage::Storage`] trait on files.
+//!
+//! - [`record`]: the record format (length, CRC32C, payload in AMQP's encodings).
+//! - [`segment`]: one preallocated, memory-mapped, append-only segment file.
+//! - [`store`]: [`FileStore`]: puts, removes and delivery counts as log records, recovery,
+//!   segment deletion, the metadata log.
+//! - [`sync`]: group commit: a [`Syncer`] fsyncs what was written, in batches.
+//! - [`disk`]: reserving space, and free space for the disk alarm.
+
+pub mod disk;
+pub mod record;
+pub mod segment;
+pub mod store;
+pub mod sync;
+
+pub use store::{FileStore, Options, RecoveryReport};
+pub use sync::{SyncRound, SyncStop, Syncer};

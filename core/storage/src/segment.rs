@@ -1,0 +1,129 @@
+//! One segment file of the log: preallocated, mapped into memory, written append-only.
+//!
+//! Records are copied into the mapping, so an append is a memory copy with no system call;
+//! the kernel writes the pages back, and the syncer's fsync makes them durable. Bodies are
+//! handed out as [`Bytes`] views of the mapping, so a queued message's body lives in the page
+//! cache (which the kernel may evict and read back) rather than on the broker's heap.
+#![allow(unsafe_code)] // the mapping: see the SAFETY notes
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::MmapRaw;
+
+/// A segment file and its mapping.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its number; segments are replayed in this order.
+    pub id: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// The open file, shared with the syncer.
+    pub file: Arc<File>,
+    map: Arc<MmapRaw>,
+    capacity: usize,
+    end: usize,
+}
+
+/// A view of part of a mapping that keeps the mapping alive.
+struct View {
+    map: Arc<MmapRaw>,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for View {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `offset..offset+len` lies within the mapping (checked by `Segment::read`)
+        // and was fully written before the view was made; segments are append-only, so those
+        // octets are never written again while mapped. The mapping lives as long as `map`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.offset), self.len) }
+    }
+}
+
+/// The file name of segment `id`.
+pub fn file_name(id: u64) -> String {
+    format!("{id:016}.seg")
+}
+
+/// The id of a segment file name, if it is one.
+pub fn parse_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+impl Segment {
+    /// Creates segment `id` in `dir`, reserving `capacity` octets.
+    pub fn create(dir: &Path, id: u64, capacity: usize) -> io::Result<Segment> {
+        let path = dir.join(file_name(id));
+        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+        if let Err(e) = crate::disk::allocate(&file, capacity as u64) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Segment::map(id, path, file, 0)
+    }
+
+    /// Opens an existing segment; appends (after recovery) go after `end`.
+    pub fn open(path: &Path, id: u64) -> io::Result<Segment> {
+        let file = File::options().read(true).write(true).open(path)?;
+        Segment::map(id, path.to_path_buf(), file, 0)
+    }
+
+    fn map(id: u64, path: PathBuf, file: File, end: usize) -> io::Result<Segment> {
+        let capacity = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+        let map = Arc::new(MmapRaw::map_raw(&file)?);
+        Ok(Segment { id, path, file: Arc::new(file), map, capacity, end })
+    }
+
+    /// Octets still free.
+    pub fn remaining(&self) -> usize {
+        self.capacity - self.end
+    }
+
+    /// Its size on disk.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Where the next append goes.
+    pub fn end(&self) -> usize {
+        self.end
+    }
+
+    /// Sets where appends continue (after recovery found the written part's end).
+    pub fn set_end(&mut self, end: usize) {
+        self.end = end.min(self.capacity);
+    }
+
+    /// Appends `bytes`; returns the offset they start at, or `None` when they do not fit.
+    pub fn append(&mut self, bytes: &[u8]) -> Option<usize> {
+        if bytes.len() > self.remaining() {
+            return None;
+        }
+        let at = self.end;
+        // SAFETY: `at..at+len` is inside the mapping (checked above) and past every octet
+        // handed out as a view, so nothing else reads or writes it now.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(at), bytes.len()) };
+        self.end += bytes.len();
+        Some(at)
+    }
+
+    /// A view of `len` octets at `offset`, or `None` past the end of the file.
+    pub fn read(&self, offset: usize, len: usize) -> Option<Bytes> {
+        let end = offset.checked_add(len)?;
+        (end <= self.capacity).then(|| Bytes::from_owner(View { map: self.map.clone(), offset, len }))
+    }
+
+    /// Zeroes everything from `offset` on: a torn or damaged tail is cut off, so the next
+    /// scan ends there too.
+    pub fn zero_from(&mut self, offset: usize) {
+        let offset = offset.min(self.capacity);
+        // SAFETY: inside the mapping; only called during recovery, before any view of these
+        // octets exists (views are made of records before `offset` only).
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, self.capacity - offset) };
+        self.end = offset;
+    }
+}

@@ -1,0 +1,505 @@
+//! [`FileStore`]: the broker's [`Storage`] on disk.
+//!
+//! ```text
+//! DATA_DIR/storage/
+//!   metadata.log            durable exchanges, queues, bindings: a log, rewritten as a snapshot at start
+//!   segments/0000…0001.seg  the message log: fixed-size, preallocated, append-only
+//!   clean-shutdown          present only between a clean stop and the next start
+//! ```
+//!
+//! Every queue entry change is one record appended to the active segment: a put (the whole
+//! message), a remove, or a delivery-count update. Recovery replays the segments in order. A
+//! segment is deleted once none of its puts is still queued and every segment its removes
+//! refer to is gone (otherwise replay would resurrect what those removes cancelled); the
+//! store keeps, per queue and segment, how many of its entries are live, and per segment
+//! which older segments its records refer to, and nothing per message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use warren_core::message::Message;
+use warren_core::storage::{
+    EntryState, MetaOp, QueueId, Recovered, Storage, StorageError, StoreRef, StoredEntry, apply_meta,
+    tidy_entries,
+};
+
+use crate::record::{self, HEADER, Meta, Record};
+use crate::segment::{self, Segment};
+use crate::sync::{SyncShared, Syncer, sync_dir};
+
+/// How a store is laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Size of a segment file; a record larger than this gets a segment of its own size.
+    pub segment_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_size: 16 << 20 }
+    }
+}
+
+/// What start-up found, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files read.
+    pub segments: usize,
+    /// Records replayed.
+    pub records: u64,
+    /// Entries still queued.
+    pub entries: usize,
+    /// Records skipped because their checksum did not match, with where they were.
+    pub damaged: Vec<String>,
+    /// Torn tails cut off (a write the crash interrupted), with where.
+    pub truncated: Vec<String>,
+    /// Segments deleted because nothing in them was live.
+    pub deleted: usize,
+    /// Whether the previous run stopped cleanly.
+    pub clean: bool,
+    /// Milliseconds the recovery took.
+    pub millis: u64,
+}
+
+#[derive(Debug)]
+struct SegmentState {
+    segment: Segment,
+    /// Live entries whose put is in this segment.
+    live: u64,
+    /// Older segments whose entries this segment's records remove, update or supersede.
+    targets: BTreeSet<u64>,
+}
+
+/// The file store. Writes happen under the broker's lock and cost a memory copy; the
+/// [`Syncer`] returned with it makes them durable.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    segments_dir: PathBuf,
+    options: Options,
+    segments: BTreeMap<u64, SegmentState>,
+    active: u64,
+    meta: Arc<File>,
+    /// Live entries per queue and segment.
+    live: HashMap<QueueId, HashMap<u64, u64>>,
+    shared: Arc<SyncShared>,
+    scratch: BytesMut,
+    written: u64,
+    recovered: Option<Recovered>,
+    report: RecoveryReport,
+}
+
+/// The id the syncer knows the metadata log by; segment `n` is `n + 1`.
+const META_FILE: u64 = 0;
+const CLEAN: &str = "clean-shutdown";
+
+fn io_err(e: io::Error) -> StorageError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        StorageError::Full(e.to_string())
+    } else {
+        StorageError::Io(e.to_string())
+    }
+}
+
+fn at(what: &Path, e: io::Error) -> StorageError {
+    io_err(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
+}
+
+impl FileStore {
+    /// Opens (or creates) the store in `dir`, recovering what is there. The entries found are
+    /// handed to the broker by [`Storage::recover`].
+    pub fn open(dir: &Path, options: Options) -> Result<(FileStore, Syncer), StorageError> {
+        let started = Instant::now();
+        let segments_dir = dir.join("segments");
+        std::fs::create_dir_all(&segments_dir).map_err(|e| at(&segments_dir, e))?;
+        let clean_path = dir.join(CLEAN);
+        let clean = clean_path.exists();
+        if clean {
+            // From here on a crash is not a clean stop.
+            std::fs::remove_file(&clean_path).map_err(|e| at(&clean_path, e))?;
+            sync_dir(dir).map_err(|e| at(dir, e))?;
+        }
+        let mut report = RecoveryReport { clean, ..Default::default() };
+        let (mut recovered, meta) = recover_metadata(dir, &mut report)?;
+        recovered.clean = clean;
+        let shared = Arc::new(SyncShared::default());
+        let mut store = FileStore {
+            dir: dir.to_path_buf(),
+            segments_dir: segments_dir.clone(),
+            options,
+            segments: BTreeMap::new(),
+            active: 0,
+            meta,
+            live: HashMap::new(),
+            shared: shared.clone(),
+            scratch: BytesMut::new(),
+            written: 0,
+            recovered: None,
+            report,
+        };
+        store.replay(&mut recovered)?;
+        let next = store.segments.keys().next_back().map_or(1, |id| id + 1);
+        store.open_segment(next, options.segment_size)?;
+        let before = store.segments.len();
+        store.collect_garbage();
+        store.report.deleted = before - store.segments.len();
+        store.report.millis = started.elapsed().as_millis() as u64;
+        store.report.entries = recovered.entries.len();
+        store.recovered = Some(recovered);
+        let syncer = Syncer::new(shared, segments_dir);
+        Ok((store, syncer))
+    }
+
+    /// What start-up found.
+    pub fn report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Marks the store as stopped cleanly; call after the last write and sync.
+    pub fn mark_clean(dir: &Path) -> io::Result<()> {
+        File::create(dir.join(CLEAN))?.sync_all()?;
+        sync_dir(dir)
+    }
+
+    /// Segment files on disk now.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Octets of segment files on disk now.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.segment.capacity() as u64).sum()
+    }
+
+    /// Replays every segment in order into `recovered.entries`.
+    fn replay(&mut self, recovered: &mut Recovered) -> Result<(), StorageError> {
+        let mut ids: Vec<u64> = std::fs::read_dir(&self.segments_dir)
+            .map_err(|e| at(&self.segments_dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment::parse_name(&e.file_name().to_string_lossy()))
+            .collect();
+        ids.sort_unstable();
+        let mut entries: HashMap<(QueueId, u64), (u64, EntryState, Box<Message>)> = HashMap::new();
+        for id in ids {
+            let path = self.segments_dir.join(segment::file_name(id));
+            let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
+            let mut targets = BTreeSet::new();
+            let end = scan(&mut seg, &mut self.report, |rec| match rec {
+                Record::Put { queue, seq, state, message } => {
+                    if let Some((old, _, _)) = entries.insert((queue, seq), (id, state, message)) {
+                        targets.insert(old);
+                    }
+                }
+                Record::Remove { queue, seq } => {
+                    if let Some((old, _, _)) = entries.remove(&(queue, seq)) {
+                        targets.insert(old);
+                    }
+                }
+                Record::Count { queue, seq, delivery_count } => {
+                    if let Some((old, state, _)) = entries.get_mut(&(queue, seq)) {
+                        state.delivery_count = delivery_count;
+                        targets.insert(*old);
+                    }
+                }
+            });
+            seg.set_end(end);
+            targets.remove(&id);
+            self.report.segments += 1;
+            self.segments.insert(id, SegmentState { segment: seg, live: 0, targets });
+        }
+        for ((queue, _), _) in entries.iter() {
+            recovered.next_queue_id = recovered.next_queue_id.max(queue + 1);
+        }
+        let declared: BTreeMap<QueueId, _> = recovered.queues.iter().map(|q| (q.id, q.clone())).collect();
+        let mut list: Vec<StoredEntry> = entries
+            .into_iter()
+            .map(|((queue, seq), (seg, state, message))| StoredEntry {
+                queue,
+                seq,
+                state,
+                at: StoreRef(seg),
+                message: Arc::from(message),
+            })
+            .collect();
+        // Entries of a queue whose deletion is durable are dead.
+        tidy_entries(&mut list, &declared);
+        for e in &list {
+            self.count_live(e.queue, e.at.0, 1);
+        }
+        recovered.entries = list;
+        Ok(())
+    }
+
+    fn open_segment(&mut self, id: u64, capacity: usize) -> Result<(), StorageError> {
+        let seg = Segment::create(&self.segments_dir, id, capacity).map_err(io_err)?;
+        self.shared.created_file();
+        self.segments.insert(id, SegmentState { segment: seg, live: 0, targets: BTreeSet::new() });
+        self.active = id;
+        Ok(())
+    }
+
+    fn count_live(&mut self, queue: QueueId, seg: u64, delta: i64) {
+        let per_queue = self.live.entry(queue).or_default();
+        let n = per_queue.entry(seg).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            per_queue.remove(&seg);
+        }
+        if let Some(s) = self.segments.get_mut(&seg) {
+            s.live = s.live.saturating_add_signed(delta);
+        }
+    }
+
+    /// Appends the record in `scratch` to the active segment (opening a new one when it is
+    /// full); returns the segment and offset it went to.
+    fn append(&mut self) -> Result<(u64, usize), StorageError> {
+        let len = self.scratch.len();
+        let fits = self.segments.get(&self.active).is_some_and(|s| s.segment.remaining() >= len);
+        if !fits {
+            let next = self.active + 1;
+            self.open_segment(next, self.options.segment_size.max(len))?;
+            self.collect_garbage();
+        }
+        let active = self.active;
+        let Some(s) = self.segments.get_mut(&active) else {
+            return Err(StorageError::Io("no active segment".into()));
+        };
+        let offset =
+            s.segment.append(&self.scratch).ok_or_else(|| StorageError::Io("segment full".into()))?;
+        self.written += 1;
+        self.shared.wrote(active + 1, &s.segment.file, self.written);
+        Ok((active, offset))
+    }
+
+    /// Notes that a record in the active segment refers to an entry in segment `seg`.
+    fn refers_to(&mut self, seg: u64) {
+        let active = self.active;
+        if seg != active
+            && let Some(s) = self.segments.get_mut(&active)
+        {
+            s.targets.insert(seg);
+        }
+    }
+
+    /// Hands dead segments to the syncer for deletion, oldest first.
+    fn collect_garbage(&mut self) {
+        let dead: Vec<u64> = {
+            let mut gone: BTreeSet<u64> = BTreeSet::new();
+            for (id, s) in &self.segments {
+                let targets_gone =
+                    s.targets.iter().all(|t| gone.contains(t) || !self.segments.contains_key(t));
+                if *id != self.active && s.live == 0 && targets_gone {
+                    gone.insert(*id);
+                }
+            }
+            gone.into_iter().collect()
+        };
+        for id in dead {
+            if let Some(s) = self.segments.remove(&id) {
+                self.shared.doom(s.segment.path);
+            }
+        }
+    }
+
+    fn write_meta(&mut self, m: &Meta) -> Result<(), StorageError> {
+        self.scratch.clear();
+        record::frame(&mut self.scratch, |w| record::meta(w, m));
+        (&*self.meta).write_all(&self.scratch).map_err(|e| at(&self.dir.join("metadata.log"), e))?;
+        self.written += 1;
+        self.shared.wrote(META_FILE, &self.meta, self.written);
+        Ok(())
+    }
+}
+
+impl Storage for FileStore {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.recovered.take().ok_or_else(|| StorageError::Io("recover called twice".into()))
+    }
+
+    fn put(
+        &mut self,
+        queue: QueueId,
+        seq: u64,
+        message: &Message,
+        state: &EntryState,
+        replaces: Option<StoreRef>,
+    ) -> Result<(StoreRef, Option<bytes::Bytes>), StorageError> {
+        self.scratch.clear();
+        record::frame(&mut self.scratch, |w| record::put(w, queue, seq, state, message));
+        let total = self.scratch.len();
+        let (seg, offset) = self.append()?;
+        self.count_live(queue, seg, 1);
+        if let Some(old) = replaces {
+            self.refers_to(old.0);
+            self.count_live(queue, old.0, -1);
+            self.collect_garbage();
+        }
+        let body_len = message.body.len();
+        let body = self.segments.get(&seg).and_then(|s| s.segment.read(offset + total - body_len, body_len));
+        Ok((StoreRef(seg), body))
+    }
+
+    fn set_delivery_count(
+        &mut self,
+        queue: QueueId,
+        seq: u64,
+        at: StoreRef,
+        delivery_count: u32,
+    ) -> Result<(), StorageError> {
+        if !self.live.contains_key(&queue) {
+            return Ok(());
+        }
+        self.scratch.clear();
+        record::frame(&mut self.scratch, |w| record::count(w, queue, seq, delivery_count));
+        self.append()?;
+        self.refers_to(at.0);
+        Ok(())
+    }
+
+    fn remove(&mut self, queue: QueueId, seq: u64, at: StoreRef) -> Result<(), StorageError> {
+        // A deleted queue's entries went with it.
+        if !self.live.get(&queue).is_some_and(|q| q.contains_key(&at.0)) {
+            return Ok(());
+        }
+        self.scratch.clear();
+        record::frame(&mut self.scratch, |w| record::remove(w, queue, seq));
+        self.append()?;
+        self.refers_to(at.0);
+        self.count_live(queue, at.0, -1);
+        if self.segments.get(&at.0).is_some_and(|s| s.live == 0) {
+            self.collect_garbage();
+        }
+        Ok(())
+    }
+
+    fn meta(&mut self, op: &MetaOp) -> Result<(), StorageError> {
+        self.write_meta(&Meta::Op(op.clone()))?;
+        if let MetaOp::DeleteQueue(id) = op
+            && let Some(per_segment) = self.live.remove(id)
+        {
+            for (seg, n) in per_segment {
+                if let Some(s) = self.segments.get_mut(&seg) {
+                    s.live = s.live.saturating_sub(n);
+                }
+            }
+            self.collect_garbage();
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// Reads a segment's records in order, handing each good one to `f`; returns where the
+/// written part ends. A record whose checksum fails is skipped when a good record follows it
+/// (damage in the middle) and otherwise cut off with everything after it (a torn write).
+fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(Record)) -> usize {
+    let name = seg.path.display().to_string();
+    let mut pos = 0;
+    loop {
+        let Some((len, crc)) = seg.read(pos, HEADER).and_then(|h| record::header(&h)) else {
+            return pos;
+        };
+        if len == 0 {
+            return pos;
+        }
+        let payload = seg.read(pos + HEADER, len).filter(|p| crc32c::crc32c(p) == crc);
+        let next = pos + HEADER + len;
+        match payload {
+            Some(p) => {
+                report.records += 1;
+                match record::decode(p) {
+                    Ok(r) => f(r),
+                    Err(e) => report.damaged.push(format!("{name} at {pos}: {e}")),
+                }
+                pos = next;
+            }
+            None if good_record_at(seg, next) => {
+                report.damaged.push(format!("{name} at {pos}: checksum mismatch, {len} octets skipped"));
+                pos = next;
+            }
+            None => {
+                report.truncated.push(format!("{name} at {pos}"));
+                seg.zero_from(pos);
+                return pos;
+            }
+        }
+    }
+}
+
+fn good_record_at(seg: &Segment, pos: usize) -> bool {
+    let Some((len, crc)) = seg.read(pos, HEADER).and_then(|h| record::header(&h)) else {
+        return false;
+    };
+    len > 0 && seg.read(pos + HEADER, len).is_some_and(|p| crc32c::crc32c(&p) == crc)
+}
+
+/// Reads the metadata log, then rewrites it as a snapshot (so it does not grow without end)
+/// and opens it for appends.
+fn recover_metadata(dir: &Path, report: &mut RecoveryReport) -> Result<(Recovered, Arc<File>), StorageError> {
+    let path = dir.join("metadata.log");
+    let (mut queues, mut exchanges, mut bindings) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+    let mut next_queue_id = 1;
+    match std::fs::read(&path) {
+        Ok(data) => {
+            let data = bytes::Bytes::from(data);
+            let mut pos = 0;
+            while let Some((len, crc)) = data.get(pos..).and_then(record::header) {
+                let Some(payload) = data.get(pos + HEADER..pos + HEADER + len).filter(|_| len > 0) else {
+                    break;
+                };
+                if crc32c::crc32c(payload) != crc {
+                    report.truncated.push(format!("{} at {pos}", path.display()));
+                    break;
+                }
+                match record::decode_meta(data.slice(pos + HEADER..pos + HEADER + len)) {
+                    Ok(Meta::Op(op)) => {
+                        apply_meta(&mut queues, &mut exchanges, &mut bindings, &op, &mut next_queue_id)
+                    }
+                    Ok(Meta::NextQueueId(n)) => next_queue_id = next_queue_id.max(n),
+                    Err(e) => report.damaged.push(format!("{} at {pos}: {e}", path.display())),
+                }
+                pos += HEADER + len;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(&path, e)),
+    }
+    let recovered = Recovered {
+        queues: queues.into_values().collect(),
+        exchanges: exchanges.into_values().collect(),
+        bindings,
+        next_queue_id,
+        ..Default::default()
+    };
+    let mut snapshot = BytesMut::new();
+    let mut add = |m: Meta| record::frame(&mut snapshot, |w| record::meta(w, &m));
+    add(Meta::NextQueueId(recovered.next_queue_id));
+    for x in &recovered.exchanges {
+        add(Meta::Op(MetaOp::PutExchange(x.clone())));
+    }
+    for q in &recovered.queues {
+        add(Meta::Op(MetaOp::PutQueue(q.clone())));
+    }
+    for b in &recovered.bindings {
+        add(Meta::Op(MetaOp::Bind(b.clone())));
+    }
+    let tmp = dir.join("metadata.log.tmp");
+    let write = || -> io::Result<File> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&snapshot)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(dir)?;
+        File::options().append(true).open(&path)
+    };
+    let file = write().map_err(|e| at(&path, e))?;
+    Ok((recovered, Arc::new(file)))
+}

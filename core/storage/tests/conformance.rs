@@ -1,0 +1,416 @@
+//! One suite for every `Storage`: the in-memory store and the file store must recover the
+//! same state from the same writes. "Restart" is reopening the same backing (a clone of the
+//! memory store; the same directory without a sync, as after kill -9: the writes are in the
+//! page cache).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use warren_codec::{BasicProperties, FieldTable, FieldValue};
+use warren_core::message::Message;
+use warren_core::storage::{
+    BindingRecord, EntryState, ExchangeRecord, MemoryStore, MetaOp, QueueRecord, Recovered, Storage, StoreRef,
+};
+use warren_storage::{FileStore, Options, Syncer};
+
+/// Something that can be reopened, as after a restart.
+trait Backing {
+    fn open(&mut self) -> Box<dyn Storage>;
+}
+
+struct Memory(MemoryStore);
+
+impl Backing for Memory {
+    fn open(&mut self) -> Box<dyn Storage> {
+        Box::new(self.0.clone())
+    }
+}
+
+struct Files(tempfile::TempDir, Options, Option<Syncer>);
+
+impl Backing for Files {
+    fn open(&mut self) -> Box<dyn Storage> {
+        let (store, syncer) = FileStore::open(self.0.path(), self.1).expect("open");
+        self.2 = Some(syncer);
+        Box::new(store)
+    }
+}
+
+impl Files {
+    /// Syncs, which deletes the segments the store found dead; returns how many.
+    fn sync(&mut self) -> u64 {
+        self.2.as_mut().map_or(0, |s| s.sync().expect("sync").deleted)
+    }
+
+    fn segment_files(&self) -> usize {
+        std::fs::read_dir(self.0.path().join("segments")).expect("dir").count()
+    }
+}
+
+fn files(segment_size: usize) -> Files {
+    Files(tempfile::tempdir().expect("tempdir"), Options { segment_size }, None)
+}
+
+fn backings() -> Vec<(&'static str, Box<dyn Backing>)> {
+    vec![("memory", Box::new(Memory(MemoryStore::new()))), ("files", Box::new(files(4096)))]
+}
+
+fn message(body: &[u8]) -> Message {
+    let mut headers = FieldTable::new();
+    headers.insert("k".into(), FieldValue::str("v"));
+    Message {
+        exchange: "ex".into(),
+        routing_key: "rk".into(),
+        properties: BasicProperties { delivery_mode: Some(2), headers: Some(headers), ..Default::default() },
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+fn queue(id: u64, name: &str) -> MetaOp {
+    MetaOp::PutQueue(QueueRecord { id, name: name.into(), auto_delete: false, arguments: FieldTable::new() })
+}
+
+/// What recovery returned, without where each store keeps things and without the clean flag.
+fn normal(mut r: Recovered) -> Recovered {
+    for e in &mut r.entries {
+        e.at = StoreRef::default();
+    }
+    r.clean = false;
+    r
+}
+
+#[test]
+fn entries_survive_a_restart_in_order_with_their_state() {
+    for (name, mut b) in backings() {
+        let mut s = b.open();
+        s.recover().expect("recover");
+        s.meta(&queue(1, "q")).expect("meta");
+        let mut refs = Vec::new();
+        for seq in 0..5u64 {
+            let state = EntryState { enqueued_ms: seq, expires_at_ms: Some(100 + seq), ..Default::default() };
+            let (at, body) = s.put(1, seq, &message(&[seq as u8; 3]), &state, None).expect("put");
+            if let Some(body) = body {
+                assert_eq!(&body[..], &[seq as u8; 3], "{name}: the stored body is the message's");
+            }
+            refs.push(at);
+        }
+        s.remove(1, 1, refs[1]).expect("remove");
+        s.set_delivery_count(1, 3, refs[3], 2).expect("count");
+        drop(s);
+        let r = b.open().recover().expect("recover");
+        let got: Vec<_> = r.entries.iter().map(|e| (e.queue, e.seq, e.state.delivery_count)).collect();
+        assert_eq!(got, [(1, 0, 0), (1, 2, 0), (1, 3, 2), (1, 4, 0)], "{name}");
+        assert_eq!(r.entries[0].state.expires_at_ms, Some(100), "{name}");
+        assert_eq!(*r.entries[1].message, message(&[2; 3]), "{name}");
+        assert_eq!(r.queues.len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn a_rewrite_supersedes_the_entry() {
+    for (name, mut b) in backings() {
+        let mut s = b.open();
+        s.recover().expect("recover");
+        s.meta(&queue(1, "q")).expect("meta");
+        let (at, _) = s.put(1, 0, &message(b"first"), &EntryState::default(), None).expect("put");
+        let later = EntryState { ready_at_ms: Some(5_000), delivery_count: 1, ..Default::default() };
+        s.put(1, 0, &message(b"second"), &later, Some(at)).expect("rewrite");
+        drop(s);
+        let r = b.open().recover().expect("recover");
+        assert_eq!(r.entries.len(), 1, "{name}");
+        assert_eq!(r.entries[0].state, later, "{name}");
+        assert_eq!(r.entries[0].message.body, Bytes::from_static(b"second"), "{name}");
+    }
+}
+
+#[test]
+fn topology_survives_and_a_deleted_queue_takes_its_entries_and_bindings() {
+    for (name, mut b) in backings() {
+        let mut s = b.open();
+        s.recover().expect("recover");
+        let x = ExchangeRecord {
+            name: "x".into(),
+            kind: "topic".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        };
+        let bind = |q: &str| BindingRecord {
+            source: "x".into(),
+            destination: q.into(),
+            to_queue: true,
+            key: "#".into(),
+            arguments: FieldTable::new(),
+        };
+        s.meta(&MetaOp::PutExchange(x.clone())).expect("meta");
+        s.meta(&queue(1, "a")).expect("meta");
+        s.meta(&queue(2, "b")).expect("meta");
+        s.meta(&MetaOp::Bind(bind("a"))).expect("meta");
+        s.meta(&MetaOp::Bind(bind("b"))).expect("meta");
+        let (at, _) = s.put(1, 0, &message(b"a"), &EntryState::default(), None).expect("put");
+        s.put(2, 0, &message(b"b"), &EntryState::default(), None).expect("put");
+        s.meta(&MetaOp::DeleteQueue(1)).expect("delete");
+        // An ack for the deleted queue's message arriving afterwards changes nothing.
+        s.remove(1, 0, at).expect("late remove");
+        drop(s);
+        let r = b.open().recover().expect("recover");
+        assert_eq!(r.exchanges, [x], "{name}");
+        assert_eq!(r.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["b"], "{name}");
+        assert_eq!(r.bindings, [bind("b")], "{name}");
+        assert_eq!(r.entries.iter().map(|e| e.queue).collect::<Vec<_>>(), [2], "{name}");
+        assert!(r.next_queue_id >= 3, "{name}: ids are never reused");
+    }
+}
+
+/// One step of a random workload.
+#[derive(Debug, Clone)]
+enum Op {
+    Put { queue: u64, size: usize },
+    Remove { pick: usize },
+    Count { pick: usize, count: u32 },
+    Rewrite { pick: usize },
+    DeleteQueue { queue: u64 },
+    Sync,
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1..4u64, 0..900usize).prop_map(|(queue, size)| Op::Put { queue, size }),
+        4 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+        1 => (any::<usize>(), 1..9u32).prop_map(|(pick, count)| Op::Count { pick, count }),
+        1 => any::<usize>().prop_map(|pick| Op::Rewrite { pick }),
+        1 => (1..4u64).prop_map(|queue| Op::DeleteQueue { queue }),
+        1 => Just(Op::Sync),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// Live entries as the test tracks them: (queue, seq) and where each store keeps it.
+struct Live(Vec<(u64, u64, StoreRef, StoreRef)>);
+
+impl Live {
+    fn take(&mut self, pick: usize) -> Option<(u64, u64, StoreRef, StoreRef)> {
+        (!self.0.is_empty()).then(|| self.0.remove(pick % self.0.len()))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The file store, across segment roll-overs, deletions and restarts, recovers exactly
+    /// what the in-memory store does.
+    #[test]
+    fn the_file_store_recovers_what_the_memory_store_does(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut mem = Memory(MemoryStore::new());
+        let mut disk = files(2048);
+        let (mut m, mut f) = (mem.open(), disk.open());
+        m.recover().expect("recover");
+        f.recover().expect("recover");
+        let mut declared = [false; 4];
+        let mut next_id = 1;
+        let mut ids = [0u64; 4];
+        let mut seqs = 0u64;
+        let mut live = Live(Vec::new());
+        for op in ops {
+            match op {
+                Op::Put { queue, size } => {
+                    let q = queue as usize;
+                    if !declared[q] {
+                        ids[q] = next_id;
+                        next_id += 1;
+                        declared[q] = true;
+                        let rec = self::queue(ids[q], &format!("q{q}"));
+                        m.meta(&rec).expect("meta");
+                        f.meta(&rec).expect("meta");
+                    }
+                    seqs += 1;
+                    let msg = message(&vec![seqs as u8; size]);
+                    let state = EntryState { enqueued_ms: seqs, ..Default::default() };
+                    let (a, _) = m.put(ids[q], seqs, &msg, &state, None).expect("put");
+                    let (b, _) = f.put(ids[q], seqs, &msg, &state, None).expect("put");
+                    live.0.push((ids[q], seqs, a, b));
+                }
+                Op::Remove { pick } => {
+                    if let Some((q, seq, a, b)) = live.take(pick) {
+                        m.remove(q, seq, a).expect("remove");
+                        f.remove(q, seq, b).expect("remove");
+                    }
+                }
+                Op::Count { pick, count } => {
+                    if let Some(e @ (q, seq, a, b)) = live.take(pick) {
+                        m.set_delivery_count(q, seq, a, count).expect("count");
+                        f.set_delivery_count(q, seq, b, count).expect("count");
+                        live.0.push(e);
+                    }
+                }
+                Op::Rewrite { pick } => {
+                    if let Some((q, seq, a, b)) = live.take(pick) {
+                        let state = EntryState { ready_at_ms: Some(seq), ..Default::default() };
+                        let msg = message(b"rewritten");
+                        let (a, _) = m.put(q, seq, &msg, &state, Some(a)).expect("rewrite");
+                        let (b, _) = f.put(q, seq, &msg, &state, Some(b)).expect("rewrite");
+                        live.0.push((q, seq, a, b));
+                    }
+                }
+                Op::DeleteQueue { queue } => {
+                    let q = queue as usize;
+                    if declared[q] {
+                        declared[q] = false;
+                        m.meta(&MetaOp::DeleteQueue(ids[q])).expect("meta");
+                        f.meta(&MetaOp::DeleteQueue(ids[q])).expect("meta");
+                        live.0.retain(|e| e.0 != ids[q]);
+                    }
+                }
+                Op::Sync => {
+                    disk.sync();
+                }
+                Op::Restart => {
+                    drop((m, f));
+                    m = mem.open();
+                    f = disk.open();
+                    let (rm, rf) = (m.recover().expect("recover"), f.recover().expect("recover"));
+                    // The file store hands out new places for what it recovered.
+                    for e in &mut live.0 {
+                        if let Some(r) = rf.entries.iter().find(|r| (r.queue, r.seq) == (e.0, e.1)) {
+                            e.3 = r.at;
+                        }
+                    }
+                    prop_assert_eq!(normal(rm), normal(rf));
+                }
+            }
+        }
+        drop((m, f));
+        let (rm, rf) = (mem.open().recover().expect("recover"), disk.open().recover().expect("recover"));
+        prop_assert_eq!(normal(rm), normal(rf));
+    }
+}
+
+#[test]
+fn recovered_bodies_are_views_of_the_log() {
+    let mut b = files(1 << 20);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    s.put(1, 0, &message(&[7; 10_000]), &EntryState::default(), None).expect("put");
+    drop(s);
+    let r = b.open().recover().expect("recover");
+    assert_eq!(r.entries[0].message.body, Bytes::from(vec![7; 10_000]));
+    assert!(Arc::strong_count(&r.entries[0].message) == 1);
+}
+
+#[test]
+fn segments_are_deleted_once_their_entries_are_gone_but_not_before_what_they_cancel() {
+    let mut b = files(1024);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    let msg = message(&[1; 300]);
+    // The first message stays queued for the whole test, pinning segment 1.
+    let (pinned, _) = s.put(1, 0, &msg, &EntryState::default(), None).expect("put");
+    let mut refs = Vec::new();
+    for seq in 1..40 {
+        refs.push((seq, s.put(1, seq, &msg, &EntryState::default(), None).expect("put").0));
+    }
+    let before = b.segment_files();
+    assert!(before > 8, "the puts filled {before} segments");
+    for (seq, at) in refs {
+        s.remove(1, seq, at).expect("remove");
+    }
+    assert!(b.sync() > 0, "dead segments are deleted at the sync");
+    let after = b.segment_files();
+    assert!(after < before / 2, "{after} of {before} segments left");
+    drop(s);
+    let r = b.open().recover().expect("recover");
+    assert_eq!(r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [0], "nothing acked came back");
+    let mut s = b.open();
+    let r = s.recover().expect("recover");
+    s.remove(1, 0, r.entries[0].at).expect("remove");
+    b.sync();
+    drop(s);
+    assert!(b.open().recover().expect("recover").entries.is_empty());
+    b.sync();
+    assert_eq!(b.segment_files(), 1, "only the active segment is left");
+    let _ = pinned;
+}
+
+/// Writes `n` one-kilobyte messages into a fresh store and returns the directory.
+fn filled(n: u64) -> Files {
+    let mut b = files(1 << 20);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    for seq in 0..n {
+        s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
+    }
+    b
+}
+
+fn segment_path(b: &Files) -> std::path::PathBuf {
+    b.0.path().join("segments").join("0000000000000001.seg")
+}
+
+fn seqs(r: &Recovered) -> Vec<u64> {
+    r.entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn a_torn_last_record_is_cut_off_and_the_rest_recovered() {
+    let mut b = filled(5);
+    // The last record is half written: its tail never reached the disk.
+    let path = segment_path(&b);
+    let mut data = std::fs::read(&path).expect("read");
+    let last_end = data.iter().rposition(|&x| x != 0).expect("data") + 1;
+    for x in &mut data[last_end - 400..last_end] {
+        *x = 0;
+    }
+    std::fs::write(&path, &data).expect("write");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
+    assert!(store.report().damaged.is_empty());
+    assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 2, 3]);
+    drop(store);
+    // The cut is made on disk: the next start finds nothing to repair.
+    let (store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert!(store.report().truncated.is_empty(), "{:?}", store.report());
+    let _ = b.open();
+}
+
+#[test]
+fn a_record_with_a_bad_checksum_is_skipped_and_reported() {
+    let b = filled(5);
+    let path = segment_path(&b);
+    let mut data = std::fs::read(&path).expect("read");
+    // Flip an octet inside the third message's body (records are ~1.1 KB each).
+    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
+    data[third + 10] ^= 0xff;
+    std::fs::write(&path, &data).expect("write");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert_eq!(store.report().damaged.len(), 1, "{:?}", store.report());
+    assert!(store.report().damaged[0].contains("checksum"), "{:?}", store.report());
+    assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 3, 4]);
+}
+
+#[test]
+fn a_missing_metadata_log_leaves_no_queue_to_put_entries_in_and_is_recreated() {
+    let b = filled(3);
+    std::fs::remove_file(b.0.path().join("metadata.log")).expect("rm");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    let r = store.recover().expect("recover");
+    assert!(r.queues.is_empty() && r.entries.is_empty());
+    assert!(r.next_queue_id >= 2, "the orphaned entries' queue id is still not reused");
+    assert!(b.0.path().join("metadata.log").exists());
+}
+
+#[test]
+fn a_clean_stop_is_told_apart_from_a_crash() {
+    let mut b = filled(1);
+    b.sync();
+    FileStore::mark_clean(b.0.path()).expect("mark");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert!(store.recover().expect("recover").clean);
+    drop(store);
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert!(!store.recover().expect("recover").clean, "the marker is consumed at start");
+}
