@@ -105,6 +105,102 @@ pub struct FileConfig {
     /// Queue policies: arguments applied by queue-name pattern.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// `[storage]`: durability and disk limits.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// When stored messages are fsynced.
+    pub fsync: Option<FsyncMode>,
+    /// For `fsync = "interval"`: milliseconds between syncs.
+    pub fsync_interval_ms: Option<u64>,
+    /// Segment file size in octets, or with a unit ("16MiB").
+    pub segment_size: Option<Size>,
+    /// Publishers are blocked while free disk space is below this (octets, or "50MB").
+    pub disk_free_limit: Option<Size>,
+}
+
+/// When the store fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncMode {
+    /// Publisher confirms for stored messages wait for the fsync that covers them (group
+    /// commit: one fsync for every message written while the previous one ran).
+    #[default]
+    BeforeConfirm,
+    /// fsync every `fsync-interval-ms`; confirms go out once a message is written.
+    Interval,
+    /// Leave it to the OS (survives a broker crash, not a power cut).
+    Never,
+}
+
+/// A size in octets: a number, or a string with a unit (kB, MB, GB, KiB, MiB, GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeText")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for Size {
+    type Error = String;
+
+    fn try_from(v: SizeText) -> Result<Size, String> {
+        let text = match v {
+            SizeText::Number(n) => return Ok(Size(n)),
+            SizeText::Text(t) => t,
+        };
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size such as 50MB"))?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!("unknown unit '{other}' in '{text}' (use kB, MB, GB, KiB, MiB or GiB)"));
+            }
+        };
+        n.checked_mul(factor).map(Size).ok_or_else(|| format!("'{text}' is too large"))
+    }
+}
+
+/// Storage settings, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// When to fsync.
+    pub fsync: FsyncMode,
+    /// Time between syncs for [`FsyncMode::Interval`].
+    pub fsync_interval: std::time::Duration,
+    /// Segment file size.
+    pub segment_size: usize,
+    /// Free disk space below which publishers are blocked.
+    pub disk_free_limit: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            fsync: FsyncMode::BeforeConfirm,
+            fsync_interval: std::time::Duration::from_millis(200),
+            segment_size: 16 << 20,
+            // RabbitMQ's default.
+            disk_free_limit: 50_000_000,
+        }
+    }
 }
 
 /// `[[policies]]`: RabbitMQ-style queue policy. The queue's own `x-` arguments win.
@@ -242,6 +338,8 @@ pub struct Settings {
     pub connection: ConnectionConfig,
     /// Users allowed to log in.
     pub users: Vec<User>,
+    /// Durability and disk limits.
+    pub storage: StorageSettings,
 }
 
 impl Default for Settings {
@@ -257,6 +355,7 @@ impl Default for Settings {
             policies: Vec::new(),
             connection: ConnectionConfig::default(),
             users: vec![User::guest()],
+            storage: StorageSettings::default(),
         }
     }
 }
@@ -316,6 +415,27 @@ impl Settings {
         if let Some(h) = file.amqp.heartbeat {
             s.connection.heartbeat = h;
         }
+        let st = file.storage;
+        if let Some(f) = st.fsync {
+            s.storage.fsync = f;
+        }
+        if let Some(ms) = st.fsync_interval_ms {
+            if ms == 0 {
+                return Err(ConfigError::Invalid("storage.fsync-interval-ms must be above 0".into()));
+            }
+            s.storage.fsync_interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(Size(n)) = st.segment_size {
+            if !(64 << 10..=1 << 30).contains(&n) {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.segment-size = {n} is outside 64KiB..1GiB"
+                )));
+            }
+            s.storage.segment_size = n as usize;
+        }
+        if let Some(Size(n)) = st.disk_free_limit {
+            s.storage.disk_free_limit = n;
+        }
         if let Some(users) = file.users {
             s.users = users
                 .into_iter()
@@ -373,6 +493,27 @@ mod tests {
             .unwrap_or_default();
         let e = Settings::resolve(&Cli::default(), bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("policy 'o2'") && e.contains("x-overflow"), "{e}");
+    }
+
+    #[test]
+    fn storage_settings_take_sizes_with_units_and_name_bad_ones() {
+        let file = parse(
+            "[storage]\nfsync = \"interval\"\nfsync-interval-ms = 50\ndisk-free-limit = \"2GB\"\nsegment-size = \"1MiB\"",
+        );
+        let s = Settings::resolve(&Cli::default(), file.unwrap_or_default()).map(|s| s.storage).ok();
+        assert_eq!(
+            s,
+            Some(StorageSettings {
+                fsync: FsyncMode::Interval,
+                fsync_interval: std::time::Duration::from_millis(50),
+                segment_size: 1 << 20,
+                disk_free_limit: 2_000_000_000,
+            })
+        );
+        let e = parse("[storage]\ndisk-free-limit = \"5 parsecs\"").err().unwrap_or_default();
+        assert!(e.contains("parsecs") && e.contains("line 2"), "{e}");
+        let e = parse("[storage]\nfsync = \"sometimes\"").err().unwrap_or_default();
+        assert!(e.contains("sometimes"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
 //! - [`tls`]: AMQPS configuration and client-certificate identities.
+//! - [`storage`]: the durable store's start-up recovery, group-commit thread and disk alarm.
 //! - [`server`]: the TCP listener and the per-connection driver around
 //!   [`warren_core::Connection`].
 //!
@@ -20,4 +21,5 @@ pub mod management;
 pub mod metrics;
 pub mod quic;
 pub mod server;
+pub mod storage;
 pub mod tls;

@@ -62,7 +62,7 @@ pub struct BrokerCollector {
 impl BrokerCollector {
     /// A collector over the shared broker.
     pub fn new(shared: SharedRef) -> Self {
-        let descs = families(&[], &GlobalStats::default(), (0, 0))
+        let descs = families(&[], &GlobalStats::default(), (0, 0, 0))
             .iter()
             .flat_map(|f| f.desc().into_iter().cloned().collect::<Vec<_>>())
             .collect();
@@ -79,11 +79,12 @@ impl BrokerCollector {
         held
     }
 
-    fn snapshot(&self) -> (Vec<QueueSnapshot>, GlobalStats, (usize, usize)) {
+    fn snapshot(&self) -> (Vec<QueueSnapshot>, GlobalStats, (usize, usize, usize)) {
         let s = lock(&self.shared);
         let b = &s.broker;
         let queues = queue_snapshots(b);
-        (queues, *b.stats(), b.open_counts())
+        let (conns, chans) = b.open_counts();
+        (queues, *b.stats(), (conns, chans, b.blocked_count()))
     }
 }
 
@@ -129,7 +130,7 @@ fn int(n: usize) -> i64 {
 fn families(
     queues: &[QueueSnapshot],
     g: &GlobalStats,
-    (conns, chans): (usize, usize),
+    (conns, chans, blocked): (usize, usize, usize),
 ) -> Vec<Box<dyn Family>> {
     let mut out: Vec<Box<dyn Family>> = Vec::new();
     let qg = |n: &str, h: &str| gauge(&format!("warren_queue_{n}"), h, QUEUE_LABELS);
@@ -227,6 +228,11 @@ fn families(
         ("warren_connections_closed_total", "Connections closed.", g.connections_closed),
         ("warren_channels_opened_total", "Channels opened.", g.channels_opened),
         ("warren_channels_closed_total", "Channels closed.", g.channels_closed),
+        (
+            "warren_storage_write_errors_total",
+            "Storage writes that failed (a publish so refused is nacked).",
+            g.storage_errors,
+        ),
     ];
     for (name, help, value) in plain_counters {
         let c = counter(name, help, &[]);
@@ -237,6 +243,11 @@ fn families(
         ("warren_connections", "Open connections.", int(conns)),
         ("warren_channels", "Open channels.", int(chans)),
         ("warren_queues", "Declared queues.", int(queues.len())),
+        (
+            "warren_connections_blocked",
+            "Connections not read from because a resource alarm blocks publishers.",
+            int(blocked),
+        ),
     ];
     for (name, help, value) in gauges {
         let gv = gauge(name, help, &[]);
@@ -249,8 +260,11 @@ fn families(
 /// The registry served on `/metrics`: the broker collector and process metrics.
 pub fn registry(shared: SharedRef) -> Registry {
     let r = Registry::new();
-    if let Err(e) = r.register(Box::new(BrokerCollector::new(shared))) {
+    if let Err(e) = r.register(Box::new(BrokerCollector::new(shared.clone()))) {
         tracing::error!(error = %e, "broker metrics not registered");
+    }
+    if let Some(m) = lock(&shared).storage_metrics.clone() {
+        m.register(&r);
     }
     let process = prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "warren");
     if let Err(e) = r.register(Box::new(process)) {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,10 @@ pub struct Shared {
     woken: Vec<ConnId>,
     timer: Arc<Notify>,
     events: Vec<BrokerEvent>,
+    /// Storage metrics, registered on `/metrics` when the store is open.
+    pub storage_metrics: Option<crate::storage::StorageMetrics>,
+    /// Raised while a resource alarm blocks publishers; read without the lock.
+    pub alarm: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -52,6 +57,7 @@ impl Shared {
             match e {
                 BrokerEvent::QueueDeclared { queue, durable } => info!(%queue, durable, "queue declared"),
                 BrokerEvent::QueueDeleted { queue } => info!(%queue, "queue deleted"),
+                BrokerEvent::StorageError { error } => tracing::error!(%error, "storage write failed"),
             }
         }
         self.broker.take_wakeups(&mut self.woken);
@@ -86,6 +92,7 @@ pub struct Server {
     metrics: Option<TcpListener>,
     shared: SharedRef,
     connection: ConnectionConfig,
+    storage: Option<crate::storage::Storage>,
 }
 
 impl Server {
@@ -120,8 +127,20 @@ impl Server {
         let config = BrokerConfig { users: settings.users.clone(), seed };
         let mut broker = Broker::new(config, std::time::Instant::now());
         broker.set_policies(settings.policies.clone());
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        broker.set_time(std::time::Instant::now(), unix_ms);
+        let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut broker)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let timer = Arc::new(Notify::new());
-        let shared = Shared { broker, wakers: HashMap::new(), woken: Vec::new(), timer, events: Vec::new() };
+        let shared = Shared {
+            broker,
+            wakers: HashMap::new(),
+            woken: Vec::new(),
+            timer,
+            events: Vec::new(),
+            storage_metrics: Some(storage.metrics.clone()),
+            alarm: storage.alarm.clone(),
+        };
         Ok(Server {
             listener,
             quic,
@@ -130,6 +149,7 @@ impl Server {
             metrics,
             shared: Arc::new(Mutex::new(shared)),
             connection: settings.connection.clone(),
+            storage: Some(storage),
         })
     }
 
@@ -173,6 +193,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let storage = self.storage.map(|s| s.start(self.shared.clone()));
         let timers = tokio::spawn(run_timers(self.shared.clone()));
         let metrics = self.metrics.map(|l| {
             let registry = Arc::new(crate::metrics::registry(self.shared.clone()));
@@ -254,6 +275,10 @@ impl Server {
         if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()
         {
             tasks.abort_all();
+        }
+        // Every connection is gone: make what they wrote durable and mark the stop clean.
+        if let Some(storage) = storage {
+            let _ = tokio::task::spawn_blocking(move || storage.finish()).await;
         }
         Ok(())
     }
@@ -395,6 +420,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
+    let alarm = lock(&shared).alarm.clone();
     let mut registered: Option<ConnId> = None;
     let mut user: Option<String> = None;
     debug!(%peer, "accepted");
@@ -406,8 +432,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 None => std::future::pending().await,
             }
         };
+        // Under a resource alarm a publishing connection is not read from: TCP backpressure
+        // holds its publishes, as in RabbitMQ.
+        let may_read = !alarm.load(Ordering::Acquire) || conn.may_read(&lock(&shared).broker);
         tokio::select! {
-            read = stream.read_buf(conn.read_buf()) => {
+            read = stream.read_buf(conn.read_buf()), if may_read => {
                 let now = Instant::now().into_std();
                 let mut s = lock(&shared);
                 match read {

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use warren_codec::reply_code::COMMAND_INVALID;
-use warren_codec::{ChannelCloseOk, ChannelOpenOk, Method};
+use warren_codec::{ChannelCloseOk, ChannelOpenOk, ConnectionBlocked, ConnectionUnblocked, Method};
 
 use crate::auth::User;
 use crate::channel::ChannelState;
@@ -64,6 +64,8 @@ pub struct ConnectionInfo {
     pub user: String,
     /// The client advertised `consumer_cancel_notify`: tell it when its consumer's queue goes.
     pub consumer_cancel_notify: bool,
+    /// The client advertised `connection.blocked`: tell it when publishing is blocked.
+    pub blocked_notify: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,8 @@ struct Session {
     channels: HashMap<u16, ChannelState>,
     outbound: Vec<Outgoing>,
     woken: bool,
+    /// It has published: a resource alarm blocks it.
+    published: bool,
 }
 
 /// The broker model: queues, sessions, and everything they do to each other. No I/O.
@@ -99,6 +103,8 @@ pub struct Broker {
     stats: crate::stats::GlobalStats,
     events: Vec<crate::stats::BrokerEvent>,
     durability: persist::Durability,
+    /// Why publishers are blocked (a resource alarm), when they are.
+    alarm: Option<String>,
 }
 
 impl Broker {
@@ -125,6 +131,7 @@ impl Broker {
             stats: Default::default(),
             events: Vec::new(),
             durability: Default::default(),
+            alarm: None,
         };
         b.declare_predefined_exchanges();
         b
@@ -184,9 +191,53 @@ impl Broker {
         let id = self.next_conn;
         self.next_conn += 1;
         self.stats.connections_opened += 1;
-        let session = Session { info, channels: HashMap::new(), outbound: Vec::new(), woken: false };
+        let notify = info.blocked_notify;
+        let session =
+            Session { info, channels: HashMap::new(), outbound: Vec::new(), woken: false, published: false };
         self.sessions.insert(id, session);
+        if let Some(reason) = self.alarm.clone().filter(|_| notify) {
+            self.send(id, 0, ConnectionBlocked { reason });
+        }
         id
+    }
+
+    /// Raises (`Some(reason)`) or clears a resource alarm. While it is raised, connections
+    /// that publish are not read from (see [`crate::Connection::may_read`]), and clients that
+    /// asked for it get connection.blocked, then connection.unblocked, as from RabbitMQ.
+    pub fn set_alarm(&mut self, reason: Option<String>) {
+        if self.alarm == reason {
+            return;
+        }
+        let was_raised = self.alarm.is_some();
+        self.alarm = reason.clone();
+        let ids: Vec<(ConnId, bool)> =
+            self.sessions.iter().map(|(id, s)| (*id, s.info.blocked_notify)).collect();
+        for (id, notify) in ids {
+            match (&reason, notify) {
+                (Some(r), true) if !was_raised => self.send(id, 0, ConnectionBlocked { reason: r.clone() }),
+                (None, true) => self.send(id, 0, ConnectionUnblocked {}),
+                // Woken anyway, so a driver that stopped reading looks again.
+                _ => self.wake(id),
+            }
+        }
+    }
+
+    /// The resource alarm, when one is raised.
+    pub fn alarm(&self) -> Option<&str> {
+        self.alarm.as_deref()
+    }
+
+    /// Whether connection `conn` is blocked: an alarm is raised and it publishes.
+    pub fn is_blocked(&self, conn: ConnId) -> bool {
+        self.alarm.is_some() && self.sessions.get(&conn).is_some_and(|s| s.published)
+    }
+
+    /// Connections blocked now.
+    pub fn blocked_count(&self) -> usize {
+        if self.alarm.is_none() {
+            return 0;
+        }
+        self.sessions.values().filter(|s| s.published).count()
     }
 
     /// Forgets a connection: its channels close (unacked messages requeued, consumers
@@ -332,7 +383,14 @@ impl Broker {
             return;
         };
         s.outbound.push(out);
-        if !s.woken {
+        self.wake(conn);
+    }
+
+    /// Lists a connection for its driver to wake.
+    fn wake(&mut self, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&conn)
+            && !s.woken
+        {
             s.woken = true;
             self.wakeups.push(conn);
         }

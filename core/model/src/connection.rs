@@ -361,6 +361,12 @@ impl Connection {
         }
     }
 
+    /// Whether the driver should read from the socket now: not while a resource alarm blocks
+    /// publishers and this connection has published (RabbitMQ's flow control by backpressure).
+    pub fn may_read(&self, broker: &Broker) -> bool {
+        !(self.state == State::Running && self.id.is_some_and(|id| broker.is_blocked(id)))
+    }
+
     /// Acts on expired timers: handshake timeout, heartbeats, close timeout.
     pub fn handle_timeout(&mut self, now: Instant, broker: &mut Broker) {
         self.now = now;
@@ -375,6 +381,10 @@ impl Connection {
                 let Some(hb) = self.heartbeat else {
                     return;
                 };
+                // Not reading is the broker's doing, not a dead peer.
+                if !self.may_read(broker) {
+                    self.last_recv = now;
+                }
                 if now >= self.last_recv + hb * 2 {
                     // RabbitMQ closes the socket without a close frame here.
                     let text = format!("missed heartbeats from client, timeout: {}s", hb.as_secs());
@@ -487,9 +497,12 @@ impl Connection {
                 let user = self.user.clone().unwrap_or_default();
                 let cancel_notify =
                     self.client_capabilities.get("consumer_cancel_notify").and_then(FieldValue::as_bool);
+                let blocked_notify =
+                    self.client_capabilities.get("connection.blocked").and_then(FieldValue::as_bool);
                 let info = ConnectionInfo {
                     user: user.clone(),
                     consumer_cancel_notify: cancel_notify == Some(true),
+                    blocked_notify: blocked_notify == Some(true),
                 };
                 self.id = Some(broker.connect(info));
                 self.send(0, ConnectionOpenOk::default());

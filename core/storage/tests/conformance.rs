@@ -40,7 +40,7 @@ impl Backing for Files {
 impl Files {
     /// Syncs, which deletes the segments the store found dead; returns how many.
     fn sync(&mut self) -> u64 {
-        self.2.as_mut().map_or(0, |s| s.sync().expect("sync").deleted)
+        self.2.as_mut().map_or(0, |s| s.sync(true).expect("sync").deleted)
     }
 
     fn segment_files(&self) -> usize {

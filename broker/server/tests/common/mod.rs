@@ -15,6 +15,8 @@ pub struct TestBroker {
     pub quic: Option<(SocketAddr, std::path::PathBuf)>,
     pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
+    /// The data directory, when the test did not choose one.
+    pub data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -25,7 +27,9 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestBroker {
+        let data = tempfile::tempdir().expect("data dir");
         let mut settings = Settings {
+            data_dir: data.path().to_path_buf(),
             amqp_listen: "127.0.0.1:0".parse().expect("addr"),
             management_listen: Some("127.0.0.1:0".parse().expect("addr")),
             metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -33,6 +37,7 @@ impl TestBroker {
             ..Settings::default()
         };
         tweak(&mut settings);
+        let data = (settings.data_dir == data.path()).then_some(data);
         let server = Server::bind(&settings).await.expect("bind");
         let addr = server.local_addr().expect("local addr");
         let management = server.management_addr();
@@ -49,7 +54,7 @@ impl TestBroker {
                 .await
                 .expect("server run");
         });
-        TestBroker { addr, management, amqps, quic, metrics, shared, stop: Some(tx), task: Some(task) }
+        TestBroker { addr, management, amqps, quic, metrics, shared, data, stop: Some(tx), task: Some(task) }
     }
 
     /// amqp URI for the default vhost.

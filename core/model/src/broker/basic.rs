@@ -31,6 +31,9 @@ impl Broker {
         body: Bytes,
     ) -> Result<(), AmqpError> {
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.published = true;
+        }
         if m.immediate {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
             return Err(on(AmqpError::new(NOT_IMPLEMENTED, "immediate=true")));
