@@ -76,6 +76,8 @@ struct Session {
     woken: bool,
     /// It has published: a resource alarm blocks it.
     published: bool,
+    /// It was sent connection.blocked and is owed connection.unblocked.
+    told_blocked: bool,
 }
 
 /// The broker model: queues, sessions, and everything they do to each other. No I/O.
@@ -191,34 +193,55 @@ impl Broker {
         let id = self.next_conn;
         self.next_conn += 1;
         self.stats.connections_opened += 1;
-        let notify = info.blocked_notify;
-        let session =
-            Session { info, channels: HashMap::new(), outbound: Vec::new(), woken: false, published: false };
+        let session = Session {
+            info,
+            channels: HashMap::new(),
+            outbound: Vec::new(),
+            woken: false,
+            published: false,
+            told_blocked: false,
+        };
         self.sessions.insert(id, session);
-        if let Some(reason) = self.alarm.clone().filter(|_| notify) {
-            self.send(id, 0, ConnectionBlocked { reason });
-        }
         id
     }
 
-    /// Raises (`Some(reason)`) or clears a resource alarm. While it is raised, connections
-    /// that publish are not read from (see [`crate::Connection::may_read`]), and clients that
-    /// asked for it get connection.blocked, then connection.unblocked, as from RabbitMQ.
+    /// Raises (`Some(reason)`) or clears a resource alarm. As in RabbitMQ, while it is raised
+    /// a connection that publishes is blocked: not read from (see
+    /// [`crate::Connection::may_read`]) and, when the client asked for it, sent
+    /// connection.blocked, then connection.unblocked when the alarm clears. Connections that
+    /// only consume go on, so queues can drain.
     pub fn set_alarm(&mut self, reason: Option<String>) {
         if self.alarm == reason {
             return;
         }
-        let was_raised = self.alarm.is_some();
-        self.alarm = reason.clone();
-        let ids: Vec<(ConnId, bool)> =
-            self.sessions.iter().map(|(id, s)| (*id, s.info.blocked_notify)).collect();
-        for (id, notify) in ids {
-            match (&reason, notify) {
-                (Some(r), true) if !was_raised => self.send(id, 0, ConnectionBlocked { reason: r.clone() }),
-                (None, true) => self.send(id, 0, ConnectionUnblocked {}),
-                // Woken anyway, so a driver that stopped reading looks again.
-                _ => self.wake(id),
+        self.alarm = reason;
+        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.tell_blocked(id);
+            // Woken anyway, so a driver that stopped reading looks again.
+            self.wake(id);
+        }
+    }
+
+    /// Sends connection.blocked or connection.unblocked to `conn` if its state changed.
+    fn tell_blocked(&mut self, conn: ConnId) {
+        let alarm = self.alarm.clone();
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !s.info.blocked_notify {
+            return;
+        }
+        match alarm {
+            Some(reason) if s.published && !s.told_blocked => {
+                s.told_blocked = true;
+                self.send(conn, 0, ConnectionBlocked { reason });
             }
+            None if s.told_blocked => {
+                s.told_blocked = false;
+                self.send(conn, 0, ConnectionUnblocked {});
+            }
+            _ => {}
         }
     }
 

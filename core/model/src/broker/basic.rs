@@ -31,8 +31,11 @@ impl Broker {
         body: Bytes,
     ) -> Result<(), AmqpError> {
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.sessions.get_mut(&conn)
+            && !s.published
+        {
             s.published = true;
+            self.tell_blocked(conn);
         }
         if m.immediate {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.

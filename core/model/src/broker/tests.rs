@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use warren_codec::{
     BasicAck, BasicConsume, BasicNack, BasicProperties, BasicPublish, BasicReject, ConfirmSelect,
-    ExchangeDeclare, FieldTable, FieldValue, Method, QueueBind, QueueDeclare, QueueDelete,
+    ConnectionBlocked, ConnectionUnblocked, ExchangeDeclare, FieldTable, FieldValue, Method, QueueBind,
+    QueueDeclare, QueueDelete,
 };
 
 use super::{Broker, BrokerConfig, ConfirmPolicy, ConnId, ConnectionInfo};
@@ -321,4 +322,44 @@ fn a_deleted_durable_queue_does_not_come_back_and_its_id_is_not_reused() {
     assert!(h.b.queue("old").is_none());
     h.method(durable("new"));
     assert_eq!(h.ready("new"), 0, "the deleted queue's entries do not reappear under a reused id");
+}
+
+#[test]
+fn an_alarm_blocks_publishers_only_and_tells_those_that_asked() {
+    let mut h = Harness::new();
+    let info = ConnectionInfo { blocked_notify: true, ..Default::default() };
+    let publisher = h.b.connect(info.clone());
+    let consumer = h.b.connect(info);
+    h.b.open_channel(publisher, 1);
+    h.declare("q", &[]);
+    let told = |b: &mut Broker, conn: ConnId| -> Vec<Method> {
+        let mut out = Vec::new();
+        b.take_outbound(conn, &mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Method { channel: 0, method, .. } => Some(method),
+                _ => None,
+            })
+            .collect()
+    };
+    let m = BasicPublish { routing_key: "q".into(), ..Default::default() };
+    h.b.publish(publisher, 1, m.clone(), BasicProperties::default(), Bytes::new()).expect("publish");
+    told(&mut h.b, publisher);
+    h.b.set_alarm(Some("low on disk".into()));
+    assert!(h.b.is_blocked(publisher) && !h.b.is_blocked(consumer));
+    assert_eq!(told(&mut h.b, publisher), [Method::from(ConnectionBlocked { reason: "low on disk".into() })]);
+    assert!(told(&mut h.b, consumer).is_empty(), "a connection that never published is not blocked");
+    assert_eq!(h.b.blocked_count(), 1);
+    h.b.set_alarm(None);
+    assert_eq!(told(&mut h.b, publisher), [Method::from(ConnectionUnblocked {})]);
+    assert!(told(&mut h.b, consumer).is_empty());
+    assert!(!h.b.is_blocked(publisher));
+    // A first publish under an alarm blocks from then on.
+    h.b.set_alarm(Some("low on disk".into()));
+    h.b.open_channel(consumer, 1);
+    h.b.publish(consumer, 1, m, BasicProperties::default(), Bytes::new()).expect("publish");
+    assert!(h.b.is_blocked(consumer));
+    assert!(
+        told(&mut h.b, consumer).contains(&Method::from(ConnectionBlocked { reason: "low on disk".into() }))
+    );
 }

@@ -1,0 +1,209 @@
+//! Durable queues through a real client: what survives a restart of the broker on the same
+//! data directory, confirms after fsync, and the disk alarm.
+
+mod common;
+
+use common::{TestBroker, eventually, http_to, table};
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+async fn channel(b: &TestBroker) -> (Connection, Channel) {
+    let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..Default::default() }
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+async fn start(dir: &std::path::Path) -> TestBroker {
+    let dir = dir.to_path_buf();
+    TestBroker::start_with(move |s| s.data_dir = dir).await
+}
+
+/// Publishes with confirms and waits for every ack.
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    bodies: &[String],
+    props: BasicProperties,
+) {
+    let mut confirms = Vec::new();
+    for body in bodies {
+        let c = ch
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props.clone(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(c);
+    }
+    for c in confirms {
+        let c = c.await.expect("confirm");
+        assert!(c.is_ack(), "every publish is acked: {c:?}");
+    }
+}
+
+async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+        out.push((String::from_utf8_lossy(&m.delivery.data).into_owned(), m.delivery.redelivered));
+    }
+    out
+}
+
+#[tokio::test]
+async fn durable_topology_and_persistent_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = start(dir.path()).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let args = table(&[("x-max-length", AMQPValue::LongLongInt(1000))]);
+    ch.queue_declare("orders".into(), durable(), args).await.expect("declare");
+    ch.queue_declare("scratch".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    let xopts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare("shop".into(), ExchangeKind::Topic, xopts, FieldTable::default())
+        .await
+        .expect("exchange");
+    ch.queue_bind(
+        "orders".into(),
+        "shop".into(),
+        "order.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let bodies: Vec<String> = (0..100).map(|i| format!("order-{i}")).collect();
+    publish_confirmed(&ch, "shop", "order.new", &bodies, persistent()).await;
+    publish_confirmed(&ch, "", "orders", &["transient".to_string()], BasicProperties::default()).await;
+    publish_confirmed(&ch, "", "scratch", &["lost".to_string()], persistent()).await;
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+
+    let b = start(dir.path()).await;
+    let (_conn, ch) = channel(&b).await;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = ch.queue_declare("orders".into(), passive, FieldTable::default()).await.expect("orders is back");
+    assert_eq!(
+        q.message_count(),
+        100,
+        "persistent messages only; the transient one is dropped as in RabbitMQ"
+    );
+    let e = ch.queue_declare("scratch".into(), passive, FieldTable::default()).await;
+    assert!(e.is_err(), "a transient queue does not come back");
+    let (_conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    // Redeclaring with the same arguments is accepted: they were kept.
+    let args = table(&[("x-max-length", AMQPValue::LongLongInt(1000))]);
+    ch.queue_declare("orders".into(), durable(), args).await.expect("equivalent redeclare");
+    // The durable binding routes.
+    publish_confirmed(&ch, "shop", "order.late", &["late".to_string()], persistent()).await;
+    let got = drain(&ch, "orders").await;
+    let mut want: Vec<(String, bool)> = bodies.into_iter().map(|b| (b, false)).collect();
+    want.push(("late".into(), false));
+    assert_eq!(got, want, "in publish order, not redelivered after a clean stop");
+}
+
+#[tokio::test]
+async fn unacked_messages_come_back_redelivered_with_their_delivery_count() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = start(dir.path()).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("jobs".into(), durable(), FieldTable::default()).await.expect("declare");
+    let bodies: Vec<String> = (0..3).map(|i| format!("job-{i}")).collect();
+    publish_confirmed(&ch, "", "jobs", &bodies, persistent()).await;
+    let mut consumer = ch
+        .basic_consume("jobs".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let first = consumer.next().await.expect("delivery").expect("ok");
+    first.ack(BasicAckOptions::default()).await.expect("ack");
+    for _ in 0..2 {
+        consumer.next().await.expect("delivery").expect("ok");
+    }
+    // Two deliveries are unacked when the connection closes: they go back to the queue.
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+
+    let b = start(dir.path()).await;
+    let (_conn, ch) = channel(&b).await;
+    let m =
+        ch.basic_get("jobs".into(), BasicGetOptions { no_ack: true }).await.expect("get").expect("a message");
+    assert_eq!(&m.delivery.data[..], b"job-1");
+    assert!(m.delivery.redelivered);
+    let count =
+        m.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(AMQPValue::LongLongInt(1)));
+    assert_eq!(drain(&ch, "jobs").await.len(), 1, "job-0 was acked and stays gone");
+}
+
+#[tokio::test]
+async fn confirms_follow_fsyncs_which_are_counted() {
+    let b = TestBroker::start().await;
+    let (_conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("q".into(), durable(), FieldTable::default()).await.expect("declare");
+    let bodies: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+    publish_confirmed(&ch, "", "q", &bodies, persistent()).await;
+    let (_, text) = http_to(b.metrics.expect("metrics"), "GET", "/metrics").await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let (fsyncs, syncs, records) = (
+        value("warren_storage_fsyncs_total"),
+        value("warren_storage_syncs_total"),
+        value("warren_storage_records_per_sync_sum"),
+    );
+    assert!(fsyncs >= 1.0 && syncs >= 1.0, "fsyncs {fsyncs}, syncs {syncs}");
+    assert!(records >= 2000.0, "every record was synced: {records}");
+    assert!(syncs < 2000.0, "group commit: {syncs} syncs for 2000 messages");
+    assert_eq!(value("warren_global_messages_confirmed_total"), 2000.0);
+}
+
+#[tokio::test]
+async fn below_the_disk_free_limit_publishers_are_blocked() {
+    let b = TestBroker::start_with(|s| s.storage.disk_free_limit = u64::MAX).await;
+    let (conn, ch) = channel(&b).await;
+    ch.queue_declare("q".into(), durable(), FieldTable::default()).await.expect("declare");
+    ch.basic_publish("".into(), "q".into(), BasicPublishOptions::default(), b"first", persistent())
+        .await
+        .expect("publish");
+    let status = conn.status().clone();
+    assert!(eventually(|| status.blocked()).await, "connection.blocked reaches the client");
+    // The blocked connection is not read from; lapin, told it is blocked, holds the publish.
+    let ch2 = ch.clone();
+    let held = tokio::spawn(async move {
+        ch2.basic_publish("".into(), "q".into(), BasicPublishOptions::default(), b"second", persistent())
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!held.is_finished());
+    assert!(b.counts("q").is_some_and(|(ready, _, _)| ready <= 1), "{:?}", b.counts("q"));
+    let (_, text) = http_to(b.metrics.expect("metrics"), "GET", "/metrics").await;
+    assert!(text.contains("warren_connections_blocked 1"), "{text}");
+    assert!(text.contains("warren_disk_space_alarm 1"), "{text}");
+    // A consumer-only connection still works, so queues can drain.
+    let (_c2, ch2) = channel(&b).await;
+    let m = ch2.basic_get("q".into(), BasicGetOptions { no_ack: true }).await.expect("get");
+    assert!(m.is_some_and(|m| &m.delivery.data[..] == b"first"));
+}
