@@ -1,0 +1,285 @@
+//! Durable storage figures: `cargo bench -p warren --bench storage`.
+//!
+//! 1. In process, no network: 1 000 000 persistent 16-byte messages published into a durable
+//!    queue through the broker model and the file store, synced in groups as the syncer does;
+//!    then start-up (open + recover + restore into a broker) with all of them queued, and the
+//!    memory each queued message costs (heap, and file-backed pages of the mapped log).
+//! 2. Over AMQP with lapin, the same client against Warren (release binary, fsync before
+//!    confirm) and, when it is installed, RabbitMQ (Debian's `rabbitmq-server`, which confirms
+//!    without fsync): persistent 16-byte messages into a durable queue, confirms with a window
+//!    of 256, a consumer with prefetch 1000 acking every 100 with multiple.
+#![allow(missing_docs)]
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_codec::{BasicProperties as Props, BasicPublish, QueueDeclare};
+use warren_core::broker::ConfirmPolicy;
+use warren_core::{Broker, BrokerConfig, ConnectionInfo};
+use warren_storage::{FileStore, Options};
+
+const IN_PROCESS: usize = 1_000_000;
+const OVER_AMQP: usize = 50_000;
+const WINDOW: usize = 256;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("dir");
+    in_process(dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(over_amqp());
+}
+
+/// (RssAnon, RssFile) of this process in octets.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
+fn in_process(dir: &Path) {
+    println!("== in process: {IN_PROCESS} persistent 16-byte messages, one durable queue");
+    let store_dir = dir.join("store");
+    let (store, mut syncer) = FileStore::open(&store_dir, Options::default()).expect("open");
+    let mut b = Broker::new(BrokerConfig::default(), Instant::now());
+    b.attach_storage(Box::new(store), ConfirmPolicy::AfterSync).expect("attach");
+    let conn = b.connect(ConnectionInfo::default());
+    b.open_channel(conn, 1);
+    let declare = QueueDeclare { queue: "q".into(), durable: true, ..Default::default() };
+    b.handle_method(conn, 1, declare.into()).expect("declare");
+    let props = Props { delivery_mode: Some(2), ..Default::default() };
+    let body = Bytes::from_static(&[7; 16]);
+    let mut out = Vec::new();
+    let (mut fsyncs, mut rounds) = (0, 0);
+    let started = Instant::now();
+    for i in 0..IN_PROCESS {
+        let m = BasicPublish { routing_key: "q".into(), ..Default::default() };
+        b.publish(conn, 1, m, props.clone(), body.clone()).expect("publish");
+        // A group of 1 000, as the syncer gathers under load.
+        if i % 1000 == 999 {
+            let r = syncer.sync(true).expect("sync");
+            fsyncs += r.fsyncs;
+            rounds += 1;
+            b.take_outbound(conn, &mut out);
+            out.clear();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "publish through model + store, fsync per 1000: {:>9.0} msg/s ({fsyncs} fsyncs in {rounds} syncs, {:.0} per million)",
+        IN_PROCESS as f64 / secs,
+        fsyncs as f64 * 1e6 / IN_PROCESS as f64
+    );
+    drop(b);
+    let disk: u64 = std::fs::read_dir(store_dir.join("segments"))
+        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    println!("log on disk: {:.1} MiB ({:.0} octets per message)", disk as f64 / 1048576.0, disk as f64 / IN_PROCESS as f64);
+
+    let (anon0, file0) = rss();
+    let started = Instant::now();
+    let (store, _syncer) = FileStore::open(&store_dir, Options::default()).expect("reopen");
+    let opened = started.elapsed();
+    let mut b = Broker::new(BrokerConfig::default(), Instant::now());
+    let report = b.attach_storage(Box::new(store), ConfirmPolicy::AfterSync).expect("recover");
+    let total = started.elapsed();
+    let (anon1, file1) = rss();
+    assert_eq!(report.messages, IN_PROCESS);
+    println!(
+        "start-up with {IN_PROCESS} queued: {:.0} ms (replay of the log {:.0} ms, restore into the broker {:.0} ms)",
+        total.as_secs_f64() * 1e3,
+        opened.as_secs_f64() * 1e3,
+        (total - opened).as_secs_f64() * 1e3
+    );
+    println!(
+        "memory per queued message: {:.0} octets of heap, {:.0} octets of mapped log pages (page cache, evictable)",
+        anon1.saturating_sub(anon0) as f64 / IN_PROCESS as f64,
+        file1.saturating_sub(file0) as f64 / IN_PROCESS as f64
+    );
+    drop(b);
+}
+
+/// A broker to run the AMQP scenario against.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    child: Option<Child>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+}
+
+fn wait_for(addr: SocketAddr, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn warren(dir: &Path) -> Target {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
+        .args(["--management-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
+        .args(["--data-dir", &dir.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start warren");
+    assert!(wait_for(addr, 30), "warren did not start");
+    Target { name: "Warren", addr, metrics: Some(metrics), child: Some(child) }
+}
+
+/// RabbitMQ on 5672: already running, or started here when installed.
+fn rabbitmq() -> Option<Target> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 5672));
+    if TcpStream::connect(addr).is_ok() {
+        return Some(Target { name: "RabbitMQ", addr, metrics: None, child: None });
+    }
+    let started = Command::new("rabbitmq-server").arg("-detached").status().ok()?.success();
+    (started && wait_for(addr, 90)).then_some(Target { name: "RabbitMQ", addr, metrics: None, child: None })
+}
+
+async fn fsyncs(t: &Target) -> Option<f64> {
+    let addr = t.metrics?;
+    let text = reqwest_lite(addr).await?;
+    text.lines()
+        .find(|l| l.starts_with("warren_storage_fsyncs_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// GET /metrics with a plain HTTP/1.0 request.
+async fn reqwest_lite(addr: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+struct Figures {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    fsyncs_per_million: Option<f64>,
+}
+
+async fn scenario(t: &Target) -> Figures {
+    let uri = format!("amqp://guest:guest@{}/%2f", t.addr);
+    let pconn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
+    let cconn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
+    let (pch, cch) = (pconn.create_channel().await.expect("ch"), cconn.create_channel().await.expect("ch"));
+    let queue = format!("bench-{}", std::process::id());
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    pch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.expect("declare");
+    pch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    cch.basic_qos(1000, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = cch
+        .basic_consume(queue.as_str().into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let before = fsyncs(t).await;
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        for n in 1..=OVER_AMQP {
+            let d = consumer.next().await.expect("delivery").expect("ok");
+            if n % 100 == 0 || n == OVER_AMQP {
+                d.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+            }
+        }
+    });
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut window = VecDeque::with_capacity(WINDOW);
+    let mut latencies = Vec::with_capacity(OVER_AMQP);
+    for i in 0..OVER_AMQP {
+        if window.len() == WINDOW {
+            let (at, c): (Instant, lapin::publisher_confirm::PublisherConfirm) = window.pop_front().expect("window");
+            assert!(c.await.expect("confirm").is_ack());
+            latencies.push(at.elapsed());
+        }
+        let body = [(i % 251) as u8; 16];
+        let c = pch
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
+            .await
+            .expect("publish");
+        window.push_back((Instant::now(), c));
+    }
+    for (at, c) in window {
+        assert!(c.await.expect("confirm").is_ack());
+        latencies.push(at.elapsed());
+    }
+    consume.await.expect("consumer");
+    let secs = started.elapsed().as_secs_f64();
+    let after = fsyncs(t).await;
+    let _ = pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    latencies.sort();
+    Figures {
+        throughput: OVER_AMQP as f64 / secs,
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+        fsyncs_per_million: before.zip(after).map(|(a, b)| (b - a) * 1e6 / OVER_AMQP as f64),
+    }
+}
+
+async fn over_amqp() {
+    println!(
+        "\n== over AMQP (lapin): {OVER_AMQP} persistent 16-byte messages, durable queue, confirm window {WINDOW}, prefetch 1000, multi-ack 100"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let mut targets = vec![warren(dir.path())];
+    match rabbitmq() {
+        Some(r) => targets.push(r),
+        None => println!("RabbitMQ: not installed or did not start; Warren only"),
+    }
+    println!("{:<10} {:>12} {:>14} {:>14} {:>18}", "broker", "msg/s", "confirm p50", "confirm p99", "fsyncs/million");
+    let mut results = Vec::new();
+    for t in &targets {
+        // A warm-up run, then the measured one.
+        let _ = scenario(t).await;
+        let f = scenario(t).await;
+        let fs = f.fsyncs_per_million.map_or("not exposed".to_string(), |v| format!("{v:.0}"));
+        println!(
+            "{:<10} {:>12.0} {:>12.2}ms {:>12.2}ms {:>18}",
+            t.name,
+            f.throughput,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            fs
+        );
+        results.push(f.throughput);
+    }
+    if let [w, r] = results[..] {
+        println!("Warren/RabbitMQ throughput: {:.2}x (Warren fsyncs before every confirm; RabbitMQ does not)", w / r);
+    }
+}
