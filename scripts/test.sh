@@ -82,6 +82,9 @@ for _ in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $pid 2>/dev/null; then echo "warren did not stop on SIGTERM" >&2; exit 1; fi
 wait $pid
 grep -q "stopped" "$log"
+# Durable state was synced and the stop is marked clean for the next start.
+test -f "$data/storage/clean-shutdown" || { echo "no clean-shutdown marker after SIGTERM" >&2; exit 1; }
+grep -q "storage synced and closed cleanly" "$log"
 trap - EXIT
 rm -rf "$data"
 ok

@@ -88,7 +88,11 @@ fn in_process(dir: &Path) {
     let disk: u64 = std::fs::read_dir(store_dir.join("segments"))
         .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0);
-    println!("log on disk: {:.1} MiB ({:.0} octets per message)", disk as f64 / 1048576.0, disk as f64 / IN_PROCESS as f64);
+    println!(
+        "log on disk: {:.1} MiB ({:.0} octets per message)",
+        disk as f64 / 1048576.0,
+        disk as f64 / IN_PROCESS as f64
+    );
 
     let (anon0, file0) = rss();
     let started = Instant::now();
@@ -206,7 +210,12 @@ async fn scenario(t: &Target) -> Figures {
     pch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     cch.basic_qos(1000, BasicQosOptions::default()).await.expect("qos");
     let mut consumer = cch
-        .basic_consume(queue.as_str().into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let before = fsyncs(t).await;
@@ -224,13 +233,20 @@ async fn scenario(t: &Target) -> Figures {
     let mut latencies = Vec::with_capacity(OVER_AMQP);
     for i in 0..OVER_AMQP {
         if window.len() == WINDOW {
-            let (at, c): (Instant, lapin::publisher_confirm::PublisherConfirm) = window.pop_front().expect("window");
+            let (at, c): (Instant, lapin::publisher_confirm::PublisherConfirm) =
+                window.pop_front().expect("window");
             assert!(c.await.expect("confirm").is_ack());
             latencies.push(at.elapsed());
         }
         let body = [(i % 251) as u8; 16];
         let c = pch
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props.clone(),
+            )
             .await
             .expect("publish");
         window.push_back((Instant::now(), c));
@@ -262,7 +278,10 @@ async fn over_amqp() {
         Some(r) => targets.push(r),
         None => println!("RabbitMQ: not installed or did not start; Warren only"),
     }
-    println!("{:<10} {:>12} {:>14} {:>14} {:>18}", "broker", "msg/s", "confirm p50", "confirm p99", "fsyncs/million");
+    println!(
+        "{:<10} {:>12} {:>14} {:>14} {:>18}",
+        "broker", "msg/s", "confirm p50", "confirm p99", "fsyncs/million"
+    );
     let mut results = Vec::new();
     for t in &targets {
         // A warm-up run, then the measured one.
@@ -280,6 +299,9 @@ async fn over_amqp() {
         results.push(f.throughput);
     }
     if let [w, r] = results[..] {
-        println!("Warren/RabbitMQ throughput: {:.2}x (Warren fsyncs before every confirm; RabbitMQ does not)", w / r);
+        println!(
+            "Warren/RabbitMQ throughput: {:.2}x (Warren fsyncs before every confirm; RabbitMQ does not)",
+            w / r
+        );
     }
 }

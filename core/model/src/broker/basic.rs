@@ -47,10 +47,11 @@ impl Broker {
             tx.push(TxOp::Publish { method: m, properties: Box::new(properties), body });
             return Ok(());
         }
-        self.route_and_deliver(conn, ch, m, properties, body).map_err(on)
+        self.route_and_deliver(conn, ch, m, properties, body).map(|_| ()).map_err(on)
     }
 
-    /// Routes a message, queues it, and answers with a return and a confirm as needed.
+    /// Routes a message, queues it, and answers with a return and a confirm as needed;
+    /// returns whether it was stored.
     pub(super) fn route_and_deliver(
         &mut self,
         conn: ConnId,
@@ -58,7 +59,7 @@ impl Broker {
         m: BasicPublish,
         mut properties: BasicProperties,
         body: Bytes,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<bool, AmqpError> {
         // `publish` checked the exchange; a transaction re-checks existence here at commit.
         let destinations = self.route_from(&m.exchange, &m.routing_key, &properties)?;
         self.stats.received += 1;
@@ -106,7 +107,7 @@ impl Broker {
                 self.confirm(conn, ch, delivery_tag, stored);
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     pub(super) fn basic_qos(&mut self, conn: ConnId, ch: u16, m: BasicQos) -> Result<(), AmqpError> {

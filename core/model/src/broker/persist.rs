@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use warren_codec::{BasicAck, ExchangeDeclare};
+use warren_codec::{BasicAck, ExchangeDeclare, Method};
 
 use super::timers::{Delayed, Timer};
 use super::{Broker, ConnId};
@@ -35,14 +35,23 @@ pub enum ConfirmPolicy {
     AfterWrite,
 }
 
-/// A confirm held until the store syncs past `position`.
-#[derive(Debug, Clone, Copy)]
+/// A confirm (or tx.commit-ok) held until the store syncs past `position`.
+#[derive(Debug, Clone)]
 pub(super) struct PendingConfirm {
     position: u64,
     conn: ConnId,
     channel: u16,
     channel_id: u64,
-    delivery_tag: u64,
+    held: Held,
+}
+
+/// What a pending entry sends once synced.
+#[derive(Debug, Clone)]
+enum Held {
+    /// basic.ack for this delivery tag (acks for one channel coalesce into one multiple-ack).
+    Ack(u64),
+    /// A reply such as tx.commit-ok.
+    Reply(Method),
 }
 
 /// What start-up found in the store.
@@ -92,19 +101,31 @@ impl Broker {
         let d = &mut self.durability;
         d.synced = d.synced.max(position);
         let mut released: Vec<PendingConfirm> = Vec::new();
-        while let Some(p) = d.pending.front().filter(|p| p.position <= position) {
-            match released.iter_mut().find(|r| r.conn == p.conn && r.channel_id == p.channel_id) {
-                Some(r) => r.delivery_tag = r.delivery_tag.max(p.delivery_tag),
-                None => released.push(*p),
+        while d.pending.front().is_some_and(|p| p.position <= position) {
+            let Some(p) = d.pending.pop_front() else {
+                break;
+            };
+            let same = |r: &&mut PendingConfirm| r.conn == p.conn && r.channel_id == p.channel_id;
+            match (&p.held, released.iter_mut().find(same)) {
+                (Held::Ack(tag), Some(PendingConfirm { held: Held::Ack(max), .. })) => {
+                    *max = (*max).max(*tag)
+                }
+                _ => released.push(p.clone()),
             }
-            self.stats.confirmed += 1;
-            d.pending.pop_front();
+            if matches!(p.held, Held::Ack(_)) {
+                self.stats.confirmed += 1;
+            }
         }
         for p in released {
             // A channel closed and reopened under the same number must not get the old acks.
-            let open = self.channel(p.conn, p.channel).is_some_and(|c| c.id == p.channel_id);
-            if open {
-                self.send(p.conn, p.channel, BasicAck { delivery_tag: p.delivery_tag, multiple: true });
+            if !self.channel(p.conn, p.channel).is_some_and(|c| c.id == p.channel_id) {
+                continue;
+            }
+            match p.held {
+                Held::Ack(delivery_tag) => {
+                    self.send(p.conn, p.channel, BasicAck { delivery_tag, multiple: true })
+                }
+                Held::Reply(m) => self.send(p.conn, p.channel, m),
             }
         }
     }
@@ -118,16 +139,32 @@ impl Broker {
 
     /// Acks a publish now, or once the store has synced what it wrote for it.
     pub(super) fn confirm(&mut self, conn: ConnId, ch: u16, delivery_tag: u64, stored: bool) {
+        if !self.hold(conn, ch, stored, Held::Ack(delivery_tag)) {
+            self.stats.confirmed += 1;
+            self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+        }
+    }
+
+    /// Sends `reply` now, or once the store has synced what was written for it (tx.commit-ok
+    /// for a transaction that stored messages).
+    pub(super) fn reply_after_sync(&mut self, conn: ConnId, ch: u16, stored: bool, reply: impl Into<Method>) {
+        let reply = reply.into();
+        if !self.hold(conn, ch, stored, Held::Reply(reply.clone())) {
+            self.send(conn, ch, reply);
+        }
+    }
+
+    /// Queues `held` until the next sync when something was stored and confirms wait for
+    /// syncs; returns whether it did.
+    fn hold(&mut self, conn: ConnId, ch: u16, stored: bool, held: Held) -> bool {
         let d = &self.durability;
         let position = d.store.as_ref().map_or(0, |s| s.written());
-        if stored && d.policy == ConfirmPolicy::AfterSync && position > d.synced {
-            let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
-            let p = PendingConfirm { position, conn, channel: ch, channel_id, delivery_tag };
-            self.durability.pending.push_back(p);
-            return;
+        if !(stored && d.policy == ConfirmPolicy::AfterSync && position > d.synced) {
+            return false;
         }
-        self.stats.confirmed += 1;
-        self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+        let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+        self.durability.pending.push_back(PendingConfirm { position, conn, channel: ch, channel_id, held });
+        true
     }
 
     /// A fresh id for a channel being opened.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use warren_codec::{
     BasicAck, BasicConsume, BasicNack, BasicProperties, BasicPublish, BasicReject, ConfirmSelect,
     ConnectionBlocked, ConnectionUnblocked, ExchangeDeclare, FieldTable, FieldValue, Method, QueueBind,
-    QueueDeclare, QueueDelete,
+    QueueDeclare, QueueDelete, TxCommit, TxSelect,
 };
 
 use super::{Broker, BrokerConfig, ConfirmPolicy, ConnId, ConnectionInfo};
@@ -362,4 +362,25 @@ fn an_alarm_blocks_publishers_only_and_tells_those_that_asked() {
     assert!(
         told(&mut h.b, consumer).contains(&Method::from(ConnectionBlocked { reason: "low on disk".into() }))
     );
+}
+
+#[test]
+fn tx_commit_ok_waits_for_the_sync_when_the_transaction_stored_messages() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterSync);
+    h.method(durable("q"));
+    h.method(TxSelect {});
+    h.publish("q", "1", persistent());
+    h.sent();
+    h.method(TxCommit {});
+    let commit_ok = |out: Vec<Outgoing>| {
+        out.iter().any(|o| matches!(o, Outgoing::Method { method: Method::TxCommitOk(_), .. }))
+    };
+    assert!(!commit_ok(h.sent()), "not before the sync");
+    let (_, written) = h.b.storage_backlog();
+    h.b.storage_synced(written);
+    assert!(commit_ok(h.sent()));
+    // A transaction that stored nothing commits at once.
+    h.method(TxCommit {});
+    assert!(commit_ok(h.sent()));
 }

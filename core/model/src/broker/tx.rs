@@ -21,17 +21,19 @@ impl Broker {
 
     pub(super) fn tx_commit(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
         let ops = self.take_tx(conn, ch)?;
+        let mut stored = false;
         for op in ops {
             match op {
                 TxOp::Publish { method, properties, body } => {
-                    self.route_and_deliver(conn, ch, method, *properties, body)?
+                    stored |= self.route_and_deliver(conn, ch, method, *properties, body)?
                 }
                 TxOp::Settle { tag, multiple, requeue } => {
                     self.settle_now(conn, ch, tag, multiple, requeue)?
                 }
             }
         }
-        self.send(conn, ch, TxCommitOk {});
+        // As RabbitMQ: commit-ok once the transaction's persistent messages are on disk.
+        self.reply_after_sync(conn, ch, stored, TxCommitOk {});
         Ok(())
     }
 
