@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestBroker, eventually, http_to, table};
+use common::{TestBroker, eventually, http_to, publish_confirmed, table};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -26,34 +26,6 @@ fn persistent() -> BasicProperties {
 async fn start(dir: &std::path::Path) -> TestBroker {
     let dir = dir.to_path_buf();
     TestBroker::start_with(move |s| s.data_dir = dir).await
-}
-
-/// Publishes with confirms and waits for every ack.
-async fn publish_confirmed(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    bodies: &[String],
-    props: BasicProperties,
-) {
-    let mut confirms = Vec::new();
-    for body in bodies {
-        let c = ch
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props.clone(),
-            )
-            .await
-            .expect("publish");
-        confirms.push(c);
-    }
-    for c in confirms {
-        let c = c.await.expect("confirm");
-        assert!(c.is_ack(), "every publish is acked: {c:?}");
-    }
 }
 
 async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {

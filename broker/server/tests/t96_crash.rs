@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::publish_confirmed;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -96,24 +99,8 @@ async fn confirmed_messages_survive_kill_9_exactly_once_and_acked_ones_stay_gone
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     ch.queue_declare("crash".into(), durable, FieldTable::default()).await.expect("declare");
     let props = BasicProperties::default().with_delivery_mode(2);
-    let mut confirms = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
-        let body = i.to_string();
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "crash".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props.clone(),
-            )
-            .await
-            .expect("publish");
-        confirms.push(c);
-    }
-    for c in confirms {
-        assert!(c.await.expect("confirm").is_ack());
-    }
+    let bodies: Vec<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
+    publish_confirmed(&ch, "", "crash", &bodies, props).await;
     b.kill();
 
     let b = Broker::start(dir.path());

@@ -128,3 +128,31 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Publishes with confirms and waits for every ack.
+pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    bodies: &[String],
+    props: lapin::BasicProperties,
+) {
+    let mut confirms = Vec::new();
+    for body in bodies {
+        let c = ch
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.as_bytes(),
+                props.clone(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(c);
+    }
+    for c in confirms {
+        let c = c.await.expect("confirm");
+        assert!(c.is_ack(), "every publish is acked: {c:?}");
+    }
+}
