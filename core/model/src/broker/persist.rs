@@ -118,7 +118,7 @@ impl Broker {
         }
         for p in released {
             // A channel closed and reopened under the same number must not get the old acks.
-            if !self.channel(p.conn, p.channel).is_some_and(|c| c.id == p.channel_id) {
+            if self.channel(p.conn, p.channel).is_none_or(|c| c.id != p.channel_id) {
                 continue;
             }
             match p.held {
