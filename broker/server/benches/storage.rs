@@ -23,7 +23,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_codec::{BasicProperties as Props, BasicPublish, QueueDeclare};
 use warren_core::broker::ConfirmPolicy;
-use warren_core::{Broker, BrokerConfig, ConnectionInfo};
+use warren_core::broker::ConnectionInfo;
+use warren_core::{Broker, BrokerConfig};
 use warren_storage::{FileStore, Options};
 
 const IN_PROCESS: usize = 1_000_000;
@@ -229,12 +230,11 @@ async fn scenario(t: &Target) -> Figures {
         }
     });
     let props = BasicProperties::default().with_delivery_mode(2);
-    let mut window = VecDeque::with_capacity(WINDOW);
+    let mut window: VecDeque<(Instant, lapin::PublisherConfirm)> = VecDeque::with_capacity(WINDOW);
     let mut latencies = Vec::with_capacity(OVER_AMQP);
     for i in 0..OVER_AMQP {
         if window.len() == WINDOW {
-            let (at, c): (Instant, lapin::publisher_confirm::PublisherConfirm) =
-                window.pop_front().expect("window");
+            let (at, c) = window.pop_front().expect("window");
             assert!(c.await.expect("confirm").is_ack());
             latencies.push(at.elapsed());
         }
