@@ -7,7 +7,7 @@
 //! out (an ack, or a dead-letter copy written first), so a crash between two writes can leave
 //! a duplicate but never lose a message.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,8 +335,11 @@ impl Broker {
                 Err(e) => report.skipped.push(format!("binding {} -> {}: {e}", b.source, b.destination)),
             }
         }
+        let names: HashMap<u64, String> = self.queues.values().map(|q| (q.id, q.name.clone())).collect();
         for e in r.entries {
-            if self.restore_entry(e, r.clean) {
+            if let Some(name) = names.get(&e.queue)
+                && self.restore_entry(name, e, r.clean)
+            {
                 report.messages += 1;
             }
         }
@@ -344,10 +347,10 @@ impl Broker {
     }
 
     /// Puts one recovered entry back: ready in its queue, or held until its retry delay ends.
-    fn restore_entry(&mut self, e: StoredEntry, clean: bool) -> bool {
+    fn restore_entry(&mut self, queue: &str, e: StoredEntry, clean: bool) -> bool {
         let (now, unix_ms) = (self.now, self.unix_ms);
         let in_future = |ms: u64| now + Duration::from_millis(ms.saturating_sub(unix_ms));
-        let Some(q) = self.queues.values_mut().find(|q| q.id == e.queue) else {
+        let Some(q) = self.queues.get_mut(queue).filter(|q| q.id == e.queue) else {
             return false;
         };
         let mut m =
@@ -357,20 +360,20 @@ impl Broker {
         m.redelivered = !clean || m.delivery_count > 0;
         m.stored = Some(e.at);
         q.reserve_seq(m.seq);
-        let (queue, queue_id) = (Arc::<str>::from(q.name.as_str()), q.id);
+        let queue_id = q.id;
         match e.state.ready_at_ms.filter(|&at| at > unix_ms) {
             Some(at) => {
                 q.delayed += 1;
                 let id = self.next_delayed;
                 self.next_delayed += 1;
-                self.delayed.insert(id, Delayed { queue, queue_id, message: m });
+                self.delayed.insert(id, Delayed { queue: Arc::from(queue), queue_id, message: m });
                 self.arm(in_future(at), Timer::Retry { id });
             }
             None => {
                 let expires = m.expires_at.map(|at| (at, m.seq));
                 q.restore(m);
                 if let Some((at, seq)) = expires {
-                    self.arm(at, Timer::Expire { queue, queue_id, seq });
+                    self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id, seq });
                 }
             }
         }
