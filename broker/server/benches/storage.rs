@@ -30,10 +30,14 @@ use warren_storage::{FileStore, Options};
 const IN_PROCESS: usize = 1_000_000;
 const OVER_AMQP: usize = 50_000;
 const WINDOW: usize = 256;
+const ROUNDS: usize = 3;
 
 fn main() {
     let dir = tempfile::tempdir().expect("dir");
-    in_process(dir.path());
+    // STORAGE_BENCH=amqp runs the AMQP part only.
+    if std::env::var("STORAGE_BENCH").as_deref() != Ok("amqp") {
+        in_process(dir.path());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(over_amqp());
 }
@@ -150,10 +154,16 @@ fn wait_for(addr: SocketAddr, secs: u64) -> bool {
     false
 }
 
-fn warren(dir: &Path) -> Target {
+/// Warren with `fsync` as its `[storage] fsync` mode.
+fn warren(dir: &Path, name: &'static str, fsync: &str) -> Target {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = dir.join(fsync);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("warren.toml");
+    std::fs::write(&config, format!("[storage]\nfsync = \"{fsync}\"\n")).expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--config", &config.display().to_string()])
         .args(["--amqp-listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
         .args(["--management-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
         .args(["--data-dir", &dir.display().to_string()])
@@ -162,7 +172,7 @@ fn warren(dir: &Path) -> Target {
         .spawn()
         .expect("start warren");
     assert!(wait_for(addr, 30), "warren did not start");
-    Target { name: "Warren", addr, metrics: Some(metrics), child: Some(child) }
+    Target { name, addr, metrics: Some(metrics), child: Some(child) }
 }
 
 /// RabbitMQ on 5672: already running, or started here when installed.
@@ -273,32 +283,44 @@ async fn over_amqp() {
         "\n== over AMQP (lapin): {OVER_AMQP} persistent 16-byte messages, durable queue, confirm window {WINDOW}, prefetch 1000, multi-ack 100"
     );
     let dir = tempfile::tempdir().expect("dir");
-    let mut targets = vec![warren(dir.path())];
+    let mut targets = vec![
+        warren(dir.path(), "Warren", "before-confirm"),
+        warren(dir.path(), "Warren (fsync every 200 ms)", "interval"),
+    ];
     match rabbitmq() {
         Some(r) => targets.push(r),
         None => println!("RabbitMQ: not installed or did not start; Warren only"),
     }
-    println!(
-        "{:<10} {:>12} {:>14} {:>14} {:>18}",
-        "broker", "msg/s", "confirm p50", "confirm p99", "fsyncs/million"
-    );
-    let mut results = Vec::new();
+    // A warm-up run each, then ROUNDS measured runs alternating between brokers (so drift in
+    // the machine hits all alike); medians are printed.
     for t in &targets {
-        // A warm-up run, then the measured one.
         let _ = scenario(t).await;
-        let f = scenario(t).await;
-        let fs = f.fsyncs_per_million.map_or("not exposed".to_string(), |v| format!("{v:.0}"));
-        println!(
-            "{:<10} {:>12.0} {:>12.2}ms {:>12.2}ms {:>18}",
-            t.name,
-            f.throughput,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3,
-            fs
-        );
-        results.push(f.throughput);
     }
-    if let [w, r] = results[..] {
+    let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (t, r) in targets.iter().zip(runs.iter_mut()) {
+            r.push(scenario(t).await);
+        }
+    }
+    println!(
+        "{:<28} {:>10} {:>14} {:>14} {:>16}",
+        "broker (median of 3 runs)", "msg/s", "confirm p50", "confirm p99", "fsyncs/million"
+    );
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut results = Vec::new();
+    for (t, r) in targets.iter().zip(&runs) {
+        let throughput = median(r.iter().map(|f| f.throughput).collect());
+        let p50 = median(r.iter().map(|f| f.p50.as_secs_f64() * 1e3).collect());
+        let p99 = median(r.iter().map(|f| f.p99.as_secs_f64() * 1e3).collect());
+        let fsyncs = r.iter().map(|f| f.fsyncs_per_million).collect::<Option<Vec<f64>>>();
+        let fs = fsyncs.map_or("not exposed".to_string(), |v| format!("{:.0}", median(v)));
+        println!("{:<28} {:>10.0} {:>12.2}ms {:>12.2}ms {:>16}", t.name, throughput, p50, p99, fs);
+        results.push(throughput);
+    }
+    if let [w, _, r] = results[..] {
         println!(
             "Warren/RabbitMQ throughput: {:.2}x (Warren fsyncs before every confirm; RabbitMQ does not)",
             w / r

@@ -16,6 +16,11 @@ use warren_storage::{FileStore, Options, SyncStop, Syncer};
 use crate::config::{FsyncMode, StorageSettings};
 use crate::server::{SharedRef, lock};
 
+/// Group commit waits for writes to pause this long before an fsync...
+const LINGER_QUIET: Duration = Duration::from_micros(200);
+/// ...but no longer than this under a steady stream.
+const LINGER_MAX: Duration = Duration::from_millis(2);
+
 /// The reason RabbitMQ gives in connection.blocked for its disk alarm.
 pub const DISK_ALARM: &str = "low on disk";
 
@@ -203,9 +208,11 @@ fn run_syncer(
 ) {
     let fsync = settings.fsync != FsyncMode::Never;
     while syncer.wait(None) {
+        if settings.fsync == FsyncMode::BeforeConfirm {
+            syncer.linger(LINGER_QUIET, LINGER_MAX);
+        }
         round(&mut syncer, &shared, fsync, &m);
         match settings.fsync {
-            // Back to back: while one fsync runs, the next batch gathers.
             FsyncMode::BeforeConfirm => {}
             FsyncMode::Interval => std::thread::sleep(settings.fsync_interval),
             // Only deletions to do: no hurry.
