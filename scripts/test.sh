@@ -84,6 +84,7 @@ wait $pid
 grep -q "stopped" "$log"
 # Durable state was synced and the stop is marked clean for the next start.
 test -f "$data/storage/clean-shutdown" || { echo "no clean-shutdown marker after SIGTERM" >&2; exit 1; }
+grep -q "queue index written" "$log"
 grep -q "storage synced and closed cleanly" "$log"
 trap - EXIT
 rm -rf "$data"

@@ -276,8 +276,15 @@ impl Server {
         {
             tasks.abort_all();
         }
-        // Every connection is gone: make what they wrote durable and mark the stop clean.
+        // Every connection is gone: index the queues for a fast next start, make everything
+        // durable and mark the stop clean.
         if let Some(storage) = storage {
+            match lock(&self.shared).broker.checkpoint_storage() {
+                Ok(entries) => info!(entries, "queue index written"),
+                Err(e) => {
+                    tracing::error!(error = %e, "queue index not written; the next start replays the log")
+                }
+            }
             let _ = tokio::task::spawn_blocking(move || storage.finish()).await;
         }
         Ok(())

@@ -119,6 +119,9 @@ impl Storage {
         for t in &report.truncated {
             warn!(at = %t, "torn write at the end of a log cut off");
         }
+        if let Some(why) = &report.index_unused {
+            info!(reason = %why, "queue index not used; queues rebuilt from the log");
+        }
         let policy = match settings.fsync {
             FsyncMode::BeforeConfirm => ConfirmPolicy::AfterSync,
             FsyncMode::Interval | FsyncMode::Never => ConfirmPolicy::AfterWrite,
@@ -138,6 +141,7 @@ impl Storage {
             segments = report.segments,
             records = report.records,
             clean = report.clean,
+            from_index = report.from_index,
             millis = report.millis,
             fsync = ?settings.fsync,
             "storage recovered"

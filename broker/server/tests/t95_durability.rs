@@ -66,6 +66,8 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
     publish_confirmed(&ch, "", "scratch", &["lost".to_string()], persistent()).await;
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
+    let storage = dir.path().join("storage");
+    assert!(storage.join("clean-shutdown").exists() && storage.join("queues/segments.idx").exists());
 
     let b = start(dir.path()).await;
     let (_conn, ch) = channel(&b).await;

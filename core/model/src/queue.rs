@@ -230,6 +230,11 @@ impl Queue {
         Some(m)
     }
 
+    /// The ready messages, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.ready.iter()
+    }
+
     /// The oldest ready message.
     pub fn head(&self) -> Option<&QueuedMessage> {
         self.ready.front()

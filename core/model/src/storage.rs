@@ -175,6 +175,14 @@ pub trait Storage: Send + std::fmt::Debug {
     /// Records a topology change.
     fn meta(&mut self, op: &MetaOp) -> Result<(), StorageError>;
 
+    /// Writes an index of every stored queue (`queues`) and its entries (by queue, then seq),
+    /// which the next start may load instead of replaying everything. Called at a clean stop,
+    /// after the last write; a store with nothing to gain keeps this default.
+    fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {
+        let _ = (queues, entries);
+        Ok(())
+    }
+
     /// The position after the last write. Writes are durable once the driver's sync has
     /// reached it; the in-memory store is always there.
     fn written(&self) -> u64;

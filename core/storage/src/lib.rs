@@ -4,10 +4,12 @@
 //! - [`segment`]: one preallocated, memory-mapped, append-only segment file.
 //! - [`store`]: [`FileStore`]: puts, removes and delivery counts as log records, recovery,
 //!   segment deletion, the metadata log.
+//! - [`index`]: queue index files, a checkpoint written at a clean stop for a fast start.
 //! - [`sync`]: group commit: a [`Syncer`] fsyncs what was written, in batches.
 //! - [`disk`]: reserving space, and free space for the disk alarm.
 
 pub mod disk;
+pub mod index;
 pub mod record;
 pub mod segment;
 pub mod store;

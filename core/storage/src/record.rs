@@ -103,16 +103,141 @@ pub fn put(w: &mut Writer<'_>, queue: QueueId, seq: u64, state: &EntryState, m: 
     w.u8(PUT);
     w.u64(queue);
     w.u64(seq);
-    w.u32(state.delivery_count);
-    w.u64(state.enqueued_ms);
-    w.u64(state.expires_at_ms.unwrap_or(NONE));
-    w.u64(state.ready_at_ms.unwrap_or(NONE));
+    write_state(w, state);
+    message(w, m);
+}
+
+/// Writes a message: exchange, routing key, content header, body last.
+fn message(w: &mut Writer<'_>, m: &Message) {
     w.long_str(m.exchange.as_bytes());
     w.long_str(m.routing_key.as_bytes());
     let mut header = BytesMut::new();
     ContentHeader::basic(m.body.len() as u64, m.properties.clone()).encode(&mut header);
     w.long_str(&header);
     w.long_str(&m.body);
+}
+
+/// Reads what [`message`] wrote; the body is a slice of the reader's buffer.
+fn read_message(r: &mut Reader) -> Result<Message, CodecError> {
+    let exchange = string(r)?;
+    let routing_key = string(r)?;
+    let header = ContentHeader::decode(r.long_str()?)?;
+    let body = r.long_str()?;
+    Ok(Message { exchange, routing_key, properties: header.properties, body })
+}
+
+fn write_state(w: &mut Writer<'_>, state: &EntryState) {
+    w.u32(state.delivery_count);
+    w.u64(state.enqueued_ms);
+    w.u64(state.expires_at_ms.unwrap_or(NONE));
+    w.u64(state.ready_at_ms.unwrap_or(NONE));
+}
+
+fn read_state(r: &mut Reader) -> Result<EntryState, CodecError> {
+    Ok(EntryState {
+        delivery_count: r.u32()?,
+        enqueued_ms: r.u64()?,
+        expires_at_ms: opt(r.u64()?),
+        ready_at_ms: opt(r.u64()?),
+    })
+}
+
+/// A record of a queue index file (see [`crate::index`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexRecord {
+    /// First record: which queue, and the log position the index is current to.
+    Header {
+        /// Queue.
+        queue: QueueId,
+        /// The log's newest segment at the checkpoint.
+        segment: u64,
+        /// Where in it the log ended.
+        end: u64,
+        /// Entries that follow.
+        entries: u64,
+    },
+    /// One entry, in queue order.
+    Entry {
+        /// Seq.
+        seq: u64,
+        /// State.
+        state: EntryState,
+        /// Where its put record is in the log.
+        at: u64,
+        /// The message itself when it is small; otherwise it is read from the log.
+        inline: Option<Box<Message>>,
+    },
+    /// A log segment and the older segments its records refer to (written in the segment list).
+    Segment {
+        /// Segment id.
+        id: u64,
+        /// Older segments it refers to.
+        targets: Vec<u64>,
+    },
+}
+
+const INDEX_HEADER: u8 = 20;
+const INDEX_ENTRY: u8 = 21;
+const INDEX_SEGMENT: u8 = 22;
+
+/// Writes an index file's header.
+pub fn index_header(w: &mut Writer<'_>, queue: QueueId, segment: u64, end: u64, entries: u64) {
+    w.u8(INDEX_HEADER);
+    w.u64(queue);
+    w.u64(segment);
+    w.u64(end);
+    w.u64(entries);
+}
+
+/// Writes an index entry; `inline` is the message when it is small enough to keep in the index.
+pub fn index_entry(w: &mut Writer<'_>, seq: u64, state: &EntryState, at: u64, inline: Option<&Message>) {
+    w.u8(INDEX_ENTRY);
+    w.u64(seq);
+    write_state(w, state);
+    w.u64(at);
+    w.u8(u8::from(inline.is_some()));
+    if let Some(m) = inline {
+        message(w, m);
+    }
+}
+
+/// Writes a segment's entry in the segment list.
+pub fn index_segment(w: &mut Writer<'_>, id: u64, targets: &[u64]) {
+    w.u8(INDEX_SEGMENT);
+    w.u64(id);
+    w.u32(targets.len() as u32);
+    for t in targets {
+        w.u64(*t);
+    }
+}
+
+/// Decodes an index record's payload; inline bodies are slices of `payload`.
+pub fn decode_index(payload: Bytes) -> Result<IndexRecord, DecodeError> {
+    let mut r = Reader::new(payload);
+    let rec = match r.u8()? {
+        INDEX_HEADER => {
+            IndexRecord::Header { queue: r.u64()?, segment: r.u64()?, end: r.u64()?, entries: r.u64()? }
+        }
+        INDEX_ENTRY => {
+            let seq = r.u64()?;
+            let state = read_state(&mut r)?;
+            let at = r.u64()?;
+            let inline = match r.u8()? {
+                0 => None,
+                _ => Some(Box::new(read_message(&mut r)?)),
+            };
+            IndexRecord::Entry { seq, state, at, inline }
+        }
+        INDEX_SEGMENT => {
+            let id = r.u64()?;
+            let n = r.u32()?;
+            let targets = (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?;
+            IndexRecord::Segment { id, targets }
+        }
+        other => return Err(DecodeError::Kind(other)),
+    };
+    r.finish()?;
+    Ok(rec)
 }
 
 /// Writes a remove.
@@ -145,17 +270,8 @@ pub fn decode(payload: Bytes) -> Result<Record, DecodeError> {
     let record = match r.u8()? {
         PUT => {
             let (queue, seq) = (r.u64()?, r.u64()?);
-            let state = EntryState {
-                delivery_count: r.u32()?,
-                enqueued_ms: r.u64()?,
-                expires_at_ms: opt(r.u64()?),
-                ready_at_ms: opt(r.u64()?),
-            };
-            let exchange = string(&mut r)?;
-            let routing_key = string(&mut r)?;
-            let header = ContentHeader::decode(r.long_str()?)?;
-            let body = r.long_str()?;
-            let message = Box::new(Message { exchange, routing_key, properties: header.properties, body });
+            let state = read_state(&mut r)?;
+            let message = Box::new(read_message(&mut r)?);
             Record::Put { queue, seq, state, message }
         }
         REMOVE => Record::Remove { queue: r.u64()?, seq: r.u64()? },

@@ -28,6 +28,7 @@ use warren_core::storage::{
     tidy_entries,
 };
 
+use crate::index;
 use crate::record::{self, HEADER, Meta, Record};
 use crate::segment::{self, Segment};
 use crate::sync::{SyncShared, Syncer, sync_dir};
@@ -62,6 +63,11 @@ pub struct RecoveryReport {
     pub deleted: usize,
     /// Whether the previous run stopped cleanly.
     pub clean: bool,
+    /// Whether the queues were loaded from their index files (after a clean stop) rather
+    /// than by replaying the log.
+    pub from_index: bool,
+    /// Why the index files were not used, when they were not.
+    pub index_unused: Option<String>,
     /// Milliseconds the recovery took.
     pub millis: u64,
 }
@@ -92,6 +98,17 @@ pub struct FileStore {
     written: u64,
     recovered: Option<Recovered>,
     report: RecoveryReport,
+}
+
+/// Where an entry's put record is: its segment in the high half, its offset in the low.
+fn store_ref(segment: u64, offset: usize) -> Result<StoreRef, StorageError> {
+    let offset = u32::try_from(offset).map_err(|_| StorageError::Io("record offset beyond 4 GiB".into()))?;
+    Ok(StoreRef(segment << 32 | u64::from(offset)))
+}
+
+/// The segment of a [`StoreRef`].
+fn segment_of(at: StoreRef) -> u64 {
+    at.0 >> 32
 }
 
 /// The id the syncer knows the metadata log by; segment `n` is `n + 1`.
@@ -142,7 +159,15 @@ impl FileStore {
             recovered: None,
             report,
         };
-        store.replay(&mut recovered)?;
+        let loaded =
+            if clean { store.load_index(&mut recovered) } else { Err("the last stop was not clean".into()) };
+        match loaded {
+            Ok(()) => store.report.from_index = true,
+            Err(why) => {
+                store.report.index_unused = Some(why);
+                store.replay(&mut recovered)?;
+            }
+        }
         let next = store.segments.keys().next_back().map_or(1, |id| id + 1);
         store.open_segment(next, options.segment_size)?;
         let before = store.segments.len();
@@ -176,34 +201,82 @@ impl FileStore {
         self.segments.values().map(|s| s.segment.capacity() as u64).sum()
     }
 
-    /// Replays every segment in order into `recovered.entries`.
-    fn replay(&mut self, recovered: &mut Recovered) -> Result<(), StorageError> {
+    /// Segment ids on disk, oldest first.
+    fn segment_ids(&self) -> Result<Vec<u64>, StorageError> {
         let mut ids: Vec<u64> = std::fs::read_dir(&self.segments_dir)
             .map_err(|e| at(&self.segments_dir, e))?
             .filter_map(|e| e.ok())
             .filter_map(|e| segment::parse_name(&e.file_name().to_string_lossy()))
             .collect();
         ids.sort_unstable();
-        let mut entries: HashMap<(QueueId, u64), (u64, EntryState, Box<Message>)> = HashMap::new();
+        Ok(ids)
+    }
+
+    /// Loads every declared queue from its index file; on any doubt, says why and changes
+    /// nothing, and the caller replays the log instead.
+    fn load_index(&mut self, recovered: &mut Recovered) -> Result<(), String> {
+        let qdir = self.dir.join("queues");
+        let (at, targets) = index::read_segments(&qdir)?;
+        let ids = self.segment_ids().map_err(|e| e.to_string())?;
+        if ids.last() != Some(&at.segment) {
+            return Err("the log has other segments than when the index was written".into());
+        }
+        let mut opened = BTreeMap::new();
+        for id in ids {
+            let path = self.segments_dir.join(segment::file_name(id));
+            opened.insert(id, Segment::open(&path, id).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+        let newest = opened.get(&at.segment).ok_or("the newest segment is gone")?;
+        let more = newest
+            .read(at.end as usize, HEADER)
+            .and_then(|h| record::header(&h))
+            .is_some_and(|(len, _)| len > 0);
+        if more {
+            return Err("the log has records written after the index".into());
+        }
+        let refs: BTreeMap<u64, &Segment> = opened.iter().map(|(id, s)| (*id, s)).collect();
+        let mut entries = Vec::new();
+        for q in &recovered.queues {
+            entries.extend(index::read_queue(&qdir, q.id, at, &refs)?);
+        }
+        for (id, segment) in opened {
+            let t = targets.get(&id).cloned().unwrap_or_default();
+            self.segments.insert(id, SegmentState { segment, live: 0, targets: t });
+            self.report.segments += 1;
+        }
+        for e in &entries {
+            self.count_live(e.queue, segment_of(e.at), 1);
+        }
+        recovered.entries = entries;
+        Ok(())
+    }
+
+    /// Replays every segment in order into `recovered.entries`.
+    fn replay(&mut self, recovered: &mut Recovered) -> Result<(), StorageError> {
+        let ids = self.segment_ids()?;
+        let mut entries: HashMap<(QueueId, u64), (StoreRef, EntryState, Box<Message>)> = HashMap::new();
         for id in ids {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
             let mut targets = BTreeSet::new();
-            let end = scan(&mut seg, &mut self.report, |rec| match rec {
+            let end = scan(&mut seg, &mut self.report, |pos, rec| match rec {
                 Record::Put { queue, seq, state, message } => {
-                    if let Some((old, _, _)) = entries.insert((queue, seq), (id, state, message)) {
-                        targets.insert(old);
+                    let Ok(at) = store_ref(id, pos) else {
+                        return;
+                    };
+                    if let Some((old, _, _)) = entries.insert((queue, seq), (at, state, message)) {
+                        targets.insert(segment_of(old));
                     }
                 }
                 Record::Remove { queue, seq } => {
                     if let Some((old, _, _)) = entries.remove(&(queue, seq)) {
-                        targets.insert(old);
+                        targets.insert(segment_of(old));
                     }
                 }
                 Record::Count { queue, seq, delivery_count } => {
                     if let Some((old, state, _)) = entries.get_mut(&(queue, seq)) {
                         state.delivery_count = delivery_count;
-                        targets.insert(*old);
+                        targets.insert(segment_of(*old));
                     }
                 }
             });
@@ -218,18 +291,18 @@ impl FileStore {
         let declared: BTreeMap<QueueId, _> = recovered.queues.iter().map(|q| (q.id, q.clone())).collect();
         let mut list: Vec<StoredEntry> = entries
             .into_iter()
-            .map(|((queue, seq), (seg, state, message))| StoredEntry {
+            .map(|((queue, seq), (at, state, message))| StoredEntry {
                 queue,
                 seq,
                 state,
-                at: StoreRef(seg),
+                at,
                 message: Arc::from(message),
             })
             .collect();
         // Entries of a queue whose deletion is durable are dead.
         tidy_entries(&mut list, &declared);
         for e in &list {
-            self.count_live(e.queue, e.at.0, 1);
+            self.count_live(e.queue, segment_of(e.at), 1);
         }
         recovered.entries = list;
         Ok(())
@@ -335,13 +408,13 @@ impl Storage for FileStore {
         let (seg, offset) = self.append()?;
         self.count_live(queue, seg, 1);
         if let Some(old) = replaces {
-            self.refers_to(old.0);
-            self.count_live(queue, old.0, -1);
+            self.refers_to(segment_of(old));
+            self.count_live(queue, segment_of(old), -1);
             self.collect_garbage();
         }
         let body_len = message.body.len();
         let body = self.segments.get(&seg).and_then(|s| s.segment.read(offset + total - body_len, body_len));
-        Ok((StoreRef(seg), body))
+        Ok((store_ref(seg, offset)?, body))
     }
 
     fn set_delivery_count(
@@ -357,21 +430,22 @@ impl Storage for FileStore {
         self.scratch.clear();
         record::frame(&mut self.scratch, |w| record::count(w, queue, seq, delivery_count));
         self.append()?;
-        self.refers_to(at.0);
+        self.refers_to(segment_of(at));
         Ok(())
     }
 
     fn remove(&mut self, queue: QueueId, seq: u64, at: StoreRef) -> Result<(), StorageError> {
         // A deleted queue's entries went with it.
-        if !self.live.get(&queue).is_some_and(|q| q.contains_key(&at.0)) {
+        let seg = segment_of(at);
+        if !self.live.get(&queue).is_some_and(|q| q.contains_key(&seg)) {
             return Ok(());
         }
         self.scratch.clear();
         record::frame(&mut self.scratch, |w| record::remove(w, queue, seq));
         self.append()?;
-        self.refers_to(at.0);
-        self.count_live(queue, at.0, -1);
-        if self.segments.get(&at.0).is_some_and(|s| s.live == 0) {
+        self.refers_to(seg);
+        self.count_live(queue, seg, -1);
+        if self.segments.get(&seg).is_some_and(|s| s.live == 0) {
             self.collect_garbage();
         }
         Ok(())
@@ -395,12 +469,21 @@ impl Storage for FileStore {
     fn written(&self) -> u64 {
         self.written
     }
+
+    fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {
+        let end = self.segments.get(&self.active).map_or(0, |s| s.segment.end());
+        let log_end = index::LogEnd { segment: self.active, end: end as u64 };
+        let targets: BTreeMap<u64, BTreeSet<u64>> =
+            self.segments.iter().map(|(id, s)| (*id, s.targets.clone())).collect();
+        let dir = self.dir.join("queues");
+        index::write(&dir, log_end, queues, entries, &targets).map_err(|e| at(&dir, e))
+    }
 }
 
 /// Reads a segment's records in order, handing each good one to `f`; returns where the
 /// written part ends. A record whose checksum fails is skipped when a good record follows it
 /// (damage in the middle) and otherwise cut off with everything after it (a torn write).
-fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(Record)) -> usize {
+fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(usize, Record)) -> usize {
     let name = seg.path.display().to_string();
     let mut pos = 0;
     loop {
@@ -416,7 +499,7 @@ fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(Record
             Some(p) => {
                 report.records += 1;
                 match record::decode(p) {
-                    Ok(r) => f(r),
+                    Ok(r) => f(pos, r),
                     Err(e) => report.damaged.push(format!("{name} at {pos}: {e}")),
                 }
                 pos = next;

@@ -10,9 +10,10 @@ use proptest::prelude::*;
 use warren_codec::{BasicProperties, FieldTable, FieldValue};
 use warren_core::message::Message;
 use warren_core::storage::{
-    BindingRecord, EntryState, ExchangeRecord, MemoryStore, MetaOp, QueueRecord, Recovered, Storage, StoreRef,
+    BindingRecord, EntryState, ExchangeRecord, MemoryStore, MetaOp, QueueRecord, Recovered, Storage,
+    StoreRef, StoredEntry,
 };
-use warren_storage::{FileStore, Options, Syncer};
+use warren_storage::{FileStore, Options, RecoveryReport, Syncer};
 
 /// Something that can be reopened, as after a restart.
 trait Backing {
@@ -27,12 +28,13 @@ impl Backing for Memory {
     }
 }
 
-struct Files(tempfile::TempDir, Options, Option<Syncer>);
+struct Files(tempfile::TempDir, Options, Option<Syncer>, RecoveryReport);
 
 impl Backing for Files {
     fn open(&mut self) -> Box<dyn Storage> {
         let (store, syncer) = FileStore::open(self.0.path(), self.1).expect("open");
         self.2 = Some(syncer);
+        self.3 = store.report().clone();
         Box::new(store)
     }
 }
@@ -49,7 +51,7 @@ impl Files {
 }
 
 fn files(segment_size: usize) -> Files {
-    Files(tempfile::tempdir().expect("tempdir"), Options { segment_size }, None)
+    Files(tempfile::tempdir().expect("tempdir"), Options { segment_size }, None, RecoveryReport::default())
 }
 
 fn backings() -> Vec<(&'static str, Box<dyn Backing>)> {
@@ -173,6 +175,7 @@ enum Op {
     DeleteQueue { queue: u64 },
     Sync,
     Restart,
+    CleanRestart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -184,6 +187,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..4u64).prop_map(|queue| Op::DeleteQueue { queue }),
         1 => Just(Op::Sync),
         1 => Just(Op::Restart),
+        1 => Just(Op::CleanRestart),
     ]
 }
 
@@ -265,6 +269,33 @@ proptest! {
                 }
                 Op::Sync => {
                     disk.sync();
+                }
+                Op::CleanRestart => {
+                    // A clean stop: the file store indexes what the memory store holds.
+                    let rm = m.recover().expect("state");
+                    let queues: Vec<u64> = rm.queues.iter().map(|q| q.id).collect();
+                    let entries: Vec<StoredEntry> = rm
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            let at = live.0.iter().find(|l| (l.0, l.1) == (e.queue, e.seq)).map(|l| l.3);
+                            StoredEntry { at: at.expect("tracked"), ..e.clone() }
+                        })
+                        .collect();
+                    f.checkpoint(&queues, &entries).expect("checkpoint");
+                    disk.sync();
+                    drop((m, f));
+                    FileStore::mark_clean(disk.0.path()).expect("clean");
+                    m = mem.open();
+                    f = disk.open();
+                    prop_assert!(disk.3.from_index, "{:?}", disk.3);
+                    let (rm, rf) = (m.recover().expect("recover"), f.recover().expect("recover"));
+                    for e in &mut live.0 {
+                        if let Some(r) = rf.entries.iter().find(|r| (r.queue, r.seq) == (e.0, e.1)) {
+                            e.3 = r.at;
+                        }
+                    }
+                    prop_assert_eq!(normal(rm), normal(rf));
                 }
                 Op::Restart => {
                     drop((m, f));
@@ -413,4 +444,102 @@ fn a_clean_stop_is_told_apart_from_a_crash() {
     drop(store);
     let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
     assert!(!store.recover().expect("recover").clean, "the marker is consumed at start");
+}
+
+/// A store with two queues holding small and large messages in several states, stopped
+/// cleanly with an index written; returns it with what it held.
+fn cleanly_stopped() -> (Files, Recovered) {
+    let mut b = files(64 << 10);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "a")).expect("meta");
+    s.meta(&queue(2, "b")).expect("meta");
+    s.meta(&queue(3, "empty")).expect("meta");
+    let mut refs = Vec::new();
+    for seq in 0..40u64 {
+        let size = if seq % 7 == 0 { 10_000 } else { 100 };
+        let state = EntryState {
+            enqueued_ms: seq,
+            expires_at_ms: (seq % 3 == 0).then_some(1_000 + seq),
+            ready_at_ms: (seq % 5 == 0).then_some(2_000 + seq),
+            ..Default::default()
+        };
+        let q = 1 + seq % 2;
+        refs.push((q, seq, s.put(q, seq, &message(&vec![seq as u8; size]), &state, None).expect("put").0));
+    }
+    for &(q, seq, at) in refs.iter().filter(|r| r.1 % 4 == 1) {
+        s.remove(q, seq, at).expect("remove");
+    }
+    s.set_delivery_count(refs[2].0, refs[2].1, refs[2].2, 3).expect("count");
+    drop(s);
+    let mut s = b.open();
+    let before = s.recover().expect("recover");
+    s.checkpoint(&[1, 2, 3], &before.entries).expect("checkpoint");
+    b.sync();
+    drop(s);
+    FileStore::mark_clean(b.0.path()).expect("clean");
+    (b, before)
+}
+
+fn reopen(b: &Files) -> (RecoveryReport, Recovered) {
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    let report = store.report().clone();
+    (report, store.recover().expect("recover"))
+}
+
+#[test]
+fn after_a_clean_stop_the_queues_load_from_their_index() {
+    let (b, before) = cleanly_stopped();
+    let (report, after) = reopen(&b);
+    assert!(report.from_index, "{report:?}");
+    assert_eq!(report.records, 0, "the log was not replayed");
+    assert_eq!(normal(after), normal(before));
+    assert!(b.0.path().join("queues/0000000000000003.idx").exists(), "an empty queue has an index too");
+}
+
+#[test]
+fn a_missing_index_is_rebuilt_from_the_log() {
+    let (b, before) = cleanly_stopped();
+    std::fs::remove_file(b.0.path().join("queues/0000000000000002.idx")).expect("rm");
+    let (report, after) = reopen(&b);
+    assert!(!report.from_index);
+    assert!(report.index_unused.as_deref().is_some_and(|w| w.contains("no index for queue 2")), "{report:?}");
+    assert_eq!(normal(after), normal(before));
+}
+
+#[test]
+fn a_damaged_index_is_not_used() {
+    let (b, before) = cleanly_stopped();
+    let path = b.0.path().join("queues/0000000000000001.idx");
+    let mut data = std::fs::read(&path).expect("read");
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    std::fs::write(&path, &data).expect("write");
+    let (report, after) = reopen(&b);
+    assert!(report.index_unused.as_deref().is_some_and(|w| w.contains("damaged")), "{report:?}");
+    assert_eq!(normal(after), normal(before));
+}
+
+#[test]
+fn an_index_behind_the_log_is_not_used() {
+    let (mut b, _) = cleanly_stopped();
+    // A run that wrote more, then stopped "cleanly" without a new index.
+    let mut s = b.open();
+    let mut now = s.recover().expect("recover");
+    let (at, _) = s.put(1, 100, &message(b"late"), &EntryState::default(), None).expect("put");
+    b.sync();
+    drop(s);
+    FileStore::mark_clean(b.0.path()).expect("clean");
+    let (report, after) = reopen(&b);
+    assert!(report.index_unused.is_some(), "{report:?}");
+    assert!(after.entries.iter().any(|e| e.seq == 100), "the late entry is there");
+    now.entries.push(StoredEntry {
+        queue: 1,
+        seq: 100,
+        state: EntryState::default(),
+        at,
+        message: Arc::new(message(b"late")),
+    });
+    now.entries.sort_by_key(|e| (e.queue, e.seq));
+    assert_eq!(normal(after), normal(now));
 }

@@ -186,17 +186,9 @@ impl Broker {
         m: &mut QueuedMessage,
         ready_at_ms: Option<u64>,
     ) -> Result<(), StorageError> {
+        let state = self.entry_state(m, ready_at_ms);
         let Some(store) = self.durability.store.as_mut() else {
             return Ok(());
-        };
-        let state = EntryState {
-            delivery_count: m.delivery_count,
-            enqueued_ms: m.enqueued_ms,
-            expires_at_ms: m.expires_at.map(|t| {
-                let left = t.saturating_duration_since(self.now).as_millis() as u64;
-                self.unix_ms.saturating_add(left)
-            }),
-            ready_at_ms,
         };
         let (at, body) = store.put(queue_id, m.seq, &m.message, &state, m.stored)?;
         m.stored = Some(at);
@@ -204,6 +196,54 @@ impl Broker {
             m.message = Arc::new(Message { body, ..(*m.message).clone() });
         }
         Ok(())
+    }
+
+    /// An entry's state as the store keeps it: deadlines in wall-clock milliseconds.
+    fn entry_state(&self, m: &QueuedMessage, ready_at_ms: Option<u64>) -> EntryState {
+        EntryState {
+            delivery_count: m.delivery_count,
+            enqueued_ms: m.enqueued_ms,
+            expires_at_ms: m.expires_at.map(|t| {
+                let left = t.saturating_duration_since(self.now).as_millis() as u64;
+                self.unix_ms.saturating_add(left)
+            }),
+            ready_at_ms,
+        }
+    }
+
+    /// Has the store write an index of every stored queue (ready, unacked and delayed
+    /// entries) for a fast next start. Call at a clean stop, after the last client is gone.
+    pub fn checkpoint_storage(&mut self) -> Result<usize, StorageError> {
+        if self.durability.store.is_none() {
+            return Ok(0);
+        }
+        let mut queues = Vec::new();
+        let mut entries = Vec::new();
+        let entry = |b: &Broker, queue: u64, m: &QueuedMessage, ready_at: Option<u64>| {
+            m.stored.map(|at| StoredEntry {
+                queue,
+                seq: m.seq,
+                state: b.entry_state(m, ready_at),
+                at,
+                message: m.message.clone(),
+            })
+        };
+        for q in self.queues.values().filter(|q| stores_messages(&q.spec)) {
+            queues.push(q.id);
+            entries.extend(q.iter().filter_map(|m| entry(self, q.id, m, None)));
+        }
+        let unacked =
+            self.sessions.values().flat_map(|s| s.channels.values()).flat_map(|c| c.unacked.values());
+        entries.extend(unacked.filter_map(|u| entry(self, u.queue_id, &u.message, None)));
+        entries.extend(
+            self.delayed.values().filter_map(|d| entry(self, d.queue_id, &d.message, Some(d.due_ms))),
+        );
+        entries.sort_by_key(|e| (e.queue, e.seq));
+        let n = entries.len();
+        match self.durability.store.as_mut() {
+            Some(store) => store.checkpoint(&queues, &entries).map(|()| n),
+            None => Ok(0),
+        }
     }
 
     /// Forgets a stored entry that left its queue for good.
@@ -366,7 +406,8 @@ impl Broker {
                 q.delayed += 1;
                 let id = self.next_delayed;
                 self.next_delayed += 1;
-                self.delayed.insert(id, Delayed { queue: Arc::from(queue), queue_id, message: m });
+                self.delayed
+                    .insert(id, Delayed { queue: Arc::from(queue), queue_id, message: m, due_ms: at });
                 self.arm(in_future(at), Timer::Retry { id });
             }
             None => {

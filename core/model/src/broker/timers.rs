@@ -27,6 +27,8 @@ pub(super) struct Delayed {
     pub queue: Arc<str>,
     pub queue_id: u64,
     pub message: QueuedMessage,
+    /// Wall-clock milliseconds when it goes back.
+    pub due_ms: u64,
 }
 
 impl Broker {
@@ -90,9 +92,9 @@ impl Broker {
     /// Holds `message` for `delay_ms`, then puts it back in `queue`. A stored message is
     /// rewritten with its new headers and the time it is due back.
     pub(super) fn delay(&mut self, queue: &str, queue_id: u64, mut message: QueuedMessage, delay_ms: u64) {
+        let due_ms = self.unix_ms.saturating_add(delay_ms);
         if message.stored.is_some() {
-            let due = self.unix_ms.saturating_add(delay_ms);
-            let r = self.store_entry(queue_id, &mut message, Some(due));
+            let r = self.store_entry(queue_id, &mut message, Some(due_ms));
             self.storage_result(r);
         }
         let id = self.next_delayed;
@@ -101,7 +103,7 @@ impl Broker {
             q.delayed += 1;
         }
         let queue: Arc<str> = Arc::from(queue);
-        self.delayed.insert(id, Delayed { queue, queue_id, message });
+        self.delayed.insert(id, Delayed { queue, queue_id, message, due_ms });
         let at = self.after(delay_ms);
         self.arm(at, Timer::Retry { id });
     }
