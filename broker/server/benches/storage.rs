@@ -31,6 +31,7 @@ const IN_PROCESS: usize = 1_000_000;
 const OVER_AMQP: usize = 50_000;
 const WINDOW: usize = 256;
 const ROUNDS: usize = 3;
+const RECOVERY: usize = 200_000;
 
 fn main() {
     let dir = tempfile::tempdir().expect("dir");
@@ -101,7 +102,7 @@ fn in_process(dir: &Path) {
 
     let (anon0, file0) = rss();
     let started = Instant::now();
-    let (store, _syncer) = FileStore::open(&store_dir, Options::default()).expect("reopen");
+    let (store, mut syncer) = FileStore::open(&store_dir, Options::default()).expect("reopen");
     let opened = started.elapsed();
     let mut b = Broker::new(BrokerConfig::default(), Instant::now());
     let report = b.attach_storage(Box::new(store), ConfirmPolicy::AfterSync).expect("recover");
@@ -119,6 +120,24 @@ fn in_process(dir: &Path) {
         anon1.saturating_sub(anon0) as f64 / IN_PROCESS as f64,
         file1.saturating_sub(file0) as f64 / IN_PROCESS as f64
     );
+    // A clean stop writes the queue index; the next start loads it instead of the log.
+    let started = Instant::now();
+    let indexed = b.checkpoint_storage().expect("checkpoint");
+    syncer.sync(true).expect("sync");
+    let written = started.elapsed();
+    drop(b);
+    FileStore::mark_clean(&store_dir).expect("clean");
+    let started = Instant::now();
+    let (store, _syncer) = FileStore::open(&store_dir, Options::default()).expect("reopen");
+    let from_index = store.report().from_index;
+    let mut b = Broker::new(BrokerConfig::default(), Instant::now());
+    let report = b.attach_storage(Box::new(store), ConfirmPolicy::AfterSync).expect("recover");
+    assert!(from_index && report.messages == IN_PROCESS);
+    println!(
+        "clean stop: queue index of {indexed} entries written in {:.0} ms; start-up from it {:.0} ms",
+        written.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
     drop(b);
 }
 
@@ -127,12 +146,58 @@ struct Target {
     name: &'static str,
     addr: SocketAddr,
     metrics: Option<SocketAddr>,
-    child: Option<Child>,
+    /// Warren's process and how to start it again; RabbitMQ runs as a service.
+    child: Option<(Child, Vec<String>)>,
+}
+
+impl Target {
+    /// The broker's process id.
+    fn pid(&self) -> Option<u32> {
+        match &self.child {
+            Some((c, _)) => Some(c.id()),
+            None => {
+                let out = Command::new("pgrep").args(["-f", "beam.smp"]).output().ok()?;
+                String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+            }
+        }
+    }
+
+    /// Stops the broker cleanly and starts it again (RabbitMQ: its application, in the running
+    /// VM); returns when it accepts connections.
+    fn restart(&mut self) {
+        match self.child.as_mut() {
+            Some((c, args)) => {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+                let _ = c.wait();
+                *c = Command::new(env!("CARGO_BIN_EXE_warren"))
+                    .args(args.iter())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("restart warren");
+            }
+            None => {
+                let _ = Command::new("rabbitmqctl").arg("stop_app").stdout(Stdio::null()).status();
+                let _ = Command::new("rabbitmqctl").arg("start_app").stdout(Stdio::null()).status();
+            }
+        }
+        assert!(wait_for(self.addr, 120), "{} did not come back", self.name);
+    }
+}
+
+/// Anonymous resident memory (heap) of a process, in octets.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
+        if let Some((c, _)) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -162,17 +227,29 @@ fn warren(dir: &Path, name: &'static str, fsync: &str) -> Target {
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("warren.toml");
     std::fs::write(&config, format!("[storage]\nfsync = \"{fsync}\"\n")).expect("config");
+    let args: Vec<String> = [
+        "--config".to_string(),
+        config.display().to_string(),
+        "--amqp-listen".to_string(),
+        addr.to_string(),
+        "--metrics-listen".to_string(),
+        metrics.to_string(),
+        "--management-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--quic-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--data-dir".to_string(),
+        dir.display().to_string(),
+    ]
+    .into();
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--config", &config.display().to_string()])
-        .args(["--amqp-listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
-        .args(["--management-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
-        .args(["--data-dir", &dir.display().to_string()])
+        .args(args.iter())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start warren");
     assert!(wait_for(addr, 30), "warren did not start");
-    Target { name, addr, metrics: Some(metrics), child: Some(child) }
+    Target { name, addr, metrics: Some(metrics), child: Some((child, args)) }
 }
 
 /// RabbitMQ on 5672: already running, or started here when installed.
@@ -239,10 +316,28 @@ async fn scenario(t: &Target) -> Figures {
             }
         }
     });
+    let latencies = publish_window(&pch, &queue, OVER_AMQP).await;
+    consume.await.expect("consumer");
+    let secs = started.elapsed().as_secs_f64();
+    let after = fsyncs(t).await;
+    let _ = pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let mut latencies = latencies;
+    latencies.sort();
+    Figures {
+        throughput: OVER_AMQP as f64 / secs,
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+        fsyncs_per_million: before.zip(after).map(|(a, b)| (b - a) * 1e6 / OVER_AMQP as f64),
+    }
+}
+
+/// Publishes `n` persistent 16-byte messages with at most WINDOW unconfirmed; returns each
+/// one's confirm latency.
+async fn publish_window(pch: &lapin::Channel, queue: &str, n: usize) -> Vec<Duration> {
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut window: VecDeque<(Instant, lapin::PublisherConfirm)> = VecDeque::with_capacity(WINDOW);
-    let mut latencies = Vec::with_capacity(OVER_AMQP);
-    for i in 0..OVER_AMQP {
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
         if window.len() == WINDOW {
             let (at, c) = window.pop_front().expect("window");
             assert!(c.await.expect("confirm").is_ack());
@@ -252,7 +347,7 @@ async fn scenario(t: &Target) -> Figures {
         let c = pch
             .basic_publish(
                 "".into(),
-                queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 &body,
                 props.clone(),
@@ -265,16 +360,50 @@ async fn scenario(t: &Target) -> Figures {
         assert!(c.await.expect("confirm").is_ack());
         latencies.push(at.elapsed());
     }
-    consume.await.expect("consumer");
-    let secs = started.elapsed().as_secs_f64();
-    let after = fsyncs(t).await;
-    let _ = pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-    latencies.sort();
-    Figures {
-        throughput: OVER_AMQP as f64 / secs,
-        p50: latencies[latencies.len() / 2],
-        p99: latencies[latencies.len() * 99 / 100],
-        fsyncs_per_million: before.zip(after).map(|(a, b)| (b - a) * 1e6 / OVER_AMQP as f64),
+    latencies
+}
+
+/// Fills a durable queue with RECOVERY persistent messages and reports the broker's heap per
+/// queued message, then restarts the broker and times until the queue is back, full.
+async fn recovery(t: &mut Target) -> (f64, Duration) {
+    let uri = format!("amqp://guest:guest@{}/%2f", t.addr);
+    let queue = "bench-recovery";
+    {
+        let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
+        let ch = conn.create_channel().await.expect("ch");
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(queue.into(), durable, FieldTable::default()).await.expect("declare");
+        ch.queue_purge(queue.into(), QueuePurgeOptions::default()).await.expect("purge");
+        ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = t.pid().map_or(0, rss_anon);
+        publish_window(&ch, queue, RECOVERY).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = t.pid().map_or(0, rss_anon);
+        let _ = conn.close(200, "done".into()).await;
+        let per_message = after.saturating_sub(before) as f64 / RECOVERY as f64;
+        let started = Instant::now();
+        t.restart();
+        loop {
+            let back = async {
+                let conn = Connection::connect(&uri, ConnectionProperties::default()).await.ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+                let _ = conn.close(200, "done".into()).await;
+                Some(q.message_count() as usize)
+            };
+            if back.await == Some(RECOVERY) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "{} did not recover", t.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
+        let ch = conn.create_channel().await.expect("ch");
+        let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+        (per_message, took)
     }
 }
 
@@ -319,6 +448,14 @@ async fn over_amqp() {
         let fs = fsyncs.map_or("not exposed".to_string(), |v| format!("{:.0}", median(v)));
         println!("{:<28} {:>10.0} {:>12.2}ms {:>12.2}ms {:>16}", t.name, throughput, p50, p99, fs);
         results.push(throughput);
+    }
+    println!(
+        "\n{RECOVERY} persistent 16-byte messages queued: heap per queued message, and a clean restart until the queue is back"
+    );
+    println!("{:<28} {:>16} {:>12}", "broker", "heap/message", "restart");
+    for t in targets.iter_mut().filter(|t| t.name != "Warren (fsync every 200 ms)") {
+        let (per_message, took) = recovery(t).await;
+        println!("{:<28} {:>14.0} B {:>10.0}ms", t.name, per_message, took.as_secs_f64() * 1e3);
     }
     if let [w, _, r] = results[..] {
         println!(
