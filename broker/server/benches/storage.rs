@@ -345,13 +345,7 @@ async fn publish_window(pch: &lapin::Channel, queue: &str, n: usize) -> Vec<Dura
         }
         let body = [(i % 251) as u8; 16];
         let c = pch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props.clone(),
-            )
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props.clone())
             .await
             .expect("publish");
         window.push_back((Instant::now(), c));

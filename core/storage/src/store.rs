@@ -504,17 +504,31 @@ fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(usize,
                 }
                 pos = next;
             }
-            None if good_record_at(seg, next) => {
-                report.damaged.push(format!("{name} at {pos}: checksum mismatch, {len} octets skipped"));
-                pos = next;
-            }
-            None => {
-                report.truncated.push(format!("{name} at {pos}"));
-                seg.zero_from(pos);
-                return pos;
-            }
+            None => match resync(seg, pos, next) {
+                Some(good) => {
+                    report
+                        .damaged
+                        .push(format!("{name} at {pos}: checksum mismatch, {} octets skipped", good - pos));
+                    pos = good;
+                }
+                None => {
+                    report.truncated.push(format!("{name} at {pos}"));
+                    seg.zero_from(pos);
+                    return pos;
+                }
+            },
         }
     }
+}
+
+/// The next intact record after a damaged one at `pos`: where its length says (`next`), or,
+/// when the length itself is damaged, the first intact record further on. `None` means
+/// nothing intact follows: a torn tail.
+fn resync(seg: &Segment, pos: usize, next: usize) -> Option<usize> {
+    if good_record_at(seg, next) {
+        return Some(next);
+    }
+    (pos + 1..seg.capacity().saturating_sub(HEADER)).find(|&p| good_record_at(seg, p))
 }
 
 fn good_record_at(seg: &Segment, pos: usize) -> bool {

@@ -543,3 +543,19 @@ fn an_index_behind_the_log_is_not_used() {
     now.entries.sort_by_key(|e| (e.queue, e.seq));
     assert_eq!(normal(after), normal(now));
 }
+
+#[test]
+fn a_damaged_length_loses_one_record_not_the_rest_of_the_segment() {
+    let b = filled(5);
+    let path = segment_path(&b);
+    let mut data = std::fs::read(&path).expect("read");
+    // The second message's record starts where the first one's ends; wreck its length field.
+    let first_len = u32::from_le_bytes(data[0..4].try_into().expect("len")) as usize;
+    let second = 8 + first_len;
+    data[second..second + 4].copy_from_slice(&0x00ff_ff00u32.to_le_bytes());
+    std::fs::write(&path, &data).expect("write");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert_eq!(store.report().damaged.len(), 1, "{:?}", store.report());
+    assert!(store.report().truncated.is_empty(), "{:?}", store.report());
+    assert_eq!(seqs(&store.recover().expect("recover")), [0, 2, 3, 4]);
+}
