@@ -11,7 +11,12 @@ work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 amqp=$(free_port); metrics=$(free_port); prom=$(free_port)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+# Both stop cleanly on SIGTERM, writing into $work as they go: wait for them before removing it.
+cleanup() {
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 "$warren" --amqp-listen "127.0.0.1:$amqp" --metrics-listen "127.0.0.1:$metrics" \
