@@ -1,0 +1,163 @@
+//! The `warren-perf` command line.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use warren_codec::{FieldTable, FieldValue};
+use warren_perf::client::Uri;
+use warren_perf::throughput::{self, Scenario};
+
+/// Load for AMQP 0-9-1 brokers: throughput, latency, idle connections.
+#[derive(Debug, Parser)]
+#[command(name = "warren-perf", version)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Print one JSON summary line instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Producers and consumers as fast as they go (or at --rate).
+    Throughput(Load),
+    /// End-to-end latency at a fixed rate: p50, p99, p99.9 from a timestamp in each body.
+    Latency {
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Opens idle connections with a channel each and reports the broker's memory per connection.
+    Connections {
+        /// Broker URI.
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        uri: Uri,
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The broker's process id, to read its memory from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Load {
+    /// Broker URI.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    uri: Uri,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Consuming connections.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Body size in octets (at least 8).
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+    /// Seconds to publish.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Publisher confirms, at most this many unconfirmed per producer.
+    #[arg(long, value_name = "WINDOW")]
+    confirm: Option<usize>,
+    /// Persistent messages into a durable queue.
+    #[arg(long)]
+    persistent: bool,
+    /// Consumers ack automatically.
+    #[arg(long, conflicts_with_all = ["prefetch", "multi_ack"])]
+    autoack: bool,
+    /// Prefetch for manual-ack consumers.
+    #[arg(long, default_value_t = 1000)]
+    prefetch: u16,
+    /// Manual-ack consumers ack every N deliveries with multiple=true.
+    #[arg(long, default_value_t = 1)]
+    multi_ack: u32,
+    /// Messages per second across all producers (latency mode: required).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Queue name (with --exchange: the prefix of each consumer's own queue).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Queue arguments, `x-max-length=1000` (integers are sent as integers).
+    #[arg(long, value_name = "K=V", num_args = 1..)]
+    queue_args: Vec<String>,
+    /// Publish through this exchange; each consumer gets its own queue bound with the key.
+    #[arg(long, requires = "routing_key")]
+    exchange: Option<String>,
+    /// The exchange's type.
+    #[arg(long, default_value = "topic")]
+    exchange_type: String,
+    /// Routing (and binding) key for --exchange.
+    #[arg(long)]
+    routing_key: Option<String>,
+}
+
+impl Load {
+    fn scenario(self, json: bool) -> anyhow::Result<Scenario> {
+        let mut queue_args = FieldTable::new();
+        for kv in &self.queue_args {
+            let Some((k, v)) = kv.split_once('=') else { bail!("--queue-args takes K=V, not '{kv}'") };
+            let value = v.parse::<i64>().map(FieldValue::I64).unwrap_or_else(|_| FieldValue::str(v));
+            queue_args.insert(k.to_string(), value);
+        }
+        let cleanup = self.queue.is_none();
+        Ok(Scenario {
+            uri: self.uri,
+            producers: self.producers,
+            consumers: self.consumers,
+            size: self.size,
+            duration: Duration::from_secs_f64(self.duration),
+            confirm: self.confirm,
+            persistent: self.persistent,
+            autoack: self.autoack,
+            prefetch: self.prefetch,
+            multi_ack: self.multi_ack,
+            rate: self.rate,
+            queue: self.queue.unwrap_or_else(|| format!("warren-perf-{}", std::process::id())),
+            queue_args,
+            exchange: self.exchange,
+            exchange_type: self.exchange_type,
+            routing_key: self.routing_key.unwrap_or_default(),
+            cleanup,
+            progress: !json,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::Throughput(load) => {
+            report("throughput", &throughput::run(&load.scenario(cli.json)?).await?, cli.json)
+        }
+        Mode::Latency { load } => {
+            if load.rate.is_none() {
+                bail!("latency needs --rate: latency at saturation measures queueing, not the broker");
+            }
+            report("latency", &throughput::run(&load.scenario(cli.json)?).await?, cli.json)
+        }
+        Mode::Connections { uri, count, pid } => {
+            let s = warren_perf::connections::run(&uri, count, pid).await?;
+            if cli.json {
+                println!("{}", s.json());
+            } else {
+                let per = s
+                    .bytes_per_connection
+                    .map_or("unknown (give --pid)".into(), |b| format!("{:.0} octets", b));
+                println!("opened {} connections; broker memory per connection: {per}", s.opened);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(mode: &str, s: &throughput::Summary, json: bool) {
+    if json {
+        println!("{}", s.json(mode));
+    } else {
+        println!("{}", s.text());
+    }
+}
