@@ -5,13 +5,19 @@ use std::time::Duration;
 
 use crate::client::{Uri, connect};
 
+/// How long one handshake may take before the broker counts as full.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// What the connections mode measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectionsSummary {
     /// Connections opened (each with channel 1 open).
     pub opened: usize,
     /// Broker heap (RssAnon) growth per connection, when its pid was given.
     pub bytes_per_connection: Option<f64>,
+    /// Why it stopped short of the count asked for (a broker out of file descriptors stops
+    /// answering handshakes).
+    pub error: Option<String>,
 }
 
 impl ConnectionsSummary {
@@ -21,6 +27,7 @@ impl ConnectionsSummary {
             "mode": "connections",
             "opened": self.opened,
             "bytes_per_connection": self.bytes_per_connection.map(f64::round),
+            "error": self.error,
         })
     }
 }
@@ -39,16 +46,28 @@ pub async fn run(uri: &Uri, count: usize, pid: Option<u32>) -> anyhow::Result<Co
     let before = pid.and_then(rss_anon);
     let mut open = Vec::with_capacity(count);
     // A few dozen handshakes at a time: brokers throttle connection storms.
-    while open.len() < count {
+    let mut error = None;
+    while open.len() < count && error.is_none() {
         let mut batch = tokio::task::JoinSet::new();
         for _ in 0..(count - open.len()).min(50) {
             let uri = uri.clone();
-            batch.spawn(async move { connect(&uri).await });
+            batch.spawn(async move { tokio::time::timeout(HANDSHAKE, connect(&uri)).await });
         }
         while let Some(c) = batch.join_next().await {
-            open.push(c??);
+            match c? {
+                Ok(Ok(c)) => open.push(c),
+                Ok(Err(e)) => error = Some(format!("after {} connections: {e:#}", open.len())),
+                Err(_) => {
+                    error =
+                        Some(format!("after {} connections a handshake took over {HANDSHAKE:?}", open.len()))
+                }
+            }
         }
     }
+    if open.is_empty() {
+        anyhow::bail!("no connection opened: {}", error.unwrap_or_default());
+    }
+    let count = open.len();
     // Let the broker settle (its allocator, its per-connection processes).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = pid.and_then(rss_anon);
@@ -58,5 +77,5 @@ pub async fn run(uri: &Uri, count: usize, pid: Option<u32>) -> anyhow::Result<Co
     for (_, w) in open {
         let _ = w.close().await;
     }
-    Ok(ConnectionsSummary { opened, bytes_per_connection })
+    Ok(ConnectionsSummary { opened, bytes_per_connection, error })
 }

@@ -148,6 +148,9 @@ async fn main() -> anyhow::Result<()> {
                     .bytes_per_connection
                     .map_or("unknown (give --pid)".into(), |b| format!("{:.0} octets", b));
                 println!("opened {} connections; broker memory per connection: {per}", s.opened);
+                if let Some(e) = &s.error {
+                    println!("stopped early: {e}");
+                }
             }
         }
     }
