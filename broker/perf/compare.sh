@@ -23,6 +23,15 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && brea
 
 brokers=("warren amqp://guest:guest@127.0.0.1:$port/%2f $warren_pid")
 rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+# Debian's wrapper switches to the rabbitmq user with su, whose PAM limits reset the soft
+# descriptor limit to 1024; raise it inside the su command instead.
+start_rabbit() {
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        su rabbitmq -s /bin/sh -c "cd /var/lib/rabbitmq && ulimit -n $(ulimit -Hn); /usr/lib/rabbitmq/bin/rabbitmq-server -detached" >/dev/null 2>&1 || true
+    else
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+    fi
+}
 rabbit_fds() { awk '/Max open files/ {print $4}' "/proc/$(pgrep -f beam.smp | head -1)/limits" 2>/dev/null || echo 0; }
 # A RabbitMQ started with a small descriptor limit cannot take scenario (e): restart it here.
 if rabbit_up && [ "$(rabbit_fds)" -lt 4096 ] && command -v rabbitmqctl >/dev/null; then
@@ -31,7 +40,7 @@ if rabbit_up && [ "$(rabbit_fds)" -lt 4096 ] && command -v rabbitmqctl >/dev/nul
     for _ in $(seq 100); do rabbit_up || break; sleep 0.2; done
 fi
 if ! rabbit_up && command -v rabbitmq-server >/dev/null; then
-    rabbitmq-server -detached >/dev/null 2>&1 || true
+    start_rabbit
     for _ in $(seq 300); do rabbit_up && break; sleep 0.2; done
 fi
 if rabbit_up; then
@@ -73,16 +82,19 @@ rows = {}
 for line in open(sys.argv[1]):
     name, broker, field, js = line.rstrip("\n").split("|", 3)
     try:
-        v = json.loads(js).get(field)
+        j = json.loads(js)
     except ValueError:
-        v = None
-    rows.setdefault(name, {})[broker] = v
+        j = {}
+    v = j.get(field)
+    # A broker that stopped taking connections: say how many it took.
+    short = f" ({j['opened']} opened)" if j.get("error") else ""
+    rows.setdefault(name, {})[broker] = (v, short)
 rv = sys.argv[2]
 print(f"| scenario | Warren | RabbitMQ {rv} | Warren/RabbitMQ |")
 print("| --- | ---: | ---: | ---: |")
-fmt = lambda v: "-" if v is None else f"{v:,.0f}"
+fmt = lambda v: "-" if v[0] is None else f"{v[0]:,.0f}{v[1]}"
 for name, r in rows.items():
-    w, q = r.get("warren"), r.get("rabbitmq")
-    ratio = f"{w / q:.2f}x" if w and q else "-"
+    w, q = r.get("warren", (None, "")), r.get("rabbitmq", (None, ""))
+    ratio = f"{w[0] / q[0]:.2f}x" if w[0] and q[0] else "-"
     print(f"| {name} | {fmt(w)} | {fmt(q)} | {ratio} |")
 PY
