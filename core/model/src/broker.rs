@@ -19,6 +19,7 @@ use crate::auth::User;
 use crate::channel::ChannelState;
 use crate::error::AmqpError;
 use crate::exchange::{ExchangeFactory, TypeRegistry};
+use crate::hash::Map;
 use crate::message::Outgoing;
 use crate::names::NameGen;
 use crate::queue::Queue;
@@ -71,7 +72,7 @@ pub struct ConnectionInfo {
 #[derive(Debug)]
 struct Session {
     info: ConnectionInfo,
-    channels: HashMap<u16, ChannelState>,
+    channels: Map<u16, ChannelState>,
     outbound: Vec<Outgoing>,
     woken: bool,
     /// It has published: a resource alarm blocks it.
@@ -85,10 +86,10 @@ struct Session {
 pub struct Broker {
     users: Vec<User>,
     names: NameGen,
-    queues: HashMap<String, Queue>,
-    exchanges: HashMap<String, Exchange>,
+    queues: Map<String, Queue>,
+    exchanges: Map<String, Exchange>,
     types: TypeRegistry,
-    sessions: HashMap<ConnId, Session>,
+    sessions: Map<ConnId, Session>,
     next_conn: ConnId,
     next_queue_id: u64,
     wakeups: Vec<ConnId>,
@@ -99,7 +100,7 @@ pub struct Broker {
     timers: BTreeSet<(Instant, u64, timers::Timer)>,
     timer_seq: u64,
     timer_changed: bool,
-    delayed: HashMap<u64, timers::Delayed>,
+    delayed: Map<u64, timers::Delayed>,
     next_delayed: u64,
     policies: Vec<crate::policy::Policy>,
     stats: crate::stats::GlobalStats,
@@ -115,10 +116,10 @@ impl Broker {
         let mut b = Broker {
             users: config.users,
             names: NameGen::new(config.seed),
-            queues: HashMap::new(),
-            exchanges: HashMap::new(),
+            queues: Map::default(),
+            exchanges: Map::default(),
             types: TypeRegistry::builtin(),
-            sessions: HashMap::new(),
+            sessions: Map::default(),
             next_conn: 1,
             next_queue_id: 1,
             wakeups: Vec::new(),
@@ -127,7 +128,7 @@ impl Broker {
             timers: BTreeSet::new(),
             timer_seq: 0,
             timer_changed: false,
-            delayed: HashMap::new(),
+            delayed: Map::default(),
             next_delayed: 0,
             policies: Vec::new(),
             stats: Default::default(),
@@ -195,7 +196,7 @@ impl Broker {
         self.stats.connections_opened += 1;
         let session = Session {
             info,
-            channels: HashMap::new(),
+            channels: Map::default(),
             outbound: Vec::new(),
             woken: false,
             published: false,

@@ -1,7 +1,9 @@
 //! The broker's state for one open channel: delivery tags, unacked messages, consumers and
 //! prefetch limits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::hash::Map;
 
 use crate::message::QueuedMessage;
 
@@ -40,7 +42,7 @@ pub struct ChannelState {
     /// Unacked deliveries by delivery tag, in delivery order.
     pub unacked: BTreeMap<u64, Unacked>,
     /// Consumers by tag.
-    pub consumers: HashMap<String, Consumer>,
+    pub consumers: Map<String, Consumer>,
     /// The prefetch new consumers get (basic.qos global=false).
     pub consumer_prefetch: u16,
     /// The channel-wide prefetch (basic.qos global=true); 0 is unlimited.
@@ -82,7 +84,7 @@ impl Default for ChannelState {
             id: 0,
             next_tag: 1,
             unacked: BTreeMap::new(),
-            consumers: HashMap::new(),
+            consumers: Map::default(),
             consumer_prefetch: 0,
             channel_prefetch: 0,
             active: true,

@@ -15,7 +15,9 @@
 //! Channel-level work goes to the [`Broker`]; this machine owns what is per connection:
 //! handshake, frame validation, content assembly, heartbeats, and closing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::Map;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -139,7 +141,7 @@ pub struct Connection {
     client_capabilities: FieldTable,
     external: Option<String>,
     id: Option<ConnId>,
-    channels: HashMap<u16, Phase>,
+    channels: Map<u16, Phase>,
     events: VecDeque<Event>,
     scratch: Vec<Outgoing>,
 }
@@ -164,7 +166,7 @@ impl Connection {
             client_capabilities: FieldTable::new(),
             external: None,
             id: None,
-            channels: HashMap::new(),
+            channels: Map::default(),
             events: VecDeque::new(),
             scratch: Vec::new(),
         }

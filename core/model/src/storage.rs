@@ -7,7 +7,7 @@
 //! position it has synced with [`crate::Broker::storage_synced`], and publisher confirms wait
 //! for it. The store is given to the broker by the driver, so this crate stays free of I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -330,13 +330,4 @@ pub fn apply_meta(
 pub fn tidy_entries(entries: &mut Vec<StoredEntry>, queues: &BTreeMap<QueueId, QueueRecord>) {
     entries.retain(|e| queues.contains_key(&e.queue));
     entries.sort_by_key(|e| (e.queue, e.seq));
-}
-
-/// Counts entries per queue, for start-up logs.
-pub fn entries_per_queue(entries: &[StoredEntry]) -> HashMap<QueueId, usize> {
-    let mut counts = HashMap::new();
-    for e in entries {
-        *counts.entry(e.queue).or_insert(0) += 1;
-    }
-    counts
 }

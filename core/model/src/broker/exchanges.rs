@@ -1,6 +1,6 @@
 //! exchange.* methods, queue.bind / queue.unbind, and routing through exchanges.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -41,7 +41,7 @@ pub struct Exchange {
     /// Declare arguments.
     pub arguments: FieldTable,
     /// Bindings by identity: destination, key and arguments, RabbitMQ's binding equality.
-    bindings: HashMap<BindingId, Binding>,
+    bindings: crate::hash::Map<BindingId, Binding>,
     router: Box<dyn ExchangeType>,
 }
 
@@ -107,7 +107,7 @@ impl Broker {
             auto_delete: m.auto_delete,
             internal: m.internal,
             arguments: m.arguments.clone(),
-            bindings: HashMap::new(),
+            bindings: Default::default(),
             router,
         };
         self.exchanges.insert(m.exchange.clone(), x);

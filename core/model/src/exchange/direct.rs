@@ -1,7 +1,5 @@
 //! `direct`: a message goes to the bindings whose key equals its routing key.
 
-use std::collections::HashMap;
-
 use warren_codec::FieldTable;
 
 use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
@@ -20,7 +18,7 @@ impl ExchangeFactory for Factory {
 /// Bindings by key.
 #[derive(Debug, Default)]
 pub struct Direct {
-    by_key: HashMap<String, Vec<Destination>>,
+    by_key: crate::hash::Map<String, Vec<Destination>>,
 }
 
 impl ExchangeType for Direct {

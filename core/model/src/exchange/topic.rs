@@ -5,8 +5,6 @@
 //! Words are split as RabbitMQ splits them: `""` has no words, `"a."` has two (`a` and the
 //! empty word), so `*` never matches `""` while `#` does.
 
-use std::collections::HashMap;
-
 use warren_codec::FieldTable;
 
 use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
@@ -30,7 +28,7 @@ pub struct Topic {
 
 #[derive(Debug, Default)]
 struct Node {
-    words: HashMap<String, Node>,
+    words: crate::hash::Map<String, Node>,
     star: Option<Box<Node>>,
     hash: Option<Box<Node>>,
     bound: Vec<Destination>,
