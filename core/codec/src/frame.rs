@@ -41,8 +41,8 @@ pub enum Frame {
     Header {
         /// Channel number.
         channel: u16,
-        /// The header.
-        header: ContentHeader,
+        /// The header (boxed: it is most of a frame's size, and frames move by value).
+        header: Box<ContentHeader>,
     },
     /// A content body frame.
     Body {
@@ -82,20 +82,25 @@ impl Frame {
             Frame::Body { channel, .. } => (TYPE_BODY, *channel),
             Frame::Heartbeat { channel } => (TYPE_HEARTBEAT, *channel),
         };
-        buf.put_u8(ty);
-        buf.put_u16(channel);
-        let size_at = buf.len();
-        buf.put_u32(0);
-        match self {
+        encode_frame(buf, ty, channel, |buf| match self {
             Frame::Method { method, .. } => method.encode(buf),
             Frame::Header { header, .. } => header.encode(buf),
             Frame::Body { payload, .. } => buf.put_slice(payload),
             Frame::Heartbeat { .. } => {}
-        }
-        let size = (buf.len() - size_at - 4) as u32;
-        buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-        buf.put_u8(FRAME_END);
+        });
     }
+}
+
+/// Appends a frame of type `ty` whose payload `payload` writes.
+fn encode_frame(buf: &mut BytesMut, ty: u8, channel: u16, payload: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(ty);
+    buf.put_u16(channel);
+    let size_at = buf.len();
+    buf.put_u32(0);
+    payload(buf);
+    let size = (buf.len() - size_at - 4) as u32;
+    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    buf.put_u8(FRAME_END);
 }
 
 /// Appends a method with content: the method frame, a header frame, and body frames cut to
@@ -109,16 +114,15 @@ pub fn encode_content(
     frame_max: u32,
 ) {
     Frame::method(channel, method).encode(buf);
-    let header = ContentHeader::basic(body.len() as u64, properties.clone());
-    Frame::Header { channel, header }.encode(buf);
+    encode_frame(buf, TYPE_HEADER, channel, |buf| {
+        crate::properties::encode_header(buf, crate::BASIC_CLASS, body.len() as u64, properties)
+    });
     let chunk = match frame_max {
         0 => body.len().max(1),
         n => (n as usize).saturating_sub(FRAME_OVERHEAD).max(1),
     };
-    let mut rest = body.clone();
-    while !rest.is_empty() {
-        let payload = rest.split_to(chunk.min(rest.len()));
-        Frame::Body { channel, payload }.encode(buf);
+    for payload in body.chunks(chunk) {
+        encode_frame(buf, TYPE_BODY, channel, |buf| buf.put_slice(payload));
     }
 }
 
@@ -169,7 +173,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let payload = frame.slice(..size as usize);
     let frame = match ty {
         TYPE_METHOD => Frame::Method { channel, method: Method::decode(payload)? },
-        TYPE_HEADER => Frame::Header { channel, header: ContentHeader::decode(payload)? },
+        TYPE_HEADER => Frame::Header { channel, header: Box::new(ContentHeader::decode(payload)?) },
         TYPE_BODY => Frame::Body { channel, payload },
         _ => Frame::Heartbeat { channel },
     };

@@ -69,54 +69,7 @@ impl ContentHeader {
 
     /// Appends the payload.
     pub fn encode(&self, buf: &mut BytesMut) {
-        let p = &self.properties;
-        let mut flags: u16 = 0;
-        flag!(flags, 15, p.content_type);
-        flag!(flags, 14, p.content_encoding);
-        flag!(flags, 13, p.headers);
-        flag!(flags, 12, p.delivery_mode);
-        flag!(flags, 11, p.priority);
-        flag!(flags, 10, p.correlation_id);
-        flag!(flags, 9, p.reply_to);
-        flag!(flags, 8, p.expiration);
-        flag!(flags, 7, p.message_id);
-        flag!(flags, 6, p.timestamp);
-        flag!(flags, 5, p.kind);
-        flag!(flags, 4, p.user_id);
-        flag!(flags, 3, p.app_id);
-        flag!(flags, 2, p.cluster_id);
-        let mut w = Writer::new(buf);
-        w.u16(self.class_id);
-        w.u16(0);
-        w.u64(self.body_size);
-        w.u16(flags);
-        let short = |w: &mut Writer<'_>, s: &Option<String>| {
-            if let Some(s) = s {
-                w.short_str(s)
-            }
-        };
-        short(&mut w, &p.content_type);
-        short(&mut w, &p.content_encoding);
-        if let Some(h) = &p.headers {
-            encode_table(&mut w, h);
-        }
-        if let Some(v) = p.delivery_mode {
-            w.u8(v);
-        }
-        if let Some(v) = p.priority {
-            w.u8(v);
-        }
-        short(&mut w, &p.correlation_id);
-        short(&mut w, &p.reply_to);
-        short(&mut w, &p.expiration);
-        short(&mut w, &p.message_id);
-        if let Some(v) = p.timestamp {
-            w.u64(v);
-        }
-        short(&mut w, &p.kind);
-        short(&mut w, &p.user_id);
-        short(&mut w, &p.app_id);
-        short(&mut w, &p.cluster_id);
+        encode_header(buf, self.class_id, self.body_size, &self.properties);
     }
 
     /// Parses a content header frame's payload.
@@ -157,6 +110,58 @@ impl ContentHeader {
         r.finish()?;
         Ok(ContentHeader { class_id, body_size, properties })
     }
+}
+
+/// Appends a content header payload for `properties` without building a [`ContentHeader`]
+/// (no copy of the properties per delivery).
+pub fn encode_header(buf: &mut BytesMut, class_id: u16, body_size: u64, p: &BasicProperties) {
+    let mut flags: u16 = 0;
+    flag!(flags, 15, p.content_type);
+    flag!(flags, 14, p.content_encoding);
+    flag!(flags, 13, p.headers);
+    flag!(flags, 12, p.delivery_mode);
+    flag!(flags, 11, p.priority);
+    flag!(flags, 10, p.correlation_id);
+    flag!(flags, 9, p.reply_to);
+    flag!(flags, 8, p.expiration);
+    flag!(flags, 7, p.message_id);
+    flag!(flags, 6, p.timestamp);
+    flag!(flags, 5, p.kind);
+    flag!(flags, 4, p.user_id);
+    flag!(flags, 3, p.app_id);
+    flag!(flags, 2, p.cluster_id);
+    let mut w = Writer::new(buf);
+    w.u16(class_id);
+    w.u16(0);
+    w.u64(body_size);
+    w.u16(flags);
+    let short = |w: &mut Writer<'_>, s: &Option<String>| {
+        if let Some(s) = s {
+            w.short_str(s)
+        }
+    };
+    short(&mut w, &p.content_type);
+    short(&mut w, &p.content_encoding);
+    if let Some(h) = &p.headers {
+        encode_table(&mut w, h);
+    }
+    if let Some(v) = p.delivery_mode {
+        w.u8(v);
+    }
+    if let Some(v) = p.priority {
+        w.u8(v);
+    }
+    short(&mut w, &p.correlation_id);
+    short(&mut w, &p.reply_to);
+    short(&mut w, &p.expiration);
+    short(&mut w, &p.message_id);
+    if let Some(v) = p.timestamp {
+        w.u64(v);
+    }
+    short(&mut w, &p.kind);
+    short(&mut w, &p.user_id);
+    short(&mut w, &p.app_id);
+    short(&mut w, &p.cluster_id);
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ enum Phase {
 #[derive(Debug)]
 struct Assembly {
     publish: BasicPublish,
-    header: ContentHeader,
+    header: Box<ContentHeader>,
     parts: Vec<Bytes>,
     received: u64,
 }
@@ -706,7 +706,7 @@ impl Connection {
         now: Instant,
         channel: u16,
         publish: BasicPublish,
-        header: ContentHeader,
+        header: Box<ContentHeader>,
         body: Bytes,
         broker: &mut Broker,
     ) {
