@@ -114,6 +114,17 @@ pub fn encode_content(
     frame_max: u32,
 ) {
     Frame::method(channel, method).encode(buf);
+    encode_header_and_body(buf, channel, properties, body, frame_max);
+}
+
+/// The header frame and body frames of a message, bodies cut to fit `frame_max`.
+fn encode_header_and_body(
+    buf: &mut BytesMut,
+    channel: u16,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
     encode_frame(buf, TYPE_HEADER, channel, |buf| {
         crate::properties::encode_header(buf, crate::BASIC_CLASS, body.len() as u64, properties)
     });
@@ -123,6 +134,48 @@ pub fn encode_content(
     };
     for payload in body.chunks(chunk) {
         encode_frame(buf, TYPE_BODY, channel, |buf| buf.put_slice(payload));
+    }
+}
+
+/// basic.deliver's fields, borrowed, so a broker can encode a delivery straight from a
+/// shared message without building a [`crate::BasicDeliver`] (and copying its strings).
+#[derive(Debug, Clone, Copy)]
+pub struct Deliver<'a> {
+    /// The consumer's tag.
+    pub consumer_tag: &'a str,
+    /// The delivery tag.
+    pub delivery_tag: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// The exchange it was published to.
+    pub exchange: &'a str,
+    /// Its routing key.
+    pub routing_key: &'a str,
+}
+
+impl Deliver<'_> {
+    /// Appends the method frame, the header frame and the body frames, as
+    /// [`encode_content`] does for a [`crate::BasicDeliver`].
+    pub fn encode(
+        &self,
+        buf: &mut BytesMut,
+        channel: u16,
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) {
+        encode_frame(buf, TYPE_METHOD, channel, |buf| {
+            let mut w = crate::wire::Writer::new(buf);
+            let (class_id, method_id) = (60, 60);
+            w.u16(class_id);
+            w.u16(method_id);
+            w.short_str(self.consumer_tag);
+            w.u64(self.delivery_tag);
+            w.bit(self.redelivered);
+            w.short_str(self.exchange);
+            w.short_str(self.routing_key);
+        });
+        encode_header_and_body(buf, channel, properties, body, frame_max);
     }
 }
 
@@ -182,6 +235,32 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_borrowed_deliver_encodes_as_basic_deliver_does() {
+        let mut headers = crate::FieldTable::new();
+        headers.insert("k".into(), crate::FieldValue::I64(1));
+        let props = BasicProperties { delivery_mode: Some(2), headers: Some(headers), ..Default::default() };
+        let body = Bytes::from(vec![7u8; 10_000]);
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        let m = crate::BasicDeliver {
+            consumer_tag: "ctag".into(),
+            delivery_tag: 42,
+            redelivered: true,
+            exchange: "x".into(),
+            routing_key: "a.b".into(),
+        };
+        encode_content(&mut a, 3, m, &props, &body, 4096);
+        let d = Deliver {
+            consumer_tag: "ctag",
+            delivery_tag: 42,
+            redelivered: true,
+            exchange: "x",
+            routing_key: "a.b",
+        };
+        d.encode(&mut b, 3, &props, &body, 4096);
+        assert_eq!(a, b);
+    }
+
     use super::*;
     use crate::method::{BasicPublish, ConnectionTuneOk};
 

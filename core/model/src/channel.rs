@@ -30,7 +30,7 @@ pub struct Unacked {
     /// The message.
     pub message: QueuedMessage,
     /// The consumer it went to; `None` for basic.get.
-    pub consumer: Option<String>,
+    pub consumer: Option<std::sync::Arc<str>>,
 }
 
 /// One channel's delivery state.
@@ -144,7 +144,7 @@ impl ChannelState {
 
     /// Counts a settled delivery off its consumer's prefetch window.
     pub fn settled(&mut self, u: &Unacked) {
-        if let Some(c) = u.consumer.as_ref().and_then(|t| self.consumers.get_mut(t)) {
+        if let Some(c) = u.consumer.as_ref().and_then(|t| self.consumers.get_mut(&**t)) {
             c.unacked = c.unacked.saturating_sub(1);
         }
     }

@@ -316,6 +316,17 @@ impl Connection {
             Outgoing::Method { channel, method } => {
                 Frame::Method { channel, method }.encode(&mut self.output)
             }
+            Outgoing::Deliver { channel, consumer_tag, delivery_tag, redelivered, message } => {
+                let m = &message;
+                let deliver = warren_codec::frame::Deliver {
+                    consumer_tag: &consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    exchange: &m.exchange,
+                    routing_key: &m.routing_key,
+                };
+                deliver.encode(&mut self.output, channel, &m.properties, &m.body, self.frame_max)
+            }
             Outgoing::Content { channel, method, message } => encode_content(
                 &mut self.output,
                 channel,

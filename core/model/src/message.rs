@@ -63,7 +63,21 @@ pub enum Outgoing {
         /// The method.
         method: Method,
     },
-    /// A method followed by a message's header and body (deliver, get-ok, return).
+    /// basic.deliver with the message, encoded from the shared message itself (the hot path:
+    /// no copy of the consumer tag, exchange or routing key per delivery).
+    Deliver {
+        /// Channel number.
+        channel: u16,
+        /// The consumer's tag.
+        consumer_tag: Arc<str>,
+        /// The delivery tag.
+        delivery_tag: u64,
+        /// Whether it was delivered before.
+        redelivered: bool,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// A method followed by a message's header and body (get-ok, return).
     Content {
         /// Channel number.
         channel: u16,

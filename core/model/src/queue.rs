@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use warren_codec::{FieldTable, FieldValue};
 
 use crate::broker::ConnId;
@@ -35,7 +37,7 @@ pub struct ConsumerKey {
     /// The owning channel.
     pub channel: u16,
     /// The consumer tag.
-    pub tag: String,
+    pub tag: Arc<str>,
     /// `x-priority`: higher-priority consumers get messages first while they have room.
     pub priority: i64,
 }
@@ -281,7 +283,7 @@ impl Queue {
     /// Removes one consumer; returns whether it was there.
     pub fn remove_consumer(&mut self, conn: ConnId, channel: u16, tag: &str) -> bool {
         let before = self.consumers.len();
-        self.consumers.retain(|c| !(c.conn == conn && c.channel == channel && c.tag == tag));
+        self.consumers.retain(|c| !(c.conn == conn && c.channel == channel && &*c.tag == tag));
         let removed = self.consumers.len() != before;
         if removed {
             self.exclusive_consumer = false;

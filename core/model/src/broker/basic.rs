@@ -158,7 +158,7 @@ impl Broker {
         c.consumers
             .insert(tag.clone(), Consumer { queue: m.queue.clone(), no_ack: m.no_ack, prefetch, unacked: 0 });
         if let Some(q) = self.queues.get_mut(&m.queue) {
-            q.consumers.push(ConsumerKey { conn, channel: ch, tag: tag.clone(), priority });
+            q.consumers.push(ConsumerKey { conn, channel: ch, tag: Arc::from(tag.as_str()), priority });
             q.exclusive_consumer = m.exclusive;
             q.had_consumer = true;
             q.last_used = self.now;

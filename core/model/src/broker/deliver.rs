@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use warren_codec::{BasicDeliver, FieldValue};
+use warren_codec::FieldValue;
 
 use super::{Broker, ConnId};
 use crate::channel::{TxOp, Unacked};
@@ -65,7 +65,7 @@ impl Broker {
             q.next_consumer = (idx + 1) % n;
             count_delivery(&mut self.stats, q, msg.redelivered);
             let key = q.consumers[idx].clone();
-            let (queue_id, queue_name) = (q.id, q.name.clone());
+            let queue_id = q.id;
             let Some(session) = self.sessions.get_mut(&key.conn) else {
                 return;
             };
@@ -73,24 +73,27 @@ impl Broker {
                 return;
             };
             let delivery_tag = ch.next_delivery_tag();
-            let method = BasicDeliver {
-                consumer_tag: key.tag.clone(),
-                delivery_tag,
-                redelivered: msg.redelivered,
-                exchange: msg.message.exchange.clone(),
-                routing_key: msg.message.routing_key.clone(),
-            };
+            let redelivered = msg.redelivered;
             let message = delivered_form(&msg);
             let mut settled = None;
-            match ch.consumers.get_mut(&key.tag) {
+            match ch.consumers.get_mut(&*key.tag) {
                 Some(c) if !c.no_ack => {
                     c.unacked += 1;
-                    let u = Unacked { queue_id, queue: queue_name, message: msg, consumer: Some(key.tag) };
+                    let u = Unacked {
+                        queue_id,
+                        queue: q.name.clone(),
+                        message: msg,
+                        consumer: Some(key.tag.clone()),
+                    };
                     ch.unacked.insert(delivery_tag, u);
                 }
                 _ => settled = Some(msg),
             }
-            session.outbound.push(Outgoing::Content { channel: key.channel, method: method.into(), message });
+            // Encoded straight from the shared message: no copy of the tag, exchange or key.
+            let consumer_tag = key.tag;
+            let out =
+                Outgoing::Deliver { channel: key.channel, consumer_tag, delivery_tag, redelivered, message };
+            session.outbound.push(out);
             if !session.woken {
                 session.woken = true;
                 self.wakeups.push(key.conn);

@@ -105,10 +105,10 @@ impl Broker {
             };
             let notify = session.info.consumer_cancel_notify;
             if let Some(c) = session.channels.get_mut(&key.channel) {
-                c.consumers.remove(&key.tag);
+                c.consumers.remove(&*key.tag);
             }
             if notify {
-                let cancel = warren_codec::BasicCancel { consumer_tag: key.tag, no_wait: true };
+                let cancel = warren_codec::BasicCancel { consumer_tag: key.tag.to_string(), no_wait: true };
                 self.send(key.conn, key.channel, cancel);
             }
         }

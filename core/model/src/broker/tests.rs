@@ -76,10 +76,10 @@ impl Harness {
         self.sent()
             .into_iter()
             .filter_map(|o| match o {
-                Outgoing::Content { method: Method::BasicDeliver(d), message, .. } => {
+                Outgoing::Deliver { delivery_tag, message, .. } => {
                     let retry =
                         message.properties.headers.as_ref().and_then(|h| h.get("x-retry-count")).cloned();
-                    Some((d.delivery_tag, retry))
+                    Some((delivery_tag, retry))
                 }
                 _ => None,
             })
@@ -161,7 +161,9 @@ fn durable(queue: &str) -> QueueDeclare {
 fn bodies(out: Vec<Outgoing>) -> Vec<Bytes> {
     out.into_iter()
         .filter_map(|o| match o {
-            Outgoing::Content { message, .. } => Some(message.body.clone()),
+            Outgoing::Content { message, .. } | Outgoing::Deliver { message, .. } => {
+                Some(message.body.clone())
+            }
             _ => None,
         })
         .collect()
@@ -236,10 +238,10 @@ fn acked_messages_stay_gone_and_returned_ones_keep_their_delivery_count() {
         .sent()
         .into_iter()
         .filter_map(|o| match o {
-            Outgoing::Content { method: Method::BasicDeliver(d), message, .. } => {
+            Outgoing::Deliver { message, redelivered, .. } => {
                 let count =
                     message.properties.headers.as_ref().and_then(|h| h.get("x-delivery-count")).cloned();
-                Some((message.body.clone(), d.redelivered, count))
+                Some((message.body.clone(), redelivered, count))
             }
             _ => None,
         })
