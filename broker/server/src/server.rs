@@ -428,6 +428,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
     let alarm = lock(&shared).alarm.clone();
+    let mut read_size = MIN_READ;
     let mut registered: Option<ConnId> = None;
     let mut user: Option<String> = None;
     debug!(%peer, "accepted");
@@ -443,7 +444,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         // holds its publishes, as in RabbitMQ.
         let may_read = !alarm.load(Ordering::Acquire) || conn.may_read(&lock(&shared).broker);
         tokio::select! {
-            read = stream.read_buf(conn.read_buf()), if may_read => {
+            read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {
                 let now = Instant::now().into_std();
                 let mut s = lock(&shared);
                 match read {
@@ -527,6 +528,34 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         log_event(peer, &mut user, event);
     }
     let _ = stream.shutdown().await;
+}
+
+/// Socket reads start this large...
+const MIN_READ: usize = 8 << 10;
+/// ...and grow to this for a connection whose reads fill the buffer (a busy publisher): one
+/// read, and one turn of the broker lock, then covers hundreds of publishes. Idle connections
+/// keep the small buffer.
+const MAX_READ: usize = 128 << 10;
+
+/// Reads into `buf` with room for `size` octets, adapting `size` to how full reads come back.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut bytes::BytesMut,
+    size: &mut usize,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < *size {
+        buf.reserve(*size);
+    }
+    let room = buf.capacity() - buf.len();
+    let n = stream.read_buf(buf).await?;
+    *size = if n == room {
+        (*size * 2).min(MAX_READ)
+    } else if n < *size / 8 {
+        (*size / 2).max(MIN_READ)
+    } else {
+        *size
+    };
+    Ok(n)
 }
 
 fn log_event(peer: SocketAddr, user: &mut Option<String>, event: Event) {
