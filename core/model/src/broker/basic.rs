@@ -19,6 +19,11 @@ use crate::error::{AmqpError, no_queue, precondition};
 use crate::message::{Message, Outgoing};
 use crate::queue::{ConsumerKey, Offer};
 
+/// Whether a message carries CC or BCC routing keys.
+fn carries_cc(p: &BasicProperties) -> bool {
+    p.headers.as_ref().is_some_and(|h| h.contains_key("CC") || h.contains_key("BCC"))
+}
+
 impl Broker {
     /// Handles a fully received basic.publish: routes it now, or holds it until tx.commit
     /// on a transactional channel.
@@ -61,9 +66,15 @@ impl Broker {
         body: Bytes,
     ) -> Result<bool, AmqpError> {
         // `publish` checked the exchange; a transaction re-checks existence here at commit.
-        let destinations = self.route_from(&m.exchange, &m.routing_key, &properties)?;
+        // The default exchange without CC/BCC routes to the queue named by the key, or nowhere:
+        // the common case, taken without building a destination list.
+        let direct = super::exchanges::is_default(&m.exchange) && !carries_cc(&properties);
+        let destinations =
+            if direct { Vec::new() } else { self.route_from(&m.exchange, &m.routing_key, &properties)? };
+        let unroutable =
+            if direct { !self.queues.contains_key(&m.routing_key) } else { destinations.is_empty() };
         self.stats.received += 1;
-        match (destinations.is_empty(), m.mandatory) {
+        match (unroutable, m.mandatory) {
             (false, _) => self.stats.routed += 1,
             (true, true) => self.stats.unroutable_returned += 1,
             (true, false) => self.stats.unroutable_dropped += 1,
@@ -79,7 +90,7 @@ impl Broker {
         });
         let message =
             Arc::new(Message { exchange: m.exchange, routing_key: m.routing_key, properties, body });
-        if destinations.is_empty() && m.mandatory {
+        if unroutable && m.mandatory {
             let ret = BasicReturn {
                 reply_code: NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
@@ -92,11 +103,15 @@ impl Broker {
         // Validated in `publish`; parsed once here for every destination.
         let own_ttl = message_ttl(&message.properties).ok().flatten();
         let (mut refused, mut stored) = (false, false);
+        let mut offer = |b: &mut Broker, name: &str| match b.offer(name, message.clone(), own_ttl) {
+            Offer::Refused => refused = true,
+            Offer::Accepted { stored: s } => stored |= s,
+        };
+        if direct && !unroutable {
+            offer(self, &message.routing_key);
+        }
         for name in destinations {
-            match self.offer(&name, message.clone(), own_ttl) {
-                Offer::Refused => refused = true,
-                Offer::Accepted { stored: s } => stored |= s,
-            }
+            offer(self, &name);
         }
         if let Some(delivery_tag) = confirm {
             // A queue that refused it (x-overflow reject-publish, a failed write) makes the

@@ -74,7 +74,8 @@ impl Exchange {
     }
 }
 
-fn is_default(name: &str) -> bool {
+/// Whether `name` is the default exchange.
+pub(super) fn is_default(name: &str) -> bool {
     name.is_empty() || name == "amq.default"
 }
 
