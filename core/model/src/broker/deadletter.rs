@@ -63,13 +63,14 @@ impl Broker {
             return Offer::Refused;
         };
         q.push(entry);
-        let name = Arc::<str>::from(queue);
         // drop-head: the oldest messages make room.
-        while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
-            let Some(head) = q.pop() else {
-                break;
-            };
-            self.dead_letter(queue, head, Reason::MaxLen);
+        if q.over_limit() {
+            while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
+                let Some(head) = q.pop() else {
+                    break;
+                };
+                self.dead_letter(queue, head, Reason::MaxLen);
+            }
         }
         self.dispatch(queue);
         if let Some(at) = expires_at {
@@ -77,7 +78,7 @@ impl Broker {
                 // TTL 0: delivered at once to a waiting consumer, or expired now.
                 self.expire_now(queue, seq);
             } else {
-                self.arm(at, Timer::Expire { queue: name, queue_id: id, seq });
+                self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id: id, seq });
             }
         }
         Offer::Accepted { stored: store }
