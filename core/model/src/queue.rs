@@ -1,6 +1,6 @@
 //! A queue: its declaration, its ready messages in publish order, and its consumers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -70,6 +70,10 @@ pub struct Queue {
     /// Messages ready for delivery, ordered by `seq`. Change it only through the methods
     /// below, which keep `ready_bytes` right.
     ready: VecDeque<QueuedMessage>,
+    /// Messages that came back (requeued, or released by a retry delay) with a seq below the
+    /// back of `ready`: kept apart so a return costs O(log n), not a shift of the deque. The
+    /// queue's order is the merge of the two by seq.
+    returned: BTreeMap<u64, QueuedMessage>,
     /// Body octets of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
     /// Last declare, get or consumer change (for `x-expires`).
@@ -117,6 +121,7 @@ impl Queue {
             name,
             spec,
             ready: VecDeque::new(),
+            returned: BTreeMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
             exclusive_consumer: false,
@@ -208,48 +213,64 @@ impl Queue {
     }
 
     fn insert_ordered(&mut self, m: QueuedMessage) {
-        // New messages go at the back; the search is for returns.
+        // New messages go at the back; a return goes to the side map.
         if self.ready.back().is_none_or(|last| last.seq < m.seq) {
             self.ready.push_back(m);
         } else {
-            let at = self.ready.partition_point(|x| x.seq < m.seq);
-            self.ready.insert(at, m);
+            self.returned.insert(m.seq, m);
+        }
+    }
+
+    /// Whether the oldest ready message is in `returned` rather than at the front of `ready`.
+    fn oldest_returned(&self) -> bool {
+        match (self.returned.first_key_value(), self.ready.front()) {
+            (Some((r, _)), Some(f)) => *r < f.seq,
+            (r, _) => r.is_some(),
         }
     }
 
     /// Takes the oldest ready message.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let m = self.ready.pop_front()?;
+        let m = if self.oldest_returned() {
+            self.returned.pop_first().map(|(_, m)| m)
+        } else {
+            self.ready.pop_front()
+        }?;
         self.ready_bytes -= m.message.body.len() as u64;
         Some(m)
     }
 
     /// Takes the ready message with `seq`, wherever it is.
     pub fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
-        let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
-        let m = self.ready.remove(at)?;
+        let m = match self.returned.remove(&seq) {
+            Some(m) => m,
+            None => {
+                let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
+                self.ready.remove(at)?
+            }
+        };
         self.ready_bytes -= m.message.body.len() as u64;
         Some(m)
     }
 
-    /// The ready messages, oldest first.
+    /// The ready messages, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.ready.iter()
+        self.ready.iter().chain(self.returned.values())
     }
 
     /// The oldest ready message.
     pub fn head(&self) -> Option<&QueuedMessage> {
-        self.ready.front()
+        if self.oldest_returned() { self.returned.values().next() } else { self.ready.front() }
     }
 
     /// Number of ready messages.
     pub fn len(&self) -> usize {
-        self.ready.len()
+        self.ready.len() + self.returned.len()
     }
 
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty()
+        self.ready.is_empty() && self.returned.is_empty()
     }
 
     /// Body octets of the ready messages.
@@ -260,18 +281,20 @@ impl Queue {
     /// Takes every ready message out.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
-        self.ready.drain(..).collect()
+        let mut all: Vec<QueuedMessage> = self.ready.drain(..).collect();
+        all.extend(std::mem::take(&mut self.returned).into_values());
+        all
     }
 
     /// Whether one more message of `size` octets would exceed a length limit.
     pub fn would_overflow(&self, size: u64) -> bool {
-        self.args.max_length.is_some_and(|max| self.ready.len() as u64 >= max)
+        self.args.max_length.is_some_and(|max| self.len() as u64 >= max)
             || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
     }
 
     /// Whether the queue is over a length limit now.
     pub fn over_limit(&self) -> bool {
-        self.args.max_length.is_some_and(|max| self.ready.len() as u64 > max)
+        self.args.max_length.is_some_and(|max| self.len() as u64 > max)
             || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
     }
 
@@ -352,10 +375,13 @@ mod tests {
         for m in [b, a].into_iter().flatten() {
             q.requeue(m);
         }
-        let order: Vec<_> = q.ready.iter().map(|m| m.message.body.clone()).collect();
-        assert_eq!(order, ["a", "b", "c", "d"].map(|s| Bytes::from_static(s.as_bytes())));
-        assert!(q.ready[0].redelivered && !q.ready[2].redelivered);
         assert_eq!(q.bytes(), 4);
+        assert_eq!(q.head().map(|m| m.seq), Some(0));
+        let out: Vec<_> =
+            std::iter::from_fn(|| q.pop()).map(|m| (m.message.body.clone(), m.redelivered)).collect();
+        let want = [("a", true), ("b", true), ("c", false), ("d", false)];
+        assert_eq!(out, want.map(|(s, r)| (Bytes::from_static(s.as_bytes()), r)));
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]
@@ -364,5 +390,46 @@ mod tests {
         let e = q.check_equivalent(true, false, &FieldTable::new());
         assert_eq!(e.map_err(|e| e.code), Err(406));
         assert!(q.check_equivalent(false, false, &FieldTable::new()).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Pushes, pops, returns and takes anywhere keep the queue in seq order, with its
+        /// length and byte count right: checked against a sorted map.
+        #[test]
+        fn the_queue_is_always_in_seq_order(ops in proptest::collection::vec((0..4u8, 0..50usize), 1..300)) {
+            let mut q = queue();
+            let mut model: std::collections::BTreeMap<u64, ()> = Default::default();
+            let mut out: Vec<QueuedMessage> = Vec::new();
+            for (op, pick) in ops {
+                match op {
+                    0 => {
+                        let seq = q.allocate_seq();
+                        q.push(QueuedMessage::new(seq, msg("x"), None, 0));
+                        model.insert(seq, ());
+                    }
+                    1 => {
+                        let got = q.pop().map(|m| m.seq);
+                        proptest::prop_assert_eq!(got, model.pop_first().map(|(s, _)| s));
+                        if let Some(seq) = got {
+                            out.push(QueuedMessage::new(seq, msg("x"), None, 0));
+                        }
+                    }
+                    2 if !out.is_empty() => {
+                        let m = out.remove(pick % out.len());
+                        model.insert(m.seq, ());
+                        q.requeue(m);
+                    }
+                    _ => {
+                        if let Some(&seq) = model.keys().nth(pick % model.len().max(1)) {
+                            proptest::prop_assert_eq!(q.take(seq).map(|m| m.seq), Some(seq));
+                            model.remove(&seq);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(q.len(), model.len());
+                proptest::prop_assert_eq!(q.bytes(), model.len() as u64);
+                proptest::prop_assert_eq!(q.head().map(|m| m.seq), model.keys().next().copied());
+            }
+        }
     }
 }
