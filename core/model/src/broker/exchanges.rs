@@ -43,7 +43,13 @@ pub struct Exchange {
     /// Bindings by identity: destination, key and arguments, RabbitMQ's binding equality.
     bindings: crate::hash::Map<BindingId, Binding>,
     router: Box<dyn ExchangeType>,
+    /// Destinations per routing key, for types that route on the key alone; emptied whenever
+    /// the bindings change. The broker runs on one thread at a time, so a `RefCell` serves.
+    cache: std::cell::RefCell<crate::hash::Map<String, Arc<[Destination]>>>,
 }
+
+/// Routing keys cached per exchange before the cache starts over.
+const ROUTE_CACHE_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct BindingId(Destination, String, Vec<u8>);
@@ -67,6 +73,29 @@ impl Exchange {
     /// Where its bindings point.
     pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
         self.bindings.values().map(|b| &b.destination)
+    }
+
+    /// Appends the destinations for one routing key, from the cache when the type allows.
+    fn route(&self, routing_key: &str, properties: &BasicProperties, out: &mut Vec<Destination>) {
+        if !self.router.routes_on_key_only() {
+            return self.router.route(RoutingInput { routing_key, properties }, out);
+        }
+        if let Some(hit) = self.cache.borrow().get(routing_key) {
+            out.extend(hit.iter().cloned());
+            return;
+        }
+        let start = out.len();
+        self.router.route(RoutingInput { routing_key, properties }, out);
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= ROUTE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(routing_key.to_string(), out[start..].into());
+    }
+
+    /// Forgets cached routes: the bindings changed.
+    fn bindings_changed(&mut self) {
+        self.cache.get_mut().clear();
     }
 
     fn alternate(&self) -> Option<&str> {
@@ -110,6 +139,7 @@ impl Broker {
             arguments: m.arguments.clone(),
             bindings: Default::default(),
             router,
+            cache: Default::default(),
         };
         self.exchanges.insert(m.exchange.clone(), x);
         Ok(())
@@ -268,6 +298,7 @@ impl Broker {
         let id = BindingId::of(&b);
         if !x.bindings.contains_key(&id) {
             x.router.add_binding(&b);
+            x.bindings_changed();
             x.bindings.insert(id, b);
         }
         Ok(())
@@ -285,6 +316,7 @@ impl Broker {
         let id = BindingId::of(&Binding { destination, key, arguments });
         if let Some(b) = x.bindings.remove(&id) {
             x.router.remove_binding(&b);
+            x.bindings_changed();
             if let Some(r) = self.binding_record(source, &b) {
                 self.store_meta(MetaOp::Unbind(r));
             }
@@ -307,6 +339,7 @@ impl Broker {
                 keep
             });
             if x.bindings.len() != before {
+                x.bindings_changed();
                 emptied.push(name.clone());
             }
         }
@@ -345,6 +378,17 @@ impl Broker {
         Ok(())
     }
 
+    /// The queues a message published to `exchange` with `routing_key` would reach, without
+    /// publishing it (for operators, tests and benchmarks).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+    ) -> Result<Vec<Arc<str>>, AmqpError> {
+        self.route_from(exchange, routing_key, properties)
+    }
+
     /// The queues a message published to `exchange` reaches. Follows exchange-to-exchange
     /// bindings and alternate exchanges, visiting each exchange at most once so cycles end,
     /// and routes on the routing key plus any `CC` and `BCC` header keys. Publish permission
@@ -381,7 +425,7 @@ impl Broker {
                 };
                 dests.clear();
                 for key in &keys {
-                    x.router.route(RoutingInput { routing_key: key, properties }, &mut dests);
+                    x.route(key, properties, &mut dests);
                 }
                 if dests.is_empty()
                     && let Some(ae) = x.alternate()

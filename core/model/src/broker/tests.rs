@@ -386,3 +386,42 @@ fn tx_commit_ok_waits_for_the_sync_when_the_transaction_stored_messages() {
     h.method(TxCommit {});
     assert!(commit_ok(h.sent()));
 }
+
+#[test]
+fn cached_topic_routes_follow_every_binding_change() {
+    let mut h = Harness::new();
+    h.method(ExchangeDeclare { exchange: "t".into(), kind: "topic".into(), ..Default::default() });
+    for q in ["q1", "q2"] {
+        h.declare(q, &[]);
+    }
+    let bind = |q: &str, key: &str| QueueBind {
+        queue: q.into(),
+        exchange: "t".into(),
+        routing_key: key.into(),
+        ..Default::default()
+    };
+    let routed = |h: &mut Harness| -> Vec<String> {
+        let mut got: Vec<String> =
+            h.b.route_from("t", "a.b", &BasicProperties::default())
+                .expect("route")
+                .iter()
+                .map(|q| q.to_string())
+                .collect();
+        got.sort();
+        got
+    };
+    h.method(bind("q1", "a.*"));
+    assert_eq!(routed(&mut h), ["q1"]);
+    assert_eq!(routed(&mut h), ["q1"], "the same from the cache");
+    h.method(bind("q2", "#.b"));
+    assert_eq!(routed(&mut h), ["q1", "q2"], "a new binding is seen");
+    h.method(warren_codec::QueueUnbind {
+        queue: "q1".into(),
+        exchange: "t".into(),
+        routing_key: "a.*".into(),
+        ..Default::default()
+    });
+    assert_eq!(routed(&mut h), ["q2"], "an unbind is seen");
+    h.method(QueueDelete { queue: "q2".into(), ..Default::default() });
+    assert!(routed(&mut h).is_empty(), "a deleted queue's bindings are gone from the cache too");
+}

@@ -66,6 +66,12 @@ pub trait ExchangeType: fmt::Debug + Send {
 
     /// Appends the destinations of a message; duplicates are allowed, the broker removes them.
     fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>);
+
+    /// Whether destinations depend on the routing key alone (not headers or other
+    /// properties): the broker then caches them per key until the bindings change.
+    fn routes_on_key_only(&self) -> bool {
+        false
+    }
 }
 
 /// Makes an exchange type's state for a newly declared exchange.

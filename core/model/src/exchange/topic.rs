@@ -103,6 +103,11 @@ pub fn words(key: &str) -> Vec<&str> {
 }
 
 impl ExchangeType for Topic {
+    fn routes_on_key_only(&self) -> bool {
+        // The trie walk grows with the bindings; a cached key is one hash lookup.
+        true
+    }
+
     fn add_binding(&mut self, b: &Binding) {
         let mut node = &mut self.root;
         for w in words(&b.key) {
