@@ -106,41 +106,4 @@ fn main() {
             println!("{:<18} {:>9} {:>14.1} {:>12}", case.kind, n, ns, dests);
         }
     }
-    println!("\nthrough the broker (the route cache serves repeated keys of key-only types):");
-    for n in [1_000usize, 100_000] {
-        let (ns, dests) = through_broker(n);
-        println!("{:<18} {:>9} {:>14.1} {:>12}", "topic, cached", n, ns, dests);
-    }
-}
-
-/// A topic exchange with `n` bindings to `n` queues, routed through `Broker::route`.
-fn through_broker(n: usize) -> (f64, usize) {
-    use warren_codec::{ExchangeDeclare, Method, QueueBind, QueueDeclare};
-    use warren_core::broker::ConnectionInfo;
-    use warren_core::{Broker, BrokerConfig};
-    let mut b = Broker::new(BrokerConfig::default(), Instant::now());
-    let conn = b.connect(ConnectionInfo::default());
-    b.open_channel(conn, 1);
-    let mut call = |m: Method| b.handle_method(conn, 1, m).expect("method");
-    call(ExchangeDeclare { exchange: "t".into(), kind: "topic".into(), ..Default::default() }.into());
-    for i in 0..n {
-        let queue = format!("q{i}");
-        call(QueueDeclare { queue: queue.clone(), no_wait: true, ..Default::default() }.into());
-        let key = format!("orders.{}.created", i % 1000);
-        call(
-            QueueBind { queue, exchange: "t".into(), routing_key: key, no_wait: true, ..Default::default() }
-                .into(),
-        );
-    }
-    let keys: Vec<String> = (0..1024).map(|i| format!("orders.{}.created", i * 7919 % 1000)).collect();
-    let props = BasicProperties::default();
-    let (mut routes, mut matched) = (0usize, 0usize);
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(400) {
-        for key in &keys {
-            matched += black_box(b.route("t", key, &props).expect("route")).len();
-        }
-        routes += keys.len();
-    }
-    (started.elapsed().as_nanos() as f64 / routes as f64, matched / routes)
 }
