@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warren/target}"
 export CARGO_TERM_COLOR=never
+# The target dir is reused across runs on one machine: incremental data would grow by
+# gigabytes per run (it did, to 20 GB, and filled the disk), and CI builds gain little from it.
+export CARGO_INCREMENTAL=0
+rm -rf "$CARGO_TARGET_DIR/debug/incremental"
 steps_passed=0
 step() { echo; echo "==> $*"; }
 ok() { steps_passed=$((steps_passed + 1)); }

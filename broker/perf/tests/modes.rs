@@ -16,6 +16,7 @@ async fn broker() -> (Uri, tempfile::TempDir, tokio::sync::oneshot::Sender<()>) 
         metrics_listen: None,
         quic_listen: None,
         data_dir: data.path().to_path_buf(),
+        storage: warren::config::StorageSettings { segment_size: 1 << 20, ..Default::default() },
         ..Settings::default()
     };
     let server = Server::bind(&settings).await.expect("bind");

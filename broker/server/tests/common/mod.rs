@@ -30,6 +30,8 @@ impl TestBroker {
         let data = tempfile::tempdir().expect("data dir");
         let mut settings = Settings {
             data_dir: data.path().to_path_buf(),
+            // Small segments: a test suite runs dozens of brokers at once.
+            storage: warren::config::StorageSettings { segment_size: 1 << 20, ..Default::default() },
             amqp_listen: "127.0.0.1:0".parse().expect("addr"),
             management_listen: Some("127.0.0.1:0".parse().expect("addr")),
             metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
