@@ -191,16 +191,6 @@ impl FileStore {
         sync_dir(dir)
     }
 
-    /// Segment files on disk now.
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
-
-    /// Octets of segment files on disk now.
-    pub fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.segment.capacity() as u64).sum()
-    }
-
     /// Segment ids on disk, oldest first.
     fn segment_ids(&self) -> Result<Vec<u64>, StorageError> {
         let mut ids: Vec<u64> = std::fs::read_dir(&self.segments_dir)

@@ -93,9 +93,44 @@ impl Exchange {
         cache.insert(routing_key.to_string(), out[start..].into());
     }
 
-    /// Forgets cached routes: the bindings changed.
-    fn bindings_changed(&mut self) {
+    /// Adds a binding unless an equal one exists; returns whether it was added. Every change
+    /// to the bindings goes through here or the two methods below, which keep the type's
+    /// index, the binding set and the route cache in step.
+    fn add_binding(&mut self, b: Binding) -> bool {
+        let id = BindingId::of(&b);
+        if self.bindings.contains_key(&id) {
+            return false;
+        }
+        self.router.add_binding(&b);
+        self.bindings.insert(id, b);
         self.cache.get_mut().clear();
+        true
+    }
+
+    /// Removes the binding equal to `b`, if there is one, and returns it.
+    fn remove_binding(&mut self, b: &Binding) -> Option<Binding> {
+        let removed = self.bindings.remove(&BindingId::of(b))?;
+        self.router.remove_binding(&removed);
+        self.cache.get_mut().clear();
+        Some(removed)
+    }
+
+    /// Removes every binding to `dest`; returns whether there were any.
+    fn remove_bindings_to(&mut self, dest: &Destination) -> bool {
+        let before = self.bindings.len();
+        let router = &mut self.router;
+        self.bindings.retain(|_, b| {
+            let keep = b.destination != *dest;
+            if !keep {
+                router.remove_binding(b);
+            }
+            keep
+        });
+        let changed = self.bindings.len() != before;
+        if changed {
+            self.cache.get_mut().clear();
+        }
+        changed
     }
 
     fn alternate(&self) -> Option<&str> {
@@ -294,13 +329,7 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let x = self.source_exchange(source)?;
         x.router.validate_binding(&key, &arguments)?;
-        let b = Binding { destination, key, arguments };
-        let id = BindingId::of(&b);
-        if !x.bindings.contains_key(&id) {
-            x.router.add_binding(&b);
-            x.bindings_changed();
-            x.bindings.insert(id, b);
-        }
+        x.add_binding(Binding { destination, key, arguments });
         Ok(())
     }
 
@@ -313,10 +342,7 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let x = self.source_exchange(source)?;
         // Unbinding what is not bound succeeds, as in RabbitMQ.
-        let id = BindingId::of(&Binding { destination, key, arguments });
-        if let Some(b) = x.bindings.remove(&id) {
-            x.router.remove_binding(&b);
-            x.bindings_changed();
+        if let Some(b) = x.remove_binding(&Binding { destination, key, arguments }) {
             if let Some(r) = self.binding_record(source, &b) {
                 self.store_meta(MetaOp::Unbind(r));
             }
@@ -329,17 +355,7 @@ impl Broker {
     pub(super) fn unbind_destination(&mut self, dest: &Destination) {
         let mut emptied = Vec::new();
         for (name, x) in &mut self.exchanges {
-            let before = x.bindings.len();
-            let router = &mut x.router;
-            x.bindings.retain(|_, b| {
-                let keep = b.destination != *dest;
-                if !keep {
-                    router.remove_binding(b);
-                }
-                keep
-            });
-            if x.bindings.len() != before {
-                x.bindings_changed();
+            if x.remove_bindings_to(dest) {
                 emptied.push(name.clone());
             }
         }

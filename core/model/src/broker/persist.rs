@@ -18,7 +18,6 @@ use super::{Broker, ConnId};
 use crate::exchange::{Binding, Destination};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{Queue, QueueSpec};
-use crate::queue_args::QueueArgs;
 use crate::stats::BrokerEvent;
 use crate::storage::{
     BindingRecord, EntryState, ExchangeRecord, MetaOp, QueueRecord, Recovered, Storage, StorageError,
@@ -332,27 +331,16 @@ impl Broker {
             }
         }
         for q in r.queues {
-            let args = match QueueArgs::parse(&crate::policy::effective_arguments(
-                &self.policies,
-                &q.name,
-                &q.arguments,
-            )) {
-                Ok(a) => a,
-                Err(e) => {
-                    report.skipped.push(format!("queue '{}': {}", q.name, e.text));
-                    continue;
-                }
-            };
             let spec = QueueSpec {
                 durable: true,
                 auto_delete: q.auto_delete,
                 exclusive_owner: None,
                 arguments: q.arguments,
             };
-            self.next_queue_id = self.next_queue_id.max(q.id + 1);
-            self.queues.insert(q.name.clone(), Queue::new(q.id, q.name.clone(), spec, args, self.now));
-            self.arm_queue_expiry(&q.name);
-            report.queues += 1;
+            match self.create_queue(q.id, &q.name, spec) {
+                Ok(_) => report.queues += 1,
+                Err(e) => report.skipped.push(format!("queue '{}': {}", q.name, e.text)),
+            }
         }
         for b in r.bindings {
             let destination = if b.to_queue {

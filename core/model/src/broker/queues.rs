@@ -33,21 +33,16 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            let args = QueueArgs::parse(&effective_arguments(&self.policies, &name, &m.arguments))?;
             let spec = QueueSpec {
                 durable: m.durable,
                 auto_delete: m.auto_delete,
                 exclusive_owner: m.exclusive.then_some(conn),
                 arguments: m.arguments,
             };
-            let id = self.next_queue_id;
-            self.next_queue_id += 1;
-            let queue = Queue::new(id, name.clone(), spec, args, self.now);
-            if let Some(op) = super::persist::queue_record(&queue) {
+            let op = super::persist::queue_record(self.create_queue(self.next_queue_id, &name, spec)?);
+            if let Some(op) = op {
                 self.store_meta(op);
             }
-            self.queues.insert(name.clone(), queue);
-            self.arm_queue_expiry(&name);
             self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
         }
         if !m.no_wait {
@@ -56,6 +51,16 @@ impl Broker {
             self.send(conn, ch, QueueDeclareOk { queue: name, message_count, consumer_count });
         }
         Ok(())
+    }
+
+    /// Creates queue `name` as incarnation `id`: its arguments parsed with policies applied,
+    /// its `x-expires` armed. Shared by queue.declare and the restore at start-up.
+    pub(super) fn create_queue(&mut self, id: u64, name: &str, spec: QueueSpec) -> Result<&Queue, AmqpError> {
+        let args = QueueArgs::parse(&effective_arguments(&self.policies, name, &spec.arguments))?;
+        self.next_queue_id = self.next_queue_id.max(id + 1);
+        self.queues.insert(name.to_string(), Queue::new(id, name.to_string(), spec, args, self.now));
+        self.arm_queue_expiry(name);
+        self.queues.get(name).ok_or_else(|| no_queue(name))
     }
 
     pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
