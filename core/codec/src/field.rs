@@ -100,6 +100,24 @@ impl FieldValue {
         }
     }
 
+    /// The value's wire encoding, type tag first: how nested tables and arrays cross a
+    /// boundary that cannot express recursive types (the plugin WIT).
+    pub fn to_wire(&self) -> Bytes {
+        let mut buf = bytes::BytesMut::new();
+        self.encode(&mut Writer::new(&mut buf));
+        buf.freeze()
+    }
+
+    /// Reads one value from its wire encoding, type tag first; trailing octets are an error.
+    pub fn from_wire(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(Bytes::copy_from_slice(bytes));
+        let v = FieldValue::decode(&mut r)?;
+        if r.remaining() > 0 {
+            return Err(CodecError::TrailingBytes(r.remaining()));
+        }
+        Ok(v)
+    }
+
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
             FieldValue::Bool(v) => {
@@ -258,5 +276,18 @@ mod tests {
     fn table_length_past_the_end_is_truncated() {
         let raw: &[u8] = &[0, 0, 0, 200, 1];
         assert!(decode_table(&mut Reader::new(Bytes::from_static(raw))).is_err());
+    }
+
+    #[test]
+    fn single_values_round_trip_through_their_wire_form() {
+        let mut t = FieldTable::new();
+        t.insert("k".into(), FieldValue::Array(vec![FieldValue::I8(-1), FieldValue::str("x")]));
+        for v in [FieldValue::Table(t), FieldValue::Void, FieldValue::F64(1.5)] {
+            assert_eq!(FieldValue::from_wire(&v.to_wire()).expect("decodes"), v);
+        }
+        let mut extra = FieldValue::Void.to_wire().to_vec();
+        extra.push(0);
+        assert!(FieldValue::from_wire(&extra).is_err());
+        assert!(FieldValue::from_wire(b"Z").is_err());
     }
 }

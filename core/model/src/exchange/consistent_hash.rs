@@ -11,7 +11,7 @@ use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, s
 use crate::error::{AmqpError, precondition};
 
 /// Builds consistent-hash exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Factory;
 
 impl ExchangeFactory for Factory {

@@ -6,7 +6,7 @@ use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, r
 use crate::error::AmqpError;
 
 /// Builds fanout exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Factory;
 
 impl ExchangeFactory for Factory {

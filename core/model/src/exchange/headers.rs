@@ -11,7 +11,7 @@ use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput};
 use crate::error::{AmqpError, precondition};
 
 /// Builds headers exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Factory;
 
 impl ExchangeFactory for Factory {

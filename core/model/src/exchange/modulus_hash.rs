@@ -8,7 +8,7 @@ use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, s
 use crate::error::AmqpError;
 
 /// Builds modulus-hash exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Factory;
 
 impl ExchangeFactory for Factory {

@@ -1,0 +1,3 @@
+//! `headers` as a component: warren-core's native type behind the plugin interface.
+
+warren_plugin_sdk::export_exchange!(warren_native_types::Native<warren_core::exchange::headers::Factory>);
