@@ -40,7 +40,7 @@ fn topic(c: &mut Criterion) {
                 k = k.wrapping_add(7919);
                 let rk = format!("orders.{}.{}", k % 1000, k % 7);
                 out.clear();
-                x.route(RoutingInput { routing_key: &rk, properties: &props }, &mut out);
+                x.route(RoutingInput { routing_key: &rk, properties: &props, exchange: "bench", body_size: 0 }, &mut out).expect("routes");
                 black_box(out.len())
             })
         });
@@ -65,7 +65,7 @@ fn topic(c: &mut Criterion) {
             b.iter(|| {
                 k = k.wrapping_add(7919);
                 let rk = format!("orders.{}.{}", k % 1000, k % 7);
-                black_box(broker.route("t", &rk, &props).map(|d| d.len()))
+                black_box(broker.route("t", &rk, &props, 0).map(|d| d.len()))
             })
         });
     }

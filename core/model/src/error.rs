@@ -54,6 +54,6 @@ pub(crate) fn no_exchange(name: &str) -> AmqpError {
 }
 
 /// `406 PRECONDITION_FAILED`.
-pub(crate) fn precondition(detail: impl std::fmt::Display) -> AmqpError {
+pub fn precondition(detail: impl std::fmt::Display) -> AmqpError {
     AmqpError::new(reply_code::PRECONDITION_FAILED, detail)
 }

@@ -61,8 +61,12 @@ impl<F: ExchangeFactory + Default + 'static> Exchange for Native<F> {
             app_id: p.app_id.clone(),
             cluster_id: None,
         };
+        let input =
+            RoutingInput { routing_key: &message.routing_key, properties: &properties, exchange: &message.exchange, body_size: message.body_size };
         let mut found = Vec::new();
-        self.state.route(RoutingInput { routing_key: &message.routing_key, properties: &properties }, &mut found);
+        if self.state.route(input, &mut found).is_err() {
+            return;
+        }
         out.extend(found.into_iter().map(|d| match d {
             native::Destination::Queue(q) => Destination::Queue(q.to_string()),
             native::Destination::Exchange(e) => Destination::Exchange(e.to_string()),

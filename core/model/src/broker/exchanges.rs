@@ -76,21 +76,28 @@ impl Exchange {
     }
 
     /// Appends the destinations for one routing key, from the cache when the type allows.
-    fn route(&self, routing_key: &str, properties: &BasicProperties, out: &mut Vec<Destination>) {
+    /// A type that fails to route adds nothing, and its failure is not cached.
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+        let start = out.len();
         if !self.router.routes_on_key_only() {
-            return self.router.route(RoutingInput { routing_key, properties }, out);
+            if self.router.route(input, out).is_err() {
+                out.truncate(start);
+            }
+            return;
         }
-        if let Some(hit) = self.cache.borrow().get(routing_key) {
+        if let Some(hit) = self.cache.borrow().get(input.routing_key) {
             out.extend(hit.iter().cloned());
             return;
         }
-        let start = out.len();
-        self.router.route(RoutingInput { routing_key, properties }, out);
+        if self.router.route(input, out).is_err() {
+            out.truncate(start);
+            return;
+        }
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= ROUTE_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(routing_key.to_string(), out[start..].into());
+        cache.insert(input.routing_key.to_string(), out[start..].into());
     }
 
     /// Adds a binding unless an equal one exists; returns whether it was added. Every change
@@ -401,8 +408,9 @@ impl Broker {
         exchange: &str,
         routing_key: &str,
         properties: &BasicProperties,
+        body_size: u64,
     ) -> Result<Vec<Arc<str>>, AmqpError> {
-        self.route_from(exchange, routing_key, properties)
+        self.route_from(exchange, routing_key, properties, body_size)
     }
 
     /// The queues a message published to `exchange` reaches. Follows exchange-to-exchange
@@ -414,6 +422,7 @@ impl Broker {
         exchange: &str,
         routing_key: &str,
         properties: &BasicProperties,
+        body_size: u64,
     ) -> Result<Vec<Arc<str>>, AmqpError> {
         let mut keys = vec![routing_key];
         if let Some(h) = &properties.headers {
@@ -441,7 +450,7 @@ impl Broker {
                 };
                 dests.clear();
                 for key in &keys {
-                    x.route(key, properties, &mut dests);
+                    x.route(RoutingInput { routing_key: key, properties, exchange: name, body_size }, &mut dests);
                 }
                 if dests.is_empty()
                     && let Some(ae) = x.alternate()

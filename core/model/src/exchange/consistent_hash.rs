@@ -7,7 +7,7 @@
 
 use warren_codec::{FieldTable, FieldValue};
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
 use crate::error::{AmqpError, precondition};
 
 /// Builds consistent-hash exchanges.
@@ -125,13 +125,14 @@ impl ExchangeType for ConsistentHash {
         }
     }
 
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         if self.buckets.is_empty() {
-            return;
+            return Ok(());
         }
         if let Some(h) = self.hash(input) {
             out.push(self.buckets[jump(h, self.buckets.len())].clone());
         }
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
 use crate::error::AmqpError;
 
 /// Builds direct exchanges.
@@ -35,10 +35,11 @@ impl ExchangeType for Direct {
         }
     }
 
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         if let Some(v) = self.by_key.get(input.routing_key) {
             out.extend(v.iter().cloned());
         }
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
 use crate::error::AmqpError;
 
 /// Builds fanout exchanges.
@@ -30,8 +30,9 @@ impl ExchangeType for Fanout {
         remove_one(&mut self.all, &b.destination);
     }
 
-    fn route(&self, _input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, _input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         out.extend(self.all.iter().cloned());
+        Ok(())
     }
 }
 

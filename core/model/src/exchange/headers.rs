@@ -7,7 +7,7 @@
 
 use warren_codec::{FieldTable, FieldValue};
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput};
 use crate::error::{AmqpError, precondition};
 
 /// Builds headers exchanges.
@@ -97,9 +97,10 @@ impl ExchangeType for Headers {
         }
     }
 
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         let headers = input.properties.headers.as_ref();
         out.extend(self.rules.iter().filter(|r| r.matches(headers)).map(|r| r.binding.destination.clone()));
+        Ok(())
     }
 }
 

@@ -49,7 +49,16 @@ pub struct RoutingInput<'a> {
     pub routing_key: &'a str,
     /// The message's properties, headers included.
     pub properties: &'a BasicProperties,
+    /// The exchange being routed through (plugins may want it; native types do not).
+    pub exchange: &'a str,
+    /// The size of the message body in octets.
+    pub body_size: u64,
 }
+
+/// A type could not route a message (a plugin trapped or timed out): the message counts as
+/// unroutable, and the result must not be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteFailed;
 
 /// An exchange type's routing state for one exchange.
 pub trait ExchangeType: fmt::Debug + Send {
@@ -65,7 +74,7 @@ pub trait ExchangeType: fmt::Debug + Send {
     fn remove_binding(&mut self, binding: &Binding);
 
     /// Appends the destinations of a message; duplicates are allowed, the broker removes them.
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>);
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed>;
 
     /// Whether destinations depend on the routing key alone (not headers or other
     /// properties): the broker then caches them per key until the bindings change.
@@ -150,7 +159,7 @@ pub(crate) mod test_support {
 
     pub fn route_props(t: &dyn ExchangeType, key: &str, props: &BasicProperties) -> Vec<Destination> {
         let mut out = Vec::new();
-        t.route(RoutingInput { routing_key: key, properties: props }, &mut out);
+        t.route(RoutingInput { routing_key: key, properties: props, exchange: "x", body_size: 0 }, &mut out).expect("native types route");
         out.sort();
         out.dedup();
         out

@@ -4,7 +4,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
 use crate::error::AmqpError;
 
 /// Builds modulus-hash exchanges.
@@ -34,12 +34,13 @@ impl ExchangeType for ModulusHash {
         }
     }
 
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         let n = self.bindings.len() as u64;
         if n > 0 {
             let i = stable_hash(input.routing_key.as_bytes()) % n;
             out.push(self.bindings[i as usize].destination.clone());
         }
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
+use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
 use crate::error::AmqpError;
 
 /// Builds topic exchanges.
@@ -120,8 +120,9 @@ impl ExchangeType for Topic {
         self.root.remove(&words(&b.key), &b.destination);
     }
 
-    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) {
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
         self.root.collect(&words(input.routing_key), out);
+        Ok(())
     }
 }
 

@@ -1,0 +1,290 @@
+//! Exchange types as plugins, behind warren-core's `ExchangeFactory` / `ExchangeType`, so
+//! routing code does not know whether it calls native code or a component.
+//!
+//! One instance per exchange, holding one `router` resource. The host keeps the declare
+//! arguments and the bindings, so after a failure or a reload it rebuilds the instance and
+//! adds the bindings again. Documented outcomes: a declare or bind the plugin refuses, or
+//! fails on, closes the channel with 406 and a text naming the type and the plugin file; a
+//! route that fails counts as unroutable (returned if mandatory) and is not cached.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use warren_codec::FieldTable;
+use warren_core::error::{AmqpError, precondition};
+use warren_core::exchange::{Binding, Destination, ExchangeFactory, ExchangeType, RouteFailed, RoutingInput};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use crate::bindings::warren::plugin::types as wit;
+use crate::bindings::{ExchangePlugin as Exports, ExchangePluginPre};
+use crate::failure::Failure;
+use crate::instance::{Plugin, call};
+use crate::state::HostState;
+use crate::{Limits, LoadError, PluginStats, Runtime, convert};
+
+type Pre = ExchangePluginPre<HostState>;
+
+/// A loaded exchange-type component: the factory the broker registers under its type name.
+#[derive(Clone)]
+pub struct ExchangePlugin {
+    plugin: Arc<Plugin<Pre>>,
+}
+
+impl fmt::Debug for ExchangePlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangePlugin")
+            .field("type", &self.plugin.name)
+            .field("path", &self.plugin.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExchangePlugin {
+    /// Compiles the component at `path` for exchange type `type_name`; refuses a component
+    /// that does not implement the `exchange-plugin` world.
+    pub fn load(runtime: &Runtime, type_name: &str, path: &Path, limits: Limits) -> Result<Self, LoadError> {
+        let plugin = Plugin::load(
+            runtime,
+            type_name,
+            path,
+            limits,
+            "warren:plugin/exchange-plugin",
+            |linker| Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s),
+            ExchangePluginPre::new,
+        )?;
+        Ok(ExchangePlugin { plugin: Arc::new(plugin) })
+    }
+
+    /// The exchange type name clients declare.
+    pub fn type_name(&self) -> &str {
+        &self.plugin.name
+    }
+
+    /// The component's file.
+    pub fn path(&self) -> &Path {
+        &self.plugin.path
+    }
+
+    /// What the plugin has done so far.
+    pub fn stats(&self) -> Arc<PluginStats> {
+        self.plugin.stats.clone()
+    }
+
+    /// Reads the component again and swaps it in; every exchange of this type rebuilds its
+    /// instance from its bindings before its next call. On error the old component stays.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        self.plugin.reload()
+    }
+}
+
+impl ExchangeFactory for ExchangePlugin {
+    fn create(&self, arguments: &FieldTable) -> Result<Box<dyn ExchangeType>, AmqpError> {
+        let arguments = convert::fields(arguments);
+        let live = build(&self.plugin, &arguments, &[]).map_err(|e| e.refusal(&self.plugin, "declare"))?;
+        Ok(Box::new(PluginExchange {
+            plugin: self.plugin.clone(),
+            key_only: Cell::new(live.key_only),
+            live: RefCell::new(Some(live)),
+            arguments,
+            bindings: Vec::new(),
+        }))
+    }
+}
+
+/// One exchange of a plugin type.
+pub struct PluginExchange {
+    plugin: Arc<Plugin<Pre>>,
+    arguments: Vec<wit::Field>,
+    /// Every binding the broker added, in order, for rebuilding.
+    bindings: Vec<Binding>,
+    key_only: Cell<bool>,
+    /// The instance; `None` after a failure until the next call rebuilds it.
+    live: RefCell<Option<Live>>,
+}
+
+impl fmt::Debug for PluginExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginExchange")
+            .field("type", &self.plugin.name)
+            .field("bindings", &self.bindings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running instance and its router resource.
+struct Live {
+    store: Store<HostState>,
+    exports: Exports,
+    router: ResourceAny,
+    generation: u64,
+    key_only: bool,
+    stats: Arc<PluginStats>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stats.instance_dropped();
+    }
+}
+
+/// Why an instance could not be built.
+enum BuildError {
+    Cap,
+    Refused(String),
+    Failed(Failure),
+}
+
+impl BuildError {
+    fn refusal(self, plugin: &Plugin<Pre>, what: &str) -> AmqpError {
+        let (name, path) = (&plugin.name, plugin.path.display());
+        match self {
+            BuildError::Cap => precondition(format!(
+                "exchange type '{name}' (plugin {path}) is at its cap of {} instances",
+                plugin.limits.max_instances
+            )),
+            BuildError::Refused(why) => precondition(format!("exchange type '{name}' refused the {what}: {why}")),
+            BuildError::Failed(f) => precondition(format!("exchange type '{name}' (plugin {path}) {f}")),
+        }
+    }
+}
+
+/// Instantiates the current component, creates the router and adds `bindings`.
+// The generated bindings take a `&Vec`.
+#[allow(clippy::ptr_arg)]
+fn build(plugin: &Plugin<Pre>, arguments: &Vec<wit::Field>, bindings: &[Binding]) -> Result<Live, BuildError> {
+    let loaded = plugin.current();
+    let mut store = plugin.store().ok_or(BuildError::Cap)?;
+    let (limits, stats) = (&plugin.limits, &*plugin.stats);
+    let exports = call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
+    let router = call(&mut store, limits, stats, |s| exports.warren_plugin_exchange().router().call_create(s, arguments))
+        .map_err(BuildError::Failed)?
+        .map_err(BuildError::Refused)?;
+    stats.instance_added();
+    let mut live = Live {
+        store,
+        exports,
+        router,
+        generation: loaded.generation,
+        key_only: false,
+        stats: plugin.stats.clone(),
+    };
+    for b in bindings {
+        live.add(limits, &convert::binding(b)).map_err(BuildError::Failed)?;
+    }
+    let (exports, router) = (&live.exports, live.router);
+    live.key_only = call(&mut live.store, limits, stats, |s| {
+        exports.warren_plugin_exchange().router().call_routes_on_key_only(s, router)
+    })
+    .map_err(BuildError::Failed)?;
+    Ok(live)
+}
+
+impl Live {
+    fn add(&mut self, limits: &Limits, b: &wit::Binding) -> Result<(), Failure> {
+        let (exports, router) = (&self.exports, self.router);
+        call(&mut self.store, limits, &self.stats, |s| {
+            exports.warren_plugin_exchange().router().call_add_binding(s, router, b)
+        })
+    }
+}
+
+impl PluginExchange {
+    /// Runs `f` on a current instance, building one first if there is none or the component
+    /// was reloaded. A failure discards the instance; the next call rebuilds it.
+    fn with_live<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &Exports, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let mut slot = self.live.borrow_mut();
+        let generation = self.plugin.current().generation;
+        if slot.as_ref().is_none_or(|l| l.generation != generation) {
+            *slot = None;
+            match build(&self.plugin, &self.arguments, &self.bindings) {
+                Ok(live) => {
+                    self.plugin.stats.rebuilt();
+                    self.key_only.set(live.key_only);
+                    *slot = Some(live);
+                }
+                Err(e) => {
+                    let failure = match e {
+                        BuildError::Failed(f) => f,
+                        BuildError::Cap => Failure::Trap("instance cap reached".into()),
+                        BuildError::Refused(why) => Failure::Trap(format!("the plugin refused its arguments: {why}")),
+                    };
+                    tracing::warn!(plugin = %self.plugin.name, "cannot rebuild an exchange instance: {failure}");
+                    return Err(failure);
+                }
+            }
+        }
+        let Some(live) = slot.as_mut() else {
+            return Err(Failure::Trap("no instance".into()));
+        };
+        let (exports, router) = (&live.exports, live.router);
+        let result = call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| f(s, exports, router));
+        if let Err(failure) = &result {
+            tracing::warn!(
+                plugin = %self.plugin.name, path = %self.plugin.path.display(),
+                "exchange plugin {failure}; its instance is discarded and will be rebuilt"
+            );
+            *slot = None;
+        }
+        result
+    }
+
+    /// Whether an instance of the current component is running (changes apply to it
+    /// directly; otherwise the next build replays them).
+    fn is_live(&self) -> bool {
+        let generation = self.plugin.current().generation;
+        self.live.borrow().as_ref().is_some_and(|l| l.generation == generation)
+    }
+}
+
+impl ExchangeType for PluginExchange {
+    fn validate_binding(&self, key: &str, arguments: &FieldTable) -> Result<(), AmqpError> {
+        let b = wit::Binding {
+            destination: wit::Destination::Queue(String::new()),
+            key: key.to_string(),
+            arguments: convert::fields(arguments),
+        };
+        match self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_validate_binding(s, r, &b)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(precondition(format!("exchange type '{}' refused the binding: {why}", self.plugin.name))),
+            Err(f) => Err(BuildError::Failed(f).refusal(&self.plugin, "binding")),
+        }
+    }
+
+    fn add_binding(&mut self, binding: &Binding) {
+        self.bindings.push(binding.clone());
+        if self.is_live() {
+            let b = convert::binding(binding);
+            // A failure discards the instance; the rebuild replays this binding with the rest.
+            let _ = self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_add_binding(s, r, &b));
+        }
+    }
+
+    fn remove_binding(&mut self, binding: &Binding) {
+        if let Some(i) = self.bindings.iter().position(|b| b == binding) {
+            self.bindings.remove(i);
+        }
+        if self.is_live() {
+            let b = convert::binding(binding);
+            let _ = self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_remove_binding(s, r, &b));
+        }
+    }
+
+    fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
+        let message = convert::message(input.exchange, input.routing_key, input.properties, input.body_size);
+        let found = self
+            .with_live(|s, x, r| x.warren_plugin_exchange().router().call_route(s, r, &message))
+            .map_err(|_| RouteFailed)?;
+        out.extend(found.into_iter().map(convert::destination));
+        Ok(())
+    }
+
+    fn routes_on_key_only(&self) -> bool {
+        self.key_only.get()
+    }
+}

@@ -1,0 +1,128 @@
+//! What every plugin kind shares: loading a component against a world, swapping it on
+//! reload, and running calls on an instance under the plugin's limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+
+use crate::failure::Failure;
+use crate::state::HostState;
+use crate::{LoadError, Limits, PluginStats, Runtime, cache};
+
+/// A compiled component checked against a world, ready to instantiate (`P` is the world's
+/// generated `…Pre`).
+pub(crate) struct Loaded<P> {
+    pub(crate) pre: P,
+    /// Bumped by each reload; instances built from an older one rebuild before their next call.
+    pub(crate) generation: u64,
+}
+
+/// One configured plugin of any kind.
+pub(crate) struct Plugin<P> {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) limits: Limits,
+    pub(crate) stats: Arc<PluginStats>,
+    runtime: Runtime,
+    world: &'static str,
+    link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
+    check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
+    current: RwLock<Arc<Loaded<P>>>,
+}
+
+impl<P> Plugin<P> {
+    /// Compiles `path` and checks it implements `world`; `link` adds the world's imports and
+    /// `check` finds its exports.
+    pub(crate) fn load(
+        runtime: &Runtime,
+        name: &str,
+        path: &Path,
+        limits: Limits,
+        world: &'static str,
+        link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
+        check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
+    ) -> Result<Plugin<P>, LoadError> {
+        let pre = prepare(runtime, path, world, link, check)?;
+        Ok(Plugin {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            limits,
+            stats: Arc::default(),
+            runtime: runtime.clone(),
+            world,
+            link,
+            check,
+            current: RwLock::new(Arc::new(Loaded { pre, generation: 0 })),
+        })
+    }
+
+    /// The component currently in force.
+    pub(crate) fn current(&self) -> Arc<Loaded<P>> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the component file again and swaps it in; on error the old one stays.
+    pub(crate) fn reload(&self) -> Result<(), LoadError> {
+        let pre = prepare(&self.runtime, &self.path, self.world, self.link, self.check)?;
+        let mut current = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let generation = current.generation + 1;
+        *current = Arc::new(Loaded { pre, generation });
+        self.stats.reloaded();
+        Ok(())
+    }
+
+    /// A new store for one instance, under this plugin's memory cap; `None` when the plugin
+    /// already has its most instances.
+    pub(crate) fn store(&self) -> Option<Store<HostState>> {
+        if self.stats.instances() >= self.limits.max_instances as u64 {
+            return None;
+        }
+        let mut store = Store::new(&self.runtime.engine, HostState::new(&self.name, self.limits.memory_bytes));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        Some(store)
+    }
+}
+
+fn prepare<P>(
+    runtime: &Runtime,
+    path: &Path,
+    world: &'static str,
+    link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
+    check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
+) -> Result<P, LoadError> {
+    let component: Component = cache::compile(runtime, path)?;
+    let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), world, reason: format!("{e:#}") };
+    let mut linker = Linker::new(&runtime.engine);
+    // Guests built with WASI toolchains import it even when they never call it; they get a
+    // context with no files, no network, no environment and no arguments.
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wrong)?;
+    link(&mut linker).map_err(wrong)?;
+    let pre = linker.instantiate_pre(&component).map_err(wrong)?;
+    check(pre).map_err(wrong)
+}
+
+/// Runs one call under the plugin's deadline, telling a failure's kind apart.
+pub(crate) fn call<R>(
+    store: &mut Store<HostState>,
+    limits: &Limits,
+    stats: &PluginStats,
+    f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    stats.call();
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.data_mut().limiter.hit = false;
+    f(store).map_err(|e| {
+        let failure = Failure::classify(&e, store.data().limiter.hit);
+        stats.failed(&failure);
+        failure
+    })
+}
