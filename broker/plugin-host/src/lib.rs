@@ -21,6 +21,7 @@ mod stats;
 
 pub use exchange::ExchangePlugin;
 pub use failure::Failure;
+pub use retry::RetryPlugin;
 
 pub use runtime::{Limits, Runtime};
 pub use stats::{FAILURE_KINDS, PluginStats};

@@ -89,6 +89,7 @@ pub struct Broker {
     queues: Map<String, Queue>,
     exchanges: Map<String, Exchange>,
     types: TypeRegistry,
+    retry_plugins: crate::retry::RetryPlugins,
     sessions: Map<ConnId, Session>,
     next_conn: ConnId,
     next_queue_id: u64,
@@ -119,6 +120,7 @@ impl Broker {
             queues: Map::default(),
             exchanges: Map::default(),
             types: TypeRegistry::builtin(),
+            retry_plugins: Default::default(),
             sessions: Map::default(),
             next_conn: 1,
             next_queue_id: 1,
@@ -143,6 +145,20 @@ impl Broker {
     /// Makes an exchange type available to exchange.declare under `name`.
     pub fn register_exchange_type(&mut self, name: &str, factory: std::sync::Arc<dyn ExchangeFactory>) {
         self.types.register(name, factory);
+    }
+
+    /// Makes a plugin retry policy available to queues as `x-retry-policy: <its name>`.
+    /// Register before `attach_storage`, so recovered queues find it.
+    pub fn register_retry_policy(&mut self, policy: std::sync::Arc<dyn crate::retry::ExternalRetry>) {
+        self.retry_plugins.insert(policy.name().to_string(), policy);
+    }
+
+    /// Forgets cached routes of every exchange of type `kind`: its implementation changed
+    /// (a plugin reload), so results computed by the old one may no longer hold.
+    pub fn exchange_type_reloaded(&mut self, kind: &str) {
+        for x in self.exchanges.values_mut().filter(|x| x.kind == kind) {
+            x.forget_routes();
+        }
     }
 
     /// Broker-wide counters.

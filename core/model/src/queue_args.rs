@@ -4,7 +4,7 @@
 use warren_codec::{FieldTable, FieldValue};
 
 use crate::error::{AmqpError, precondition};
-use crate::retry::RetryPolicy;
+use crate::retry::{Retry, RetryPlugins};
 
 /// Arguments RabbitMQ gives meaning to that Warren does not implement; accepting them would
 /// pretend to a behaviour the queue lacks, so declare refuses them.
@@ -45,7 +45,7 @@ pub struct QueueArgs {
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
     /// `x-retry-policy` and its parameters.
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Retry>,
 }
 
 fn non_negative(key: &str, v: &FieldValue) -> Result<u64, AmqpError> {
@@ -61,8 +61,9 @@ fn text(key: &str, v: &FieldValue) -> Result<String, AmqpError> {
 }
 
 impl QueueArgs {
-    /// Parses and checks the declare arguments.
-    pub fn parse(args: &FieldTable) -> Result<QueueArgs, AmqpError> {
+    /// Parses and checks the declare arguments; `retry_plugins` are the configured plugin
+    /// retry policies a queue may name.
+    pub fn parse(args: &FieldTable, retry_plugins: &RetryPlugins) -> Result<QueueArgs, AmqpError> {
         for key in UNSUPPORTED {
             if args.contains_key(*key) {
                 return Err(precondition(format!("invalid arg '{key}': not supported by Warren yet")));
@@ -122,7 +123,7 @@ impl QueueArgs {
                 "invalid arg 'x-dead-letter-routing-key': x-dead-letter-exchange must be set as well",
             ));
         }
-        q.retry = RetryPolicy::parse(args)?;
+        q.retry = Retry::parse(args, retry_plugins)?;
         Ok(q)
     }
 }
@@ -142,7 +143,7 @@ mod tests {
             ("x-dead-letter-exchange", FieldValue::str("dlx")),
             ("x-overflow", FieldValue::str("reject-publish")),
             ("x-max-length", FieldValue::I64(10)),
-        ]));
+        ]), &RetryPlugins::default());
         let a = a.expect("valid");
         assert_eq!(a.message_ttl, Some(1000));
         assert_eq!(a.overflow, Overflow::RejectPublish);
@@ -156,7 +157,7 @@ mod tests {
             args(&[("x-max-priority", FieldValue::I32(5))]),
             args(&[("x-dead-letter-routing-key", FieldValue::str("k"))]),
         ] {
-            let e = QueueArgs::parse(&bad).expect_err("refused");
+            let e = QueueArgs::parse(&bad, &RetryPlugins::default()).expect_err("refused");
             assert_eq!(e.code, 406);
             assert!(e.text.contains("'x-"), "{}", e.text);
         }

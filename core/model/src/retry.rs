@@ -3,9 +3,85 @@
 //! delay, counts the attempt in `x-retry-count`, then puts it back. After the last attempt
 //! the message is dead-lettered instead (reason `rejected`).
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
 use warren_codec::{FieldTable, FieldValue};
 
+use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
+use crate::message::Message;
+
+/// A queue's retry policy: a built-in one with its queue arguments, or a plugin's.
+#[derive(Debug, Clone)]
+pub enum Retry {
+    /// `fixed` or `exponential`, parameterised by `x-retry-*` queue arguments.
+    Builtin(RetryPolicy),
+    /// A policy from the broker's config file (a plugin component).
+    Plugin(Arc<dyn ExternalRetry>),
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Retry::Builtin(a), Retry::Builtin(b)) => a == b,
+            (Retry::Plugin(a), Retry::Plugin(b)) => a.name() == b.name(),
+            _ => false,
+        }
+    }
+}
+
+/// A retry policy provided from outside the core: a plugin component, called by the driver's
+/// host. The core stays free of wasm; it only sees this trait.
+pub trait ExternalRetry: fmt::Debug + Send + Sync {
+    /// The name queues give in `x-retry-policy`.
+    fn name(&self) -> &str;
+
+    /// Decides for `message` after its `attempt`-th failure (1 on the first); `Err` with a
+    /// reason when the policy itself failed (the broker then dead-letters the message).
+    fn decide(&self, message: &Message, attempt: u32, why: Reason) -> Result<ExternalDecision, String>;
+}
+
+/// What an external policy decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExternalDecision {
+    /// Hold the message back, then requeue it with these header changes.
+    Retry {
+        /// Delay in milliseconds.
+        delay_ms: u64,
+        /// Headers to add or replace.
+        set_headers: FieldTable,
+        /// Headers to remove.
+        remove_headers: Vec<String>,
+    },
+    /// Dead-letter it (or drop it if the queue has no dead-letter exchange).
+    DeadLetter,
+    /// Drop it whatever the queue's dead-letter settings.
+    Drop,
+}
+
+/// External policies by name.
+pub type RetryPlugins = HashMap<String, Arc<dyn ExternalRetry>>;
+
+impl Retry {
+    /// Reads `x-retry-policy`: a policy configured as a plugin (whose parameters come from the
+    /// config file, so `x-retry-*` arguments are refused), else a built-in one.
+    pub fn parse(args: &FieldTable, plugins: &RetryPlugins) -> Result<Option<Retry>, AmqpError> {
+        let Some(name) = args.get("x-retry-policy").and_then(FieldValue::as_str) else {
+            return RetryPolicy::parse(args).map(|p| p.map(Retry::Builtin));
+        };
+        let Some(plugin) = plugins.get(name) else {
+            return RetryPolicy::parse(args).map(|p| p.map(Retry::Builtin));
+        };
+        if let Some(k) = args.keys().find(|k| k.starts_with("x-retry-") && *k != "x-retry-policy") {
+            return Err(precondition(format!(
+                "invalid arg '{k}': retry policy '{name}' is a plugin, configured in the broker's config file"
+            )));
+        }
+        Ok(Some(Retry::Plugin(plugin.clone())))
+    }
+}
 
 /// A built-in retry policy and its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,7 +132,7 @@ impl RetryPolicy {
             Some("exponential") => RetryKind::Exponential,
             _ => {
                 return Err(precondition(format!(
-                    "invalid arg 'x-retry-policy': {name:?}; expected fixed or exponential"
+                    "invalid arg 'x-retry-policy': {name:?}; expected fixed, exponential or a configured plugin policy"
                 )));
             }
         };

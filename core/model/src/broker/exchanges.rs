@@ -114,6 +114,11 @@ impl Exchange {
         true
     }
 
+    /// Empties the route cache.
+    pub(super) fn forget_routes(&mut self) {
+        self.cache.get_mut().clear();
+    }
+
     /// Removes the binding equal to `b`, if there is one, and returns it.
     fn remove_binding(&mut self, b: &Binding) -> Option<Binding> {
         let removed = self.bindings.remove(&BindingId::of(b))?;

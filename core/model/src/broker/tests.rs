@@ -127,6 +127,84 @@ fn retry_backoff_delays_are_exact_and_the_last_attempt_dead_letters() {
     assert_eq!((h.ready("jobs"), h.ready("dlq")), (0, 1), "out of attempts: dead-lettered");
 }
 
+/// A plugin policy as the core sees it: retry once with header changes, then fail.
+#[derive(Debug)]
+struct Scripted(&'static str);
+
+impl crate::retry::ExternalRetry for Scripted {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn decide(
+        &self,
+        _message: &crate::message::Message,
+        attempt: u32,
+        why: crate::deadletter::Reason,
+    ) -> Result<crate::retry::ExternalDecision, String> {
+        use crate::retry::ExternalDecision;
+        assert_eq!(why, crate::deadletter::Reason::Rejected);
+        match (self.0, attempt) {
+            ("drop", _) => Ok(ExternalDecision::Drop),
+            (_, 1) => Ok(ExternalDecision::Retry {
+                delay_ms: 50,
+                set_headers: [("x-note".to_string(), FieldValue::str("retried"))].into_iter().collect(),
+                remove_headers: vec!["x-secret".into()],
+            }),
+            _ => Err("the plugin trapped".into()),
+        }
+    }
+}
+
+#[test]
+fn plugin_retry_policies_retry_change_headers_drop_and_fail_to_the_dead_letter_path() {
+    let mut h = Harness::new();
+    h.b.register_retry_policy(std::sync::Arc::new(Scripted("scripted")));
+    h.b.register_retry_policy(std::sync::Arc::new(Scripted("drop")));
+    h.declare("dlq", &[]);
+    let dl = [("x-dead-letter-exchange", FieldValue::str("")), ("x-dead-letter-routing-key", FieldValue::str("dlq"))];
+    h.declare("jobs", &[&dl[..], &[("x-retry-policy", FieldValue::str("scripted"))]].concat());
+    h.method(BasicConsume { queue: "jobs".into(), consumer_tag: "w".into(), ..Default::default() });
+    let headers: FieldTable = [("x-secret".to_string(), FieldValue::str("s"))].into_iter().collect();
+    h.publish("jobs", "job", BasicProperties { headers: Some(headers), ..Default::default() });
+    assert_eq!(h.deliveries(), vec![(1, None)]);
+
+    h.method(BasicReject { delivery_tag: 1, requeue: true });
+    h.advance(49);
+    assert!(h.deliveries().is_empty(), "held for the plugin's delay");
+    h.advance(1);
+    let redelivered = h.sent();
+    let Some(Outgoing::Deliver { message, .. }) = redelivered.first() else { panic!("redelivered: {redelivered:?}") };
+    let headers = message.properties.headers.clone().unwrap_or_default();
+    assert_eq!(headers.get("x-note"), Some(&FieldValue::str("retried")));
+    assert_eq!(headers.get("x-retry-count"), Some(&FieldValue::I64(1)));
+    assert!(!headers.contains_key("x-secret"), "removed as the plugin asked");
+
+    h.method(BasicReject { delivery_tag: 2, requeue: true });
+    assert_eq!((h.ready("jobs"), h.ready("dlq")), (0, 1), "a failing policy dead-letters");
+
+    h.declare("dropping", &[&dl[..], &[("x-retry-policy", FieldValue::str("drop"))]].concat());
+    h.method(BasicConsume { queue: "dropping".into(), consumer_tag: "d".into(), ..Default::default() });
+    h.publish("dropping", "gone", BasicProperties::default());
+    assert_eq!(h.deliveries().len(), 1);
+    h.method(BasicReject { delivery_tag: 3, requeue: true });
+    assert_eq!((h.ready("dropping"), h.ready("dlq")), (0, 1), "dropped, not dead-lettered");
+
+    let bad = QueueDeclare {
+        queue: "mixed".into(),
+        arguments: [
+            ("x-retry-policy".to_string(), FieldValue::str("scripted")),
+            ("x-retry-delay-ms".to_string(), FieldValue::I32(5)),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let err = h.b.handle_method(h.conn, 1, bad.into()).expect_err("refused");
+    assert_eq!(err.code, 406);
+    assert!(err.text.contains("x-retry-delay-ms"), "{}", err.text);
+}
+
 #[test]
 fn ttl_expires_a_message_behind_the_head_at_its_own_deadline() {
     let mut h = Harness::new();
