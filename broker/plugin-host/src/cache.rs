@@ -29,7 +29,9 @@ pub(crate) fn compile(runtime: &Runtime, path: &Path) -> Result<Component, LoadE
         // writes; wasmtime checks the header and engine settings again while loading.
         match unsafe { Component::deserialize_file(&runtime.engine, &file) } {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(file = %file.display(), "ignoring a compiled plugin that does not load: {e:#}"),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "ignoring a compiled plugin that does not load: {e:#}")
+            }
         }
     }
     let compiled = runtime.engine.precompile_component(&bytes).map_err(bad)?;

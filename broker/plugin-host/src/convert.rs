@@ -35,7 +35,12 @@ fn value(v: &FieldValue) -> wit::FieldValue {
 }
 
 /// A message's metadata as the plugin sees it.
-pub(crate) fn message(exchange: &str, routing_key: &str, p: &BasicProperties, body_size: u64) -> wit::Message {
+pub(crate) fn message(
+    exchange: &str,
+    routing_key: &str,
+    p: &BasicProperties,
+    body_size: u64,
+) -> wit::Message {
     wit::Message {
         exchange: exchange.to_string(),
         routing_key: routing_key.to_string(),
@@ -96,7 +101,9 @@ fn field_value(v: wit::FieldValue) -> Result<FieldValue, String> {
         wit::FieldValue::Int64(n) => FieldValue::I64(n),
         wit::FieldValue::Float(n) => FieldValue::F32(n),
         wit::FieldValue::Double(n) => FieldValue::F64(n),
-        wit::FieldValue::Decimal(d) => FieldValue::Decimal(warren_codec::Decimal { scale: d.scale, value: d.value }),
+        wit::FieldValue::Decimal(d) => {
+            FieldValue::Decimal(warren_codec::Decimal { scale: d.scale, value: d.value })
+        }
         wit::FieldValue::LongString(s) => FieldValue::LongString(s.into()),
         wit::FieldValue::Timestamp(t) => FieldValue::Timestamp(t),
         wit::FieldValue::Bytes(b) => FieldValue::ByteArray(b.into()),

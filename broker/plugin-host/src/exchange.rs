@@ -52,7 +52,9 @@ impl ExchangePlugin {
             path,
             limits,
             "warren:plugin/exchange-plugin",
-            |linker| Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s),
+            |linker| {
+                Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+            },
             ExchangePluginPre::new,
         )?;
         Ok(ExchangePlugin { plugin: Arc::new(plugin) })
@@ -145,7 +147,9 @@ impl BuildError {
                 "exchange type '{name}' (plugin {path}) is at its cap of {} instances",
                 plugin.limits.max_instances
             )),
-            BuildError::Refused(why) => precondition(format!("exchange type '{name}' refused the {what}: {why}")),
+            BuildError::Refused(why) => {
+                precondition(format!("exchange type '{name}' refused the {what}: {why}"))
+            }
             BuildError::Failed(f) => precondition(format!("exchange type '{name}' (plugin {path}) {f}")),
         }
     }
@@ -154,14 +158,21 @@ impl BuildError {
 /// Instantiates the current component, creates the router and adds `bindings`.
 // The generated bindings take a `&Vec`.
 #[allow(clippy::ptr_arg)]
-fn build(plugin: &Plugin<Pre>, arguments: &Vec<wit::Field>, bindings: &[Binding]) -> Result<Live, BuildError> {
+fn build(
+    plugin: &Plugin<Pre>,
+    arguments: &Vec<wit::Field>,
+    bindings: &[Binding],
+) -> Result<Live, BuildError> {
     let loaded = plugin.current();
     let mut store = plugin.store().ok_or(BuildError::Cap)?;
     let (limits, stats) = (&plugin.limits, &*plugin.stats);
-    let exports = call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
-    let router = call(&mut store, limits, stats, |s| exports.warren_plugin_exchange().router().call_create(s, arguments))
-        .map_err(BuildError::Failed)?
-        .map_err(BuildError::Refused)?;
+    let exports =
+        call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
+    let router = call(&mut store, limits, stats, |s| {
+        exports.warren_plugin_exchange().router().call_create(s, arguments)
+    })
+    .map_err(BuildError::Failed)?
+    .map_err(BuildError::Refused)?;
     stats.instance_added();
     let mut live = Live {
         store,
@@ -212,7 +223,9 @@ impl PluginExchange {
                     let failure = match e {
                         BuildError::Failed(f) => f,
                         BuildError::Cap => Failure::Trap("instance cap reached".into()),
-                        BuildError::Refused(why) => Failure::Trap(format!("the plugin refused its arguments: {why}")),
+                        BuildError::Refused(why) => {
+                            Failure::Trap(format!("the plugin refused its arguments: {why}"))
+                        }
                     };
                     tracing::warn!(plugin = %self.plugin.name, "cannot rebuild an exchange instance: {failure}");
                     return Err(failure);
@@ -223,7 +236,8 @@ impl PluginExchange {
             return Err(Failure::Trap("no instance".into()));
         };
         let (exports, router) = (&live.exports, live.router);
-        let result = call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| f(s, exports, router));
+        let result =
+            call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| f(s, exports, router));
         if let Err(failure) = &result {
             tracing::warn!(
                 plugin = %self.plugin.name, path = %self.plugin.path.display(),
@@ -251,7 +265,9 @@ impl ExchangeType for PluginExchange {
         };
         match self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_validate_binding(s, r, &b)) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(precondition(format!("exchange type '{}' refused the binding: {why}", self.plugin.name))),
+            Ok(Err(why)) => {
+                Err(precondition(format!("exchange type '{}' refused the binding: {why}", self.plugin.name)))
+            }
             Err(f) => Err(BuildError::Failed(f).refusal(&self.plugin, "binding")),
         }
     }
@@ -271,7 +287,8 @@ impl ExchangeType for PluginExchange {
         }
         if self.is_live() {
             let b = convert::binding(binding);
-            let _ = self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_remove_binding(s, r, &b));
+            let _ =
+                self.with_live(|s, x, r| x.warren_plugin_exchange().router().call_remove_binding(s, r, &b));
         }
     }
 

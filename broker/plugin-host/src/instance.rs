@@ -9,7 +9,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::failure::Failure;
 use crate::state::HostState;
-use crate::{LoadError, Limits, PluginStats, Runtime, cache};
+use crate::{Limits, LoadError, PluginStats, Runtime, cache};
 
 /// A compiled component checked against a world, ready to instantiate (`P` is the world's
 /// generated `…Pre`).
@@ -85,7 +85,8 @@ impl<P> Plugin<P> {
         if self.stats.instances() >= self.limits.max_instances as u64 {
             return None;
         }
-        let mut store = Store::new(&self.runtime.engine, HostState::new(&self.name, self.limits.memory_bytes));
+        let mut store =
+            Store::new(&self.runtime.engine, HostState::new(&self.name, self.limits.memory_bytes));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         Some(store)
@@ -100,7 +101,11 @@ fn prepare<P>(
     check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
 ) -> Result<P, LoadError> {
     let component: Component = cache::compile(runtime, path)?;
-    let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), world, reason: format!("{e:#}") };
+    let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
+        path: path.to_path_buf(),
+        world,
+        reason: format!("{e:#}"),
+    };
     let mut linker = Linker::new(&runtime.engine);
     // Guests built with WASI toolchains import it even when they never call it; they get a
     // context with no files, no network, no environment and no arguments.
@@ -111,6 +116,11 @@ fn prepare<P>(
 }
 
 /// Runs one call under the plugin's deadline, telling a failure's kind apart.
+///
+/// A panic in a host function is caught here and counted as a trap (the caller discards
+/// the instance). The one known source: wasmtime-wasi's blocking stdio calls (a guest
+/// writing to stdout or stderr, as Rust's panic message does) cannot run on a Tokio worker
+/// thread, where the broker calls plugins. Plugins log through `warren:plugin/host`.
 pub(crate) fn call<R>(
     store: &mut Store<HostState>,
     limits: &Limits,
@@ -120,9 +130,21 @@ pub(crate) fn call<R>(
     stats.call();
     store.set_epoch_deadline(limits.deadline_ticks());
     store.data_mut().limiter.hit = false;
-    f(store).map_err(|e| {
-        let failure = Failure::classify(&e, store.data().limiter.hit);
-        stats.failed(&failure);
-        failure
-    })
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)));
+    let failure = match outcome {
+        Ok(Ok(r)) => return Ok(r),
+        Ok(Err(e)) => Failure::classify(&e, store.data().limiter.hit),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            Failure::Trap(format!(
+                "a host function panicked during the call (did the plugin write to stdout or stderr?): {why}"
+            ))
+        }
+    };
+    stats.failed(&failure);
+    Err(failure)
 }

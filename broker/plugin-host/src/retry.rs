@@ -85,7 +85,9 @@ impl RetryPlugin {
             path,
             limits,
             "warren:plugin/retry-plugin",
-            |linker| Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s),
+            |linker| {
+                Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+            },
             RetryPluginPre::new,
         )?;
         let live = build(&plugin, &config)
@@ -119,10 +121,13 @@ fn build(plugin: &Plugin<Pre>, config: &Vec<(String, String)>) -> Result<Live, B
     let loaded = plugin.current();
     let mut store = plugin.store().ok_or(BuildError::Cap)?;
     let (limits, stats) = (&plugin.limits, &*plugin.stats);
-    let exports = call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
-    let policy = call(&mut store, limits, stats, |s| exports.warren_plugin_retry_policy().policy().call_create(s, config))
-        .map_err(BuildError::Failed)?
-        .map_err(BuildError::Refused)?;
+    let exports =
+        call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
+    let policy = call(&mut store, limits, stats, |s| {
+        exports.warren_plugin_retry_policy().policy().call_create(s, config)
+    })
+    .map_err(BuildError::Failed)?
+    .map_err(BuildError::Refused)?;
     stats.instance_added();
     Ok(Live { store, exports, policy, generation: loaded.generation, stats: plugin.stats.clone() })
 }
@@ -156,7 +161,12 @@ impl ExternalRetry for RetryPlugin {
         let Some(live) = slot.as_mut() else {
             return Err("no instance".into());
         };
-        let m = convert::message(&message.exchange, &message.routing_key, &message.properties, message.body.len() as u64);
+        let m = convert::message(
+            &message.exchange,
+            &message.routing_key,
+            &message.properties,
+            message.body.len() as u64,
+        );
         let (exports, policy) = (&live.exports, live.policy);
         let decided = call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| {
             exports.warren_plugin_retry_policy().policy().call_decide(s, policy, &m, attempt, reason(why))

@@ -79,7 +79,8 @@ fn each_standard_type_routes_through_its_component() {
     assert!(topic.routes_on_key_only(), "the component answers for the type it wraps");
 
     let mut headers = plugin("exchange-headers").create(&FieldTable::new()).expect("declare");
-    let all = table(&[("x-match", FieldValue::str("all")), ("a", FieldValue::I32(1)), ("b", FieldValue::str("x"))]);
+    let all =
+        table(&[("x-match", FieldValue::str("all")), ("a", FieldValue::I32(1)), ("b", FieldValue::str("x"))]);
     bind(&mut *headers, "both", "", all);
     let mut props = no_props();
     props.headers = Some(table(&[("a", FieldValue::I32(1)), ("b", FieldValue::str("x"))]));
@@ -212,7 +213,8 @@ fn contained(p: &ExchangePlugin, bad_key: &str, kind: &str) {
     assert_eq!(p.stats().failures(kind), 1, "counted as {kind}");
     assert_eq!(route(&*x, "fine", &no_props()), Ok(vec![q("a"), q("b")]), "rebuilt with its bindings");
     assert_eq!(p.stats().rebuilds(), before + 1);
-    let err = p.create(&table(&[(&format!("{bad_key}-on-create"), FieldValue::Bool(true))])).expect_err("refused");
+    let err =
+        p.create(&table(&[(&format!("{bad_key}-on-create"), FieldValue::Bool(true))])).expect_err("refused");
     assert_eq!(err.code, 406);
     assert!(err.text.contains(&p.path().display().to_string()), "names the plugin file: {}", err.text);
     assert_eq!(p.stats().failures(kind), 2);
@@ -245,7 +247,10 @@ fn components_that_cannot_serve_are_refused_at_load_naming_the_file() {
 
     let missing = Path::new("/nonexistent/plugin.wasm");
     let err = ExchangePlugin::load(runtime(), "x-missing", missing, Limits::default()).expect_err("missing");
-    assert!(matches!(err, LoadError::Read { .. }) && err.to_string().contains("/nonexistent/plugin.wasm"), "{err}");
+    assert!(
+        matches!(err, LoadError::Read { .. }) && err.to_string().contains("/nonexistent/plugin.wasm"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.wasm");

@@ -28,7 +28,11 @@ fn exponential_backs_off_then_dead_letters() {
     assert_eq!(p.name(), "exponential");
     let delays: Vec<ExternalDecision> =
         (1..=4).map(|attempt| p.decide(&message(), attempt, Reason::Rejected).expect("decides")).collect();
-    let retry = |delay_ms| ExternalDecision::Retry { delay_ms, set_headers: Default::default(), remove_headers: vec![] };
+    let retry = |delay_ms| ExternalDecision::Retry {
+        delay_ms,
+        set_headers: Default::default(),
+        remove_headers: vec![],
+    };
     assert_eq!(delays, vec![retry(100), retry(200), retry(350), ExternalDecision::DeadLetter]);
     assert_eq!(p.stats().calls(), 2 + 4, "instantiate and create, then one call per decision");
 }
@@ -44,6 +48,7 @@ fn a_policy_that_refuses_its_config_or_is_not_a_policy_is_refused_at_load() {
     assert!(text.contains("retry_exponential.wasm") && text.contains("base-ms"), "{text}");
 
     let exchange = guests::component("exchange-direct");
-    let err = RetryPlugin::load(&rt, "direct", &exchange, vec![], Limits::default()).expect_err("wrong world");
+    let err =
+        RetryPlugin::load(&rt, "direct", &exchange, vec![], Limits::default()).expect_err("wrong world");
     assert!(matches!(err, LoadError::WrongWorld { .. }) && err.to_string().contains("retry-plugin"), "{err}");
 }

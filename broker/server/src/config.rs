@@ -108,6 +108,148 @@ pub struct FileConfig {
     /// `[storage]`: durability and disk limits.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[[plugins.exchange]]` and `[[plugins.retry]]`: WebAssembly components to load.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Exchange types.
+    #[serde(default)]
+    pub exchange: Vec<ExchangePluginConfig>,
+    /// Retry policies.
+    #[serde(default)]
+    pub retry: Vec<RetryPluginConfig>,
+}
+
+/// `[[plugins.exchange]]`: an exchange type implemented by a component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExchangePluginConfig {
+    /// The type name clients pass to exchange.declare.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The component file (relative paths are from the broker's working directory).
+    pub component: PathBuf,
+    /// Linear memory cap per instance (octets, or "64MiB").
+    pub memory: Option<Size>,
+    /// Deadline for one call, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Most instances alive at once (an exchange plugin has one per exchange).
+    pub max_instances: Option<usize>,
+}
+
+/// `[[plugins.retry]]`: a retry policy implemented by a component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RetryPluginConfig {
+    /// The name queues give in `x-retry-policy`.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Handed to the policy when it is built; it may refuse it.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Linear memory cap per instance (octets, or "64MiB").
+    pub memory: Option<Size>,
+    /// Deadline for one call, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Most instances alive at once (an exchange plugin has one per exchange).
+    pub max_instances: Option<usize>,
+}
+
+/// Limits from a plugin entry over the host's defaults.
+fn plugin_limits(
+    what: &str,
+    memory: Option<Size>,
+    timeout_ms: Option<u64>,
+    max_instances: Option<usize>,
+) -> Result<warren_plugin_host::Limits, ConfigError> {
+    let mut l = warren_plugin_host::Limits::default();
+    if let Some(Size(n)) = memory {
+        if n < 1 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: memory = {n} is below 1MiB, too small for any guest"
+            )));
+        }
+        l.memory_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(ms) = timeout_ms {
+        if ms == 0 {
+            return Err(ConfigError::Invalid(format!("{what}: timeout-ms must be above 0")));
+        }
+        l.timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(n) = max_instances {
+        if n == 0 {
+            return Err(ConfigError::Invalid(format!("{what}: max-instances must be above 0")));
+        }
+        l.max_instances = n;
+    }
+    Ok(l)
+}
+
+/// Exchange types clients rely on being the real thing; a plugin may not replace them.
+const RESERVED_TYPES: [&str; 4] = ["direct", "fanout", "topic", "headers"];
+
+/// The plugins to load, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    /// Exchange types.
+    pub exchanges: Vec<PluginEntry>,
+    /// Retry policies.
+    pub retries: Vec<PluginEntry>,
+}
+
+/// One plugin to load.
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    /// The exchange type or retry policy name.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Its config table (retry policies only).
+    pub config: Vec<(String, String)>,
+    /// Its limits.
+    pub limits: warren_plugin_host::Limits,
+}
+
+impl PluginsConfig {
+    fn build(self) -> Result<PluginSettings, ConfigError> {
+        let mut s = PluginSettings::default();
+        for x in self.exchange {
+            let what = format!("plugins.exchange '{}'", x.kind);
+            if RESERVED_TYPES.contains(&x.kind.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: '{}' is built in and cannot be replaced",
+                    x.kind
+                )));
+            }
+            if s.exchanges.iter().any(|e| e.name == x.kind) {
+                return Err(ConfigError::Invalid(format!("{what}: configured twice")));
+            }
+            let limits = plugin_limits(&what, x.memory, x.timeout_ms, x.max_instances)?;
+            s.exchanges.push(PluginEntry {
+                name: x.kind,
+                component: x.component,
+                config: Vec::new(),
+                limits,
+            });
+        }
+        for r in self.retry {
+            let what = format!("plugins.retry '{}'", r.name);
+            if s.retries.iter().any(|e| e.name == r.name) {
+                return Err(ConfigError::Invalid(format!("{what}: configured twice")));
+            }
+            let limits = plugin_limits(&what, r.memory, r.timeout_ms, r.max_instances)?;
+            let config = r.config.into_iter().collect();
+            s.retries.push(PluginEntry { name: r.name, component: r.component, config, limits });
+        }
+        Ok(s)
+    }
 }
 
 /// `[storage]` in the config file.
@@ -261,7 +403,8 @@ impl PolicyConfig {
             }
         }
         let arguments = warren_core::policy::arguments_from(&def).map_err(bad)?;
-        QueueArgs::parse(&arguments).map_err(|e| bad(e.text))?;
+        // Policies carry no retry policy, so no plugin policies are needed to check them.
+        QueueArgs::parse(&arguments, &Default::default()).map_err(|e| bad(e.text))?;
         Ok(Policy { name: self.name, pattern, priority: self.priority, arguments })
     }
 }
@@ -340,6 +483,8 @@ pub struct Settings {
     pub users: Vec<User>,
     /// Durability and disk limits.
     pub storage: StorageSettings,
+    /// Plugin components to load.
+    pub plugins: PluginSettings,
 }
 
 impl Default for Settings {
@@ -356,6 +501,7 @@ impl Default for Settings {
             connection: ConnectionConfig::default(),
             users: vec![User::guest()],
             storage: StorageSettings::default(),
+            plugins: PluginSettings::default(),
         }
     }
 }
@@ -436,6 +582,7 @@ impl Settings {
         if let Some(Size(n)) = st.disk_free_limit {
             s.storage.disk_free_limit = n;
         }
+        s.plugins = file.plugins.build()?;
         if let Some(users) = file.users {
             s.users = users
                 .into_iter()
@@ -520,5 +667,55 @@ mod tests {
     fn tiny_frame_max_is_refused() {
         let file = parse("[amqp]\nframe-max = 100").ok().unwrap_or_default();
         assert!(matches!(Settings::resolve(&Cli::default(), file), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn plugins_are_read_with_their_limits_and_bad_entries_are_named() {
+        let file = parse(
+            r#"
+[[plugins.exchange]]
+type = "x-consistent-hash"
+component = "plugins/target/wasm32-wasip2/release/exchange_consistent_hash.wasm"
+memory = "32MiB"
+timeout-ms = 50
+
+[[plugins.retry]]
+name = "exponential"
+component = "r.wasm"
+config = { base-ms = "100", max-attempts = "5" }
+"#,
+        );
+        let s = Settings::resolve(&Cli::default(), file.unwrap_or_default()).map(|s| s.plugins).ok();
+        let s = s.unwrap_or_default();
+        assert_eq!(s.exchanges.len(), 1);
+        let x = &s.exchanges[0];
+        let (kind, limits) = (&x.name, x.limits);
+        assert_eq!(
+            (kind.as_str(), limits.memory_bytes, limits.timeout.as_millis()),
+            ("x-consistent-hash", 32 << 20, 50)
+        );
+        assert_eq!(
+            s.retries[0].config,
+            vec![("base-ms".into(), "100".into()), ("max-attempts".into(), "5".into())]
+        );
+
+        let e = parse(
+            "[[plugins.exchange]]
+type = \"x\"
+component = \"a.wasm\"
+memroy = 5",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(e.contains("memroy") && e.contains("line 4"), "{e}");
+        for (bad, says) in [
+            ("[[plugins.exchange]]\ntype = \"direct\"\ncomponent = \"a.wasm\"", "built in"),
+            ("[[plugins.exchange]]\ntype = \"x\"\ncomponent = \"a.wasm\"\nmemory = 1000", "below 1MiB"),
+            ("[[plugins.retry]]\nname = \"r\"\ncomponent = \"a.wasm\"\ntimeout-ms = 0", "timeout-ms"),
+        ] {
+            let file = parse(bad).ok().unwrap_or_default();
+            let e = Settings::resolve(&Cli::default(), file).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

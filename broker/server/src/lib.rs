@@ -19,6 +19,7 @@ pub mod channel_streams;
 pub mod config;
 pub mod management;
 pub mod metrics;
+pub mod plugins;
 pub mod quic;
 pub mod server;
 pub mod storage;

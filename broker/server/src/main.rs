@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let server = Server::bind(&settings)
         .await
-        .with_context(|| format!("cannot listen for AMQP on {}", settings.amqp_listen))?;
+        .with_context(|| format!("cannot start the broker (AMQP on {})", settings.amqp_listen))?;
     info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
     if let (Some(addr), Some(cert)) = (server.quic_addr(), server.quic_cert()) {
         info!(%addr, cert = %cert.display(), "listening for AMQP 0-9-1 over QUIC (UDP, ALPN amqp091)");

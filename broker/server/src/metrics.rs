@@ -266,6 +266,11 @@ pub fn registry(shared: SharedRef) -> Registry {
     if let Some(m) = lock(&shared).storage_metrics.clone() {
         m.register(&r);
     }
+    if let Some(p) = lock(&shared).plugins.clone()
+        && let Err(e) = r.register(Box::new(p.collector()))
+    {
+        tracing::error!(error = %e, "plugin metrics not registered");
+    }
     let process = prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "warren");
     if let Err(e) = r.register(Box::new(process)) {
         tracing::error!(error = %e, "process metrics not registered");

@@ -39,6 +39,8 @@ pub struct Shared {
     pub storage_metrics: Option<crate::storage::StorageMetrics>,
     /// Raised while a resource alarm blocks publishers; read without the lock.
     pub alarm: Arc<AtomicBool>,
+    /// Loaded plugin components, when the config names any.
+    pub plugins: Option<Arc<crate::plugins::Plugins>>,
 }
 
 impl Shared {
@@ -129,6 +131,10 @@ impl Server {
         broker.set_policies(settings.policies.clone());
         let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         broker.set_time(std::time::Instant::now(), unix_ms);
+        // Before recovery: recovered exchanges and queues need their plugin types and policies.
+        let plugins = crate::plugins::Plugins::load(&settings.plugins, &settings.data_dir, &mut broker)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+            .map(Arc::new);
         let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut broker)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let timer = Arc::new(Notify::new());
@@ -140,6 +146,7 @@ impl Server {
             events: Vec::new(),
             storage_metrics: Some(storage.metrics.clone()),
             alarm: storage.alarm.clone(),
+            plugins,
         };
         Ok(Server {
             listener,
@@ -195,6 +202,10 @@ impl Server {
         let mut tasks = JoinSet::new();
         let storage = self.storage.map(|s| s.start(self.shared.clone()));
         let timers = tokio::spawn(run_timers(self.shared.clone()));
+        let reloads = lock(&self.shared)
+            .plugins
+            .clone()
+            .map(|p| tokio::spawn(reload_on_hangup(p, self.shared.clone())));
         let metrics = self.metrics.map(|l| {
             let registry = Arc::new(crate::metrics::registry(self.shared.clone()));
             let app = axum::Router::new().route(
@@ -267,6 +278,9 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         timers.abort();
+        if let Some(r) = reloads {
+            r.abort();
+        }
         for task in [management, metrics].into_iter().flatten() {
             task.abort();
         }
@@ -292,6 +306,26 @@ impl Server {
 }
 
 /// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
+/// Reloads the plugin components on each SIGHUP. Compiling can take seconds (Python and
+/// JavaScript guests), so it runs off the async workers.
+async fn reload_on_hangup(plugins: Arc<crate::plugins::Plugins>, shared: SharedRef) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot handle SIGHUP, plugins will not reload: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading plugin components");
+        let (p, s) = (plugins.clone(), shared.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || p.reload(&s)).await {
+            tracing::error!("plugin reload failed: {e}");
+        }
+    }
+}
+
 async fn run_timers(shared: SharedRef) {
     let notify = lock(&shared).timer.clone();
     loop {

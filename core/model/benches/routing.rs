@@ -88,7 +88,11 @@ fn measure(case: &Case, x: &dyn ExchangeType, n: usize) -> (f64, usize) {
     while started.elapsed() < Duration::from_millis(400) {
         for (key, props) in &messages {
             out.clear();
-            x.route(RoutingInput { routing_key: key, properties: props, exchange: "bench", body_size: 0 }, &mut out).expect("routes");
+            x.route(
+                RoutingInput { routing_key: key, properties: props, exchange: "bench", body_size: 0 },
+                &mut out,
+            )
+            .expect("routes");
             matched += out.len();
             black_box(&out);
         }

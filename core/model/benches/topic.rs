@@ -40,7 +40,11 @@ fn topic(c: &mut Criterion) {
                 k = k.wrapping_add(7919);
                 let rk = format!("orders.{}.{}", k % 1000, k % 7);
                 out.clear();
-                x.route(RoutingInput { routing_key: &rk, properties: &props, exchange: "bench", body_size: 0 }, &mut out).expect("routes");
+                x.route(
+                    RoutingInput { routing_key: &rk, properties: &props, exchange: "bench", body_size: 0 },
+                    &mut out,
+                )
+                .expect("routes");
                 black_box(out.len())
             })
         });

@@ -138,12 +138,15 @@ mod tests {
 
     #[test]
     fn parses_what_rabbitmq_accepts() {
-        let a = QueueArgs::parse(&args(&[
-            ("x-message-ttl", FieldValue::I32(1000)),
-            ("x-dead-letter-exchange", FieldValue::str("dlx")),
-            ("x-overflow", FieldValue::str("reject-publish")),
-            ("x-max-length", FieldValue::I64(10)),
-        ]), &RetryPlugins::default());
+        let a = QueueArgs::parse(
+            &args(&[
+                ("x-message-ttl", FieldValue::I32(1000)),
+                ("x-dead-letter-exchange", FieldValue::str("dlx")),
+                ("x-overflow", FieldValue::str("reject-publish")),
+                ("x-max-length", FieldValue::I64(10)),
+            ]),
+            &RetryPlugins::default(),
+        );
         let a = a.expect("valid");
         assert_eq!(a.message_ttl, Some(1000));
         assert_eq!(a.overflow, Overflow::RejectPublish);

@@ -61,8 +61,12 @@ impl<F: ExchangeFactory + Default + 'static> Exchange for Native<F> {
             app_id: p.app_id.clone(),
             cluster_id: None,
         };
-        let input =
-            RoutingInput { routing_key: &message.routing_key, properties: &properties, exchange: &message.exchange, body_size: message.body_size };
+        let input = RoutingInput {
+            routing_key: &message.routing_key,
+            properties: &properties,
+            exchange: &message.exchange,
+            body_size: message.body_size,
+        };
         let mut found = Vec::new();
         if self.state.route(input, &mut found).is_err() {
             return;
@@ -109,6 +113,8 @@ fn value_of(v: FieldValue) -> Result<Value, String> {
         FieldValue::LongString(s) => Value::LongString(s.into()),
         FieldValue::Timestamp(t) => Value::Timestamp(t),
         FieldValue::Bytes(b) => Value::ByteArray(b.into()),
-        FieldValue::Nested(wire) => Value::from_wire(&wire).map_err(|e| format!("bad nested field value: {e}"))?,
+        FieldValue::Nested(wire) => {
+            Value::from_wire(&wire).map_err(|e| format!("bad nested field value: {e}"))?
+        }
     })
 }

@@ -20,7 +20,9 @@ impl Retry for Exponential {
             .iter()
             .find(|(k, _)| !matches!(k.as_str(), "base-ms" | "multiplier" | "max-delay-ms" | "max-attempts"))
         {
-            return Err(format!("unknown config key '{k}': expected base-ms, multiplier, max-delay-ms, max-attempts"));
+            return Err(format!(
+                "unknown config key '{k}': expected base-ms, multiplier, max-delay-ms, max-attempts"
+            ));
         }
         let multiplier: f64 = number(&config, "multiplier", 2.0)?;
         if !(multiplier >= 1.0 && multiplier.is_finite()) {

@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 
-
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -50,6 +49,7 @@ pub struct Router<T>(RefCell<T>);
 
 impl<T: Exchange> bindings::exports::warren::plugin::exchange::GuestRouter for Router<T> {
     fn create(arguments: Fields) -> Result<bindings::exports::warren::plugin::exchange::Router, String> {
+        crate::route_panics_to_the_log();
         let state = T::create(arguments)?;
         Ok(bindings::exports::warren::plugin::exchange::Router::new(Router(RefCell::new(state))))
     }

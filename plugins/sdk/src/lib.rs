@@ -31,6 +31,17 @@ pub fn log(level: Level, message: &str) {
     bindings::host::log(level, message)
 }
 
+/// Sends panic messages to the broker's log instead of stderr: a plugin has no stderr, and
+/// the broker should say why an instance trapped.
+#[cfg(any(feature = "exchange", feature = "retry"))]
+#[doc(hidden)]
+pub fn route_panics_to_the_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("plugin panicked: {info}"))))
+    });
+}
+
 /// Milliseconds since the Unix epoch, from the broker's clock.
 #[cfg(any(feature = "exchange", feature = "retry"))]
 pub fn now_ms() -> u64 {
@@ -44,4 +55,3 @@ pub use bindings::host::Level;
 use exchange::bindings::warren::plugin as bindings;
 #[cfg(all(feature = "retry", not(feature = "exchange")))]
 use retry::bindings::warren::plugin as bindings;
-

@@ -1,6 +1,5 @@
 //! The `retry-plugin` world: implement [`Retry`], then `export_retry!(YourType)`.
 
-
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -33,6 +32,7 @@ impl<T: Retry> bindings::exports::warren::plugin::retry_policy::GuestPolicy for 
     fn create(
         config: Vec<(String, String)>,
     ) -> Result<bindings::exports::warren::plugin::retry_policy::Policy, String> {
+        crate::route_panics_to_the_log();
         Ok(bindings::exports::warren::plugin::retry_policy::Policy::new(Policy(T::create(config)?)))
     }
 

@@ -69,8 +69,11 @@ impl Broker {
         // The default exchange without CC/BCC routes to the queue named by the key, or nowhere:
         // the common case, taken without building a destination list.
         let direct = super::exchanges::is_default(&m.exchange) && !carries_cc(&properties);
-        let destinations =
-            if direct { Vec::new() } else { self.route_from(&m.exchange, &m.routing_key, &properties, body.len() as u64)? };
+        let destinations = if direct {
+            Vec::new()
+        } else {
+            self.route_from(&m.exchange, &m.routing_key, &properties, body.len() as u64)?
+        };
         let unroutable =
             if direct { !self.queues.contains_key(&m.routing_key) } else { destinations.is_empty() };
         self.stats.received += 1;

@@ -114,7 +114,9 @@ impl Broker {
         let now_secs = self.unix_ms / 1000;
         let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
-        let Ok(mut targets) = self.route_from(&dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64) else {
+        let Ok(mut targets) =
+            self.route_from(&dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
+        else {
             return;
         };
         targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));

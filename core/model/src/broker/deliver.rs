@@ -209,7 +209,9 @@ impl Broker {
                 // A policy that fails cannot be trusted to have meant a retry: the message
                 // takes the queue's dead-letter path, as when retries run out.
                 // (The host logs and counts the failure.)
-                Retry::Plugin(p) => p.decide(&m.message, attempt, Reason::Rejected).unwrap_or(ExternalDecision::DeadLetter),
+                Retry::Plugin(p) => {
+                    p.decide(&m.message, attempt, Reason::Rejected).unwrap_or(ExternalDecision::DeadLetter)
+                }
             };
             match decision {
                 ExternalDecision::DeadLetter => return self.dead_letter(&u.queue, m, Reason::Rejected),

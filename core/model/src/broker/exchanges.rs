@@ -455,7 +455,10 @@ impl Broker {
                 };
                 dests.clear();
                 for key in &keys {
-                    x.route(RoutingInput { routing_key: key, properties, exchange: name, body_size }, &mut dests);
+                    x.route(
+                        RoutingInput { routing_key: key, properties, exchange: name, body_size },
+                        &mut dests,
+                    );
                 }
                 if dests.is_empty()
                     && let Some(ae) = x.alternate()

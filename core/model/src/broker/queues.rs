@@ -56,7 +56,10 @@ impl Broker {
     /// Creates queue `name` as incarnation `id`: its arguments parsed with policies applied,
     /// its `x-expires` armed. Shared by queue.declare and the restore at start-up.
     pub(super) fn create_queue(&mut self, id: u64, name: &str, spec: QueueSpec) -> Result<&Queue, AmqpError> {
-        let args = QueueArgs::parse(&effective_arguments(&self.policies, name, &spec.arguments), &self.retry_plugins)?;
+        let args = QueueArgs::parse(
+            &effective_arguments(&self.policies, name, &spec.arguments),
+            &self.retry_plugins,
+        )?;
         self.next_queue_id = self.next_queue_id.max(id + 1);
         self.queues.insert(name.to_string(), Queue::new(id, name.to_string(), spec, args, self.now));
         self.arm_queue_expiry(name);

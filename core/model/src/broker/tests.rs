@@ -162,7 +162,10 @@ fn plugin_retry_policies_retry_change_headers_drop_and_fail_to_the_dead_letter_p
     h.b.register_retry_policy(std::sync::Arc::new(Scripted("scripted")));
     h.b.register_retry_policy(std::sync::Arc::new(Scripted("drop")));
     h.declare("dlq", &[]);
-    let dl = [("x-dead-letter-exchange", FieldValue::str("")), ("x-dead-letter-routing-key", FieldValue::str("dlq"))];
+    let dl = [
+        ("x-dead-letter-exchange", FieldValue::str("")),
+        ("x-dead-letter-routing-key", FieldValue::str("dlq")),
+    ];
     h.declare("jobs", &[&dl[..], &[("x-retry-policy", FieldValue::str("scripted"))]].concat());
     h.method(BasicConsume { queue: "jobs".into(), consumer_tag: "w".into(), ..Default::default() });
     let headers: FieldTable = [("x-secret".to_string(), FieldValue::str("s"))].into_iter().collect();
@@ -174,7 +177,9 @@ fn plugin_retry_policies_retry_change_headers_drop_and_fail_to_the_dead_letter_p
     assert!(h.deliveries().is_empty(), "held for the plugin's delay");
     h.advance(1);
     let redelivered = h.sent();
-    let Some(Outgoing::Deliver { message, .. }) = redelivered.first() else { panic!("redelivered: {redelivered:?}") };
+    let Some(Outgoing::Deliver { message, .. }) = redelivered.first() else {
+        panic!("redelivered: {redelivered:?}")
+    };
     let headers = message.properties.headers.clone().unwrap_or_default();
     assert_eq!(headers.get("x-note"), Some(&FieldValue::str("retried")));
     assert_eq!(headers.get("x-retry-count"), Some(&FieldValue::I64(1)));

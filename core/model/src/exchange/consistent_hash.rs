@@ -7,7 +7,7 @@
 
 use warren_codec::{FieldTable, FieldValue};
 
-use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
+use super::{Binding, Destination, ExchangeFactory, ExchangeType, RouteFailed, RoutingInput, stable_hash};
 use crate::error::{AmqpError, precondition};
 
 /// Builds consistent-hash exchanges.

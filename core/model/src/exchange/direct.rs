@@ -2,7 +2,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, remove_one};
+use super::{Binding, Destination, ExchangeFactory, ExchangeType, RouteFailed, RoutingInput, remove_one};
 use crate::error::AmqpError;
 
 /// Builds direct exchanges.

@@ -7,7 +7,7 @@
 
 use warren_codec::{FieldTable, FieldValue};
 
-use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput};
+use super::{Binding, Destination, ExchangeFactory, ExchangeType, RouteFailed, RoutingInput};
 use crate::error::{AmqpError, precondition};
 
 /// Builds headers exchanges.

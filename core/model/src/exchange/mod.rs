@@ -159,7 +159,8 @@ pub(crate) mod test_support {
 
     pub fn route_props(t: &dyn ExchangeType, key: &str, props: &BasicProperties) -> Vec<Destination> {
         let mut out = Vec::new();
-        t.route(RoutingInput { routing_key: key, properties: props, exchange: "x", body_size: 0 }, &mut out).expect("native types route");
+        t.route(RoutingInput { routing_key: key, properties: props, exchange: "x", body_size: 0 }, &mut out)
+            .expect("native types route");
         out.sort();
         out.dedup();
         out

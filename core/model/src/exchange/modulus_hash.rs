@@ -4,7 +4,7 @@
 
 use warren_codec::FieldTable;
 
-use super::{RouteFailed, Binding, Destination, ExchangeFactory, ExchangeType, RoutingInput, stable_hash};
+use super::{Binding, Destination, ExchangeFactory, ExchangeType, RouteFailed, RoutingInput, stable_hash};
 use crate::error::AmqpError;
 
 /// Builds modulus-hash exchanges.

@@ -1,0 +1,162 @@
+//! Loads the plugin components named in the config, registers them with the broker,
+//! reloads them on SIGHUP, and reports their counters on `/metrics`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use warren_core::Broker;
+use warren_plugin_host::{ExchangePlugin, FAILURE_KINDS, PluginStats, RetryPlugin, Runtime};
+
+use crate::config::PluginSettings;
+use crate::server::{SharedRef, lock};
+
+/// The loaded plugins.
+pub struct Plugins {
+    exchanges: Vec<ExchangePlugin>,
+    retries: Vec<Arc<RetryPlugin>>,
+}
+
+impl Plugins {
+    /// Compiles (or loads from the cache in `data_dir`) every configured component and
+    /// registers it with `broker`. Call before storage recovery: recovered exchanges and
+    /// queues need their types and policies. The first component that cannot serve stops
+    /// start-up with an error naming its file.
+    pub fn load(
+        settings: &PluginSettings,
+        data_dir: &Path,
+        broker: &mut Broker,
+    ) -> anyhow::Result<Option<Plugins>> {
+        if settings.exchanges.is_empty() && settings.retries.is_empty() {
+            return Ok(None);
+        }
+        let cache = data_dir.join("plugin-cache");
+        let runtime = Runtime::new(Some(&cache))
+            .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e:#}"))?;
+        let mut plugins = Plugins { exchanges: Vec::new(), retries: Vec::new() };
+        for e in &settings.exchanges {
+            let (kind, path) = (&e.name, &e.component);
+            let started = std::time::Instant::now();
+            let p = ExchangePlugin::load(&runtime, kind, path, e.limits)?;
+            tracing::info!(r#type = %kind, component = %path.display(), ms = started.elapsed().as_millis() as u64, "exchange type plugin loaded");
+            broker.register_exchange_type(kind, Arc::new(p.clone()));
+            plugins.exchanges.push(p);
+        }
+        for e in &settings.retries {
+            let (name, path) = (&e.name, &e.component);
+            let p = Arc::new(RetryPlugin::load(&runtime, name, path, e.config.clone(), e.limits)?);
+            tracing::info!(policy = %name, component = %path.display(), "retry policy plugin loaded");
+            broker.register_retry_policy(p.clone());
+            plugins.retries.push(p);
+        }
+        Ok(Some(plugins))
+    }
+
+    /// Reads every component file again and swaps in the ones that load; a component that
+    /// fails keeps its predecessor. Connections stay up: exchanges rebuild their instances
+    /// from their bindings on their next call, and cached routes of reloaded types are
+    /// dropped.
+    pub fn reload(&self, shared: &SharedRef) {
+        for p in &self.exchanges {
+            match p.reload() {
+                Ok(()) => {
+                    lock(shared).broker.exchange_type_reloaded(p.type_name());
+                    tracing::info!(r#type = %p.type_name(), component = %p.path().display(), "exchange type plugin reloaded");
+                }
+                Err(e) => tracing::error!("exchange type plugin not reloaded, the previous one stays: {e}"),
+            }
+        }
+        for p in &self.retries {
+            match p.reload() {
+                Ok(()) => tracing::info!(component = %p.path().display(), "retry policy plugin reloaded"),
+                Err(e) => tracing::error!("retry policy plugin not reloaded, the previous one stays: {e}"),
+            }
+        }
+    }
+
+    fn stats(&self) -> Vec<(&'static str, String, Arc<PluginStats>)> {
+        let x = self.exchanges.iter().map(|p| ("exchange", p.type_name().to_string(), p.stats()));
+        let r = self.retries.iter().map(|p| {
+            use warren_core::retry::ExternalRetry;
+            ("retry", p.name().to_string(), p.stats())
+        });
+        x.chain(r).collect()
+    }
+
+    /// A collector for `/metrics`.
+    pub fn collector(self: &Arc<Self>) -> PluginCollector {
+        PluginCollector { plugins: self.clone(), descs: PluginFamilies::new().descs() }
+    }
+}
+
+/// `warren_plugin_*` series, read from the plugins' counters at scrape time.
+pub struct PluginCollector {
+    plugins: Arc<Plugins>,
+    descs: Vec<Desc>,
+}
+
+struct PluginFamilies {
+    calls: IntCounterVec,
+    traps: IntCounterVec,
+    instances: IntGaugeVec,
+    rebuilds: IntCounterVec,
+    reloads: IntCounterVec,
+}
+
+impl PluginFamilies {
+    fn new() -> Self {
+        let labels = &["plugin", "kind"];
+        let c = |n: &str, h: &str, l: &[&str]| {
+            IntCounterVec::new(Opts::new(n, h), l).unwrap_or_else(|e| panic!("metric {n}: {e}"))
+        };
+        PluginFamilies {
+            calls: c("warren_plugin_calls_total", "Calls into the plugin.", labels),
+            traps: c(
+                "warren_plugin_traps_total",
+                "Calls that failed: reason is trap, timeout (deadline) or memory (cap).",
+                &["plugin", "kind", "reason"],
+            ),
+            instances: IntGaugeVec::new(
+                Opts::new("warren_plugin_instances", "Live instances of the plugin."),
+                labels,
+            )
+            .unwrap_or_else(|e| panic!("metric warren_plugin_instances: {e}")),
+            rebuilds: c(
+                "warren_plugin_rebuilds_total",
+                "Instances rebuilt after a failure or a reload.",
+                labels,
+            ),
+            reloads: c("warren_plugin_reloads_total", "Components swapped in by a reload.", labels),
+        }
+    }
+
+    fn descs(&self) -> Vec<Desc> {
+        let all: [&dyn Collector; 5] =
+            [&self.calls, &self.traps, &self.instances, &self.rebuilds, &self.reloads];
+        all.iter().flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>()).collect()
+    }
+}
+
+impl Collector for PluginCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = PluginFamilies::new();
+        for (kind, name, s) in self.plugins.stats() {
+            let l = [name.as_str(), kind];
+            f.calls.with_label_values(&l).inc_by(s.calls());
+            for reason in FAILURE_KINDS {
+                f.traps.with_label_values(&[name.as_str(), kind, reason]).inc_by(s.failures(reason));
+            }
+            f.instances.with_label_values(&l).set(i64::try_from(s.instances()).unwrap_or(i64::MAX));
+            f.rebuilds.with_label_values(&l).inc_by(s.rebuilds());
+            f.reloads.with_label_values(&l).inc_by(s.reloads());
+        }
+        let all: [&dyn Collector; 5] = [&f.calls, &f.traps, &f.instances, &f.rebuilds, &f.reloads];
+        all.iter().flat_map(|c| c.collect()).collect()
+    }
+}
