@@ -26,6 +26,22 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 ok
 
+step "plugins/: guest components for wasm32-wasip2 (fmt, clippy, release build)"
+# plugins/target is where configs and tests find the components; on CI it points into the
+# cache beside the host's target dir, so the guests are not rebuilt from cold each run.
+if [ ! -e plugins/target ]; then
+    mkdir -p "$HOME/.cache/warren/plugins-target"
+    ln -s "$HOME/.cache/warren/plugins-target" plugins/target
+fi
+(
+    cd plugins
+    export CARGO_TARGET_DIR="$PWD/target"
+    cargo fmt --all -- --check
+    cargo clippy -q --release --all-targets -- -D warnings
+    cargo build -q --release
+)
+ok
+
 step "warren-core stays free of I/O crates and builds for wasm32-wasip2"
 if cargo tree -p warren-core -e normal --prefix none | grep -E '^(tokio|quinn|openraft|wasmtime|prometheus|mio) '; then
     echo "warren-core depends on an I/O crate" >&2

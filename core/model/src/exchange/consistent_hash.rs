@@ -104,6 +104,10 @@ impl ConsistentHash {
 }
 
 impl ExchangeType for ConsistentHash {
+    fn routes_on_key_only(&self) -> bool {
+        self.source == Source::RoutingKey
+    }
+
     fn validate_binding(&self, key: &str, _arguments: &FieldTable) -> Result<(), AmqpError> {
         match weight(key) {
             Some(_) => Ok(()),

@@ -22,6 +22,10 @@ pub struct Direct {
 }
 
 impl ExchangeType for Direct {
+    fn routes_on_key_only(&self) -> bool {
+        true
+    }
+
     fn add_binding(&mut self, b: &Binding) {
         self.by_key.entry(b.key.clone()).or_default().push(b.destination.clone());
     }

@@ -24,6 +24,10 @@ pub struct ModulusHash {
 }
 
 impl ExchangeType for ModulusHash {
+    fn routes_on_key_only(&self) -> bool {
+        true
+    }
+
     fn add_binding(&mut self, b: &Binding) {
         self.bindings.push(b.clone());
     }
