@@ -42,3 +42,28 @@ pub fn build() -> PathBuf {
 pub fn component(name: &str) -> PathBuf {
     build().join(format!("{}.wasm", name.replace('-', "_")))
 }
+
+/// The path of a Python or JavaScript example (`exchange_prefix_py`, ...), built by
+/// `plugins/build-languages.sh` if needed (which installs componentize-py and
+/// componentize-js on first use).
+pub fn language_component(file_stem: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let dir = workspace();
+        let out = Command::new("bash").arg(dir.join("build-languages.sh")).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "plugins/build-languages.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir.join("target/lang")
+    });
+    dir.join(format!("{file_stem}.wasm"))
+}
+
+/// A compiled-component cache that outlives one test run (under `plugins/target`), so the
+/// large Python and JavaScript components are compiled once per machine, not per run.
+pub fn cache_dir() -> PathBuf {
+    workspace().join("target/compiled")
+}
