@@ -39,6 +39,9 @@ fi
     cargo fmt --all -- --check
     cargo clippy -q --release --all-targets -- -D warnings
     cargo build -q --release
+    # The Python and JavaScript examples: installs componentize-py (PyPI) and
+    # componentize-js (npm) when missing, then builds what changed.
+    bash build-languages.sh
 )
 ok
 

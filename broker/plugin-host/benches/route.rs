@@ -22,7 +22,7 @@ const KEYS: usize = 1000;
 fn binding(kind: &str, i: usize) -> (String, FieldTable) {
     match kind {
         "topic" => (
-            if i % 10 == 0 { format!("k.*.{}", i % 7) } else { format!("k.{i}.{}", i % 7) },
+            if i.is_multiple_of(10) { format!("k.*.{}", i % 7) } else { format!("k.{i}.{}", i % 7) },
             FieldTable::new(),
         ),
         "headers" => {

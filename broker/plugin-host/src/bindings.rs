@@ -20,3 +20,25 @@ pub(crate) mod retry_world {
         },
     });
 }
+
+impl crate::instance::World for ExchangePluginPre<crate::state::HostState> {
+    type Exports = ExchangePlugin;
+
+    fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<crate::state::HostState>,
+    ) -> wasmtime::Result<ExchangePlugin> {
+        ExchangePluginPre::instantiate(self, store)
+    }
+}
+
+impl crate::instance::World for retry_world::RetryPluginPre<crate::state::HostState> {
+    type Exports = retry_world::RetryPlugin;
+
+    fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<crate::state::HostState>,
+    ) -> wasmtime::Result<retry_world::RetryPlugin> {
+        retry_world::RetryPluginPre::instantiate(self, store)
+    }
+}

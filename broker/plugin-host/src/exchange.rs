@@ -21,7 +21,7 @@ use wasmtime::component::ResourceAny;
 use crate::bindings::warren::plugin::types as wit;
 use crate::bindings::{ExchangePlugin as Exports, ExchangePluginPre};
 use crate::failure::Failure;
-use crate::instance::{Plugin, call};
+use crate::instance::{BuildError, Live, Plugin};
 use crate::state::HostState;
 use crate::{Limits, LoadError, PluginStats, Runtime, convert};
 
@@ -85,10 +85,11 @@ impl ExchangePlugin {
 impl ExchangeFactory for ExchangePlugin {
     fn create(&self, arguments: &FieldTable) -> Result<Box<dyn ExchangeType>, AmqpError> {
         let arguments = convert::fields(arguments);
-        let live = build(&self.plugin, &arguments, &[]).map_err(|e| e.refusal(&self.plugin, "declare"))?;
+        let (live, key_only) =
+            build(&self.plugin, &arguments, &[]).map_err(|e| refusal(e, &self.plugin, "declare"))?;
         Ok(Box::new(PluginExchange {
             plugin: self.plugin.clone(),
-            key_only: Cell::new(live.key_only),
+            key_only: Cell::new(key_only),
             live: RefCell::new(Some(live)),
             arguments,
             bindings: Vec::new(),
@@ -104,7 +105,7 @@ pub struct PluginExchange {
     bindings: Vec<Binding>,
     key_only: Cell<bool>,
     /// The instance; `None` after a failure until the next call rebuilds it.
-    live: RefCell<Option<Live>>,
+    live: RefCell<Option<Live<Exports>>>,
 }
 
 impl fmt::Debug for PluginExchange {
@@ -116,90 +117,39 @@ impl fmt::Debug for PluginExchange {
     }
 }
 
-/// A running instance and its router resource.
-struct Live {
-    store: Store<HostState>,
-    exports: Exports,
-    router: ResourceAny,
-    generation: u64,
-    key_only: bool,
-    stats: Arc<PluginStats>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.stats.instance_dropped();
+/// The 406 a client gets when the plugin cannot take a declare or a binding.
+fn refusal(e: BuildError, plugin: &Plugin<Pre>, what: &str) -> AmqpError {
+    let (name, path) = (&plugin.name, plugin.path.display());
+    match e {
+        BuildError::Cap => precondition(format!(
+            "exchange type '{name}' (plugin {path}) is at its cap of {} instances",
+            plugin.limits.max_instances
+        )),
+        BuildError::Refused(why) => precondition(format!("exchange type '{name}' refused the {what}: {why}")),
+        BuildError::Failed(f) => precondition(format!("exchange type '{name}' (plugin {path}) {f}")),
     }
 }
 
-/// Why an instance could not be built.
-enum BuildError {
-    Cap,
-    Refused(String),
-    Failed(Failure),
-}
-
-impl BuildError {
-    fn refusal(self, plugin: &Plugin<Pre>, what: &str) -> AmqpError {
-        let (name, path) = (&plugin.name, plugin.path.display());
-        match self {
-            BuildError::Cap => precondition(format!(
-                "exchange type '{name}' (plugin {path}) is at its cap of {} instances",
-                plugin.limits.max_instances
-            )),
-            BuildError::Refused(why) => {
-                precondition(format!("exchange type '{name}' refused the {what}: {why}"))
-            }
-            BuildError::Failed(f) => precondition(format!("exchange type '{name}' (plugin {path}) {f}")),
-        }
-    }
-}
-
-/// Instantiates the current component, creates the router and adds `bindings`.
+/// Instantiates the current component, creates the router, adds `bindings`, and asks
+/// whether it routes on the key alone.
 // The generated bindings take a `&Vec`.
 #[allow(clippy::ptr_arg)]
 fn build(
     plugin: &Plugin<Pre>,
     arguments: &Vec<wit::Field>,
     bindings: &[Binding],
-) -> Result<Live, BuildError> {
-    let loaded = plugin.current();
-    let mut store = plugin.store().ok_or(BuildError::Cap)?;
-    let (limits, stats) = (&plugin.limits, &*plugin.stats);
-    let exports =
-        call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
-    let router = call(&mut store, limits, stats, |s| {
-        exports.warren_plugin_exchange().router().call_create(s, arguments)
-    })
-    .map_err(BuildError::Failed)?
-    .map_err(BuildError::Refused)?;
-    stats.instance_added();
-    let mut live = Live {
-        store,
-        exports,
-        router,
-        generation: loaded.generation,
-        key_only: false,
-        stats: plugin.stats.clone(),
-    };
+) -> Result<(Live<Exports>, bool), BuildError> {
+    let mut live =
+        plugin.instantiate(|s, x| x.warren_plugin_exchange().router().call_create(s, arguments))?;
     for b in bindings {
-        live.add(limits, &convert::binding(b)).map_err(BuildError::Failed)?;
+        let b = convert::binding(b);
+        live.call(&plugin.limits, |s, x, r| x.warren_plugin_exchange().router().call_add_binding(s, r, &b))
+            .map_err(BuildError::Failed)?;
     }
-    let (exports, router) = (&live.exports, live.router);
-    live.key_only = call(&mut live.store, limits, stats, |s| {
-        exports.warren_plugin_exchange().router().call_routes_on_key_only(s, router)
-    })
-    .map_err(BuildError::Failed)?;
-    Ok(live)
-}
-
-impl Live {
-    fn add(&mut self, limits: &Limits, b: &wit::Binding) -> Result<(), Failure> {
-        let (exports, router) = (&self.exports, self.router);
-        call(&mut self.store, limits, &self.stats, |s| {
-            exports.warren_plugin_exchange().router().call_add_binding(s, router, b)
-        })
-    }
+    let key_only = live
+        .call(&plugin.limits, |s, x, r| x.warren_plugin_exchange().router().call_routes_on_key_only(s, r))
+        .map_err(BuildError::Failed)?;
+    Ok((live, key_only))
 }
 
 impl PluginExchange {
@@ -209,50 +159,18 @@ impl PluginExchange {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &Exports, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        let mut slot = self.live.borrow_mut();
-        let generation = self.plugin.current().generation;
-        if slot.as_ref().is_none_or(|l| l.generation != generation) {
-            *slot = None;
-            match build(&self.plugin, &self.arguments, &self.bindings) {
-                Ok(live) => {
-                    self.plugin.stats.rebuilt();
-                    self.key_only.set(live.key_only);
-                    *slot = Some(live);
-                }
-                Err(e) => {
-                    let failure = match e {
-                        BuildError::Failed(f) => f,
-                        BuildError::Cap => Failure::Trap("instance cap reached".into()),
-                        BuildError::Refused(why) => {
-                            Failure::Trap(format!("the plugin refused its arguments: {why}"))
-                        }
-                    };
-                    tracing::warn!(plugin = %self.plugin.name, "cannot rebuild an exchange instance: {failure}");
-                    return Err(failure);
-                }
-            }
-        }
-        let Some(live) = slot.as_mut() else {
-            return Err(Failure::Trap("no instance".into()));
+        let rebuild = || {
+            let (live, key_only) = build(&self.plugin, &self.arguments, &self.bindings)?;
+            self.key_only.set(key_only);
+            Ok(live)
         };
-        let (exports, router) = (&live.exports, live.router);
-        let result =
-            call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| f(s, exports, router));
-        if let Err(failure) = &result {
-            tracing::warn!(
-                plugin = %self.plugin.name, path = %self.plugin.path.display(),
-                "exchange plugin {failure}; its instance is discarded and will be rebuilt"
-            );
-            *slot = None;
-        }
-        result
+        self.plugin.with_live("exchange", &mut self.live.borrow_mut(), rebuild, f)
     }
 
     /// Whether an instance of the current component is running (changes apply to it
     /// directly; otherwise the next build replays them).
     fn is_live(&self) -> bool {
-        let generation = self.plugin.current().generation;
-        self.live.borrow().as_ref().is_some_and(|l| l.generation == generation)
+        self.plugin.is_current(&self.live.borrow())
     }
 }
 
@@ -268,7 +186,7 @@ impl ExchangeType for PluginExchange {
             Ok(Err(why)) => {
                 Err(precondition(format!("exchange type '{}' refused the binding: {why}", self.plugin.name)))
             }
-            Err(f) => Err(BuildError::Failed(f).refusal(&self.plugin, "binding")),
+            Err(f) => Err(refusal(BuildError::Failed(f), &self.plugin, "binding")),
         }
     }
 

@@ -1,11 +1,12 @@
 //! What every plugin kind shares: loading a component against a world, swapping it on
 //! reload, and running calls on an instance under the plugin's limits.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, ResourceAny};
 
 use crate::failure::Failure;
 use crate::state::HostState;
@@ -147,4 +148,125 @@ pub(crate) fn call<R>(
     };
     stats.failed(&failure);
     Err(failure)
+}
+
+/// A world's generated `…Pre`: what instantiating it yields.
+pub(crate) trait World {
+    /// The world's exports.
+    type Exports;
+    /// Instantiates the component in `store`.
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Self::Exports>;
+}
+
+/// Why an instance could not be built.
+pub(crate) enum BuildError {
+    /// The plugin has its most instances.
+    Cap,
+    /// The plugin's constructor returned an error.
+    Refused(String),
+    /// Instantiating or constructing failed.
+    Failed(Failure),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Cap => f.write_str("is at its instance cap"),
+            BuildError::Refused(why) => write!(f, "refused: {why}"),
+            BuildError::Failed(failure) => write!(f, "{failure}"),
+        }
+    }
+}
+
+/// A running instance and the one resource the broker uses in it (a router, a policy).
+pub(crate) struct Live<E> {
+    store: Store<HostState>,
+    exports: E,
+    resource: ResourceAny,
+    /// The component generation it was built from.
+    generation: u64,
+    stats: Arc<PluginStats>,
+}
+
+impl<E> Drop for Live<E> {
+    fn drop(&mut self) {
+        self.stats.instance_dropped();
+    }
+}
+
+impl<E> Live<E> {
+    /// Calls into the instance's resource under `limits`.
+    pub(crate) fn call<R>(
+        &mut self,
+        limits: &Limits,
+        f: impl FnOnce(&mut Store<HostState>, &E, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let (exports, resource) = (&self.exports, self.resource);
+        call(&mut self.store, limits, &self.stats, |s| f(s, exports, resource))
+    }
+}
+
+impl<P: World> Plugin<P> {
+    /// A new instance of the current component, its resource made by `create`.
+    pub(crate) fn instantiate(
+        &self,
+        create: impl FnOnce(&mut Store<HostState>, &P::Exports) -> wasmtime::Result<Result<ResourceAny, String>>,
+    ) -> Result<Live<P::Exports>, BuildError> {
+        let loaded = self.current();
+        let mut store = self.store().ok_or(BuildError::Cap)?;
+        let (limits, stats) = (&self.limits, &*self.stats);
+        let exports =
+            call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
+        let resource = call(&mut store, limits, stats, |s| create(s, &exports))
+            .map_err(BuildError::Failed)?
+            .map_err(BuildError::Refused)?;
+        stats.instance_added();
+        Ok(Live { store, exports, resource, generation: loaded.generation, stats: self.stats.clone() })
+    }
+
+    /// Whether `slot` holds an instance of the current component.
+    pub(crate) fn is_current(&self, slot: &Option<Live<P::Exports>>) -> bool {
+        let generation = self.current().generation;
+        slot.as_ref().is_some_and(|l| l.generation == generation)
+    }
+
+    /// Runs `f` on the instance in `slot`, first building one with `build` if the slot is
+    /// empty or holds an instance of an older component. A failure empties the slot, so the
+    /// next call rebuilds; `what` names the plugin kind in the log.
+    pub(crate) fn with_live<R>(
+        &self,
+        what: &str,
+        slot: &mut Option<Live<P::Exports>>,
+        build: impl FnOnce() -> Result<Live<P::Exports>, BuildError>,
+        f: impl FnOnce(&mut Store<HostState>, &P::Exports, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        if !self.is_current(slot) {
+            *slot = None;
+            match build() {
+                Ok(live) => {
+                    self.stats.rebuilt();
+                    *slot = Some(live);
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %self.name, "cannot rebuild the {what} instance: {e}");
+                    return Err(match e {
+                        BuildError::Failed(f) => f,
+                        other => Failure::Trap(other.to_string()),
+                    });
+                }
+            }
+        }
+        let Some(live) = slot.as_mut() else {
+            return Err(Failure::Trap("no instance".into()));
+        };
+        let result = live.call(&self.limits, f);
+        if let Err(failure) = &result {
+            tracing::warn!(
+                plugin = %self.name, path = %self.path.display(),
+                "{what} plugin {failure}; its instance is discarded and will be rebuilt"
+            );
+            *slot = None;
+        }
+        result
+    }
 }

@@ -10,13 +10,10 @@ use std::sync::{Arc, Mutex};
 use warren_core::deadletter::Reason;
 use warren_core::message::Message;
 use warren_core::retry::{ExternalDecision, ExternalRetry};
-use wasmtime::Store;
-use wasmtime::component::ResourceAny;
 
 use crate::bindings::retry_world::exports::warren::plugin::retry_policy as wit;
 use crate::bindings::retry_world::{RetryPlugin as Exports, RetryPluginPre};
-use crate::failure::Failure;
-use crate::instance::{Plugin, call};
+use crate::instance::{BuildError, Live, Plugin};
 use crate::state::HostState;
 use crate::{Limits, LoadError, PluginStats, Runtime, convert};
 
@@ -26,7 +23,7 @@ type Pre = RetryPluginPre<HostState>;
 pub struct RetryPlugin {
     plugin: Plugin<Pre>,
     config: Vec<(String, String)>,
-    live: Mutex<Option<Live>>,
+    live: Mutex<Option<Live<Exports>>>,
 }
 
 impl fmt::Debug for RetryPlugin {
@@ -35,37 +32,6 @@ impl fmt::Debug for RetryPlugin {
             .field("name", &self.plugin.name)
             .field("path", &self.plugin.path)
             .finish_non_exhaustive()
-    }
-}
-
-struct Live {
-    store: Store<HostState>,
-    exports: Exports,
-    policy: ResourceAny,
-    generation: u64,
-    stats: Arc<PluginStats>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.stats.instance_dropped();
-    }
-}
-
-/// Why an instance could not be built: the plugin refused its config, or failed.
-enum BuildError {
-    Cap,
-    Refused(String),
-    Failed(Failure),
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BuildError::Cap => f.write_str("is at its instance cap"),
-            BuildError::Refused(why) => write!(f, "refused its config: {why}"),
-            BuildError::Failed(failure) => write!(f, "{failure}"),
-        }
     }
 }
 
@@ -117,19 +83,8 @@ impl RetryPlugin {
 }
 
 #[allow(clippy::ptr_arg)] // the generated bindings take a `&Vec`
-fn build(plugin: &Plugin<Pre>, config: &Vec<(String, String)>) -> Result<Live, BuildError> {
-    let loaded = plugin.current();
-    let mut store = plugin.store().ok_or(BuildError::Cap)?;
-    let (limits, stats) = (&plugin.limits, &*plugin.stats);
-    let exports =
-        call(&mut store, limits, stats, |s| loaded.pre.instantiate(s)).map_err(BuildError::Failed)?;
-    let policy = call(&mut store, limits, stats, |s| {
-        exports.warren_plugin_retry_policy().policy().call_create(s, config)
-    })
-    .map_err(BuildError::Failed)?
-    .map_err(BuildError::Refused)?;
-    stats.instance_added();
-    Ok(Live { store, exports, policy, generation: loaded.generation, stats: plugin.stats.clone() })
+fn build(plugin: &Plugin<Pre>, config: &Vec<(String, String)>) -> Result<Live<Exports>, BuildError> {
+    plugin.instantiate(|s, x| x.warren_plugin_retry_policy().policy().call_create(s, config))
 }
 
 fn reason(why: Reason) -> wit::Reason {
@@ -147,41 +102,22 @@ impl ExternalRetry for RetryPlugin {
     }
 
     fn decide(&self, message: &Message, attempt: u32, why: Reason) -> Result<ExternalDecision, String> {
-        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = self.plugin.current().generation;
-        if slot.as_ref().is_none_or(|l| l.generation != generation) {
-            *slot = None;
-            let live = build(&self.plugin, &self.config).map_err(|e| {
-                tracing::warn!(plugin = %self.plugin.name, "cannot rebuild the retry policy: {e}");
-                e.to_string()
-            })?;
-            self.plugin.stats.rebuilt();
-            *slot = Some(live);
-        }
-        let Some(live) = slot.as_mut() else {
-            return Err("no instance".into());
-        };
         let m = convert::message(
             &message.exchange,
             &message.routing_key,
             &message.properties,
             message.body.len() as u64,
         );
-        let (exports, policy) = (&live.exports, live.policy);
-        let decided = call(&mut live.store, &self.plugin.limits, &self.plugin.stats, |s| {
-            exports.warren_plugin_retry_policy().policy().call_decide(s, policy, &m, attempt, reason(why))
-        });
-        let decision = match decided {
-            Ok(d) => d,
-            Err(failure) => {
-                tracing::warn!(
-                    plugin = %self.plugin.name, path = %self.plugin.path.display(),
-                    "retry policy {failure}; the message is dead-lettered and the instance rebuilt"
-                );
-                *slot = None;
-                return Err(failure.to_string());
-            }
-        };
+        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let decision = self
+            .plugin
+            .with_live(
+                "retry policy",
+                &mut slot,
+                || build(&self.plugin, &self.config),
+                |s, x, p| x.warren_plugin_retry_policy().policy().call_decide(s, p, &m, attempt, reason(why)),
+            )
+            .map_err(|f| f.to_string())?;
         Ok(match decision {
             wit::Decision::Retry(r) => ExternalDecision::Retry {
                 delay_ms: r.delay_ms,

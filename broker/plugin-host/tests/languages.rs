@@ -68,8 +68,8 @@ fn javascript_header_exists_exchange_routes_and_refuses() {
     assert!(!x.routes_on_key_only());
     bind(&mut *x, "traced", "trace-id");
     bind(&mut *x, "tenant", "tenant");
-    let mut props = BasicProperties::default();
-    props.headers = Some([("trace-id".to_string(), FieldValue::str("abc"))].into_iter().collect());
+    let headers = [("trace-id".to_string(), FieldValue::str("abc"))].into_iter().collect();
+    let props = BasicProperties { headers: Some(headers), ..BasicProperties::default() };
     assert_eq!(route(&*x, "any", &props), Ok(vec![q("traced")]));
     assert_eq!(route(&*x, "any", &BasicProperties::default()), Ok(vec![]));
     let err = x.validate_binding("", &FieldTable::new()).expect_err("refused");
