@@ -310,6 +310,70 @@ async fn a_plugin_retry_policy_backs_off_then_dead_letters() {
     );
 }
 
+/// Python and JavaScript components inside the broker, where plugin calls run on Tokio's
+/// worker threads. Their compiled code comes from the cache the host tests share, linked in
+/// as the data dir's plugin cache, so the 12–18 MB components compile once per machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_exchange_types_route_for_a_real_client() {
+    let limits = warren_plugin_host::Limits { memory_bytes: 128 << 20, ..Default::default() };
+    let entry = |name: &str, file: &str| warren::config::PluginEntry {
+        name: name.into(),
+        component: guests::language_component(file),
+        config: Vec::new(),
+        limits,
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = guests::cache_dir();
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    std::os::unix::fs::symlink(&cache, data.path().join("plugin-cache")).expect("link the cache");
+    let b = TestBroker::start_with(|s| {
+        s.data_dir = data.path().to_path_buf();
+        s.plugins.exchanges.push(entry("x-prefix", "exchange_prefix_py"));
+        s.plugins.exchanges.push(entry("x-header-exists", "exchange_header_exists_js"));
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    for (x, kind, queue, key) in
+        [("by-prefix", "x-prefix", "eu", "eu."), ("by-header", "x-header-exists", "traced", "trace-id")]
+    {
+        ch.exchange_declare(
+            x.into(),
+            ExchangeKind::Custom(kind.into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .expect("queue");
+        ch.queue_bind(queue.into(), x.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .expect("bind");
+    }
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let one = |s: &str| vec![s.to_string()];
+    publish_confirmed(&ch, "by-prefix", "eu.fr.paris", &one("p1"), BasicProperties::default()).await;
+    publish_confirmed(&ch, "by-prefix", "us.ny", &one("p2"), BasicProperties::default()).await;
+    let traced = BasicProperties::default().with_headers(table(&[("trace-id", s("abc"))]));
+    publish_confirmed(&ch, "by-header", "any", &one("h1"), traced).await;
+    publish_confirmed(&ch, "by-header", "any", &one("h2"), BasicProperties::default()).await;
+    assert_eq!(b.counts("eu").map(|c| c.0), Some(1), "Python routed eu.fr.paris and only it");
+    assert_eq!(b.counts("traced").map(|c| c.0), Some(1), "JavaScript routed the traced message and only it");
+
+    // An exception in the Python guest costs that one route, inside the broker too.
+    let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let c = ch
+        .basic_publish("by-prefix".into(), "raise".into(), mandatory, b"x", BasicProperties::default())
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(matches!(c, Confirmation::Ack(Some(_))), "returned as unroutable: {c:?}");
+    publish_confirmed(&ch, "by-prefix", "eu.de", &one("p3"), BasicProperties::default()).await;
+    assert_eq!(b.counts("eu").map(|c| c.0), Some(2), "the rebuilt instance routes again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn components_that_cannot_serve_stop_the_start_with_the_file_named() {
     let dir = tempfile::tempdir().expect("tempdir");
