@@ -110,7 +110,7 @@ fn prepare<P>(
     let mut linker = Linker::new(&runtime.engine);
     // Guests built with WASI toolchains import it even when they never call it; they get a
     // context with no files, no network, no environment and no arguments.
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wrong)?;
+    crate::wasi::link(&mut linker).map_err(wrong)?;
     link(&mut linker).map_err(wrong)?;
     let pre = linker.instantiate_pre(&component).map_err(wrong)?;
     check(pre).map_err(wrong)
@@ -119,9 +119,9 @@ fn prepare<P>(
 /// Runs one call under the plugin's deadline, telling a failure's kind apart.
 ///
 /// A panic in a host function is caught here and counted as a trap (the caller discards
-/// the instance). The one known source: wasmtime-wasi's blocking stdio calls (a guest
-/// writing to stdout or stderr, as Rust's panic message does) cannot run on a Tokio worker
-/// thread, where the broker calls plugins. Plugins log through `warren:plugin/host`.
+/// the instance). The known source: wasmtime-wasi calls that block on a Tokio runtime
+/// (`wasi:io/poll`, so a guest that sleeps), which panic on the Tokio worker threads the
+/// broker calls plugins from. Streams are made synchronous in `wasi.rs`.
 pub(crate) fn call<R>(
     store: &mut Store<HostState>,
     limits: &Limits,

@@ -18,6 +18,7 @@ pub mod retry;
 mod runtime;
 mod state;
 mod stats;
+mod wasi;
 
 pub use exchange::ExchangePlugin;
 pub use failure::Failure;

@@ -17,12 +17,21 @@ pub(crate) struct HostState {
 
 impl HostState {
     pub(crate) fn new(plugin: &str, memory_bytes: usize) -> Self {
+        let name: std::sync::Arc<str> = plugin.into();
+        let log = |stream| crate::wasi::LogOutput { plugin: name.clone(), stream };
         HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stdout(log("stdout")).stderr(log("stderr")).build(),
             table: ResourceTable::new(),
             limiter: Limiter { memory_bytes, hit: false },
             plugin: plugin.to_string(),
         }
+    }
+}
+
+impl HostState {
+    /// The resource table WASI's streams live in.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

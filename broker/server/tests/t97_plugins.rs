@@ -372,6 +372,21 @@ async fn python_and_javascript_exchange_types_route_for_a_real_client() {
     assert!(matches!(c, Confirmation::Ack(Some(_))), "returned as unroutable: {c:?}");
     publish_confirmed(&ch, "by-prefix", "eu.de", &one("p3"), BasicProperties::default()).await;
     assert_eq!(b.counts("eu").map(|c| c.0), Some(2), "the rebuilt instance routes again");
+
+    // Printing is not failing: a plugin's stdout goes to the broker's log.
+    ch.queue_bind(
+        "eu".into(),
+        "by-prefix".into(),
+        "print.".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    publish_confirmed(&ch, "by-prefix", "print.me", &one("p4"), BasicProperties::default()).await;
+    assert_eq!(b.counts("eu").map(|c| c.0), Some(3), "routed while printing");
+    let traps = "warren_plugin_traps_total{kind=\"exchange\",plugin=\"x-prefix\",reason=\"trap\"}";
+    assert_eq!(metric(&b, traps).await, 1, "only the exception trapped");
 }
 
 #[tokio::test(flavor = "multi_thread")]

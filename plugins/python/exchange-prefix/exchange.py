@@ -37,4 +37,7 @@ class Router(exchange.Router):
         if message.routing_key == "raise":
             # An uncaught exception traps: the host counts it and rebuilds the instance.
             raise RuntimeError("asked to fail")
+        if message.routing_key.startswith("print."):
+            # stdout and stderr become broker log lines tagged with the plugin.
+            print("routing", message.routing_key)
         return [b.destination for b in self.bindings if message.routing_key.startswith(b.key)]
