@@ -142,7 +142,7 @@ pub(crate) fn call<R>(
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown");
             Failure::Trap(format!(
-                "a host function panicked during the call (did the plugin write to stdout or stderr?): {why}"
+                "a host function panicked during the call (did the plugin wait on wasi:io/poll?): {why}"
             ))
         }
     };
