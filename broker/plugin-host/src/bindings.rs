@@ -21,6 +21,30 @@ pub(crate) mod retry_world {
     });
 }
 
+/// The protocol-adapter world.
+pub(crate) mod adapter_world {
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "adapter-plugin",
+        with: {
+            "warren:plugin/types": super::warren::plugin::types,
+            "warren:plugin/host": super::warren::plugin::host,
+        },
+    });
+}
+
+impl crate::instance::World for adapter_world::AdapterPluginPre<crate::state::HostState> {
+    type Exports = adapter_world::AdapterPlugin;
+
+    fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<crate::state::HostState>,
+    ) -> wasmtime::Result<adapter_world::AdapterPlugin> {
+        adapter_world::AdapterPluginPre::instantiate(self, store)
+    }
+}
+
 impl crate::instance::World for ExchangePluginPre<crate::state::HostState> {
     type Exports = ExchangePlugin;
 

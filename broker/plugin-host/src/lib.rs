@@ -6,6 +6,7 @@
 //! and the instance is discarded and rebuilt: a plugin can fail, the broker cannot. This is
 //! the only crate that depends on wasmtime.
 
+pub mod adapter;
 mod bindings;
 mod cache;
 mod convert;
@@ -20,6 +21,7 @@ mod state;
 mod stats;
 mod wasi;
 
+pub use adapter::AdapterPlugin;
 pub use exchange::ExchangePlugin;
 pub use failure::Failure;
 pub use retry::RetryPlugin;

@@ -20,20 +20,22 @@
 //! warren_plugin_sdk::export_exchange!(Everyone);
 //! ```
 
+#[cfg(feature = "adapter")]
+pub mod adapter;
 #[cfg(feature = "exchange")]
 pub mod exchange;
 #[cfg(feature = "retry")]
 pub mod retry;
 
 /// Writes a line to the broker's log, tagged with the plugin's name.
-#[cfg(any(feature = "exchange", feature = "retry"))]
+#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
 pub fn log(level: Level, message: &str) {
     bindings::host::log(level, message)
 }
 
 /// Sends panic messages to the broker's log instead of stderr: a plugin has no stderr, and
 /// the broker should say why an instance trapped.
-#[cfg(any(feature = "exchange", feature = "retry"))]
+#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
 #[doc(hidden)]
 pub fn route_panics_to_the_log() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -43,14 +45,16 @@ pub fn route_panics_to_the_log() {
 }
 
 /// Milliseconds since the Unix epoch, from the broker's clock.
-#[cfg(any(feature = "exchange", feature = "retry"))]
+#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
 pub fn now_ms() -> u64 {
     bindings::host::now_ms()
 }
 
-#[cfg(any(feature = "exchange", feature = "retry"))]
+#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
 pub use bindings::host::Level;
 
+#[cfg(all(feature = "adapter", not(any(feature = "exchange", feature = "retry"))))]
+use adapter::bindings::warren::plugin as bindings;
 #[cfg(feature = "exchange")]
 use exchange::bindings::warren::plugin as bindings;
 #[cfg(all(feature = "retry", not(feature = "exchange")))]
