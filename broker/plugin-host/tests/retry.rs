@@ -1,6 +1,5 @@
 //! The retry-exponential component loaded and asked for decisions, and what load refuses.
 
-use warren_codec::BasicProperties;
 use warren_core::deadletter::Reason;
 use warren_core::message::Message;
 use warren_core::retry::{ExternalDecision, ExternalRetry};
@@ -14,7 +13,7 @@ fn message() -> Message {
     Message {
         exchange: String::new(),
         routing_key: "jobs".into(),
-        properties: BasicProperties::default(),
+        properties: Box::default(),
         body: bytes::Bytes::from_static(b"job"),
     }
 }

@@ -238,11 +238,8 @@ async fn content_without_a_method_is_unexpected_frame() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
-    r.send_frame(Frame::Header {
-        channel: 1,
-        header: Box::new(ContentHeader::basic(3, BasicProperties::default())),
-    })
-    .await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) })
+        .await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");
     let mut r = Raw::open(b.addr).await;
@@ -261,11 +258,8 @@ async fn body_longer_than_announced_is_unexpected_frame_and_nothing_is_queued() 
     r.send_method(1, QueueDeclare { queue: "long".into(), ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
     r.send_method(1, BasicPublish { routing_key: "long".into(), ..Default::default() }).await;
-    r.send_frame(Frame::Header {
-        channel: 1,
-        header: Box::new(ContentHeader::basic(3, BasicProperties::default())),
-    })
-    .await;
+    r.send_frame(Frame::Header { channel: 1, header: ContentHeader::basic(3, BasicProperties::default()) })
+        .await;
     r.send_frame(Frame::Body { channel: 1, payload: Bytes::from_static(b"abcdef") }).await;
     let c = r.expect_connection_close().await;
     assert_eq!(c.reply_code, reply_code::UNEXPECTED_FRAME, "{c:?}");

@@ -41,8 +41,8 @@ pub enum Frame {
     Header {
         /// Channel number.
         channel: u16,
-        /// The header (boxed: it is most of a frame's size, and frames move by value).
-        header: Box<ContentHeader>,
+        /// The header (its properties are boxed, so frames stay small as they move).
+        header: ContentHeader,
     },
     /// A content body frame.
     Body {
@@ -226,7 +226,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let payload = frame.slice(..size as usize);
     let frame = match ty {
         TYPE_METHOD => Frame::Method { channel, method: Method::decode(payload)? },
-        TYPE_HEADER => Frame::Header { channel, header: Box::new(ContentHeader::decode(payload)?) },
+        TYPE_HEADER => Frame::Header { channel, header: ContentHeader::decode(payload)? },
         TYPE_BODY => Frame::Body { channel, payload },
         _ => Frame::Heartbeat { channel },
     };

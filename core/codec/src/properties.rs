@@ -49,8 +49,9 @@ pub struct ContentHeader {
     pub class_id: u16,
     /// Total body size across all body frames.
     pub body_size: u64,
-    /// The message's properties.
-    pub properties: BasicProperties,
+    /// The message's properties, boxed: at 296 octets they would be copied at every move
+    /// between decoding a frame and storing the message; boxed they travel as a pointer.
+    pub properties: Box<BasicProperties>,
 }
 
 macro_rules! flag {
@@ -64,7 +65,7 @@ macro_rules! flag {
 impl ContentHeader {
     /// A basic-class header.
     pub fn basic(body_size: u64, properties: BasicProperties) -> Self {
-        ContentHeader { class_id: BASIC_CLASS, body_size, properties }
+        ContentHeader { class_id: BASIC_CLASS, body_size, properties: Box::new(properties) }
     }
 
     /// Appends the payload.
@@ -91,7 +92,7 @@ impl ContentHeader {
         let short = |r: &mut Reader, bit| {
             if has(bit) { r.short_str().map(Some) } else { Ok(None) }
         };
-        let properties = BasicProperties {
+        let properties = Box::new(BasicProperties {
             content_type: short(&mut r, 15)?,
             content_encoding: short(&mut r, 14)?,
             headers: if has(13) { Some(decode_table(&mut r)?) } else { None },
@@ -106,7 +107,7 @@ impl ContentHeader {
             user_id: short(&mut r, 4)?,
             app_id: short(&mut r, 3)?,
             cluster_id: short(&mut r, 2)?,
-        };
+        });
         r.finish()?;
         Ok(ContentHeader { class_id, body_size, properties })
     }

@@ -102,10 +102,8 @@ fn properties() -> impl Strategy<Value = BasicProperties> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u16>(), Method::arbitrary()).prop_map(|(channel, method)| Frame::Method { channel, method }),
-        (any::<u16>(), any::<u64>(), properties()).prop_map(|(channel, size, p)| Frame::Header {
-            channel,
-            header: Box::new(ContentHeader::basic(size, p))
-        }),
+        (any::<u16>(), any::<u64>(), properties())
+            .prop_map(|(channel, size, p)| Frame::Header { channel, header: ContentHeader::basic(size, p) }),
         (any::<u16>(), Bytes::arb()).prop_map(|(channel, payload)| Frame::Body { channel, payload }),
         Just(Frame::Heartbeat { channel: 0 }),
     ]

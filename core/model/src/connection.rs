@@ -116,7 +116,7 @@ enum Phase {
 #[derive(Debug)]
 struct Assembly {
     publish: BasicPublish,
-    header: Box<ContentHeader>,
+    header: ContentHeader,
     parts: Vec<Bytes>,
     received: u64,
 }
@@ -717,7 +717,7 @@ impl Connection {
         now: Instant,
         channel: u16,
         publish: BasicPublish,
-        header: Box<ContentHeader>,
+        header: ContentHeader,
         body: Bytes,
         broker: &mut Broker,
     ) {

@@ -149,7 +149,10 @@ mod tests {
         Message {
             exchange: "orders".into(),
             routing_key: "new".into(),
-            properties: BasicProperties { expiration: expiration.map(str::to_string), ..Default::default() },
+            properties: Box::new(BasicProperties {
+                expiration: expiration.map(str::to_string),
+                ..Default::default()
+            }),
             body: Bytes::from_static(b"x"),
         }
     }

@@ -14,7 +14,7 @@ pub struct Message {
     /// The routing key it was published with.
     pub routing_key: String,
     /// Its properties.
-    pub properties: BasicProperties,
+    pub properties: Box<BasicProperties>,
     /// Its body.
     pub body: Bytes,
 }

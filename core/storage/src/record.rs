@@ -8,7 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use warren_codec::field::{decode_table, encode_table};
 use warren_codec::wire::{Reader, Writer};
-use warren_codec::{CodecError, ContentHeader};
+use warren_codec::{BASIC_CLASS, CodecError, ContentHeader};
 use warren_core::message::Message;
 use warren_core::storage::{BindingRecord, EntryState, ExchangeRecord, MetaOp, QueueId, QueueRecord};
 
@@ -112,7 +112,7 @@ fn message(w: &mut Writer<'_>, m: &Message) {
     w.long_str(m.exchange.as_bytes());
     w.long_str(m.routing_key.as_bytes());
     let mut header = BytesMut::new();
-    ContentHeader::basic(m.body.len() as u64, m.properties.clone()).encode(&mut header);
+    warren_codec::properties::encode_header(&mut header, BASIC_CLASS, m.body.len() as u64, &m.properties);
     w.long_str(&header);
     w.long_str(&m.body);
 }
@@ -397,7 +397,7 @@ mod tests {
                 headers: Some(headers),
                 ..Default::default()
             };
-            let message = Message { exchange: "x".into(), routing_key: key, properties, body: Bytes::from(body) };
+            let message = Message { exchange: "x".into(), routing_key: key, properties: Box::new(properties), body: Bytes::from(body) };
             let mut buf = BytesMut::new();
             frame(&mut buf, |w| put(w, queue, seq, &state, &message));
             let back = decode(unframe(&buf)).expect("decode");

@@ -64,7 +64,11 @@ fn message(body: &[u8]) -> Message {
     Message {
         exchange: "ex".into(),
         routing_key: "rk".into(),
-        properties: BasicProperties { delivery_mode: Some(2), headers: Some(headers), ..Default::default() },
+        properties: Box::new(BasicProperties {
+            delivery_mode: Some(2),
+            headers: Some(headers),
+            ..Default::default()
+        }),
         body: Bytes::copy_from_slice(body),
     }
 }

@@ -32,9 +32,10 @@ impl Broker {
         conn: ConnId,
         ch: u16,
         m: BasicPublish,
-        properties: BasicProperties,
+        properties: impl Into<Box<BasicProperties>>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
+        let properties = properties.into();
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
         if let Some(s) = self.sessions.get_mut(&conn)
             && !s.published
@@ -49,7 +50,7 @@ impl Broker {
         self.check_publish_target(&m.exchange).map_err(on)?;
         message_ttl(&properties).map_err(on)?;
         if let Some(tx) = self.channel(conn, ch).and_then(|c| c.tx.as_mut()) {
-            tx.push(TxOp::Publish { method: m, properties: Box::new(properties), body });
+            tx.push(TxOp::Publish { method: m, properties, body });
             return Ok(());
         }
         self.route_and_deliver(conn, ch, m, properties, body).map(|_| ()).map_err(on)
@@ -62,7 +63,7 @@ impl Broker {
         conn: ConnId,
         ch: u16,
         m: BasicPublish,
-        mut properties: BasicProperties,
+        mut properties: Box<BasicProperties>,
         body: Bytes,
     ) -> Result<bool, AmqpError> {
         // `publish` checked the exchange; a transaction re-checks existence here at commit.

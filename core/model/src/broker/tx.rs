@@ -25,7 +25,7 @@ impl Broker {
         for op in ops {
             match op {
                 TxOp::Publish { method, properties, body } => {
-                    stored |= self.route_and_deliver(conn, ch, method, *properties, body)?
+                    stored |= self.route_and_deliver(conn, ch, method, properties, body)?
                 }
                 TxOp::Settle { tag, multiple, requeue } => {
                     self.settle_now(conn, ch, tag, multiple, requeue)?
