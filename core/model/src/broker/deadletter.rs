@@ -54,13 +54,19 @@ impl Broker {
         let id = q.id;
         let store = has_store && super::persist::must_store(&q.spec, &message);
         let mut entry = QueuedMessage::new(seq, message, expires_at, self.unix_ms);
-        if store && let Err(e) = self.store_entry(id, &mut entry, None) {
-            // Not written, not queued: the publisher's confirm becomes a nack.
-            self.storage_result(Err(e));
-            return Offer::Refused;
-        }
-        let Some(q) = self.queues.get_mut(queue) else {
-            return Offer::Refused;
+        // Only a stored message needs the queue looked up again (the store borrows the broker).
+        let q = if store {
+            if let Err(e) = self.store_entry(id, &mut entry, None) {
+                // Not written, not queued: the publisher's confirm becomes a nack.
+                self.storage_result(Err(e));
+                return Offer::Refused;
+            }
+            let Some(q) = self.queues.get_mut(queue) else {
+                return Offer::Refused;
+            };
+            q
+        } else {
+            q
         };
         q.push(entry);
         // drop-head: the oldest messages make room.
