@@ -63,6 +63,9 @@ impl Broker {
                 continue;
             }
             q.next_consumer = (idx + 1) % n;
+            // Known now, so the loop need not look the queue up again to find it empty (the
+            // common case: each publish dispatches the one message it queued).
+            let drained = q.is_empty();
             count_delivery(&mut self.stats, q, msg.redelivered);
             let key = q.consumers[idx].clone();
             let queue_id = q.id;
@@ -101,6 +104,9 @@ impl Broker {
             // Auto-ack: delivered is done.
             if let Some(m) = settled {
                 self.forget(queue_id, &m);
+            }
+            if drained {
+                return;
             }
         }
     }
