@@ -202,10 +202,8 @@ impl Server {
         let mut tasks = JoinSet::new();
         let storage = self.storage.map(|s| s.start(self.shared.clone()));
         let timers = tokio::spawn(run_timers(self.shared.clone()));
-        let reloads = lock(&self.shared)
-            .plugins
-            .clone()
-            .map(|p| tokio::spawn(reload_on_hangup(p, self.shared.clone())));
+        let plugins = lock(&self.shared).plugins.clone();
+        let reloads = tokio::spawn(reload_on_hangup(plugins, self.shared.clone()));
         let metrics = self.metrics.map(|l| {
             let registry = Arc::new(crate::metrics::registry(self.shared.clone()));
             let app = axum::Router::new().route(
@@ -278,9 +276,7 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         timers.abort();
-        if let Some(r) = reloads {
-            r.abort();
-        }
+        reloads.abort();
         for task in [management, metrics].into_iter().flatten() {
             task.abort();
         }
@@ -305,10 +301,10 @@ impl Server {
     }
 }
 
-/// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
 /// Reloads the plugin components on each SIGHUP. Compiling can take seconds (Python and
-/// JavaScript guests), so it runs off the async workers.
-async fn reload_on_hangup(plugins: Arc<crate::plugins::Plugins>, shared: SharedRef) {
+/// JavaScript guests), so it runs off the async workers. Without plugins a SIGHUP is logged
+/// and ignored: a reload signal must not stop the broker.
+async fn reload_on_hangup(plugins: Option<Arc<crate::plugins::Plugins>>, shared: SharedRef) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -318,14 +314,19 @@ async fn reload_on_hangup(plugins: Arc<crate::plugins::Plugins>, shared: SharedR
         }
     };
     while hup.recv().await.is_some() {
+        let Some(p) = plugins.clone() else {
+            tracing::info!("SIGHUP: no plugins configured, nothing to reload");
+            continue;
+        };
         tracing::info!("SIGHUP: reloading plugin components");
-        let (p, s) = (plugins.clone(), shared.clone());
+        let s = shared.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || p.reload(&s)).await {
             tracing::error!("plugin reload failed: {e}");
         }
     }
 }
 
+/// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
 async fn run_timers(shared: SharedRef) {
     let notify = lock(&shared).timer.clone();
     loop {

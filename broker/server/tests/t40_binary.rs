@@ -71,3 +71,35 @@ fn starts_from_a_config_file_logs_its_address_serves_and_stops_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+#[test]
+fn sighup_without_plugins_is_logged_and_the_broker_serves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = warren()
+        .args(["--amqp-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next = || lines.next().expect("a log line").expect("utf-8");
+    let addr = loop {
+        let line = next();
+        if let Some(at) = line.find("addr=").filter(|_| line.contains("listening for AMQP")) {
+            break line[at + 5..].split_whitespace().next().unwrap_or_default().to_string();
+        }
+    };
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    while !next().contains("nothing to reload") {}
+    assert!(child.try_wait().expect("wait").is_none(), "SIGHUP stopped the broker");
+    std::net::TcpStream::connect(&addr).expect("still accepting connections");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "warren did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
