@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use warren_codec::FieldTable;
 use warren_core::error::{AmqpError, precondition};
@@ -93,6 +94,7 @@ impl ExchangeFactory for ExchangePlugin {
             live: RefCell::new(Some(live)),
             arguments,
             bindings: Vec::new(),
+            rebuild_failed: Cell::new(None),
         }))
     }
 }
@@ -106,7 +108,14 @@ pub struct PluginExchange {
     key_only: Cell<bool>,
     /// The instance; `None` after a failure until the next call rebuilds it.
     live: RefCell<Option<Live<Exports>>>,
+    /// When a rebuild last failed, and for which component generation: a binding the plugin
+    /// traps on would otherwise cost a full rebuild on every publish.
+    rebuild_failed: Cell<Option<(Instant, u64)>>,
 }
+
+/// How long an exchange whose rebuild failed answers "unroutable" before trying again
+/// (a change to its bindings or a reload tries at once).
+const REBUILD_BACKOFF: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for PluginExchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -159,10 +168,24 @@ impl PluginExchange {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &Exports, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        let rebuild = || {
-            let (live, key_only) = build(&self.plugin, &self.arguments, &self.bindings)?;
-            self.key_only.set(key_only);
-            Ok(live)
+        let generation = self.plugin.current().generation;
+        if let Some((at, failed)) = self.rebuild_failed.get()
+            && failed == generation
+            && at.elapsed() < REBUILD_BACKOFF
+            && !self.is_live()
+        {
+            return Err(Failure::Trap("its last rebuild failed; retrying after a pause".into()));
+        }
+        let rebuild = || match build(&self.plugin, &self.arguments, &self.bindings) {
+            Ok((live, key_only)) => {
+                self.key_only.set(key_only);
+                self.rebuild_failed.set(None);
+                Ok(live)
+            }
+            Err(e) => {
+                self.rebuild_failed.set(Some((Instant::now(), generation)));
+                Err(e)
+            }
         };
         self.plugin.with_live("exchange", &mut self.live.borrow_mut(), rebuild, f)
     }
@@ -192,6 +215,7 @@ impl ExchangeType for PluginExchange {
 
     fn add_binding(&mut self, binding: &Binding) {
         self.bindings.push(binding.clone());
+        self.rebuild_failed.set(None);
         if self.is_live() {
             let b = convert::binding(binding);
             // A failure discards the instance; the rebuild replays this binding with the rest.
@@ -203,6 +227,7 @@ impl ExchangeType for PluginExchange {
         if let Some(i) = self.bindings.iter().position(|b| b == binding) {
             self.bindings.remove(i);
         }
+        self.rebuild_failed.set(None);
         if self.is_live() {
             let b = convert::binding(binding);
             let _ =

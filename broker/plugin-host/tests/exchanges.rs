@@ -221,6 +221,21 @@ fn contained(p: &ExchangePlugin, bad_key: &str, kind: &str) {
 }
 
 #[test]
+fn a_binding_the_plugin_traps_on_costs_its_exchange_not_the_broker() {
+    let p = load("fixture-trap", "x-trap-bind", Limits::default());
+    let mut x = fixture_exchange(&p);
+    let poison = Binding { destination: q("poison"), key: "trap".into(), arguments: FieldTable::new() };
+    x.add_binding(&poison);
+    assert_eq!(p.stats().failures("trap"), 1, "the add trapped and the instance went");
+    assert_eq!(route(&*x, "fine", &no_props()), Err(()), "the rebuild replays the binding and traps");
+    assert_eq!(p.stats().failures("trap"), 2);
+    assert_eq!(route(&*x, "fine", &no_props()), Err(()));
+    assert_eq!(p.stats().failures("trap"), 2, "no rebuild attempt per publish while it keeps failing");
+    x.remove_binding(&poison);
+    assert_eq!(route(&*x, "fine", &no_props()), Ok(vec![q("a"), q("b")]), "unbinding it heals at once");
+}
+
+#[test]
 fn a_trapping_plugin_costs_one_route() {
     contained(&load("fixture-trap", "x-trap", Limits::default()), "trap", "trap");
 }
