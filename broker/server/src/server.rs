@@ -95,11 +95,22 @@ pub struct Server {
     shared: SharedRef,
     connection: ConnectionConfig,
     storage: Option<crate::storage::Storage>,
+    /// SIGHUP, handled from `bind` on: a reload signal during start-up must not stop the
+    /// broker (the default action for SIGHUP is to terminate).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Server {
     /// Binds the AMQP listener and builds the broker.
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
+        // First, before plugins compile (seconds) or anything is logged.
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot handle SIGHUP, plugins will not reload: {e}");
+                None
+            }
+        };
         let listener = TcpListener::bind(settings.amqp_listen).await?;
         let amqps = match &settings.amqps {
             Some((addr, tls)) => {
@@ -157,6 +168,7 @@ impl Server {
             shared: Arc::new(Mutex::new(shared)),
             connection: settings.connection.clone(),
             storage: Some(storage),
+            hangup,
         })
     }
 
@@ -203,7 +215,8 @@ impl Server {
         let storage = self.storage.map(|s| s.start(self.shared.clone()));
         let timers = tokio::spawn(run_timers(self.shared.clone()));
         let plugins = lock(&self.shared).plugins.clone();
-        let reloads = tokio::spawn(reload_on_hangup(plugins, self.shared.clone()));
+        let reloads =
+            self.hangup.map(|hup| tokio::spawn(reload_on_hangup(hup, plugins, self.shared.clone())));
         let metrics = self.metrics.map(|l| {
             let registry = Arc::new(crate::metrics::registry(self.shared.clone()));
             let app = axum::Router::new().route(
@@ -276,7 +289,9 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         timers.abort();
-        reloads.abort();
+        if let Some(r) = reloads {
+            r.abort();
+        }
         for task in [management, metrics].into_iter().flatten() {
             task.abort();
         }
@@ -304,15 +319,11 @@ impl Server {
 /// Reloads the plugin components on each SIGHUP. Compiling can take seconds (Python and
 /// JavaScript guests), so it runs off the async workers. Without plugins a SIGHUP is logged
 /// and ignored: a reload signal must not stop the broker.
-async fn reload_on_hangup(plugins: Option<Arc<crate::plugins::Plugins>>, shared: SharedRef) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot handle SIGHUP, plugins will not reload: {e}");
-            return;
-        }
-    };
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    plugins: Option<Arc<crate::plugins::Plugins>>,
+    shared: SharedRef,
+) {
     while hup.recv().await.is_some() {
         let Some(p) = plugins.clone() else {
             tracing::info!("SIGHUP: no plugins configured, nothing to reload");
