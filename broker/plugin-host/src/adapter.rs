@@ -62,17 +62,7 @@ impl AdapterPlugin {
     /// Compiles the component at `path` as adapter `name`; refuses a component that does not
     /// implement the `adapter-plugin` world.
     pub fn load(runtime: &Runtime, name: &str, path: &Path, limits: Limits) -> Result<Self, LoadError> {
-        let plugin = Plugin::load(
-            runtime,
-            name,
-            path,
-            limits,
-            "warren:plugin/adapter-plugin",
-            |linker| {
-                Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
-            },
-            AdapterPluginPre::new,
-        )?;
+        let plugin = Plugin::<Pre>::load(runtime, name, path, limits)?;
         Ok(AdapterPlugin { plugin: Arc::new(plugin) })
     }
 

@@ -34,35 +34,44 @@ pub(crate) mod adapter_world {
     });
 }
 
-impl crate::instance::World for adapter_world::AdapterPluginPre<crate::state::HostState> {
-    type Exports = adapter_world::AdapterPlugin;
+/// Ties a world's generated types to the host: its name, its imports, its exports.
+macro_rules! world {
+    ($pre:ty, $exports:ty, $name:literal) => {
+        impl crate::instance::World for $pre {
+            const NAME: &'static str = $name;
+            type Exports = $exports;
 
-    fn instantiate(
-        &self,
-        store: &mut wasmtime::Store<crate::state::HostState>,
-    ) -> wasmtime::Result<adapter_world::AdapterPlugin> {
-        adapter_world::AdapterPluginPre::instantiate(self, store)
-    }
+            fn link(
+                linker: &mut wasmtime::component::Linker<crate::state::HostState>,
+            ) -> wasmtime::Result<()> {
+                <$exports>::add_to_linker::<_, wasmtime::component::HasSelf<crate::state::HostState>>(
+                    linker,
+                    |s| s,
+                )
+            }
+
+            fn new(pre: wasmtime::component::InstancePre<crate::state::HostState>) -> wasmtime::Result<Self> {
+                <$pre>::new(pre)
+            }
+
+            fn instantiate(
+                &self,
+                store: &mut wasmtime::Store<crate::state::HostState>,
+            ) -> wasmtime::Result<$exports> {
+                <$pre>::instantiate(self, store)
+            }
+        }
+    };
 }
 
-impl crate::instance::World for ExchangePluginPre<crate::state::HostState> {
-    type Exports = ExchangePlugin;
-
-    fn instantiate(
-        &self,
-        store: &mut wasmtime::Store<crate::state::HostState>,
-    ) -> wasmtime::Result<ExchangePlugin> {
-        ExchangePluginPre::instantiate(self, store)
-    }
-}
-
-impl crate::instance::World for retry_world::RetryPluginPre<crate::state::HostState> {
-    type Exports = retry_world::RetryPlugin;
-
-    fn instantiate(
-        &self,
-        store: &mut wasmtime::Store<crate::state::HostState>,
-    ) -> wasmtime::Result<retry_world::RetryPlugin> {
-        retry_world::RetryPluginPre::instantiate(self, store)
-    }
-}
+world!(ExchangePluginPre<crate::state::HostState>, ExchangePlugin, "warren:plugin/exchange-plugin");
+world!(
+    retry_world::RetryPluginPre<crate::state::HostState>,
+    retry_world::RetryPlugin,
+    "warren:plugin/retry-plugin"
+);
+world!(
+    adapter_world::AdapterPluginPre<crate::state::HostState>,
+    adapter_world::AdapterPlugin,
+    "warren:plugin/adapter-plugin"
+);

@@ -47,17 +47,7 @@ impl ExchangePlugin {
     /// Compiles the component at `path` for exchange type `type_name`; refuses a component
     /// that does not implement the `exchange-plugin` world.
     pub fn load(runtime: &Runtime, type_name: &str, path: &Path, limits: Limits) -> Result<Self, LoadError> {
-        let plugin = Plugin::load(
-            runtime,
-            type_name,
-            path,
-            limits,
-            "warren:plugin/exchange-plugin",
-            |linker| {
-                Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
-            },
-            ExchangePluginPre::new,
-        )?;
+        let plugin = Plugin::<Pre>::load(runtime, type_name, path, limits)?;
         Ok(ExchangePlugin { plugin: Arc::new(plugin) })
     }
 
@@ -168,23 +158,26 @@ impl PluginExchange {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &Exports, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        let generation = self.plugin.current().generation;
+        // Only set after a failed rebuild (the slot is then empty), so the common path reads
+        // nothing more than this cell.
         if let Some((at, failed)) = self.rebuild_failed.get()
-            && failed == generation
             && at.elapsed() < REBUILD_BACKOFF
-            && !self.is_live()
+            && failed == self.plugin.current().generation
         {
             return Err(Failure::Trap("its last rebuild failed; retrying after a pause".into()));
         }
-        let rebuild = || match build(&self.plugin, &self.arguments, &self.bindings) {
-            Ok((live, key_only)) => {
-                self.key_only.set(key_only);
-                self.rebuild_failed.set(None);
-                Ok(live)
-            }
-            Err(e) => {
-                self.rebuild_failed.set(Some((Instant::now(), generation)));
-                Err(e)
+        let rebuild = || {
+            let generation = self.plugin.current().generation;
+            match build(&self.plugin, &self.arguments, &self.bindings) {
+                Ok((live, key_only)) => {
+                    self.key_only.set(key_only);
+                    self.rebuild_failed.set(None);
+                    Ok(live)
+                }
+                Err(e) => {
+                    self.rebuild_failed.set(Some((Instant::now(), generation)));
+                    Err(e)
+                }
             }
         };
         self.plugin.with_live("exchange", &mut self.live.borrow_mut(), rebuild, f)

@@ -27,34 +27,24 @@ pub(crate) struct Plugin<P> {
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<PluginStats>,
     runtime: Runtime,
-    world: &'static str,
-    link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
-    check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
     current: RwLock<Arc<Loaded<P>>>,
 }
 
-impl<P> Plugin<P> {
-    /// Compiles `path` and checks it implements `world`; `link` adds the world's imports and
-    /// `check` finds its exports.
+impl<P: World> Plugin<P> {
+    /// Compiles `path` and checks it implements world `P`.
     pub(crate) fn load(
         runtime: &Runtime,
         name: &str,
         path: &Path,
         limits: Limits,
-        world: &'static str,
-        link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
-        check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
     ) -> Result<Plugin<P>, LoadError> {
-        let pre = prepare(runtime, path, world, link, check)?;
+        let pre = prepare::<P>(runtime, path)?;
         Ok(Plugin {
             name: name.to_string(),
             path: path.to_path_buf(),
             limits,
             stats: Arc::default(),
             runtime: runtime.clone(),
-            world,
-            link,
-            check,
             current: RwLock::new(Arc::new(Loaded { pre, generation: 0 })),
         })
     }
@@ -69,7 +59,7 @@ impl<P> Plugin<P> {
 
     /// Reads the component file again and swaps it in; on error the old one stays.
     pub(crate) fn reload(&self) -> Result<(), LoadError> {
-        let pre = prepare(&self.runtime, &self.path, self.world, self.link, self.check)?;
+        let pre = prepare::<P>(&self.runtime, &self.path)?;
         let mut current = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -94,26 +84,20 @@ impl<P> Plugin<P> {
     }
 }
 
-fn prepare<P>(
-    runtime: &Runtime,
-    path: &Path,
-    world: &'static str,
-    link: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
-    check: fn(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
-) -> Result<P, LoadError> {
+fn prepare<P: World>(runtime: &Runtime, path: &Path) -> Result<P, LoadError> {
     let component: Component = cache::compile(runtime, path)?;
     let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
         path: path.to_path_buf(),
-        world,
+        world: P::NAME,
         reason: format!("{e:#}"),
     };
     let mut linker = Linker::new(&runtime.engine);
     // Guests built with WASI toolchains import it even when they never call it; they get a
     // context with no files, no network, no environment and no arguments.
     crate::wasi::link(&mut linker).map_err(wrong)?;
-    link(&mut linker).map_err(wrong)?;
+    P::link(&mut linker).map_err(wrong)?;
     let pre = linker.instantiate_pre(&component).map_err(wrong)?;
-    check(pre).map_err(wrong)
+    P::new(pre).map_err(wrong)
 }
 
 /// Runs one call under the plugin's deadline, telling a failure's kind apart.
@@ -150,10 +134,17 @@ pub(crate) fn call<R>(
     Err(failure)
 }
 
-/// A world's generated `…Pre`: what instantiating it yields.
-pub(crate) trait World {
+/// A world's generated `…Pre`: its name, how to link its imports and find its exports, and
+/// what instantiating it yields.
+pub(crate) trait World: Sized {
+    /// The world's full name, for errors.
+    const NAME: &'static str;
     /// The world's exports.
     type Exports;
+    /// Adds the world's imports (beyond WASI) to `linker`.
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()>;
+    /// Finds the world's exports in a pre-instantiated component.
+    fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Self>;
     /// Instantiates the component in `store`.
     fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Self::Exports>;
 }

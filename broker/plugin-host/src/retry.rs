@@ -45,17 +45,7 @@ impl RetryPlugin {
         config: Vec<(String, String)>,
         limits: Limits,
     ) -> Result<Self, LoadError> {
-        let plugin = Plugin::load(
-            runtime,
-            name,
-            path,
-            limits,
-            "warren:plugin/retry-plugin",
-            |linker| {
-                Exports::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
-            },
-            RetryPluginPre::new,
-        )?;
+        let plugin = Plugin::<Pre>::load(runtime, name, path, limits)?;
         let live = build(&plugin, &config)
             .map_err(|e| LoadError::Config { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(RetryPlugin { plugin, config, live: Mutex::new(Some(live)) })

@@ -105,6 +105,8 @@ pub enum Offer {
     },
     /// The queue is full and refuses new messages (`x-overflow` reject-publish*).
     Refused,
+    /// There is no queue by that name (any more).
+    NoQueue,
 }
 
 impl Queue {

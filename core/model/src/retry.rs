@@ -68,10 +68,8 @@ impl Retry {
     /// Reads `x-retry-policy`: a policy configured as a plugin (whose parameters come from the
     /// config file, so `x-retry-*` arguments are refused), else a built-in one.
     pub fn parse(args: &FieldTable, plugins: &RetryPlugins) -> Result<Option<Retry>, AmqpError> {
-        let Some(name) = args.get("x-retry-policy").and_then(FieldValue::as_str) else {
-            return RetryPolicy::parse(args).map(|p| p.map(Retry::Builtin));
-        };
-        let Some(plugin) = plugins.get(name) else {
+        let named = args.get("x-retry-policy").and_then(FieldValue::as_str);
+        let Some((name, plugin)) = named.and_then(|n| plugins.get_key_value(n)) else {
             return RetryPolicy::parse(args).map(|p| p.map(Retry::Builtin));
         };
         if let Some(k) = args.keys().find(|k| k.starts_with("x-retry-") && *k != "x-retry-policy") {
@@ -80,6 +78,25 @@ impl Retry {
             )));
         }
         Ok(Some(Retry::Plugin(plugin.clone())))
+    }
+
+    /// The decision for `message`, which has been retried `previous` times and failed again
+    /// for `why`. A plugin that fails cannot be trusted to have meant a retry: the message
+    /// then takes the dead-letter path, as when retries run out (the host logs and counts it).
+    pub fn decide(&self, message: &Message, previous: u32, why: Reason) -> ExternalDecision {
+        match self {
+            Retry::Builtin(p) => match p.decide(previous) {
+                RetryDecision::DeadLetter => ExternalDecision::DeadLetter,
+                RetryDecision::Retry { delay_ms, .. } => ExternalDecision::Retry {
+                    delay_ms,
+                    set_headers: FieldTable::new(),
+                    remove_headers: Vec::new(),
+                },
+            },
+            Retry::Plugin(p) => {
+                p.decide(message, previous.saturating_add(1), why).unwrap_or(ExternalDecision::DeadLetter)
+            }
+        }
     }
 }
 

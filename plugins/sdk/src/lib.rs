@@ -27,35 +27,38 @@ pub mod exchange;
 #[cfg(feature = "retry")]
 pub mod retry;
 
-/// Writes a line to the broker's log, tagged with the plugin's name.
 #[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
-pub fn log(level: Level, message: &str) {
-    bindings::host::log(level, message)
+pub use host::*;
+
+/// The host interface every world imports, from whichever world's bindings are built.
+#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
+mod host {
+    #[cfg(all(feature = "adapter", not(any(feature = "exchange", feature = "retry"))))]
+    use crate::adapter::bindings::warren::plugin as bindings;
+    #[cfg(feature = "exchange")]
+    use crate::exchange::bindings::warren::plugin as bindings;
+    #[cfg(all(feature = "retry", not(feature = "exchange")))]
+    use crate::retry::bindings::warren::plugin as bindings;
+
+    pub use bindings::host::Level;
+
+    /// Writes a line to the broker's log, tagged with the plugin's name.
+    pub fn log(level: Level, message: &str) {
+        bindings::host::log(level, message)
+    }
+
+    /// Milliseconds since the Unix epoch, from the broker's clock.
+    pub fn now_ms() -> u64 {
+        bindings::host::now_ms()
+    }
+
+    /// Sends panic messages through [`log`] at error level, so the broker logs why an
+    /// instance trapped next to the plugin's name.
+    #[doc(hidden)]
+    pub fn route_panics_to_the_log() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("plugin panicked: {info}"))))
+        });
+    }
 }
-
-/// Sends panic messages to the broker's log instead of stderr: a plugin has no stderr, and
-/// the broker should say why an instance trapped.
-#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
-#[doc(hidden)]
-pub fn route_panics_to_the_log() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("plugin panicked: {info}"))))
-    });
-}
-
-/// Milliseconds since the Unix epoch, from the broker's clock.
-#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
-pub fn now_ms() -> u64 {
-    bindings::host::now_ms()
-}
-
-#[cfg(any(feature = "exchange", feature = "retry", feature = "adapter"))]
-pub use bindings::host::Level;
-
-#[cfg(all(feature = "adapter", not(any(feature = "exchange", feature = "retry"))))]
-use adapter::bindings::warren::plugin as bindings;
-#[cfg(feature = "exchange")]
-use exchange::bindings::warren::plugin as bindings;
-#[cfg(all(feature = "retry", not(feature = "exchange")))]
-use retry::bindings::warren::plugin as bindings;

@@ -73,16 +73,8 @@ impl Broker {
         let destinations = if direct {
             Vec::new()
         } else {
-            self.route_from(&m.exchange, &m.routing_key, &properties, body.len() as u64)?
+            self.route(&m.exchange, &m.routing_key, &properties, body.len() as u64)?
         };
-        let unroutable =
-            if direct { !self.queues.contains_key(&m.routing_key) } else { destinations.is_empty() };
-        self.stats.received += 1;
-        match (unroutable, m.mandatory) {
-            (false, _) => self.stats.routed += 1,
-            (true, true) => self.stats.unroutable_returned += 1,
-            (true, false) => self.stats.unroutable_dropped += 1,
-        }
         // BCC keys route the message but are never shown to consumers.
         if let Some(h) = properties.headers.as_mut() {
             h.remove("BCC");
@@ -94,7 +86,29 @@ impl Broker {
         });
         let message =
             Arc::new(Message { exchange: m.exchange, routing_key: m.routing_key, properties, body });
-        if unroutable && m.mandatory {
+        // Validated in `publish`; parsed once here for every destination.
+        let own_ttl = message_ttl(&message.properties).ok().flatten();
+        // Offering finds the queue, so the direct path needs no separate existence check.
+        let (mut reached, mut refused, mut stored) = (false, false, false);
+        let mut offer = |b: &mut Broker, name: &str| match b.offer(name, message.clone(), own_ttl) {
+            Offer::NoQueue => {}
+            Offer::Refused => (reached, refused) = (true, true),
+            Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),
+        };
+        if direct {
+            offer(self, &message.routing_key);
+        }
+        for name in destinations {
+            offer(self, &name);
+        }
+        self.stats.received += 1;
+        match (reached, m.mandatory) {
+            (true, _) => self.stats.routed += 1,
+            (false, true) => self.stats.unroutable_returned += 1,
+            (false, false) => self.stats.unroutable_dropped += 1,
+        }
+        // Unroutable means nothing was offered, so nothing was sent ahead of the return.
+        if !reached && m.mandatory {
             let ret = BasicReturn {
                 reply_code: NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
@@ -103,19 +117,6 @@ impl Broker {
             };
             let out = Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() };
             self.push(conn, out);
-        }
-        // Validated in `publish`; parsed once here for every destination.
-        let own_ttl = message_ttl(&message.properties).ok().flatten();
-        let (mut refused, mut stored) = (false, false);
-        let mut offer = |b: &mut Broker, name: &str| match b.offer(name, message.clone(), own_ttl) {
-            Offer::Refused => refused = true,
-            Offer::Accepted { stored: s } => stored |= s,
-        };
-        if direct && !unroutable {
-            offer(self, &message.routing_key);
-        }
-        for name in destinations {
-            offer(self, &name);
         }
         if let Some(delivery_tag) = confirm {
             // A queue that refused it (x-overflow reject-publish, a failed write) makes the

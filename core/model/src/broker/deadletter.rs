@@ -30,7 +30,7 @@ impl Broker {
     pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>, own_ttl: Option<u64>) -> Offer {
         let (now, has_store) = (self.now, self.has_store());
         let Some(q) = self.queues.get_mut(queue) else {
-            return Offer::Accepted { stored: false };
+            return Offer::NoQueue;
         };
         let size = message.body.len() as u64;
         if q.would_overflow(size) {
@@ -120,8 +120,7 @@ impl Broker {
         let now_secs = self.unix_ms / 1000;
         let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
-        let Ok(mut targets) =
-            self.route_from(&dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
+        let Ok(mut targets) = self.route(&dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
         else {
             return;
         };

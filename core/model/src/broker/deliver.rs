@@ -10,7 +10,7 @@ use crate::channel::{TxOp, Unacked};
 use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
 use crate::message::{Message, Outgoing, QueuedMessage};
-use crate::retry::{ExternalDecision, Retry, RetryDecision};
+use crate::retry::ExternalDecision;
 
 /// How an unacked message came back to its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,28 +203,9 @@ impl Broker {
         if let (Return::Refused, Some(policy)) = (how, &q.args.retry) {
             let previous = retry_count(&m.message);
             let attempt = previous.saturating_add(1);
-            let decision = match policy {
-                Retry::Builtin(p) => match p.decide(previous) {
-                    RetryDecision::DeadLetter => ExternalDecision::DeadLetter,
-                    RetryDecision::Retry { delay_ms, .. } => ExternalDecision::Retry {
-                        delay_ms,
-                        set_headers: Default::default(),
-                        remove_headers: Vec::new(),
-                    },
-                },
-                // A policy that fails cannot be trusted to have meant a retry: the message
-                // takes the queue's dead-letter path, as when retries run out.
-                // (The host logs and counts the failure.)
-                Retry::Plugin(p) => {
-                    p.decide(&m.message, attempt, Reason::Rejected).unwrap_or(ExternalDecision::DeadLetter)
-                }
-            };
-            match decision {
+            match policy.decide(&m.message, previous, Reason::Rejected) {
                 ExternalDecision::DeadLetter => return self.dead_letter(&u.queue, m, Reason::Rejected),
-                ExternalDecision::Drop => {
-                    let id = q.id;
-                    return self.forget(id, &m);
-                }
+                ExternalDecision::Drop => return self.forget(u.queue_id, &m),
                 ExternalDecision::Retry { delay_ms, set_headers, remove_headers } => {
                     let mut copy = Message::clone(&m.message);
                     let headers = copy.properties.headers.get_or_insert_with(Default::default);

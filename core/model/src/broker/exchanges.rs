@@ -406,23 +406,13 @@ impl Broker {
         Ok(())
     }
 
-    /// The queues a message published to `exchange` with `routing_key` would reach, without
-    /// publishing it (for operators, tests and benchmarks).
+    /// The queues a message published to `exchange` reaches, without publishing it (the
+    /// publish path, dead letters, operators, tests and benchmarks use it). Follows
+    /// exchange-to-exchange bindings and alternate exchanges, visiting each exchange at most
+    /// once so cycles end, and routes on the routing key plus any `CC` and `BCC` header keys.
+    /// Publish permission (internal exchanges) is checked by the caller; dead letters may pass
+    /// internal exchanges.
     pub fn route(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        properties: &BasicProperties,
-        body_size: u64,
-    ) -> Result<Vec<Arc<str>>, AmqpError> {
-        self.route_from(exchange, routing_key, properties, body_size)
-    }
-
-    /// The queues a message published to `exchange` reaches. Follows exchange-to-exchange
-    /// bindings and alternate exchanges, visiting each exchange at most once so cycles end,
-    /// and routes on the routing key plus any `CC` and `BCC` header keys. Publish permission
-    /// (internal exchanges) is checked by the caller; dead letters may pass internal exchanges.
-    pub(super) fn route_from(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -485,7 +485,7 @@ fn cached_topic_routes_follow_every_binding_change() {
     };
     let routed = |h: &mut Harness| -> Vec<String> {
         let mut got: Vec<String> =
-            h.b.route_from("t", "a.b", &BasicProperties::default(), 0)
+            h.b.route("t", "a.b", &BasicProperties::default(), 0)
                 .expect("route")
                 .iter()
                 .map(|q| q.to_string())
