@@ -46,7 +46,7 @@ async fn main() {
                 .expect("publish");
         }
         let mut drained = Vec::new();
-        b.take_outbound(conn, &mut drained);
+        let _ = b.take_outbound(conn, &mut drained);
     }
     let reg = registry(shared.clone());
     let collector = BrokerCollector::new(shared.clone());

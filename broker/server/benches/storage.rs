@@ -80,7 +80,7 @@ fn in_process(dir: &Path) {
             let r = syncer.sync(true).expect("sync");
             fsyncs += r.fsyncs;
             rounds += 1;
-            b.take_outbound(conn, &mut out);
+            let _ = b.take_outbound(conn, &mut out);
             out.clear();
         }
     }

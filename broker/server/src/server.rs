@@ -1,9 +1,11 @@
 //! The TCP listener and the per-connection driver loop.
 //!
 //! One tokio task per connection runs the sans-IO [`Connection`] machine: it reads into the
-//! machine's buffer, lets it act on the shared [`Broker`] under a short std mutex (never held
-//! across an await: the critical section is pure computation), writes what it produced, and
-//! wakes the tasks of other connections the broker queued frames for.
+//! machine's buffer, decodes the frames, lets them act on the shared [`Broker`] under a short
+//! std mutex (never held across an await: the critical section is pure computation), encodes
+//! and writes what it produced, and wakes the tasks of other connections the broker queued
+//! frames for. Decoding and encoding happen outside the lock, so with one connection
+//! publishing and another consuming, both cores work.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,11 +48,12 @@ pub struct Shared {
 impl Shared {
     /// Wakes every connection the broker queued frames for (after work no connection did).
     pub fn wake_all(&mut self) {
-        self.wake_others(None);
+        let _ = self.wake_others(None);
     }
 
-    /// Wakes every connection the broker queued frames for, except `me`.
-    fn wake_others(&mut self, me: Option<ConnId>) {
+    /// Wakes every connection the broker queued frames for, except `me`; returns whether it
+    /// woke any.
+    fn wake_others(&mut self, me: Option<ConnId>) -> bool {
         if self.broker.take_timer_changed() {
             self.timer.notify_one();
         }
@@ -63,13 +66,16 @@ impl Shared {
             }
         }
         self.broker.take_wakeups(&mut self.woken);
+        let mut woke = false;
         for id in self.woken.drain(..) {
             if Some(id) != me
                 && let Some(n) = self.wakers.get(&id)
             {
                 n.notify_one();
+                woke = true;
             }
         }
+        woke
     }
 }
 
@@ -489,19 +495,24 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         // Under a resource alarm a publishing connection is not read from: TCP backpressure
         // holds its publishes, as in RabbitMQ.
         let may_read = !alarm.load(Ordering::Acquire) || conn.may_read(&lock(&shared).broker);
+        let mut woke = false;
         tokio::select! {
             read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {
+                // Decoding needs no broker: outside the lock, in parallel with other connections.
+                conn.decode_input();
                 let now = Instant::now().into_std();
                 let mut s = lock(&shared);
                 match read {
                     Ok(n) if n > 0 => conn.handle_input(now, &mut s.broker),
                     _ => conn.handle_eof(&mut s.broker),
                 }
-                s.wake_others(conn.id());
+                woke = s.wake_others(conn.id());
             }
             () = notify.notified() => {
                 let mut s = lock(&shared);
                 conn.pull_outbound(Instant::now().into_std(), &mut s.broker);
+                // A pull can dispatch held-back deliveries, some to other connections.
+                woke = s.wake_others(conn.id());
             }
             () = sleep => {
                 let now = Instant::now().into_std();
@@ -541,6 +552,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             log_event(peer, &mut user, event);
         }
         if conn.has_output() {
+            // Encodes what was taken from the broker under the lock, now without it.
             let mut out = conn.take_output();
             if let Some(streams) = channel_streams.as_mut() {
                 out = streams.route(out);
@@ -560,6 +572,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if conn.is_closed() {
             break;
+        }
+        // Tokio runs a task woken from this one next on this worker, in a slot other workers
+        // cannot steal from, but only once this task yields. A publisher whose socket always
+        // has more to read would hold its consumers off until its cooperative budget ran out
+        // (hundreds of thousands of messages); yielding lets them take their deliveries now.
+        if woke {
+            tokio::task::yield_now().await;
+        }
+        // Deliveries are waiting for room in this connection's window: pull them next.
+        if conn.has_backlog() {
+            notify.notify_one();
         }
     }
     {

@@ -75,10 +75,30 @@ struct Session {
     channels: Map<u16, ChannelState>,
     outbound: Vec<Outgoing>,
     woken: bool,
+    /// A delivery was held back because `outbound` was full: its driver's next pull
+    /// dispatches again.
+    throttled: bool,
     /// It has published: a resource alarm blocks it.
     published: bool,
     /// It was sent connection.blocked and is owed connection.unblocked.
     told_blocked: bool,
+}
+
+/// Deliveries a connection may have waiting to be encoded before its consumers get no more:
+/// beyond this the messages wait in their queue (where TTL, max-length and the metrics see
+/// them) instead of piling up in front of a consumer that does not keep up. RabbitMQ's
+/// credit flow between queue and channel does the same.
+const OUTBOUND_LIMIT: usize = 4096;
+
+impl Session {
+    /// Whether a delivery may be added to `outbound`; when not, the next pull dispatches again.
+    fn has_room(&mut self) -> bool {
+        if self.outbound.len() < OUTBOUND_LIMIT {
+            return true;
+        }
+        self.throttled = true;
+        false
+    }
 }
 
 /// The broker model: queues, sessions, and everything they do to each other. No I/O.
@@ -215,6 +235,7 @@ impl Broker {
             channels: Map::default(),
             outbound: Vec::new(),
             woken: false,
+            throttled: false,
             published: false,
             told_blocked: false,
         };
@@ -376,12 +397,38 @@ impl Broker {
         r.map_err(|e| e.on(&err_on))
     }
 
-    /// Moves what connection `conn` has to send into `out`.
-    pub fn take_outbound(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
+    /// Moves what connection `conn` has to send into `out`. True when deliveries still wait
+    /// for room (at most `OUTBOUND_LIMIT` go out per pull): pull again once these are written.
+    #[must_use = "when true, more deliveries wait for room: pull again once these are written"]
+    pub fn take_outbound(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) -> bool {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        // A swap, not a copy of every item, in the common case.
+        if out.is_empty() {
+            std::mem::swap(out, &mut s.outbound);
+        } else {
             out.append(&mut s.outbound);
-            s.woken = false;
         }
+        s.woken = false;
+        if !std::mem::take(&mut s.throttled) {
+            return false;
+        }
+        // Deliveries were held back for want of room: there is room now. What this dispatches
+        // to this connection goes out with this pull.
+        let mut queues: Vec<String> =
+            s.channels.values().flat_map(|c| c.consumers.values()).map(|c| c.queue.clone()).collect();
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            self.dispatch(&q);
+        }
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        out.append(&mut s.outbound);
+        s.woken = false;
+        s.throttled
     }
 
     /// Moves the connections that have new frames to send into `out`.

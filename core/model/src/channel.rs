@@ -102,6 +102,13 @@ impl ChannelState {
         t
     }
 
+    /// The publish sequence number of the next message, once confirm.select was received.
+    pub fn next_confirm_seq(&mut self) -> Option<u64> {
+        let seq = self.confirm_seq?;
+        self.confirm_seq = Some(seq + 1);
+        Some(seq)
+    }
+
     /// Whether consumer `tag` may receive one more message now.
     pub fn can_deliver(&self, tag: &str) -> bool {
         let Some(c) = self.consumers.get(tag) else {
@@ -117,6 +124,23 @@ impl ChannelState {
         let under_channel =
             self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch);
         under_consumer && under_channel
+    }
+
+    /// Takes a place in consumer `tag`'s prefetch window for one delivery, if it has room;
+    /// `Some(no_ack)` when it does. [`ChannelState::can_deliver`] without the claim.
+    pub fn claim(&mut self, tag: &str) -> Option<bool> {
+        let under_channel =
+            self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch);
+        let c = self.consumers.get_mut(tag).filter(|_| self.active)?;
+        if c.no_ack {
+            return Some(true);
+        }
+        let under_consumer = c.prefetch == 0 || c.unacked < u32::from(c.prefetch);
+        if !(under_consumer && under_channel) {
+            return None;
+        }
+        c.unacked += 1;
+        Some(false)
     }
 
     /// Removes the unacked deliveries an ack, nack or reject names, RabbitMQ's way:

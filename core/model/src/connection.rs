@@ -108,7 +108,7 @@ enum State {
 enum Phase {
     Idle,
     AwaitingHeader(BasicPublish),
-    AwaitingBody(Box<Assembly>),
+    AwaitingBody(Assembly),
     Closing,
 }
 
@@ -117,8 +117,45 @@ enum Phase {
 struct Assembly {
     publish: BasicPublish,
     header: ContentHeader,
-    parts: Vec<Bytes>,
+    body: Body,
     received: u64,
+}
+
+/// The body frames received so far. Most bodies fit one frame: that one is kept as it came,
+/// with no list to allocate and nothing to copy.
+#[derive(Debug, Default)]
+enum Body {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Body {
+    fn push(&mut self, part: Bytes) {
+        *self = match std::mem::take(self) {
+            Body::Empty => Body::One(part),
+            Body::One(first) => Body::Many(vec![first, part]),
+            Body::Many(mut parts) => {
+                parts.push(part);
+                Body::Many(parts)
+            }
+        };
+    }
+
+    fn join(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(part) => part,
+            Body::Many(parts) => {
+                let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in parts {
+                    all.extend_from_slice(&p);
+                }
+                all.freeze()
+            }
+        }
+    }
 }
 
 /// One client connection's protocol state.
@@ -143,7 +180,15 @@ pub struct Connection {
     id: Option<ConnId>,
     channels: Map<u16, Phase>,
     events: VecDeque<Event>,
-    scratch: Vec<Outgoing>,
+    /// Frames [`Connection::decode_input`] decoded, not yet acted on.
+    decoded: Vec<Frame>,
+    /// The framing error that ended decoding, acted on after the frames before it.
+    decode_error: Option<warren_codec::CodecError>,
+    /// What the broker queued for this connection, taken under the broker lock and encoded
+    /// after it (by [`Connection::take_output`]), so encoding does not hold up other connections.
+    pending: Vec<Outgoing>,
+    /// The broker holds more deliveries for this connection than one pull takes.
+    backlog: bool,
 }
 
 impl Connection {
@@ -168,7 +213,10 @@ impl Connection {
             id: None,
             channels: Map::default(),
             events: VecDeque::new(),
-            scratch: Vec::new(),
+            decoded: Vec::new(),
+            decode_error: None,
+            pending: Vec::new(),
+            backlog: false,
         }
     }
 
@@ -183,14 +231,22 @@ impl Connection {
         &mut self.input
     }
 
-    /// Bytes to write to the socket, taken out of the machine.
+    /// Bytes to write to the socket, taken out of the machine. Encodes what
+    /// [`Connection::pull_outbound`] took from the broker: call it without the broker lock.
     pub fn take_output(&mut self) -> BytesMut {
+        self.encode_pending();
         self.output.split()
+    }
+
+    /// Whether the broker has more deliveries for this connection than the last pull took:
+    /// the driver should pull again once the output is written.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog
     }
 
     /// Whether there are bytes to write.
     pub fn has_output(&self) -> bool {
-        !self.output.is_empty()
+        !self.output.is_empty() || !self.pending.is_empty()
     }
 
     /// The socket should be closed once the output is written.
@@ -209,10 +265,41 @@ impl Connection {
         self.events.pop_front()
     }
 
-    /// Processes every complete frame in the read buffer.
+    /// Decodes the complete frames in the read buffer without the broker, so that a driver
+    /// can decode before it takes the broker lock; [`Connection::handle_input`] acts on them.
+    /// Optional: `handle_input` decodes whatever is left itself.
+    pub fn decode_input(&mut self) {
+        // Before tune-ok the frame size is not settled: those few frames decode in
+        // handle_input, one at a time, each under the limits the one before it set.
+        if !matches!(self.state, State::Running | State::Closing { .. }) || self.decode_error.is_some() {
+            return;
+        }
+        loop {
+            match decode_frame(&mut self.input, self.frame_max) {
+                Ok(Some(frame)) => self.decoded.push(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    // Past a framing error the stream has no frame boundaries left to trust.
+                    self.input.clear();
+                    self.decode_error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Processes every complete frame in the read buffer (and those `decode_input` decoded).
     pub fn handle_input(&mut self, now: Instant, broker: &mut Broker) {
         self.now = now;
         self.last_recv = now;
+        let mut decoded = std::mem::take(&mut self.decoded);
+        for frame in decoded.drain(..) {
+            self.handle_frame(now, frame, broker);
+        }
+        self.decoded = decoded;
+        if let Some(e) = self.decode_error.take() {
+            self.fail(now, codec_error(e), broker);
+        }
         loop {
             match self.state {
                 State::Closed => {
@@ -292,23 +379,26 @@ impl Connection {
         self.frame_max
     }
 
-    /// Encodes what the broker queued for this connection.
+    /// Takes what the broker queued for this connection; [`Connection::take_output`] encodes it.
     pub fn pull_outbound(&mut self, now: Instant, broker: &mut Broker) {
         self.now = now;
         let Some(id) = self.id else {
             return;
         };
-        let mut items = std::mem::take(&mut self.scratch);
-        broker.take_outbound(id, &mut items);
-        if items.is_empty() {
-            self.scratch = items;
-            return;
+        let before = self.pending.len();
+        self.backlog = broker.take_outbound(id, &mut self.pending);
+        if self.pending.len() > before {
+            self.mark_sent();
         }
+    }
+
+    /// Encodes the frames the broker queued, ahead of anything the connection sends next.
+    fn encode_pending(&mut self) {
+        let mut items = std::mem::take(&mut self.pending);
         for item in items.drain(..) {
             self.encode_outgoing(item);
         }
-        self.scratch = items;
-        self.mark_sent();
+        self.pending = items;
     }
 
     fn encode_outgoing(&mut self, item: Outgoing) {
@@ -406,6 +496,7 @@ impl Connection {
                     return;
                 }
                 if now >= self.last_send + hb / 2 {
+                    self.encode_pending();
                     Frame::Heartbeat { channel: 0 }.encode(&mut self.output);
                     self.mark_sent();
                 }
@@ -604,7 +695,9 @@ impl Connection {
                 }
             };
         };
-        match (phase, frame) {
+        // The phase changes in place: a publish is three frames, and each used to cost a map
+        // insert or two on top of the lookup.
+        match (&mut *phase, frame) {
             (Phase::Closing, Frame::Method { method: Method::ChannelCloseOk(_), .. }) => {
                 self.channels.remove(&channel);
             }
@@ -615,6 +708,9 @@ impl Connection {
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}
+            (Phase::Idle, Frame::Method { method: Method::BasicPublish(p), .. }) => {
+                *phase = Phase::AwaitingHeader(p);
+            }
             (Phase::Idle, Frame::Method { method, .. }) => self.channel_method(now, channel, method, broker),
             (Phase::AwaitingHeader(publish), Frame::Header { header, .. }) => {
                 let publish = std::mem::take(publish);
@@ -627,15 +723,14 @@ impl Connection {
                     return self.channel_error(now, channel, e, broker);
                 }
                 if header.body_size == 0 {
-                    self.channels.insert(channel, Phase::Idle);
+                    *phase = Phase::Idle;
                     return self.complete_publish(now, channel, publish, header, Bytes::new(), broker);
                 }
-                let assembly = Assembly { publish, header, parts: Vec::new(), received: 0 };
-                self.channels.insert(channel, Phase::AwaitingBody(Box::new(assembly)));
+                *phase = Phase::AwaitingBody(Assembly { publish, header, body: Body::Empty, received: 0 });
             }
             (Phase::AwaitingBody(a), Frame::Body { payload, .. }) => {
                 a.received += payload.len() as u64;
-                a.parts.push(payload);
+                a.body.push(payload);
                 if a.received > a.header.body_size {
                     let text = format!(
                         "received {} body octets, header announced {}",
@@ -646,11 +741,10 @@ impl Connection {
                 if a.received < a.header.body_size {
                     return;
                 }
-                let Some(Phase::AwaitingBody(a)) = self.channels.insert(channel, Phase::Idle) else {
+                let Phase::AwaitingBody(a) = std::mem::replace(phase, Phase::Idle) else {
                     return;
                 };
-                let body = join(a.parts);
-                self.complete_publish(now, channel, a.publish, a.header, body, broker);
+                self.complete_publish(now, channel, a.publish, a.header, a.body.join(), broker);
             }
             (Phase::AwaitingHeader(_), other) => {
                 let text = format!(
@@ -697,10 +791,6 @@ impl Connection {
             }
             // A close-ok for a close we never sent: nothing to do.
             Method::ChannelCloseOk(_) => return,
-            Method::BasicPublish(p) => {
-                self.channels.insert(channel, Phase::AwaitingHeader(p));
-                return;
-            }
             m if m.ids().0 == 10 => {
                 let e = AmqpError::new(COMMAND_INVALID, format!("{} on channel {channel}", m.name()));
                 Err(e.on(&m))
@@ -805,6 +895,7 @@ impl Connection {
     }
 
     fn send(&mut self, channel: u16, method: impl Into<Method>) {
+        self.encode_pending();
         Frame::method(channel, method).encode(&mut self.output);
         self.mark_sent();
     }
@@ -832,19 +923,6 @@ fn describe(f: &Frame) -> String {
         Frame::Header { header, .. } => format!("a content header ({} octets)", header.body_size),
         Frame::Body { payload, .. } => format!("a body frame ({} octets)", payload.len()),
         Frame::Heartbeat { .. } => "a heartbeat".into(),
-    }
-}
-
-fn join(parts: Vec<Bytes>) -> Bytes {
-    match parts.len() {
-        1 => parts.into_iter().next().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-            for p in parts {
-                all.extend_from_slice(&p);
-            }
-            all.freeze()
-        }
     }
 }
 

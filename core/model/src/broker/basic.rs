@@ -49,15 +49,22 @@ impl Broker {
         }
         self.check_publish_target(&m.exchange).map_err(on)?;
         message_ttl(&properties).map_err(on)?;
-        if let Some(tx) = self.channel(conn, ch).and_then(|c| c.tx.as_mut()) {
-            tx.push(TxOp::Publish { method: m, properties, body });
-            return Ok(());
-        }
-        self.route_and_deliver(conn, ch, m, properties, body).map(|_| ()).map_err(on)
+        // One look at the channel for both questions: held for a transaction? confirmed?
+        let confirm = match self.channel(conn, ch) {
+            Some(c) => match c.tx.as_mut() {
+                Some(tx) => {
+                    tx.push(TxOp::Publish { method: m, properties, body });
+                    return Ok(());
+                }
+                None => c.next_confirm_seq(),
+            },
+            None => None,
+        };
+        self.route_and_deliver(conn, ch, m, properties, body, confirm).map(|_| ()).map_err(on)
     }
 
-    /// Routes a message, queues it, and answers with a return and a confirm as needed;
-    /// returns whether it was stored.
+    /// Routes a message, queues it, and answers with a return and, when `confirm` holds its
+    /// publish sequence number, a confirm; returns whether it was stored.
     pub(super) fn route_and_deliver(
         &mut self,
         conn: ConnId,
@@ -65,6 +72,7 @@ impl Broker {
         m: BasicPublish,
         mut properties: Box<BasicProperties>,
         body: Bytes,
+        confirm: Option<u64>,
     ) -> Result<bool, AmqpError> {
         // `publish` checked the exchange; a transaction re-checks existence here at commit.
         // The default exchange without CC/BCC routes to the queue named by the key, or nowhere:
@@ -79,11 +87,6 @@ impl Broker {
         if let Some(h) = properties.headers.as_mut() {
             h.remove("BCC");
         }
-        let confirm = self.channel(conn, ch).and_then(|c| {
-            let seq = c.confirm_seq?;
-            c.confirm_seq = Some(seq + 1);
-            Some(seq)
-        });
         let message =
             Arc::new(Message { exchange: m.exchange, routing_key: m.routing_key, properties, body });
         // Validated in `publish`; parsed once here for every destination.

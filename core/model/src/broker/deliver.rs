@@ -31,78 +31,97 @@ impl Broker {
             let Some(q) = self.queues.get_mut(queue) else {
                 return;
             };
-            if q.is_empty() || q.consumers.is_empty() {
+            if q.consumers.is_empty() {
                 return;
+            }
+            let Some(head) = q.head() else {
+                return;
+            };
+            if head.expires_at.is_some_and(|t| t <= now) {
+                if let Some(msg) = q.pop() {
+                    self.dead_letter(queue, msg, Reason::Expired);
+                }
+                continue;
             }
             let n = q.consumers.len();
             // With a single active consumer only the earliest registered one is eligible.
-            // Otherwise the highest priority with room wins, round-robin among equals.
+            // Otherwise the highest priority with room wins, round-robin among equals. When
+            // all priorities are equal (the usual case) that is the first with room in
+            // round-robin order: the search claims it and delivers through the references it
+            // already holds, one lookup of the session, channel and consumer per message.
             let single = q.args.single_active_consumer;
-            let eligible = if single { 1 } else { n };
-            let mut best: Option<(i64, usize)> = None;
-            for i in 0..eligible {
-                let idx = if single { 0 } else { (q.next_consumer + i) % n };
-                let k = &q.consumers[idx];
-                let has_room = self
-                    .sessions
-                    .get(&k.conn)
-                    .and_then(|s| s.channels.get(&k.channel))
-                    .is_some_and(|c| c.can_deliver(&k.tag));
-                if has_room && best.is_none_or(|(p, _)| k.priority > p) {
-                    best = Some((k.priority, idx));
+            let mixed = !single && q.consumers.iter().any(|k| k.priority != q.consumers[0].priority);
+            let chosen = if mixed {
+                let mut best: Option<(i64, usize)> = None;
+                for i in 0..n {
+                    let idx = (q.next_consumer + i) % n;
+                    let k = &q.consumers[idx];
+                    let has_room = self.sessions.get_mut(&k.conn).is_some_and(|s| {
+                        s.has_room() && s.channels.get(&k.channel).is_some_and(|c| c.can_deliver(&k.tag))
+                    });
+                    if has_room && best.is_none_or(|(p, _)| k.priority > p) {
+                        best = Some((k.priority, idx));
+                    }
                 }
-            }
-            let Some((_, idx)) = best else {
-                return;
+                let Some((_, idx)) = best else {
+                    return;
+                };
+                Some(idx)
+            } else {
+                None
             };
-            let Some(msg) = q.pop() else {
-                return;
-            };
-            if msg.expires_at.is_some_and(|t| t <= now) {
-                self.dead_letter(queue, msg, Reason::Expired);
-                continue;
+            let tries = if chosen.is_some() || single { 1 } else { n };
+            let mut settled = None;
+            let mut delivered = false;
+            for i in 0..tries {
+                let idx = chosen.unwrap_or(if single { 0 } else { (q.next_consumer + i) % n });
+                let key = &q.consumers[idx];
+                let Some(session) = self.sessions.get_mut(&key.conn) else {
+                    continue;
+                };
+                if !session.has_room() {
+                    continue;
+                }
+                let Some(ch) = session.channels.get_mut(&key.channel) else {
+                    continue;
+                };
+                let Some(no_ack) = ch.claim(&key.tag) else {
+                    continue;
+                };
+                let (conn, channel, consumer_tag) = (key.conn, key.channel, key.tag.clone());
+                let Some(msg) = q.pop() else {
+                    return;
+                };
+                q.next_consumer = (idx + 1) % n;
+                count_delivery(&mut self.stats, q, msg.redelivered);
+                let delivery_tag = ch.next_delivery_tag();
+                let redelivered = msg.redelivered;
+                let message = delivered_form(&msg);
+                if no_ack {
+                    // Auto-ack: delivered is done.
+                    settled = Some((q.id, msg));
+                } else {
+                    let consumer = Some(consumer_tag.clone());
+                    let u = Unacked { queue_id: q.id, queue: q.name.clone(), message: msg, consumer };
+                    ch.unacked.insert(delivery_tag, u);
+                }
+                // Encoded straight from the shared message: no copy of the tag, exchange or key.
+                let out = Outgoing::Deliver { channel, consumer_tag, delivery_tag, redelivered, message };
+                session.outbound.push(out);
+                if !session.woken {
+                    session.woken = true;
+                    self.wakeups.push(conn);
+                }
+                delivered = true;
+                break;
             }
-            q.next_consumer = (idx + 1) % n;
+            if !delivered {
+                return;
+            }
             // Known now, so the loop need not look the queue up again to find it empty (the
             // common case: each publish dispatches the one message it queued).
             let drained = q.is_empty();
-            count_delivery(&mut self.stats, q, msg.redelivered);
-            let key = q.consumers[idx].clone();
-            let queue_id = q.id;
-            let Some(session) = self.sessions.get_mut(&key.conn) else {
-                return;
-            };
-            let Some(ch) = session.channels.get_mut(&key.channel) else {
-                return;
-            };
-            let delivery_tag = ch.next_delivery_tag();
-            let redelivered = msg.redelivered;
-            let message = delivered_form(&msg);
-            let mut settled = None;
-            match ch.consumers.get_mut(&*key.tag) {
-                Some(c) if !c.no_ack => {
-                    c.unacked += 1;
-                    let u = Unacked {
-                        queue_id,
-                        queue: q.name.clone(),
-                        message: msg,
-                        consumer: Some(key.tag.clone()),
-                    };
-                    ch.unacked.insert(delivery_tag, u);
-                }
-                _ => settled = Some(msg),
-            }
-            // Encoded straight from the shared message: no copy of the tag, exchange or key.
-            let consumer_tag = key.tag;
-            let out =
-                Outgoing::Deliver { channel: key.channel, consumer_tag, delivery_tag, redelivered, message };
-            session.outbound.push(out);
-            if !session.woken {
-                session.woken = true;
-                self.wakeups.push(key.conn);
-            }
-            // Auto-ack: delivered is done.
-            if let Some(m) = settled {
+            if let Some((queue_id, m)) = settled {
                 self.forget(queue_id, &m);
             }
             if drained {

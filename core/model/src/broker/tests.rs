@@ -67,7 +67,7 @@ impl Harness {
 
     fn sent(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        self.b.take_outbound(self.conn, &mut out);
+        let _ = self.b.take_outbound(self.conn, &mut out);
         out
     }
 
@@ -419,7 +419,7 @@ fn an_alarm_blocks_publishers_only_and_tells_those_that_asked() {
     h.declare("q", &[]);
     let told = |b: &mut Broker, conn: ConnId| -> Vec<Method> {
         let mut out = Vec::new();
-        b.take_outbound(conn, &mut out);
+        let _ = b.take_outbound(conn, &mut out);
         out.into_iter()
             .filter_map(|o| match o {
                 Outgoing::Method { channel: 0, method, .. } => Some(method),
@@ -507,4 +507,33 @@ fn cached_topic_routes_follow_every_binding_change() {
     assert_eq!(routed(&mut h), ["q2"], "an unbind is seen");
     h.method(QueueDelete { queue: "q2".into(), ..Default::default() });
     assert!(routed(&mut h).is_empty(), "a deleted queue's bindings are gone from the cache too");
+}
+
+#[test]
+fn a_consumer_that_does_not_keep_up_leaves_messages_in_the_queue_and_gets_them_all() {
+    let mut h = Harness::new();
+    h.declare("q", &[]);
+    h.method(BasicConsume {
+        queue: "q".into(),
+        consumer_tag: "c".into(),
+        no_ack: true,
+        ..Default::default()
+    });
+    h.sent();
+    let total = 3 * super::OUTBOUND_LIMIT + 10;
+    for _ in 0..total {
+        h.publish("q", "m", BasicProperties::default());
+    }
+    // The connection never pulled: all but a window's worth wait in the queue, where
+    // max-length, TTL and the metrics see them.
+    assert_eq!(h.ready("q"), total - super::OUTBOUND_LIMIT);
+    let mut tags = Vec::new();
+    while tags.len() < total {
+        let got = h.deliveries();
+        assert!(!got.is_empty(), "delivery stalled after {} of {total}", tags.len());
+        tags.extend(got.into_iter().map(|(t, _)| t));
+    }
+    assert_eq!(tags, (1..=total as u64).collect::<Vec<_>>(), "in order, none lost or repeated");
+    assert_eq!(h.ready("q"), 0);
+    assert!(h.sent().is_empty());
 }

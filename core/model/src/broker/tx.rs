@@ -25,7 +25,8 @@ impl Broker {
         for op in ops {
             match op {
                 TxOp::Publish { method, properties, body } => {
-                    stored |= self.route_and_deliver(conn, ch, method, properties, body)?
+                    let confirm = self.channel(conn, ch).and_then(|c| c.next_confirm_seq());
+                    stored |= self.route_and_deliver(conn, ch, method, properties, body, confirm)?
                 }
                 TxOp::Settle { tag, multiple, requeue } => {
                     self.settle_now(conn, ch, tag, multiple, requeue)?
