@@ -201,8 +201,10 @@ impl Connection {
             config,
             peer_is_loopback,
             state: State::ProtocolHeader,
-            input: BytesMut::with_capacity(8192),
-            output: BytesMut::with_capacity(8192),
+            // Both grow on first use: the driver sizes its reads, and an idle connection (most
+            // of them, in a big deployment) should not hold an output buffer it does not use.
+            input: BytesMut::new(),
+            output: BytesMut::new(),
             heartbeat: None,
             last_recv: now,
             last_send: now,
