@@ -192,6 +192,49 @@ async fn deliveries_round_robin_across_consumers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn auto_ack_consumers_on_other_connections_get_a_burst_bigger_than_their_window() {
+    // Far more than the 4 096 deliveries a connection may have waiting: the rest wait in the
+    // queue and go out as each consumer's connection pulls.
+    const TOTAL: usize = 30_000;
+    let b = TestBroker::start().await;
+    let publisher = connect(&b).await;
+    let ch = publisher.create_channel().await.expect("channel");
+    declare(&ch, "burst").await;
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut consumers = Vec::new();
+    for tag in ["one", "two"] {
+        let conn = connect(&b).await;
+        let c = conn.create_channel().await.expect("channel");
+        let consumer =
+            c.basic_consume("burst".into(), tag.into(), opts, FieldTable::default()).await.expect("consume");
+        consumers.push((conn, consumer));
+    }
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    for i in 0..TOTAL {
+        publish(&ch, "burst", format!("{i}").as_bytes()).await;
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty(), "every publish acked");
+    let mut seen = Vec::new();
+    for (_, consumer) in &mut consumers {
+        let mut last = None;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            // Round robin: each consumer gets half, in publish order.
+            for _ in 0..TOTAL / 2 {
+                let d = consumer.next().await.expect("delivery").expect("ok");
+                let n: usize = std::str::from_utf8(&d.data).expect("utf-8").parse().expect("number");
+                assert!(last.is_none_or(|l| n > l), "out of order: {n} after {last:?}");
+                last = Some(n);
+                seen.push(n);
+            }
+        })
+        .await
+        .expect("deliveries stalled");
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>(), "each message exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unacked_messages_return_when_the_channel_or_connection_closes() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
