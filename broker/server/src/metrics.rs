@@ -38,9 +38,9 @@ pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
     let unacked = b.unacked_by_queue();
     b.queues()
         .map(|q| QueueSnapshot {
-            name: q.name.clone(),
+            name: q.name.to_string(),
             durable: q.spec.durable,
-            dead_letter_target: targets.contains(&q.name),
+            dead_letter_target: targets.contains(&*q.name),
             ready: q.len(),
             unacked: unacked.get(&q.id).copied().unwrap_or(0),
             bytes: q.bytes(),

@@ -315,7 +315,7 @@ impl Broker {
             .queues
             .values()
             .filter(|q| q.spec.exclusive_owner == Some(conn))
-            .map(|q| q.name.clone())
+            .map(|q| q.name.to_string())
             .collect();
         for name in exclusive {
             self.delete_queue(&name);
@@ -416,7 +416,7 @@ impl Broker {
         }
         // Deliveries were held back for want of room: there is room now. What this dispatches
         // to this connection goes out with this pull.
-        let mut queues: Vec<String> =
+        let mut queues: Vec<std::sync::Arc<str>> =
             s.channels.values().flat_map(|c| c.consumers.values()).map(|c| c.queue.clone()).collect();
         queues.sort();
         queues.dedup();
@@ -493,9 +493,9 @@ impl Broker {
             return;
         };
         self.stats.channels_closed += 1;
-        let mut touched: Vec<String> = Vec::new();
+        let mut touched: Vec<std::sync::Arc<str>> = Vec::new();
         for (tag, c) in state.consumers {
-            if let Some(q) = self.queues.get_mut(&c.queue) {
+            if let Some(q) = self.queues.get_mut(&*c.queue) {
                 q.remove_consumer(conn, ch, &tag);
             }
             touched.push(c.queue);
@@ -507,7 +507,7 @@ impl Broker {
         touched.sort();
         touched.dedup();
         for name in touched {
-            if self.queues.get(&name).is_some_and(Queue::should_auto_delete) {
+            if self.queues.get(&*name).is_some_and(Queue::should_auto_delete) {
                 self.delete_queue(&name);
             } else {
                 self.dispatch(&name);

@@ -10,8 +10,8 @@ use crate::message::QueuedMessage;
 /// A consumer as its channel sees it.
 #[derive(Debug, Clone)]
 pub struct Consumer {
-    /// The queue it consumes from.
-    pub queue: String,
+    /// The queue it consumes from (its name, shared with the queue).
+    pub queue: std::sync::Arc<str>,
     /// Deliveries need no acknowledgement.
     pub no_ack: bool,
     /// Per-consumer prefetch limit (basic.qos global=false); 0 is unlimited.
@@ -26,7 +26,7 @@ pub struct Unacked {
     /// The queue incarnation it came from.
     pub queue_id: u64,
     /// That queue's name.
-    pub queue: String,
+    pub queue: std::sync::Arc<str>,
     /// The message.
     pub message: QueuedMessage,
     /// The consumer it went to; `None` for basic.get.

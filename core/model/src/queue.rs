@@ -61,8 +61,8 @@ pub struct Queue {
     /// Unique per incarnation: a queue deleted and declared again under the same name is a
     /// different queue, and unacked messages of the old one must not land in the new one.
     pub id: u64,
-    /// Its name.
-    pub name: String,
+    /// Its name, shared with each unacked delivery from it (no copy per delivery).
+    pub name: std::sync::Arc<str>,
     /// How it was declared.
     pub spec: QueueSpec,
     /// Its arguments, parsed.
@@ -120,7 +120,7 @@ impl Queue {
             delayed: 0,
             stats: Default::default(),
             id,
-            name,
+            name: name.into(),
             spec,
             ready: VecDeque::new(),
             returned: BTreeMap::new(),

@@ -147,7 +147,7 @@ impl Broker {
         } else {
             c.consumer_prefetch = m.prefetch_count;
         }
-        let queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
         self.send(conn, ch, BasicQosOk {});
         for q in queues {
             self.dispatch(&q);
@@ -158,6 +158,7 @@ impl Broker {
     pub(super) fn basic_consume(&mut self, conn: ConnId, ch: u16, m: BasicConsume) -> Result<(), AmqpError> {
         let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
+        let queue = q.name.clone();
         if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
@@ -178,8 +179,7 @@ impl Broker {
             return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
         }
         let prefetch = c.consumer_prefetch;
-        c.consumers
-            .insert(tag.clone(), Consumer { queue: m.queue.clone(), no_ack: m.no_ack, prefetch, unacked: 0 });
+        c.consumers.insert(tag.clone(), Consumer { queue, no_ack: m.no_ack, prefetch, unacked: 0 });
         if let Some(q) = self.queues.get_mut(&m.queue) {
             q.consumers.push(ConsumerKey { conn, channel: ch, tag: Arc::from(tag.as_str()), priority });
             q.exclusive_consumer = m.exclusive;
@@ -198,7 +198,7 @@ impl Broker {
         let Some(queue) = queue else {
             return Ok(());
         };
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let Some(q) = self.queues.get_mut(&*queue) else {
             return Ok(());
         };
         q.remove_consumer(conn, ch, &m.consumer_tag);
@@ -252,7 +252,7 @@ impl Broker {
         if m.no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u = Unacked { queue_id, queue: m.queue, message: msg, consumer: None };
+            let u = Unacked { queue_id, queue: m.queue.into(), message: msg, consumer: None };
             c.unacked.insert(delivery_tag, u);
         }
         self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
@@ -298,7 +298,7 @@ impl Broker {
             return Ok(());
         };
         c.active = m.active;
-        let queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
         self.send(conn, ch, ChannelFlowOk { active: m.active });
         for q in queues {
             self.dispatch(&q);

@@ -173,22 +173,25 @@ impl Broker {
         for u in &taken {
             c.settled(u);
         }
-        let mut queues: Vec<String> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let mut queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
         if requeue.is_none() {
             self.stats.acknowledged += taken.len() as u64;
             for u in &taken {
-                if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) {
+                if let Some(q) = self.queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) {
                     q.stats.acked += 1;
                 }
                 self.forget(u.queue_id, &u.message);
             }
         }
         for u in taken {
-            queues.push(u.queue.clone());
+            // Usually the queue of a consumer already listed: no list growing per message.
+            if !queues.contains(&u.queue) {
+                queues.push(u.queue.clone());
+            }
             match requeue {
                 None => {}
                 Some(true) => self.give_back(u, Return::Refused),
-                Some(false) if self.queues.get(&u.queue).is_some_and(|q| q.id == u.queue_id) => {
+                Some(false) if self.queues.get(&*u.queue).is_some_and(|q| q.id == u.queue_id) => {
                     self.dead_letter(&u.queue, u.message, Reason::Rejected);
                 }
                 // Its queue is gone, and with it the stored entry.
@@ -208,7 +211,7 @@ impl Broker {
     /// otherwise put back at its original position.
     pub(super) fn give_back(&mut self, u: Unacked, how: Return) {
         let now = self.now;
-        let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.id == u.queue_id) else {
+        let Some(q) = self.queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) else {
             return;
         };
         let mut m = u.message;

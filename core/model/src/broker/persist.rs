@@ -363,7 +363,8 @@ impl Broker {
                 Err(e) => report.skipped.push(format!("binding {} -> {}: {e}", b.source, b.destination)),
             }
         }
-        let names: HashMap<u64, String> = self.queues.values().map(|q| (q.id, q.name.clone())).collect();
+        let names: HashMap<u64, std::sync::Arc<str>> =
+            self.queues.values().map(|q| (q.id, q.name.clone())).collect();
         for e in r.entries {
             if let Some(name) = names.get(&e.queue)
                 && self.restore_entry(name, e, r.clean)
@@ -426,7 +427,7 @@ pub(super) fn queue_record(q: &Queue) -> Option<MetaOp> {
     stores_messages(&q.spec).then(|| {
         MetaOp::PutQueue(QueueRecord {
             id: q.id,
-            name: q.name.clone(),
+            name: q.name.to_string(),
             auto_delete: q.spec.auto_delete,
             arguments: q.spec.arguments.clone(),
         })
