@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestBroker, eventually};
+use common::{TestBroker, code, eventually};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -34,14 +34,6 @@ async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
 
 async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
     ch.basic_get(queue.into(), BasicGetOptions { no_ack }).await.expect("get")
-}
-
-/// The reply code a failed call carries, if the broker sent one.
-fn code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

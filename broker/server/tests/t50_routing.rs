@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestBroker, eventually, s, table};
+use common::{TestBroker, code, eventually, s, table};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
@@ -17,13 +17,6 @@ async fn channel(b: &TestBroker) -> (Connection, Channel) {
     let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
-}
-
-fn code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
-    }
 }
 
 async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TestBroker, publish_confirmed, s, table};
+use common::{TestBroker, code, publish_confirmed, s, table};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -185,13 +185,6 @@ async fn metric(b: &TestBroker, series: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-}
-
-fn code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -417,7 +417,7 @@ impl Broker {
         // Deliveries were held back for want of room: there is room now. What this dispatches
         // to this connection goes out with this pull.
         let mut queues: Vec<std::sync::Arc<str>> =
-            s.channels.values().flat_map(|c| c.consumers.values()).map(|c| c.queue.clone()).collect();
+            s.channels.values().flat_map(ChannelState::consumer_queues).collect();
         queues.sort();
         queues.dedup();
         for q in queues {

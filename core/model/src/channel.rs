@@ -20,6 +20,14 @@ pub struct Consumer {
     pub unacked: u32,
 }
 
+impl Consumer {
+    /// Whether it may take one more delivery, given whether its channel's window has room
+    /// (auto-ack consumers are limited by neither).
+    fn has_room(&self, channel_room: bool) -> bool {
+        self.no_ack || (channel_room && (self.prefetch == 0 || self.unacked < u32::from(self.prefetch)))
+    }
+}
+
 /// A delivered message waiting for ack, nack or reject.
 #[derive(Debug, Clone)]
 pub struct Unacked {
@@ -109,38 +117,30 @@ impl ChannelState {
         Some(seq)
     }
 
+    /// Whether the channel-wide prefetch (basic.qos global=true) leaves room for one more.
+    fn under_channel_prefetch(&self) -> bool {
+        self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch)
+    }
+
     /// Whether consumer `tag` may receive one more message now.
     pub fn can_deliver(&self, tag: &str) -> bool {
-        let Some(c) = self.consumers.get(tag) else {
-            return false;
-        };
-        if !self.active {
-            return false;
-        }
-        if c.no_ack {
-            return true;
-        }
-        let under_consumer = c.prefetch == 0 || c.unacked < u32::from(c.prefetch);
-        let under_channel =
-            self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch);
-        under_consumer && under_channel
+        self.active && self.consumers.get(tag).is_some_and(|c| c.has_room(self.under_channel_prefetch()))
     }
 
     /// Takes a place in consumer `tag`'s prefetch window for one delivery, if it has room;
-    /// `Some(no_ack)` when it does. [`ChannelState::can_deliver`] without the claim.
+    /// `Some(no_ack)` when it does. [`ChannelState::can_deliver`] with the claim, in one lookup.
     pub fn claim(&mut self, tag: &str) -> Option<bool> {
-        let under_channel =
-            self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch);
-        let c = self.consumers.get_mut(tag).filter(|_| self.active)?;
-        if c.no_ack {
-            return Some(true);
+        let (active, channel_room) = (self.active, self.under_channel_prefetch());
+        let c = self.consumers.get_mut(tag).filter(|c| active && c.has_room(channel_room))?;
+        if !c.no_ack {
+            c.unacked += 1;
         }
-        let under_consumer = c.prefetch == 0 || c.unacked < u32::from(c.prefetch);
-        if !(under_consumer && under_channel) {
-            return None;
-        }
-        c.unacked += 1;
-        Some(false)
+        Some(c.no_ack)
+    }
+
+    /// The queues this channel's consumers take from (a queue once per consumer).
+    pub fn consumer_queues(&self) -> impl Iterator<Item = std::sync::Arc<str>> + '_ {
+        self.consumers.values().map(|c| c.queue.clone())
     }
 
     /// Removes the unacked deliveries an ack, nack or reject names, RabbitMQ's way:

@@ -294,18 +294,11 @@ impl Connection {
     pub fn handle_input(&mut self, now: Instant, broker: &mut Broker) {
         self.now = now;
         self.last_recv = now;
-        let mut decoded = std::mem::take(&mut self.decoded);
-        for frame in decoded.drain(..) {
-            self.handle_frame(now, frame, broker);
-        }
-        self.decoded = decoded;
-        if let Some(e) = self.decode_error.take() {
-            self.fail(now, codec_error(e), broker);
-        }
         loop {
             match self.state {
                 State::Closed => {
                     self.input.clear();
+                    self.decoded.clear();
                     break;
                 }
                 State::ProtocolHeader => {
@@ -322,12 +315,25 @@ impl Connection {
                     self.send_start();
                     self.state = State::StartOk;
                 }
+                State::Running | State::Closing { .. } => {
+                    self.decode_input();
+                    if self.decoded.is_empty() && self.decode_error.is_none() {
+                        break;
+                    }
+                    let mut decoded = std::mem::take(&mut self.decoded);
+                    for frame in decoded.drain(..) {
+                        self.handle_frame(now, frame, broker);
+                    }
+                    self.decoded = decoded;
+                    if let Some(e) = self.decode_error.take() {
+                        self.fail(now, codec_error(e), broker);
+                    }
+                }
+                // The handshake: one frame at a time, each under the limits the one before set.
                 _ => match decode_frame(&mut self.input, self.frame_max) {
                     Ok(None) => break,
                     Ok(Some(frame)) => self.handle_frame(now, frame, broker),
                     Err(e) => {
-                        // Past a framing error the stream has no frame boundaries left to
-                        // trust: drop what is buffered and close.
                         self.input.clear();
                         self.fail(now, codec_error(e), broker);
                         break;

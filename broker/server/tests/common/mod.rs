@@ -115,6 +115,14 @@ pub fn table(pairs: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTa
     t
 }
 
+/// The reply code a failed lapin call carries, if the broker sent one.
+pub fn code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
 /// A lapin long-string value.
 pub fn s(v: &str) -> lapin::types::AMQPValue {
     lapin::types::AMQPValue::LongString(v.into())

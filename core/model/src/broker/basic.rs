@@ -147,7 +147,7 @@ impl Broker {
         } else {
             c.consumer_prefetch = m.prefetch_count;
         }
-        let queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let queues: Vec<Arc<str>> = c.consumer_queues().collect();
         self.send(conn, ch, BasicQosOk {});
         for q in queues {
             self.dispatch(&q);
@@ -235,7 +235,7 @@ impl Broker {
         let Some(q) = self.queues.get_mut(&m.queue) else {
             return Ok(());
         };
-        let (queue_id, message_count) = (q.id, q.len() as u32);
+        let (queue_id, queue, message_count) = (q.id, q.name.clone(), q.len() as u32);
         count_delivery(&mut self.stats, q, msg.redelivered);
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
@@ -252,7 +252,7 @@ impl Broker {
         if m.no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u = Unacked { queue_id, queue: m.queue.into(), message: msg, consumer: None };
+            let u = Unacked { queue_id, queue, message: msg, consumer: None };
             c.unacked.insert(delivery_tag, u);
         }
         self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
@@ -298,7 +298,7 @@ impl Broker {
             return Ok(());
         };
         c.active = m.active;
-        let queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let queues: Vec<Arc<str>> = c.consumer_queues().collect();
         self.send(conn, ch, ChannelFlowOk { active: m.active });
         for q in queues {
             self.dispatch(&q);

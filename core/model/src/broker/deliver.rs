@@ -51,7 +51,8 @@ impl Broker {
             // already holds, one lookup of the session, channel and consumer per message.
             let single = q.args.single_active_consumer;
             let mixed = !single && q.consumers.iter().any(|k| k.priority != q.consumers[0].priority);
-            let chosen = if mixed {
+            // Where the search starts and how many it may try.
+            let (start, tries) = if mixed {
                 let mut best: Option<(i64, usize)> = None;
                 for i in 0..n {
                     let idx = (q.next_consumer + i) % n;
@@ -66,15 +67,16 @@ impl Broker {
                 let Some((_, idx)) = best else {
                     return;
                 };
-                Some(idx)
+                (idx, 1)
+            } else if single {
+                (0, 1)
             } else {
-                None
+                (q.next_consumer, n)
             };
-            let tries = if chosen.is_some() || single { 1 } else { n };
             let mut settled = None;
             let mut delivered = false;
             for i in 0..tries {
-                let idx = chosen.unwrap_or(if single { 0 } else { (q.next_consumer + i) % n });
+                let idx = (start + i) % n;
                 let key = &q.consumers[idx];
                 let Some(session) = self.sessions.get_mut(&key.conn) else {
                     continue;
@@ -173,7 +175,7 @@ impl Broker {
         for u in &taken {
             c.settled(u);
         }
-        let mut queues: Vec<Arc<str>> = c.consumers.values().map(|c| c.queue.clone()).collect();
+        let mut queues: Vec<Arc<str>> = c.consumer_queues().collect();
         if requeue.is_none() {
             self.stats.acknowledged += taken.len() as u64;
             for u in &taken {
