@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,8 +38,8 @@ pub struct Shared {
     events: Vec<BrokerEvent>,
     /// Storage metrics, registered on `/metrics` when the store is open.
     pub storage_metrics: Option<crate::storage::StorageMetrics>,
-    /// Raised while a resource alarm blocks publishers; read without the lock.
-    pub alarm: Arc<AtomicBool>,
+    /// The resource alarms; whether any is raised is read without the lock.
+    pub alarms: Arc<crate::alarms::Alarms>,
     /// Loaded plugin components, when the config names any.
     pub plugins: Option<Arc<crate::plugins::Plugins>>,
 }
@@ -162,7 +161,7 @@ impl Server {
             timer,
             events: Vec::new(),
             storage_metrics: Some(storage.metrics.clone()),
-            alarm: storage.alarm.clone(),
+            alarms: storage.alarms.clone(),
             plugins,
         };
         Ok(Server {
@@ -479,7 +478,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
-    let alarm = lock(&shared).alarm.clone();
+    let alarms = lock(&shared).alarms.clone();
     let mut read_size = MIN_READ;
     let mut registered: Option<ConnId> = None;
     let mut user: Option<String> = None;
@@ -494,7 +493,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // Under a resource alarm a publishing connection is not read from: TCP backpressure
         // holds its publishes, as in RabbitMQ.
-        let may_read = !alarm.load(Ordering::Acquire) || conn.may_read(&lock(&shared).broker);
+        let may_read = !alarms.any() || conn.may_read(&lock(&shared).broker);
         let mut woke = false;
         tokio::select! {
             read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {

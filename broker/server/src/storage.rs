@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -11,8 +10,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tracing::{error, info, warn};
 use warren_core::Broker;
 use warren_core::broker::ConfirmPolicy;
-use warren_storage::{FileStore, Options, SyncStop, Syncer};
+use warren_storage::{FileStore, Options, SyncError, SyncStop, Syncer};
 
+use crate::alarms::{Alarm, Alarms};
 use crate::config::{FsyncMode, StorageSettings};
 use crate::server::{SharedRef, lock};
 
@@ -20,9 +20,6 @@ use crate::server::{SharedRef, lock};
 const LINGER_QUIET: Duration = Duration::from_micros(200);
 /// ...but no longer than this under a steady stream.
 const LINGER_MAX: Duration = Duration::from_millis(2);
-
-/// The reason RabbitMQ gives in connection.blocked for its disk alarm.
-pub const DISK_ALARM: &str = "low on disk";
 
 /// Storage metrics, updated by the syncer and the disk monitor.
 #[derive(Clone)]
@@ -32,6 +29,7 @@ pub struct StorageMetrics {
     per_round: Histogram,
     deleted: IntCounter,
     sync_errors: IntCounter,
+    failed: IntGauge,
     disk_free: IntGauge,
     disk_limit: IntGauge,
     alarm: IntGauge,
@@ -61,7 +59,11 @@ impl StorageMetrics {
                 "warren_storage_segments_deleted_total",
                 "Segment files deleted once nothing in them was live.",
             ),
-            sync_errors: c("warren_storage_sync_errors_total", "Syncs that failed (retried)."),
+            sync_errors: c("warren_storage_sync_errors_total", "Syncs that failed."),
+            failed: g(
+                "warren_storage_failed",
+                "1 once an fsync failed: the store takes no more writes until a restart recovers it.",
+            ),
             disk_free: g("warren_disk_space_available_bytes", "Free disk space where the data directory is."),
             disk_limit: g(
                 "warren_disk_space_available_limit_bytes",
@@ -75,12 +77,13 @@ impl StorageMetrics {
 
     /// Adds these metrics to `r`.
     pub fn register(&self, r: &Registry) {
-        let all: [Box<dyn prometheus::core::Collector>; 8] = [
+        let all: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(self.fsyncs.clone()),
             Box::new(self.rounds.clone()),
             Box::new(self.per_round.clone()),
             Box::new(self.deleted.clone()),
             Box::new(self.sync_errors.clone()),
+            Box::new(self.failed.clone()),
             Box::new(self.disk_free.clone()),
             Box::new(self.disk_limit.clone()),
             Box::new(self.alarm.clone()),
@@ -101,8 +104,8 @@ pub struct Storage {
     settings: StorageSettings,
     /// Its metrics.
     pub metrics: StorageMetrics,
-    /// Raised while free disk space is below the limit; read by connection tasks without the lock.
-    pub alarm: Arc<AtomicBool>,
+    /// The resource alarms, the disk and storage ones raised here.
+    pub alarms: Arc<Alarms>,
 }
 
 impl Storage {
@@ -151,7 +154,7 @@ impl Storage {
             data_dir: data_dir.to_path_buf(),
             syncer,
             metrics: StorageMetrics::new(settings.disk_free_limit),
-            alarm: Arc::new(AtomicBool::new(false)),
+            alarms: Arc::new(Alarms::default()),
             settings,
         })
     }
@@ -164,13 +167,13 @@ impl Storage {
             self.data_dir.clone(),
             self.settings.disk_free_limit,
             self.metrics.clone(),
-            self.alarm.clone(),
+            self.alarms.clone(),
         ));
-        let (dir, settings, metrics) = (self.dir, self.settings, self.metrics);
+        let (dir, settings, metrics, alarms) = (self.dir, self.settings, self.metrics, self.alarms);
         let syncer = self.syncer;
         let thread = std::thread::Builder::new()
             .name("warren-sync".into())
-            .spawn(move || run_syncer(syncer, shared, settings, metrics, &dir));
+            .spawn(move || run_syncer(syncer, Shared { shared, alarms, m: metrics }, settings, &dir));
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
@@ -203,19 +206,27 @@ impl StorageTask {
     }
 }
 
-fn run_syncer(
-    mut syncer: Syncer,
+/// What the syncer thread reports to.
+struct Shared {
     shared: SharedRef,
-    settings: StorageSettings,
+    alarms: Arc<Alarms>,
     m: StorageMetrics,
-    dir: &Path,
-) {
+}
+
+fn run_syncer(mut syncer: Syncer, to: Shared, settings: StorageSettings, dir: &Path) {
     let fsync = settings.fsync != FsyncMode::Never;
     while syncer.wait(None) {
         if settings.fsync == FsyncMode::BeforeConfirm {
             syncer.linger(LINGER_QUIET, LINGER_MAX);
         }
-        round(&mut syncer, &shared, fsync, &m);
+        if !round(&mut syncer, &to, fsync) {
+            // Nothing more can be made durable in this run; wait for the stop, which must not
+            // mark the store clean: the next start replays and checks the whole log.
+            while syncer.wait(None) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return;
+        }
         match settings.fsync {
             FsyncMode::BeforeConfirm => {}
             FsyncMode::Interval => std::thread::sleep(settings.fsync_interval),
@@ -224,7 +235,7 @@ fn run_syncer(
         }
     }
     // Stopping: whatever was written is made durable, then the stop is marked clean.
-    if round(&mut syncer, &shared, true, &m) {
+    if round(&mut syncer, &to, true) {
         match FileStore::mark_clean(dir) {
             Ok(()) => info!("storage synced and closed cleanly"),
             Err(e) => {
@@ -234,31 +245,44 @@ fn run_syncer(
     }
 }
 
-/// One sync; releases the confirms it covered. Returns whether it succeeded.
-fn round(syncer: &mut Syncer, shared: &SharedRef, fsync: bool, m: &StorageMetrics) -> bool {
+/// One sync; releases the confirms it covered. Returns whether it succeeded; a failure is
+/// final for this run (see [`warren_storage::sync`]): everything waiting on a sync is
+/// answered as failed, and the storage alarm blocks publishers.
+fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
+    let m = &to.m;
     match syncer.sync(fsync) {
         Ok(r) => {
             m.rounds.inc();
             m.fsyncs.inc_by(r.fsyncs);
             m.deleted.inc_by(r.deleted);
             m.per_round.observe(r.records as f64);
-            let mut s = lock(shared);
+            if let Some(why) = &r.undeleted {
+                warn!(error = %why, "cannot delete a dead segment; kept and tried again next sync");
+            }
+            let mut s = lock(&to.shared);
             s.broker.storage_synced(r.position);
             s.wake_all();
             true
         }
-        Err(e) => {
-            // Confirms stay held: nothing unsynced is ever confirmed. Retry after a pause.
+        Err(SyncError::Poisoned(why)) => {
             m.sync_errors.inc();
-            error!(error = %e, "storage sync failed; confirms wait until a sync succeeds");
-            std::thread::sleep(Duration::from_millis(500));
+            m.failed.set(1);
+            error!(
+                error = %why,
+                "storage sync failed: unsynced publishes are nacked, the store takes no more \
+                 writes, publishers are blocked; restart to recover from the log"
+            );
+            let mut s = lock(&to.shared);
+            s.broker.storage_failed(&why);
+            to.alarms.set(Alarm::Storage, true, &mut s.broker);
+            s.wake_all();
             false
         }
     }
 }
 
 /// Checks free disk space every second and raises or clears the disk alarm.
-async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarm: Arc<AtomicBool>) {
+async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarms: Arc<Alarms>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -271,10 +295,9 @@ async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetri
         };
         m.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
         let low = free < limit;
-        if low == alarm.load(Ordering::Acquire) {
+        if low == alarms.is_raised(Alarm::Disk) {
             continue;
         }
-        alarm.store(low, Ordering::Release);
         m.alarm.set(i64::from(low));
         if low {
             warn!(free, limit, "free disk space below the limit: publishers are blocked");
@@ -282,7 +305,7 @@ async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetri
             info!(free, limit, "free disk space above the limit again: publishers unblocked");
         }
         let mut s = lock(&shared);
-        s.broker.set_alarm(low.then(|| DISK_ALARM.to_string()));
+        alarms.set(Alarm::Disk, low, &mut s.broker);
         s.wake_all();
     }
 }

@@ -3,74 +3,18 @@
 //! must not, except the few whose acks were still in flight, which come back redelivered.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
+use common::process::{Process as Broker, log_of};
 use common::publish_confirmed;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 
 const MESSAGES: usize = 20_000;
-
-/// The broker as a process of its own.
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log =
-            std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["--amqp-listen", &addr.to_string()])
-            .args(["--data-dir", &dir.join("data").display().to_string()])
-            .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
-            .args(["--quic-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start warren");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "warren did not start: {}", log_of(dir));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker { child, addr }
-    }
-
-    /// SIGKILL: no shutdown code runs, nothing is flushed by the broker.
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-
-    async fn channel(&self) -> (Connection, Channel) {
-        let uri = format!("amqp://guest:guest@{}/%2f", self.addr);
-        let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
-        let ch = conn.create_channel().await.expect("channel");
-        (conn, ch)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("warren.log")).unwrap_or_default()
-}
 
 /// Consumes everything in `queue` with auto-ack: body number → times seen, redelivered flags.
 async fn drain(ch: &Channel) -> BTreeMap<usize, Vec<bool>> {
@@ -93,7 +37,7 @@ async fn drain(ch: &Channel) -> BTreeMap<usize, Vec<bool>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill_9_exactly_once_and_acked_ones_stay_gone() {
     let dir = tempfile::tempdir().expect("dir");
-    let b = Broker::start(dir.path());
+    let b = Broker::start(dir.path(), &[]);
     let (_conn, ch) = b.channel().await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
@@ -103,7 +47,7 @@ async fn confirmed_messages_survive_kill_9_exactly_once_and_acked_ones_stay_gone
     publish_confirmed(&ch, "", "crash", &bodies, props).await;
     b.kill();
 
-    let b = Broker::start(dir.path());
+    let b = Broker::start(dir.path(), &[]);
     let (_conn, ch) = b.channel().await;
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     let q = ch.queue_declare("crash".into(), passive, FieldTable::default()).await.expect("queue is back");
@@ -121,7 +65,7 @@ async fn confirmed_messages_survive_kill_9_exactly_once_and_acked_ones_stay_gone
     }
     b.kill();
 
-    let b = Broker::start(dir.path());
+    let b = Broker::start(dir.path(), &[]);
     let (_conn, ch) = b.channel().await;
     let seen = drain(&ch).await;
     for (n, flags) in &seen {

@@ -33,6 +33,9 @@ pub enum CodecError {
     /// A field table or array held a type tag that RabbitMQ does not define.
     #[error("unknown field type {0:#04x}")]
     UnknownFieldType(u8),
+    /// Tables and arrays nested deeper than the limit.
+    #[error("field tables and arrays nested deeper than {0} levels")]
+    TooDeep(usize),
     /// A short string that is not UTF-8.
     #[error("short string is not UTF-8")]
     BadUtf8,
@@ -72,6 +75,7 @@ impl CodecError {
             | CodecError::BadFrameEnd(_)
             | CodecError::Truncated(_)
             | CodecError::UnknownFieldType(_)
+            | CodecError::TooDeep(_)
             | CodecError::BadUtf8
             | CodecError::TrailingBytes(_)
             | CodecError::MethodFields { .. } => reply_code::FRAME_ERROR,

@@ -11,6 +11,11 @@ use bytes::Bytes;
 use crate::error::CodecError;
 use crate::wire::{Reader, Writer};
 
+/// How deeply tables and arrays may nest in one decoded value. Real clients nest a few
+/// levels (x-death is an array of tables); RabbitMQ's parser copes with dozens. Past this a
+/// peer is only trying to exhaust the stack that decoding and dropping recurse on.
+pub const MAX_FIELD_DEPTH: usize = 128;
+
 /// A field table: names to values. Order on the wire is not significant, so a sorted map
 /// gives equality that matches RabbitMQ's argument equivalence.
 pub type FieldTable = BTreeMap<String, FieldValue>;
@@ -109,9 +114,11 @@ impl FieldValue {
     }
 
     /// Reads one value from its wire encoding, type tag first; trailing octets are an error.
+    /// The value is taken to sit inside a table, so it may nest one level less than a table
+    /// may: whatever it ends up in still decodes under [`MAX_FIELD_DEPTH`].
     pub fn from_wire(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(Bytes::copy_from_slice(bytes));
-        let v = FieldValue::decode(&mut r)?;
+        let v = FieldValue::decode(&mut r, 1)?;
         if r.remaining() > 0 {
             return Err(CodecError::TrailingBytes(r.remaining()));
         }
@@ -193,7 +200,8 @@ impl FieldValue {
         }
     }
 
-    fn decode(r: &mut Reader) -> Result<Self, CodecError> {
+    /// `depth` is the number of tables and arrays this value sits inside.
+    fn decode(r: &mut Reader, depth: usize) -> Result<Self, CodecError> {
         Ok(match r.u8()? {
             b't' => FieldValue::Bool(r.u8()? != 0),
             b'b' => FieldValue::I8(r.u8()? as i8),
@@ -208,15 +216,16 @@ impl FieldValue {
             b'D' => FieldValue::Decimal(Decimal { scale: r.u8()?, value: r.u32()? }),
             b'S' => FieldValue::LongString(r.long_str()?),
             b'A' => {
+                let depth = nested(depth)?;
                 let mut inner = Reader::new(r.long_str()?);
                 let mut items = Vec::new();
                 while inner.remaining() > 0 {
-                    items.push(FieldValue::decode(&mut inner)?);
+                    items.push(FieldValue::decode(&mut inner, depth)?);
                 }
                 FieldValue::Array(items)
             }
             b'T' => FieldValue::Timestamp(r.u64()?),
-            b'F' => FieldValue::Table(decode_table(r)?),
+            b'F' => FieldValue::Table(decode_table_at(r, depth)?),
             b'V' => FieldValue::Void,
             b'x' => FieldValue::ByteArray(r.long_str()?),
             other => return Err(CodecError::UnknownFieldType(other)),
@@ -234,13 +243,27 @@ pub fn encode_table(w: &mut Writer<'_>, t: &FieldTable) {
     w.finish_len(at);
 }
 
-/// Reads a table with its 32-bit length prefix.
+/// Reads a table with its 32-bit length prefix; tables and arrays in it may nest
+/// [`MAX_FIELD_DEPTH`] deep, counting this one.
 pub fn decode_table(r: &mut Reader) -> Result<FieldTable, CodecError> {
+    decode_table_at(r, 0)
+}
+
+/// The depth one level inside a container at `depth`, or the error past the limit.
+fn nested(depth: usize) -> Result<usize, CodecError> {
+    if depth >= MAX_FIELD_DEPTH {
+        return Err(CodecError::TooDeep(MAX_FIELD_DEPTH));
+    }
+    Ok(depth + 1)
+}
+
+fn decode_table_at(r: &mut Reader, depth: usize) -> Result<FieldTable, CodecError> {
+    let depth = nested(depth)?;
     let mut inner = Reader::new(r.long_str()?);
     let mut t = FieldTable::new();
     while inner.remaining() > 0 {
         let k = inner.short_str()?;
-        let v = FieldValue::decode(&mut inner)?;
+        let v = FieldValue::decode(&mut inner, depth)?;
         t.insert(k, v);
     }
     Ok(t)
@@ -263,6 +286,57 @@ mod tests {
         encode_table(&mut Writer::new(&mut buf), &t);
         let back = decode_table(&mut Reader::new(buf.freeze()));
         assert_eq!(back, Ok(t));
+    }
+
+    /// `levels` arrays, each holding the next, inside one table entry.
+    fn nested_arrays(levels: usize) -> Bytes {
+        let mut value = BytesMut::new();
+        value.extend_from_slice(b"V");
+        for _ in 0..levels {
+            let mut outer = BytesMut::new();
+            outer.extend_from_slice(b"A");
+            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&value);
+            value = outer;
+        }
+        let mut table = BytesMut::new();
+        table.extend_from_slice(&((value.len() + 2) as u32).to_be_bytes());
+        table.extend_from_slice(&[1, b'k']);
+        table.extend_from_slice(&value);
+        table.freeze()
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_decodes_and_one_more_is_refused() {
+        // The table is one level, so MAX_FIELD_DEPTH - 1 arrays fit inside it.
+        let ok = decode_table(&mut Reader::new(nested_arrays(MAX_FIELD_DEPTH - 1)));
+        assert!(ok.is_ok(), "{ok:?}");
+        let deep = decode_table(&mut Reader::new(nested_arrays(MAX_FIELD_DEPTH)));
+        assert_eq!(deep, Err(CodecError::TooDeep(MAX_FIELD_DEPTH)));
+    }
+
+    #[test]
+    fn hostile_nesting_fails_on_a_small_stack() {
+        // 20 000 levels in 100 KB overflowed a 2 MiB worker stack before the limit existed;
+        // here it must come back as an error on a quarter of that, even in a debug build.
+        let raw = nested_arrays(20_000);
+        let got = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || decode_table(&mut Reader::new(raw)).is_err())
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
+        assert!(got);
+    }
+
+    #[test]
+    fn a_plugin_value_nests_one_level_less_than_a_table() {
+        // The value part of each table (past the length, key length and key): what fits in
+        // a table fits alone, and what does not fit in a table is refused alone too.
+        let fits = nested_arrays(MAX_FIELD_DEPTH - 1);
+        assert!(FieldValue::from_wire(&fits[6..]).is_ok());
+        let too_deep = nested_arrays(MAX_FIELD_DEPTH);
+        assert_eq!(FieldValue::from_wire(&too_deep[6..]), Err(CodecError::TooDeep(MAX_FIELD_DEPTH)));
     }
 
     #[test]

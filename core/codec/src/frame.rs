@@ -195,6 +195,9 @@ pub fn split_encoded(buf: &mut BytesMut) -> Option<(u16, Bytes)> {
     Some((channel, buf.split_to(total).freeze()))
 }
 
+/// The most [`decode_frame`] reserves ahead for a frame it has only the header of.
+const MAX_RESERVE: usize = 256 * 1024;
+
 /// Takes one frame off the front of `buf`, or `Ok(None)` when more bytes are needed.
 ///
 /// `frame_max` is the negotiated maximum frame size including overhead; 0 means no limit.
@@ -214,7 +217,9 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let total = total as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // A hint only: the announced size is the peer's word, so never reserve more than a
+        // frame a real client sends at once; the buffer grows as bytes actually arrive.
+        buf.reserve((total - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     let end = buf[total - 1];

@@ -82,6 +82,9 @@ struct Session {
     published: bool,
     /// It was sent connection.blocked and is owed connection.unblocked.
     told_blocked: bool,
+    /// Errors the broker raised on its own (not in answer to a method): channel 0 for the
+    /// connection. Its connection machine closes them on its next pull.
+    errors: Vec<(u16, AmqpError)>,
 }
 
 /// Deliveries a connection may have waiting to be encoded before its consumers get no more:
@@ -238,6 +241,7 @@ impl Broker {
             throttled: false,
             published: false,
             told_blocked: false,
+            errors: Vec::new(),
         };
         self.sessions.insert(id, session);
         id
@@ -365,8 +369,15 @@ impl Broker {
 
     /// Handles a method (other than channel.open/close and basic.publish, which the
     /// connection routes to their own calls) on an open channel.
+    ///
+    /// A topology method whose durable record cannot be written fails with 541 and gets no
+    /// -ok; one that wrote a record gets its -ok once the record is synced.
     pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
         let err_on = method.clone();
+        let topology = matches!(method.ids().0, 40 | 50);
+        if topology {
+            self.durability.command = Some(persist::CommandWrites::default());
+        }
         let r = match method {
             Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
             Method::QueuePurge(m) => self.queue_purge(conn, ch, m),
@@ -393,6 +404,14 @@ impl Broker {
             Method::TxRollback(_) => self.tx_rollback(conn, ch),
             // Server-to-client methods, or ones the connection handles itself.
             _ => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method")),
+        };
+        let failed = if topology { self.durability.command.take().and_then(|c| c.failed) } else { None };
+        let r = match failed {
+            Some(why) if r.is_ok() => Err(AmqpError::new(
+                warren_codec::reply_code::INTERNAL_ERROR,
+                format!("the change could not be stored: {why}"),
+            )),
+            _ => r,
         };
         r.map_err(|e| e.on(&err_on))
     }
@@ -454,10 +473,32 @@ impl Broker {
         self.sessions.len()
     }
 
-    /// Sends a method's -ok reply unless the client asked for no-wait.
+    /// Sends a method's -ok reply unless the client asked for no-wait. A durable change the
+    /// method made is on disk first: the reply waits for the sync, and a failed write sends
+    /// none (the method fails with 541 instead, see [`Broker::handle_method`]).
     fn reply(&mut self, conn: ConnId, channel: u16, no_wait: bool, method: impl Into<Method>) {
-        if !no_wait {
-            self.send(conn, channel, method);
+        match self.durability.command.as_ref() {
+            Some(c) if c.failed.is_some() => {}
+            Some(c) if c.wrote && !no_wait => self.reply_after_sync(conn, channel, true, method),
+            _ if !no_wait => self.send(conn, channel, method),
+            _ => {}
+        }
+    }
+
+    /// Closes channel `ch` of `conn` (or, for channel 0, the connection) for an error the
+    /// broker found on its own; the connection machine acts on it at its next pull.
+    pub(crate) fn raise_error(&mut self, conn: ConnId, ch: u16, err: AmqpError) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.errors.push((ch, err));
+            self.wake(conn);
+        }
+    }
+
+    /// The errors [`Broker::raise_error`] queued for `conn`.
+    pub fn take_errors(&mut self, conn: ConnId) -> Vec<(u16, AmqpError)> {
+        match self.sessions.get_mut(&conn) {
+            Some(s) if !s.errors.is_empty() => std::mem::take(&mut s.errors),
+            _ => Vec::new(),
         }
     }
 

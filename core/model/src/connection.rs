@@ -39,6 +39,11 @@ use crate::message::Outgoing;
 /// RabbitMQ's default largest message: bigger content is refused before it is buffered.
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
 
+/// Largest frame accepted before tune-ok settles frame-max: RabbitMQ 4.1's pre-auth limit,
+/// raised from the spec's 4096 so start-ok can carry a JWT. An unauthenticated peer cannot
+/// make the broker buffer more than this.
+pub const PRE_TUNE_FRAME_MAX: u32 = 8192;
+
 /// Limits the server offers in connection.tune, and its handshake patience.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
@@ -195,7 +200,10 @@ impl Connection {
     /// A connection whose socket opened at `now`.
     pub fn new(config: ConnectionConfig, peer_is_loopback: bool, now: Instant) -> Self {
         Connection {
-            frame_max: config.frame_max,
+            frame_max: match config.frame_max {
+                0 => PRE_TUNE_FRAME_MAX,
+                max => PRE_TUNE_FRAME_MAX.min(max),
+            },
             channel_max: config.channel_max,
             handshake_deadline: now + config.handshake_timeout,
             config,
@@ -397,6 +405,15 @@ impl Connection {
         self.backlog = broker.take_outbound(id, &mut self.pending);
         if self.pending.len() > before {
             self.mark_sent();
+        }
+        for (channel, e) in broker.take_errors(id) {
+            match channel {
+                0 => self.fail(now, e, broker),
+                ch if self.channels.get(&ch).is_some_and(|p| !matches!(p, Phase::Closing)) => {
+                    self.channel_error(now, ch, e, broker)
+                }
+                _ => {}
+            }
         }
     }
 

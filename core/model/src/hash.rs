@@ -4,3 +4,6 @@
 
 /// A `HashMap` with foldhash.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
+/// A `HashSet` with foldhash.
+pub type Set<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;

@@ -16,4 +16,4 @@ pub mod store;
 pub mod sync;
 
 pub use store::{FileStore, Options, RecoveryReport};
-pub use sync::{SyncRound, SyncStop, Syncer};
+pub use sync::{SyncError, SyncRound, SyncStop, Syncer};

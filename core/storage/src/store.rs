@@ -91,6 +91,10 @@ pub struct FileStore {
     segments: BTreeMap<u64, SegmentState>,
     active: u64,
     meta: Arc<File>,
+    meta_path: PathBuf,
+    /// The metadata log's length after its last whole record: a write that fails part-way is
+    /// cut back to it, so the next record does not land after a torn one.
+    meta_len: u64,
     /// Live entries per queue and segment.
     live: HashMap<QueueId, HashMap<u64, u64>>,
     shared: Arc<SyncShared>,
@@ -113,6 +117,7 @@ fn segment_of(at: StoreRef) -> u64 {
 
 /// The id the syncer knows the metadata log by; segment `n` is `n + 1`.
 const META_FILE: u64 = 0;
+const META_LOG: &str = "metadata.log";
 const CLEAN: &str = "clean-shutdown";
 
 fn io_err(e: io::Error) -> StorageError {
@@ -143,6 +148,7 @@ impl FileStore {
         }
         let mut report = RecoveryReport { clean, ..Default::default() };
         let (mut recovered, meta) = recover_metadata(dir, &mut report)?;
+        let meta_len = meta.metadata().map_err(|e| at(&dir.join(META_LOG), e))?.len();
         recovered.clean = clean;
         let shared = Arc::new(SyncShared::default());
         let mut store = FileStore {
@@ -152,6 +158,8 @@ impl FileStore {
             segments: BTreeMap::new(),
             active: 0,
             meta,
+            meta_path: dir.join(META_LOG),
+            meta_len,
             live: HashMap::new(),
             shared: shared.clone(),
             scratch: BytesMut::new(),
@@ -321,6 +329,7 @@ impl FileStore {
     /// Appends the record in `scratch` to the active segment (opening a new one when it is
     /// full); returns the segment and offset it went to.
     fn append(&mut self) -> Result<(u64, usize), StorageError> {
+        self.refuse_if_poisoned()?;
         let len = self.scratch.len();
         let fits = self.segments.get(&self.active).is_some_and(|s| s.segment.remaining() >= len);
         if !fits {
@@ -335,7 +344,7 @@ impl FileStore {
         let offset =
             s.segment.append(&self.scratch).ok_or_else(|| StorageError::Io("segment full".into()))?;
         self.written += 1;
-        self.shared.wrote(active + 1, &s.segment.file, self.written);
+        self.shared.wrote(active + 1, &s.segment.file, &s.segment.path, self.written);
         Ok((active, offset))
     }
 
@@ -369,12 +378,35 @@ impl FileStore {
         }
     }
 
+    /// After a failed sync nothing written can be trusted to reach the disk: no more writes.
+    fn refuse_if_poisoned(&self) -> Result<(), StorageError> {
+        match self.shared.failure() {
+            Some(why) => {
+                Err(StorageError::Io(format!("the store takes no writes after a failed sync ({why})")))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn write_meta(&mut self, m: &Meta) -> Result<(), StorageError> {
+        self.refuse_if_poisoned()?;
         self.scratch.clear();
         record::frame(&mut self.scratch, |w| record::meta(w, m));
-        (&*self.meta).write_all(&self.scratch).map_err(|e| at(&self.dir.join("metadata.log"), e))?;
+        if let Err(e) = (&*self.meta).write_all(&self.scratch) {
+            // Part of the record may be in the file (ENOSPC part-way): cut it off, or the next
+            // record would follow a torn one and recovery would see damage mid-log. If even
+            // that fails, the log's end is unknown and the store stops taking writes.
+            if let Err(cut) = self.meta.set_len(self.meta_len) {
+                self.shared.poison(format!(
+                    "{}: a write failed ({e}) and cutting it off failed too ({cut})",
+                    self.meta_path.display()
+                ));
+            }
+            return Err(at(&self.meta_path, e));
+        }
+        self.meta_len += self.scratch.len() as u64;
         self.written += 1;
-        self.shared.wrote(META_FILE, &self.meta, self.written);
+        self.shared.wrote(META_FILE, &self.meta, &self.meta_path, self.written);
         Ok(())
     }
 }
@@ -531,7 +563,7 @@ fn good_record_at(seg: &Segment, pos: usize) -> bool {
 /// Reads the metadata log, then rewrites it as a snapshot (so it does not grow without end)
 /// and opens it for appends.
 fn recover_metadata(dir: &Path, report: &mut RecoveryReport) -> Result<(Recovered, Arc<File>), StorageError> {
-    let path = dir.join("metadata.log");
+    let path = dir.join(META_LOG);
     let (mut queues, mut exchanges, mut bindings) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     let mut next_queue_id = 1;
     match std::fs::read(&path) {

@@ -1,11 +1,18 @@
 //! Group commit: the store registers what it wrote; a syncer thread makes it durable in
 //! batches, one fsync per dirty file however many records went into it, and only then
 //! deletes segments whose messages are all gone.
+//!
+//! A failed fsync ends durability for this run of the store. After one, Linux may already
+//! have dropped the dirty pages it could not write and marked them clean, so a later fsync
+//! of the same file succeeds without the data being on disk (PostgreSQL's "fsyncgate").
+//! Retrying proves nothing; the syncer is poisoned instead: it never reports a position past
+//! the last good sync again, and the store refuses every write from then on. What was
+//! written before is recovered from the log by the next start, which checks every record.
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,12 +22,24 @@ pub struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
     written: AtomicU64,
+    /// Set once a sync failed; the store checks it before every write.
+    poisoned: AtomicBool,
+}
+
+/// A file written since the last sync.
+#[derive(Debug)]
+struct Dirty {
+    /// Unique per file; the metadata log is 0, so it syncs first.
+    id: u64,
+    file: Arc<File>,
+    /// For the log line and the alarm when its sync fails.
+    path: PathBuf,
 }
 
 #[derive(Debug, Default)]
 struct SyncState {
-    /// Files written since the last sync, by an id unique per file.
-    dirty: Vec<(u64, Arc<File>)>,
+    /// Files written since the last sync.
+    dirty: Vec<Dirty>,
     /// Records written since the last sync.
     records: u64,
     /// A segment file was created since the last sync.
@@ -29,6 +48,8 @@ struct SyncState {
     doomed: Vec<PathBuf>,
     waiting: bool,
     stop: bool,
+    /// Why the store stopped taking writes, once a sync failed.
+    failure: Option<String>,
 }
 
 impl SyncShared {
@@ -36,11 +57,12 @@ impl SyncShared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a record written to `file` (id `id`); `position` is the store's position after it.
-    pub fn wrote(&self, id: u64, file: &Arc<File>, position: u64) {
+    /// Notes a record written to `file` (id `id`, at `path`); `position` is the store's
+    /// position after it.
+    pub fn wrote(&self, id: u64, file: &Arc<File>, path: &std::path::Path, position: u64) {
         let mut s = self.lock();
-        if !s.dirty.iter().any(|(d, _)| *d == id) {
-            s.dirty.push((id, file.clone()));
+        if !s.dirty.iter().any(|d| d.id == id) {
+            s.dirty.push(Dirty { id, file: file.clone(), path: path.to_path_buf() });
         }
         s.records += 1;
         let wake = s.waiting;
@@ -62,10 +84,39 @@ impl SyncShared {
     pub fn doom(&self, path: PathBuf) {
         self.lock().doomed.push(path);
     }
+
+    /// Why the store takes no more writes, once a sync has failed.
+    pub fn failure(&self) -> Option<String> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock().failure.clone()
+    }
+
+    /// Whether a sync has failed: from then on nothing written can be made durable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Ends durability for this run; the first reason given is the one kept.
+    pub fn poison(&self, why: String) {
+        let mut s = self.lock();
+        s.failure.get_or_insert(why);
+        self.poisoned.store(true, Ordering::Release);
+    }
+}
+
+/// Why a sync round failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// An fsync failed (now or in an earlier round): what was written since the last good
+    /// sync may not be on disk, and the store takes no more writes.
+    #[error("durability lost: {0}")]
+    Poisoned(String),
 }
 
 /// What one sync did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncRound {
     /// Everything the store wrote up to here is durable.
     pub position: u64,
@@ -75,6 +126,8 @@ pub struct SyncRound {
     pub fsyncs: u64,
     /// Segment files it deleted.
     pub deleted: u64,
+    /// A dead segment that could not be deleted (kept for the next round), and why.
+    pub undeleted: Option<String>,
 }
 
 /// Makes a store's writes durable; run it on a thread of its own.
@@ -158,8 +211,12 @@ impl Syncer {
     }
 
     /// Syncs every file written since the last round (unless `fsync` is false: the
-    /// `never` mode, which only deletes), then deletes dead segments.
-    pub fn sync(&mut self, fsync: bool) -> io::Result<SyncRound> {
+    /// `never` mode, which only deletes), then deletes dead segments. After a failed fsync
+    /// every round fails: see the module's note.
+    pub fn sync(&mut self, fsync: bool) -> Result<SyncRound, SyncError> {
+        if let Some(why) = self.shared.failure() {
+            return Err(SyncError::Poisoned(why));
+        }
         let position = self.written();
         let (dirty, records, dir_changed, doomed) = {
             let mut s = self.shared.lock();
@@ -173,27 +230,41 @@ impl Syncer {
             r
         };
         let mut round = SyncRound { position, records, ..Default::default() };
+        let fail = |what: &std::path::Path, e: io::Error| {
+            let why = format!("fsync of {} failed: {e}", what.display());
+            self.shared.poison(why.clone());
+            SyncError::Poisoned(why)
+        };
         if dir_changed && fsync {
-            sync_dir(&self.segments_dir)?;
+            sync_dir(&self.segments_dir).map_err(|e| fail(&self.segments_dir, e))?;
             round.fsyncs += 1;
         }
         // The metadata log has the lowest id, so a queue is durable before its messages are.
         let mut dirty = dirty;
-        dirty.sort_by_key(|(id, _)| *id);
-        for (_, file) in dirty.iter().filter(|_| fsync) {
-            file.sync_data()?;
+        dirty.sort_by_key(|d| d.id);
+        for d in dirty.iter().filter(|_| fsync) {
+            d.file.sync_data().map_err(|e| fail(&d.path, e))?;
             round.fsyncs += 1;
         }
         // Doomed in log order, each deletion made durable before the next: a segment whose
         // removes cancel entries of an older one must outlive it, even across a power cut.
-        for path in doomed {
+        let mut doomed = doomed.into_iter();
+        while let Some(path) = doomed.next() {
             match std::fs::remove_file(&path) {
                 Ok(()) => round.deleted += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Not a durability problem: the file is kept, and tried again (with those
+                    // after it, still in order) next round.
+                    round.undeleted = Some(format!("{}: {e}", path.display()));
+                    let mut s = self.shared.lock();
+                    let later = std::mem::take(&mut s.doomed);
+                    s.doomed = std::iter::once(path).chain(doomed).chain(later).collect();
+                    break;
+                }
             }
             if fsync {
-                sync_dir(&self.segments_dir)?;
+                sync_dir(&self.segments_dir).map_err(|e| fail(&self.segments_dir, e))?;
                 round.fsyncs += 1;
             }
         }

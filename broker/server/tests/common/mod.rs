@@ -1,6 +1,8 @@
 //! Starts a real Warren broker in-process on an ephemeral port.
 #![allow(dead_code, missing_docs)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 
 use tokio::sync::oneshot;

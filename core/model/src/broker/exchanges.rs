@@ -220,8 +220,12 @@ impl Broker {
                 }
                 None => {
                     self.create_exchange(&m)?;
-                    if let Some(r) = Self::exchange_record(&m.exchange, &m) {
-                        self.store_meta(MetaOp::PutExchange(r));
+                    if let Some(r) = Self::exchange_record(&m.exchange, &m)
+                        && !self.store_meta(MetaOp::PutExchange(r))
+                    {
+                        // Not on disk, so not declared: the method fails with 541.
+                        self.exchanges.remove(&m.exchange);
+                        return Ok(());
                     }
                 }
             }
@@ -287,9 +291,15 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let b = Binding { destination, key, arguments };
         let record = self.binding_record(source, &b);
-        self.bind(source, b.destination, b.key, b.arguments)?;
-        if let Some(r) = record {
-            self.store_meta(MetaOp::Bind(r));
+        let existed = self.exchanges.get(source).is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
+        self.bind(source, b.destination.clone(), b.key.clone(), b.arguments.clone())?;
+        if let Some(r) = record
+            && !self.store_meta(MetaOp::Bind(r))
+            && !existed
+            && let Some(x) = self.exchanges.get_mut(source)
+        {
+            // Not on disk, so not bound: the method fails with 541.
+            x.remove_binding(&b);
         }
         Ok(())
     }

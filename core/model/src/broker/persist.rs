@@ -11,10 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use warren_codec::{BasicAck, ExchangeDeclare, Method};
+use warren_codec::reply_code::INTERNAL_ERROR;
+use warren_codec::{BasicAck, BasicNack, ExchangeDeclare, Method};
 
 use super::timers::{Delayed, Timer};
 use super::{Broker, ConnId};
+use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{Queue, QueueSpec};
@@ -69,6 +71,15 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
 }
 
+/// The durable writes of the topology method being handled.
+#[derive(Debug, Default)]
+pub(super) struct CommandWrites {
+    /// A record was written: the -ok waits for its sync.
+    pub wrote: bool,
+    /// A record could not be written: no -ok, the method fails with 541.
+    pub failed: Option<String>,
+}
+
 /// The durability state a broker carries.
 #[derive(Debug, Default)]
 pub(super) struct Durability {
@@ -77,6 +88,10 @@ pub(super) struct Durability {
     pub pending: VecDeque<PendingConfirm>,
     pub synced: u64,
     pub next_channel_id: u64,
+    /// Set while a topology method is handled.
+    pub command: Option<CommandWrites>,
+    /// Why the store can make nothing durable any more, once it cannot.
+    pub failed: Option<String>,
 }
 
 impl Broker {
@@ -127,6 +142,38 @@ impl Broker {
                 Held::Reply(m) => self.send(p.conn, p.channel, m),
             }
         }
+    }
+
+    /// The store can no longer make writes durable (an fsync failed): every confirm and
+    /// reply waiting for a sync is answered as failed, since what it waited for may never
+    /// reach the disk. Publishers are told by basic.nack; a client waiting for tx.commit-ok
+    /// or a durable declare-ok has its connection closed with 541. Writes the store refuses
+    /// from now on are nacked (or fail with 541) as they come.
+    pub fn storage_failed(&mut self, why: &str) {
+        if self.durability.failed.is_some() {
+            return;
+        }
+        self.durability.failed = Some(why.to_string());
+        let pending = std::mem::take(&mut self.durability.pending);
+        for p in pending {
+            if self.channel(p.conn, p.channel).is_none_or(|c| c.id != p.channel_id) {
+                continue;
+            }
+            match p.held {
+                Held::Ack(delivery_tag) => {
+                    self.send(p.conn, p.channel, BasicNack { delivery_tag, multiple: false, requeue: false })
+                }
+                Held::Reply(m) => {
+                    let text = format!("{} could not be made durable: {why}", m.name());
+                    self.raise_error(p.conn, 0, AmqpError::new(INTERNAL_ERROR, text));
+                }
+            }
+        }
+    }
+
+    /// Why the store can make nothing durable any more, once that is so.
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.durability.failed.as_deref()
     }
 
     /// Confirms waiting for a sync, and the position the store has written up to: the driver
@@ -263,13 +310,24 @@ impl Broker {
         self.storage_result(r);
     }
 
-    /// Records a durable topology change.
-    pub(super) fn store_meta(&mut self, op: MetaOp) {
+    /// Records a durable topology change; returns whether it was written (or there is no
+    /// store). Inside a topology method a failure fails the method (see [`CommandWrites`]).
+    pub(super) fn store_meta(&mut self, op: MetaOp) -> bool {
         let Some(store) = self.durability.store.as_mut() else {
-            return;
+            return true;
         };
         let r = store.meta(&op);
+        let ok = r.is_ok();
+        if let Some(c) = self.durability.command.as_mut() {
+            match &r {
+                Ok(()) => c.wrote = true,
+                Err(e) => {
+                    c.failed.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
         self.storage_result(r);
+        ok
     }
 
     /// A write that failed where the client cannot be told (an ack, a topology change):

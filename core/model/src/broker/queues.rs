@@ -40,8 +40,12 @@ impl Broker {
                 arguments: m.arguments,
             };
             let op = super::persist::queue_record(self.create_queue(self.next_queue_id, &name, spec)?);
-            if let Some(op) = op {
-                self.store_meta(op);
+            if let Some(op) = op
+                && !self.store_meta(op)
+            {
+                // Not on disk, so not declared: the method fails with 541 (handle_method).
+                self.queues.remove(&name);
+                return Ok(());
             }
             self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
         }

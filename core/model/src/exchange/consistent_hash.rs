@@ -35,7 +35,7 @@ impl ExchangeFactory for Factory {
             },
             (None, None) => Source::RoutingKey,
         };
-        Ok(Box::new(ConsistentHash { source, bindings: Vec::new(), buckets: Vec::new() }))
+        Ok(Box::new(ConsistentHash { source, bindings: Vec::new(), ends: Vec::new() }))
     }
 }
 
@@ -55,11 +55,16 @@ enum Source {
 }
 
 /// Weighted buckets over the bindings.
+///
+/// Bucket `i` belongs to the binding whose range of cumulative weight holds `i`, so the ring
+/// costs one entry per binding whatever the weights: a binding key is the client's number,
+/// and a vector of that many buckets let one bind ask for 96 GiB.
 #[derive(Debug)]
 pub struct ConsistentHash {
     source: Source,
     bindings: Vec<(Binding, u32)>,
-    buckets: Vec<Destination>,
+    /// For each binding, the total weight of it and every binding before it.
+    ends: Vec<u64>,
 }
 
 /// The weight a binding key stands for.
@@ -80,10 +85,18 @@ pub fn jump(mut key: u64, n: usize) -> usize {
 
 impl ConsistentHash {
     fn rebuild(&mut self) {
-        self.buckets.clear();
-        for (b, w) in &self.bindings {
-            self.buckets.extend(std::iter::repeat_n(b.destination.clone(), *w as usize));
+        self.ends.clear();
+        let mut total = 0u64;
+        for (_, w) in &self.bindings {
+            total += u64::from(*w);
+            self.ends.push(total);
         }
+    }
+
+    /// The binding that owns bucket `bucket`.
+    fn owner(&self, bucket: u64) -> Option<&Destination> {
+        let i = self.ends.partition_point(|end| *end <= bucket);
+        self.bindings.get(i).map(|(b, _)| &b.destination)
     }
 
     fn hash(&self, input: RoutingInput<'_>) -> Option<u64> {
@@ -130,11 +143,12 @@ impl ExchangeType for ConsistentHash {
     }
 
     fn route(&self, input: RoutingInput<'_>, out: &mut Vec<Destination>) -> Result<(), RouteFailed> {
-        if self.buckets.is_empty() {
+        let Some(&total) = self.ends.last() else {
             return Ok(());
-        }
+        };
         if let Some(h) = self.hash(input) {
-            out.push(self.buckets[jump(h, self.buckets.len())].clone());
+            let bucket = jump(h, usize::try_from(total).unwrap_or(usize::MAX));
+            out.extend(self.owner(bucket as u64).cloned());
         }
         Ok(())
     }
@@ -184,6 +198,32 @@ mod tests {
         let moved = (0..3000).filter(|i| route_key(x.as_ref(), &i.to_string()) != before[*i]).count();
         // Ideally a quarter of the keys move, all of them to the new queue.
         assert!((600..900).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn huge_weights_cost_no_memory_and_keep_their_share() {
+        // 4294967295 used to size a vector of ~96 GiB.
+        let x = exchange(FieldTable::new(), &[("a", "4294967295"), ("b", "4294967295"), ("c", "1")]);
+        let mut counts: HashMap<Destination, u32> = HashMap::new();
+        for i in 0..4_000 {
+            *counts.entry(route_key(x.as_ref(), &i.to_string())[0].clone()).or_default() += 1;
+        }
+        assert!(counts.get(&q("c")).is_none_or(|n| *n < 5), "{counts:?}");
+        let (a, b) = (counts[&q("a")], counts[&q("b")]);
+        assert!(a.abs_diff(b) < 400, "{a} vs {b}");
+        // Past u32 the key is not a weight at all.
+        assert_eq!(x.validate_binding("4294967296", &FieldTable::new()).map_err(|e| e.code), Err(406));
+    }
+
+    #[test]
+    fn bucket_owners_follow_cumulative_weights() {
+        let mut x = ConsistentHash { source: Source::RoutingKey, bindings: Vec::new(), ends: Vec::new() };
+        for (d, w) in [("a", "2"), ("b", "1"), ("c", "3")] {
+            x.add_binding(&binding(d, w));
+        }
+        let owners: Vec<_> = (0..7).map(|i| x.owner(i).cloned()).collect();
+        let want = [Some(q("a")), Some(q("a")), Some(q("b")), Some(q("c")), Some(q("c")), Some(q("c")), None];
+        assert_eq!(owners, want);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! The real `warren` binary as a process of its own, for crash and fault tests.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// A running `warren`; dropping it kills it.
+pub struct Process {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Process {
+    /// Starts `warren` on a free port with its data under `dir/data` and its log in
+    /// `dir/warren.log`, with `env` added to its environment.
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Process {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log =
+            std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--amqp-listen", &addr.to_string()])
+            .args(["--data-dir", &dir.join("data").display().to_string()])
+            .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
+            .args(["--quic-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start warren");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("warren exited ({status}): {}", log_of(dir));
+            }
+            assert!(Instant::now() < deadline, "warren did not start: {}", log_of(dir));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process { child, addr, dir: dir.to_path_buf() }
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing is flushed by the broker.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        log_of(&self.dir)
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let uri = format!("amqp://guest:guest@{}/%2f", self.addr);
+        let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The log of the process(es) started in `dir`.
+pub fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("warren.log")).unwrap_or_default()
+}

@@ -1,0 +1,237 @@
+//! Storage faults injected under the real `warren` binary with an `LD_PRELOAD` shim
+//! (`tests/faults/shim.c`): fsync failing with EIO, a metadata write torn by ENOSPC, and a
+//! full disk when a segment is created. Whatever the disk does, nothing is confirmed that is
+//! not durable, nothing is answered `-ok` that was not stored, and a restart recovers every
+//! message that was confirmed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod common;
+
+use common::process::Process;
+use common::{code, publish_confirmed};
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+
+/// Compiles the shim into `dir`; the C compiler is part of the Rust toolchain's needs.
+fn shim(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/shim.c");
+    let out = dir.join("shim.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "the fault shim must compile");
+    out
+}
+
+/// A broker under the shim, with its fault switches in `dir/faults`.
+struct Faulty {
+    process: Process,
+    faults: PathBuf,
+}
+
+impl Faulty {
+    fn start(dir: &Path, config: Option<&str>) -> Faulty {
+        let faults = dir.join("faults");
+        std::fs::create_dir_all(&faults).expect("faults dir");
+        let shim = shim(dir);
+        let mut env = vec![
+            ("LD_PRELOAD".to_string(), shim.display().to_string()),
+            ("WARREN_FAULTS_DIR".to_string(), faults.display().to_string()),
+        ];
+        if let Some(c) = config {
+            let path = dir.join("warren.toml");
+            std::fs::write(&path, c).expect("config");
+            env.push(("WARREN_CONFIG".to_string(), path.display().to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Faulty { process: Process::start(dir, &env), faults }
+    }
+
+    fn arm(&self, fault: &str) {
+        std::fs::write(self.faults.join(fault), b"").expect("arm");
+    }
+
+    fn disarm(&self, fault: &str) {
+        std::fs::remove_file(self.faults.join(fault)).expect("disarm");
+    }
+
+    /// How often the shim made `fault` happen.
+    fn hits(&self, fault: &str) -> usize {
+        std::fs::metadata(self.faults.join(format!("{fault}.hits"))).map_or(0, |m| m.len() as usize)
+    }
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..Default::default() }
+}
+
+/// Publishes `bodies` without waiting, then collects each confirm within `within` overall:
+/// `Some(true)` acked, `Some(false)` nacked, `None` no answer (a blocked connection).
+/// lapin holds publishes back itself once told connection.blocked, so sending may not finish.
+async fn publish_all(ch: &Channel, queue: &str, bodies: &[String], within: Duration) -> Vec<Option<bool>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pending = Vec::new();
+    for body in bodies {
+        let publish = ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            persistent(),
+        );
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(c) => pending.push(Some(c.expect("publish"))),
+            Err(_) => pending.push(None),
+        }
+    }
+    let mut out = Vec::new();
+    for c in pending {
+        out.push(match c {
+            Some(c) => match tokio::time::timeout_at(deadline, c).await {
+                Ok(Ok(confirm)) => Some(confirm.is_ack()),
+                _ => None,
+            },
+            None => None,
+        });
+    }
+    out
+}
+
+/// Every body in `queue`, consumed with auto-ack.
+async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.expect("queue is there");
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut c =
+        ch.basic_consume(queue.into(), "drain".into(), opts, FieldTable::default()).await.expect("consume");
+    let mut bodies = Vec::new();
+    for _ in 0..q.message_count() {
+        let d = tokio::time::timeout(Duration::from_secs(10), c.next()).await.expect("delivery in time");
+        let d = d.expect("delivery").expect("ok");
+        bodies.push(String::from_utf8(d.data).expect("text"));
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_fsync_nothing_is_confirmed_and_a_restart_recovers_every_confirmed_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Faulty::start(dir.path(), None);
+    let (_conn, ch) = b.process.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("fsync".into(), durable(), FieldTable::default()).await.expect("declare");
+    let confirmed: Vec<String> = (0..100).map(|i| format!("before-{i}")).collect();
+    publish_confirmed(&ch, "", "fsync", &confirmed, persistent()).await;
+
+    b.arm("fsync");
+    let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
+    let outcomes = publish_all(&ch, "fsync", &after, Duration::from_secs(5)).await;
+    assert!(b.hits("fsync") > 0, "the shim failed an fsync");
+    assert!(!outcomes.contains(&Some(true)), "a publish was confirmed after the failed fsync: {outcomes:?}");
+    assert!(outcomes.contains(&Some(false)), "the publishers are told by a nack: {outcomes:?}");
+    // The fsync works again, but that proves nothing about what the failed one lost: the
+    // store stays out of service until a restart.
+    b.disarm("fsync");
+    let log = b.process.log();
+    assert!(log.contains("storage sync failed"), "{log}");
+    assert!(log.contains(".seg") || log.contains("metadata.log"), "the log names the file: {log}");
+
+    // A durable declare is refused with 541 rather than answered -ok without being stored.
+    let (_c2, ch2) = b.process.channel().await;
+    let e = ch2.queue_declare("fsync-2".into(), durable(), FieldTable::default()).await.expect_err("refused");
+    assert_eq!(code(&e), Some(541), "{e:?}");
+    // Transient work goes on.
+    let (_c3, ch3) = b.process.channel().await;
+    ch3.queue_declare("transient".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("a transient queue needs no disk");
+
+    b.process.kill();
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    let back = drain(&ch, "fsync").await;
+    for body in &confirmed {
+        assert_eq!(back.iter().filter(|b| *b == body).count(), 1, "{body} comes back once: {back:?}");
+    }
+    assert!(back.iter().all(|b| b.starts_with("before-") || b.starts_with("after-")), "{back:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_write_torn_by_a_full_disk_fails_the_declare_and_leaves_the_log_whole() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Faulty::start(dir.path(), None);
+    let (_conn, ch) = b.process.channel().await;
+    ch.queue_declare("kept".into(), durable(), FieldTable::default()).await.expect("declare");
+
+    b.arm("write");
+    let e = ch.queue_declare("torn".into(), durable(), FieldTable::default()).await.expect_err("refused");
+    assert_eq!(code(&e), Some(541), "{e:?}");
+    assert!(b.hits("write") > 0, "the shim tore a write");
+    b.disarm("write");
+
+    // The declare that failed did not happen; the next one lands after a whole record.
+    let (_conn, ch) = b.process.channel().await;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let e = ch.queue_declare("torn".into(), passive, FieldTable::default()).await.expect_err("not declared");
+    assert_eq!(code(&e), Some(404), "{e:?}");
+    let (_conn, ch) = b.process.channel().await;
+    ch.queue_declare("after".into(), durable(), FieldTable::default()).await.expect("declare after");
+
+    b.process.kill();
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    for q in ["kept", "after"] {
+        ch.queue_declare(q.into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+    }
+    let e =
+        ch.queue_declare("torn".into(), passive, FieldTable::default()).await.expect_err("still not there");
+    assert_eq!(code(&e), Some(404), "{e:?}");
+    let log = b.log();
+    assert!(!log.contains("damaged") && !log.contains("torn write"), "recovery found no damage: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_segment_creation_nacks_the_publish_and_the_store_carries_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Faulty::start(dir.path(), Some("[storage]\nsegment-size = \"64KiB\"\n"));
+    let (_conn, ch) = b.process.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("full".into(), durable(), FieldTable::default()).await.expect("declare");
+    let big = |tag: &str, i: usize| format!("{tag}-{i}-{}", "x".repeat(16 * 1024));
+
+    b.arm("fallocate");
+    // Four 16 KiB messages fill the first segment; the next needs a new one, which the full
+    // disk refuses.
+    let first: Vec<String> = (0..8).map(|i| big("first", i)).collect();
+    let outcomes = publish_all(&ch, "full", &first, Duration::from_secs(10)).await;
+    assert!(b.hits("fallocate") > 0, "a segment was refused");
+    assert!(outcomes.contains(&Some(false)), "{outcomes:?}");
+    assert!(!outcomes.contains(&None), "every publish is answered: {outcomes:?}");
+    b.disarm("fallocate");
+    let then: Vec<String> = (0..8).map(|i| big("then", i)).collect();
+    publish_confirmed(&ch, "", "full", &then, persistent()).await;
+    let acked: Vec<&String> =
+        first.iter().zip(&outcomes).filter(|(_, o)| **o == Some(true)).map(|(b, _)| b).chain(&then).collect();
+
+    b.process.kill();
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    let back = drain(&ch, "full").await;
+    for body in acked {
+        assert_eq!(back.iter().filter(|b| *b == body).count(), 1, "a confirmed message comes back once");
+    }
+}
