@@ -407,3 +407,178 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(3), r.stream.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "socket still open after the handshake timeout");
 }
+
+/// basic.publish on channel 1 with a one-octet body, as frames.
+fn publish_frames(exchange: &str, key: &str, props: &BasicProperties) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let m = BasicPublish { exchange: exchange.into(), routing_key: key.into(), ..Default::default() };
+    encode_content(&mut buf, 1, m, props, &Bytes::from_static(b"x"), 131_072);
+    buf
+}
+
+/// A field value `levels` arrays deep.
+fn nested(levels: usize) -> FieldValue {
+    let mut v = FieldValue::Void;
+    for _ in 0..levels {
+        v = FieldValue::Array(vec![v]);
+    }
+    v
+}
+
+/// A PLAIN start-ok frame for guest with `client_properties` (a table in wire form) as is.
+fn start_ok_with(client_properties: &[u8]) -> Vec<u8> {
+    let mut payload = BytesMut::new();
+    payload.put_u16(10);
+    payload.put_u16(11);
+    payload.put_slice(client_properties);
+    payload.put_u8(5);
+    payload.put_slice(b"PLAIN");
+    let response = b"\0guest\0guest";
+    payload.put_u32(response.len() as u32);
+    payload.put_slice(response);
+    payload.put_u8(5);
+    payload.put_slice(b"en_US");
+    let mut frame = BytesMut::new();
+    frame.put_u8(1);
+    frame.put_u16(0);
+    frame.put_u32(payload.len() as u32);
+    frame.put_slice(&payload);
+    frame.put_u8(FRAME_END);
+    frame.to_vec()
+}
+
+/// A table `{"k": <levels arrays>}` in wire form, built by hand: the codec's encoder
+/// recurses, and the point is a depth no encoder should produce.
+fn deep_table(levels: usize) -> Vec<u8> {
+    let mut value = vec![b'V'];
+    for _ in 0..levels {
+        let mut outer = vec![b'A'];
+        outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        outer.extend_from_slice(&value);
+        value = outer;
+    }
+    let mut t = ((value.len() + 2) as u32).to_be_bytes().to_vec();
+    t.extend_from_slice(&[1, b'k']);
+    t.extend_from_slice(&value);
+    t
+}
+
+#[tokio::test]
+async fn deeply_nested_client_properties_close_only_that_connection() {
+    let b = TestBroker::start().await;
+    // 20 000 levels in about 100 KB used to overflow a worker's stack and abort the broker;
+    // before tune-ok it is now over the 8 KiB pre-auth frame limit.
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+    r.send(&start_ok_with(&deep_table(20_000))).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    assert!(c.reply_text.contains("exceeds frame_max 8192"), "{c:?}");
+    // 1 000 levels fit in the limit: refused for their depth.
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+    r.send(&start_ok_with(&deep_table(1_000))).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    assert!(c.reply_text.contains("nested deeper than 128"), "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn nesting_a_real_client_uses_is_accepted_and_deep_message_headers_are_refused() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "nest".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    // Twenty levels (x-death is two) are ordinary.
+    let headers = [("deep".to_string(), nested(20))].into_iter().collect();
+    let props = BasicProperties { headers: Some(headers), ..Default::default() };
+    r.send(&publish_frames("", "nest", &props)).await;
+    r.send_method(1, BasicGet { queue: "nest".into(), no_ack: true, ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::BasicGetOk(_)));
+    // 200 levels in a content header: a frame error for this connection only.
+    let mut bad = BytesMut::new();
+    let mut props = BytesMut::new();
+    props.put_u16(60);
+    props.put_u16(0);
+    props.put_u64(1);
+    props.put_u16(1 << 13);
+    props.put_slice(&deep_table(200));
+    Frame::method(1, BasicPublish { routing_key: "nest".into(), ..Default::default() }).encode(&mut bad);
+    bad.put_u8(2);
+    bad.put_u16(1);
+    bad.put_u32(props.len() as u32);
+    bad.put_slice(&props);
+    bad.put_u8(FRAME_END);
+    r.send(&bad).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::FRAME_ERROR, "{c:?}");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn a_binding_of_many_hashes_cannot_freeze_the_broker() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "hashes".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    let key = vec!["#"; 24].join(".") + ".z";
+    let bind = QueueBind {
+        queue: "hashes".into(),
+        exchange: "amq.topic".into(),
+        routing_key: key,
+        ..Default::default()
+    };
+    r.send_method(1, bind).await;
+    assert!(matches!(r.method().await, Method::QueueBindOk(_)));
+    // A 100-word key that does not match makes the backtracking walk try every split of it
+    // among 24 `#`s; now it is a few thousand steps. Then one that matches.
+    let miss = vec!["a"; 100].join(".");
+    for key in [miss.clone(), miss + ".z"] {
+        r.send(&publish_frames("amq.topic", &key, &BasicProperties::default())).await;
+    }
+    r.send_method(1, BasicGet { queue: "hashes".into(), no_ack: true, ..Default::default() }).await;
+    let Method::BasicGetOk(got) = r.method().await else { panic!("the matching message is there") };
+    assert_eq!(got.message_count, 0, "only the matching one was routed");
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn a_huge_consistent_hash_weight_costs_no_memory() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    let declare =
+        ExchangeDeclare { exchange: "ch".into(), kind: "x-consistent-hash".into(), ..Default::default() };
+    r.send_method(1, declare).await;
+    assert!(matches!(r.method().await, Method::ExchangeDeclareOk(_)));
+    for q in ["w1", "w2"] {
+        r.send_method(1, QueueDeclare { queue: q.into(), ..Default::default() }).await;
+        assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+        // 4294967295 buckets once meant a vector of ~96 GiB, and the OOM killer.
+        let bind = QueueBind {
+            queue: q.into(),
+            exchange: "ch".into(),
+            routing_key: "4294967295".into(),
+            ..Default::default()
+        };
+        r.send_method(1, bind).await;
+        assert!(matches!(r.method().await, Method::QueueBindOk(_)));
+    }
+    for i in 0..200 {
+        r.send(&publish_frames("ch", &format!("k{i}"), &BasicProperties::default())).await;
+    }
+    let mut total = 0;
+    for q in ["w1", "w2"] {
+        r.send_method(1, QueueDeclare { queue: q.into(), passive: true, ..Default::default() }).await;
+        let Method::QueueDeclareOk(ok) = r.method().await else { panic!("declare-ok") };
+        assert!(ok.message_count > 40, "both heavy bindings take a share: {ok:?}");
+        total += ok.message_count;
+    }
+    assert_eq!(total, 200);
+    still_serving(b.addr).await;
+}
