@@ -108,6 +108,9 @@ pub struct FileConfig {
     /// `[storage]`: durability and disk limits.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[limits]`: the memory alarm.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// `[[plugins.exchange]]` and `[[plugins.retry]]`: WebAssembly components to load.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -266,6 +269,39 @@ pub struct StorageConfig {
     pub disk_free_limit: Option<Size>,
 }
 
+/// `[limits]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Publishers are blocked while the broker's resident memory is above this: a fraction
+    /// of the machine's memory (0.6), or a size ("2GiB").
+    pub memory_high_watermark: Option<Watermark>,
+}
+
+/// RabbitMQ's `vm_memory_high_watermark`: relative to the memory available, or absolute.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Watermark {
+    /// Octets: an integer or a size with a unit. Tried first, so that an integer is octets.
+    Absolute(Size),
+    /// A fraction of the machine's (or the cgroup's) memory: a float such as 0.6.
+    Relative(f64),
+}
+
+impl Default for Watermark {
+    fn default() -> Self {
+        // RabbitMQ's default.
+        Watermark::Relative(0.6)
+    }
+}
+
+/// Limits that are not per connection, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LimitSettings {
+    /// When the memory alarm is raised.
+    pub memory_high_watermark: Watermark,
+}
+
 /// When the store fsyncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -419,6 +455,8 @@ pub struct AmqpLimits {
     pub channel_max: Option<u16>,
     /// Heartbeat interval in seconds; 0 disables.
     pub heartbeat: Option<u16>,
+    /// Milliseconds a socket write may make no progress before the connection is closed.
+    pub write_timeout_ms: Option<u64>,
 }
 
 /// `[[users]]`: one login.
@@ -483,6 +521,8 @@ pub struct Settings {
     pub users: Vec<User>,
     /// Durability and disk limits.
     pub storage: StorageSettings,
+    /// The memory alarm.
+    pub limits: LimitSettings,
     /// Plugin components to load.
     pub plugins: PluginSettings,
 }
@@ -501,6 +541,7 @@ impl Default for Settings {
             connection: ConnectionConfig::default(),
             users: vec![User::guest()],
             storage: StorageSettings::default(),
+            limits: LimitSettings::default(),
             plugins: PluginSettings::default(),
         }
     }
@@ -561,6 +602,12 @@ impl Settings {
         if let Some(h) = file.amqp.heartbeat {
             s.connection.heartbeat = h;
         }
+        if let Some(ms) = file.amqp.write_timeout_ms {
+            if ms == 0 {
+                return Err(ConfigError::Invalid("amqp.write-timeout-ms must be above 0".into()));
+            }
+            s.connection.write_timeout = std::time::Duration::from_millis(ms);
+        }
         let st = file.storage;
         if let Some(f) = st.fsync {
             s.storage.fsync = f;
@@ -581,6 +628,16 @@ impl Settings {
         }
         if let Some(Size(n)) = st.disk_free_limit {
             s.storage.disk_free_limit = n;
+        }
+        if let Some(w) = file.limits.memory_high_watermark {
+            if let Watermark::Relative(f) = w
+                && !(f > 0.0 && f <= 1.0)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.memory-high-watermark = {f} is not a fraction in (0, 1] or a size"
+                )));
+            }
+            s.limits.memory_high_watermark = w;
         }
         s.plugins = file.plugins.build()?;
         if let Some(users) = file.users {
@@ -611,6 +668,19 @@ mod tests {
     fn unknown_key_is_named_with_its_line() {
         let err = parse("amqp-listen = \"127.0.0.1:1\"\n\n[amqp]\nheartbeet = 5\n").err().unwrap_or_default();
         assert!(err.contains("heartbeet") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn limits_read_relative_and_absolute_watermarks_and_the_write_timeout() {
+        let resolve = |text: &str| Settings::resolve(&Cli::default(), parse(text).unwrap_or_default());
+        let s = resolve("[limits]\nmemory-high-watermark = 0.4\n[amqp]\nwrite-timeout-ms = 2500").ok();
+        assert_eq!(s.as_ref().map(|s| s.limits.memory_high_watermark), Some(Watermark::Relative(0.4)));
+        assert_eq!(s.map(|s| s.connection.write_timeout), Some(std::time::Duration::from_millis(2500)));
+        let s = resolve("[limits]\nmemory-high-watermark = \"2GiB\"").ok();
+        assert_eq!(s.map(|s| s.limits.memory_high_watermark), Some(Watermark::Absolute(Size(2 << 30))));
+        assert!(resolve("[limits]\nmemory-high-watermark = 1.5").is_err());
+        assert!(resolve("[amqp]\nwrite-timeout-ms = 0").is_err());
+        assert_eq!(Settings::default().limits.memory_high_watermark, Watermark::Relative(0.6));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`quic`]: QUIC endpoints (mapping v1: one stream, one AMQP connection).
 //! - [`config`]: flags, environment, TOML file, defaults.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
+//! - [`memory`]: the memory alarm (RabbitMQ's `vm_memory_high_watermark`).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
 //! - [`tls`]: AMQPS configuration and client-certificate identities.
 //! - [`storage`]: the durable store's start-up recovery, group-commit thread, disk monitor,
@@ -21,6 +22,7 @@ pub mod bridge;
 pub mod channel_streams;
 pub mod config;
 pub mod management;
+pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod quic;

@@ -266,6 +266,7 @@ pub fn registry(shared: SharedRef) -> Registry {
     if let Some(m) = lock(&shared).storage_metrics.clone() {
         m.register(&r);
     }
+    lock(&shared).memory_metrics.register(&r);
     if let Some(p) = lock(&shared).plugins.clone()
         && let Err(e) = r.register(Box::new(p.collector()))
     {

@@ -40,6 +40,8 @@ pub struct Shared {
     pub storage_metrics: Option<crate::storage::StorageMetrics>,
     /// The resource alarms; whether any is raised is read without the lock.
     pub alarms: Arc<crate::alarms::Alarms>,
+    /// The memory alarm's metrics.
+    pub memory_metrics: crate::memory::MemoryMetrics,
     /// Loaded plugin components, when the config names any.
     pub plugins: Option<Arc<crate::plugins::Plugins>>,
 }
@@ -99,6 +101,7 @@ pub struct Server {
     metrics: Option<TcpListener>,
     shared: SharedRef,
     connection: ConnectionConfig,
+    limits: crate::config::LimitSettings,
     storage: Option<crate::storage::Storage>,
     /// SIGHUP, handled from `bind` on: a reload signal during start-up must not stop the
     /// broker (the default action for SIGHUP is to terminate).
@@ -162,6 +165,7 @@ impl Server {
             events: Vec::new(),
             storage_metrics: Some(storage.metrics.clone()),
             alarms: storage.alarms.clone(),
+            memory_metrics: crate::memory::MemoryMetrics::default(),
             plugins,
         };
         Ok(Server {
@@ -172,6 +176,7 @@ impl Server {
             metrics,
             shared: Arc::new(Mutex::new(shared)),
             connection: settings.connection.clone(),
+            limits: settings.limits,
             storage: Some(storage),
             hangup,
         })
@@ -219,6 +224,17 @@ impl Server {
         let mut tasks = JoinSet::new();
         let storage = self.storage.map(|s| s.start(self.shared.clone()));
         let timers = tokio::spawn(run_timers(self.shared.clone()));
+        let memory = {
+            let s = lock(&self.shared);
+            let (alarms, m) = (s.alarms.clone(), s.memory_metrics.clone());
+            drop(s);
+            tokio::spawn(crate::memory::watch(
+                self.shared.clone(),
+                alarms,
+                self.limits.memory_high_watermark,
+                m,
+            ))
+        };
         let plugins = lock(&self.shared).plugins.clone();
         let reloads =
             self.hangup.map(|hup| tokio::spawn(reload_on_hangup(hup, plugins, self.shared.clone())));
@@ -297,6 +313,7 @@ impl Server {
         if let Some(r) = reloads {
             r.abort();
         }
+        memory.abort();
         for task in [management, metrics].into_iter().flatten() {
             task.abort();
         }
@@ -475,6 +492,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     external: Option<String>,
     mut channel_streams: Option<ChannelStreams>,
 ) {
+    let write_timeout = config.write_timeout;
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
@@ -556,13 +574,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(streams) = channel_streams.as_mut() {
                 out = streams.route(out);
             }
-            // Flush too: a TLS stream may hold records back after accepting the bytes.
-            let written = match stream.write_all(&out).await {
-                Ok(()) => stream.flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                debug!(%peer, error = %e, "write failed");
+            if let Err(e) = write_out(&mut stream, &out, write_timeout).await {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    warn!(%peer, user = user.as_deref().unwrap_or(""), error = %e, "closing a connection that does not read");
+                } else {
+                    debug!(%peer, error = %e, "write failed");
+                }
                 let mut s = lock(&shared);
                 conn.handle_eof(&mut s.broker);
                 s.wake_others(None);
@@ -596,6 +613,27 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         log_event(peer, &mut user, event);
     }
     let _ = stream.shutdown().await;
+}
+
+/// Writes all of `buf` and flushes (a TLS stream may hold records back after accepting the
+/// bytes), failing with `TimedOut` when one step makes no progress for `timeout`. Progress,
+/// not the whole write, is timed: a large delivery to a slow but reading client is fine.
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut buf: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let stalled =
+        || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no write progress in {timeout:?}"));
+    while !buf.is_empty() {
+        match tokio::time::timeout(timeout, stream.write(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(stalled()),
+        }
+    }
+    tokio::time::timeout(timeout, stream.flush()).await.map_err(|_| stalled())?
 }
 
 /// Socket reads start this large...

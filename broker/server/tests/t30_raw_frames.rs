@@ -582,3 +582,36 @@ async fn a_huge_consistent_hash_weight_costs_no_memory() {
     assert_eq!(total, 200);
     still_serving(b.addr).await;
 }
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_is_closed_and_its_messages_go_back() {
+    let b = TestBroker::start_with(|s| s.connection.write_timeout = Duration::from_millis(300)).await;
+    let mut publisher = Raw::open(b.addr).await;
+    publisher.open_channel(1).await;
+    publisher.send_method(1, QueueDeclare { queue: "stuck".into(), ..Default::default() }).await;
+    assert!(matches!(publisher.method().await, Method::QueueDeclareOk(_)));
+    // 32 MiB: far more than the socket buffers of a client that never reads hold.
+    let body = Bytes::from(vec![7u8; 256 << 10]);
+    for _ in 0..128 {
+        let mut buf = BytesMut::new();
+        let m = BasicPublish { routing_key: "stuck".into(), ..Default::default() };
+        encode_content(&mut buf, 1, m, &BasicProperties::default(), &body, 131_072);
+        publisher.send(&buf).await;
+    }
+    let mut consumer = Raw::open(b.addr).await;
+    consumer.open_channel(1).await;
+    consumer.send_method(1, BasicConsume { queue: "stuck".into(), ..Default::default() }).await;
+    // ...and never reads again. Its writes stall, and after the timeout it is closed: every
+    // delivery it held goes back to the queue.
+    let mut back = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if b.counts("stuck") == Some((128, 0, 0)) {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "{:?}", b.counts("stuck"));
+    drop(consumer);
+    still_serving(b.addr).await;
+}

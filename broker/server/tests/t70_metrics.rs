@@ -199,3 +199,64 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn above_the_memory_watermark_publishers_are_blocked_and_consumers_drain() {
+    use futures_lite::StreamExt;
+    // One octet: the alarm is raised at the first check.
+    let b = TestBroker::start_with(|s| {
+        s.limits.memory_high_watermark = warren::config::Watermark::Absolute(warren::config::Size(1))
+    })
+    .await;
+    let m = async {
+        for _ in 0..50 {
+            let m = scrape(&b).await;
+            if value(&m, "warren_memory_alarm", &[]) == Some(1.0) {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the memory alarm was not raised");
+    }
+    .await;
+    assert_eq!(value(&m, "warren_resident_memory_limit_bytes", &[]), Some(1.0));
+    let publisher = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let ch = publisher.create_channel().await.expect("channel");
+    ch.queue_declare("mem".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    let publish = |body: &'static [u8]| {
+        ch.basic_publish(
+            "".into(),
+            "mem".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+    };
+    publish(b"first").await.expect("publish");
+    // The first publish goes through and marks the connection as a publisher: blocked now.
+    assert!(common::eventually(|| b.counts("mem") == Some((1, 0, 0))).await);
+    let blocked = async {
+        for _ in 0..50 {
+            if value(&scrape(&b).await, "warren_connections_blocked", &[]) == Some(1.0) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(blocked.await, "the publisher is blocked");
+    // Whatever lapin does with connection.blocked, the broker does not read more publishes.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(300), publish(b"second")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(b.counts("mem"), Some((1, 0, 0)), "nothing more was taken from the blocked publisher");
+    // A consumer on another connection still drains the queue.
+    let consumer = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let cch = consumer.create_channel().await.expect("channel");
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut c =
+        cch.basic_consume("mem".into(), "c".into(), opts, FieldTable::default()).await.expect("consume");
+    let d = tokio::time::timeout(std::time::Duration::from_secs(5), c.next()).await.expect("in time");
+    assert_eq!(d.expect("delivery").expect("ok").data, b"first");
+}

@@ -57,6 +57,10 @@ pub struct ConnectionConfig {
     pub handshake_timeout: Duration,
     /// Time allowed for the client to answer our connection.close.
     pub close_timeout: Duration,
+    /// Longest a socket write may make no progress before the connection is closed (a client
+    /// that stops reading would otherwise pin its unacked messages forever). The driver
+    /// enforces it: writes are I/O.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -68,6 +72,8 @@ impl Default for ConnectionConfig {
             heartbeat: 60,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
+            // RabbitMQ's tcp_listen_options.send_timeout.
+            write_timeout: Duration::from_secs(15),
         }
     }
 }
