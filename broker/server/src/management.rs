@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use warren_core::broker::ReplayReport;
 use warren_core::deadletter::Reason;
 
 use crate::server::{SharedRef, lock};
@@ -66,14 +67,34 @@ async fn replay(
     if vhost != "/" {
         return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
     }
-    let mut s = lock(&shared);
-    let result = s.broker.replay_dead_letters(&queue, q.count);
-    s.wake_all();
-    match result {
-        Ok(r) => {
-            tracing::info!(%queue, moved = r.moved, skipped = r.skipped, "dead-letter queue replayed");
-            (StatusCode::OK, Json(json!({"moved": r.moved, "skipped": r.skipped})))
+    let limit = q.count.unwrap_or(usize::MAX);
+    let mut total = ReplayReport::default();
+    loop {
+        let result = {
+            let mut s = lock(&shared);
+            let r = s.broker.replay_dead_letters(&queue, REPLAY_BATCH, limit - total.moved, total.next);
+            s.wake_all();
+            r
+        };
+        match result {
+            Ok(r) => {
+                total.moved += r.moved;
+                total.skipped += r.skipped;
+                total.refused += r.refused;
+                total.next = r.next;
+            }
+            Err(e) => return (StatusCode::NOT_FOUND, Json(json!({"error": e.text}))),
         }
-        Err(e) => (StatusCode::NOT_FOUND, Json(json!({"error": e.text}))),
+        if total.next.is_none() || total.moved >= limit {
+            break;
+        }
+        // Other connections get the lock between batches.
+        tokio::task::yield_now().await;
     }
+    let ReplayReport { moved, skipped, refused, .. } = total;
+    tracing::info!(%queue, moved, skipped, refused, "dead-letter queue replayed");
+    (StatusCode::OK, Json(json!({"moved": moved, "skipped": skipped, "refused": refused})))
 }
+
+/// Messages a replay looks at per turn of the broker lock.
+const REPLAY_BATCH: usize = 1000;

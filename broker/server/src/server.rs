@@ -222,7 +222,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let storage = self.storage.map(|s| s.start(self.shared.clone()));
+        let storage = self.storage.map(|s| s.start(self.shared.clone())).transpose()?;
         let timers = tokio::spawn(run_timers(self.shared.clone()));
         let memory = {
             let s = lock(&self.shared);
@@ -265,8 +265,25 @@ impl Server {
             })
         });
         tokio::pin!(shutdown);
+        // A background task that ended (a panic in broker code a timer ran, the syncer
+        // thread, the disk monitor) leaves half a broker: messages that never expire, confirms
+        // that never come. Better to stop and let a supervisor restart it from the log.
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        let mut died: Option<&'static str> = None;
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    let dead = if timers.is_finished() {
+                        Some("the timer task")
+                    } else {
+                        storage.as_ref().and_then(crate::storage::StorageTask::dead)
+                    };
+                    if let Some(what) = dead {
+                        tracing::error!(task = what, "a background task stopped: shutting down the broker");
+                        died = Some(what);
+                        break;
+                    }
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
@@ -334,7 +351,10 @@ impl Server {
             }
             let _ = tokio::task::spawn_blocking(move || storage.finish()).await;
         }
-        Ok(())
+        match died {
+            Some(what) => Err(std::io::Error::other(format!("{what} stopped unexpectedly"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -499,6 +519,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let alarms = lock(&shared).alarms.clone();
     let mut read_size = MIN_READ;
     let mut registered: Option<ConnId> = None;
+    let mut release = ReleaseOnPanic { shared: shared.clone(), peer, id: None };
     let mut user: Option<String> = None;
     debug!(%peer, "accepted");
     loop {
@@ -564,6 +585,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         {
             lock(&shared).wakers.insert(id, notify.clone());
             registered = Some(id);
+            release.id = Some(id);
         }
         while let Some(event) = conn.poll_event() {
             log_event(peer, &mut user, event);
@@ -613,6 +635,31 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         log_event(peer, &mut user, event);
     }
     let _ = stream.shutdown().await;
+}
+
+/// Releases a connection's session when its task unwinds. A panic in a connection's handling
+/// is a bug; it costs that connection (its unacked messages requeued, its consumers cancelled,
+/// its exclusive queues deleted, as at a disconnect) and a log line, while every other
+/// connection carries on: the broker lock ignores the poison (see [`lock`]).
+struct ReleaseOnPanic {
+    shared: SharedRef,
+    peer: SocketAddr,
+    id: Option<ConnId>,
+}
+
+impl Drop for ReleaseOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        tracing::error!(peer = %self.peer, "a connection's handling panicked: its session is released");
+        if let Some(id) = self.id {
+            let mut s = lock(&self.shared);
+            s.broker.disconnect(id);
+            s.wakers.remove(&id);
+            s.wake_all();
+        }
+    }
 }
 
 /// Writes all of `buf` and flushes (a TLS stream may hold records back after accepting the

@@ -160,7 +160,7 @@ impl Storage {
     }
 
     /// Starts the syncer thread and the disk monitor.
-    pub fn start(self, shared: SharedRef) -> StorageTask {
+    pub fn start(self, shared: SharedRef) -> std::io::Result<StorageTask> {
         let stop = self.syncer.stopper();
         let monitor = tokio::spawn(watch_disk(
             shared.clone(),
@@ -174,14 +174,14 @@ impl Storage {
         let thread = std::thread::Builder::new()
             .name("warren-sync".into())
             .spawn(move || run_syncer(syncer, Shared { shared, alarms, m: metrics }, settings, &dir));
-        let thread = match thread {
-            Ok(t) => Some(t),
+        match thread {
+            Ok(t) => Ok(StorageTask { stop, thread: Some(t), monitor }),
             Err(e) => {
-                error!(error = %e, "cannot start the storage syncer: nothing will be fsynced");
-                None
+                // Without a syncer no confirm would ever go out: refuse to run at all.
+                monitor.abort();
+                Err(std::io::Error::other(format!("cannot start the storage syncer thread: {e}")))
             }
-        };
-        StorageTask { stop, thread, monitor }
+        }
     }
 }
 
@@ -193,6 +193,17 @@ pub struct StorageTask {
 }
 
 impl StorageTask {
+    /// Which of the storage tasks ended before it was asked to, if one did.
+    pub fn dead(&self) -> Option<&'static str> {
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            Some("the storage syncer")
+        } else if self.monitor.is_finished() {
+            Some("the disk monitor")
+        } else {
+            None
+        }
+    }
+
     /// Makes everything written durable, marks the stop clean and ends the tasks. Call after
     /// the last connection is gone.
     pub fn finish(self) {

@@ -615,3 +615,79 @@ async fn a_consumer_that_stops_reading_is_closed_and_its_messages_go_back() {
     drop(consumer);
     still_serving(b.addr).await;
 }
+
+/// An exchange type whose routing panics: a bug, injected.
+#[derive(Debug)]
+struct Panicking;
+
+impl warren_core::exchange::ExchangeFactory for Panicking {
+    fn create(
+        &self,
+        _: &FieldTable,
+    ) -> Result<Box<dyn warren_core::exchange::ExchangeType>, warren_core::AmqpError> {
+        Ok(Box::new(Panicking))
+    }
+}
+
+impl warren_core::exchange::ExchangeType for Panicking {
+    fn add_binding(&mut self, _: &warren_core::exchange::Binding) {}
+    fn remove_binding(&mut self, _: &warren_core::exchange::Binding) {}
+    fn route(
+        &self,
+        _: warren_core::exchange::RoutingInput<'_>,
+        _: &mut Vec<warren_core::exchange::Destination>,
+    ) -> Result<(), warren_core::exchange::RouteFailed> {
+        panic!("injected: routing bug");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_connections_handling_costs_that_connection_only() {
+    let b = TestBroker::start().await;
+    warren::server::lock(&b.shared).broker.register_exchange_type("x-panic", std::sync::Arc::new(Panicking));
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "held".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.send(&publish_frames("", "held", &BasicProperties::default())).await;
+    r.send_method(1, BasicConsume { queue: "held".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::BasicConsumeOk(_)));
+    assert!(matches!(r.method().await, Method::BasicDeliver(_)));
+    assert!(matches!(r.recv().await, Some(Frame::Header { .. })));
+    assert!(matches!(r.recv().await, Some(Frame::Body { .. })));
+    assert!(common::eventually(|| b.counts("held") == Some((0, 1, 1))).await);
+    let declare = ExchangeDeclare { exchange: "bug".into(), kind: "x-panic".into(), ..Default::default() };
+    r.send_method(1, declare).await;
+    assert!(matches!(r.method().await, Method::ExchangeDeclareOk(_)));
+    r.send(&publish_frames("bug", "k", &BasicProperties::default())).await;
+    // The connection's task unwound: its socket closes, and its delivery and consumer are gone.
+    loop {
+        match r.recv().await {
+            None => break,
+            Some(_) => continue,
+        }
+    }
+    assert!(common::eventually(|| b.counts("held") == Some((1, 0, 0))).await, "{:?}", b.counts("held"));
+    still_serving(b.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_task_that_dies_stops_the_broker_instead_of_leaving_half_of_it() {
+    let mut b = TestBroker::start().await;
+    warren::server::lock(&b.shared).broker.register_exchange_type("x-panic", std::sync::Arc::new(Panicking));
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    let declare = ExchangeDeclare { exchange: "bug".into(), kind: "x-panic".into(), ..Default::default() };
+    r.send_method(1, declare).await;
+    assert!(matches!(r.method().await, Method::ExchangeDeclareOk(_)));
+    // Expiry runs on the timer task; the dead letter routes through the panicking type.
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-message-ttl".into(), FieldValue::I32(50));
+    arguments.insert("x-dead-letter-exchange".into(), FieldValue::str("bug"));
+    r.send_method(1, QueueDeclare { queue: "ttl".into(), arguments, ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.send(&publish_frames("", "ttl", &BasicProperties::default())).await;
+    let result = b.stopped_within(Duration::from_secs(10)).await.expect("the broker stopped by itself");
+    let e = result.expect_err("and says why");
+    assert!(e.to_string().contains("timer task"), "{e}");
+}

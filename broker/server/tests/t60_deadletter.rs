@@ -483,3 +483,59 @@ async fn an_operator_lists_queues_and_replays_a_dead_letter_queue() {
     let (status, body) = common::http(&b, "POST", "/api/queues/%2F/nope/replay").await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_never_loses_a_message_its_queue_refuses_and_works_in_batches() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    let dlx = dlq(&ch, "refuse-dlq").await;
+    let args = table(&[
+        ("x-dead-letter-exchange", s(&dlx)),
+        ("x-max-length", int(1)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    queue(&ch, "small", args).await;
+    for i in 0..3 {
+        publish(&ch, "small", &format!("dead-{i}"), BasicProperties::default()).await;
+        let m = get(&ch, "small").await.expect("m").delivery;
+        m.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
+    }
+    assert!(eventually(|| b.counts("refuse-dlq") == Some((3, 0, 0))).await);
+    publish(&ch, "small", "filler", BasicProperties::default()).await;
+    assert!(eventually(|| b.counts("small") == Some((1, 0, 0))).await);
+    let replay = || common::http(&b, "POST", "/api/queues/%2F/refuse-dlq/replay");
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).expect("json");
+    // The queue they died in is full: nothing moves, nothing is lost.
+    let (status, body) = replay().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (json(&body)["moved"].as_u64(), json(&body)["refused"].as_u64()),
+        (Some(0), Some(3)),
+        "{body}"
+    );
+    assert_eq!(b.counts("refuse-dlq"), Some((3, 0, 0)));
+    // Room for one: the oldest moves, the others stay.
+    assert_eq!(get(&ch, "small").await.expect("filler").delivery.data, b"filler");
+    let (_, body) = replay().await;
+    assert_eq!(
+        (json(&body)["moved"].as_u64(), json(&body)["refused"].as_u64()),
+        (Some(1), Some(2)),
+        "{body}"
+    );
+    assert_eq!(b.counts("refuse-dlq"), Some((2, 0, 0)));
+    assert_eq!(get(&ch, "small").await.expect("replayed").delivery.data, b"dead-0");
+
+    // 2 500 dead letters take three batches, each its own turn of the broker lock.
+    let dlx = dlq(&ch, "bulk-dlq").await;
+    queue(&ch, "bulk", table(&[("x-dead-letter-exchange", s(&dlx))])).await;
+    let expired = BasicProperties::default().with_expiration("0".into());
+    for i in 0..2500 {
+        publish(&ch, "bulk", &i.to_string(), expired.clone()).await;
+    }
+    assert!(eventually(|| b.counts("bulk-dlq") == Some((2500, 0, 0))).await, "{:?}", b.counts("bulk-dlq"));
+    let (status, body) = common::http(&b, "POST", "/api/queues/%2F/bulk-dlq/replay").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["moved"].as_u64(), Some(2500), "{body}");
+    assert_eq!(b.counts("bulk"), Some((2500, 0, 0)));
+    assert_eq!(get(&ch, "bulk").await.expect("first").delivery.data, b"0", "oldest first");
+}

@@ -255,6 +255,27 @@ impl Queue {
         Some(m)
     }
 
+    /// The seqs of up to `n` ready messages after `after` (from the oldest when `None`),
+    /// oldest first: a cursor over the queue that costs the batch, not the queue.
+    pub fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {
+        use std::ops::Bound;
+        let start = after.map_or(0, |a| self.ready.partition_point(|m| m.seq <= a));
+        let mut ready = self.ready.range(start..).map(|m| m.seq).peekable();
+        let low = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut returned = self.returned.range((low, Bound::Unbounded)).map(|(s, _)| *s).peekable();
+        let mut out = Vec::with_capacity(n.min(1024));
+        while out.len() < n {
+            let next = match (ready.peek(), returned.peek()) {
+                (Some(a), Some(b)) if a < b => ready.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => returned.next(),
+                (Some(_), None) => ready.next(),
+                (None, None) => break,
+            };
+            out.extend(next);
+        }
+        out
+    }
+
     /// The ready messages, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
         self.ready.iter().chain(self.returned.values())

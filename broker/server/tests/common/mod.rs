@@ -20,7 +20,7 @@ pub struct TestBroker {
     /// The data directory, when the test did not choose one.
     pub data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestBroker {
@@ -56,7 +56,6 @@ impl TestBroker {
                     let _ = rx.await;
                 })
                 .await
-                .expect("server run");
         });
         TestBroker { addr, management, amqps, quic, metrics, shared, data, stop: Some(tx), task: Some(task) }
     }
@@ -76,8 +75,16 @@ impl TestBroker {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
-            let _ = t.await;
+            t.await.expect("server task").expect("server run");
         }
+    }
+
+    /// Waits up to `within` for the server to stop on its own; its result if it did.
+    pub async fn stopped_within(&mut self, within: std::time::Duration) -> Option<std::io::Result<()>> {
+        let t = self.task.as_mut()?;
+        let r = tokio::time::timeout(within, t).await.ok()?;
+        self.task = None;
+        Some(r.expect("server task"))
     }
 }
 

@@ -11,8 +11,10 @@ use crate::error::{AmqpError, no_queue};
 use crate::exchange::Destination;
 use crate::message::Message;
 use crate::policy::Policy;
+use crate::queue::Offer;
+use crate::queue_args::Overflow;
 
-/// What a replay did.
+/// What one batch of a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     /// Messages moved back to the queue they died in.
@@ -20,6 +22,11 @@ pub struct ReplayReport {
     /// Messages left in the dead-letter queue because they carry no `x-death`, or the queue
     /// they died in no longer exists.
     pub skipped: usize,
+    /// Messages left in the dead-letter queue because the queue they died in refused them
+    /// (full with `reject-publish`, or its store write failed).
+    pub refused: usize,
+    /// Where the next batch goes on from, when messages may follow this batch.
+    pub next: Option<u64>,
 }
 
 impl Broker {
@@ -28,50 +35,73 @@ impl Broker {
         self.policies = policies;
     }
 
-    /// Moves up to `count` (all when None) messages from the ready messages of `dlq` back to
-    /// the queue each one last died in (the newest `x-death` entry), oldest first. The move
-    /// happens in one step under the broker lock, so no message is in both queues or in
-    /// neither; the `x-death` history stays on the message.
+    /// One batch of a replay: looks at up to `batch` ready messages of `dlq` after `after`
+    /// (from the oldest when `None`), oldest first, and moves up to `max_moves` of them back
+    /// to the queue each one last died in (the newest `x-death` entry). Each move is one step
+    /// under the broker lock, so no message is in both queues or in neither; the `x-death`
+    /// history stays on the message. A message its queue would refuse stays where it is: a
+    /// replay never loses one. Call again from `next` until it is `None`, releasing the lock
+    /// between batches, so a million-message queue does not stop the broker.
     pub fn replay_dead_letters(
         &mut self,
         dlq: &str,
-        count: Option<usize>,
+        batch: usize,
+        max_moves: usize,
+        after: Option<u64>,
     ) -> Result<ReplayReport, AmqpError> {
-        if !self.queues.contains_key(dlq) {
-            return Err(no_queue(dlq));
-        }
+        let seqs = self.queues.get(dlq).ok_or_else(|| no_queue(dlq))?.seqs_after(after, batch);
         let mut report = ReplayReport::default();
-        let mut kept = Vec::new();
-        let limit = count.unwrap_or(usize::MAX);
-        while report.moved < limit {
-            let Some(q) = self.queues.get_mut(dlq) else {
-                break;
-            };
-            let Some(m) = q.pop() else {
-                break;
-            };
-            let origin = died_in(&m.message).filter(|o| o != dlq && self.queues.contains_key(o));
-            let Some(origin) = origin else {
-                report.skipped += 1;
-                kept.push(m);
+        let mut last = after;
+        for seq in &seqs {
+            if report.moved >= max_moves {
+                report.next = last;
+                return Ok(report);
+            }
+            last = Some(*seq);
+            let Some(m) = self.queues.get_mut(dlq).and_then(|q| q.take(*seq)) else {
                 continue;
             };
+            let origin = died_in(&m.message).filter(|o| o != dlq);
+            let target = origin.as_ref().and_then(|o| self.queues.get(o));
+            let Some(target) = target else {
+                report.skipped += 1;
+                self.put_back(dlq, m);
+                continue;
+            };
+            if target.would_overflow(m.message.body.len() as u64)
+                && target.args.overflow != Overflow::DropHead
+            {
+                report.refused += 1;
+                self.put_back(dlq, m);
+                continue;
+            }
+            let origin = origin.unwrap_or_default();
             let mut message = (*m.message).clone();
             message.exchange = String::new();
             message.routing_key = origin.clone();
             let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
-            self.offer(&origin, Arc::new(message), own_ttl);
-            if let Some(id) = self.queues.get(dlq).map(|q| q.id) {
-                self.forget(id, &m);
+            match self.offer(&origin, Arc::new(message), own_ttl) {
+                Offer::Accepted { .. } => {
+                    if let Some(id) = self.queues.get(dlq).map(|q| q.id) {
+                        self.forget(id, &m);
+                    }
+                    report.moved += 1;
+                }
+                Offer::Refused | Offer::NoQueue => {
+                    report.refused += 1;
+                    self.put_back(dlq, m);
+                }
             }
-            report.moved += 1;
         }
-        if let Some(q) = self.queues.get_mut(dlq) {
-            for m in kept {
-                q.requeue(m);
-            }
-        }
+        report.next = (seqs.len() == batch).then(|| seqs.last().copied()).flatten();
         Ok(report)
+    }
+
+    /// Returns a message a replay did not move to its place in the dead-letter queue.
+    fn put_back(&mut self, dlq: &str, m: crate::message::QueuedMessage) {
+        if let Some(q) = self.queues.get_mut(dlq) {
+            q.restore(m);
+        }
     }
 
     /// Queues that receive dead letters: every queue reachable through bindings from some
