@@ -2,7 +2,7 @@
 //!
 //! - `dead-letter`: a work queue with a dead-letter exchange; a rejected message lands in the
 //!   dead-letter queue with its `x-death` history, and stays there for you to look at
-//!   (`curl -s 127.0.0.1:15672/api/queues`) or replay.
+//!   (`curl -s -u guest:guest 127.0.0.1:15672/api/queues`) or replay.
 //! - `quic-client`: AMQP 0-9-1 over QUIC directly, with `warren-codec` frames on a quinn
 //!   stream ([`quic`]).
 //! - `retry`: a queue with an exponential `x-retry-policy`; a consumer that fails twice and

@@ -470,6 +470,10 @@ pub struct UserConfig {
     /// Only from loopback addresses.
     #[serde(default)]
     pub loopback_only: bool,
+    /// RabbitMQ's tags: `administrator` for management writes; `monitoring`, `policymaker` or
+    /// `management` for reads.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// Why settings could not be loaded.
@@ -643,7 +647,12 @@ impl Settings {
         if let Some(users) = file.users {
             s.users = users
                 .into_iter()
-                .map(|u| User { name: u.name, password: u.password, loopback_only: u.loopback_only })
+                .map(|u| User {
+                    name: u.name,
+                    password: u.password,
+                    loopback_only: u.loopback_only,
+                    tags: u.tags,
+                })
                 .collect();
         }
         Ok(s)

@@ -5,6 +5,7 @@
 //! - [`bridge`]: `warren bridge`, plain AMQP over TCP carried over QUIC.
 //! - [`quic`]: QUIC endpoints (mapping v1: one stream, one AMQP connection).
 //! - [`config`]: flags, environment, TOML file, defaults.
+//! - [`http`]: serving the HTTP endpoints with header timeouts and a connection cap.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`memory`]: the memory alarm (RabbitMQ's `vm_memory_high_watermark`).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
@@ -21,6 +22,7 @@ pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;
 pub mod config;
+pub mod http;
 pub mod management;
 pub mod memory;
 pub mod metrics;

@@ -5,12 +5,20 @@
 //! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
 //!   messages from a dead-letter queue back to the queue each last died in.
 //!
-//! There is no authentication yet, so the default listen address is loopback only.
+//! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does: a
+//! read needs one of the tags `administrator`, `monitoring`, `policymaker` or `management`, a
+//! change needs `administrator`; a loopback-only user (guest) only from loopback. A request
+//! whose `Origin` is not the host it was sent to is refused, so a web page elsewhere cannot
+//! use a browser's stored credentials (CSRF) or a rebound DNS name against the API.
+
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,7 +32,89 @@ pub fn router(shared: SharedRef) -> Router {
     Router::new()
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{queue}/replay", post(replay))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared)
+}
+
+/// RabbitMQ's realm, so its tools' prompts read the same.
+const CHALLENGE: &str = "Basic realm=\"RabbitMQ Management\"";
+
+/// Lets a request through only from an allowed user, and never cross-origin.
+async fn authorize(
+    State(shared): State<SharedRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !same_origin(req.headers()) {
+        return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+    }
+    let Some((name, password)) = basic_credentials(req.headers()) else {
+        return challenge();
+    };
+    let user = {
+        let s = lock(&shared);
+        warren_core::auth::check_password(s.broker.users(), &name, &password, is_loopback(peer.ip())).cloned()
+    };
+    let user = match user {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "management API login refused");
+            return challenge();
+        }
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let allowed = if reads {
+        ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| user.has_tag(t))
+    } else {
+        user.has_tag("administrator")
+    };
+    if !allowed {
+        return refuse(StatusCode::FORBIDDEN, &format!("user '{}' may not {} this", user.name, req.method()));
+    }
+    next.run(req).await
+}
+
+fn challenge() -> Response {
+    let body = Json(json!({"error": "not_authorised", "reason": "Login failed"}));
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, CHALLENGE)], body).into_response()
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({"error": "not_authorised", "reason": reason}))).into_response()
+}
+
+/// The user and password of a `Basic` Authorization header.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// No `Origin` (a tool, not a browser page), or one naming the host the request was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// Loopback, including IPv4 loopback on a dual-stack socket (`::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
 }
 
 async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {

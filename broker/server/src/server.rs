@@ -250,19 +250,10 @@ impl Server {
                     }
                 }),
             );
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
-                    warn!(error = %e, "metrics endpoint stopped");
-                }
-            })
+            tokio::spawn(crate::http::serve(l, app, "metrics"))
         });
         let management = self.management.map(|l| {
-            let app = crate::management::router(self.shared.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
-                    warn!(error = %e, "management API stopped");
-                }
-            })
+            tokio::spawn(crate::http::serve(l, crate::management::router(self.shared.clone()), "management"))
         });
         tokio::pin!(shutdown);
         // A background task that ended (a panic in broker code a timer ran, the syncer

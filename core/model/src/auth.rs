@@ -18,13 +18,43 @@ pub struct User {
     pub password: String,
     /// Refuse this user unless the peer is on a loopback address (RabbitMQ's rule for guest).
     pub loopback_only: bool,
+    /// RabbitMQ's user tags: `administrator` may change things through the management API;
+    /// `monitoring`, `policymaker` and `management` may read it; no tag, no API.
+    pub tags: Vec<String>,
 }
 
 impl User {
-    /// RabbitMQ's default user: guest/guest, loopback only.
+    /// RabbitMQ's default user: guest/guest, loopback only, administrator.
     pub fn guest() -> Self {
-        User { name: "guest".into(), password: "guest".into(), loopback_only: true }
+        User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+            tags: vec!["administrator".into()],
+        }
     }
+
+    /// Whether the user has tag `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+}
+
+/// The user `name` if `password` is theirs and they may log in from where the peer is.
+pub fn check_password<'u>(
+    users: &'u [User],
+    name: &str,
+    password: &str,
+    peer_is_loopback: bool,
+) -> Result<&'u User, AuthError> {
+    let user = users
+        .iter()
+        .find(|u| u.name == name && u.password == password)
+        .ok_or_else(|| AuthError::InvalidCredentials(name.to_string()))?;
+    if user.loopback_only && !peer_is_loopback {
+        return Err(AuthError::NotLoopback(user.name.clone()));
+    }
+    Ok(user)
 }
 
 /// Why a login was refused; logged by the server, never shown to the client.
@@ -67,10 +97,7 @@ pub fn authenticate(
                 "AMQPLAIN" => parse_amqplain(response)?,
                 other => return Err(AuthError::UnknownMechanism(other.to_string())),
             };
-            users
-                .iter()
-                .find(|u| u.name == name && u.password == password)
-                .ok_or_else(|| AuthError::InvalidCredentials(name.clone()))?
+            return check_password(users, &name, &password, peer_is_loopback).map(|u| u.name.clone());
         }
     };
     let name = user.name.clone();
@@ -141,8 +168,10 @@ mod tests {
 
     #[test]
     fn external_logs_in_as_the_certificate_identity() {
-        let users =
-            [User::guest(), User { name: "alice".into(), password: "x".into(), loopback_only: false }];
+        let users = [
+            User::guest(),
+            User { name: "alice".into(), password: "x".into(), loopback_only: false, tags: Vec::new() },
+        ];
         let none = Bytes::new();
         assert_eq!(authenticate(&users, "EXTERNAL", &none, false, Some("alice")), Ok("alice".into()));
         let r = authenticate(&users, "EXTERNAL", &none, false, Some("mallory"));

@@ -96,23 +96,33 @@ impl Drop for TestBroker {
     }
 }
 
-/// A plain HTTP/1.1 request to the management API; returns (status, body).
+/// A plain HTTP/1.1 request to the management API as guest; returns (status, body).
 pub async fn http(b: &TestBroker, method: &str, path: &str) -> (u16, String) {
-    http_to(b.management.expect("management API on"), method, path).await
+    let auth = "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"; // guest:guest
+    let (status, _, body) = http_raw(b.management.expect("management API on"), method, path, auth).await;
+    (status, body)
 }
 
 /// A plain HTTP/1.1 request to `addr`; returns (status, body).
 pub async fn http_to(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_raw(addr, method, path, "").await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 request to `addr` with `headers` (each ending in CRLF) added; returns
+/// (status, response headers, body).
+pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// A lapin field table from pairs.

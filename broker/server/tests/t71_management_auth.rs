@@ -1,0 +1,88 @@
+//! The management API is not an open door: basic auth against the broker's users with
+//! RabbitMQ's tags, no cross-origin requests, and bounded HTTP connections.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestBroker, http_raw};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_core::auth::User;
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {token}\r\n")
+}
+
+async fn broker() -> TestBroker {
+    TestBroker::start_with(|s| {
+        let user = |name: &str, tags: &[&str]| User {
+            name: name.into(),
+            password: "pw".into(),
+            loopback_only: false,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        s.users = vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])];
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_route_needs_a_user_and_writes_need_an_administrator() {
+    let b = broker().await;
+    let api = b.management.expect("management on");
+    let replay = "/api/queues/%2F/none/replay";
+    // No credentials, or wrong ones: 401 with a challenge.
+    for auth in
+        [String::new(), basic("guest", "wrong"), basic("nobody", "pw"), "Authorization: Bearer x\r\n".into()]
+    {
+        let (status, head, _) = http_raw(api, "GET", "/api/queues", &auth).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert!(
+            head.to_ascii_lowercase().contains("www-authenticate: basic realm=\"rabbitmq management\""),
+            "{head}"
+        );
+        assert_eq!(http_raw(api, "POST", replay, &auth).await.0, 401);
+    }
+    // A user without a management tag may not use the API at all.
+    assert_eq!(http_raw(api, "GET", "/api/queues", &basic("app", "pw")).await.0, 403);
+    // monitoring reads but does not change.
+    assert_eq!(http_raw(api, "GET", "/api/queues", &basic("watcher", "pw")).await.0, 200);
+    assert_eq!(http_raw(api, "POST", replay, &basic("watcher", "pw")).await.0, 403);
+    // guest is an administrator, from loopback.
+    assert_eq!(http_raw(api, "GET", "/api/queues", &basic("guest", "guest")).await.0, 200);
+    assert_eq!(
+        http_raw(api, "POST", replay, &basic("guest", "guest")).await.0,
+        404,
+        "past auth: no such queue"
+    );
+}
+
+#[tokio::test]
+async fn a_request_from_a_foreign_origin_is_refused_even_with_credentials() {
+    let b = broker().await;
+    let api = b.management.expect("management on");
+    let guest = basic("guest", "guest");
+    let foreign = format!("{guest}Origin: http://evil.example\r\n");
+    assert_eq!(http_raw(api, "POST", "/api/queues/%2F/q/replay", &foreign).await.0, 403);
+    assert_eq!(http_raw(api, "GET", "/api/queues", &foreign).await.0, 403);
+    // The API's own origin (a page it serves) is fine.
+    let own = format!("{guest}Origin: http://{api}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &own).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    let b = broker().await;
+    let api = b.management.expect("management on");
+    let mut s = tokio::net::TcpStream::connect(api).await.expect("connect");
+    s.write_all(b"GET /api/queues HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    // ...and nothing more. The server closes it after the header timeout.
+    let mut rest = Vec::new();
+    let limit = warren::http::HEADER_TIMEOUT + Duration::from_secs(5);
+    let read = tokio::time::timeout(limit, s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "still open after {limit:?}");
+    // Other clients were served meanwhile and still are.
+    assert_eq!(http_raw(api, "GET", "/api/queues", &basic("guest", "guest")).await.0, 200);
+}
