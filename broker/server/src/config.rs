@@ -37,13 +37,17 @@ pub struct Cli {
     /// Log line format: text or json [default: text].
     #[arg(long, env = "WARREN_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Address for the management HTTP API (no authentication: keep it on loopback)
+    /// Address for the management HTTP API (basic auth with the broker's users)
     /// [default: 127.0.0.1:15672].
     #[arg(long, env = "WARREN_MANAGEMENT_LISTEN", value_name = "ADDR")]
     pub management_listen: Option<SocketAddr>,
     /// TOML file with the same settings and more; unknown keys are an error.
     #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Start even if a storage log is damaged in the middle, skipping (and logging) the
+    /// damaged records. Without it such damage stops the start, naming the file and offset.
+    #[arg(long, env = "WARREN_SALVAGE_STORAGE")]
+    pub salvage_storage: bool,
     /// Run a tool instead of the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -367,6 +371,8 @@ pub struct StorageSettings {
     pub segment_size: usize,
     /// Free disk space below which publishers are blocked.
     pub disk_free_limit: u64,
+    /// Skip damaged records at recovery instead of refusing to start.
+    pub salvage: bool,
 }
 
 impl Default for StorageSettings {
@@ -377,6 +383,7 @@ impl Default for StorageSettings {
             segment_size: 16 << 20,
             // RabbitMQ's default.
             disk_free_limit: 50_000_000,
+            salvage: false,
         }
     }
 }
@@ -612,6 +619,7 @@ impl Settings {
             }
             s.connection.write_timeout = std::time::Duration::from_millis(ms);
         }
+        s.storage.salvage = cli.salvage_storage;
         let st = file.storage;
         if let Some(f) = st.fsync {
             s.storage.fsync = f;
@@ -734,6 +742,7 @@ mod tests {
                 fsync_interval: std::time::Duration::from_millis(50),
                 segment_size: 1 << 20,
                 disk_free_limit: 2_000_000_000,
+                salvage: false,
             })
         );
         let e = parse("[storage]\ndisk-free-limit = \"5 parsecs\"").err().unwrap_or_default();

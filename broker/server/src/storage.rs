@@ -112,7 +112,7 @@ impl Storage {
     /// Opens the store under `data_dir` and restores what it holds into `broker`.
     pub fn open(data_dir: &Path, settings: StorageSettings, broker: &mut Broker) -> anyhow::Result<Storage> {
         let dir = data_dir.join("storage");
-        let options = Options { segment_size: settings.segment_size };
+        let options = Options { segment_size: settings.segment_size, salvage: settings.salvage };
         let (store, syncer) = FileStore::open(&dir, options)
             .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
         let report = store.report().clone();

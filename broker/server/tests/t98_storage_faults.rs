@@ -235,3 +235,34 @@ async fn a_full_disk_at_segment_creation_nacks_the_publish_and_the_store_carries
         assert_eq!(back.iter().filter(|b| *b == body).count(), 1, "a confirmed message comes back once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_stops_the_start_naming_it_and_salvage_skips_the_record() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("damaged".into(), durable(), FieldTable::default()).await.expect("declare");
+    let bodies: Vec<String> = (0..5).map(|i| format!("{i}").repeat(2000)).collect();
+    publish_confirmed(&ch, "", "damaged", &bodies, persistent()).await;
+    b.kill();
+
+    // Bit rot in the third message's body, with intact records after it.
+    let segment = dir.path().join("data/storage/segments/0000000000000001.seg");
+    let mut data = std::fs::read(&segment).expect("segment");
+    let third = data.windows(2000).position(|w| w.iter().all(|&x| x == b'2')).expect("third body");
+    data[third + 100] ^= 0x01;
+    std::fs::write(&segment, &data).expect("write");
+
+    assert!(!common::process::run_to_exit(dir.path(), &[]), "a damaged log must stop the start");
+    let log = common::process::log_of(dir.path());
+    assert!(log.contains("0000000000000001.seg at offset") && log.contains("--salvage-storage"), "{log}");
+    assert_eq!(std::fs::read(&segment).expect("segment"), data, "the damaged file is left as it was");
+
+    let b = Process::start(dir.path(), &[("WARREN_SALVAGE_STORAGE", "true")]);
+    let (_conn, ch) = b.channel().await;
+    let mut back = drain(&ch, "damaged").await;
+    back.sort();
+    let want: Vec<String> = bodies.iter().filter(|b| !b.starts_with('2')).cloned().collect();
+    assert_eq!(back, want, "every intact message, and only the damaged one skipped");
+}

@@ -116,14 +116,4 @@ impl Segment {
         let end = offset.checked_add(len)?;
         (end <= self.capacity).then(|| Bytes::from_owner(View { map: self.map.clone(), offset, len }))
     }
-
-    /// Zeroes everything from `offset` on: a torn or damaged tail is cut off, so the next
-    /// scan ends there too.
-    pub fn zero_from(&mut self, offset: usize) {
-        let offset = offset.min(self.capacity);
-        // SAFETY: inside the mapping; only called during recovery, before any view of these
-        // octets exists (views are made of records before `offset` only).
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, self.capacity - offset) };
-        self.end = offset;
-    }
 }

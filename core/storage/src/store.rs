@@ -38,11 +38,14 @@ use crate::sync::{SyncShared, Syncer, sync_dir};
 pub struct Options {
     /// Size of a segment file; a record larger than this gets a segment of its own size.
     pub segment_size: usize,
+    /// Start even when a log is damaged in the middle, skipping the damaged records (each
+    /// logged). Without it such damage stops the start, naming the file and offset.
+    pub salvage: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_size: 16 << 20 }
+        Options { segment_size: 16 << 20, salvage: false }
     }
 }
 
@@ -147,7 +150,7 @@ impl FileStore {
             sync_dir(dir).map_err(|e| at(dir, e))?;
         }
         let mut report = RecoveryReport { clean, ..Default::default() };
-        let (mut recovered, meta) = recover_metadata(dir, &mut report)?;
+        let (mut recovered, meta) = recover_metadata(dir, &mut report, options.salvage)?;
         let meta_len = meta.metadata().map_err(|e| at(&dir.join(META_LOG), e))?.len();
         recovered.clean = clean;
         let shared = Arc::new(SyncShared::default());
@@ -257,7 +260,7 @@ impl FileStore {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
             let mut targets = BTreeSet::new();
-            let end = scan(&mut seg, &mut self.report, |pos, rec| match rec {
+            let end = scan(&mut seg, &mut self.report, self.options.salvage, |pos, rec| match rec {
                 Record::Put { queue, seq, state, message } => {
                     let Ok(at) = store_ref(id, pos) else {
                         return;
@@ -277,7 +280,7 @@ impl FileStore {
                         targets.insert(segment_of(*old));
                     }
                 }
-            });
+            })?;
             seg.set_end(end);
             targets.remove(&id);
             self.report.segments += 1;
@@ -503,17 +506,27 @@ impl Storage for FileStore {
 }
 
 /// Reads a segment's records in order, handing each good one to `f`; returns where the
-/// written part ends. A record whose checksum fails is skipped when a good record follows it
-/// (damage in the middle) and otherwise cut off with everything after it (a torn write).
-fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(usize, Record)) -> usize {
+/// written part ends.
+///
+/// A bad record with nothing intact after it is a torn write (the crash cut it short; it was
+/// never confirmed): the scan ends there. The file is not touched: segments are only ever
+/// appended to by the run that created them, so the bytes stay for whoever wants to look.
+/// A bad record with intact records after it is damage, not a crash: it stops the start with
+/// the file and offset, unless `salvage` says to skip it (and log it).
+fn scan(
+    seg: &mut Segment,
+    report: &mut RecoveryReport,
+    salvage: bool,
+    mut f: impl FnMut(usize, Record),
+) -> Result<usize, StorageError> {
     let name = seg.path.display().to_string();
     let mut pos = 0;
     loop {
         let Some((len, crc)) = seg.read(pos, HEADER).and_then(|h| record::header(&h)) else {
-            return pos;
+            return Ok(pos);
         };
         if len == 0 {
-            return pos;
+            return Ok(pos);
         }
         let payload = seg.read(pos + HEADER, len).filter(|p| crc32c::crc32c(p) == crc);
         let next = pos + HEADER + len;
@@ -522,25 +535,35 @@ fn scan(seg: &mut Segment, report: &mut RecoveryReport, mut f: impl FnMut(usize,
                 report.records += 1;
                 match record::decode(p) {
                     Ok(r) => f(pos, r),
-                    Err(e) => report.damaged.push(format!("{name} at {pos}: {e}")),
+                    Err(e) => damaged(report, salvage, format!("{name} at offset {pos}: {e}"))?,
                 }
                 pos = next;
             }
             None => match resync(seg, pos, next) {
                 Some(good) => {
-                    report
-                        .damaged
-                        .push(format!("{name} at {pos}: checksum mismatch, {} octets skipped", good - pos));
+                    let what = format!("{name} at offset {pos}: checksum mismatch ({} octets)", good - pos);
+                    damaged(report, salvage, what)?;
                     pos = good;
                 }
                 None => {
-                    report.truncated.push(format!("{name} at {pos}"));
-                    seg.zero_from(pos);
-                    return pos;
+                    report.truncated.push(format!("{name} at offset {pos}"));
+                    return Ok(pos);
                 }
             },
         }
     }
+}
+
+/// Damage in the middle of a log: skipped and reported when salvaging, else the start stops.
+fn damaged(report: &mut RecoveryReport, salvage: bool, what: String) -> Result<(), StorageError> {
+    if !salvage {
+        return Err(StorageError::Corrupt(format!(
+            "{what}, with intact records after it; nothing was changed on disk. Restore the \
+             file, or start with --salvage-storage to skip the damaged records"
+        )));
+    }
+    report.damaged.push(what);
+    Ok(())
 }
 
 /// The next intact record after a damaged one at `pos`: where its length says (`next`), or,
@@ -562,34 +585,67 @@ fn good_record_at(seg: &Segment, pos: usize) -> bool {
 
 /// Reads the metadata log, then rewrites it as a snapshot (so it does not grow without end)
 /// and opens it for appends.
-fn recover_metadata(dir: &Path, report: &mut RecoveryReport) -> Result<(Recovered, Arc<File>), StorageError> {
+fn recover_metadata(
+    dir: &Path,
+    report: &mut RecoveryReport,
+    salvage: bool,
+) -> Result<(Recovered, Arc<File>), StorageError> {
     let path = dir.join(META_LOG);
     let (mut queues, mut exchanges, mut bindings) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     let mut next_queue_id = 1;
+    let mut cut = false;
     match std::fs::read(&path) {
         Ok(data) => {
             let data = bytes::Bytes::from(data);
+            let name = path.display();
+            let intact_at = |p: usize| {
+                data.get(p..).and_then(record::header).is_some_and(|(len, crc)| {
+                    len > 0
+                        && data.get(p + HEADER..p + HEADER + len).is_some_and(|x| crc32c::crc32c(x) == crc)
+                })
+            };
             let mut pos = 0;
-            while let Some((len, crc)) = data.get(pos..).and_then(record::header) {
-                let Some(payload) = data.get(pos + HEADER..pos + HEADER + len).filter(|_| len > 0) else {
-                    break;
+            while pos < data.len() {
+                let whole = data.get(pos..).and_then(record::header).and_then(|(len, crc)| {
+                    let payload = data.get(pos + HEADER..pos + HEADER + len).filter(|_| len > 0)?;
+                    (crc32c::crc32c(payload) == crc).then_some(len)
+                });
+                let Some(len) = whole else {
+                    // Intact records further on mean damage; none means a torn last write.
+                    match (pos + 1..data.len()).find(|p| intact_at(*p)) {
+                        Some(good) => {
+                            damaged(report, salvage, format!("{name} at offset {pos}: checksum mismatch"))?;
+                            cut = true;
+                            pos = good;
+                            continue;
+                        }
+                        None => {
+                            report.truncated.push(format!("{name} at offset {pos}"));
+                            cut = true;
+                            break;
+                        }
+                    }
                 };
-                if crc32c::crc32c(payload) != crc {
-                    report.truncated.push(format!("{} at {pos}", path.display()));
-                    break;
-                }
                 match record::decode_meta(data.slice(pos + HEADER..pos + HEADER + len)) {
                     Ok(Meta::Op(op)) => {
                         apply_meta(&mut queues, &mut exchanges, &mut bindings, &op, &mut next_queue_id)
                     }
                     Ok(Meta::NextQueueId(n)) => next_queue_id = next_queue_id.max(n),
-                    Err(e) => report.damaged.push(format!("{} at {pos}: {e}", path.display())),
+                    Err(e) => {
+                        damaged(report, salvage, format!("{name} at offset {pos}: {e}"))?;
+                        cut = true;
+                    }
                 }
                 pos += HEADER + len;
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(at(&path, e)),
+    }
+    if cut {
+        // The snapshot below leaves out what could not be read; the original bytes are kept.
+        let kept = dir.join(format!("{META_LOG}.before-recovery"));
+        std::fs::copy(&path, &kept).map_err(|e| at(&kept, e))?;
     }
     let recovered = Recovered {
         queues: queues.into_values().collect(),

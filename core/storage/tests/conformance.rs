@@ -51,7 +51,12 @@ impl Files {
 }
 
 fn files(segment_size: usize) -> Files {
-    Files(tempfile::tempdir().expect("tempdir"), Options { segment_size }, None, RecoveryReport::default())
+    Files(
+        tempfile::tempdir().expect("tempdir"),
+        Options { segment_size, salvage: false },
+        None,
+        RecoveryReport::default(),
+    )
 }
 
 fn backings() -> Vec<(&'static str, Box<dyn Backing>)> {
@@ -406,14 +411,31 @@ fn a_torn_last_record_is_cut_off_and_the_rest_recovered() {
     assert!(store.report().damaged.is_empty());
     assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 2, 3]);
     drop(store);
-    // The cut is made on disk: the next start finds nothing to repair.
-    let (store, _) = FileStore::open(b.0.path(), b.1).expect("open");
-    assert!(store.report().truncated.is_empty(), "{:?}", store.report());
+    // Nothing is rewritten on the strength of a bad record: the bytes are as they were, and
+    // the next start reads the same.
+    assert_eq!(std::fs::read(&path).expect("read"), data);
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
+    assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 2, 3]);
+    drop(store);
     let _ = b.open();
 }
 
+/// Opening `b` fails with an error naming the segment and the offset; salvaging skips.
+fn refused_then_salvaged(b: &Files, offset: usize) -> FileStore {
+    let path = segment_path(b);
+    let before = std::fs::read(&path).expect("read");
+    let e = FileStore::open(b.0.path(), b.1).map(|_| ()).expect_err("damage stops the start");
+    let text = e.to_string();
+    assert!(text.contains("0000000000000001.seg") && text.contains(&format!("offset {offset}")), "{text}");
+    assert!(text.contains("--salvage-storage"), "{text}");
+    assert_eq!(std::fs::read(&path).expect("read"), before, "nothing changed on disk");
+    let (store, _) = FileStore::open(b.0.path(), Options { salvage: true, ..b.1 }).expect("salvaged");
+    store
+}
+
 #[test]
-fn a_record_with_a_bad_checksum_is_skipped_and_reported() {
+fn a_record_with_a_bad_checksum_stops_the_start_unless_salvaged() {
     let b = filled(5);
     let path = segment_path(&b);
     let mut data = std::fs::read(&path).expect("read");
@@ -421,7 +443,8 @@ fn a_record_with_a_bad_checksum_is_skipped_and_reported() {
     let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
     data[third + 10] ^= 0xff;
     std::fs::write(&path, &data).expect("write");
-    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    let first_len = u32::from_le_bytes(data[0..4].try_into().expect("len")) as usize;
+    let mut store = refused_then_salvaged(&b, 2 * (8 + first_len));
     assert_eq!(store.report().damaged.len(), 1, "{:?}", store.report());
     assert!(store.report().damaged[0].contains("checksum"), "{:?}", store.report());
     assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 3, 4]);
@@ -549,7 +572,7 @@ fn an_index_behind_the_log_is_not_used() {
 }
 
 #[test]
-fn a_damaged_length_loses_one_record_not_the_rest_of_the_segment() {
+fn a_damaged_length_when_salvaging_loses_one_record_not_the_rest_of_the_segment() {
     let b = filled(5);
     let path = segment_path(&b);
     let mut data = std::fs::read(&path).expect("read");
@@ -558,8 +581,45 @@ fn a_damaged_length_loses_one_record_not_the_rest_of_the_segment() {
     let second = 8 + first_len;
     data[second..second + 4].copy_from_slice(&0x00ff_ff00u32.to_le_bytes());
     std::fs::write(&path, &data).expect("write");
-    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("open");
+    let mut store = refused_then_salvaged(&b, second);
     assert_eq!(store.report().damaged.len(), 1, "{:?}", store.report());
     assert!(store.report().truncated.is_empty(), "{:?}", store.report());
     assert_eq!(seqs(&store.recover().expect("recover")), [0, 2, 3, 4]);
+}
+
+#[test]
+fn a_damaged_metadata_log_stops_the_start_and_a_torn_one_keeps_its_bytes() {
+    let mut b = files(1 << 20);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    for (id, name) in [(1, "a"), (2, "b"), (3, "c")] {
+        s.meta(&queue(id, name)).expect("meta");
+    }
+    drop(s);
+    let path = b.0.path().join("metadata.log");
+    let good = std::fs::read(&path).expect("read");
+    // An octet flipped in the second queue's record, with the third intact after it.
+    let mut bad = good.clone();
+    let at = bad.windows(1).rposition(|w| w == b"b").expect("b's name");
+    bad[at] ^= 0xff;
+    std::fs::write(&path, &bad).expect("write");
+    let e = FileStore::open(b.0.path(), b.1).map(|_| ()).expect_err("damage stops the start");
+    assert!(e.to_string().contains("metadata.log at offset"), "{e}");
+    assert_eq!(std::fs::read(&path).expect("read"), bad, "the log is not rewritten");
+    let (mut store, _) = FileStore::open(b.0.path(), Options { salvage: true, ..b.1 }).expect("salvaged");
+    let names: Vec<String> =
+        store.recover().expect("recover").queues.iter().map(|q| q.name.clone()).collect();
+    assert!(names.contains(&"a".to_string()) && names.contains(&"c".to_string()), "{names:?}");
+    assert_eq!(std::fs::read(b.0.path().join("metadata.log.before-recovery")).expect("kept"), bad);
+    drop(store);
+
+    // A torn last record (a crash mid-write) is no damage: the rest loads, the bytes are kept.
+    std::fs::write(&path, &good[..good.len() - 3]).expect("write");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("a torn tail is a crash, not damage");
+    assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
+    assert_eq!(store.recover().expect("recover").queues.len(), 2);
+    assert_eq!(
+        std::fs::read(b.0.path().join("metadata.log.before-recovery")).expect("kept"),
+        good[..good.len() - 3]
+    );
 }

@@ -67,6 +67,32 @@ impl Process {
     }
 }
 
+/// Runs `warren` on `dir` as [`Process::start`] would, expecting it to stop by itself within
+/// 30 s (a refused start); returns whether it exited successfully.
+pub fn run_to_exit(dir: &Path, env: &[(&str, &str)]) -> bool {
+    let log = std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--data-dir", &dir.join("data").display().to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start warren");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warren kept running: {}", log_of(dir));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
