@@ -57,6 +57,26 @@ step "cargo test (unit, property, integration with lapin and amqprs)"
 cargo test --workspace
 ok
 
+step "fuzz: frame decoder, field tables, topic matcher, connection machine (20 s each)"
+# cargo-fuzz needs nightly for its sanitizer flags; both are installed once per machine.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
+(
+    cd core/codec
+    export CARGO_TARGET_DIR="$HOME/.cache/warren/fuzz-target"
+    log=$(mktemp)
+    for target in frame field_table topic connection; do
+        # A crash fails the run and leaves its input in core/codec/fuzz/artifacts/.
+        if ! cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-20}" >"$log" 2>&1; then
+            tail -40 "$log" >&2
+            exit 1
+        fi
+        echo "$target: $(grep -E '^Done' "$log")"
+    done
+    rm -f "$log"
+)
+ok
+
 step "the user's Go programs against a real warren process"
 cargo build -q -p warren --bin warren
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

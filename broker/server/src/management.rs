@@ -9,7 +9,9 @@
 //! read needs one of the tags `administrator`, `monitoring`, `policymaker` or `management`, a
 //! change needs `administrator`; a loopback-only user (guest) only from loopback. A request
 //! whose `Origin` is not the host it was sent to is refused, so a web page elsewhere cannot
-//! use a browser's stored credentials (CSRF) or a rebound DNS name against the API.
+//! use a browser's stored credentials (CSRF); one whose `Host` is a name other than
+//! `localhost` is refused too, so a page that rebinds its DNS name to this machine cannot
+//! reach the API at all (address it by IP, or put a proxy in front for a DNS name).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -48,6 +50,9 @@ async fn authorize(
 ) -> Response {
     if !same_origin(req.headers()) {
         return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+    }
+    if !host_is_an_address(req.headers()) {
+        return refuse(StatusCode::FORBIDDEN, "the Host header must be an IP address or localhost");
     }
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return challenge();
@@ -109,6 +114,23 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
+/// A `Host` that is an IP address or `localhost`, with or without a port. A page that rebinds
+/// its own DNS name to this machine sends that name, and is refused with it, even before a
+/// password is tried.
+fn host_is_an_address(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 /// Loopback, including IPv4 loopback on a dual-stack socket (`::ffff:127.0.0.1`).
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
@@ -162,7 +184,13 @@ async fn replay(
     loop {
         let result = {
             let mut s = lock(&shared);
-            let r = s.broker.replay_dead_letters(&queue, REPLAY_BATCH, limit - total.moved, total.next);
+            let r = s.broker.replay_dead_letters(
+                &queue,
+                REPLAY_BATCH,
+                limit - total.moved,
+                total.next,
+                total.end,
+            );
             s.wake_all();
             r
         };
@@ -172,6 +200,7 @@ async fn replay(
                 total.skipped += r.skipped;
                 total.refused += r.refused;
                 total.next = r.next;
+                total.end = r.end;
             }
             Err(e) => return (StatusCode::NOT_FOUND, Json(json!({"error": e.text}))),
         }

@@ -2,8 +2,9 @@
 //! memory is above the watermark, publishing connections are blocked exactly as under the
 //! disk alarm, and consumers keep draining queues.
 //!
-//! Memory is read from `/proc` once a second: the resident set of this process, and the
-//! machine's memory capped by a cgroup v2 limit (a container's limit is the memory it has).
+//! Memory is read from `/proc` once a second: the anonymous resident memory of this process
+//! (not the page cache of the mapped message log), and the machine's memory capped by a
+//! cgroup v2 limit (a container's limit is the memory it has).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +70,13 @@ pub fn available() -> std::io::Result<u64> {
     Ok(cgroup.map_or(total, |c: u64| c.min(total)))
 }
 
-/// This process's resident set in octets.
+/// This process's anonymous resident memory in octets: its heap and stacks. File pages are
+/// left out on purpose: queued persistent bodies are views of the mapped log, pages the kernel
+/// can drop and read back, and counting them would raise the alarm for a long durable queue
+/// right after a restart (recovery touches every page) and never clear it.
 pub fn resident() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    kib_field(&status, "VmRSS:").ok_or_else(|| std::io::Error::other("no VmRSS in /proc/self/status"))
+    kib_field(&status, "RssAnon:").ok_or_else(|| std::io::Error::other("no RssAnon in /proc/self/status"))
 }
 
 /// A `Name:   1234 kB` line of a /proc file, in octets.
@@ -128,7 +132,7 @@ mod tests {
     fn watermarks_and_proc_fields() {
         assert_eq!(limit(Watermark::Relative(0.6), 1000), 600);
         assert_eq!(limit(Watermark::Absolute(Size(42)), 1000), 42);
-        assert_eq!(kib_field("VmPeak:\t  10 kB\nVmRSS:\t   2048 kB\n", "VmRSS:"), Some(2 << 20));
+        assert_eq!(kib_field("VmPeak:\t  10 kB\nRssAnon:\t   2048 kB\n", "RssAnon:"), Some(2 << 20));
         assert_eq!(kib_field("VmPeak: 1 kB\n", "VmRSS:"), None);
         let (total, rss) = (available().expect("meminfo"), resident().expect("status"));
         assert!(rss > 0 && rss < total, "{rss} of {total}");

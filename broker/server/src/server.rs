@@ -581,8 +581,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(event) = conn.poll_event() {
             log_event(peer, &mut user, event);
         }
-        if conn.has_output() {
-            // Encodes what was taken from the broker under the lock, now without it.
+        // Encodes what was taken from the broker under the lock, now without it, a chunk at a
+        // time, and writes it all before reading more: the client's reading paces its input.
+        let mut write_failed = false;
+        while conn.has_output() {
             let mut out = conn.take_output();
             if let Some(streams) = channel_streams.as_mut() {
                 out = streams.route(out);
@@ -596,10 +598,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut s = lock(&shared);
                 conn.handle_eof(&mut s.broker);
                 s.wake_others(None);
+                write_failed = true;
                 break;
             }
         }
-        if conn.is_closed() {
+        if write_failed || conn.is_closed() {
             break;
         }
         // Tokio runs a task woken from this one next on this worker, in a slot other workers
@@ -644,11 +647,16 @@ impl Drop for ReleaseOnPanic {
             return;
         }
         tracing::error!(peer = %self.peer, "a connection's handling panicked: its session is released");
-        if let Some(id) = self.id {
-            let mut s = lock(&self.shared);
-            s.broker.disconnect(id);
-            s.wakers.remove(&id);
-            s.wake_all();
+        // Not here, during the unwind: a second panic in broker code would abort the process.
+        // A task of its own costs only itself if it panics too.
+        if let (Some(id), Ok(runtime)) = (self.id, tokio::runtime::Handle::try_current()) {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                let mut s = lock(&shared);
+                s.broker.disconnect(id);
+                s.wakers.remove(&id);
+                s.wake_all();
+            });
         }
     }
 }

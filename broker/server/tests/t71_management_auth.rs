@@ -70,6 +70,16 @@ async fn a_request_from_a_foreign_origin_is_refused_even_with_credentials() {
     // The API's own origin (a page it serves) is fine.
     let own = format!("{guest}Origin: http://{api}\r\n");
     assert_eq!(http_raw(api, "GET", "/api/queues", &own).await.0, 200);
+    // DNS rebinding: a page whose name now points here sends its own name as Host and
+    // Origin, consistently; the name itself is refused.
+    let port = api.port();
+    let rebound =
+        format!("{guest}Host: attacker.example:{port}\r\nOrigin: http://attacker.example:{port}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &rebound).await.0, 403);
+    let local = format!("{guest}Host: localhost:{port}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &local).await.0, 200);
+    let v6 = format!("{guest}Host: [::1]:{port}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &v6).await.0, 200);
 }
 
 #[tokio::test]

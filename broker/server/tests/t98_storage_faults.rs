@@ -246,6 +246,8 @@ async fn a_damaged_segment_stops_the_start_naming_it_and_salvage_skips_the_recor
     let bodies: Vec<String> = (0..5).map(|i| format!("{i}").repeat(2000)).collect();
     publish_confirmed(&ch, "", "damaged", &bodies, persistent()).await;
     b.kill();
+    // Once more, so the damaged segment is not the newest (where a crash leaves torn writes).
+    Process::start(dir.path(), &[]).kill();
 
     // Bit rot in the third message's body, with intact records after it.
     let segment = dir.path().join("data/storage/segments/0000000000000001.seg");

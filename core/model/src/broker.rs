@@ -375,9 +375,9 @@ impl Broker {
     pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
         let err_on = method.clone();
         let topology = matches!(method.ids().0, 40 | 50);
-        if topology {
-            self.durability.command = Some(persist::CommandWrites::default());
-        }
+        // Set afresh for every method: one that panicked half-way must not leave its state to
+        // the next.
+        self.durability.command = topology.then(persist::CommandWrites::default);
         let r = match method {
             Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
             Method::QueuePurge(m) => self.queue_purge(conn, ch, m),

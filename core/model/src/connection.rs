@@ -39,6 +39,9 @@ use crate::message::Outgoing;
 /// RabbitMQ's default largest message: bigger content is refused before it is buffered.
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
 
+/// Output encoded per [`Connection::take_output`].
+pub const OUTPUT_CHUNK: usize = 1 << 20;
+
 /// Largest frame accepted before tune-ok settles frame-max: RabbitMQ 4.1's pre-auth limit,
 /// raised from the spec's 4096 so start-ok can carry a JWT. An unauthenticated peer cannot
 /// make the broker buffer more than this.
@@ -249,8 +252,11 @@ impl Connection {
 
     /// Bytes to write to the socket, taken out of the machine. Encodes what
     /// [`Connection::pull_outbound`] took from the broker: call it without the broker lock.
+    /// At most about [`OUTPUT_CHUNK`] octets (or one message) per call: call again while
+    /// [`Connection::has_output`], so a backlog of deliveries or pipelined `basic.get`s of a
+    /// large message is copied into memory a chunk at a time, not all at once.
     pub fn take_output(&mut self) -> BytesMut {
-        self.encode_pending();
+        self.encode_pending_up_to(OUTPUT_CHUNK);
         self.output.split()
     }
 
@@ -425,11 +431,24 @@ impl Connection {
 
     /// Encodes the frames the broker queued, ahead of anything the connection sends next.
     fn encode_pending(&mut self) {
+        self.encode_pending_up_to(usize::MAX);
+    }
+
+    /// Encodes queued frames until the output holds `limit` octets; the rest stay queued, in
+    /// order. Whole items only, so a message's frames are never split.
+    fn encode_pending_up_to(&mut self, limit: usize) {
         let mut items = std::mem::take(&mut self.pending);
-        for item in items.drain(..) {
+        let mut rest = Vec::new();
+        let mut drain = items.drain(..);
+        while let Some(item) = drain.next() {
             self.encode_outgoing(item);
+            if self.output.len() >= limit {
+                rest.extend(drain.by_ref());
+                break;
+            }
         }
-        self.pending = items;
+        drop(drain);
+        self.pending = if rest.is_empty() { items } else { rest };
     }
 
     fn encode_outgoing(&mut self, item: Outgoing) {
@@ -527,7 +546,8 @@ impl Connection {
                     return;
                 }
                 if now >= self.last_send + hb / 2 {
-                    self.encode_pending();
+                    // Heartbeats need no order relative to other channels' frames.
+                    self.encode_pending_up_to(OUTPUT_CHUNK);
                     Frame::Heartbeat { channel: 0 }.encode(&mut self.output);
                     self.mark_sent();
                 }
@@ -978,4 +998,71 @@ fn server_properties() -> FieldTable {
     p.insert("cluster_name".into(), FieldValue::str("warren"));
     p.insert("information".into(), FieldValue::str("A message broker that speaks AMQP 0-9-1"));
     p
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // one real Instant to start the virtual clock from
+
+    use warren_codec::{
+        BasicGet, BasicNack, BasicProperties, ChannelOpen, ConnectionOpen, ConnectionStartOk,
+        ConnectionTuneOk, QueueDeclare, decode_frame,
+    };
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+
+    /// A connection past connection.open, with channel 1 open.
+    fn open(broker: &mut Broker, now: Instant) -> Connection {
+        let mut conn = Connection::new(ConnectionConfig::default(), true, now);
+        let mut hello = BytesMut::from(&PROTOCOL_HEADER[..]);
+        let start_ok = ConnectionStartOk {
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+            ..Default::default()
+        };
+        Frame::method(0, start_ok).encode(&mut hello);
+        Frame::method(0, ConnectionTuneOk { channel_max: 0, frame_max: 131_072, heartbeat: 0 })
+            .encode(&mut hello);
+        Frame::method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() })
+            .encode(&mut hello);
+        Frame::method(1, ChannelOpen::default()).encode(&mut hello);
+        conn.read_buf().extend_from_slice(&hello);
+        conn.handle_input(now, broker);
+        let _ = conn.take_output();
+        assert!(conn.id().is_some());
+        conn
+    }
+
+    #[test]
+    fn pipelined_gets_of_a_large_message_are_encoded_a_chunk_at_a_time() {
+        let now = Instant::now();
+        let mut broker = Broker::new(BrokerConfig::default(), now);
+        let mut conn = open(&mut broker, now);
+        let mut input = BytesMut::new();
+        Frame::method(1, QueueDeclare { queue: "big".into(), ..Default::default() }).encode(&mut input);
+        let body = Bytes::from(vec![7u8; 512 << 10]);
+        let publish = BasicPublish { routing_key: "big".into(), ..Default::default() };
+        encode_content(&mut input, 1, publish, &BasicProperties::default(), &body, 131_072);
+        // get, then nack with requeue, 40 times: 40 copies of 512 KiB if encoded at once.
+        for tag in 1..=40 {
+            Frame::method(1, BasicGet { queue: "big".into(), ..Default::default() }).encode(&mut input);
+            Frame::method(1, BasicNack { delivery_tag: tag, multiple: false, requeue: true })
+                .encode(&mut input);
+        }
+        conn.read_buf().extend_from_slice(&input);
+        conn.handle_input(now, &mut broker);
+        let (mut gets, mut largest, mut all) = (0, 0, BytesMut::new());
+        while conn.has_output() {
+            let out = conn.take_output();
+            largest = largest.max(out.len());
+            all.extend_from_slice(&out);
+        }
+        while let Ok(Some(f)) = decode_frame(&mut all, 0) {
+            gets += usize::from(matches!(f, Frame::Method { method: Method::BasicGetOk(_), .. }));
+        }
+        assert_eq!(gets, 40, "every get answered, in order");
+        assert!(largest < OUTPUT_CHUNK + (600 << 10), "one take held {largest} octets");
+    }
 }

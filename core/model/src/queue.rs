@@ -255,6 +255,12 @@ impl Queue {
         Some(m)
     }
 
+    /// The highest seq given out so far (0 before the first): every message in the queue has
+    /// one at or below it.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
     /// The seqs of up to `n` ready messages after `after` (from the oldest when `None`),
     /// oldest first: a cursor over the queue that costs the batch, not the queue.
     pub fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {

@@ -256,11 +256,15 @@ impl FileStore {
     fn replay(&mut self, recovered: &mut Recovered) -> Result<(), StorageError> {
         let ids = self.segment_ids()?;
         let mut entries: HashMap<(QueueId, u64), (StoreRef, EntryState, Box<Message>)> = HashMap::new();
+        let newest = ids.last().copied();
         for id in ids {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
             let mut targets = BTreeSet::new();
-            let end = scan(&mut seg, &mut self.report, self.options.salvage, |pos, rec| match rec {
+            // The crash cut writes short in the newest segment: anything bad there is a torn tail.
+            let strict = Some(id) != newest && !self.options.salvage;
+            let salvage = self.options.salvage;
+            let end = scan(&mut seg, &mut self.report, Scan { strict, salvage }, |pos, rec| match rec {
                 Record::Put { queue, seq, state, message } => {
                     let Ok(at) = store_ref(id, pos) else {
                         return;
@@ -513,12 +517,25 @@ impl Storage for FileStore {
 /// appended to by the run that created them, so the bytes stay for whoever wants to look.
 /// A bad record with intact records after it is damage, not a crash: it stops the start with
 /// the file and offset, unless `salvage` says to skip it (and log it).
+/// How [`scan`] treats a bad record.
+#[derive(Clone, Copy)]
+struct Scan {
+    /// Look for intact records after a bad one, and call it damage if there are. Off for the
+    /// newest segment, where a crash leaves torn writes (and possibly later sectors that did
+    /// reach the disk, or bytes inside a torn body that look like records): there a bad record
+    /// ends the log.
+    strict: bool,
+    /// Skip damage instead of stopping.
+    salvage: bool,
+}
+
 fn scan(
     seg: &mut Segment,
     report: &mut RecoveryReport,
-    salvage: bool,
+    how: Scan,
     mut f: impl FnMut(usize, Record),
 ) -> Result<usize, StorageError> {
+    let salvage = how.salvage;
     let name = seg.path.display().to_string();
     let mut pos = 0;
     loop {
@@ -539,7 +556,7 @@ fn scan(
                 }
                 pos = next;
             }
-            None => match resync(seg, pos, next) {
+            None => match resync(seg, pos, next).filter(|_| how.strict || how.salvage) {
                 Some(good) => {
                     let what = format!("{name} at offset {pos}: checksum mismatch ({} octets)", good - pos);
                     damaged(report, salvage, what)?;
@@ -643,9 +660,11 @@ fn recover_metadata(
         Err(e) => return Err(at(&path, e)),
     }
     if cut {
-        // The snapshot below leaves out what could not be read; the original bytes are kept.
-        let kept = dir.join(format!("{META_LOG}.before-recovery"));
-        std::fs::copy(&path, &kept).map_err(|e| at(&kept, e))?;
+        // The snapshot below leaves out what could not be read; the original bytes are kept,
+        // durably, under a name no later recovery reuses.
+        let kept = (0..).map(|n| dir.join(format!("{META_LOG}.before-recovery.{n}"))).find(|p| !p.exists());
+        let kept = kept.ok_or_else(|| StorageError::Io("no name left for the metadata log's copy".into()))?;
+        std::fs::copy(&path, &kept).and_then(|_| File::open(&kept)?.sync_all()).map_err(|e| at(&kept, e))?;
     }
     let recovered = Recovered {
         queues: queues.into_values().collect(),

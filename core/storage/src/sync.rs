@@ -103,6 +103,9 @@ impl SyncShared {
         let mut s = self.lock();
         s.failure.get_or_insert(why);
         self.poisoned.store(true, Ordering::Release);
+        drop(s);
+        // The syncer reports it even when nothing is left to sync (a failure outside a sync).
+        self.wake.notify_all();
     }
 }
 
@@ -173,7 +176,7 @@ impl Syncer {
             if s.stop {
                 return false;
             }
-            if self.written() > self.synced || !s.doomed.is_empty() {
+            if self.written() > self.synced || !s.doomed.is_empty() || s.failure.is_some() {
                 return true;
             }
             s.waiting = true;

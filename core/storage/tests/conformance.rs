@@ -384,6 +384,9 @@ fn filled(n: u64) -> Files {
     for seq in 0..n {
         s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
     }
+    drop(s);
+    // Started again: segment 1 is no longer the newest, the one a crash leaves torn.
+    let _ = b.open();
     b
 }
 
@@ -610,7 +613,7 @@ fn a_damaged_metadata_log_stops_the_start_and_a_torn_one_keeps_its_bytes() {
     let names: Vec<String> =
         store.recover().expect("recover").queues.iter().map(|q| q.name.clone()).collect();
     assert!(names.contains(&"a".to_string()) && names.contains(&"c".to_string()), "{names:?}");
-    assert_eq!(std::fs::read(b.0.path().join("metadata.log.before-recovery")).expect("kept"), bad);
+    assert_eq!(std::fs::read(b.0.path().join("metadata.log.before-recovery.0")).expect("kept"), bad);
     drop(store);
 
     // A torn last record (a crash mid-write) is no damage: the rest loads, the bytes are kept.
@@ -619,7 +622,29 @@ fn a_damaged_metadata_log_stops_the_start_and_a_torn_one_keeps_its_bytes() {
     assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
     assert_eq!(store.recover().expect("recover").queues.len(), 2);
     assert_eq!(
-        std::fs::read(b.0.path().join("metadata.log.before-recovery")).expect("kept"),
+        std::fs::read(b.0.path().join("metadata.log.before-recovery.1")).expect("kept"),
         good[..good.len() - 3]
     );
+}
+
+#[test]
+fn in_the_newest_segment_a_bad_record_is_a_torn_tail_whatever_follows() {
+    let mut b = files(1 << 20);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    for seq in 0..5 {
+        s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
+    }
+    drop(s);
+    // Segment 1 is where the crashed run was writing: later sectors may have reached the disk
+    // while an earlier one did not.
+    let path = segment_path(&b);
+    let mut data = std::fs::read(&path).expect("read");
+    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
+    data[third + 10] ^= 0xff;
+    std::fs::write(&path, &data).expect("write");
+    let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("a crash is no reason to stop");
+    assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
+    assert_eq!(seqs(&store.recover().expect("recover")), [0, 1]);
 }

@@ -270,7 +270,8 @@ impl Broker {
     pub(super) fn queue_unbind(&mut self, conn: ConnId, ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
         let dest = self.queue_destination(conn, &m.queue)?;
         self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
-        self.send(conn, ch, QueueUnbindOk {});
+        // queue.unbind has no no-wait.
+        self.reply(conn, ch, false, QueueUnbindOk {});
         Ok(())
     }
 

@@ -27,6 +27,10 @@ pub struct ReplayReport {
     pub refused: usize,
     /// Where the next batch goes on from, when messages may follow this batch.
     pub next: Option<u64>,
+    /// The newest message the replay looks at: what was in the queue when it started. Later
+    /// arrivals (a replayed message that died again) wait for the next replay, so one never
+    /// moves messages back and forth without end.
+    pub end: Option<u64>,
 }
 
 impl Broker {
@@ -36,7 +40,8 @@ impl Broker {
     }
 
     /// One batch of a replay: looks at up to `batch` ready messages of `dlq` after `after`
-    /// (from the oldest when `None`), oldest first, and moves up to `max_moves` of them back
+    /// (from the oldest when `None`) and up to `end` (the newest message now, when `None`),
+    /// oldest first, and moves up to `max_moves` of them back
     /// to the queue each one last died in (the newest `x-death` entry). Each move is one step
     /// under the broker lock, so no message is in both queues or in neither; the `x-death`
     /// history stays on the message. A message its queue would refuse stays where it is: a
@@ -48,9 +53,14 @@ impl Broker {
         batch: usize,
         max_moves: usize,
         after: Option<u64>,
+        end: Option<u64>,
     ) -> Result<ReplayReport, AmqpError> {
-        let seqs = self.queues.get(dlq).ok_or_else(|| no_queue(dlq))?.seqs_after(after, batch);
-        let mut report = ReplayReport::default();
+        let q = self.queues.get(dlq).ok_or_else(|| no_queue(dlq))?;
+        let end = end.unwrap_or_else(|| q.last_seq());
+        let mut seqs = q.seqs_after(after, batch);
+        let whole_batch = seqs.len() == batch;
+        seqs.retain(|s| *s <= end);
+        let mut report = ReplayReport { end: Some(end), ..Default::default() };
         let mut last = after;
         for seq in &seqs {
             if report.moved >= max_moves {
@@ -93,7 +103,7 @@ impl Broker {
                 }
             }
         }
-        report.next = (seqs.len() == batch).then(|| seqs.last().copied()).flatten();
+        report.next = (whole_batch && seqs.len() == batch).then(|| seqs.last().copied()).flatten();
         Ok(report)
     }
 

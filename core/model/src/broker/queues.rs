@@ -49,11 +49,9 @@ impl Broker {
             }
             self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
         }
-        if !m.no_wait {
-            let (message_count, consumer_count) =
-                self.queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
-            self.send(conn, ch, QueueDeclareOk { queue: name, message_count, consumer_count });
-        }
+        let (message_count, consumer_count) =
+            self.queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
+        self.reply(conn, ch, m.no_wait, QueueDeclareOk { queue: name, message_count, consumer_count });
         Ok(())
     }
 

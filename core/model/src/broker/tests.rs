@@ -340,6 +340,14 @@ fn confirms_for_stored_messages_wait_for_the_sync() {
     let store = MemoryStore::new();
     let mut h = Harness::with_store(&store, ConfirmPolicy::AfterSync);
     h.method(durable("q"));
+    let declared = |out: &[Outgoing]| {
+        out.iter().any(|o| matches!(o, Outgoing::Method { method: Method::QueueDeclareOk(_), .. }))
+    };
+    assert!(!declared(&h.sent()), "a durable declare-ok waits for its record's sync");
+    let (waiting, written) = h.b.storage_backlog();
+    assert_eq!(waiting, 1);
+    h.b.storage_synced(written);
+    assert!(declared(&h.sent()));
     h.declare("transient", &[]);
     h.method(ConfirmSelect { no_wait: false });
     h.sent();
@@ -362,6 +370,45 @@ fn confirms_for_stored_messages_wait_for_the_sync() {
     h.b.storage_synced(written);
     assert_eq!(acks(h.sent()), [(2, true)]);
     assert_eq!(h.b.storage_backlog().0, 0);
+}
+
+#[test]
+fn a_failed_sync_nacks_the_confirms_that_waited_and_closes_a_waiting_commit() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterSync);
+    h.method(durable("q"));
+    let (_, written) = h.b.storage_backlog();
+    h.b.storage_synced(written);
+    h.method(ConfirmSelect { no_wait: false });
+    h.sent();
+    h.publish("q", "1", persistent());
+    h.publish("q", "2", persistent());
+    // A second connection's transaction waits for the same sync.
+    let other = h.b.connect(ConnectionInfo::default());
+    h.b.open_channel(other, 1);
+    h.b.handle_method(other, 1, TxSelect {}.into()).expect("select");
+    let m = BasicPublish { routing_key: "q".into(), ..Default::default() };
+    h.b.publish(other, 1, m, persistent(), Bytes::from_static(b"3")).expect("publish");
+    h.b.handle_method(other, 1, TxCommit {}.into()).expect("commit");
+    assert_eq!(h.b.storage_backlog().0, 3);
+    h.b.storage_failed("fsync of 0000000000000001.seg failed: EIO");
+    let out = h.sent();
+    let nacks: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Method { method: Method::BasicNack(n), .. } => Some(n.delivery_tag),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nacks, [1, 2]);
+    assert!(!out.iter().any(|o| matches!(o, Outgoing::Method { method: Method::BasicAck(_), .. })));
+    let errors = h.b.take_errors(other);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].0, errors[0].1.code), (0, 541));
+    // A later sync report cannot confirm anything: nothing waits any more.
+    h.b.storage_synced(u64::MAX);
+    assert!(!h.sent().iter().any(|o| matches!(o, Outgoing::Method { method: Method::BasicAck(_), .. })));
+    assert_eq!(h.b.storage_failure(), Some("fsync of 0000000000000001.seg failed: EIO"));
 }
 
 #[test]
