@@ -21,13 +21,15 @@ pub(crate) fn compile(runtime: &Runtime, path: &Path) -> Result<Component, LoadE
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
     std::hash::Hash::hash(&runtime.engine.precompile_compatibility_hash(), &mut HashWriter(&mut hasher));
-    let key: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let key = hex(&hasher.finalize());
     let file = dir.join(format!("{key}.cwasm"));
-    if file.exists() {
-        // SAFETY: the file was written by `precompile_component` of an engine with the
-        // same compatibility hash (it is in the name), into a directory only the broker
-        // writes; wasmtime checks the header and engine settings again while loading.
-        match unsafe { Component::deserialize_file(&runtime.engine, &file) } {
+    let seal = dir.join(format!("{key}.sha256"));
+    if let Some(compiled) = verified(&file, &seal) {
+        // SAFETY: these bytes are what `precompile_component` of an engine with the same
+        // compatibility hash (it is in the name) wrote, checked against the digest written
+        // beside them after they were durable, so a torn write or a flipped bit on disk is not
+        // run as native code; wasmtime checks the header and engine settings again.
+        match unsafe { Component::deserialize(&runtime.engine, &compiled) } {
             Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(file = %file.display(), "ignoring a compiled plugin that does not load: {e:#}")
@@ -35,13 +37,41 @@ pub(crate) fn compile(runtime: &Runtime, path: &Path) -> Result<Component, LoadE
         }
     }
     let compiled = runtime.engine.precompile_component(&bytes).map_err(bad)?;
-    let tmp = file.with_extension("tmp");
-    let written = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &file));
-    if let Err(e) = written {
+    if let Err(e) = store(&file, &seal, &compiled) {
         tracing::warn!(file = %file.display(), "cannot cache a compiled plugin: {e}");
     }
     // SAFETY: `compiled` came from `precompile_component` on this very engine just now.
     unsafe { Component::deserialize(&runtime.engine, &compiled) }.map_err(bad)
+}
+
+/// The cached code at `file` if it matches the digest in `seal`; a mismatch is logged.
+fn verified(file: &Path, seal: &Path) -> Option<Vec<u8>> {
+    let (compiled, want) = (std::fs::read(file).ok()?, std::fs::read_to_string(seal).ok()?);
+    if hex(&Sha256::digest(&compiled)) == want.trim() {
+        return Some(compiled);
+    }
+    tracing::warn!(file = %file.display(), "a compiled plugin does not match its digest: compiling it again");
+    None
+}
+
+/// Writes the code, then its digest, each whole (a temporary file, fsynced, renamed): a
+/// digest only ever names code that is completely on disk.
+fn store(file: &Path, seal: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    let put = |to: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        let tmp = to.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, to)
+    };
+    // A stale digest must not outlive the code it named while the new code is written.
+    let _ = std::fs::remove_file(seal);
+    put(file, compiled)?;
+    put(seal, hex(&Sha256::digest(compiled)).as_bytes())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Feeds `Hash` output into the digest.

@@ -313,11 +313,25 @@ fn compiled_components_are_cached_by_content() {
     let rt = Runtime::new(Some(cache.path())).expect("engine");
     let path = guests::component("exchange-direct");
     ExchangePlugin::load(&rt, "direct", &path, Limits::default()).expect("compiles");
-    let files: Vec<_> = std::fs::read_dir(cache.path()).expect("dir").collect();
-    assert_eq!(files.len(), 1, "one compiled component");
+    let mut files: Vec<_> =
+        std::fs::read_dir(cache.path()).expect("dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    let names: Vec<_> = files.iter().filter_map(|p| p.extension()).collect();
+    assert_eq!(names, ["cwasm", "sha256"], "one compiled component and its digest");
     let again = ExchangePlugin::load(&rt, "direct", &path, Limits::default()).expect("from cache");
-    assert_eq!(std::fs::read_dir(cache.path()).expect("dir").count(), 1);
+    assert_eq!(std::fs::read_dir(cache.path()).expect("dir").count(), 2);
     let mut x = again.create(&FieldTable::new()).expect("declare");
+    bind(&mut *x, "a", "k", FieldTable::new());
+    assert_eq!(route(&*x, "k", &no_props()), Ok(vec![q("a")]));
+
+    // A flipped bit in the cached native code: it is not loaded, but compiled again.
+    let mut code = std::fs::read(&files[0]).expect("cached code");
+    let middle = code.len() / 2;
+    code[middle] ^= 0x40;
+    std::fs::write(&files[0], &code).expect("damage it");
+    let rebuilt = ExchangePlugin::load(&rt, "direct", &path, Limits::default()).expect("recompiled");
+    assert_ne!(std::fs::read(&files[0]).expect("cached code"), code, "the damaged file was replaced");
+    let mut x = rebuilt.create(&FieldTable::new()).expect("declare");
     bind(&mut *x, "a", "k", FieldTable::new());
     assert_eq!(route(&*x, "k", &no_props()), Ok(vec![q("a")]));
 }
