@@ -73,18 +73,24 @@ fn make_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), QuicError
 }
 
 /// A QUIC endpoint serving `chain`/`key` on `addr` with ALPN `amqp091`.
+///
+/// With `clients`, client certificates are checked as on the AMQPS listener (the same CA and
+/// `fail-if-no-peer-cert`), so QUIC is no way around them.
 pub fn server_endpoint(
     addr: SocketAddr,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<quinn::Endpoint, QuicError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| QuicError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
         .map_err(|e| QuicError::Config(e.to_string()))?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder.with_single_cert(chain, key).map_err(|e| QuicError::Config(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // max_early_data_size stays 0: no 0-RTT.
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -93,18 +99,41 @@ pub fn server_endpoint(
     quinn::Endpoint::server(config, addr).map_err(|e| QuicError::Config(format!("bind {addr}: {e}")))
 }
 
+/// The subject common name of the client certificate a QUIC peer presented (verified during
+/// the handshake): the user EXTERNAL logs in as.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    crate::tls::common_name(certs.first()?)
+}
+
 /// A QUIC client endpoint trusting the certificates in `ca` (PEM), offering ALPN `amqp091`.
 pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, QuicError> {
+    client_endpoint_as(ca, None)
+}
+
+/// As [`client_endpoint`], presenting the client certificate `cert` with its `key` (PEM files)
+/// when given: for a broker whose `[tls]` asks for one.
+pub fn client_endpoint_as(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<quinn::Endpoint, QuicError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_error(ca, e))? {
         roots.add(cert.map_err(|e| file_error(ca, e))?).map_err(|e| file_error(ca, e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| QuicError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_error(cert, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_error(cert, e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+            tls.with_client_auth_cert(chain, key).map_err(|e| QuicError::Config(e.to_string()))?
+        }
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| QuicError::Config(e.to_string()))?;

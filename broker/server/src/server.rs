@@ -132,7 +132,13 @@ impl Server {
                 let tls = settings.amqps.as_ref().map(|(_, t)| t);
                 let (chain, key, cert) =
                     crate::quic::certificate(&settings.data_dir, tls).map_err(std::io::Error::other)?;
-                Some((crate::quic::server_endpoint(addr, chain, key).map_err(std::io::Error::other)?, cert))
+                let clients = match tls {
+                    Some(t) => crate::tls::client_verifier(t).map_err(std::io::Error::other)?,
+                    None => None,
+                };
+                let endpoint =
+                    crate::quic::server_endpoint(addr, chain, key, clients).map_err(std::io::Error::other)?;
+                Some((endpoint, cert))
             }
             None => None,
         };
@@ -422,6 +428,7 @@ async fn serve_quic(
         Err(e) => return info!(error = %e, "QUIC handshake failed"),
     };
     let peer = conn.remote_address();
+    let identity = crate::quic::peer_identity(&conn);
     debug!(%peer, "QUIC connection");
     let (classified_tx, mut classified) = tokio::sync::mpsc::unbounded_channel();
     let mut routes: HashMap<u64, tokio::sync::mpsc::UnboundedSender<StreamEvent>> = HashMap::new();
@@ -446,7 +453,7 @@ async fn serve_quic(
                     let channels = ChannelStreams::new(rx, tx.clone());
                     routes.insert(id, tx);
                     let stream = tokio::io::join(std::io::Cursor::new(prefix).chain(recv), send);
-                    streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), None, Some(channels)));
+                    streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
                 }
                 Stream::Channel { of, send, recv } => {
                     let refused = match routes.get(&of) {

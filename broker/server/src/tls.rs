@@ -68,25 +68,38 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsErro
     let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| file_error("key", &t.key, e))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match &t.ca {
+    let builder = match client_verifier(t)? {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs("CA", ca)? {
-                roots.add(c).map_err(|e| file_error("CA", ca, e))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if t.fail_if_no_peer_cert { verifier } else { verifier.allow_unauthenticated() };
-            builder
-                .with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     Ok(Arc::new(builder.with_single_cert(chain, key)?))
 }
 
+/// How client certificates are checked on every listener that accepts logins (AMQPS and
+/// QUIC alike): against `ca`, required when `fail_if_no_peer_cert`. `None` without a CA.
+pub fn client_verifier(
+    t: &TlsConfig,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsError> {
+    let Some(ca) = &t.ca else {
+        return Ok(None);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in certs("CA", ca)? {
+        roots.add(c).map_err(|e| file_error("CA", ca, e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let verifier = if t.fail_if_no_peer_cert { verifier } else { verifier.allow_unauthenticated() };
+    Ok(Some(verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?))
+}
+
 /// The subject common name of a verified client certificate: the user EXTERNAL logs in as.
 pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<String> {
-    let der = conn.peer_certificates()?.first()?;
+    common_name(conn.peer_certificates()?.first()?)
+}
+
+/// The subject common name of a certificate.
+pub fn common_name(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)

@@ -181,3 +181,35 @@ async fn many_deliveries_over_tls_all_arrive() {
     .await;
     assert!(all.is_ok(), "deliveries stalled over TLS");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quic_asks_for_client_certificates_as_amqps_does() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("data");
+    let tls = pki.server(true);
+    let data_dir = data.path().to_path_buf();
+    let b = TestBroker::start_with(move |s| {
+        s.amqps = Some(("127.0.0.1:0".parse().expect("addr"), tls));
+        s.quic_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        s.data_dir = data_dir;
+    })
+    .await;
+    let addr = b.quic.as_ref().expect("quic on").0;
+    let ca = pki.path("ca.pem");
+    let open = |identity: Option<(PathBuf, PathBuf)>| {
+        let ca = ca.clone();
+        async move {
+            let ids = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            let endpoint = warren::quic::client_endpoint_as(&ca, ids)?;
+            let quic = endpoint.connect(addr, "localhost")?.await?;
+            let mut amqp = warren_examples::quic::AmqpOverQuic::open(&quic, "guest", "guest").await?;
+            amqp.declare("over-quic-mtls").await?;
+            anyhow::Ok(())
+        }
+    };
+    // Without a certificate: QUIC is no way around fail-if-no-peer-cert.
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), open(None)).await;
+    assert!(matches!(refused, Ok(Err(_))), "a client without a certificate is refused: {refused:?}");
+    let alice = Some((pki.path("alice.pem"), pki.path("alice.key")));
+    open(alice).await.expect("a client with a certificate from the CA gets in");
+}

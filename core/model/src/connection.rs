@@ -39,6 +39,13 @@ use crate::message::Outgoing;
 /// RabbitMQ's default largest message: bigger content is refused before it is buffered.
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
 
+/// Octets of message bodies one connection may be assembling at once, over all its channels
+/// (announced sizes): two of the largest messages.
+pub const MAX_CONTENT_IN_FLIGHT: u64 = 2 * MAX_MESSAGE_SIZE;
+
+/// Bodies up to this size are not summed against [`MAX_CONTENT_IN_FLIGHT`].
+const SMALL_BODY: u64 = 64 * 1024;
+
 /// Output encoded per [`Connection::take_output`].
 pub const OUTPUT_CHUNK: usize = 1 << 20;
 
@@ -777,6 +784,33 @@ impl Connection {
                     *phase = Phase::Idle;
                     return self.complete_publish(now, channel, publish, header, Bytes::new(), broker);
                 }
+                // Messages assembled at once on other channels count too: 2 047 channels of
+                // 128 MiB each would be 256 GiB. Small bodies skip the sum (the hot path);
+                // together they stay under 2 047 × SMALL_BODY.
+                if header.body_size > SMALL_BODY {
+                    let others: u64 = self
+                        .channels
+                        .values()
+                        .map(|p| match p {
+                            Phase::AwaitingBody(a) => a.header.body_size,
+                            _ => 0,
+                        })
+                        .sum();
+                    if others + header.body_size > MAX_CONTENT_IN_FLIGHT {
+                        let text = format!(
+                            "message size {} with {others} octets of other messages still arriving on this \
+                             connection is over {MAX_CONTENT_IN_FLIGHT}",
+                            header.body_size
+                        );
+                        let e = AmqpError::new(PRECONDITION_FAILED, text).on(&Method::BasicPublish(publish));
+                        return self.channel_error(now, channel, e, broker);
+                    }
+                    if let Some(phase) = self.channels.get_mut(&channel) {
+                        *phase =
+                            Phase::AwaitingBody(Assembly { publish, header, body: Body::Empty, received: 0 });
+                    }
+                    return;
+                }
                 *phase = Phase::AwaitingBody(Assembly { publish, header, body: Body::Empty, received: 0 });
             }
             (Phase::AwaitingBody(a), Frame::Body { payload, .. }) => {
@@ -1033,6 +1067,35 @@ mod tests {
         let _ = conn.take_output();
         assert!(conn.id().is_some());
         conn
+    }
+
+    #[test]
+    fn large_messages_assembled_at_once_are_bounded_per_connection() {
+        let now = Instant::now();
+        let mut broker = Broker::new(BrokerConfig::default(), now);
+        let mut conn = open(&mut broker, now);
+        let mut input = BytesMut::new();
+        for ch in 2..=3 {
+            Frame::method(ch, ChannelOpen::default()).encode(&mut input);
+        }
+        // Three 100 MiB messages announced, no body sent yet: the third goes over 256 MiB.
+        for ch in 1..=3 {
+            Frame::method(ch, BasicPublish { routing_key: "q".into(), ..Default::default() })
+                .encode(&mut input);
+            let header = ContentHeader { class_id: 60, body_size: 100 << 20, properties: Default::default() };
+            Frame::Header { channel: ch, header }.encode(&mut input);
+        }
+        conn.read_buf().extend_from_slice(&input);
+        conn.handle_input(now, &mut broker);
+        let mut out = conn.take_output();
+        let mut closes = Vec::new();
+        while let Ok(Some(f)) = decode_frame(&mut out, 0) {
+            if let Frame::Method { channel, method: Method::ChannelClose(c) } = f {
+                closes.push((channel, c.reply_code));
+            }
+        }
+        assert_eq!(closes, [(3, 406)], "only the channel that went over is closed");
+        assert!(!conn.is_closed());
     }
 
     #[test]
