@@ -11,7 +11,7 @@ use warren_perf::throughput::{Scenario, run};
 async fn broker() -> (Uri, tempfile::TempDir, tokio::sync::oneshot::Sender<()>) {
     let data = tempfile::tempdir().expect("dir");
     let settings = Settings {
-        amqp_listen: "127.0.0.1:0".parse().expect("addr"),
+        amqp_listen: Some("127.0.0.1:0".parse().expect("addr")),
         management_listen: None,
         metrics_listen: None,
         quic_listen: None,

@@ -16,7 +16,7 @@ const QUEUES: usize = 10_000;
 #[tokio::main]
 async fn main() {
     let settings = Settings {
-        amqp_listen: "127.0.0.1:0".parse().expect("addr"),
+        amqp_listen: Some("127.0.0.1:0".parse().expect("addr")),
         management_listen: None,
         metrics_listen: None,
         ..Settings::default()

@@ -81,7 +81,7 @@ async fn run_all(label: &str) {
         fail_if_no_peer_cert: false,
     };
     let settings = Settings {
-        amqp_listen: "127.0.0.1:0".parse().expect("addr"),
+        amqp_listen: Some("127.0.0.1:0".parse().expect("addr")),
         amqps: Some(("127.0.0.1:0".parse().expect("addr"), tls)),
         quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
         management_listen: None,

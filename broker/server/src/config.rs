@@ -18,9 +18,9 @@ use crate::tls::TlsConfig;
 #[derive(Debug, Default, Parser)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker")]
 pub struct Cli {
-    /// Address for AMQP 0-9-1 over TCP [default: 0.0.0.0:5672].
-    #[arg(long, env = "WARREN_AMQP_LISTEN", value_name = "ADDR")]
-    pub amqp_listen: Option<SocketAddr>,
+    /// Address for AMQP 0-9-1 over TCP, or `off` for a TLS-only broker [default: 0.0.0.0:5672].
+    #[arg(long, env = "WARREN_AMQP_LISTEN", value_name = "ADDR|off")]
+    pub amqp_listen: Option<Listen>,
     /// Directory for metadata and message logs [default: ./warren-data].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -86,7 +86,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     /// As `--amqp-listen`.
-    pub amqp_listen: Option<SocketAddr>,
+    pub amqp_listen: Option<Listen>,
     /// As `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// As `--management-listen`.
@@ -271,6 +271,37 @@ pub struct StorageConfig {
     pub segment_size: Option<Size>,
     /// Publishers are blocked while free disk space is below this (octets, or "50MB").
     pub disk_free_limit: Option<Size>,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Listen {
+    /// Listen here.
+    On(SocketAddr),
+    /// No listener.
+    Off,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::On)
+            .map_err(|_| format!("'{s}' is neither an address such as 0.0.0.0:5672 nor off"))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Listen, String> {
+        s.parse()
+    }
 }
 
 /// `[limits]` in the config file.
@@ -511,7 +542,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// AMQP over TCP listen address.
-    pub amqp_listen: SocketAddr,
+    pub amqp_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Management HTTP API listen address; `None` turns it off.
@@ -541,7 +572,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            amqp_listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
+            amqp_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5672))),
             data_dir: PathBuf::from("./warren-data"),
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 15692))),
@@ -571,7 +602,10 @@ impl Settings {
     fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, ConfigError> {
         let mut s = Settings::default();
         if let Some(a) = cli.amqp_listen.or(file.amqp_listen) {
-            s.amqp_listen = a;
+            s.amqp_listen = match a {
+                Listen::On(addr) => Some(addr),
+                Listen::Off => None,
+            };
         }
         if let Some(d) = cli.data_dir.clone().or(file.data_dir) {
             s.data_dir = d;
@@ -598,6 +632,11 @@ impl Settings {
             }
             (None, None) => None,
         };
+        if s.amqp_listen.is_none() && s.amqps.is_none() {
+            return Err(ConfigError::Invalid(
+                "amqp-listen = off needs AMQPS (a [tls] section): no client could connect otherwise".into(),
+            ));
+        }
         s.policies = file.policies.into_iter().map(PolicyConfig::build).collect::<Result<_, _>>()?;
         if let Some(f) = file.amqp.frame_max {
             if f < warren_codec::FRAME_MIN_SIZE {
@@ -701,13 +740,24 @@ mod tests {
     }
 
     #[test]
+    fn the_plain_listener_can_be_turned_off_for_a_tls_only_broker() {
+        let resolve = |text: &str| Settings::resolve(&Cli::default(), parse(text).unwrap_or_default());
+        let e = resolve("amqp-listen = \"off\"").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("needs AMQPS"), "{e}");
+        let tls = "amqp-listen = \"off\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"";
+        assert_eq!(resolve(tls).ok().map(|s| s.amqp_listen), Some(None));
+        assert!(parse("amqp-listen = \"nowhere\"").is_err());
+        assert_eq!("OFF".parse::<Listen>(), Ok(Listen::Off));
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let file =
             parse("amqp-listen = \"127.0.0.1:1000\"\ndata-dir = \"/tmp/x\"\n[amqp]\nheartbeat = 5").ok();
-        let cli = Cli { amqp_listen: Some("127.0.0.1:2000".parse().ok()).flatten(), ..Cli::default() };
+        let cli = Cli { amqp_listen: "127.0.0.1:2000".parse().ok(), ..Cli::default() };
         let s = Settings::resolve(&cli, file.unwrap_or_default()).ok();
         let s = s.as_ref();
-        assert_eq!(s.map(|s| s.amqp_listen.port()), Some(2000));
+        assert_eq!(s.and_then(|s| s.amqp_listen).map(|a| a.port()), Some(2000));
         assert_eq!(s.map(|s| s.data_dir.clone()), Some(PathBuf::from("/tmp/x")));
         assert_eq!(s.map(|s| s.connection.heartbeat), Some(5));
     }

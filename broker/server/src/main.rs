@@ -34,10 +34,14 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let server = Server::bind(&settings)
-        .await
-        .with_context(|| format!("cannot start the broker (AMQP on {})", settings.amqp_listen))?;
-    info!(addr = %server.local_addr()?, "listening for AMQP 0-9-1 over TCP");
+    let server = Server::bind(&settings).await.with_context(|| match settings.amqp_listen {
+        Some(addr) => format!("cannot start the broker (AMQP on {addr})"),
+        None => "cannot start the broker".to_string(),
+    })?;
+    match server.local_addr() {
+        Ok(addr) => info!(%addr, "listening for AMQP 0-9-1 over TCP"),
+        Err(_) => info!("plain AMQP over TCP is off"),
+    }
     if let (Some(addr), Some(cert)) = (server.quic_addr(), server.quic_cert()) {
         info!(%addr, cert = %cert.display(), "listening for AMQP 0-9-1 over QUIC (UDP, ALPN amqp091)");
     }

@@ -94,7 +94,8 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 
 /// A bound, not yet running broker.
 pub struct Server {
-    listener: TcpListener,
+    /// Plain AMQP over TCP; `None` for a TLS-only broker.
+    listener: Option<TcpListener>,
     quic: Option<(quinn::Endpoint, std::path::PathBuf)>,
     amqps: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     management: Option<TcpListener>,
@@ -119,7 +120,10 @@ impl Server {
                 None
             }
         };
-        let listener = TcpListener::bind(settings.amqp_listen).await?;
+        let listener = match settings.amqp_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let amqps = match &settings.amqps {
             Some((addr, tls)) => {
                 let config = crate::tls::server_config(tls).map_err(std::io::Error::other)?;
@@ -188,9 +192,12 @@ impl Server {
         })
     }
 
-    /// The address the AMQP listener is bound to.
+    /// The address the AMQP listener is bound to; an error when it is off.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::other("the plain AMQP listener is off")),
+        }
     }
 
     /// The UDP address QUIC listens on, when it is on.
@@ -281,7 +288,7 @@ impl Server {
                         break;
                     }
                 }
-                accepted = self.listener.accept() => match accepted {
+                accepted = accept_tcp(&self.listener) => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
@@ -491,6 +498,14 @@ async fn classify(send: quinn::SendStream, mut recv: quinn::RecvStream) -> Optio
 }
 
 /// The next TLS client, when AMQPS is on; never completes otherwise.
+/// The next plain TCP connection, when that listener is on; never completes otherwise.
+async fn accept_tcp(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn accept_tls(
     amqps: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 ) -> std::io::Result<(TcpStream, SocketAddr, tokio_rustls::TlsAcceptor)> {

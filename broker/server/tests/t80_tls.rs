@@ -213,3 +213,17 @@ async fn quic_asks_for_client_certificates_as_amqps_does() {
     let alice = Some((pki.path("alice.pem"), pki.path("alice.key")));
     open(alice).await.expect("a client with a certificate from the CA gets in");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_only_broker_has_no_plain_listener() {
+    let pki = Pki::new();
+    let tls = pki.server(true);
+    let b = TestBroker::start_with(move |s| {
+        s.amqp_listen = None;
+        s.amqps = Some(("127.0.0.1:0".parse().expect("addr"), tls));
+    })
+    .await;
+    assert_eq!(b.addr.port(), 0, "no plain AMQP listener");
+    let conn = connect(&b, &pki, Some("alice"), "").await.expect("AMQPS with a certificate");
+    round_trip(&conn, "tls-only").await;
+}

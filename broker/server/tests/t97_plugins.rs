@@ -393,7 +393,7 @@ async fn components_that_cannot_serve_stop_the_start_with_the_file_named() {
         (dir.path().join("missing.wasm"), "cannot read it"),
     ] {
         let mut settings = Settings { data_dir: dir.path().join("data"), ..Settings::default() };
-        settings.amqp_listen = "127.0.0.1:0".parse().expect("addr");
+        settings.amqp_listen = Some("127.0.0.1:0".parse().expect("addr"));
         settings.management_listen = None;
         settings.metrics_listen = None;
         settings.quic_listen = None;

@@ -34,7 +34,7 @@ impl TestBroker {
             data_dir: data.path().to_path_buf(),
             // Small segments: a test suite runs dozens of brokers at once.
             storage: warren::config::StorageSettings { segment_size: 1 << 20, ..Default::default() },
-            amqp_listen: "127.0.0.1:0".parse().expect("addr"),
+            amqp_listen: Some("127.0.0.1:0".parse().expect("addr")),
             management_listen: Some("127.0.0.1:0".parse().expect("addr")),
             metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
             quic_listen: None,
@@ -43,7 +43,8 @@ impl TestBroker {
         tweak(&mut settings);
         let data = (settings.data_dir == data.path()).then_some(data);
         let server = Server::bind(&settings).await.expect("bind");
-        let addr = server.local_addr().expect("local addr");
+        // 0.0.0.0:0 when the plain listener is off (a TLS-only broker).
+        let addr = server.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let management = server.management_addr();
         let amqps = server.amqps_addr();
         let quic = server.quic_addr().zip(server.quic_cert().map(|p| p.to_path_buf()));
