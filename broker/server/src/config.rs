@@ -495,6 +495,9 @@ pub struct AmqpLimits {
     pub heartbeat: Option<u16>,
     /// Milliseconds a socket write may make no progress before the connection is closed.
     pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a consumer's delivery may wait for its ack (RabbitMQ's `consumer_timeout`);
+    /// 0 turns it off.
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 /// `[[users]]`: one login.
@@ -559,6 +562,9 @@ pub struct Settings {
     pub policies: Vec<Policy>,
     /// Connection limits and timeouts.
     pub connection: ConnectionConfig,
+    /// How long a consumer's delivery may wait for its ack, unless its queue or it says
+    /// otherwise; `None` for no limit.
+    pub consumer_timeout: Option<std::time::Duration>,
     /// Users allowed to log in.
     pub users: Vec<User>,
     /// Durability and disk limits.
@@ -581,6 +587,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             policies: Vec::new(),
             connection: ConnectionConfig::default(),
+            consumer_timeout: Some(warren_core::broker::DEFAULT_CONSUMER_TIMEOUT),
             users: vec![User::guest()],
             storage: StorageSettings::default(),
             limits: LimitSettings::default(),
@@ -651,6 +658,9 @@ impl Settings {
         }
         if let Some(h) = file.amqp.heartbeat {
             s.connection.heartbeat = h;
+        }
+        if let Some(ms) = file.amqp.consumer_timeout_ms {
+            s.consumer_timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
         }
         if let Some(ms) = file.amqp.write_timeout_ms {
             if ms == 0 {

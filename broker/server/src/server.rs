@@ -64,6 +64,9 @@ impl Shared {
                 BrokerEvent::QueueDeclared { queue, durable } => info!(%queue, durable, "queue declared"),
                 BrokerEvent::QueueDeleted { queue } => info!(%queue, "queue deleted"),
                 BrokerEvent::StorageError { error } => tracing::error!(%error, "storage write failed"),
+                BrokerEvent::ConsumerTimedOut { consumer, detail } => {
+                    warn!(%consumer, %detail, "consumer cancelled for its consumer timeout")
+                }
             }
         }
         self.broker.take_wakeups(&mut self.woken);
@@ -155,7 +158,8 @@ impl Server {
             None => None,
         };
         let seed = RandomState::new().hash_one(SystemTime::now());
-        let config = BrokerConfig { users: settings.users.clone(), seed };
+        let config =
+            BrokerConfig { users: settings.users.clone(), seed, consumer_timeout: settings.consumer_timeout };
         let mut broker = Broker::new(config, std::time::Instant::now());
         broker.set_policies(settings.policies.clone());
         let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

@@ -539,3 +539,35 @@ async fn a_replay_never_loses_a_message_its_queue_refuses_and_works_in_batches()
     assert_eq!(b.counts("bulk"), Some((2500, 0, 0)));
     assert_eq!(get(&ch, "bulk").await.expect("first").delivery.data, b"0", "oldest first");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_that_never_acks_is_cancelled_after_its_timeout_and_another_gets_the_message() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "stuck-consumer", table(&[("x-consumer-timeout", int(300))])).await;
+    publish(&ch, "stuck-consumer", "work", BasicProperties::default()).await;
+    let mut lazy = ch
+        .basic_consume(
+            "stuck-consumer".into(),
+            "lazy".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let first = lazy.next().await.expect("delivery").expect("ok");
+    assert_eq!(first.data, b"work");
+    // lapin asks for consumer_cancel_notify: the broker cancels the consumer instead of
+    // closing the channel, and the message goes back.
+    assert!(
+        eventually(|| b.counts("stuck-consumer") == Some((1, 0, 0))).await,
+        "{:?}",
+        b.counts("stuck-consumer")
+    );
+    let again = get(&ch, "stuck-consumer").await.expect("back in the queue").delivery;
+    assert!(again.redelivered);
+    again.ack(BasicAckOptions::default()).await.expect("ack");
+    // The late ack of the first delivery is harmless: the channel stays open.
+    first.ack(BasicAckOptions::default()).await.expect("late ack");
+    queue(&ch, "still-open", FieldTable::default()).await;
+}

@@ -7,7 +7,9 @@
 //!
 //! Method handlers live in submodules by AMQP class: `queues` (queue.declare/purge/delete),
 //! `exchanges` (exchange.*, bindings, routing), `basic` (basic.*, confirm.*, channel.flow),
-//! `tx` (tx.*) and `deliver` (dispatch to consumers, settling).
+//! `tx` (tx.*) and `deliver` (dispatch to consumers, settling). Beside them: `consumer_timeout`
+//! (stuck consumers), `deadletter` (offering and dead-lettering), `persist` (the store and
+//! confirms), `timers`, `operator` (replay) and `tests`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -25,6 +27,7 @@ use crate::names::NameGen;
 use crate::queue::Queue;
 
 mod basic;
+mod consumer_timeout;
 mod deadletter;
 mod deliver;
 mod exchanges;
@@ -50,11 +53,17 @@ pub struct BrokerConfig {
     pub users: Vec<User>,
     /// Seed for generated names; the driver passes something random.
     pub seed: u64,
+    /// How long a consumer's delivery may wait for its acknowledgement unless its queue or
+    /// the consumer says otherwise (RabbitMQ's `consumer_timeout`); `None` for no limit.
+    pub consumer_timeout: Option<std::time::Duration>,
 }
+
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { users: vec![User::guest()], seed: 0 }
+        BrokerConfig { users: vec![User::guest()], seed: 0, consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT) }
     }
 }
 
@@ -130,6 +139,10 @@ pub struct Broker {
     stats: crate::stats::GlobalStats,
     events: Vec<crate::stats::BrokerEvent>,
     durability: persist::Durability,
+    /// The default consumer timeout.
+    consumer_timeout: Option<std::time::Duration>,
+    /// When the next consumer-timeout sweep is armed for, if one is.
+    consumer_sweep: Option<Instant>,
     /// Why publishers are blocked (a resource alarm), when they are.
     alarm: Option<String>,
 }
@@ -139,6 +152,8 @@ impl Broker {
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
         let mut b = Broker {
             users: config.users,
+            consumer_timeout: config.consumer_timeout,
+            consumer_sweep: None,
             names: NameGen::new(config.seed),
             queues: Map::default(),
             exchanges: Map::default(),

@@ -18,6 +18,9 @@ pub struct Consumer {
     pub prefetch: u16,
     /// Its deliveries not yet acknowledged.
     pub unacked: u32,
+    /// How long a delivery may wait for its acknowledgement (RabbitMQ's `consumer_timeout`);
+    /// `None` for no limit.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Consumer {
@@ -39,6 +42,8 @@ pub struct Unacked {
     pub message: QueuedMessage,
     /// The consumer it went to; `None` for basic.get.
     pub consumer: Option<std::sync::Arc<str>>,
+    /// When it was delivered, for the consumer timeout.
+    pub delivered_at: std::time::Instant,
 }
 
 /// One channel's delivery state.
@@ -61,6 +66,9 @@ pub struct ChannelState {
     pub confirm_seq: Option<u64>,
     /// Publishes and settlements held for tx.commit, once tx.select was received.
     pub tx: Option<Vec<TxOp>>,
+    /// Delivery tags whose messages went back to their queue when their consumer timed out:
+    /// a late ack or nack of one settles nothing, instead of failing as an unknown tag.
+    pub timed_out: std::collections::BTreeSet<u64>,
 }
 
 /// Work a transactional channel holds until tx.commit.
@@ -98,6 +106,7 @@ impl Default for ChannelState {
             active: true,
             confirm_seq: None,
             tx: None,
+            timed_out: Default::default(),
         }
     }
 }
@@ -129,13 +138,13 @@ impl ChannelState {
 
     /// Takes a place in consumer `tag`'s prefetch window for one delivery, if it has room;
     /// `Some(no_ack)` when it does. [`ChannelState::can_deliver`] with the claim, in one lookup.
-    pub fn claim(&mut self, tag: &str) -> Option<bool> {
+    pub fn claim(&mut self, tag: &str) -> Option<(bool, Option<std::time::Duration>)> {
         let (active, channel_room) = (self.active, self.under_channel_prefetch());
         let c = self.consumers.get_mut(tag).filter(|c| active && c.has_room(channel_room))?;
         if !c.no_ack {
             c.unacked += 1;
         }
-        Some(c.no_ack)
+        Some((c.no_ack, c.timeout))
     }
 
     /// The queues this channel's consumers take from (a queue once per consumer).
@@ -151,7 +160,12 @@ impl ChannelState {
             return Some(std::mem::take(&mut self.unacked).into_values().collect());
         }
         if !self.unacked.contains_key(&tag) {
-            return None;
+            if !self.timed_out.remove(&tag) {
+                return None;
+            }
+            if !multiple {
+                return Some(Vec::new());
+            }
         }
         if !multiple {
             return self.unacked.remove(&tag).map(|u| vec![u]);
@@ -163,7 +177,7 @@ impl ChannelState {
 
     /// Whether an ack, nack or reject for `tag` would find something to settle.
     pub fn knows_tag(&self, tag: u64, multiple: bool) -> bool {
-        (multiple && tag == 0) || self.unacked.contains_key(&tag)
+        (multiple && tag == 0) || self.unacked.contains_key(&tag) || self.timed_out.contains(&tag)
     }
 
     /// Counts a settled delivery off its consumer's prefetch window.
@@ -193,6 +207,8 @@ mod tests {
             queue: "q".into(),
             message: QueuedMessage::new(0, message, None, 0),
             consumer: None,
+            #[allow(clippy::disallowed_methods)] // a test needs some instant
+            delivered_at: std::time::Instant::now(),
         }
     }
 

@@ -46,6 +46,11 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-retry-policy` and its parameters.
     pub retry: Option<Retry>,
+    /// `x-consumer-timeout`: how long its consumers' deliveries may wait for an ack; 0 turns
+    /// the broker's default off for this queue.
+    pub consumer_timeout: Option<std::time::Duration>,
+    /// `x-consumer-timeout = 0`: no limit, whatever the broker's default.
+    pub consumer_timeout_off: bool,
 }
 
 fn non_negative(key: &str, v: &FieldValue) -> Result<u64, AmqpError> {
@@ -96,6 +101,10 @@ impl QueueArgs {
                         }
                     }
                 }
+                "x-consumer-timeout" => match non_negative(key, v)? {
+                    0 => q.consumer_timeout_off = true,
+                    ms => q.consumer_timeout = Some(std::time::Duration::from_millis(ms)),
+                },
                 "x-delivery-limit" => {
                     let n = non_negative(key, v)?;
                     q.delivery_limit = Some(u32::try_from(n).unwrap_or(u32::MAX));

@@ -65,4 +65,11 @@ pub enum BrokerEvent {
         /// What failed.
         error: String,
     },
+    /// A consumer held a delivery past its consumer timeout and was cancelled.
+    ConsumerTimedOut {
+        /// Its tag.
+        consumer: String,
+        /// What happened.
+        detail: String,
+    },
 }

@@ -171,6 +171,20 @@ impl Broker {
                 precondition(format!("invalid arg 'x-priority' for consumer: expected an integer, got {v:?}"))
             })?,
         };
+        // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
+        let timeout = match m.arguments.get("x-consumer-timeout") {
+            None if q.args.consumer_timeout_off => None,
+            None => q.args.consumer_timeout.or(self.consumer_timeout),
+            Some(v) => match v.as_i64() {
+                Some(0) => None,
+                Some(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms as u64)),
+                _ => {
+                    return Err(precondition(format!(
+                        "invalid arg 'x-consumer-timeout' for consumer: expected a non-negative integer, got {v:?}"
+                    )));
+                }
+            },
+        };
         let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
@@ -179,7 +193,8 @@ impl Broker {
             return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
         }
         let prefetch = c.consumer_prefetch;
-        c.consumers.insert(tag.clone(), Consumer { queue, no_ack: m.no_ack, prefetch, unacked: 0 });
+        let consumer = Consumer { queue, no_ack: m.no_ack, prefetch, unacked: 0, timeout };
+        c.consumers.insert(tag.clone(), consumer);
         if let Some(q) = self.queues.get_mut(&m.queue) {
             q.consumers.push(ConsumerKey { conn, channel: ch, tag: Arc::from(tag.as_str()), priority });
             q.exclusive_consumer = m.exclusive;
@@ -237,6 +252,7 @@ impl Broker {
         };
         let (queue_id, queue, message_count) = (q.id, q.name.clone(), q.len() as u32);
         count_delivery(&mut self.stats, q, msg.redelivered);
+        let now = self.now;
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
@@ -252,7 +268,7 @@ impl Broker {
         if m.no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u = Unacked { queue_id, queue, message: msg, consumer: None };
+            let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now };
             c.unacked.insert(delivery_tag, u);
         }
         self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });

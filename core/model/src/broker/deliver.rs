@@ -75,6 +75,7 @@ impl Broker {
             };
             let mut settled = None;
             let mut delivered = false;
+            let mut due = None;
             for i in 0..tries {
                 let idx = (start + i) % n;
                 let key = &q.consumers[idx];
@@ -87,7 +88,7 @@ impl Broker {
                 let Some(ch) = session.channels.get_mut(&key.channel) else {
                     continue;
                 };
-                let Some(no_ack) = ch.claim(&key.tag) else {
+                let Some((no_ack, timeout)) = ch.claim(&key.tag) else {
                     continue;
                 };
                 let (conn, channel, consumer_tag) = (key.conn, key.channel, key.tag.clone());
@@ -104,8 +105,15 @@ impl Broker {
                     settled = Some((q.id, msg));
                 } else {
                     let consumer = Some(consumer_tag.clone());
-                    let u = Unacked { queue_id: q.id, queue: q.name.clone(), message: msg, consumer };
+                    let u = Unacked {
+                        queue_id: q.id,
+                        queue: q.name.clone(),
+                        message: msg,
+                        consumer,
+                        delivered_at: now,
+                    };
                     ch.unacked.insert(delivery_tag, u);
+                    due = timeout.map(|t| now + t);
                 }
                 // Encoded straight from the shared message: no copy of the tag, exchange or key.
                 let out = Outgoing::Deliver { channel, consumer_tag, delivery_tag, redelivered, message };
@@ -125,6 +133,9 @@ impl Broker {
             let drained = q.is_empty();
             if let Some((queue_id, m)) = settled {
                 self.forget(queue_id, &m);
+            }
+            if let Some(at) = due {
+                self.arm_consumer_sweep(at);
             }
             if drained {
                 return;

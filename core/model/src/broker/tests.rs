@@ -584,3 +584,54 @@ fn a_consumer_that_does_not_keep_up_leaves_messages_in_the_queue_and_gets_them_a
     assert_eq!(h.ready("q"), 0);
     assert!(h.sent().is_empty());
 }
+
+#[test]
+fn a_consumer_past_its_timeout_is_cancelled_and_its_messages_go_back() {
+    let mut h = Harness::new();
+    // A client that understands consumer_cancel_notify.
+    h.conn = h.b.connect(ConnectionInfo { consumer_cancel_notify: true, ..Default::default() });
+    h.b.open_channel(h.conn, 1);
+    h.declare("slow", &[("x-consumer-timeout", FieldValue::I32(1000))]);
+    h.publish("slow", "1", BasicProperties::default());
+    h.publish("slow", "2", BasicProperties::default());
+    h.method(BasicConsume { queue: "slow".into(), consumer_tag: "c".into(), ..Default::default() });
+    assert_eq!(h.deliveries().len(), 2);
+    assert_eq!(h.b.queue_counts("slow"), Some((0, 2, 1)));
+    h.advance(999);
+    assert!(h.sent().is_empty(), "not yet");
+    h.advance(2);
+    let cancelled = h.sent().into_iter().any(
+        |o| matches!(o, Outgoing::Method { method: Method::BasicCancel(c), .. } if c.consumer_tag == "c"),
+    );
+    assert!(cancelled, "the client is told its consumer is gone");
+    assert_eq!(h.b.queue_counts("slow"), Some((2, 0, 0)), "both deliveries are back in the queue");
+    // A late ack settles nothing and is no error; a tag never given still is.
+    h.method(BasicAck { delivery_tag: 1, multiple: false });
+    assert!(h.b.handle_method(h.conn, 1, BasicAck { delivery_tag: 99, multiple: false }.into()).is_err());
+}
+
+#[test]
+fn without_cancel_notify_the_stuck_consumers_channel_is_closed_and_zero_means_no_limit() {
+    let mut h = Harness::new();
+    h.declare("slow", &[("x-consumer-timeout", FieldValue::I32(500))]);
+    h.declare("patient", &[]);
+    h.publish("slow", "1", BasicProperties::default());
+    h.publish("patient", "2", BasicProperties::default());
+    let no_limit: FieldTable = [("x-consumer-timeout".to_string(), FieldValue::I32(0))].into_iter().collect();
+    h.method(BasicConsume {
+        queue: "patient".into(),
+        consumer_tag: "p".into(),
+        arguments: no_limit,
+        ..Default::default()
+    });
+    h.method(BasicConsume { queue: "slow".into(), consumer_tag: "s".into(), ..Default::default() });
+    assert_eq!(h.deliveries().len(), 2);
+    h.advance(600);
+    let errors = h.b.take_errors(h.conn);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].0, errors[0].1.code), (1, 406));
+    assert!(errors[0].1.text.contains("consumer timeout"), "{:?}", errors[0].1);
+    // The broker's default is 30 minutes; the patient consumer has none at all.
+    h.advance(31 * 60 * 1000);
+    assert!(h.b.take_errors(h.conn).is_empty());
+}

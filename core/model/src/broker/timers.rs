@@ -19,6 +19,8 @@ pub(super) enum Timer {
     Retry { id: u64 },
     /// An `x-expires` queue may have gone unused long enough.
     QueueExpires { queue: Arc<str>, queue_id: u64 },
+    /// Some consumer's delivery may have waited too long for its ack.
+    ConsumerTimeouts,
 }
 
 /// A message held out of its queue by a retry policy.
@@ -63,6 +65,7 @@ impl Broker {
                 Timer::Expire { queue, queue_id, seq } => self.expire_one(&queue, queue_id, seq),
                 Timer::Retry { id } => self.release_delayed(id),
                 Timer::QueueExpires { queue, queue_id } => self.check_queue_expiry(&queue, queue_id),
+                Timer::ConsumerTimeouts => self.sweep_consumer_timeouts(),
             }
         }
     }
