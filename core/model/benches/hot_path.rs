@@ -16,19 +16,7 @@ const BATCH: usize = 2000;
 
 /// A client's handshake up to an open channel 1, plus `then`.
 fn handshake(then: impl FnOnce(&mut BytesMut)) -> BytesMut {
-    let mut out = BytesMut::new();
-    out.extend_from_slice(PROTOCOL_HEADER);
-    let start_ok = ConnectionStartOk {
-        mechanism: "PLAIN".into(),
-        response: Bytes::from_static(b"\0guest\0guest"),
-        locale: "en_US".into(),
-        ..Default::default()
-    };
-    Frame::method(0, start_ok).encode(&mut out);
-    Frame::method(0, ConnectionTuneOk { channel_max: 2047, frame_max: 131_072, heartbeat: 0 })
-        .encode(&mut out);
-    Frame::method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).encode(&mut out);
-    Frame::method(1, ChannelOpen::default()).encode(&mut out);
+    let mut out = warren_core::connection::guest_handshake(131_072);
     then(&mut out);
     out
 }

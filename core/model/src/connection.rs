@@ -179,6 +179,26 @@ impl Body {
     }
 }
 
+/// What a client sends to open a connection as guest (PLAIN) with `frame_max` and no
+/// heartbeat, and channel 1: for in-memory harnesses (tests, benchmarks, fuzzing) that drive
+/// a [`Connection`] without a socket.
+pub fn guest_handshake(frame_max: u32) -> BytesMut {
+    let mut out = BytesMut::from(&PROTOCOL_HEADER[..]);
+    let start_ok = warren_codec::ConnectionStartOk {
+        mechanism: "PLAIN".into(),
+        response: Bytes::from_static(b"\0guest\0guest"),
+        locale: "en_US".into(),
+        ..Default::default()
+    };
+    Frame::method(0, start_ok).encode(&mut out);
+    Frame::method(0, warren_codec::ConnectionTuneOk { channel_max: 0, frame_max, heartbeat: 0 })
+        .encode(&mut out);
+    Frame::method(0, warren_codec::ConnectionOpen { virtual_host: "/".into(), ..Default::default() })
+        .encode(&mut out);
+    Frame::method(1, warren_codec::ChannelOpen::default()).encode(&mut out);
+    out
+}
+
 /// One client connection's protocol state.
 #[derive(Debug)]
 pub struct Connection {
@@ -1038,10 +1058,7 @@ fn server_properties() -> FieldTable {
 mod tests {
     #![allow(clippy::disallowed_methods)] // one real Instant to start the virtual clock from
 
-    use warren_codec::{
-        BasicGet, BasicNack, BasicProperties, ChannelOpen, ConnectionOpen, ConnectionStartOk,
-        ConnectionTuneOk, QueueDeclare, decode_frame,
-    };
+    use warren_codec::{BasicGet, BasicNack, BasicProperties, ChannelOpen, QueueDeclare, decode_frame};
 
     use super::*;
     use crate::broker::BrokerConfig;
@@ -1049,20 +1066,7 @@ mod tests {
     /// A connection past connection.open, with channel 1 open.
     fn open(broker: &mut Broker, now: Instant) -> Connection {
         let mut conn = Connection::new(ConnectionConfig::default(), true, now);
-        let mut hello = BytesMut::from(&PROTOCOL_HEADER[..]);
-        let start_ok = ConnectionStartOk {
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-            ..Default::default()
-        };
-        Frame::method(0, start_ok).encode(&mut hello);
-        Frame::method(0, ConnectionTuneOk { channel_max: 0, frame_max: 131_072, heartbeat: 0 })
-            .encode(&mut hello);
-        Frame::method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() })
-            .encode(&mut hello);
-        Frame::method(1, ChannelOpen::default()).encode(&mut hello);
-        conn.read_buf().extend_from_slice(&hello);
+        conn.read_buf().extend_from_slice(&guest_handshake(131_072));
         conn.handle_input(now, broker);
         let _ = conn.take_output();
         assert!(conn.id().is_some());

@@ -20,18 +20,7 @@ impl Process {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Process {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log =
-            std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["--amqp-listen", &addr.to_string()])
-            .args(["--data-dir", &dir.join("data").display().to_string()])
-            .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
-            .args(["--quic-listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start warren");
+        let mut child = command(dir, &addr.to_string(), env).spawn().expect("start warren");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -70,16 +59,7 @@ impl Process {
 /// Runs `warren` on `dir` as [`Process::start`] would, expecting it to stop by itself within
 /// 30 s (a refused start); returns whether it exited successfully.
 pub fn run_to_exit(dir: &Path, env: &[(&str, &str)]) -> bool {
-    let log = std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--amqp-listen", "127.0.0.1:0", "--data-dir", &dir.join("data").display().to_string()])
-        .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
-        .args(["--quic-listen", "127.0.0.1:0"])
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start warren");
+    let mut child = command(dir, "127.0.0.1:0", env).spawn().expect("start warren");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -98,6 +78,20 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `warren` on `dir/data`, AMQP on `amqp`, every other listener on a free port, its log
+/// appended to `dir/warren.log`.
+fn command(dir: &Path, amqp: &str, env: &[(&str, &str)]) -> Command {
+    let log = std::fs::File::options().create(true).append(true).open(dir.join("warren.log")).expect("log");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args(["--amqp-listen", amqp, "--data-dir", &dir.join("data").display().to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log);
+    c
 }
 
 /// The log of the process(es) started in `dir`.
