@@ -311,6 +311,10 @@ pub struct LimitsConfig {
     /// Publishers are blocked while the broker's resident memory is above this: a fraction
     /// of the machine's memory (0.6), or a size ("2GiB").
     pub memory_high_watermark: Option<Watermark>,
+    /// Open AMQP connections at most (RabbitMQ's `connection_max`); unlimited when absent.
+    pub max_connections: Option<usize>,
+    /// Queues at most (RabbitMQ's vhost `max-queues`); unlimited when absent.
+    pub max_queues: Option<usize>,
 }
 
 /// RabbitMQ's `vm_memory_high_watermark`: relative to the memory available, or absolute.
@@ -335,6 +339,8 @@ impl Default for Watermark {
 pub struct LimitSettings {
     /// When the memory alarm is raised.
     pub memory_high_watermark: Watermark,
+    /// Connection and queue counts.
+    pub counts: warren_core::broker::Limits,
 }
 
 /// When the store fsyncs.
@@ -700,6 +706,8 @@ impl Settings {
             }
             s.limits.memory_high_watermark = w;
         }
+        s.limits.counts.max_connections = file.limits.max_connections;
+        s.limits.counts.max_queues = file.limits.max_queues;
         s.plugins = file.plugins.build()?;
         if let Some(users) = file.users {
             s.users = users
@@ -747,6 +755,13 @@ mod tests {
         assert!(resolve("[limits]\nmemory-high-watermark = 1.5").is_err());
         assert!(resolve("[amqp]\nwrite-timeout-ms = 0").is_err());
         assert_eq!(Settings::default().limits.memory_high_watermark, Watermark::Relative(0.6));
+        let s = resolve("[limits]\nmax-connections = 1000\nmax-queues = 50").ok().map(|s| s.limits.counts);
+        assert_eq!(s.map(|c| (c.max_connections, c.max_queues)), Some((Some(1000), Some(50))));
+        assert_eq!(
+            Settings::default().limits.counts,
+            warren_core::broker::Limits::default(),
+            "unlimited, as RabbitMQ"
+        );
     }
 
     #[test]

@@ -158,8 +158,12 @@ impl Server {
             None => None,
         };
         let seed = RandomState::new().hash_one(SystemTime::now());
-        let config =
-            BrokerConfig { users: settings.users.clone(), seed, consumer_timeout: settings.consumer_timeout };
+        let config = BrokerConfig {
+            users: settings.users.clone(),
+            seed,
+            consumer_timeout: settings.consumer_timeout,
+            limits: settings.limits.counts,
+        };
         let mut broker = Broker::new(config, std::time::Instant::now());
         broker.set_policies(settings.policies.clone());
         let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

@@ -691,3 +691,34 @@ async fn a_background_task_that_dies_stops_the_broker_instead_of_leaving_half_of
     let e = result.expect_err("and says why");
     assert!(e.to_string().contains("timer task"), "{e}");
 }
+
+#[tokio::test]
+async fn connection_and_queue_limits_refuse_with_rabbitmqs_codes() {
+    let b = TestBroker::start_with(|s| {
+        s.limits.counts.max_connections = Some(2);
+        s.limits.counts.max_queues = Some(1);
+    })
+    .await;
+    let mut first = Raw::open(b.addr).await;
+    let _second = Raw::open(b.addr).await;
+    // The third is refused at connection.open with 530, as RabbitMQ's connection_max does.
+    let mut third = Raw::login(b.addr, b"\0guest\0guest").await;
+    assert!(matches!(third.method().await, Method::ConnectionTune(_)));
+    third.send_method(0, ConnectionTuneOk { channel_max: 0, frame_max: 131_072, heartbeat: 0 }).await;
+    third.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+    let c = third.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
+    assert!(c.reply_text.contains("connection limit (2)"), "{c:?}");
+    // One queue fits; a second is a 406 on its channel; the first may be declared again.
+    first.open_channel(1).await;
+    first.send_method(1, QueueDeclare { queue: "one".into(), ..Default::default() }).await;
+    assert!(matches!(first.method().await, Method::QueueDeclareOk(_)));
+    first.send_method(1, QueueDeclare { queue: "two".into(), ..Default::default() }).await;
+    let Method::ChannelClose(c) = first.method().await else { panic!("channel.close") };
+    assert_eq!(c.reply_code, reply_code::PRECONDITION_FAILED, "{c:?}");
+    assert!(c.reply_text.contains("queue limit"), "{c:?}");
+    first.send_method(1, ChannelCloseOk {}).await;
+    first.open_channel(2).await;
+    first.send_method(2, QueueDeclare { queue: "one".into(), ..Default::default() }).await;
+    assert!(matches!(first.method().await, Method::QueueDeclareOk(_)));
+}

@@ -56,6 +56,18 @@ pub struct BrokerConfig {
     /// How long a consumer's delivery may wait for its acknowledgement unless its queue or
     /// the consumer says otherwise (RabbitMQ's `consumer_timeout`); `None` for no limit.
     pub consumer_timeout: Option<std::time::Duration>,
+    /// Counts a client can make the broker hold.
+    pub limits: Limits,
+}
+
+/// Counts a client can make the broker hold; `None` is unlimited, RabbitMQ's default for
+/// each (its `connection_max` and vhost `max-connections` / `max-queues`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Open AMQP connections.
+    pub max_connections: Option<usize>,
+    /// Queues.
+    pub max_queues: Option<usize>,
 }
 
 /// RabbitMQ's default `consumer_timeout`: 30 minutes.
@@ -63,7 +75,12 @@ pub const DEFAULT_CONSUMER_TIMEOUT: std::time::Duration = std::time::Duration::f
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { users: vec![User::guest()], seed: 0, consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT) }
+        BrokerConfig {
+            users: vec![User::guest()],
+            seed: 0,
+            consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -141,6 +158,7 @@ pub struct Broker {
     durability: persist::Durability,
     /// The default consumer timeout.
     consumer_timeout: Option<std::time::Duration>,
+    limits: Limits,
     /// When the next consumer-timeout sweep is armed for, if one is.
     consumer_sweep: Option<Instant>,
     /// Why publishers are blocked (a resource alarm), when they are.
@@ -153,6 +171,7 @@ impl Broker {
         let mut b = Broker {
             users: config.users,
             consumer_timeout: config.consumer_timeout,
+            limits: config.limits,
             consumer_sweep: None,
             names: NameGen::new(config.seed),
             queues: Map::default(),
@@ -243,7 +262,21 @@ impl Broker {
         &self.users
     }
 
-    /// Registers a connection that completed its handshake.
+    /// Registers a connection that completed its handshake, or refuses it with 530 as RabbitMQ
+    /// does when the connection limit is reached.
+    pub fn open_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
+        if let Some(max) = self.limits.max_connections
+            && self.sessions.len() >= max
+        {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!("connection refused: node connection limit ({max}) is reached"),
+            ));
+        }
+        Ok(self.connect(info))
+    }
+
+    /// Registers a connection that completed its handshake, whatever the limit.
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;

@@ -686,7 +686,10 @@ impl Connection {
                     consumer_cancel_notify: cancel_notify == Some(true),
                     blocked_notify: blocked_notify == Some(true),
                 };
-                self.id = Some(broker.connect(info));
+                match broker.open_session(info) {
+                    Ok(id) => self.id = Some(id),
+                    Err(e) => return self.fail(now, e.on(&Method::ConnectionOpen(m)), broker),
+                }
                 self.send(0, ConnectionOpenOk::default());
                 self.state = State::Running;
                 self.events.push_back(Event::Opened { user, vhost: m.virtual_host });

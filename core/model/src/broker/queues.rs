@@ -33,6 +33,13 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
+            if let Some(max) = self.limits.max_queues
+                && self.queues.len() >= max
+            {
+                return Err(precondition(format!(
+                    "cannot declare queue '{name}': queue limit in vhost '/' ({max}) is reached"
+                )));
+            }
             let spec = QueueSpec {
                 durable: m.durable,
                 auto_delete: m.auto_delete,
