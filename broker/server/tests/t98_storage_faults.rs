@@ -268,3 +268,23 @@ async fn a_damaged_segment_stops_the_start_naming_it_and_salvage_skips_the_recor
     let want: Vec<String> = bodies.iter().filter(|b| !b.starts_with('2')).cloned().collect();
     assert_eq!(back, want, "every intact message, and only the damaged one skipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_disk_cannot_record_does_not_happen() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Faulty::start(dir.path(), None);
+    let (_conn, ch) = b.process.channel().await;
+    ch.queue_declare("kept".into(), durable(), FieldTable::default()).await.expect("declare");
+    b.arm("write");
+    let e = ch.queue_delete("kept".into(), QueueDeleteOptions::default()).await.expect_err("refused");
+    assert_eq!(code(&e), Some(541), "{e:?}");
+    b.disarm("write");
+    // Still there now, and after a crash: memory and disk agree.
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let (_conn, ch) = b.process.channel().await;
+    ch.queue_declare("kept".into(), passive, FieldTable::default()).await.expect("not deleted");
+    b.process.kill();
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.queue_declare("kept".into(), passive, FieldTable::default()).await.expect("still not deleted");
+}

@@ -365,12 +365,20 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let x = self.source_exchange(source)?;
         // Unbinding what is not bound succeeds, as in RabbitMQ.
-        if let Some(b) = x.remove_binding(&Binding { destination, key, arguments }) {
-            if let Some(r) = self.binding_record(source, &b) {
-                self.store_meta(MetaOp::Unbind(r));
-            }
-            self.auto_delete_exchange(source);
+        let Some(b) = x.bindings.get(&BindingId::of(&Binding { destination, key, arguments })).cloned()
+        else {
+            return Ok(());
+        };
+        // The store first: an unbind it cannot record does not happen (the method fails).
+        if let Some(r) = self.binding_record(source, &b)
+            && !self.store_meta(MetaOp::Unbind(r))
+        {
+            return Ok(());
         }
+        if let Some(x) = self.exchanges.get_mut(source) {
+            x.remove_binding(&b);
+        }
+        self.auto_delete_exchange(source);
         Ok(())
     }
 
@@ -394,10 +402,14 @@ impl Broker {
     }
 
     fn delete_exchange(&mut self, name: &str) {
-        if let Some(x) = self.exchanges.remove(name) {
-            if x.durable {
-                self.store_meta(MetaOp::DeleteExchange(name.to_string()));
-            }
+        let Some(durable) = self.exchanges.get(name).map(|x| x.durable) else {
+            return;
+        };
+        // The store first, as for queues.
+        if durable && !self.store_meta(MetaOp::DeleteExchange(name.to_string())) {
+            return;
+        }
+        if self.exchanges.remove(name).is_some() {
             self.unbind_destination(&Destination::Exchange(Arc::from(name)));
         }
     }

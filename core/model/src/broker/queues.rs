@@ -107,12 +107,19 @@ impl Broker {
     /// Removes a queue; its consumers are dropped and, where the client asked for it, told
     /// with basic.cancel. Returns how many ready messages went with it.
     pub(super) fn delete_queue(&mut self, name: &str) -> u32 {
+        let Some((stored, id)) =
+            self.queues.get(name).map(|q| (super::persist::stores_messages(&q.spec), q.id))
+        else {
+            return 0;
+        };
+        // The store first: a delete it cannot record does not happen, or the queue would be
+        // back after a restart (inside a method, the method fails with 541).
+        if stored && !self.store_meta(MetaOp::DeleteQueue(id)) {
+            return 0;
+        }
         let Some(q) = self.queues.remove(name) else {
             return 0;
         };
-        if super::persist::stores_messages(&q.spec) {
-            self.store_meta(MetaOp::DeleteQueue(q.id));
-        }
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;
