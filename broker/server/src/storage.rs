@@ -233,9 +233,7 @@ fn run_syncer(mut syncer: Syncer, to: Shared, settings: StorageSettings, dir: &P
         if !round(&mut syncer, &to, fsync) {
             // Nothing more can be made durable in this run; wait for the stop, which must not
             // mark the store clean: the next start replays and checks the whole log.
-            while syncer.wait(Some(Duration::from_secs(1))) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            syncer.wait_for_stop();
             return;
         }
         match settings.fsync {

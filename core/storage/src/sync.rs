@@ -196,6 +196,14 @@ impl Syncer {
         }
     }
 
+    /// Blocks until the syncer is stopped: after a failed sync there is nothing else to do.
+    pub fn wait_for_stop(&self) {
+        let mut s = self.shared.lock();
+        while !s.stop {
+            s = self.shared.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Lets a batch gather before a sync: returns once no write arrived for `quiet`, or after
     /// `max`. Under a steady stream this trades up to `max` of confirm latency for far fewer
     /// fsyncs (each costs a system call, a disk flush, and a wake-up of every publisher);
