@@ -28,6 +28,8 @@ pub struct StorageMetrics {
     rounds: IntCounter,
     per_round: Histogram,
     deleted: IntCounter,
+    compacted: IntCounter,
+    compacted_bytes: IntCounter,
     sync_errors: IntCounter,
     failed: IntGauge,
     disk_free: IntGauge,
@@ -59,6 +61,14 @@ impl StorageMetrics {
                 "warren_storage_segments_deleted_total",
                 "Segment files deleted once nothing in them was live.",
             ),
+            compacted: c(
+                "warren_storage_compacted_messages_total",
+                "Stored messages written again at the head of the log so the segments behind them could be deleted.",
+            ),
+            compacted_bytes: c(
+                "warren_storage_compacted_bytes_total",
+                "Body octets of the messages compaction wrote again.",
+            ),
             sync_errors: c("warren_storage_sync_errors_total", "Syncs that failed."),
             failed: g(
                 "warren_storage_failed",
@@ -77,11 +87,13 @@ impl StorageMetrics {
 
     /// Adds these metrics to `r`.
     pub fn register(&self, r: &Registry) {
-        let all: [Box<dyn prometheus::core::Collector>; 9] = [
+        let all: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(self.fsyncs.clone()),
             Box::new(self.rounds.clone()),
             Box::new(self.per_round.clone()),
             Box::new(self.deleted.clone()),
+            Box::new(self.compacted.clone()),
+            Box::new(self.compacted_bytes.clone()),
             Box::new(self.sync_errors.clone()),
             Box::new(self.failed.clone()),
             Box::new(self.disk_free.clone()),
@@ -290,11 +302,22 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
     }
 }
 
-/// Checks free disk space every second and raises or clears the disk alarm.
+/// Body octets compaction moves per second at most: a few milliseconds of copying under the
+/// broker lock.
+const COMPACTION_BUDGET: u64 = 16 << 20;
+
+/// Checks free disk space every second and raises or clears the disk alarm; compacts the log
+/// when it is mostly dead.
 async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarms: Arc<Alarms>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        let done = lock(&shared).broker.compact_storage(COMPACTION_BUDGET);
+        if done.moved > 0 {
+            m.compacted.inc_by(done.moved);
+            m.compacted_bytes.inc_by(done.bytes);
+            info!(messages = done.moved, bytes = done.bytes, "compacted the message log");
+        }
         let free = match warren_storage::disk::free_space(&dir) {
             Ok(f) => f,
             Err(e) => {

@@ -181,3 +181,98 @@ async fn below_the_disk_free_limit_publishers_are_blocked() {
     let m = ch2.basic_get("q".into(), BasicGetOptions { no_ack: true }).await.expect("get");
     assert!(m.is_some_and(|m| &m.delivery.data[..] == b"first"));
 }
+
+/// Octets of the segment files under `dir`.
+fn segments_size(dir: &std::path::Path) -> u64 {
+    let segments = dir.join("storage/segments");
+    std::fs::read_dir(&segments)
+        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_message_parked_for_days_does_not_pin_the_log() {
+    parked_while_200_mb_go_by(false).await;
+}
+
+#[tokio::test]
+async fn an_unacked_message_held_for_days_does_not_pin_the_log_and_its_ack_still_counts() {
+    parked_while_200_mb_go_by(true).await;
+}
+
+/// One message stays in a dead-letter queue (delivered and unacked all along, with `held`)
+/// while 200 MB of persistent messages are published and acked through another queue.
+async fn parked_while_200_mb_go_by(held: bool) {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = start(dir.path()).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("parked".into(), durable(), FieldTable::default()).await.expect("declare");
+    let args = table(&[
+        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+        ("x-dead-letter-routing-key", AMQPValue::LongString("parked".into())),
+    ]);
+    ch.queue_declare("work".into(), durable(), args).await.expect("declare");
+    // One message rejected into the dead-letter queue, where nobody looks at it.
+    publish_confirmed(&ch, "", "work", &["keep me".to_string()], persistent()).await;
+    let m = ch.basic_get("work".into(), BasicGetOptions::default()).await.expect("get").expect("message");
+    m.nack(BasicNackOptions { requeue: false, ..Default::default() }).await.expect("nack");
+    assert!(eventually(|| b.counts("parked").is_some_and(|c| c.0 == 1)).await);
+    let holder = conn.create_channel().await.expect("channel");
+    let kept = if held {
+        let m = holder.basic_get("parked".into(), BasicGetOptions::default()).await.expect("get");
+        Some(m.expect("the parked message"))
+    } else {
+        None
+    };
+
+    // 200 MB through the other queue, published and acked in batches, with 1 MiB segments.
+    ch.basic_qos(64, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = ch
+        .basic_consume("work".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let body = "x".repeat(64 << 10);
+    let batch: Vec<String> = vec![body; 32];
+    let mut peak = 0;
+    for _ in 0..100 {
+        publish_confirmed(&ch, "", "work", &batch, persistent()).await;
+        for _ in 0..batch.len() {
+            let d = consumer.next().await.expect("delivery").expect("ok");
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        peak = peak.max(segments_size(dir.path()));
+    }
+    // Compaction runs once a second: the kept message moves to the head and the segments it
+    // pinned go.
+    let mut size = segments_size(dir.path());
+    for _ in 0..150 {
+        if size <= 8 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        size = segments_size(dir.path());
+    }
+    assert!(size <= 8 << 20, "{size} octets of segments left after 200 MB (peak {peak})");
+    let metrics = http_to(b.metrics.expect("metrics"), "GET", "/metrics").await.1;
+    let moved = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warren_storage_compacted_messages_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(moved.is_some_and(|n| n >= 1), "compaction moved the parked message: {moved:?}");
+    if let Some(m) = kept {
+        // Acked where it was moved to: the ack must remove the moved entry, not the old one.
+        assert_eq!(&m.delivery.data[..], b"keep me");
+        m.ack(BasicAckOptions::default()).await.expect("ack");
+        assert!(eventually(|| b.counts("parked").is_some_and(|c| c == (0, 0, 0))).await);
+    }
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+
+    let b = start(dir.path()).await;
+    let (_conn, ch) = channel(&b).await;
+    assert_eq!(drain(&ch, "work").await.len(), 0, "nothing acked came back");
+    let parked = drain(&ch, "parked").await;
+    let expected: &[&str] = if held { &[] } else { &["keep me"] };
+    assert_eq!(parked.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), expected);
+}

@@ -41,7 +41,7 @@ mod tx;
 
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
-pub use persist::{ConfirmPolicy, RestoreReport};
+pub use persist::{Compaction, ConfirmPolicy, RestoreReport};
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;

@@ -287,6 +287,12 @@ impl Queue {
         self.ready.iter().chain(self.returned.values())
     }
 
+    /// The ready messages, in no particular order, to change what the store keeps of them
+    /// (never their body's length or their seq).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
+        self.ready.iter_mut().chain(self.returned.values_mut())
+    }
+
     /// The oldest ready message.
     pub fn head(&self) -> Option<&QueuedMessage> {
         if self.oldest_returned() { self.returned.values().next() } else { self.ready.front() }

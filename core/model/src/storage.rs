@@ -186,6 +186,22 @@ pub trait Storage: Send + std::fmt::Debug {
     /// The position after the last write. Writes are durable once the driver's sync has
     /// reached it; the in-memory store is always there.
     fn written(&self) -> u64;
+
+    /// Decides whether some stored entries should be written again so the space of what died
+    /// around them can be reclaimed, up to about `budget` octets of them; the broker then
+    /// rewrites (with [`Storage::put`] and `replaces`) each entry for which
+    /// [`Storage::should_move`] says so. Returns whether there is anything to move. A store
+    /// without such space to reclaim keeps this default.
+    fn plan_compaction(&mut self, budget: u64) -> bool {
+        let _ = budget;
+        false
+    }
+
+    /// Whether the entry stored at `at` is one the last [`Storage::plan_compaction`] moves.
+    fn should_move(&self, at: StoreRef) -> bool {
+        let _ = at;
+        false
+    }
 }
 
 /// What a [`MemoryStore`] holds; shared by its clones, so a clone is the same store "after a

@@ -2,7 +2,7 @@
 //!
 //! - [`record`]: the record format (length, CRC32C, payload in AMQP's encodings).
 //! - [`segment`]: one preallocated, memory-mapped, append-only segment file.
-//! - [`store`]: [`FileStore`]: puts, removes and delivery counts as log records, recovery,
+//! - [`store`]: [`FileStore`]: puts, removes and delivery counts as log records, recovery, compaction,
 //!   segment deletion, the metadata log.
 //! - [`index`]: queue index files, a checkpoint written at a clean stop for a fast start.
 //! - [`sync`]: group commit: a [`Syncer`] fsyncs what was written, in batches.

@@ -80,9 +80,33 @@ struct SegmentState {
     segment: Segment,
     /// Live entries whose put is in this segment.
     live: u64,
+    /// Puts written to it, and the octets it holds: together with `live`, an estimate of its
+    /// live octets that costs no read of a record when an entry is removed.
+    puts: u64,
+    put_bytes: u64,
     /// Older segments whose entries this segment's records remove, update or supersede.
     targets: BTreeSet<u64>,
 }
+
+impl SegmentState {
+    fn new(segment: Segment, targets: BTreeSet<u64>) -> Self {
+        SegmentState { segment, live: 0, puts: 0, put_bytes: 0, targets }
+    }
+
+    /// Estimated octets of its live entries.
+    fn live_bytes(&self) -> u64 {
+        if self.puts == 0 {
+            return 0;
+        }
+        let estimate = u128::from(self.live) * u128::from(self.put_bytes) / u128::from(self.puts);
+        u64::try_from(estimate).unwrap_or(u64::MAX)
+    }
+}
+
+/// Compaction starts once the segments on disk hold more than twice the live octets plus
+/// this many segments: the price of a log is at most that much disk, and the live entries
+/// are written again at most once per that much traffic.
+const COMPACT_SLACK_SEGMENTS: u64 = 4;
 
 /// The file store. Writes happen under the broker's lock and cost a memory copy; the
 /// [`Syncer`] returned with it makes them durable.
@@ -105,6 +129,8 @@ pub struct FileStore {
     written: u64,
     recovered: Option<Recovered>,
     report: RecoveryReport,
+    /// Segments whose live entries the broker is moving (see [`Storage::plan_compaction`]).
+    compacting: BTreeSet<u64>,
 }
 
 /// Where an entry's put record is: its segment in the high half, its offset in the low.
@@ -169,6 +195,7 @@ impl FileStore {
             written: 0,
             recovered: None,
             report,
+            compacting: BTreeSet::new(),
         };
         let loaded =
             if clean { store.load_index(&mut recovered) } else { Err("the last stop was not clean".into()) };
@@ -242,11 +269,17 @@ impl FileStore {
         }
         for (id, segment) in opened {
             let t = targets.get(&id).cloned().unwrap_or_default();
-            self.segments.insert(id, SegmentState { segment, live: 0, targets: t });
+            self.segments.insert(id, SegmentState::new(segment, t));
             self.report.segments += 1;
         }
         for e in &entries {
             self.count_live(e.queue, segment_of(e.at), 1);
+        }
+        // The index does not say how many puts each segment held: count its live entries as
+        // all of it, which overestimates what is live and so never compacts too early.
+        for s in self.segments.values_mut() {
+            s.puts = s.live;
+            s.put_bytes = s.segment.end() as u64;
         }
         recovered.entries = entries;
         Ok(())
@@ -261,6 +294,7 @@ impl FileStore {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
             let mut targets = BTreeSet::new();
+            let mut puts = 0;
             // The crash cut writes short in the newest segment: anything bad there is a torn tail.
             let strict = Some(id) != newest && !self.options.salvage;
             let salvage = self.options.salvage;
@@ -269,6 +303,7 @@ impl FileStore {
                     let Ok(at) = store_ref(id, pos) else {
                         return;
                     };
+                    puts += 1;
                     if let Some((old, _, _)) = entries.insert((queue, seq), (at, state, message)) {
                         targets.insert(segment_of(old));
                     }
@@ -288,7 +323,9 @@ impl FileStore {
             seg.set_end(end);
             targets.remove(&id);
             self.report.segments += 1;
-            self.segments.insert(id, SegmentState { segment: seg, live: 0, targets });
+            let mut state = SegmentState::new(seg, targets);
+            (state.puts, state.put_bytes) = (puts, end as u64);
+            self.segments.insert(id, state);
         }
         for ((queue, _), _) in entries.iter() {
             recovered.next_queue_id = recovered.next_queue_id.max(queue + 1);
@@ -316,7 +353,7 @@ impl FileStore {
     fn open_segment(&mut self, id: u64, capacity: usize) -> Result<(), StorageError> {
         let seg = Segment::create(&self.segments_dir, id, capacity).map_err(io_err)?;
         self.shared.created_file();
-        self.segments.insert(id, SegmentState { segment: seg, live: 0, targets: BTreeSet::new() });
+        self.segments.insert(id, SegmentState::new(seg, BTreeSet::new()));
         self.active = id;
         Ok(())
     }
@@ -435,6 +472,10 @@ impl Storage for FileStore {
         record::frame(&mut self.scratch, |w| record::put(w, queue, seq, state, message));
         let total = self.scratch.len();
         let (seg, offset) = self.append()?;
+        if let Some(s) = self.segments.get_mut(&seg) {
+            s.puts += 1;
+            s.put_bytes += total as u64;
+        }
         self.count_live(queue, seg, 1);
         if let Some(old) = replaces {
             self.refers_to(segment_of(old));
@@ -497,6 +538,39 @@ impl Storage for FileStore {
 
     fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Plans the oldest segments that still hold live entries, when the log holds more than
+    /// twice what is live (plus [`COMPACT_SLACK_SEGMENTS`]). A segment is deleted only after
+    /// every older segment its records refer to, so one long-lived entry in an old segment
+    /// pins every segment after it; moving the oldest live entries to the head is what lets
+    /// the dead segments behind them go, however many there are.
+    fn plan_compaction(&mut self, budget: u64) -> bool {
+        self.compacting.clear();
+        if self.shared.is_poisoned() {
+            return false;
+        }
+        let on_disk: u64 = self.segments.values().map(|s| s.segment.capacity() as u64).sum();
+        let live: u64 = self.segments.values().map(SegmentState::live_bytes).sum();
+        let slack = COMPACT_SLACK_SEGMENTS.saturating_mul(self.options.segment_size as u64);
+        if on_disk <= live.saturating_mul(2).saturating_add(slack) {
+            return false;
+        }
+        let mut planned = 0u64;
+        for (id, s) in &self.segments {
+            if planned >= budget.max(1) {
+                break;
+            }
+            if *id != self.active && s.live > 0 {
+                self.compacting.insert(*id);
+                planned = planned.saturating_add(s.live_bytes().max(1));
+            }
+        }
+        !self.compacting.is_empty()
+    }
+
+    fn should_move(&self, at: StoreRef) -> bool {
+        self.compacting.contains(&segment_of(at))
     }
 
     fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {

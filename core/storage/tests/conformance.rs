@@ -375,6 +375,69 @@ fn segments_are_deleted_once_their_entries_are_gone_but_not_before_what_they_can
     let _ = pinned;
 }
 
+#[test]
+fn one_old_entry_pins_every_later_segment_until_compaction_moves_it() {
+    let mut b = files(4096);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    let kept = message(b"kept for days");
+    let state = EntryState { delivery_count: 3, enqueued_ms: 7, ..Default::default() };
+    let (mut pinned, _) = s.put(1, 0, &kept, &state, None).expect("put");
+    // Publish, and ack what was published 20 messages earlier: every segment's removes refer
+    // to the segment before it, a chain that ends at the kept entry's segment.
+    let msg = message(&[5; 300]);
+    let mut window = std::collections::VecDeque::new();
+    for seq in 1..1000 {
+        window.push_back((seq, s.put(1, seq, &msg, &EntryState::default(), None).expect("put").0));
+        if window.len() > 20 {
+            let (seq, at) = window.pop_front().expect("window");
+            s.remove(1, seq, at).expect("remove");
+        }
+    }
+    for (seq, at) in window {
+        s.remove(1, seq, at).expect("remove");
+    }
+    b.sync();
+    let pinned_count = b.segment_files();
+    assert!(pinned_count > 50, "without compaction the chain keeps {pinned_count} segments");
+    assert!(!s.should_move(pinned), "nothing is planned before plan_compaction");
+    assert!(s.plan_compaction(1 << 20), "a log that is nearly all dead is compacted");
+    assert!(s.should_move(pinned));
+    let (moved, body) = s.put(1, 0, &kept, &state, Some(pinned)).expect("move");
+    assert_eq!(body.as_deref(), Some(&b"kept for days"[..]));
+    pinned = moved;
+    assert!(!s.should_move(pinned), "the moved entry is at the head now");
+    b.sync();
+    let after = b.segment_files();
+    assert!(after <= 3, "{after} segments left of {pinned_count}");
+    assert!(!s.plan_compaction(1 << 20), "nothing left to compact");
+    drop(s);
+    let r = b.open().recover().expect("recover");
+    assert_eq!(seqs(&r), [0], "the kept entry, and nothing acked, came back");
+    assert_eq!(r.entries[0].state, state);
+    assert_eq!(r.entries[0].message.body, kept.body);
+}
+
+#[test]
+fn a_log_that_is_mostly_live_is_not_compacted() {
+    let mut b = files(4096);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    let msg = message(&[5; 300]);
+    let mut refs = Vec::new();
+    for seq in 0..200 {
+        refs.push(s.put(1, seq, &msg, &EntryState::default(), None).expect("put").0);
+    }
+    // A third acked: the rest is a backlog a consumer will get to, not garbage to copy.
+    for (seq, at) in refs.iter().enumerate().step_by(3) {
+        s.remove(1, seq as u64, *at).expect("remove");
+    }
+    assert!(!s.plan_compaction(u64::MAX));
+    assert!(refs.iter().all(|at| !s.should_move(*at)));
+}
+
 /// Writes `n` one-kilobyte messages into a fresh store and returns the directory.
 fn filled(n: u64) -> Files {
     let mut b = files(1 << 20);

@@ -233,28 +233,69 @@ impl Broker {
         ready_at_ms: Option<u64>,
     ) -> Result<(), StorageError> {
         let state = self.entry_state(m, ready_at_ms);
-        let Some(store) = self.durability.store.as_mut() else {
-            return Ok(());
-        };
-        let (at, body) = store.put(queue_id, m.seq, &m.message, &state, m.stored)?;
-        m.stored = Some(at);
-        if let Some(body) = body {
-            m.message = Arc::new(Message { body, ..(*m.message).clone() });
+        match self.durability.store.as_mut() {
+            Some(store) => put_entry(store.as_mut(), queue_id, m, &state),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// An entry's state as the store keeps it: deadlines in wall-clock milliseconds.
     fn entry_state(&self, m: &QueuedMessage, ready_at_ms: Option<u64>) -> EntryState {
-        EntryState {
-            delivery_count: m.delivery_count,
-            enqueued_ms: m.enqueued_ms,
-            expires_at_ms: m.expires_at.map(|t| {
-                let left = t.saturating_duration_since(self.now).as_millis() as u64;
-                self.unix_ms.saturating_add(left)
-            }),
-            ready_at_ms,
+        entry_state(self.now, self.unix_ms, m, ready_at_ms)
+    }
+
+    /// Moves stored entries the store asks to have moved (see [`Storage::plan_compaction`]),
+    /// up to about `budget` body octets, so the store can delete the segments they pinned.
+    /// Ready, unacked and delayed entries are all moved: each is written again where the log
+    /// ends and keeps the new place and body view. Call it now and then (the driver does
+    /// once a second); it costs nothing while the log is mostly live.
+    pub fn compact_storage(&mut self, budget: u64) -> Compaction {
+        let mut done = Compaction::default();
+        let Some(mut store) = self.durability.store.take() else {
+            return done;
+        };
+        if store.plan_compaction(budget) {
+            let (now, unix_ms) = (self.now, self.unix_ms);
+            let mut failed = None;
+            let mut step = |queue_id: u64, m: &mut QueuedMessage, ready_at: Option<u64>| {
+                if failed.is_some()
+                    || done.bytes >= budget
+                    || !m.stored.is_some_and(|at| store.should_move(at))
+                {
+                    return;
+                }
+                let state = entry_state(now, unix_ms, m, ready_at);
+                match put_entry(store.as_mut(), queue_id, m, &state) {
+                    Ok(()) => {
+                        done.moved += 1;
+                        done.bytes += m.message.body.len() as u64;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            };
+            for q in self.queues.values_mut().filter(|q| stores_messages(&q.spec)) {
+                let id = q.id;
+                for m in q.iter_mut() {
+                    step(id, m, None);
+                }
+            }
+            let unacked = self
+                .sessions
+                .values_mut()
+                .flat_map(|s| s.channels.values_mut())
+                .flat_map(|c| c.unacked.values_mut());
+            for u in unacked {
+                step(u.queue_id, &mut u.message, None);
+            }
+            for d in self.delayed.values_mut() {
+                step(d.queue_id, &mut d.message, Some(d.due_ms));
+            }
+            if let Some(e) = failed {
+                self.storage_result(Err(e));
+            }
         }
+        self.durability.store = Some(store);
+        done
     }
 
     /// Has the store write an index of every stored queue (ready, unacked and delayed
@@ -466,6 +507,49 @@ impl Broker {
             }
         }
         true
+    }
+}
+
+/// What one [`Broker::compact_storage`] round moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Entries written again.
+    pub moved: u64,
+    /// Their body octets.
+    pub bytes: u64,
+}
+
+/// Writes entry `m` of queue `queue_id` (superseding where it was kept, if it was); on success
+/// its message is the store's (its body paged out) and it remembers where it is kept.
+fn put_entry(
+    store: &mut dyn Storage,
+    queue_id: u64,
+    m: &mut QueuedMessage,
+    state: &EntryState,
+) -> Result<(), StorageError> {
+    let (at, body) = store.put(queue_id, m.seq, &m.message, state, m.stored)?;
+    m.stored = Some(at);
+    if let Some(body) = body {
+        m.message = Arc::new(Message { body, ..(*m.message).clone() });
+    }
+    Ok(())
+}
+
+/// An entry's state as the store keeps it: deadlines in wall-clock milliseconds.
+fn entry_state(
+    now: std::time::Instant,
+    unix_ms: u64,
+    m: &QueuedMessage,
+    ready_at_ms: Option<u64>,
+) -> EntryState {
+    EntryState {
+        delivery_count: m.delivery_count,
+        enqueued_ms: m.enqueued_ms,
+        expires_at_ms: m.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now).as_millis() as u64;
+            unix_ms.saturating_add(left)
+        }),
+        ready_at_ms,
     }
 }
 
