@@ -110,11 +110,17 @@ pub struct Server {
     /// SIGHUP, handled from `bind` on: a reload signal during start-up must not stop the
     /// broker (the default action for SIGHUP is to terminate).
     hangup: Option<tokio::signal::unix::Signal>,
+    /// The data directory's lock, held while the server lives.
+    _data_lock: std::fs::File,
 }
 
 impl Server {
     /// Binds the AMQP listener and builds the broker.
     pub async fn bind(settings: &Settings) -> std::io::Result<Server> {
+        // Before anything reads or writes the data directory (certificates, compiled plugins,
+        // the store): it is this process's alone.
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let data_lock = warren_storage::disk::lock_dir(&settings.data_dir)?;
         // First, before plugins compile (seconds) or anything is logged.
         let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -197,6 +203,7 @@ impl Server {
             limits: settings.limits,
             storage: Some(storage),
             hangup,
+            _data_lock: data_lock,
         })
     }
 

@@ -288,3 +288,70 @@ async fn a_delete_the_disk_cannot_record_does_not_happen() {
     let (_conn, ch) = b.channel().await;
     ch.queue_declare("kept".into(), passive, FieldTable::default()).await.expect("still not deleted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_on_the_same_data_dir_is_refused_and_a_truncated_segment_stops_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("cut".into(), durable(), FieldTable::default()).await.expect("declare");
+    let bodies: Vec<String> = (0..5).map(|i| format!("{i}").repeat(2000)).collect();
+    publish_confirmed(&ch, "", "cut", &bodies, persistent()).await;
+
+    // Started by mistake on the same data directory: refused, and the first one carries on.
+    assert!(!common::process::run_to_exit(dir.path(), &[]), "a second broker must not start");
+    let log = common::process::log_of(dir.path());
+    assert!(log.contains("in use by another process"), "{log}");
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = ch.queue_declare("cut".into(), passive, FieldTable::default()).await.expect("still serving");
+    assert_eq!(q.message_count(), 5);
+    b.kill();
+    Process::start(dir.path(), &[]).kill();
+
+    // Cut in the fourth message: the file ends inside a record it held.
+    let segment = dir.path().join("data/storage/segments/0000000000000001.seg");
+    let data = std::fs::read(&segment).expect("segment");
+    let fourth = data.windows(2000).position(|w| w.iter().all(|&x| x == b'3')).expect("fourth body");
+    let cut = &data[..fourth + 1000];
+    std::fs::write(&segment, cut).expect("truncate");
+
+    assert!(!common::process::run_to_exit(dir.path(), &[]), "a truncated segment must stop the start");
+    let log = common::process::log_of(dir.path());
+    assert!(log.contains("0000000000000001.seg at offset") && log.contains("truncated"), "{log}");
+    assert_eq!(std::fs::read(&segment).expect("segment"), cut, "the file is left as it was");
+
+    let b = Process::start(dir.path(), &[("WARREN_SALVAGE_STORAGE", "true")]);
+    let (_conn, ch) = b.channel().await;
+    let mut back = drain(&ch, "cut").await;
+    back.sort();
+    assert_eq!(back, bodies[..3], "what the file still holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_the_disk_cannot_read_stops_the_start_with_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare("eio".into(), durable(), FieldTable::default()).await.expect("declare");
+    publish_confirmed(&ch, "", "eio", &["unreadable".to_string()], persistent()).await;
+    b.kill();
+
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("faults dir");
+    std::fs::write(faults.join("pread"), b"").expect("arm");
+    let shim = shim(dir.path());
+    let env =
+        [("LD_PRELOAD", shim.to_str().expect("path")), ("WARREN_FAULTS_DIR", faults.to_str().expect("path"))];
+    assert!(!common::process::run_to_exit(dir.path(), &env), "an unreadable segment must stop the start");
+    let log = common::process::log_of(dir.path());
+    assert!(log.contains(".seg at offset 0: cannot be read") && log.contains("--salvage-storage"), "{log}");
+    assert!(!log.contains("SIGBUS") && !log.contains("panicked"), "{log}");
+
+    // Readable again (the sector was remapped): everything is back.
+    std::fs::remove_file(faults.join("pread")).expect("disarm");
+    let b = Process::start(dir.path(), &env);
+    let (_conn, ch) = b.channel().await;
+    assert_eq!(drain(&ch, "eio").await, ["unreadable"]);
+}

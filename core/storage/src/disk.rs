@@ -1,4 +1,5 @@
-//! What the OS says about disk space: reserving a segment's blocks up front, and free space.
+//! What the OS says about disks and directories: reserving a segment's blocks up front, free
+//! space, and a directory for one process alone.
 #![allow(unsafe_code)] // two libc calls, each on a descriptor or path we own
 
 use std::ffi::CString;
@@ -36,6 +37,38 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(avail.saturating_mul(frsize))
 }
 
+/// Takes `dir` for this process alone: an exclusive `flock` on `DIR/lock`, which the kernel
+/// releases when the process ends, however it ends; held while the returned file is open. A
+/// second broker on the same data directory would append to the same segments, delete files
+/// the first has mapped (SIGBUS) and rewrite its metadata log; it is refused at start instead.
+pub fn lock_dir(dir: &Path) -> io::Result<File> {
+    use std::io::Write;
+    let path = dir.join("lock");
+    let mut file = File::options().read(true).write(true).create(true).truncate(false).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another process{holder}: two brokers cannot share a data directory",
+                    dir.display()
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        }
+    }
+    // Whose it is, for the message above; the lock itself is what counts.
+    let pid = std::process::id().to_string();
+    let _ = file.set_len(0).and_then(|()| file.write_all(pid.as_bytes()));
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +86,18 @@ mod tests {
         allocate(&f, 1 << 20).expect("allocate");
         assert_eq!(f.metadata().expect("metadata").len(), 1 << 20);
         assert!(free_space(dir.path()).expect("statvfs") > 0);
+    }
+
+    #[test]
+    fn a_locked_directory_is_refused_until_its_holder_lets_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = lock_dir(dir.path()).expect("first");
+        let e = lock_dir(dir.path()).expect_err("second");
+        assert!(
+            e.to_string().contains(&format!("in use by another process (pid {})", std::process::id())),
+            "{e}"
+        );
+        drop(held);
+        lock_dir(dir.path()).expect("free again");
     }
 }

@@ -111,6 +111,36 @@ impl Segment {
         Some(at)
     }
 
+    /// Reads the whole file with `pread`, so that a part the disk cannot return is an error
+    /// here rather than SIGBUS when the mapping touches it; on failure, the offset of the first
+    /// chunk that could not be read, and why. What was read is in the page cache afterwards,
+    /// so a scan through the mapping that follows costs no second trip to the disk.
+    pub fn verify_readable(&self) -> Result<(), (usize, io::Error)> {
+        use std::os::unix::fs::FileExt;
+        const CHUNK: usize = 1 << 20;
+        let mut buf = vec![0u8; CHUNK.min(self.capacity)];
+        let mut at = 0;
+        while at < self.capacity {
+            let want = CHUNK.min(self.capacity - at);
+            let Some(chunk) = buf.get_mut(..want) else {
+                return Err((at, io::Error::other("chunk outside its buffer")));
+            };
+            match self.file.read_exact_at(chunk, at as u64) {
+                Ok(()) => at += want,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((at, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything from `len` on unreadable through [`Segment::read`] (a part that could
+    /// not be read from disk, skipped by a salvaging start).
+    pub fn limit(&mut self, len: usize) {
+        self.capacity = self.capacity.min(len);
+        self.end = self.end.min(self.capacity);
+    }
+
     /// A view of `len` octets at `offset`, or `None` past the end of the file.
     pub fn read(&self, offset: usize, len: usize) -> Option<Bytes> {
         let end = offset.checked_add(len)?;

@@ -131,6 +131,8 @@ pub struct FileStore {
     report: RecoveryReport,
     /// Segments whose live entries the broker is moving (see [`Storage::plan_compaction`]).
     compacting: BTreeSet<u64>,
+    /// Held open, and locked, for as long as the store is: see [`crate::disk::lock_dir`].
+    _lock: File,
 }
 
 /// Where an entry's put record is: its segment in the high half, its offset in the low.
@@ -168,6 +170,7 @@ impl FileStore {
         let started = Instant::now();
         let segments_dir = dir.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(|e| at(&segments_dir, e))?;
+        let lock = crate::disk::lock_dir(dir).map_err(io_err)?;
         let clean_path = dir.join(CLEAN);
         let clean = clean_path.exists();
         if clean {
@@ -196,6 +199,7 @@ impl FileStore {
             recovered: None,
             report,
             compacting: BTreeSet::new(),
+            _lock: lock,
         };
         let loaded =
             if clean { store.load_index(&mut recovered) } else { Err("the last stop was not clean".into()) };
@@ -293,6 +297,11 @@ impl FileStore {
         for id in ids {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
+            if let Err((offset, e)) = seg.verify_readable() {
+                let what = format!("{} at offset {offset}: cannot be read ({e})", path.display());
+                damaged(&mut self.report, self.options.salvage, what)?;
+                seg.limit(offset);
+            }
             let mut targets = BTreeSet::new();
             let mut puts = 0;
             // The crash cut writes short in the newest segment: anything bad there is a torn tail.
@@ -617,6 +626,16 @@ fn scan(
             return Ok(pos);
         };
         if len == 0 {
+            return Ok(pos);
+        }
+        // Past the end of an older segment (files are preallocated, so no crash leaves one
+        // short): the file was cut, and what it held is gone.
+        if how.strict && pos.saturating_add(HEADER).saturating_add(len) > seg.capacity() {
+            let what = format!(
+                "{name} at offset {pos}: a record runs past the end of the file ({} octets): truncated",
+                seg.capacity()
+            );
+            damaged(report, salvage, what)?;
             return Ok(pos);
         }
         let payload = seg.read(pos + HEADER, len).filter(|p| crc32c::crc32c(p) == crc);

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use lapin::{Channel, Connection, ConnectionProperties};
 
+/// What `warren` logs once it serves.
+const READY: &str = "listening for AMQP 0-9-1 over TCP";
+
 /// A running `warren`; dropping it kills it.
 pub struct Process {
     child: Child,
@@ -20,9 +23,13 @@ impl Process {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Process {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // The listener is bound before the store is recovered, so a connect alone can succeed
+        // before the broker is ready: wait for this run's "listening" line too.
+        let ready = |dir: &Path| log_of(dir).matches(READY).count();
+        let before = ready(dir);
         let mut child = command(dir, &addr.to_string(), env).spawn().expect("start warren");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        while ready(dir) == before || TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("warren exited ({status}): {}", log_of(dir));
             }

@@ -5,6 +5,7 @@
  *   write      write() to a regular file fails with ENOSPC (after writing half of it once
  *              more than 1 octet is asked, as a filling disk does)
  *   fallocate  posix_fallocate() fails with ENOSPC
+ *   pread      pread() of a regular file fails with EIO (an unreadable sector)
  * Each failure is counted in "$WARREN_FAULTS_DIR/<fault>.hits" (one octet appended per hit).
  * Sockets and pipes are never touched: only regular files fail.
  */
@@ -89,4 +90,24 @@ int posix_fallocate64(int fd, off_t offset, off_t len) {
     if (!real) real = dlsym(RTLD_NEXT, "posix_fallocate64");
     if (armed("fallocate")) return ENOSPC;
     return real(fd, offset, len);
+}
+
+ssize_t pread(int fd, void *buf, size_t n, off_t offset) {
+    static ssize_t (*real)(int, void *, size_t, off_t);
+    if (!real) real = dlsym(RTLD_NEXT, "pread");
+    if (regular(fd) && armed("pread")) {
+        errno = EIO;
+        return -1;
+    }
+    return real(fd, buf, n, offset);
+}
+
+ssize_t pread64(int fd, void *buf, size_t n, off_t offset) {
+    static ssize_t (*real)(int, void *, size_t, off_t);
+    if (!real) real = dlsym(RTLD_NEXT, "pread64");
+    if (regular(fd) && armed("pread")) {
+        errno = EIO;
+        return -1;
+    }
+    return real(fd, buf, n, offset);
 }
