@@ -1,6 +1,6 @@
 //! What the OS says about disks and directories: reserving a segment's blocks up front, free
 //! space, and a directory for one process alone.
-#![allow(unsafe_code)] // two libc calls, each on a descriptor or path we own
+#![allow(unsafe_code)] // libc calls, each on a descriptor or path we own
 
 use std::ffi::CString;
 use std::fs::File;
@@ -45,23 +45,23 @@ pub fn lock_dir(dir: &Path) -> io::Result<File> {
     use std::io::Write;
     let path = dir.join("lock");
     let mut file = File::options().read(true).write(true).create(true).truncate(false).open(&path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
-            return Err(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                format!(
-                    "{} is in use by another process{holder}: two brokers cannot share a data directory",
-                    dir.display()
-                ),
-            ));
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
+    // SAFETY: the descriptor is open for the duration of the call; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
         }
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "{} is in use by another process{holder}: two brokers cannot share a data directory",
+                dir.display()
+            ),
+        ));
     }
     // Whose it is, for the message above; the lock itself is what counts.
     let pid = std::process::id().to_string();
