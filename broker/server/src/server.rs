@@ -420,6 +420,29 @@ async fn run_timers(shared: SharedRef) {
     }
 }
 
+/// Holds back or lets go the deliveries of channels whose streams' clients stopped or started
+/// reading again (see [`crate::channel_streams`]); what is let go is pulled next.
+fn hold_deliveries(streams: &ChannelStreams, id: ConnId, shared: &SharedRef, notify: &Notify) {
+    let changes = streams.holds();
+    if changes.is_empty() {
+        return;
+    }
+    let mut s = lock(shared);
+    for (channel, held) in changes {
+        s.broker.hold_deliveries(id, channel, held);
+    }
+    s.wake_others(Some(id));
+    notify.notify_one();
+}
+
+/// Completes when a held channel stream may take deliveries again; never without streams.
+async fn stream_released(released: &Option<Arc<Notify>>) {
+    match released {
+        Some(r) => r.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next channel-stream event of a QUIC connection; never completes without them.
 async fn next_stream_event(streams: &mut Option<ChannelStreams>) -> Option<StreamEvent> {
     match streams {
@@ -453,7 +476,7 @@ async fn serve_quic(
     let identity = crate::quic::peer_identity(&conn);
     debug!(%peer, "QUIC connection");
     let (classified_tx, mut classified) = tokio::sync::mpsc::unbounded_channel();
-    let mut routes: HashMap<u64, tokio::sync::mpsc::UnboundedSender<StreamEvent>> = HashMap::new();
+    let mut routes: HashMap<u64, tokio::sync::mpsc::Sender<StreamEvent>> = HashMap::new();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -471,15 +494,18 @@ async fn serve_quic(
             },
             Some(kind) = classified.recv() => match kind {
                 Stream::Connection { id, prefix, send, recv } => {
-                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let (tx, rx) = tokio::sync::mpsc::channel(crate::channel_streams::EVENTS_MAX);
                     let channels = ChannelStreams::new(rx, tx.clone());
+                    // AMQP connections that ended on this QUIC connection are forgotten.
+                    routes.retain(|_, tx| !tx.is_closed());
                     routes.insert(id, tx);
                     let stream = tokio::io::join(std::io::Cursor::new(prefix).chain(recv), send);
                     streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
                 }
                 Stream::Channel { of, send, recv } => {
+                    // A connection whose task is this far behind gets no new stream.
                     let refused = match routes.get(&of) {
-                        Some(tx) => tx.send(StreamEvent::Opened(recv, send)).err().map(|e| e.0),
+                        Some(tx) => tx.try_send(StreamEvent::Opened(recv, send)).err().map(|e| e.into_inner()),
                         None => Some(StreamEvent::Opened(recv, send)),
                     };
                     if let Some(StreamEvent::Opened(mut recv, _)) = refused {
@@ -494,6 +520,9 @@ async fn serve_quic(
     while streams.join_next().await.is_some() {}
 }
 
+/// How long a new QUIC stream may take to send its first octets.
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A new QUIC stream, by its first octets.
 enum Stream {
     Connection { id: u64, prefix: Vec<u8>, send: quinn::SendStream, recv: quinn::RecvStream },
@@ -502,14 +531,22 @@ enum Stream {
 
 async fn classify(send: quinn::SendStream, mut recv: quinn::RecvStream) -> Option<Stream> {
     let id = u64::from(recv.id());
-    let mut head = [0u8; 8];
-    recv.read_exact(&mut head).await.ok()?;
-    if &head != crate::channel_streams::PREAMBLE {
-        return Some(Stream::Connection { id, prefix: head.to_vec(), send, recv });
+    // A stream that never says what it is holds one of the connection's stream slots: not
+    // for longer than a TCP client may take over its protocol header.
+    let head = async {
+        let mut head = [0u8; 8];
+        recv.read_exact(&mut head).await.ok()?;
+        if &head != crate::channel_streams::PREAMBLE {
+            return Some((head, None));
+        }
+        let mut of = [0u8; 8];
+        recv.read_exact(&mut of).await.ok()?;
+        Some((head, Some(u64::from_be_bytes(of))))
+    };
+    match tokio::time::timeout(STREAM_HEADER_TIMEOUT, head).await.ok()?? {
+        (head, None) => Some(Stream::Connection { id, prefix: head.to_vec(), send, recv }),
+        (_, Some(of)) => Some(Stream::Channel { of, send, recv }),
     }
-    let mut of = [0u8; 8];
-    recv.read_exact(&mut of).await.ok()?;
-    Some(Stream::Channel { of: u64::from_be_bytes(of), send, recv })
 }
 
 /// The next TLS client, when AMQPS is on; never completes otherwise.
@@ -549,6 +586,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut registered: Option<ConnId> = None;
     let mut release = ReleaseOnPanic { shared: shared.clone(), peer, id: None };
     let mut user: Option<String> = None;
+    let released = channel_streams.as_ref().map(ChannelStreams::released);
     debug!(%peer, "accepted");
     loop {
         let deadline = conn.poll_timeout().map(Instant::from_std);
@@ -593,7 +631,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 conn.shutdown(now, &mut s.broker);
                 s.wake_others(conn.id());
             }
-            Some(event) = next_stream_event(&mut channel_streams) => {
+            () = stream_released(&released) => {
+                // Handled below, with the holds of every stream.
+            }
+            // Not read from under an alarm either (see `channel_streams`).
+            Some(event) = next_stream_event(&mut channel_streams), if may_read => {
                 let Some(streams) = channel_streams.as_mut() else { continue };
                 let input = streams.handle(event, conn.frame_max());
                 let now = Instant::now().into_std();
@@ -623,10 +665,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let mut write_failed = false;
         while conn.has_output() {
             let mut out = conn.take_output();
-            if let Some(streams) = channel_streams.as_mut() {
-                out = streams.route(out);
-            }
-            if let Err(e) = write_out(&mut stream, &out, write_timeout).await {
+            let room = match channel_streams.as_mut() {
+                Some(streams) => {
+                    out = streams.route(out);
+                    streams.wait_for_room(write_timeout).await
+                }
+                None => Ok(()),
+            };
+            let written = match room {
+                Ok(()) => write_out(&mut stream, &out, write_timeout).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     warn!(%peer, user = user.as_deref().unwrap_or(""), error = %e, "closing a connection that does not read");
                 } else {
@@ -641,6 +691,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if write_failed || conn.is_closed() {
             break;
+        }
+        if let (Some(streams), Some(id)) = (channel_streams.as_ref(), conn.id()) {
+            hold_deliveries(streams, id, &shared, &notify);
         }
         // Tokio runs a task woken from this one next on this worker, in a slot other workers
         // cannot steal from, but only once this task yields. A publisher whose socket always

@@ -149,6 +149,10 @@ async fn a_stalled_channel_stream_does_not_hold_up_the_other_channels() {
     })
     .await;
     assert!(flowing.is_ok(), "channel 3 was held up by channel 2's stalled stream");
+    // The stalled stream holds a bounded backlog; the rest waits in the queue, as under
+    // channel.flow, though the consumer has no prefetch limit.
+    let (ready, unacked, _) = b.counts("flood").expect("flood");
+    assert!(ready >= 64, "{ready} ready, {unacked} delivered to a stream nobody reads");
     // Nothing was lost on the stalled stream: it gets every delivery once it reads again.
     for _ in 0..128 {
         let body = tokio::time::timeout(std::time::Duration::from_secs(10), slow.next_delivery())
@@ -194,4 +198,31 @@ async fn a_channel_travels_only_on_the_stream_that_opened_it() {
     // The connection error arrives where connection frames go: on the connection stream.
     let e = control.declare("y").await.expect_err("connection closed");
     assert!(e.to_string().contains("CHANNEL_ERROR - channel 1 is not open on this stream"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_resource_alarm_publishes_on_channel_streams_wait_too() {
+    use warren::alarms::Alarm;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = quic_broker(dir.path()).await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let control = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP connection");
+    let mut side = control.open_channel_stream(&quic, 2).await.expect("channel stream");
+    side.declare("blocked").await.expect("declare");
+    let alarm = |raised: bool| {
+        let mut s = warren::server::lock(&b.shared);
+        let alarms = s.alarms.clone();
+        alarms.set(Alarm::Storage, raised, &mut s.broker);
+        s.wake_all();
+    };
+    alarm(true);
+    // The first publish marks the connection as a publisher; from then on it is not read.
+    side.publish("blocked", b"one").await.expect("publish");
+    assert!(common::eventually(|| b.counts("blocked") == Some((1, 0, 0))).await);
+    side.publish("blocked", b"two").await.expect("publish");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(b.counts("blocked"), Some((1, 0, 0)), "a blocked connection's channel stream was read");
+    alarm(false);
+    assert!(common::eventually(|| b.counts("blocked") == Some((2, 0, 0))).await, "read again once cleared");
 }

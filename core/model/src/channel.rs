@@ -62,6 +62,9 @@ pub struct ChannelState {
     pub channel_prefetch: u16,
     /// Cleared by channel.flow active=false: no deliveries to this channel's consumers.
     pub active: bool,
+    /// Set while the transport holds this channel's deliveries back (a QUIC channel stream
+    /// whose client is not reading): they wait in their queues, as under channel.flow.
+    pub held: bool,
     /// Next publish sequence number once confirm.select was received.
     pub confirm_seq: Option<u64>,
     /// Publishes and settlements held for tx.commit, once tx.select was received.
@@ -104,6 +107,7 @@ impl Default for ChannelState {
             consumer_prefetch: 0,
             channel_prefetch: 0,
             active: true,
+            held: false,
             confirm_seq: None,
             tx: None,
             timed_out: Default::default(),
@@ -131,15 +135,21 @@ impl ChannelState {
         self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch)
     }
 
+    /// Whether its consumers get deliveries at all (neither channel.flow nor the transport
+    /// holds them).
+    fn flowing(&self) -> bool {
+        self.active && !self.held
+    }
+
     /// Whether consumer `tag` may receive one more message now.
     pub fn can_deliver(&self, tag: &str) -> bool {
-        self.active && self.consumers.get(tag).is_some_and(|c| c.has_room(self.under_channel_prefetch()))
+        self.flowing() && self.consumers.get(tag).is_some_and(|c| c.has_room(self.under_channel_prefetch()))
     }
 
     /// Takes a place in consumer `tag`'s prefetch window for one delivery, if it has room;
     /// `Some(no_ack)` when it does. [`ChannelState::can_deliver`] with the claim, in one lookup.
     pub fn claim(&mut self, tag: &str) -> Option<(bool, Option<std::time::Duration>)> {
-        let (active, channel_room) = (self.active, self.under_channel_prefetch());
+        let (active, channel_room) = (self.flowing(), self.under_channel_prefetch());
         let c = self.consumers.get_mut(tag).filter(|c| active && c.has_room(channel_room))?;
         if !c.no_ack {
             c.unacked += 1;

@@ -314,11 +314,30 @@ impl Broker {
             return Ok(());
         };
         c.active = m.active;
-        let queues: Vec<Arc<str>> = c.consumer_queues().collect();
         self.send(conn, ch, ChannelFlowOk { active: m.active });
+        self.dispatch_channel(conn, ch);
+        Ok(())
+    }
+
+    /// Holds deliveries to channel `ch` of `conn` back while `held`, and lets them go again:
+    /// for a transport whose channel has a stream of its own that the client stopped reading
+    /// (QUIC channel streams), so its messages wait in their queues instead of in a buffer.
+    pub fn hold_deliveries(&mut self, conn: ConnId, ch: u16, held: bool) {
+        let Some(c) = self.channel(conn, ch).filter(|c| c.held != held) else {
+            return;
+        };
+        c.held = held;
+        if !held {
+            self.dispatch_channel(conn, ch);
+        }
+    }
+
+    /// Offers the queues of channel `ch`'s consumers to them again.
+    fn dispatch_channel(&mut self, conn: ConnId, ch: u16) {
+        let queues: Vec<Arc<str>> =
+            self.channel(conn, ch).map(|c| c.consumer_queues().collect()).unwrap_or_default();
         for q in queues {
             self.dispatch(&q);
         }
-        Ok(())
     }
 }
