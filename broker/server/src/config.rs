@@ -315,6 +315,16 @@ pub struct LimitsConfig {
     pub max_connections: Option<usize>,
     /// Queues at most (RabbitMQ's vhost `max-queues`); unlimited when absent.
     pub max_queues: Option<usize>,
+    /// Exchanges declared by clients at most (RabbitMQ 4's `cluster_exchange_limit`).
+    pub max_exchanges: Option<usize>,
+    /// Bindings at most.
+    pub max_bindings: Option<usize>,
+    /// Consumers per channel at most (RabbitMQ's `consumer_max_per_channel`).
+    pub max_consumers_per_channel: Option<usize>,
+    /// Publishes and acknowledgements one transaction holds at most (65 536 when absent).
+    pub max_tx_operations: Option<usize>,
+    /// Body octets one transaction holds at most (256 MiB when absent).
+    pub max_tx_bytes: Option<Size>,
 }
 
 /// RabbitMQ's `vm_memory_high_watermark`: relative to the memory available, or absolute.
@@ -708,6 +718,11 @@ impl Settings {
         }
         s.limits.counts.max_connections = file.limits.max_connections;
         s.limits.counts.max_queues = file.limits.max_queues;
+        s.limits.counts.max_exchanges = file.limits.max_exchanges;
+        s.limits.counts.max_bindings = file.limits.max_bindings;
+        s.limits.counts.max_consumers_per_channel = file.limits.max_consumers_per_channel;
+        s.limits.counts.max_tx_operations = file.limits.max_tx_operations;
+        s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;
         if let Some(users) = file.users {
             s.users = users
@@ -757,6 +772,19 @@ mod tests {
         assert_eq!(Settings::default().limits.memory_high_watermark, Watermark::Relative(0.6));
         let s = resolve("[limits]\nmax-connections = 1000\nmax-queues = 50").ok().map(|s| s.limits.counts);
         assert_eq!(s.map(|c| (c.max_connections, c.max_queues)), Some((Some(1000), Some(50))));
+        let text = "[limits]\nmax-exchanges = 7\nmax-bindings = 8\nmax-consumers-per-channel = 9\n\
+                    max-tx-operations = 10\nmax-tx-bytes = \"1MiB\"";
+        let c = resolve(text).ok().map(|s| s.limits.counts);
+        let got = c.map(|c| {
+            (
+                c.max_exchanges,
+                c.max_bindings,
+                c.max_consumers_per_channel,
+                c.max_tx_operations,
+                c.max_tx_bytes,
+            )
+        });
+        assert_eq!(got, Some((Some(7), Some(8), Some(9), Some(10), Some(1 << 20))));
         assert_eq!(
             Settings::default().limits.counts,
             warren_core::broker::Limits::default(),

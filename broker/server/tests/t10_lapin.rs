@@ -580,3 +580,99 @@ async fn channel_flow_pauses_and_resumes_deliveries() {
     let d = c.next().await.expect("delivery").expect("ok");
     assert_eq!(d.data, b"held");
 }
+
+#[tokio::test]
+async fn exchange_binding_consumer_and_transaction_limits_refuse_with_rabbitmqs_codes() {
+    let b = TestBroker::start_with(|s| {
+        let l = &mut s.limits.counts;
+        (l.max_exchanges, l.max_bindings, l.max_consumers_per_channel) = (Some(1), Some(2), Some(2));
+        (l.max_tx_operations, l.max_tx_bytes) = (Some(3), Some(1000));
+    })
+    .await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let direct = |name: &str| {
+        let ch = ch.clone();
+        let name = name.to_string();
+        async move {
+            let opts = ExchangeDeclareOptions::default();
+            ch.exchange_declare(
+                name.as_str().into(),
+                lapin::ExchangeKind::Direct,
+                opts,
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    direct("x1").await.expect("the first exchange fits");
+    direct("x1").await.expect("declared again: not a new one");
+    let e = direct("x2").await.expect_err("over the exchange limit");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("exchange limit of 1"), "{e}");
+
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "q").await;
+    let bind = |key: &str| {
+        let (ch, key) = (ch.clone(), key.to_string());
+        async move {
+            ch.queue_bind(
+                "q".into(),
+                "x1".into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    bind("a").await.expect("first binding");
+    bind("b").await.expect("second binding");
+    bind("b").await.expect("the same binding again: not a new one");
+    let e = bind("c").await.expect_err("over the binding limit");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("binding limit of 2"), "{e}");
+
+    let ch = conn.create_channel().await.expect("channel");
+    // Kept: lapin cancels a consumer it drops.
+    let mut consumers = Vec::new();
+    for tag in ["c1", "c2"] {
+        let c = ch
+            .basic_consume("q".into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .expect("within the consumer limit");
+        consumers.push(c);
+    }
+    let e = ch
+        .basic_consume("q".into(), "c3".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("over the consumer limit");
+    // RabbitMQ's consumer_max_per_channel: 530, which closes the connection.
+    assert_eq!(code(&e), Some(530), "{e}");
+    assert!(e.to_string().contains("reached maximum (2) of consumers per channel"), "{e}");
+    drop(consumers);
+
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.tx_select().await.expect("tx");
+    for _ in 0..3 {
+        publish(&ch, "q", b"held").await;
+    }
+    ch.tx_commit().await.expect("three operations fit");
+    publish(&ch, "q", &[0; 600]).await;
+    publish(&ch, "q", &[0; 600]).await;
+    let e = ch.tx_commit().await.expect_err("1 200 octets held, over 1 000");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("more than 1000 octets"), "{e}");
+    assert_eq!(b.counts("q").map(|c| c.0), Some(3), "the refused transaction published nothing");
+
+    let ch = conn.create_channel().await.expect("a fresh channel on the same connection");
+    ch.tx_select().await.expect("tx");
+    for _ in 0..4 {
+        publish(&ch, "q", b"one too many").await;
+    }
+    let e = ch.tx_commit().await.expect_err("four operations, over three");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("transaction holds 3"), "{e}");
+    assert_eq!(b.counts("q").map(|c| c.0), Some(3));
+}

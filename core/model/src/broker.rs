@@ -68,7 +68,26 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     /// Queues.
     pub max_queues: Option<usize>,
+    /// Exchanges declared by clients (the predeclared `amq.*` ones not counted), as
+    /// RabbitMQ 4's `cluster_exchange_limit`.
+    pub max_exchanges: Option<usize>,
+    /// Bindings, of queues and of exchanges.
+    pub max_bindings: Option<usize>,
+    /// Consumers on one channel, as RabbitMQ's `consumer_max_per_channel`.
+    pub max_consumers_per_channel: Option<usize>,
+    /// Publishes and settlements one transaction holds until tx.commit
+    /// ([`DEFAULT_MAX_TX_OPERATIONS`] when not set).
+    pub max_tx_operations: Option<usize>,
+    /// Body octets one transaction holds until tx.commit ([`DEFAULT_MAX_TX_BYTES`] when not set).
+    pub max_tx_bytes: Option<u64>,
 }
+
+/// Publishes and settlements a transaction may hold, unless configured otherwise. RabbitMQ
+/// has no such limit; without one, a channel that never commits holds every body it was sent.
+pub const DEFAULT_MAX_TX_OPERATIONS: usize = 65_536;
+
+/// Body octets a transaction may hold, unless configured otherwise.
+pub const DEFAULT_MAX_TX_BYTES: u64 = 256 << 20;
 
 /// RabbitMQ's default `consumer_timeout`: 30 minutes.
 pub const DEFAULT_CONSUMER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);

@@ -69,6 +69,8 @@ pub struct ChannelState {
     pub confirm_seq: Option<u64>,
     /// Publishes and settlements held for tx.commit, once tx.select was received.
     pub tx: Option<Vec<TxOp>>,
+    /// Body octets of the publishes in `tx`.
+    pub tx_bytes: u64,
     /// Delivery tags whose messages went back to their queue when their consumer timed out:
     /// a late ack or nack of one settles nothing, instead of failing as an unknown tag.
     pub timed_out: std::collections::BTreeSet<u64>,
@@ -110,6 +112,7 @@ impl Default for ChannelState {
             held: false,
             confirm_seq: None,
             tx: None,
+            tx_bytes: 0,
             timed_out: Default::default(),
         }
     }

@@ -51,13 +51,10 @@ impl Broker {
         message_ttl(&properties).map_err(on)?;
         // One look at the channel for both questions: held for a transaction? confirmed?
         let confirm = match self.channel(conn, ch) {
-            Some(c) => match c.tx.as_mut() {
-                Some(tx) => {
-                    tx.push(TxOp::Publish { method: m, properties, body });
-                    return Ok(());
-                }
-                None => c.next_confirm_seq(),
-            },
+            Some(c) if c.tx.is_some() => {
+                return self.hold_in_tx(conn, ch, TxOp::Publish { method: m, properties, body }).map_err(on);
+            }
+            Some(c) => c.next_confirm_seq(),
             None => None,
         };
         self.route_and_deliver(conn, ch, m, properties, body, confirm).map(|_| ()).map_err(on)
@@ -186,11 +183,21 @@ impl Broker {
             },
         };
         let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
+        let max_consumers = self.limits.max_consumers_per_channel;
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
         if c.consumers.contains_key(&tag) {
             return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        if let Some(max) = max_consumers
+            && c.consumers.len() >= max
+        {
+            // RabbitMQ's words and code for consumer_max_per_channel.
+            return Err(AmqpError::new(
+                NOT_ALLOWED,
+                format!("reached maximum ({max}) of consumers per channel"),
+            ));
         }
         let prefetch = c.consumer_prefetch;
         let consumer = Consumer { queue, no_ack: m.no_ack, prefetch, unacked: 0, timeout };

@@ -160,10 +160,7 @@ impl Broker {
             if !c.knows_tag(delivery_tag, multiple) {
                 return Err(precondition(format!("unknown delivery tag {delivery_tag}")));
             }
-            if let Some(tx) = c.tx.as_mut() {
-                tx.push(TxOp::Settle { tag: delivery_tag, multiple, requeue });
-            }
-            return Ok(());
+            return self.hold_in_tx(conn, ch, TxOp::Settle { tag: delivery_tag, multiple, requeue });
         }
         self.settle_now(conn, ch, delivery_tag, multiple, requeue)
     }

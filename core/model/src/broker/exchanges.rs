@@ -219,6 +219,15 @@ impl Broker {
                     ));
                 }
                 None => {
+                    if let Some(max) = self.limits.max_exchanges
+                        && self.exchanges.keys().filter(|n| !n.starts_with("amq.")).count() >= max
+                    {
+                        // RabbitMQ 4's words for cluster_exchange_limit.
+                        return Err(precondition(format!(
+                            "cannot declare exchange '{}' in vhost '/': exchange limit of {max} is reached",
+                            m.exchange
+                        )));
+                    }
                     self.create_exchange(&m)?;
                     if let Some(r) = Self::exchange_record(&m.exchange, &m)
                         && !self.store_meta(MetaOp::PutExchange(r))
@@ -293,6 +302,14 @@ impl Broker {
         let b = Binding { destination, key, arguments };
         let record = self.binding_record(source, &b);
         let existed = self.exchanges.get(source).is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
+        if let Some(max) = self.limits.max_bindings
+            && !existed
+            && self.exchanges.values().map(|x| x.bindings.len()).sum::<usize>() >= max
+        {
+            return Err(precondition(format!(
+                "cannot bind to '{source}' in vhost '/': binding limit of {max} is reached"
+            )));
+        }
         self.bind(source, b.destination.clone(), b.key.clone(), b.arguments.clone())?;
         if let Some(r) = record
             && !self.store_meta(MetaOp::Bind(r))

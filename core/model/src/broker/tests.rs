@@ -635,3 +635,21 @@ fn without_cancel_notify_the_stuck_consumers_channel_is_closed_and_zero_means_no
     h.advance(31 * 60 * 1000);
     assert!(h.b.take_errors(h.conn).is_empty());
 }
+
+#[test]
+fn consumers_per_channel_are_limited() {
+    let now = Instant::now();
+    let limits = super::Limits { max_consumers_per_channel: Some(2), ..Default::default() };
+    let mut b = Broker::new(BrokerConfig { limits, ..Default::default() }, now);
+    let conn = b.connect(ConnectionInfo::default());
+    b.open_channel(conn, 1);
+    b.handle_method(conn, 1, QueueDeclare { queue: "q".into(), ..Default::default() }.into())
+        .expect("declare");
+    for tag in ["a", "b"] {
+        let m = BasicConsume { queue: "q".into(), consumer_tag: tag.into(), ..Default::default() };
+        b.handle_method(conn, 1, m.into()).expect("within the limit");
+    }
+    let m = BasicConsume { queue: "q".into(), consumer_tag: "c".into(), ..Default::default() };
+    let e = b.handle_method(conn, 1, m.into()).expect_err("over the limit");
+    assert_eq!(e.code, warren_codec::reply_code::NOT_ALLOWED);
+}

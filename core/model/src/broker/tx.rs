@@ -46,9 +46,39 @@ impl Broker {
 
     /// Empties the channel's transaction, which stays open for the next one.
     fn take_tx(&mut self, conn: ConnId, ch: u16) -> Result<Vec<TxOp>, AmqpError> {
-        self.channel(conn, ch)
-            .and_then(|c| c.tx.as_mut())
-            .map(std::mem::take)
-            .ok_or_else(|| precondition("channel is not transactional"))
+        let c = self.channel(conn, ch).filter(|c| c.tx.is_some());
+        let c = c.ok_or_else(|| precondition("channel is not transactional"))?;
+        c.tx_bytes = 0;
+        Ok(c.tx.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+
+    /// Adds `op` to the channel's transaction, within the transaction limits: over them the
+    /// channel closes with 406 (and the transaction is gone with it).
+    pub(super) fn hold_in_tx(&mut self, conn: ConnId, ch: u16, op: TxOp) -> Result<(), AmqpError> {
+        let max_ops = self.limits.max_tx_operations.unwrap_or(super::DEFAULT_MAX_TX_OPERATIONS);
+        let max_bytes = self.limits.max_tx_bytes.unwrap_or(super::DEFAULT_MAX_TX_BYTES);
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        let size = match &op {
+            TxOp::Publish { body, .. } => body.len() as u64,
+            TxOp::Settle { .. } => 0,
+        };
+        let Some(tx) = c.tx.as_mut() else {
+            return Err(precondition("channel is not transactional"));
+        };
+        if tx.len() >= max_ops {
+            return Err(precondition(format!(
+                "transaction holds {max_ops} publishes and acknowledgements, the limit: commit or roll back"
+            )));
+        }
+        if c.tx_bytes.saturating_add(size) > max_bytes {
+            return Err(precondition(format!(
+                "transaction would hold more than {max_bytes} octets of message bodies: commit or roll back"
+            )));
+        }
+        c.tx_bytes += size;
+        tx.push(op);
+        Ok(())
     }
 }
