@@ -91,6 +91,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// As `--management-listen`.
     pub management_listen: Option<SocketAddr>,
+    /// Host names (besides IP addresses and `localhost`) the management API answers to: the
+    /// names clients use to reach it. Any other name in `Host` is refused (DNS rebinding).
+    pub management_hosts: Option<Vec<String>>,
     /// As `--amqps-listen`.
     pub amqps_listen: Option<SocketAddr>,
     /// As `--quic-listen`.
@@ -566,6 +569,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Management HTTP API listen address; `None` turns it off.
     pub management_listen: Option<SocketAddr>,
+    /// Host names the management API answers to besides IP addresses and `localhost`.
+    pub management_hosts: Vec<String>,
     /// AMQPS listen address and TLS configuration; `None` without `[tls]`.
     pub amqps: Option<(SocketAddr, TlsConfig)>,
     /// QUIC listen address (UDP); `None` turns QUIC off.
@@ -597,6 +602,7 @@ impl Default for Settings {
             amqp_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5672))),
             data_dir: PathBuf::from("./warren-data"),
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+            management_hosts: Vec::new(),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 15692))),
             amqps: None,
             quic_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5671))),
@@ -635,6 +641,14 @@ impl Settings {
         }
         if let Some(m) = cli.management_listen.or(file.management_listen) {
             s.management_listen = Some(m);
+        }
+        if let Some(hosts) = file.management_hosts {
+            if let Some(bad) = hosts.iter().find(|h| h.is_empty() || h.contains([':', '/', ' '])) {
+                return Err(ConfigError::Invalid(format!(
+                    "management-hosts: '{bad}' is not a host name (no port, scheme or path)"
+                )));
+            }
+            s.management_hosts = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
         }
         if let Some(m) = cli.metrics_listen.or(file.metrics_listen) {
             s.metrics_listen = Some(m);
@@ -785,6 +799,9 @@ mod tests {
             )
         });
         assert_eq!(got, Some((Some(7), Some(8), Some(9), Some(10), Some(1 << 20))));
+        let hosts = resolve("management-hosts = [\"Broker.Example\"]").ok().map(|s| s.management_hosts);
+        assert_eq!(hosts, Some(vec!["broker.example".to_string()]));
+        assert!(resolve("management-hosts = [\"http://x\"]").is_err(), "a URL is not a host name");
         assert_eq!(
             Settings::default().limits.counts,
             warren_core::broker::Limits::default(),

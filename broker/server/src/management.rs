@@ -29,13 +29,22 @@ use warren_core::deadletter::Reason;
 
 use crate::server::{SharedRef, lock};
 
-/// The API's routes over the shared broker state.
-pub fn router(shared: SharedRef) -> Router {
+/// The API's routes over the shared broker state; `hosts` are the names it answers to
+/// besides IP addresses and `localhost` (`management-hosts`).
+pub fn router(shared: SharedRef, hosts: Vec<String>) -> Router {
+    let gate = Gate { shared: shared.clone(), hosts: std::sync::Arc::from(hosts) };
     Router::new()
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{queue}/replay", post(replay))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(gate, authorize))
         .with_state(shared)
+}
+
+/// What [`authorize`] checks requests against.
+#[derive(Clone)]
+struct Gate {
+    shared: SharedRef,
+    hosts: std::sync::Arc<[String]>,
 }
 
 /// RabbitMQ's realm, so its tools' prompts read the same.
@@ -43,16 +52,20 @@ const CHALLENGE: &str = "Basic realm=\"RabbitMQ Management\"";
 
 /// Lets a request through only from an allowed user, and never cross-origin.
 async fn authorize(
-    State(shared): State<SharedRef>,
+    State(gate): State<Gate>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
+    let shared = gate.shared;
     if !same_origin(req.headers()) {
         return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
     }
-    if !host_is_an_address(req.headers()) {
-        return refuse(StatusCode::FORBIDDEN, "the Host header must be an IP address or localhost");
+    if !host_allowed(req.headers(), &gate.hosts) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the Host header must be an IP address, localhost, or a name listed in management-hosts",
+        );
     }
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return challenge();
@@ -114,10 +127,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
-/// A `Host` that is an IP address or `localhost`, with or without a port. A page that rebinds
-/// its own DNS name to this machine sends that name, and is refused with it, even before a
-/// password is tried.
-fn host_is_an_address(headers: &HeaderMap) -> bool {
+/// A `Host` that is an IP address, `localhost` or one of `names`, with or without a port. A
+/// page that rebinds its own DNS name to this machine sends that name, and is refused with it,
+/// even before a password is tried.
+fn host_allowed(headers: &HeaderMap, names: &[String]) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -128,7 +141,9 @@ fn host_is_an_address(headers: &HeaderMap) -> bool {
         }
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Loopback, including IPv4 loopback on a dual-stack socket (`::ffff:127.0.0.1`).

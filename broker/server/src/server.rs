@@ -106,6 +106,8 @@ pub struct Server {
     shared: SharedRef,
     connection: ConnectionConfig,
     limits: crate::config::LimitSettings,
+    /// Host names the management API answers to (`management-hosts`).
+    management_hosts: Vec<String>,
     storage: Option<crate::storage::Storage>,
     /// SIGHUP, handled from `bind` on: a reload signal during start-up must not stop the
     /// broker (the default action for SIGHUP is to terminate).
@@ -201,6 +203,7 @@ impl Server {
             shared: Arc::new(Mutex::new(shared)),
             connection: settings.connection.clone(),
             limits: settings.limits,
+            management_hosts: settings.management_hosts.clone(),
             storage: Some(storage),
             hangup,
             _data_lock: data_lock,
@@ -281,7 +284,11 @@ impl Server {
             tokio::spawn(crate::http::serve(l, app, "metrics"))
         });
         let management = self.management.map(|l| {
-            tokio::spawn(crate::http::serve(l, crate::management::router(self.shared.clone()), "management"))
+            tokio::spawn(crate::http::serve(
+                l,
+                crate::management::router(self.shared.clone(), self.management_hosts.clone()),
+                "management",
+            ))
         });
         tokio::pin!(shutdown);
         // A background task that ended (a panic in broker code a timer ran, the syncer

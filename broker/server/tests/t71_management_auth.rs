@@ -96,3 +96,42 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     // Other clients were served meanwhile and still are.
     assert_eq!(http_raw(api, "GET", "/api/queues", &basic("guest", "guest")).await.0, 200);
 }
+
+#[tokio::test]
+async fn names_in_management_hosts_are_answered_and_others_refused() {
+    let b = TestBroker::start_with(|s| s.management_hosts = vec!["broker.example".into()]).await;
+    let api = b.management.expect("management on");
+    let port = api.port();
+    let guest = basic("guest", "guest");
+    let named = format!("{guest}Host: Broker.Example:{port}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &named).await.0, 200, "a listed name");
+    let other = format!("{guest}Host: other.example:{port}\r\n");
+    assert_eq!(http_raw(api, "GET", "/api/queues", &other).await.0, 403, "a name not listed");
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_http_connection() {
+    let b = broker().await;
+    let api = b.management.expect("management on");
+    let mut held = Vec::new();
+    for _ in 0..warren::http::MAX_CONNECTIONS_PER_IP {
+        held.push(tokio::net::TcpStream::connect(api).await.expect("connect"));
+    }
+    // Accepted in order: once the last held one is being served, the next is over the cap.
+    held.last_mut()
+        .expect("held")
+        .write_all(b"GET /api/queues HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = tokio::net::TcpStream::connect(api).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection over the per-address cap stays open: {closed:?}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http_raw(api, "GET", "/api/queues", &basic("guest", "guest")).await.0, 200, "slots come back");
+}
