@@ -722,3 +722,71 @@ async fn connection_and_queue_limits_refuse_with_rabbitmqs_codes() {
     first.send_method(2, QueueDeclare { queue: "one".into(), ..Default::default() }).await;
     assert!(matches!(first.method().await, Method::QueueDeclareOk(_)));
 }
+
+/// What a broker at `PROBE_ADDR` answers to content headers that do not decode; run against
+/// RabbitMQ and Warren to compare (`PROBE_ADDR=127.0.0.1:5672 cargo test -p warren --test
+/// t30_raw_frames -- --ignored --nocapture probe_content_header_errors`).
+#[tokio::test]
+#[ignore]
+async fn probe_content_header_errors() {
+    let addr: SocketAddr = std::env::var("PROBE_ADDR").expect("PROBE_ADDR").parse().expect("addr");
+    let header = |props: &[u8]| {
+        let mut p = BytesMut::new();
+        p.put_u16(60);
+        p.put_u16(0);
+        p.put_u64(1);
+        p.put_slice(props);
+        p
+    };
+    let table_flag = (1u16 << 13).to_be_bytes();
+    let mut cases: Vec<(&str, BytesMut)> = Vec::new();
+    let mut long = table_flag.to_vec();
+    long.extend_from_slice(&100u32.to_be_bytes());
+    long.extend_from_slice(&[1, b'k', b'V']);
+    cases.push(("table longer than the frame", header(&long)));
+    let mut bad_type = table_flag.to_vec();
+    bad_type.extend_from_slice(&3u32.to_be_bytes());
+    bad_type.extend_from_slice(&[1, b'k', b'!']);
+    cases.push(("unknown field type", header(&bad_type)));
+    let mut deep = table_flag.to_vec();
+    deep.extend_from_slice(&deep_table(200));
+    cases.push(("200 levels", header(&deep)));
+    cases.push(("content-type flag, no bytes", header(&(1u16 << 15).to_be_bytes())));
+    for (what, props) in cases {
+        // channel_max 0 ("no limit") is refused by RabbitMQ 3.10; ask for its own maximum.
+        let mut r = Raw::login(addr, b"\0guest\0guest").await;
+        assert!(matches!(r.method().await, Method::ConnectionTune(_)));
+        r.send_method(0, ConnectionTuneOk { channel_max: 2047, frame_max: 131_072, heartbeat: 0 }).await;
+        r.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+        assert!(matches!(r.method().await, Method::ConnectionOpenOk(_)));
+        r.open_channel(1).await;
+        let mut bad = BytesMut::new();
+        Frame::method(1, BasicPublish { routing_key: "probe".into(), ..Default::default() }).encode(&mut bad);
+        bad.put_u8(2);
+        bad.put_u16(1);
+        bad.put_u32(props.len() as u32);
+        bad.put_slice(&props);
+        bad.put_u8(FRAME_END);
+        bad.put_u8(3);
+        bad.put_u16(1);
+        bad.put_u32(1);
+        bad.put_u8(b'x');
+        bad.put_u8(FRAME_END);
+        r.send(&bad).await;
+        r.send_method(1, ChannelFlow { active: true }).await;
+        let answer = loop {
+            match r.recv().await {
+                Some(Frame::Method { channel: 0, method: Method::ConnectionClose(c) }) => {
+                    break format!("connection.close {} {}", c.reply_code, c.reply_text);
+                }
+                Some(Frame::Method { method: Method::ChannelClose(c), .. }) => {
+                    break format!("channel.close {} {}", c.reply_code, c.reply_text);
+                }
+                Some(Frame::Method { method: Method::ChannelFlowOk(_), .. }) => break "accepted".into(),
+                Some(_) => continue,
+                None => break "socket closed".into(),
+            }
+        };
+        println!("{what}: {answer}");
+    }
+}
