@@ -324,6 +324,8 @@ pub struct LimitsConfig {
     pub max_bindings: Option<usize>,
     /// Consumers per channel at most (RabbitMQ's `consumer_max_per_channel`).
     pub max_consumers_per_channel: Option<usize>,
+    /// Consumers in all at most.
+    pub max_consumers: Option<usize>,
     /// Publishes and acknowledgements one transaction holds at most (65 536 when absent).
     pub max_tx_operations: Option<usize>,
     /// Body octets one transaction holds at most (256 MiB when absent).
@@ -735,6 +737,7 @@ impl Settings {
         s.limits.counts.max_exchanges = file.limits.max_exchanges;
         s.limits.counts.max_bindings = file.limits.max_bindings;
         s.limits.counts.max_consumers_per_channel = file.limits.max_consumers_per_channel;
+        s.limits.counts.max_consumers = file.limits.max_consumers;
         s.limits.counts.max_tx_operations = file.limits.max_tx_operations;
         s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;

@@ -586,6 +586,7 @@ async fn exchange_binding_consumer_and_transaction_limits_refuse_with_rabbitmqs_
     let b = TestBroker::start_with(|s| {
         let l = &mut s.limits.counts;
         (l.max_exchanges, l.max_bindings, l.max_consumers_per_channel) = (Some(1), Some(2), Some(2));
+        l.max_consumers = Some(3);
         (l.max_tx_operations, l.max_tx_bytes) = (Some(3), Some(1000));
     })
     .await;
@@ -651,6 +652,24 @@ async fn exchange_binding_consumer_and_transaction_limits_refuse_with_rabbitmqs_
     assert_eq!(code(&e), Some(530), "{e}");
     assert!(e.to_string().contains("reached maximum (2) of consumers per channel"), "{e}");
     drop(consumers);
+
+    // Three consumers in all, on any channels.
+    let conn = connect(&b).await;
+    let mut all = Vec::new();
+    for tag in ["d1", "d2", "d3"] {
+        let ch = conn.create_channel().await.expect("channel");
+        let c =
+            ch.basic_consume("q".into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default());
+        all.push((c.await.expect("within the limit"), ch));
+    }
+    let ch = conn.create_channel().await.expect("channel");
+    let e = ch
+        .basic_consume("q".into(), "d4".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("over the consumer limit");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("consumer limit of 3"), "{e}");
+    drop(all);
 
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");

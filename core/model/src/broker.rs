@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_bindings: Option<usize>,
     /// Consumers on one channel, as RabbitMQ's `consumer_max_per_channel`.
     pub max_consumers_per_channel: Option<usize>,
+    /// Consumers in all (in the vhost: Warren has one).
+    pub max_consumers: Option<usize>,
     /// Publishes and settlements one transaction holds until tx.commit
     /// ([`DEFAULT_MAX_TX_OPERATIONS`] when not set).
     pub max_tx_operations: Option<usize>,
