@@ -369,6 +369,8 @@ impl Server {
         // Every connection is gone: index the queues for a fast next start, make everything
         // durable and mark the stop clean.
         if let Some(storage) = storage {
+            // Compaction (in the disk monitor) must not write after the index.
+            storage.stop_monitor();
             match lock(&self.shared).broker.checkpoint_storage() {
                 Ok(entries) => info!(entries, "queue index written"),
                 Err(e) => {

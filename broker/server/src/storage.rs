@@ -216,6 +216,11 @@ impl StorageTask {
         }
     }
 
+    /// Stops the disk monitor, and with it compaction: nothing is written after the index.
+    pub fn stop_monitor(&self) {
+        self.monitor.abort();
+    }
+
     /// Makes everything written durable, marks the stop clean and ends the tasks. Call after
     /// the last connection is gone.
     pub fn finish(self) {

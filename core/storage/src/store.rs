@@ -108,6 +108,12 @@ impl SegmentState {
 /// are written again at most once per that much traffic.
 const COMPACT_SLACK_SEGMENTS: u64 = 4;
 
+/// Rounds a stuck segment (see `FileStore::stuck`) waits before it is planned again.
+const STUCK_ROUNDS: u64 = 60;
+
+/// What a put record costs beyond its body, roughly: for estimates only.
+const RECORD_OVERHEAD: u64 = 128;
+
 /// The file store. Writes happen under the broker's lock and cost a memory copy; the
 /// [`Syncer`] returned with it makes them durable.
 #[derive(Debug)]
@@ -129,8 +135,15 @@ pub struct FileStore {
     written: u64,
     recovered: Option<Recovered>,
     report: RecoveryReport,
-    /// Segments whose live entries the broker is moving (see [`Storage::plan_compaction`]).
-    compacting: BTreeSet<u64>,
+    /// Segments whose live entries the broker is moving (see [`Storage::plan_compaction`]),
+    /// with their live count when planned.
+    compacting: BTreeMap<u64, u64>,
+    /// Segments a round left as live as it found them (an entry the broker does not hold,
+    /// such as one of a queue that could not be restored), and the round until which they
+    /// are not planned again: moving what is behind them would free nothing.
+    stuck: BTreeMap<u64, u64>,
+    /// Compaction rounds planned so far.
+    rounds: u64,
     /// Held open, and locked, for as long as the store is: see [`crate::disk::lock_dir`].
     _lock: File,
 }
@@ -198,7 +211,9 @@ impl FileStore {
             written: 0,
             recovered: None,
             report,
-            compacting: BTreeSet::new(),
+            compacting: BTreeMap::new(),
+            stuck: BTreeMap::new(),
+            rounds: 0,
             _lock: lock,
         };
         let loaded =
@@ -280,10 +295,12 @@ impl FileStore {
             self.count_live(e.queue, segment_of(e.at), 1);
         }
         // The index does not say how many puts each segment held: count its live entries as
-        // all of it, which overestimates what is live and so never compacts too early.
-        for s in self.segments.values_mut() {
-            s.puts = s.live;
-            s.put_bytes = s.segment.end() as u64;
+        // all it held, at about their size, so what is live is estimated from them.
+        for e in &entries {
+            if let Some(s) = self.segments.get_mut(&segment_of(e.at)) {
+                s.puts += 1;
+                s.put_bytes += e.message.body.len() as u64 + RECORD_OVERHEAD;
+            }
         }
         recovered.entries = entries;
         Ok(())
@@ -487,9 +504,15 @@ impl Storage for FileStore {
         }
         self.count_live(queue, seg, 1);
         if let Some(old) = replaces {
-            self.refers_to(segment_of(old));
-            self.count_live(queue, segment_of(old), -1);
-            self.collect_garbage();
+            let old = segment_of(old);
+            self.refers_to(old);
+            // Only what is still counted: the entry of a deleted queue was uncounted with it.
+            if self.live.get(&queue).is_some_and(|q| q.contains_key(&old)) {
+                self.count_live(queue, old, -1);
+                if self.segments.get(&old).is_some_and(|s| s.live == 0) {
+                    self.collect_garbage();
+                }
+            }
         }
         let body_len = message.body.len();
         let body = self.segments.get(&seg).and_then(|s| s.segment.read(offset + total - body_len, body_len));
@@ -555,7 +578,17 @@ impl Storage for FileStore {
     /// pins every segment after it; moving the oldest live entries to the head is what lets
     /// the dead segments behind them go, however many there are.
     fn plan_compaction(&mut self, budget: u64) -> bool {
-        self.compacting.clear();
+        self.rounds += 1;
+        // A segment the last round planned and left as live as it was holds something the
+        // broker cannot move.
+        let previous = std::mem::take(&mut self.compacting);
+        for (id, live_then) in previous {
+            if self.segments.get(&id).is_some_and(|s| s.live >= live_then) {
+                self.stuck.insert(id, self.rounds + STUCK_ROUNDS);
+            }
+        }
+        let (segments, rounds) = (&self.segments, self.rounds);
+        self.stuck.retain(|id, until| segments.contains_key(id) && *until > rounds);
         if self.shared.is_poisoned() {
             return false;
         }
@@ -570,16 +603,22 @@ impl Storage for FileStore {
             if planned >= budget.max(1) {
                 break;
             }
-            if *id != self.active && s.live > 0 {
-                self.compacting.insert(*id);
-                planned = planned.saturating_add(s.live_bytes().max(1));
+            if *id == self.active || s.live == 0 {
+                continue;
             }
+            // What is behind a stuck segment stays pinned by it: moving it would free nothing
+            // and only write the same entries again at every turn.
+            if self.stuck.contains_key(id) {
+                break;
+            }
+            self.compacting.insert(*id, s.live);
+            planned = planned.saturating_add(s.live_bytes().max(1));
         }
         !self.compacting.is_empty()
     }
 
     fn should_move(&self, at: StoreRef) -> bool {
-        self.compacting.contains(&segment_of(at))
+        self.compacting.contains_key(&segment_of(at))
     }
 
     fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {

@@ -420,6 +420,57 @@ fn one_old_entry_pins_every_later_segment_until_compaction_moves_it() {
 }
 
 #[test]
+fn a_segment_whose_entries_are_not_moved_is_not_planned_again_at_once() {
+    let mut b = files(4096);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "q")).expect("meta");
+    let (pinned, _) = s.put(1, 0, &message(b"held elsewhere"), &EntryState::default(), None).expect("put");
+    let msg = message(&[5; 300]);
+    let mut window = std::collections::VecDeque::new();
+    for seq in 1..300 {
+        window.push_back((seq, s.put(1, seq, &msg, &EntryState::default(), None).expect("put").0));
+        if window.len() > 20 {
+            let (seq, at) = window.pop_front().expect("window");
+            s.remove(1, seq, at).expect("remove");
+        }
+    }
+    assert!(s.plan_compaction(1 << 20) && s.should_move(pinned));
+    // The broker could not move it (say its queue failed to restore): planning the segments
+    // behind it would only write them again and again.
+    assert!(!s.plan_compaction(1 << 20), "a stuck oldest segment stops the planning");
+    assert!(!s.should_move(pinned));
+}
+
+#[test]
+fn rewriting_an_entry_of_a_deleted_queue_does_not_uncount_another_queues_entry() {
+    let mut b = files(4096);
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.meta(&queue(1, "gone")).expect("meta");
+    s.meta(&queue(2, "kept")).expect("meta");
+    let (orphan, _) = s.put(1, 0, &message(b"orphan"), &EntryState::default(), None).expect("put");
+    s.put(2, 0, &message(b"kept"), &EntryState::default(), None).expect("put");
+    s.meta(&MetaOp::DeleteQueue(1)).expect("delete");
+    let msg = message(&[5; 300]);
+    let churn = |s: &mut Box<dyn Storage>, seqs: std::ops::Range<u64>| {
+        for seq in seqs {
+            let (at, _) = s.put(2, seq, &msg, &EntryState::default(), None).expect("put");
+            s.remove(2, seq, at).expect("remove");
+        }
+    };
+    churn(&mut s, 1..20);
+    // An unacked message of the deleted queue, written again in a later segment: the first
+    // segment keeps its count, and with it the other queue's entry.
+    s.put(1, 0, &message(b"orphan"), &EntryState::default(), Some(orphan)).expect("put");
+    churn(&mut s, 20..60);
+    b.sync();
+    drop(s);
+    let r = b.open().recover().expect("recover");
+    assert_eq!(r.entries.iter().map(|e| (e.queue, e.seq)).collect::<Vec<_>>(), [(2, 0)]);
+}
+
+#[test]
 fn a_log_that_is_mostly_live_is_not_compacted() {
     let mut b = files(4096);
     let mut s = b.open();

@@ -256,12 +256,18 @@ impl Broker {
         };
         if store.plan_compaction(budget) {
             let (now, unix_ms) = (self.now, self.unix_ms);
+            // Unacked and delayed entries of a deleted queue still say where they were kept,
+            // but the store forgot them with their queue: they are not moved.
+            let stored: crate::hash::Set<u64> =
+                self.queues.values().filter(|q| stores_messages(&q.spec)).map(|q| q.id).collect();
             let mut failed = None;
+            let mut cost = 0u64;
             let mut step = |queue_id: u64, m: &mut QueuedMessage, ready_at: Option<u64>| {
-                if failed.is_some()
-                    || done.bytes >= budget
-                    || !m.stored.is_some_and(|at| store.should_move(at))
-                {
+                let over = cost >= budget || done.moved >= MAX_COMPACTION_MOVES;
+                if failed.is_some() || over || !m.stored.is_some_and(|at| store.should_move(at)) {
+                    return;
+                }
+                if !stored.contains(&queue_id) {
                     return;
                 }
                 let state = entry_state(now, unix_ms, m, ready_at);
@@ -269,6 +275,8 @@ impl Broker {
                     Ok(()) => {
                         done.moved += 1;
                         done.bytes += m.message.body.len() as u64;
+                        // Headers and framing cost too: a round of empty bodies is bounded.
+                        cost += m.message.body.len() as u64 + 128;
                     }
                     Err(e) => failed = Some(e),
                 }
@@ -509,6 +517,9 @@ impl Broker {
         true
     }
 }
+
+/// Entries one compaction round moves at most, whatever their size.
+const MAX_COMPACTION_MOVES: u64 = 100_000;
 
 /// What one [`Broker::compact_storage`] round moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
