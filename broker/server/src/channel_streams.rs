@@ -11,18 +11,23 @@
 //! connection waits for them as it waits for its own socket, and is closed after the write
 //! timeout without progress.
 //!
+//! A stream's writer that makes no progress for the write timeout resets its stream; writers
+//! and readers end with the connection (this owner dropped), and an ended stream's writer
+//! counts against the connection until it has written or failed.
+//!
 //! Input is paced too: the readers hand what they read to the connection's task through a
 //! queue of [`EVENTS_MAX`] chunks and stop reading while it is full, which QUIC flow control
 //! passes on to the client; under a resource alarm the connection's task stops taking from
 //! that queue, so publishes on channel streams wait like those on the connection stream.
+//! New streams arrive apart from that queue (QUIC bounds how many are open at once), so a
+//! busy or blocked connection still takes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use warren_codec::reply_code::{CHANNEL_ERROR, UNEXPECTED_FRAME};
 use warren_codec::{CodecError, Frame, Method, decode_frame, split_encoded};
@@ -40,31 +45,60 @@ pub const CONNECTION_BACKLOG_MAX: usize = 64 << 20;
 /// Read chunks (of up to 16 KiB) waiting for the connection's task, over all its streams.
 pub const EVENTS_MAX: usize = 64;
 
-/// What one stream's writer holds, shared by [`ChannelStreams::route`] and the writer task.
+/// A channel stream the client opened for an AMQP connection: its two halves.
+pub type Opened = (quinn::RecvStream, quinn::SendStream);
+
+/// What one stream's writer holds, shared by [`ChannelStreams`] and the writer task.
 #[derive(Default)]
 struct Backlog {
     octets: AtomicUsize,
-    /// The stream failed (the client reset it): what is sent to it is dropped.
+    /// The stream failed (reset by the client, or no progress for the write timeout): what is
+    /// sent to it is dropped.
     closed: AtomicBool,
     /// Its channels' deliveries are held back (see [`ChannelStreams::holds`]).
     held: AtomicBool,
-    /// Told after every write: for the stream's reader and [`ChannelStreams::wait_for_room`].
+    /// Told after every write, for the stream's reader.
     drained: tokio::sync::Notify,
 }
 
 impl Backlog {
     fn over(&self) -> bool {
-        self.octets.load(Ordering::Acquire) > STREAM_BACKLOG_MAX && !self.closed.load(Ordering::Acquire)
+        self.octets.load(Ordering::SeqCst) > STREAM_BACKLOG_MAX && !self.closed.load(Ordering::SeqCst)
     }
 
     fn low(&self) -> bool {
-        self.octets.load(Ordering::Acquire) <= STREAM_BACKLOG_MAX / 2 || self.closed.load(Ordering::Acquire)
+        self.octets.load(Ordering::SeqCst) <= STREAM_BACKLOG_MAX / 2 || self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Nothing more will be written: nothing to wait for.
+    fn done(&self) -> bool {
+        self.octets.load(Ordering::SeqCst) == 0 || self.closed.load(Ordering::SeqCst)
     }
 }
 
 struct Writer {
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// `None` once the stream ended: the task writes what it has, then stops.
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
     backlog: Arc<Backlog>,
+}
+
+/// Wakes the connection's task for its channel streams.
+#[derive(Default)]
+struct Signals {
+    /// A held stream's backlog fell to half: its channels may have deliveries again.
+    released: tokio::sync::Notify,
+    /// Some writer wrote something.
+    progress: tokio::sync::Notify,
+}
+
+/// See [`ChannelStreams::released`].
+pub struct Released(Arc<Signals>);
+
+impl Released {
+    /// Completes at the next release.
+    pub async fn wait(&self) {
+        self.0.released.notified().await
+    }
 }
 
 /// What happens on the channel streams of one AMQP connection.
@@ -77,15 +111,19 @@ pub enum StreamEvent {
     Ended(usize),
 }
 
-/// The channel streams of one AMQP connection.
+/// The channel streams of one AMQP connection. Dropping it ends their tasks.
 pub struct ChannelStreams {
+    opened: mpsc::UnboundedReceiver<Opened>,
     events: mpsc::Receiver<StreamEvent>,
     events_tx: mpsc::Sender<StreamEvent>,
     writers: HashMap<usize, Writer>,
-    /// Told when a held stream's backlog fell to half: its channels may have deliveries again.
-    released: Arc<tokio::sync::Notify>,
+    signals: Arc<Signals>,
+    write_timeout: Duration,
+    tasks: Vec<tokio::task::AbortHandle>,
     inputs: HashMap<usize, BytesMut>,
     bound: HashMap<u16, usize>,
+    /// Channels whose deliveries the broker was told to hold back.
+    held: HashSet<u16>,
     next: usize,
 }
 
@@ -103,86 +141,59 @@ pub enum Input {
     Nothing,
 }
 
+impl Drop for ChannelStreams {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 impl ChannelStreams {
-    /// Channel streams fed by `events` (the QUIC connection's task sends `Opened` there).
-    pub fn new(events: mpsc::Receiver<StreamEvent>, events_tx: mpsc::Sender<StreamEvent>) -> Self {
+    /// Channel streams arriving on `opened` (from the QUIC connection's task), their writers
+    /// giving up after `write_timeout` without progress.
+    pub fn new(opened: mpsc::UnboundedReceiver<Opened>, write_timeout: Duration) -> Self {
+        let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         ChannelStreams {
+            opened,
             events,
             events_tx,
             writers: HashMap::new(),
-            released: Arc::new(tokio::sync::Notify::new()),
+            signals: Arc::default(),
+            write_timeout,
+            tasks: Vec::new(),
             inputs: HashMap::new(),
             bound: HashMap::new(),
+            held: HashSet::new(),
             next: 1,
         }
     }
 
     /// The next event.
     pub async fn recv(&mut self) -> Option<StreamEvent> {
-        self.events.recv().await
+        tokio::select! {
+            biased;
+            Some((recv, send)) = self.opened.recv() => Some(StreamEvent::Opened(recv, send)),
+            e = self.events.recv() => e,
+        }
     }
 
     /// Acts on an event; `frame_max` bounds frames as on the connection stream.
     pub fn handle(&mut self, event: StreamEvent, frame_max: u32) -> Input {
         match event {
-            StreamEvent::Opened(mut recv, mut send) => {
+            StreamEvent::Opened(recv, send) => {
                 let n = self.next;
                 self.next += 1;
-                let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
                 let backlog = Arc::new(Backlog::default());
-                self.writers.insert(n, Writer { tx, backlog: backlog.clone() });
+                self.writers.insert(n, Writer { tx: Some(tx), backlog: backlog.clone() });
                 self.inputs.insert(n, BytesMut::new());
-                let events = self.events_tx.clone();
-                let reading = backlog.clone();
-                tokio::spawn(async move {
-                    let mut chunk = vec![0u8; 16 * 1024];
-                    loop {
-                        // A client that does not read its answers gets no more read from it.
-                        loop {
-                            let drained = reading.drained.notified();
-                            if !reading.over() {
-                                break;
-                            }
-                            drained.await;
-                        }
-                        match recv.read(&mut chunk).await {
-                            Ok(Some(k)) => {
-                                let data = Bytes::copy_from_slice(chunk.get(..k).unwrap_or_default());
-                                // Waits while the connection's task is behind: no more is read.
-                                if events.send(StreamEvent::Data(n, data)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            _ => {
-                                let _ = events.send(StreamEvent::Ended(n)).await;
-                                break;
-                            }
-                        }
-                    }
-                });
-                let released = self.released.clone();
-                tokio::spawn(async move {
-                    while let Some(bytes) = rx.recv().await {
-                        let failed = send.write_all(&bytes).await.is_err();
-                        if failed {
-                            backlog.closed.store(true, Ordering::Release);
-                        }
-                        backlog.octets.fetch_sub(bytes.len(), Ordering::AcqRel);
-                        backlog.drained.notify_waiters();
-                        if backlog.held.load(Ordering::Acquire) && backlog.low() {
-                            released.notify_one();
-                        }
-                        if failed {
-                            // Drain what is queued so the backlog reads zero.
-                            while let Ok(b) = rx.try_recv() {
-                                backlog.octets.fetch_sub(b.len(), Ordering::AcqRel);
-                            }
-                            backlog.drained.notify_waiters();
-                            return;
-                        }
-                    }
-                    let _ = send.shutdown().await;
-                });
+                self.tasks.retain(|t| !t.is_finished());
+                let reader = tokio::spawn(read_stream(n, recv, self.events_tx.clone(), backlog.clone()));
+                let (signals, events) = (self.signals.clone(), self.events_tx.clone());
+                let writer =
+                    tokio::spawn(write_stream(n, send, rx, backlog, signals, events, self.write_timeout));
+                self.tasks.extend([reader.abort_handle(), writer.abort_handle()]);
                 Input::Nothing
             }
             StreamEvent::Data(n, bytes) => {
@@ -202,6 +213,8 @@ impl ChannelStreams {
                             match (&f, self.bound.get(&ch)) {
                                 (Frame::Method { method: Method::ChannelOpen(_), .. }, None) => {
                                     self.bound.insert(ch, n);
+                                    // A new channel: held by the next `holds` if its stream is.
+                                    self.held.remove(&ch);
                                 }
                                 (_, Some(s)) if *s == n => {}
                                 // A channel's frames travel on the stream that opened it only.
@@ -213,6 +226,7 @@ impl ChannelStreams {
                             // The client's close-ok ends the channel: its number is free again.
                             if let Frame::Method { method: Method::ChannelCloseOk(_), .. } = f {
                                 self.bound.remove(&ch);
+                                self.held.remove(&ch);
                             }
                             frames.push(f);
                         }
@@ -222,11 +236,15 @@ impl ChannelStreams {
                 }
             }
             StreamEvent::Ended(n) => {
-                self.writers.remove(&n);
+                // The writer finishes what it holds (and still counts) before it stops.
+                if let Some(w) = self.writers.get_mut(&n) {
+                    w.tx = None;
+                }
                 self.inputs.remove(&n);
                 let gone: Vec<u16> = self.bound.iter().filter(|(_, s)| **s == n).map(|(c, _)| *c).collect();
                 for c in &gone {
                     self.bound.remove(c);
+                    self.held.remove(c);
                 }
                 Input::Ended(gone)
             }
@@ -239,13 +257,14 @@ impl ChannelStreams {
         let mut main = BytesMut::new();
         while let Some((channel, frame)) = split_encoded(&mut out) {
             let closes = is_close_ok(&frame);
-            match self.bound.get(&channel).and_then(|n| self.writers.get(n)) {
-                Some(w) if channel != 0 => {
-                    if !w.backlog.closed.load(Ordering::Acquire) {
+            let writer = self.bound.get(&channel).and_then(|n| self.writers.get(n));
+            match writer.and_then(|w| Some((w.tx.as_ref()?, &w.backlog))) {
+                Some((tx, backlog)) if channel != 0 => {
+                    if !backlog.closed.load(Ordering::SeqCst) {
                         let len = frame.len();
-                        w.backlog.octets.fetch_add(len, Ordering::AcqRel);
-                        if w.tx.send(frame).is_err() {
-                            w.backlog.octets.fetch_sub(len, Ordering::AcqRel);
+                        backlog.octets.fetch_add(len, Ordering::SeqCst);
+                        if tx.send(frame).is_err() {
+                            backlog.octets.fetch_sub(len, Ordering::SeqCst);
                         }
                     }
                 }
@@ -254,60 +273,144 @@ impl ChannelStreams {
             // Our close-ok ends the channel: its number is free again, on any stream.
             if closes {
                 self.bound.remove(&channel);
+                self.held.remove(&channel);
             }
         }
         main
     }
-}
 
-impl ChannelStreams {
     /// Which channels' deliveries to hold back (`true`) or let go again (`false`), by how much
     /// their streams' writers hold; each change is reported once.
-    pub fn holds(&self) -> Vec<(u16, bool)> {
-        let mut changes = Vec::new();
-        for (n, w) in &self.writers {
+    pub fn holds(&mut self) -> Vec<(u16, bool)> {
+        // Ended streams whose writers are done are forgotten.
+        self.writers.retain(|_, w| w.tx.is_some() || !w.backlog.done());
+        for w in self.writers.values() {
             let b = &w.backlog;
-            let held = b.held.load(Ordering::Acquire);
-            let now = if held { !b.low() } else { b.over() };
-            if now != held {
-                b.held.store(now, Ordering::Release);
-                changes.extend(self.bound.iter().filter(|(_, s)| *s == n).map(|(c, _)| (*c, now)));
+            if b.held.load(Ordering::SeqCst) {
+                if b.low() {
+                    b.held.store(false, Ordering::SeqCst);
+                }
+            } else if b.over() {
+                b.held.store(true, Ordering::SeqCst);
+                // The writer may have drained in between and seen nothing held: look again.
+                if b.low() {
+                    b.held.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (c, n) in &self.bound {
+            let want = self.writers.get(n).is_some_and(|w| w.backlog.held.load(Ordering::SeqCst));
+            if want != self.held.contains(c) {
+                changes.push((*c, want));
+            }
+        }
+        for (c, want) in &changes {
+            if *want {
+                self.held.insert(*c);
+            } else {
+                self.held.remove(c);
             }
         }
         changes
     }
 
-    /// Told when a held stream's client has read enough that [`ChannelStreams::holds`] may let
-    /// its channels go.
-    pub fn released(&self) -> Arc<tokio::sync::Notify> {
-        self.released.clone()
+    /// What tells the connection's task that a held stream's client has read enough that
+    /// [`ChannelStreams::holds`] may let its channels go; it borrows nothing of this.
+    pub fn released(&self) -> Released {
+        Released(self.signals.clone())
     }
 
     /// Waits while the streams hold more than [`CONNECTION_BACKLOG_MAX`] octets in all; fails
-    /// with `TimedOut` when the fullest makes no progress for `timeout`, as a socket write does.
+    /// with `TimedOut` when none makes progress for `timeout`, as a socket write does.
     pub async fn wait_for_room(&self, timeout: Duration) -> std::io::Result<()> {
         loop {
-            let total: usize = self.writers.values().map(|w| w.backlog.octets.load(Ordering::Acquire)).sum();
-            let fullest = self
-                .writers
-                .values()
-                .filter(|w| !w.backlog.closed.load(Ordering::Acquire))
-                .max_by_key(|w| w.backlog.octets.load(Ordering::Acquire));
-            let Some(w) = fullest.filter(|_| total > CONNECTION_BACKLOG_MAX) else {
+            let progress = self.signals.progress.notified();
+            let total: usize = self.writers.values().map(|w| w.backlog.octets.load(Ordering::SeqCst)).sum();
+            if total <= CONNECTION_BACKLOG_MAX || self.writers.values().all(|w| w.backlog.done()) {
                 return Ok(());
-            };
-            let drained = w.backlog.drained.notified();
-            if w.backlog.octets.load(Ordering::Acquire) == 0 {
-                continue;
             }
-            if tokio::time::timeout(timeout, drained).await.is_err() {
+            if tokio::time::timeout(timeout, progress).await.is_err() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("the client read nothing from a channel stream for {timeout:?}"),
+                    format!("the client read nothing from its channel streams for {timeout:?}"),
                 ));
             }
         }
     }
+}
+
+/// Reads one channel stream into the connection's queue, pausing while its writer holds more
+/// than [`STREAM_BACKLOG_MAX`] for a client that does not read its answers.
+async fn read_stream(
+    n: usize,
+    mut recv: quinn::RecvStream,
+    events: mpsc::Sender<StreamEvent>,
+    backlog: Arc<Backlog>,
+) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        loop {
+            let drained = backlog.drained.notified();
+            if !backlog.over() {
+                break;
+            }
+            drained.await;
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(k)) => {
+                let data = Bytes::copy_from_slice(chunk.get(..k).unwrap_or_default());
+                // Waits while the connection's task is behind: no more is read.
+                if events.send(StreamEvent::Data(n, data)).await.is_err() {
+                    return;
+                }
+            }
+            _ => {
+                let _ = events.send(StreamEvent::Ended(n)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes what the connection routes to channel stream `n`. A write that makes no progress for
+/// `timeout` resets the stream and ends it for the connection (its channels are closed, their
+/// unacked messages requeued, as when a TCP client stops reading); what is still queued is
+/// dropped and uncounted.
+async fn write_stream(
+    n: usize,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    backlog: Arc<Backlog>,
+    signals: Arc<Signals>,
+    events: mpsc::Sender<StreamEvent>,
+    timeout: Duration,
+) {
+    while let Some(bytes) = rx.recv().await {
+        let failed = !matches!(tokio::time::timeout(timeout, send.write_all(&bytes)).await, Ok(Ok(())));
+        if failed {
+            backlog.closed.store(true, Ordering::SeqCst);
+            let _ = send.reset(0u32.into());
+        }
+        backlog.octets.fetch_sub(bytes.len(), Ordering::SeqCst);
+        if failed {
+            // Drain what is queued so the backlog reads zero.
+            rx.close();
+            while let Ok(b) = rx.try_recv() {
+                backlog.octets.fetch_sub(b.len(), Ordering::SeqCst);
+            }
+        }
+        backlog.drained.notify_waiters();
+        signals.progress.notify_waiters();
+        if backlog.held.load(Ordering::SeqCst) && backlog.low() {
+            signals.released.notify_one();
+        }
+        if failed {
+            let _ = events.send(StreamEvent::Ended(n)).await;
+            return;
+        }
+    }
+    let _ = send.finish();
 }
 
 /// Whether an encoded frame is channel.close-ok (method frame, class 20, method 41).

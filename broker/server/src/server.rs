@@ -431,7 +431,7 @@ async fn run_timers(shared: SharedRef) {
 
 /// Holds back or lets go the deliveries of channels whose streams' clients stopped or started
 /// reading again (see [`crate::channel_streams`]); what is let go is pulled next.
-fn hold_deliveries(streams: &ChannelStreams, id: ConnId, shared: &SharedRef, notify: &Notify) {
+fn hold_deliveries(streams: &mut ChannelStreams, id: ConnId, shared: &SharedRef, notify: &Notify) {
     let changes = streams.holds();
     if changes.is_empty() {
         return;
@@ -445,9 +445,9 @@ fn hold_deliveries(streams: &ChannelStreams, id: ConnId, shared: &SharedRef, not
 }
 
 /// Completes when a held channel stream may take deliveries again; never without streams.
-async fn stream_released(released: &Option<Arc<Notify>>) {
+async fn stream_released(released: &Option<crate::channel_streams::Released>) {
     match released {
-        Some(r) => r.notified().await,
+        Some(r) => r.wait().await,
         None => std::future::pending().await,
     }
 }
@@ -485,7 +485,8 @@ async fn serve_quic(
     let identity = crate::quic::peer_identity(&conn);
     debug!(%peer, "QUIC connection");
     let (classified_tx, mut classified) = tokio::sync::mpsc::unbounded_channel();
-    let mut routes: HashMap<u64, tokio::sync::mpsc::Sender<StreamEvent>> = HashMap::new();
+    let mut routes: HashMap<u64, tokio::sync::mpsc::UnboundedSender<crate::channel_streams::Opened>> =
+        HashMap::new();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -503,8 +504,8 @@ async fn serve_quic(
             },
             Some(kind) = classified.recv() => match kind {
                 Stream::Connection { id, prefix, send, recv } => {
-                    let (tx, rx) = tokio::sync::mpsc::channel(crate::channel_streams::EVENTS_MAX);
-                    let channels = ChannelStreams::new(rx, tx.clone());
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let channels = ChannelStreams::new(rx, config.write_timeout);
                     // AMQP connections that ended on this QUIC connection are forgotten.
                     routes.retain(|_, tx| !tx.is_closed());
                     routes.insert(id, tx);
@@ -512,12 +513,12 @@ async fn serve_quic(
                     streams.spawn(drive(stream, peer, shared.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
                 }
                 Stream::Channel { of, send, recv } => {
-                    // A connection whose task is this far behind gets no new stream.
+                    // QUIC bounds the streams open at once, and with them this queue.
                     let refused = match routes.get(&of) {
-                        Some(tx) => tx.try_send(StreamEvent::Opened(recv, send)).err().map(|e| e.into_inner()),
-                        None => Some(StreamEvent::Opened(recv, send)),
+                        Some(tx) => tx.send((recv, send)).err().map(|e| e.0),
+                        None => Some((recv, send)),
                     };
-                    if let Some(StreamEvent::Opened(mut recv, _)) = refused {
+                    if let Some((mut recv, _)) = refused {
                         let _ = recv.stop(1u32.into());
                         debug!(%peer, of, "channel stream for an unknown AMQP connection");
                     }
@@ -701,7 +702,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if write_failed || conn.is_closed() {
             break;
         }
-        if let (Some(streams), Some(id)) = (channel_streams.as_ref(), conn.id()) {
+        if let (Some(streams), Some(id)) = (channel_streams.as_mut(), conn.id()) {
             hold_deliveries(streams, id, &shared, &notify);
         }
         // Tokio runs a task woken from this one next on this worker, in a slot other workers

@@ -226,3 +226,40 @@ async fn under_a_resource_alarm_publishes_on_channel_streams_wait_too() {
     alarm(false);
     assert!(common::eventually(|| b.counts("blocked") == Some((2, 0, 0))).await, "read again once cleared");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_stream_that_takes_nothing_for_the_write_timeout_is_ended_and_its_channel_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_path_buf();
+    let b = TestBroker::start_with(move |s| {
+        s.quic_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        s.data_dir = data;
+        s.connection.write_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let cert = b.quic.as_ref().expect("quic").1.clone();
+    let quic = connect(&url(&b), &cert).await.expect("QUIC connection");
+    let mut control = AmqpOverQuic::open(&quic, "guest", "guest").await.expect("AMQP connection");
+    let mut slow = control.open_channel_stream(&quic, 2).await.expect("channel stream");
+    slow.declare("never-read").await.expect("declare");
+    slow.consume("never-read").await.expect("consume");
+    let chunk = vec![b'f'; 128 * 1024];
+    for _ in 0..64 {
+        control.publish("never-read", &chunk).await.expect("publish");
+    }
+    // Its client reads nothing: after the write timeout its stream is reset and its channel
+    // closed, which cancels its consumer; the AMQP connection goes on.
+    let gone = async {
+        while b.counts("never-read").is_none_or(|c| c.2 != 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(10), gone).await.is_ok(),
+        "consumer still there"
+    );
+    control.declare("after").await.expect("the connection still works");
+    control.publish("after", b"ok").await.expect("publish");
+    assert_eq!(control.get("after").await.expect("get").as_deref(), Some(&b"ok"[..]));
+    drop(slow);
+}
