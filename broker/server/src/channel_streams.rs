@@ -124,6 +124,9 @@ pub struct ChannelStreams {
     bound: HashMap<u16, usize>,
     /// Channels whose deliveries the broker was told to hold back.
     held: HashSet<u16>,
+    /// Channels whose stream ended: what is still sent for them is dropped (it must not land
+    /// on the connection stream) until the number is opened again.
+    orphaned: HashSet<u16>,
     next: usize,
 }
 
@@ -165,6 +168,7 @@ impl ChannelStreams {
             inputs: HashMap::new(),
             bound: HashMap::new(),
             held: HashSet::new(),
+            orphaned: HashSet::new(),
             next: 1,
         }
     }
@@ -213,6 +217,7 @@ impl ChannelStreams {
                             match (&f, self.bound.get(&ch)) {
                                 (Frame::Method { method: Method::ChannelOpen(_), .. }, None) => {
                                     self.bound.insert(ch, n);
+                                    self.orphaned.remove(&ch);
                                     // A new channel: held by the next `holds` if its stream is.
                                     self.held.remove(&ch);
                                 }
@@ -245,6 +250,7 @@ impl ChannelStreams {
                 for c in &gone {
                     self.bound.remove(c);
                     self.held.remove(c);
+                    self.orphaned.insert(*c);
                 }
                 Input::Ended(gone)
             }
@@ -257,6 +263,13 @@ impl ChannelStreams {
         let mut main = BytesMut::new();
         while let Some((channel, frame)) = split_encoded(&mut out) {
             let closes = is_close_ok(&frame);
+            if self.orphaned.contains(&channel) {
+                // The channel's open-ok starts its next life (opened on the connection stream).
+                if !is_method(&frame, 20, 11) {
+                    continue;
+                }
+                self.orphaned.remove(&channel);
+            }
             let writer = self.bound.get(&channel).and_then(|n| self.writers.get(n));
             match writer.and_then(|w| Some((w.tx.as_ref()?, &w.backlog))) {
                 Some((tx, backlog)) if channel != 0 => {
@@ -413,7 +426,14 @@ async fn write_stream(
     let _ = send.finish();
 }
 
-/// Whether an encoded frame is channel.close-ok (method frame, class 20, method 41).
+/// Whether an encoded frame is channel.close-ok.
 fn is_close_ok(frame: &[u8]) -> bool {
-    frame.len() >= 11 && frame[0] == 1 && frame[7..11] == [0, 20, 0, 41]
+    is_method(frame, 20, 41)
+}
+
+/// Whether an encoded frame is the method `class`.`method`.
+fn is_method(frame: &[u8], class: u16, method: u16) -> bool {
+    let [c1, c2] = class.to_be_bytes();
+    let [m1, m2] = method.to_be_bytes();
+    frame.first() == Some(&1) && frame.get(7..11) == Some(&[c1, c2, m1, m2][..])
 }

@@ -18,7 +18,8 @@ use crate::tls::TlsConfig;
 #[derive(Debug, Default, Parser)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker")]
 pub struct Cli {
-    /// Address for AMQP 0-9-1 over TCP, or `off` for a TLS-only broker [default: 0.0.0.0:5672].
+    /// Address for AMQP 0-9-1 over TCP, or `off` for a TLS-only broker [default: [::]:5672,
+    /// IPv6 and IPv4].
     #[arg(long, env = "WARREN_AMQP_LISTEN", value_name = "ADDR|off")]
     pub amqp_listen: Option<Listen>,
     /// Directory for metadata and message logs [default: ./warren-data].
@@ -601,7 +602,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            amqp_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5672))),
+            amqp_listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5672))),
             data_dir: PathBuf::from("./warren-data"),
             management_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
             management_hosts: Vec::new(),

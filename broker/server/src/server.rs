@@ -132,7 +132,7 @@ impl Server {
             }
         };
         let listener = match settings.amqp_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind_dual_stack(addr)?),
             None => None,
         };
         let amqps = match &settings.amqps {
@@ -429,6 +429,33 @@ async fn run_timers(shared: SharedRef) {
     }
 }
 
+/// Binds a TCP listener; the IPv6 wildcard (`[::]`, the AMQP default as in RabbitMQ) takes
+/// IPv4 clients too, whatever the host's `bindv6only`. On a host without IPv6 the wildcard
+/// falls back to `0.0.0.0`.
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |addr: SocketAddr, dual: bool| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if dual {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    let wildcard_v6 = matches!(addr.ip(), std::net::IpAddr::V6(ip) if ip.is_unspecified());
+    match bind(addr, wildcard_v6) {
+        Err(e) if wildcard_v6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            warn!(%addr, %v4, "no IPv6 here: listening on IPv4 only");
+            bind(v4, false)
+        }
+        r => r,
+    }
+}
+
 /// Holds back or lets go the deliveries of channels whose streams' clients stopped or started
 /// reading again (see [`crate::channel_streams`]); what is let go is pulled next.
 fn hold_deliveries(streams: &mut ChannelStreams, id: ConnId, shared: &SharedRef, notify: &Notify) {
@@ -588,6 +615,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut channel_streams: Option<ChannelStreams>,
 ) {
     let write_timeout = config.write_timeout;
+    // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d: it is a.b.c.d
+    // (loopback for guest, and in the logs).
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
@@ -729,6 +759,28 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         log_event(peer, &mut user, event);
     }
     let _ = stream.shutdown().await;
+    linger(&mut stream).await;
+}
+
+/// How long, and how much, a closed connection's late frames are read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX: usize = 64 << 20;
+
+/// Reads and drops what the client still sends after the close, until it closes its side
+/// (or [`LINGER`], or [`LINGER_MAX`] octets): a client that queued frames behind its
+/// connection.close would otherwise get a reset instead of its close-ok, as RabbitMQ avoids.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let drain = async {
+        let mut buf = vec![0u8; 8192];
+        let mut read = 0;
+        while read < LINGER_MAX {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Releases a connection's session when its task unwinds. A panic in a connection's handling

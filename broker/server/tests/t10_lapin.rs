@@ -562,23 +562,77 @@ async fn exclusive_consumer_excludes_others_with_403() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn channel_flow_pauses_and_resumes_deliveries() {
+async fn channel_flow_off_is_not_implemented_as_in_rabbitmq_and_on_is_answered() {
     let b = TestBroker::start().await;
     let conn = connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, "flow").await;
-    ch.channel_flow(ChannelFlowOptions { active: false }).await.expect("flow off");
+    ch.channel_flow(ChannelFlowOptions { active: true }).await.expect("flow on");
     let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
     let mut c =
         ch.basic_consume("flow".into(), "".into(), opts, FieldTable::default()).await.expect("consume");
-    publish(&ch, "flow", b"held").await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), c.next()).await.is_err(),
-        "delivered while paused"
-    );
-    ch.channel_flow(ChannelFlowOptions { active: true }).await.expect("flow on");
-    let d = c.next().await.expect("delivery").expect("ok");
-    assert_eq!(d.data, b"held");
+    publish(&ch, "flow", b"flowing").await;
+    assert_eq!(c.next().await.expect("delivery").expect("ok").data, b"flowing");
+    // RabbitMQ answers active=false with 540, a connection error; clients test for it.
+    let e = ch.channel_flow(ChannelFlowOptions { active: false }).await.expect_err("540");
+    assert_eq!(code(&e), Some(540), "{e}");
+}
+
+#[tokio::test]
+async fn unbinding_what_is_not_there_is_ok_as_in_rabbitmq() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "here").await;
+    let none = FieldTable::default;
+    ch.queue_unbind("here".into(), "amq.direct".into(), "never-bound".into(), none())
+        .await
+        .expect("no binding");
+    ch.queue_unbind("here".into(), "no-such-exchange".into(), "k".into(), none()).await.expect("no source");
+    ch.queue_unbind("no-such-queue".into(), "amq.direct".into(), "k".into(), none()).await.expect("no queue");
+    let opts = ExchangeUnbindOptions::default();
+    ch.exchange_unbind("no-such-x".into(), "amq.direct".into(), "k".into(), opts, none())
+        .await
+        .expect("no dest");
+    ch.exchange_unbind("amq.fanout".into(), "no-such-x".into(), "k".into(), opts, none())
+        .await
+        .expect("no source");
+    // The default exchange is still off limits.
+    let e = ch.queue_unbind("here".into(), "".into(), "here".into(), none()).await.expect_err("403");
+    assert_eq!(code(&e), Some(403), "{e}");
+}
+
+#[tokio::test]
+async fn a_passive_declare_of_the_default_exchange_is_refused_as_in_rabbitmq() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let e = ch
+        .exchange_declare("".into(), lapin::ExchangeKind::Direct, passive, FieldTable::default())
+        .await
+        .expect_err("403");
+    assert_eq!(code(&e), Some(403), "{e}");
+}
+
+#[tokio::test]
+async fn redeclaring_with_another_exclusive_flag_is_resource_locked() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    ch.queue_declare("mine".into(), exclusive, FieldTable::default()).await.expect("declare");
+    ch.queue_declare("mine".into(), exclusive, FieldTable::default()).await.expect("the same again");
+    let e = ch
+        .queue_declare("mine".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect_err("405");
+    assert_eq!(code(&e), Some(405), "{e}");
+    assert!(e.to_string().contains("exclusive property value does not match"), "{e}");
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "shared").await;
+    let e = ch.queue_declare("shared".into(), exclusive, FieldTable::default()).await.expect_err("405");
+    assert_eq!(code(&e), Some(405), "{e}");
 }
 
 #[tokio::test]

@@ -790,3 +790,133 @@ async fn probe_content_header_errors() {
         println!("{what}: {answer}");
     }
 }
+
+/// Logs in with `consumer_cancel_notify` (as lapin and pika do) and opens the connection.
+async fn open_notified(addr: SocketAddr, channel_max: u16) -> Raw {
+    let mut r = Raw::connect(addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    assert!(matches!(r.method().await, Method::ConnectionStart(_)));
+    let caps: FieldTable =
+        [("consumer_cancel_notify".to_string(), FieldValue::Bool(true))].into_iter().collect();
+    let props: FieldTable = [("capabilities".to_string(), FieldValue::Table(caps))].into_iter().collect();
+    let start_ok = ConnectionStartOk {
+        client_properties: props,
+        mechanism: "PLAIN".into(),
+        response: Bytes::from_static(b"\0guest\0guest"),
+        locale: "en_US".into(),
+    };
+    r.send_method(0, start_ok).await;
+    assert!(matches!(r.method().await, Method::ConnectionTune(_)));
+    r.send_method(0, ConnectionTuneOk { channel_max, frame_max: 131_072, heartbeat: 0 }).await;
+    r.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::ConnectionOpenOk(_)));
+    r
+}
+
+#[tokio::test]
+async fn channel_max_counts_open_channels_not_channel_numbers() {
+    let b = TestBroker::start().await;
+    let mut r = open_notified(b.addr, 2).await;
+    // Any number, as in RabbitMQ.
+    r.open_channel(65_535).await;
+    r.open_channel(7).await;
+    r.send_method(9, ChannelOpen::default()).await;
+    let c = r.expect_connection_close().await;
+    assert_eq!(c.reply_code, reply_code::NOT_ALLOWED, "{c:?}");
+    assert!(
+        c.reply_text.contains("number of channels opened (2) has reached the negotiated channel_max (2)"),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_close_from_both_sides_at_once_leaves_the_connection_and_other_channels_working() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.open_channel(2).await;
+    // The server closes channel 1 for the 404 while the client is closing it too.
+    let passive = QueueDeclare { queue: "missing".into(), passive: true, ..Default::default() };
+    let mut both = BytesMut::new();
+    Frame::method(1, passive).encode(&mut both);
+    Frame::method(1, ChannelClose { reply_code: 200, ..Default::default() }).encode(&mut both);
+    r.send(&both).await;
+    let Method::ChannelClose(c) = r.method().await else { panic!("the server's channel.close") };
+    assert_eq!(c.reply_code, reply_code::NOT_FOUND);
+    assert!(matches!(r.method().await, Method::ChannelCloseOk(_)), "the client's close is answered");
+    r.send_method(1, ChannelCloseOk {}).await;
+    // Channel 2, and channel 1 opened again, work: no connection error.
+    r.send_method(2, QueueDeclare { queue: "still".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "again".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+}
+
+#[tokio::test]
+async fn frames_queued_behind_connection_close_do_not_cost_the_close_ok() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    // connection.close, then 8 MB the client had already queued, written on after the close.
+    let mut close = BytesMut::new();
+    Frame::method(0, ConnectionClose { reply_code: 200, ..Default::default() }).encode(&mut close);
+    r.send(&close).await;
+    let mut queued = BytesMut::new();
+    for _ in 0..64 {
+        queued.extend_from_slice(&publish_frames("", "nowhere", &BasicProperties::default()));
+    }
+    for _ in 0..128 {
+        r.stream
+            .write_all(&queued)
+            .await
+            .expect("a write queued before the close fails: the socket was reset");
+        let pad = vec![0u8; 64 << 10];
+        r.stream.write_all(&pad).await.expect("a write queued before the close fails: the socket was reset");
+    }
+    r.stream.shutdown().await.expect("shutdown");
+    let mut close_ok = false;
+    loop {
+        match r.stream.read_buf(&mut r.buf).await {
+            Ok(0) => break,
+            Ok(_) => {
+                while let Ok(Some(f)) = decode_frame(&mut r.buf, 0) {
+                    close_ok |= matches!(f, Frame::Method { method: Method::ConnectionCloseOk(_), .. });
+                }
+            }
+            Err(e) => panic!("the socket was reset instead of closed: {e}"),
+        }
+    }
+    assert!(close_ok, "connection.close-ok arrived before the end of the stream");
+}
+
+#[tokio::test]
+async fn deleting_a_queue_one_consumes_from_answers_delete_ok_before_the_cancel() {
+    let b = TestBroker::start().await;
+    let mut r = open_notified(b.addr, 0).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "gone".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.send_method(
+        1,
+        BasicConsume { queue: "gone".into(), consumer_tag: "mine".into(), ..Default::default() },
+    )
+    .await;
+    assert!(matches!(r.method().await, Method::BasicConsumeOk(_)));
+    r.send_method(1, QueueDelete { queue: "gone".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeleteOk(_)), "delete-ok first");
+    let Method::BasicCancel(c) = r.method().await else { panic!("then the cancel") };
+    assert_eq!(c.consumer_tag, "mine");
+}
+
+#[tokio::test]
+async fn the_default_listener_takes_ipv4_and_ipv6_clients() {
+    let b = TestBroker::start_with(|s| s.amqp_listen = Some("[::]:0".parse().expect("addr"))).await;
+    let port = b.addr.port();
+    for addr in
+        [SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))]
+    {
+        let mut r = Raw::open(addr).await;
+        r.open_channel(1).await;
+    }
+}

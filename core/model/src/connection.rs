@@ -756,12 +756,20 @@ impl Connection {
                 }
             };
         }
-        if channel > self.channel_max {
-            let text = format!("channel {channel} is above the negotiated channel_max {}", self.channel_max);
-            return self.fail(now, AmqpError::new(CHANNEL_ERROR, text), broker);
-        }
         let Some(phase) = self.channels.get_mut(&channel) else {
             return match frame {
+                // As RabbitMQ: channel_max bounds how many channels are open, not their numbers.
+                Frame::Method { method: Method::ChannelOpen(_), .. }
+                    if self.channels.len() >= usize::from(self.channel_max) =>
+                {
+                    let text = format!(
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
+                        self.channel_max
+                    );
+                    let e = AmqpError::new(NOT_ALLOWED, text).on(&Method::ChannelOpen(Default::default()));
+                    self.fail(now, e, broker)
+                }
                 Frame::Method { method: Method::ChannelOpen(_), .. } => {
                     self.channels.insert(channel, Phase::Idle);
                     broker.open_channel(id, channel);
@@ -783,9 +791,16 @@ impl Connection {
                 self.channels.remove(&channel);
             }
             (Phase::Closing, Frame::Method { method: Method::ChannelClose(_), .. }) => {
-                // Both sides closed at once: answer, and the channel is done.
-                self.channels.remove(&channel);
+                // Both sides closed at once: answer (after our close, already in the broker's
+                // output), and wait for the close-ok the client owes for ours, which must not
+                // look like a frame on a channel never opened.
+                self.pull_outbound(now, broker);
                 self.send(channel, warren_codec::ChannelCloseOk {});
+            }
+            (Phase::Closing, Frame::Method { method: Method::ChannelOpen(_), .. }) => {
+                // A client that took our close for done and opens the number again.
+                *phase = Phase::Idle;
+                broker.open_channel(id, channel);
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}

@@ -167,17 +167,31 @@ impl Queue {
     /// Refuses access from any connection but the owner of an exclusive queue.
     pub fn check_access(&self, conn: ConnId) -> Result<(), AmqpError> {
         match self.spec.exclusive_owner {
-            Some(owner) if owner != conn => Err(AmqpError::new(
-                warren_codec::reply_code::RESOURCE_LOCKED,
-                format!(
-                    "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be \
-                     originally declared on another connection or the exclusive property value does \
-                     not match that of the original declaration.",
-                    self.name
-                ),
-            )),
+            Some(owner) if owner != conn => Err(self.locked()),
             _ => Ok(()),
         }
+    }
+
+    /// A redeclare by its owner must say `exclusive` as the declaration did (RabbitMQ's
+    /// `check_exclusivity`): `exclusive` is the redeclare's flag.
+    pub fn check_exclusivity(&self, conn: ConnId, exclusive: bool) -> Result<(), AmqpError> {
+        if self.spec.exclusive_owner != exclusive.then_some(conn) {
+            return Err(self.locked());
+        }
+        Ok(())
+    }
+
+    /// RabbitMQ's 405 for a queue this connection may not use as asked.
+    fn locked(&self) -> AmqpError {
+        AmqpError::new(
+            warren_codec::reply_code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be \
+                 originally declared on another connection or the exclusive property value does \
+                 not match that of the original declaration.",
+                self.name
+            ),
+        )
     }
 
     /// The seq the next message entering the queue gets; the caller builds the entry with it

@@ -324,6 +324,10 @@ impl Broker {
     }
 
     pub(super) fn channel_flow(&mut self, conn: ConnId, ch: u16, m: ChannelFlow) -> Result<(), AmqpError> {
+        // As RabbitMQ: clients test for this code, and some misbehave when the pause succeeds.
+        if !m.active {
+            return Err(AmqpError::new(warren_codec::reply_code::NOT_IMPLEMENTED, "active=false"));
+        }
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };

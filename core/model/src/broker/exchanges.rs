@@ -199,7 +199,11 @@ impl Broker {
         m: ExchangeDeclare,
     ) -> Result<(), AmqpError> {
         if m.passive {
-            if !is_default(&m.exchange) && !self.exchanges.contains_key(&m.exchange) {
+            // RabbitMQ refuses even a passive declare of the default exchange.
+            if is_default(&m.exchange) {
+                return Err(default_refused());
+            }
+            if !self.exchanges.contains_key(&m.exchange) {
                 return Err(no_exchange(&m.exchange));
             }
         } else {
@@ -277,8 +281,13 @@ impl Broker {
     }
 
     pub(super) fn queue_unbind(&mut self, conn: ConnId, ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
-        let dest = self.queue_destination(conn, &m.queue)?;
-        self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        // Unbinding from or to what does not exist succeeds, as in RabbitMQ.
+        if self.queues.contains_key(&m.queue) {
+            let dest = self.queue_destination(conn, &m.queue)?;
+            self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        } else if is_default(&m.exchange) {
+            return Err(default_refused());
+        }
         // queue.unbind has no no-wait.
         self.reply(conn, ch, false, QueueUnbindOk {});
         Ok(())
@@ -328,8 +337,13 @@ impl Broker {
         ch: u16,
         m: ExchangeUnbind,
     ) -> Result<(), AmqpError> {
-        let dest = self.exchange_destination(&m.destination)?;
-        self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
+        if is_default(&m.destination) || is_default(&m.source) {
+            return Err(default_refused());
+        }
+        if self.exchanges.contains_key(&m.destination) {
+            let dest = self.exchange_destination(&m.destination)?;
+            self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
+        }
         self.reply(conn, ch, m.no_wait, ExchangeUnbindOk {});
         Ok(())
     }
@@ -380,8 +394,14 @@ impl Broker {
         key: String,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
-        let x = self.source_exchange(source)?;
-        // Unbinding what is not bound succeeds, as in RabbitMQ.
+        if is_default(source) {
+            return Err(default_refused());
+        }
+        // Unbinding what is not bound, or from a source that does not exist, succeeds, as in
+        // RabbitMQ.
+        let Some(x) = self.exchanges.get_mut(source) else {
+            return Ok(());
+        };
         let Some(b) = x.bindings.get(&BindingId::of(&Binding { destination, key, arguments })).cloned()
         else {
             return Ok(());

@@ -23,6 +23,7 @@ impl Broker {
             q.last_used = now;
             if !m.passive {
                 q.check_equivalent(m.durable, m.auto_delete, &m.arguments)?;
+                q.check_exclusivity(conn, m.exclusive)?;
             }
         } else if m.passive {
             return Err(no_queue(&name));
@@ -98,7 +99,14 @@ impl Broker {
             if m.if_empty && !q.is_empty() {
                 return Err(precondition(format!("queue '{}' in vhost '/' is not empty", m.queue)));
             }
-            message_count = self.delete_queue(&m.queue);
+            let (count, own) = self.delete_queue_for(&m.queue, Some((conn, ch)));
+            message_count = count;
+            // RabbitMQ's order: delete-ok, then the cancels of this channel's own consumers.
+            self.reply(conn, ch, m.no_wait, QueueDeleteOk { message_count });
+            for consumer_tag in own {
+                self.send(conn, ch, warren_codec::BasicCancel { consumer_tag, no_wait: true });
+            }
+            return Ok(());
         }
         self.reply(conn, ch, m.no_wait, QueueDeleteOk { message_count });
         Ok(())
@@ -107,18 +115,25 @@ impl Broker {
     /// Removes a queue; its consumers are dropped and, where the client asked for it, told
     /// with basic.cancel. Returns how many ready messages went with it.
     pub(super) fn delete_queue(&mut self, name: &str) -> u32 {
+        self.delete_queue_for(name, None).0
+    }
+
+    /// [`Broker::delete_queue`] for channel `asker`, whose own consumers' cancels are returned
+    /// (the tags of those owed one) instead of sent, to follow its delete-ok.
+    fn delete_queue_for(&mut self, name: &str, asker: Option<(ConnId, u16)>) -> (u32, Vec<String>) {
+        let mut own = Vec::new();
         let Some((stored, id)) =
             self.queues.get(name).map(|q| (super::persist::stores_messages(&q.spec), q.id))
         else {
-            return 0;
+            return (0, own);
         };
         // The store first: a delete it cannot record does not happen, or the queue would be
         // back after a restart (inside a method, the method fails with 541).
         if stored && !self.store_meta(MetaOp::DeleteQueue(id)) {
-            return 0;
+            return (0, own);
         }
         let Some(q) = self.queues.remove(name) else {
-            return 0;
+            return (0, own);
         };
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
@@ -131,11 +146,13 @@ impl Broker {
             if let Some(c) = session.channels.get_mut(&key.channel) {
                 c.consumers.remove(&*key.tag);
             }
-            if notify {
+            if notify && asker == Some((key.conn, key.channel)) {
+                own.push(key.tag.to_string());
+            } else if notify {
                 let cancel = warren_codec::BasicCancel { consumer_tag: key.tag.to_string(), no_wait: true };
                 self.send(key.conn, key.channel, cancel);
             }
         }
-        count
+        (count, own)
     }
 }
