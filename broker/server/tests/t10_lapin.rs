@@ -749,3 +749,52 @@ async fn exchange_binding_consumer_and_transaction_limits_refuse_with_rabbitmqs_
     assert!(e.to_string().contains("transaction holds 3"), "{e}");
     assert_eq!(b.counts("q").map(|c| c.0), Some(3));
 }
+
+#[tokio::test]
+async fn an_empty_queue_name_means_the_last_queue_declared_on_the_channel() {
+    let b = TestBroker::start().await;
+    let conn = connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare("".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("server-named");
+    let name = q.name().to_string();
+    // Bound with an empty name and key: the queue, under its own name.
+    ch.queue_bind(
+        "".into(),
+        "amq.direct".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    ch.basic_publish(
+        "amq.direct".into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        b"via the shortcut",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    assert!(eventually(|| b.counts(&name) == Some((1, 0, 0))).await);
+    let got = ch.basic_get("".into(), BasicGetOptions { no_ack: true }).await.expect("get").expect("message");
+    assert_eq!(got.delivery.data, b"via the shortcut");
+    publish(&ch, &name, b"purged").await;
+    assert!(eventually(|| b.counts(&name) == Some((1, 0, 0))).await);
+    assert_eq!(ch.queue_purge("".into(), QueuePurgeOptions::default()).await.expect("purge"), 1);
+    let _c = ch
+        .basic_consume("".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    assert!(eventually(|| b.counts(&name).is_some_and(|c| c.2 == 1)).await);
+    ch.queue_delete("".into(), QueueDeleteOptions::default()).await.expect("delete");
+    assert_eq!(b.counts(&name), None);
+    // A channel that declared nothing has no last queue.
+    let fresh = conn.create_channel().await.expect("channel");
+    let e = fresh.basic_get("".into(), BasicGetOptions::default()).await.expect_err("404");
+    assert_eq!(code(&e), Some(404), "{e}");
+    assert!(e.to_string().contains("no previously declared queue"), "{e}");
+}

@@ -441,8 +441,9 @@ impl Broker {
     ///
     /// A topology method whose durable record cannot be written fails with 541 and gets no
     /// -ok; one that wrote a record gets its -ok once the record is synced.
-    pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
+    pub fn handle_method(&mut self, conn: ConnId, ch: u16, mut method: Method) -> Result<(), AmqpError> {
         let err_on = method.clone();
+        self.expand_queue_shortcut(conn, ch, &mut method).map_err(|e| e.on(&err_on))?;
         let topology = matches!(method.ids().0, 40 | 50);
         // Set afresh for every method: one that panicked half-way must not leave its state to
         // the next.
@@ -483,6 +484,34 @@ impl Broker {
             _ => r,
         };
         r.map_err(|e| e.on(&err_on))
+    }
+
+    /// The 0-9-1 shortcut RabbitMQ keeps: an empty queue name in queue.bind, queue.unbind,
+    /// queue.purge, queue.delete, basic.consume and basic.get means the channel's last
+    /// declared queue (404 if it declared none), and so does an empty routing key in a bind
+    /// whose queue name was empty.
+    fn expand_queue_shortcut(&mut self, conn: ConnId, ch: u16, method: &mut Method) -> Result<(), AmqpError> {
+        let (queue, key) = match method {
+            Method::QueueBind(m) => (&mut m.queue, Some(&mut m.routing_key)),
+            Method::QueueUnbind(m) => (&mut m.queue, Some(&mut m.routing_key)),
+            Method::QueuePurge(m) => (&mut m.queue, None),
+            Method::QueueDelete(m) => (&mut m.queue, None),
+            Method::BasicConsume(m) => (&mut m.queue, None),
+            Method::BasicGet(m) => (&mut m.queue, None),
+            _ => return Ok(()),
+        };
+        if !queue.is_empty() {
+            return Ok(());
+        }
+        let last = self.channel(conn, ch).and_then(|c| c.last_queue.clone());
+        let last = last.ok_or_else(|| {
+            AmqpError::new(warren_codec::reply_code::NOT_FOUND, "no previously declared queue")
+        })?;
+        if let Some(key) = key.filter(|k| k.is_empty()) {
+            key.clone_from(&last);
+        }
+        *queue = last;
+        Ok(())
     }
 
     /// Moves what connection `conn` has to send into `out`. True when deliveries still wait

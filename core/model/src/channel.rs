@@ -71,6 +71,8 @@ pub struct ChannelState {
     pub tx: Option<Vec<TxOp>>,
     /// Body octets of the publishes in `tx`.
     pub tx_bytes: u64,
+    /// The last queue declared on this channel, for the empty-name shortcut.
+    pub last_queue: Option<String>,
     /// Delivery tags whose messages went back to their queue when their consumer timed out:
     /// a late ack or nack of one settles nothing, instead of failing as an unknown tag.
     pub timed_out: std::collections::BTreeSet<u64>,
@@ -113,6 +115,7 @@ impl Default for ChannelState {
             confirm_seq: None,
             tx: None,
             tx_bytes: 0,
+            last_queue: None,
             timed_out: Default::default(),
         }
     }

@@ -59,6 +59,9 @@ impl Broker {
         }
         let (message_count, consumer_count) =
             self.queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
+        if let Some(c) = self.channel(conn, ch) {
+            c.last_queue = Some(name.clone());
+        }
         self.reply(conn, ch, m.no_wait, QueueDeclareOk { queue: name, message_count, consumer_count });
         Ok(())
     }
