@@ -920,3 +920,31 @@ async fn the_default_listener_takes_ipv4_and_ipv6_clients() {
         r.open_channel(1).await;
     }
 }
+
+#[tokio::test]
+async fn confirms_ready_together_go_out_as_one_multiple_ack() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send_method(1, QueueDeclare { queue: "confirmed".into(), ..Default::default() }).await;
+    assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
+    r.send_method(1, ConfirmSelect { no_wait: false }).await;
+    assert!(matches!(r.method().await, Method::ConfirmSelectOk(_)));
+    let mut burst = BytesMut::new();
+    for _ in 0..100 {
+        burst.extend_from_slice(&publish_frames("", "confirmed", &BasicProperties::default()));
+    }
+    r.send(&burst).await;
+    let (mut frames, mut covered) = (0, 0);
+    while covered < 100 {
+        let Method::BasicAck(a) = r.method().await else { panic!("an ack") };
+        frames += 1;
+        assert!(a.delivery_tag > covered, "tag {} covered twice", a.delivery_tag);
+        // A single ack must be the next tag; a multiple one covers everything up to its tag.
+        assert!(a.multiple || a.delivery_tag == covered + 1, "{a:?} after {covered}");
+        covered = a.delivery_tag;
+    }
+    assert_eq!(covered, 100);
+    assert!(frames < 100, "{frames} ack frames for 100 publishes in one write");
+    println!("100 publishes confirmed by {frames} frames");
+}

@@ -27,6 +27,7 @@ use crate::names::NameGen;
 use crate::queue::Queue;
 
 mod basic;
+mod confirms;
 mod consumer_timeout;
 mod deadletter;
 mod deliver;
@@ -39,6 +40,7 @@ mod tests;
 mod timers;
 mod tx;
 
+pub use confirms::Confirmed;
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
 pub use persist::{Compaction, ConfirmPolicy, RestoreReport};

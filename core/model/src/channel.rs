@@ -73,6 +73,8 @@ pub struct ChannelState {
     pub tx_bytes: u64,
     /// The last queue declared on this channel, for the empty-name shortcut.
     pub last_queue: Option<String>,
+    /// Which of its publishes were confirmed, for coalescing acks.
+    pub confirmed: crate::broker::Confirmed,
     /// Delivery tags whose messages went back to their queue when their consumer timed out:
     /// a late ack or nack of one settles nothing, instead of failing as an unknown tag.
     pub timed_out: std::collections::BTreeSet<u64>,
@@ -116,6 +118,7 @@ impl Default for ChannelState {
             tx: None,
             tx_bytes: 0,
             last_queue: None,
+            confirmed: Default::default(),
             timed_out: Default::default(),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use warren_codec::reply_code::{ACCESS_REFUSED, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED};
 use warren_codec::{
-    BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty, BasicGetOk, BasicNack,
+    BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet, BasicGetEmpty, BasicGetOk,
     BasicProperties, BasicPublish, BasicQos, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelFlow,
     ChannelFlowOk, ConfirmSelect, ConfirmSelectOk,
 };
@@ -122,7 +122,7 @@ impl Broker {
             // A queue that refused it (x-overflow reject-publish, a failed write) makes the
             // confirm a nack; a stored message is acked once the store has synced it.
             if refused {
-                self.send(conn, ch, BasicNack { delivery_tag, multiple: false, requeue: false });
+                self.send_confirm(conn, ch, delivery_tag, false, false);
             } else {
                 self.confirm(conn, ch, delivery_tag, stored);
             }

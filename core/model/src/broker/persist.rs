@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warren_codec::reply_code::INTERNAL_ERROR;
-use warren_codec::{BasicAck, BasicNack, ExchangeDeclare, Method};
+use warren_codec::{ExchangeDeclare, Method};
 
 use super::timers::{Delayed, Timer};
 use super::{Broker, ConnId};
@@ -136,9 +136,7 @@ impl Broker {
                 continue;
             }
             match p.held {
-                Held::Ack(delivery_tag) => {
-                    self.send(p.conn, p.channel, BasicAck { delivery_tag, multiple: true })
-                }
+                Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, true, true),
                 Held::Reply(m) => self.send(p.conn, p.channel, m),
             }
         }
@@ -160,9 +158,7 @@ impl Broker {
                 continue;
             }
             match p.held {
-                Held::Ack(delivery_tag) => {
-                    self.send(p.conn, p.channel, BasicNack { delivery_tag, multiple: false, requeue: false })
-                }
+                Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, false, false),
                 Held::Reply(m) => {
                     let text = format!("{} could not be made durable: {why}", m.name());
                     self.raise_error(p.conn, 0, AmqpError::new(INTERNAL_ERROR, text));
@@ -187,7 +183,7 @@ impl Broker {
     pub(super) fn confirm(&mut self, conn: ConnId, ch: u16, delivery_tag: u64, stored: bool) {
         if !self.hold(conn, ch, stored, Held::Ack(delivery_tag)) {
             self.stats.confirmed += 1;
-            self.send(conn, ch, BasicAck { delivery_tag, multiple: false });
+            self.send_confirm(conn, ch, delivery_tag, false, true);
         }
     }
 
