@@ -276,3 +276,59 @@ async fn parked_while_200_mb_go_by(held: bool) {
     let expected: &[&str] = if held { &[] } else { &["keep me"] };
     assert_eq!(parked.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), expected);
 }
+
+#[tokio::test]
+async fn a_priority_queue_delivers_higher_priorities_first_and_keeps_them_over_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = start(dir.path()).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let args = table(&[("x-max-priority", AMQPValue::ShortShortUInt(10))]);
+    ch.queue_declare("jobs".into(), durable(), args).await.expect("declare");
+    // Without a priority is 0; above the maximum is the maximum.
+    let sent: [(&str, Option<u8>); 6] = [
+        ("a0", None),
+        ("b5", Some(5)),
+        ("c9", Some(9)),
+        ("d255", Some(255)),
+        ("e5", Some(5)),
+        ("f0", Some(0)),
+    ];
+    for (body, priority) in sent {
+        let props = match priority {
+            Some(p) => persistent().with_priority(p),
+            None => persistent(),
+        };
+        publish_confirmed(&ch, "", "jobs", &[body.to_string()], props).await;
+    }
+    // A consumer that refuses the first it gets sees it again first: it keeps its place.
+    let first = ch.basic_get("jobs".into(), BasicGetOptions::default()).await.expect("get").expect("message");
+    assert_eq!(&first.delivery.data[..], b"d255");
+    first.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+
+    let b = start(dir.path()).await;
+    let (_conn, ch) = channel(&b).await;
+    let got: Vec<String> = drain(&ch, "jobs").await.into_iter().map(|(body, _)| body).collect();
+    assert_eq!(got, ["d255", "c9", "b5", "e5", "a0", "f0"], "by priority, then in publish order");
+
+    // Full: drop-head drops the oldest of the lowest priority, as RabbitMQ does.
+    let args = table(&[("x-max-priority", AMQPValue::LongInt(9)), ("x-max-length", AMQPValue::LongInt(3))]);
+    ch.queue_declare("bounded".into(), durable(), args).await.expect("declare");
+    for (body, p) in [("x1", 1), ("y9", 9), ("z5", 5), ("w1", 1)] {
+        let props = BasicProperties::default().with_priority(p);
+        ch.basic_publish("".into(), "bounded".into(), BasicPublishOptions::default(), body.as_bytes(), props)
+            .await
+            .expect("publish");
+    }
+    assert!(eventually(|| b.counts("bounded").is_some_and(|c| c.0 == 3)).await);
+    let got: Vec<String> = drain(&ch, "bounded").await.into_iter().map(|(body, _)| body).collect();
+    assert_eq!(got, ["y9", "z5", "w1"]);
+    // Over 255 is refused.
+    let e = ch
+        .queue_declare("too-many".into(), durable(), table(&[("x-max-priority", AMQPValue::LongInt(256))]))
+        .await
+        .expect_err("406");
+    assert!(e.to_string().contains("x-max-priority"), "{e}");
+}

@@ -67,13 +67,12 @@ pub struct Queue {
     pub spec: QueueSpec,
     /// Its arguments, parsed.
     pub args: QueueArgs,
-    /// Messages ready for delivery, ordered by `seq`. Change it only through the methods
-    /// below, which keep `ready_bytes` right.
-    ready: VecDeque<QueuedMessage>,
-    /// Messages that came back (requeued, or released by a retry delay) with a seq below the
-    /// back of `ready`: kept apart so a return costs O(log n), not a shift of the deque. The
-    /// queue's order is the merge of the two by seq.
-    returned: BTreeMap<u64, QueuedMessage>,
+    /// Messages ready for delivery, one lane per priority (one lane without `x-max-priority`),
+    /// each in publish order. Change them only through the methods below, which keep `count`
+    /// and `ready_bytes` right.
+    lanes: Vec<Lane>,
+    /// Ready messages in all lanes.
+    count: usize,
     /// Body octets of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
     /// Last declare, get or consumer change (for `x-expires`).
@@ -112,6 +111,7 @@ pub enum Offer {
 impl Queue {
     /// A new, empty queue.
     pub fn new(id: u64, name: String, spec: QueueSpec, args: QueueArgs, now: Instant) -> Self {
+        let lanes = (0..=args.max_priority.unwrap_or(0)).map(|_| Lane::default()).collect();
         Queue {
             args,
             ready_bytes: 0,
@@ -122,8 +122,8 @@ impl Queue {
             id,
             name: name.into(),
             spec,
-            ready: VecDeque::new(),
-            returned: BTreeMap::new(),
+            lanes,
+            count: 0,
             consumers: Vec::new(),
             next_consumer: 0,
             exclusive_consumer: false,
@@ -229,44 +229,48 @@ impl Queue {
     }
 
     fn insert_ordered(&mut self, m: QueuedMessage) {
-        // New messages go at the back; a return goes to the side map.
-        if self.ready.back().is_none_or(|last| last.seq < m.seq) {
-            self.ready.push_back(m);
-        } else {
-            self.returned.insert(m.seq, m);
+        let lane = self.lane_of(&m);
+        self.count += 1;
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.insert(m);
         }
     }
 
-    /// Whether the oldest ready message is in `returned` rather than at the front of `ready`.
-    fn oldest_returned(&self) -> bool {
-        match (self.returned.first_key_value(), self.ready.front()) {
-            (Some((r, _)), Some(f)) => *r < f.seq,
-            (r, _) => r.is_some(),
+    /// The lane of a message: its priority, as RabbitMQ reads it (none is 0, above the
+    /// queue's maximum is the maximum).
+    fn lane_of(&self, m: &QueuedMessage) -> usize {
+        let top = self.lanes.len().saturating_sub(1);
+        if top == 0 {
+            return 0;
         }
+        usize::from(m.message.properties.priority.unwrap_or(0)).min(top)
     }
 
-    /// Takes the oldest ready message.
+    /// Takes the next message to deliver: the oldest of the highest priority.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let m = if self.oldest_returned() {
-            self.returned.pop_first().map(|(_, m)| m)
-        } else {
-            self.ready.pop_front()
-        }?;
-        self.ready_bytes -= m.message.body.len() as u64;
+        let m = self.lanes.iter_mut().rev().find_map(Lane::pop)?;
+        self.took(&m);
+        Some(m)
+    }
+
+    /// Takes the message a full queue drops first (`x-overflow` drop-head): the oldest of the
+    /// lowest priority, as RabbitMQ does.
+    pub fn pop_for_overflow(&mut self) -> Option<QueuedMessage> {
+        let m = self.lanes.iter_mut().find_map(Lane::pop)?;
+        self.took(&m);
         Some(m)
     }
 
     /// Takes the ready message with `seq`, wherever it is.
     pub fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
-        let m = match self.returned.remove(&seq) {
-            Some(m) => m,
-            None => {
-                let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
-                self.ready.remove(at)?
-            }
-        };
-        self.ready_bytes -= m.message.body.len() as u64;
+        let m = self.lanes.iter_mut().find_map(|l| l.take(seq))?;
+        self.took(&m);
         Some(m)
+    }
+
+    fn took(&mut self, m: &QueuedMessage) {
+        self.count -= 1;
+        self.ready_bytes -= m.message.body.len() as u64;
     }
 
     /// The highest seq given out so far (0 before the first): every message in the queue has
@@ -276,50 +280,42 @@ impl Queue {
     }
 
     /// The seqs of up to `n` ready messages after `after` (from the oldest when `None`),
-    /// oldest first: a cursor over the queue that costs the batch, not the queue.
+    /// oldest first whatever their priority: a cursor over the queue that costs the batch,
+    /// not the queue.
     pub fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {
-        use std::ops::Bound;
-        let start = after.map_or(0, |a| self.ready.partition_point(|m| m.seq <= a));
-        let mut ready = self.ready.range(start..).map(|m| m.seq).peekable();
-        let low = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut returned = self.returned.range((low, Bound::Unbounded)).map(|(s, _)| *s).peekable();
-        let mut out = Vec::with_capacity(n.min(1024));
-        while out.len() < n {
-            let next = match (ready.peek(), returned.peek()) {
-                (Some(a), Some(b)) if a < b => ready.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => returned.next(),
-                (Some(_), None) => ready.next(),
-                (None, None) => break,
-            };
-            out.extend(next);
+        if let [lane] = self.lanes.as_slice() {
+            return lane.seqs_after(after, n);
         }
+        let mut out: Vec<u64> = self.lanes.iter().flat_map(|l| l.seqs_after(after, n)).collect();
+        out.sort_unstable();
+        out.truncate(n);
         out
     }
 
     /// The ready messages, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.ready.iter().chain(self.returned.values())
+        self.lanes.iter().flat_map(Lane::iter)
     }
 
     /// The ready messages, in no particular order, to change what the store keeps of them
-    /// (never their body's length or their seq).
+    /// (never their body's length, seq or priority).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
-        self.ready.iter_mut().chain(self.returned.values_mut())
+        self.lanes.iter_mut().flat_map(Lane::iter_mut)
     }
 
-    /// The oldest ready message.
+    /// The message delivered next.
     pub fn head(&self) -> Option<&QueuedMessage> {
-        if self.oldest_returned() { self.returned.values().next() } else { self.ready.front() }
+        self.lanes.iter().rev().find_map(Lane::head)
     }
 
     /// Number of ready messages.
     pub fn len(&self) -> usize {
-        self.ready.len() + self.returned.len()
+        self.count
     }
 
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.returned.is_empty()
+        self.count == 0
     }
 
     /// Body octets of the ready messages.
@@ -330,8 +326,12 @@ impl Queue {
     /// Takes every ready message out.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
-        let mut all: Vec<QueuedMessage> = self.ready.drain(..).collect();
-        all.extend(std::mem::take(&mut self.returned).into_values());
+        self.count = 0;
+        let mut all = Vec::new();
+        for lane in &mut self.lanes {
+            all.extend(lane.ready.drain(..));
+            all.extend(std::mem::take(&mut lane.returned).into_values());
+        }
         all
     }
 
@@ -369,6 +369,83 @@ impl Queue {
     /// Whether an auto-delete queue has lost its last consumer.
     pub fn should_auto_delete(&self) -> bool {
         self.spec.auto_delete && self.had_consumer && self.consumers.is_empty()
+    }
+}
+
+/// The ready messages of one priority.
+#[derive(Debug, Default)]
+struct Lane {
+    /// In publish order, by `seq`.
+    ready: VecDeque<QueuedMessage>,
+    /// Messages that came back (requeued, or released by a retry delay) with a seq below the
+    /// back of `ready`: kept apart so a return costs O(log n), not a shift of the deque. The
+    /// lane's order is the merge of the two by seq.
+    returned: BTreeMap<u64, QueuedMessage>,
+}
+
+impl Lane {
+    fn insert(&mut self, m: QueuedMessage) {
+        // New messages go at the back; a return goes to the side map.
+        if self.ready.back().is_none_or(|last| last.seq < m.seq) {
+            self.ready.push_back(m);
+        } else {
+            self.returned.insert(m.seq, m);
+        }
+    }
+
+    /// Whether the oldest message is in `returned` rather than at the front of `ready`.
+    fn oldest_returned(&self) -> bool {
+        match (self.returned.first_key_value(), self.ready.front()) {
+            (Some((r, _)), Some(f)) => *r < f.seq,
+            (r, _) => r.is_some(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        if self.oldest_returned() {
+            self.returned.pop_first().map(|(_, m)| m)
+        } else {
+            self.ready.pop_front()
+        }
+    }
+
+    fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
+        if let Some(m) = self.returned.remove(&seq) {
+            return Some(m);
+        }
+        let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
+        self.ready.remove(at)
+    }
+
+    fn head(&self) -> Option<&QueuedMessage> {
+        if self.oldest_returned() { self.returned.values().next() } else { self.ready.front() }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.ready.iter().chain(self.returned.values())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
+        self.ready.iter_mut().chain(self.returned.values_mut())
+    }
+
+    fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {
+        use std::ops::Bound;
+        let start = after.map_or(0, |a| self.ready.partition_point(|m| m.seq <= a));
+        let mut ready = self.ready.range(start..).map(|m| m.seq).peekable();
+        let low = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut returned = self.returned.range((low, Bound::Unbounded)).map(|(s, _)| *s).peekable();
+        let mut out = Vec::with_capacity(n.min(1024));
+        while out.len() < n {
+            let next = match (ready.peek(), returned.peek()) {
+                (Some(a), Some(b)) if a < b => ready.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => returned.next(),
+                (Some(_), None) => ready.next(),
+                (None, None) => break,
+            };
+            out.extend(next);
+        }
+        out
     }
 }
 
@@ -480,5 +557,39 @@ mod tests {
                 proptest::prop_assert_eq!(q.head().map(|m| m.seq), model.keys().next().copied());
             }
         }
+    }
+
+    #[test]
+    fn a_priority_queue_serves_the_highest_lane_first_and_drops_from_the_lowest() {
+        let spec = QueueSpec {
+            durable: false,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: FieldTable::new(),
+        };
+        let args = QueueArgs { max_priority: Some(3), ..Default::default() };
+        let mut q = Queue::new(1, "p".into(), spec, args, Instant::now());
+        let with = |body: &'static str, p: Option<u8>| {
+            let mut m = Message::clone(&msg(body));
+            m.properties.priority = p;
+            Arc::new(m)
+        };
+        for (b, p) in [("low", None), ("hi", Some(3)), ("mid", Some(2)), ("over", Some(9)), ("low2", Some(0))]
+        {
+            let seq = q.allocate_seq();
+            q.push(QueuedMessage::new(seq, with(b, p), None, 0));
+        }
+        assert_eq!(q.len(), 5);
+        assert_eq!(q.seqs_after(None, 10), [0, 1, 2, 3, 4], "the replay cursor is in publish order");
+        assert_eq!(q.seqs_after(Some(1), 2), [2, 3]);
+        let dropped = q.pop_for_overflow().map(|m| m.message.body.clone());
+        assert_eq!(dropped.as_deref(), Some(&b"low"[..]), "the oldest of the lowest priority");
+        let first = q.pop().expect("hi");
+        assert_eq!(&first.message.body[..], b"hi");
+        q.requeue(first);
+        assert_eq!(q.head().map(|m| &m.message.body[..]), Some(&b"hi"[..]), "back in its place");
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).map(|m| m.message.body.clone()).collect();
+        assert_eq!(order, [&b"hi"[..], b"over", b"mid", b"low2"]);
+        assert!(q.is_empty() && q.bytes() == 0);
     }
 }

@@ -6,9 +6,8 @@ use warren_codec::{FieldTable, FieldValue};
 use crate::error::{AmqpError, precondition};
 use crate::retry::{Retry, RetryPlugins};
 
-/// Arguments RabbitMQ gives meaning to that Warren does not implement; accepting them would
-/// pretend to a behaviour the queue lacks, so declare refuses them.
-const UNSUPPORTED: &[&str] = &["x-max-priority"];
+/// RabbitMQ's highest `x-max-priority`.
+pub const MAX_PRIORITY: u64 = 255;
 
 /// What to do when a queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +43,8 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u32>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-max-priority`: priorities 0 to this one, higher delivered first.
+    pub max_priority: Option<usize>,
     /// `x-retry-policy` and its parameters.
     pub retry: Option<Retry>,
     /// `x-consumer-timeout`: how long its consumers' deliveries may wait for an ack; 0 turns
@@ -69,11 +70,6 @@ impl QueueArgs {
     /// Parses and checks the declare arguments; `retry_plugins` are the configured plugin
     /// retry policies a queue may name.
     pub fn parse(args: &FieldTable, retry_plugins: &RetryPlugins) -> Result<QueueArgs, AmqpError> {
-        for key in UNSUPPORTED {
-            if args.contains_key(*key) {
-                return Err(precondition(format!("invalid arg '{key}': not supported by Warren yet")));
-            }
-        }
         let mut q = QueueArgs::default();
         for (key, v) in args {
             match key.as_str() {
@@ -89,6 +85,15 @@ impl QueueArgs {
                 "x-dead-letter-routing-key" => q.dead_letter_routing_key = Some(text(key, v)?),
                 "x-max-length" => q.max_length = Some(non_negative(key, v)?),
                 "x-max-length-bytes" => q.max_length_bytes = Some(non_negative(key, v)?),
+                "x-max-priority" => {
+                    let n = non_negative(key, v)?;
+                    if n > MAX_PRIORITY {
+                        return Err(precondition(format!(
+                            "invalid arg 'x-max-priority': {n} is larger than {MAX_PRIORITY}"
+                        )));
+                    }
+                    q.max_priority = usize::try_from(n).ok();
+                }
                 "x-overflow" => {
                     q.overflow = match text(key, v)?.as_str() {
                         "drop-head" => Overflow::DropHead,
@@ -166,7 +171,8 @@ mod tests {
         for bad in [
             args(&[("x-message-ttl", FieldValue::I32(-1))]),
             args(&[("x-overflow", FieldValue::str("drop-tail"))]),
-            args(&[("x-max-priority", FieldValue::I32(5))]),
+            args(&[("x-max-priority", FieldValue::I32(256))]),
+            args(&[("x-max-priority", FieldValue::I32(-1))]),
             args(&[("x-dead-letter-routing-key", FieldValue::str("k"))]),
         ] {
             let e = QueueArgs::parse(&bad, &RetryPlugins::default()).expect_err("refused");

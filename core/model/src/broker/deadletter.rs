@@ -72,7 +72,7 @@ impl Broker {
         // drop-head: the oldest messages make room.
         if q.over_limit() {
             while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
-                let Some(head) = q.pop() else {
+                let Some(head) = q.pop_for_overflow() else {
                     break;
                 };
                 self.dead_letter(queue, head, Reason::MaxLen);
