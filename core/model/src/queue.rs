@@ -230,8 +230,8 @@ impl Queue {
 
     fn insert_ordered(&mut self, m: QueuedMessage) {
         let lane = self.lane_of(&m);
-        self.count += 1;
         if let Some(l) = self.lanes.get_mut(lane) {
+            self.count += 1;
             l.insert(m);
         }
     }
@@ -248,7 +248,11 @@ impl Queue {
 
     /// Takes the next message to deliver: the oldest of the highest priority.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let m = self.lanes.iter_mut().rev().find_map(Lane::pop)?;
+        let m = match self.lanes.as_mut_slice() {
+            // The common case, without a priority: no search.
+            [lane] => lane.pop(),
+            lanes => lanes.iter_mut().rev().find_map(Lane::pop),
+        }?;
         self.took(&m);
         Some(m)
     }
