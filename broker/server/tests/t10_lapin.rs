@@ -798,3 +798,78 @@ async fn an_empty_queue_name_means_the_last_queue_declared_on_the_channel() {
     assert_eq!(code(&e), Some(404), "{e}");
     assert!(e.to_string().contains("no previously declared queue"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_reply_to_routes_replies_to_the_requesting_channel_without_a_queue() {
+    let b = TestBroker::start().await;
+    let requester = connect(&b).await;
+    let ch = requester.create_channel().await.expect("channel");
+    declare(&ch, "rpc").await;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut replies = ch
+        .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), no_ack, FieldTable::default())
+        .await
+        .expect("consume the pseudo-queue");
+    let props = BasicProperties::default()
+        .with_reply_to("amq.rabbitmq.reply-to".into())
+        .with_correlation_id("req-1".into());
+    ch.basic_publish("".into(), "rpc".into(), BasicPublishOptions::default(), b"2+2", props)
+        .await
+        .expect("request");
+
+    // The server side, on another connection, answers to the rewritten reply-to.
+    let server = connect(&b).await;
+    let sch = server.create_channel().await.expect("channel");
+    assert!(eventually(|| b.counts("rpc") == Some((1, 0, 0))).await);
+    let req =
+        sch.basic_get("rpc".into(), BasicGetOptions { no_ack: true }).await.expect("get").expect("request");
+    let reply_to = req.delivery.properties.reply_to().clone().expect("reply-to").to_string();
+    assert!(reply_to.starts_with("amq.rabbitmq.reply-to.") && reply_to.len() > 30, "{reply_to}");
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    sch.queue_declare(reply_to.as_str().into(), passive, FieldTable::default()).await.expect("a live token");
+    let answer = BasicProperties::default().with_correlation_id("req-1".into());
+    sch.basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), b"4", answer)
+        .await
+        .expect("reply");
+    let got = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("in time")
+        .expect("reply")
+        .expect("ok");
+    assert_eq!(got.data, b"4");
+    assert_eq!(got.properties.correlation_id().as_ref().map(|c| c.to_string()), Some("req-1".to_string()));
+    assert_eq!(b.counts("rpc"), Some((0, 0, 0)));
+
+    // The requester gone, a mandatory reply comes back to its sender; a plain one is dropped.
+    requester.close(200, "bye".into()).await.expect("close");
+    sch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let c = sch
+        .basic_publish("".into(), reply_to.as_str().into(), mandatory, b"late", BasicProperties::default())
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(matches!(&c, Confirmation::Ack(Some(r)) if r.reply_code == 312), "{c:?}");
+
+    // RabbitMQ's errors: a reply consumer must not ack; a reply-to needs a reply consumer.
+    let ch = server.create_channel().await.expect("channel");
+    let e = ch
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("406");
+    assert_eq!(code(&e), Some(406), "{e}");
+    let ch = server.create_channel().await.expect("channel");
+    let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
+    ch.basic_publish("".into(), "rpc".into(), BasicPublishOptions::default(), b"x", props)
+        .await
+        .expect("sent");
+    let e = ch.basic_qos(1, BasicQosOptions::default()).await.expect_err("the channel was closed");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("fast reply consumer does not exist"), "{e}");
+}

@@ -35,6 +35,7 @@ mod exchanges;
 mod operator;
 mod persist;
 mod queues;
+mod reply_to;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -44,6 +45,7 @@ pub use confirms::Confirmed;
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
 pub use persist::{Compaction, ConfirmPolicy, RestoreReport};
+pub use reply_to::ReplyConsumer;
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;
@@ -174,6 +176,8 @@ pub struct Broker {
     timer_seq: u64,
     timer_changed: bool,
     delayed: Map<u64, timers::Delayed>,
+    /// Direct reply-to tokens: the channel incarnation each one names.
+    replies: Map<String, (ConnId, u16, u64)>,
     next_delayed: u64,
     policies: Vec<crate::policy::Policy>,
     stats: crate::stats::GlobalStats,
@@ -211,6 +215,7 @@ impl Broker {
             timer_seq: 0,
             timer_changed: false,
             delayed: Map::default(),
+            replies: Map::default(),
             next_delayed: 0,
             policies: Vec::new(),
             stats: Default::default(),
@@ -634,6 +639,7 @@ impl Broker {
             return;
         };
         self.stats.channels_closed += 1;
+        self.forget_replies(state.reply.clone());
         let mut touched: Vec<std::sync::Arc<str>> = Vec::new();
         for (tag, c) in state.consumers {
             if let Some(q) = self.queues.get_mut(&*c.queue) {

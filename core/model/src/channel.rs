@@ -75,6 +75,8 @@ pub struct ChannelState {
     pub last_queue: Option<String>,
     /// Which of its publishes were confirmed, for coalescing acks.
     pub confirmed: crate::broker::Confirmed,
+    /// Its consumer of `amq.rabbitmq.reply-to`, if it has one.
+    pub reply: Option<crate::broker::ReplyConsumer>,
     /// Delivery tags whose messages went back to their queue when their consumer timed out:
     /// a late ack or nack of one settles nothing, instead of failing as an unknown tag.
     pub timed_out: std::collections::BTreeSet<u64>,
@@ -119,6 +121,7 @@ impl Default for ChannelState {
             tx_bytes: 0,
             last_queue: None,
             confirmed: Default::default(),
+            reply: None,
             timed_out: Default::default(),
         }
     }

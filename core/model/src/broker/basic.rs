@@ -35,7 +35,7 @@ impl Broker {
         properties: impl Into<Box<BasicProperties>>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let properties = properties.into();
+        let mut properties = properties.into();
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
         if let Some(s) = self.sessions.get_mut(&conn)
             && !s.published
@@ -49,6 +49,7 @@ impl Broker {
         }
         self.check_publish_target(&m.exchange).map_err(on)?;
         message_ttl(&properties).map_err(on)?;
+        self.rewrite_reply_to(conn, ch, &mut properties).map_err(on)?;
         // One look at the channel for both questions: held for a transaction? confirmed?
         let confirm = match self.channel(conn, ch) {
             Some(c) if c.tx.is_some() => {
@@ -95,12 +96,17 @@ impl Broker {
             Offer::Refused => (reached, refused) = (true, true),
             Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),
         };
-        if direct {
+        let mut replied = false;
+        if direct && super::reply_to::is_reply_key(&message.routing_key) {
+            // A direct reply: to its requester's channel, never to a queue.
+            replied = self.deliver_reply(&message.routing_key, message.clone());
+        } else if direct {
             offer(self, &message.routing_key);
         }
         for name in destinations {
             offer(self, &name);
         }
+        reached |= replied;
         self.stats.received += 1;
         match (reached, m.mandatory) {
             (true, _) => self.stats.routed += 1,
@@ -153,6 +159,9 @@ impl Broker {
     }
 
     pub(super) fn basic_consume(&mut self, conn: ConnId, ch: u16, m: BasicConsume) -> Result<(), AmqpError> {
+        if m.queue == super::reply_to::PSEUDO_QUEUE {
+            return self.consume_replies(conn, ch, m);
+        }
         let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
         q.check_access(conn)?;
         let queue = q.name.clone();
@@ -221,6 +230,10 @@ impl Broker {
     }
 
     pub(super) fn basic_cancel(&mut self, conn: ConnId, ch: u16, m: BasicCancel) -> Result<(), AmqpError> {
+        if self.cancel_replies(conn, ch, &m.consumer_tag) {
+            self.reply(conn, ch, m.no_wait, BasicCancelOk { consumer_tag: m.consumer_tag });
+            return Ok(());
+        }
         // An unknown tag is not an error: the consumer may be gone with its queue already.
         let queue = self.channel(conn, ch).and_then(|c| c.consumers.remove(&m.consumer_tag)).map(|c| c.queue);
         self.reply(conn, ch, m.no_wait, BasicCancelOk { consumer_tag: m.consumer_tag.clone() });

@@ -17,6 +17,15 @@ use crate::storage::MetaOp;
 impl Broker {
     pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
         let name = if m.queue.is_empty() && !m.passive { self.names.name("amq.gen-") } else { m.queue };
+        if m.passive && self.is_reply_queue(&name) {
+            self.reply(
+                conn,
+                ch,
+                m.no_wait,
+                QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 },
+            );
+            return Ok(());
+        }
         let now = self.now;
         if let Some(q) = self.queues.get_mut(&name) {
             q.check_access(conn)?;
