@@ -832,7 +832,20 @@ async fn channel_max_counts_open_channels_not_channel_numbers() {
 #[tokio::test]
 async fn a_close_from_both_sides_at_once_leaves_the_connection_and_other_channels_working() {
     let b = TestBroker::start().await;
-    let mut r = Raw::open(b.addr).await;
+    crossing_close(open_notified(b.addr, 2047).await).await;
+}
+
+/// The crossing-close scenario against a broker at `PROBE_ADDR` (RabbitMQ, to compare:
+/// `PROBE_ADDR=127.0.0.1:5672 cargo test -p warren --test t30_raw_frames -- --ignored
+/// probe_crossing_close`); it passed against RabbitMQ 3.10.8 as it does against Warren.
+#[tokio::test]
+#[ignore]
+async fn probe_crossing_close() {
+    let addr: SocketAddr = std::env::var("PROBE_ADDR").expect("PROBE_ADDR").parse().expect("addr");
+    crossing_close(open_notified(addr, 2047).await).await;
+}
+
+async fn crossing_close(mut r: Raw) {
     r.open_channel(1).await;
     r.open_channel(2).await;
     // The server closes channel 1 for the 404 while the client is closing it too.
