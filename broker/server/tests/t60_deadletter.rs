@@ -571,3 +571,53 @@ async fn a_consumer_that_never_acks_is_cancelled_after_its_timeout_and_another_g
     first.ack(BasicAckOptions::default()).await.expect("late ack");
     queue(&ch, "still-open", FieldTable::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_4_3_delayed_retry_arguments_delay_nacks_and_returns() {
+    use std::time::{Duration, Instant};
+    let b = TestBroker::start().await;
+    let conn =
+        lapin::Connection::connect(&b.uri(), lapin::ConnectionProperties::default()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let args = common::table(&[
+        ("x-delayed-retry-type", common::s("all")),
+        ("x-delayed-retry-min", lapin::types::AMQPValue::LongInt(300)),
+        ("x-delayed-retry-max", lapin::types::AMQPValue::LongInt(500)),
+    ]);
+    ch.queue_declare("later".into(), lapin::options::QueueDeclareOptions::default(), args)
+        .await
+        .expect("declare");
+    ch.basic_publish(
+        "".into(),
+        "later".into(),
+        Default::default(),
+        b"job",
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    let get = |ch: lapin::Channel| async move {
+        let started = Instant::now();
+        loop {
+            if let Some(m) = ch.basic_get("later".into(), Default::default()).await.expect("get") {
+                return (m, started.elapsed());
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (m, _) = get(ch.clone()).await;
+    // A nack with requeue: held min × 1 = 300 ms.
+    m.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    let (m, waited) = get(ch.clone()).await;
+    assert!(waited >= Duration::from_millis(250), "back after {waited:?}");
+    // A return by a closing channel ("all"): held min × 2 = 600, capped at 500 ms.
+    drop(m);
+    ch.close(200, "bye".into()).await.expect("close");
+    let ch = conn.create_channel().await.expect("channel");
+    let (m, waited) = get(ch.clone()).await;
+    assert!(waited >= Duration::from_millis(400), "back after {waited:?}");
+    let count =
+        m.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(lapin::types::AMQPValue::LongLongInt(2)));
+}

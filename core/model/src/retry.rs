@@ -2,6 +2,11 @@
 //! with `x-retry-policy`, the broker holds the message out of the queue for the policy's
 //! delay, counts the attempt in `x-retry-count`, then puts it back. After the last attempt
 //! the message is dead-lettered instead (reason `rejected`).
+//!
+//! RabbitMQ 4.3's spelling of the same is accepted too: `x-delayed-retry-type` (`disabled`,
+//! `failed`: nacked or rejected with requeue, `returned`: given back by a closed channel or a
+//! recover, `all`), `x-delayed-retry-min` and `x-delayed-retry-max`, the delay being
+//! min(min × delivery count, max); there `x-delivery-limit` alone ends the retries.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -68,6 +73,15 @@ impl Retry {
     /// Reads `x-retry-policy`: a policy configured as a plugin (whose parameters come from the
     /// config file, so `x-retry-*` arguments are refused), else a built-in one.
     pub fn parse(args: &FieldTable, plugins: &RetryPlugins) -> Result<Option<Retry>, AmqpError> {
+        if args.keys().any(|k| k.starts_with("x-delayed-retry-")) {
+            if args.contains_key("x-retry-policy") {
+                return Err(precondition(
+                    "invalid arg 'x-delayed-retry-type': x-retry-policy and x-delayed-retry-* are two \
+                     spellings of one retry; give one",
+                ));
+            }
+            return RetryPolicy::parse_delayed(args).map(|p| p.map(Retry::Builtin));
+        }
         let named = args.get("x-retry-policy").and_then(FieldValue::as_str);
         let Some((name, plugin)) = named.and_then(|n| plugins.get_key_value(n)) else {
             return RetryPolicy::parse(args).map(|p| p.map(Retry::Builtin));
@@ -80,12 +94,34 @@ impl Retry {
         Ok(Some(Retry::Plugin(plugin.clone())))
     }
 
-    /// The decision for `message`, which has been retried `previous` times and failed again
-    /// for `why`. A plugin that fails cannot be trusted to have meant a retry: the message
-    /// then takes the dead-letter path, as when retries run out (the host logs and counts it).
-    pub fn decide(&self, message: &Message, previous: u32, why: Reason) -> ExternalDecision {
+    /// Whether a message coming back `refused` (a nack or reject with requeue, as opposed to a
+    /// closed channel or a recover) is this policy's to delay.
+    pub fn applies(&self, refused: bool) -> bool {
         match self {
-            Retry::Builtin(p) => match p.decide(previous) {
+            Retry::Builtin(p) => {
+                if refused {
+                    p.on.failed
+                } else {
+                    p.on.returned
+                }
+            }
+            Retry::Plugin(_) => refused,
+        }
+    }
+
+    /// The decision for `message`, which has been retried `previous` times, delivered
+    /// `delivery_count` times, and failed again for `why`. A plugin that fails cannot be
+    /// trusted to have meant a retry: the message then takes the dead-letter path, as when
+    /// retries run out (the host logs and counts it).
+    pub fn decide(
+        &self,
+        message: &Message,
+        previous: u32,
+        delivery_count: u32,
+        why: Reason,
+    ) -> ExternalDecision {
+        match self {
+            Retry::Builtin(p) => match p.decide_with(previous, delivery_count) {
                 RetryDecision::DeadLetter => ExternalDecision::DeadLetter,
                 RetryDecision::Retry { delay_ms, .. } => ExternalDecision::Retry {
                     delay_ms,
@@ -113,6 +149,17 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// `x-retry-multiplier`: growth per attempt for exponential (default 2).
     pub multiplier: f64,
+    /// Which returns it delays.
+    pub on: RetryOn,
+}
+
+/// Which returns of a message to its queue a retry policy delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// A consumer's nack or reject with requeue.
+    pub failed: bool,
+    /// A closed channel or a recover.
+    pub returned: bool,
 }
 
 /// How delays grow.
@@ -122,6 +169,8 @@ pub enum RetryKind {
     Fixed,
     /// `delay × multiplier^(attempt-1)`, capped at the max delay.
     Exponential,
+    /// `delay × delivery count`, capped at the max delay (RabbitMQ 4.3's delayed retry).
+    Linear,
 }
 
 /// What to do with a message a consumer gave back.
@@ -176,12 +225,60 @@ impl RetryPolicy {
             max_delay_ms: int("x-retry-max-delay-ms", 60_000)?,
             max_attempts: u32::try_from(int("x-retry-max-attempts", 5)?).unwrap_or(u32::MAX),
             multiplier,
+            on: RetryOn { failed: true, returned: false },
+        };
+        Ok(Some(policy))
+    }
+
+    /// Reads RabbitMQ 4.3's `x-delayed-retry-*`; `None` for `disabled`. The type defaults to
+    /// `failed` when only the delays are given; the minimum to 1 000 ms, the maximum to 60 000.
+    pub fn parse_delayed(args: &FieldTable) -> Result<Option<RetryPolicy>, AmqpError> {
+        let on = match args.get("x-delayed-retry-type").map(|v| v.as_str()) {
+            None | Some(Some("failed")) => RetryOn { failed: true, returned: false },
+            Some(Some("returned")) => RetryOn { failed: false, returned: true },
+            Some(Some("all")) => RetryOn { failed: true, returned: true },
+            Some(Some("disabled")) => RetryOn { failed: false, returned: false },
+            Some(v) => {
+                return Err(precondition(format!(
+                    "invalid arg 'x-delayed-retry-type': {v:?}; expected disabled, all, failed or returned"
+                )));
+            }
+        };
+        let int = |key: &str, default: u64| -> Result<u64, AmqpError> {
+            match args.get(key) {
+                None => Ok(default),
+                Some(v) => v.as_i64().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
+                    precondition(format!("invalid arg '{key}': expected a non-negative integer"))
+                }),
+            }
+        };
+        let (min, max) = (int("x-delayed-retry-min", 1000)?, int("x-delayed-retry-max", 60_000)?);
+        if max < min {
+            return Err(precondition(format!(
+                "invalid arg 'x-delayed-retry-max': {max} is below x-delayed-retry-min {min}"
+            )));
+        }
+        if !on.failed && !on.returned {
+            return Ok(None);
+        }
+        let policy = RetryPolicy {
+            kind: RetryKind::Linear,
+            delay_ms: min,
+            max_delay_ms: max,
+            max_attempts: u32::MAX,
+            multiplier: 1.0,
+            on,
         };
         Ok(Some(policy))
     }
 
     /// The decision for a message that has been retried `previous` times already.
     pub fn decide(&self, previous: u32) -> RetryDecision {
+        self.decide_with(previous, previous.saturating_add(1))
+    }
+
+    /// [`RetryPolicy::decide`] for a message delivered `delivery_count` times.
+    pub fn decide_with(&self, previous: u32, delivery_count: u32) -> RetryDecision {
         let attempt = previous.saturating_add(1);
         if attempt > self.max_attempts {
             return RetryDecision::DeadLetter;
@@ -189,6 +286,7 @@ impl RetryPolicy {
         let delay = match self.kind {
             RetryKind::Fixed => self.delay_ms as f64,
             RetryKind::Exponential => self.delay_ms as f64 * self.multiplier.powi(attempt as i32 - 1),
+            RetryKind::Linear => self.delay_ms as f64 * f64::from(delivery_count.max(1)),
         };
         let delay_ms = (delay.min(self.max_delay_ms as f64)) as u64;
         RetryDecision::Retry { delay_ms, attempt }
@@ -223,6 +321,37 @@ mod tests {
                 RetryDecision::DeadLetter,
             ]
         );
+    }
+
+    #[test]
+    fn rabbitmq_4_3_delayed_retry_grows_with_the_delivery_count_up_to_the_max() {
+        let t: FieldTable = [
+            ("x-delayed-retry-type".to_string(), FieldValue::str("all")),
+            ("x-delayed-retry-min".to_string(), FieldValue::I32(100)),
+            ("x-delayed-retry-max".to_string(), FieldValue::I32(250)),
+        ]
+        .into_iter()
+        .collect();
+        let p = RetryPolicy::parse_delayed(&t).expect("valid").expect("a policy");
+        assert_eq!(p.on, RetryOn { failed: true, returned: true });
+        let delays: Vec<_> = (1..=4).map(|n| p.decide_with(n - 1, n)).collect();
+        let want = [100, 200, 250, 250];
+        for (d, (w, attempt)) in delays.iter().zip(want.iter().zip(1..)) {
+            assert_eq!(*d, RetryDecision::Retry { delay_ms: *w, attempt });
+        }
+        let off: FieldTable =
+            [("x-delayed-retry-type".to_string(), FieldValue::str("disabled"))].into_iter().collect();
+        assert_eq!(RetryPolicy::parse_delayed(&off).expect("valid"), None);
+        let bad: FieldTable =
+            [("x-delayed-retry-type".to_string(), FieldValue::str("sometimes"))].into_iter().collect();
+        assert_eq!(RetryPolicy::parse_delayed(&bad).map_err(|e| e.code), Err(406));
+        let both: FieldTable = [
+            ("x-delayed-retry-min".to_string(), FieldValue::I32(1)),
+            ("x-retry-policy".to_string(), FieldValue::str("fixed")),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(Retry::parse(&both, &RetryPlugins::default()).map_err(|e| e.code).err(), Some(406));
     }
 
     #[test]

@@ -232,10 +232,10 @@ impl Broker {
         if m.expires_at.is_some_and(|t| t <= now) {
             return self.dead_letter(&u.queue, m, Reason::Expired);
         }
-        if let (Return::Refused, Some(policy)) = (how, &q.args.retry) {
+        if let Some(policy) = q.args.retry.as_ref().filter(|p| p.applies(how == Return::Refused)) {
             let previous = retry_count(&m.message);
             let attempt = previous.saturating_add(1);
-            match policy.decide(&m.message, previous, Reason::Rejected) {
+            match policy.decide(&m.message, previous, m.delivery_count, Reason::Rejected) {
                 ExternalDecision::DeadLetter => return self.dead_letter(&u.queue, m, Reason::Rejected),
                 ExternalDecision::Drop => return self.forget(u.queue_id, &m),
                 ExternalDecision::Retry { delay_ms, set_headers, remove_headers } => {
