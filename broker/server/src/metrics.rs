@@ -62,7 +62,7 @@ pub struct BrokerCollector {
 impl BrokerCollector {
     /// A collector over the shared broker.
     pub fn new(shared: SharedRef) -> Self {
-        let descs = families(&[], &GlobalStats::default(), (0, 0, 0))
+        let descs = families(&Snapshot::default())
             .iter()
             .flat_map(|f| f.desc().into_iter().cloned().collect::<Vec<_>>())
             .collect();
@@ -79,12 +79,17 @@ impl BrokerCollector {
         held
     }
 
-    fn snapshot(&self) -> (Vec<QueueSnapshot>, GlobalStats, (usize, usize, usize)) {
+    fn snapshot(&self) -> Snapshot {
         let s = lock(&self.shared);
         let b = &s.broker;
         let queues = queue_snapshots(b);
         let (conns, chans) = b.open_counts();
-        (queues, *b.stats(), (conns, chans, b.blocked_count()))
+        Snapshot {
+            queues,
+            global: *b.stats(),
+            open: (conns, chans, b.blocked_count()),
+            delayed: b.delayed_by_exchange(),
+        }
     }
 }
 
@@ -94,8 +99,7 @@ impl Collector for BrokerCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (queues, global, open) = self.snapshot();
-        families(&queues, &global, open).iter().flat_map(|f| f.collect()).collect()
+        families(&self.snapshot()).iter().flat_map(|f| f.collect()).collect()
     }
 }
 
@@ -126,13 +130,31 @@ fn int(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// What one scrape reads from the broker, under its lock.
+#[derive(Default)]
+struct Snapshot {
+    queues: Vec<QueueSnapshot>,
+    global: GlobalStats,
+    /// Connections, channels, blocked connections.
+    open: (usize, usize, usize),
+    /// Messages held by each delayed-message exchange.
+    delayed: Vec<(String, u64)>,
+}
+
 /// Every family, filled from a snapshot.
-fn families(
-    queues: &[QueueSnapshot],
-    g: &GlobalStats,
-    (conns, chans, blocked): (usize, usize, usize),
-) -> Vec<Box<dyn Family>> {
+fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
+    let (queues, g) = (&snap.queues, &snap.global);
+    let (conns, chans, blocked) = snap.open;
     let mut out: Vec<Box<dyn Family>> = Vec::new();
+    let held = gauge(
+        "warren_exchange_messages_delayed",
+        "Messages a delayed-message exchange holds until their x-delay runs out.",
+        &["vhost", "exchange"],
+    );
+    for (x, n) in &snap.delayed {
+        held.with_label_values(&["/", x.as_str()]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    out.push(Box::new(held));
     let qg = |n: &str, h: &str| gauge(&format!("warren_queue_{n}"), h, QUEUE_LABELS);
     let qc = |n: &str, h: &str| counter(&format!("warren_queue_{n}"), h, QUEUE_LABELS);
     let ready = qg("messages_ready", "Messages ready to be delivered to consumers.");
@@ -140,7 +162,10 @@ fn families(
     let total = qg("messages", "Ready and unacknowledged messages.");
     let bytes = qg("messages_bytes", "Body octets of ready messages.");
     let consumers = qg("consumers", "Consumers on the queue.");
-    let delayed = qg("messages_retry_delayed", "Messages held out of the queue by its retry policy.");
+    let delayed = qg(
+        "messages_retry_delayed",
+        "Messages held out of the queue by its retry policy or a delayed-message exchange.",
+    );
     let head = GaugeVec::new(
         Opts::new(
             "warren_queue_head_message_timestamp",

@@ -332,3 +332,75 @@ async fn a_priority_queue_delivers_higher_priorities_first_and_keeps_them_over_a
         .expect_err("406");
     assert!(e.to_string().contains("x-max-priority"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayed_message_exchange_holds_each_message_for_its_x_delay_even_over_a_restart() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("dir");
+    let b = start(dir.path()).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let xopts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let delayed = || ExchangeKind::Custom("x-delayed-message".into());
+    // The type it routes as is required, and must exist.
+    let e =
+        ch.exchange_declare("bad".into(), delayed(), xopts, FieldTable::default()).await.expect_err("406");
+    assert!(e.to_string().contains("x-delayed-type"), "{e}");
+    let (conn, ch) = {
+        drop(conn);
+        channel(&b).await
+    };
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let args = table(&[("x-delayed-type", AMQPValue::LongString("direct".into()))]);
+    ch.exchange_declare("later".into(), delayed(), xopts, args).await.expect("declare");
+    ch.queue_declare("timed".into(), durable(), FieldTable::default()).await.expect("declare");
+    ch.queue_bind(
+        "timed".into(),
+        "later".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let with_delay = |ms: i64| persistent().with_headers(table(&[("x-delay", AMQPValue::LongLongInt(ms))]));
+    let started = Instant::now();
+    publish_confirmed(&ch, "later", "k", &["in 700 ms".to_string()], with_delay(700)).await;
+    publish_confirmed(&ch, "later", "k", &["in 300 ms".to_string()], with_delay(300)).await;
+    publish_confirmed(&ch, "later", "k", &["now".to_string()], persistent()).await;
+    publish_confirmed(&ch, "later", "k", &["in 2 s".to_string()], with_delay(2000)).await;
+    assert_eq!(drain(&ch, "timed").await, [("now".to_string(), false)], "only the undelayed one at once");
+    let metrics = http_to(b.metrics.expect("metrics"), "GET", "/metrics").await.1;
+    assert!(
+        metrics.contains("warren_exchange_messages_delayed{exchange=\"later\",vhost=\"/\"} 3"),
+        "{metrics}"
+    );
+    // Each comes when its delay is over, in deadline order.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        for (body, redelivered) in drain(&ch, "timed").await {
+            assert!(!redelivered, "a delayed message was never delivered before");
+            got.push((body, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got[0].0, "in 300 ms");
+    assert_eq!(got[1].0, "in 700 ms");
+    assert!(got[0].1 >= Duration::from_millis(300) && got[1].1 >= Duration::from_millis(700), "{got:?}");
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+
+    // The last one waits through a restart and comes at its deadline, not before.
+    let b = start(dir.path()).await;
+    let (_conn, ch) = channel(&b).await;
+    let mut last = Vec::new();
+    while last.is_empty() {
+        last = drain(&ch, "timed").await;
+        if last.is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the delayed message never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(last[0].0, "in 2 s");
+    assert!(started.elapsed() >= Duration::from_secs(2), "came after {:?}", started.elapsed());
+}

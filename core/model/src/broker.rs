@@ -493,6 +493,18 @@ impl Broker {
         r.map_err(|e| e.on(&err_on))
     }
 
+    /// Messages a delayed-message exchange holds, by exchange (for metrics).
+    pub fn delayed_by_exchange(&self) -> Vec<(String, u64)> {
+        let mut by: std::collections::BTreeMap<&str, u64> =
+            self.exchanges.iter().filter(|(_, x)| x.delays).map(|(n, _)| (n.as_str(), 0)).collect();
+        for d in self.delayed.values().filter(|d| d.message.delivery_count == 0) {
+            if let Some(n) = by.get_mut(d.message.message.exchange.as_str()) {
+                *n += 1;
+            }
+        }
+        by.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
+    }
+
     /// The 0-9-1 shortcut RabbitMQ keeps: an empty queue name in queue.bind, queue.unbind,
     /// queue.purge, queue.delete, basic.consume and basic.get means the channel's last
     /// declared queue (404 if it declared none), and so does an empty routing key in a bind

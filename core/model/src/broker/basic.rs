@@ -76,6 +76,15 @@ impl Broker {
         // The default exchange without CC/BCC routes to the queue named by the key, or nowhere:
         // the common case, taken without building a destination list.
         let direct = super::exchanges::is_default(&m.exchange) && !carries_cc(&properties);
+        // A delayed-message exchange holds the message in each queue for its x-delay.
+        let hold = if direct {
+            None
+        } else {
+            self.exchanges
+                .get(&m.exchange)
+                .filter(|x| x.delays)
+                .and_then(|_| super::exchanges::delay_of(&properties))
+        };
         let destinations = if direct {
             Vec::new()
         } else {
@@ -91,7 +100,8 @@ impl Broker {
         let own_ttl = message_ttl(&message.properties).ok().flatten();
         // Offering finds the queue, so the direct path needs no separate existence check.
         let (mut reached, mut refused, mut stored) = (false, false, false);
-        let mut offer = |b: &mut Broker, name: &str| match b.offer(name, message.clone(), own_ttl) {
+        let mut offer = |b: &mut Broker, name: &str| match b.offer_after(name, message.clone(), own_ttl, hold)
+        {
             Offer::NoQueue => {}
             Offer::Refused => (reached, refused) = (true, true),
             Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),

@@ -28,12 +28,27 @@ impl Broker {
     /// `expiration`, parsed once by the caller for all its queues) and length limits, and hands
     /// it to a consumer if one is ready.
     pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>, own_ttl: Option<u64>) -> Offer {
+        self.offer_after(queue, message, own_ttl, None)
+    }
+
+    /// [`Broker::offer`], the message held `hold_ms` before it joins the queue (a
+    /// delayed-message exchange's `x-delay`): it is stored, counted in the queue's length
+    /// limits and held like a retry delay, and joins the queue at its publish position.
+    pub(super) fn offer_after(
+        &mut self,
+        queue: &str,
+        message: Arc<Message>,
+        own_ttl: Option<u64>,
+        hold_ms: Option<u64>,
+    ) -> Offer {
         let (now, has_store) = (self.now, self.has_store());
         let Some(q) = self.queues.get_mut(queue) else {
             return Offer::NoQueue;
         };
         let size = message.body.len() as u64;
-        if q.would_overflow(size) {
+        let held_too =
+            hold_ms.is_some() && q.args.max_length.is_some_and(|max| (q.len() + q.delayed) as u64 >= max);
+        if q.would_overflow(size) || held_too {
             match q.args.overflow {
                 Overflow::DropHead => {}
                 Overflow::RejectPublish => return Offer::Refused,
@@ -54,9 +69,10 @@ impl Broker {
         let id = q.id;
         let store = has_store && super::persist::must_store(&q.spec, &message);
         let mut entry = QueuedMessage::new(seq, message, expires_at, self.unix_ms);
+        let due_ms = hold_ms.map(|ms| self.unix_ms.saturating_add(ms));
         // Only a stored message needs the queue looked up again (the store borrows the broker).
         let q = if store {
-            if let Err(e) = self.store_entry(id, &mut entry, None) {
+            if let Err(e) = self.store_entry(id, &mut entry, due_ms) {
                 // Not written, not queued: the publisher's confirm becomes a nack.
                 self.storage_result(Err(e));
                 return Offer::Refused;
@@ -68,6 +84,29 @@ impl Broker {
         } else {
             q
         };
+        if let (Some(ms), Some(due_ms)) = (hold_ms, due_ms) {
+            // Its TTL counts from when it joins the queue.
+            let expires = expires_at.map(|t| t + std::time::Duration::from_millis(ms));
+            entry.expires_at = expires;
+            if let Some(at) = expires {
+                self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id: id, seq });
+            }
+            let Some(q) = self.queues.get_mut(queue) else {
+                return Offer::Refused;
+            };
+            q.stats.published += 1;
+            q.delayed += 1;
+            let delayed = self.next_delayed;
+            self.next_delayed += 1;
+            let name: Arc<str> = Arc::from(queue);
+            self.delayed.insert(
+                delayed,
+                super::timers::Delayed { queue: name, queue_id: id, message: entry, due_ms },
+            );
+            let at = self.after(ms);
+            self.arm(at, Timer::Retry { id: delayed });
+            return Offer::Accepted { stored: store };
+        }
         q.push(entry);
         // drop-head: the oldest messages make room.
         if q.over_limit() {

@@ -40,6 +40,9 @@ pub struct Exchange {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// `x-delayed-message`: messages with an `x-delay` header wait that long in each queue
+    /// they route to before they are delivered.
+    pub delays: bool,
     /// Bindings by identity: destination, key and arguments, RabbitMQ's binding equality.
     bindings: crate::hash::Map<BindingId, Binding>,
     router: Box<dyn ExchangeType>,
@@ -155,6 +158,26 @@ pub(super) fn is_default(name: &str) -> bool {
     name.is_empty() || name == "amq.default"
 }
 
+/// The delayed-message exchange type, as RabbitMQ's (archived) plugin named it.
+pub(super) const DELAYED_MESSAGE: &str = "x-delayed-message";
+
+/// The type a delayed-message exchange routes as: its `x-delayed-type` argument.
+fn delayed_type(arguments: &FieldTable) -> Result<String, AmqpError> {
+    arguments
+        .get("x-delayed-type")
+        .and_then(FieldValue::as_str)
+        .filter(|t| *t != DELAYED_MESSAGE)
+        .map(str::to_string)
+        .ok_or_else(|| precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type"))
+}
+
+/// A message's `x-delay` header in milliseconds, when it asks for a delay (RabbitMQ's plugin
+/// reads any integer; zero, negative or absent means none).
+pub(super) fn delay_of(properties: &BasicProperties) -> Option<u64> {
+    let v = properties.headers.as_ref()?.get("x-delay")?;
+    v.as_i64().and_then(|ms| u64::try_from(ms).ok()).filter(|ms| *ms > 0)
+}
+
 fn default_refused() -> AmqpError {
     AmqpError::new(ACCESS_REFUSED, "operation not permitted on the default exchange")
 }
@@ -173,9 +196,12 @@ impl Broker {
     }
 
     pub(super) fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+        let delays = m.kind == DELAYED_MESSAGE;
+        // A delayed-message exchange routes as the type `x-delayed-type` names.
+        let kind = if delays { delayed_type(&m.arguments)? } else { m.kind.clone() };
         let factory = self
             .types
-            .get(&m.kind)
+            .get(&kind)
             .ok_or_else(|| AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)))?;
         let router = factory.create(&m.arguments)?;
         let x = Exchange {
@@ -184,6 +210,7 @@ impl Broker {
             auto_delete: m.auto_delete,
             internal: m.internal,
             arguments: m.arguments.clone(),
+            delays,
             bindings: Default::default(),
             router,
             cache: Default::default(),
@@ -211,7 +238,7 @@ impl Broker {
                 return Err(default_refused());
             }
             // Like RabbitMQ: an unknown type is a connection error, checked first.
-            if self.types.get(&m.kind).is_none() {
+            if m.kind != DELAYED_MESSAGE && self.types.get(&m.kind).is_none() {
                 return Err(AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)));
             }
             match self.exchanges.get(&m.exchange) {

@@ -23,7 +23,7 @@ pub(super) enum Timer {
     ConsumerTimeouts,
 }
 
-/// A message held out of its queue by a retry policy.
+/// A message held out of its queue by a retry policy or a delayed-message exchange.
 #[derive(Debug)]
 pub(super) struct Delayed {
     pub queue: Arc<str>,
@@ -119,7 +119,13 @@ impl Broker {
             return;
         };
         q.delayed = q.delayed.saturating_sub(1);
-        q.requeue(d.message);
+        // Never delivered (held by a delayed-message exchange): it joins the queue as it is;
+        // a retried one comes back flagged redelivered.
+        if d.message.delivery_count == 0 {
+            q.restore(d.message);
+        } else {
+            q.requeue(d.message);
+        }
         self.dispatch(&d.queue);
     }
 
