@@ -81,3 +81,51 @@ async fn confirmed_messages_survive_kill_9_exactly_once_and_acked_ones_stay_gone
     assert!(in_flight < MESSAGES / 2, "{in_flight} acked messages came back");
     eprintln!("acked messages back after the crash (acks in flight): {in_flight}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_survive_kill_9_with_their_deadline() {
+    use lapin::types::AMQPValue;
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Broker::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let mut args = FieldTable::default();
+    args.insert("x-delayed-type".into(), AMQPValue::LongString("fanout".into()));
+    let xopts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare("delay".into(), lapin::ExchangeKind::Custom("x-delayed-message".into()), xopts, args)
+        .await
+        .expect("declare");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("held".into(), durable, FieldTable::default()).await.expect("declare");
+    ch.queue_bind(
+        "held".into(),
+        "delay".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let mut headers = FieldTable::default();
+    headers.insert("x-delay".into(), AMQPValue::LongInt(1500));
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let started = std::time::Instant::now();
+    publish_confirmed(&ch, "delay", "", &["held through a crash".to_string()], props).await;
+    b.kill();
+
+    let b = Broker::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    let got = loop {
+        if let Some(m) = ch.basic_get("held".into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "never came back: {}", log_of(dir.path()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(&got.delivery.data[..], b"held through a crash");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "released early, after {:?}",
+        started.elapsed()
+    );
+}
