@@ -219,3 +219,40 @@ async fn error_codes_and_shortcuts_are_rabbitmqs() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_priority_queue_drops_as_rabbitmq_does() {
+    compare("priority-drop-head", |uri, run| async move {
+        let conn = connect(&uri).await;
+        let ch = conn.create_channel().await.expect("channel");
+        let q = format!("full-{run}");
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+        args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+        let opts = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+        ch.queue_declare(q.as_str().into(), opts, args).await.expect("declare");
+        ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        for (body, p) in [("low-1", 1), ("high", 5), ("low-2", 1)] {
+            let props = BasicProperties::default().with_priority(p);
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        }
+        let mut left = Vec::new();
+        while let Some(m) =
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("get")
+        {
+            left.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+        }
+        left
+    })
+    .await;
+}

@@ -313,7 +313,7 @@ async fn a_priority_queue_delivers_higher_priorities_first_and_keeps_them_over_a
     let got: Vec<String> = drain(&ch, "jobs").await.into_iter().map(|(body, _)| body).collect();
     assert_eq!(got, ["d255", "c9", "b5", "e5", "a0", "f0"], "by priority, then in publish order");
 
-    // Full: drop-head drops the oldest of the lowest priority, as RabbitMQ does.
+    // Full: drop-head drops from the head, the next to deliver, as RabbitMQ does.
     let args = table(&[("x-max-priority", AMQPValue::LongInt(9)), ("x-max-length", AMQPValue::LongInt(3))]);
     ch.queue_declare("bounded".into(), durable(), args).await.expect("declare");
     for (body, p) in [("x1", 1), ("y9", 9), ("z5", 5), ("w1", 1)] {
@@ -324,7 +324,7 @@ async fn a_priority_queue_delivers_higher_priorities_first_and_keeps_them_over_a
     }
     assert!(eventually(|| b.counts("bounded").is_some_and(|c| c.0 == 3)).await);
     let got: Vec<String> = drain(&ch, "bounded").await.into_iter().map(|(body, _)| body).collect();
-    assert_eq!(got, ["y9", "z5", "w1"]);
+    assert_eq!(got, ["z5", "x1", "w1"]);
     // Over 255 is refused.
     let e = ch
         .queue_declare("too-many".into(), durable(), table(&[("x-max-priority", AMQPValue::LongInt(256))]))

@@ -257,14 +257,6 @@ impl Queue {
         Some(m)
     }
 
-    /// Takes the message a full queue drops first (`x-overflow` drop-head): the oldest of the
-    /// lowest priority, as RabbitMQ does.
-    pub fn pop_for_overflow(&mut self) -> Option<QueuedMessage> {
-        let m = self.lanes.iter_mut().find_map(Lane::pop)?;
-        self.took(&m);
-        Some(m)
-    }
-
     /// Takes the ready message with `seq`, wherever it is.
     pub fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
         let m = self.lanes.iter_mut().find_map(|l| l.take(seq))?;
@@ -564,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn a_priority_queue_serves_the_highest_lane_first_and_drops_from_the_lowest() {
+    fn a_priority_queue_serves_the_highest_lane_first() {
         let spec = QueueSpec {
             durable: false,
             auto_delete: false,
@@ -586,14 +578,12 @@ mod tests {
         assert_eq!(q.len(), 5);
         assert_eq!(q.seqs_after(None, 10), [0, 1, 2, 3, 4], "the replay cursor is in publish order");
         assert_eq!(q.seqs_after(Some(1), 2), [2, 3]);
-        let dropped = q.pop_for_overflow().map(|m| m.message.body.clone());
-        assert_eq!(dropped.as_deref(), Some(&b"low"[..]), "the oldest of the lowest priority");
         let first = q.pop().expect("hi");
         assert_eq!(&first.message.body[..], b"hi");
         q.requeue(first);
         assert_eq!(q.head().map(|m| &m.message.body[..]), Some(&b"hi"[..]), "back in its place");
         let order: Vec<_> = std::iter::from_fn(|| q.pop()).map(|m| m.message.body.clone()).collect();
-        assert_eq!(order, [&b"hi"[..], b"over", b"mid", b"low2"]);
+        assert_eq!(order, [&b"hi"[..], b"over", b"mid", b"low", b"low2"]);
         assert!(q.is_empty() && q.bytes() == 0);
     }
 }

@@ -2,7 +2,7 @@
 //! `max-attempts` attempts, then dead-lettering. Config keys (all optional): `base-ms`
 //! (1000), `multiplier` (2), `max-delay-ms` (60000), `max-attempts` (5).
 
-use warren_core::retry::{RetryDecision, RetryKind, RetryPolicy};
+use warren_core::retry::{RetryDecision, RetryKind, RetryOn, RetryPolicy};
 use warren_plugin_sdk::retry::{Decision, Message, Reason, Retry, RetryAfter};
 
 struct Exponential(RetryPolicy);
@@ -34,6 +34,8 @@ impl Retry for Exponential {
             max_delay_ms: number(&config, "max-delay-ms", 60_000)?,
             max_attempts: number(&config, "max-attempts", 5)?,
             multiplier,
+            // The host asks a plugin only about nacks and rejects.
+            on: RetryOn { failed: true, returned: false },
         }))
     }
 

@@ -111,7 +111,9 @@ impl Broker {
         // drop-head: the oldest messages make room.
         if q.over_limit() {
             while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
-                let Some(head) = q.pop_for_overflow() else {
+                // RabbitMQ drops from the head, the next to deliver: in a priority queue, the
+                // highest priority's oldest (checked against RabbitMQ 3.10 in t62).
+                let Some(head) = q.pop() else {
                     break;
                 };
                 self.dead_letter(queue, head, Reason::MaxLen);
