@@ -905,10 +905,17 @@ async fn frames_queued_behind_connection_close_do_not_cost_the_close_ok() {
 
 #[tokio::test]
 async fn deleting_a_queue_one_consumes_from_answers_delete_ok_before_the_cancel() {
+    for durable in [false, true] {
+        delete_ok_before_cancel(durable).await;
+    }
+}
+
+/// A durable queue's delete-ok waits for the sync: its cancel must wait behind it.
+async fn delete_ok_before_cancel(durable: bool) {
     let b = TestBroker::start().await;
     let mut r = open_notified(b.addr, 0).await;
     r.open_channel(1).await;
-    r.send_method(1, QueueDeclare { queue: "gone".into(), ..Default::default() }).await;
+    r.send_method(1, QueueDeclare { queue: "gone".into(), durable, ..Default::default() }).await;
     assert!(matches!(r.method().await, Method::QueueDeclareOk(_)));
     r.send_method(
         1,

@@ -368,7 +368,7 @@ async fn a_delayed_message_exchange_holds_each_message_for_its_x_delay_even_over
     publish_confirmed(&ch, "later", "k", &["in 700 ms".to_string()], with_delay(700)).await;
     publish_confirmed(&ch, "later", "k", &["in 300 ms".to_string()], with_delay(300)).await;
     publish_confirmed(&ch, "later", "k", &["now".to_string()], persistent()).await;
-    publish_confirmed(&ch, "later", "k", &["in 2 s".to_string()], with_delay(2000)).await;
+    publish_confirmed(&ch, "later", "k", &["in 5 s".to_string()], with_delay(5000)).await;
     assert_eq!(drain(&ch, "timed").await, [("now".to_string(), false)], "only the undelayed one at once");
     let metrics = http_to(b.metrics.expect("metrics"), "GET", "/metrics").await.1;
     assert!(
@@ -387,6 +387,37 @@ async fn a_delayed_message_exchange_holds_each_message_for_its_x_delay_even_over
     assert_eq!(got[0].0, "in 300 ms");
     assert_eq!(got[1].0, "in 700 ms");
     assert!(got[0].1 >= Duration::from_millis(300) && got[1].1 >= Duration::from_millis(700), "{got:?}");
+    // A TTL counts from the release: the message is there, then gone.
+    ch.queue_declare("brief".into(), durable(), FieldTable::default()).await.expect("declare");
+    ch.queue_bind(
+        "brief".into(),
+        "later".into(),
+        "b".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let short_ttl = with_delay(300).with_expiration("1000".into());
+    let sent = Instant::now();
+    publish_confirmed(&ch, "later", "b", &["brief".to_string()], short_ttl).await;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    loop {
+        let n = ch
+            .queue_declare("brief".into(), passive, FieldTable::default())
+            .await
+            .expect("q")
+            .message_count();
+        if n == 1 {
+            break;
+        }
+        assert!(sent.elapsed() < Duration::from_millis(1200), "the held message expired before it joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n =
+        ch.queue_declare("brief".into(), passive, FieldTable::default()).await.expect("q").message_count();
+    assert_eq!(n, 0, "its TTL ran out after it joined the queue");
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 
@@ -401,6 +432,6 @@ async fn a_delayed_message_exchange_holds_each_message_for_its_x_delay_even_over
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    assert_eq!(last[0].0, "in 2 s");
-    assert!(started.elapsed() >= Duration::from_secs(2), "came after {:?}", started.elapsed());
+    assert_eq!(last[0].0, "in 5 s");
+    assert!(started.elapsed() >= Duration::from_secs(5), "came after {:?}", started.elapsed());
 }

@@ -145,6 +145,12 @@ struct Session {
 const OUTBOUND_LIMIT: usize = 4096;
 
 impl Session {
+    /// Whether a direct reply may be added to `outbound` (not counted as held back: a reply
+    /// that does not fit is dropped or returned, not kept).
+    fn has_room_for_reply(&self) -> bool {
+        self.outbound.len() < OUTBOUND_LIMIT
+    }
+
     /// Whether a delivery may be added to `outbound`; when not, the next pull dispatches again.
     fn has_room(&mut self) -> bool {
         if self.outbound.len() < OUTBOUND_LIMIT {
@@ -178,6 +184,9 @@ pub struct Broker {
     delayed: Map<u64, timers::Delayed>,
     /// Direct reply-to tokens: the channel incarnation each one names.
     replies: Map<String, (ConnId, u16, u64)>,
+    /// The secret reply tokens are drawn with, and a counter to vary them.
+    reply_secret: std::hash::RandomState,
+    reply_nonce: u64,
     next_delayed: u64,
     policies: Vec<crate::policy::Policy>,
     stats: crate::stats::GlobalStats,
@@ -216,6 +225,8 @@ impl Broker {
             timer_changed: false,
             delayed: Map::default(),
             replies: Map::default(),
+            reply_secret: std::hash::RandomState::new(),
+            reply_nonce: 0,
             next_delayed: 0,
             policies: Vec::new(),
             stats: Default::default(),

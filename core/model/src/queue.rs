@@ -333,13 +333,14 @@ impl Queue {
 
     /// Whether one more message of `size` octets would exceed a length limit.
     pub fn would_overflow(&self, size: u64) -> bool {
-        self.args.max_length.is_some_and(|max| self.len() as u64 >= max)
+        // Messages held out of the queue for a while (retry, x-delay) are still its own.
+        self.args.max_length.is_some_and(|max| (self.len() + self.delayed) as u64 >= max)
             || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
     }
 
     /// Whether the queue is over a length limit now.
     pub fn over_limit(&self) -> bool {
-        self.args.max_length.is_some_and(|max| self.len() as u64 > max)
+        self.args.max_length.is_some_and(|max| (self.len() + self.delayed) as u64 > max)
             || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
     }
 

@@ -253,6 +253,12 @@ impl RetryPolicy {
             }
         };
         let (min, max) = (int("x-delayed-retry-min", 1000)?, int("x-delayed-retry-max", 60_000)?);
+        if max > u64::from(u32::MAX) {
+            return Err(precondition(format!(
+                "invalid arg 'x-delayed-retry-max': {max} is over {} ms",
+                u32::MAX
+            )));
+        }
         if max < min {
             return Err(precondition(format!(
                 "invalid arg 'x-delayed-retry-max': {max} is below x-delayed-retry-min {min}"

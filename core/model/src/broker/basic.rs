@@ -213,7 +213,7 @@ impl Broker {
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
-        if c.consumers.contains_key(&tag) {
+        if c.consumers.contains_key(&tag) || c.reply.as_ref().is_some_and(|r| *r.tag == *tag) {
             return Err(AmqpError::new(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
         }
         if let Some(max) = max_consumers
@@ -323,7 +323,8 @@ impl Broker {
             // RabbitMQ refuses redelivery to the original consumer the same way.
             return Err(AmqpError::new(NOT_IMPLEMENTED, "requeue=false"));
         }
-        self.settle(conn, ch, 0, true, Some(true))?;
+        // Given back, not refused: a retry policy for failures does not delay them.
+        self.settle_as(conn, ch, 0, true, Some(true), super::deliver::Return::Released)?;
         if reply {
             self.send(conn, ch, BasicRecoverOk {});
         }

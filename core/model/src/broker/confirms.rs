@@ -2,7 +2,8 @@
 //! go out as one `basic.ack` with `multiple = true` for the run, never later than they would
 //! have gone alone. A confirm merges into the channel's previous ack only while that ack is
 //! still the last frame waiting for the socket and every sequence number up to the new one is
-//! confirmed, so the multiple ack covers nothing unconfirmed and follows every nack it covers.
+//! confirmed and no nack lies between the two, so the multiple ack covers nothing unconfirmed
+//! and no nack.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +20,9 @@ pub struct Confirmed {
     /// Numbers above `through` confirmed out of order (a persistent message's confirm waits for
     /// the sync while later transient ones go at once).
     above: BTreeSet<u64>,
+    /// The highest number nacked: no multiple ack may cover it after the nack went out, or a
+    /// client that holds an early nack aside (amqp091-go does) would take it as acked.
+    last_nack: u64,
 }
 
 impl Confirmed {
@@ -52,11 +56,16 @@ impl Broker {
             return;
         };
         let prefix = c.confirmed.record(tag, multiple);
+        if !ack {
+            c.confirmed.last_nack = c.confirmed.last_nack.max(tag);
+        }
+        let last_nack = c.confirmed.last_nack;
         if ack
             && prefix
             && let Some(Outgoing::Method { channel, method: Method::BasicAck(last) }) = s.outbound.last_mut()
             && *channel == ch
             && last.delivery_tag < tag
+            && last_nack < last.delivery_tag
         {
             *last = BasicAck { delivery_tag: tag, multiple: true };
             return;

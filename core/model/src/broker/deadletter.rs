@@ -46,9 +46,7 @@ impl Broker {
             return Offer::NoQueue;
         };
         let size = message.body.len() as u64;
-        let held_too =
-            hold_ms.is_some() && q.args.max_length.is_some_and(|max| (q.len() + q.delayed) as u64 >= max);
-        if q.would_overflow(size) || held_too {
+        if q.would_overflow(size) {
             match q.args.overflow {
                 Overflow::DropHead => {}
                 Overflow::RejectPublish => return Offer::Refused,
@@ -68,7 +66,12 @@ impl Broker {
         let seq = q.allocate_seq();
         let id = q.id;
         let store = has_store && super::persist::must_store(&q.spec, &message);
-        let mut entry = QueuedMessage::new(seq, message, expires_at, self.unix_ms);
+        // A held message's TTL counts from when it joins the queue.
+        let entry_expires = match hold_ms {
+            Some(ms) => expires_at.map(|t| t + std::time::Duration::from_millis(ms)),
+            None => expires_at,
+        };
+        let mut entry = QueuedMessage::new(seq, message, entry_expires, self.unix_ms);
         let due_ms = hold_ms.map(|ms| self.unix_ms.saturating_add(ms));
         // Only a stored message needs the queue looked up again (the store borrows the broker).
         let q = if store {
@@ -85,15 +88,6 @@ impl Broker {
             q
         };
         if let (Some(ms), Some(due_ms)) = (hold_ms, due_ms) {
-            // Its TTL counts from when it joins the queue.
-            let expires = expires_at.map(|t| t + std::time::Duration::from_millis(ms));
-            entry.expires_at = expires;
-            if let Some(at) = expires {
-                self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id: id, seq });
-            }
-            let Some(q) = self.queues.get_mut(queue) else {
-                return Offer::Refused;
-            };
             q.stats.published += 1;
             q.delayed += 1;
             let delayed = self.next_delayed;

@@ -174,6 +174,20 @@ impl Broker {
         multiple: bool,
         requeue: Option<bool>,
     ) -> Result<(), AmqpError> {
+        self.settle_as(conn, ch, delivery_tag, multiple, requeue, Return::Refused)
+    }
+
+    /// [`Broker::settle_now`], a requeue counted as `how` (a recover gives messages back
+    /// without refusing them).
+    pub(super) fn settle_as(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+        how: Return,
+    ) -> Result<(), AmqpError> {
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
@@ -200,7 +214,7 @@ impl Broker {
             }
             match requeue {
                 None => {}
-                Some(true) => self.give_back(u, Return::Refused),
+                Some(true) => self.give_back(u, how),
                 Some(false) if self.queues.get(&*u.queue).is_some_and(|q| q.id == u.queue_id) => {
                     self.dead_letter(&u.queue, u.message, Reason::Rejected);
                 }

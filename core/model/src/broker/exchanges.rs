@@ -172,11 +172,14 @@ fn delayed_type(arguments: &FieldTable) -> Result<String, AmqpError> {
 }
 
 /// A message's `x-delay` header in milliseconds, when it asks for a delay (RabbitMQ's plugin
-/// reads any integer; zero, negative or absent means none).
+/// reads any integer; zero, negative or absent means none), at most [`MAX_DELAY_MS`].
 pub(super) fn delay_of(properties: &BasicProperties) -> Option<u64> {
     let v = properties.headers.as_ref()?.get("x-delay")?;
-    v.as_i64().and_then(|ms| u64::try_from(ms).ok()).filter(|ms| *ms > 0)
+    v.as_i64().and_then(|ms| u64::try_from(ms).ok()).filter(|ms| *ms > 0).map(|ms| ms.min(MAX_DELAY_MS))
 }
+
+/// The longest `x-delay`, as RabbitMQ's plugin: 2^32 - 1 ms, about 49 days.
+pub(super) const MAX_DELAY_MS: u64 = u32::MAX as u64;
 
 fn default_refused() -> AmqpError {
     AmqpError::new(ACCESS_REFUSED, "operation not permitted on the default exchange")
@@ -199,10 +202,13 @@ impl Broker {
         let delays = m.kind == DELAYED_MESSAGE;
         // A delayed-message exchange routes as the type `x-delayed-type` names.
         let kind = if delays { delayed_type(&m.arguments)? } else { m.kind.clone() };
-        let factory = self
-            .types
-            .get(&kind)
-            .ok_or_else(|| AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)))?;
+        let factory = self.types.get(&kind).ok_or_else(|| {
+            if delays {
+                precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+            } else {
+                AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind))
+            }
+        })?;
         let router = factory.create(&m.arguments)?;
         let x = Exchange {
             kind: m.kind.clone(),

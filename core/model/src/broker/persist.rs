@@ -114,29 +114,21 @@ impl Broker {
     pub fn storage_synced(&mut self, position: u64) {
         let d = &mut self.durability;
         d.synced = d.synced.max(position);
-        let mut released: Vec<PendingConfirm> = Vec::new();
-        while d.pending.front().is_some_and(|p| p.position <= position) {
-            let Some(p) = d.pending.pop_front() else {
+        while self.durability.pending.front().is_some_and(|p| p.position <= position) {
+            let Some(p) = self.durability.pending.pop_front() else {
                 break;
             };
-            let same = |r: &&mut PendingConfirm| r.conn == p.conn && r.channel_id == p.channel_id;
-            match (&p.held, released.iter_mut().find(same)) {
-                (Held::Ack(tag), Some(PendingConfirm { held: Held::Ack(max), .. })) => {
-                    *max = (*max).max(*tag)
-                }
-                _ => released.push(p.clone()),
-            }
             if matches!(p.held, Held::Ack(_)) {
                 self.stats.confirmed += 1;
             }
-        }
-        for p in released {
             // A channel closed and reopened under the same number must not get the old acks.
             if self.channel(p.conn, p.channel).is_none_or(|c| c.id != p.channel_id) {
                 continue;
             }
             match p.held {
-                Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, true, true),
+                // One by one, in order: a run of them merges into one multiple ack, and none
+                // covers a nack sent in between (see `confirms`).
+                Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, false, true),
                 Held::Reply(m) => self.send(p.conn, p.channel, m),
             }
         }
@@ -213,6 +205,11 @@ impl Broker {
     pub(super) fn next_channel_id(&mut self) -> u64 {
         self.durability.next_channel_id += 1;
         self.durability.next_channel_id
+    }
+
+    /// Whether the topology method being handled wrote a record (its -ok waits for the sync).
+    pub(super) fn durability_wrote(&self) -> bool {
+        self.durability.command.as_ref().is_some_and(|c| c.wrote)
     }
 
     /// Whether the broker has a store at all.

@@ -113,10 +113,13 @@ impl Broker {
             }
             let (count, own) = self.delete_queue_for(&m.queue, Some((conn, ch)));
             message_count = count;
-            // RabbitMQ's order: delete-ok, then the cancels of this channel's own consumers.
+            // RabbitMQ's order: delete-ok, then the cancels of this channel's own consumers;
+            // a durable delete's -ok waits for the sync, and the cancels behind it.
+            let held = self.durability_wrote();
             self.reply(conn, ch, m.no_wait, QueueDeleteOk { message_count });
             for consumer_tag in own {
-                self.send(conn, ch, warren_codec::BasicCancel { consumer_tag, no_wait: true });
+                let cancel = warren_codec::BasicCancel { consumer_tag, no_wait: true };
+                self.reply_after_sync(conn, ch, held, cancel);
             }
             return Ok(());
         }
@@ -147,6 +150,8 @@ impl Broker {
         let Some(q) = self.queues.remove(name) else {
             return (0, own);
         };
+        // What it held back (retries, x-delay) goes with it; the store forgot it already.
+        self.delayed.retain(|_, d| d.queue_id != id);
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;

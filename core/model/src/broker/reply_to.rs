@@ -6,6 +6,7 @@
 //! channel incarnation, and dies with its channel: a reply to a requester that is gone is
 //! dropped, or returned when mandatory.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use warren_codec::{BasicConsume, BasicConsumeOk, BasicProperties};
@@ -46,7 +47,20 @@ impl Broker {
             return Err(precondition("reply consumer cannot acknowledge"));
         }
         let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
-        let token = self.names.name(PREFIX);
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        // The token is all that stands between a stranger and this channel's replies: keyed
+        // hashes under a secret the process drew from the OS, not the name generator, whose
+        // state one public name gives away.
+        let id = c.id;
+        self.reply_nonce += 1;
+        let nonce = (id, self.reply_nonce);
+        let token = format!(
+            "{PREFIX}{:016x}{:016x}",
+            self.reply_secret.hash_one((nonce, 1u8)),
+            self.reply_secret.hash_one((nonce, 2u8))
+        );
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
@@ -112,6 +126,14 @@ impl Broker {
             return false;
         };
         let Some(consumer_tag) = c.reply.as_ref().map(|r| r.tag.clone()) else {
+            return false;
+        };
+        // No room for it in front of a requester that does not read: undeliverable, as a
+        // reply to a requester that is gone.
+        if !self.sessions.get(&conn).is_some_and(super::Session::has_room_for_reply) {
+            return false;
+        }
+        let Some(c) = self.channel(conn, ch) else {
             return false;
         };
         let delivery_tag = c.next_delivery_tag();

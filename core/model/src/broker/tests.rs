@@ -366,9 +366,9 @@ fn confirms_for_stored_messages_wait_for_the_sync() {
     let (waiting, written) = h.b.storage_backlog();
     assert_eq!(waiting, 2);
     h.b.storage_synced(written - 1);
-    assert_eq!(acks(h.sent()), [(1, true)]);
+    assert_eq!(acks(h.sent()), [(1, false)]);
     h.b.storage_synced(written);
-    assert_eq!(acks(h.sent()), [(2, true)]);
+    assert_eq!(acks(h.sent()), [(2, false)]);
     assert_eq!(h.b.storage_backlog().0, 0);
 }
 
@@ -652,4 +652,37 @@ fn consumers_per_channel_are_limited() {
     let m = BasicConsume { queue: "q".into(), consumer_tag: "c".into(), ..Default::default() };
     let e = b.handle_method(conn, 1, m.into()).expect_err("over the limit");
     assert_eq!(e.code, warren_codec::reply_code::NOT_ALLOWED);
+}
+
+#[test]
+fn a_delayed_message_joins_its_queue_at_its_deadline_and_its_ttl_counts_from_then() {
+    let mut h = Harness::new();
+    let args: FieldTable = [("x-delayed-type".to_string(), FieldValue::str("direct"))].into_iter().collect();
+    h.method(ExchangeDeclare {
+        exchange: "later".into(),
+        kind: "x-delayed-message".into(),
+        arguments: args,
+        ..Default::default()
+    });
+    h.declare("q", &[]);
+    h.method(QueueBind {
+        queue: "q".into(),
+        exchange: "later".into(),
+        routing_key: "k".into(),
+        ..Default::default()
+    });
+    let headers: FieldTable = [("x-delay".to_string(), FieldValue::I64(300))].into_iter().collect();
+    let props =
+        BasicProperties { headers: Some(headers), expiration: Some("1000".into()), ..Default::default() };
+    let m = BasicPublish { exchange: "later".into(), routing_key: "k".into(), ..Default::default() };
+    h.b.publish(h.conn, 1, m, props, Bytes::from_static(b"held")).expect("publish");
+    assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)), "held, not ready");
+    h.advance(299);
+    assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)));
+    h.advance(2);
+    assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "joined at its deadline");
+    h.advance(990);
+    assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "its TTL counts from the release");
+    h.advance(20);
+    assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)), "then it expires");
 }

@@ -119,12 +119,22 @@ impl Broker {
             return;
         };
         q.delayed = q.delayed.saturating_sub(1);
+        // Its TTL may have run out while it was held (it counts from now for a delayed-message
+        // hold, and kept running through a retry delay): expired now, or armed from now.
+        let expires = d.message.expires_at;
+        if expires.is_some_and(|t| t <= self.now) {
+            return self.dead_letter(&d.queue, d.message, Reason::Expired);
+        }
+        let seq = d.message.seq;
         // Never delivered (held by a delayed-message exchange): it joins the queue as it is;
         // a retried one comes back flagged redelivered.
         if d.message.delivery_count == 0 {
             q.restore(d.message);
         } else {
             q.requeue(d.message);
+        }
+        if let Some(at) = expires {
+            self.arm(at, Timer::Expire { queue: d.queue.clone(), queue_id: d.queue_id, seq });
         }
         self.dispatch(&d.queue);
     }
