@@ -968,3 +968,33 @@ async fn confirms_ready_together_go_out_as_one_multiple_ack() {
     assert!(frames < 100, "{frames} ack frames for 100 publishes in one write");
     println!("100 publishes confirmed by {frames} frames");
 }
+
+#[tokio::test]
+async fn a_transaction_over_its_limits_closes_the_channel_with_406() {
+    let b = TestBroker::start_with(|s| {
+        (s.limits.counts.max_tx_operations, s.limits.counts.max_tx_bytes) = (Some(3), Some(1000));
+    })
+    .await;
+    let mut r = Raw::open(b.addr).await;
+    let publish = |ch: u16, body: &[u8]| {
+        let mut buf = BytesMut::new();
+        let m = BasicPublish { routing_key: "nowhere".into(), ..Default::default() };
+        encode_content(&mut buf, ch, m, &BasicProperties::default(), &Bytes::copy_from_slice(body), 131_072);
+        buf
+    };
+    for (ch, bodies, text) in [
+        (1, vec![&b"a"[..]; 4], "transaction holds 3"),
+        (2, vec![&[0u8; 600][..]; 2], "more than 1000 octets"),
+    ] {
+        r.open_channel(ch).await;
+        r.send_method(ch, TxSelect {}).await;
+        assert!(matches!(r.method().await, Method::TxSelectOk(_)));
+        for body in bodies {
+            r.send(&publish(ch, body)).await;
+        }
+        let Method::ChannelClose(c) = r.method().await else { panic!("channel.close") };
+        assert_eq!(c.reply_code, reply_code::PRECONDITION_FAILED, "{c:?}");
+        assert!(c.reply_text.contains(text), "{c:?}");
+        r.send_method(ch, ChannelCloseOk {}).await;
+    }
+}

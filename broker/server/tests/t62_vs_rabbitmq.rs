@@ -112,10 +112,13 @@ async fn direct_reply_to_behaves_as_in_rabbitmq() {
         seen.push(format!("acking reply consumer: {:?}", acking.err().as_ref().and_then(code)));
         let ch = server.create_channel().await.expect("channel");
         let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
-        ch.basic_publish("".into(), rpc.as_str().into(), BasicPublishOptions::default(), b"x", props)
+        ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        let confirm = ch
+            .basic_publish("".into(), rpc.as_str().into(), BasicPublishOptions::default(), b"x", props)
             .await
             .expect("sent");
-        let e = ch.basic_qos(1, BasicQosOptions::default()).await;
+        // The confirm carries the channel's close, whenever lapin reads it.
+        let e = confirm.await;
         seen.push(format!("reply-to without a consumer: {:?}", e.err().as_ref().and_then(code)));
         seen
     })
