@@ -67,6 +67,18 @@ impl Drop for IpSlot {
     }
 }
 
+/// Whom a connection is counted against: an IPv4 address, or an IPv6 address's /64 (one
+/// host is handed a whole /64, and could otherwise open 32 connections from each address).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// A stream whose writes fail with `TimedOut` once one has made no progress for `timeout`.
 struct WriteTimeout<S> {
     inner: S,
@@ -143,7 +155,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, what: &'static str)
             debug!(%peer, endpoint = what, "too many HTTP connections: closed at once");
             continue;
         };
-        let Some(slot) = per_ip.take(peer.ip()) else {
+        let Some(slot) = per_ip.take(client_of(peer.ip())) else {
             debug!(%peer, endpoint = what, "too many HTTP connections from this address: closed at once");
             continue;
         };
@@ -173,6 +185,15 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        assert_eq!(client_of(a), client_of(b));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("ip");
+        assert_eq!(client_of(mapped), "10.0.0.7".parse::<IpAddr>().expect("ip"));
+    }
 
     #[tokio::test]
     async fn a_write_the_peer_never_takes_fails_after_the_timeout_and_one_it_takes_does_not() {

@@ -182,6 +182,8 @@ pub struct Broker {
     timer_seq: u64,
     timer_changed: bool,
     delayed: Map<u64, timers::Delayed>,
+    /// Messages held by delayed-message exchanges, by exchange name (for metrics).
+    held_by_exchange: Map<String, u64>,
     /// Direct reply-to tokens: the channel incarnation each one names.
     replies: Map<String, (ConnId, u16, u64)>,
     /// The secret reply tokens are drawn with, and a counter to vary them.
@@ -225,6 +227,7 @@ impl Broker {
             timer_changed: false,
             delayed: Map::default(),
             replies: Map::default(),
+            held_by_exchange: Map::default(),
             reply_secret: std::hash::RandomState::new(),
             reply_nonce: 0,
             next_delayed: 0,
@@ -506,14 +509,11 @@ impl Broker {
 
     /// Messages a delayed-message exchange holds, by exchange (for metrics).
     pub fn delayed_by_exchange(&self) -> Vec<(String, u64)> {
-        let mut by: std::collections::BTreeMap<&str, u64> =
-            self.exchanges.iter().filter(|(_, x)| x.delays).map(|(n, _)| (n.as_str(), 0)).collect();
-        for d in self.delayed.values().filter(|d| d.message.delivery_count == 0) {
-            if let Some(n) = by.get_mut(d.message.message.exchange.as_str()) {
-                *n += 1;
-            }
-        }
-        by.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
+        self.exchanges
+            .iter()
+            .filter(|(_, x)| x.delays)
+            .map(|(n, _)| (n.clone(), self.held_by_exchange.get(n).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// The 0-9-1 shortcut RabbitMQ keeps: an empty queue name in queue.bind, queue.unbind,

@@ -93,7 +93,7 @@ impl Broker {
             let delayed = self.next_delayed;
             self.next_delayed += 1;
             let name: Arc<str> = Arc::from(queue);
-            self.delayed.insert(
+            self.hold_message(
                 delayed,
                 super::timers::Delayed { queue: name, queue_id: id, message: entry, due_ms },
             );

@@ -495,8 +495,7 @@ impl Broker {
                 q.delayed += 1;
                 let id = self.next_delayed;
                 self.next_delayed += 1;
-                self.delayed
-                    .insert(id, Delayed { queue: Arc::from(queue), queue_id, message: m, due_ms: at });
+                self.hold_message(id, Delayed { queue: Arc::from(queue), queue_id, message: m, due_ms: at });
                 self.arm(in_future(at), Timer::Retry { id });
             }
             None => {

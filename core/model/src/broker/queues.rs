@@ -151,7 +151,10 @@ impl Broker {
             return (0, own);
         };
         // What it held back (retries, x-delay) goes with it; the store forgot it already.
-        self.delayed.retain(|_, d| d.queue_id != id);
+        let held: Vec<u64> = self.delayed.iter().filter(|(_, d)| d.queue_id == id).map(|(k, _)| *k).collect();
+        for k in held {
+            self.unhold_message(k);
+        }
         self.unbind_destination(&Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;

@@ -677,10 +677,12 @@ fn a_delayed_message_joins_its_queue_at_its_deadline_and_its_ttl_counts_from_the
     let m = BasicPublish { exchange: "later".into(), routing_key: "k".into(), ..Default::default() };
     h.b.publish(h.conn, 1, m, props, Bytes::from_static(b"held")).expect("publish");
     assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)), "held, not ready");
+    assert_eq!(h.b.delayed_by_exchange(), [("later".to_string(), 1)]);
     h.advance(299);
     assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)));
     h.advance(2);
     assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "joined at its deadline");
+    assert_eq!(h.b.delayed_by_exchange(), [("later".to_string(), 0)]);
     h.advance(990);
     assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "its TTL counts from the release");
     h.advance(20);

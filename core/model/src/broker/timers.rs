@@ -106,13 +106,36 @@ impl Broker {
             q.delayed += 1;
         }
         let queue: Arc<str> = Arc::from(queue);
-        self.delayed.insert(id, Delayed { queue, queue_id, message, due_ms });
+        self.hold_message(id, Delayed { queue, queue_id, message, due_ms });
         let at = self.after(delay_ms);
         self.arm(at, Timer::Retry { id });
     }
 
+    /// Puts `d` among the held messages; a delayed-message exchange's hold (never delivered)
+    /// is counted for that exchange.
+    pub(super) fn hold_message(&mut self, id: u64, d: Delayed) {
+        if d.message.delivery_count == 0 {
+            *self.held_by_exchange.entry(d.message.message.exchange.clone()).or_default() += 1;
+        }
+        self.delayed.insert(id, d);
+    }
+
+    /// Takes held message `id` out, uncounting it.
+    pub(super) fn unhold_message(&mut self, id: u64) -> Option<Delayed> {
+        let d = self.delayed.remove(&id)?;
+        if d.message.delivery_count == 0
+            && let Some(n) = self.held_by_exchange.get_mut(&d.message.message.exchange)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held_by_exchange.remove(&d.message.message.exchange);
+            }
+        }
+        Some(d)
+    }
+
     fn release_delayed(&mut self, id: u64) {
-        let Some(d) = self.delayed.remove(&id) else {
+        let Some(d) = self.unhold_message(id) else {
             return;
         };
         let Some(q) = self.queues.get_mut(&*d.queue).filter(|q| q.id == d.queue_id) else {
