@@ -410,9 +410,14 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
 
 /// basic.publish on channel 1 with a one-octet body, as frames.
 fn publish_frames(exchange: &str, key: &str, props: &BasicProperties) -> BytesMut {
+    publish_body(1, exchange, key, props, &Bytes::from_static(b"x"))
+}
+
+/// basic.publish of `body` on channel `ch`, as frames.
+fn publish_body(ch: u16, exchange: &str, key: &str, props: &BasicProperties, body: &Bytes) -> BytesMut {
     let mut buf = BytesMut::new();
     let m = BasicPublish { exchange: exchange.into(), routing_key: key.into(), ..Default::default() };
-    encode_content(&mut buf, 1, m, props, &Bytes::from_static(b"x"), 131_072);
+    encode_content(&mut buf, ch, m, props, body, 131_072);
     buf
 }
 
@@ -593,10 +598,7 @@ async fn a_consumer_that_stops_reading_is_closed_and_its_messages_go_back() {
     // 32 MiB: far more than the socket buffers of a client that never reads hold.
     let body = Bytes::from(vec![7u8; 256 << 10]);
     for _ in 0..128 {
-        let mut buf = BytesMut::new();
-        let m = BasicPublish { routing_key: "stuck".into(), ..Default::default() };
-        encode_content(&mut buf, 1, m, &BasicProperties::default(), &body, 131_072);
-        publisher.send(&buf).await;
+        publisher.send(&publish_body(1, "", "stuck", &BasicProperties::default(), &body)).await;
     }
     let mut consumer = Raw::open(b.addr).await;
     consumer.open_channel(1).await;
@@ -977,10 +979,7 @@ async fn a_transaction_over_its_limits_closes_the_channel_with_406() {
     .await;
     let mut r = Raw::open(b.addr).await;
     let publish = |ch: u16, body: &[u8]| {
-        let mut buf = BytesMut::new();
-        let m = BasicPublish { routing_key: "nowhere".into(), ..Default::default() };
-        encode_content(&mut buf, ch, m, &BasicProperties::default(), &Bytes::copy_from_slice(body), 131_072);
-        buf
+        publish_body(ch, "", "nowhere", &BasicProperties::default(), &Bytes::copy_from_slice(body))
     };
     for (ch, bodies, text) in [
         (1, vec![&b"a"[..]; 4], "transaction holds 3"),
@@ -997,4 +996,23 @@ async fn a_transaction_over_its_limits_closes_the_channel_with_406() {
         assert!(c.reply_text.contains(text), "{c:?}");
         r.send_method(ch, ChannelCloseOk {}).await;
     }
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_writing_after_its_close_is_let_go_after_the_linger() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.send_method(0, ConnectionClose { reply_code: 200, ..Default::default() }).await;
+    let started = std::time::Instant::now();
+    let chunk =
+        publish_body(1, "", "nowhere", &BasicProperties::default(), &Bytes::from(vec![0u8; 16 << 10]));
+    // Writing on and on: after the linger (1 s) the broker closes its end, and the writes fail.
+    let ended = loop {
+        if r.stream.write_all(&chunk).await.is_err() {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the broker kept reading a closed connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(ended >= Duration::from_millis(900), "let go after {ended:?}, before the linger");
 }

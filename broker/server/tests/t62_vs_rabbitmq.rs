@@ -33,6 +33,24 @@ where
     }
 }
 
+/// Publishes `body` to queue `q` through the default exchange and waits for its confirm.
+async fn publish_confirmed(ch: &lapin::Channel, q: &str, body: &str, props: BasicProperties) {
+    ch.basic_publish("".into(), q.into(), BasicPublishOptions::default(), body.as_bytes(), props)
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+/// Every body left in queue `q`, in delivery order.
+async fn drain(ch: &lapin::Channel, q: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(q.into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    out
+}
+
 async fn connect(uri: &str) -> Connection {
     Connection::connect(uri, ConnectionProperties::default()).await.expect("connect")
 }
@@ -143,25 +161,9 @@ async fn priority_order_is_rabbitmqs() {
                 Some(p) => BasicProperties::default().with_priority(p),
                 None => BasicProperties::default(),
             };
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+            publish_confirmed(&ch, &q, body, props).await;
         }
-        let mut order = Vec::new();
-        while let Some(m) =
-            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("get")
-        {
-            order.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-        }
-        order
+        drain(&ch, &q).await
     })
     .await;
 }
@@ -237,25 +239,9 @@ async fn a_full_priority_queue_drops_as_rabbitmq_does() {
         ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
         for (body, p) in [("low-1", 1), ("high", 5), ("low-2", 1)] {
             let props = BasicProperties::default().with_priority(p);
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+            publish_confirmed(&ch, &q, body, props).await;
         }
-        let mut left = Vec::new();
-        while let Some(m) =
-            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("get")
-        {
-            left.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-        }
-        left
+        drain(&ch, &q).await
     })
     .await;
 }

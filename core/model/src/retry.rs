@@ -187,6 +187,17 @@ pub enum RetryDecision {
     DeadLetter,
 }
 
+/// Queue argument `key` as a non-negative integer, `default` when absent.
+fn non_negative_arg(args: &FieldTable, key: &str, default: u64) -> Result<u64, AmqpError> {
+    match args.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| precondition(format!("invalid arg '{key}': expected a non-negative integer"))),
+    }
+}
+
 impl RetryPolicy {
     /// Reads `x-retry-policy` and its parameters; `None` when the queue has no policy.
     pub fn parse(args: &FieldTable) -> Result<Option<RetryPolicy>, AmqpError> {
@@ -202,14 +213,7 @@ impl RetryPolicy {
                 )));
             }
         };
-        let int = |key: &str, default: u64| -> Result<u64, AmqpError> {
-            match args.get(key) {
-                None => Ok(default),
-                Some(v) => v.as_i64().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
-                    precondition(format!("invalid arg '{key}': expected a non-negative integer"))
-                }),
-            }
-        };
+        let int = |key: &str, default: u64| non_negative_arg(args, key, default);
         let multiplier = match args.get("x-retry-multiplier") {
             None => 2.0,
             Some(FieldValue::F64(f)) => *f,
@@ -244,14 +248,7 @@ impl RetryPolicy {
                 )));
             }
         };
-        let int = |key: &str, default: u64| -> Result<u64, AmqpError> {
-            match args.get(key) {
-                None => Ok(default),
-                Some(v) => v.as_i64().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
-                    precondition(format!("invalid arg '{key}': expected a non-negative integer"))
-                }),
-            }
-        };
+        let int = |key: &str, default: u64| non_negative_arg(args, key, default);
         let (min, max) = (int("x-delayed-retry-min", 1000)?, int("x-delayed-retry-max", 60_000)?);
         if max > u64::from(u32::MAX) {
             return Err(precondition(format!(
@@ -345,6 +342,11 @@ mod tests {
         for (d, (w, attempt)) in delays.iter().zip(want.iter().zip(1..)) {
             assert_eq!(*d, RetryDecision::Retry { delay_ms: *w, attempt });
         }
+        let too_long: FieldTable =
+            [("x-delayed-retry-max".to_string(), FieldValue::I64(i64::from(u32::MAX) + 1))]
+                .into_iter()
+                .collect();
+        assert_eq!(RetryPolicy::parse_delayed(&too_long).map_err(|e| e.code), Err(406));
         let off: FieldTable =
             [("x-delayed-retry-type".to_string(), FieldValue::str("disabled"))].into_iter().collect();
         assert_eq!(RetryPolicy::parse_delayed(&off).expect("valid"), None);

@@ -77,13 +77,12 @@ impl Broker {
         // the common case, taken without building a destination list.
         let direct = super::exchanges::is_default(&m.exchange) && !carries_cc(&properties);
         // A delayed-message exchange holds the message in each queue for its x-delay.
+        // The header first: most messages carry none, and they cost no second exchange lookup.
         let hold = if direct {
             None
         } else {
-            self.exchanges
-                .get(&m.exchange)
-                .filter(|x| x.delays)
-                .and_then(|_| super::exchanges::delay_of(&properties))
+            super::exchanges::delay_of(&properties)
+                .filter(|_| self.exchanges.get(&m.exchange).is_some_and(|x| x.delays))
         };
         let destinations = if direct {
             Vec::new()

@@ -162,23 +162,11 @@ impl Broker {
             }
             return self.hold_in_tx(conn, ch, TxOp::Settle { tag: delivery_tag, multiple, requeue });
         }
-        self.settle_now(conn, ch, delivery_tag, multiple, requeue)
-    }
-
-    /// Applies an ack, nack or reject.
-    pub(super) fn settle_now(
-        &mut self,
-        conn: ConnId,
-        ch: u16,
-        delivery_tag: u64,
-        multiple: bool,
-        requeue: Option<bool>,
-    ) -> Result<(), AmqpError> {
         self.settle_as(conn, ch, delivery_tag, multiple, requeue, Return::Refused)
     }
 
-    /// [`Broker::settle_now`], a requeue counted as `how` (a recover gives messages back
-    /// without refusing them).
+    /// Applies an ack, nack or reject now; a requeue counts as `how` (a consumer's nack
+    /// refuses the message, a recover only gives it back).
     pub(super) fn settle_as(
         &mut self,
         conn: ConnId,

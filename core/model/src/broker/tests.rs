@@ -688,3 +688,17 @@ fn a_delayed_message_joins_its_queue_at_its_deadline_and_its_ttl_counts_from_the
     h.advance(20);
     assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)), "then it expires");
 }
+
+#[test]
+fn x_delay_is_capped_at_the_plugins_maximum_and_ignored_when_not_positive() {
+    use super::exchanges::{MAX_DELAY_MS, delay_of};
+    let with = |v: FieldValue| BasicProperties {
+        headers: Some([("x-delay".to_string(), v)].into_iter().collect()),
+        ..Default::default()
+    };
+    assert_eq!(delay_of(&with(FieldValue::I64(i64::MAX))), Some(MAX_DELAY_MS));
+    assert_eq!(delay_of(&with(FieldValue::I64(250))), Some(250));
+    assert_eq!(delay_of(&with(FieldValue::I64(0))), None);
+    assert_eq!(delay_of(&with(FieldValue::I64(-5))), None);
+    assert_eq!(delay_of(&BasicProperties::default()), None);
+}

@@ -29,7 +29,7 @@ impl Broker {
                     stored |= self.route_and_deliver(conn, ch, method, properties, body, confirm)?
                 }
                 TxOp::Settle { tag, multiple, requeue } => {
-                    self.settle_now(conn, ch, tag, multiple, requeue)?
+                    self.settle_as(conn, ch, tag, multiple, requeue, super::deliver::Return::Refused)?
                 }
             }
         }
