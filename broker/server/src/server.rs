@@ -165,10 +165,13 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        // std's RandomState keys come from the OS: hashing through fresh ones draws from it.
         let seed = RandomState::new().hash_one(SystemTime::now());
+        let secret = [RandomState::new().hash_one(1u8), RandomState::new().hash_one(2u8)];
         let config = BrokerConfig {
             users: settings.users.clone(),
             seed,
+            secret,
             consumer_timeout: settings.consumer_timeout,
             limits: settings.limits.counts,
         };

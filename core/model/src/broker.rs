@@ -11,7 +11,7 @@
 //! (stuck consumers), `deadletter` (offering and dead-lettering), `persist` (the store and
 //! confirms), `timers`, `operator` (replay) and `tests`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use warren_codec::reply_code::COMMAND_INVALID;
@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     pub users: Vec<User>,
     /// Seed for generated names; the driver passes something random.
     pub seed: u64,
+    /// Key for the direct reply-to tokens, which must not be guessable from anything a client
+    /// sees; the driver draws it from the OS.
+    pub secret: [u64; 2],
     /// How long a consumer's delivery may wait for its acknowledgement unless its queue or
     /// the consumer says otherwise (RabbitMQ's `consumer_timeout`); `None` for no limit.
     pub consumer_timeout: Option<std::time::Duration>,
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             users: vec![User::guest()],
             seed: 0,
+            secret: [0; 2],
             consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
             limits: Limits::default(),
         }
@@ -187,7 +191,7 @@ pub struct Broker {
     /// Direct reply-to tokens: the channel incarnation each one names.
     replies: Map<String, (ConnId, u16, u64)>,
     /// The secret reply tokens are drawn with, and a counter to vary them.
-    reply_secret: std::hash::RandomState,
+    reply_secret: [u64; 2],
     reply_nonce: u64,
     next_delayed: u64,
     policies: Vec<crate::policy::Policy>,
@@ -228,7 +232,7 @@ impl Broker {
             delayed: Map::default(),
             replies: Map::default(),
             held_by_exchange: Map::default(),
-            reply_secret: std::hash::RandomState::new(),
+            reply_secret: config.secret,
             reply_nonce: 0,
             next_delayed: 0,
             policies: Vec::new(),
@@ -266,8 +270,8 @@ impl Broker {
     }
 
     /// Unacked deliveries per queue incarnation id, in one pass over every channel.
-    pub fn unacked_by_queue(&self) -> HashMap<u64, usize> {
-        let mut counts = HashMap::new();
+    pub fn unacked_by_queue(&self) -> Map<u64, usize> {
+        let mut counts = Map::default();
         for u in self.sessions.values().flat_map(|s| s.channels.values()).flat_map(|c| c.unacked.values()) {
             *counts.entry(u.queue_id).or_insert(0) += 1;
         }

@@ -1,7 +1,7 @@
 //! What an operator does to a running broker, beside what clients do: replaying a
 //! dead-letter queue, and finding out which queues are dead-letter targets.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use warren_codec::FieldValue;
@@ -117,7 +117,7 @@ impl Broker {
     /// Queues that receive dead letters: every queue reachable through bindings from some
     /// queue's dead-letter exchange.
     pub fn dead_letter_targets(&self) -> BTreeSet<String> {
-        let mut seen_x: HashSet<&str> = HashSet::new();
+        let mut seen_x: crate::hash::Set<&str> = crate::hash::Set::default();
         let mut work: Vec<&str> =
             self.queues.values().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
         let mut targets = BTreeSet::new();

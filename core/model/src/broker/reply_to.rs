@@ -6,7 +6,6 @@
 //! channel incarnation, and dies with its channel: a reply to a requester that is gone is
 //! dropped, or returned when mandatory.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use warren_codec::{BasicConsume, BasicConsumeOk, BasicProperties};
@@ -51,15 +50,15 @@ impl Broker {
             return Ok(());
         };
         // The token is all that stands between a stranger and this channel's replies: keyed
-        // hashes under a secret the process drew from the OS, not the name generator, whose
-        // state one public name gives away.
+        // hashes (SipHash keyed with a secret the driver drew from the OS), not the name
+        // generator, whose state one public name gives away.
         let id = c.id;
         self.reply_nonce += 1;
         let nonce = (id, self.reply_nonce);
         let token = format!(
             "{PREFIX}{:016x}{:016x}",
-            self.reply_secret.hash_one((nonce, 1u8)),
-            self.reply_secret.hash_one((nonce, 2u8))
+            keyed_hash(self.reply_secret, (nonce, 1u8)),
+            keyed_hash(self.reply_secret, (nonce, 2u8))
         );
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
@@ -147,4 +146,15 @@ impl Broker {
     pub(super) fn is_reply_queue(&self, name: &str) -> bool {
         name == PSEUDO_QUEUE || self.replies.contains_key(name)
     }
+}
+
+/// SipHash-2-4 under `key`: a PRF, so tokens drawn from a secret key cannot be predicted from
+/// other tokens. std's `SipHasher` is deprecated only in favour of `DefaultHasher`, which
+/// takes no key.
+#[allow(deprecated)]
+fn keyed_hash(key: [u64; 2], value: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+    value.hash(&mut h);
+    h.finish()
 }

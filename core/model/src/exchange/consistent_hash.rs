@@ -156,7 +156,6 @@ impl ExchangeType for ConsistentHash {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use warren_codec::BasicProperties;
 
@@ -175,7 +174,7 @@ mod tests {
     #[test]
     fn shares_follow_weights_and_keys_stick() {
         let x = exchange(FieldTable::new(), &[("a", "1"), ("b", "1"), ("c", "2"), ("d", "4")]);
-        let mut counts: HashMap<Destination, u32> = HashMap::new();
+        let mut counts: crate::hash::Map<Destination, u32> = Default::default();
         for i in 0..40_000 {
             let key = format!("key-{i}");
             let first = route_key(x.as_ref(), &key);
@@ -204,7 +203,7 @@ mod tests {
     fn huge_weights_cost_no_memory_and_keep_their_share() {
         // 4294967295 used to size a vector of ~96 GiB.
         let x = exchange(FieldTable::new(), &[("a", "4294967295"), ("b", "4294967295"), ("c", "1")]);
-        let mut counts: HashMap<Destination, u32> = HashMap::new();
+        let mut counts: crate::hash::Map<Destination, u32> = Default::default();
         for i in 0..4_000 {
             *counts.entry(route_key(x.as_ref(), &i.to_string())[0].clone()).or_default() += 1;
         }

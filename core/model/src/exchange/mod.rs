@@ -7,7 +7,6 @@
 //! itself (for equality, unbind and cleanup); a type keeps only what it needs to route fast.
 //! Plugin exchange types (wasm components) implement the same trait.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -93,13 +92,13 @@ pub trait ExchangeFactory: fmt::Debug + Send + Sync {
 /// The exchange types the broker knows, by the name clients pass to exchange.declare.
 #[derive(Debug, Clone)]
 pub struct TypeRegistry {
-    types: HashMap<String, Arc<dyn ExchangeFactory>>,
+    types: crate::hash::Map<String, Arc<dyn ExchangeFactory>>,
 }
 
 impl TypeRegistry {
     /// The built-in types: direct, fanout, topic, headers, x-consistent-hash, x-modulus-hash.
     pub fn builtin() -> Self {
-        let mut r = TypeRegistry { types: HashMap::new() };
+        let mut r = TypeRegistry { types: crate::hash::Map::default() };
         r.register("direct", Arc::new(direct::Factory));
         r.register("fanout", Arc::new(fanout::Factory));
         r.register("topic", Arc::new(topic::Factory));

@@ -59,7 +59,7 @@ mod tests {
         for d in ["a", "b", "c"] {
             m.add_binding(&binding(d, ""));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = crate::hash::Set::default();
         for i in 0..300 {
             let key = format!("k{i}");
             let r = route_key(&m, &key);
