@@ -105,7 +105,9 @@ fn through_broker(kind: &str, registered_as: &str, factory: Arc<dyn ExchangeFact
     let messages: Vec<_> = (0..KEYS).map(|i| message(kind, i)).collect();
     time(|i| {
         let (key, props) = &messages[i % KEYS];
-        black_box(broker.route("x", key, props, 10).map(|d| d.len()).ok());
+        black_box(
+            broker.route(warren_core::broker::VHostId::DEFAULT, "x", key, props, 10).map(|d| d.len()).ok(),
+        );
     })
 }
 

@@ -113,6 +113,9 @@ pub struct FileConfig {
     /// Queue policies: arguments applied by queue-name pattern.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// `[[vhosts]]`: vhosts besides `/`, which always exists.
+    #[serde(default)]
+    pub vhosts: Vec<VHostConfig>,
     /// `[storage]`: durability and disk limits.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -441,6 +444,15 @@ impl Default for StorageSettings {
     }
 }
 
+/// `[[vhosts]]`: a vhost, a namespace of exchanges and queues a connection names in
+/// connection.open.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VHostConfig {
+    /// What connection.open and the management API call it.
+    pub name: String,
+}
+
 /// `[[policies]]`: RabbitMQ-style queue policy. The queue's own `x-` arguments win.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -584,6 +596,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Queue policies.
     pub policies: Vec<Policy>,
+    /// Vhosts besides `/`.
+    pub vhosts: Vec<String>,
     /// Connection limits and timeouts.
     pub connection: ConnectionConfig,
     /// How long a consumer's delivery may wait for its ack, unless its queue or it says
@@ -611,6 +625,7 @@ impl Default for Settings {
             quic_listen: Some(SocketAddr::from(([0, 0, 0, 0], 5671))),
             log_format: LogFormat::Text,
             policies: Vec::new(),
+            vhosts: Vec::new(),
             connection: ConnectionConfig::default(),
             consumer_timeout: Some(warren_core::broker::DEFAULT_CONSUMER_TIMEOUT),
             users: vec![User::guest()],
@@ -678,6 +693,19 @@ impl Settings {
             ));
         }
         s.policies = file.policies.into_iter().map(PolicyConfig::build).collect::<Result<_, _>>()?;
+        for v in file.vhosts {
+            // connection.open carries the name as a short string.
+            if v.name.is_empty() || v.name.len() > 255 {
+                return Err(ConfigError::Invalid(format!(
+                    "vhost name '{}' must be 1 to 255 bytes long",
+                    v.name
+                )));
+            }
+            if v.name == "/" || s.vhosts.contains(&v.name) {
+                return Err(ConfigError::Invalid(format!("vhost '{}' is declared twice", v.name)));
+            }
+            s.vhosts.push(v.name);
+        }
         if let Some(f) = file.amqp.frame_max {
             if f < warren_codec::FRAME_MIN_SIZE {
                 return Err(ConfigError::Invalid(format!(
@@ -834,6 +862,22 @@ mod tests {
         assert_eq!(s.and_then(|s| s.amqp_listen).map(|a| a.port()), Some(2000));
         assert_eq!(s.map(|s| s.data_dir.clone()), Some(PathBuf::from("/tmp/x")));
         assert_eq!(s.map(|s| s.connection.heartbeat), Some(5));
+    }
+
+    #[test]
+    fn vhosts_are_named_once_and_fit_connection_open() {
+        let resolve = |text: &str| {
+            parse(text)
+                .map_err(|e| e.to_string())
+                .and_then(|f| Settings::resolve(&Cli::default(), f).map_err(|e| e.to_string()))
+        };
+        let s = resolve("[[vhosts]]\nname = \"a\"\n[[vhosts]]\nname = \"b c\"\n");
+        assert_eq!(s.map(|s| s.vhosts).ok(), Some(vec!["a".to_string(), "b c".to_string()]));
+        for bad in ["name = \"a\"\n[[vhosts]]\nname = \"a\"", "name = \"/\"", "name = \"\"", "nme = \"a\""] {
+            assert!(resolve(&format!("[[vhosts]]\n{bad}\n")).is_err(), "{bad}");
+        }
+        let long = "v".repeat(256);
+        assert!(resolve(&format!("[[vhosts]]\nname = \"{long}\"\n")).is_err());
     }
 
     #[test]

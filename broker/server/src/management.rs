@@ -164,7 +164,7 @@ async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {
                 .map(|r| (r.as_str().to_string(), json!(q.dead_lettered[*r as usize])))
                 .collect();
             json!({
-                "vhost": "/",
+                "vhost": q.vhost,
                 "name": q.name,
                 "durable": q.durable,
                 "messages_ready": q.ready,
@@ -177,7 +177,9 @@ async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {
             })
         })
         .collect();
-    queues.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    queues.sort_by(|a, b| {
+        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
+    });
     Json(Value::Array(queues))
 }
 
@@ -191,15 +193,16 @@ async fn replay(
     Path((vhost, queue)): Path<(String, String)>,
     Query(q): Query<ReplayQuery>,
 ) -> (StatusCode, Json<Value>) {
-    if vhost != "/" {
+    let Some(vh) = lock(&shared).broker.vhosts().id(&vhost) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
-    }
+    };
     let limit = q.count.unwrap_or(usize::MAX);
     let mut total = ReplayReport::default();
     loop {
         let result = {
             let mut s = lock(&shared);
             let r = s.broker.replay_dead_letters(
+                vh,
                 &queue,
                 REPLAY_BATCH,
                 limit - total.moved,
@@ -226,7 +229,7 @@ async fn replay(
         tokio::task::yield_now().await;
     }
     let ReplayReport { moved, skipped, refused, .. } = total;
-    tracing::info!(%queue, moved, skipped, refused, "dead-letter queue replayed");
+    tracing::info!(%vhost, %queue, moved, skipped, refused, "dead-letter queue replayed");
     (StatusCode::OK, Json(json!({"moved": moved, "skipped": skipped, "refused": refused})))
 }
 

@@ -18,6 +18,7 @@ const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target"];
 
 /// One queue's numbers, copied out under the lock (for metrics and the management API).
 pub(crate) struct QueueSnapshot {
+    pub(crate) vhost: String,
     pub(crate) name: String,
     pub(crate) durable: bool,
     pub(crate) dead_letter_target: bool,
@@ -38,9 +39,10 @@ pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
     let unacked = b.unacked_by_queue();
     b.queues()
         .map(|q| QueueSnapshot {
+            vhost: b.vhosts()[q.vhost].name.clone(),
             name: q.name.to_string(),
             durable: q.spec.durable,
-            dead_letter_target: targets.contains(&*q.name),
+            dead_letter_target: targets.contains(&(q.vhost, q.name.to_string())),
             ready: q.len(),
             unacked: unacked.get(&q.id).copied().unwrap_or(0),
             bytes: q.bytes(),
@@ -138,7 +140,7 @@ struct Snapshot {
     /// Connections, channels, blocked connections.
     open: (usize, usize, usize),
     /// Messages held by each delayed-message exchange.
-    delayed: Vec<(String, u64)>,
+    delayed: Vec<(String, String, u64)>,
 }
 
 /// Every family, filled from a snapshot.
@@ -151,8 +153,8 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
         "Messages a delayed-message exchange holds until their x-delay runs out.",
         &["vhost", "exchange"],
     );
-    for (x, n) in &snap.delayed {
-        held.with_label_values(&["/", x.as_str()]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+    for (v, x, n) in &snap.delayed {
+        held.with_label_values(&[v.as_str(), x.as_str()]).set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
     out.push(Box::new(held));
     let qg = |n: &str, h: &str| gauge(&format!("warren_queue_{n}"), h, QUEUE_LABELS);
@@ -187,7 +189,7 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
     );
     for q in queues {
         let target = if q.dead_letter_target { "true" } else { "false" };
-        let l = ["/", q.name.as_str(), target];
+        let l = [q.vhost.as_str(), q.name.as_str(), target];
         ready.with_label_values(&l).set(int(q.ready));
         unacked.with_label_values(&l).set(int(q.unacked));
         total.with_label_values(&l).set(int(q.ready + q.unacked));
@@ -203,7 +205,7 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
         acked.with_label_values(&l).inc_by(q.stats.acked);
         for r in Reason::ALL {
             let count = q.dead_lettered[r as usize];
-            dead.with_label_values(&["/", q.name.as_str(), target, r.as_str()]).inc_by(count);
+            dead.with_label_values(&[q.vhost.as_str(), q.name.as_str(), target, r.as_str()]).inc_by(count);
         }
     }
     out.extend([

@@ -177,6 +177,9 @@ impl Server {
         };
         let mut broker = Broker::new(config, std::time::Instant::now());
         broker.set_policies(settings.policies.clone());
+        for v in &settings.vhosts {
+            broker.add_vhost(v);
+        }
         let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         broker.set_time(std::time::Instant::now(), unix_ms);
         // Before recovery: recovered exchanges and queues need their plugin types and policies.

@@ -147,6 +147,9 @@ impl Storage {
         for s in &restored.skipped {
             warn!(what = %s, "stored item not restored");
         }
+        for v in &restored.vhosts {
+            warn!(vhost = %v, "vhost not in the configuration kept: durable queues or exchanges are stored in it");
+        }
         info!(
             dir = %dir.display(),
             queues = restored.queues,

@@ -290,6 +290,7 @@ pub fn meta(w: &mut Writer<'_>, m: &Meta) {
         w.bit(b.to_queue);
         w.long_str(b.key.as_bytes());
         encode_table(w, &b.arguments);
+        vhost(w, &b.vhost);
     };
     match m {
         Meta::Op(MetaOp::PutQueue(q)) => {
@@ -298,6 +299,7 @@ pub fn meta(w: &mut Writer<'_>, m: &Meta) {
             w.long_str(q.name.as_bytes());
             w.bit(q.auto_delete);
             encode_table(w, &q.arguments);
+            vhost(w, &q.vhost);
         }
         Meta::Op(MetaOp::DeleteQueue(id)) => {
             w.u8(DELETE_QUEUE);
@@ -310,10 +312,12 @@ pub fn meta(w: &mut Writer<'_>, m: &Meta) {
             w.bit(x.auto_delete);
             w.bit(x.internal);
             encode_table(w, &x.arguments);
+            vhost(w, &x.vhost);
         }
-        Meta::Op(MetaOp::DeleteExchange(name)) => {
+        Meta::Op(MetaOp::DeleteExchange { vhost: v, name }) => {
             w.u8(DELETE_EXCHANGE);
             w.long_str(name.as_bytes());
+            vhost(w, v);
         }
         Meta::Op(MetaOp::Bind(b)) => {
             w.u8(BIND);
@@ -330,6 +334,19 @@ pub fn meta(w: &mut Writer<'_>, m: &Meta) {
     }
 }
 
+/// Ends a topology record with its vhost, unless it is `/`: records of `/` are the bytes
+/// they were before vhosts, so a store written by an older Warren reads the same.
+fn vhost(w: &mut Writer<'_>, name: &str) {
+    if name != "/" {
+        w.long_str(name.as_bytes());
+    }
+}
+
+/// A topology record's vhost: `/` when the record ends without one.
+fn read_vhost(r: &mut Reader) -> Result<String, CodecError> {
+    if r.remaining() == 0 { Ok("/".to_string()) } else { string(r) }
+}
+
 /// Decodes a metadata record's payload.
 pub fn decode_meta(payload: Bytes) -> Result<Meta, DecodeError> {
     let mut r = Reader::new(payload);
@@ -340,6 +357,7 @@ pub fn decode_meta(payload: Bytes) -> Result<Meta, DecodeError> {
             to_queue: r.bit()?,
             key: string(r)?,
             arguments: decode_table(r)?,
+            vhost: read_vhost(r)?,
         })
     };
     let m = match r.u8()? {
@@ -348,6 +366,7 @@ pub fn decode_meta(payload: Bytes) -> Result<Meta, DecodeError> {
             name: string(&mut r)?,
             auto_delete: r.bit()?,
             arguments: decode_table(&mut r)?,
+            vhost: read_vhost(&mut r)?,
         })),
         DELETE_QUEUE => Meta::Op(MetaOp::DeleteQueue(r.u64()?)),
         PUT_EXCHANGE => Meta::Op(MetaOp::PutExchange(ExchangeRecord {
@@ -356,8 +375,12 @@ pub fn decode_meta(payload: Bytes) -> Result<Meta, DecodeError> {
             auto_delete: r.bit()?,
             internal: r.bit()?,
             arguments: decode_table(&mut r)?,
+            vhost: read_vhost(&mut r)?,
         })),
-        DELETE_EXCHANGE => Meta::Op(MetaOp::DeleteExchange(string(&mut r)?)),
+        DELETE_EXCHANGE => {
+            let name = string(&mut r)?;
+            Meta::Op(MetaOp::DeleteExchange { vhost: read_vhost(&mut r)?, name })
+        }
         BIND => Meta::Op(MetaOp::Bind(binding(&mut r)?)),
         UNBIND => Meta::Op(MetaOp::Unbind(binding(&mut r)?)),
         NEXT_QUEUE_ID => Meta::NextQueueId(r.u64()?),
@@ -407,39 +430,67 @@ mod tests {
 
     #[test]
     fn metadata_round_trips() {
-        let args: FieldTable = [("x-max-length".to_string(), FieldValue::I32(5))].into_iter().collect();
-        let b = BindingRecord {
-            source: "x".into(),
-            destination: "q".into(),
-            to_queue: true,
-            key: "a.#".into(),
-            arguments: args.clone(),
-        };
-        let all = [
-            Meta::Op(MetaOp::PutQueue(QueueRecord {
-                id: 9,
-                name: "q".into(),
-                auto_delete: true,
+        for vhost in ["/", "other"] {
+            let args: FieldTable = [("x-max-length".to_string(), FieldValue::I32(5))].into_iter().collect();
+            let b = BindingRecord {
+                vhost: vhost.into(),
+                source: "x".into(),
+                destination: "q".into(),
+                to_queue: true,
+                key: "a.#".into(),
                 arguments: args.clone(),
-            })),
-            Meta::Op(MetaOp::DeleteQueue(9)),
-            Meta::Op(MetaOp::PutExchange(ExchangeRecord {
-                name: "x".into(),
-                kind: "topic".into(),
-                auto_delete: false,
-                internal: true,
-                arguments: args,
-            })),
-            Meta::Op(MetaOp::DeleteExchange("x".into())),
-            Meta::Op(MetaOp::Bind(b.clone())),
-            Meta::Op(MetaOp::Unbind(b)),
-            Meta::NextQueueId(10),
-        ];
-        for m in all {
-            let mut buf = BytesMut::new();
-            frame(&mut buf, |w| meta(w, &m));
-            assert_eq!(decode_meta(unframe(&buf)).expect("decode"), m);
+            };
+            let all = [
+                Meta::Op(MetaOp::PutQueue(QueueRecord {
+                    id: 9,
+                    vhost: vhost.into(),
+                    name: "q".into(),
+                    auto_delete: true,
+                    arguments: args.clone(),
+                })),
+                Meta::Op(MetaOp::DeleteQueue(9)),
+                Meta::Op(MetaOp::PutExchange(ExchangeRecord {
+                    vhost: vhost.into(),
+                    name: "x".into(),
+                    kind: "topic".into(),
+                    auto_delete: false,
+                    internal: true,
+                    arguments: args,
+                })),
+                Meta::Op(MetaOp::DeleteExchange { vhost: vhost.into(), name: "x".into() }),
+                Meta::Op(MetaOp::Bind(b.clone())),
+                Meta::Op(MetaOp::Unbind(b)),
+                Meta::NextQueueId(10),
+            ];
+            for m in all {
+                let mut buf = BytesMut::new();
+                frame(&mut buf, |w| meta(w, &m));
+                assert_eq!(decode_meta(unframe(&buf)).expect("decode"), m);
+            }
         }
+    }
+
+    #[test]
+    fn records_of_the_default_vhost_keep_the_format_from_before_vhosts() {
+        // A queue record as Warren wrote it before vhosts: id, name, auto-delete, arguments.
+        let mut old = BytesMut::new();
+        let mut w = Writer::new(&mut old);
+        w.u8(PUT_QUEUE);
+        w.u64(3);
+        w.long_str(b"q");
+        w.bit(false);
+        encode_table(&mut w, &FieldTable::new());
+        let m = Meta::Op(MetaOp::PutQueue(QueueRecord {
+            id: 3,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }));
+        assert_eq!(decode_meta(old.clone().freeze()).expect("decode"), m);
+        let mut new = BytesMut::new();
+        meta(&mut Writer::new(&mut new), &m);
+        assert_eq!(new, old);
     }
 
     #[test]

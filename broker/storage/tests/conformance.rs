@@ -79,7 +79,17 @@ fn message(body: &[u8]) -> Message {
 }
 
 fn queue(id: u64, name: &str) -> MetaOp {
-    MetaOp::PutQueue(QueueRecord { id, name: name.into(), auto_delete: false, arguments: FieldTable::new() })
+    queue_in("/", id, name)
+}
+
+fn queue_in(vhost: &str, id: u64, name: &str) -> MetaOp {
+    MetaOp::PutQueue(QueueRecord {
+        id,
+        vhost: vhost.into(),
+        name: name.into(),
+        auto_delete: false,
+        arguments: FieldTable::new(),
+    })
 }
 
 /// What recovery returned, without where each store keeps things and without the clean flag.
@@ -141,6 +151,7 @@ fn topology_survives_and_a_deleted_queue_takes_its_entries_and_bindings() {
         let mut s = b.open();
         s.recover().expect("recover");
         let x = ExchangeRecord {
+            vhost: "/".into(),
             name: "x".into(),
             kind: "topic".into(),
             auto_delete: false,
@@ -148,6 +159,7 @@ fn topology_survives_and_a_deleted_queue_takes_its_entries_and_bindings() {
             arguments: FieldTable::new(),
         };
         let bind = |q: &str| BindingRecord {
+            vhost: "/".into(),
             source: "x".into(),
             destination: q.into(),
             to_queue: true,
@@ -171,6 +183,48 @@ fn topology_survives_and_a_deleted_queue_takes_its_entries_and_bindings() {
         assert_eq!(r.bindings, [bind("b")], "{name}");
         assert_eq!(r.entries.iter().map(|e| e.queue).collect::<Vec<_>>(), [2], "{name}");
         assert!(r.next_queue_id >= 3, "{name}: ids are never reused");
+    }
+}
+
+#[test]
+fn vhosts_keep_their_own_topology() {
+    for (name, mut b) in backings() {
+        let mut s = b.open();
+        s.recover().expect("recover");
+        let x = |vhost: &str| ExchangeRecord {
+            vhost: vhost.into(),
+            name: "x".into(),
+            kind: "fanout".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        };
+        let bind = |vhost: &str| BindingRecord {
+            vhost: vhost.into(),
+            source: "x".into(),
+            destination: "q".into(),
+            to_queue: true,
+            key: String::new(),
+            arguments: FieldTable::new(),
+        };
+        // The same names in two vhosts are two exchanges, two queues, two bindings.
+        for (id, vhost) in [(1, "/"), (2, "other")] {
+            s.meta(&MetaOp::PutExchange(x(vhost))).expect("meta");
+            s.meta(&queue_in(vhost, id, "q")).expect("meta");
+            s.meta(&MetaOp::Bind(bind(vhost))).expect("meta");
+        }
+        // Deleting one vhost's exchange and queue leaves the other's alone.
+        s.meta(&MetaOp::DeleteExchange { vhost: "/".into(), name: "x".into() }).expect("meta");
+        s.meta(&MetaOp::DeleteQueue(1)).expect("meta");
+        drop(s);
+        let r = b.open().recover().expect("recover");
+        assert_eq!(r.exchanges, [x("other")], "{name}");
+        assert_eq!(
+            r.queues.iter().map(|q| (q.vhost.as_str(), q.id)).collect::<Vec<_>>(),
+            [("other", 2)],
+            "{name}"
+        );
+        assert_eq!(r.bindings, [bind("other")], "{name}");
     }
 }
 

@@ -69,7 +69,9 @@ fn topic(c: &mut Criterion) {
             b.iter(|| {
                 k = k.wrapping_add(7919);
                 let rk = format!("orders.{}.{}", k % 1000, k % 7);
-                black_box(broker.route("t", &rk, &props, 0).map(|d| d.len()))
+                black_box(
+                    broker.route(warren_core::broker::VHostId::DEFAULT, "t", &rk, &props, 0).map(|d| d.len()),
+                )
             })
         });
     }

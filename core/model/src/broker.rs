@@ -40,12 +40,14 @@ mod reply_to;
 mod tests;
 mod timers;
 mod tx;
+mod vhost;
 
 pub use confirms::Confirmed;
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
 pub use persist::{Compaction, ConfirmPolicy, RestoreReport};
 pub use reply_to::ReplyConsumer;
+pub use vhost::{VHost, VHostId, VHosts};
 
 /// Identifies an open connection within the broker.
 pub type ConnId = u64;
@@ -118,6 +120,8 @@ impl Default for BrokerConfig {
 pub struct ConnectionInfo {
     /// The authenticated user.
     pub user: String,
+    /// The vhost connection.open named.
+    pub vhost: String,
     /// The client advertised `consumer_cancel_notify`: tell it when its consumer's queue goes.
     pub consumer_cancel_notify: bool,
     /// The client advertised `connection.blocked`: tell it when publishing is blocked.
@@ -127,6 +131,8 @@ pub struct ConnectionInfo {
 #[derive(Debug)]
 struct Session {
     info: ConnectionInfo,
+    /// Its vhost: every name it uses is looked up there.
+    vhost: VHostId,
     channels: Map<u16, ChannelState>,
     outbound: Vec<Outgoing>,
     woken: bool,
@@ -170,8 +176,7 @@ impl Session {
 pub struct Broker {
     users: Vec<User>,
     names: NameGen,
-    queues: Map<String, Queue>,
-    exchanges: Map<String, Exchange>,
+    vhosts: VHosts,
     types: TypeRegistry,
     retry_plugins: crate::retry::RetryPlugins,
     sessions: Map<ConnId, Session>,
@@ -186,8 +191,6 @@ pub struct Broker {
     timer_seq: u64,
     timer_changed: bool,
     delayed: Map<u64, timers::Delayed>,
-    /// Messages held by delayed-message exchanges, by exchange name (for metrics).
-    held_by_exchange: Map<String, u64>,
     /// Direct reply-to tokens: the channel incarnation each one names.
     replies: Map<String, (ConnId, u16, u64)>,
     /// The secret reply tokens are drawn with, and a counter to vary them.
@@ -216,8 +219,7 @@ impl Broker {
             limits: config.limits,
             consumer_sweep: None,
             names: NameGen::new(config.seed),
-            queues: Map::default(),
-            exchanges: Map::default(),
+            vhosts: VHosts::new(),
             types: TypeRegistry::builtin(),
             retry_plugins: Default::default(),
             sessions: Map::default(),
@@ -231,7 +233,6 @@ impl Broker {
             timer_changed: false,
             delayed: Map::default(),
             replies: Map::default(),
-            held_by_exchange: Map::default(),
             reply_secret: config.secret,
             reply_nonce: 0,
             next_delayed: 0,
@@ -241,7 +242,7 @@ impl Broker {
             durability: Default::default(),
             alarm: None,
         };
-        b.declare_predefined_exchanges();
+        b.declare_predefined_exchanges(VHostId::DEFAULT);
         b
     }
 
@@ -259,7 +260,7 @@ impl Broker {
     /// Forgets cached routes of every exchange of type `kind`: its implementation changed
     /// (a plugin reload), so results computed by the old one may no longer hold.
     pub fn exchange_type_reloaded(&mut self, kind: &str) {
-        for x in self.exchanges.values_mut().filter(|x| x.kind == kind) {
+        for x in self.vhosts.iter_mut().flat_map(|v| v.exchanges.values_mut()).filter(|x| x.kind == kind) {
             x.forget_routes();
         }
     }
@@ -288,19 +289,34 @@ impl Broker {
         out.append(&mut self.events);
     }
 
-    /// A declared queue, for metrics and operators.
+    /// A declared queue of `/`, for tests and operators.
     pub fn queue(&self, name: &str) -> Option<&Queue> {
-        self.queues.get(name)
+        self.vhosts[VHostId::DEFAULT].queues.get(name)
     }
 
-    /// Every declared queue.
+    /// Every declared queue, of every vhost ([`Queue::vhost`] says which).
     pub fn queues(&self) -> impl Iterator<Item = &Queue> {
-        self.queues.values()
+        self.vhosts.all_queues()
     }
 
-    /// A declared exchange, for tests and metrics.
+    /// A declared exchange of `/`, for tests.
     pub fn exchange(&self, name: &str) -> Option<&Exchange> {
-        self.exchanges.get(name)
+        self.vhosts[VHostId::DEFAULT].exchanges.get(name)
+    }
+
+    /// The vhosts.
+    pub fn vhosts(&self) -> &VHosts {
+        &self.vhosts
+    }
+
+    /// Creates vhost `name` unless it exists, with its predeclared exchanges (`amq.direct`
+    /// and the others); its id.
+    pub fn add_vhost(&mut self, name: &str) -> VHostId {
+        let (id, new) = self.vhosts.add(name);
+        if new {
+            self.declare_predefined_exchanges(id);
+        }
+        id
     }
 
     /// The users allowed to log in.
@@ -309,8 +325,14 @@ impl Broker {
     }
 
     /// Registers a connection that completed its handshake, or refuses it with 530 as RabbitMQ
-    /// does when the connection limit is reached.
+    /// does when its vhost does not exist or the connection limit is reached.
     pub fn open_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
+        if self.vhosts.id(&info.vhost).is_none() {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!("vhost {} not found", info.vhost),
+            ));
+        }
         if let Some(max) = self.limits.max_connections
             && self.sessions.len() >= max
         {
@@ -322,13 +344,16 @@ impl Broker {
         Ok(self.connect(info))
     }
 
-    /// Registers a connection that completed its handshake, whatever the limit.
+    /// Registers a connection that completed its handshake, whatever the limit; one naming a
+    /// vhost that does not exist gets `/`.
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
+        let vhost = self.vhosts.id(&info.vhost).unwrap_or_default();
         let id = self.next_conn;
         self.next_conn += 1;
         self.stats.connections_opened += 1;
         let session = Session {
             info,
+            vhost,
             channels: Map::default(),
             outbound: Vec::new(),
             woken: false,
@@ -405,18 +430,19 @@ impl Broker {
         let Some(session) = self.sessions.get(&conn) else {
             return;
         };
+        let vh = session.vhost;
         let channels: Vec<u16> = session.channels.keys().copied().collect();
         for ch in channels {
             self.release_channel(conn, ch);
         }
-        let exclusive: Vec<String> = self
+        let exclusive: Vec<String> = self.vhosts[vh]
             .queues
             .values()
             .filter(|q| q.spec.exclusive_owner == Some(conn))
             .map(|q| q.name.to_string())
             .collect();
         for name in exclusive {
-            self.delete_queue(&name);
+            self.delete_queue(vh, &name);
         }
         self.sessions.remove(&conn);
         self.stats.connections_closed += 1;
@@ -511,13 +537,15 @@ impl Broker {
         r.map_err(|e| e.on(&err_on))
     }
 
-    /// Messages a delayed-message exchange holds, by exchange (for metrics).
-    pub fn delayed_by_exchange(&self) -> Vec<(String, u64)> {
-        self.exchanges
-            .iter()
-            .filter(|(_, x)| x.delays)
-            .map(|(n, _)| (n.clone(), self.held_by_exchange.get(n).copied().unwrap_or(0)))
-            .collect()
+    /// Messages a delayed-message exchange holds, by vhost and exchange (for metrics).
+    pub fn delayed_by_exchange(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for (_, v) in self.vhosts.iter() {
+            for (n, _) in v.exchanges.iter().filter(|(_, x)| x.delays) {
+                out.push((v.name.clone(), n.clone(), v.held_by_exchange.get(n).copied().unwrap_or(0)));
+            }
+        }
+        out
     }
 
     /// The 0-9-1 shortcut RabbitMQ keeps: an empty queue name in queue.bind, queue.unbind,
@@ -552,6 +580,7 @@ impl Broker {
     /// for room (at most `OUTBOUND_LIMIT` go out per pull): pull again once these are written.
     #[must_use = "when true, more deliveries wait for room: pull again once these are written"]
     pub fn take_outbound(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) -> bool {
+        let vh = self.vh(conn);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return false;
         };
@@ -572,7 +601,7 @@ impl Broker {
         queues.sort();
         queues.dedup();
         for q in queues {
-            self.dispatch(&q);
+            self.dispatch(vh, &q);
         }
         let Some(s) = self.sessions.get_mut(&conn) else {
             return false;
@@ -587,9 +616,14 @@ impl Broker {
         out.append(&mut self.wakeups);
     }
 
-    /// (ready, unacked, consumers) of a queue, for tests and metrics.
+    /// (ready, unacked, consumers) of a queue of `/`, for tests.
     pub fn queue_counts(&self, name: &str) -> Option<(usize, usize, usize)> {
-        let q = self.queues.get(name)?;
+        self.queue_counts_in(VHostId::DEFAULT, name)
+    }
+
+    /// (ready, unacked, consumers) of a queue of vhost `vh`, for tests and operators.
+    pub fn queue_counts_in(&self, vh: VHostId, name: &str) -> Option<(usize, usize, usize)> {
+        let q = self.vhosts[vh].queues.get(name)?;
         let unacked = self
             .sessions
             .values()
@@ -656,12 +690,18 @@ impl Broker {
         }
     }
 
+    /// The vhost of connection `conn` (`/` for one that is gone: nothing it names exists).
+    fn vh(&self, conn: ConnId) -> VHostId {
+        self.sessions.get(&conn).map_or(VHostId::DEFAULT, |s| s.vhost)
+    }
+
     fn channel(&mut self, conn: ConnId, ch: u16) -> Option<&mut ChannelState> {
         self.sessions.get_mut(&conn)?.channels.get_mut(&ch)
     }
 
     /// Drops a channel's state: consumers cancelled, unacked messages requeued.
     fn release_channel(&mut self, conn: ConnId, ch: u16) {
+        let vh = self.vh(conn);
         let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
             return;
         };
@@ -669,22 +709,22 @@ impl Broker {
         self.forget_replies(state.reply.clone());
         let mut touched: Vec<std::sync::Arc<str>> = Vec::new();
         for (tag, c) in state.consumers {
-            if let Some(q) = self.queues.get_mut(&*c.queue) {
+            if let Some(q) = self.vhosts[vh].queues.get_mut(&*c.queue) {
                 q.remove_consumer(conn, ch, &tag);
             }
             touched.push(c.queue);
         }
         for u in state.unacked.into_values() {
             touched.push(u.queue.clone());
-            self.give_back(u, deliver::Return::Released);
+            self.give_back(vh, u, deliver::Return::Released);
         }
         touched.sort();
         touched.dedup();
         for name in touched {
-            if self.queues.get(&*name).is_some_and(Queue::should_auto_delete) {
-                self.delete_queue(&name);
+            if self.vhosts[vh].queues.get(&*name).is_some_and(Queue::should_auto_delete) {
+                self.delete_queue(vh, &name);
             } else {
-                self.dispatch(&name);
+                self.dispatch(vh, &name);
             }
         }
     }

@@ -672,10 +672,6 @@ impl Connection {
                 self.state = State::Open;
             }
             (State::Open, Method::ConnectionOpen(m)) => {
-                if m.virtual_host != "/" {
-                    let e = AmqpError::new(NOT_ALLOWED, format!("vhost {} not found", m.virtual_host));
-                    return self.fail(now, e, broker);
-                }
                 let user = self.user.clone().unwrap_or_default();
                 let cancel_notify =
                     self.client_capabilities.get("consumer_cancel_notify").and_then(FieldValue::as_bool);
@@ -683,6 +679,7 @@ impl Connection {
                     self.client_capabilities.get("connection.blocked").and_then(FieldValue::as_bool);
                 let info = ConnectionInfo {
                     user: user.clone(),
+                    vhost: m.virtual_host.clone(),
                     consumer_cancel_notify: cancel_notify == Some(true),
                     blocked_notify: blocked_notify == Some(true),
                 };

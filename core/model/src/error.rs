@@ -44,13 +44,13 @@ impl AmqpError {
 }
 
 /// `404 NOT_FOUND` for a queue.
-pub(crate) fn no_queue(name: &str) -> AmqpError {
-    AmqpError::new(reply_code::NOT_FOUND, format!("no queue '{name}' in vhost '/'"))
+pub(crate) fn no_queue(vhost: &str, name: &str) -> AmqpError {
+    AmqpError::new(reply_code::NOT_FOUND, format!("no queue '{name}' in vhost '{vhost}'"))
 }
 
 /// `404 NOT_FOUND` for an exchange.
-pub(crate) fn no_exchange(name: &str) -> AmqpError {
-    AmqpError::new(reply_code::NOT_FOUND, format!("no exchange '{name}' in vhost '/'"))
+pub(crate) fn no_exchange(vhost: &str, name: &str) -> AmqpError {
+    AmqpError::new(reply_code::NOT_FOUND, format!("no exchange '{name}' in vhost '{vhost}'"))
 }
 
 /// `406 PRECONDITION_FAILED`.

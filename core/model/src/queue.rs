@@ -63,6 +63,8 @@ pub struct Queue {
     pub id: u64,
     /// Its name, shared with each unacked delivery from it (no copy per delivery).
     pub name: std::sync::Arc<str>,
+    /// The vhost it belongs to.
+    pub vhost: crate::broker::VHostId,
     /// How it was declared.
     pub spec: QueueSpec,
     /// Its arguments, parsed.
@@ -121,6 +123,7 @@ impl Queue {
             stats: Default::default(),
             id,
             name: name.into(),
+            vhost: crate::broker::VHostId::DEFAULT,
             spec,
             lanes,
             count: 0,

@@ -56,6 +56,8 @@ pub struct StoredEntry {
 pub struct QueueRecord {
     /// Incarnation id.
     pub id: QueueId,
+    /// Its vhost.
+    pub vhost: String,
     /// Name.
     pub name: String,
     /// Deleted when its last consumer goes.
@@ -67,6 +69,8 @@ pub struct QueueRecord {
 /// A durable exchange's declaration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeRecord {
+    /// Its vhost.
+    pub vhost: String,
     /// Name.
     pub name: String,
     /// Type name.
@@ -82,6 +86,8 @@ pub struct ExchangeRecord {
 /// A binding between durable ends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingRecord {
+    /// The vhost of both ends.
+    pub vhost: String,
     /// Source exchange.
     pub source: String,
     /// Destination name.
@@ -104,7 +110,12 @@ pub enum MetaOp {
     /// A durable exchange was declared.
     PutExchange(ExchangeRecord),
     /// A durable exchange was deleted.
-    DeleteExchange(String),
+    DeleteExchange {
+        /// Its vhost.
+        vhost: String,
+        /// Its name.
+        name: String,
+    },
     /// A binding between durable ends was added.
     Bind(BindingRecord),
     /// It was removed.
@@ -209,7 +220,7 @@ pub trait Storage: Send + std::fmt::Debug {
 #[derive(Debug, Default)]
 struct MemoryState {
     queues: BTreeMap<QueueId, QueueRecord>,
-    exchanges: BTreeMap<String, ExchangeRecord>,
+    exchanges: BTreeMap<(String, String), ExchangeRecord>,
     bindings: Vec<BindingRecord>,
     entries: BTreeMap<(QueueId, u64), (EntryState, Arc<Message>)>,
     next_queue_id: QueueId,
@@ -311,7 +322,7 @@ impl Storage for MemoryStore {
 /// they agree on what a change means.
 pub fn apply_meta(
     queues: &mut BTreeMap<QueueId, QueueRecord>,
-    exchanges: &mut BTreeMap<String, ExchangeRecord>,
+    exchanges: &mut BTreeMap<(String, String), ExchangeRecord>,
     bindings: &mut Vec<BindingRecord>,
     op: &MetaOp,
     next_queue_id: &mut QueueId,
@@ -323,15 +334,17 @@ pub fn apply_meta(
         }
         MetaOp::DeleteQueue(id) => {
             if let Some(q) = queues.remove(id) {
-                bindings.retain(|b| !(b.to_queue && b.destination == q.name));
+                bindings.retain(|b| !(b.to_queue && b.destination == q.name && b.vhost == q.vhost));
             }
         }
         MetaOp::PutExchange(x) => {
-            exchanges.insert(x.name.clone(), x.clone());
+            exchanges.insert((x.vhost.clone(), x.name.clone()), x.clone());
         }
-        MetaOp::DeleteExchange(name) => {
-            exchanges.remove(name);
-            bindings.retain(|b| b.source != *name && (b.to_queue || b.destination != *name));
+        MetaOp::DeleteExchange { vhost, name } => {
+            exchanges.remove(&(vhost.clone(), name.clone()));
+            bindings.retain(|b| {
+                b.vhost != *vhost || (b.source != *name && (b.to_queue || b.destination != *name))
+            });
         }
         MetaOp::Bind(b) => {
             if !bindings.contains(b) {

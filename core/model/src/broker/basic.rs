@@ -35,6 +35,7 @@ impl Broker {
         properties: impl Into<Box<BasicProperties>>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         let mut properties = properties.into();
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
         if let Some(s) = self.sessions.get_mut(&conn)
@@ -47,7 +48,7 @@ impl Broker {
             // RabbitMQ dropped immediate in 3.0 and closes the connection for it.
             return Err(on(AmqpError::new(NOT_IMPLEMENTED, "immediate=true")));
         }
-        self.check_publish_target(&m.exchange).map_err(on)?;
+        self.check_publish_target(vh, &m.exchange).map_err(on)?;
         message_ttl(&properties).map_err(on)?;
         self.rewrite_reply_to(conn, ch, &mut properties).map_err(on)?;
         // One look at the channel for both questions: held for a transaction? confirmed?
@@ -72,6 +73,7 @@ impl Broker {
         body: Bytes,
         confirm: Option<u64>,
     ) -> Result<bool, AmqpError> {
+        let vh = self.vh(conn);
         // `publish` checked the exchange; a transaction re-checks existence here at commit.
         // The default exchange without CC/BCC routes to the queue named by the key, or nowhere:
         // the common case, taken without building a destination list.
@@ -82,12 +84,12 @@ impl Broker {
             None
         } else {
             super::exchanges::delay_of(&properties)
-                .filter(|_| self.exchanges.get(&m.exchange).is_some_and(|x| x.delays))
+                .filter(|_| self.vhosts[vh].exchanges.get(&m.exchange).is_some_and(|x| x.delays))
         };
         let destinations = if direct {
             Vec::new()
         } else {
-            self.route(&m.exchange, &m.routing_key, &properties, body.len() as u64)?
+            self.route(vh, &m.exchange, &m.routing_key, &properties, body.len() as u64)?
         };
         // BCC keys route the message but are never shown to consumers.
         if let Some(h) = properties.headers.as_mut() {
@@ -99,12 +101,12 @@ impl Broker {
         let own_ttl = message_ttl(&message.properties).ok().flatten();
         // Offering finds the queue, so the direct path needs no separate existence check.
         let (mut reached, mut refused, mut stored) = (false, false, false);
-        let mut offer = |b: &mut Broker, name: &str| match b.offer_after(name, message.clone(), own_ttl, hold)
-        {
-            Offer::NoQueue => {}
-            Offer::Refused => (reached, refused) = (true, true),
-            Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),
-        };
+        let mut offer =
+            |b: &mut Broker, name: &str| match b.offer_after(vh, name, message.clone(), own_ttl, hold) {
+                Offer::NoQueue => {}
+                Offer::Refused => (reached, refused) = (true, true),
+                Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),
+            };
         let mut replied = false;
         if direct && super::reply_to::is_reply_key(&message.routing_key) {
             // A direct reply: to its requester's channel, never to a queue.
@@ -161,8 +163,9 @@ impl Broker {
         }
         let queues: Vec<Arc<str>> = c.consumer_queues().collect();
         self.send(conn, ch, BasicQosOk {});
+        let vh = self.vh(conn);
         for q in queues {
-            self.dispatch(&q);
+            self.dispatch(vh, &q);
         }
         Ok(())
     }
@@ -171,13 +174,17 @@ impl Broker {
         if m.queue == super::reply_to::PSEUDO_QUEUE {
             return self.consume_replies(conn, ch, m);
         }
-        let q = self.queues.get(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        let vh = self.vh(conn);
+        let vhost = &self.vhosts[vh].name;
+        let Some(q) = self.vhosts[vh].queues.get(&m.queue) else {
+            return Err(no_queue(vhost, &m.queue));
+        };
         q.check_access(conn)?;
         let queue = q.name.clone();
         if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
-                format!("queue '{}' in vhost '/' in exclusive use", m.queue),
+                format!("queue '{}' in vhost '{vhost}' in exclusive use", m.queue),
             ));
         }
         let priority = match m.arguments.get("x-priority") {
@@ -203,10 +210,11 @@ impl Broker {
         let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
         let max_consumers = self.limits.max_consumers_per_channel;
         if let Some(max) = self.limits.max_consumers
-            && self.queues.values().map(|q| q.consumers.len()).sum::<usize>() >= max
+            && self.vhosts[vh].queues.values().map(|q| q.consumers.len()).sum::<usize>() >= max
         {
             return Err(precondition(format!(
-                "cannot consume from '{queue}' in vhost '/': consumer limit of {max} is reached"
+                "cannot consume from '{queue}' in vhost '{}': consumer limit of {max} is reached",
+                self.vhosts[vh].name
             )));
         }
         let Some(c) = self.channel(conn, ch) else {
@@ -227,14 +235,14 @@ impl Broker {
         let prefetch = c.consumer_prefetch;
         let consumer = Consumer { queue, no_ack: m.no_ack, prefetch, unacked: 0, timeout };
         c.consumers.insert(tag.clone(), consumer);
-        if let Some(q) = self.queues.get_mut(&m.queue) {
+        if let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) {
             q.consumers.push(ConsumerKey { conn, channel: ch, tag: Arc::from(tag.as_str()), priority });
             q.exclusive_consumer = m.exclusive;
             q.had_consumer = true;
             q.last_used = self.now;
         }
         self.reply(conn, ch, m.no_wait, BasicConsumeOk { consumer_tag: tag });
-        self.dispatch(&m.queue);
+        self.dispatch(vh, &m.queue);
         Ok(())
     }
 
@@ -249,28 +257,32 @@ impl Broker {
         let Some(queue) = queue else {
             return Ok(());
         };
-        let Some(q) = self.queues.get_mut(&*queue) else {
+        let vh = self.vh(conn);
+        let Some(q) = self.vhosts[vh].queues.get_mut(&*queue) else {
             return Ok(());
         };
         q.remove_consumer(conn, ch, &m.consumer_tag);
         if q.should_auto_delete() {
-            self.delete_queue(&queue);
+            self.delete_queue(vh, &queue);
             return Ok(());
         }
         if q.consumers.is_empty() {
-            self.arm_queue_expiry(&queue);
+            self.arm_queue_expiry(vh, &queue);
         }
-        self.dispatch(&queue);
+        self.dispatch(vh, &queue);
         Ok(())
     }
 
     pub(super) fn basic_get(&mut self, conn: ConnId, ch: u16, m: BasicGet) -> Result<(), AmqpError> {
         let now = self.now;
-        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        let vh = self.vh(conn);
+        let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) else {
+            return Err(no_queue(&self.vhosts[vh].name, &m.queue));
+        };
         q.check_access(conn)?;
         q.last_used = now;
         let msg = loop {
-            let Some(q) = self.queues.get_mut(&m.queue) else {
+            let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) else {
                 return Ok(());
             };
             let Some(msg) = q.pop() else {
@@ -278,12 +290,12 @@ impl Broker {
                 return Ok(());
             };
             if msg.expires_at.is_some_and(|t| t <= now) {
-                self.dead_letter(&m.queue, msg, Reason::Expired);
+                self.dead_letter(vh, &m.queue, msg, Reason::Expired);
                 continue;
             }
             break msg;
         };
-        let Some(q) = self.queues.get_mut(&m.queue) else {
+        let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) else {
             return Ok(());
         };
         let (queue_id, queue, message_count) = (q.id, q.name.clone(), q.len() as u32);
@@ -377,8 +389,9 @@ impl Broker {
     fn dispatch_channel(&mut self, conn: ConnId, ch: u16) {
         let queues: Vec<Arc<str>> =
             self.channel(conn, ch).map(|c| c.consumer_queues().collect()).unwrap_or_default();
+        let vh = self.vh(conn);
         for q in queues {
-            self.dispatch(&q);
+            self.dispatch(vh, &q);
         }
     }
 }

@@ -71,6 +71,7 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
+        let vh = session.vhost;
         if !session.info.consumer_cancel_notify {
             // Closing the channel returns every delivery it holds.
             return self.raise_error(conn, ch, AmqpError::new(PRECONDITION_FAILED, text));
@@ -90,15 +91,15 @@ impl Broker {
                 returned.push(u);
             }
         }
-        if let Some(q) = self.queues.get_mut(&*consumer.queue) {
+        if let Some(q) = self.vhosts[vh].queues.get_mut(&*consumer.queue) {
             q.remove_consumer(conn, ch, tag);
         }
         self.send(conn, ch, BasicCancel { consumer_tag: tag.to_string(), no_wait: true });
         self.events
             .push(crate::stats::BrokerEvent::ConsumerTimedOut { consumer: tag.to_string(), detail: text });
         for u in returned {
-            self.give_back(u, Return::Released);
+            self.give_back(vh, u, Return::Released);
         }
-        self.dispatch(&consumer.queue);
+        self.dispatch(vh, &consumer.queue);
     }
 }

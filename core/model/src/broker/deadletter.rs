@@ -6,6 +6,7 @@ use warren_codec::BasicProperties;
 use warren_codec::reply_code::PRECONDITION_FAILED;
 
 use super::Broker;
+use super::VHostId;
 use super::timers::Timer;
 use crate::deadletter::{self, Reason};
 use crate::error::AmqpError;
@@ -27,8 +28,14 @@ impl Broker {
     /// Puts a routed message in `queue`, applying its TTL (`own_ttl` is the message's
     /// `expiration`, parsed once by the caller for all its queues) and length limits, and hands
     /// it to a consumer if one is ready.
-    pub(super) fn offer(&mut self, queue: &str, message: Arc<Message>, own_ttl: Option<u64>) -> Offer {
-        self.offer_after(queue, message, own_ttl, None)
+    pub(super) fn offer(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        message: Arc<Message>,
+        own_ttl: Option<u64>,
+    ) -> Offer {
+        self.offer_after(vh, queue, message, own_ttl, None)
     }
 
     /// [`Broker::offer`], the message held `hold_ms` before it joins the queue (a
@@ -36,13 +43,14 @@ impl Broker {
     /// limits and held like a retry delay, and joins the queue at its publish position.
     pub(super) fn offer_after(
         &mut self,
+        vh: VHostId,
         queue: &str,
         message: Arc<Message>,
         own_ttl: Option<u64>,
         hold_ms: Option<u64>,
     ) -> Offer {
         let (now, has_store) = (self.now, self.has_store());
-        let Some(q) = self.queues.get_mut(queue) else {
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return Offer::NoQueue;
         };
         let size = message.body.len() as u64;
@@ -52,7 +60,7 @@ impl Broker {
                 Overflow::RejectPublish => return Offer::Refused,
                 Overflow::RejectPublishDlx => {
                     let m = QueuedMessage::new(0, message, None, 0);
-                    self.dead_letter(queue, m, Reason::MaxLen);
+                    self.dead_letter(vh, queue, m, Reason::MaxLen);
                     return Offer::Refused;
                 }
             }
@@ -80,7 +88,7 @@ impl Broker {
                 self.storage_result(Err(e));
                 return Offer::Refused;
             }
-            let Some(q) = self.queues.get_mut(queue) else {
+            let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
                 return Offer::Refused;
             };
             q
@@ -95,7 +103,7 @@ impl Broker {
             let name: Arc<str> = Arc::from(queue);
             self.hold_message(
                 delayed,
-                super::timers::Delayed { queue: name, queue_id: id, message: entry, due_ms },
+                super::timers::Delayed { vh, queue: name, queue_id: id, message: entry, due_ms },
             );
             let at = self.after(ms);
             self.arm(at, Timer::Retry { id: delayed });
@@ -104,46 +112,46 @@ impl Broker {
         q.push(entry);
         // drop-head: the oldest messages make room.
         if q.over_limit() {
-            while let Some(q) = self.queues.get_mut(queue).filter(|q| q.over_limit()) {
+            while let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.over_limit()) {
                 // RabbitMQ drops from the head, the next to deliver: in a priority queue, the
                 // highest priority's oldest (checked against RabbitMQ 3.10 in t62).
                 let Some(head) = q.pop() else {
                     break;
                 };
-                self.dead_letter(queue, head, Reason::MaxLen);
+                self.dead_letter(vh, queue, head, Reason::MaxLen);
             }
         }
-        self.dispatch(queue);
+        self.dispatch(vh, queue);
         if let Some(at) = expires_at {
             if ttl == Some(0) {
                 // TTL 0: delivered at once to a waiting consumer, or expired now.
-                self.expire_now(queue, seq);
+                self.expire_now(vh, queue, seq);
             } else {
-                self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id: id, seq });
+                self.arm(at, Timer::Expire { vh, queue: Arc::from(queue), queue_id: id, seq });
             }
         }
         Offer::Accepted { stored: store }
     }
 
-    fn expire_now(&mut self, queue: &str, seq: u64) {
-        if let Some(m) = self.queues.get_mut(queue).and_then(|q| q.take(seq)) {
-            self.dead_letter(queue, m, Reason::Expired);
+    fn expire_now(&mut self, vh: VHostId, queue: &str, seq: u64) {
+        if let Some(m) = self.vhosts[vh].queues.get_mut(queue).and_then(|q| q.take(seq)) {
+            self.dead_letter(vh, queue, m, Reason::Expired);
         }
     }
 
     /// Sends a message that died in `queue` to the queue's dead-letter exchange, or drops
     /// it when there is none, then forgets the stored original: the copy is written first.
-    pub(super) fn dead_letter(&mut self, queue: &str, m: QueuedMessage, reason: Reason) {
-        self.send_to_dlx(queue, &m, reason);
-        if let Some(id) = self.queues.get(queue).map(|q| q.id) {
+    pub(super) fn dead_letter(&mut self, vh: VHostId, queue: &str, m: QueuedMessage, reason: Reason) {
+        self.send_to_dlx(vh, queue, &m, reason);
+        if let Some(id) = self.vhosts[vh].queues.get(queue).map(|q| q.id) {
             self.forget(id, &m);
         }
     }
 
     /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange. Targets
     /// that would form an automatic cycle are skipped.
-    fn send_to_dlx(&mut self, queue: &str, m: &QueuedMessage, reason: Reason) {
-        let Some(q) = self.queues.get_mut(queue) else {
+    fn send_to_dlx(&mut self, vh: VHostId, queue: &str, m: &QueuedMessage, reason: Reason) {
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return;
         };
         let Some(dlx) = q.args.dead_letter_exchange.clone() else {
@@ -155,14 +163,15 @@ impl Broker {
         let now_secs = self.unix_ms / 1000;
         let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
-        let Ok(mut targets) = self.route(&dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
+        let Ok(mut targets) =
+            self.route(vh, &dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
         else {
             return;
         };
         targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));
         let dead = Arc::new(dead);
         for t in targets {
-            self.offer(&t, dead.clone(), None);
+            self.offer(vh, &t, dead.clone(), None);
         }
     }
 }

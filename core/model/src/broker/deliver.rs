@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use warren_codec::FieldValue;
 
+use super::VHostId;
 use super::{Broker, ConnId};
 use crate::channel::{TxOp, Unacked};
 use crate::deadletter::Reason;
@@ -25,10 +26,10 @@ impl Broker {
     /// Delivers ready messages of `queue` to consumers with room in their prefetch window,
     /// until the queue is empty or every consumer is full. Expired messages met on the way
     /// are dead-lettered, never delivered.
-    pub(super) fn dispatch(&mut self, queue: &str) {
+    pub(super) fn dispatch(&mut self, vh: VHostId, queue: &str) {
         loop {
             let now = self.now;
-            let Some(q) = self.queues.get_mut(queue) else {
+            let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
                 return;
             };
             if q.consumers.is_empty() {
@@ -39,7 +40,7 @@ impl Broker {
             };
             if head.expires_at.is_some_and(|t| t <= now) {
                 if let Some(msg) = q.pop() {
-                    self.dead_letter(queue, msg, Reason::Expired);
+                    self.dead_letter(vh, queue, msg, Reason::Expired);
                 }
                 continue;
             }
@@ -176,6 +177,7 @@ impl Broker {
         requeue: Option<bool>,
         how: Return,
     ) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
         };
@@ -189,7 +191,7 @@ impl Broker {
         if requeue.is_none() {
             self.stats.acknowledged += taken.len() as u64;
             for u in &taken {
-                if let Some(q) = self.queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) {
+                if let Some(q) = self.vhosts[vh].queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) {
                     q.stats.acked += 1;
                 }
                 self.forget(u.queue_id, &u.message);
@@ -202,9 +204,9 @@ impl Broker {
             }
             match requeue {
                 None => {}
-                Some(true) => self.give_back(u, how),
-                Some(false) if self.queues.get(&*u.queue).is_some_and(|q| q.id == u.queue_id) => {
-                    self.dead_letter(&u.queue, u.message, Reason::Rejected);
+                Some(true) => self.give_back(vh, u, how),
+                Some(false) if self.vhosts[vh].queues.get(&*u.queue).is_some_and(|q| q.id == u.queue_id) => {
+                    self.dead_letter(vh, &u.queue, u.message, Reason::Rejected);
                 }
                 // Its queue is gone, and with it the stored entry.
                 Some(false) => {}
@@ -213,7 +215,7 @@ impl Broker {
         queues.sort();
         queues.dedup();
         for q in queues {
-            self.dispatch(&q);
+            self.dispatch(vh, &q);
         }
         Ok(())
     }
@@ -221,24 +223,24 @@ impl Broker {
     /// Returns an unacked message to its queue (if that queue still exists): counted against
     /// `x-delivery-limit`, held back by the retry policy when a consumer refused it, and
     /// otherwise put back at its original position.
-    pub(super) fn give_back(&mut self, u: Unacked, how: Return) {
+    pub(super) fn give_back(&mut self, vh: VHostId, u: Unacked, how: Return) {
         let now = self.now;
-        let Some(q) = self.queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) else {
+        let Some(q) = self.vhosts[vh].queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) else {
             return;
         };
         let mut m = u.message;
         m.delivery_count = m.delivery_count.saturating_add(1);
         if q.args.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
-            return self.dead_letter(&u.queue, m, Reason::DeliveryLimit);
+            return self.dead_letter(vh, &u.queue, m, Reason::DeliveryLimit);
         }
         if m.expires_at.is_some_and(|t| t <= now) {
-            return self.dead_letter(&u.queue, m, Reason::Expired);
+            return self.dead_letter(vh, &u.queue, m, Reason::Expired);
         }
         if let Some(policy) = q.args.retry.as_ref().filter(|p| p.applies(how == Return::Refused)) {
             let previous = retry_count(&m.message);
             let attempt = previous.saturating_add(1);
             match policy.decide(&m.message, previous, m.delivery_count, Reason::Rejected) {
-                ExternalDecision::DeadLetter => return self.dead_letter(&u.queue, m, Reason::Rejected),
+                ExternalDecision::DeadLetter => return self.dead_letter(vh, &u.queue, m, Reason::Rejected),
                 ExternalDecision::Drop => return self.forget(u.queue_id, &m),
                 ExternalDecision::Retry { delay_ms, set_headers, remove_headers } => {
                     let mut copy = Message::clone(&m.message);
@@ -249,7 +251,7 @@ impl Broker {
                     headers.extend(set_headers);
                     headers.insert("x-retry-count".into(), FieldValue::I64(i64::from(attempt)));
                     m.message = Arc::new(copy);
-                    return self.delay(&u.queue, u.queue_id, m, delay_ms);
+                    return self.delay(vh, &u.queue, u.queue_id, m, delay_ms);
                 }
             }
         }

@@ -13,6 +13,7 @@ use warren_codec::{
     QueueUnbind, QueueUnbindOk,
 };
 
+use super::VHostId;
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_exchange, no_queue, precondition};
 use crate::exchange::{Binding, Destination, ExchangeType, RoutingInput};
@@ -186,7 +187,7 @@ fn default_refused() -> AmqpError {
 }
 
 impl Broker {
-    pub(super) fn declare_predefined_exchanges(&mut self) {
+    pub(super) fn declare_predefined_exchanges(&mut self, vh: VHostId) {
         for (name, kind) in PREDECLARED {
             let decl = ExchangeDeclare {
                 exchange: (*name).into(),
@@ -194,11 +195,11 @@ impl Broker {
                 durable: true,
                 ..Default::default()
             };
-            let _ = self.create_exchange(&decl);
+            let _ = self.create_exchange(vh, &decl);
         }
     }
 
-    pub(super) fn create_exchange(&mut self, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+    pub(super) fn create_exchange(&mut self, vh: VHostId, m: &ExchangeDeclare) -> Result<(), AmqpError> {
         let delays = m.kind == DELAYED_MESSAGE;
         // A delayed-message exchange routes as the type `x-delayed-type` names.
         let kind = if delays { delayed_type(&m.arguments)? } else { m.kind.clone() };
@@ -221,7 +222,7 @@ impl Broker {
             router,
             cache: Default::default(),
         };
-        self.exchanges.insert(m.exchange.clone(), x);
+        self.vhosts[vh].exchanges.insert(m.exchange.clone(), x);
         Ok(())
     }
 
@@ -231,13 +232,14 @@ impl Broker {
         ch: u16,
         m: ExchangeDeclare,
     ) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         if m.passive {
             // RabbitMQ refuses even a passive declare of the default exchange.
             if is_default(&m.exchange) {
                 return Err(default_refused());
             }
-            if !self.exchanges.contains_key(&m.exchange) {
-                return Err(no_exchange(&m.exchange));
+            if !self.vhosts[vh].exchanges.contains_key(&m.exchange) {
+                return Err(no_exchange(&self.vhosts[vh].name, &m.exchange));
             }
         } else {
             if is_default(&m.exchange) {
@@ -247,7 +249,7 @@ impl Broker {
             if m.kind != DELAYED_MESSAGE && self.types.get(&m.kind).is_none() {
                 return Err(AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)));
             }
-            match self.exchanges.get(&m.exchange) {
+            match self.vhosts[vh].exchanges.get(&m.exchange) {
                 Some(x) => check_equivalent(&m, x)?,
                 None if m.exchange.starts_with("amq.") => {
                     return Err(AmqpError::new(
@@ -257,7 +259,7 @@ impl Broker {
                 }
                 None => {
                     if let Some(max) = self.limits.max_exchanges
-                        && self.exchanges.keys().filter(|n| !n.starts_with("amq.")).count() >= max
+                        && self.vhosts[vh].exchanges.keys().filter(|n| !n.starts_with("amq.")).count() >= max
                     {
                         // RabbitMQ 4's words for cluster_exchange_limit.
                         return Err(precondition(format!(
@@ -265,12 +267,12 @@ impl Broker {
                             m.exchange
                         )));
                     }
-                    self.create_exchange(&m)?;
-                    if let Some(r) = Self::exchange_record(&m.exchange, &m)
+                    self.create_exchange(vh, &m)?;
+                    if let Some(r) = Self::exchange_record(&self.vhosts[vh].name, &m.exchange, &m)
                         && !self.store_meta(MetaOp::PutExchange(r))
                     {
                         // Not on disk, so not declared: the method fails with 541.
-                        self.exchanges.remove(&m.exchange);
+                        self.vhosts[vh].exchanges.remove(&m.exchange);
                         return Ok(());
                     }
                 }
@@ -286,6 +288,7 @@ impl Broker {
         ch: u16,
         m: ExchangeDelete,
     ) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         if is_default(&m.exchange) {
             return Err(default_refused());
         }
@@ -296,28 +299,30 @@ impl Broker {
             ));
         }
         // Deleting an exchange that is not there succeeds, as in RabbitMQ.
-        if let Some(x) = self.exchanges.get(&m.exchange) {
+        if let Some(x) = self.vhosts[vh].exchanges.get(&m.exchange) {
             if m.if_unused && x.binding_count() > 0 {
                 return Err(precondition(format!("exchange '{}' in vhost '/' in use", m.exchange)));
             }
-            self.delete_exchange(&m.exchange);
+            self.delete_exchange(vh, &m.exchange);
         }
         self.reply(conn, ch, m.no_wait, ExchangeDeleteOk {});
         Ok(())
     }
 
     pub(super) fn queue_bind(&mut self, conn: ConnId, ch: u16, m: QueueBind) -> Result<(), AmqpError> {
-        let dest = self.queue_destination(conn, &m.queue)?;
-        self.bind_durably(&m.exchange, dest, m.routing_key, m.arguments)?;
+        let vh = self.vh(conn);
+        let dest = self.queue_destination(vh, conn, &m.queue)?;
+        self.bind_durably(vh, &m.exchange, dest, m.routing_key, m.arguments)?;
         self.reply(conn, ch, m.no_wait, QueueBindOk {});
         Ok(())
     }
 
     pub(super) fn queue_unbind(&mut self, conn: ConnId, ch: u16, m: QueueUnbind) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         // Unbinding from or to what does not exist succeeds, as in RabbitMQ.
-        if self.queues.contains_key(&m.queue) {
-            let dest = self.queue_destination(conn, &m.queue)?;
-            self.unbind(&m.exchange, dest, m.routing_key, m.arguments)?;
+        if self.vhosts[vh].queues.contains_key(&m.queue) {
+            let dest = self.queue_destination(vh, conn, &m.queue)?;
+            self.unbind(vh, &m.exchange, dest, m.routing_key, m.arguments)?;
         } else if is_default(&m.exchange) {
             return Err(default_refused());
         }
@@ -327,8 +332,9 @@ impl Broker {
     }
 
     pub(super) fn exchange_bind(&mut self, conn: ConnId, ch: u16, m: ExchangeBind) -> Result<(), AmqpError> {
-        let dest = self.exchange_destination(&m.destination)?;
-        self.bind_durably(&m.source, dest, m.routing_key, m.arguments)?;
+        let vh = self.vh(conn);
+        let dest = self.exchange_destination(vh, &m.destination)?;
+        self.bind_durably(vh, &m.source, dest, m.routing_key, m.arguments)?;
         self.reply(conn, ch, m.no_wait, ExchangeBindOk {});
         Ok(())
     }
@@ -336,27 +342,31 @@ impl Broker {
     /// Binds, and records the binding when both its ends are durable.
     fn bind_durably(
         &mut self,
+        vh: VHostId,
         source: &str,
         destination: Destination,
         key: String,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         let b = Binding { destination, key, arguments };
-        let record = self.binding_record(source, &b);
-        let existed = self.exchanges.get(source).is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
+        let record = self.binding_record(vh, source, &b);
+        let existed = self.vhosts[vh]
+            .exchanges
+            .get(source)
+            .is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
         if let Some(max) = self.limits.max_bindings
             && !existed
-            && self.exchanges.values().map(|x| x.bindings.len()).sum::<usize>() >= max
+            && self.vhosts[vh].exchanges.values().map(|x| x.bindings.len()).sum::<usize>() >= max
         {
             return Err(precondition(format!(
                 "cannot bind to '{source}' in vhost '/': binding limit of {max} is reached"
             )));
         }
-        self.bind(source, b.destination.clone(), b.key.clone(), b.arguments.clone())?;
+        self.bind(vh, source, b.destination.clone(), b.key.clone(), b.arguments.clone())?;
         if let Some(r) = record
             && !self.store_meta(MetaOp::Bind(r))
             && !existed
-            && let Some(x) = self.exchanges.get_mut(source)
+            && let Some(x) = self.vhosts[vh].exchanges.get_mut(source)
         {
             // Not on disk, so not bound: the method fails with 541.
             x.remove_binding(&b);
@@ -370,51 +380,56 @@ impl Broker {
         ch: u16,
         m: ExchangeUnbind,
     ) -> Result<(), AmqpError> {
+        let vh = self.vh(conn);
         if is_default(&m.destination) || is_default(&m.source) {
             return Err(default_refused());
         }
-        if self.exchanges.contains_key(&m.destination) {
-            let dest = self.exchange_destination(&m.destination)?;
-            self.unbind(&m.source, dest, m.routing_key, m.arguments)?;
+        if self.vhosts[vh].exchanges.contains_key(&m.destination) {
+            let dest = self.exchange_destination(vh, &m.destination)?;
+            self.unbind(vh, &m.source, dest, m.routing_key, m.arguments)?;
         }
         self.reply(conn, ch, m.no_wait, ExchangeUnbindOk {});
         Ok(())
     }
 
     /// A queue as a binding's destination: it must exist and be accessible to `conn`.
-    fn queue_destination(&self, conn: ConnId, name: &str) -> Result<Destination, AmqpError> {
-        let q = self.queues.get(name).ok_or_else(|| no_queue(name))?;
+    fn queue_destination(&self, vh: VHostId, conn: ConnId, name: &str) -> Result<Destination, AmqpError> {
+        let Some(q) = self.vhosts[vh].queues.get(name) else {
+            return Err(no_queue(&self.vhosts[vh].name, name));
+        };
         q.check_access(conn)?;
         Ok(Destination::Queue(Arc::from(name)))
     }
 
     /// An exchange as a binding's destination: it must exist and not be the default exchange.
-    fn exchange_destination(&self, name: &str) -> Result<Destination, AmqpError> {
+    fn exchange_destination(&self, vh: VHostId, name: &str) -> Result<Destination, AmqpError> {
         if is_default(name) {
             return Err(default_refused());
         }
-        if !self.exchanges.contains_key(name) {
-            return Err(no_exchange(name));
+        if !self.vhosts[vh].exchanges.contains_key(name) {
+            return Err(no_exchange(&self.vhosts[vh].name, name));
         }
         Ok(Destination::Exchange(Arc::from(name)))
     }
 
     /// An exchange as a binding's source: it must exist and not be the default exchange.
-    fn source_exchange(&mut self, name: &str) -> Result<&mut Exchange, AmqpError> {
+    fn source_exchange(&mut self, vh: VHostId, name: &str) -> Result<&mut Exchange, AmqpError> {
         if is_default(name) {
             return Err(default_refused());
         }
-        self.exchanges.get_mut(name).ok_or_else(|| no_exchange(name))
+        let v = &mut self.vhosts[vh];
+        v.exchanges.get_mut(name).ok_or_else(|| no_exchange(&v.name, name))
     }
 
     pub(super) fn bind(
         &mut self,
+        vh: VHostId,
         source: &str,
         destination: Destination,
         key: String,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
-        let x = self.source_exchange(source)?;
+        let x = self.source_exchange(vh, source)?;
         x.router.validate_binding(&key, &arguments)?;
         x.add_binding(Binding { destination, key, arguments });
         Ok(())
@@ -422,6 +437,7 @@ impl Broker {
 
     fn unbind(
         &mut self,
+        vh: VHostId,
         source: &str,
         destination: Destination,
         key: String,
@@ -432,7 +448,7 @@ impl Broker {
         }
         // Unbinding what is not bound, or from a source that does not exist, succeeds, as in
         // RabbitMQ.
-        let Some(x) = self.exchanges.get_mut(source) else {
+        let Some(x) = self.vhosts[vh].exchanges.get_mut(source) else {
             return Ok(());
         };
         let Some(b) = x.bindings.get(&BindingId::of(&Binding { destination, key, arguments })).cloned()
@@ -440,56 +456,59 @@ impl Broker {
             return Ok(());
         };
         // The store first: an unbind it cannot record does not happen (the method fails).
-        if let Some(r) = self.binding_record(source, &b)
+        if let Some(r) = self.binding_record(vh, source, &b)
             && !self.store_meta(MetaOp::Unbind(r))
         {
             return Ok(());
         }
-        if let Some(x) = self.exchanges.get_mut(source) {
+        if let Some(x) = self.vhosts[vh].exchanges.get_mut(source) {
             x.remove_binding(&b);
         }
-        self.auto_delete_exchange(source);
+        self.auto_delete_exchange(vh, source);
         Ok(())
     }
 
     /// Drops every binding to `dest` (a deleted queue or exchange), cascading auto-delete.
-    pub(super) fn unbind_destination(&mut self, dest: &Destination) {
+    pub(super) fn unbind_destination(&mut self, vh: VHostId, dest: &Destination) {
         let mut emptied = Vec::new();
-        for (name, x) in &mut self.exchanges {
+        for (name, x) in &mut self.vhosts[vh].exchanges {
             if x.remove_bindings_to(dest) {
                 emptied.push(name.clone());
             }
         }
         for name in emptied {
-            self.auto_delete_exchange(&name);
+            self.auto_delete_exchange(vh, &name);
         }
     }
 
-    fn auto_delete_exchange(&mut self, name: &str) {
-        if self.exchanges.get(name).is_some_and(|x| x.auto_delete && x.bindings.is_empty()) {
-            self.delete_exchange(name);
+    fn auto_delete_exchange(&mut self, vh: VHostId, name: &str) {
+        if self.vhosts[vh].exchanges.get(name).is_some_and(|x| x.auto_delete && x.bindings.is_empty()) {
+            self.delete_exchange(vh, name);
         }
     }
 
-    fn delete_exchange(&mut self, name: &str) {
-        let Some(durable) = self.exchanges.get(name).map(|x| x.durable) else {
+    fn delete_exchange(&mut self, vh: VHostId, name: &str) {
+        let Some(durable) = self.vhosts[vh].exchanges.get(name).map(|x| x.durable) else {
             return;
         };
         // The store first, as for queues.
-        if durable && !self.store_meta(MetaOp::DeleteExchange(name.to_string())) {
+        let op = MetaOp::DeleteExchange { vhost: self.vhosts[vh].name.clone(), name: name.to_string() };
+        if durable && !self.store_meta(op) {
             return;
         }
-        if self.exchanges.remove(name).is_some() {
-            self.unbind_destination(&Destination::Exchange(Arc::from(name)));
+        if self.vhosts[vh].exchanges.remove(name).is_some() {
+            self.unbind_destination(vh, &Destination::Exchange(Arc::from(name)));
         }
     }
 
     /// Refuses a publish to an exchange that does not exist or is internal.
-    pub(super) fn check_publish_target(&self, exchange: &str) -> Result<(), AmqpError> {
+    pub(super) fn check_publish_target(&self, vh: VHostId, exchange: &str) -> Result<(), AmqpError> {
         if is_default(exchange) {
             return Ok(());
         }
-        let x = self.exchanges.get(exchange).ok_or_else(|| no_exchange(exchange))?;
+        let Some(x) = self.vhosts[vh].exchanges.get(exchange) else {
+            return Err(no_exchange(&self.vhosts[vh].name, exchange));
+        };
         if x.internal {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
@@ -507,6 +526,7 @@ impl Broker {
     /// internal exchanges.
     pub fn route(
         &self,
+        vh: VHostId,
         exchange: &str,
         routing_key: &str,
         properties: &BasicProperties,
@@ -523,17 +543,19 @@ impl Broker {
         let mut queues: Vec<Arc<str>> = Vec::new();
         if is_default(exchange) {
             queues.extend(
-                keys.iter().filter_map(|k| self.queues.get_key_value(*k)).map(|(k, _)| Arc::from(k.as_str())),
+                keys.iter()
+                    .filter_map(|k| self.vhosts[vh].queues.get_key_value(*k))
+                    .map(|(k, _)| Arc::from(k.as_str())),
             );
         } else {
-            if !self.exchanges.contains_key(exchange) {
-                return Err(no_exchange(exchange));
+            if !self.vhosts[vh].exchanges.contains_key(exchange) {
+                return Err(no_exchange(&self.vhosts[vh].name, exchange));
             }
             let mut seen: HashSet<&str> = HashSet::from([exchange]);
             let mut work: Vec<&str> = vec![exchange];
             let mut dests = Vec::new();
             while let Some(name) = work.pop() {
-                let Some(x) = self.exchanges.get(name) else {
+                let Some(x) = self.vhosts[vh].exchanges.get(name) else {
                     continue;
                 };
                 dests.clear();
@@ -553,7 +575,7 @@ impl Broker {
                     match d {
                         Destination::Queue(q) => queues.push(q),
                         Destination::Exchange(e) => {
-                            if let Some((k, _)) = self.exchanges.get_key_value(&*e)
+                            if let Some((k, _)) = self.vhosts[vh].exchanges.get_key_value(&*e)
                                 && seen.insert(k.as_str())
                             {
                                 work.push(k.as_str());
@@ -565,7 +587,7 @@ impl Broker {
         }
         queues.sort();
         queues.dedup();
-        queues.retain(|q| self.queues.contains_key(&**q));
+        queues.retain(|q| self.vhosts[vh].queues.contains_key(&**q));
         Ok(queues)
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use warren_codec::FieldValue;
 
 use super::Broker;
+use super::VHostId;
 use crate::error::{AmqpError, no_queue};
 use crate::exchange::Destination;
 use crate::message::Message;
@@ -49,13 +50,16 @@ impl Broker {
     /// between batches, so a million-message queue does not stop the broker.
     pub fn replay_dead_letters(
         &mut self,
+        vh: VHostId,
         dlq: &str,
         batch: usize,
         max_moves: usize,
         after: Option<u64>,
         end: Option<u64>,
     ) -> Result<ReplayReport, AmqpError> {
-        let q = self.queues.get(dlq).ok_or_else(|| no_queue(dlq))?;
+        let Some(q) = self.vhosts[vh].queues.get(dlq) else {
+            return Err(no_queue(&self.vhosts[vh].name, dlq));
+        };
         let end = end.unwrap_or_else(|| q.last_seq());
         let mut seqs = q.seqs_after(after, batch);
         let whole_batch = seqs.len() == batch;
@@ -68,21 +72,21 @@ impl Broker {
                 return Ok(report);
             }
             last = Some(*seq);
-            let Some(m) = self.queues.get_mut(dlq).and_then(|q| q.take(*seq)) else {
+            let Some(m) = self.vhosts[vh].queues.get_mut(dlq).and_then(|q| q.take(*seq)) else {
                 continue;
             };
             let origin = died_in(&m.message).filter(|o| o != dlq);
-            let target = origin.as_ref().and_then(|o| self.queues.get(o));
+            let target = origin.as_ref().and_then(|o| self.vhosts[vh].queues.get(o));
             let Some(target) = target else {
                 report.skipped += 1;
-                self.put_back(dlq, m);
+                self.put_back(vh, dlq, m);
                 continue;
             };
             if target.would_overflow(m.message.body.len() as u64)
                 && target.args.overflow != Overflow::DropHead
             {
                 report.refused += 1;
-                self.put_back(dlq, m);
+                self.put_back(vh, dlq, m);
                 continue;
             }
             let origin = origin.unwrap_or_default();
@@ -90,16 +94,16 @@ impl Broker {
             message.exchange = String::new();
             message.routing_key = origin.clone();
             let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
-            match self.offer(&origin, Arc::new(message), own_ttl) {
+            match self.offer(vh, &origin, Arc::new(message), own_ttl) {
                 Offer::Accepted { .. } => {
-                    if let Some(id) = self.queues.get(dlq).map(|q| q.id) {
+                    if let Some(id) = self.vhosts[vh].queues.get(dlq).map(|q| q.id) {
                         self.forget(id, &m);
                     }
                     report.moved += 1;
                 }
                 Offer::Refused | Offer::NoQueue => {
                     report.refused += 1;
-                    self.put_back(dlq, m);
+                    self.put_back(vh, dlq, m);
                 }
             }
         }
@@ -108,20 +112,28 @@ impl Broker {
     }
 
     /// Returns a message a replay did not move to its place in the dead-letter queue.
-    fn put_back(&mut self, dlq: &str, m: crate::message::QueuedMessage) {
-        if let Some(q) = self.queues.get_mut(dlq) {
+    fn put_back(&mut self, vh: VHostId, dlq: &str, m: crate::message::QueuedMessage) {
+        if let Some(q) = self.vhosts[vh].queues.get_mut(dlq) {
             q.restore(m);
         }
     }
 
-    /// Queues that receive dead letters: every queue reachable through bindings from some
-    /// queue's dead-letter exchange.
-    pub fn dead_letter_targets(&self) -> BTreeSet<String> {
+    /// Queues that receive dead letters, by vhost: every queue reachable through bindings
+    /// from some queue's dead-letter exchange.
+    pub fn dead_letter_targets(&self) -> BTreeSet<(VHostId, String)> {
+        let mut all = BTreeSet::new();
+        for (vh, _) in self.vhosts.iter() {
+            all.extend(self.dead_letter_targets_in(vh).into_iter().map(|q| (vh, q)));
+        }
+        all
+    }
+
+    fn dead_letter_targets_in(&self, vh: VHostId) -> BTreeSet<String> {
         let mut seen_x: crate::hash::Set<&str> = crate::hash::Set::default();
         let mut work: Vec<&str> =
-            self.queues.values().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
+            self.vhosts[vh].queues.values().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
         let mut targets = BTreeSet::new();
-        for q in self.queues.values() {
+        for q in self.vhosts[vh].queues.values() {
             // The default exchange as DLX reaches exactly the queue named by the key.
             if q.args.dead_letter_exchange.as_deref() == Some("")
                 && let Some(k) = &q.args.dead_letter_routing_key
@@ -133,7 +145,7 @@ impl Broker {
             if !seen_x.insert(x) {
                 continue;
             }
-            let Some(ex) = self.exchanges.get(x) else {
+            let Some(ex) = self.vhosts[vh].exchanges.get(x) else {
                 continue;
             };
             for d in ex.destinations() {
@@ -142,14 +154,14 @@ impl Broker {
                         targets.insert(q.to_string());
                     }
                     Destination::Exchange(e) => {
-                        if let Some((k, _)) = self.exchanges.get_key_value(&**e) {
+                        if let Some((k, _)) = self.vhosts[vh].exchanges.get_key_value(&**e) {
                             work.push(k.as_str());
                         }
                     }
                 }
             }
         }
-        targets.retain(|t| self.queues.contains_key(t));
+        targets.retain(|t| self.vhosts[vh].queues.contains_key(t));
         targets
     }
 }

@@ -7,13 +7,14 @@
 //! out (an ack, or a dead-letter copy written first), so a crash between two writes can leave
 //! a duplicate but never lose a message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use warren_codec::reply_code::INTERNAL_ERROR;
 use warren_codec::{ExchangeDeclare, Method};
 
+use super::VHostId;
 use super::timers::{Delayed, Timer};
 use super::{Broker, ConnId};
 use crate::error::AmqpError;
@@ -69,6 +70,8 @@ pub struct RestoreReport {
     /// Stored things that could not be restored, with why (an exchange type no longer
     /// available, a binding to something gone).
     pub skipped: Vec<String>,
+    /// Vhosts that exist only because stored objects name them (the configuration does not).
+    pub vhosts: Vec<String>,
 }
 
 /// The durable writes of the topology method being handled.
@@ -252,7 +255,7 @@ impl Broker {
             // Unacked and delayed entries of a deleted queue still say where they were kept,
             // but the store forgot them with their queue: they are not moved.
             let stored: crate::hash::Set<u64> =
-                self.queues.values().filter(|q| stores_messages(&q.spec)).map(|q| q.id).collect();
+                self.vhosts.all_queues().filter(|q| stores_messages(&q.spec)).map(|q| q.id).collect();
             let mut failed = None;
             let mut cost = 0u64;
             let mut step = |queue_id: u64, m: &mut QueuedMessage, ready_at: Option<u64>| {
@@ -274,7 +277,8 @@ impl Broker {
                     Err(e) => failed = Some(e),
                 }
             };
-            for q in self.queues.values_mut().filter(|q| stores_messages(&q.spec)) {
+            let queues = self.vhosts.iter_mut().flat_map(|v| v.queues.values_mut());
+            for q in queues.filter(|q| stores_messages(&q.spec)) {
                 let id = q.id;
                 for m in q.iter_mut() {
                     step(id, m, None);
@@ -316,7 +320,7 @@ impl Broker {
                 message: m.message.clone(),
             })
         };
-        for q in self.queues.values().filter(|q| stores_messages(&q.spec)) {
+        for q in self.vhosts.all_queues().filter(|q| stores_messages(&q.spec)) {
             queues.push(q.id);
             entries.extend(q.iter().filter_map(|m| entry(self, q.id, m, None)));
         }
@@ -382,8 +386,9 @@ impl Broker {
     }
 
     /// The durable record of a declared exchange, if it is one.
-    pub(super) fn exchange_record(name: &str, m: &ExchangeDeclare) -> Option<ExchangeRecord> {
+    pub(super) fn exchange_record(vhost: &str, name: &str, m: &ExchangeDeclare) -> Option<ExchangeRecord> {
         (m.durable && !name.starts_with("amq.")).then(|| ExchangeRecord {
+            vhost: vhost.to_string(),
             name: name.to_string(),
             kind: m.kind.clone(),
             auto_delete: m.auto_delete,
@@ -393,16 +398,19 @@ impl Broker {
     }
 
     /// The durable record of a binding, when both its ends are durable.
-    pub(super) fn binding_record(&self, source: &str, b: &Binding) -> Option<BindingRecord> {
+    pub(super) fn binding_record(&self, vh: VHostId, source: &str, b: &Binding) -> Option<BindingRecord> {
         // amq.* exchanges are durable: predeclared at every start, bindings from them kept.
-        let source_durable = self.exchanges.get(source).is_some_and(|x| x.durable);
+        let source_durable = self.vhosts[vh].exchanges.get(source).is_some_and(|x| x.durable);
         let (destination, to_queue, durable) = match &b.destination {
             Destination::Queue(q) => {
-                (q, true, self.queues.get(&**q).is_some_and(|q| stores_messages(&q.spec)))
+                (q, true, self.vhosts[vh].queues.get(&**q).is_some_and(|q| stores_messages(&q.spec)))
             }
-            Destination::Exchange(x) => (x, false, self.exchanges.get(&**x).is_some_and(|x| x.durable)),
+            Destination::Exchange(x) => {
+                (x, false, self.vhosts[vh].exchanges.get(&**x).is_some_and(|x| x.durable))
+            }
         };
         (source_durable && durable).then(|| BindingRecord {
+            vhost: self.vhosts[vh].name.clone(),
             source: source.to_string(),
             destination: destination.to_string(),
             to_queue,
@@ -416,6 +424,7 @@ impl Broker {
         let mut report = RestoreReport::default();
         self.next_queue_id = self.next_queue_id.max(r.next_queue_id);
         for x in r.exchanges {
+            let vh = self.restored_vhost(&x.vhost, &mut report);
             let decl = ExchangeDeclare {
                 exchange: x.name.clone(),
                 kind: x.kind,
@@ -425,36 +434,38 @@ impl Broker {
                 arguments: x.arguments,
                 ..Default::default()
             };
-            match self.create_exchange(&decl) {
+            match self.create_exchange(vh, &decl) {
                 Ok(()) => report.exchanges += 1,
                 Err(e) => report.skipped.push(format!("exchange '{}': {}", x.name, e.text)),
             }
         }
         for q in r.queues {
+            let vh = self.restored_vhost(&q.vhost, &mut report);
             let spec = QueueSpec {
                 durable: true,
                 auto_delete: q.auto_delete,
                 exclusive_owner: None,
                 arguments: q.arguments,
             };
-            match self.create_queue(q.id, &q.name, spec) {
+            match self.create_queue(vh, q.id, &q.name, spec) {
                 Ok(_) => report.queues += 1,
                 Err(e) => report.skipped.push(format!("queue '{}': {}", q.name, e.text)),
             }
         }
         for b in r.bindings {
+            let vh = self.restored_vhost(&b.vhost, &mut report);
             let destination = if b.to_queue {
                 Destination::Queue(Arc::from(b.destination.as_str()))
             } else {
                 Destination::Exchange(Arc::from(b.destination.as_str()))
             };
             let exists = if b.to_queue {
-                self.queues.contains_key(&b.destination)
+                self.vhosts[vh].queues.contains_key(&b.destination)
             } else {
-                self.exchanges.contains_key(&b.destination)
+                self.vhosts[vh].exchanges.contains_key(&b.destination)
             };
             let bound = if exists {
-                self.bind(&b.source, destination, b.key.clone(), b.arguments).map_err(|e| e.text)
+                self.bind(vh, &b.source, destination, b.key.clone(), b.arguments).map_err(|e| e.text)
             } else {
                 Err("destination is gone".into())
             };
@@ -463,11 +474,11 @@ impl Broker {
                 Err(e) => report.skipped.push(format!("binding {} -> {}: {e}", b.source, b.destination)),
             }
         }
-        let names: HashMap<u64, std::sync::Arc<str>> =
-            self.queues.values().map(|q| (q.id, q.name.clone())).collect();
+        let names: crate::hash::Map<u64, (VHostId, std::sync::Arc<str>)> =
+            self.vhosts.all_queues().map(|q| (q.id, (q.vhost, q.name.clone()))).collect();
         for e in r.entries {
-            if let Some(name) = names.get(&e.queue)
-                && self.restore_entry(name, e, r.clean)
+            if let Some((vh, name)) = names.get(&e.queue)
+                && self.restore_entry(*vh, name, e, r.clean)
             {
                 report.messages += 1;
             }
@@ -475,11 +486,21 @@ impl Broker {
         report
     }
 
+    /// The vhost a recovered record belongs to. One the configuration no longer names comes
+    /// back with its durable objects (and is reported): a restart never drops data.
+    fn restored_vhost(&mut self, name: &str, report: &mut RestoreReport) -> VHostId {
+        if let Some(id) = self.vhosts.id(name) {
+            return id;
+        }
+        report.vhosts.push(name.to_string());
+        self.add_vhost(name)
+    }
+
     /// Puts one recovered entry back: ready in its queue, or held until its retry delay ends.
-    fn restore_entry(&mut self, queue: &str, e: StoredEntry, clean: bool) -> bool {
+    fn restore_entry(&mut self, vh: VHostId, queue: &str, e: StoredEntry, clean: bool) -> bool {
         let (now, unix_ms) = (self.now, self.unix_ms);
         let in_future = |ms: u64| now + Duration::from_millis(ms.saturating_sub(unix_ms));
-        let Some(q) = self.queues.get_mut(queue).filter(|q| q.id == e.queue) else {
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == e.queue) else {
             return false;
         };
         let mut m =
@@ -495,14 +516,17 @@ impl Broker {
                 q.delayed += 1;
                 let id = self.next_delayed;
                 self.next_delayed += 1;
-                self.hold_message(id, Delayed { queue: Arc::from(queue), queue_id, message: m, due_ms: at });
+                self.hold_message(
+                    id,
+                    Delayed { vh, queue: Arc::from(queue), queue_id, message: m, due_ms: at },
+                );
                 self.arm(in_future(at), Timer::Retry { id });
             }
             None => {
                 let expires = m.expires_at.map(|at| (at, m.seq));
                 q.restore(m);
                 if let Some((at, seq)) = expires {
-                    self.arm(at, Timer::Expire { queue: Arc::from(queue), queue_id, seq });
+                    self.arm(at, Timer::Expire { vh, queue: Arc::from(queue), queue_id, seq });
                 }
             }
         }
@@ -568,10 +592,11 @@ pub(super) fn stores_messages(spec: &QueueSpec) -> bool {
 }
 
 /// The durable record of a newly declared queue.
-pub(super) fn queue_record(q: &Queue) -> Option<MetaOp> {
+pub(super) fn queue_record(vhost: &str, q: &Queue) -> Option<MetaOp> {
     stores_messages(&q.spec).then(|| {
         MetaOp::PutQueue(QueueRecord {
             id: q.id,
+            vhost: vhost.to_string(),
             name: q.name.to_string(),
             auto_delete: q.spec.auto_delete,
             arguments: q.spec.arguments.clone(),

@@ -5,6 +5,7 @@ use warren_codec::reply_code::ACCESS_REFUSED;
 
 use warren_codec::{QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk};
 
+use super::VHostId;
 use super::{Broker, ConnId};
 use crate::error::{AmqpError, no_queue, precondition};
 use crate::exchange::Destination;
@@ -27,7 +28,8 @@ impl Broker {
             return Ok(());
         }
         let now = self.now;
-        if let Some(q) = self.queues.get_mut(&name) {
+        let vh = self.vh(conn);
+        if let Some(q) = self.vhosts[vh].queues.get_mut(&name) {
             q.check_access(conn)?;
             q.last_used = now;
             if !m.passive {
@@ -35,7 +37,7 @@ impl Broker {
                 q.check_exclusivity(conn, m.exclusive)?;
             }
         } else if m.passive {
-            return Err(no_queue(&name));
+            return Err(no_queue(&self.vhosts[vh].name, &name));
         } else {
             if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
                 return Err(AmqpError::new(
@@ -44,10 +46,11 @@ impl Broker {
                 ));
             }
             if let Some(max) = self.limits.max_queues
-                && self.queues.len() >= max
+                && self.vhosts[vh].queues.len() >= max
             {
                 return Err(precondition(format!(
-                    "cannot declare queue '{name}': queue limit in vhost '/' ({max}) is reached"
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                    self.vhosts[vh].name
                 )));
             }
             let spec = QueueSpec {
@@ -56,18 +59,20 @@ impl Broker {
                 exclusive_owner: m.exclusive.then_some(conn),
                 arguments: m.arguments,
             };
-            let op = super::persist::queue_record(self.create_queue(self.next_queue_id, &name, spec)?);
+            let vhost = self.vhosts[vh].name.clone();
+            let op =
+                super::persist::queue_record(&vhost, self.create_queue(vh, self.next_queue_id, &name, spec)?);
             if let Some(op) = op
                 && !self.store_meta(op)
             {
                 // Not on disk, so not declared: the method fails with 541 (handle_method).
-                self.queues.remove(&name);
+                self.vhosts[vh].queues.remove(&name);
                 return Ok(());
             }
             self.events.push(BrokerEvent::QueueDeclared { queue: name.clone(), durable: m.durable });
         }
         let (message_count, consumer_count) =
-            self.queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
+            self.vhosts[vh].queues.get(&name).map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
         if let Some(c) = self.channel(conn, ch) {
             c.last_queue = Some(name.clone());
         }
@@ -77,19 +82,31 @@ impl Broker {
 
     /// Creates queue `name` as incarnation `id`: its arguments parsed with policies applied,
     /// its `x-expires` armed. Shared by queue.declare and the restore at start-up.
-    pub(super) fn create_queue(&mut self, id: u64, name: &str, spec: QueueSpec) -> Result<&Queue, AmqpError> {
+    pub(super) fn create_queue(
+        &mut self,
+        vh: VHostId,
+        id: u64,
+        name: &str,
+        spec: QueueSpec,
+    ) -> Result<&Queue, AmqpError> {
         let args = QueueArgs::parse(
             &effective_arguments(&self.policies, name, &spec.arguments),
             &self.retry_plugins,
         )?;
         self.next_queue_id = self.next_queue_id.max(id + 1);
-        self.queues.insert(name.to_string(), Queue::new(id, name.to_string(), spec, args, self.now));
-        self.arm_queue_expiry(name);
-        self.queues.get(name).ok_or_else(|| no_queue(name))
+        let mut q = Queue::new(id, name.to_string(), spec, args, self.now);
+        q.vhost = vh;
+        self.vhosts[vh].queues.insert(name.to_string(), q);
+        self.arm_queue_expiry(vh, name);
+        let v = &self.vhosts[vh];
+        v.queues.get(name).ok_or_else(|| no_queue(&v.name, name))
     }
 
     pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {
-        let q = self.queues.get_mut(&m.queue).ok_or_else(|| no_queue(&m.queue))?;
+        let vh = self.vh(conn);
+        let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) else {
+            return Err(no_queue(&self.vhosts[vh].name, &m.queue));
+        };
         q.check_access(conn)?;
         let (id, purged) = (q.id, q.purge());
         for m in &purged {
@@ -103,15 +120,17 @@ impl Broker {
     pub(super) fn queue_delete(&mut self, conn: ConnId, ch: u16, m: QueueDelete) -> Result<(), AmqpError> {
         // RabbitMQ answers delete-ok for a queue that does not exist: delete is idempotent.
         let mut message_count = 0;
-        if let Some(q) = self.queues.get(&m.queue) {
+        let vh = self.vh(conn);
+        let vhost = &self.vhosts[vh].name;
+        if let Some(q) = self.vhosts[vh].queues.get(&m.queue) {
             q.check_access(conn)?;
             if m.if_unused && !q.consumers.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '/' in use", m.queue)));
+                return Err(precondition(format!("queue '{}' in vhost '{vhost}' in use", m.queue)));
             }
             if m.if_empty && !q.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '/' is not empty", m.queue)));
+                return Err(precondition(format!("queue '{}' in vhost '{vhost}' is not empty", m.queue)));
             }
-            let (count, own) = self.delete_queue_for(&m.queue, Some((conn, ch)));
+            let (count, own) = self.delete_queue_for(vh, &m.queue, Some((conn, ch)));
             message_count = count;
             // RabbitMQ's order: delete-ok, then the cancels of this channel's own consumers;
             // a durable delete's -ok waits for the sync, and the cancels behind it.
@@ -129,16 +148,21 @@ impl Broker {
 
     /// Removes a queue; its consumers are dropped and, where the client asked for it, told
     /// with basic.cancel. Returns how many ready messages went with it.
-    pub(super) fn delete_queue(&mut self, name: &str) -> u32 {
-        self.delete_queue_for(name, None).0
+    pub(super) fn delete_queue(&mut self, vh: VHostId, name: &str) -> u32 {
+        self.delete_queue_for(vh, name, None).0
     }
 
     /// [`Broker::delete_queue`] for channel `asker`, whose own consumers' cancels are returned
     /// (the tags of those owed one) instead of sent, to follow its delete-ok.
-    fn delete_queue_for(&mut self, name: &str, asker: Option<(ConnId, u16)>) -> (u32, Vec<String>) {
+    fn delete_queue_for(
+        &mut self,
+        vh: VHostId,
+        name: &str,
+        asker: Option<(ConnId, u16)>,
+    ) -> (u32, Vec<String>) {
         let mut own = Vec::new();
         let Some((stored, id)) =
-            self.queues.get(name).map(|q| (super::persist::stores_messages(&q.spec), q.id))
+            self.vhosts[vh].queues.get(name).map(|q| (super::persist::stores_messages(&q.spec), q.id))
         else {
             return (0, own);
         };
@@ -147,7 +171,7 @@ impl Broker {
         if stored && !self.store_meta(MetaOp::DeleteQueue(id)) {
             return (0, own);
         }
-        let Some(q) = self.queues.remove(name) else {
+        let Some(q) = self.vhosts[vh].queues.remove(name) else {
             return (0, own);
         };
         // What it held back (retries, x-delay) goes with it; the store forgot it already.
@@ -155,7 +179,7 @@ impl Broker {
         for k in held {
             self.unhold_message(k);
         }
-        self.unbind_destination(&Destination::Queue(Arc::from(name)));
+        self.unbind_destination(vh, &Destination::Queue(Arc::from(name)));
         self.events.push(BrokerEvent::QueueDeleted { queue: name.to_string() });
         let count = q.len() as u32;
         for key in q.consumers {

@@ -10,7 +10,7 @@ use warren_codec::{
     QueueDeclare, QueueDelete, TxCommit, TxSelect,
 };
 
-use super::{Broker, BrokerConfig, ConfirmPolicy, ConnId, ConnectionInfo};
+use super::{Broker, BrokerConfig, ConfirmPolicy, ConnId, ConnectionInfo, VHostId};
 use crate::message::Outgoing;
 use crate::storage::MemoryStore;
 
@@ -532,7 +532,7 @@ fn cached_topic_routes_follow_every_binding_change() {
     };
     let routed = |h: &mut Harness| -> Vec<String> {
         let mut got: Vec<String> =
-            h.b.route("t", "a.b", &BasicProperties::default(), 0)
+            h.b.route(VHostId::DEFAULT, "t", "a.b", &BasicProperties::default(), 0)
                 .expect("route")
                 .iter()
                 .map(|q| q.to_string())
@@ -677,12 +677,12 @@ fn a_delayed_message_joins_its_queue_at_its_deadline_and_its_ttl_counts_from_the
     let m = BasicPublish { exchange: "later".into(), routing_key: "k".into(), ..Default::default() };
     h.b.publish(h.conn, 1, m, props, Bytes::from_static(b"held")).expect("publish");
     assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)), "held, not ready");
-    assert_eq!(h.b.delayed_by_exchange(), [("later".to_string(), 1)]);
+    assert_eq!(h.b.delayed_by_exchange(), [("/".to_string(), "later".to_string(), 1)]);
     h.advance(299);
     assert_eq!(h.b.queue_counts("q"), Some((0, 0, 0)));
     h.advance(2);
     assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "joined at its deadline");
-    assert_eq!(h.b.delayed_by_exchange(), [("later".to_string(), 0)]);
+    assert_eq!(h.b.delayed_by_exchange(), [("/".to_string(), "later".to_string(), 0)]);
     h.advance(990);
     assert_eq!(h.b.queue_counts("q"), Some((1, 0, 0)), "its TTL counts from the release");
     h.advance(20);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Broker;
+use super::VHostId;
 use crate::deadletter::Reason;
 use crate::message::QueuedMessage;
 
@@ -14,11 +15,11 @@ use crate::message::QueuedMessage;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
     /// A ready message's TTL runs out.
-    Expire { queue: Arc<str>, queue_id: u64, seq: u64 },
+    Expire { vh: VHostId, queue: Arc<str>, queue_id: u64, seq: u64 },
     /// A message held by a retry policy goes back to its queue.
     Retry { id: u64 },
     /// An `x-expires` queue may have gone unused long enough.
-    QueueExpires { queue: Arc<str>, queue_id: u64 },
+    QueueExpires { vh: VHostId, queue: Arc<str>, queue_id: u64 },
     /// Some consumer's delivery may have waited too long for its ack.
     ConsumerTimeouts,
 }
@@ -26,6 +27,7 @@ pub(super) enum Timer {
 /// A message held out of its queue by a retry policy or a delayed-message exchange.
 #[derive(Debug)]
 pub(super) struct Delayed {
+    pub vh: VHostId,
     pub queue: Arc<str>,
     pub queue_id: u64,
     pub message: QueuedMessage,
@@ -62,9 +64,9 @@ impl Broker {
                 break;
             };
             match timer {
-                Timer::Expire { queue, queue_id, seq } => self.expire_one(&queue, queue_id, seq),
+                Timer::Expire { vh, queue, queue_id, seq } => self.expire_one(vh, &queue, queue_id, seq),
                 Timer::Retry { id } => self.release_delayed(id),
-                Timer::QueueExpires { queue, queue_id } => self.check_queue_expiry(&queue, queue_id),
+                Timer::QueueExpires { vh, queue, queue_id } => self.check_queue_expiry(vh, &queue, queue_id),
                 Timer::ConsumerTimeouts => self.sweep_consumer_timeouts(),
             }
         }
@@ -82,19 +84,26 @@ impl Broker {
         self.now + Duration::from_millis(ms)
     }
 
-    fn expire_one(&mut self, queue: &str, queue_id: u64, seq: u64) {
-        let Some(q) = self.queues.get_mut(queue).filter(|q| q.id == queue_id) else {
+    fn expire_one(&mut self, vh: VHostId, queue: &str, queue_id: u64, seq: u64) {
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id) else {
             return;
         };
         let Some(m) = q.take(seq) else {
             return;
         };
-        self.dead_letter(queue, m, Reason::Expired);
+        self.dead_letter(vh, queue, m, Reason::Expired);
     }
 
     /// Holds `message` for `delay_ms`, then puts it back in `queue`. A stored message is
     /// rewritten with its new headers and the time it is due back.
-    pub(super) fn delay(&mut self, queue: &str, queue_id: u64, mut message: QueuedMessage, delay_ms: u64) {
+    pub(super) fn delay(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+        mut message: QueuedMessage,
+        delay_ms: u64,
+    ) {
         let due_ms = self.unix_ms.saturating_add(delay_ms);
         if message.stored.is_some() {
             let r = self.store_entry(queue_id, &mut message, Some(due_ms));
@@ -102,11 +111,11 @@ impl Broker {
         }
         let id = self.next_delayed;
         self.next_delayed += 1;
-        if let Some(q) = self.queues.get_mut(queue) {
+        if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
             q.delayed += 1;
         }
         let queue: Arc<str> = Arc::from(queue);
-        self.hold_message(id, Delayed { queue, queue_id, message, due_ms });
+        self.hold_message(id, Delayed { vh, queue, queue_id, message, due_ms });
         let at = self.after(delay_ms);
         self.arm(at, Timer::Retry { id });
     }
@@ -115,7 +124,7 @@ impl Broker {
     /// is counted for that exchange.
     pub(super) fn hold_message(&mut self, id: u64, d: Delayed) {
         if d.message.delivery_count == 0 {
-            *self.held_by_exchange.entry(d.message.message.exchange.clone()).or_default() += 1;
+            *self.vhosts[d.vh].held_by_exchange.entry(d.message.message.exchange.clone()).or_default() += 1;
         }
         self.delayed.insert(id, d);
     }
@@ -124,11 +133,11 @@ impl Broker {
     pub(super) fn unhold_message(&mut self, id: u64) -> Option<Delayed> {
         let d = self.delayed.remove(&id)?;
         if d.message.delivery_count == 0
-            && let Some(n) = self.held_by_exchange.get_mut(&d.message.message.exchange)
+            && let Some(n) = self.vhosts[d.vh].held_by_exchange.get_mut(&d.message.message.exchange)
         {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.held_by_exchange.remove(&d.message.message.exchange);
+                self.vhosts[d.vh].held_by_exchange.remove(&d.message.message.exchange);
             }
         }
         Some(d)
@@ -138,7 +147,8 @@ impl Broker {
         let Some(d) = self.unhold_message(id) else {
             return;
         };
-        let Some(q) = self.queues.get_mut(&*d.queue).filter(|q| q.id == d.queue_id) else {
+        let vh = d.vh;
+        let Some(q) = self.vhosts[vh].queues.get_mut(&*d.queue).filter(|q| q.id == d.queue_id) else {
             return;
         };
         q.delayed = q.delayed.saturating_sub(1);
@@ -146,7 +156,7 @@ impl Broker {
         // hold, and kept running through a retry delay): expired now, or armed from now.
         let expires = d.message.expires_at;
         if expires.is_some_and(|t| t <= self.now) {
-            return self.dead_letter(&d.queue, d.message, Reason::Expired);
+            return self.dead_letter(vh, &d.queue, d.message, Reason::Expired);
         }
         let seq = d.message.seq;
         // Never delivered (held by a delayed-message exchange): it joins the queue as it is;
@@ -157,14 +167,14 @@ impl Broker {
             q.requeue(d.message);
         }
         if let Some(at) = expires {
-            self.arm(at, Timer::Expire { queue: d.queue.clone(), queue_id: d.queue_id, seq });
+            self.arm(at, Timer::Expire { vh, queue: d.queue.clone(), queue_id: d.queue_id, seq });
         }
-        self.dispatch(&d.queue);
+        self.dispatch(vh, &d.queue);
     }
 
     /// Arms the `x-expires` check for a queue that just became unused.
-    pub(super) fn arm_queue_expiry(&mut self, queue: &str) {
-        let Some(q) = self.queues.get_mut(queue) else {
+    pub(super) fn arm_queue_expiry(&mut self, vh: VHostId, queue: &str) {
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return;
         };
         q.last_used = self.now;
@@ -173,12 +183,12 @@ impl Broker {
         };
         let (name, queue_id) = (Arc::from(queue), q.id);
         let at = self.after(ms);
-        self.arm(at, Timer::QueueExpires { queue: name, queue_id });
+        self.arm(at, Timer::QueueExpires { vh, queue: name, queue_id });
     }
 
-    fn check_queue_expiry(&mut self, queue: &str, queue_id: u64) {
+    fn check_queue_expiry(&mut self, vh: VHostId, queue: &str, queue_id: u64) {
         let now = self.now;
-        let Some(q) = self.queues.get(queue).filter(|q| q.id == queue_id) else {
+        let Some(q) = self.vhosts[vh].queues.get(queue).filter(|q| q.id == queue_id) else {
             return;
         };
         let Some(ms) = q.args.expires else {
@@ -189,10 +199,10 @@ impl Broker {
         }
         let due = q.last_used + Duration::from_millis(ms);
         if now >= due {
-            self.delete_queue(queue);
+            self.delete_queue(vh, queue);
         } else {
             let name = Arc::from(queue);
-            self.arm(due, Timer::QueueExpires { queue: name, queue_id });
+            self.arm(due, Timer::QueueExpires { vh, queue: name, queue_id });
         }
     }
 }
