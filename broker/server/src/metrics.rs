@@ -39,7 +39,7 @@ pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
     let unacked = b.unacked_by_queue();
     b.queues()
         .map(|q| QueueSnapshot {
-            vhost: b.vhosts()[q.vhost].name.clone(),
+            vhost: q.vhost_name.to_string(),
             name: q.name.to_string(),
             durable: q.spec.durable,
             dead_letter_target: targets.contains(&(q.vhost, q.name.to_string())),

@@ -542,7 +542,7 @@ impl Broker {
         let mut out = Vec::new();
         for (_, v) in self.vhosts.iter() {
             for (n, _) in v.exchanges.iter().filter(|(_, x)| x.delays) {
-                out.push((v.name.clone(), n.clone(), v.held_by_exchange.get(n).copied().unwrap_or(0)));
+                out.push((v.name.to_string(), n.clone(), v.held_by_exchange.get(n).copied().unwrap_or(0)));
             }
         }
         out

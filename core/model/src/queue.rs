@@ -65,6 +65,8 @@ pub struct Queue {
     pub name: std::sync::Arc<str>,
     /// The vhost it belongs to.
     pub vhost: crate::broker::VHostId,
+    /// That vhost's name, for errors.
+    pub vhost_name: std::sync::Arc<str>,
     /// How it was declared.
     pub spec: QueueSpec,
     /// Its arguments, parsed.
@@ -124,6 +126,7 @@ impl Queue {
             id,
             name: name.into(),
             vhost: crate::broker::VHostId::DEFAULT,
+            vhost_name: std::sync::Arc::from("/"),
             spec,
             lanes,
             count: 0,
@@ -142,10 +145,10 @@ impl Queue {
         auto_delete: bool,
         args: &FieldTable,
     ) -> Result<(), AmqpError> {
-        let name = &self.name;
+        let (name, vhost) = (&self.name, &self.vhost_name);
         let flag = |what: &str, received: bool, current: bool| {
             precondition(format!(
-                "inequivalent arg '{what}' for queue '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                "inequivalent arg '{what}' for queue '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
             ))
         };
         if durable != self.spec.durable {
@@ -158,7 +161,7 @@ impl Queue {
             let (new, old) = (args.get(*key), self.spec.arguments.get(*key));
             if new != old {
                 return Err(precondition(format!(
-                    "inequivalent arg '{key}' for queue '{name}' in vhost '/': received {} but current is {}",
+                    "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
                     describe(new),
                     describe(old)
                 )));
@@ -189,10 +192,10 @@ impl Queue {
         AmqpError::new(
             warren_codec::reply_code::RESOURCE_LOCKED,
             format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be \
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
                  originally declared on another connection or the exclusive property value does \
                  not match that of the original declaration.",
-                self.name
+                self.name, self.vhost_name
             ),
         )
     }

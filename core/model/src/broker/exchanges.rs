@@ -250,7 +250,7 @@ impl Broker {
                 return Err(AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)));
             }
             match self.vhosts[vh].exchanges.get(&m.exchange) {
-                Some(x) => check_equivalent(&m, x)?,
+                Some(x) => check_equivalent(&self.vhosts[vh].name, &m, x)?,
                 None if m.exchange.starts_with("amq.") => {
                     return Err(AmqpError::new(
                         ACCESS_REFUSED,
@@ -259,12 +259,12 @@ impl Broker {
                 }
                 None => {
                     if let Some(max) = self.limits.max_exchanges
-                        && self.vhosts[vh].exchanges.keys().filter(|n| !n.starts_with("amq.")).count() >= max
+                        && self.client_exchange_count() >= max
                     {
                         // RabbitMQ 4's words for cluster_exchange_limit.
                         return Err(precondition(format!(
-                            "cannot declare exchange '{}' in vhost '/': exchange limit of {max} is reached",
-                            m.exchange
+                            "cannot declare exchange '{}' in vhost '{}': exchange limit of {max} is reached",
+                            m.exchange, self.vhosts[vh].name
                         )));
                     }
                     self.create_exchange(vh, &m)?;
@@ -295,13 +295,17 @@ impl Broker {
         if m.exchange.starts_with("amq.") {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
-                format!("deletion of system exchange '{}' in vhost '/' not allowed", m.exchange),
+                format!(
+                    "deletion of system exchange '{}' in vhost '{}' not allowed",
+                    m.exchange, self.vhosts[vh].name
+                ),
             ));
         }
         // Deleting an exchange that is not there succeeds, as in RabbitMQ.
         if let Some(x) = self.vhosts[vh].exchanges.get(&m.exchange) {
             if m.if_unused && x.binding_count() > 0 {
-                return Err(precondition(format!("exchange '{}' in vhost '/' in use", m.exchange)));
+                let vhost = &self.vhosts[vh].name;
+                return Err(precondition(format!("exchange '{}' in vhost '{vhost}' in use", m.exchange)));
             }
             self.delete_exchange(vh, &m.exchange);
         }
@@ -356,10 +360,17 @@ impl Broker {
             .is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
         if let Some(max) = self.limits.max_bindings
             && !existed
-            && self.vhosts[vh].exchanges.values().map(|x| x.bindings.len()).sum::<usize>() >= max
+            && self
+                .vhosts
+                .iter()
+                .flat_map(|(_, v)| v.exchanges.values())
+                .map(|x| x.bindings.len())
+                .sum::<usize>()
+                >= max
         {
             return Err(precondition(format!(
-                "cannot bind to '{source}' in vhost '/': binding limit of {max} is reached"
+                "cannot bind to '{source}' in vhost '{}': binding limit of {max} is reached",
+                self.vhosts[vh].name
             )));
         }
         self.bind(vh, source, b.destination.clone(), b.key.clone(), b.arguments.clone())?;
@@ -410,6 +421,12 @@ impl Broker {
             return Err(no_exchange(&self.vhosts[vh].name, name));
         }
         Ok(Destination::Exchange(Arc::from(name)))
+    }
+
+    /// Exchanges clients declared, in every vhost (the predeclared ones not counted).
+    fn client_exchange_count(&self) -> usize {
+        let names = self.vhosts.iter().flat_map(|(_, v)| v.exchanges.keys());
+        names.filter(|n| !n.starts_with("amq.")).count()
     }
 
     /// An exchange as a binding's source: it must exist and not be the default exchange.
@@ -492,7 +509,7 @@ impl Broker {
             return;
         };
         // The store first, as for queues.
-        let op = MetaOp::DeleteExchange { vhost: self.vhosts[vh].name.clone(), name: name.to_string() };
+        let op = MetaOp::DeleteExchange { vhost: self.vhosts[vh].name.to_string(), name: name.to_string() };
         if durable && !self.store_meta(op) {
             return;
         }
@@ -512,7 +529,10 @@ impl Broker {
         if x.internal {
             return Err(AmqpError::new(
                 ACCESS_REFUSED,
-                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+                format!(
+                    "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                    self.vhosts[vh].name
+                ),
             ));
         }
         Ok(())
@@ -592,11 +612,11 @@ impl Broker {
     }
 }
 
-fn check_equivalent(m: &ExchangeDeclare, x: &Exchange) -> Result<(), AmqpError> {
+fn check_equivalent(vhost: &str, m: &ExchangeDeclare, x: &Exchange) -> Result<(), AmqpError> {
     let name = &m.exchange;
     let differ = |what: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
         precondition(format!(
-            "inequivalent arg '{what}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+            "inequivalent arg '{what}' for exchange '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
         ))
     };
     if m.kind != x.kind {

@@ -410,7 +410,7 @@ impl Broker {
             }
         };
         (source_durable && durable).then(|| BindingRecord {
-            vhost: self.vhosts[vh].name.clone(),
+            vhost: self.vhosts[vh].name.to_string(),
             source: source.to_string(),
             destination: destination.to_string(),
             to_queue,

@@ -96,6 +96,7 @@ impl Broker {
         self.next_queue_id = self.next_queue_id.max(id + 1);
         let mut q = Queue::new(id, name.to_string(), spec, args, self.now);
         q.vhost = vh;
+        q.vhost_name = self.vhosts[vh].name.clone();
         self.vhosts[vh].queues.insert(name.to_string(), q);
         self.arm_queue_expiry(vh, name);
         let v = &self.vhosts[vh];

@@ -20,8 +20,9 @@ impl VHostId {
 /// One vhost's exchanges and queues.
 #[derive(Debug)]
 pub struct VHost {
-    /// Its name, as connection.open and the management API spell it.
-    pub name: String,
+    /// Its name, as connection.open and the management API spell it (shared with its queues,
+    /// whose errors name it).
+    pub name: std::sync::Arc<str>,
     pub(super) queues: Map<String, Queue>,
     pub(super) exchanges: Map<String, Exchange>,
     /// Messages held by delayed-message exchanges, by exchange name (for metrics).
@@ -31,7 +32,7 @@ pub struct VHost {
 impl VHost {
     pub(super) fn new(name: &str) -> Self {
         VHost {
-            name: name.to_string(),
+            name: std::sync::Arc::from(name),
             queues: Map::default(),
             exchanges: Map::default(),
             held_by_exchange: Map::default(),
