@@ -48,7 +48,7 @@ async fn main() {
         let mut drained = Vec::new();
         let _ = b.take_outbound(conn, &mut drained);
     }
-    let reg = registry(shared.clone());
+    let reg = registry(shared.clone(), server.services());
     let collector = BrokerCollector::new(shared.clone());
     let runs = 20;
     let mut total = Duration::ZERO;

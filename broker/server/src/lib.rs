@@ -1,19 +1,28 @@
 //! The Warren broker binary's library half: settings, listeners and connection drivers.
 //!
 //! # Layout
-//! - [`alarms`]: the disk, memory and storage alarms that block publishers.
-//! - [`bridge`]: `warren bridge`, plain AMQP over TCP carried over QUIC.
-//! - [`quic`]: QUIC endpoints (mapping v1: one stream, one AMQP connection).
-//! - [`config`]: flags, environment, TOML file, defaults.
-//! - [`http`]: serving the HTTP endpoints with header timeouts and a connection cap.
-//! - [`management`]: the management HTTP API (queues, dead-letter replay).
-//! - [`memory`]: the memory alarm (RabbitMQ's `vm_memory_high_watermark`).
-//! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
+//! - [`server`]: binds what the settings name, builds the broker, runs the background tasks
+//!   and one [`driver`] task per connection; [`server::Parts`] lets a test assemble its own.
+//! - [`shared`]: the broker behind its lock, the connection tasks' wakers, the [`shared::Clock`].
+//! - [`services`]: handles shared without the lock (alarms, storage/memory metrics, plugins).
+//! - [`driver`]: one AMQP connection's task around [`warren_core::Connection`].
+//! - [`listen`]: the dual-stack TCP bind, accepting on TCP/TLS/QUIC, QUIC stream routing.
+//! - [`channel_streams`]: QUIC channel streams (one stream per AMQP channel), bounded both ways.
+//! - [`quic`]: QUIC endpoints and certificates (mapping v1: one stream, one AMQP connection).
 //! - [`tls`]: AMQPS configuration and client-certificate identities.
+//! - [`bridge`]: `warren bridge`, plain AMQP over TCP carried over QUIC.
+//! - [`config`]: flags, environment, TOML file, defaults.
+//! - [`alarms`]: the disk, memory and storage alarms that block publishers.
+//! - [`memory`]: the memory alarm (RabbitMQ's `vm_memory_high_watermark`).
 //! - [`storage`]: the durable store's start-up recovery, group-commit thread, disk monitor,
 //!   and what a failed fsync does.
-//! - [`server`]: the TCP listener and the per-connection driver around
-//!   [`warren_core::Connection`].
+//! - [`plugins`]: loading, reloading and measuring the wasm plugin components.
+//! - [`http`]: serving the HTTP endpoints with header timeouts and a connection cap.
+//! - [`management`]: the management HTTP API (queues, dead-letter replay).
+//! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
+//!
+//! Modules depend one way: `server` on the rest, the rest on `shared` and `services`, and
+//! `shared` on nothing of this crate.
 //!
 //! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
 //! socket with real AMQP clients.
@@ -22,12 +31,16 @@ pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;
 pub mod config;
+pub mod driver;
 pub mod http;
+pub mod listen;
 pub mod management;
 pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod quic;
 pub mod server;
+pub mod services;
+pub mod shared;
 pub mod storage;
 pub mod tls;

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use warren_core::broker::ReplayReport;
 use warren_core::deadletter::Reason;
 
-use crate::server::{SharedRef, lock};
+use crate::shared::{SharedRef, lock};
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).

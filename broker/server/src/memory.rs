@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::alarms::{Alarm, Alarms};
 use crate::config::Watermark;
-use crate::server::{SharedRef, lock};
+use crate::shared::{SharedRef, lock};
 
 /// The memory alarm's metrics.
 #[derive(Clone)]

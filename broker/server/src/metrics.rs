@@ -12,7 +12,9 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncod
 use warren_core::deadletter::Reason;
 use warren_core::stats::{GlobalStats, QueueStats};
 
-use crate::server::{SharedRef, lock};
+use std::sync::Arc;
+
+use crate::shared::{SharedRef, lock};
 
 const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target"];
 
@@ -284,17 +286,33 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
     out
 }
 
-/// The registry served on `/metrics`: the broker collector and process metrics.
-pub fn registry(shared: SharedRef) -> Registry {
+/// The `/metrics` endpoint over `registry`.
+pub fn router(shared: SharedRef, services: &crate::services::Services) -> axum::Router {
+    let registry = Arc::new(registry(shared, services));
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let body = render(&registry);
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }
+        }),
+    )
+}
+
+/// The registry served on `/metrics`: the broker collector, the storage, memory and plugin
+/// metrics, and process metrics.
+pub fn registry(shared: SharedRef, services: &crate::services::Services) -> Registry {
     let r = Registry::new();
-    if let Err(e) = r.register(Box::new(BrokerCollector::new(shared.clone()))) {
+    if let Err(e) = r.register(Box::new(BrokerCollector::new(shared))) {
         tracing::error!(error = %e, "broker metrics not registered");
     }
-    if let Some(m) = lock(&shared).storage_metrics.clone() {
+    if let Some(m) = &services.storage_metrics {
         m.register(&r);
     }
-    lock(&shared).memory_metrics.register(&r);
-    if let Some(p) = lock(&shared).plugins.clone()
+    services.memory_metrics.register(&r);
+    if let Some(p) = &services.plugins
         && let Err(e) = r.register(Box::new(p.collector()))
     {
         tracing::error!(error = %e, "plugin metrics not registered");

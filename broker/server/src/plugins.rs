@@ -11,7 +11,7 @@ use warren_core::Broker;
 use warren_plugin_host::{ExchangePlugin, FAILURE_KINDS, PluginStats, RetryPlugin, Runtime};
 
 use crate::config::PluginSettings;
-use crate::server::{SharedRef, lock};
+use crate::shared::{SharedRef, lock};
 
 /// The loaded plugins.
 pub struct Plugins {

@@ -14,7 +14,7 @@ use warren_storage::{FileStore, Options, SyncError, SyncStop, Syncer};
 
 use crate::alarms::{Alarm, Alarms};
 use crate::config::{FsyncMode, StorageSettings};
-use crate::server::{SharedRef, lock};
+use crate::shared::{SharedRef, lock};
 
 /// Group commit waits for writes to pause this long before an fsync...
 const LINGER_QUIET: Duration = Duration::from_micros(200);

@@ -212,8 +212,7 @@ async fn under_a_resource_alarm_publishes_on_channel_streams_wait_too() {
     side.declare("blocked").await.expect("declare");
     let alarm = |raised: bool| {
         let mut s = warren::server::lock(&b.shared);
-        let alarms = s.alarms.clone();
-        alarms.set(Alarm::Storage, raised, &mut s.broker);
+        b.alarms.set(Alarm::Storage, raised, &mut s.broker);
         s.wake_all();
     };
     alarm(true);

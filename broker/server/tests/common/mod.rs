@@ -17,6 +17,8 @@ pub struct TestBroker {
     pub quic: Option<(SocketAddr, std::path::PathBuf)>,
     pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
+    /// The resource alarms, to raise one by hand.
+    pub alarms: std::sync::Arc<warren::alarms::Alarms>,
     /// The data directory, when the test did not choose one.
     pub data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -50,6 +52,7 @@ impl TestBroker {
         let quic = server.quic_addr().zip(server.quic_cert().map(|p| p.to_path_buf()));
         let metrics = server.metrics_addr();
         let shared = server.shared();
+        let alarms = server.services().alarms.clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -58,7 +61,18 @@ impl TestBroker {
                 })
                 .await
         });
-        TestBroker { addr, management, amqps, quic, metrics, shared, data, stop: Some(tx), task: Some(task) }
+        TestBroker {
+            addr,
+            management,
+            amqps,
+            quic,
+            metrics,
+            shared,
+            alarms,
+            data,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// amqp URI for the default vhost.
