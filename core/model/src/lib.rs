@@ -29,6 +29,7 @@ pub mod connection;
 pub mod deadletter;
 pub mod error;
 pub mod exchange;
+pub mod harness;
 pub mod hash;
 pub mod message;
 pub mod names;
