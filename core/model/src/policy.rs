@@ -19,18 +19,6 @@ pub struct Policy {
     pub arguments: FieldTable,
 }
 
-/// The policy keys RabbitMQ defines for queues, and the queue argument each stands for.
-pub const KEYS: &[(&str, &str)] = &[
-    ("dead-letter-exchange", "x-dead-letter-exchange"),
-    ("dead-letter-routing-key", "x-dead-letter-routing-key"),
-    ("message-ttl", "x-message-ttl"),
-    ("expires", "x-expires"),
-    ("max-length", "x-max-length"),
-    ("max-length-bytes", "x-max-length-bytes"),
-    ("overflow", "x-overflow"),
-    ("delivery-limit", "x-delivery-limit"),
-];
-
 /// The arguments a queue named `name` declared with `declared` ends up with.
 pub fn effective_arguments(policies: &[Policy], name: &str, declared: &FieldTable) -> FieldTable {
     let best =
@@ -50,10 +38,10 @@ pub fn effective_arguments(policies: &[Policy], name: &str, declared: &FieldTabl
 pub fn arguments_from(definition: &[(&str, FieldValue)]) -> Result<FieldTable, String> {
     let mut t = FieldTable::new();
     for (key, value) in definition {
-        let Some((_, arg)) = KEYS.iter().find(|(k, _)| k == key) else {
+        let Some(arg) = crate::queue_args::for_policy_key(key) else {
             return Err(format!("unknown policy key '{key}'"));
         };
-        t.insert((*arg).to_string(), value.clone());
+        t.insert(arg.to_string(), value.clone());
     }
     Ok(t)
 }

@@ -13,22 +13,6 @@ use crate::error::{AmqpError, precondition};
 use crate::message::QueuedMessage;
 use crate::queue_args::QueueArgs;
 
-/// Queue arguments RabbitMQ checks on redeclare; a difference is 406 PRECONDITION_FAILED.
-const EQUIVALENCE_ARGS: &[&str] = &[
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-message-ttl",
-    "x-overflow",
-    "x-queue-mode",
-    "x-queue-type",
-    "x-single-active-consumer",
-    "x-delivery-limit",
-];
-
 /// Identifies one consumer: the connection, channel and tag it was registered under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerKey {
@@ -157,8 +141,8 @@ impl Queue {
         if auto_delete != self.spec.auto_delete {
             return Err(flag("auto_delete", auto_delete, self.spec.auto_delete));
         }
-        for key in EQUIVALENCE_ARGS {
-            let (new, old) = (args.get(*key), self.spec.arguments.get(*key));
+        for key in crate::queue_args::equivalence_args() {
+            let (new, old) = (args.get(key), self.spec.arguments.get(key));
             if new != old {
                 return Err(precondition(format!(
                     "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
