@@ -288,6 +288,9 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
             if let Some(why) = &r.undeleted {
                 warn!(error = %why, "cannot delete a dead segment; kept and tried again next sync");
             }
+            if let Some(why) = &r.spare_error {
+                warn!(error = %why, "the next segment will be created when it is needed");
+            }
             let mut s = lock(&to.shared);
             s.broker.storage_synced(r.position);
             s.wake_all();

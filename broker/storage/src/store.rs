@@ -227,6 +227,7 @@ impl FileStore {
         }
         let next = store.segments.keys().next_back().map_or(1, |id| id + 1);
         store.open_segment(next, options.segment_size)?;
+        shared.want_spare(next + 1, options.segment_size);
         let before = store.segments.len();
         store.collect_garbage();
         store.report.deleted = before - store.segments.len();
@@ -379,9 +380,15 @@ impl FileStore {
     fn open_segment(&mut self, id: u64, capacity: usize) -> Result<(), StorageError> {
         let seg = Segment::create(&self.segments_dir, id, capacity).map_err(io_err)?;
         self.shared.created_file();
+        self.use_segment(seg);
+        Ok(())
+    }
+
+    /// Makes `seg` (new and empty) the one appends go to.
+    fn use_segment(&mut self, seg: Segment) {
+        let id = seg.id;
         self.segments.insert(id, SegmentState::new(seg, BTreeSet::new()));
         self.active = id;
-        Ok(())
     }
 
     fn count_live(&mut self, queue: QueueId, seg: u64, delta: i64) {
@@ -404,7 +411,23 @@ impl FileStore {
         let fits = self.segments.get(&self.active).is_some_and(|s| s.segment.remaining() >= len);
         if !fits {
             let next = self.active + 1;
-            self.open_segment(next, self.options.segment_size.max(len))?;
+            match self.shared.take_spare(next) {
+                Some(seg) if seg.remaining() >= len => self.use_segment(seg),
+                spare => {
+                    // None ready, or one too small for this record: made here, under the
+                    // caller's lock. A spare too small joins the log empty and goes with the
+                    // next collection.
+                    let id = match spare {
+                        Some(seg) => {
+                            self.use_segment(seg);
+                            next + 1
+                        }
+                        None => next,
+                    };
+                    self.open_segment(id, self.options.segment_size.max(len))?;
+                }
+            }
+            self.shared.want_spare(self.active + 1, self.options.segment_size);
             self.collect_garbage();
         }
         let active = self.active;
@@ -622,6 +645,7 @@ impl Storage for FileStore {
     }
 
     fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {
+        self.shared.drop_spare();
         let end = self.segments.get(&self.active).map_or(0, |s| s.segment.end());
         let log_end = index::LogEnd { segment: self.active, end: end as u64 };
         let targets: BTreeMap<u64, BTreeSet<u64>> =

@@ -24,6 +24,9 @@ pub struct SyncShared {
     written: AtomicU64,
     /// Set once a sync failed; the store checks it before every write.
     poisoned: AtomicBool,
+    /// The next segment, created ahead by the syncer so that the store's writer (under the
+    /// broker lock) never waits on creating and allocating a file.
+    spare: Mutex<Option<crate::segment::Segment>>,
 }
 
 /// A file written since the last sync.
@@ -50,6 +53,8 @@ struct SyncState {
     stop: bool,
     /// Why the store stopped taking writes, once a sync failed.
     failure: Option<String>,
+    /// The segment the store will want next (id, capacity), not created yet.
+    want_spare: Option<(u64, usize)>,
 }
 
 impl SyncShared {
@@ -78,6 +83,42 @@ impl SyncShared {
     /// Notes that a segment file was created.
     pub fn created_file(&self) {
         self.lock().dir_changed = true;
+    }
+
+    /// Asks the syncer to create segment `id` of `capacity` octets ahead of its use.
+    pub fn want_spare(&self, id: u64, capacity: usize) {
+        let mut s = self.lock();
+        s.want_spare = Some((id, capacity));
+        let wake = s.waiting;
+        drop(s);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Forgets the segment made ahead, and any asked for: at a clean stop the log on disk
+    /// is exactly what the queue index describes.
+    pub fn drop_spare(&self) {
+        let mut s = self.lock();
+        s.want_spare = None;
+        if let Some(seg) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = std::fs::remove_file(&seg.path);
+            s.dir_changed = true;
+        }
+    }
+
+    /// Segment `id`, if the syncer created it ahead.
+    pub fn take_spare(&self, id: u64) -> Option<crate::segment::Segment> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        match spare.take() {
+            Some(seg) if seg.id == id => Some(seg),
+            // One for another id cannot be used: its file is removed (it holds nothing).
+            Some(seg) => {
+                let _ = std::fs::remove_file(&seg.path);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Hands a dead segment file to the syncer for deletion.
@@ -131,6 +172,10 @@ pub struct SyncRound {
     pub deleted: u64,
     /// A dead segment that could not be deleted (kept for the next round), and why.
     pub undeleted: Option<String>,
+    /// It created the store's next segment ahead.
+    pub spare: bool,
+    /// Why it could not (the store will try itself when it gets there).
+    pub spare_error: Option<String>,
 }
 
 /// Makes a store's writes durable; run it on a thread of its own.
@@ -176,7 +221,11 @@ impl Syncer {
             if s.stop {
                 return false;
             }
-            if self.written() > self.synced || !s.doomed.is_empty() || s.failure.is_some() {
+            if self.written() > self.synced
+                || !s.doomed.is_empty()
+                || s.failure.is_some()
+                || s.want_spare.is_some()
+            {
                 return true;
             }
             s.waiting = true;
@@ -280,7 +329,26 @@ impl Syncer {
             }
         }
         self.synced = position;
+        self.prepare_spare(&mut round);
         Ok(round)
+    }
+
+    /// Creates the segment the store asked for ahead, after the round's fsyncs (a confirm
+    /// does not wait on it). A failure is not fatal: the store then creates the segment
+    /// itself, and reports its error if that fails too.
+    fn prepare_spare(&mut self, round: &mut SyncRound) {
+        let Some((id, capacity)) = self.shared.lock().want_spare.take() else {
+            return;
+        };
+        match crate::segment::Segment::create(&self.segments_dir, id, capacity) {
+            Ok(seg) => {
+                // Made durable in the round that syncs the first writes into it.
+                self.shared.created_file();
+                *self.shared.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(seg);
+                round.spare = true;
+            }
+            Err(e) => round.spare_error = Some(format!("segment {id} not created ahead: {e}")),
+        }
     }
 }
 
