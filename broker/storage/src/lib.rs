@@ -4,6 +4,8 @@
 //! - [`segment`]: one preallocated, memory-mapped, append-only segment file.
 //! - [`store`]: [`FileStore`]: puts, removes and delivery counts as log records, recovery, compaction,
 //!   segment deletion, the metadata log.
+//! - `recover`: reading segments and the metadata log back at start-up, damage versus a
+//!   torn tail.
 //! - [`index`]: queue index files, a checkpoint written at a clean stop for a fast start.
 //! - [`sync`]: group commit: a [`Syncer`] fsyncs what was written, in batches.
 //! - [`disk`]: reserving space, and free space for the disk alarm.
@@ -11,6 +13,7 @@
 pub mod disk;
 pub mod index;
 pub mod record;
+mod recover;
 pub mod segment;
 pub mod store;
 pub mod sync;

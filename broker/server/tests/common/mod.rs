@@ -1,6 +1,7 @@
 //! Starts a real Warren broker in-process on an ephemeral port.
 #![allow(dead_code, missing_docs)]
 
+pub mod lapin_client;
 pub mod process;
 
 use std::net::SocketAddr;
