@@ -125,6 +125,8 @@ impl Server {
         // std's RandomState keys come from the OS: hashing through fresh ones draws from it.
         let seed = RandomState::new().hash_one(SystemTime::now());
         let secret = [RandomState::new().hash_one(1u8), RandomState::new().hash_one(2u8)];
+        // Before the broker makes its first map (see warren_core::hash).
+        warren_core::hash::set_seed(RandomState::new().hash_one(3u8));
         let config = BrokerConfig {
             users: settings.users.clone(),
             seed,
@@ -170,6 +172,12 @@ impl Server {
     /// A server from its parts; `settings` gives the connection limits and the management
     /// API's host names.
     pub fn new(parts: Parts, settings: &Settings) -> Server {
+        let mut services = parts.services;
+        // The store raises the disk and storage alarms on its own set: the connections must
+        // read that one.
+        if let Some(storage) = &parts.storage {
+            services.alarms = storage.alarms.clone();
+        }
         Server {
             listener: parts.listener,
             quic: parts.quic,
@@ -177,7 +185,7 @@ impl Server {
             management: parts.management,
             metrics: parts.metrics,
             shared: Shared::new(parts.broker, parts.clock),
-            services: parts.services,
+            services,
             connection: settings.connection.clone(),
             limits: settings.limits,
             management_hosts: settings.management_hosts.clone(),

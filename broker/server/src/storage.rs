@@ -148,7 +148,7 @@ impl Storage {
             warn!(what = %s, "stored item not restored");
         }
         for v in &restored.vhosts {
-            warn!(vhost = %v, "vhost not in the configuration kept: durable queues or exchanges are stored in it");
+            warn!(vhost = %v, "vhost not in the configuration: its stored queues and exchanges are kept, but it takes no connection");
         }
         info!(
             dir = %dir.display(),
@@ -288,12 +288,15 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
             if let Some(why) = &r.undeleted {
                 warn!(error = %why, "cannot delete a dead segment; kept and tried again next sync");
             }
-            if let Some(why) = &r.spare_error {
+            {
+                let mut s = lock(&to.shared);
+                s.broker.storage_synced(r.position);
+                s.wake_all();
+            }
+            // After the confirms went out: none waits on a file being made.
+            if let Err(why) = syncer.prepare_spare() {
                 warn!(error = %why, "the next segment will be created when it is needed");
             }
-            let mut s = lock(&to.shared);
-            s.broker.storage_synced(r.position);
-            s.wake_all();
             true
         }
         Err(SyncError::Poisoned(why)) => {

@@ -138,6 +138,18 @@ async fn bad_protocol_header_gets_ours_back_and_the_socket_closed() {
     still_serving(b.addr).await;
 }
 
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    // The driver's side of a connection timer: it fires on wall time and the socket closes.
+    // The deadlines themselves are tested on virtual time in core/model/tests/protocol.rs.
+    let b = TestBroker::start_with(|s| s.connection.handshake_timeout = Duration::from_millis(300)).await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(b"AMQP").await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), r.stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "socket still open after the handshake timeout");
+}
+
 /// basic.publish on channel 1 with a one-octet body, as frames.
 fn publish_frames(exchange: &str, key: &str, props: &BasicProperties) -> BytesMut {
     publish_body(1, exchange, key, props, &Bytes::from_static(b"x"))

@@ -120,7 +120,7 @@ async fn dead_letters_stay_in_their_vhost() {
 }
 
 #[tokio::test]
-async fn a_vhosts_durable_queue_survives_a_restart_even_once_the_config_drops_the_vhost() {
+async fn a_vhosts_durable_queue_survives_a_restart_and_the_config_dropping_the_vhost_closes_it() {
     let dir = tempfile::tempdir().expect("dir");
     let start = |vhosts: &'static [&'static str]| {
         let data = dir.path().to_path_buf();
@@ -151,17 +151,20 @@ async fn a_vhosts_durable_queue_survives_a_restart_even_once_the_config_drops_th
     c.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 
-    // A configuration without the vhost does not lose what is stored in it.
+    // A configuration without the vhost does not lose what is stored in it, but no client
+    // gets in: dropping a vhost from the configuration is how an operator closes it.
     let b = start(&[]).await;
     assert_eq!(counts(&b, "a", "d"), Some((2, 0, 0)));
+    let uri = format!("amqp://guest:guest@{}/a", b.addr);
+    let e = Connection::connect(&uri, ConnectionProperties::default()).await.expect_err("closed");
+    assert_eq!(code(&e), Some(530), "{e}");
+    b.stop().await;
+    // Named again, it is open again with everything in it.
+    let b = start(&["a"]).await;
     let (_c, a) = open(&b, "a").await;
-    a.queue_declare(
-        "d".into(),
-        QueueDeclareOptions { passive: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await
-    .expect("still declared");
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    a.queue_declare("d".into(), passive, FieldTable::default()).await.expect("still declared");
+    assert_eq!(counts(&b, "a", "d"), Some((2, 0, 0)));
 }
 
 #[tokio::test]

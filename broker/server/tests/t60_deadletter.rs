@@ -396,6 +396,7 @@ async fn config_policies_give_matching_queues_a_dead_letter_exchange() {
         )])
         .expect("keys");
         s.policies = vec![warren_core::policy::Policy {
+            vhost: "/".into(),
             name: "orders".into(),
             pattern: regex::Regex::new("^orders\\.").expect("regex"),
             priority: 0,

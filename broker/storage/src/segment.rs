@@ -54,10 +54,32 @@ pub fn parse_name(name: &str) -> Option<u64> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
+/// What a segment made ahead is called until it is used: recovery does not take it for
+/// part of the log (it would make the segment being written look older than it is).
+pub const SPARE_SUFFIX: &str = ".spare";
+
 impl Segment {
     /// Creates segment `id` in `dir`, reserving `capacity` octets.
     pub fn create(dir: &Path, id: u64, capacity: usize) -> io::Result<Segment> {
-        let path = dir.join(file_name(id));
+        Segment::create_at(dir.join(file_name(id)), id, capacity)
+    }
+
+    /// Creates segment `id` ahead of its use, under its spare name.
+    pub fn create_spare(dir: &Path, id: u64, capacity: usize) -> io::Result<Segment> {
+        Segment::create_at(dir.join(format!("{}{SPARE_SUFFIX}", file_name(id))), id, capacity)
+    }
+
+    /// Gives a spare its segment name: from now on it is part of the log. The mapping and
+    /// the open file are unchanged; the rename is made durable by the next sync of the
+    /// directory, which comes before any record in it is confirmed.
+    pub fn make_live(&mut self) -> io::Result<()> {
+        let live = self.path.with_file_name(file_name(self.id));
+        std::fs::rename(&self.path, &live)?;
+        self.path = live;
+        Ok(())
+    }
+
+    fn create_at(path: PathBuf, id: u64, capacity: usize) -> io::Result<Segment> {
         let file = File::options().read(true).write(true).create_new(true).open(&path)?;
         if let Err(e) = crate::disk::allocate(&file, capacity as u64) {
             let _ = std::fs::remove_file(&path);

@@ -184,6 +184,7 @@ impl FileStore {
         let segments_dir = dir.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(|e| at(&segments_dir, e))?;
         let lock = crate::disk::lock_dir(dir).map_err(io_err)?;
+        remove_spares(&segments_dir)?;
         let clean_path = dir.join(CLEAN);
         let clean = clean_path.exists();
         if clean {
@@ -653,4 +654,16 @@ impl Storage for FileStore {
         let dir = self.dir.join("queues");
         index::write(&dir, log_end, queues, entries, &targets).map_err(|e| at(&dir, e))
     }
+}
+
+/// Deletes segments made ahead by an earlier run and never used: they hold nothing.
+fn remove_spares(segments_dir: &Path) -> Result<(), StorageError> {
+    let entries = std::fs::read_dir(segments_dir).map_err(|e| at(segments_dir, e))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().ends_with(segment::SPARE_SUFFIX) {
+            let path = e.path();
+            std::fs::remove_file(&path).map_err(|e| at(&path, e))?;
+        }
+    }
+    Ok(())
 }

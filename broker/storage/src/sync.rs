@@ -97,21 +97,36 @@ impl SyncShared {
     }
 
     /// Forgets the segment made ahead, and any asked for: at a clean stop the log on disk
-    /// is exactly what the queue index describes.
+    /// is exactly what the queue index describes. The spare's lock is taken first, as the
+    /// syncer takes it to make one: a creation under way finishes, then goes.
     pub fn drop_spare(&self) {
+        let mut spare = self.spare_slot();
         let mut s = self.lock();
         s.want_spare = None;
-        if let Some(seg) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(seg) = spare.take() {
             let _ = std::fs::remove_file(&seg.path);
             s.dir_changed = true;
         }
     }
 
-    /// Segment `id`, if the syncer created it ahead.
+    fn spare_slot(&self) -> MutexGuard<'_, Option<crate::segment::Segment>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Segment `id`, if the syncer created it ahead, renamed to its segment name; one being
+    /// created is waited for.
     pub fn take_spare(&self, id: u64) -> Option<crate::segment::Segment> {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        match spare.take() {
-            Some(seg) if seg.id == id => Some(seg),
+        match self.spare_slot().take() {
+            Some(mut seg) if seg.id == id => match seg.make_live() {
+                Ok(()) => {
+                    self.created_file();
+                    Some(seg)
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&seg.path);
+                    None
+                }
+            },
             // One for another id cannot be used: its file is removed (it holds nothing).
             Some(seg) => {
                 let _ = std::fs::remove_file(&seg.path);
@@ -172,10 +187,6 @@ pub struct SyncRound {
     pub deleted: u64,
     /// A dead segment that could not be deleted (kept for the next round), and why.
     pub undeleted: Option<String>,
-    /// It created the store's next segment ahead.
-    pub spare: bool,
-    /// Why it could not (the store will try itself when it gets there).
-    pub spare_error: Option<String>,
 }
 
 /// Makes a store's writes durable; run it on a thread of its own.
@@ -329,25 +340,28 @@ impl Syncer {
             }
         }
         self.synced = position;
-        self.prepare_spare(&mut round);
         Ok(round)
     }
 
-    /// Creates the segment the store asked for ahead, after the round's fsyncs (a confirm
-    /// does not wait on it). A failure is not fatal: the store then creates the segment
-    /// itself, and reports its error if that fails too.
-    fn prepare_spare(&mut self, round: &mut SyncRound) {
+    /// Creates the segment the store asked for ahead, if it asked; call it after a round's
+    /// confirms went out, so none waits on it. Whether one was made; an error is not fatal:
+    /// the store then creates the segment itself, and reports its error if that fails too.
+    ///
+    /// The spare's lock is held while the file is made: a store that reaches the segment
+    /// meanwhile waits for it rather than making a second one.
+    pub fn prepare_spare(&mut self) -> Result<bool, String> {
+        let mut spare = self.shared.spare_slot();
         let Some((id, capacity)) = self.shared.lock().want_spare.take() else {
-            return;
+            return Ok(false);
         };
-        match crate::segment::Segment::create(&self.segments_dir, id, capacity) {
+        match crate::segment::Segment::create_spare(&self.segments_dir, id, capacity) {
             Ok(seg) => {
-                // Made durable in the round that syncs the first writes into it.
-                self.shared.created_file();
-                *self.shared.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(seg);
-                round.spare = true;
+                if let Some(old) = spare.replace(seg) {
+                    let _ = std::fs::remove_file(&old.path);
+                }
+                Ok(true)
             }
-            Err(e) => round.spare_error = Some(format!("segment {id} not created ahead: {e}")),
+            Err(e) => Err(format!("segment {id} not created ahead: {e}")),
         }
     }
 }

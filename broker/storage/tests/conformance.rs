@@ -42,7 +42,13 @@ impl Backing for Files {
 impl Files {
     /// Syncs, which deletes the segments the store found dead; returns how many.
     fn sync(&mut self) -> u64 {
-        self.2.as_mut().map_or(0, |s| s.sync(true).expect("sync").deleted)
+        let Some(syncer) = self.2.as_mut() else {
+            return 0;
+        };
+        let deleted = syncer.sync(true).expect("sync").deleted;
+        // As the server's syncer thread does after each round.
+        syncer.prepare_spare().expect("spare");
+        deleted
     }
 
     fn segment_files(&self) -> usize {
@@ -554,8 +560,12 @@ fn filled(n: u64) -> Files {
         s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
     }
     drop(s);
-    // Started again: segment 1 is no longer the newest, the one a crash leaves torn.
-    let _ = b.open();
+    // Started again and written to: segment 1 is no longer the newest written, the one a
+    // crash leaves torn. (The record is for a queue never declared: recovery drops it.)
+    let mut s = b.open();
+    s.recover().expect("recover");
+    s.put(99, 0, &message(b"later"), &EntryState::default(), None).expect("put");
+    drop(s);
     b
 }
 
@@ -805,6 +815,9 @@ fn in_the_newest_segment_a_bad_record_is_a_torn_tail_whatever_follows() {
     for seq in 0..5 {
         s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
     }
+    // The syncer has made segment 2 ahead: empty, it is not where the run was writing.
+    b.sync();
+    assert!(b.segment_files() == 2, "a segment made ahead");
     drop(s);
     // Segment 1 is where the crashed run was writing: later sectors may have reached the disk
     // while an earlier one did not.
@@ -820,34 +833,37 @@ fn in_the_newest_segment_a_bad_record_is_a_torn_tail_whatever_follows() {
 
 #[test]
 fn the_syncer_makes_each_next_segment_ahead_so_the_writer_never_creates_one() {
+    use std::os::unix::fs::MetadataExt;
     let mut b = files(4096);
     let mut s = b.open();
     s.recover().expect("recover");
     s.meta(&queue(1, "q")).expect("meta");
-    let seg = |b: &Files, id: u64| b.0.path().join("segments").join(warren_storage::segment::file_name(id));
-    // Segment 1 is active; 2 exists once a sync round ran, before any write needs it.
-    assert!(!seg(&b, 2).exists());
+    let name = |id: u64| warren_storage::segment::file_name(id);
+    let path = |b: &Files, file: String| b.0.path().join("segments").join(file);
+    let spare =
+        |b: &Files, id: u64| path(b, format!("{}{}", name(id), warren_storage::segment::SPARE_SUFFIX));
+    // Segment 1 is active; 2 is made ahead by a sync round, under a name recovery ignores.
+    assert!(!spare(&b, 2).exists());
     b.sync();
-    assert!(seg(&b, 2).exists(), "the successor is made ahead by the syncer");
-    use std::os::unix::fs::MetadataExt;
-    let inode = |b: &Files, id: u64| std::fs::metadata(seg(b, id)).map(|m| m.ino()).expect("segment");
-    let made_ahead = inode(&b, 2);
-    // Fill segment 1: the writer rolls into the file the syncer made (creating it itself
-    // would fail: the name is taken), and asks for 3.
+    assert!(spare(&b, 2).exists() && !path(&b, name(2)).exists(), "the successor is made ahead");
+    let made_ahead = std::fs::metadata(spare(&b, 2)).map(|m| m.ino()).expect("spare");
+    // Fill segment 1: the writer rolls into the file the syncer made, renamed, and asks for 3.
     let msg = message(&[7u8; 1000]);
     let mut seq = 0;
-    while !seg(&b, 3).exists() {
+    while !path(&b, name(2)).exists() {
         s.put(1, seq, &msg, &EntryState::default(), None).expect("put");
         seq += 1;
         assert!(seq < 100, "never rolled over");
-        if seq % 2 == 0 {
-            b.sync();
-        }
     }
-    assert_eq!(inode(&b, 2), made_ahead, "segment 2 is the file the syncer made");
+    let live = std::fs::metadata(path(&b, name(2))).map(|m| m.ino()).expect("segment 2");
+    assert_eq!(live, made_ahead, "segment 2 is the file the syncer made");
+    assert!(!spare(&b, 2).exists());
+    b.sync();
+    assert!(spare(&b, 3).exists(), "and the next one is made ahead in turn");
     drop(s);
-    // An empty segment made ahead is no damage to recovery: every entry comes back.
+    // A spare left by a run is no part of the log, and goes at the next open.
     let r = b.open().recover().expect("recover");
     assert_eq!(r.entries.len(), seq as usize);
     assert!(r.entries.iter().any(|e| e.at.0 >> 32 == 2), "entries were written into segment 2");
+    assert!(!spare(&b, 3).exists(), "a leftover spare is deleted at start");
 }

@@ -316,6 +316,7 @@ impl Broker {
         if new {
             self.declare_predefined_exchanges(id);
         }
+        self.vhosts[id].open = true;
         id
     }
 
@@ -327,7 +328,7 @@ impl Broker {
     /// Registers a connection that completed its handshake, or refuses it with 530 as RabbitMQ
     /// does when its vhost does not exist or the connection limit is reached.
     pub fn open_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
-        if self.vhosts.id(&info.vhost).is_none() {
+        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
             return Err(AmqpError::new(
                 warren_codec::reply_code::NOT_ALLOWED,
                 format!("vhost {} not found", info.vhost),

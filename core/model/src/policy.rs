@@ -11,6 +11,8 @@ use warren_codec::{FieldTable, FieldValue};
 pub struct Policy {
     /// Its name, for logs.
     pub name: String,
+    /// The vhost whose queues it applies to.
+    pub vhost: String,
     /// Queue names it applies to (a regular expression, unanchored as in RabbitMQ).
     pub pattern: Regex,
     /// Higher wins when several match.
@@ -20,12 +22,17 @@ pub struct Policy {
 }
 
 /// The arguments a queue named `name` declared with `declared` ends up with.
-pub fn effective_arguments(policies: &[Policy], name: &str, declared: &FieldTable) -> FieldTable {
-    let best =
-        policies.iter().filter(|p| p.pattern.is_match(name)).fold(None::<&Policy>, |best, p| match best {
-            Some(b) if b.priority >= p.priority => Some(b),
-            _ => Some(p),
-        });
+pub fn effective_arguments(
+    policies: &[Policy],
+    vhost: &str,
+    name: &str,
+    declared: &FieldTable,
+) -> FieldTable {
+    let matching = policies.iter().filter(|p| p.vhost == vhost && p.pattern.is_match(name));
+    let best = matching.fold(None::<&Policy>, |best, p| match best {
+        Some(b) if b.priority >= p.priority => Some(b),
+        _ => Some(p),
+    });
     let Some(p) = best else {
         return declared.clone();
     };
@@ -52,14 +59,24 @@ mod tests {
 
     fn policy(name: &str, pattern: &str, priority: i64, dlx: &str) -> Policy {
         let arguments = arguments_from(&[("dead-letter-exchange", FieldValue::str(dlx))]).expect("keys");
-        Policy { name: name.into(), pattern: Regex::new(pattern).expect("regex"), priority, arguments }
+        let pattern = Regex::new(pattern).expect("regex");
+        Policy { name: name.into(), vhost: "/".into(), pattern, priority, arguments }
+    }
+
+    #[test]
+    fn a_policy_applies_in_its_own_vhost_only() {
+        let mut p = policy("elsewhere", ".*", 0, "dlx");
+        p.vhost = "a".into();
+        let ps = [p];
+        let applied = |vhost: &str| effective_arguments(&ps, vhost, "q", &FieldTable::new()).len();
+        assert_eq!((applied("a"), applied("/")), (1, 0));
     }
 
     #[test]
     fn highest_priority_match_applies_and_queue_arguments_win() {
         let ps = [policy("all", ".*", 0, "general"), policy("orders", "^orders\\.", 5, "orders-dlx")];
         let dlx = |name: &str, declared: &FieldTable| {
-            effective_arguments(&ps, name, declared)
+            effective_arguments(&ps, "/", name, declared)
                 .get("x-dead-letter-exchange")
                 .and_then(FieldValue::as_str)
                 .map(str::to_string)

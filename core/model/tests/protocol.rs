@@ -436,20 +436,31 @@ fn an_automatic_dead_letter_loop_ends_at_its_first_turn() {
     let mut h = harness();
     let c = h.open();
     h.open_channel(c, 1);
-    // `loop` dead-letters expired messages back into itself through the default exchange.
-    let loop_args = args(&[
-        ("x-message-ttl", FieldValue::I32(50)),
-        ("x-dead-letter-exchange", FieldValue::str("")),
-        ("x-dead-letter-routing-key", FieldValue::str("loop")),
-    ]);
+    // `loop` dead-letters expired messages through a fanout that reaches it and `seen`:
+    // the copy for `loop` would go round for ever, the one for `seen` shows the message
+    // was dead-lettered at all.
+    h.send_method(
+        c,
+        1,
+        ExchangeDeclare { exchange: "dlx".into(), kind: "fanout".into(), ..Default::default() },
+    );
+    assert!(matches!(h.method(c), Some(Method::ExchangeDeclareOk(_))));
+    let loop_args =
+        args(&[("x-message-ttl", FieldValue::I32(50)), ("x-dead-letter-exchange", FieldValue::str("dlx"))]);
     declare(&mut h, c, "loop", loop_args);
+    declare(&mut h, c, "seen", FieldTable::new());
+    for q in ["loop", "seen"] {
+        h.send_method(c, 1, QueueBind { queue: q.into(), exchange: "dlx".into(), ..Default::default() });
+        assert!(matches!(h.method(c), Some(Method::QueueBindOk(_))));
+    }
     h.send(c, &publish_body(1, "loop", b"round"));
     h.advance(Duration::from_millis(49));
     assert_eq!(ready(&h, "loop"), Some((1, 0, 0)), "not expired before its TTL");
     h.advance(Duration::from_millis(1));
-    assert_eq!(ready(&h, "loop"), Some((0, 0, 0)), "expired at its TTL, and not back: a loop ends");
+    assert_eq!(ready(&h, "seen"), Some((1, 0, 0)), "dead-lettered at its TTL");
+    assert_eq!(ready(&h, "loop"), Some((0, 0, 0)), "and not back in the queue it died in");
     h.advance(Duration::from_secs(1));
-    assert_eq!(ready(&h, "loop"), Some((0, 0, 0)));
+    assert_eq!((ready(&h, "loop"), ready(&h, "seen")), (Some((0, 0, 0)), Some((1, 0, 0))));
 }
 
 #[test]
@@ -472,4 +483,41 @@ fn an_unused_queue_with_x_expires_goes_at_its_deadline_and_a_consumer_keeps_it()
     assert!(ready(&h, "temp").is_some(), "unused for less than x-expires");
     h.advance(Duration::from_millis(1));
     assert_eq!(ready(&h, "temp"), None, "deleted once unused for x-expires");
+}
+
+#[test]
+fn a_direct_reply_never_crosses_vhosts() {
+    let mut h = harness();
+    h.broker.add_vhost("a");
+    // A requester in vhost `a` with a reply consumer, and its request in a queue there.
+    let req = h.open_with("a", 131_072, 0);
+    h.open_channel(req, 1);
+    let reply_to = "amq.rabbitmq.reply-to";
+    h.send_method(req, 1, BasicConsume { queue: reply_to.into(), no_ack: true, ..Default::default() });
+    assert!(matches!(h.method(req), Some(Method::BasicConsumeOk(_))));
+    declare(&mut h, req, "requests", FieldTable::new());
+    let mut request = BytesMut::new();
+    let props = BasicProperties { reply_to: Some(reply_to.into()), ..Default::default() };
+    let publish = BasicPublish { routing_key: "requests".into(), ..Default::default() };
+    encode_content(&mut request, 1, publish, &props, &Bytes::from_static(b"?"), 131_072);
+    h.send(req, &request);
+    h.send_method(req, 1, BasicGet { queue: "requests".into(), no_ack: true, ..Default::default() });
+    assert!(matches!(h.method(req), Some(Method::BasicGetOk(_))));
+    let Some(Frame::Header { header, .. }) = h.recv(req) else { panic!("the request's header") };
+    let token = header.properties.reply_to.expect("a reply token");
+    h.drain(req);
+    // A replier in `/` holding the token reaches nothing: a mandatory reply comes back.
+    let other = h.open();
+    h.open_channel(other, 1);
+    let mut reply = BytesMut::new();
+    let publish = BasicPublish { routing_key: token.clone(), mandatory: true, ..Default::default() };
+    encode_content(&mut reply, 1, publish, &BasicProperties::default(), &Bytes::from_static(b"!"), 131_072);
+    h.send(other, &reply);
+    assert!(matches!(h.method(other), Some(Method::BasicReturn(_))), "returned, not delivered");
+    assert_eq!(h.drain(req), [], "nothing crossed into vhost a");
+    // The same reply from inside `a` is delivered.
+    let replier = h.open_with("a", 131_072, 0);
+    h.open_channel(replier, 1);
+    h.send(replier, &reply);
+    assert!(matches!(h.method(req), Some(Method::BasicDeliver(_))), "delivered within the vhost");
 }

@@ -323,6 +323,9 @@ pub struct VHostConfig {
 pub struct PolicyConfig {
     /// Name, for errors and logs.
     pub name: String,
+    /// The vhost whose queues it applies to, as RabbitMQ's policies belong to one vhost;
+    /// `/` when not given.
+    pub vhost: Option<String>,
     /// Regular expression over queue names (unanchored, as in RabbitMQ).
     pub pattern: String,
     /// Higher wins when several policies match.
@@ -377,7 +380,8 @@ impl PolicyConfig {
         let arguments = warren_core::policy::arguments_from(&def).map_err(bad)?;
         // Policies carry no retry policy, so no plugin policies are needed to check them.
         QueueArgs::parse(&arguments, &Default::default()).map_err(|e| bad(e.text))?;
-        Ok(Policy { name: self.name, pattern, priority: self.priority, arguments })
+        let vhost = self.vhost.unwrap_or_else(|| "/".into());
+        Ok(Policy { name: self.name, vhost, pattern, priority: self.priority, arguments })
     }
 }
 

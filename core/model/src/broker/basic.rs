@@ -110,7 +110,7 @@ impl Broker {
         let mut replied = false;
         if direct && super::reply_to::is_reply_key(&message.routing_key) {
             // A direct reply: to its requester's channel, never to a queue.
-            replied = self.deliver_reply(&message.routing_key, message.clone());
+            replied = self.deliver_reply(vh, &message.routing_key, message.clone());
         } else if direct {
             offer(self, &message.routing_key);
         }

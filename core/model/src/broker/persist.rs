@@ -487,13 +487,16 @@ impl Broker {
     }
 
     /// The vhost a recovered record belongs to. One the configuration no longer names comes
-    /// back with its durable objects (and is reported): a restart never drops data.
+    /// back with its durable objects (and is reported): a restart never drops data. It takes
+    /// no connection until the configuration names it again.
     fn restored_vhost(&mut self, name: &str, report: &mut RestoreReport) -> VHostId {
         if let Some(id) = self.vhosts.id(name) {
             return id;
         }
         report.vhosts.push(name.to_string());
-        self.add_vhost(name)
+        let id = self.add_vhost(name);
+        self.vhosts[id].open = false;
+        id
     }
 
     /// Puts one recovered entry back: ready in its queue, or held until its retry delay ends.

@@ -18,7 +18,7 @@ use crate::storage::MetaOp;
 impl Broker {
     pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
         let name = if m.queue.is_empty() && !m.passive { self.names.name("amq.gen-") } else { m.queue };
-        if m.passive && self.is_reply_queue(&name) {
+        if m.passive && self.is_reply_queue(self.vh(conn), &name) {
             self.reply(
                 conn,
                 ch,
@@ -90,7 +90,7 @@ impl Broker {
         spec: QueueSpec,
     ) -> Result<&Queue, AmqpError> {
         let args = QueueArgs::parse(
-            &effective_arguments(&self.policies, name, &spec.arguments),
+            &effective_arguments(&self.policies, &self.vhosts[vh].name, name, &spec.arguments),
             &self.retry_plugins,
         )?;
         self.next_queue_id = self.next_queue_id.max(id + 1);

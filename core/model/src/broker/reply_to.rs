@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use warren_codec::{BasicConsume, BasicConsumeOk, BasicProperties};
 
-use super::{Broker, ConnId};
+use super::{Broker, ConnId, VHostId};
 use crate::error::{AmqpError, precondition};
 use crate::message::{Message, Outgoing};
 
@@ -116,11 +116,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Hands a reply published to `key` to its requester; returns whether one took it.
-    pub(super) fn deliver_reply(&mut self, key: &str, message: Arc<Message>) -> bool {
+    /// Hands a reply published in vhost `vh` to `key` to its requester; returns whether one
+    /// took it. A requester in another vhost is no destination: messages never cross.
+    pub(super) fn deliver_reply(&mut self, vh: VHostId, key: &str, message: Arc<Message>) -> bool {
         let Some(&(conn, ch, id)) = self.replies.get(key) else {
             return false;
         };
+        if self.vh(conn) != vh {
+            return false;
+        }
         let Some(c) = self.channel(conn, ch).filter(|c| c.id == id) else {
             return false;
         };
@@ -143,8 +147,8 @@ impl Broker {
 
     /// Whether `name` is the pseudo-queue or a live reply token (a passive declare of either
     /// succeeds, as in RabbitMQ).
-    pub(super) fn is_reply_queue(&self, name: &str) -> bool {
-        name == PSEUDO_QUEUE || self.replies.contains_key(name)
+    pub(super) fn is_reply_queue(&self, vh: VHostId, name: &str) -> bool {
+        name == PSEUDO_QUEUE || self.replies.get(name).is_some_and(|(conn, _, _)| self.vh(*conn) == vh)
     }
 }
 

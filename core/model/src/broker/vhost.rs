@@ -27,6 +27,9 @@ pub struct VHost {
     pub(super) exchanges: Map<String, Exchange>,
     /// Messages held by delayed-message exchanges, by exchange name (for metrics).
     pub(super) held_by_exchange: Map<String, u64>,
+    /// Clients may open it. One that exists only because stored objects name it (the
+    /// configuration dropped it) keeps its data but takes no connection.
+    pub open: bool,
 }
 
 impl VHost {
@@ -36,6 +39,7 @@ impl VHost {
             queues: Map::default(),
             exchanges: Map::default(),
             held_by_exchange: Map::default(),
+            open: true,
         }
     }
 
