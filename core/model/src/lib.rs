@@ -4,20 +4,37 @@
 //!  socket bytes ─► Connection ── handshake, frames, content assembly, heartbeats
 //!                      │ methods, complete publishes
 //!                      ▼
-//!                   Broker ── queues, consumers, delivery, acks (one vhost, "/")
+//!                   Broker ── vhosts (exchanges, queues, bindings), sessions, delivery, acks
 //!                      │ Outgoing per connection + which connections to wake
 //!                      ▼
 //!              Connection::pull_outbound ─► bytes for the socket
 //! ```
 //!
+//! `DESIGN.md` beside this crate's `Cargo.toml` says who owns which state, how a publish
+//! flows from socket to consumer (each hop, copy and lock), and where the command/effect
+//! boundary, quorum queues and protocol adapters go.
+//!
 //! # Layout
-//! - [`connection`]: the per-connection machine (handshake → running → closing).
-//! - [`broker`]: the vhost and connection sessions; method handlers by class.
-//! - [`queue`]: a queue's messages, consumers, declaration checks.
-//! - [`channel`]: per-channel delivery tags, unacked messages, prefetch.
-//! - [`message`]: messages and what is sent to connections.
-//! - [`auth`]: users, PLAIN and AMQPLAIN.
+//! - [`connection`]: the per-connection AMQP machine; one file per part (handshake as
+//!   typestates, running, content assembly, timers, close, output).
+//! - [`broker`]: the model's state and its doors: sessions and their channels, vhosts
+//!   (`broker/vhost.rs`), method handlers by class (queues, exchanges and routing, basic,
+//!   tx), delivery and settling, dead-lettering, confirms, persistence, timers, direct
+//!   reply-to, consumer timeouts, operator actions (replay), and its in-memory tests.
+//! - [`queue`]: one queue's messages (priority lanes), consumers and declaration checks.
+//! - [`queue_args`]: the one table of queue arguments: parsing, equivalence, policy keys.
+//! - [`channel`]: per-channel delivery tags, unacked messages, prefetch, transactions.
+//! - [`exchange`]: the exchange types, one per file, behind [`exchange::ExchangeType`].
+//! - [`deadletter`]: the dead-lettered copy of a message and its `x-death` history.
+//! - [`retry`]: retry policies (native, RabbitMQ 4.3's `x-delayed-retry-*`, plugins).
+//! - [`policy`]: queue policies by vhost and name pattern.
+//! - [`message`]: messages, queued entries, and what is sent to connections.
+//! - [`storage`]: the storage trait the broker writes through, and an in-memory store.
+//! - [`stats`]: counters read by the metrics endpoint.
+//! - [`auth`]: users, PLAIN, AMQPLAIN and EXTERNAL.
 //! - [`names`]: `amq.gen-` and `amq.ctag-` names.
+//! - [`hash`]: the model's hash maps, under a seed the driver sets.
+//! - [`harness`]: clients and a broker in memory on virtual time, for protocol tests.
 //! - [`error`]: AMQP errors with reply codes.
 //!
 //! Nothing here reads a clock, a socket or a file; the driver in `broker/server` does.
