@@ -345,9 +345,9 @@ impl Server {
         }
         // Every connection is gone: index the queues for a fast next start, make everything
         // durable and mark the stop clean.
-        if let Some(storage) = storage {
+        if let Some(mut storage) = storage {
             // Compaction (in the disk monitor) must not write after the index.
-            storage.stop_monitor();
+            storage.stop_monitor().await;
             match lock(&self.shared).broker.checkpoint_storage() {
                 Ok(entries) => info!(entries, "queue index written"),
                 Err(e) => {

@@ -219,9 +219,11 @@ impl StorageTask {
         }
     }
 
-    /// Stops the disk monitor, and with it compaction: nothing is written after the index.
-    pub fn stop_monitor(&self) {
+    /// Stops the disk monitor, and with it compaction, and waits until it has stopped: a
+    /// compaction already under way finishes first, so none writes after the queue index.
+    pub async fn stop_monitor(&mut self) {
         self.monitor.abort();
+        let _ = (&mut self.monitor).await;
     }
 
     /// Makes everything written durable, marks the stop clean and ends the tasks. Call after
