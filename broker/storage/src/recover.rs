@@ -213,3 +213,43 @@ pub(crate) fn recover_metadata(
     let file = write().map_err(|e| at(&path, e))?;
     Ok((recovered, Arc::new(file)))
 }
+
+/// The file beside segment `path` that records where its torn tail was cut.
+fn cut_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(CUT_SUFFIX);
+    name.into()
+}
+
+/// What the cut record beside a segment is called (`N.seg.cut`).
+pub(crate) const CUT_SUFFIX: &str = ".cut";
+
+/// Where an earlier start cut segment `path`'s torn tail, if one did.
+pub(crate) fn read_cut(path: &Path) -> Result<Option<usize>, StorageError> {
+    let cut = cut_path(path);
+    match std::fs::read_to_string(&cut) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            StorageError::Corrupt(format!(
+                "{}: not an offset ({text:?}); remove it to read the whole segment",
+                cut.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(at(&cut, e)),
+    }
+}
+
+/// Records, durably, that segment `path` ends at `end` (its torn tail cut there).
+pub(crate) fn write_cut(path: &Path, end: usize) -> Result<(), StorageError> {
+    let cut = cut_path(path);
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&cut)?;
+        f.write_all(end.to_string().as_bytes())?;
+        f.sync_all()?;
+        match cut.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    };
+    write().map_err(|e| at(&cut, e))
+}

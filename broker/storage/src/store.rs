@@ -316,6 +316,10 @@ impl FileStore {
         for id in ids {
             let path = self.segments_dir.join(segment::file_name(id));
             let mut seg = Segment::open(&path, id).map_err(|e| at(&path, e))?;
+            // Where an earlier start found this segment's torn tail: nothing after it counts.
+            if let Some(cut) = crate::recover::read_cut(&path)? {
+                seg.limit(cut);
+            }
             if let Err((offset, e)) = seg.verify_readable() {
                 let what = format!("{} at offset {offset}: cannot be read ({e})", path.display());
                 damaged(&mut self.report, self.options.salvage, what)?;
@@ -326,6 +330,7 @@ impl FileStore {
             // The crash cut writes short in the newest segment: anything bad there is a torn tail.
             let strict = Some(id) != newest && !self.options.salvage;
             let salvage = self.options.salvage;
+            let torn_before = self.report.truncated.len();
             let end = scan(&mut seg, &mut self.report, Scan { strict, salvage }, |pos, rec| match rec {
                 Record::Put { queue, seq, state, message } => {
                     let Ok(at) = store_ref(id, pos) else {
@@ -348,6 +353,13 @@ impl FileStore {
                     }
                 }
             })?;
+            // A torn tail stays on disk as the crash left it, and once a newer segment holds
+            // records this one is read strictly: what lies past the tear (sectors that reached
+            // the disk out of order, never confirmed and dropped now) would then look like
+            // damage, or come back under salvage. The cut is recorded so it never does.
+            if self.report.truncated.len() > torn_before {
+                crate::recover::write_cut(&path, end)?;
+            }
             seg.set_end(end);
             targets.remove(&id);
             self.report.segments += 1;

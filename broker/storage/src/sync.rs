@@ -322,7 +322,13 @@ impl Syncer {
         let mut doomed = doomed.into_iter();
         while let Some(path) = doomed.next() {
             match std::fs::remove_file(&path) {
-                Ok(()) => round.deleted += 1,
+                Ok(()) => {
+                    round.deleted += 1;
+                    // The record of where its torn tail was cut, if it had one, goes with it.
+                    let mut cut = path.as_os_str().to_os_string();
+                    cut.push(crate::recover::CUT_SUFFIX);
+                    let _ = std::fs::remove_file(std::path::PathBuf::from(cut));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     // Not a durability problem: the file is kept, and tried again (with those
