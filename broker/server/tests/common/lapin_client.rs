@@ -7,7 +7,11 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use super::TestBroker;
 
 pub async fn connect(b: &TestBroker) -> Connection {
-    Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect")
+    connect_uri(&b.uri()).await
+}
+
+pub async fn connect_uri(uri: &str) -> Connection {
+    Connection::connect(uri, ConnectionProperties::default()).await.expect("connect")
 }
 
 pub async fn declare(ch: &Channel, name: &str) {
