@@ -239,13 +239,18 @@ pub(crate) fn read_cut(path: &Path) -> Result<Option<usize>, StorageError> {
     }
 }
 
-/// Records, durably, that segment `path` ends at `end` (its torn tail cut there).
+/// Records, durably, that segment `path` ends at `end` (its torn tail cut there): written
+/// aside and renamed over, so a crash leaves the old record or the new one, never half.
 pub(crate) fn write_cut(path: &Path, end: usize) -> Result<(), StorageError> {
     let cut = cut_path(path);
+    let mut tmp = cut.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let write = || -> io::Result<()> {
-        let mut f = File::create(&cut)?;
+        let mut f = File::create(&tmp)?;
         f.write_all(end.to_string().as_bytes())?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &cut)?;
         match cut.parent() {
             Some(dir) => sync_dir(dir),
             None => Ok(()),

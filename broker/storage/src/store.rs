@@ -320,10 +320,12 @@ impl FileStore {
             if let Some(cut) = crate::recover::read_cut(&path)? {
                 seg.limit(cut);
             }
+            let mut unreadable = false;
             if let Err((offset, e)) = seg.verify_readable() {
                 let what = format!("{} at offset {offset}: cannot be read ({e})", path.display());
                 damaged(&mut self.report, self.options.salvage, what)?;
                 seg.limit(offset);
+                unreadable = true;
             }
             let mut targets = BTreeSet::new();
             let mut puts = 0;
@@ -357,7 +359,11 @@ impl FileStore {
             // records this one is read strictly: what lies past the tear (sectors that reached
             // the disk out of order, never confirmed and dropped now) would then look like
             // damage, or come back under salvage. The cut is recorded so it never does.
-            if self.report.truncated.len() > torn_before {
+            // Only a tear a crash could have made: in the segment being written, found by a
+            // normal start, not where a read failed (a cut there would hide confirmed records
+            // for good, even once the file is restored).
+            let torn = self.report.truncated.len() > torn_before;
+            if torn && Some(id) == newest && !self.options.salvage && !unreadable {
                 crate::recover::write_cut(&path, end)?;
             }
             seg.set_end(end);
@@ -668,11 +674,14 @@ impl Storage for FileStore {
     }
 }
 
-/// Deletes segments made ahead by an earlier run and never used: they hold nothing.
+/// Deletes segments made ahead by an earlier run and never used (they hold nothing), and
+/// cut records left half written.
 fn remove_spares(segments_dir: &Path) -> Result<(), StorageError> {
     let entries = std::fs::read_dir(segments_dir).map_err(|e| at(segments_dir, e))?;
     for e in entries.filter_map(|e| e.ok()) {
-        if e.file_name().to_string_lossy().ends_with(segment::SPARE_SUFFIX) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // A cut record written aside and not renamed over its old one is garbage too.
+        if name.ends_with(segment::SPARE_SUFFIX) || name.ends_with(".cut.tmp") {
             let path = e.path();
             std::fs::remove_file(&path).map_err(|e| at(&path, e))?;
         }

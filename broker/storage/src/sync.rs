@@ -116,13 +116,30 @@ impl SyncShared {
     /// Segment `id`, if the syncer created it ahead, renamed to its segment name; one being
     /// created is waited for.
     pub fn take_spare(&self, id: u64) -> Option<crate::segment::Segment> {
-        match self.spare_slot().take() {
+        let mut slot = self.spare_slot();
+        // A request for this segment or an older one is moot: the caller is about to have
+        // it, made ahead or by itself (a second file would only take disk space).
+        {
+            let mut s = self.lock();
+            if s.want_spare.is_some_and(|(want, _)| want <= id) {
+                s.want_spare = None;
+            }
+        }
+        match slot.take() {
             Some(mut seg) if seg.id == id => match seg.make_live() {
                 Ok(()) => {
                     self.created_file();
                     Some(seg)
                 }
                 Err(_) => {
+                    // A rename reported failed may have happened all the same: the live name
+                    // then holds this file, and the caller could not create it again.
+                    let live = seg.path.with_file_name(crate::segment::file_name(seg.id));
+                    if live.exists() {
+                        seg.path = live;
+                        self.created_file();
+                        return Some(seg);
+                    }
                     let _ = std::fs::remove_file(&seg.path);
                     None
                 }
