@@ -227,7 +227,14 @@ pub(crate) const CUT_SUFFIX: &str = ".cut";
 /// Where an earlier start cut segment `path`'s torn tail, if one did.
 pub(crate) fn read_cut(path: &Path) -> Result<Option<usize>, StorageError> {
     let cut = cut_path(path);
-    match std::fs::read_to_string(&cut) {
+    // An offset is at most 20 digits: read no more than that, whatever the file holds.
+    let read = || -> io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        File::open(&cut)?.take(32).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    match read() {
         Ok(text) => text.trim().parse().map(Some).map_err(|_| {
             StorageError::Corrupt(format!(
                 "{}: not an offset ({text:?}); remove it to read the whole segment",

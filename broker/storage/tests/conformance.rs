@@ -550,8 +550,9 @@ fn a_log_that_is_mostly_live_is_not_compacted() {
     assert!(refs.iter().all(|at| !s.should_move(*at)));
 }
 
-/// Writes `n` one-kilobyte messages into a fresh store and returns the directory.
-fn filled(n: u64) -> Files {
+/// A fresh store holding `n` one-kilobyte messages (message `i`'s body is `i` repeated) in
+/// queue 1, still open.
+fn writing(n: u64) -> (Files, Box<dyn Storage>) {
     let mut b = files(1 << 20);
     let mut s = b.open();
     s.recover().expect("recover");
@@ -559,6 +560,22 @@ fn filled(n: u64) -> Files {
     for seq in 0..n {
         s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
     }
+    (b, s)
+}
+
+/// Flips an octet inside the third message's body in segment 1; the damaged bytes.
+fn damage_third_body(b: &Files) -> Vec<u8> {
+    let path = segment_path(b);
+    let mut data = std::fs::read(&path).expect("read");
+    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
+    data[third + 10] ^= 0xff;
+    std::fs::write(&path, &data).expect("write");
+    data
+}
+
+/// Writes `n` one-kilobyte messages into a fresh store and returns the directory.
+fn filled(n: u64) -> Files {
+    let (mut b, s) = writing(n);
     drop(s);
     // Started again and written to: segment 1 is no longer the newest written, the one a
     // crash leaves torn. (The record is for a queue never declared: recovery drops it.)
@@ -620,12 +637,8 @@ fn refused_then_salvaged(b: &Files, offset: usize) -> FileStore {
 #[test]
 fn a_record_with_a_bad_checksum_stops_the_start_unless_salvaged() {
     let b = filled(5);
-    let path = segment_path(&b);
-    let mut data = std::fs::read(&path).expect("read");
-    // Flip an octet inside the third message's body (records are ~1.1 KB each).
-    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
-    data[third + 10] ^= 0xff;
-    std::fs::write(&path, &data).expect("write");
+    // Records are ~1.1 KB each.
+    let data = damage_third_body(&b);
     let first_len = u32::from_le_bytes(data[0..4].try_into().expect("len")) as usize;
     let mut store = refused_then_salvaged(&b, 2 * (8 + first_len));
     assert_eq!(store.report().damaged.len(), 1, "{:?}", store.report());
@@ -809,24 +822,14 @@ fn a_damaged_metadata_log_stops_the_start_and_a_torn_one_keeps_its_bytes() {
 
 #[test]
 fn in_the_newest_segment_a_bad_record_is_a_torn_tail_whatever_follows() {
-    let mut b = files(1 << 20);
-    let mut s = b.open();
-    s.recover().expect("recover");
-    s.meta(&queue(1, "q")).expect("meta");
-    for seq in 0..5 {
-        s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
-    }
+    let (mut b, s) = writing(5);
     // The syncer has made segment 2 ahead: empty, it is not where the run was writing.
     b.sync();
     assert!(b.segment_files() == 2, "a segment made ahead");
     drop(s);
     // Segment 1 is where the crashed run was writing: later sectors may have reached the disk
     // while an earlier one did not.
-    let path = segment_path(&b);
-    let mut data = std::fs::read(&path).expect("read");
-    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
-    data[third + 10] ^= 0xff;
-    std::fs::write(&path, &data).expect("write");
+    damage_third_body(&b);
     let (mut store, _) = FileStore::open(b.0.path(), b.1).expect("a crash is no reason to stop");
     assert_eq!(store.report().truncated.len(), 1, "{:?}", store.report());
     assert_eq!(seqs(&store.recover().expect("recover")), [0, 1]);
@@ -871,20 +874,11 @@ fn the_syncer_makes_each_next_segment_ahead_so_the_writer_never_creates_one() {
 
 #[test]
 fn a_torn_tail_stays_cut_once_newer_segments_hold_records() {
-    let mut b = files(1 << 20);
-    let mut s = b.open();
-    s.recover().expect("recover");
-    s.meta(&queue(1, "q")).expect("meta");
-    for seq in 0..5 {
-        s.put(1, seq, &message(&[seq as u8; 1000]), &EntryState::default(), None).expect("put");
-    }
+    let (mut b, s) = writing(5);
     drop(s);
     // A crash tore the third record; the fourth and fifth reached the disk out of order.
     let path = segment_path(&b);
-    let mut data = std::fs::read(&path).expect("read");
-    let third = data.windows(1000).position(|w| w.iter().all(|&x| x == 2)).expect("third body");
-    data[third + 10] ^= 0xff;
-    std::fs::write(&path, &data).expect("write");
+    let data = damage_third_body(&b);
     // The start after the crash cuts the tail there, and the broker writes on (segment 2).
     let mut s = b.open();
     assert_eq!(seqs(&s.recover().expect("recover")), [0, 1]);
@@ -896,4 +890,15 @@ fn a_torn_tail_stays_cut_once_newer_segments_hold_records() {
     assert!(store.report().damaged.is_empty(), "{:?}", store.report());
     assert_eq!(seqs(&store.recover().expect("recover")), [0, 1, 9]);
     assert_eq!(std::fs::read(&path).expect("read"), data, "the segment's bytes are as the crash left them");
+}
+
+#[test]
+fn a_cut_record_is_read_only_as_far_as_an_offset_can_reach() {
+    let (b, s) = writing(1);
+    drop(s);
+    // Megabytes of digits: read to 32 octets at most, no offset, and the start says so.
+    let cut = b.0.path().join("segments").join("0000000000000001.seg.cut");
+    std::fs::write(&cut, "9".repeat(8 << 20)).expect("write");
+    let e = FileStore::open(b.0.path(), b.1).map(|_| ()).expect_err("refused");
+    assert!(e.to_string().contains("not an offset"), "{e}");
 }

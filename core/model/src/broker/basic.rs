@@ -12,7 +12,7 @@ use warren_codec::{
 
 use super::deadletter::message_ttl;
 use super::deliver::{count_delivery, delivered_form};
-use super::{Broker, ConnId};
+use super::{Broker, ConnId, VHostId};
 use crate::channel::{Consumer, TxOp, Unacked};
 use crate::deadletter::Reason;
 use crate::error::{AmqpError, no_queue, precondition};
@@ -35,13 +35,14 @@ impl Broker {
         properties: impl Into<Box<BasicProperties>>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let vh = self.vh(conn);
         let mut properties = properties.into();
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
-        if let Some(s) = self.sessions.get_mut(&conn)
-            && !s.published
-        {
-            s.published = true;
+        // One look at the session for its vhost and whether this is its first publish.
+        let (vh, first) = match self.sessions.get_mut(&conn) {
+            Some(s) => (s.vhost, !std::mem::replace(&mut s.published, true)),
+            None => (VHostId::DEFAULT, false),
+        };
+        if first {
             self.tell_blocked(conn);
         }
         if m.immediate {
