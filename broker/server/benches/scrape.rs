@@ -48,8 +48,8 @@ async fn main() {
         let mut drained = Vec::new();
         let _ = b.take_outbound(conn, &mut drained);
     }
-    let reg = registry(shared.clone(), server.services());
-    let collector = BrokerCollector::new(shared.clone());
+    let reg = registry(server.node(), server.services());
+    let collector = BrokerCollector::new(server.node());
     let runs = 20;
     let mut total = Duration::ZERO;
     let mut size = 0;

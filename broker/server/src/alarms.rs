@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use warren_core::Broker;
 
+use crate::node::Node;
+use crate::shared::lock;
+
 /// One resource alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alarm {
@@ -53,14 +56,26 @@ impl Alarms {
         self.raised.load(Ordering::Acquire) & alarm.bit() != 0
     }
 
-    /// Raises or clears `alarm` and tells the broker the reason now in force. Call with the
-    /// broker locked, so that two monitors cannot tell it in the wrong order.
-    pub fn set(&self, alarm: Alarm, raised: bool, broker: &mut Broker) {
-        let bits = if raised {
-            self.raised.fetch_or(alarm.bit(), Ordering::AcqRel) | alarm.bit()
+    /// Raises or clears `alarm` and tells every broker of `node` the reason now in force,
+    /// waking their connections.
+    pub fn set(&self, alarm: Alarm, raised: bool, node: &Node) {
+        if raised {
+            self.raised.fetch_or(alarm.bit(), Ordering::AcqRel);
         } else {
-            self.raised.fetch_and(!alarm.bit(), Ordering::AcqRel) & !alarm.bit()
-        };
+            self.raised.fetch_and(!alarm.bit(), Ordering::AcqRel);
+        }
+        for (_, shared) in node.brokers() {
+            let mut s = lock(shared);
+            self.tell(&mut s.broker);
+            s.wake_all();
+        }
+    }
+
+    /// Tells `broker` the reason in force now. The alarms are read under the broker's lock,
+    /// so when two monitors change them at once, whichever tells a broker last tells it
+    /// what both did.
+    pub fn tell(&self, broker: &mut Broker) {
+        let bits = self.raised.load(Ordering::Acquire);
         let reason = Alarm::ALL.into_iter().find(|a| bits & a.bit() != 0).map(|a| a.reason().to_string());
         broker.set_alarm(reason);
     }
@@ -68,21 +83,30 @@ impl Alarms {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::shared::SystemClock;
 
     #[test]
     fn the_first_raised_alarm_is_the_reason_and_clearing_one_keeps_the_other() {
         let alarms = Alarms::default();
-        let mut b = Broker::new(Default::default(), std::time::Instant::now());
-        alarms.set(Alarm::Memory, true, &mut b);
-        assert_eq!(b.alarm(), Some("low on memory"));
-        alarms.set(Alarm::Disk, true, &mut b);
-        assert_eq!(b.alarm(), Some("low on disk"));
-        alarms.set(Alarm::Disk, false, &mut b);
-        assert_eq!(b.alarm(), Some("low on memory"));
+        let node = Node::new(
+            Broker::new(Default::default(), std::time::Instant::now()),
+            Vec::new(),
+            Arc::new(SystemClock),
+            None,
+        );
+        let reason = || lock(node.default_broker()).broker.alarm().map(str::to_string);
+        alarms.set(Alarm::Memory, true, &node);
+        assert_eq!(reason().as_deref(), Some("low on memory"));
+        alarms.set(Alarm::Disk, true, &node);
+        assert_eq!(reason().as_deref(), Some("low on disk"));
+        alarms.set(Alarm::Disk, false, &node);
+        assert_eq!(reason().as_deref(), Some("low on memory"));
         assert!(alarms.any() && alarms.is_raised(Alarm::Memory) && !alarms.is_raised(Alarm::Disk));
-        alarms.set(Alarm::Memory, false, &mut b);
-        assert_eq!(b.alarm(), None);
+        alarms.set(Alarm::Memory, false, &node);
+        assert_eq!(reason(), None);
         assert!(!alarms.any());
     }
 }

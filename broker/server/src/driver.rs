@@ -15,6 +15,7 @@ use warren_core::{ConnId, Connection, ConnectionConfig, Event};
 
 use crate::alarms::Alarms;
 use crate::channel_streams::{ChannelStreams, Input, StreamEvent};
+use crate::node::NodeRef;
 use crate::shared::{SharedRef, lock};
 
 /// Holds back or lets go the deliveries of channels whose streams' clients stopped or started
@@ -53,7 +54,7 @@ async fn next_stream_event(streams: &mut Option<ChannelStreams>) -> Option<Strea
 pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
-    shared: SharedRef,
+    node: NodeRef,
     alarms: Arc<Alarms>,
     config: ConnectionConfig,
     mut stop: watch::Receiver<bool>,
@@ -67,6 +68,8 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
+    // The broker of the vhost the connection opens; `/`'s until its handshake names one.
+    let mut shared = node.default_broker().clone();
     let mut read_size = MIN_READ;
     let mut registered: Option<ConnId> = None;
     let mut release = ReleaseOnPanic { shared: shared.clone(), peer, id: None };
@@ -89,6 +92,10 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {
                 // Decoding needs no broker: outside the lock, in parallel with other connections.
                 conn.decode_input();
+                if conn.id().is_none() {
+                    shared = node.for_handshake(&conn).clone();
+                    release.shared = shared.clone();
+                }
                 let now = Instant::now().into_std();
                 let mut s = lock(&shared);
                 match read {

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`server`]: binds what the settings name, builds the broker, runs the background tasks
 //!   and one [`driver`] task per connection; [`server::Parts`] lets a test assemble its own.
-//! - [`shared`]: the broker behind its lock, the connection tasks' wakers, the [`shared::Clock`].
+//! - [`node`]: one broker per vhost, each behind its own lock, and the store they share.
+//! - [`shared`]: a broker behind its lock, its connection tasks' wakers, the [`shared::Clock`].
 //! - [`services`]: handles shared without the lock (alarms, storage/memory metrics, plugins).
 //! - [`driver`]: one AMQP connection's task around [`warren_core::Connection`].
 //! - [`listen`]: the dual-stack TCP bind, accepting on TCP/TLS/QUIC, QUIC stream routing.
@@ -21,8 +22,8 @@
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
 //!
-//! Modules depend one way: `server` on the rest, the rest on `shared` and `services`, and
-//! `shared` on nothing of this crate.
+//! Modules depend one way: `server` on the rest, the rest on `node`, `shared` and `services`,
+//! `node` on `shared` alone, and `shared` on nothing of this crate.
 //!
 //! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
 //! socket with real AMQP clients.
@@ -37,6 +38,7 @@ pub mod listen;
 pub mod management;
 pub mod memory;
 pub mod metrics;
+pub mod node;
 pub mod plugins;
 pub mod quic;
 pub mod server;

@@ -16,7 +16,7 @@ use warren_core::ConnectionConfig;
 use crate::alarms::Alarms;
 use crate::channel_streams::ChannelStreams;
 use crate::driver::drive;
-use crate::shared::SharedRef;
+use crate::node::NodeRef;
 
 /// Binds a TCP listener; the IPv6 wildcard (`[::]`, the AMQP default as in RabbitMQ) takes
 /// IPv4 clients too, whatever the host's `bindv6only`. On a host without IPv6 the wildcard
@@ -60,7 +60,7 @@ pub(crate) async fn accept_quic(
 /// AMQP connection whose stream id follows it, and carries channels of that connection.
 pub(crate) async fn serve_quic(
     incoming: quinn::Incoming,
-    shared: SharedRef,
+    node: NodeRef,
     alarms: Arc<Alarms>,
     config: ConnectionConfig,
     stop: watch::Receiver<bool>,
@@ -98,7 +98,7 @@ pub(crate) async fn serve_quic(
                     routes.retain(|_, tx| !tx.is_closed());
                     routes.insert(id, tx);
                     let stream = tokio::io::join(std::io::Cursor::new(prefix).chain(recv), send);
-                    streams.spawn(drive(stream, peer, shared.clone(), alarms.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
+                    streams.spawn(drive(stream, peer, node.clone(), alarms.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
                 }
                 Stream::Channel { of, send, recv } => {
                     // QUIC bounds the streams open at once, and with them this queue.

@@ -27,23 +27,24 @@ use serde_json::{Value, json};
 use warren_core::broker::ReplayReport;
 use warren_core::deadletter::Reason;
 
-use crate::shared::{SharedRef, lock};
+use crate::node::NodeRef;
+use crate::shared::lock;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
-pub fn router(shared: SharedRef, hosts: Vec<String>) -> Router {
-    let gate = Gate { shared: shared.clone(), hosts: std::sync::Arc::from(hosts) };
+pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
+    let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
     Router::new()
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{queue}/replay", post(replay))
         .layer(axum::middleware::from_fn_with_state(gate, authorize))
-        .with_state(shared)
+        .with_state(node)
 }
 
 /// What [`authorize`] checks requests against.
 #[derive(Clone)]
 struct Gate {
-    shared: SharedRef,
+    node: NodeRef,
     hosts: std::sync::Arc<[String]>,
 }
 
@@ -57,7 +58,7 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let shared = gate.shared;
+    let node = gate.node;
     if !same_origin(req.headers()) {
         return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
     }
@@ -71,7 +72,7 @@ async fn authorize(
         return challenge();
     };
     let user = {
-        let s = lock(&shared);
+        let s = lock(node.default_broker());
         warren_core::auth::check_password(s.broker.users(), &name, &password, is_loopback(peer.ip())).cloned()
     };
     let user = match user {
@@ -154,8 +155,11 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-async fn list_queues(State(shared): State<SharedRef>) -> Json<Value> {
-    let snapshots = crate::metrics::queue_snapshots(&lock(&shared).broker);
+async fn list_queues(State(node): State<NodeRef>) -> Json<Value> {
+    let snapshots: Vec<_> = node
+        .brokers()
+        .flat_map(|(_, shared)| crate::metrics::queue_snapshots(&lock(shared).broker))
+        .collect();
     let mut queues: Vec<Value> = snapshots
         .iter()
         .map(|q| {
@@ -189,10 +193,12 @@ struct ReplayQuery {
 }
 
 async fn replay(
-    State(shared): State<SharedRef>,
+    State(node): State<NodeRef>,
     Path((vhost, queue)): Path<(String, String)>,
     Query(q): Query<ReplayQuery>,
 ) -> (StatusCode, Json<Value>) {
+    // A vhost the configuration dropped is kept, closed, by the broker of `/`.
+    let shared = node.broker(&vhost).unwrap_or(node.default_broker()).clone();
     let Some(vh) = lock(&shared).broker.vhosts().id(&vhost) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
     };

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::alarms::{Alarm, Alarms};
 use crate::config::Watermark;
-use crate::shared::{SharedRef, lock};
+use crate::node::NodeRef;
 
 /// The memory alarm's metrics.
 #[derive(Clone)]
@@ -87,7 +87,7 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Checks resident memory every second and raises or clears the memory alarm.
-pub async fn watch(shared: SharedRef, alarms: Arc<Alarms>, watermark: Watermark, m: MemoryMetrics) {
+pub async fn watch(node: NodeRef, alarms: Arc<Alarms>, watermark: Watermark, m: MemoryMetrics) {
     let limit = match available() {
         Ok(total) => limit(watermark, total),
         Err(e) => {
@@ -117,9 +117,7 @@ pub async fn watch(shared: SharedRef, alarms: Arc<Alarms>, watermark: Watermark,
         } else {
             info!(used, limit, "memory below the high watermark again: publishers unblocked");
         }
-        let mut s = lock(&shared);
-        alarms.set(Alarm::Memory, high, &mut s.broker);
-        s.wake_all();
+        alarms.set(Alarm::Memory, high, &node);
     }
 }
 

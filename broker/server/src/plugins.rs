@@ -11,7 +11,8 @@ use warren_core::Broker;
 use warren_plugin_host::{ExchangePlugin, FAILURE_KINDS, PluginStats, RetryPlugin, Runtime};
 
 use crate::config::PluginSettings;
-use crate::shared::{SharedRef, lock};
+use crate::node::Node;
+use crate::shared::lock;
 
 /// The loaded plugins.
 pub struct Plugins {
@@ -21,13 +22,13 @@ pub struct Plugins {
 
 impl Plugins {
     /// Compiles (or loads from the cache in `data_dir`) every configured component and
-    /// registers it with `broker`. Call before storage recovery: recovered exchanges and
+    /// registers it with every broker of the node (`brokers`, one per vhost). Call before storage recovery: recovered exchanges and
     /// queues need their types and policies. The first component that cannot serve stops
     /// start-up with an error naming its file.
     pub fn load(
         settings: &PluginSettings,
         data_dir: &Path,
-        broker: &mut Broker,
+        brokers: &mut [Broker],
     ) -> anyhow::Result<Option<Plugins>> {
         if settings.exchanges.is_empty() && settings.retries.is_empty() {
             return Ok(None);
@@ -41,14 +42,18 @@ impl Plugins {
             let started = std::time::Instant::now();
             let p = ExchangePlugin::load(&runtime, kind, path, e.limits)?;
             tracing::info!(r#type = %kind, component = %path.display(), ms = started.elapsed().as_millis() as u64, "exchange type plugin loaded");
-            broker.register_exchange_type(kind, Arc::new(p.clone()));
+            for b in brokers.iter_mut() {
+                b.register_exchange_type(kind, Arc::new(p.clone()));
+            }
             plugins.exchanges.push(p);
         }
         for e in &settings.retries {
             let (name, path) = (&e.name, &e.component);
             let p = Arc::new(RetryPlugin::load(&runtime, name, path, e.config.clone(), e.limits)?);
             tracing::info!(policy = %name, component = %path.display(), "retry policy plugin loaded");
-            broker.register_retry_policy(p.clone());
+            for b in brokers.iter_mut() {
+                b.register_retry_policy(p.clone());
+            }
             plugins.retries.push(p);
         }
         Ok(Some(plugins))
@@ -58,11 +63,13 @@ impl Plugins {
     /// fails keeps its predecessor. Connections stay up: exchanges rebuild their instances
     /// from their bindings on their next call, and cached routes of reloaded types are
     /// dropped.
-    pub fn reload(&self, shared: &SharedRef) {
+    pub fn reload(&self, node: &Node) {
         for p in &self.exchanges {
             match p.reload() {
                 Ok(()) => {
-                    lock(shared).broker.exchange_type_reloaded(p.type_name());
+                    for (_, shared) in node.brokers() {
+                        lock(shared).broker.exchange_type_reloaded(p.type_name());
+                    }
                     tracing::info!(r#type = %p.type_name(), component = %p.path().display(), "exchange type plugin reloaded");
                 }
                 Err(e) => tracing::error!("exchange type plugin not reloaded, the previous one stays: {e}"),

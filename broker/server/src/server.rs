@@ -17,11 +17,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
+use warren_core::broker::Census;
 use warren_core::{Broker, BrokerConfig, ConnectionConfig};
 
 use crate::config::Settings;
 use crate::driver::drive;
 use crate::listen::{accept_quic, accept_tcp, accept_tls, bind_dual_stack, serve_quic};
+pub use crate::node::{Node, NodeRef};
 pub use crate::services::Services;
 pub use crate::shared::{Clock, Shared, SharedRef, SystemClock, lock};
 
@@ -39,8 +41,10 @@ pub struct Parts {
     pub management: Option<TcpListener>,
     /// Prometheus `/metrics`.
     pub metrics: Option<TcpListener>,
-    /// The broker model.
+    /// The broker model of `/`.
     pub broker: Broker,
+    /// The brokers of the other vhosts, one each.
+    pub vhost_brokers: Vec<Broker>,
     /// Where the broker's time comes from.
     pub clock: Arc<dyn Clock>,
     /// The durable store's threads, when the broker has a file store.
@@ -62,7 +66,7 @@ pub struct Server {
     amqps: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     management: Option<TcpListener>,
     metrics: Option<TcpListener>,
-    shared: SharedRef,
+    node: NodeRef,
     services: Services,
     connection: ConnectionConfig,
     limits: crate::config::LimitSettings,
@@ -127,25 +131,34 @@ impl Server {
         let secret = [RandomState::new().hash_one(1u8), RandomState::new().hash_one(2u8)];
         // Before the broker makes its first map (see warren_core::hash).
         warren_core::hash::set_seed(RandomState::new().hash_one(3u8));
-        let config = BrokerConfig {
-            users: settings.users.clone(),
-            seed,
-            secret,
-            consumer_timeout: settings.consumer_timeout,
-            limits: settings.limits.counts,
-        };
-        let mut broker = Broker::new(config, std::time::Instant::now());
-        broker.set_policies(settings.policies.clone());
-        for v in &settings.vhosts {
-            broker.add_vhost(v);
-        }
+        let census = Arc::new(Census::default());
         let (now, unix_ms) = SystemClock.now();
-        broker.set_time(now, unix_ms);
+        // One broker per vhost, `/` first: connections to different vhosts never share a lock.
+        let vhosts =
+            std::iter::once("/".to_string()).chain(settings.vhosts.iter().filter(|v| *v != "/").cloned());
+        let mut brokers: Vec<Broker> = vhosts
+            .enumerate()
+            .map(|(i, vhost)| {
+                let config = BrokerConfig {
+                    users: settings.users.clone(),
+                    seed: seed.wrapping_add(i as u64),
+                    secret,
+                    consumer_timeout: settings.consumer_timeout,
+                    limits: settings.limits.counts,
+                    vhost,
+                    census: census.clone(),
+                };
+                let mut broker = Broker::new(config, now);
+                broker.set_policies(settings.policies.clone());
+                broker.set_time(now, unix_ms);
+                broker
+            })
+            .collect();
         // Before recovery: recovered exchanges and queues need their plugin types and policies.
-        let plugins = crate::plugins::Plugins::load(&settings.plugins, &settings.data_dir, &mut broker)
+        let plugins = crate::plugins::Plugins::load(&settings.plugins, &settings.data_dir, &mut brokers)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?
             .map(Arc::new);
-        let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut broker)
+        let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut brokers)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let services = Services {
             alarms: storage.alarms.clone(),
@@ -159,7 +172,8 @@ impl Server {
             amqps,
             management,
             metrics,
-            broker,
+            broker: brokers.remove(0),
+            vhost_brokers: brokers,
             clock: Arc::new(SystemClock),
             storage: Some(storage),
             services,
@@ -184,7 +198,12 @@ impl Server {
             amqps: parts.amqps,
             management: parts.management,
             metrics: parts.metrics,
-            shared: Shared::new(parts.broker, parts.clock),
+            node: Node::new(
+                parts.broker,
+                parts.vhost_brokers,
+                parts.clock,
+                parts.storage.as_ref().map(|s| s.store.clone()),
+            ),
             services,
             connection: settings.connection.clone(),
             limits: settings.limits,
@@ -228,9 +247,14 @@ impl Server {
         self.management.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The shared state, for inspection.
+    /// The broker of `/` behind its lock, for inspection.
     pub fn shared(&self) -> SharedRef {
-        self.shared.clone()
+        self.node.default_broker().clone()
+    }
+
+    /// Every vhost's broker.
+    pub fn node(&self) -> NodeRef {
+        self.node.clone()
     }
 
     /// The handles shared without the lock (the alarms, for tests that raise one).
@@ -243,25 +267,26 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let storage = self.storage.map(|s| s.start(self.shared.clone())).transpose()?;
-        let timers = tokio::spawn(run_timers(self.shared.clone()));
+        let storage = self.storage.map(|s| s.start(self.node.clone())).transpose()?;
+        // Each broker's timed work on a task of its own, under that broker's lock.
+        let timers: Vec<_> =
+            self.node.brokers().map(|(_, shared)| tokio::spawn(run_timers(shared.clone()))).collect();
         let memory = tokio::spawn(crate::memory::watch(
-            self.shared.clone(),
+            self.node.clone(),
             self.services.alarms.clone(),
             self.limits.memory_high_watermark,
             self.services.memory_metrics.clone(),
         ));
         let plugins = self.services.plugins.clone();
-        let reloads =
-            self.hangup.map(|hup| tokio::spawn(reload_on_hangup(hup, plugins, self.shared.clone())));
+        let reloads = self.hangup.map(|hup| tokio::spawn(reload_on_hangup(hup, plugins, self.node.clone())));
         let metrics = self.metrics.map(|l| {
-            let app = crate::metrics::router(self.shared.clone(), &self.services);
+            let app = crate::metrics::router(self.node.clone(), &self.services);
             tokio::spawn(crate::http::serve(l, app, "metrics"))
         });
         let management = self.management.map(|l| {
             tokio::spawn(crate::http::serve(
                 l,
-                crate::management::router(self.shared.clone(), self.management_hosts.clone()),
+                crate::management::router(self.node.clone(), self.management_hosts.clone()),
                 "management",
             ))
         });
@@ -275,7 +300,7 @@ impl Server {
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
-                    let dead = if timers.is_finished() {
+                    let dead = if timers.iter().any(tokio::task::JoinHandle::is_finished) {
                         Some("the timer task")
                     } else {
                         storage.as_ref().and_then(crate::storage::StorageTask::dead)
@@ -289,8 +314,8 @@ impl Server {
                 accepted = accept_tcp(&self.listener) => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
-                        tasks.spawn(drive(stream, peer, shared, alarms.clone(), config, stop, None, None));
+                        let (node, config, stop) = (self.node.clone(), self.connection.clone(), stop_rx.clone());
+                        tasks.spawn(drive(stream, peer, node, alarms.clone(), config, stop, None, None));
                     }
                     // Out of file descriptors and the like: keep serving the connections we have.
                     Err(e) => {
@@ -301,14 +326,14 @@ impl Server {
                 accepted = accept_tls(&self.amqps) => match accepted {
                     Ok((stream, peer, acceptor)) => {
                         let _ = stream.set_nodelay(true);
-                        let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
+                        let (node, config, stop) = (self.node.clone(), self.connection.clone(), stop_rx.clone());
                         let alarms = alarms.clone();
                         tasks.spawn(async move {
                             let handshake = tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream));
                             match handshake.await {
                                 Ok(Ok(tls)) => {
                                     let identity = crate::tls::peer_identity(tls.get_ref().1);
-                                    drive(tls, peer, shared, alarms, config, stop, identity, None).await
+                                    drive(tls, peer, node, alarms, config, stop, identity, None).await
                                 }
                                 Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => info!(%peer, "TLS handshake timed out"),
@@ -321,15 +346,17 @@ impl Server {
                     }
                 },
                 Some(incoming) = accept_quic(&self.quic) => {
-                    let (shared, config, stop) = (self.shared.clone(), self.connection.clone(), stop_rx.clone());
-                    tasks.spawn(serve_quic(incoming, shared, alarms.clone(), config, stop));
+                    let (node, config, stop) = (self.node.clone(), self.connection.clone(), stop_rx.clone());
+                    tasks.spawn(serve_quic(incoming, node, alarms.clone(), config, stop));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = &mut shutdown => break,
             }
         }
         info!(connections = tasks.len(), "shutting down");
-        timers.abort();
+        for t in &timers {
+            t.abort();
+        }
         if let Some(r) = reloads {
             r.abort();
         }
@@ -348,7 +375,7 @@ impl Server {
         if let Some(mut storage) = storage {
             // Compaction (in the disk monitor) must not write after the index.
             storage.stop_monitor().await;
-            match lock(&self.shared).broker.checkpoint_storage() {
+            match crate::storage::checkpoint(&self.node) {
                 Ok(entries) => info!(entries, "queue index written"),
                 Err(e) => {
                     tracing::error!(error = %e, "queue index not written; the next start replays the log")
@@ -369,7 +396,7 @@ impl Server {
 async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     plugins: Option<Arc<crate::plugins::Plugins>>,
-    shared: SharedRef,
+    node: NodeRef,
 ) {
     while hup.recv().await.is_some() {
         let Some(p) = plugins.clone() else {
@@ -377,8 +404,8 @@ async fn reload_on_hangup(
             continue;
         };
         tracing::info!("SIGHUP: reloading plugin components");
-        let s = shared.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || p.reload(&s)).await {
+        let n = node.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || p.reload(&n)).await {
             tracing::error!("plugin reload failed: {e}");
         }
     }

@@ -9,12 +9,14 @@ use std::time::Duration;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tracing::{error, info, warn};
 use warren_core::Broker;
-use warren_core::broker::ConfirmPolicy;
+use warren_core::broker::{Compaction, ConfirmPolicy, RestoreReport};
+use warren_core::storage::{Recovered, SharedStore, Storage as _};
 use warren_storage::{FileStore, Options, SyncError, SyncStop, Syncer};
 
 use crate::alarms::{Alarm, Alarms};
 use crate::config::{FsyncMode, StorageSettings};
-use crate::shared::{SharedRef, lock};
+use crate::node::NodeRef;
+use crate::shared::lock;
 
 /// Group commit waits for writes to pause this long before an fsync...
 const LINGER_QUIET: Duration = Duration::from_micros(200);
@@ -110,6 +112,8 @@ impl StorageMetrics {
 
 /// The store before the broker runs: opened, recovered into the broker.
 pub struct Storage {
+    /// The store, as every broker of the node shares it.
+    pub store: SharedStore,
     dir: PathBuf,
     data_dir: PathBuf,
     syncer: Syncer,
@@ -121,8 +125,14 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the store under `data_dir` and restores what it holds into `broker`.
-    pub fn open(data_dir: &Path, settings: StorageSettings, broker: &mut Broker) -> anyhow::Result<Storage> {
+    /// Opens the store under `data_dir` and restores what it holds into `brokers`, one per
+    /// vhost, `/` first: each gets its vhost's records, and `/` those of vhosts no broker
+    /// serves (the configuration dropped them), which it keeps closed.
+    pub fn open(
+        data_dir: &Path,
+        settings: StorageSettings,
+        brokers: &mut [Broker],
+    ) -> anyhow::Result<Storage> {
         let dir = data_dir.join("storage");
         let options = Options { segment_size: settings.segment_size, salvage: settings.salvage };
         let (store, syncer) = FileStore::open(&dir, options)
@@ -141,9 +151,21 @@ impl Storage {
             FsyncMode::BeforeConfirm => ConfirmPolicy::AfterSync,
             FsyncMode::Interval | FsyncMode::Never => ConfirmPolicy::AfterWrite,
         };
-        let restored = broker
-            .attach_storage(Box::new(store), policy)
+        let mut store = SharedStore::new(Box::new(store));
+        let recovered = store
+            .recover()
             .map_err(|e| anyhow::anyhow!("cannot recover the store in {}: {e}", dir.display()))?;
+        let (clean, next_queue_id) = (recovered.clean, recovered.next_queue_id);
+        let served: Vec<String> = brokers
+            .iter()
+            .map(|b| b.vhosts().iter().next().map_or_else(String::new, |(_, v)| v.name.to_string()))
+            .collect();
+        let mut parts = recovered.split_by_vhost(|v| served.iter().position(|s| s == v).unwrap_or(0));
+        let mut restored = RestoreReport::default();
+        for (i, broker) in brokers.iter_mut().enumerate() {
+            let part = parts.remove(&i).unwrap_or(Recovered { clean, next_queue_id, ..Default::default() });
+            restored.add(broker.attach_recovered(Box::new(store.clone()), policy, part));
+        }
         for s in &restored.skipped {
             warn!(what = %s, "stored item not restored");
         }
@@ -165,6 +187,7 @@ impl Storage {
             "storage recovered"
         );
         Ok(Storage {
+            store,
             dir,
             data_dir: data_dir.to_path_buf(),
             syncer,
@@ -175,10 +198,10 @@ impl Storage {
     }
 
     /// Starts the syncer thread and the disk monitor.
-    pub fn start(self, shared: SharedRef) -> std::io::Result<StorageTask> {
+    pub fn start(self, node: NodeRef) -> std::io::Result<StorageTask> {
         let stop = self.syncer.stopper();
         let monitor = tokio::spawn(watch_disk(
-            shared.clone(),
+            node.clone(),
             self.data_dir.clone(),
             self.settings.disk_free_limit,
             self.metrics.clone(),
@@ -188,7 +211,7 @@ impl Storage {
         let syncer = self.syncer;
         let thread = std::thread::Builder::new()
             .name("warren-sync".into())
-            .spawn(move || run_syncer(syncer, Shared { shared, alarms, m: metrics }, settings, &dir));
+            .spawn(move || run_syncer(syncer, Shared { node, alarms, m: metrics }, settings, &dir));
         match thread {
             Ok(t) => Ok(StorageTask { stop, thread: Some(t), monitor }),
             Err(e) => {
@@ -241,7 +264,7 @@ impl StorageTask {
 
 /// What the syncer thread reports to.
 struct Shared {
-    shared: SharedRef,
+    node: NodeRef,
     alarms: Arc<Alarms>,
     m: StorageMetrics,
 }
@@ -290,8 +313,8 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
             if let Some(why) = &r.undeleted {
                 warn!(error = %why, "cannot delete a dead segment; kept and tried again next sync");
             }
-            {
-                let mut s = lock(&to.shared);
+            for (_, shared) in to.node.brokers() {
+                let mut s = lock(shared);
                 s.broker.storage_synced(r.position);
                 s.wake_all();
             }
@@ -309,10 +332,12 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
                 "storage sync failed: unsynced publishes are nacked, the store takes no more \
                  writes, publishers are blocked; restart to recover from the log"
             );
-            let mut s = lock(&to.shared);
-            s.broker.storage_failed(&why);
-            to.alarms.set(Alarm::Storage, true, &mut s.broker);
-            s.wake_all();
+            for (_, shared) in to.node.brokers() {
+                let mut s = lock(shared);
+                s.broker.storage_failed(&why);
+                s.wake_all();
+            }
+            to.alarms.set(Alarm::Storage, true, &to.node);
             false
         }
     }
@@ -324,11 +349,11 @@ const COMPACTION_BUDGET: u64 = 16 << 20;
 
 /// Checks free disk space every second and raises or clears the disk alarm; compacts the log
 /// when it is mostly dead.
-async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarms: Arc<Alarms>) {
+async fn watch_disk(node: NodeRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarms: Arc<Alarms>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let done = lock(&shared).broker.compact_storage(COMPACTION_BUDGET);
+        let done = compact(&node, COMPACTION_BUDGET);
         if done.moved > 0 {
             m.compacted.inc_by(done.moved);
             m.compacted_bytes.inc_by(done.bytes);
@@ -352,8 +377,45 @@ async fn watch_disk(shared: SharedRef, dir: PathBuf, limit: u64, m: StorageMetri
         } else {
             info!(free, limit, "free disk space above the limit again: publishers unblocked");
         }
-        let mut s = lock(&shared);
-        alarms.set(Alarm::Disk, low, &mut s.broker);
-        s.wake_all();
+        alarms.set(Alarm::Disk, low, &node);
     }
+}
+
+/// One compaction round: the shared store plans it once, then each broker moves its own
+/// entries under its own lock, within what is left of `budget`.
+fn compact(node: &NodeRef, budget: u64) -> Compaction {
+    let mut done = Compaction::default();
+    let Some(mut store) = node.store().cloned() else {
+        return done;
+    };
+    if !store.plan_compaction(budget) {
+        return done;
+    }
+    for (_, shared) in node.brokers() {
+        let left = budget.saturating_sub(done.bytes);
+        if left == 0 {
+            break;
+        }
+        let d = lock(shared).broker.compact_planned(left);
+        done.moved += d.moved;
+        done.bytes += d.bytes;
+    }
+    done
+}
+
+/// Writes the queue index of every broker's stored queues, in one file set: at a clean stop,
+/// after the last connection is gone and compaction has stopped. Returns the entries indexed.
+pub fn checkpoint(node: &NodeRef) -> Result<usize, warren_core::storage::StorageError> {
+    let Some(mut store) = node.store().cloned() else {
+        return Ok(0);
+    };
+    let (mut queues, mut entries) = (Vec::new(), Vec::new());
+    for (_, shared) in node.brokers() {
+        let (q, e) = lock(shared).broker.stored_index();
+        queues.extend(q);
+        entries.extend(e);
+    }
+    entries.sort_by_key(|e| (e.queue, e.seq));
+    store.checkpoint(&queues, &entries)?;
+    Ok(entries.len())
 }

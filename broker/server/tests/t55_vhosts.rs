@@ -30,8 +30,11 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], persisten
     assert!(confirm.await.expect("confirm").is_ack());
 }
 
+/// A queue's counts, from the broker of its vhost (each vhost has its own, behind its own
+/// lock); one the configuration dropped is kept by the broker of `/`.
 fn counts(b: &TestBroker, vhost: &str, queue: &str) -> Option<(usize, usize, usize)> {
-    let s = warren::server::lock(&b.shared);
+    let shared = b.node.broker(vhost).unwrap_or(b.node.default_broker());
+    let s = warren::server::lock(shared);
     let vh = s.broker.vhosts().id(vhost)?;
     s.broker.queue_counts_in(vh, queue)
 }
@@ -95,6 +98,41 @@ async fn an_unknown_vhost_refuses_the_connection_with_530() {
     let e = Connection::connect(&uri, ConnectionProperties::default()).await.expect_err("refused");
     assert_eq!(code(&e), Some(530), "{e}");
     assert!(e.to_string().contains("vhost b not found"), "{e}");
+}
+
+/// Each vhost has a broker (and a lock) of its own; the node-wide limits still count every
+/// vhost, and a connection slot comes back when its connection goes, whichever vhost it used.
+#[tokio::test]
+async fn node_wide_limits_count_every_vhost_though_each_has_its_own_broker() {
+    let b = TestBroker::start_with(|s| {
+        with_vhosts(&["a"])(s);
+        (s.limits.counts.max_connections, s.limits.counts.max_exchanges) = (Some(2), Some(1));
+    })
+    .await;
+    let (root, r) = open(&b, "/").await;
+    let opts = ExchangeDeclareOptions::default();
+    r.exchange_declare("x1".into(), ExchangeKind::Direct, opts, FieldTable::default()).await.expect("x1");
+    let (_a_conn, a) = open(&b, "a").await;
+    let e = a
+        .exchange_declare("x2".into(), ExchangeKind::Direct, opts, FieldTable::default())
+        .await
+        .expect_err("the exchange in / counts in a too");
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("exchange limit of 1"), "{e}");
+    let uri = format!("amqp://guest:guest@{}/a", b.addr);
+    let e = Connection::connect(&uri, ConnectionProperties::default()).await.expect_err("a third connection");
+    assert_eq!(code(&e), Some(530), "{e}");
+    assert!(e.to_string().contains("connection limit (2)"), "{e}");
+    root.close(200, "bye".into()).await.expect("close");
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = Connection::connect(&uri, ConnectionProperties::default()).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the slot of the connection to / serves one to a");
 }
 
 #[tokio::test]
@@ -210,7 +248,11 @@ async fn metrics_and_the_management_api_name_each_queues_vhost() {
     assert_eq!(status, 200);
     let (status, body) = http(&b, "POST", "/api/queues/zz/m/replay").await;
     assert_eq!((status, body.contains("no vhost 'zz'")), (404, true), "{body}");
-    // The model agrees with the wire.
-    let s = warren::server::lock(&b.shared);
-    assert_eq!(s.broker.vhosts().id("/"), Some(VHostId::DEFAULT));
+    // The model agrees with the wire: each vhost is the first (and only) of its own broker.
+    for (name, shared) in b.node.brokers() {
+        let s = warren::server::lock(shared);
+        assert_eq!(s.broker.vhosts().id(name), Some(VHostId::DEFAULT));
+        assert_eq!(s.broker.vhosts().iter().count(), 1, "{name} has a broker of its own");
+    }
+    assert_eq!(b.node.brokers().map(|(n, _)| n).collect::<Vec<_>>(), ["/", "a"]);
 }

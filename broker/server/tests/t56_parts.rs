@@ -34,6 +34,7 @@ async fn serve(
         management: None,
         metrics: None,
         broker,
+        vhost_brokers: Vec::new(),
         clock: Arc::new(SystemClock),
         storage: None,
         services: Services {

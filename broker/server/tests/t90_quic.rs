@@ -211,9 +211,7 @@ async fn under_a_resource_alarm_publishes_on_channel_streams_wait_too() {
     let mut side = control.open_channel_stream(&quic, 2).await.expect("channel stream");
     side.declare("blocked").await.expect("declare");
     let alarm = |raised: bool| {
-        let mut s = warren::server::lock(&b.shared);
-        b.alarms.set(Alarm::Storage, raised, &mut s.broker);
-        s.wake_all();
+        b.alarms.set(Alarm::Storage, raised, &b.node);
     };
     alarm(true);
     // The first publish marks the connection as a publisher; from then on it is not read.

@@ -27,6 +27,7 @@ use crate::names::NameGen;
 use crate::queue::Queue;
 
 mod basic;
+mod census;
 mod confirms;
 mod consumer_timeout;
 mod deadletter;
@@ -42,6 +43,7 @@ mod timers;
 mod tx;
 mod vhost;
 
+pub use census::Census;
 pub use confirms::Confirmed;
 pub use exchanges::Exchange;
 pub use operator::ReplayReport;
@@ -67,6 +69,11 @@ pub struct BrokerConfig {
     pub consumer_timeout: Option<std::time::Duration>,
     /// Counts a client can make the broker hold.
     pub limits: Limits,
+    /// The vhost the broker serves from the start; [`Broker::add_vhost`] adds others.
+    pub vhost: String,
+    /// What the brokers of one node share (ids, counts for the limits): the same `Arc` for
+    /// each when every vhost has a broker of its own.
+    pub census: std::sync::Arc<Census>,
 }
 
 /// Counts a client can make the broker hold; `None` is unlimited, RabbitMQ's default for
@@ -111,6 +118,8 @@ impl Default for BrokerConfig {
             secret: [0; 2],
             consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
             limits: Limits::default(),
+            vhost: "/".into(),
+            census: Default::default(),
         }
     }
 }
@@ -180,8 +189,9 @@ pub struct Broker {
     types: TypeRegistry,
     retry_plugins: crate::retry::RetryPlugins,
     sessions: Map<ConnId, Session>,
-    next_conn: ConnId,
-    next_queue_id: u64,
+    census: std::sync::Arc<Census>,
+    /// This broker's part of the census counts, as last published.
+    published: [usize; census::Count::ALL.len()],
     wakeups: Vec<ConnId>,
     /// The driver's monotonic clock, as of the last `set_time`.
     now: Instant,
@@ -219,12 +229,12 @@ impl Broker {
             limits: config.limits,
             consumer_sweep: None,
             names: NameGen::new(config.seed),
-            vhosts: VHosts::new(),
+            vhosts: VHosts::new(&config.vhost),
             types: TypeRegistry::builtin(),
             retry_plugins: Default::default(),
             sessions: Map::default(),
-            next_conn: 1,
-            next_queue_id: 1,
+            census: config.census,
+            published: Default::default(),
             wakeups: Vec::new(),
             now,
             unix_ms: 0,
@@ -334,23 +344,27 @@ impl Broker {
                 format!("vhost {} not found", info.vhost),
             ));
         }
-        if let Some(max) = self.limits.max_connections
-            && self.sessions.len() >= max
-        {
+        if !self.census.open_connection(self.limits.max_connections) {
+            let max = self.limits.max_connections.unwrap_or_default();
             return Err(AmqpError::new(
                 warren_codec::reply_code::NOT_ALLOWED,
                 format!("connection refused: node connection limit ({max}) is reached"),
             ));
         }
-        Ok(self.connect(info))
+        Ok(self.register_session(info))
     }
 
     /// Registers a connection that completed its handshake, whatever the limit; one naming a
     /// vhost that does not exist gets `/`.
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
+        self.census.open_connection(None);
+        self.register_session(info)
+    }
+
+    /// Adds the session of a connection whose slot in the census is taken.
+    fn register_session(&mut self, info: ConnectionInfo) -> ConnId {
         let vhost = self.vhosts.id(&info.vhost).unwrap_or_default();
-        let id = self.next_conn;
-        self.next_conn += 1;
+        let id = self.census.next_conn();
         self.stats.connections_opened += 1;
         let session = Session {
             info,
@@ -446,7 +460,9 @@ impl Broker {
             self.delete_queue(vh, &name);
         }
         self.sessions.remove(&conn);
+        self.census.close_connection();
         self.stats.connections_closed += 1;
+        self.publish_census();
     }
 
     /// Opens channel `ch` and answers channel.open-ok.
@@ -497,6 +513,7 @@ impl Broker {
         let err_on = method.clone();
         self.expand_queue_shortcut(conn, ch, &mut method).map_err(|e| e.on(&err_on))?;
         let topology = matches!(method.ids().0, 40 | 50);
+        let counts = census::may_change_counts(&method);
         // Set afresh for every method: one that panicked half-way must not leave its state to
         // the next.
         self.durability.command = topology.then(persist::CommandWrites::default);
@@ -535,6 +552,9 @@ impl Broker {
             )),
             _ => r,
         };
+        if counts {
+            self.publish_census();
+        }
         r.map_err(|e| e.on(&err_on))
     }
 
@@ -728,5 +748,6 @@ impl Broker {
                 self.dispatch(vh, &name);
             }
         }
+        self.publish_census();
     }
 }

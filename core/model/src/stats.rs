@@ -45,6 +45,43 @@ pub struct GlobalStats {
     pub storage_errors: u64,
 }
 
+impl std::ops::AddAssign<&GlobalStats> for GlobalStats {
+    /// Adds another broker's counters (a node has one broker per vhost).
+    fn add_assign(&mut self, o: &GlobalStats) {
+        // Destructured, so a counter added later cannot be left out here.
+        let GlobalStats {
+            received,
+            confirmed,
+            routed,
+            unroutable_dropped,
+            unroutable_returned,
+            delivered,
+            acknowledged,
+            dead_lettered,
+            connections_opened,
+            connections_closed,
+            channels_opened,
+            channels_closed,
+            storage_errors,
+        } = *o;
+        self.received += received;
+        self.confirmed += confirmed;
+        self.routed += routed;
+        self.unroutable_dropped += unroutable_dropped;
+        self.unroutable_returned += unroutable_returned;
+        self.delivered += delivered;
+        self.acknowledged += acknowledged;
+        for (a, b) in self.dead_lettered.iter_mut().zip(dead_lettered) {
+            *a += b;
+        }
+        self.connections_opened += connections_opened;
+        self.connections_closed += connections_closed;
+        self.channels_opened += channels_opened;
+        self.channels_closed += channels_closed;
+        self.storage_errors += storage_errors;
+    }
+}
+
 /// Things about queues worth a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerEvent {

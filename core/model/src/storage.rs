@@ -215,6 +215,108 @@ pub trait Storage: Send + std::fmt::Debug {
     }
 }
 
+impl Recovered {
+    /// Splits what was recovered between the brokers of a node, one per vhost: `broker_of`
+    /// names the broker a vhost's records go to. Each part holds its vhosts' queues,
+    /// exchanges and bindings and the entries of those queues, and `clean` and
+    /// `next_queue_id` as recovered. Entries of no recovered queue go nowhere: a restore
+    /// drops them too.
+    pub fn split_by_vhost<K: Ord + Clone>(self, broker_of: impl Fn(&str) -> K) -> BTreeMap<K, Recovered> {
+        let (clean, next_queue_id) = (self.clean, self.next_queue_id);
+        let mut parts: BTreeMap<K, Recovered> = BTreeMap::new();
+        let mut queue_home = BTreeMap::new();
+        let blank = || Recovered { clean, next_queue_id, ..Default::default() };
+        for q in self.queues {
+            let k = broker_of(&q.vhost);
+            queue_home.insert(q.id, k.clone());
+            parts.entry(k).or_insert_with(blank).queues.push(q);
+        }
+        for x in self.exchanges {
+            parts.entry(broker_of(&x.vhost)).or_insert_with(blank).exchanges.push(x);
+        }
+        for b in self.bindings {
+            parts.entry(broker_of(&b.vhost)).or_insert_with(blank).bindings.push(b);
+        }
+        for e in self.entries {
+            if let Some(p) = queue_home.get(&e.queue).and_then(|k| parts.get_mut(k)) {
+                p.entries.push(e);
+            }
+        }
+        parts
+    }
+}
+
+/// One store shared by the brokers of a node (one per vhost): each holds a clone, and every
+/// call takes the store's own lock, so records are appended in the order the brokers make
+/// them and no broker's lock is held by another's write.
+#[derive(Debug, Clone)]
+pub struct SharedStore(Arc<Mutex<Box<dyn Storage>>>);
+
+impl SharedStore {
+    /// Shares `store`.
+    pub fn new(store: Box<dyn Storage>) -> Self {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// Calls `f` with the store locked. A panic under this lock left a half-made write at
+    /// worst, which the store's framing and recovery already handle: the poison is ignored.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Storage) -> T) -> T {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(guard.as_mut())
+    }
+}
+
+impl Storage for SharedStore {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.with(|s| s.recover())
+    }
+
+    fn put(
+        &mut self,
+        queue: QueueId,
+        seq: u64,
+        message: &Message,
+        state: &EntryState,
+        replaces: Option<StoreRef>,
+    ) -> Result<(StoreRef, Option<Bytes>), StorageError> {
+        self.with(|s| s.put(queue, seq, message, state, replaces))
+    }
+
+    fn set_delivery_count(
+        &mut self,
+        queue: QueueId,
+        seq: u64,
+        at: StoreRef,
+        delivery_count: u32,
+    ) -> Result<(), StorageError> {
+        self.with(|s| s.set_delivery_count(queue, seq, at, delivery_count))
+    }
+
+    fn remove(&mut self, queue: QueueId, seq: u64, at: StoreRef) -> Result<(), StorageError> {
+        self.with(|s| s.remove(queue, seq, at))
+    }
+
+    fn meta(&mut self, op: &MetaOp) -> Result<(), StorageError> {
+        self.with(|s| s.meta(op))
+    }
+
+    fn checkpoint(&mut self, queues: &[QueueId], entries: &[StoredEntry]) -> Result<(), StorageError> {
+        self.with(|s| s.checkpoint(queues, entries))
+    }
+
+    fn written(&self) -> u64 {
+        self.with(|s| s.written())
+    }
+
+    fn plan_compaction(&mut self, budget: u64) -> bool {
+        self.with(|s| s.plan_compaction(budget))
+    }
+
+    fn should_move(&self, at: StoreRef) -> bool {
+        self.with(|s| s.should_move(at))
+    }
+}
+
 /// What a [`MemoryStore`] holds; shared by its clones, so a clone is the same store "after a
 /// restart" in tests.
 #[derive(Debug, Default)]

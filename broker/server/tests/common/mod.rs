@@ -18,6 +18,8 @@ pub struct TestBroker {
     pub quic: Option<(SocketAddr, std::path::PathBuf)>,
     pub metrics: Option<SocketAddr>,
     pub shared: SharedRef,
+    /// Every vhost's broker (`shared` is the one of `/`).
+    pub node: warren::server::NodeRef,
     /// The resource alarms, to raise one by hand.
     pub alarms: std::sync::Arc<warren::alarms::Alarms>,
     /// The data directory, when the test did not choose one.
@@ -53,6 +55,7 @@ impl TestBroker {
         let quic = server.quic_addr().zip(server.quic_cert().map(|p| p.to_path_buf()));
         let metrics = server.metrics_addr();
         let shared = server.shared();
+        let node = server.node();
         let alarms = server.services().alarms.clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -69,6 +72,7 @@ impl TestBroker {
             quic,
             metrics,
             shared,
+            node,
             alarms,
             data,
             stop: Some(tx),

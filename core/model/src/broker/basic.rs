@@ -211,7 +211,7 @@ impl Broker {
         let tag = if m.consumer_tag.is_empty() { self.names.name("amq.ctag-") } else { m.consumer_tag };
         let max_consumers = self.limits.max_consumers_per_channel;
         if let Some(max) = self.limits.max_consumers
-            && self.vhosts.all_queues().map(|q| q.consumers.len()).sum::<usize>() >= max
+            && self.node_count(super::census::Count::Consumers) >= max
         {
             return Err(precondition(format!(
                 "cannot consume from '{queue}' in vhost '{}': consumer limit of {max} is reached",

@@ -259,7 +259,7 @@ impl Broker {
                 }
                 None => {
                     if let Some(max) = self.limits.max_exchanges
-                        && self.client_exchange_count() >= max
+                        && self.node_count(super::census::Count::Exchanges) >= max
                     {
                         // RabbitMQ 4's words for cluster_exchange_limit.
                         return Err(precondition(format!(
@@ -360,13 +360,7 @@ impl Broker {
             .is_some_and(|x| x.bindings.contains_key(&BindingId::of(&b)));
         if let Some(max) = self.limits.max_bindings
             && !existed
-            && self
-                .vhosts
-                .iter()
-                .flat_map(|(_, v)| v.exchanges.values())
-                .map(|x| x.bindings.len())
-                .sum::<usize>()
-                >= max
+            && self.node_count(super::census::Count::Bindings) >= max
         {
             return Err(precondition(format!(
                 "cannot bind to '{source}' in vhost '{}': binding limit of {max} is reached",
@@ -421,12 +415,6 @@ impl Broker {
             return Err(no_exchange(&self.vhosts[vh].name, name));
         }
         Ok(Destination::Exchange(Arc::from(name)))
-    }
-
-    /// Exchanges clients declared, in every vhost (the predeclared ones not counted).
-    fn client_exchange_count(&self) -> usize {
-        let names = self.vhosts.iter().flat_map(|(_, v)| v.exchanges.keys());
-        names.filter(|n| !n.starts_with("amq.")).count()
     }
 
     /// An exchange as a binding's source: it must exist and not be the default exchange.

@@ -74,6 +74,18 @@ pub struct RestoreReport {
     pub vhosts: Vec<String>,
 }
 
+impl RestoreReport {
+    /// Adds what another broker of the node restored.
+    pub fn add(&mut self, other: RestoreReport) {
+        self.queues += other.queues;
+        self.exchanges += other.exchanges;
+        self.bindings += other.bindings;
+        self.messages += other.messages;
+        self.skipped.extend(other.skipped);
+        self.vhosts.extend(other.vhosts);
+    }
+}
+
 /// The durable writes of the topology method being handled.
 #[derive(Debug, Default)]
 pub(super) struct CommandWrites {
@@ -110,6 +122,20 @@ impl Broker {
         self.durability.policy = policy;
         self.durability.store = Some(store);
         Ok(self.restore(recovered))
+    }
+
+    /// Gives the broker a store that another broker of the node recovered, and restores the
+    /// part of what was recovered that is this broker's (see [`Recovered::split_by_vhost`]).
+    pub fn attach_recovered(
+        &mut self,
+        store: Box<dyn Storage>,
+        policy: ConfirmPolicy,
+        recovered: Recovered,
+    ) -> RestoreReport {
+        self.durability.synced = store.written();
+        self.durability.policy = policy;
+        self.durability.store = Some(store);
+        self.restore(recovered)
     }
 
     /// The store reports that everything written up to `position` is durable: confirms
@@ -246,11 +272,19 @@ impl Broker {
     /// ends and keeps the new place and body view. Call it now and then (the driver does
     /// once a second); it costs nothing while the log is mostly live.
     pub fn compact_storage(&mut self, budget: u64) -> Compaction {
+        let planned = self.durability.store.as_mut().is_some_and(|s| s.plan_compaction(budget));
+        if planned { self.compact_planned(budget) } else { Compaction::default() }
+    }
+
+    /// Moves, up to about `budget` body octets, the stored entries the store's last
+    /// [`Storage::plan_compaction`] asks to have moved: for brokers that share one store,
+    /// which plan once and each move their own.
+    pub fn compact_planned(&mut self, budget: u64) -> Compaction {
         let mut done = Compaction::default();
         let Some(mut store) = self.durability.store.take() else {
             return done;
         };
-        if store.plan_compaction(budget) {
+        {
             let (now, unix_ms) = (self.now, self.unix_ms);
             // Unacked and delayed entries of a deleted queue still say where they were kept,
             // but the store forgot them with their queue: they are not moved.
@@ -309,6 +343,18 @@ impl Broker {
         if self.durability.store.is_none() {
             return Ok(0);
         }
+        let (queues, entries) = self.stored_index();
+        let n = entries.len();
+        match self.durability.store.as_mut() {
+            Some(store) => store.checkpoint(&queues, &entries).map(|()| n),
+            None => Ok(0),
+        }
+    }
+
+    /// Every stored queue and its stored entries (ready, unacked and delayed), by queue then
+    /// seq: what [`Storage::checkpoint`] indexes. Brokers sharing a store each give theirs and
+    /// the store is checkpointed once with all of them.
+    pub fn stored_index(&self) -> (Vec<crate::storage::QueueId>, Vec<StoredEntry>) {
         let mut queues = Vec::new();
         let mut entries = Vec::new();
         let entry = |b: &Broker, queue: u64, m: &QueuedMessage, ready_at: Option<u64>| {
@@ -331,11 +377,7 @@ impl Broker {
             self.delayed.values().filter_map(|d| entry(self, d.queue_id, &d.message, Some(d.due_ms))),
         );
         entries.sort_by_key(|e| (e.queue, e.seq));
-        let n = entries.len();
-        match self.durability.store.as_mut() {
-            Some(store) => store.checkpoint(&queues, &entries).map(|()| n),
-            None => Ok(0),
-        }
+        (queues, entries)
     }
 
     /// Forgets a stored entry that left its queue for good.
@@ -422,7 +464,7 @@ impl Broker {
     /// Rebuilds durable exchanges, queues, bindings and messages.
     fn restore(&mut self, r: Recovered) -> RestoreReport {
         let mut report = RestoreReport::default();
-        self.next_queue_id = self.next_queue_id.max(r.next_queue_id);
+        self.census.reserve_queue_ids(r.next_queue_id);
         for x in r.exchanges {
             let vh = self.restored_vhost(&x.vhost, &mut report);
             let decl = ExchangeDeclare {
@@ -483,6 +525,7 @@ impl Broker {
                 report.messages += 1;
             }
         }
+        self.publish_census();
         report
     }
 

@@ -60,8 +60,10 @@ impl Broker {
                 arguments: m.arguments,
             };
             let vhost = self.vhosts[vh].name.clone();
-            let op =
-                super::persist::queue_record(&vhost, self.create_queue(vh, self.next_queue_id, &name, spec)?);
+            let op = super::persist::queue_record(
+                &vhost,
+                self.create_queue(vh, self.census.next_queue_id(), &name, spec)?,
+            );
             if let Some(op) = op
                 && !self.store_meta(op)
             {
@@ -93,7 +95,7 @@ impl Broker {
             &effective_arguments(&self.policies, &self.vhosts[vh].name, name, &spec.arguments),
             &self.retry_plugins,
         )?;
-        self.next_queue_id = self.next_queue_id.max(id + 1);
+        self.census.reserve_queue_ids(id + 1);
         let mut q = Queue::new(id, name.to_string(), spec, args, self.now);
         q.vhost = vh;
         q.vhost_name = self.vhosts[vh].name.clone();

@@ -56,6 +56,7 @@ impl Broker {
 
     /// Does everything that is due at the time last set.
     pub fn handle_timeout(&mut self) {
+        let mut counts = false;
         while let Some((at, _, _)) = self.timers.first() {
             if *at > self.now {
                 break;
@@ -66,9 +67,19 @@ impl Broker {
             match timer {
                 Timer::Expire { vh, queue, queue_id, seq } => self.expire_one(vh, &queue, queue_id, seq),
                 Timer::Retry { id } => self.release_delayed(id),
-                Timer::QueueExpires { vh, queue, queue_id } => self.check_queue_expiry(vh, &queue, queue_id),
-                Timer::ConsumerTimeouts => self.sweep_consumer_timeouts(),
+                Timer::QueueExpires { vh, queue, queue_id } => {
+                    counts = true;
+                    self.check_queue_expiry(vh, &queue, queue_id);
+                }
+                Timer::ConsumerTimeouts => {
+                    counts = true;
+                    self.sweep_consumer_timeouts();
+                }
             }
+        }
+        // A queue that expired took its bindings; a timed-out consumer is gone.
+        if counts {
+            self.publish_census();
         }
     }
 

@@ -13,7 +13,8 @@ use super::Exchange;
 pub struct VHostId(pub u32);
 
 impl VHostId {
-    /// `/`, which every broker has.
+    /// The vhost a broker was made for (`/` unless [`super::BrokerConfig::vhost`] says
+    /// otherwise).
     pub const DEFAULT: VHostId = VHostId(0);
 }
 
@@ -68,10 +69,10 @@ pub struct VHosts {
 }
 
 impl VHosts {
-    /// Only `/`.
-    pub(super) fn new() -> Self {
+    /// Only `first`, which gets [`VHostId::DEFAULT`].
+    pub(super) fn new(first: &str) -> Self {
         let mut v = VHosts { list: Vec::new(), ids: Map::default() };
-        v.add("/");
+        v.add(first);
         v
     }
 

@@ -108,6 +108,30 @@ impl Connection {
         self.state = State::Handshake(Handshake::Start);
     }
 
+    /// The vhost the client's connection.open names, when that frame is among the bytes read
+    /// and not yet acted on. A driver with a broker per vhost hands the handshake the broker
+    /// of that vhost (the others would answer 530 for it). Only before the connection is
+    /// open; the bytes are looked at, not consumed: `handle_input` acts on them as ever.
+    pub fn opening_vhost(&self) -> Option<String> {
+        if !matches!(self.state, State::ProtocolHeader | State::Handshake(_)) {
+            return None;
+        }
+        let mut rest = BytesMut::from(&self.input[..]);
+        if self.state == State::ProtocolHeader {
+            if !rest.starts_with(PROTOCOL_HEADER) {
+                return None;
+            }
+            let _ = rest.split_to(PROTOCOL_HEADER.len());
+        }
+        // Frames that do not decode are not looked past: handle_input fails on them.
+        while let Ok(Some(frame)) = decode_frame(&mut rest, self.frame_max.max(PRE_TUNE_FRAME_MAX)) {
+            if let Frame::Method { method: Method::ConnectionOpen(m), .. } = frame {
+                return Some(m.virtual_host);
+            }
+        }
+        None
+    }
+
     pub(super) fn handshake_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {
         let method = match frame {
             Frame::Heartbeat { .. } => return,

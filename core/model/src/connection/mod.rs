@@ -416,6 +416,35 @@ mod tests {
     }
 
     #[test]
+    fn the_vhost_a_handshake_opens_is_seen_before_the_broker_is_chosen() {
+        let now = Instant::now();
+        let whole = super::guest_handshake(131_072);
+        let mut conn = Connection::new(ConnectionConfig::default(), true, now);
+        // The protocol header and part of start-ok: no open yet.
+        let cut = 8 + 10;
+        conn.read_buf().extend_from_slice(&whole[..cut]);
+        assert_eq!(conn.opening_vhost(), None);
+        conn.read_buf().extend_from_slice(&whole[cut..]);
+        assert_eq!(conn.opening_vhost().as_deref(), Some("/"), "pipelined up to connection.open");
+        let mut broker = Broker::new(BrokerConfig { vhost: "a".into(), ..Default::default() }, now);
+        conn.handle_input(now, &mut broker);
+        assert_eq!(conn.id(), None, "a broker that does not serve / refuses it");
+        let mut out = conn.take_output();
+        let mut refused = None;
+        while let Ok(Some(f)) = decode_frame(&mut out, 0) {
+            if let Frame::Method { method: Method::ConnectionClose(c), .. } = f {
+                refused = Some(c.reply_code);
+            }
+        }
+        assert_eq!(refused, Some(530));
+        let mut conn = Connection::new(ConnectionConfig::default(), true, now);
+        conn.read_buf().extend_from_slice(&whole);
+        conn.handle_input(now, &mut Broker::new(BrokerConfig::default(), now));
+        assert!(conn.id().is_some());
+        assert_eq!(conn.opening_vhost(), None, "an open connection opens nothing");
+    }
+
+    #[test]
     fn pipelined_gets_of_a_large_message_are_encoded_a_chunk_at_a_time() {
         let now = Instant::now();
         let mut broker = Broker::new(BrokerConfig::default(), now);
