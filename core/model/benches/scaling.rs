@@ -1,11 +1,13 @@
 //! How the model scales over cores: 1, 2 and 4 independent publisher → queue → consumer
-//! pairs, each on a thread of its own, sharing one broker the way the server's connection
-//! tasks do (decode and encode outside the lock, the broker's work under it). Prints the
+//! pairs, each on a thread of its own, driving the brokers the way the server's connection
+//! tasks do (decode and encode outside the lock, the broker's work under it). Two layouts:
+//! every pair in one vhost (one broker, one lock), and each pair in a vhost of its own (a
+//! broker and a lock each, one census between them, as the server runs them). Prints the
 //! messages per second of each run and its ratio to one pair.
 //!
-//! `cargo bench -p warren-core --bench scaling`. With one lock over the whole model, pairs
-//! that share nothing still take turns: the ratio shows what splitting the lock would buy
-//! (issue #18 asks for at least 1.7 with 2 pairs on an idle 2-core machine).
+//! `cargo bench -p warren-core --bench scaling`. Pairs that share a lock take turns; pairs in
+//! different vhosts do not (issue #18 asks for at least 1.7 with 2 pairs on an idle 2-core
+//! machine).
 #![allow(missing_docs, clippy::disallowed_methods)] // a benchmark reads the clock by design
 
 use std::sync::{Arc, Barrier, Mutex};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use warren_codec::*;
+use warren_core::broker::Census;
 use warren_core::{Broker, BrokerConfig, Connection, ConnectionConfig};
 
 /// Messages per read, about what one 128 KiB socket read carries at 16 octets.
@@ -23,8 +26,8 @@ const RUN: Duration = Duration::from_secs(2);
 /// third on a shared machine).
 const ROUNDS: usize = 5;
 
-fn open(broker: &Mutex<Broker>, then: impl FnOnce(&mut BytesMut)) -> Connection {
-    let mut bytes = warren_core::connection::guest_handshake(131_072);
+fn open(broker: &Mutex<Broker>, vhost: &str, then: impl FnOnce(&mut BytesMut)) -> Connection {
+    let mut bytes = warren_core::connection::guest_handshake_to(vhost, 131_072);
     then(&mut bytes);
     let mut c = Connection::new(ConnectionConfig::default(), true, Instant::now());
     c.read_buf().extend_from_slice(&bytes);
@@ -46,16 +49,25 @@ fn publishes(queue: &str) -> Bytes {
 
 /// Messages per second through `pairs` pairs at once, and the share of each pair's time
 /// spent holding the lock.
-fn run(pairs: usize) -> (f64, f64) {
-    let broker = Arc::new(Mutex::new(Broker::new(BrokerConfig::default(), Instant::now())));
+fn run(pairs: usize, layout: Layout) -> (f64, f64) {
+    let census = Arc::new(Census::default());
+    let broker = |vhost: &str| {
+        let config = BrokerConfig { vhost: vhost.into(), census: census.clone(), ..Default::default() };
+        Arc::new(Mutex::new(Broker::new(config, Instant::now())))
+    };
+    let shared = broker("/");
     let start = Arc::new(Barrier::new(pairs));
     let threads: Vec<_> = (0..pairs)
         .map(|i| {
-            let (broker, start) = (broker.clone(), start.clone());
+            let (vhost, broker) = match layout {
+                Layout::OneVhost => ("/".to_string(), shared.clone()),
+                Layout::VhostEach => (format!("v{i}"), broker(&format!("v{i}"))),
+            };
+            let start = start.clone();
             std::thread::spawn(move || {
                 let queue = format!("q{i}");
-                let mut publisher = open(&broker, |_| {});
-                let mut consumer = open(&broker, |out| {
+                let mut publisher = open(&broker, &vhost, |_| {});
+                let mut consumer = open(&broker, &vhost, |out| {
                     Frame::method(1, QueueDeclare { queue: queue.clone(), ..Default::default() }).encode(out);
                     let consume = BasicConsume { queue: queue.clone(), no_ack: true, ..Default::default() };
                     Frame::method(1, consume).encode(out);
@@ -95,31 +107,50 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Where the pairs' queues are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// All in `/`: one broker, one lock.
+    OneVhost,
+    /// Each in a vhost of its own: a broker and a lock each.
+    VhostEach,
+}
+
 fn main() {
     // `cargo bench` passes flags meant for criterion; this bench takes none.
     let configs = [1usize, 2, 4];
-    let mut rates = vec![Vec::new(); configs.len()];
+    let layouts = [Layout::OneVhost, Layout::VhostEach];
+    let mut rates = vec![vec![Vec::new(); configs.len()]; layouts.len()];
     let mut held = Vec::new();
     for _ in 0..ROUNDS {
-        for (i, pairs) in configs.iter().enumerate() {
-            let (rate, h) = run(*pairs);
-            rates[i].push(rate);
-            if *pairs == 1 {
-                held.push(h);
+        for (l, layout) in layouts.iter().enumerate() {
+            for (i, pairs) in configs.iter().enumerate() {
+                let (rate, h) = run(*pairs, *layout);
+                rates[l][i].push(rate);
+                if *pairs == 1 && *layout == Layout::OneVhost {
+                    held.push(h);
+                }
             }
         }
     }
     let held = median(held);
-    println!("independent pairs, 16 B auto-ack, one broker lock, {} cores, median of {ROUNDS}", num_cpus());
+    println!("independent pairs, 16 B auto-ack, {} cores, median of {ROUNDS}", num_cpus());
     println!(
-        "  one pair holds the lock {:.0}% of its time: the lock alone caps scaling at {:.1}x",
+        "  one pair holds its broker's lock {:.0}% of its time: one lock caps scaling at {:.1}x",
         held * 100.0,
         1.0 / held
     );
-    let one = median(rates[0].clone());
-    for (pairs, r) in configs.iter().zip(rates) {
-        let rate = median(r);
-        println!("  {pairs} pair(s): {rate:>10.0} msg/s  ({:.2}x one pair)", rate / one);
+    for (layout, rates) in layouts.iter().zip(rates) {
+        let title = match layout {
+            Layout::OneVhost => "all pairs in one vhost (one broker, one lock)",
+            Layout::VhostEach => "each pair in a vhost of its own (a broker and a lock each)",
+        };
+        println!("  {title}:");
+        let one = median(rates[0].clone());
+        for (pairs, r) in configs.iter().zip(rates) {
+            let rate = median(r);
+            println!("    {pairs} pair(s): {rate:>10.0} msg/s  ({:.2}x one pair)", rate / one);
+        }
     }
 }
 

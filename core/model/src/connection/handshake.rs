@@ -21,6 +21,11 @@ use crate::error::AmqpError;
 /// heartbeat, and channel 1: for in-memory harnesses (tests, benchmarks, fuzzing) that drive
 /// a [`Connection`] without a socket.
 pub fn guest_handshake(frame_max: u32) -> BytesMut {
+    guest_handshake_to("/", frame_max)
+}
+
+/// [`guest_handshake`] to vhost `vhost`.
+pub fn guest_handshake_to(vhost: &str, frame_max: u32) -> BytesMut {
     let mut out = BytesMut::from(&PROTOCOL_HEADER[..]);
     let start_ok = warren_codec::ConnectionStartOk {
         mechanism: "PLAIN".into(),
@@ -31,7 +36,7 @@ pub fn guest_handshake(frame_max: u32) -> BytesMut {
     Frame::method(0, start_ok).encode(&mut out);
     Frame::method(0, warren_codec::ConnectionTuneOk { channel_max: 0, frame_max, heartbeat: 0 })
         .encode(&mut out);
-    Frame::method(0, warren_codec::ConnectionOpen { virtual_host: "/".into(), ..Default::default() })
+    Frame::method(0, warren_codec::ConnectionOpen { virtual_host: vhost.into(), ..Default::default() })
         .encode(&mut out);
     Frame::method(1, warren_codec::ChannelOpen::default()).encode(&mut out);
     out

@@ -28,7 +28,7 @@ mod running;
 mod timers;
 
 use content::Phase;
-pub use handshake::guest_handshake;
+pub use handshake::{guest_handshake, guest_handshake_to};
 
 use crate::hash::Map;
 
