@@ -92,7 +92,9 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {
                 // Decoding needs no broker: outside the lock, in parallel with other connections.
                 conn.decode_input();
-                if conn.id().is_none() {
+                // Until it is open (not after: a connection the broker closed has no id either,
+                // and must unregister from the broker it registered with).
+                if registered.is_none() && conn.id().is_none() {
                     shared = node.for_handshake(&conn).clone();
                     release.shared = shared.clone();
                 }

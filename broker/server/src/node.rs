@@ -54,7 +54,7 @@ impl Node {
     }
 
     /// Every broker with the vhost it serves, `/` first.
-    pub fn brokers(&self) -> impl Iterator<Item = (&str, &SharedRef)> {
+    pub fn brokers(&self) -> impl Iterator<Item = (&str, &SharedRef)> + Clone {
         self.vhosts.iter().map(|(n, s)| (&**n, s))
     }
 

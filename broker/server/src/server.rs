@@ -128,7 +128,6 @@ impl Server {
         };
         // std's RandomState keys come from the OS: hashing through fresh ones draws from it.
         let seed = RandomState::new().hash_one(SystemTime::now());
-        let secret = [RandomState::new().hash_one(1u8), RandomState::new().hash_one(2u8)];
         // Before the broker makes its first map (see warren_core::hash).
         warren_core::hash::set_seed(RandomState::new().hash_one(3u8));
         let census = Arc::new(Census::default());
@@ -142,7 +141,8 @@ impl Server {
                 let config = BrokerConfig {
                     users: settings.users.clone(),
                     seed: seed.wrapping_add(i as u64),
-                    secret,
+                    // Each broker its own: a token of one vhost says nothing of another's.
+                    secret: [RandomState::new().hash_one((1u8, i)), RandomState::new().hash_one((2u8, i))],
                     consumer_timeout: settings.consumer_timeout,
                     limits: settings.limits.counts,
                     vhost,

@@ -66,6 +66,11 @@ impl Shared {
         self.wakers.insert(id, notify);
     }
 
+    /// Connection tasks registered for waking.
+    pub fn registered(&self) -> usize {
+        self.wakers.len()
+    }
+
     /// Forgets the task of connection `id`.
     pub fn unregister(&mut self, id: ConnId) {
         self.wakers.remove(&id);

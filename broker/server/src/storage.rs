@@ -351,9 +351,11 @@ const COMPACTION_BUDGET: u64 = 16 << 20;
 /// when it is mostly dead.
 async fn watch_disk(node: NodeRef, dir: PathBuf, limit: u64, m: StorageMetrics, alarms: Arc<Alarms>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut round = 0usize;
     loop {
         tick.tick().await;
-        let done = compact(&node, COMPACTION_BUDGET);
+        round = round.wrapping_add(1);
+        let done = compact(&node, COMPACTION_BUDGET, round);
         if done.moved > 0 {
             m.compacted.inc_by(done.moved);
             m.compacted_bytes.inc_by(done.bytes);
@@ -382,8 +384,10 @@ async fn watch_disk(node: NodeRef, dir: PathBuf, limit: u64, m: StorageMetrics, 
 }
 
 /// One compaction round: the shared store plans it once, then each broker moves its own
-/// entries under its own lock, within what is left of `budget`.
-fn compact(node: &NodeRef, budget: u64) -> Compaction {
+/// entries under its own lock, within what is left of `budget`. Which broker goes first turns
+/// with `round`: a budget spent by one must not leave another's entries unmoved every round
+/// (the store would take their segment for one it cannot compact).
+fn compact(node: &NodeRef, budget: u64, round: usize) -> Compaction {
     let mut done = Compaction::default();
     let Some(mut store) = node.store().cloned() else {
         return done;
@@ -391,7 +395,8 @@ fn compact(node: &NodeRef, budget: u64) -> Compaction {
     if !store.plan_compaction(budget) {
         return done;
     }
-    for (_, shared) in node.brokers() {
+    let n = node.brokers().count();
+    for (_, shared) in node.brokers().cycle().skip(round % n.max(1)).take(n) {
         let left = budget.saturating_sub(done.bytes);
         if left == 0 {
             break;

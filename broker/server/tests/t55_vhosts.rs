@@ -135,6 +135,48 @@ async fn node_wide_limits_count_every_vhost_though_each_has_its_own_broker() {
     assert!(again.is_some(), "the slot of the connection to / serves one to a");
 }
 
+/// A connection to `a` that the broker closes for a hard error (a second channel.open) has no
+/// id once closed; its task must still unregister from `a`'s broker, not `/`'s.
+#[tokio::test]
+async fn a_connection_closed_by_the_broker_leaves_nothing_registered_in_its_vhost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warren_codec::{ChannelOpen, ConnectionCloseOk, Frame, Method, decode_frame};
+    let b = TestBroker::start_with(with_vhosts(&["a"])).await;
+    let registered = |vhost: &str| warren::server::lock(b.node.broker(vhost).expect("broker")).registered();
+    for _ in 0..3 {
+        let mut sock = tokio::net::TcpStream::connect(b.addr).await.expect("connect");
+        // The handshake (and channel 1) first: the connection is open and its task registered
+        // with `a`'s broker before the error.
+        let out = warren_core::connection::guest_handshake_to("a", 131_072);
+        sock.write_all(&out).await.expect("write");
+        let mut buf = bytes::BytesMut::new();
+        let mut second_open_sent = false;
+        let code = loop {
+            if let Some(f) = decode_frame(&mut buf, 0).expect("frame") {
+                match f {
+                    Frame::Method { method: Method::ChannelOpenOk(_), .. } if !second_open_sent => {
+                        let mut again = bytes::BytesMut::new();
+                        Frame::method(1, ChannelOpen::default()).encode(&mut again);
+                        sock.write_all(&again).await.expect("write");
+                        second_open_sent = true;
+                    }
+                    Frame::Method { method: Method::ConnectionClose(c), .. } => break c.reply_code,
+                    _ => {}
+                }
+                continue;
+            }
+            assert!(sock.read_buf(&mut buf).await.expect("read") > 0, "closed before connection.close");
+        };
+        assert_eq!(code, 504, "a second channel.open is a hard channel error");
+        let mut ok = bytes::BytesMut::new();
+        Frame::method(0, ConnectionCloseOk {}).encode(&mut ok);
+        sock.write_all(&ok).await.expect("close-ok");
+        while sock.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+    }
+    assert!(eventually(|| registered("a") == 0).await, "{} left registered in a", registered("a"));
+    assert_eq!(registered("/"), 0);
+}
+
 #[tokio::test]
 async fn dead_letters_stay_in_their_vhost() {
     let b = TestBroker::start_with(with_vhosts(&["a"])).await;

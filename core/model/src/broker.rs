@@ -14,11 +14,16 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use bytes::Bytes;
 use warren_codec::reply_code::COMMAND_INVALID;
-use warren_codec::{ChannelCloseOk, ChannelOpenOk, ConnectionBlocked, ConnectionUnblocked, Method};
+use warren_codec::{
+    BasicProperties, BasicPublish, ChannelCloseOk, ChannelOpenOk, ConnectionBlocked, ConnectionUnblocked,
+    Method,
+};
 
 use crate::auth::User;
 use crate::channel::ChannelState;
+use crate::command::Command;
 use crate::error::AmqpError;
 use crate::exchange::{ExchangeFactory, TypeRegistry};
 use crate::hash::Map;
@@ -355,7 +360,7 @@ impl Broker {
     }
 
     /// Registers a connection that completed its handshake, whatever the limit; one naming a
-    /// vhost that does not exist gets `/`.
+    /// vhost that does not exist gets the broker's first ([`VHostId::DEFAULT`]).
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         self.census.open_connection(None);
         self.register_session(info)
@@ -465,84 +470,74 @@ impl Broker {
         self.publish_census();
     }
 
-    /// Opens channel `ch` and answers channel.open-ok.
-    pub fn open_channel(&mut self, conn: ConnId, ch: u16) {
-        let id = self.next_channel_id();
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            let mut state = ChannelState::default();
-            state.id = id;
-            s.channels.insert(ch, state);
-            self.stats.channels_opened += 1;
-        }
-        self.send(conn, ch, ChannelOpenOk::default());
-    }
-
-    /// Closes channel `ch` at the client's request and answers channel.close-ok.
-    pub fn close_channel(&mut self, conn: ConnId, ch: u16) {
-        self.release_channel(conn, ch);
-        self.send(conn, ch, ChannelCloseOk {});
-    }
-
-    /// Forgets channel `ch` without a reply (its transport is gone): consumers cancelled,
-    /// unacked messages requeued.
-    pub fn drop_channel(&mut self, conn: ConnId, ch: u16) {
-        self.release_channel(conn, ch);
-    }
-
-    /// Closes channel `ch` for a channel error: releases it and sends channel.close.
-    pub fn channel_error(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
-        self.release_channel(conn, ch);
-        self.send(
-            conn,
-            ch,
-            warren_codec::ChannelClose {
-                reply_code: err.code,
-                reply_text: err.text.clone(),
-                class_id: err.class_id,
-                method_id: err.method_id,
-            },
-        );
-    }
-
-    /// Handles a method (other than channel.open/close and basic.publish, which the
-    /// connection routes to their own calls) on an open channel.
+    /// Applies `cmd` to channel `ch` of session `conn`: the door of every channel
+    /// operation, whichever protocol asked for it. An error closes the channel (or, for a
+    /// hard error, the connection) and names the operation that failed.
     ///
-    /// A topology method whose durable record cannot be written fails with 541 and gets no
+    /// A topology command whose durable record cannot be written fails with 541 and gets no
     /// -ok; one that wrote a record gets its -ok once the record is synced.
-    pub fn handle_method(&mut self, conn: ConnId, ch: u16, mut method: Method) -> Result<(), AmqpError> {
-        let err_on = method.clone();
-        self.expand_queue_shortcut(conn, ch, &mut method).map_err(|e| e.on(&err_on))?;
-        let topology = matches!(method.ids().0, 40 | 50);
-        let counts = census::may_change_counts(&method);
-        // Set afresh for every method: one that panicked half-way must not leave its state to
-        // the next.
+    pub fn apply(&mut self, conn: ConnId, ch: u16, mut cmd: Command) -> Result<(), AmqpError> {
+        let ids = cmd.ids();
+        match cmd {
+            Command::OpenChannel => {
+                self.open_channel_state(conn, ch);
+                return Ok(());
+            }
+            Command::CloseChannel => {
+                self.release_channel(conn, ch);
+                self.send(conn, ch, ChannelCloseOk {});
+                return Ok(());
+            }
+            Command::DropChannel => {
+                self.release_channel(conn, ch);
+                return Ok(());
+            }
+            Command::FailChannel(err) => {
+                self.fail_channel(conn, ch, &err);
+                return Ok(());
+            }
+            Command::Publish(p) => return self.publish_message(conn, ch, p.method, p.properties, p.body),
+            _ => {}
+        }
+        self.expand_queue_shortcut(conn, ch, &mut cmd).map_err(|e| e.at(ids))?;
+        let topology = cmd.is_topology();
+        let counts = cmd.may_change_counts();
+        // Set afresh for every command: one that panicked half-way must not leave its state
+        // to the next.
         self.durability.command = topology.then(persist::CommandWrites::default);
-        let r = match method {
-            Method::QueueDeclare(m) => self.queue_declare(conn, ch, m),
-            Method::QueuePurge(m) => self.queue_purge(conn, ch, m),
-            Method::QueueDelete(m) => self.queue_delete(conn, ch, m),
-            Method::QueueBind(m) => self.queue_bind(conn, ch, m),
-            Method::QueueUnbind(m) => self.queue_unbind(conn, ch, m),
-            Method::BasicQos(m) => self.basic_qos(conn, ch, m),
-            Method::BasicConsume(m) => self.basic_consume(conn, ch, m),
-            Method::BasicCancel(m) => self.basic_cancel(conn, ch, m),
-            Method::BasicGet(m) => self.basic_get(conn, ch, m),
-            Method::BasicAck(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, None),
-            Method::BasicReject(m) => self.settle(conn, ch, m.delivery_tag, false, Some(m.requeue)),
-            Method::BasicNack(m) => self.settle(conn, ch, m.delivery_tag, m.multiple, Some(m.requeue)),
-            Method::BasicRecover(m) => self.basic_recover(conn, ch, m.requeue, true),
-            Method::BasicRecoverAsync(m) => self.basic_recover(conn, ch, m.requeue, false),
-            Method::ConfirmSelect(m) => self.confirm_select(conn, ch, m),
-            Method::ChannelFlow(m) => self.channel_flow(conn, ch, m),
-            Method::ExchangeDeclare(m) => self.exchange_declare(conn, ch, m),
-            Method::ExchangeDelete(m) => self.exchange_delete(conn, ch, m),
-            Method::ExchangeBind(m) => self.exchange_bind(conn, ch, m),
-            Method::ExchangeUnbind(m) => self.exchange_unbind(conn, ch, m),
-            Method::TxSelect(_) => self.tx_select(conn, ch),
-            Method::TxCommit(_) => self.tx_commit(conn, ch),
-            Method::TxRollback(_) => self.tx_rollback(conn, ch),
-            // Server-to-client methods, or ones the connection handles itself.
-            _ => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method")),
+        let r = match cmd {
+            Command::DeclareQueue(m) => self.queue_declare(conn, ch, m),
+            Command::PurgeQueue(m) => self.queue_purge(conn, ch, m),
+            Command::DeleteQueue(m) => self.queue_delete(conn, ch, m),
+            Command::BindQueue(m) => self.queue_bind(conn, ch, m),
+            Command::UnbindQueue(m) => self.queue_unbind(conn, ch, m),
+            Command::Qos(m) => self.basic_qos(conn, ch, m),
+            Command::Consume(m) => self.basic_consume(conn, ch, m),
+            Command::Cancel(m) => self.basic_cancel(conn, ch, m),
+            Command::Get(m) => self.basic_get(conn, ch, m),
+            Command::Ack { delivery_tag, multiple } => self.settle(conn, ch, delivery_tag, multiple, None),
+            Command::Reject { delivery_tag, requeue } => {
+                self.settle(conn, ch, delivery_tag, false, Some(requeue))
+            }
+            Command::Nack { delivery_tag, multiple, requeue } => {
+                self.settle(conn, ch, delivery_tag, multiple, Some(requeue))
+            }
+            Command::Recover { requeue, reply } => self.basic_recover(conn, ch, requeue, reply),
+            Command::SelectConfirms(m) => self.confirm_select(conn, ch, m),
+            Command::Flow(m) => self.channel_flow(conn, ch, m),
+            Command::DeclareExchange(m) => self.exchange_declare(conn, ch, m),
+            Command::DeleteExchange(m) => self.exchange_delete(conn, ch, m),
+            Command::BindExchange(m) => self.exchange_bind(conn, ch, m),
+            Command::UnbindExchange(m) => self.exchange_unbind(conn, ch, m),
+            Command::SelectTx => self.tx_select(conn, ch),
+            Command::CommitTx => self.tx_commit(conn, ch),
+            Command::RollbackTx => self.tx_rollback(conn, ch),
+            // Handled above.
+            Command::OpenChannel
+            | Command::CloseChannel
+            | Command::DropChannel
+            | Command::FailChannel(_)
+            | Command::Publish(_) => Ok(()),
         };
         let failed = if topology { self.durability.command.take().and_then(|c| c.failed) } else { None };
         let r = match failed {
@@ -555,7 +550,78 @@ impl Broker {
         if counts {
             self.publish_census();
         }
-        r.map_err(|e| e.on(&err_on))
+        r.map_err(|e| e.at(ids))
+    }
+
+    /// Opens channel `ch` and answers channel.open-ok ([`Command::OpenChannel`]).
+    pub fn open_channel(&mut self, conn: ConnId, ch: u16) {
+        let _ = self.apply(conn, ch, Command::OpenChannel);
+    }
+
+    /// Closes channel `ch` at the client's request and answers channel.close-ok
+    /// ([`Command::CloseChannel`]).
+    pub fn close_channel(&mut self, conn: ConnId, ch: u16) {
+        let _ = self.apply(conn, ch, Command::CloseChannel);
+    }
+
+    /// Forgets channel `ch` without a reply (its transport is gone): consumers cancelled,
+    /// unacked messages requeued ([`Command::DropChannel`]).
+    pub fn drop_channel(&mut self, conn: ConnId, ch: u16) {
+        let _ = self.apply(conn, ch, Command::DropChannel);
+    }
+
+    /// Closes channel `ch` for a channel error: releases it and sends channel.close
+    /// ([`Command::FailChannel`]).
+    pub fn channel_error(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
+        let _ = self.apply(conn, ch, Command::FailChannel(err.clone()));
+    }
+
+    /// Publishes a message whose content is complete ([`Command::Publish`]).
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        method: BasicPublish,
+        properties: impl Into<Box<BasicProperties>>,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        let publish = crate::command::Publish { method, properties: properties.into(), body };
+        self.apply(conn, ch, Command::Publish(publish))
+    }
+
+    /// Handles an AMQP channel method as the command it asks for (see
+    /// [`Command::from_method`]); a method the broker does not handle is 503.
+    pub fn handle_method(&mut self, conn: ConnId, ch: u16, method: Method) -> Result<(), AmqpError> {
+        match Command::from_method(method) {
+            Ok(cmd) => self.apply(conn, ch, cmd),
+            // Server-to-client methods, or ones the connection handles itself.
+            Err(m) => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method").on(&m)),
+        }
+    }
+
+    fn open_channel_state(&mut self, conn: ConnId, ch: u16) {
+        let id = self.next_channel_id();
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            let mut state = ChannelState::default();
+            state.id = id;
+            s.channels.insert(ch, state);
+            self.stats.channels_opened += 1;
+        }
+        self.send(conn, ch, ChannelOpenOk::default());
+    }
+
+    fn fail_channel(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
+        self.release_channel(conn, ch);
+        self.send(
+            conn,
+            ch,
+            warren_codec::ChannelClose {
+                reply_code: err.code,
+                reply_text: err.text.clone(),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            },
+        );
     }
 
     /// Messages a delayed-message exchange holds, by vhost and exchange (for metrics).
@@ -573,15 +639,9 @@ impl Broker {
     /// queue.purge, queue.delete, basic.consume and basic.get means the channel's last
     /// declared queue (404 if it declared none), and so does an empty routing key in a bind
     /// whose queue name was empty.
-    fn expand_queue_shortcut(&mut self, conn: ConnId, ch: u16, method: &mut Method) -> Result<(), AmqpError> {
-        let (queue, key) = match method {
-            Method::QueueBind(m) => (&mut m.queue, Some(&mut m.routing_key)),
-            Method::QueueUnbind(m) => (&mut m.queue, Some(&mut m.routing_key)),
-            Method::QueuePurge(m) => (&mut m.queue, None),
-            Method::QueueDelete(m) => (&mut m.queue, None),
-            Method::BasicConsume(m) => (&mut m.queue, None),
-            Method::BasicGet(m) => (&mut m.queue, None),
-            _ => return Ok(()),
+    fn expand_queue_shortcut(&mut self, conn: ConnId, ch: u16, cmd: &mut Command) -> Result<(), AmqpError> {
+        let Some((queue, key)) = cmd.queue_shortcut() else {
+            return Ok(());
         };
         if !queue.is_empty() {
             return Ok(());

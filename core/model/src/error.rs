@@ -30,9 +30,14 @@ impl AmqpError {
     }
 
     /// The same error, attributed to `method` unless it already names one.
-    pub fn on(mut self, method: &Method) -> Self {
+    pub fn on(self, method: &Method) -> Self {
+        self.at(method.ids())
+    }
+
+    /// Names the operation (AMQP class and method ids) that failed, unless one is named.
+    pub fn at(mut self, ids: (u16, u16)) -> Self {
         if self.class_id == 0 {
-            (self.class_id, self.method_id) = method.ids();
+            (self.class_id, self.method_id) = ids;
         }
         self
     }

@@ -17,10 +17,13 @@
 //! # Layout
 //! - [`connection`]: the per-connection AMQP machine; one file per part (handshake as
 //!   typestates, running, content assembly, timers, close, output).
+//! - [`command`]: the commands a protocol machine submits ([`Broker::apply`], the door of every
+//!   channel operation), translated from AMQP methods or built by another protocol.
 //! - [`broker`]: the model's state and its doors: sessions and their channels, vhosts
 //!   (`broker/vhost.rs`), method handlers by class (queues, exchanges and routing, basic,
 //!   tx), delivery and settling, dead-lettering, confirms, persistence, timers, direct
-//!   reply-to, consumer timeouts, operator actions (replay), and its in-memory tests.
+//!   reply-to, consumer timeouts, operator actions (replay), the census a node's brokers
+//!   share (one broker per vhost), and its in-memory tests.
 //! - [`queue`]: one queue's messages (priority lanes), consumers and declaration checks.
 //! - [`queue_args`]: the one table of queue arguments: parsing, equivalence, policy keys.
 //! - [`channel`]: per-channel delivery tags, unacked messages, prefetch, transactions.
@@ -42,6 +45,7 @@
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod command;
 pub mod connection;
 pub mod deadletter;
 pub mod error;
@@ -58,5 +62,6 @@ pub mod stats;
 pub mod storage;
 
 pub use broker::{Broker, BrokerConfig, ConnId};
+pub use command::Command;
 pub use connection::{Connection, ConnectionConfig, Event};
 pub use error::AmqpError;

@@ -27,15 +27,14 @@ fn carries_cc(p: &BasicProperties) -> bool {
 impl Broker {
     /// Handles a fully received basic.publish: routes it now, or holds it until tx.commit
     /// on a transactional channel.
-    pub fn publish(
+    pub(super) fn publish_message(
         &mut self,
         conn: ConnId,
         ch: u16,
         m: BasicPublish,
-        properties: impl Into<Box<BasicProperties>>,
+        mut properties: Box<BasicProperties>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let mut properties = properties.into();
         let on = |e: AmqpError| AmqpError { class_id: 60, method_id: 40, ..e };
         // One look at the session for its vhost and whether this is its first publish.
         let (vh, first) = match self.sessions.get_mut(&conn) {

@@ -11,8 +11,6 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use warren_codec::Method;
-
 use super::{Broker, ConnId};
 
 /// The node's shared ids and counts; one `Arc` of it is given to every broker of a node.
@@ -144,25 +142,6 @@ impl Broker {
             }
         }
     }
-}
-
-/// Whether `m` can change what the census counts (exchanges, bindings, consumers); acks and
-/// the other per-message methods cannot, and must not pay for a count.
-pub(super) fn may_change_counts(m: &Method) -> bool {
-    matches!(
-        m,
-        Method::ExchangeDeclare(_)
-            | Method::ExchangeDelete(_)
-            | Method::ExchangeBind(_)
-            | Method::ExchangeUnbind(_)
-            | Method::QueueDeclare(_)
-            | Method::QueueBind(_)
-            | Method::QueueUnbind(_)
-            | Method::QueueDelete(_)
-            | Method::BasicConsume(_)
-            | Method::BasicCancel(_)
-            | Method::ChannelClose(_)
-    )
 }
 
 #[cfg(test)]

@@ -221,8 +221,12 @@ impl Broker {
     /// syncs; returns whether it did.
     fn hold(&mut self, conn: ConnId, ch: u16, stored: bool, held: Held) -> bool {
         let d = &self.durability;
+        // Asked only when it matters: a shared store's position takes the store's lock.
+        if !(stored && d.policy == ConfirmPolicy::AfterSync) {
+            return false;
+        }
         let position = d.store.as_ref().map_or(0, |s| s.written());
-        if !(stored && d.policy == ConfirmPolicy::AfterSync && position > d.synced) {
+        if position <= d.synced {
             return false;
         }
         let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);

@@ -52,9 +52,11 @@ impl Broker {
         // The token is all that stands between a stranger and this channel's replies: keyed
         // hashes (SipHash keyed with a secret the driver drew from the OS), not the name
         // generator, whose state one public name gives away.
+        // The connection id is unique on the node: brokers of other vhosts, whose channel ids
+        // and nonces count alike, never make the same token (and each has its own secret).
         let id = c.id;
         self.reply_nonce += 1;
-        let nonce = (id, self.reply_nonce);
+        let nonce = (conn, id, self.reply_nonce);
         let token = format!(
             "{PREFIX}{:016x}{:016x}",
             keyed_hash(self.reply_secret, (nonce, 1u8)),

@@ -702,3 +702,54 @@ fn x_delay_is_capped_at_the_plugins_maximum_and_ignored_when_not_positive() {
     assert_eq!(delay_of(&with(FieldValue::I64(-5))), None);
     assert_eq!(delay_of(&BasicProperties::default()), None);
 }
+
+/// What a protocol adapter does: a session and commands, no AMQP frame anywhere; replies
+/// and deliveries come back as the session's outbound items.
+#[test]
+fn a_session_driven_by_commands_alone_declares_consumes_publishes_and_settles() {
+    use crate::command::{Command, Publish};
+    let now = Instant::now();
+    let mut b = Broker::new(BrokerConfig::default(), now);
+    let info = ConnectionInfo { user: "guest".into(), vhost: "/".into(), ..Default::default() };
+    let conn = b.open_session(info).expect("session");
+    let apply = |b: &mut Broker, cmd: Command| b.apply(conn, 7, cmd).expect("command");
+    apply(&mut b, Command::OpenChannel);
+    apply(&mut b, Command::DeclareQueue(QueueDeclare { queue: "sensors".into(), ..Default::default() }));
+    let consume = BasicConsume { queue: "sensors".into(), consumer_tag: "c".into(), ..Default::default() };
+    apply(&mut b, Command::Consume(consume));
+    let publish = |body: &'static [u8]| {
+        Command::Publish(Publish {
+            method: BasicPublish { routing_key: "sensors".into(), ..Default::default() },
+            properties: Box::default(),
+            body: Bytes::from_static(body),
+        })
+    };
+    apply(&mut b, publish(b"21.5"));
+    let mut out = Vec::new();
+    let _ = b.take_outbound(conn, &mut out);
+    let names: Vec<&str> = out
+        .iter()
+        .map(|o| match o {
+            Outgoing::Method { method, .. } => method.name(),
+            Outgoing::Deliver { .. } => "deliver",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(names, ["channel.open-ok", "queue.declare-ok", "basic.consume-ok", "deliver"]);
+    let Some(Outgoing::Deliver { delivery_tag, message, channel, .. }) = out.pop() else {
+        panic!("no delivery");
+    };
+    assert_eq!((channel, &message.body[..]), (7, &b"21.5"[..]));
+    assert_eq!(b.queue_counts("sensors"), Some((0, 1, 1)), "unacked until settled");
+    apply(&mut b, Command::Ack { delivery_tag, multiple: false });
+    assert_eq!(b.queue_counts("sensors"), Some((0, 0, 1)));
+    // An error names the operation that failed, as channel.close carries it.
+    let e = b
+        .apply(
+            conn,
+            7,
+            Command::PurgeQueue(warren_codec::QueuePurge { queue: "nope".into(), ..Default::default() }),
+        )
+        .expect_err("no such queue");
+    assert_eq!((e.code, e.class_id, e.method_id), (404, 50, 30));
+}

@@ -8,6 +8,7 @@ use warren_codec::{ConnectionClose, ConnectionCloseOk, Frame, Method};
 
 use super::*;
 use crate::broker::Broker;
+use crate::command::Command;
 use crate::error::AmqpError;
 
 impl Connection {
@@ -42,7 +43,7 @@ impl Connection {
         };
         for ch in channels {
             if self.channels.remove(ch).is_some() {
-                broker.drop_channel(id, *ch);
+                let _ = broker.apply(id, *ch, Command::DropChannel);
             }
         }
     }
@@ -53,7 +54,7 @@ impl Connection {
             return self.fail(now, e, broker);
         }
         if let Some(id) = self.id {
-            broker.channel_error(id, channel, &e);
+            let _ = broker.apply(id, channel, Command::FailChannel(e));
         }
         self.channels.insert(channel, Phase::Closing);
     }

@@ -8,6 +8,7 @@ use warren_codec::{BasicPublish, ContentHeader};
 
 use super::*;
 use crate::broker::Broker;
+use crate::command::{Command, Publish};
 
 /// Where a channel is in receiving a publish.
 #[derive(Debug)]
@@ -77,7 +78,8 @@ impl Connection {
         let Some(id) = self.id else {
             return;
         };
-        if let Err(e) = broker.publish(id, channel, publish, header.properties, body) {
+        let publish = Publish { method: publish, properties: header.properties, body };
+        if let Err(e) = broker.apply(id, channel, Command::Publish(publish)) {
             self.channel_error(now, channel, e, broker);
         }
     }

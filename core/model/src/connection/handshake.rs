@@ -121,20 +121,26 @@ impl Connection {
         if !matches!(self.state, State::ProtocolHeader | State::Handshake(_)) {
             return None;
         }
-        let mut rest = BytesMut::from(&self.input[..]);
+        // Frames are skipped by their announced lengths in place: a client trickling a large
+        // frame in byte by byte costs a header read per read, not a copy of the buffer.
+        let mut rest = &self.input[..];
         if self.state == State::ProtocolHeader {
-            if !rest.starts_with(PROTOCOL_HEADER) {
-                return None;
-            }
-            let _ = rest.split_to(PROTOCOL_HEADER.len());
+            rest = rest.strip_prefix(PROTOCOL_HEADER)?;
         }
-        // Frames that do not decode are not looked past: handle_input fails on them.
-        while let Ok(Some(frame)) = decode_frame(&mut rest, self.frame_max.max(PRE_TUNE_FRAME_MAX)) {
-            if let Frame::Method { method: Method::ConnectionOpen(m), .. } = frame {
-                return Some(m.virtual_host);
+        loop {
+            let header: [u8; 7] = rest.get(..7)?.try_into().ok()?;
+            let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+            let frame = rest.get(..size.checked_add(8)?)?;
+            // A method frame of class 10, method 40: connection.open. Only that one is decoded.
+            if header[0] == 1 && frame.get(7..11) == Some(&[0, 10, 0, 40]) {
+                return match decode_frame(&mut BytesMut::from(frame), 0) {
+                    Ok(Some(Frame::Method { method: Method::ConnectionOpen(m), .. })) => Some(m.virtual_host),
+                    // A malformed open: handle_input fails on it, with whichever broker.
+                    _ => None,
+                };
             }
+            rest = &rest[frame.len()..];
         }
-        None
     }
 
     pub(super) fn handshake_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {

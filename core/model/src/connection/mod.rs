@@ -442,6 +442,15 @@ mod tests {
         conn.handle_input(now, &mut Broker::new(BrokerConfig::default(), now));
         assert!(conn.id().is_some());
         assert_eq!(conn.opening_vhost(), None, "an open connection opens nothing");
+        // A frame announced larger than what arrived hides what is behind it; so does junk.
+        let mut conn = Connection::new(ConnectionConfig::default(), true, now);
+        let mut trickle = BytesMut::from(&warren_codec::PROTOCOL_HEADER[..]);
+        trickle.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 10]);
+        conn.read_buf().extend_from_slice(&trickle);
+        assert_eq!(conn.opening_vhost(), None);
+        let mut conn = Connection::new(ConnectionConfig::default(), true, now);
+        conn.read_buf().extend_from_slice(&[0xff; 64]);
+        assert_eq!(conn.opening_vhost(), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use warren_codec::{ConnectionCloseOk, ConnectionUpdateSecretOk, Frame, Method};
 use super::content::{Assembly, Body};
 use super::*;
 use crate::broker::Broker;
+use crate::command::Command;
 use crate::error::AmqpError;
 
 impl Connection {
@@ -53,7 +54,7 @@ impl Connection {
                 }
                 Frame::Method { method: Method::ChannelOpen(_), .. } => {
                     self.channels.insert(channel, Phase::Idle);
-                    broker.open_channel(id, channel);
+                    let _ = broker.apply(id, channel, Command::OpenChannel);
                 }
                 other => {
                     let e = AmqpError::new(CHANNEL_ERROR, "expected 'channel.open'");
@@ -81,7 +82,7 @@ impl Connection {
             (Phase::Closing, Frame::Method { method: Method::ChannelOpen(_), .. }) => {
                 // A client that took our close for done and opens the number again.
                 *phase = Phase::Idle;
-                broker.open_channel(id, channel);
+                let _ = broker.apply(id, channel, Command::OpenChannel);
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}
@@ -190,7 +191,7 @@ impl Connection {
             }
             Method::ChannelClose(_) => {
                 self.channels.remove(&channel);
-                broker.close_channel(id, channel);
+                let _ = broker.apply(id, channel, Command::CloseChannel);
                 return;
             }
             // A close-ok for a close we never sent: nothing to do.
@@ -199,7 +200,12 @@ impl Connection {
                 let e = AmqpError::new(COMMAND_INVALID, format!("{} on channel {channel}", m.name()));
                 Err(e.on(&m))
             }
-            m => broker.handle_method(id, channel, m),
+            // The frame becomes the command it asks for; the broker never sees AMQP frames.
+            m => match Command::from_method(m) {
+                Ok(cmd) => broker.apply(id, channel, cmd),
+                // Server-to-client methods.
+                Err(m) => Err(AmqpError::new(COMMAND_INVALID, "unimplemented method").on(&m)),
+            },
         };
         if let Err(e) = r {
             self.channel_error(now, channel, e, broker);
