@@ -24,6 +24,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         return warren::bridge::run(listener, to, ca).await;
     }
+    if let Some(Command::HashPassword { password, algorithm }) = &cli.command {
+        return hash_password(password.clone(), algorithm);
+    }
     let settings = Settings::load(&cli)?;
     let shutdown = shutdown_signal()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -57,6 +60,31 @@ async fn main() -> anyhow::Result<()> {
     info!(data_dir = %settings.data_dir.display(), "data directory");
     server.run(shutdown).await?;
     info!("stopped");
+    Ok(())
+}
+
+/// `warren hash-password`: the hash of `password` (or of standard input's first line) under
+/// a fresh salt from the OS.
+fn hash_password(password: Option<String>, algorithm: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, Read};
+    use warren_core::password::{HashAlgorithm, SALT_LEN, hash};
+    let algorithm = HashAlgorithm::from_name(algorithm)?;
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    let mut salt = [0u8; SALT_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .context("cannot read a salt from /dev/urandom")?;
+    println!("{}", hash(algorithm, salt, &password));
     Ok(())
 }
 

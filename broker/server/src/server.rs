@@ -147,6 +147,7 @@ impl Server {
                     limits: settings.limits.counts,
                     vhost,
                     census: census.clone(),
+                    access: settings.access.clone(),
                 };
                 let mut broker = Broker::new(config, now);
                 broker.set_policies(settings.policies.clone());

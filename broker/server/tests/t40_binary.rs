@@ -103,3 +103,31 @@ fn sighup_without_plugins_is_logged_and_the_broker_serves_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn hash_password_prints_a_rabbitmq_hash_that_verifies_from_an_argument_or_stdin() {
+    use std::io::Write;
+    use warren_core::password::{HashAlgorithm, Password};
+    let out = warren().args(["hash-password", "s3cret pass"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let p = Password::from_hash(HashAlgorithm::Sha256, printed.trim()).expect("a sha256 hash");
+    assert!(p.verify("s3cret pass") && !p.verify("s3cret"));
+    let again = warren().args(["hash-password", "s3cret pass"]).output().expect("run");
+    assert_ne!(again.stdout, printed.as_bytes(), "a fresh salt each time");
+
+    let mut child = warren()
+        .args(["hash-password", "--algorithm", "rabbit_password_hashing_sha512"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"from stdin\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let p = Password::from_hash(HashAlgorithm::Sha512, String::from_utf8_lossy(&out.stdout).trim())
+        .expect("sha512");
+    assert!(p.verify("from stdin"));
+    let bad = warren().args(["hash-password", "x", "--algorithm", "bcrypt"]).output().expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown hashing algorithm 'bcrypt'"));
+}

@@ -19,7 +19,7 @@ async fn broker() -> TestBroker {
     TestBroker::start_with(|s| {
         let user = |name: &str, tags: &[&str]| User {
             name: name.into(),
-            password: "pw".into(),
+            password: warren_core::password::Password::plain("pw"),
             loopback_only: false,
             tags: tags.iter().map(|t| t.to_string()).collect(),
         };

@@ -75,7 +75,12 @@ async fn tls_broker(pki: &Pki, fail_if_no_peer_cert: bool) -> TestBroker {
         s.amqps = Some(("127.0.0.1:0".parse().expect("addr"), tls));
         s.users = vec![
             User::guest(),
-            User { name: "alice".into(), password: "unused".into(), loopback_only: false, tags: Vec::new() },
+            User {
+                name: "alice".into(),
+                password: warren_core::password::Password::plain("unused"),
+                loopback_only: false,
+                tags: Vec::new(),
+            },
         ];
     })
     .await

@@ -14,8 +14,8 @@ pub const MECHANISMS_WITH_EXTERNAL: &str = "EXTERNAL AMQPLAIN PLAIN";
 pub struct User {
     /// Login name.
     pub name: String,
-    /// Password, compared as given.
-    pub password: String,
+    /// Password, in clear or as a RabbitMQ hash; compared in constant time.
+    pub password: crate::password::Password,
     /// Refuse this user unless the peer is on a loopback address (RabbitMQ's rule for guest).
     pub loopback_only: bool,
     /// RabbitMQ's user tags: `administrator` may change things through the management API;
@@ -28,7 +28,7 @@ impl User {
     pub fn guest() -> Self {
         User {
             name: "guest".into(),
-            password: "guest".into(),
+            password: crate::password::Password::plain("guest"),
             loopback_only: true,
             tags: vec!["administrator".into()],
         }
@@ -49,7 +49,8 @@ pub fn check_password<'u>(
 ) -> Result<&'u User, AuthError> {
     let user = users
         .iter()
-        .find(|u| u.name == name && u.password == password)
+        .find(|u| u.name == name)
+        .filter(|u| u.password.verify(password))
         .ok_or_else(|| AuthError::InvalidCredentials(name.to_string()))?;
     if user.loopback_only && !peer_is_loopback {
         return Err(AuthError::NotLoopback(user.name.clone()));
@@ -170,7 +171,12 @@ mod tests {
     fn external_logs_in_as_the_certificate_identity() {
         let users = [
             User::guest(),
-            User { name: "alice".into(), password: "x".into(), loopback_only: false, tags: Vec::new() },
+            User {
+                name: "alice".into(),
+                password: crate::password::Password::plain("x"),
+                loopback_only: false,
+                tags: Vec::new(),
+            },
         ];
         let none = Bytes::new();
         assert_eq!(authenticate(&users, "EXTERNAL", &none, false, Some("alice")), Ok("alice".into()));

@@ -31,6 +31,7 @@ use crate::message::Outgoing;
 use crate::names::NameGen;
 use crate::queue::Queue;
 
+mod access;
 mod basic;
 mod census;
 mod confirms;
@@ -79,6 +80,8 @@ pub struct BrokerConfig {
     /// What the brokers of one node share (ids, counts for the limits): the same `Arc` for
     /// each when every vhost has a broker of its own.
     pub census: std::sync::Arc<Census>,
+    /// Who may open which vhost and do what there.
+    pub access: std::sync::Arc<crate::permissions::Access>,
 }
 
 /// Counts a client can make the broker hold; `None` is unlimited, RabbitMQ's default for
@@ -125,6 +128,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             vhost: "/".into(),
             census: Default::default(),
+            access: Default::default(),
         }
     }
 }
@@ -195,6 +199,7 @@ pub struct Broker {
     retry_plugins: crate::retry::RetryPlugins,
     sessions: Map<ConnId, Session>,
     census: std::sync::Arc<Census>,
+    access: std::sync::Arc<crate::permissions::Access>,
     /// This broker's part of the census counts, as last published.
     published: [usize; census::Count::ALL.len()],
     wakeups: Vec<ConnId>,
@@ -239,6 +244,7 @@ impl Broker {
             retry_plugins: Default::default(),
             sessions: Map::default(),
             census: config.census,
+            access: config.access,
             published: Default::default(),
             wakeups: Vec::new(),
             now,
@@ -349,6 +355,7 @@ impl Broker {
                 format!("vhost {} not found", info.vhost),
             ));
         }
+        self.authorize_vhost(&info.user, &info.vhost)?;
         if !self.census.open_connection(self.limits.max_connections) {
             let max = self.limits.max_connections.unwrap_or_default();
             return Err(AmqpError::new(
@@ -478,6 +485,10 @@ impl Broker {
     /// -ok; one that wrote a record gets its -ok once the record is synced.
     pub fn apply(&mut self, conn: ConnId, ch: u16, mut cmd: Command) -> Result<(), AmqpError> {
         let ids = cmd.ids();
+        if let Command::Publish(p) = &cmd {
+            self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
+            self.check_user_id(conn, &p.properties).map_err(|e| e.at(ids))?;
+        }
         match cmd {
             Command::OpenChannel => {
                 self.open_channel_state(conn, ch);
@@ -500,6 +511,7 @@ impl Broker {
             _ => {}
         }
         self.expand_queue_shortcut(conn, ch, &mut cmd).map_err(|e| e.at(ids))?;
+        self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
         let topology = cmd.is_topology();
         let counts = cmd.may_change_counts();
         // Set afresh for every command: one that panicked half-way must not leave its state

@@ -35,6 +35,10 @@
 //! - [`storage`]: the storage trait the broker writes through, and an in-memory store.
 //! - [`stats`]: counters read by the metrics endpoint.
 //! - [`auth`]: users, PLAIN, AMQPLAIN and EXTERNAL.
+//! - [`password`]: RabbitMQ's salted password hashes (sha256, sha512, md5), checked in
+//!   constant time.
+//! - [`permissions`]: RabbitMQ's access rules: configure/write/read patterns per user and
+//!   vhost, topic permissions.
 //! - [`names`]: `amq.gen-` and `amq.ctag-` names.
 //! - [`hash`]: the model's hash maps, under a seed the driver sets.
 //! - [`harness`]: clients and a broker in memory on virtual time, for protocol tests.
@@ -54,6 +58,8 @@ pub mod harness;
 pub mod hash;
 pub mod message;
 pub mod names;
+pub mod password;
+pub mod permissions;
 pub mod policy;
 pub mod queue;
 pub mod queue_args;

@@ -14,6 +14,7 @@ use warren_core::queue_args::QueueArgs;
 
 use crate::tls::TlsConfig;
 
+mod access;
 mod plugins;
 pub use plugins::{ExchangePluginConfig, PluginEntry, PluginSettings, PluginsConfig, RetryPluginConfig};
 
@@ -72,6 +73,16 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         ca: PathBuf,
     },
+    /// Print RabbitMQ's hash of a password, for `password-hash` in `[[users]]` (and accepted
+    /// by RabbitMQ's definitions import). The password is read from standard input when not
+    /// given, so it stays out of the shell history and the process list.
+    HashPassword {
+        /// The password.
+        password: Option<String>,
+        /// RabbitMQ's hashing module: `rabbit_password_hashing_sha256` (default), `_sha512` or `_md5`.
+        #[arg(long, default_value = "rabbit_password_hashing_sha256")]
+        algorithm: String,
+    },
 }
 
 /// How log lines are written.
@@ -112,7 +123,13 @@ pub struct FileConfig {
     #[serde(default)]
     pub amqp: AmqpLimits,
     /// Users; when given, they replace the default guest user.
-    pub users: Option<Vec<UserConfig>>,
+    pub users: Option<Vec<access::UserConfig>>,
+    /// `[[permissions]]`: what each user may do in each vhost.
+    #[serde(default)]
+    pub permissions: Vec<access::PermissionConfig>,
+    /// `[[topic-permissions]]`: the routing keys each user may use with a topic exchange.
+    #[serde(default)]
+    pub topic_permissions: Vec<access::TopicPermissionConfig>,
     /// Queue policies: arguments applied by queue-name pattern.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
@@ -402,23 +419,6 @@ pub struct AmqpLimits {
     pub consumer_timeout_ms: Option<u64>,
 }
 
-/// `[[users]]`: one login.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct UserConfig {
-    /// Login name.
-    pub name: String,
-    /// Password.
-    pub password: String,
-    /// Only from loopback addresses.
-    #[serde(default)]
-    pub loopback_only: bool,
-    /// RabbitMQ's tags: `administrator` for management writes; `monitoring`, `policymaker` or
-    /// `management` for reads.
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -473,6 +473,8 @@ pub struct Settings {
     pub consumer_timeout: Option<std::time::Duration>,
     /// Users allowed to log in.
     pub users: Vec<User>,
+    /// Who may open which vhost and do what there.
+    pub access: std::sync::Arc<warren_core::permissions::Access>,
     /// Durability and disk limits.
     pub storage: StorageSettings,
     /// The memory alarm.
@@ -497,6 +499,7 @@ impl Default for Settings {
             connection: ConnectionConfig::default(),
             consumer_timeout: Some(warren_core::broker::DEFAULT_CONSUMER_TIMEOUT),
             users: vec![User::guest()],
+            access: Default::default(),
             storage: StorageSettings::default(),
             limits: LimitSettings::default(),
             plugins: PluginSettings::default(),
@@ -638,17 +641,8 @@ impl Settings {
         s.limits.counts.max_tx_operations = file.limits.max_tx_operations;
         s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;
-        if let Some(users) = file.users {
-            s.users = users
-                .into_iter()
-                .map(|u| User {
-                    name: u.name,
-                    password: u.password,
-                    loopback_only: u.loopback_only,
-                    tags: u.tags,
-                })
-                .collect();
-        }
+        let (users, access) = access::build(file.users, file.permissions, file.topic_permissions, &s.vhosts)?;
+        (s.users, s.access) = (users, std::sync::Arc::new(access));
         Ok(s)
     }
 }

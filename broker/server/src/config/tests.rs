@@ -173,3 +173,63 @@ memroy = 5",
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn users_take_rabbitmq_hashes_and_permissions_are_checked_against_users_and_vhosts() {
+    let resolve = |text: &str| {
+        parse(text)
+            .map_err(|e| e.to_string())
+            .and_then(|f| Settings::resolve(&Cli::default(), f).map_err(|e| e.to_string()))
+    };
+    // alice's hash as RabbitMQ 3.10 exported it (tests/fixtures/rabbitmq-3.10-definitions.json).
+    let users = "[[vhosts]]\nname = \"orders\"\n\
+                 [[users]]\nname = \"alice\"\npassword-hash = \"RXyMFdXQg+/XCr6rtodH1ZxFjQxyPnEfTl78t2bWrrS35tFm\"\n\
+                 [[users]]\nname = \"carol\"\npassword-hash = \"BSLKO8ckyPEfKvJE7uUk5QJXo2M=\"\n\
+                 hashing-algorithm = \"rabbit_password_hashing_md5\"\n";
+    let s = resolve(users).expect("users");
+    assert!(s.access.is_unrestricted(), "no [[permissions]]: every user everywhere, as before");
+    let alice = s.users.iter().find(|u| u.name == "alice").expect("alice");
+    assert!(alice.password.verify("alice-secret") && !alice.password.verify("alice"));
+    assert!(s.users.iter().find(|u| u.name == "carol").is_some_and(|u| u.password.verify("carol")));
+
+    let perms = format!(
+        "{users}[[permissions]]\nuser = \"alice\"\nvhost = \"orders\"\nconfigure = \"^orders\\\\.\"\nwrite = \".*\"\nread = \".*\"\n"
+    );
+    let s = resolve(&perms).expect("permissions");
+    assert!(s.access.may_open("alice", "orders") && !s.access.may_open("alice", "/"));
+    assert!(!s.access.may_open("carol", "orders"), "no entry, no vhost");
+
+    let bad = [
+        ("[[users]]\nname = \"x\"\n", "needs a password"),
+        ("[[users]]\nname = \"x\"\npassword = \"a\"\npassword-hash = \"b\"\n", "not both"),
+        ("[[users]]\nname = \"x\"\npassword-hash = \"abc=\"\n", "malformed password hash"),
+        (
+            "[[users]]\nname = \"x\"\npassword-hash = \"BSLKO8ckyPEfKvJE7uUk5QJXo2M=\"\nhashing-algorithm = \"bcrypt\"\n",
+            "unknown hashing algorithm",
+        ),
+        (
+            "[[users]]\nname = \"x\"\npassword = \"a\"\n[[users]]\nname = \"x\"\npassword = \"b\"\n",
+            "declared twice",
+        ),
+        (
+            "[[permissions]]\nuser = \"nobody\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n",
+            "not in [[users]]",
+        ),
+        (
+            "[[permissions]]\nuser = \"guest\"\nvhost = \"nowhere\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n",
+            "not in [[vhosts]]",
+        ),
+        (
+            "[[permissions]]\nuser = \"guest\"\nconfigure = \"^(?!amq\\\\.)\"\nwrite = \"\"\nread = \"\"\n",
+            "pattern '^(?!amq\\.)'",
+        ),
+        (
+            "[[permissions]]\nuser = \"guest\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n[[permissions]]\nuser = \"guest\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n",
+            "given twice",
+        ),
+    ];
+    for (text, why) in bad {
+        let e = resolve(text).expect_err(text);
+        assert!(e.contains(why), "{text}: {e}");
+    }
+}

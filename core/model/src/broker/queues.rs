@@ -18,6 +18,9 @@ use crate::storage::MetaOp;
 impl Broker {
     pub(super) fn queue_declare(&mut self, conn: ConnId, ch: u16, m: QueueDeclare) -> Result<(), AmqpError> {
         let name = if m.queue.is_empty() && !m.passive { self.names.name("amq.gen-") } else { m.queue };
+        if !m.passive {
+            self.authorize_queue_declare(conn, &name, &m.arguments)?;
+        }
         if m.passive && self.is_reply_queue(self.vh(conn), &name) {
             self.reply(
                 conn,
