@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         return warren::bridge::run(listener, to, ca).await;
     }
     if let Some(Command::HashPassword { password, algorithm }) = &cli.command {
-        return hash_password(password.clone(), algorithm);
+        return hash_password(password.clone().map(|s| s.0), algorithm);
     }
     let settings = Settings::load(&cli)?;
     let shutdown = shutdown_signal()?;

@@ -7,7 +7,9 @@
 //!
 //! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does: a
 //! read needs one of the tags `administrator`, `monitoring`, `policymaker` or `management`, a
-//! change needs `administrator`; a loopback-only user (guest) only from loopback. A request
+//! change needs `administrator`; a loopback-only user (guest) only from loopback. Users other
+//! than `administrator` and `monitoring` see only the vhosts they have permissions on, and a
+//! change in a vhost needs permissions there whatever the tags. A request
 //! whose `Origin` is not the host it was sent to is refused, so a web page elsewhere cannot
 //! use a browser's stored credentials (CSRF); one whose `Host` is a name other than
 //! `localhost` is refused too, so a page that rebinds its DNS name to this machine cannot
@@ -17,13 +19,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use warren_core::auth::User;
 use warren_core::broker::ReplayReport;
 use warren_core::deadletter::Reason;
 
@@ -55,7 +58,7 @@ const CHALLENGE: &str = "Basic realm=\"RabbitMQ Management\"";
 async fn authorize(
     State(gate): State<Gate>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let node = gate.node;
@@ -91,7 +94,17 @@ async fn authorize(
     if !allowed {
         return refuse(StatusCode::FORBIDDEN, &format!("user '{}' may not {} this", user.name, req.method()));
     }
+    // The handlers scope what they show and do by who asked.
+    req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// Whether `user` may see vhost `vhost`: `administrator` and `monitoring` see every vhost,
+/// as in RabbitMQ; other tags only those they have permissions on.
+fn sees(node: &NodeRef, user: &User, vhost: &str) -> bool {
+    user.has_tag("administrator")
+        || user.has_tag("monitoring")
+        || lock(node.default_broker()).broker.access().may_open(&user.name, vhost)
 }
 
 fn challenge() -> Response {
@@ -155,11 +168,12 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-async fn list_queues(State(node): State<NodeRef>) -> Json<Value> {
-    let snapshots: Vec<_> = node
-        .brokers()
-        .flat_map(|(_, shared)| crate::metrics::queue_snapshots(&lock(shared).broker))
-        .collect();
+async fn list_queues(State(node): State<NodeRef>, Extension(user): Extension<User>) -> Json<Value> {
+    let mut snapshots = Vec::new();
+    for (_, shared) in node.brokers() {
+        let queues = crate::metrics::queue_snapshots(&lock(shared).broker);
+        snapshots.extend(queues.into_iter().filter(|q| sees(&node, &user, &q.vhost)));
+    }
     let mut queues: Vec<Value> = snapshots
         .iter()
         .map(|q| {
@@ -194,9 +208,15 @@ struct ReplayQuery {
 
 async fn replay(
     State(node): State<NodeRef>,
+    Extension(user): Extension<User>,
     Path((vhost, queue)): Path<(String, String)>,
     Query(q): Query<ReplayQuery>,
 ) -> (StatusCode, Json<Value>) {
+    // An administrator too needs permissions on the vhost it changes, as in RabbitMQ.
+    if !lock(node.default_broker()).broker.access().may_open(&user.name, &vhost) {
+        let reason = format!("user '{}' has no permissions on vhost '{vhost}'", user.name);
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
+    }
     // A vhost the configuration dropped is kept, closed, by the broker of `/`.
     let shared = node.broker(&vhost).unwrap_or(node.default_broker()).clone();
     let Some(vh) = lock(&shared).broker.vhosts().id(&vhost) else {

@@ -130,6 +130,12 @@ impl Server {
         let seed = RandomState::new().hash_one(SystemTime::now());
         // Before the broker makes its first map (see warren_core::hash).
         warren_core::hash::set_seed(RandomState::new().hash_one(3u8));
+        if settings.access.is_unrestricted() && settings.users.iter().any(|u| u.name != "guest") {
+            warn!(
+                "no [[permissions]] in the configuration: every user may do everything in every vhost \
+                 (add [[permissions]] entries for RabbitMQ's access control)"
+            );
+        }
         let census = Arc::new(Census::default());
         let (now, unix_ms) = SystemClock.now();
         // One broker per vhost, `/` first: connections to different vhosts never share a lock.

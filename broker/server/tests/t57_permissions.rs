@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{TestBroker, code, s, table};
+use common::{TestBroker, code, eventually, http, http_raw, s, table};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
@@ -50,7 +50,8 @@ async fn broker() -> TestBroker {
                 "2T5xoJjcQ9OD9TvVGs9hbJwhStPSHN5KR6zGJfm08eZJwfXurpxnzUvg+hBP48w5VAZxXIjMSvq9GeXQvnJeMo0har0=",
                 &["monitoring", "impersonator"],
             ),
-            user("carol", HashAlgorithm::Md5, "BSLKO8ckyPEfKvJE7uUk5QJXo2M=", &[]),
+            // RabbitMQ exported carol without tags; here she may read the management API.
+            user("carol", HashAlgorithm::Md5, "BSLKO8ckyPEfKvJE7uUk5QJXo2M=", &["management"]),
         ];
         let permissions = vec![
             permission("guest", "/", ".*", ".*", ".*"),
@@ -294,4 +295,80 @@ async fn topic_permissions_and_the_user_id_are_checked_on_publish() {
     let (c, text) = refusal(&e);
     assert_eq!(c, Some(406), "{text}");
     assert!(text.contains("user_id property set to 'bob' but authenticated user was 'alice'"), "{text}");
+}
+
+/// An HTTP request to the management API as `user:password`.
+async fn api(b: &TestBroker, user: &str, password: &str, method: &str, path: &str) -> (u16, String) {
+    use base64::Engine;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let auth = format!("Authorization: Basic {creds}\r\n");
+    let (status, _, body) = http_raw(b.management.expect("management"), method, path, &auth).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn direct_reply_to_needs_no_permission_and_the_api_shows_each_user_its_vhosts() {
+    let b = broker().await;
+    // On / alice may read `logs` only; direct reply-to is no queue and needs nothing.
+    let (_ac, alice) = open(&b, "alice", "alice-secret", "/").await.expect("alice on /");
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    alice
+        .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), opts, FieldTable::default())
+        .await
+        .expect("direct reply-to");
+
+    let (_bc, bob) = open(&b, "bob", BOB, "orders").await.expect("bob");
+    bob.queue_declare("orders.listed".into(), queue_opts(), FieldTable::default()).await.expect("declare");
+    let (_gc, guest) = open(&b, "guest", "guest", "/").await.expect("guest");
+    guest.queue_declare("root.listed".into(), queue_opts(), FieldTable::default()).await.expect("declare");
+    let names = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| format!("{}:{}", q["vhost"].as_str().unwrap_or(""), q["name"].as_str().unwrap_or("")))
+            .collect()
+    };
+    // carol (management, no permissions) sees nothing; bob (monitoring) sees every vhost.
+    let (status, body) = api(&b, "carol", "carol", "GET", "/api/queues").await;
+    assert_eq!((status, names(&body)), (200, Vec::<String>::new()), "{body}");
+    let (status, body) = api(&b, "bob", "b0b pass, with spaces ü", "GET", "/api/queues").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = names(&body);
+    assert!(
+        seen.contains(&"orders:orders.listed".to_string()) && seen.contains(&"/:root.listed".to_string()),
+        "{seen:?}"
+    );
+    // guest is an administrator without permissions on `orders`: no change there.
+    let (status, body) = http(&b, "POST", "/api/queues/orders/orders.listed/replay").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no permissions on vhost 'orders'"), "{body}");
+}
+
+/// `x-death` is a header any publisher can write: a replay moves a message only to a queue
+/// whose dead letters reach the dead-letter queue, not to whatever queue the header names.
+#[tokio::test]
+async fn a_replay_does_not_follow_a_forged_x_death() {
+    let b = broker().await;
+    let (_gc, guest) = open(&b, "guest", "guest", "/").await.expect("guest");
+    for q in ["dlq", "payments"] {
+        guest.queue_declare(q.into(), queue_opts(), FieldTable::default()).await.expect("declare");
+    }
+    let death = {
+        let mut t = FieldTable::default();
+        t.insert("queue".into(), s("payments"));
+        t.insert("reason".into(), s("rejected"));
+        t
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        lapin::types::AMQPValue::FieldArray(vec![lapin::types::AMQPValue::FieldTable(death)].into()),
+    );
+    publish(&guest, "", "dlq", BasicProperties::default().with_headers(headers)).await.expect("forged");
+    assert!(eventually(|| b.counts("dlq") == Some((1, 0, 0))).await);
+    let (status, body) = http(&b, "POST", "/api/queues/%2F/dlq/replay").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"skipped\":1") && body.contains("\"moved\":0"), "{body}");
+    assert_eq!((b.counts("dlq"), b.counts("payments")), (Some((1, 0, 0)), Some((0, 0, 0))));
 }

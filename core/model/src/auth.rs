@@ -47,11 +47,16 @@ pub fn check_password<'u>(
     password: &str,
     peer_is_loopback: bool,
 ) -> Result<&'u User, AuthError> {
-    let user = users
-        .iter()
-        .find(|u| u.name == name)
-        .filter(|u| u.password.verify(password))
-        .ok_or_else(|| AuthError::InvalidCredentials(name.to_string()))?;
+    // An unknown user costs a hash too: the time of a refusal does not say whether the name
+    // exists.
+    let user = match users.iter().find(|u| u.name == name) {
+        Some(u) => Some(u).filter(|u| u.password.verify(password)),
+        None => {
+            let _ = crate::password::Password::Disabled.verify(password);
+            None
+        }
+    };
+    let user = user.ok_or_else(|| AuthError::InvalidCredentials(name.to_string()))?;
     if user.loopback_only && !peer_is_loopback {
         return Err(AuthError::NotLoopback(user.name.clone()));
     }

@@ -68,6 +68,9 @@ pub const SALT_LEN: usize = 4;
 pub enum Password {
     /// Given in clear (`password = "..."`), compared in constant time all the same.
     Plain(String),
+    /// No password: the user logs in by EXTERNAL (a client certificate) only. RabbitMQ
+    /// exports such users with an empty `password_hash`.
+    Disabled,
     /// A RabbitMQ password hash: the salt, then the digest of salt ‖ password.
     Hashed {
         /// How it was hashed.
@@ -82,6 +85,7 @@ impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Password::Plain(_) => f.write_str("Password::Plain(..)"),
+            Password::Disabled => f.write_str("Password::Disabled"),
             Password::Hashed { algorithm, .. } => write!(f, "Password::Hashed({})", algorithm.name()),
         }
     }
@@ -106,6 +110,9 @@ impl Password {
 
     /// A RabbitMQ password hash (`password_hash` with its `hashing_algorithm`).
     pub fn from_hash(algorithm: HashAlgorithm, base64: &str) -> Result<Self, PasswordError> {
+        if base64.trim().is_empty() {
+            return Ok(Password::Disabled);
+        }
         let salted = STANDARD.decode(base64.trim()).map_err(|e| PasswordError::Malformed(e.to_string()))?;
         if salted.len() != SALT_LEN + algorithm.digest_len() {
             return Err(PasswordError::Malformed(format!(
@@ -122,9 +129,12 @@ impl Password {
     /// it matched.
     pub fn verify(&self, candidate: &str) -> bool {
         match self {
-            Password::Plain(p) => {
-                // Lengths differ in time only by the length of the guess, not the secret's.
-                p.len() == candidate.len() && bool::from(p.as_bytes().ct_eq(candidate.as_bytes()))
+            // Compared as digests: equal lengths, so the time says nothing of the secret's length.
+            Password::Plain(p) => bool::from(Sha256::digest(p).ct_eq(&Sha256::digest(candidate))),
+            Password::Disabled => {
+                // As long as a check that fails, for a user who cannot log in with one.
+                let _ = HashAlgorithm::Sha256.digest(&[0; SALT_LEN], candidate.as_bytes());
+                false
             }
             Password::Hashed { algorithm, salted } => {
                 let (salt, digest) = salted.split_at(SALT_LEN.min(salted.len()));
@@ -189,6 +199,12 @@ mod tests {
         // An md5-sized hash under sha256.
         let short = Password::from_hash(HashAlgorithm::Sha256, "BSLKO8ckyPEfKvJE7uUk5QJXo2M=");
         assert!(matches!(short, Err(PasswordError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_empty_hash_is_a_user_without_a_password() {
+        let p = Password::from_hash(HashAlgorithm::Sha256, "").expect("RabbitMQ exports these");
+        assert!(!p.verify("") && !p.verify("anything"));
     }
 
     #[test]

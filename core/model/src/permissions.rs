@@ -108,11 +108,17 @@ pub struct TopicPermission {
 }
 
 impl TopicPermission {
-    /// An entry whose patterns have `{username}` and `{vhost}` expanded (escaped, so a name
-    /// cannot inject pattern syntax) and compiled once; an error names the pattern.
+    /// An entry whose patterns have `{username}` and `{vhost}` expanded and compiled once; an
+    /// error names the pattern. The names are escaped (RabbitMQ puts them in raw), so a user
+    /// called `a.*` matches itself only, not every key.
     pub fn new(user: &str, vhost: &str, exchange: &str, write: &str, read: &str) -> Result<Self, String> {
-        let expand =
-            |t: &str| t.replace("{username}", &regex::escape(user)).replace("{vhost}", &regex::escape(vhost));
+        // An empty topic pattern is `^$` in RabbitMQ: the empty routing key alone.
+        let expand = |t: &str| {
+            if t.is_empty() {
+                return "^$".to_string();
+            }
+            t.replace("{username}", &regex::escape(user)).replace("{vhost}", &regex::escape(vhost))
+        };
         Ok(TopicPermission {
             user: user.into(),
             vhost: vhost.into(),
@@ -238,6 +244,10 @@ mod tests {
         assert!(!a.grants_topic("alice", "orders", "amq.topic", Perm::Write, "orders.bob.created"));
         assert!(a.grants_topic("alice", "orders", "other.topic", Perm::Write, "anything"), "no entry there");
         assert!(a.grants_topic("alice", "orders", "amq.topic", Perm::Read, "#"));
+        let empty = TopicPermission::new("u", "/", "amq.topic", "", "").expect("empty");
+        let a = Access::rules(Vec::new(), vec![empty]);
+        assert!(a.grants_topic("u", "/", "amq.topic", Perm::Write, ""), "RabbitMQ's ^$");
+        assert!(!a.grants_topic("u", "/", "amq.topic", Perm::Write, "k"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use warren_core::permissions::{Access, Pattern, Permission, TopicPermission};
 use super::ConfigError;
 
 /// `[[users]]`: one login.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UserConfig {
     /// Login name.
@@ -33,6 +33,18 @@ pub struct UserConfig {
     /// `management` for reads; `impersonator` may publish with another `user-id`.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    // Neither the password nor its hash belongs in a log or an error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("hashing_algorithm", &self.hashing_algorithm)
+            .field("loopback_only", &self.loopback_only)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserConfig {

@@ -78,11 +78,28 @@ pub enum Command {
     /// given, so it stays out of the shell history and the process list.
     HashPassword {
         /// The password.
-        password: Option<String>,
+        password: Option<Secret>,
         /// RabbitMQ's hashing module: `rabbit_password_hashing_sha256` (default), `_sha512` or `_md5`.
         #[arg(long, default_value = "rabbit_password_hashing_sha256")]
         algorithm: String,
     },
+}
+
+/// A secret given on the command line: never printed by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 /// How log lines are written.

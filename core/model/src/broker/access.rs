@@ -12,8 +12,8 @@
 //! | basic.publish | | exchange (`amq.default` for `""`; the routing key, for topic permissions) | |
 //! | basic.get, basic.consume, queue.purge | | | queue |
 //!
-//! Passive declares need nothing. A refusal is 403 ACCESS_REFUSED on the channel, in
-//! RabbitMQ's words. Opening a vhost needs an entry there at all (530 at connection.open).
+//! Passive declares need nothing, nor does consuming from direct reply-to. A refusal is 403
+//! ACCESS_REFUSED on the channel, in RabbitMQ 3.10's words (checked against it). Opening a vhost needs an entry there at all (530 at connection.open).
 
 use warren_codec::reply_code::ACCESS_REFUSED;
 use warren_codec::{BasicProperties, FieldTable, FieldValue};
@@ -42,8 +42,8 @@ impl Broker {
             Command::DeclareExchange(m) if !m.passive => {
                 need(Perm::Configure, Kind::Exchange, &m.exchange)?;
                 if let Some(ae) = string_arg(&m.arguments, "alternate-exchange") {
-                    need(Perm::Write, Kind::Exchange, ae)?;
                     need(Perm::Read, Kind::Exchange, &m.exchange)?;
+                    need(Perm::Write, Kind::Exchange, ae)?;
                 }
                 Ok(())
             }
@@ -74,6 +74,8 @@ impl Broker {
                 self.need_topic(conn, vh, &p.method.exchange, Perm::Write, &p.method.routing_key)
             }
             Command::Get(m) => need(Perm::Read, Kind::Queue, &m.queue),
+            // Direct reply-to is no queue: RabbitMQ checks nothing for it.
+            Command::Consume(m) if m.queue == super::reply_to::PSEUDO_QUEUE => Ok(()),
             Command::Consume(m) => need(Perm::Read, Kind::Queue, &m.queue),
             Command::PurgeQueue(m) => need(Perm::Read, Kind::Queue, &m.queue),
             // queue.declare is checked once a server-named queue has its name
@@ -95,8 +97,8 @@ impl Broker {
         let vh = self.vh(conn);
         self.need(conn, vh, Perm::Configure, Kind::Queue, name)?;
         if let Some(dlx) = string_arg(args, "x-dead-letter-exchange") {
-            self.need(conn, vh, Perm::Write, Kind::Exchange, dlx)?;
             self.need(conn, vh, Perm::Read, Kind::Queue, name)?;
+            self.need(conn, vh, Perm::Write, Kind::Exchange, dlx)?;
         }
         Ok(())
     }
@@ -160,7 +162,7 @@ impl Broker {
         }
         Err(AmqpError::new(
             ACCESS_REFUSED,
-            // RabbitMQ's words, which do not say whether it was the write or the read.
+            // RabbitMQ 3.10's words, which do not say whether it was the write or the read.
             format!(
                 "access to topic '{key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
             ),

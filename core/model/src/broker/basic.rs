@@ -49,6 +49,8 @@ impl Broker {
             return Err(on(AmqpError::new(NOT_IMPLEMENTED, "immediate=true")));
         }
         self.check_publish_target(vh, &m.exchange).map_err(on)?;
+        // After the exchange's existence, as RabbitMQ orders them.
+        self.check_user_id(conn, &properties).map_err(on)?;
         message_ttl(&properties).map_err(on)?;
         self.rewrite_reply_to(conn, ch, &mut properties).map_err(on)?;
         // One look at the channel for both questions: held for a transaction? confirmed?

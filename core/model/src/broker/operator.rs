@@ -20,8 +20,9 @@ use crate::queue_args::Overflow;
 pub struct ReplayReport {
     /// Messages moved back to the queue they died in.
     pub moved: usize,
-    /// Messages left in the dead-letter queue because they carry no `x-death`, or the queue
-    /// they died in no longer exists.
+    /// Messages left in the dead-letter queue because they carry no `x-death`, the queue
+    /// they died in no longer exists, or its dead letters cannot reach this queue (a forged
+    /// `x-death`).
     pub skipped: usize,
     /// Messages left in the dead-letter queue because the queue they died in refused them
     /// (full with `reject-publish`, or its store write failed).
@@ -75,7 +76,9 @@ impl Broker {
             let Some(m) = self.vhosts[vh].queues.get_mut(dlq).and_then(|q| q.take(*seq)) else {
                 continue;
             };
-            let origin = died_in(&m.message).filter(|o| o != dlq);
+            // `x-death` is a header any publisher can write: a message only goes back to a
+            // queue whose dead letters can reach this one, never to any queue it names.
+            let origin = died_in(&m.message).filter(|o| o != dlq && self.dead_letters_reach(vh, o, dlq));
             let target = origin.as_ref().and_then(|o| self.vhosts[vh].queues.get(o));
             let Some(target) = target else {
                 report.skipped += 1;
@@ -129,11 +132,25 @@ impl Broker {
     }
 
     fn dead_letter_targets_in(&self, vh: VHostId) -> BTreeSet<String> {
+        self.dead_letter_targets_of(vh, |_| true)
+    }
+
+    /// Whether queue `origin`'s dead letters can reach queue `dlq`, through any binding.
+    fn dead_letters_reach(&self, vh: VHostId, origin: &str, dlq: &str) -> bool {
+        self.dead_letter_targets_of(vh, |q| &*q.name == origin).contains(dlq)
+    }
+
+    /// The queues the dead letters of the queues `from` picks can reach.
+    fn dead_letter_targets_of(
+        &self,
+        vh: VHostId,
+        from: impl Fn(&crate::queue::Queue) -> bool,
+    ) -> BTreeSet<String> {
         let mut seen_x: crate::hash::Set<&str> = crate::hash::Set::default();
-        let mut work: Vec<&str> =
-            self.vhosts[vh].queues.values().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
+        let sources = || self.vhosts[vh].queues.values().filter(|q| from(q));
+        let mut work: Vec<&str> = sources().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
         let mut targets = BTreeSet::new();
-        for q in self.vhosts[vh].queues.values() {
+        for q in sources() {
             // The default exchange as DLX reaches exactly the queue named by the key.
             if q.args.dead_letter_exchange.as_deref() == Some("")
                 && let Some(k) = &q.args.dead_letter_routing_key
