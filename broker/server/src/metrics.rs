@@ -33,11 +33,25 @@ pub(crate) struct QueueSnapshot {
     pub(crate) head_ms: Option<u64>,
     pub(crate) stats: QueueStats,
     pub(crate) dead_lettered: [u64; 4],
+    /// How it was declared, for the management API (not copied for scrapes).
+    pub(crate) decl: Option<QueueDecl>,
+}
+
+/// A queue's declaration, as the management API shows it.
+pub(crate) struct QueueDecl {
+    pub(crate) auto_delete: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) arguments: warren_codec::FieldTable,
 }
 
 /// Every queue's numbers in one pass over the broker: one walk of the unacked deliveries and
 /// of the dead-letter graph, not one per queue.
 pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
+    queue_snapshots_with(b, false)
+}
+
+/// [`queue_snapshots`], with each queue's declaration when `decl`.
+pub(crate) fn queue_snapshots_with(b: &warren_core::Broker, decl: bool) -> Vec<QueueSnapshot> {
     let targets = b.dead_letter_targets();
     let unacked = b.unacked_by_queue();
     b.queues()
@@ -54,6 +68,11 @@ pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
             head_ms: q.head().map(|m| m.enqueued_ms),
             stats: q.stats,
             dead_lettered: q.dead_lettered,
+            decl: decl.then(|| QueueDecl {
+                auto_delete: q.spec.auto_delete,
+                exclusive: q.spec.exclusive_owner.is_some(),
+                arguments: q.spec.arguments.clone(),
+            }),
         })
         .collect()
 }

@@ -342,7 +342,7 @@ impl Broker {
     }
 
     /// Who may open which vhost and do what there.
-    pub fn access(&self) -> &crate::permissions::Access {
+    pub fn access(&self) -> &std::sync::Arc<crate::permissions::Access> {
         &self.access
     }
 

@@ -74,6 +74,11 @@ impl Exchange {
         self.bindings.len()
     }
 
+    /// Its bindings.
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
     /// Where its bindings point.
     pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
         self.bindings.values().map(|b| &b.destination)

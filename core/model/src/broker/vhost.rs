@@ -54,6 +54,11 @@ impl VHost {
         self.queues.get(name)
     }
 
+    /// Its exchanges, by name (the default exchange, which has no entry, not among them).
+    pub fn exchanges(&self) -> impl Iterator<Item = (&str, &Exchange)> {
+        self.exchanges.iter().map(|(n, x)| (n.as_str(), x))
+    }
+
     /// An exchange by name.
     pub fn exchange(&self, name: &str) -> Option<&Exchange> {
         self.exchanges.get(name)

@@ -1,7 +1,8 @@
 //! The management HTTP API: what an operator asks of a running broker.
 //!
-//! - `GET /api/queues`: every queue with its depth, consumers, dead-letter counts by reason,
-//!   retry-delayed messages, and whether it receives dead letters.
+//! - RabbitMQ's read routes (`api`): overview, whoami, vhosts, users, permissions, topic
+//!   permissions, exchanges, bindings, queues (with Warren's dead-letter counts by reason,
+//!   retry-delayed messages, and whether a queue receives dead letters), health checks.
 //! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
 //!   messages from a dead-letter queue back to the queue each last died in.
 //!
@@ -28,18 +29,42 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use warren_core::auth::User;
 use warren_core::broker::ReplayReport;
-use warren_core::deadletter::Reason;
 
 use crate::node::NodeRef;
 use crate::shared::lock;
+
+mod api;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
 pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
     let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
     Router::new()
-        .route("/api/queues", get(list_queues))
+        .route("/api/overview", get(api::overview))
+        .route("/api/whoami", get(api::whoami))
+        .route("/api/vhosts", get(api::vhosts))
+        .route("/api/vhosts/{vhost}", get(api::vhost))
+        .route("/api/vhosts/{vhost}/permissions", get(api::vhost_permissions))
+        .route("/api/users", get(api::users))
+        .route("/api/users/{user}", get(api::one_user))
+        .route("/api/users/{user}/permissions", get(api::user_permissions))
+        .route("/api/permissions", get(api::permissions))
+        .route("/api/permissions/{vhost}/{user}", get(api::permission))
+        .route("/api/topic-permissions", get(api::topic_permissions))
+        .route("/api/exchanges", get(api::exchanges))
+        .route("/api/exchanges/{vhost}", get(api::vhost_exchanges))
+        .route("/api/exchanges/{vhost}/{name}", get(api::exchange))
+        .route("/api/bindings", get(api::bindings))
+        .route("/api/bindings/{vhost}", get(api::vhost_bindings))
+        .route("/api/queues", get(api::queues))
+        .route("/api/queues/{vhost}", get(api::vhost_queues))
+        .route("/api/queues/{vhost}/{queue}", get(api::queue))
+        .route("/api/queues/{vhost}/{queue}/bindings", get(api::queue_bindings))
         .route("/api/queues/{vhost}/{queue}/replay", post(replay))
+        .route("/api/health/checks/alarms", get(api::alarms))
+        .route("/api/health/checks/local-alarms", get(api::alarms))
+        .route("/api/health/checks/virtual-hosts", get(api::vhosts_health))
+        .route("/api/health/checks/node-is-quorum-critical", get(api::quorum_critical))
         .layer(axum::middleware::from_fn_with_state(gate, authorize))
         .with_state(node)
 }
@@ -74,9 +99,12 @@ async fn authorize(
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return challenge();
     };
-    let user = {
+    let (user, access) = {
         let s = lock(node.default_broker());
-        warren_core::auth::check_password(s.broker.users(), &name, &password, is_loopback(peer.ip())).cloned()
+        let user =
+            warren_core::auth::check_password(s.broker.users(), &name, &password, is_loopback(peer.ip()))
+                .cloned();
+        (user, s.broker.access().clone())
     };
     let user = match user {
         Ok(u) => u,
@@ -95,16 +123,30 @@ async fn authorize(
         return refuse(StatusCode::FORBIDDEN, &format!("user '{}' may not {} this", user.name, req.method()));
     }
     // The handlers scope what they show and do by who asked.
-    req.extensions_mut().insert(user);
+    req.extensions_mut().insert(Viewer { user, access });
     next.run(req).await
 }
 
-/// Whether `user` may see vhost `vhost`: `administrator` and `monitoring` see every vhost,
-/// as in RabbitMQ; other tags only those they have permissions on.
-fn sees(node: &NodeRef, user: &User, vhost: &str) -> bool {
-    user.has_tag("administrator")
-        || user.has_tag("monitoring")
-        || lock(node.default_broker()).broker.access().may_open(&user.name, vhost)
+/// Who asked, with the access rules as they were when it did: what a handler shows and
+/// does is scoped by it, without taking a broker lock to ask.
+#[derive(Clone)]
+pub(super) struct Viewer {
+    pub(super) user: User,
+    access: std::sync::Arc<warren_core::permissions::Access>,
+}
+
+impl Viewer {
+    /// Whether the user may see vhost `vhost`: `administrator` and `monitoring` see every
+    /// vhost, as in RabbitMQ; other tags only those they have permissions on.
+    pub(super) fn sees(&self, vhost: &str) -> bool {
+        self.user.has_tag("administrator") || self.user.has_tag("monitoring") || self.may_change(vhost)
+    }
+
+    /// Whether the user may change things in vhost `vhost`: it has permissions there,
+    /// whatever its tags (as in RabbitMQ).
+    pub(super) fn may_change(&self, vhost: &str) -> bool {
+        self.access.may_open(&self.user.name, vhost)
+    }
 }
 
 fn challenge() -> Response {
@@ -168,39 +210,6 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-async fn list_queues(State(node): State<NodeRef>, Extension(user): Extension<User>) -> Json<Value> {
-    let mut snapshots = Vec::new();
-    for (_, shared) in node.brokers() {
-        let queues = crate::metrics::queue_snapshots(&lock(shared).broker);
-        snapshots.extend(queues.into_iter().filter(|q| sees(&node, &user, &q.vhost)));
-    }
-    let mut queues: Vec<Value> = snapshots
-        .iter()
-        .map(|q| {
-            let dead: serde_json::Map<String, Value> = Reason::ALL
-                .iter()
-                .map(|r| (r.as_str().to_string(), json!(q.dead_lettered[*r as usize])))
-                .collect();
-            json!({
-                "vhost": q.vhost,
-                "name": q.name,
-                "durable": q.durable,
-                "messages_ready": q.ready,
-                "messages_unacknowledged": q.unacked,
-                "message_bytes_ready": q.bytes,
-                "consumers": q.consumers,
-                "retry_delayed": q.delayed,
-                "dead_lettered": dead,
-                "dead_letter_target": q.dead_letter_target,
-            })
-        })
-        .collect();
-    queues.sort_by(|a, b| {
-        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
-    });
-    Json(Value::Array(queues))
-}
-
 #[derive(Debug, Deserialize)]
 struct ReplayQuery {
     count: Option<usize>,
@@ -208,13 +217,13 @@ struct ReplayQuery {
 
 async fn replay(
     State(node): State<NodeRef>,
-    Extension(user): Extension<User>,
+    Extension(viewer): Extension<Viewer>,
     Path((vhost, queue)): Path<(String, String)>,
     Query(q): Query<ReplayQuery>,
 ) -> (StatusCode, Json<Value>) {
     // An administrator too needs permissions on the vhost it changes, as in RabbitMQ.
-    if !lock(node.default_broker()).broker.access().may_open(&user.name, &vhost) {
-        let reason = format!("user '{}' has no permissions on vhost '{vhost}'", user.name);
+    if !viewer.may_change(&vhost) {
+        let reason = format!("user '{}' has no permissions on vhost '{vhost}'", viewer.user.name);
         return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
     }
     // A vhost the configuration dropped is kept, closed, by the broker of `/`.

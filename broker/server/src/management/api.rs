@@ -1,0 +1,529 @@
+//! RabbitMQ's management API, the reading half: the paths, JSON shapes and status codes its
+//! tools rely on (checked with the RabbitMQ team's own client, `rabbitmq_http_client`).
+//!
+//! Each handler copies what it shows out of one broker at a time, under that broker's lock,
+//! and builds the JSON after. What a user sees is scoped as in RabbitMQ: `administrator` and
+//! `monitoring` see every vhost, other users the vhosts they have permissions on; users and
+//! permissions are an administrator's to read, and password hashes are never shown here.
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use warren_codec::{FieldTable, FieldValue};
+use warren_core::auth::User;
+use warren_core::deadletter::Reason;
+use warren_core::exchange::Destination;
+use warren_core::permissions::Access;
+
+use super::Viewer;
+use crate::node::NodeRef;
+use crate::shared::lock;
+
+/// A handler's answer: JSON, or RabbitMQ's error object with its status.
+pub(super) type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
+
+/// RabbitMQ's 404 body.
+pub(super) fn not_found() -> (StatusCode, Json<Value>) {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "Object Not Found", "reason": "Not Found"})))
+}
+
+fn forbidden(reason: &str) -> (StatusCode, Json<Value>) {
+    (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})))
+}
+
+/// The node's name as the API shows it (`warren@HOST`, as RabbitMQ's `rabbit@HOST`).
+pub(super) fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("warren@{}", if host.is_empty() { "localhost" } else { host })
+}
+
+/// A field value as RabbitMQ's API renders arguments.
+pub(super) fn field_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::I8(n) => json!(n),
+        FieldValue::U8(n) => json!(n),
+        FieldValue::I16(n) => json!(n),
+        FieldValue::U16(n) => json!(n),
+        FieldValue::I32(n) => json!(n),
+        FieldValue::U32(n) => json!(n),
+        FieldValue::I64(n) => json!(n),
+        FieldValue::F32(n) => json!(n),
+        FieldValue::F64(n) => json!(n),
+        FieldValue::Timestamp(n) => json!(n),
+        FieldValue::Decimal(d) => json!(format!("{d:?}")),
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => json!(String::from_utf8_lossy(b)),
+        FieldValue::Array(a) => Value::Array(a.iter().map(field_json).collect()),
+        FieldValue::Table(t) => table_json(t),
+        FieldValue::Void => Value::Null,
+    }
+}
+
+/// A field table as a JSON object.
+pub(super) fn table_json(t: &FieldTable) -> Value {
+    Value::Object(t.iter().map(|(k, v)| (k.clone(), field_json(v))).collect())
+}
+
+/// `GET /api/whoami`.
+pub(super) async fn whoami(Extension(viewer): Extension<Viewer>) -> Json<Value> {
+    Json(json!({"name": viewer.user.name, "tags": viewer.user.tags}))
+}
+
+/// The vhosts of the node (those it serves and those it keeps closed), `/` first.
+fn vhost_names(node: &NodeRef) -> Vec<(String, bool)> {
+    let s = lock(node.default_broker());
+    let mut names: Vec<(String, bool)> =
+        s.broker.vhosts().iter().map(|(_, v)| (v.name.to_string(), v.open)).collect();
+    drop(s);
+    names.extend(node.brokers().skip(1).map(|(n, _)| (n.to_string(), true)));
+    names
+}
+
+fn vhost_json(name: &str, open: bool) -> Value {
+    let description = if name == "/" { "Default virtual host" } else { "" };
+    json!({
+        "name": name,
+        "description": description,
+        "tags": [],
+        "default_queue_type": "classic",
+        "metadata": {"description": description, "tags": [], "default_queue_type": "classic"},
+        "tracing": false,
+        // Warren's: a vhost the configuration dropped keeps its data but takes no connection.
+        "open": open,
+    })
+}
+
+/// `GET /api/vhosts`.
+pub(super) async fn vhosts(State(node): State<NodeRef>, Extension(viewer): Extension<Viewer>) -> Json<Value> {
+    let list = vhost_names(&node).into_iter().filter(|(n, _)| viewer.sees(n)).map(|(n, o)| vhost_json(&n, o));
+    Json(Value::Array(list.collect()))
+}
+
+/// `GET /api/vhosts/{vhost}`.
+pub(super) async fn vhost(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Reply {
+    let found = vhost_names(&node).into_iter().find(|(n, _)| *n == name).filter(|(n, _)| viewer.sees(n));
+    found.map(|(n, o)| Json(vhost_json(&n, o))).ok_or_else(not_found)
+}
+
+fn users_of(node: &NodeRef) -> (Vec<User>, std::sync::Arc<Access>) {
+    let s = lock(node.default_broker());
+    (s.broker.users().to_vec(), s.broker.access().clone())
+}
+
+fn user_json(u: &User) -> Value {
+    // Never the hash: RabbitMQ's API shows it here; Warren only in a definitions export.
+    json!({"name": u.name, "tags": u.tags, "limits": {}})
+}
+
+fn admin(user: &User) -> Result<(), (StatusCode, Json<Value>)> {
+    if user.has_tag("administrator") { Ok(()) } else { Err(forbidden("administrator tag needed")) }
+}
+
+/// `GET /api/users` (administrators).
+pub(super) async fn users(State(node): State<NodeRef>, Extension(viewer): Extension<Viewer>) -> Reply {
+    admin(&viewer.user)?;
+    Ok(Json(Value::Array(users_of(&node).0.iter().map(user_json).collect())))
+}
+
+/// `GET /api/users/{user}` (administrators).
+pub(super) async fn one_user(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Reply {
+    admin(&viewer.user)?;
+    users_of(&node).0.iter().find(|u| u.name == name).map(|u| Json(user_json(u))).ok_or_else(not_found)
+}
+
+/// Every permission entry; without configured permissions, what that means: every user may
+/// do everything in every vhost.
+fn permission_entries(node: &NodeRef) -> Vec<Value> {
+    let (users, access) = users_of(node);
+    match &*access {
+        Access::Unrestricted => {
+            let vhosts = vhost_names(node);
+            let all = |u: &User, v: &str| json!({"user": u.name, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"});
+            users.iter().flat_map(|u| vhosts.iter().map(move |(v, _)| all(u, v))).collect()
+        }
+        Access::Rules { permissions, .. } => permissions
+            .iter()
+            .map(|p| {
+                json!({
+                    "user": p.user, "vhost": p.vhost,
+                    "configure": p.configure.as_str(), "write": p.write.as_str(), "read": p.read.as_str(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// `GET /api/permissions` (administrators).
+pub(super) async fn permissions(State(node): State<NodeRef>, Extension(viewer): Extension<Viewer>) -> Reply {
+    admin(&viewer.user)?;
+    Ok(Json(Value::Array(permission_entries(&node))))
+}
+
+/// `GET /api/permissions/{vhost}/{user}` (administrators).
+pub(super) async fn permission(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    admin(&viewer.user)?;
+    let found = permission_entries(&node).into_iter().find(|p| p["vhost"] == vhost && p["user"] == name);
+    found.map(Json).ok_or_else(not_found)
+}
+
+/// `GET /api/vhosts/{vhost}/permissions` (administrators).
+pub(super) async fn vhost_permissions(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+) -> Reply {
+    admin(&viewer.user)?;
+    Ok(Json(Value::Array(permission_entries(&node).into_iter().filter(|p| p["vhost"] == vhost).collect())))
+}
+
+/// `GET /api/users/{user}/permissions` (administrators).
+pub(super) async fn user_permissions(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Reply {
+    admin(&viewer.user)?;
+    Ok(Json(Value::Array(permission_entries(&node).into_iter().filter(|p| p["user"] == name).collect())))
+}
+
+/// `GET /api/topic-permissions` (administrators).
+pub(super) async fn topic_permissions(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Reply {
+    admin(&viewer.user)?;
+    let list = match &*users_of(&node).1 {
+        Access::Unrestricted => Vec::new(),
+        Access::Rules { topics, .. } => topics
+            .iter()
+            .map(|t| {
+                json!({
+                    "user": t.user, "vhost": t.vhost, "exchange": t.exchange,
+                    "write": t.write_template, "read": t.read_template,
+                })
+            })
+            .collect(),
+    };
+    Ok(Json(Value::Array(list)))
+}
+
+/// The exchanges of the vhosts `user` sees, `vhost` only when given, as RabbitMQ lists them
+/// (the default exchange as `""` first in each vhost).
+fn exchanges_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (_, shared) in node.brokers() {
+        let s = lock(shared);
+        for (_, v) in s.broker.vhosts().iter() {
+            if vhost.is_some_and(|w| w != &*v.name) || !viewer.sees(&v.name) {
+                continue;
+            }
+            let row =
+                |name: &str, kind: &str, durable: bool, auto_delete: bool, internal: bool, args: Value| {
+                    json!({
+                        "name": name, "vhost": &*v.name, "type": kind, "durable": durable,
+                        "auto_delete": auto_delete, "internal": internal, "arguments": args,
+                        "user_who_performed_action": "",
+                    })
+                };
+            out.push(row("", "direct", true, false, false, json!({})));
+            let mut named: Vec<_> = v.exchanges().collect();
+            named.sort_by_key(|(n, _)| *n);
+            for (name, x) in named {
+                out.push(row(name, &x.kind, x.durable, x.auto_delete, x.internal, table_json(&x.arguments)));
+            }
+        }
+    }
+    out
+}
+
+/// `GET /api/exchanges`.
+pub(super) async fn exchanges(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    Json(Value::Array(exchanges_of(&node, &viewer, None)))
+}
+
+/// `GET /api/exchanges/{vhost}`.
+pub(super) async fn vhost_exchanges(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    Ok(Json(Value::Array(exchanges_of(&node, &viewer, Some(&vhost)))))
+}
+
+/// `GET /api/exchanges/{vhost}/{name}` (`amq.default` names the default exchange).
+pub(super) async fn exchange(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    let name = if name == "amq.default" { String::new() } else { name };
+    exchanges_of(&node, &viewer, Some(&vhost))
+        .into_iter()
+        .find(|x| x["name"] == name)
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+/// A vhost `user` may see, or RabbitMQ's 404.
+fn known_vhost(node: &NodeRef, viewer: &Viewer, vhost: &str) -> Result<(), (StatusCode, Json<Value>)> {
+    if vhost_names(node).iter().any(|(n, _)| n == vhost) && viewer.sees(vhost) {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+/// The bindings of the vhosts `user` sees (`vhost` only when given), the default exchange's
+/// implicit one to each queue first, as RabbitMQ lists them.
+fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (_, shared) in node.brokers() {
+        let s = lock(shared);
+        for (_, v) in s.broker.vhosts().iter() {
+            if vhost.is_some_and(|w| w != &*v.name) || !viewer.sees(&v.name) {
+                continue;
+            }
+            let row = |source: &str, destination: &str, to_queue: bool, key: &str, args: Value| {
+                json!({
+                    "source": source, "vhost": &*v.name, "destination": destination,
+                    "destination_type": if to_queue { "queue" } else { "exchange" },
+                    "routing_key": key, "arguments": args, "properties_key": if key.is_empty() { "~".to_string() } else { key.to_string() },
+                })
+            };
+            let mut queues: Vec<&str> = v.queues().map(|q| &*q.name).collect();
+            queues.sort_unstable();
+            out.extend(queues.iter().map(|q| row("", q, true, q, json!({}))));
+            let mut named: Vec<_> = v.exchanges().collect();
+            named.sort_by_key(|(n, _)| *n);
+            for (source, x) in named {
+                for b in x.bindings() {
+                    let (dest, to_queue) = match &b.destination {
+                        Destination::Queue(q) => (&**q, true),
+                        Destination::Exchange(e) => (&**e, false),
+                    };
+                    out.push(row(source, dest, to_queue, &b.key, table_json(&b.arguments)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `GET /api/bindings`.
+pub(super) async fn bindings(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    Json(Value::Array(bindings_of(&node, &viewer, None)))
+}
+
+/// `GET /api/bindings/{vhost}`.
+pub(super) async fn vhost_bindings(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    Ok(Json(Value::Array(bindings_of(&node, &viewer, Some(&vhost)))))
+}
+
+/// `GET /api/queues/{vhost}/{name}/bindings`.
+pub(super) async fn queue_bindings(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    let all = bindings_of(&node, &viewer, Some(&vhost));
+    let mine: Vec<Value> =
+        all.into_iter().filter(|b| b["destination_type"] == "queue" && b["destination"] == name).collect();
+    if mine.is_empty() {
+        return Err(not_found());
+    }
+    Ok(Json(Value::Array(mine)))
+}
+
+/// The queues of the vhosts `user` sees (`vhost` only when given), in RabbitMQ's shape with
+/// Warren's dead-letter fields beside it.
+fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+    let name = node_name();
+    let mut snapshots = Vec::new();
+    for (_, shared) in node.brokers() {
+        let queues = crate::metrics::queue_snapshots_with(&lock(shared).broker, true);
+        snapshots.extend(
+            queues.into_iter().filter(|q| vhost.is_none_or(|v| v == q.vhost) && viewer.sees(&q.vhost)),
+        );
+    }
+    let mut queues: Vec<Value> = snapshots
+        .iter()
+        .map(|q| {
+            let dead: serde_json::Map<String, Value> = Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), json!(q.dead_lettered[*r as usize])))
+                .collect();
+            let (auto_delete, exclusive, arguments) = match &q.decl {
+                Some(d) => (d.auto_delete, d.exclusive, table_json(&d.arguments)),
+                None => (false, false, json!({})),
+            };
+            json!({
+                "vhost": q.vhost,
+                "name": q.name,
+                "type": "classic",
+                "durable": q.durable,
+                "auto_delete": auto_delete,
+                "exclusive": exclusive,
+                "arguments": arguments,
+                "node": name,
+                "state": "running",
+                "consumers": q.consumers,
+                "messages": q.ready + q.unacked,
+                "messages_ready": q.ready,
+                "messages_unacknowledged": q.unacked,
+                "message_bytes": q.bytes,
+                "message_bytes_ready": q.bytes,
+                "policy": null,
+                "exclusive_consumer_tag": null,
+                "retry_delayed": q.delayed,
+                "dead_lettered": dead,
+                "dead_letter_target": q.dead_letter_target,
+            })
+        })
+        .collect();
+    queues.sort_by(|a, b| {
+        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
+    });
+    queues
+}
+
+/// `GET /api/queues`.
+pub(super) async fn queues(State(node): State<NodeRef>, Extension(viewer): Extension<Viewer>) -> Json<Value> {
+    Json(Value::Array(queues_of(&node, &viewer, None)))
+}
+
+/// `GET /api/queues/{vhost}`.
+pub(super) async fn vhost_queues(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    Ok(Json(Value::Array(queues_of(&node, &viewer, Some(&vhost)))))
+}
+
+/// `GET /api/queues/{vhost}/{name}`.
+pub(super) async fn queue(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    queues_of(&node, &viewer, Some(&vhost))
+        .into_iter()
+        .find(|q| q["name"] == name)
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+/// `GET /api/overview`: totals over the vhosts `user` sees.
+pub(super) async fn overview(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    let queues = queues_of(&node, &viewer, None);
+    let sum = |k: &str| queues.iter().filter_map(|q| q[k].as_u64()).sum::<u64>();
+    let (mut connections, mut channels, mut exchanges) = (0usize, 0usize, 0usize);
+    for (_, shared) in node.brokers() {
+        let s = lock(shared);
+        let (c, ch) = s.broker.open_counts();
+        connections += c;
+        channels += ch;
+        exchanges += s
+            .broker
+            .vhosts()
+            .iter()
+            .filter(|(_, v)| viewer.sees(&v.name))
+            .map(|(_, v)| v.exchanges().count() + 1)
+            .sum::<usize>();
+    }
+    let name = node_name();
+    let version = env!("CARGO_PKG_VERSION");
+    Json(json!({
+        "cluster_name": name,
+        "node": name,
+        "product_name": "Warren",
+        "product_version": version,
+        // Tools read these to pick features; Warren speaks the API of RabbitMQ 3.10's.
+        "rabbitmq_version": "3.10.8",
+        "erlang_version": "none",
+        "erlang_full_version": "none (Warren is written in Rust)",
+        "management_version": "3.10.8",
+        "rates_mode": "none",
+        "statistics_db_event_queue": 0,
+        "churn_rates": {},
+        "queue_totals": {
+            "messages": sum("messages"),
+            "messages_ready": sum("messages_ready"),
+            "messages_unacknowledged": sum("messages_unacknowledged"),
+            "messages_details": {"rate": 0.0},
+        },
+        "object_totals": {
+            "connections": connections, "channels": channels, "queues": queues.len(),
+            "exchanges": exchanges, "consumers": sum("consumers"),
+        },
+        "message_stats": {},
+        "listeners": [],
+    }))
+}
+
+/// `GET /api/health/checks/alarms` and `/local-alarms`: 200 with `ok`, or 503 naming the
+/// alarms in effect (a single node: the same answer).
+pub(super) async fn alarms(State(node): State<NodeRef>) -> (StatusCode, Json<Value>) {
+    let alarm = lock(node.default_broker()).broker.alarm().map(str::to_string);
+    match alarm {
+        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Some(reason) => {
+            // RabbitMQ's resource names; Warren's storage alarm is its own.
+            let resource = match reason.as_str() {
+                "low on disk" => "disk",
+                "low on memory" => "memory",
+                _ => "storage",
+            };
+            let body = json!({
+                "status": "failed",
+                "reason": format!("resource alarm(s) in effect: {reason}"),
+                "alarms": [{"node": node_name(), "resource": resource}],
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        }
+    }
+}
+
+/// `GET /api/health/checks/virtual-hosts`: every vhost the configuration names is running.
+pub(super) async fn vhosts_health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /api/health/checks/node-is-quorum-critical`: no quorum queue can lose its majority by
+/// this node stopping (there are none yet).
+pub(super) async fn quorum_critical() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}

@@ -1,0 +1,169 @@
+//! RabbitMQ's management API as the RabbitMQ team's own client (`rabbitmq_http_client`) reads
+//! it: every response below parses into that client's types, so tools built on the same
+//! shapes (rabbitmqadmin v2, exporters, operators) read Warren as they read RabbitMQ.
+
+mod common;
+
+use common::TestBroker;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use rabbitmq_http_client::api::Client;
+use warren_core::auth::User;
+use warren_core::password::Password;
+use warren_core::permissions::{Access, Pattern, Permission};
+
+fn client(
+    b: &TestBroker,
+    user: &'static str,
+    password: &'static str,
+) -> Client<String, &'static str, &'static str> {
+    let endpoint = format!("http://{}/api", b.management.expect("management"));
+    Client::new(endpoint, user, password)
+}
+
+async fn broker() -> TestBroker {
+    TestBroker::start_with(|s| {
+        s.vhosts = vec!["orders".into()];
+        let user = |name: &str, tags: &[&str]| User {
+            name: name.into(),
+            password: Password::plain(name),
+            loopback_only: false,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        s.users = vec![User::guest(), user("clerk", &["management"]), user("watcher", &["monitoring"])];
+        let all = |u: &str, v: &str| Permission {
+            user: u.into(),
+            vhost: v.into(),
+            configure: Pattern::new(".*").expect("p"),
+            write: Pattern::new(".*").expect("p"),
+            read: Pattern::new(".*").expect("p"),
+        };
+        s.access = std::sync::Arc::new(Access::rules(
+            vec![all("guest", "/"), all("guest", "orders"), all("clerk", "orders")],
+            Vec::new(),
+        ));
+    })
+    .await
+}
+
+/// A durable exchange, a queue with arguments and a binding in `orders`, and a queue in `/`.
+async fn topology(b: &TestBroker) {
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@{}/orders", b.addr),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare("orders.x".into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await
+        .expect("x");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
+    let q = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("orders.q".into(), q, args).await.expect("q");
+    ch.queue_bind(
+        "orders.q".into(),
+        "orders.x".into(),
+        "new.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let root = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect /");
+    let rch = root.create_channel().await.expect("channel");
+    rch.queue_declare("root.q".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("q");
+    // Keep the topology, close the connections.
+    conn.close(200, "done".into()).await.expect("close");
+    root.close(200, "done".into()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmqs_client_reads_overview_vhosts_users_permissions_exchanges_queues_and_bindings() {
+    let b = broker().await;
+    topology(&b).await;
+    let admin = client(&b, "guest", "guest");
+
+    let me = admin.current_user().await.expect("whoami");
+    assert_eq!(me.name, "guest");
+    let overview = admin.overview().await.expect("overview");
+    assert_eq!(overview.product_name, "Warren");
+    assert_eq!(overview.object_totals.queues, 2);
+
+    let vhosts: Vec<String> =
+        admin.list_vhosts().await.expect("vhosts").into_iter().map(|v| v.name).collect();
+    assert_eq!(vhosts, ["/", "orders"]);
+    assert_eq!(admin.get_vhost("orders").await.expect("vhost").name, "orders");
+    assert!(admin.get_vhost("nowhere").await.is_err(), "404");
+
+    let users: Vec<String> = admin.list_users().await.expect("users").into_iter().map(|u| u.name).collect();
+    assert_eq!(users, ["guest", "clerk", "watcher"]);
+    assert!(
+        admin.list_users().await.expect("users").iter().all(|u| u.password_hash.is_none()),
+        "never the hash"
+    );
+    let perms = admin.list_permissions_in("orders").await.expect("permissions");
+    let mut who: Vec<String> = perms.iter().map(|p| p.user.clone()).collect();
+    who.sort();
+    assert_eq!(who, ["clerk", "guest"]);
+    assert_eq!(admin.get_permissions("orders", "clerk").await.expect("one").configure, ".*");
+
+    let exchanges = admin.list_exchanges_in("orders").await.expect("exchanges");
+    let x = exchanges.iter().find(|x| x.name == "orders.x").expect("orders.x listed");
+    assert_eq!((x.exchange_type.as_str(), x.durable), ("topic", true));
+    assert!(exchanges.iter().any(|x| x.name.is_empty()), "the default exchange, as RabbitMQ lists it");
+    assert_eq!(
+        admin.get_exchange_info("orders", "amq.topic").await.expect("amq.topic").exchange_type,
+        "topic"
+    );
+
+    let q = admin.get_queue_info("orders", "orders.q").await.expect("queue");
+    assert_eq!(
+        (q.name.as_str(), q.queue_type.as_str(), q.durable, q.exclusive),
+        ("orders.q", "classic", true, false)
+    );
+    assert_eq!(q.arguments.0.get("x-max-length"), Some(&serde_json::json!(10)));
+    let all: Vec<String> = admin.list_queues().await.expect("queues").into_iter().map(|q| q.name).collect();
+    assert_eq!(all, ["root.q", "orders.q"], "by vhost then name");
+    assert!(admin.get_queue_info("orders", "nope").await.is_err(), "404");
+
+    let bindings = admin.list_queue_bindings("orders", "orders.q").await.expect("bindings");
+    let keys: Vec<(String, String)> =
+        bindings.iter().map(|b| (b.source.clone(), b.routing_key.clone())).collect();
+    assert_eq!(keys, [("".to_string(), "orders.q".to_string()), ("orders.x".into(), "new.*".into())]);
+    assert_eq!(admin.list_bindings_in("orders").await.expect("bindings").len(), 2);
+
+    admin.health_check_cluster_wide_alarms().await.expect("no alarm");
+    admin.health_check_local_alarms().await.expect("no alarm");
+    admin.health_check_if_node_is_quorum_critical().await.expect("no quorum queue to endanger");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_user_sees_follows_its_tags_and_permissions() {
+    let b = broker().await;
+    topology(&b).await;
+    // clerk (management) has permissions on orders only: it sees orders, and no user list.
+    let clerk = client(&b, "clerk", "clerk");
+    let vhosts: Vec<String> =
+        clerk.list_vhosts().await.expect("vhosts").into_iter().map(|v| v.name).collect();
+    assert_eq!(vhosts, ["orders"]);
+    let queues: Vec<String> =
+        clerk.list_queues().await.expect("queues").into_iter().map(|q| q.name).collect();
+    assert_eq!(queues, ["orders.q"]);
+    assert!(clerk.get_queue_info("/", "root.q").await.is_err(), "another vhost is a 404 to it");
+    assert!(clerk.list_users().await.is_err(), "users are an administrator's");
+    // watcher (monitoring) sees every vhost without permissions on any.
+    let watcher = client(&b, "watcher", "watcher");
+    assert_eq!(watcher.list_queues().await.expect("queues").len(), 2);
+    // The alarm check fails while an alarm is raised, with RabbitMQ's resource name.
+    b.alarms.set(warren::alarms::Alarm::Disk, true, &b.node);
+    let e = watcher.health_check_cluster_wide_alarms().await.expect_err("an alarm");
+    assert!(format!("{e:?}").contains("disk"), "{e:?}");
+    b.alarms.set(warren::alarms::Alarm::Disk, false, &b.node);
+    watcher.health_check_local_alarms().await.expect("cleared");
+}
