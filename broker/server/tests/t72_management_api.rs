@@ -167,3 +167,78 @@ async fn what_a_user_sees_follows_its_tags_and_permissions() {
     b.alarms.set(warren::alarms::Alarm::Disk, false, &b.node);
     watcher.health_check_local_alarms().await.expect("cleared");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmqs_client_declares_binds_publishes_gets_purges_and_deletes() {
+    use rabbitmq_http_client::commons::{BindingDestinationType, ExchangeType};
+    use rabbitmq_http_client::requests::{BindingDeletionParams, ExchangeParams, QueueParams};
+    let b = broker().await;
+    let admin = client(&b, "guest", "guest");
+    admin
+        .declare_exchange("orders", &ExchangeParams::durable("api.x", ExchangeType::Direct, None))
+        .await
+        .expect("x");
+    let mut args = serde_json::Map::new();
+    args.insert("x-max-length".into(), serde_json::json!(5));
+    admin
+        .declare_queue("orders", &QueueParams::new_durable_classic_queue("api.q", Some(args)))
+        .await
+        .expect("q");
+    admin.bind_queue("orders", "api.q", "api.x", Some("k"), None).await.expect("bind");
+    let info = admin.get_queue_info("orders", "api.q").await.expect("declared");
+    assert_eq!(
+        info.arguments.0.get("x-max-length"),
+        Some(&serde_json::json!(5)),
+        "arguments typed as RabbitMQ's"
+    );
+
+    let routed =
+        admin.publish_message("orders", "api.x", "k", "hello", Default::default()).await.expect("publish");
+    assert!(routed.routed);
+    let lost =
+        admin.publish_message("orders", "api.x", "nowhere", "x", Default::default()).await.expect("publish");
+    assert!(!lost.routed, "unroutable, as RabbitMQ reports it");
+    // Peeking puts the message back; taking removes it.
+    let peeked = admin.get_messages("orders", "api.q", 5, "ack_requeue_true").await.expect("get");
+    assert_eq!((peeked.len(), peeked[0].payload.as_str(), peeked[0].routing_key.as_str()), (1, "hello", "k"));
+    assert!(b.node.broker("orders").is_some());
+    let taken = admin.get_messages("orders", "api.q", 5, "ack_requeue_false").await.expect("get");
+    assert!(taken[0].redelivered, "it was delivered once already");
+    assert!(admin.get_messages("orders", "api.q", 5, "ack_requeue_false").await.expect("get").is_empty());
+    admin.publish_message("orders", "api.x", "k", "again", Default::default()).await.expect("publish");
+    admin.purge_queue("orders", "api.q").await.expect("purge");
+    assert_eq!(admin.get_queue_info("orders", "api.q").await.expect("q").message_count, 0);
+
+    let unbind = BindingDeletionParams {
+        virtual_host: "orders",
+        source: "api.x",
+        destination: "api.q",
+        destination_type: BindingDestinationType::Queue,
+        routing_key: "k",
+        arguments: None,
+    };
+    admin.delete_binding(&unbind, false).await.expect("unbind");
+    assert_eq!(
+        admin.list_queue_bindings("orders", "api.q").await.expect("bindings").len(),
+        1,
+        "the default one"
+    );
+    admin.delete_queue("orders", "api.q", false).await.expect("delete q");
+    admin.delete_exchange("orders", "api.x", false).await.expect("delete x");
+    assert!(admin.get_queue_info("orders", "api.q").await.is_err());
+
+    // clerk's permissions decide what it may change, as they decide what its clients may.
+    let clerk = client(&b, "clerk", "clerk");
+    clerk
+        .declare_queue("orders", &QueueParams::new_durable_classic_queue("clerk.q", None))
+        .await
+        .expect("in orders");
+    let e = clerk
+        .declare_queue("/", &QueueParams::new_durable_classic_queue("clerk.q", None))
+        .await
+        .expect_err("/");
+    assert!(format!("{e:?}").contains("403"), "{e:?}");
+    // A quorum queue is refused with RabbitMQ's 400, until quorum queues exist.
+    let e = admin.declare_quorum_queue("orders", "qq").await.expect_err("no quorum queues yet");
+    assert!(format!("{e:?}").contains("400"), "{e:?}");
+}

@@ -66,6 +66,20 @@ pub(super) fn table_json(t: &FieldTable) -> Value {
     Value::Object(t.iter().map(|(k, v)| (k.clone(), field_json(v))).collect())
 }
 
+/// A binding's `properties_key`, which names it in RabbitMQ's paths: its routing key (`~`
+/// when empty), then `~` and a digest of its arguments when it has any.
+pub(super) fn properties_key(key: &str, args: &FieldTable) -> String {
+    use std::hash::{Hash, Hasher};
+    let key = if key.is_empty() && args.is_empty() { "~" } else { key };
+    if args.is_empty() {
+        return key.to_string();
+    }
+    // A fixed-key hasher: the same arguments give the same name in every listing.
+    let mut h = std::hash::DefaultHasher::new();
+    table_json(args).to_string().hash(&mut h);
+    format!("{key}~{:016x}", h.finish())
+}
+
 /// `GET /api/whoami`.
 pub(super) async fn whoami(Extension(viewer): Extension<Viewer>) -> Json<Value> {
     Json(json!({"name": viewer.user.name, "tags": viewer.user.tags}))
@@ -302,16 +316,17 @@ fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Valu
             if vhost.is_some_and(|w| w != &*v.name) || !viewer.sees(&v.name) {
                 continue;
             }
-            let row = |source: &str, destination: &str, to_queue: bool, key: &str, args: Value| {
-                json!({
-                    "source": source, "vhost": &*v.name, "destination": destination,
-                    "destination_type": if to_queue { "queue" } else { "exchange" },
-                    "routing_key": key, "arguments": args, "properties_key": if key.is_empty() { "~".to_string() } else { key.to_string() },
-                })
-            };
+            let row =
+                |source: &str, destination: &str, to_queue: bool, key: &str, args: Value, props: String| {
+                    json!({
+                        "source": source, "vhost": &*v.name, "destination": destination,
+                        "destination_type": if to_queue { "queue" } else { "exchange" },
+                        "routing_key": key, "arguments": args, "properties_key": props,
+                    })
+                };
             let mut queues: Vec<&str> = v.queues().map(|q| &*q.name).collect();
             queues.sort_unstable();
-            out.extend(queues.iter().map(|q| row("", q, true, q, json!({}))));
+            out.extend(queues.iter().map(|q| row("", q, true, q, json!({}), q.to_string())));
             let mut named: Vec<_> = v.exchanges().collect();
             named.sort_by_key(|(n, _)| *n);
             for (source, x) in named {
@@ -320,7 +335,8 @@ fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Valu
                         Destination::Queue(q) => (&**q, true),
                         Destination::Exchange(e) => (&**e, false),
                     };
-                    out.push(row(source, dest, to_queue, &b.key, table_json(&b.arguments)));
+                    let props = properties_key(&b.key, &b.arguments);
+                    out.push(row(source, dest, to_queue, &b.key, table_json(&b.arguments), props));
                 }
             }
         }

@@ -6,9 +6,11 @@
 //! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
 //!   messages from a dead-letter queue back to the queue each last died in.
 //!
-//! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does: a
-//! read needs one of the tags `administrator`, `monitoring`, `policymaker` or `management`, a
-//! change needs `administrator`; a loopback-only user (guest) only from loopback. Users other
+//! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does, with
+//! one of the tags `administrator`, `monitoring`, `policymaker` or `management`; a
+//! loopback-only user (guest) only from loopback. Declaring, deleting, binding, purging,
+//! getting and publishing (`ops`) run as the user's own session, so its permissions decide
+//! them as they decide a client's; a replay needs `administrator`. Users other
 //! than `administrator` and `monitoring` see only the vhosts they have permissions on, and a
 //! change in a vhost needs permissions there whatever the tags. A request
 //! whose `Origin` is not the host it was sent to is refused, so a web page elsewhere cannot
@@ -21,10 +23,10 @@ use std::net::{IpAddr, SocketAddr};
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warren_core::auth::User;
@@ -34,6 +36,7 @@ use crate::node::NodeRef;
 use crate::shared::lock;
 
 mod api;
+mod ops;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
@@ -53,12 +56,23 @@ pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
         .route("/api/topic-permissions", get(api::topic_permissions))
         .route("/api/exchanges", get(api::exchanges))
         .route("/api/exchanges/{vhost}", get(api::vhost_exchanges))
-        .route("/api/exchanges/{vhost}/{name}", get(api::exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(api::exchange).put(ops::declare_exchange).delete(ops::delete_exchange),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(ops::publish))
         .route("/api/bindings", get(api::bindings))
         .route("/api/bindings/{vhost}", get(api::vhost_bindings))
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(ops::bind))
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", delete(ops::unbind))
         .route("/api/queues", get(api::queues))
         .route("/api/queues/{vhost}", get(api::vhost_queues))
-        .route("/api/queues/{vhost}/{queue}", get(api::queue))
+        .route(
+            "/api/queues/{vhost}/{queue}",
+            get(api::queue).put(ops::declare_queue).delete(ops::delete_queue),
+        )
+        .route("/api/queues/{vhost}/{queue}/contents", delete(ops::purge_queue))
+        .route("/api/queues/{vhost}/{queue}/get", post(ops::get))
         .route("/api/queues/{vhost}/{queue}/bindings", get(api::queue_bindings))
         .route("/api/queues/{vhost}/{queue}/replay", post(replay))
         .route("/api/health/checks/alarms", get(api::alarms))
@@ -113,12 +127,11 @@ async fn authorize(
             return challenge();
         }
     };
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
-    let allowed = if reads {
-        ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| user.has_tag(t))
-    } else {
-        user.has_tag("administrator")
-    };
+    // Any of the management tags opens the API, as in RabbitMQ; what a request may then do
+    // is its handler's to decide: vhost-scoped changes go through the user's permissions
+    // (`ops`), and the rest name the tag they need.
+    let allowed =
+        ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| user.has_tag(t));
     if !allowed {
         return refuse(StatusCode::FORBIDDEN, &format!("user '{}' may not {} this", user.name, req.method()));
     }
@@ -221,6 +234,10 @@ async fn replay(
     Path((vhost, queue)): Path<(String, String)>,
     Query(q): Query<ReplayQuery>,
 ) -> (StatusCode, Json<Value>) {
+    if !viewer.user.has_tag("administrator") {
+        let reason = format!("user '{}' may not POST this", viewer.user.name);
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
+    }
     // An administrator too needs permissions on the vhost it changes, as in RabbitMQ.
     if !viewer.may_change(&vhost) {
         let reason = format!("user '{}' has no permissions on vhost '{vhost}'", viewer.user.name);
