@@ -54,6 +54,7 @@ async fn next_stream_event(streams: &mut Option<ChannelStreams>) -> Option<Strea
 pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     node: NodeRef,
     alarms: Arc<Alarms>,
     config: ConnectionConfig,
@@ -65,7 +66,13 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d: it is a.b.c.d
     // (loopback for guest, and in the logs).
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    // RabbitMQ's name for a connection, which the management API lists and closes it by.
+    let name = match local {
+        Some(l) => format!("{peer} -> {}", SocketAddr::new(l.ip().to_canonical(), l.port())),
+        None => format!("{peer} -> quic"),
+    };
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
+        .with_name(name)
         .with_external_identity(external);
     let notify = Arc::new(Notify::new());
     // The broker of the vhost the connection opens; `/`'s until its handshake names one.

@@ -98,7 +98,7 @@ pub(crate) async fn serve_quic(
                     routes.retain(|_, tx| !tx.is_closed());
                     routes.insert(id, tx);
                     let stream = tokio::io::join(std::io::Cursor::new(prefix).chain(recv), send);
-                    streams.spawn(drive(stream, peer, node.clone(), alarms.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
+                    streams.spawn(drive(stream, peer, None, node.clone(), alarms.clone(), config.clone(), stop.clone(), identity.clone(), Some(channels)));
                 }
                 Stream::Channel { of, send, recv } => {
                     // QUIC bounds the streams open at once, and with them this queue.

@@ -322,7 +322,8 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let (node, config, stop) = (self.node.clone(), self.connection.clone(), stop_rx.clone());
-                        tasks.spawn(drive(stream, peer, node, alarms.clone(), config, stop, None, None));
+                        let local = stream.local_addr().ok();
+                        tasks.spawn(drive(stream, peer, local, node, alarms.clone(), config, stop, None, None));
                     }
                     // Out of file descriptors and the like: keep serving the connections we have.
                     Err(e) => {
@@ -340,7 +341,8 @@ impl Server {
                             match handshake.await {
                                 Ok(Ok(tls)) => {
                                     let identity = crate::tls::peer_identity(tls.get_ref().1);
-                                    drive(tls, peer, node, alarms, config, stop, identity, None).await
+                                    let local = tls.get_ref().0.local_addr().ok();
+                                    drive(tls, peer, local, node, alarms, config, stop, identity, None).await
                                 }
                                 Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => info!(%peer, "TLS handshake timed out"),

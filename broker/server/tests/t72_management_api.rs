@@ -242,3 +242,55 @@ async fn rabbitmqs_client_declares_binds_publishes_gets_purges_and_deletes() {
     let e = admin.declare_quorum_queue("orders", "qq").await.expect_err("no quorum queues yet");
     assert!(format!("{e:?}").contains("400"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmqs_client_lists_connections_channels_and_consumers_and_closes_a_connection() {
+    use lapin::options::BasicConsumeOptions;
+    let b = broker().await;
+    topology(&b).await;
+    let props = ConnectionProperties::default().with_connection_name("orders-app".into());
+    let conn =
+        Connection::connect(&format!("amqp://guest:guest@{}/orders", b.addr), props).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let consumer = ch
+        .basic_consume(
+            "orders.q".into(),
+            "watcher-1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+
+    let admin = client(&b, "guest", "guest");
+    let conns = admin.list_connections().await.expect("connections");
+    assert_eq!(conns.len(), 1, "the API's own sessions are not connections: {conns:?}");
+    let c = &conns[0];
+    assert_eq!((c.username.as_str(), c.protocol.as_str(), c.channel_count), ("guest", "AMQP 0-9-1", 1));
+    assert_eq!(c.client_properties.connection_name, "orders-app");
+    assert!(c.client_properties.capabilities.as_ref().is_some_and(|caps| caps.publisher_confirms));
+    assert_eq!(c.client_hostname.as_deref(), Some("127.0.0.1"));
+    let channels = admin.list_channels().await.expect("channels");
+    assert_eq!((channels.len(), channels[0].consumer_count), (1, 1));
+    let consumers = admin.list_consumers().await.expect("consumers");
+    assert_eq!(
+        (consumers[0].consumer_tag.as_str(), consumers[0].queue.name.as_str()),
+        ("watcher-1", "orders.q")
+    );
+    // clerk (management) sees no connection of guest's, and may not close one.
+    let clerk = client(&b, "clerk", "clerk");
+    assert!(clerk.list_connections().await.expect("connections").is_empty());
+    assert!(clerk.close_connection(&c.name, None, false).await.is_err());
+
+    admin.close_connection(&c.name, Some("maintenance window"), false).await.expect("close");
+    assert!(common::eventually(|| !conn.status().connected()).await, "the client saw its connection closed");
+    drop(consumer);
+    assert!(
+        common::eventually(|| b
+            .node
+            .brokers()
+            .all(|(_, s)| warren::server::lock(s).broker.open_counts().0 == 0))
+        .await
+    );
+    assert!(admin.list_connections().await.expect("connections").is_empty());
+}

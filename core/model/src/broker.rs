@@ -144,6 +144,57 @@ pub struct ConnectionInfo {
     pub consumer_cancel_notify: bool,
     /// The client advertised `connection.blocked`: tell it when publishing is blocked.
     pub blocked_notify: bool,
+    /// How the management API names it (`peer -> local`); empty for sessions no socket
+    /// carries (the API's own).
+    pub name: String,
+    /// What the client said of itself in connection.start-ok.
+    pub client_properties: warren_codec::FieldTable,
+    /// The SASL mechanism it logged in with.
+    pub auth_mechanism: String,
+    /// Negotiated frame size.
+    pub frame_max: u32,
+    /// Negotiated channel limit.
+    pub channel_max: u16,
+    /// Negotiated heartbeat, in seconds (0: none).
+    pub heartbeat: u16,
+    /// When it opened, in milliseconds since the epoch (stamped by the broker).
+    pub connected_at_ms: u64,
+}
+
+/// A channel as the management API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelSummary {
+    /// Its number on the connection.
+    pub number: u16,
+    /// The prefetch new consumers get.
+    pub prefetch_count: u16,
+    /// The channel-wide prefetch.
+    pub global_prefetch_count: u16,
+    /// In confirm mode.
+    pub confirm: bool,
+    /// Transactional.
+    pub transactional: bool,
+    /// Deliveries waiting for their acknowledgement.
+    pub unacknowledged: usize,
+    /// Its consumers.
+    pub consumers: usize,
+}
+
+/// A consumer as the management API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerSummary {
+    /// Its tag.
+    pub tag: String,
+    /// The queue it consumes from.
+    pub queue: String,
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its channel.
+    pub channel: u16,
+    /// Deliveries need acknowledgement.
+    pub ack_required: bool,
+    /// Its prefetch (0: unlimited).
+    pub prefetch_count: u16,
 }
 
 #[derive(Debug)]
@@ -379,7 +430,8 @@ impl Broker {
     }
 
     /// Adds the session of a connection whose slot in the census is taken.
-    fn register_session(&mut self, info: ConnectionInfo) -> ConnId {
+    fn register_session(&mut self, mut info: ConnectionInfo) -> ConnId {
+        info.connected_at_ms = self.unix_ms;
         let vhost = self.vhosts.id(&info.vhost).unwrap_or_default();
         let id = self.census.next_conn();
         self.stats.connections_opened += 1;
@@ -755,6 +807,56 @@ impl Broker {
             s.errors.push((ch, err));
             self.wake(conn);
         }
+    }
+
+    /// Every open connection's details and channels, for the management API.
+    pub fn connection_summaries(&self) -> Vec<(ConnId, ConnectionInfo, Vec<ChannelSummary>)> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| {
+                let mut channels: Vec<ChannelSummary> = s
+                    .channels
+                    .iter()
+                    .map(|(n, c)| ChannelSummary {
+                        number: *n,
+                        prefetch_count: c.consumer_prefetch,
+                        global_prefetch_count: c.channel_prefetch,
+                        confirm: c.confirm_seq.is_some(),
+                        transactional: c.tx.is_some(),
+                        unacknowledged: c.unacked.len(),
+                        consumers: c.consumers.len(),
+                    })
+                    .collect();
+                channels.sort_by_key(|c| c.number);
+                (*id, s.info.clone(), channels)
+            })
+            .collect()
+    }
+
+    /// Every consumer, for the management API.
+    pub fn consumer_summaries(&self) -> Vec<ConsumerSummary> {
+        let mut out = Vec::new();
+        for (conn, s) in &self.sessions {
+            for (channel, c) in &s.channels {
+                for (tag, k) in &c.consumers {
+                    out.push(ConsumerSummary {
+                        tag: tag.clone(),
+                        queue: k.queue.to_string(),
+                        conn: *conn,
+                        channel: *channel,
+                        ack_required: !k.no_ack,
+                        prefetch_count: k.prefetch,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes connection `conn` with 320 CONNECTION_FORCED and `reason`, as an operator does
+    /// (its machine sends connection.close on its next pull).
+    pub fn close_connection(&mut self, conn: ConnId, reason: &str) {
+        self.raise_error(conn, 0, AmqpError::new(warren_codec::reply_code::CONNECTION_FORCED, reason));
     }
 
     /// The errors [`Broker::raise_error`] queued for `conn`.

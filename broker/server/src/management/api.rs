@@ -543,3 +543,190 @@ pub(super) async fn vhosts_health() -> Json<Value> {
 pub(super) async fn quorum_critical() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
+
+/// One connection's details, copied out of its broker.
+struct ConnectionRow {
+    id: warren_core::ConnId,
+    info: warren_core::broker::ConnectionInfo,
+    channels: Vec<warren_core::broker::ChannelSummary>,
+}
+
+/// The connections of the vhosts `viewer` sees; a user without `administrator` or
+/// `monitoring` sees its own only, as in RabbitMQ. The API's own sessions (no name) are not
+/// connections.
+fn connections_of(node: &NodeRef, viewer: &Viewer) -> Vec<ConnectionRow> {
+    let all = viewer.user.has_tag("administrator") || viewer.user.has_tag("monitoring");
+    let mut out = Vec::new();
+    for (_, shared) in node.brokers() {
+        let rows = lock(shared).broker.connection_summaries();
+        out.extend(
+            rows.into_iter()
+                .filter(|(_, info, _)| !info.name.is_empty() && (all || info.user == viewer.user.name))
+                .map(|(id, info, channels)| ConnectionRow { id, info, channels }),
+        );
+    }
+    out.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    out
+}
+
+/// The peer's host and port, from a connection's name (`peer -> local`).
+fn peer_of(name: &str) -> (String, u16) {
+    let peer = name.split(" -> ").next().unwrap_or_default();
+    match peer.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => (peer.to_string(), 0),
+    }
+}
+
+fn connection_json(c: &ConnectionRow, node_name: &str) -> Value {
+    let (peer_host, peer_port) = peer_of(&c.info.name);
+    let local = c.info.name.split(" -> ").nth(1).and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    json!({
+        "name": c.info.name,
+        "node": node_name,
+        "vhost": c.info.vhost,
+        "user": c.info.user,
+        "state": "running",
+        "protocol": "AMQP 0-9-1",
+        "type": "network",
+        "auth_mechanism": c.info.auth_mechanism,
+        "connected_at": c.info.connected_at_ms,
+        "peer_host": peer_host,
+        "peer_port": peer_port,
+        "host": local.map(|l| l.ip().to_string()),
+        "port": local.map(|l| l.port()),
+        "channels": c.channels.len(),
+        "channel_max": c.info.channel_max,
+        "frame_max": c.info.frame_max,
+        "timeout": c.info.heartbeat,
+        "client_properties": table_json(&c.info.client_properties),
+    })
+}
+
+/// `GET /api/connections`.
+pub(super) async fn connections(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    let name = node_name();
+    Json(Value::Array(connections_of(&node, &viewer).iter().map(|c| connection_json(c, &name)).collect()))
+}
+
+/// `GET /api/connections/{name}`.
+pub(super) async fn connection(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Reply {
+    let node_name = node_name();
+    let found = connections_of(&node, &viewer).into_iter().find(|c| c.info.name == name);
+    found.map(|c| Json(connection_json(&c, &node_name))).ok_or_else(not_found)
+}
+
+/// `DELETE /api/connections/{name}`: closes it with 320 CONNECTION_FORCED and the
+/// `X-Reason` header's text (RabbitMQ's "Closed via management plugin" without one). An
+/// administrator may close any; another user its own.
+pub(super) async fn close_connection(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, (StatusCode, Json<Value>)> {
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(|r| r.chars().take(200).collect::<String>())
+        .unwrap_or_else(|| "Closed via management plugin".into());
+    for (_, shared) in node.brokers() {
+        let mut s = lock(shared);
+        let found = s
+            .broker
+            .connection_summaries()
+            .into_iter()
+            .find(|(_, info, _)| info.name == name && !name.is_empty());
+        if let Some((id, info, _)) = found {
+            if !viewer.user.has_tag("administrator") && info.user != viewer.user.name {
+                return Err(forbidden("only an administrator closes another user's connection"));
+            }
+            s.broker.close_connection(id, &reason);
+            s.wake_all();
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    Err(not_found())
+}
+
+/// `GET /api/channels`.
+pub(super) async fn channels(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    let node_name = node_name();
+    let mut out = Vec::new();
+    for c in connections_of(&node, &viewer) {
+        let (peer_host, peer_port) = peer_of(&c.info.name);
+        for ch in &c.channels {
+            let name = format!("{} ({})", c.info.name, ch.number);
+            out.push(json!({
+                "name": name,
+                "number": ch.number,
+                "node": node_name,
+                "vhost": c.info.vhost,
+                "user": c.info.user,
+                "state": "running",
+                "consumer_count": ch.consumers,
+                "confirm": ch.confirm,
+                "transactional": ch.transactional,
+                "prefetch_count": ch.prefetch_count,
+                "global_prefetch_count": ch.global_prefetch_count,
+                "messages_unacknowledged": ch.unacknowledged,
+                "messages_unconfirmed": 0,
+                "connection_details": {"name": c.info.name, "peer_host": peer_host, "peer_port": peer_port},
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+/// `GET /api/consumers`.
+pub(super) async fn consumers(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    let node_name = node_name();
+    let names: std::collections::HashMap<warren_core::ConnId, (String, String, String)> =
+        connections_of(&node, &viewer)
+            .into_iter()
+            .map(|c| (c.id, (c.info.name, c.info.user, c.info.vhost)))
+            .collect();
+    let mut out = Vec::new();
+    for (_, shared) in node.brokers() {
+        for k in lock(shared).broker.consumer_summaries() {
+            let Some((conn_name, user, vhost)) = names.get(&k.conn) else {
+                continue;
+            };
+            let (peer_host, peer_port) = peer_of(conn_name);
+            out.push(json!({
+                "consumer_tag": k.tag,
+                "active": true,
+                "activity_status": "up",
+                "ack_required": k.ack_required,
+                "prefetch_count": k.prefetch_count,
+                "exclusive": false,
+                "arguments": {},
+                "consumer_timeout": 0,
+                "queue": {"name": k.queue, "vhost": vhost},
+                "channel_details": {
+                    "number": k.channel,
+                    "name": format!("{conn_name} ({})", k.channel),
+                    "connection_name": conn_name,
+                    "node": node_name,
+                    "peer_host": peer_host,
+                    "peer_port": peer_port,
+                    "user": user,
+                },
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}

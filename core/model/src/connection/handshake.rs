@@ -83,6 +83,9 @@ pub(super) enum Handshake {
 pub(super) struct Authenticated {
     user: String,
     capabilities: FieldTable,
+    /// What the client said of itself in start-ok (shown by the management API).
+    client_properties: FieldTable,
+    mechanism: String,
 }
 
 impl Handshake {
@@ -186,7 +189,12 @@ impl Connection {
                             heartbeat: self.config.heartbeat,
                         };
                         self.send(0, tune);
-                        Handshake::Tune(Authenticated { user, capabilities })
+                        Handshake::Tune(Authenticated {
+                            user,
+                            capabilities,
+                            client_properties: m.client_properties,
+                            mechanism: m.mechanism,
+                        })
                     }
                     Err(AuthError::UnknownMechanism(mech)) => {
                         let e = AmqpError::new(
@@ -225,6 +233,13 @@ impl Connection {
                     vhost: m.virtual_host.clone(),
                     consumer_cancel_notify: capable("consumer_cancel_notify"),
                     blocked_notify: capable("connection.blocked"),
+                    name: self.name.clone(),
+                    client_properties: who.client_properties.clone(),
+                    auth_mechanism: who.mechanism.clone(),
+                    frame_max: self.frame_max,
+                    channel_max: self.channel_max,
+                    heartbeat: self.heartbeat.map_or(0, |h| h.as_secs() as u16),
+                    connected_at_ms: 0,
                 };
                 match broker.open_session(info) {
                     Ok(id) => self.id = Some(id),

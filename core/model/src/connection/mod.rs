@@ -147,6 +147,8 @@ pub struct Connection {
     /// The latest `now` the driver passed in; frames sent are stamped with it.
     now: Instant,
     external: Option<String>,
+    /// How the management API and the logs name it (`peer -> local`, as RabbitMQ).
+    name: String,
     id: Option<ConnId>,
     channels: Map<u16, Phase>,
     events: VecDeque<Event>,
@@ -183,6 +185,7 @@ impl Connection {
             last_send: now,
             now,
             external: None,
+            name: String::new(),
             id: None,
             channels: Map::default(),
             events: VecDeque::new(),
@@ -196,6 +199,13 @@ impl Connection {
     /// The identity of a verified TLS client certificate: offers EXTERNAL login as that user.
     pub fn with_external_identity(mut self, identity: Option<String>) -> Self {
         self.external = identity;
+        self
+    }
+
+    /// Names the connection as the management API shows it (`peer -> local`, RabbitMQ's
+    /// form); the driver knows the addresses.
+    pub fn with_name(mut self, name: String) -> Self {
+        self.name = name;
         self
     }
 
