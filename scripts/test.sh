@@ -119,6 +119,26 @@ cargo build -q -p warren-examples --bin dead-letter
 bash examples/prometheus/scrape-test.sh "$CARGO_TARGET_DIR/debug/warren" "$CARGO_TARGET_DIR/debug/dead-letter"
 ok
 
+step "the same scenarios against RabbitMQ, when it is installed"
+# Debian's rabbitmq-server, if this machine has it: started for these tests (and stopped after)
+# unless one already runs. Without it the comparison halves were skipped above, with a note.
+if command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmqctl >/dev/null 2>&1; then
+    started_rabbit=0
+    if ! timeout 20 rabbitmqctl -q status >/dev/null 2>&1; then
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+        started_rabbit=1
+    fi
+    if timeout 90 rabbitmqctl -q await_startup >/dev/null 2>&1; then
+        RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f" cargo test -q -p warren --test t62_vs_rabbitmq --test t73_definitions
+    else
+        echo "RabbitMQ did not start: comparisons skipped"
+    fi
+    [ "$started_rabbit" = 1 ] && { timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || true; }
+else
+    echo "rabbitmq-server is not installed: comparisons skipped"
+fi
+ok
+
 step "warren stops cleanly on SIGTERM"
 kill -TERM $pid
 for _ in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done

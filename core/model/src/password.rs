@@ -144,6 +144,18 @@ impl Password {
     }
 }
 
+impl Password {
+    /// The algorithm and hash a definitions export carries: a hash as it was given; a clear
+    /// password hashed with `salt` under RabbitMQ's default; `""` for a passwordless user.
+    pub fn exported(&self, salt: [u8; SALT_LEN]) -> (HashAlgorithm, String) {
+        match self {
+            Password::Plain(p) => (HashAlgorithm::Sha256, hash(HashAlgorithm::Sha256, salt, p)),
+            Password::Hashed { algorithm, salted } => (*algorithm, STANDARD.encode(salted)),
+            Password::Disabled => (HashAlgorithm::Sha256, String::new()),
+        }
+    }
+}
+
 /// RabbitMQ's hash of `password` with `salt` under `algorithm`, base64 encoded: what
 /// `warren hash-password` prints and a definitions export carries.
 pub fn hash(algorithm: HashAlgorithm, salt: [u8; SALT_LEN], password: &str) -> String {

@@ -164,6 +164,11 @@ pub fn for_policy_key(key: &str) -> Option<&'static str> {
     ARGS.iter().find(|a| a.policy_key == Some(key)).map(|a| a.name)
 }
 
+/// The RabbitMQ policy key for `x-` argument `name`, if a policy may set it.
+pub fn policy_key_of(name: &str) -> Option<&'static str> {
+    ARGS.iter().find(|a| a.name == name).and_then(|a| a.policy_key)
+}
+
 /// The arguments a redeclare must repeat.
 pub fn equivalence_args() -> impl Iterator<Item = &'static str> {
     ARGS.iter().filter(|a| a.equivalence).map(|a| a.name)

@@ -36,6 +36,7 @@ use crate::node::NodeRef;
 use crate::shared::lock;
 
 mod api;
+mod definitions;
 mod ops;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
@@ -45,6 +46,7 @@ pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
     Router::new()
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
+        .route("/api/definitions", get(definitions::export))
         .route("/api/vhosts", get(api::vhosts))
         .route("/api/vhosts/{vhost}", get(api::vhost))
         .route("/api/vhosts/{vhost}/permissions", get(api::vhost_permissions))

@@ -41,6 +41,11 @@ impl Broker {
         self.policies = policies;
     }
 
+    /// The policies queues get their arguments from.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
     /// One batch of a replay: looks at up to `batch` ready messages of `dlq` after `after`
     /// (from the oldest when `None`) and up to `end` (the newest message now, when `None`),
     /// oldest first, and moves up to `max_moves` of them back
