@@ -69,7 +69,11 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     // RabbitMQ's name for a connection, which the management API lists and closes it by.
     let name = match local {
         Some(l) => format!("{peer} -> {}", SocketAddr::new(l.ip().to_canonical(), l.port())),
-        None => format!("{peer} -> quic"),
+        // Several AMQP connections share one QUIC connection's address: numbered apart.
+        None => {
+            static QUIC_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            format!("{peer} -> quic#{}", QUIC_STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        }
     };
     let mut conn = Connection::new(config, peer.ip().is_loopback(), Instant::now().into_std())
         .with_name(name)

@@ -164,8 +164,19 @@ async fn what_a_user_sees_follows_its_tags_and_permissions() {
     b.alarms.set(warren::alarms::Alarm::Disk, true, &b.node);
     let e = watcher.health_check_cluster_wide_alarms().await.expect_err("an alarm");
     assert!(format!("{e:?}").contains("disk"), "{e:?}");
+    // It blocks publishing over HTTP as over AMQP.
+    let guest = client(&b, "guest", "guest");
+    let e = guest
+        .publish_message("orders", "amq.default", "orders.q", "x", Default::default())
+        .await
+        .expect_err("blocked");
+    assert!(format!("{e:?}").contains("503"), "{e:?}");
     b.alarms.set(warren::alarms::Alarm::Disk, false, &b.node);
     watcher.health_check_local_alarms().await.expect("cleared");
+    guest
+        .publish_message("orders", "amq.default", "orders.q", "x", Default::default())
+        .await
+        .expect("unblocked");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,4 +304,22 @@ async fn rabbitmqs_client_lists_connections_channels_and_consumers_and_closes_a_
         .await
     );
     assert!(admin.list_connections().await.expect("connections").is_empty());
+}
+
+/// The API's requests are sessions, not connections: they take no slot of the connection
+/// limit, so a busy API cannot lock clients out.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_requests_take_no_connection_slot() {
+    use rabbitmq_http_client::requests::QueueParams;
+    let b = TestBroker::start_with(|s| s.limits.counts.max_connections = Some(1)).await;
+    let only = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("the one slot");
+    let admin = client(&b, "guest", "guest");
+    admin
+        .declare_queue("/", &QueueParams::new_durable_classic_queue("api.q", None))
+        .await
+        .expect("still served");
+    let e =
+        Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect_err("the limit holds");
+    assert_eq!(common::code(&e), Some(530), "{e}");
+    drop(only);
 }

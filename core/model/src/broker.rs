@@ -199,6 +199,8 @@ pub struct ConsumerSummary {
 
 #[derive(Debug)]
 struct Session {
+    /// A client's connection (not an operator's session): it holds a connection slot.
+    counted: bool,
     info: ConnectionInfo,
     /// Its vhost: every name it uses is looked up there.
     vhost: VHostId,
@@ -353,7 +355,8 @@ impl Broker {
 
     /// Open connections and their open channels: (connections, channels).
     pub fn open_counts(&self) -> (usize, usize) {
-        (self.sessions.len(), self.sessions.values().map(|s| s.channels.len()).sum())
+        let clients = || self.sessions.values().filter(|s| s.counted);
+        (clients().count(), clients().map(|s| s.channels.len()).sum())
     }
 
     /// Moves out the events that happened since the last call.
@@ -419,23 +422,41 @@ impl Broker {
                 format!("connection refused: node connection limit ({max}) is reached"),
             ));
         }
-        Ok(self.register_session(info))
+        Ok(self.register_session(info, true))
+    }
+
+    /// Registers a session an operator's request runs as (the management API's): its vhost
+    /// must exist and the user have permissions there, as for a client, but it is no
+    /// connection: it takes no slot of the connection limit and is not counted as opened or
+    /// closed.
+    pub fn open_operator_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
+        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!("vhost {} not found", info.vhost),
+            ));
+        }
+        self.authorize_vhost(&info.user, &info.vhost)?;
+        Ok(self.register_session(info, false))
     }
 
     /// Registers a connection that completed its handshake, whatever the limit; one naming a
     /// vhost that does not exist gets the broker's first ([`VHostId::DEFAULT`]).
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         self.census.open_connection(None);
-        self.register_session(info)
+        self.register_session(info, true)
     }
 
-    /// Adds the session of a connection whose slot in the census is taken.
-    fn register_session(&mut self, mut info: ConnectionInfo) -> ConnId {
+    /// Adds a session; `counted` for a connection, whose slot in the census is taken.
+    fn register_session(&mut self, mut info: ConnectionInfo, counted: bool) -> ConnId {
         info.connected_at_ms = self.unix_ms;
         let vhost = self.vhosts.id(&info.vhost).unwrap_or_default();
         let id = self.census.next_conn();
-        self.stats.connections_opened += 1;
+        if counted {
+            self.stats.connections_opened += 1;
+        }
         let session = Session {
+            counted,
             info,
             vhost,
             channels: Map::default(),
@@ -528,9 +549,10 @@ impl Broker {
         for name in exclusive {
             self.delete_queue(vh, &name);
         }
-        self.sessions.remove(&conn);
-        self.census.close_connection();
-        self.stats.connections_closed += 1;
+        if self.sessions.remove(&conn).is_some_and(|s| s.counted) {
+            self.census.close_connection();
+            self.stats.connections_closed += 1;
+        }
         self.publish_census();
     }
 
@@ -809,10 +831,12 @@ impl Broker {
         }
     }
 
-    /// Every open connection's details and channels, for the management API.
+    /// Every open connection's details and channels, for the management API (operators'
+    /// sessions are no connections).
     pub fn connection_summaries(&self) -> Vec<(ConnId, ConnectionInfo, Vec<ChannelSummary>)> {
         self.sessions
             .iter()
+            .filter(|(_, s)| s.counted)
             .map(|(id, s)| {
                 let mut channels: Vec<ChannelSummary> = s
                     .channels

@@ -66,18 +66,26 @@ pub(super) fn table_json(t: &FieldTable) -> Value {
     Value::Object(t.iter().map(|(k, v)| (k.clone(), field_json(v))).collect())
 }
 
-/// A binding's `properties_key`, which names it in RabbitMQ's paths: its routing key (`~`
-/// when empty), then `~` and a digest of its arguments when it has any.
+/// A binding's `properties_key`, which names it in RabbitMQ's paths, built as RabbitMQ builds
+/// it: the routing key with `%` and `~` escaped (`~` alone for an empty key without
+/// arguments), then `~` and a digest of the arguments' wire form when it has any, so no two
+/// bindings of a source and destination share one.
 pub(super) fn properties_key(key: &str, args: &FieldTable) -> String {
     use std::hash::{Hash, Hasher};
-    let key = if key.is_empty() && args.is_empty() { "~" } else { key };
-    if args.is_empty() {
-        return key.to_string();
+    if key.is_empty() && args.is_empty() {
+        return "~".to_string();
     }
-    // A fixed-key hasher: the same arguments give the same name in every listing.
+    let quoted = key.replace('%', "%25").replace('~', "%7E");
+    if args.is_empty() {
+        return quoted;
+    }
+    // The wire form tells types apart (a 32-bit from a 64-bit integer), as RabbitMQ's
+    // digest of the Erlang term does; a fixed-key hasher gives the same name every time.
+    let mut wire = bytes::BytesMut::new();
+    warren_codec::field::encode_table(&mut warren_codec::wire::Writer::new(&mut wire), args);
     let mut h = std::hash::DefaultHasher::new();
-    table_json(args).to_string().hash(&mut h);
-    format!("{key}~{:016x}", h.finish())
+    wire.hash(&mut h);
+    format!("{quoted}~{:016x}", h.finish())
 }
 
 /// `GET /api/whoami`.
@@ -383,7 +391,12 @@ pub(super) async fn queue_bindings(
 fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let name = node_name();
     let mut snapshots = Vec::new();
-    for (_, shared) in node.brokers() {
+    // One vhost: only its broker (or `/`'s, which keeps vhosts the configuration dropped).
+    let brokers: Vec<&crate::shared::SharedRef> = match vhost {
+        Some(v) => vec![node.broker(v).unwrap_or(node.default_broker())],
+        None => node.brokers().map(|(_, s)| s).collect(),
+    };
+    for shared in brokers {
         let queues = crate::metrics::queue_snapshots_with(&lock(shared).broker, true);
         snapshots.extend(
             queues.into_iter().filter(|q| vhost.is_none_or(|v| v == q.vhost) && viewer.sees(&q.vhost)),

@@ -119,13 +119,12 @@ async fn authorize(
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return challenge();
     };
-    let (user, access) = {
+    // Copied out, and the password hashed after: no request holds `/`'s lock for a hash.
+    let (users, access) = {
         let s = lock(node.default_broker());
-        let user =
-            warren_core::auth::check_password(s.broker.users(), &name, &password, is_loopback(peer.ip()))
-                .cloned();
-        (user, s.broker.access().clone())
+        (s.broker.users().to_vec(), s.broker.access().clone())
     };
+    let user = warren_core::auth::check_password(&users, &name, &password, is_loopback(peer.ip())).cloned();
     let user = match user {
         Ok(u) => u,
         Err(e) => {

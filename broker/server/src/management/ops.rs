@@ -38,6 +38,23 @@ const REPLY_WAIT: Duration = Duration::from_secs(10);
 /// Messages one `get` request takes at most.
 pub(super) const MAX_GET: usize = 1000;
 
+/// Payload octets one `get` response shows at most (later messages stay in the queue; a
+/// message past the bound is cut, as `truncate` cuts).
+pub(super) const MAX_GET_BYTES: usize = 16 << 20;
+
+/// A path segment percent-encoded (all but RFC 3986's unreserved characters).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// An API error: a status and RabbitMQ's error object.
 type ApiError = (StatusCode, Json<Value>);
 
@@ -61,11 +78,14 @@ fn bad_request(reason: impl Into<String>) -> ApiError {
 struct ApiSession {
     shared: SharedRef,
     conn: ConnId,
+    /// Woken when the broker queues something for the session, as a connection's task is.
+    notify: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl ApiSession {
     fn open(node: &NodeRef, viewer: &Viewer, vhost: &str) -> Result<ApiSession, ApiError> {
         let shared = node.broker(vhost).ok_or_else(not_found)?.clone();
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
         let conn = {
             let mut s = lock(&shared);
             let info = ConnectionInfo {
@@ -73,7 +93,8 @@ impl ApiSession {
                 vhost: vhost.to_string(),
                 ..Default::default()
             };
-            let conn = s.broker.open_session(info).map_err(api_error)?;
+            // No connection: it takes no slot a client could use.
+            let conn = s.broker.open_operator_session(info).map_err(api_error)?;
             let opened = s.broker.apply(conn, 1, Command::OpenChannel);
             let mut drained = Vec::new();
             let _ = s.broker.take_outbound(conn, &mut drained);
@@ -81,9 +102,10 @@ impl ApiSession {
                 s.broker.disconnect(conn);
                 return Err(api_error(e));
             }
+            s.register(conn, notify.clone());
             conn
         };
-        Ok(ApiSession { shared, conn })
+        Ok(ApiSession { shared, conn, notify })
     }
 
     /// Applies `cmd` and waits until what the session was sent satisfies `done` (nothing is
@@ -113,14 +135,15 @@ impl ApiSession {
             if done.is_none_or(|d| d(&sent)) {
                 return Ok(sent);
             }
-            if started.elapsed() > REPLY_WAIT {
+            let Some(left) = REPLY_WAIT.checked_sub(started.elapsed()) else {
                 let reason = "the change was made but not confirmed durable in time";
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     Json(json!({"error": "timeout", "reason": reason})),
                 ));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            // Woken when the broker queues something for the session (the sync's -ok).
+            let _ = tokio::time::timeout(left, self.notify.notified()).await;
         }
     }
 }
@@ -129,6 +152,7 @@ impl Drop for ApiSession {
     fn drop(&mut self) {
         let mut s = lock(&self.shared);
         s.broker.disconnect(self.conn);
+        s.unregister(self.conn);
         s.wake_all();
     }
 }
@@ -218,8 +242,10 @@ pub(super) async fn declare_exchange(
         arguments: arguments(&o)?,
         ..Default::default()
     };
+    // The session first: a vhost the user has no permissions on says nothing of its contents.
+    let session = ApiSession::open(&node, &viewer, &vhost)?;
     let was_there = exists(&node, &vhost, &name, true);
-    ApiSession::open(&node, &viewer, &vhost)?.call(Command::DeclareExchange(m), Some(replied)).await?;
+    session.call(Command::DeclareExchange(m), Some(replied)).await?;
     Ok(created(was_there))
 }
 
@@ -230,6 +256,7 @@ pub(super) async fn delete_exchange(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
+    let session = ApiSession::open(&node, &viewer, &vhost)?;
     if !exists(&node, &vhost, &name, true) {
         return Err(not_found());
     }
@@ -238,7 +265,7 @@ pub(super) async fn delete_exchange(
         if_unused: q.get("if-unused").is_some_and(|v| v == "true"),
         ..Default::default()
     };
-    ApiSession::open(&node, &viewer, &vhost)?.call(Command::DeleteExchange(m), Some(replied)).await?;
+    session.call(Command::DeleteExchange(m), Some(replied)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -261,8 +288,9 @@ pub(super) async fn declare_queue(
         arguments: arguments(&o)?,
         ..Default::default()
     };
+    let session = ApiSession::open(&node, &viewer, &vhost)?;
     let was_there = exists(&node, &vhost, &name, false);
-    ApiSession::open(&node, &viewer, &vhost)?.call(Command::DeclareQueue(m), Some(replied)).await?;
+    session.call(Command::DeclareQueue(m), Some(replied)).await?;
     Ok(created(was_there))
 }
 
@@ -273,6 +301,7 @@ pub(super) async fn delete_queue(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
+    let session = ApiSession::open(&node, &viewer, &vhost)?;
     if !exists(&node, &vhost, &name, false) {
         return Err(not_found());
     }
@@ -283,7 +312,7 @@ pub(super) async fn delete_queue(
         if_empty: yes("if-empty"),
         ..Default::default()
     };
-    ApiSession::open(&node, &viewer, &vhost)?.call(Command::DeleteQueue(m), Some(replied)).await?;
+    session.call(Command::DeleteQueue(m), Some(replied)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,6 +339,7 @@ pub(super) async fn bind(
     let key = o.get("routing_key").and_then(Value::as_str).unwrap_or_default().to_string();
     let args = arguments(&o)?;
     let props = properties_key(&key, &args);
+    let (source_name, destination_name) = (source.clone(), destination.clone());
     let cmd = match kind.as_str() {
         "q" => Command::BindQueue(QueueBind {
             queue: destination,
@@ -328,8 +358,14 @@ pub(super) async fn bind(
         _ => return Err(not_found()),
     };
     ApiSession::open(&node, &viewer, &vhost)?.call(cmd, Some(replied)).await?;
+    // RabbitMQ's Location: the new binding's path, each segment percent-encoded.
+    let location = ["bindings", &vhost, "e", &source_name, &kind, &destination_name, &props]
+        .iter()
+        .map(|seg| encode_segment(seg))
+        .collect::<Vec<_>>()
+        .join("/");
     let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&props) {
+    if let Ok(v) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, v);
     }
     Ok((StatusCode::CREATED, headers).into_response())
@@ -347,6 +383,7 @@ pub(super) async fn unbind(
         "e" => false,
         _ => return Err(not_found()),
     };
+    let session = ApiSession::open(&node, &viewer, &vhost)?;
     // The key and arguments behind `props`, from the source's bindings.
     let found = node.broker(&vhost).and_then(|shared| {
         let s = lock(shared);
@@ -380,7 +417,7 @@ pub(super) async fn unbind(
             ..Default::default()
         })
     };
-    ApiSession::open(&node, &viewer, &vhost)?.call(cmd, Some(replied)).await?;
+    session.call(cmd, Some(replied)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -471,6 +508,14 @@ pub(super) async fn publish(
     };
     let exchange = if exchange == "amq.default" { String::new() } else { exchange };
     let session = ApiSession::open(&node, &viewer, &vhost)?;
+    // A resource alarm blocks publishers, over HTTP as over AMQP.
+    if let Some(reason) = lock(&session.shared).broker.alarm().map(str::to_string) {
+        let reason = format!("publishing is blocked by a resource alarm: {reason}");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "resource_alarm", "reason": reason})),
+        ));
+    }
     session.call(Command::SelectConfirms(ConfirmSelect::default()), Some(replied)).await?;
     let method = BasicPublish { exchange, routing_key, mandatory: true, ..Default::default() };
     let publish = Publish { method, properties: Box::new(properties), body: payload.into() };
@@ -514,7 +559,12 @@ pub(super) async fn get(
     let session = ApiSession::open(&node, &viewer, &vhost)?;
     let mut out = Vec::new();
     let mut tags = Vec::new();
+    let mut shown_bytes = 0usize;
     for _ in 0..count {
+        // What one response carries is bounded, whatever the count and the messages' sizes.
+        if shown_bytes >= MAX_GET_BYTES {
+            break;
+        }
         let cmd = Command::Get(BasicGet { queue: queue.clone(), no_ack: false, ..Default::default() });
         let sent = session.call(cmd, Some(replied)).await?;
         let got = sent.into_iter().find_map(|o| match o {
@@ -526,7 +576,9 @@ pub(super) async fn get(
         };
         tags.push(ok.delivery_tag);
         let body = &message.body[..];
-        let shown = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
+        let limit = truncate.unwrap_or(usize::MAX).min(MAX_GET_BYTES - shown_bytes);
+        let shown = &body[..limit.min(body.len())];
+        shown_bytes += shown.len();
         let (payload, payload_encoding) = match std::str::from_utf8(shown) {
             Ok(s) if encoding == "auto" => (s.to_string(), "string"),
             _ => (base64::engine::general_purpose::STANDARD.encode(shown), "base64"),
@@ -547,6 +599,8 @@ pub(super) async fn get(
         let cmd = match ackmode {
             "ack_requeue_false" => Command::Ack { delivery_tag: tag, multiple: false },
             "reject_requeue_false" => Command::Reject { delivery_tag: tag, requeue: false },
+            // A reject: the queue's retry policy and delivery limit apply, as RabbitMQ's.
+            "reject_requeue_true" => Command::Reject { delivery_tag: tag, requeue: true },
             _ => break,
         };
         session.call(cmd, None).await?;
@@ -570,6 +624,21 @@ mod tests {
         assert_eq!(t.get("x-dead-letter-exchange"), Some(&FieldValue::LongString("dlx".into())));
         assert_eq!(t.get("x-flag"), Some(&FieldValue::Bool(true)));
         assert_eq!(field_json(&t["x-list"]), json!([1, "a"]));
+    }
+
+    #[test]
+    fn properties_keys_never_collide_as_rabbitmq_builds_them() {
+        let none = FieldTable::new();
+        assert_eq!(properties_key("", &none), "~");
+        assert_eq!(properties_key("~", &none), "%7E", "a key of ~ is not the empty key");
+        assert_eq!(properties_key("a%b", &none), "a%25b");
+        let int = |v: FieldValue| FieldTable::from([("x".to_string(), v)]);
+        let (a, b) =
+            (properties_key("k", &int(FieldValue::I32(1))), properties_key("k", &int(FieldValue::I64(1))));
+        assert_ne!(a, b, "arguments of other types are other bindings");
+        assert!(a.starts_with("k~"));
+        assert_ne!(properties_key(&a, &none), a, "a key shaped like a digest is escaped");
+        assert_eq!(encode_segment("a b/%~"), "a%20b%2F%25~");
     }
 
     #[test]

@@ -390,6 +390,16 @@ impl Broker {
             return;
         };
         let r = store.remove(queue_id, m.seq, at);
+        // Inside a topology method (queue.purge): its -ok waits for the removals' sync, and
+        // one that could not be written fails it, as for any record it writes.
+        if let Some(c) = self.durability.command.as_mut() {
+            match &r {
+                Ok(()) => c.wrote = true,
+                Err(e) => {
+                    c.failed.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
         self.storage_result(r);
     }
 
