@@ -10,6 +10,12 @@ export CARGO_TERM_COLOR=never
 # gigabytes per run (it did, to 20 GB, and filled the disk), and CI builds gain little from it.
 export CARGO_INCREMENTAL=0
 rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+# Each change of a test's crate leaves its previous test executable behind (hundreds of MB
+# each with wasmtime linked in): all but the newest of each name go, or the cache fills the disk.
+if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+    (cd "$CARGO_TARGET_DIR/debug/deps" && ls -t | grep -vE '\.(d|rlib|rmeta|so|o)$' \
+        | awk '{p=$0; sub(/-[0-9a-f]+$/,"",p); if (seen[p]++) print $0}' | xargs -r rm -f) || true
+fi
 steps_passed=0
 step() { echo; echo "==> $*"; }
 ok() { steps_passed=$((steps_passed + 1)); }
