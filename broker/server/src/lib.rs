@@ -13,6 +13,7 @@
 //! - [`tls`]: AMQPS configuration and client-certificate identities.
 //! - [`bridge`]: `warren bridge`, plain AMQP over TCP carried over QUIC.
 //! - [`config`]: flags, environment, TOML file, defaults.
+//! - [`ctl`]: `warren ctl`, the operator's tool over the management API.
 //! - [`alarms`]: the disk, memory and storage alarms that block publishers.
 //! - [`memory`]: the memory alarm (RabbitMQ's `vm_memory_high_watermark`).
 //! - [`storage`]: the durable store's start-up recovery, group-commit thread, disk monitor,
@@ -32,6 +33,7 @@ pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;
 pub mod config;
+pub mod ctl;
 pub mod driver;
 pub mod http;
 pub mod listen;

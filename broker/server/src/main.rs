@@ -24,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         return warren::bridge::run(listener, to, ca).await;
     }
+    if let Some(Command::Ctl(args)) = &cli.command {
+        println!("{}", warren::ctl::run(args)?);
+        return Ok(());
+    }
     if let Some(Command::HashPassword { password, algorithm }) = &cli.command {
         return hash_password(password.clone().map(|s| s.0), algorithm);
     }

@@ -73,6 +73,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         ca: PathBuf,
     },
+    /// Operate a running broker over its management API: list, declare, delete, purge,
+    /// replay, close connections, export definitions.
+    Ctl(crate::ctl::CtlArgs),
     /// Print RabbitMQ's hash of a password, for `password-hash` in `[[users]]` (and accepted
     /// by RabbitMQ's definitions import). The password is read from standard input when not
     /// given, so it stays out of the shell history and the process list.

@@ -1,0 +1,78 @@
+//! `warren ctl`, the real binary, against a running broker's management API: tables and
+//! JSON, changes, a replay, closing a connection, and errors that name what went wrong.
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestBroker, eventually};
+use lapin::{Connection, ConnectionProperties};
+
+/// Runs `warren ctl` against `b` off the async workers: (success, stdout, stderr).
+async fn ctl(b: &TestBroker, args: &[&str]) -> (bool, String, String) {
+    let url = format!("http://{}", b.management.expect("management"));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("ctl")
+            .args(["--url", &url])
+            .args(&args)
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_USER")
+            .env_remove("WARREN_PASSWORD")
+            .output()
+            .expect("run warren ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_lists_changes_replays_and_closes_through_the_api() {
+    let b = TestBroker::start().await;
+    let (ok, out, err) = ctl(&b, &["declare-queue", "/", "work"]).await;
+    assert!(ok && out.contains("queue 'work' declared in vhost '/'"), "{out}{err}");
+    let (ok, out, err) = ctl(&b, &["declare-exchange", "/", "jobs", "--type", "fanout"]).await;
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, _) = ctl(&b, &["list", "queues"]).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("vhost  name  type     durable  ready"), "a header: {out}");
+    assert!(lines.iter().any(|l| l.split_whitespace().take(3).eq(["/", "work", "classic"])), "{out}");
+    let (ok, out, _) = ctl(&b, &["--json", "list", "exchanges", "--vhost", "/"]).await;
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON with --json");
+    assert!(
+        ok && parsed
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == "jobs" && x["type"] == "fanout"))
+    );
+
+    let (ok, out, _) = ctl(&b, &["purge", "/", "work"]).await;
+    assert!(ok && out.contains("purged"), "{out}");
+    let (ok, out, _) = ctl(&b, &["replay", "/", "work"]).await;
+    assert!(ok && out.contains("moved 0, skipped 0, refused 0"), "{out}");
+    let (ok, out, _) = ctl(&b, &["export-definitions"]).await;
+    assert!(ok && out.contains("\"rabbitmq_version\""), "{out}");
+
+    let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let (_, out, _) = ctl(&b, &["--json", "list", "connections"]).await;
+    let conns: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let name = conns[0]["name"].as_str().expect("a connection").to_string();
+    let (ok, out, err) = ctl(&b, &["close-connection", &name, "--reason", "maintenance"]).await;
+    assert!(ok && out.contains("closed"), "{out}{err}");
+    assert!(eventually(|| !conn.status().connected()).await);
+
+    // Errors name the request and the API's reason, and exit non-zero.
+    let (ok, _, err) = ctl(&b, &["delete-queue", "/", "nope"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = ctl(&b, &["list", "widgets"]).await;
+    assert!(!ok && err.contains("cannot list 'widgets'"), "{err}");
+    let (ok, _, err) = ctl(&b, &["--password", "wrong", "list", "queues"]).await;
+    assert!(!ok && err.contains("401"), "{err}");
+}
