@@ -323,3 +323,47 @@ async fn api_requests_take_no_connection_slot() {
     assert_eq!(common::code(&e), Some(530), "{e}");
     drop(only);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_page_filter_sort_and_pick_columns_as_rabbitmq() {
+    use rabbitmq_http_client::commons::PaginationParams;
+    use rabbitmq_http_client::requests::QueueParams;
+    let b = broker().await;
+    let admin = client(&b, "guest", "guest");
+    for i in 0..7 {
+        admin
+            .declare_queue("orders", &QueueParams::new_durable_classic_queue(&format!("p{i}"), None))
+            .await
+            .expect("q");
+    }
+    let page = admin.list_queues_paged(&PaginationParams::new(2, 3)).await.expect("page 2");
+    let names: Vec<String> = page.into_iter().map(|q| q.name).collect();
+    assert_eq!(names, ["p3", "p4", "p5"], "by vhost then name, three a page");
+    let nodes = admin.list_nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+
+    let (status, body) =
+        api(&b, "/api/queues?page=3&page_size=3&columns=name,vhost&name=p&sort=name&sort_reverse=true").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["total_count"].as_u64(), v["filtered_count"].as_u64(), v["page_count"].as_u64()),
+        (Some(7), Some(7), Some(3))
+    );
+    assert_eq!(
+        v["items"],
+        serde_json::json!([{"name": "p0", "vhost": "orders"}]),
+        "the last page, columns kept"
+    );
+    let (status, body) = api(&b, "/api/queues?name=%5Ep%5B12%5D%24&use_regex=true&columns=name").await;
+    assert_eq!((status, body.as_str()), (200, r#"[{"name":"p1"},{"name":"p2"}]"#));
+    let (status, _) = api(&b, "/api/queues?page=1&page_size=501").await;
+    assert_eq!(status, 400, "RabbitMQ's page size limit");
+    let (status, body) = api(&b, "/api/policies").await;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+}
+
+/// A GET as guest; (status, body).
+async fn api(b: &TestBroker, path: &str) -> (u16, String) {
+    common::http(b, "GET", path).await
+}

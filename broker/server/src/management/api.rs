@@ -743,3 +743,55 @@ pub(super) async fn consumers(
     }
     Json(Value::Array(out))
 }
+
+/// A policy as RabbitMQ's API shows it: its `x-` arguments under RabbitMQ's policy keys.
+pub(super) fn policy_json(p: &warren_core::policy::Policy) -> Value {
+    let definition: serde_json::Map<String, Value> = p
+        .arguments
+        .iter()
+        .filter_map(|(k, v)| Some((warren_core::queue_args::policy_key_of(k)?.to_string(), field_json(v))))
+        .collect();
+    json!({
+        "vhost": p.vhost, "name": p.name, "pattern": p.pattern.as_str(), "apply-to": "queues",
+        "definition": definition, "priority": p.priority,
+    })
+}
+
+/// `GET /api/policies`: the policies of the vhosts `viewer` sees.
+pub(super) async fn policies(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Json<Value> {
+    let policies = lock(node.default_broker()).broker.policies().to_vec();
+    Json(Value::Array(policies.iter().filter(|p| viewer.sees(&p.vhost)).map(policy_json).collect()))
+}
+
+/// `GET /api/policies/{vhost}`.
+pub(super) async fn vhost_policies(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    let policies = lock(node.default_broker()).broker.policies().to_vec();
+    Ok(Json(Value::Array(policies.iter().filter(|p| p.vhost == vhost).map(policy_json).collect())))
+}
+
+/// `GET /api/nodes`: this node (a single node until the cluster issue).
+pub(super) async fn nodes(State(node): State<NodeRef>) -> Json<Value> {
+    let alarm = lock(node.default_broker()).broker.alarm().map(str::to_string);
+    let processors = std::thread::available_parallelism().map_or(1, usize::from);
+    Json(json!([{
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "os_pid": std::process::id().to_string(),
+        "processors": processors,
+        "rates_mode": "none",
+        "mem_alarm": alarm.as_deref() == Some("low on memory"),
+        "disk_free_alarm": alarm.as_deref() == Some("low on disk"),
+        "partitions": [],
+        "enabled_plugins": [],
+    }]))
+}

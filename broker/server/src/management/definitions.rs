@@ -113,23 +113,7 @@ pub(super) async fn export(
                 .collect::<Vec<_>>(),
         ),
     };
-    let policies: Vec<Value> = policies
-        .iter()
-        .map(|p| {
-            let definition: serde_json::Map<String, Value> = p
-                .arguments
-                .iter()
-                .filter_map(|(k, v)| {
-                    let key = warren_core::queue_args::policy_key_of(k)?;
-                    Some((key.to_string(), super::api::field_json(v)))
-                })
-                .collect();
-            json!({
-                "vhost": p.vhost, "name": p.name, "pattern": p.pattern.as_str(), "apply-to": "queues",
-                "definition": definition, "priority": p.priority,
-            })
-        })
-        .collect();
+    let policies: Vec<Value> = policies.iter().map(super::api::policy_json).collect();
     Ok(Json(json!({
         "rabbit_version": "3.10.8",
         "rabbitmq_version": "3.10.8",

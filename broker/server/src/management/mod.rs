@@ -37,6 +37,7 @@ use crate::shared::lock;
 
 mod api;
 mod definitions;
+mod listing;
 mod ops;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
@@ -81,10 +82,14 @@ pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
         .route("/api/connections/{name}", get(api::connection).delete(api::close_connection))
         .route("/api/channels", get(api::channels))
         .route("/api/consumers", get(api::consumers))
+        .route("/api/policies", get(api::policies))
+        .route("/api/policies/{vhost}", get(api::vhost_policies))
+        .route("/api/nodes", get(api::nodes))
         .route("/api/health/checks/alarms", get(api::alarms))
         .route("/api/health/checks/local-alarms", get(api::alarms))
         .route("/api/health/checks/virtual-hosts", get(api::vhosts_health))
         .route("/api/health/checks/node-is-quorum-critical", get(api::quorum_critical))
+        .layer(axum::middleware::from_fn(listing::shape))
         .layer(axum::middleware::from_fn_with_state(gate, authorize))
         .with_state(node)
 }
