@@ -34,17 +34,15 @@ pub(super) async fn shape(req: Request, next: Next) -> Response {
     if !PARAMS.iter().any(|p| q.contains_key(*p)) {
         return next.run(req).await;
     }
-    let number = |k: &str| -> Result<Option<usize>, Response> {
+    let number = |k: &str| -> Result<Option<usize>, String> {
         match q.get(k) {
             None => Ok(None),
-            Some(v) => {
-                v.parse::<usize>().map(Some).map_err(|_| bad(format!("{k} must be a positive integer")))
-            }
+            Some(v) => v.parse::<usize>().map(Some).map_err(|_| format!("{k} must be a positive integer")),
         }
     };
     let (page, page_size) = match (number("page"), number("page_size")) {
         (Ok(p), Ok(s)) => (p, s),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad(e),
     };
     if page == Some(0) || page_size == Some(0) {
         return bad("page and page_size start at 1".into());
