@@ -151,9 +151,10 @@ impl Server {
                     secret: [RandomState::new().hash_one((1u8, i)), RandomState::new().hash_one((2u8, i))],
                     consumer_timeout: settings.consumer_timeout,
                     limits: settings.limits.counts,
-                    vhost,
                     census: census.clone(),
                     access: settings.access.clone(),
+                    vhost_limits: settings.vhost_limits.get(&vhost).copied().unwrap_or_default(),
+                    vhost,
                 };
                 let mut broker = Broker::new(config, now);
                 broker.set_policies(settings.policies.clone());

@@ -25,6 +25,7 @@ fn user(name: &str, algorithm: HashAlgorithm, hash: &str, tags: &[&str]) -> User
         password: Password::from_hash(algorithm, hash).expect("hash"),
         loopback_only: false,
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        limits: Default::default(),
     }
 }
 
@@ -371,4 +372,76 @@ async fn a_replay_does_not_follow_a_forged_x_death() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"skipped\":1") && body.contains("\"moved\":0"), "{body}");
     assert_eq!((b.counts("dlq"), b.counts("payments")), (Some((1, 0, 0)), Some((0, 0, 0))));
+}
+
+/// RabbitMQ's vhost limits (`set_vhost_limits`) and user limits (`set_user_limits`), with its
+/// words (taken from RabbitMQ 3.10): a vhost's connections and queues, a user's connections
+/// and channels over all its connections; a slot comes back when its holder goes.
+#[tokio::test]
+async fn vhost_and_user_limits_refuse_as_rabbitmq_and_give_slots_back() {
+    let b = TestBroker::start_with(|s| {
+        s.vhosts = vec!["orders".into()];
+        let limits = warren_core::broker::VHostLimits { max_connections: Some(1), max_queues: Some(1) };
+        s.vhost_limits.insert("orders".into(), limits);
+        let mut lim = User {
+            name: "lim".into(),
+            password: Password::plain("lim"),
+            loopback_only: false,
+            tags: Vec::new(),
+            limits: Default::default(),
+        };
+        lim.limits = warren_core::auth::UserLimits { max_connections: Some(1), max_channels: Some(1) };
+        s.users = vec![User::guest(), lim];
+    })
+    .await;
+    let (first, ch) = open(&b, "guest", "guest", "orders").await.expect("the one connection orders takes");
+    let e = open(&b, "guest", "guest", "orders").await.expect_err("a second");
+    let (c, text) = refusal(&e);
+    assert_eq!(c, Some(530), "{text}");
+    assert!(
+        text.contains("access to vhost 'orders' refused for user 'guest': connection limit (1) is reached"),
+        "{text}"
+    );
+    ch.queue_declare("one".into(), queue_opts(), FieldTable::default()).await.expect("one queue");
+    let e = ch.queue_declare("two".into(), queue_opts(), FieldTable::default()).await.expect_err("two");
+    assert!(
+        refusal(&e).1.contains("cannot declare queue 'two': queue limit in vhost 'orders' (1) is reached"),
+        "{e}"
+    );
+    first.close(200, "bye".into()).await.expect("close");
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = open(&b, "guest", "guest", "orders").await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the slot came back");
+
+    let (lim, _ch) = open(&b, "lim", "lim", "/").await.expect("lim's one connection, with one channel");
+    let e = open(&b, "lim", "lim", "/").await.expect_err("a second connection");
+    assert!(
+        refusal(&e).1.contains("connection refused for user 'lim': user connection limit (1) is reached"),
+        "{e}"
+    );
+    let e = lim.create_channel().await.expect_err("a second channel");
+    let (c, text) = refusal(&e);
+    assert_eq!(c, Some(530), "{text}");
+    assert!(
+        text.contains(
+            "number of channels opened for user 'lim' has reached the maximum allowed user limit of (1)"
+        ),
+        "{text}"
+    );
+    // That closed lim's connection: its connection and channel are free again.
+    let mut back = None;
+    for _ in 0..50 {
+        if let Ok(c) = open(&b, "lim", "lim", "/").await {
+            back = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(back.is_some(), "lim's slots came back");
 }

@@ -22,6 +22,7 @@ async fn broker() -> TestBroker {
             password: warren_core::password::Password::plain("pw"),
             loopback_only: false,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            limits: Default::default(),
         };
         s.users = vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])];
     })

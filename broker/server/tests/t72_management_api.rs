@@ -30,6 +30,7 @@ async fn broker() -> TestBroker {
             password: Password::plain(name),
             loopback_only: false,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            limits: Default::default(),
         };
         s.users = vec![User::guest(), user("clerk", &["management"]), user("watcher", &["monitoring"])];
         let all = |u: &str, v: &str| Permission {

@@ -36,6 +36,7 @@ async fn the_export_is_rabbitmqs_format_and_rabbitmq_imports_it() {
             password: Password::plain("pw-secret"),
             loopback_only: false,
             tags: vec!["management".into()],
+            limits: Default::default(),
         };
         s.users = vec![User::guest(), app];
         let app_perm = Permission {

@@ -80,6 +80,7 @@ async fn tls_broker(pki: &Pki, fail_if_no_peer_cert: bool) -> TestBroker {
                 password: warren_core::password::Password::plain("unused"),
                 loopback_only: false,
                 tags: Vec::new(),
+                limits: Default::default(),
             },
         ];
     })

@@ -21,6 +21,17 @@ pub struct User {
     /// RabbitMQ's user tags: `administrator` may change things through the management API;
     /// `monitoring`, `policymaker` and `management` may read it; no tag, no API.
     pub tags: Vec<String>,
+    /// RabbitMQ's user limits (`rabbitmqctl set_user_limits`).
+    pub limits: UserLimits,
+}
+
+/// What one user may hold across the node; `None` is unlimited, RabbitMQ's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Open connections.
+    pub max_connections: Option<usize>,
+    /// Open channels, over all its connections.
+    pub max_channels: Option<usize>,
 }
 
 impl User {
@@ -31,6 +42,7 @@ impl User {
             password: crate::password::Password::plain("guest"),
             loopback_only: true,
             tags: vec!["administrator".into()],
+            limits: UserLimits::default(),
         }
     }
 
@@ -181,6 +193,7 @@ mod tests {
                 password: crate::password::Password::plain("x"),
                 loopback_only: false,
                 tags: Vec::new(),
+                limits: UserLimits::default(),
             },
         ];
         let none = Bytes::new();

@@ -82,6 +82,17 @@ pub struct BrokerConfig {
     pub census: std::sync::Arc<Census>,
     /// Who may open which vhost and do what there.
     pub access: std::sync::Arc<crate::permissions::Access>,
+    /// The limits of the broker's vhost ([`BrokerConfig::vhost`]).
+    pub vhost_limits: VHostLimits,
+}
+
+/// One vhost's limits (RabbitMQ's `rabbitmqctl set_vhost_limits`); `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VHostLimits {
+    /// Open connections to it.
+    pub max_connections: Option<usize>,
+    /// Queues in it (over [`Limits::max_queues`], which applies to every vhost).
+    pub max_queues: Option<usize>,
 }
 
 /// Counts a client can make the broker hold; `None` is unlimited, RabbitMQ's default for
@@ -129,6 +140,7 @@ impl Default for BrokerConfig {
             vhost: "/".into(),
             census: Default::default(),
             access: Default::default(),
+            vhost_limits: VHostLimits::default(),
         }
     }
 }
@@ -201,6 +213,8 @@ pub struct ConsumerSummary {
 struct Session {
     /// A client's connection (not an operator's session): it holds a connection slot.
     counted: bool,
+    /// Its user's limits, when it has any: its connection and channels are counted for them.
+    user_limits: Option<crate::auth::UserLimits>,
     info: ConnectionInfo,
     /// Its vhost: every name it uses is looked up there.
     vhost: VHostId,
@@ -253,6 +267,7 @@ pub struct Broker {
     sessions: Map<ConnId, Session>,
     census: std::sync::Arc<Census>,
     access: std::sync::Arc<crate::permissions::Access>,
+    vhost_limits: VHostLimits,
     /// This broker's part of the census counts, as last published.
     published: [usize; census::Count::ALL.len()],
     wakeups: Vec<ConnId>,
@@ -298,6 +313,7 @@ impl Broker {
             sessions: Map::default(),
             census: config.census,
             access: config.access,
+            vhost_limits: config.vhost_limits,
             published: Default::default(),
             wakeups: Vec::new(),
             now,
@@ -415,14 +431,53 @@ impl Broker {
             ));
         }
         self.authorize_vhost(&info.user, &info.vhost)?;
+        if let Some(max) = self.vhost_limits.max_connections
+            && self.sessions.values().filter(|s| s.counted && s.info.vhost == info.vhost).count() >= max
+        {
+            // RabbitMQ's words.
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!(
+                    "access to vhost '{}' refused for user '{}': connection limit ({max}) is reached",
+                    info.vhost, info.user
+                ),
+            ));
+        }
+        let user_limits = self
+            .users
+            .iter()
+            .find(|u| u.name == info.user)
+            .map(|u| u.limits)
+            .filter(|l| *l != Default::default());
+        if let Some(max) = user_limits.and_then(|l| l.max_connections)
+            && !self.census.user_take(&info.user, census::PerUser::Connections, max)
+        {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!(
+                    "connection refused for user '{}': user connection limit ({max}) is reached",
+                    info.user
+                ),
+            ));
+        }
+        let give_back = |b: &Self| {
+            if user_limits.is_some_and(|l| l.max_connections.is_some()) {
+                b.census.user_give(&info.user, census::PerUser::Connections);
+            }
+        };
         if !self.census.open_connection(self.limits.max_connections) {
+            give_back(self);
             let max = self.limits.max_connections.unwrap_or_default();
             return Err(AmqpError::new(
                 warren_codec::reply_code::NOT_ALLOWED,
                 format!("connection refused: node connection limit ({max}) is reached"),
             ));
         }
-        Ok(self.register_session(info, true))
+        let id = self.register_session(info, true);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.user_limits = user_limits;
+        }
+        Ok(id)
     }
 
     /// Registers a session an operator's request runs as (the management API's): its vhost
@@ -457,6 +512,7 @@ impl Broker {
         }
         let session = Session {
             counted,
+            user_limits: None,
             info,
             vhost,
             channels: Map::default(),
@@ -549,9 +605,12 @@ impl Broker {
         for name in exclusive {
             self.delete_queue(vh, &name);
         }
-        if self.sessions.remove(&conn).is_some_and(|s| s.counted) {
+        if let Some(s) = self.sessions.remove(&conn).filter(|s| s.counted) {
             self.census.close_connection();
             self.stats.connections_closed += 1;
+            if s.user_limits.is_some_and(|l| l.max_connections.is_some()) {
+                self.census.user_give(&s.info.user, census::PerUser::Connections);
+            }
         }
         self.publish_census();
     }
@@ -568,10 +627,7 @@ impl Broker {
             self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
         }
         match cmd {
-            Command::OpenChannel => {
-                self.open_channel_state(conn, ch);
-                return Ok(());
-            }
+            Command::OpenChannel => return self.open_channel_state(conn, ch).map_err(|e| e.at(ids)),
             Command::CloseChannel => {
                 self.release_channel(conn, ch);
                 self.send(conn, ch, ChannelCloseOk {});
@@ -689,7 +745,20 @@ impl Broker {
         }
     }
 
-    fn open_channel_state(&mut self, conn: ConnId, ch: u16) {
+    fn open_channel_state(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
+        // A user's channel limit counts over all its connections (530, as RabbitMQ).
+        if let Some(s) = self.sessions.get(&conn)
+            && let Some(max) = s.user_limits.and_then(|l| l.max_channels)
+            && !self.census.user_take(&s.info.user, census::PerUser::Channels, max)
+        {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!(
+                    "number of channels opened for user '{}' has reached the maximum allowed user limit of ({max})",
+                    s.info.user
+                ),
+            ));
+        }
         let id = self.next_channel_id();
         if let Some(s) = self.sessions.get_mut(&conn) {
             let mut state = ChannelState::default();
@@ -698,6 +767,7 @@ impl Broker {
             self.stats.channels_opened += 1;
         }
         self.send(conn, ch, ChannelOpenOk::default());
+        Ok(())
     }
 
     fn fail_channel(&mut self, conn: ConnId, ch: u16, err: &AmqpError) {
@@ -925,9 +995,15 @@ impl Broker {
     /// Drops a channel's state: consumers cancelled, unacked messages requeued.
     fn release_channel(&mut self, conn: ConnId, ch: u16) {
         let vh = self.vh(conn);
-        let Some(state) = self.sessions.get_mut(&conn).and_then(|s| s.channels.remove(&ch)) else {
+        let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
+        let Some(state) = session.channels.remove(&ch) else {
+            return;
+        };
+        if session.user_limits.is_some_and(|l| l.max_channels.is_some()) {
+            self.census.user_give(&session.info.user, census::PerUser::Channels);
+        }
         self.stats.channels_closed += 1;
         self.forget_replies(state.reply.clone());
         let mut touched: Vec<std::sync::Arc<str>> = Vec::new();

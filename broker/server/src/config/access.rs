@@ -6,7 +6,7 @@
 //! RabbitMQ, where a user with no entry on a vhost cannot open it.
 
 use serde::Deserialize;
-use warren_core::auth::User;
+use warren_core::auth::{User, UserLimits};
 use warren_core::password::{HashAlgorithm, Password};
 use warren_core::permissions::{Access, Pattern, Permission, TopicPermission};
 
@@ -33,6 +33,10 @@ pub struct UserConfig {
     /// `management` for reads; `impersonator` may publish with another `user-id`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Connections it may hold open at once (RabbitMQ's user limit `max-connections`).
+    pub max_connections: Option<usize>,
+    /// Channels it may hold open at once over all its connections (`max-channels`).
+    pub max_channels: Option<usize>,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -70,7 +74,8 @@ impl UserConfig {
             (Some(_), Some(_)) => return Err(bad("give password or password-hash, not both".into())),
             (None, None) => return Err(bad("needs a password or a password-hash".into())),
         };
-        Ok(User { name: self.name, password, loopback_only: self.loopback_only, tags: self.tags })
+        let limits = UserLimits { max_connections: self.max_connections, max_channels: self.max_channels };
+        Ok(User { name: self.name, password, loopback_only: self.loopback_only, tags: self.tags, limits })
     }
 }
 

@@ -352,6 +352,10 @@ impl Default for StorageSettings {
 pub struct VHostConfig {
     /// What connection.open and the management API call it.
     pub name: String,
+    /// Connections it takes at once (RabbitMQ's vhost limit `max-connections`).
+    pub max_connections: Option<usize>,
+    /// Queues it holds at most (`max-queues`; `[limits] max-queues` otherwise).
+    pub max_queues: Option<usize>,
 }
 
 /// `[[policies]]`: RabbitMQ-style queue policy. The queue's own `x-` arguments win.
@@ -486,6 +490,8 @@ pub struct Settings {
     pub policies: Vec<Policy>,
     /// Vhosts besides `/`.
     pub vhosts: Vec<String>,
+    /// Vhosts' own limits, by name.
+    pub vhost_limits: std::collections::HashMap<String, warren_core::broker::VHostLimits>,
     /// Connection limits and timeouts.
     pub connection: ConnectionConfig,
     /// How long a consumer's delivery may wait for its ack, unless its queue or it says
@@ -516,6 +522,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             policies: Vec::new(),
             vhosts: Vec::new(),
+            vhost_limits: Default::default(),
             connection: ConnectionConfig::default(),
             consumer_timeout: Some(warren_core::broker::DEFAULT_CONSUMER_TIMEOUT),
             users: vec![User::guest()],
@@ -592,8 +599,20 @@ impl Settings {
                     v.name
                 )));
             }
-            if v.name == "/" || s.vhosts.contains(&v.name) {
+            // `/` always exists; an entry for it only gives it limits.
+            if s.vhosts.contains(&v.name) || (v.name == "/" && s.vhost_limits.contains_key("/")) {
                 return Err(ConfigError::Invalid(format!("vhost '{}' is declared twice", v.name)));
+            }
+            let limits = warren_core::broker::VHostLimits {
+                max_connections: v.max_connections,
+                max_queues: v.max_queues,
+            };
+            if v.name == "/" {
+                s.vhost_limits.insert(v.name, limits);
+                continue;
+            }
+            if limits != Default::default() {
+                s.vhost_limits.insert(v.name.clone(), limits);
             }
             s.vhosts.push(v.name);
         }

@@ -72,7 +72,18 @@ fn vhosts_are_named_once_and_fit_connection_open() {
     };
     let s = resolve("[[vhosts]]\nname = \"a\"\n[[vhosts]]\nname = \"b c\"\n");
     assert_eq!(s.map(|s| s.vhosts).ok(), Some(vec!["a".to_string(), "b c".to_string()]));
-    for bad in ["name = \"a\"\n[[vhosts]]\nname = \"a\"", "name = \"/\"", "name = \"\"", "nme = \"a\""] {
+    let limited =
+        resolve("[[vhosts]]\nname = \"/\"\nmax-connections = 5\n[[vhosts]]\nname = \"a\"\nmax-queues = 2\n")
+            .expect("limits");
+    assert_eq!(limited.vhosts, ["a"], "an entry for / gives it limits only");
+    assert_eq!(limited.vhost_limits["/"].max_connections, Some(5));
+    assert_eq!(limited.vhost_limits["a"].max_queues, Some(2));
+    for bad in [
+        "name = \"a\"\n[[vhosts]]\nname = \"a\"",
+        "name = \"/\"\n[[vhosts]]\nname = \"/\"",
+        "name = \"\"",
+        "nme = \"a\"",
+    ] {
         assert!(resolve(&format!("[[vhosts]]\n{bad}\n")).is_err(), "{bad}");
     }
     let long = "v".repeat(256);

@@ -20,6 +20,17 @@ pub struct Census {
     next_queue_id: AtomicU64,
     connections: AtomicUsize,
     counts: [AtomicUsize; Count::ALL.len()],
+    /// Connections and channels of each user with a user limit, across every vhost.
+    users: std::sync::Mutex<crate::hash::Map<String, [usize; 2]>>,
+}
+
+/// What a user limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PerUser {
+    /// Open connections.
+    Connections = 0,
+    /// Open channels.
+    Channels = 1,
 }
 
 impl Default for Census {
@@ -29,6 +40,7 @@ impl Default for Census {
             next_queue_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             counts: Default::default(),
+            users: Default::default(),
         }
     }
 }
@@ -80,6 +92,28 @@ impl Census {
     /// Open connections on the node.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Takes one of `user`'s `what` unless it holds `max` already; whether it did.
+    pub(crate) fn user_take(&self, user: &str, what: PerUser, max: usize) -> bool {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(user.to_string()).or_default();
+        if n[what as usize] >= max {
+            return false;
+        }
+        n[what as usize] += 1;
+        true
+    }
+
+    /// Gives one of `user`'s `what` back.
+    pub(crate) fn user_give(&self, user: &str, what: PerUser) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = users.get_mut(user) {
+            n[what as usize] = n[what as usize].saturating_sub(1);
+            if *n == [0, 0] {
+                users.remove(user);
+            }
+        }
     }
 
     /// The node's count of `what`.

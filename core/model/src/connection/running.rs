@@ -54,7 +54,9 @@ impl Connection {
                 }
                 Frame::Method { method: Method::ChannelOpen(_), .. } => {
                     self.channels.insert(channel, Phase::Idle);
-                    let _ = broker.apply(id, channel, Command::OpenChannel);
+                    if let Err(e) = broker.apply(id, channel, Command::OpenChannel) {
+                        return self.channel_error(now, channel, e, broker);
+                    }
                 }
                 other => {
                     let e = AmqpError::new(CHANNEL_ERROR, "expected 'channel.open'");
@@ -82,7 +84,9 @@ impl Connection {
             (Phase::Closing, Frame::Method { method: Method::ChannelOpen(_), .. }) => {
                 // A client that took our close for done and opens the number again.
                 *phase = Phase::Idle;
-                let _ = broker.apply(id, channel, Command::OpenChannel);
+                if let Err(e) = broker.apply(id, channel, Command::OpenChannel) {
+                    self.channel_error(now, channel, e, broker);
+                }
             }
             // After we sent channel.close, everything else on it is discarded (spec 4.2.3).
             (Phase::Closing, _) => {}
