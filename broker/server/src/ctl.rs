@@ -154,8 +154,12 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
-        let mut stream =
-            TcpStream::connect(&self.host).with_context(|| format!("cannot reach {}", self.host))?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&self.host)
+            .with_context(|| format!("cannot resolve {}", self.host))?
+            .next()
+            .ok_or_else(|| anyhow!("{} resolves to no address", self.host))?;
+        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .with_context(|| format!("cannot reach {}", self.host))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -166,6 +170,9 @@ impl Api {
             body.len()
         );
         for (k, v) in headers {
+            if v.chars().any(char::is_control) {
+                bail!("{k} must not hold control characters");
+            }
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
@@ -182,14 +189,28 @@ impl Api {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("no HTTP status"))?;
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let header = |name: &str| {
+            head.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_ascii_lowercase())
+        };
+        if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             payload = dechunk(&payload)?;
+        } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok())
+            && payload.len() < len
+        {
+            bail!("the response was cut short: {} of {len} octets", payload.len());
         }
         let value = if payload.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&payload)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into()))
+            match serde_json::from_slice(&payload) {
+                Ok(v) => v,
+                // A success must be whole JSON; an error's body is shown as it came.
+                Err(e) if (200..300).contains(&status) => bail!("the response is not JSON: {e}"),
+                Err(_) => Value::String(String::from_utf8_lossy(&payload).into()),
+            }
         };
         Ok((status, value))
     }

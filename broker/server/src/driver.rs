@@ -111,9 +111,16 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 let now = Instant::now().into_std();
                 let mut s = lock(&shared);
-                match read {
+                // A panic in the same input that opened the session (frames pipelined behind
+                // connection.open) must still release it: its id is known only to `conn`.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match read {
                     Ok(n) if n > 0 => conn.handle_input(now, &mut s.broker),
                     _ => conn.handle_eof(&mut s.broker),
+                }));
+                if let Err(panic) = handled {
+                    release.id = conn.id();
+                    drop(s);
+                    std::panic::resume_unwind(panic);
                 }
                 woke = s.wake_others(conn.id());
             }

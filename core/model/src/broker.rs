@@ -432,7 +432,7 @@ impl Broker {
         }
         self.authorize_vhost(&info.user, &info.vhost)?;
         if let Some(max) = self.vhost_limits.max_connections
-            && self.sessions.values().filter(|s| s.counted && s.info.vhost == info.vhost).count() >= max
+            && self.vhosts.id(&info.vhost).is_some_and(|id| self.vhosts[id].connections >= max)
         {
             // RabbitMQ's words.
             return Err(AmqpError::new(
@@ -509,6 +509,7 @@ impl Broker {
         let id = self.census.next_conn();
         if counted {
             self.stats.connections_opened += 1;
+            self.vhosts[vhost].connections += 1;
         }
         let session = Session {
             counted,
@@ -607,6 +608,7 @@ impl Broker {
         }
         if let Some(s) = self.sessions.remove(&conn).filter(|s| s.counted) {
             self.census.close_connection();
+            self.vhosts[s.vhost].connections = self.vhosts[s.vhost].connections.saturating_sub(1);
             self.stats.connections_closed += 1;
             if s.user_limits.is_some_and(|l| l.max_connections.is_some()) {
                 self.census.user_give(&s.info.user, census::PerUser::Connections);

@@ -19,6 +19,9 @@ use serde_json::{Map, Value, json};
 /// Items one page holds at most (RabbitMQ's limit).
 pub(super) const MAX_PAGE_SIZE: usize = 500;
 
+/// Octets a `name` filter may have.
+const MAX_NAME_FILTER: usize = 1024;
+
 /// A listing answer's body is read back at most this large to be reshaped.
 const MAX_LISTING: usize = 256 << 20;
 
@@ -52,10 +55,16 @@ pub(super) async fn shape(req: Request, next: Next) -> Response {
     }
     let filter = match q.get("name").filter(|n| !n.is_empty()) {
         None => None,
-        Some(n) if q.get("use_regex").is_some_and(|v| v == "true") => match regex::Regex::new(n) {
-            Ok(r) => Some(Filter::Regex(r)),
-            Err(e) => return bad(format!("name is not a regular expression: {e}")),
-        },
+        Some(n) if n.len() > MAX_NAME_FILTER => {
+            return bad(format!("name must not be longer than {MAX_NAME_FILTER} octets"));
+        }
+        // Bounded compiled size: a filter costs time linear in what it reads, never more.
+        Some(n) if q.get("use_regex").is_some_and(|v| v == "true") => {
+            match regex::RegexBuilder::new(n).size_limit(1 << 16).dfa_size_limit(1 << 16).build() {
+                Ok(r) => Some(Filter::Regex(r)),
+                Err(e) => return bad(format!("name is not a regular expression: {e}")),
+            }
+        }
         Some(n) => Some(Filter::Substring(n.clone())),
     };
     let response = next.run(req).await;

@@ -31,6 +31,8 @@ pub struct VHost {
     /// Clients may open it. One that exists only because stored objects name it (the
     /// configuration dropped it) keeps its data but takes no connection.
     pub open: bool,
+    /// Client connections open to it (for its connection limit).
+    pub(super) connections: usize,
 }
 
 impl VHost {
@@ -41,6 +43,7 @@ impl VHost {
             exchanges: Map::default(),
             held_by_exchange: Map::default(),
             open: true,
+            connections: 0,
         }
     }
 
