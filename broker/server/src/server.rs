@@ -287,6 +287,17 @@ impl Server {
         ));
         let plugins = self.services.plugins.clone();
         let reloads = self.hangup.map(|hup| tokio::spawn(reload_on_hangup(hup, plugins, self.node.clone())));
+        // What the node listens on, for the management API's health checks and overview.
+        let listeners: Vec<crate::management::Listener> = [
+            ("amqp", self.listener.as_ref().and_then(|l| l.local_addr().ok())),
+            ("amqp/ssl", self.amqps.as_ref().and_then(|(l, _)| l.local_addr().ok())),
+            ("amqp/quic", self.quic.as_ref().and_then(|(e, _)| e.local_addr().ok())),
+            ("http/prometheus", self.metrics.as_ref().and_then(|l| l.local_addr().ok())),
+            ("http", self.management.as_ref().and_then(|l| l.local_addr().ok())),
+        ]
+        .into_iter()
+        .filter_map(|(protocol, addr)| Some(crate::management::Listener { protocol, addr: addr? }))
+        .collect();
         let metrics = self.metrics.map(|l| {
             let app = crate::metrics::router(self.node.clone(), &self.services);
             tokio::spawn(crate::http::serve(l, app, "metrics"))
@@ -294,7 +305,11 @@ impl Server {
         let management = self.management.map(|l| {
             tokio::spawn(crate::http::serve(
                 l,
-                crate::management::router(self.node.clone(), self.management_hosts.clone()),
+                crate::management::router(
+                    self.node.clone(),
+                    self.management_hosts.clone(),
+                    listeners.clone(),
+                ),
                 "management",
             ))
         });

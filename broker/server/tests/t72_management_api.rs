@@ -368,3 +368,22 @@ async fn listings_page_filter_sort_and_pick_columns_as_rabbitmq() {
 async fn api(b: &TestBroker, path: &str) -> (u16, String) {
     common::http(b, "GET", path).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_health_checks_and_the_overview_name_what_the_node_listens_on() {
+    let b = broker().await;
+    let admin = client(&b, "guest", "guest");
+    admin.health_check_port_listener(b.addr.port()).await.expect("the AMQP port");
+    let e = admin.health_check_port_listener(1).await.expect_err("nothing on port 1");
+    assert!(format!("{e:?}").contains("503"), "{e:?}");
+    let (status, _) = api(&b, "/api/health/checks/protocol-listener/amqp").await;
+    assert_eq!(status, 200);
+    let (status, body) = api(&b, "/api/health/checks/protocol-listener/mqtt").await;
+    assert_eq!(status, 503, "{body}");
+    let overview = admin.overview().await.expect("overview");
+    assert!(
+        overview.listeners.iter().any(|l| l.protocol == "amqp" && l.port == u32::from(b.addr.port())),
+        "{:?}",
+        overview.listeners
+    );
+}

@@ -31,6 +31,8 @@ async fn the_export_is_rabbitmqs_format_and_rabbitmq_imports_it() {
     let (v, u) = (vhost.clone(), user.clone());
     let b = TestBroker::start_with(move |s| {
         s.vhosts = vec![v.clone()];
+        let limits = warren_core::broker::VHostLimits { max_connections: Some(50), max_queues: Some(100) };
+        s.vhost_limits.insert(v.clone(), limits);
         let app = User {
             name: u.clone(),
             password: Password::plain("pw-secret"),
@@ -111,6 +113,13 @@ async fn the_export_is_rabbitmqs_format_and_rabbitmq_imports_it() {
     assert_eq!(
         json["topic_permissions"][0]["write"], "^app\\.{username}\\.",
         "as configured, variables and all"
+    );
+    let limits =
+        json["parameters"].as_array().and_then(|p| p.iter().find(|p| p["component"] == "vhost-limits"));
+    assert_eq!(
+        limits.map(|l| l["value"]["max-queues"].clone()),
+        Some(serde_json::json!(100)),
+        "RabbitMQ's vhost-limits"
     );
     // Only an administrator gets the hashes.
     let app = Client::new(endpoint, user.as_str(), "pw-secret");

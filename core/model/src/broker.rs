@@ -411,6 +411,11 @@ impl Broker {
         id
     }
 
+    /// The limits of the broker's vhost.
+    pub fn vhost_limits(&self) -> VHostLimits {
+        self.vhost_limits
+    }
+
     /// Who may open which vhost and do what there.
     pub fn access(&self) -> &std::sync::Arc<crate::permissions::Access> {
         &self.access

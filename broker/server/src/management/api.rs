@@ -140,7 +140,19 @@ fn users_of(node: &NodeRef) -> (Vec<User>, std::sync::Arc<Access>) {
 
 fn user_json(u: &User) -> Value {
     // Never the hash: RabbitMQ's API shows it here; Warren only in a definitions export.
-    json!({"name": u.name, "tags": u.tags, "limits": {}})
+    json!({"name": u.name, "tags": u.tags, "limits": user_limits_json(&u.limits)})
+}
+
+/// A user's limits as RabbitMQ shows them: only those set.
+pub(super) fn user_limits_json(l: &warren_core::auth::UserLimits) -> Value {
+    let mut o = serde_json::Map::new();
+    if let Some(n) = l.max_connections {
+        o.insert("max-connections".into(), json!(n));
+    }
+    if let Some(n) = l.max_channels {
+        o.insert("max-channels".into(), json!(n));
+    }
+    Value::Object(o)
 }
 
 fn admin(user: &User) -> Result<(), (StatusCode, Json<Value>)> {
@@ -476,6 +488,7 @@ pub(super) async fn queue(
 pub(super) async fn overview(
     State(node): State<NodeRef>,
     Extension(viewer): Extension<Viewer>,
+    Extension(listeners): Extension<std::sync::Arc<Vec<super::Listener>>>,
 ) -> Json<Value> {
     let queues = queues_of(&node, &viewer, None);
     let sum = |k: &str| queues.iter().filter_map(|q| q[k].as_u64()).sum::<u64>();
@@ -519,7 +532,7 @@ pub(super) async fn overview(
             "exchanges": exchanges, "consumers": sum("consumers"),
         },
         "message_stats": {},
-        "listeners": [],
+        "listeners": listeners.iter().map(|l| json!({"node": name, "protocol": l.protocol, "port": l.addr.port(), "ip_address": l.addr.ip().to_string()})).collect::<Vec<_>>(),
     }))
 }
 
@@ -794,4 +807,46 @@ pub(super) async fn nodes(State(node): State<NodeRef>) -> Json<Value> {
         "partitions": [],
         "enabled_plugins": [],
     }]))
+}
+
+/// `GET /api/health/checks/port-listener/{port}`: 200 when the node listens on `port`, 503
+/// otherwise, RabbitMQ's shape.
+pub(super) async fn port_listener(
+    Extension(listeners): Extension<std::sync::Arc<Vec<super::Listener>>>,
+    Path(port): Path<u16>,
+) -> (StatusCode, Json<Value>) {
+    let ports: Vec<u16> = listeners.iter().map(|l| l.addr.port()).collect();
+    if ports.contains(&port) {
+        (StatusCode::OK, Json(json!({"status": "ok", "port": port})))
+    } else {
+        let reason = format!("No active listener on port {port}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": reason, "missing": port, "ports": ports})),
+        )
+    }
+}
+
+/// `GET /api/health/checks/protocol-listener/{protocol}`: 200 when the node serves
+/// `protocol` (`amqp`, `amqp/ssl`, `amqp/quic`, `http`, `http/prometheus`), 503 otherwise.
+pub(super) async fn protocol_listener(
+    Extension(listeners): Extension<std::sync::Arc<Vec<super::Listener>>>,
+    Path(protocol): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    let protocols: Vec<&str> = listeners.iter().map(|l| l.protocol).collect();
+    // RabbitMQ accepts the AMQP 0-9-1 names too.
+    let wanted = match protocol.as_str() {
+        "amqp091" | "amqp0-9-1" => "amqp",
+        "amqps" => "amqp/ssl",
+        other => other,
+    };
+    if protocols.contains(&wanted) {
+        (StatusCode::OK, Json(json!({"status": "ok", "protocol": protocol})))
+    } else {
+        let reason = format!("No active listener for protocol {protocol}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": reason, "missing": protocol, "protocols": protocols})),
+        )
+    }
 }

@@ -49,15 +49,33 @@ pub(super) async fn export(
         let (algorithm, hash) = u.password.exported(salt().map_err(internal)?);
         user_list.push(json!({
             "name": u.name, "password_hash": hash, "hashing_algorithm": algorithm.name(),
-            "tags": u.tags, "limits": {},
+            "tags": u.tags, "limits": super::api::user_limits_json(&u.limits),
         }));
     }
     let mut vhosts = Vec::new();
+    let mut parameters = Vec::new();
     let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
     for (_, shared) in node.brokers() {
         let s = lock(shared);
-        for (_, v) in s.broker.vhosts().iter() {
+        let own = s.broker.vhost_limits();
+        for (id, v) in s.broker.vhosts().iter() {
             let vhost = &*v.name;
+            // The broker's limits are its own vhost's (the first); closed ones have none.
+            let mut limits = serde_json::Map::new();
+            if id == warren_core::broker::VHostId::DEFAULT {
+                if let Some(n) = own.max_connections {
+                    limits.insert("max-connections".into(), json!(n));
+                }
+                if let Some(n) = own.max_queues {
+                    limits.insert("max-queues".into(), json!(n));
+                }
+            }
+            // RabbitMQ exports a vhost's limits as a `vhost-limits` parameter.
+            if !limits.is_empty() {
+                parameters.push(
+                    json!({"vhost": vhost, "component": "vhost-limits", "name": "limits", "value": limits}),
+                );
+            }
             vhosts.push(json!({"name": vhost, "limits": [], "metadata": {"description": "", "tags": []}}));
             for (name, x) in v.exchanges().filter(|(n, x)| x.durable && !n.starts_with("amq.")) {
                 exchanges.push(json!({
@@ -123,7 +141,7 @@ pub(super) async fn export(
         "vhosts": vhosts,
         "permissions": permissions,
         "topic_permissions": topic_permissions,
-        "parameters": [],
+        "parameters": parameters,
         "global_parameters": [],
         "policies": policies,
         "queues": queues,

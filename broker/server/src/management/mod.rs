@@ -42,8 +42,9 @@ mod ops;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
-pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
+pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Router {
     let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
+    let listeners = axum::Extension(std::sync::Arc::new(listeners));
     Router::new()
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
@@ -85,13 +86,25 @@ pub fn router(node: NodeRef, hosts: Vec<String>) -> Router {
         .route("/api/policies", get(api::policies))
         .route("/api/policies/{vhost}", get(api::vhost_policies))
         .route("/api/nodes", get(api::nodes))
+        .route("/api/health/checks/port-listener/{port}", get(api::port_listener))
+        .route("/api/health/checks/protocol-listener/{protocol}", get(api::protocol_listener))
         .route("/api/health/checks/alarms", get(api::alarms))
         .route("/api/health/checks/local-alarms", get(api::alarms))
         .route("/api/health/checks/virtual-hosts", get(api::vhosts_health))
         .route("/api/health/checks/node-is-quorum-critical", get(api::quorum_critical))
+        .layer(listeners)
         .layer(axum::middleware::from_fn(listing::shape))
         .layer(axum::middleware::from_fn_with_state(gate, authorize))
         .with_state(node)
+}
+
+/// A listener the node serves on, for the health checks and the overview.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// RabbitMQ's protocol name: `amqp`, `amqp/ssl`, `amqp/quic`, `http`, `http/prometheus`.
+    pub protocol: &'static str,
+    /// Where it is bound.
+    pub addr: std::net::SocketAddr,
 }
 
 /// What [`authorize`] checks requests against.
