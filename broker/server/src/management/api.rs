@@ -88,6 +88,29 @@ pub(super) fn properties_key(key: &str, args: &FieldTable) -> String {
     format!("{quoted}~{:016x}", h.finish())
 }
 
+/// What lists one kind of object of the vhosts a viewer sees (one vhost when given).
+pub(super) type Lister = fn(&NodeRef, &Viewer, Option<&str>) -> Vec<Value>;
+
+/// `GET /api/{kind}`: every visible vhost's.
+pub(super) async fn all(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    of: Lister,
+) -> Json<Value> {
+    Json(Value::Array(of(&node, &viewer, None)))
+}
+
+/// `GET /api/{kind}/{vhost}`: one vhost's, a 404 for one the viewer cannot see.
+pub(super) async fn in_vhost(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(vhost): Path<String>,
+    of: Lister,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    Ok(Json(Value::Array(of(&node, &viewer, Some(&vhost)))))
+}
+
 /// `GET /api/whoami`.
 pub(super) async fn whoami(Extension(viewer): Extension<Viewer>) -> Json<Value> {
     Json(json!({"name": viewer.user.name, "tags": viewer.user.tags}))
@@ -257,7 +280,7 @@ pub(super) async fn topic_permissions(
 
 /// The exchanges of the vhosts `user` sees, `vhost` only when given, as RabbitMQ lists them
 /// (the default exchange as `""` first in each vhost).
-fn exchanges_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+pub(super) fn exchanges_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     for (_, shared) in node.brokers() {
         let s = lock(shared);
@@ -282,24 +305,6 @@ fn exchanges_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Val
         }
     }
     out
-}
-
-/// `GET /api/exchanges`.
-pub(super) async fn exchanges(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-) -> Json<Value> {
-    Json(Value::Array(exchanges_of(&node, &viewer, None)))
-}
-
-/// `GET /api/exchanges/{vhost}`.
-pub(super) async fn vhost_exchanges(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path(vhost): Path<String>,
-) -> Reply {
-    known_vhost(&node, &viewer, &vhost)?;
-    Ok(Json(Value::Array(exchanges_of(&node, &viewer, Some(&vhost)))))
 }
 
 /// `GET /api/exchanges/{vhost}/{name}` (`amq.default` names the default exchange).
@@ -328,7 +333,7 @@ fn known_vhost(node: &NodeRef, viewer: &Viewer, vhost: &str) -> Result<(), (Stat
 
 /// The bindings of the vhosts `user` sees (`vhost` only when given), the default exchange's
 /// implicit one to each queue first, as RabbitMQ lists them.
-fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+pub(super) fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     for (_, shared) in node.brokers() {
         let s = lock(shared);
@@ -364,24 +369,6 @@ fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Valu
     out
 }
 
-/// `GET /api/bindings`.
-pub(super) async fn bindings(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-) -> Json<Value> {
-    Json(Value::Array(bindings_of(&node, &viewer, None)))
-}
-
-/// `GET /api/bindings/{vhost}`.
-pub(super) async fn vhost_bindings(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path(vhost): Path<String>,
-) -> Reply {
-    known_vhost(&node, &viewer, &vhost)?;
-    Ok(Json(Value::Array(bindings_of(&node, &viewer, Some(&vhost)))))
-}
-
 /// `GET /api/queues/{vhost}/{name}/bindings`.
 pub(super) async fn queue_bindings(
     State(node): State<NodeRef>,
@@ -400,7 +387,7 @@ pub(super) async fn queue_bindings(
 
 /// The queues of the vhosts `user` sees (`vhost` only when given), in RabbitMQ's shape with
 /// Warren's dead-letter fields beside it.
-fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
+pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let name = node_name();
     let mut snapshots = Vec::new();
     // One vhost: only its broker (or `/`'s, which keeps vhosts the configuration dropped).
@@ -453,21 +440,6 @@ fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value>
         (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
     });
     queues
-}
-
-/// `GET /api/queues`.
-pub(super) async fn queues(State(node): State<NodeRef>, Extension(viewer): Extension<Viewer>) -> Json<Value> {
-    Json(Value::Array(queues_of(&node, &viewer, None)))
-}
-
-/// `GET /api/queues/{vhost}`.
-pub(super) async fn vhost_queues(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path(vhost): Path<String>,
-) -> Reply {
-    known_vhost(&node, &viewer, &vhost)?;
-    Ok(Json(Value::Array(queues_of(&node, &viewer, Some(&vhost)))))
 }
 
 /// `GET /api/queues/{vhost}/{name}`.

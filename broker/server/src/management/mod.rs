@@ -58,19 +58,19 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
         .route("/api/permissions", get(api::permissions))
         .route("/api/permissions/{vhost}/{user}", get(api::permission))
         .route("/api/topic-permissions", get(api::topic_permissions))
-        .route("/api/exchanges", get(api::exchanges))
-        .route("/api/exchanges/{vhost}", get(api::vhost_exchanges))
+        .route("/api/exchanges", get(|s, v| api::all(s, v, api::exchanges_of)))
+        .route("/api/exchanges/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::exchanges_of)))
         .route(
             "/api/exchanges/{vhost}/{name}",
             get(api::exchange).put(ops::declare_exchange).delete(ops::delete_exchange),
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(ops::publish))
-        .route("/api/bindings", get(api::bindings))
-        .route("/api/bindings/{vhost}", get(api::vhost_bindings))
+        .route("/api/bindings", get(|s, v| api::all(s, v, api::bindings_of)))
+        .route("/api/bindings/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::bindings_of)))
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(ops::bind))
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", delete(ops::unbind))
-        .route("/api/queues", get(api::queues))
-        .route("/api/queues/{vhost}", get(api::vhost_queues))
+        .route("/api/queues", get(|s, v| api::all(s, v, api::queues_of)))
+        .route("/api/queues/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::queues_of)))
         .route(
             "/api/queues/{vhost}/{queue}",
             get(api::queue).put(ops::declare_queue).delete(ops::delete_queue),
