@@ -28,7 +28,7 @@ const MAX_LISTING: usize = 256 << 20;
 const PARAMS: [&str; 7] = ["name", "use_regex", "sort", "sort_reverse", "columns", "page", "page_size"];
 
 fn bad(reason: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason}))).into_response()
+    super::ops::bad_request(reason).into_response()
 }
 
 /// The layer: reshapes a JSON array answer by the request's listing parameters.

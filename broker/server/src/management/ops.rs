@@ -69,7 +69,7 @@ fn api_error(e: AmqpError) -> ApiError {
     (status, Json(json!({"error": error, "reason": e.text})))
 }
 
-fn bad_request(reason: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(reason: impl Into<String>) -> ApiError {
     (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason.into()})))
 }
 
@@ -209,15 +209,45 @@ fn arguments(o: &Map<String, Value>) -> Result<FieldTable, ApiError> {
     }
 }
 
-/// Whether `vhost` has a queue (or, with `exchange`, an exchange) called `name`.
-fn exists(node: &NodeRef, vhost: &str, name: &str, exchange: bool) -> bool {
+/// The object a change is about.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Exchange(&'a str),
+    Queue(&'a str),
+}
+
+/// Whether `vhost` has `target`.
+fn exists(node: &NodeRef, vhost: &str, target: Target<'_>) -> bool {
     node.broker(vhost).is_some_and(|shared| {
         let s = lock(shared);
         s.broker.vhosts().id(vhost).is_some_and(|id| {
             let v = &s.broker.vhosts()[id];
-            if exchange { v.exchange(name).is_some() } else { v.queue(name).is_some() }
+            match target {
+                Target::Exchange(name) => v.exchange(name).is_some(),
+                Target::Queue(name) => v.queue(name).is_some(),
+            }
         })
     })
+}
+
+/// Runs `cmd` as `viewer` in `vhost` and waits for its -ok; whether `target` was there
+/// before (a 404 without running it when `must_exist` and it was not). The session comes
+/// first: a vhost the user has no permissions on says nothing of its contents.
+async fn change(
+    node: &NodeRef,
+    viewer: &Viewer,
+    vhost: &str,
+    target: Target<'_>,
+    must_exist: bool,
+    cmd: Command,
+) -> Result<bool, ApiError> {
+    let session = ApiSession::open(node, viewer, vhost)?;
+    let was_there = exists(node, vhost, target);
+    if must_exist && !was_there {
+        return Err(not_found());
+    }
+    session.call(cmd, Some(replied)).await?;
+    Ok(was_there)
 }
 
 fn created(was_there: bool) -> Response {
@@ -242,10 +272,8 @@ pub(super) async fn declare_exchange(
         arguments: arguments(&o)?,
         ..Default::default()
     };
-    // The session first: a vhost the user has no permissions on says nothing of its contents.
-    let session = ApiSession::open(&node, &viewer, &vhost)?;
-    let was_there = exists(&node, &vhost, &name, true);
-    session.call(Command::DeclareExchange(m), Some(replied)).await?;
+    let was_there =
+        change(&node, &viewer, &vhost, Target::Exchange(&name), false, Command::DeclareExchange(m)).await?;
     Ok(created(was_there))
 }
 
@@ -256,16 +284,12 @@ pub(super) async fn delete_exchange(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
-    let session = ApiSession::open(&node, &viewer, &vhost)?;
-    if !exists(&node, &vhost, &name, true) {
-        return Err(not_found());
-    }
     let m = ExchangeDelete {
-        exchange: name,
+        exchange: name.clone(),
         if_unused: q.get("if-unused").is_some_and(|v| v == "true"),
         ..Default::default()
     };
-    session.call(Command::DeleteExchange(m), Some(replied)).await?;
+    change(&node, &viewer, &vhost, Target::Exchange(&name), true, Command::DeleteExchange(m)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,9 +312,8 @@ pub(super) async fn declare_queue(
         arguments: arguments(&o)?,
         ..Default::default()
     };
-    let session = ApiSession::open(&node, &viewer, &vhost)?;
-    let was_there = exists(&node, &vhost, &name, false);
-    session.call(Command::DeclareQueue(m), Some(replied)).await?;
+    let was_there =
+        change(&node, &viewer, &vhost, Target::Queue(&name), false, Command::DeclareQueue(m)).await?;
     Ok(created(was_there))
 }
 
@@ -301,18 +324,14 @@ pub(super) async fn delete_queue(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
-    let session = ApiSession::open(&node, &viewer, &vhost)?;
-    if !exists(&node, &vhost, &name, false) {
-        return Err(not_found());
-    }
     let yes = |k: &str| q.get(k).is_some_and(|v| v == "true");
     let m = QueueDelete {
-        queue: name,
+        queue: name.clone(),
         if_unused: yes("if-unused"),
         if_empty: yes("if-empty"),
         ..Default::default()
     };
-    session.call(Command::DeleteQueue(m), Some(replied)).await?;
+    change(&node, &viewer, &vhost, Target::Queue(&name), true, Command::DeleteQueue(m)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
