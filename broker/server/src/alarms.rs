@@ -64,7 +64,7 @@ impl Alarms {
         } else {
             self.raised.fetch_and(!alarm.bit(), Ordering::AcqRel);
         }
-        for (_, shared) in node.brokers() {
+        for (_, shared) in &node.brokers() {
             let mut s = lock(shared);
             self.tell(&mut s.broker);
             s.wake_all();
@@ -95,6 +95,8 @@ mod tests {
             Broker::new(Default::default(), std::time::Instant::now()),
             Vec::new(),
             Arc::new(SystemClock),
+            None,
+            None,
             None,
         );
         let reason = || lock(node.default_broker()).broker.alarm().map(str::to_string);

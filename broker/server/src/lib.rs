@@ -3,7 +3,11 @@
 //! # Layout
 //! - [`server`]: binds what the settings name, builds the broker, runs the background tasks
 //!   and one [`driver`] task per connection; [`server::Parts`] lets a test assemble its own.
-//! - [`node`]: one broker per vhost, each behind its own lock, and the store they share.
+//! - [`node`]: one broker per vhost, each behind its own lock, the store they share, the
+//!   directory they read; vhosts added and removed at run time; each broker's timer task.
+//! - [`directory_file`]: the directory (users, vhosts, permissions) kept durably in the data
+//!   directory, and how the configuration file applies over it at start.
+//! - [`definitions`]: RabbitMQ's definitions JSON, its users, vhosts and permissions.
 //! - [`shared`]: a broker behind its lock, its connection tasks' wakers, the [`shared::Clock`].
 //! - [`services`]: handles shared without the lock (alarms, storage/memory metrics, plugins).
 //! - [`driver`]: one AMQP connection's task around [`warren_core::Connection`].
@@ -24,7 +28,7 @@
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
 //!
 //! Modules depend one way: `server` on the rest, the rest on `node`, `shared` and `services`,
-//! `node` on `shared` alone, and `shared` on nothing of this crate.
+//! `node` on `shared` and `directory_file`, and `shared` on nothing of this crate.
 //!
 //! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
 //! socket with real AMQP clients.
@@ -34,6 +38,8 @@ pub mod bridge;
 pub mod channel_streams;
 pub mod config;
 pub mod ctl;
+pub mod definitions;
+pub mod directory_file;
 pub mod driver;
 pub mod http;
 pub mod listen;

@@ -107,7 +107,7 @@ impl BrokerCollector {
     /// two locks, and never stops the node as a whole.
     fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
-        for (_, shared) in self.node.brokers() {
+        for (_, shared) in &self.node.brokers() {
             let s = lock(shared);
             let b = &s.broker;
             snap.queues.extend(queue_snapshots(b));

@@ -1,72 +1,231 @@
 //! The node: one broker model per vhost, each behind a lock of its own ([`crate::shared`]),
-//! and the store they share. Connections to different vhosts never wait on each other's
-//! lock; what the brokers must agree on (connection and queue ids, the node-wide limits) is
-//! in their shared [`warren_core::broker::Census`], without a lock.
+//! the store they share and the directory (users, vhosts, permissions) they all read.
+//! Connections to different vhosts never wait on each other's lock; what the brokers must
+//! agree on (connection and queue ids, the node-wide limits) is in their shared
+//! [`warren_core::broker::Census`], without a lock.
 //!
 //! Which broker a connection uses is settled by its handshake: connection.open names the
-//! vhost (see [`Node::for_handshake`]). `/` is always first; vhosts that only stored data
-//! names (the configuration dropped them) live, closed, in the `/` broker.
+//! vhost (see [`Node::for_handshake`]). `/` is always there; vhosts that only stored data
+//! names (the directory dropped them) live, closed, in the `/` broker. Vhosts come and go at
+//! run time ([`Node::add_vhost`], [`Node::remove_vhost`]), each change made durable in the
+//! directory file before it is published.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use warren_core::directory::{Change, Directory, DirectoryError, SharedDirectory};
 use warren_core::storage::SharedStore;
 use warren_core::{Broker, Connection};
 
-use crate::shared::{Clock, Shared, SharedRef};
+use crate::directory_file::DirectoryFile;
+use tokio::time::Instant;
+
+use crate::shared::{Clock, Shared, SharedRef, lock};
+
+/// Builds the broker of a vhost created at run time, as start-up builds the others (same
+/// settings, plugins and store).
+pub type VHostMaker = Box<dyn Fn(&str) -> Broker + Send + Sync>;
 
 /// Every vhost's broker, `/` first.
 pub struct Node {
-    vhosts: Vec<(Arc<str>, SharedRef)>,
+    default: (Arc<str>, SharedRef),
+    others: RwLock<Vec<(Arc<str>, SharedRef)>>,
     store: Option<SharedStore>,
+    clock: Arc<dyn Clock>,
+    maker: Option<VHostMaker>,
+    file: Option<DirectoryFile>,
+    directory: SharedDirectory,
+    /// One vhost change at a time: a vhost is in the directory exactly when it has a broker.
+    vhost_changes: tokio::sync::Mutex<()>,
 }
 
 /// A handle on the node.
 pub type NodeRef = Arc<Node>;
 
+/// Why a directory change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The directory refused it.
+    #[error(transparent)]
+    Refused(#[from] DirectoryError),
+    /// It could not be made durable; nothing changed.
+    #[error("the change could not be stored: {0}")]
+    Storage(String),
+    /// This node cannot do it (built without a way to make vhosts).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
 impl Node {
     /// The node of `default` (the broker of `/`) and `others` (one per other vhost), their
-    /// time from `clock`, sharing `store` when they have one.
+    /// time from `clock`, sharing `store` when they have one; `maker` builds the brokers of
+    /// vhosts added at run time, and `file` keeps the directory (none: changes last as long
+    /// as the process).
     pub fn new(
         default: Broker,
         others: Vec<Broker>,
         clock: Arc<dyn Clock>,
         store: Option<SharedStore>,
+        maker: Option<VHostMaker>,
+        file: Option<DirectoryFile>,
     ) -> NodeRef {
-        let vhosts = std::iter::once(default)
-            .chain(others)
-            .map(|b| {
-                let name = b.vhosts().iter().next().map_or_else(|| Arc::from("/"), |(_, v)| v.name.clone());
-                (name, Shared::new(b, clock.clone()))
-            })
-            .collect();
-        Arc::new(Node { vhosts, store })
+        let named = |b: Broker| {
+            let name = b.vhosts().iter().next().map_or_else(|| Arc::from("/"), |(_, v)| v.name.clone());
+            (name, Shared::new(b, clock.clone()))
+        };
+        let directory = default.shared_directory().clone();
+        let default = named(default);
+        let others = others.into_iter().map(named).collect();
+        Arc::new(Node {
+            default,
+            others: RwLock::new(others),
+            store,
+            clock: clock.clone(),
+            maker,
+            file,
+            directory,
+            vhost_changes: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The broker of `/`.
     pub fn default_broker(&self) -> &SharedRef {
-        // `new` always puts it first.
-        &self.vhosts[0].1
+        &self.default.1
     }
 
     /// The broker serving vhost `name`, if one does.
-    pub fn broker(&self, name: &str) -> Option<&SharedRef> {
-        self.vhosts.iter().find(|(n, _)| &**n == name).map(|(_, s)| s)
+    pub fn broker(&self, name: &str) -> Option<SharedRef> {
+        if *self.default.0 == *name {
+            return Some(self.default.1.clone());
+        }
+        let others = self.others.read().unwrap_or_else(|p| p.into_inner());
+        others.iter().find(|(n, _)| &**n == name).map(|(_, s)| s.clone())
     }
 
-    /// Every broker with the vhost it serves, `/` first.
-    pub fn brokers(&self) -> impl Iterator<Item = (&str, &SharedRef)> + Clone {
-        self.vhosts.iter().map(|(n, s)| (&**n, s))
+    /// Every broker with the vhost it serves, `/` first, as they are now.
+    pub fn brokers(&self) -> Vec<(Arc<str>, SharedRef)> {
+        let others = self.others.read().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(self.default.clone()).chain(others.iter().cloned()).collect()
     }
 
     /// The broker that handles `conn`'s handshake: that of the vhost its connection.open
     /// names once the frame has been read, `/`'s until then and for a vhost no broker serves
-    /// (which `/` refuses with 530, as it refuses one the configuration dropped).
-    pub fn for_handshake(&self, conn: &Connection) -> &SharedRef {
-        conn.opening_vhost().and_then(|v| self.broker(&v)).unwrap_or(self.default_broker())
+    /// (which `/` refuses with 530, as it refuses one the directory dropped).
+    pub fn for_handshake(&self, conn: &Connection) -> SharedRef {
+        conn.opening_vhost().and_then(|v| self.broker(&v)).unwrap_or_else(|| self.default.1.clone())
     }
 
     /// The store the brokers share, when they have one.
     pub fn store(&self) -> Option<&SharedStore> {
         self.store.as_ref()
+    }
+
+    /// The node's directory.
+    pub fn directory(&self) -> &SharedDirectory {
+        &self.directory
+    }
+
+    /// Applies `changes` to the directory, all or none, durably when the node has a file.
+    /// Vhosts change through [`Node::add_vhost`] and [`Node::remove_vhost`] only.
+    pub fn change_directory(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
+        if changes.iter().any(|c| matches!(c, Change::PutVHost(_) | Change::DeleteVHost(_))) {
+            return Err(ChangeError::Unsupported("vhosts are added and removed with their brokers"));
+        }
+        self.commit(changes)
+    }
+
+    fn commit(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
+        self.directory().change(changes, |next: &Directory| match &self.file {
+            Some(f) => f.save(next).map_err(|e| ChangeError::Storage(e.to_string())),
+            None => Ok(()),
+        })
+    }
+
+    /// Creates vhost `name` with a broker of its own, then applies `then` (the creator's
+    /// permissions, say) with it; nothing if it exists already but `then`.
+    pub async fn add_vhost(&self, name: &str, then: Vec<Change>) -> Result<(), ChangeError> {
+        let _one = self.vhost_changes.lock().await;
+        if self.directory().load().vhosts.contains_key(name) {
+            return self.commit(then);
+        }
+        let maker = self.maker.as_ref().ok_or(ChangeError::Unsupported("this node cannot add vhosts"))?;
+        // A vhost the directory once dropped may still have data in `/`'s broker, kept closed:
+        // it opens there again rather than in a new broker that would not see that data.
+        let reopen = lock(&self.default.1).broker.vhosts().id(name).is_some();
+        let mut changes = vec![Change::PutVHost(name.to_string())];
+        changes.extend(then);
+        self.commit(changes)?;
+        if reopen {
+            lock(&self.default.1).broker.add_vhost(name);
+            return Ok(());
+        }
+        let shared = Shared::new(maker(name), self.clock.clone());
+        tokio::spawn(run_timers(Arc::downgrade(&shared)));
+        self.others.write().unwrap_or_else(|p| p.into_inner()).push((Arc::from(name), shared));
+        Ok(())
+    }
+
+    /// Deletes vhost `name`: its connections are closed (320), its queues (with their
+    /// messages) and exchanges deleted, then it leaves the directory with every permission
+    /// on it. A store that cannot record a deletion stops it half-way, with an error: what
+    /// was deleted stays deleted, the vhost stays.
+    pub async fn remove_vhost(&self, name: &str) -> Result<(), ChangeError> {
+        let _one = self.vhost_changes.lock().await;
+        if !self.directory().load().vhosts.contains_key(name) {
+            return Err(DirectoryError::NoVHost(name.to_string()).into());
+        }
+        if name == "/" {
+            return Err(DirectoryError::Invalid("the default vhost '/' cannot be deleted".into()).into());
+        }
+        let shared = self.broker(name).unwrap_or_else(|| self.default.1.clone());
+        {
+            let mut s = lock(&shared);
+            let r = s.broker.delete_vhost(name);
+            s.wake_all();
+            r.map_err(ChangeError::Storage)?;
+        }
+        self.commit(vec![Change::DeleteVHost(name.to_string())])?;
+        let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = others.iter().position(|(n, _)| &**n == name) {
+            let (_, gone) = others.remove(i);
+            // Its timer task ends once it sees the broker gone.
+            lock(&gone).timer().notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
+pub async fn run_timers(broker: std::sync::Weak<std::sync::Mutex<Shared>>) {
+    let Some(notify) = broker.upgrade().map(|b| lock(&b).timer()) else {
+        return;
+    };
+    loop {
+        // A broker the node let go of (its vhost deleted) has no timers left to run.
+        let Some(shared) = broker.upgrade() else {
+            return;
+        };
+        let next = {
+            let mut s = lock(&shared);
+            s.broker.handle_timeout();
+            s.wake_others(None);
+            s.broker.poll_timeout()
+        };
+        drop(shared);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(Instant::from_std(at)) => {}
+                    () = notify.notified() => {}
+                }
+            }
+            // Woken now and then regardless, to notice a let-go broker whose last connections
+            // outlived the notification.
+            None => {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    () = notify.notified() => {}
+                }
+            }
+        }
     }
 }

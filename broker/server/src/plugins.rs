@@ -59,6 +59,16 @@ impl Plugins {
         Ok(Some(plugins))
     }
 
+    /// Registers every loaded type and policy with `broker`, one made after start-up.
+    pub fn register(&self, broker: &mut Broker) {
+        for p in &self.exchanges {
+            broker.register_exchange_type(p.type_name(), Arc::new(p.clone()));
+        }
+        for p in &self.retries {
+            broker.register_retry_policy(p.clone());
+        }
+    }
+
     /// Reads every component file again and swaps in the ones that load; a component that
     /// fails keeps its predecessor. Connections stay up: exchanges rebuild their instances
     /// from their bindings on their next call, and cached routes of reloaded types are
@@ -67,7 +77,7 @@ impl Plugins {
         for p in &self.exchanges {
             match p.reload() {
                 Ok(()) => {
-                    for (_, shared) in node.brokers() {
+                    for (_, shared) in &node.brokers() {
                         lock(shared).broker.exchange_type_reloaded(p.type_name());
                     }
                     tracing::info!(r#type = %p.type_name(), component = %p.path().display(), "exchange type plugin reloaded");

@@ -15,14 +15,16 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tracing::{info, warn};
 use warren_core::broker::Census;
+use warren_core::directory::SharedDirectory;
 use warren_core::{Broker, BrokerConfig, ConnectionConfig};
 
 use crate::config::Settings;
 use crate::driver::drive;
 use crate::listen::{accept_quic, accept_tcp, accept_tls, bind_dual_stack, serve_quic};
+use crate::directory_file::DirectoryFile;
+use crate::node::run_timers;
 pub use crate::node::{Node, NodeRef};
 pub use crate::services::Services;
 pub use crate::shared::{Clock, Shared, SharedRef, SystemClock, lock};
@@ -56,6 +58,10 @@ pub struct Parts {
     pub hangup: Option<tokio::signal::unix::Signal>,
     /// The data directory's lock, held while the server lives.
     pub data_lock: Option<std::fs::File>,
+    /// Builds the broker of a vhost created at run time; `None`: vhosts are fixed at start.
+    pub vhost_maker: Option<crate::node::VHostMaker>,
+    /// Where directory changes are kept; `None`: they last as long as the process.
+    pub directory_file: Option<DirectoryFile>,
 }
 
 /// A bound, not yet running broker.
@@ -131,43 +137,26 @@ impl Server {
         // Before the broker makes its first map (see warren_core::hash).
         warren_core::hash::set_seed(RandomState::new().hash_one(3u8));
         if settings.access.is_unrestricted() && settings.users.iter().any(|u| u.name != "guest") {
-            warn!(
-                "no [[permissions]] in the configuration: every user may do everything in every vhost \
-                 (add [[permissions]] entries for RabbitMQ's access control)"
+            info!(
+                "no [[permissions]] in the configuration: each configured user gets every permission \
+                 on each configured vhost (add [[permissions]] entries to narrow them)"
             );
         }
-        let census = Arc::new(Census::default());
-        let (now, unix_ms) = SystemClock.now();
+        let (file, directory) = DirectoryFile::open(&settings.data_dir, settings)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         // One broker per vhost, `/` first: connections to different vhosts never share a lock.
-        let vhosts =
-            std::iter::once("/".to_string()).chain(settings.vhosts.iter().filter(|v| *v != "/").cloned());
-        let mut brokers: Vec<Broker> = vhosts
-            .enumerate()
-            .map(|(i, vhost)| {
-                let config = BrokerConfig {
-                    users: settings.users.clone(),
-                    seed: seed.wrapping_add(i as u64),
-                    // Each broker its own: a token of one vhost says nothing of another's.
-                    secret: [RandomState::new().hash_one((1u8, i)), RandomState::new().hash_one((2u8, i))],
-                    consumer_timeout: settings.consumer_timeout,
-                    limits: settings.limits.counts,
-                    census: census.clone(),
-                    access: settings.access.clone(),
-                    vhost_limits: settings.vhost_limits.get(&vhost).copied().unwrap_or_default(),
-                    vhost,
-                };
-                let mut broker = Broker::new(config, now);
-                broker.set_policies(settings.policies.clone());
-                broker.set_time(now, unix_ms);
-                broker
-            })
+        let vhosts: Vec<String> = std::iter::once("/".to_string())
+            .chain(directory.vhosts.keys().filter(|v| *v != "/").cloned())
             .collect();
+        let maker = VHostMaker::new(settings, SharedDirectory::new(directory), seed);
+        let mut brokers: Vec<Broker> = vhosts.iter().map(|v| maker.make(v)).collect();
         // Before recovery: recovered exchanges and queues need their plugin types and policies.
         let plugins = crate::plugins::Plugins::load(&settings.plugins, &settings.data_dir, &mut brokers)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?
             .map(Arc::new);
         let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut brokers)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let maker = maker.with(plugins.clone(), &storage);
         let services = Services {
             alarms: storage.alarms.clone(),
             storage_metrics: Some(storage.metrics.clone()),
@@ -187,6 +176,8 @@ impl Server {
             services,
             hangup,
             data_lock: Some(data_lock),
+            vhost_maker: Some(Box::new(move |name: &str| maker.make(name))),
+            directory_file: Some(file),
         };
         Ok(Server::new(parts, settings))
     }
@@ -211,6 +202,8 @@ impl Server {
                 parts.vhost_brokers,
                 parts.clock,
                 parts.storage.as_ref().map(|s| s.store.clone()),
+                parts.vhost_maker,
+                parts.directory_file,
             ),
             services,
             connection: settings.connection.clone(),
@@ -277,8 +270,12 @@ impl Server {
         let mut tasks = JoinSet::new();
         let storage = self.storage.map(|s| s.start(self.node.clone())).transpose()?;
         // Each broker's timed work on a task of its own, under that broker's lock.
-        let timers: Vec<_> =
-            self.node.brokers().map(|(_, shared)| tokio::spawn(run_timers(shared.clone()))).collect();
+        let timers: Vec<_> = self
+            .node
+            .brokers()
+            .iter()
+            .map(|(_, shared)| tokio::spawn(run_timers(Arc::downgrade(shared))))
+            .collect();
         let memory = tokio::spawn(crate::memory::watch(
             self.node.clone(),
             self.services.alarms.clone(),
@@ -436,24 +433,62 @@ async fn reload_on_hangup(
     }
 }
 
-/// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
-async fn run_timers(shared: SharedRef) {
-    let notify = lock(&shared).timer();
-    loop {
-        let next = {
-            let mut s = lock(&shared);
-            s.broker.handle_timeout();
-            s.wake_others(None);
-            s.broker.poll_timeout()
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(Instant::from_std(at)) => {}
-                    () = notify.notified() => {}
-                }
-            }
-            None => notify.notified().await,
+
+/// What start-up builds each vhost's broker from, kept to build those added at run time.
+struct VHostMaker {
+    settings: Settings,
+    directory: SharedDirectory,
+    census: Arc<Census>,
+    seed: u64,
+    made: std::sync::atomic::AtomicU64,
+    plugins: Option<Arc<crate::plugins::Plugins>>,
+    store: Option<(warren_core::storage::SharedStore, warren_core::broker::ConfirmPolicy)>,
+}
+
+impl VHostMaker {
+    fn new(settings: &Settings, directory: SharedDirectory, seed: u64) -> Self {
+        VHostMaker {
+            settings: settings.clone(),
+            directory,
+            census: Arc::new(Census::default()),
+            seed,
+            made: Default::default(),
+            plugins: None,
+            store: None,
         }
+    }
+
+    /// Once start-up has loaded them: the plugins and store later brokers get too.
+    fn with(mut self, plugins: Option<Arc<crate::plugins::Plugins>>, storage: &crate::storage::Storage) -> Self {
+        self.plugins = plugins;
+        self.store = Some((storage.store.clone(), storage.confirm_policy()));
+        self
+    }
+
+    /// The broker of `vhost`, with its plugin types and store when start-up is past.
+    fn make(&self, vhost: &str) -> Broker {
+        let i = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (now, unix_ms) = SystemClock.now();
+        let config = BrokerConfig {
+            directory: self.directory.clone(),
+            seed: self.seed.wrapping_add(i),
+            // Each broker its own: a token of one vhost says nothing of another's.
+            secret: [RandomState::new().hash_one((1u8, i)), RandomState::new().hash_one((2u8, i))],
+            consumer_timeout: self.settings.consumer_timeout,
+            limits: self.settings.limits.counts,
+            census: self.census.clone(),
+            vhost: vhost.to_string(),
+        };
+        let mut broker = Broker::new(config, now);
+        broker.set_time(now, unix_ms);
+        if let Some(p) = &self.plugins {
+            p.register(&mut broker);
+        }
+        if let Some((store, policy)) = &self.store {
+            // A new vhost has nothing stored: a clean, empty recovery.
+            let nothing = warren_core::storage::Recovered { clean: true, ..Default::default() };
+            broker.attach_recovered(Box::new(store.clone()), *policy, nothing);
+        }
+        broker
     }
 }

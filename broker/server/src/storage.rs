@@ -124,6 +124,14 @@ pub struct Storage {
     pub alarms: Arc<Alarms>,
 }
 
+/// After the fsync when confirms wait for one, else after the write.
+fn confirm_policy(fsync: FsyncMode) -> ConfirmPolicy {
+    match fsync {
+        FsyncMode::BeforeConfirm => ConfirmPolicy::AfterSync,
+        FsyncMode::Interval | FsyncMode::Never => ConfirmPolicy::AfterWrite,
+    }
+}
+
 impl Storage {
     /// Opens the store under `data_dir` and restores what it holds into `brokers`, one per
     /// vhost, `/` first: each gets its vhost's records, and `/` those of vhosts no broker
@@ -147,10 +155,7 @@ impl Storage {
         if let Some(why) = &report.index_unused {
             info!(reason = %why, "queue index not used; queues rebuilt from the log");
         }
-        let policy = match settings.fsync {
-            FsyncMode::BeforeConfirm => ConfirmPolicy::AfterSync,
-            FsyncMode::Interval | FsyncMode::Never => ConfirmPolicy::AfterWrite,
-        };
+        let policy = confirm_policy(settings.fsync);
         let mut store = SharedStore::new(Box::new(store));
         let recovered = store
             .recover()
@@ -195,6 +200,11 @@ impl Storage {
             alarms: Arc::new(Alarms::default()),
             settings,
         })
+    }
+
+    /// When the brokers on this store confirm a stored message.
+    pub fn confirm_policy(&self) -> ConfirmPolicy {
+        confirm_policy(self.settings.fsync)
     }
 
     /// Starts the syncer thread and the disk monitor.
@@ -313,7 +323,7 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
             if let Some(why) = &r.undeleted {
                 warn!(error = %why, "cannot delete a dead segment; kept and tried again next sync");
             }
-            for (_, shared) in to.node.brokers() {
+            for (_, shared) in &to.node.brokers() {
                 let mut s = lock(shared);
                 s.broker.storage_synced(r.position);
                 s.wake_all();
@@ -332,7 +342,7 @@ fn round(syncer: &mut Syncer, to: &Shared, fsync: bool) -> bool {
                 "storage sync failed: unsynced publishes are nacked, the store takes no more \
                  writes, publishers are blocked; restart to recover from the log"
             );
-            for (_, shared) in to.node.brokers() {
+            for (_, shared) in &to.node.brokers() {
                 let mut s = lock(shared);
                 s.broker.storage_failed(&why);
                 s.wake_all();
@@ -395,8 +405,9 @@ fn compact(node: &NodeRef, budget: u64, round: usize) -> Compaction {
     if !store.plan_compaction(budget) {
         return done;
     }
-    let n = node.brokers().count();
-    for (_, shared) in node.brokers().cycle().skip(round % n.max(1)).take(n) {
+    let brokers = node.brokers();
+    let n = brokers.len();
+    for (_, shared) in brokers.iter().cycle().skip(round % n.max(1)).take(n) {
         let left = budget.saturating_sub(done.bytes);
         if left == 0 {
             break;
@@ -415,7 +426,7 @@ pub fn checkpoint(node: &NodeRef) -> Result<usize, warren_core::storage::Storage
         return Ok(0);
     };
     let (mut queues, mut entries) = (Vec::new(), Vec::new());
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let (q, e) = lock(shared).broker.stored_index();
         queues.extend(q);
         entries.extend(e);

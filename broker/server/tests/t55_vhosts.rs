@@ -33,8 +33,8 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], persisten
 /// A queue's counts, from the broker of its vhost (each vhost has its own, behind its own
 /// lock); one the configuration dropped is kept by the broker of `/`.
 fn counts(b: &TestBroker, vhost: &str, queue: &str) -> Option<(usize, usize, usize)> {
-    let shared = b.node.broker(vhost).unwrap_or(b.node.default_broker());
-    let s = warren::server::lock(shared);
+    let shared = b.node.broker(vhost).unwrap_or_else(|| b.node.default_broker().clone());
+    let s = warren::server::lock(&shared);
     let vh = s.broker.vhosts().id(vhost)?;
     s.broker.queue_counts_in(vh, queue)
 }
@@ -142,7 +142,7 @@ async fn a_connection_closed_by_the_broker_leaves_nothing_registered_in_its_vhos
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use warren_codec::{ChannelOpen, ConnectionCloseOk, Frame, Method, decode_frame};
     let b = TestBroker::start_with(with_vhosts(&["a"])).await;
-    let registered = |vhost: &str| warren::server::lock(b.node.broker(vhost).expect("broker")).registered();
+    let registered = |vhost: &str| warren::server::lock(&b.node.broker(vhost).expect("broker")).registered();
     for _ in 0..3 {
         let mut sock = tokio::net::TcpStream::connect(b.addr).await.expect("connect");
         // The handshake (and channel 1) first: the connection is open and its task registered
@@ -291,10 +291,10 @@ async fn metrics_and_the_management_api_name_each_queues_vhost() {
     let (status, body) = http(&b, "POST", "/api/queues/zz/m/replay").await;
     assert_eq!((status, body.contains("no vhost 'zz'")), (404, true), "{body}");
     // The model agrees with the wire: each vhost is the first (and only) of its own broker.
-    for (name, shared) in b.node.brokers() {
+    for (name, shared) in &b.node.brokers() {
         let s = warren::server::lock(shared);
         assert_eq!(s.broker.vhosts().id(name), Some(VHostId::DEFAULT));
         assert_eq!(s.broker.vhosts().iter().count(), 1, "{name} has a broker of its own");
     }
-    assert_eq!(b.node.brokers().map(|(n, _)| n).collect::<Vec<_>>(), ["/", "a"]);
+    assert_eq!(b.node.brokers().iter().map(|(n, _)| &**n).collect::<Vec<_>>(), ["/", "a"]);
 }

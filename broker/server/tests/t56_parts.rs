@@ -45,6 +45,8 @@ async fn serve(
         },
         hangup: None,
         data_lock: None,
+        vhost_maker: None,
+        directory_file: None,
     };
     let server = Server::new(parts, &Settings::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

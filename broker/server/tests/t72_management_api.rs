@@ -301,6 +301,7 @@ async fn rabbitmqs_client_lists_connections_channels_and_consumers_and_closes_a_
         common::eventually(|| b
             .node
             .brokers()
+            .iter()
             .all(|(_, s)| warren::server::lock(s).broker.open_counts().0 == 0))
         .await
     );

@@ -21,7 +21,6 @@ use warren_codec::{
     Method,
 };
 
-use crate::auth::User;
 use crate::channel::ChannelState;
 use crate::command::Command;
 use crate::error::AmqpError;
@@ -63,8 +62,9 @@ pub type ConnId = u64;
 /// What the broker is built from.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Users allowed to log in.
-    pub users: Vec<User>,
+    /// Who may log in, the vhosts, their limits and the permissions: the node's directory,
+    /// shared by every broker of the node.
+    pub directory: crate::directory::SharedDirectory,
     /// Seed for generated names; the driver passes something random.
     pub seed: u64,
     /// Key for the direct reply-to tokens, which must not be guessable from anything a client
@@ -80,10 +80,6 @@ pub struct BrokerConfig {
     /// What the brokers of one node share (ids, counts for the limits): the same `Arc` for
     /// each when every vhost has a broker of its own.
     pub census: std::sync::Arc<Census>,
-    /// Who may open which vhost and do what there.
-    pub access: std::sync::Arc<crate::permissions::Access>,
-    /// The limits of the broker's vhost ([`BrokerConfig::vhost`]).
-    pub vhost_limits: VHostLimits,
 }
 
 /// One vhost's limits (RabbitMQ's `rabbitmqctl set_vhost_limits`); `None` is unlimited.
@@ -132,15 +128,13 @@ pub const DEFAULT_CONSUMER_TIMEOUT: std::time::Duration = std::time::Duration::f
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            users: vec![User::guest()],
+            directory: Default::default(),
             seed: 0,
             secret: [0; 2],
             consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
             limits: Limits::default(),
             vhost: "/".into(),
             census: Default::default(),
-            access: Default::default(),
-            vhost_limits: VHostLimits::default(),
         }
     }
 }
@@ -213,6 +207,8 @@ pub struct ConsumerSummary {
 struct Session {
     /// A client's connection (not an operator's session): it holds a connection slot.
     counted: bool,
+    /// The node's own session (a definitions import): no permission is checked for it.
+    system: bool,
     /// Its user's limits, when it has any: its connection and channels are counted for them.
     user_limits: Option<crate::auth::UserLimits>,
     info: ConnectionInfo,
@@ -259,15 +255,13 @@ impl Session {
 /// The broker model: queues, sessions, and everything they do to each other. No I/O.
 #[derive(Debug)]
 pub struct Broker {
-    users: Vec<User>,
+    directory: crate::directory::DirectoryView,
     names: NameGen,
     vhosts: VHosts,
     types: TypeRegistry,
     retry_plugins: crate::retry::RetryPlugins,
     sessions: Map<ConnId, Session>,
     census: std::sync::Arc<Census>,
-    access: std::sync::Arc<crate::permissions::Access>,
-    vhost_limits: VHostLimits,
     /// This broker's part of the census counts, as last published.
     published: [usize; census::Count::ALL.len()],
     wakeups: Vec<ConnId>,
@@ -285,7 +279,6 @@ pub struct Broker {
     reply_secret: [u64; 2],
     reply_nonce: u64,
     next_delayed: u64,
-    policies: Vec<crate::policy::Policy>,
     stats: crate::stats::GlobalStats,
     events: Vec<crate::stats::BrokerEvent>,
     durability: persist::Durability,
@@ -302,7 +295,7 @@ impl Broker {
     /// An empty broker, its clock starting at `now`.
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
         let mut b = Broker {
-            users: config.users,
+            directory: crate::directory::DirectoryView::new(config.directory),
             consumer_timeout: config.consumer_timeout,
             limits: config.limits,
             consumer_sweep: None,
@@ -312,8 +305,6 @@ impl Broker {
             retry_plugins: Default::default(),
             sessions: Map::default(),
             census: config.census,
-            access: config.access,
-            vhost_limits: config.vhost_limits,
             published: Default::default(),
             wakeups: Vec::new(),
             now,
@@ -326,7 +317,6 @@ impl Broker {
             reply_secret: config.secret,
             reply_nonce: 0,
             next_delayed: 0,
-            policies: Vec::new(),
             stats: Default::default(),
             events: Vec::new(),
             durability: Default::default(),
@@ -411,19 +401,25 @@ impl Broker {
         id
     }
 
-    /// The limits of the broker's vhost.
+    /// The limits of the broker's vhost (its first).
     pub fn vhost_limits(&self) -> VHostLimits {
-        self.vhost_limits
+        let own = self.vhosts.iter().next().map_or("/", |(_, v)| &*v.name);
+        self.directory.get().vhost_limits(own)
     }
 
-    /// Who may open which vhost and do what there.
-    pub fn access(&self) -> &std::sync::Arc<crate::permissions::Access> {
-        &self.access
+    /// The node's directory as this broker last read it (users, vhosts, permissions).
+    pub fn directory(&self) -> &std::sync::Arc<crate::directory::Directory> {
+        self.directory.get()
     }
 
-    /// The users allowed to log in.
-    pub fn users(&self) -> &[User] {
-        &self.users
+    /// The node's directory, to read its newest state or change it.
+    pub fn shared_directory(&self) -> &crate::directory::SharedDirectory {
+        self.directory.shared()
+    }
+
+    /// Takes the directory's newest state, if it moved.
+    pub fn refresh_directory(&mut self) {
+        self.directory.refresh();
     }
 
     /// Registers a connection that completed its handshake, or refuses it with 530 as RabbitMQ
@@ -435,8 +431,9 @@ impl Broker {
                 format!("vhost {} not found", info.vhost),
             ));
         }
+        self.refresh_directory();
         self.authorize_vhost(&info.user, &info.vhost)?;
-        if let Some(max) = self.vhost_limits.max_connections
+        if let Some(max) = self.vhost_limits().max_connections
             && self.vhosts.id(&info.vhost).is_some_and(|id| self.vhosts[id].connections >= max)
         {
             // RabbitMQ's words.
@@ -449,9 +446,8 @@ impl Broker {
             ));
         }
         let user_limits = self
-            .users
-            .iter()
-            .find(|u| u.name == info.user)
+            .directory()
+            .user(&info.user)
             .map(|u| u.limits)
             .filter(|l| *l != Default::default());
         if let Some(max) = user_limits.and_then(|l| l.max_connections)
@@ -496,8 +492,26 @@ impl Broker {
                 format!("vhost {} not found", info.vhost),
             ));
         }
+        self.refresh_directory();
         self.authorize_vhost(&info.user, &info.vhost)?;
         Ok(self.register_session(info, false))
+    }
+
+    /// Registers a session the node itself acts through (a definitions import, which an
+    /// administrator asked for): its vhost must exist; no permission is checked for it, and
+    /// it takes no connection slot.
+    pub fn open_system_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
+        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_ALLOWED,
+                format!("vhost {} not found", info.vhost),
+            ));
+        }
+        let id = self.register_session(info, false);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.system = true;
+        }
+        Ok(id)
     }
 
     /// Registers a connection that completed its handshake, whatever the limit; one naming a
@@ -518,6 +532,7 @@ impl Broker {
         }
         let session = Session {
             counted,
+            system: false,
             user_limits: None,
             info,
             vhost,
@@ -630,6 +645,8 @@ impl Broker {
     /// -ok; one that wrote a record gets its -ok once the record is synced.
     pub fn apply(&mut self, conn: ConnId, ch: u16, mut cmd: Command) -> Result<(), AmqpError> {
         let ids = cmd.ids();
+        // A changed permission holds from the next operation on.
+        self.refresh_directory();
         if let Command::Publish(_) = &cmd {
             self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
         }

@@ -37,6 +37,8 @@
 //! - [`auth`]: users, PLAIN, AMQPLAIN and EXTERNAL.
 //! - [`password`]: RabbitMQ's salted password hashes (sha256, sha512, md5), checked in
 //!   constant time.
+//! - [`directory`]: the node's users, vhosts and permissions, changed one [`directory::Change`]
+//!   at a time and shared by every broker of the node.
 //! - [`permissions`]: RabbitMQ's access rules: configure/write/read patterns per user and
 //!   vhost, topic permissions.
 //! - [`names`]: `amq.gen-` and `amq.ctag-` names.
@@ -52,6 +54,7 @@ pub mod channel;
 pub mod command;
 pub mod connection;
 pub mod deadletter;
+pub mod directory;
 pub mod error;
 pub mod exchange;
 pub mod harness;

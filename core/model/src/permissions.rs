@@ -59,6 +59,10 @@ impl Pattern {
 
     /// Whether `name` is granted: matched anywhere; an empty pattern grants nothing.
     pub fn grants(&self, name: &str) -> bool {
+        // The usual grant-all, without running the regex on every publish.
+        if self.text == ".*" {
+            return true;
+        }
         self.regex.as_ref().is_some_and(|r| r.is_match(name))
     }
 }
@@ -190,6 +194,100 @@ impl Access {
                     .peekable();
                 entries.peek().is_none() || entries.any(|t| t.grants(perm, key))
             }
+        }
+    }
+
+    /// Keeps the entries (plain and topic) whose user and vhost `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        if let Access::Rules { permissions, topics } = self {
+            permissions.retain(|p| keep(&p.user, &p.vhost));
+            topics.retain(|t| keep(&t.user, &t.vhost));
+        }
+    }
+
+    /// Plain entries held.
+    pub fn permission_count(&self) -> usize {
+        match self {
+            Access::Unrestricted => 0,
+            Access::Rules { permissions, .. } => permissions.len(),
+        }
+    }
+
+    /// Topic entries held.
+    pub fn topic_permission_count(&self) -> usize {
+        match self {
+            Access::Unrestricted => 0,
+            Access::Rules { topics, .. } => topics.len(),
+        }
+    }
+
+    /// The entries as a list, none when unrestricted.
+    pub fn permissions(&self) -> &[Permission] {
+        match self {
+            Access::Unrestricted => &[],
+            Access::Rules { permissions, .. } => permissions,
+        }
+    }
+
+    /// The topic entries as a list.
+    pub fn topic_permissions(&self) -> &[TopicPermission] {
+        match self {
+            Access::Unrestricted => &[],
+            Access::Rules { topics, .. } => topics,
+        }
+    }
+
+    /// Sets `p`, replacing the user's entry on its vhost; a new entry only if `may_grow`.
+    /// The first entry ends unrestricted access: from then on only entries grant.
+    pub fn set_permission(&mut self, p: Permission, may_grow: bool) -> bool {
+        let permissions = self.rules_mut().0;
+        match permissions.iter_mut().find(|e| e.user == p.user && e.vhost == p.vhost) {
+            Some(e) => *e = p,
+            None if may_grow => permissions.push(p),
+            None => return false,
+        }
+        true
+    }
+
+    /// Clears the user's entry on `vhost`; whether there was one.
+    pub fn clear_permission(&mut self, user: &str, vhost: &str) -> bool {
+        let Access::Rules { permissions, .. } = self else {
+            return false;
+        };
+        let before = permissions.len();
+        permissions.retain(|p| !(p.user == user && p.vhost == vhost));
+        permissions.len() != before
+    }
+
+    /// Sets `t`, replacing the user's entry for its exchange; a new one only if `may_grow`.
+    pub fn set_topic_permission(&mut self, t: TopicPermission, may_grow: bool) -> bool {
+        let topics = self.rules_mut().1;
+        match topics.iter_mut().find(|e| e.user == t.user && e.vhost == t.vhost && e.exchange == t.exchange) {
+            Some(e) => *e = t,
+            None if may_grow => topics.push(t),
+            None => return false,
+        }
+        true
+    }
+
+    /// Clears the user's topic entries on `vhost` (for `exchange` only, if named); whether
+    /// there were any.
+    pub fn clear_topic_permissions(&mut self, user: &str, vhost: &str, exchange: Option<&str>) -> bool {
+        let Access::Rules { topics, .. } = self else {
+            return false;
+        };
+        let before = topics.len();
+        topics.retain(|t| !(t.user == user && t.vhost == vhost && exchange.is_none_or(|x| x == t.exchange)));
+        topics.len() != before
+    }
+
+    fn rules_mut(&mut self) -> (&mut Vec<Permission>, &mut Vec<TopicPermission>) {
+        if self.is_unrestricted() {
+            *self = Access::rules(Vec::new(), Vec::new());
+        }
+        match self {
+            Access::Rules { permissions, topics } => (permissions, topics),
+            Access::Unrestricted => unreachable!("made rules above"),
         }
     }
 

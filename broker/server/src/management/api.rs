@@ -116,13 +116,21 @@ pub(super) async fn whoami(Extension(viewer): Extension<Viewer>) -> Json<Value> 
     Json(json!({"name": viewer.user.name, "tags": viewer.user.tags}))
 }
 
-/// The vhosts of the node (those it serves and those it keeps closed), `/` first.
-fn vhost_names(node: &NodeRef) -> Vec<(String, bool)> {
+/// The vhosts of the node, `/` first: those of the directory, open, and those `/`'s broker
+/// keeps closed because stored data names them.
+pub(super) fn vhost_names(node: &NodeRef) -> Vec<(String, bool)> {
+    let dir = node.directory().load();
+    let mut names: Vec<(String, bool)> = std::iter::once("/")
+        .chain(dir.vhosts.keys().map(String::as_str).filter(|v| *v != "/"))
+        .map(|v| (v.to_string(), true))
+        .collect();
     let s = lock(node.default_broker());
-    let mut names: Vec<(String, bool)> =
-        s.broker.vhosts().iter().map(|(_, v)| (v.name.to_string(), v.open)).collect();
-    drop(s);
-    names.extend(node.brokers().skip(1).map(|(n, _)| (n.to_string(), true)));
+    for (_, v) in s.broker.vhosts().iter() {
+        let kept = v.queues().next().is_some() || v.exchanges().any(|(n, _)| !n.starts_with("amq."));
+        if !dir.vhosts.contains_key(&*v.name) && kept {
+            names.push((v.name.to_string(), false));
+        }
+    }
     names
 }
 
@@ -156,9 +164,9 @@ pub(super) async fn vhost(
     found.map(|(n, o)| Json(vhost_json(&n, o))).ok_or_else(not_found)
 }
 
-fn users_of(node: &NodeRef) -> (Vec<User>, std::sync::Arc<Access>) {
-    let s = lock(node.default_broker());
-    (s.broker.users().to_vec(), s.broker.access().clone())
+fn users_of(node: &NodeRef) -> (Vec<User>, Access) {
+    let dir = node.directory().load();
+    (dir.users.clone(), dir.access.clone())
 }
 
 fn user_json(u: &User) -> Value {
@@ -202,7 +210,7 @@ pub(super) async fn one_user(
 /// do everything in every vhost.
 fn permission_entries(node: &NodeRef) -> Vec<Value> {
     let (users, access) = users_of(node);
-    match &*access {
+    match &access {
         Access::Unrestricted => {
             let vhosts = vhost_names(node);
             let all = |u: &User, v: &str| json!({"user": u.name, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"});
@@ -257,24 +265,41 @@ pub(super) async fn user_permissions(
     Ok(Json(Value::Array(permission_entries(&node).into_iter().filter(|p| p["user"] == name).collect())))
 }
 
+fn topic_json(t: &warren_core::permissions::TopicPermission) -> Value {
+    json!({
+        "user": t.user, "vhost": t.vhost, "exchange": t.exchange,
+        "write": t.write_template, "read": t.read_template,
+    })
+}
+
+/// `GET /api/topic-permissions/{vhost}/{user}` (administrators).
+pub(super) async fn user_topic_permissions(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    admin(&viewer.user)?;
+    let dir = node.directory().load();
+    let list: Vec<Value> = dir
+        .access
+        .topic_permissions()
+        .iter()
+        .filter(|t| t.vhost == vhost && t.user == name)
+        .map(topic_json)
+        .collect();
+    if list.is_empty() {
+        return Err(not_found());
+    }
+    Ok(Json(Value::Array(list)))
+}
+
 /// `GET /api/topic-permissions` (administrators).
 pub(super) async fn topic_permissions(
     State(node): State<NodeRef>,
     Extension(viewer): Extension<Viewer>,
 ) -> Reply {
     admin(&viewer.user)?;
-    let list = match &*users_of(&node).1 {
-        Access::Unrestricted => Vec::new(),
-        Access::Rules { topics, .. } => topics
-            .iter()
-            .map(|t| {
-                json!({
-                    "user": t.user, "vhost": t.vhost, "exchange": t.exchange,
-                    "write": t.write_template, "read": t.read_template,
-                })
-            })
-            .collect(),
-    };
+    let list = users_of(&node).1.topic_permissions().iter().map(topic_json).collect();
     Ok(Json(Value::Array(list)))
 }
 
@@ -282,7 +307,7 @@ pub(super) async fn topic_permissions(
 /// (the default exchange as `""` first in each vhost).
 pub(super) fn exchanges_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let s = lock(shared);
         for (_, v) in s.broker.vhosts().iter() {
             if vhost.is_some_and(|w| w != &*v.name) || !viewer.sees(&v.name) {
@@ -335,7 +360,7 @@ fn known_vhost(node: &NodeRef, viewer: &Viewer, vhost: &str) -> Result<(), (Stat
 /// implicit one to each queue first, as RabbitMQ lists them.
 pub(super) fn bindings_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let s = lock(shared);
         for (_, v) in s.broker.vhosts().iter() {
             if vhost.is_some_and(|w| w != &*v.name) || !viewer.sees(&v.name) {
@@ -391,12 +416,12 @@ pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) ->
     let name = node_name();
     let mut snapshots = Vec::new();
     // One vhost: only its broker (or `/`'s, which keeps vhosts the configuration dropped).
-    let brokers: Vec<&crate::shared::SharedRef> = match vhost {
-        Some(v) => vec![node.broker(v).unwrap_or(node.default_broker())],
-        None => node.brokers().map(|(_, s)| s).collect(),
+    let brokers: Vec<crate::shared::SharedRef> = match vhost {
+        Some(v) => vec![node.broker(v).unwrap_or_else(|| node.default_broker().clone())],
+        None => node.brokers().into_iter().map(|(_, s)| s).collect(),
     };
     for shared in brokers {
-        let queues = crate::metrics::queue_snapshots_with(&lock(shared).broker, true);
+        let queues = crate::metrics::queue_snapshots_with(&lock(&shared).broker, true);
         snapshots.extend(
             queues.into_iter().filter(|q| vhost.is_none_or(|v| v == q.vhost) && viewer.sees(&q.vhost)),
         );
@@ -465,7 +490,7 @@ pub(super) async fn overview(
     let queues = queues_of(&node, &viewer, None);
     let sum = |k: &str| queues.iter().filter_map(|q| q[k].as_u64()).sum::<u64>();
     let (mut connections, mut channels, mut exchanges) = (0usize, 0usize, 0usize);
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let s = lock(shared);
         let (c, ch) = s.broker.open_counts();
         connections += c;
@@ -555,7 +580,7 @@ struct ConnectionRow {
 fn connections_of(node: &NodeRef, viewer: &Viewer) -> Vec<ConnectionRow> {
     let all = viewer.user.has_tag("administrator") || viewer.user.has_tag("monitoring");
     let mut out = Vec::new();
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let rows = lock(shared).broker.connection_summaries();
         out.extend(
             rows.into_iter()
@@ -635,7 +660,7 @@ pub(super) async fn close_connection(
         .and_then(|v| v.to_str().ok())
         .map(|r| r.chars().take(200).collect::<String>())
         .unwrap_or_else(|| "Closed via management plugin".into());
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let mut s = lock(shared);
         let found = s
             .broker
@@ -698,7 +723,7 @@ pub(super) async fn consumers(
             .map(|c| (c.id, (c.info.name, c.info.user, c.info.vhost)))
             .collect();
     let mut out = Vec::new();
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         for k in lock(shared).broker.consumer_summaries() {
             let Some((conn_name, user, vhost)) = names.get(&k.conn) else {
                 continue;
@@ -731,15 +756,7 @@ pub(super) async fn consumers(
 
 /// A policy as RabbitMQ's API shows it: its `x-` arguments under RabbitMQ's policy keys.
 pub(super) fn policy_json(p: &warren_core::policy::Policy) -> Value {
-    let definition: serde_json::Map<String, Value> = p
-        .arguments
-        .iter()
-        .filter_map(|(k, v)| Some((warren_core::queue_args::policy_key_of(k)?.to_string(), field_json(v))))
-        .collect();
-    json!({
-        "vhost": p.vhost, "name": p.name, "pattern": p.pattern.as_str(), "apply-to": "queues",
-        "definition": definition, "priority": p.priority,
-    })
+    serde_json::to_value(crate::definitions::PolicyDef::of(p)).unwrap_or(Value::Null)
 }
 
 /// `GET /api/policies`: the policies of the vhosts `viewer` sees.
@@ -747,7 +764,7 @@ pub(super) async fn policies(
     State(node): State<NodeRef>,
     Extension(viewer): Extension<Viewer>,
 ) -> Json<Value> {
-    let policies = lock(node.default_broker()).broker.policies().to_vec();
+    let policies = node.directory().load().policies.clone();
     Json(Value::Array(policies.iter().filter(|p| viewer.sees(&p.vhost)).map(policy_json).collect()))
 }
 
@@ -758,8 +775,20 @@ pub(super) async fn vhost_policies(
     Path(vhost): Path<String>,
 ) -> Reply {
     known_vhost(&node, &viewer, &vhost)?;
-    let policies = lock(node.default_broker()).broker.policies().to_vec();
+    let policies = node.directory().load().policies.clone();
     Ok(Json(Value::Array(policies.iter().filter(|p| p.vhost == vhost).map(policy_json).collect())))
+}
+
+/// `GET /api/policies/{vhost}/{name}`.
+pub(super) async fn one_policy(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    let dir = node.directory().load();
+    let found = dir.policies.iter().find(|p| p.vhost == vhost && p.name == name);
+    found.map(|p| Json(policy_json(p))).ok_or_else(not_found)
 }
 
 /// `GET /api/nodes`: this node (a single node until the cluster issue).

@@ -5,27 +5,17 @@
 //! hashes leave the broker. A password configured in clear is exported as RabbitMQ's hash of
 //! it under a fresh salt.
 
-use std::io::Read;
-
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warren_core::exchange::Destination;
-use warren_core::password::SALT_LEN;
-use warren_core::permissions::Access;
 
 use super::Viewer;
 use super::api::table_json;
+use crate::definitions::AccessDefinitions;
 use crate::node::NodeRef;
 use crate::shared::lock;
-
-/// A fresh salt from the OS.
-fn salt() -> std::io::Result<[u8; SALT_LEN]> {
-    let mut salt = [0u8; SALT_LEN];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
-    Ok(salt)
-}
 
 /// `GET /api/definitions` (administrators).
 pub(super) async fn export(
@@ -37,46 +27,20 @@ pub(super) async fn export(
         return Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))));
     }
     let internal = |e: std::io::Error| {
-        let reason = format!("no salt for a password hash: {e}");
+        let reason = format!("cannot export the definitions: {e}");
         (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal_error", "reason": reason})))
     };
-    let (users, access, policies) = {
-        let s = lock(node.default_broker());
-        (s.broker.users().to_vec(), s.broker.access().clone(), s.broker.policies().to_vec())
-    };
-    let mut user_list = Vec::new();
-    for u in &users {
-        let (algorithm, hash) = u.password.exported(salt().map_err(internal)?);
-        user_list.push(json!({
-            "name": u.name, "password_hash": hash, "hashing_algorithm": algorithm.name(),
-            "tags": u.tags, "limits": super::api::user_limits_json(&u.limits),
-        }));
-    }
-    let mut vhosts = Vec::new();
-    let mut parameters = Vec::new();
+    let dir = node.directory().load();
+    let access = AccessDefinitions::of(&dir, crate::definitions::fresh_salt).map_err(internal)?;
     let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
-    for (_, shared) in node.brokers() {
+    for (_, shared) in &node.brokers() {
         let s = lock(shared);
-        let own = s.broker.vhost_limits();
-        for (id, v) in s.broker.vhosts().iter() {
+        for (_, v) in s.broker.vhosts().iter() {
             let vhost = &*v.name;
-            // The broker's limits are its own vhost's (the first); closed ones have none.
-            let mut limits = serde_json::Map::new();
-            if id == warren_core::broker::VHostId::DEFAULT {
-                if let Some(n) = own.max_connections {
-                    limits.insert("max-connections".into(), json!(n));
-                }
-                if let Some(n) = own.max_queues {
-                    limits.insert("max-queues".into(), json!(n));
-                }
+            // What the directory dropped is kept, closed, but not exported.
+            if !dir.vhosts.contains_key(vhost) {
+                continue;
             }
-            // RabbitMQ exports a vhost's limits as a `vhost-limits` parameter.
-            if !limits.is_empty() {
-                parameters.push(
-                    json!({"vhost": vhost, "component": "vhost-limits", "name": "limits", "value": limits}),
-                );
-            }
-            vhosts.push(json!({"name": vhost, "limits": [], "metadata": {"description": "", "tags": []}}));
             for (name, x) in v.exchanges().filter(|(n, x)| x.durable && !n.starts_with("amq.")) {
                 exchanges.push(json!({
                     "name": name, "vhost": vhost, "type": x.kind, "durable": true,
@@ -108,44 +72,62 @@ pub(super) async fn export(
             }
         }
     }
-    let vhost_names: Vec<String> =
-        vhosts.iter().filter_map(|v| v["name"].as_str().map(str::to_string)).collect();
-    let (permissions, topic_permissions) = match &*access {
-        // Without configured permissions every user may do everything everywhere: exported as
-        // that, so RabbitMQ grants the same.
-        Access::Unrestricted => {
-            let all: Vec<Value> = users
-                .iter()
-                .flat_map(|u| vhost_names.iter().map(move |v| json!({"user": u.name, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"})))
-                .collect();
-            (all, Vec::new())
-        }
-        Access::Rules { permissions, topics } => (
-            permissions
-                .iter()
-                .map(|p| json!({"user": p.user, "vhost": p.vhost, "configure": p.configure.as_str(), "write": p.write.as_str(), "read": p.read.as_str()}))
-                .collect(),
-            topics
-                .iter()
-                .map(|t| json!({"user": t.user, "vhost": t.vhost, "exchange": t.exchange, "write": t.write_template, "read": t.read_template}))
-                .collect::<Vec<_>>(),
-        ),
-    };
-    let policies: Vec<Value> = policies.iter().map(super::api::policy_json).collect();
-    Ok(Json(json!({
+    let mut out = json!({
         "rabbit_version": "3.10.8",
         "rabbitmq_version": "3.10.8",
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "users": user_list,
-        "vhosts": vhosts,
-        "permissions": permissions,
-        "topic_permissions": topic_permissions,
-        "parameters": parameters,
         "global_parameters": [],
-        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
-    })))
+    });
+    let access = serde_json::to_value(access).map_err(|e| internal(std::io::Error::other(e)))?;
+    if let (Some(out), Value::Object(access)) = (out.as_object_mut(), access) {
+        out.extend(access);
+    }
+    Ok(Json(out))
+}
+
+/// Bytes a definitions document may have (`POST /api/definitions`).
+pub(super) const MAX_IMPORT_BYTES: usize = 64 << 20;
+
+/// `POST /api/definitions` (administrators): RabbitMQ's import. Users, vhosts, limits,
+/// permissions, topic permissions and policies are checked whole first and then applied at
+/// once; then exchanges, queues and bindings are declared, as the node (no permission is
+/// checked for them). An entry that cannot be read refuses the whole document with 400
+/// naming it; a declare that fails stops there with 400 naming it, what came before applied.
+pub(super) async fn import(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, (StatusCode, Json<Value>)> {
+    use axum::response::IntoResponse;
+    if !viewer.user.has_tag("administrator") {
+        let reason = "administrator tag needed";
+        return Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))));
+    }
+    let bad = |reason: String| (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason})));
+    let doc: serde_json::Map<String, Value> =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("not a definitions document: {e}")))?;
+    let access: AccessDefinitions = serde_json::from_value(Value::Object(doc.clone()))
+        .map_err(|e| bad(format!("not a definitions document: {e}")))?;
+    let plan = access.plan().map_err(bad)?;
+    let refused = |e: crate::node::ChangeError| match e {
+        crate::node::ChangeError::Refused(e) => bad(e.to_string()),
+        e => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal_error", "reason": e.to_string()}))),
+    };
+    for v in &plan.vhosts {
+        node.add_vhost(v, Vec::new()).await.map_err(refused)?;
+    }
+    node.change_directory(plan.changes).map_err(refused)?;
+    let declared = super::ops::import_topology(&node, &doc).await?;
+    tracing::info!(
+        by = %viewer.user.name,
+        users = access.users.len(),
+        vhosts = plan.vhosts.len(),
+        declared,
+        "definitions imported"
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -35,6 +35,7 @@ use warren_core::broker::ReplayReport;
 use crate::node::NodeRef;
 use crate::shared::lock;
 
+mod access;
 mod api;
 mod definitions;
 mod listing;
@@ -48,16 +49,38 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
     Router::new()
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
-        .route("/api/definitions", get(definitions::export))
+        .route(
+            "/api/definitions",
+            get(definitions::export)
+                .post(definitions::import)
+                .layer(axum::extract::DefaultBodyLimit::max(definitions::MAX_IMPORT_BYTES)),
+        )
         .route("/api/vhosts", get(api::vhosts))
-        .route("/api/vhosts/{vhost}", get(api::vhost))
+        .route("/api/vhosts/{vhost}", get(api::vhost).put(access::put_vhost).delete(access::delete_vhost))
         .route("/api/vhosts/{vhost}/permissions", get(api::vhost_permissions))
         .route("/api/users", get(api::users))
-        .route("/api/users/{user}", get(api::one_user))
+        .route("/api/users/{user}", get(api::one_user).put(access::put_user).delete(access::delete_user))
         .route("/api/users/{user}/permissions", get(api::user_permissions))
         .route("/api/permissions", get(api::permissions))
-        .route("/api/permissions/{vhost}/{user}", get(api::permission))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(api::permission).put(access::put_permission).delete(access::delete_permission),
+        )
         .route("/api/topic-permissions", get(api::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(api::user_topic_permissions)
+                .put(access::put_topic_permission)
+                .delete(access::delete_topic_permissions),
+        )
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(access::put_user_limit).delete(access::delete_user_limit),
+        )
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+        )
         .route("/api/exchanges", get(|s, v| api::all(s, v, api::exchanges_of)))
         .route("/api/exchanges/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::exchanges_of)))
         .route(
@@ -85,6 +108,10 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
         .route("/api/consumers", get(api::consumers))
         .route("/api/policies", get(api::policies))
         .route("/api/policies/{vhost}", get(api::vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(api::one_policy).put(access::put_policy).delete(access::delete_policy),
+        )
         .route("/api/nodes", get(api::nodes))
         .route("/api/health/checks/port-listener/{port}", get(api::port_listener))
         .route("/api/health/checks/protocol-listener/{protocol}", get(api::protocol_listener))
@@ -138,11 +165,9 @@ async fn authorize(
         return challenge();
     };
     // Copied out, and the password hashed after: no request holds `/`'s lock for a hash.
-    let (users, access) = {
-        let s = lock(node.default_broker());
-        (s.broker.users().to_vec(), s.broker.access().clone())
-    };
-    let user = warren_core::auth::check_password(&users, &name, &password, is_loopback(peer.ip())).cloned();
+    // The directory as it is now, without a broker lock: the password is hashed after.
+    let dir = node.directory().load();
+    let user = warren_core::auth::check_password(&dir.users, &name, &password, is_loopback(peer.ip())).cloned();
     let user = match user {
         Ok(u) => u,
         Err(e) => {
@@ -159,16 +184,16 @@ async fn authorize(
         return refuse(StatusCode::FORBIDDEN, &format!("user '{}' may not {} this", user.name, req.method()));
     }
     // The handlers scope what they show and do by who asked.
-    req.extensions_mut().insert(Viewer { user, access });
+    req.extensions_mut().insert(Viewer { user, dir });
     next.run(req).await
 }
 
-/// Who asked, with the access rules as they were when it did: what a handler shows and
-/// does is scoped by it, without taking a broker lock to ask.
+/// Who asked, with the directory as it was when it did: what a handler shows and does is
+/// scoped by it, without taking a broker lock to ask.
 #[derive(Clone)]
 pub(super) struct Viewer {
     pub(super) user: User,
-    access: std::sync::Arc<warren_core::permissions::Access>,
+    pub(super) dir: std::sync::Arc<warren_core::directory::Directory>,
 }
 
 impl Viewer {
@@ -181,7 +206,7 @@ impl Viewer {
     /// Whether the user may change things in vhost `vhost`: it has permissions there,
     /// whatever its tags (as in RabbitMQ).
     pub(super) fn may_change(&self, vhost: &str) -> bool {
-        self.access.may_open(&self.user.name, vhost)
+        self.dir.access.may_open(&self.user.name, vhost)
     }
 }
 
@@ -261,13 +286,16 @@ async fn replay(
         let reason = format!("user '{}' may not POST this", viewer.user.name);
         return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
     }
+    if !api::vhost_names(&node).iter().any(|(v, _)| *v == vhost) {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
+    }
     // An administrator too needs permissions on the vhost it changes, as in RabbitMQ.
     if !viewer.may_change(&vhost) {
         let reason = format!("user '{}' has no permissions on vhost '{vhost}'", viewer.user.name);
         return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
     }
     // A vhost the configuration dropped is kept, closed, by the broker of `/`.
-    let shared = node.broker(&vhost).unwrap_or(node.default_broker()).clone();
+    let shared = node.broker(&vhost).unwrap_or_else(|| node.default_broker().clone());
     let Some(vh) = lock(&shared).broker.vhosts().id(&vhost) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
     };

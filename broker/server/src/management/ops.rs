@@ -84,17 +84,27 @@ struct ApiSession {
 
 impl ApiSession {
     fn open(node: &NodeRef, viewer: &Viewer, vhost: &str) -> Result<ApiSession, ApiError> {
+        Self::open_as(node, Some(viewer), vhost)
+    }
+
+    /// A session of `viewer`, or of the node itself (`None`: a definitions import, where no
+    /// permission is checked).
+    fn open_as(node: &NodeRef, viewer: Option<&Viewer>, vhost: &str) -> Result<ApiSession, ApiError> {
         let shared = node.broker(vhost).ok_or_else(not_found)?.clone();
         let notify = std::sync::Arc::new(tokio::sync::Notify::new());
         let conn = {
             let mut s = lock(&shared);
             let info = ConnectionInfo {
-                user: viewer.user.name.clone(),
+                user: viewer.map_or_else(String::new, |v| v.user.name.clone()),
                 vhost: vhost.to_string(),
                 ..Default::default()
             };
             // No connection: it takes no slot a client could use.
-            let conn = s.broker.open_operator_session(info).map_err(api_error)?;
+            let conn = match viewer {
+                Some(_) => s.broker.open_operator_session(info),
+                None => s.broker.open_system_session(info),
+            }
+            .map_err(api_error)?;
             let opened = s.broker.apply(conn, 1, Command::OpenChannel);
             let mut drained = Vec::new();
             let _ = s.broker.take_outbound(conn, &mut drained);
@@ -186,7 +196,7 @@ fn json_table(o: &Map<String, Value>) -> FieldTable {
 }
 
 /// A request body as a JSON object; an empty body is an empty object.
-fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -219,7 +229,7 @@ enum Target<'a> {
 /// Whether `vhost` has `target`.
 fn exists(node: &NodeRef, vhost: &str, target: Target<'_>) -> bool {
     node.broker(vhost).is_some_and(|shared| {
-        let s = lock(shared);
+        let s = lock(&shared);
         s.broker.vhosts().id(vhost).is_some_and(|id| {
             let v = &s.broker.vhosts()[id];
             match target {
@@ -405,7 +415,7 @@ pub(super) async fn unbind(
     let session = ApiSession::open(&node, &viewer, &vhost)?;
     // The key and arguments behind `props`, from the source's bindings.
     let found = node.broker(&vhost).and_then(|shared| {
-        let s = lock(shared);
+        let s = lock(&shared);
         let id = s.broker.vhosts().id(&vhost)?;
         let x = s.broker.vhosts()[id].exchange(&source)?;
         x.bindings()
@@ -672,4 +682,75 @@ mod tests {
         let Value::Object(bad) = json!({"deliverymode": 2}) else { unreachable!("an object") };
         assert!(properties_from_json(&bad).is_err());
     }
+}
+
+/// Declares the exchanges and queues and makes the bindings of a definitions document, in
+/// that order, as the node itself; an error names the object that failed (what came before
+/// it stays). How many objects it made or found.
+pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -> Result<usize, ApiError> {
+    let list = |key: &str| -> Result<Vec<Map<String, Value>>, ApiError> {
+        match defs.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_object().cloned().ok_or_else(|| bad_request(format!("{key} must hold objects"))))
+                .collect(),
+            Some(_) => Err(bad_request(format!("{key} must be a list"))),
+        }
+    };
+    let text = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut commands: Vec<(String, String, Command)> = Vec::new();
+    for o in list("exchanges")? {
+        let m = ExchangeDeclare {
+            exchange: text(&o, "name"),
+            kind: text(&o, "type"),
+            durable: flag(&o, "durable", true),
+            auto_delete: flag(&o, "auto_delete", false),
+            internal: flag(&o, "internal", false),
+            arguments: arguments(&o)?,
+            ..Default::default()
+        };
+        commands.push((text(&o, "vhost"), format!("exchange '{}'", m.exchange), Command::DeclareExchange(m)));
+    }
+    for o in list("queues")? {
+        let m = QueueDeclare {
+            queue: text(&o, "name"),
+            durable: flag(&o, "durable", true),
+            auto_delete: flag(&o, "auto_delete", false),
+            arguments: arguments(&o)?,
+            ..Default::default()
+        };
+        commands.push((text(&o, "vhost"), format!("queue '{}'", m.queue), Command::DeclareQueue(m)));
+    }
+    for o in list("bindings")? {
+        let (source, destination, key) = (text(&o, "source"), text(&o, "destination"), text(&o, "routing_key"));
+        let what = format!("binding of '{destination}' to '{source}'");
+        let cmd = match o.get("destination_type").and_then(Value::as_str) {
+            Some("exchange") => Command::BindExchange(ExchangeBind {
+                destination,
+                source,
+                routing_key: key,
+                arguments: arguments(&o)?,
+                ..Default::default()
+            }),
+            _ => Command::BindQueue(QueueBind {
+                queue: destination,
+                exchange: source,
+                routing_key: key,
+                arguments: arguments(&o)?,
+                ..Default::default()
+            }),
+        };
+        commands.push((text(&o, "vhost"), what, cmd));
+    }
+    let count = commands.len();
+    for (vhost, what, cmd) in commands {
+        let failed = |(status, Json(body)): ApiError| {
+            let reason = body.get("reason").and_then(Value::as_str).unwrap_or_default().to_string();
+            (status, Json(json!({"error": "bad_request", "reason": format!("{what} in vhost '{vhost}': {reason}")})))
+        };
+        let session = ApiSession::open_as(node, None, &vhost).map_err(failed)?;
+        session.call(cmd, Some(replied)).await.map_err(failed)?;
+    }
+    Ok(count)
 }

@@ -33,7 +33,7 @@ enum Kind {
 impl Broker {
     /// Checks what `cmd` needs of session `conn`'s user in its vhost (see the table above).
     pub(super) fn authorize(&self, conn: ConnId, cmd: &Command) -> Result<(), AmqpError> {
-        if self.access.is_unrestricted() {
+        if self.directory().access.is_unrestricted() || self.is_system(conn) {
             return Ok(());
         }
         let vh = self.vh(conn);
@@ -91,7 +91,7 @@ impl Broker {
         name: &str,
         args: &FieldTable,
     ) -> Result<(), AmqpError> {
-        if self.access.is_unrestricted() {
+        if self.directory().access.is_unrestricted() || self.is_system(conn) {
             return Ok(());
         }
         let vh = self.vh(conn);
@@ -103,9 +103,13 @@ impl Broker {
         Ok(())
     }
 
+    fn is_system(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_some_and(|s| s.system)
+    }
+
     /// Whether the user may open `vhost`; RabbitMQ's 530 when not.
     pub(super) fn authorize_vhost(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
-        if self.access.may_open(user, vhost) {
+        if self.directory().access.may_open(user, vhost) {
             return Ok(());
         }
         Err(AmqpError::new(
@@ -121,7 +125,7 @@ impl Broker {
             return Ok(());
         };
         let user = &s.info.user;
-        if claimed == user || self.users.iter().any(|u| u.name == *user && u.has_tag("impersonator")) {
+        if claimed == user || self.directory().user(user).is_some_and(|u| u.has_tag("impersonator")) {
             return Ok(());
         }
         Err(precondition(format!("user_id property set to '{claimed}' but authenticated user was '{user}'")))
@@ -132,7 +136,7 @@ impl Broker {
         let vhost = &self.vhosts[vh].name;
         // The default exchange is `amq.default` to permissions, as in RabbitMQ.
         let name = if kind == Kind::Exchange && name.is_empty() { "amq.default" } else { name };
-        if self.access.grants(user, vhost, perm, name) {
+        if self.directory().access.grants(user, vhost, perm, name) {
             return Ok(());
         }
         let kind = if kind == Kind::Exchange { "exchange" } else { "queue" };
@@ -157,7 +161,7 @@ impl Broker {
         }
         let user = self.sessions.get(&conn).map_or("", |s| s.info.user.as_str());
         let vhost = &self.vhosts[vh].name;
-        if self.access.grants_topic(user, vhost, exchange, perm, key) {
+        if self.directory().access.grants_topic(user, vhost, exchange, perm, key) {
             return Ok(());
         }
         Err(AmqpError::new(

@@ -497,7 +497,7 @@ impl Broker {
         }
     }
 
-    fn delete_exchange(&mut self, vh: VHostId, name: &str) {
+    pub(super) fn delete_exchange(&mut self, vh: VHostId, name: &str) {
         let Some(durable) = self.vhosts[vh].exchanges.get(name).map(|x| x.durable) else {
             return;
         };

@@ -11,6 +11,7 @@ use super::VHostId;
 use crate::error::{AmqpError, no_queue};
 use crate::exchange::Destination;
 use crate::message::Message;
+use crate::directory::{Change, DirectoryError};
 use crate::policy::Policy;
 use crate::queue::Offer;
 use crate::queue_args::Overflow;
@@ -36,14 +37,70 @@ pub struct ReplayReport {
 }
 
 impl Broker {
-    /// Sets the policies queues get their arguments from at declare.
-    pub fn set_policies(&mut self, policies: Vec<Policy>) {
-        self.policies = policies;
+    /// Replaces the node's policies (in its directory, so every broker of the node takes
+    /// them); an error names a policy whose vhost does not exist.
+    pub fn set_policies(&mut self, policies: Vec<Policy>) -> Result<(), DirectoryError> {
+        let dir = self.directory.shared().clone();
+        let old = dir.load().policies.iter().map(|p| Change::DeletePolicy { vhost: p.vhost.clone(), name: p.name.clone() }).collect::<Vec<_>>();
+        dir.change(old.into_iter().chain(policies.into_iter().map(Change::PutPolicy)), |_| Ok::<(), DirectoryError>(()))?;
+        self.refresh_directory();
+        Ok(())
     }
 
-    /// The policies queues get their arguments from.
+    /// The policies queues get their arguments from at declare.
     pub fn policies(&self) -> &[Policy] {
-        &self.policies
+        &self.directory().policies
+    }
+
+    /// Empties vhost `name` for its deletion: its connections are closed with 320, its queues
+    /// (with their messages) and exchanges deleted, and it takes no connection any more. A
+    /// store that cannot record a deletion stops it there, with why: what was deleted stays
+    /// deleted, the rest stays.
+    pub fn delete_vhost(&mut self, name: &str) -> Result<(), String> {
+        let Some(vh) = self.vhosts.id(name) else {
+            return Ok(());
+        };
+        self.vhosts[vh].open = false;
+        let sessions: Vec<super::ConnId> =
+            self.sessions.iter().filter(|(_, s)| s.vhost == vh && s.counted).map(|(id, _)| *id).collect();
+        for conn in sessions {
+            self.close_connection(conn, &format!("vhost '{name}' is deleted"));
+        }
+        let queues: Vec<String> = self.vhosts[vh].queues.keys().cloned().collect();
+        for q in queues {
+            self.delete_queue(vh, &q);
+            if self.vhosts[vh].queues.contains_key(&q) {
+                return Err(self.unrecorded(&format!("queue '{q}'")));
+            }
+        }
+        let exchanges: Vec<String> = self.vhosts[vh].exchanges.keys().cloned().collect();
+        for x in exchanges {
+            self.delete_exchange(vh, &x);
+            if self.vhosts[vh].exchanges.contains_key(&x) {
+                return Err(self.unrecorded(&format!("exchange '{x}'")));
+            }
+        }
+        self.publish_census();
+        Ok(())
+    }
+
+    /// Closes every connection of `user` with 320 (its user was deleted); how many.
+    pub fn close_connections_of(&mut self, user: &str, reason: &str) -> usize {
+        let conns: Vec<super::ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.counted && s.info.user == user)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in &conns {
+            self.close_connection(*conn, reason);
+        }
+        conns.len()
+    }
+
+    fn unrecorded(&self, what: &str) -> String {
+        let why = self.storage_failure().unwrap_or("the store refused the write");
+        format!("the deletion of {what} could not be stored: {why}")
     }
 
     /// One batch of a replay: looks at up to `batch` ready messages of `dlq` after `after`

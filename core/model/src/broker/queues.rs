@@ -48,7 +48,7 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            if let Some(max) = self.vhost_limits.max_queues.or(self.limits.max_queues)
+            if let Some(max) = self.vhost_limits().max_queues.or(self.limits.max_queues)
                 && self.vhosts[vh].queues.len() >= max
             {
                 return Err(precondition(format!(
@@ -95,7 +95,7 @@ impl Broker {
         spec: QueueSpec,
     ) -> Result<&Queue, AmqpError> {
         let args = QueueArgs::parse(
-            &effective_arguments(&self.policies, &self.vhosts[vh].name, name, &spec.arguments),
+            &effective_arguments(&self.directory().policies, &self.vhosts[vh].name, name, &spec.arguments),
             &self.retry_plugins,
         )?;
         self.census.reserve_queue_ids(id + 1);

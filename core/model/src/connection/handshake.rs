@@ -172,7 +172,7 @@ impl Connection {
             }
             (Handshake::Start, Method::ConnectionStartOk(m)) => {
                 match auth::authenticate(
-                    broker.users(),
+                    &broker.shared_directory().load().users,
                     &m.mechanism,
                     &m.response,
                     self.peer_is_loopback,

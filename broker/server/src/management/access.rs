@@ -1,0 +1,381 @@
+//! Changes to the directory through the API, as RabbitMQ's management API makes them (all
+//! need `administrator`): users (`PUT`/`DELETE /api/users/{user}`), vhosts
+//! (`/api/vhosts/{vhost}`; the creator gets every permission on a vhost it creates),
+//! permissions and topic permissions (`/api/permissions/{vhost}/{user}`,
+//! `/api/topic-permissions/{vhost}/{user}`), user and vhost limits (`/api/user-limits/...`,
+//! `/api/vhost-limits/...`). Each takes effect once it is on disk ([`crate::directory_file`]);
+//! 201 when it made something, 204 when it changed or deleted something.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use warren_core::auth::{User, UserLimits};
+use warren_core::broker::VHostLimits;
+use warren_core::directory::{Change, DirectoryError};
+use warren_core::password::{HashAlgorithm, Password};
+
+use super::Viewer;
+use super::api::not_found;
+use super::ops::{bad_request, body_object};
+use crate::definitions::{PermissionDef, TopicPermissionDef};
+use crate::node::{ChangeError, NodeRef};
+use crate::shared::lock;
+
+type ApiError = (StatusCode, Json<Value>);
+
+fn admin(viewer: &Viewer) -> Result<(), ApiError> {
+    if viewer.user.has_tag("administrator") {
+        return Ok(());
+    }
+    let reason = "administrator tag needed";
+    Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))))
+}
+
+/// A refused or failed change as RabbitMQ's API reports it: a missing object is 404 when it
+/// is the one the path names (`subject`), else 400; a change that could not be stored 500.
+fn change_error(e: ChangeError) -> ApiError {
+    match e {
+        ChangeError::Refused(DirectoryError::NoPermission { .. }) => not_found(),
+        ChangeError::Refused(e @ (DirectoryError::NoUser(_) | DirectoryError::NoVHost(_))) => bad_request(e.to_string()),
+        ChangeError::Refused(e) => bad_request(e.to_string()),
+        ChangeError::Storage(why) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal_error", "reason": why})))
+        }
+        ChangeError::Unsupported(why) => {
+            (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": "not_implemented", "reason": why})))
+        }
+    }
+}
+
+fn string<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad_request(format!("{key} must be a string"))),
+    }
+}
+
+fn made(new: bool) -> Response {
+    if new { StatusCode::CREATED.into_response() } else { StatusCode::NO_CONTENT.into_response() }
+}
+
+/// Tags as RabbitMQ's API takes them: a comma-separated string, or a list.
+fn tags(o: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError> {
+    match o.get("tags") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            Ok(Some(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()))
+        }
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad_request("tags must be strings")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(bad_request("tags must be a string or a list")),
+    }
+}
+
+/// `PUT /api/users/{user}`: `password` (hashed here with RabbitMQ's default), or
+/// `password_hash` with `hashing_algorithm` (`""` for no password), and `tags`.
+pub(super) async fn put_user(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    let o = body_object(&body)?;
+    let existing = node.directory().load().user(&name).cloned();
+    let password = match (string(&o, "password")?, string(&o, "password_hash")?) {
+        (Some(p), None) => {
+            let salt = crate::definitions::fresh_salt().map_err(|e| bad_request(e.to_string()))?;
+            let hash = warren_core::password::hash(HashAlgorithm::default(), salt, p);
+            Password::from_hash(HashAlgorithm::default(), &hash).map_err(|e| bad_request(e.to_string()))?
+        }
+        (None, Some(h)) => {
+            let algorithm = match string(&o, "hashing_algorithm")? {
+                Some(a) => HashAlgorithm::from_name(a).map_err(|e| bad_request(e.to_string()))?,
+                None => HashAlgorithm::default(),
+            };
+            Password::from_hash(algorithm, h).map_err(|e| bad_request(e.to_string()))?
+        }
+        (Some(_), Some(_)) => return Err(bad_request("give password or password_hash, not both")),
+        (None, None) => match &existing {
+            Some(u) => u.password.clone(),
+            None => return Err(bad_request("password or password_hash must be set")),
+        },
+    };
+    let tags = tags(&o)?.or_else(|| existing.as_ref().map(|u| u.tags.clone())).unwrap_or_default();
+    let user = User {
+        loopback_only: name == "guest",
+        limits: existing.as_ref().map(|u| u.limits).unwrap_or_default(),
+        name,
+        password,
+        tags,
+    };
+    node.change_directory(vec![Change::PutUser(user)]).map_err(change_error)?;
+    Ok(made(existing.is_none()))
+}
+
+/// `DELETE /api/users/{user}`: its permissions go with it and its connections are closed.
+pub(super) async fn delete_user(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    node.change_directory(vec![Change::DeleteUser(name.clone())]).map_err(|e| match e {
+        ChangeError::Refused(DirectoryError::NoUser(_)) => not_found(),
+        e => change_error(e),
+    })?;
+    for (_, shared) in &node.brokers() {
+        let mut s = lock(shared);
+        s.broker.close_connections_of(&name, &format!("user '{name}' was deleted"));
+        s.wake_all();
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /api/vhosts/{vhost}`: a vhost with a broker of its own; its creator gets every
+/// permission on it, as RabbitMQ's API gives.
+pub(super) async fn put_vhost(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    body_object(&body)?;
+    if node.directory().load().vhosts.contains_key(&name) {
+        return Ok(made(false));
+    }
+    let everything = PermissionDef {
+        user: viewer.user.name.clone(),
+        vhost: name.clone(),
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    };
+    let grant = everything.permission().map_err(bad_request)?;
+    node.add_vhost(&name, vec![Change::SetPermission(grant)]).await.map_err(change_error)?;
+    tracing::info!(vhost = %name, by = %viewer.user.name, "vhost created");
+    Ok(made(true))
+}
+
+/// `DELETE /api/vhosts/{vhost}`: its connections closed, its queues, messages and exchanges
+/// deleted, its permissions cleared.
+pub(super) async fn delete_vhost(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    node.remove_vhost(&name).await.map_err(|e| match e {
+        ChangeError::Refused(DirectoryError::NoVHost(_)) => not_found(),
+        e => change_error(e),
+    })?;
+    tracing::info!(vhost = %name, by = %viewer.user.name, "vhost deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /api/permissions/{vhost}/{user}`: `configure`, `write`, `read`.
+pub(super) async fn put_permission(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    let o = body_object(&body)?;
+    let field = |k: &str| Ok::<_, ApiError>(string(&o, k)?.unwrap_or_default().to_string());
+    let def = PermissionDef {
+        configure: field("configure")?,
+        write: field("write")?,
+        read: field("read")?,
+        user: user.clone(),
+        vhost: vhost.clone(),
+    };
+    let new = !node.directory().load().access.may_open(&user, &vhost);
+    let p = def.permission().map_err(bad_request)?;
+    node.change_directory(vec![Change::SetPermission(p)]).map_err(change_error)?;
+    Ok(made(new))
+}
+
+/// `DELETE /api/permissions/{vhost}/{user}`.
+pub(super) async fn delete_permission(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    node.change_directory(vec![Change::ClearPermission { user, vhost }]).map_err(change_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /api/topic-permissions/{vhost}/{user}`: `exchange`, `write`, `read`.
+pub(super) async fn put_topic_permission(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    let o = body_object(&body)?;
+    let exchange = string(&o, "exchange")?.ok_or_else(|| bad_request("exchange is required"))?;
+    let field = |k: &str| Ok::<_, ApiError>(string(&o, k)?.unwrap_or_default().to_string());
+    let def = TopicPermissionDef {
+        exchange: exchange.to_string(),
+        write: field("write")?,
+        read: field("read")?,
+        user: user.clone(),
+        vhost: vhost.clone(),
+    };
+    let new = !node
+        .directory()
+        .load()
+        .access
+        .topic_permissions()
+        .iter()
+        .any(|t| t.user == user && t.vhost == vhost && t.exchange == exchange);
+    let t = def.permission().map_err(bad_request)?;
+    node.change_directory(vec![Change::SetTopicPermission(t)]).map_err(change_error)?;
+    Ok(made(new))
+}
+
+/// `DELETE /api/topic-permissions/{vhost}/{user}`: on every exchange.
+pub(super) async fn delete_topic_permissions(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    let change = Change::ClearTopicPermissions { user, vhost, exchange: None };
+    node.change_directory(vec![change]).map_err(change_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A limit's `value` from a `{"value": N}` body; negative is none, as in RabbitMQ.
+fn limit_value(body: &[u8]) -> Result<Option<usize>, ApiError> {
+    let o = body_object(body)?;
+    match o.get("value").and_then(Value::as_i64) {
+        Some(n) if n < 0 => Ok(None),
+        Some(n) => Ok(Some(n as usize)),
+        None => Err(bad_request("value must be an integer")),
+    }
+}
+
+/// Sets (`Some`) or clears one of a user's limits.
+fn set_user_limit(node: &NodeRef, user: &str, name: &str, value: Option<usize>) -> Result<(), ApiError> {
+    let mut limits: UserLimits = node.directory().load().user(user).ok_or_else(not_found)?.limits;
+    match name {
+        "max-connections" => limits.max_connections = value,
+        "max-channels" => limits.max_channels = value,
+        other => return Err(bad_request(format!("unknown user limit '{other}'"))),
+    }
+    node.change_directory(vec![Change::SetUserLimits(user.to_string(), limits)]).map_err(change_error)
+}
+
+/// `PUT /api/user-limits/{user}/{name}` with `{"value": N}`.
+pub(super) async fn put_user_limit(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((user, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    set_user_limit(&node, &user, &name, limit_value(&body)?)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/user-limits/{user}/{name}`.
+pub(super) async fn delete_user_limit(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((user, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    set_user_limit(&node, &user, &name, None)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Sets (`Some`) or clears one of a vhost's limits.
+fn set_vhost_limit(node: &NodeRef, vhost: &str, name: &str, value: Option<usize>) -> Result<(), ApiError> {
+    let dir = node.directory().load();
+    let mut limits: VHostLimits = *dir.vhosts.get(vhost).ok_or_else(not_found)?;
+    match name {
+        "max-connections" => limits.max_connections = value,
+        "max-queues" => limits.max_queues = value,
+        other => return Err(bad_request(format!("unknown vhost limit '{other}'"))),
+    }
+    node.change_directory(vec![Change::SetVHostLimits(vhost.to_string(), limits)]).map_err(change_error)
+}
+
+/// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`.
+pub(super) async fn put_vhost_limit(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    set_vhost_limit(&node, &vhost, &name, limit_value(&body)?)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/vhost-limits/{vhost}/{name}`.
+pub(super) async fn delete_vhost_limit(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&viewer)?;
+    set_vhost_limit(&node, &vhost, &name, None)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A policy change needs `administrator` or `policymaker`, and permissions on the vhost.
+fn policymaker(viewer: &Viewer, vhost: &str) -> Result<(), ApiError> {
+    let tagged = viewer.user.has_tag("administrator") || viewer.user.has_tag("policymaker");
+    if tagged && viewer.may_change(vhost) {
+        return Ok(());
+    }
+    let reason = format!("user '{}' may not change the policies of vhost '{vhost}'", viewer.user.name);
+    Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))))
+}
+
+/// `PUT /api/policies/{vhost}/{name}`: `pattern`, `definition`, `priority`, `apply-to`. It
+/// applies to queues declared from then on, as Warren's policies are read at declare.
+pub(super) async fn put_policy(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    policymaker(&viewer, &vhost)?;
+    let mut o = body_object(&body)?;
+    o.insert("vhost".into(), json!(vhost));
+    o.insert("name".into(), json!(name));
+    let def: crate::definitions::PolicyDef =
+        serde_json::from_value(Value::Object(o)).map_err(|e| bad_request(format!("not a policy: {e}")))?;
+    let policy = def.policy().map_err(bad_request)?;
+    let new = !node.directory().load().policies.iter().any(|p| p.vhost == vhost && p.name == name);
+    node.change_directory(vec![Change::PutPolicy(policy)]).map_err(change_error)?;
+    Ok(made(new))
+}
+
+/// `DELETE /api/policies/{vhost}/{name}`.
+pub(super) async fn delete_policy(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    policymaker(&viewer, &vhost)?;
+    node.change_directory(vec![Change::DeletePolicy { vhost, name }]).map_err(|e| match e {
+        ChangeError::Refused(DirectoryError::NoPolicy { .. }) => not_found(),
+        e => change_error(e),
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
