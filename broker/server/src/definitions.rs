@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
+use warren_codec::FieldValue;
 use warren_core::auth::{User, UserLimits};
 use warren_core::broker::VHostLimits;
 use warren_core::directory::{Change, Directory};
 use warren_core::password::{HashAlgorithm, Password, SALT_LEN};
-use warren_codec::FieldValue;
 use warren_core::permissions::{Pattern, Permission, TopicPermission};
 use warren_core::policy::Policy;
 use warren_core::queue_args::QueueArgs;
@@ -75,7 +75,7 @@ impl PolicyDef {
     /// The policy it describes; an error names a key Warren does not apply.
     pub fn policy(&self) -> Result<Policy, String> {
         let bad = |why: String| format!("policy '{}' in vhost '{}': {why}", self.name, self.vhost);
-        if self.apply_to != "queues" && self.apply_to != "all" {
+        if !["queues", "classic_queues", "all"].contains(&self.apply_to.as_str()) {
             return Err(bad(format!("applies to {}; Warren's policies apply to queues", self.apply_to)));
         }
         let pattern = regex::Regex::new(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
@@ -84,14 +84,22 @@ impl PolicyDef {
             let value = match v {
                 Value::String(s) => FieldValue::str(s),
                 Value::Bool(b) => FieldValue::Bool(*b),
-                Value::Number(n) => FieldValue::I64(n.as_i64().ok_or_else(|| bad(format!("{k} must be an integer")))?),
+                Value::Number(n) => {
+                    FieldValue::I64(n.as_i64().ok_or_else(|| bad(format!("{k} must be an integer")))?)
+                }
                 other => return Err(bad(format!("{k} cannot be {other}"))),
             };
             def.push((k, value));
         }
         let arguments = warren_core::policy::arguments_from(&def).map_err(bad)?;
         QueueArgs::parse(&arguments, &Default::default()).map_err(|e| bad(e.text))?;
-        Ok(Policy { name: self.name.clone(), vhost: self.vhost.clone(), pattern, priority: self.priority, arguments })
+        Ok(Policy {
+            name: self.name.clone(),
+            vhost: self.vhost.clone(),
+            pattern,
+            priority: self.priority,
+            arguments,
+        })
     }
 
     /// How `p` is exported.
@@ -236,8 +244,9 @@ impl UserDef {
 impl PermissionDef {
     /// The entry it describes; an error names a pattern that cannot be used.
     pub fn permission(&self) -> Result<Permission, String> {
-        let pattern =
-            |t: &str| Pattern::new(t).map_err(|e| format!("permissions of '{}' on '{}': {e}", self.user, self.vhost));
+        let pattern = |t: &str| {
+            Pattern::new(t).map_err(|e| format!("permissions of '{}' on '{}': {e}", self.user, self.vhost))
+        };
         Ok(Permission {
             user: self.user.clone(),
             vhost: self.vhost.clone(),
@@ -275,7 +284,8 @@ impl AccessDefinitions {
             changes.push(Change::PutUser(u.user()?));
         }
         for p in self.parameters.iter().filter(|p| p.component == "vhost-limits") {
-            let v = |k: &str| limit(p.value.get(k), k).map_err(|e| format!("limits of vhost '{}': {e}", p.vhost));
+            let v =
+                |k: &str| limit(p.value.get(k), k).map_err(|e| format!("limits of vhost '{}': {e}", p.vhost));
             let limits = VHostLimits { max_connections: v("max-connections")?, max_queues: v("max-queues")? };
             changes.push(Change::SetVHostLimits(p.vhost.clone(), limits));
         }
@@ -293,7 +303,10 @@ impl AccessDefinitions {
 
     /// The definitions of `dir`. A password configured in clear is written as RabbitMQ's
     /// hash of it under a fresh salt from `salt`.
-    pub fn of(dir: &Directory, mut salt: impl FnMut() -> std::io::Result<[u8; SALT_LEN]>) -> std::io::Result<Self> {
+    pub fn of(
+        dir: &Directory,
+        mut salt: impl FnMut() -> std::io::Result<[u8; SALT_LEN]>,
+    ) -> std::io::Result<Self> {
         let mut users = Vec::new();
         for u in &dir.users {
             let (algorithm, hash) = u.password.exported(salt()?);
@@ -339,7 +352,13 @@ impl AccessDefinitions {
                 .iter()
                 .flat_map(|u| dir.vhosts.keys().map(move |v| (u, v)))
                 .map(|(u, v)| {
-                    Ok(Permission { user: u.name.clone(), vhost: v.clone(), configure: all()?, write: all()?, read: all()? })
+                    Ok(Permission {
+                        user: u.name.clone(),
+                        vhost: v.clone(),
+                        configure: all()?,
+                        write: all()?,
+                        read: all()?,
+                    })
                 })
                 .collect::<std::io::Result<_>>()?;
             &everything[..]
@@ -383,7 +402,10 @@ mod tests {
         let text = include_str!("../tests/fixtures/rabbitmq-3.10-definitions.json");
         let defs: AccessDefinitions = serde_json::from_str(text).expect("parse");
         let plan = defs.plan().expect("plan");
-        let mut dir = Directory { access: warren_core::permissions::Access::rules(Vec::new(), Vec::new()), ..Default::default() };
+        let mut dir = Directory {
+            access: warren_core::permissions::Access::rules(Vec::new(), Vec::new()),
+            ..Default::default()
+        };
         for v in &plan.vhosts {
             dir.apply(Change::PutVHost(v.clone())).expect("vhost");
         }
@@ -403,8 +425,9 @@ mod tests {
 
     #[test]
     fn old_comma_tags_and_bad_limits() {
-        let u: UserDef = serde_json::from_str(r#"{"name":"a","password_hash":"","tags":"administrator, monitoring"}"#)
-            .expect("user");
+        let u: UserDef =
+            serde_json::from_str(r#"{"name":"a","password_hash":"","tags":"administrator, monitoring"}"#)
+                .expect("user");
         assert_eq!(u.tags, ["administrator", "monitoring"]);
         let u: UserDef =
             serde_json::from_str(r#"{"name":"a","limits":{"max-connections":"lots"}}"#).expect("user");

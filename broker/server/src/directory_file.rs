@@ -68,7 +68,11 @@ impl DirectoryFile {
     pub fn open(data_dir: &Path, settings: &Settings) -> anyhow::Result<(DirectoryFile, Directory)> {
         let path = data_dir.join(FILE_NAME);
         let stored = read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut dir = Directory { users: Vec::new(), access: Access::rules(Vec::new(), Vec::new()), ..Default::default() };
+        let mut dir = Directory {
+            users: Vec::new(),
+            access: Access::rules(Vec::new(), Vec::new()),
+            ..Default::default()
+        };
         let mut before = FromConfig::default();
         if let Some(c) = stored {
             let plan = c.access.plan().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -125,7 +129,10 @@ fn read(path: &Path) -> anyhow::Result<Option<Contents>> {
         Err(e) => return Err(e.into()),
     };
     let len = f.metadata()?.len();
-    anyhow::ensure!(len <= MAX_FILE_BYTES, "{len} bytes, over the {MAX_FILE_BYTES} a directory file may have");
+    anyhow::ensure!(
+        len <= MAX_FILE_BYTES,
+        "{len} bytes, over the {MAX_FILE_BYTES} a directory file may have"
+    );
     Ok(Some(serde_json::from_reader(std::io::BufReader::new(f))?))
 }
 
@@ -148,7 +155,10 @@ fn config_changes(settings: &Settings, dir: &Directory) -> Vec<(Change, String)>
     match &*settings.access {
         Access::Rules { permissions, topics } => {
             for p in permissions {
-                out.push((Change::SetPermission(p.clone()), format!("permissions of '{}' on '{}'", p.user, p.vhost)));
+                out.push((
+                    Change::SetPermission(p.clone()),
+                    format!("permissions of '{}' on '{}'", p.user, p.vhost),
+                ));
             }
             for t in topics {
                 let what = format!("topic permissions of '{}' on '{}'", t.user, t.vhost);
@@ -160,7 +170,10 @@ fn config_changes(settings: &Settings, dir: &Directory) -> Vec<(Change, String)>
             for u in &settings.users {
                 let new_user = dir.user(&u.name).is_none();
                 for v in vhosts.iter().filter(|v| new_user || !dir.vhosts.contains_key(**v)) {
-                    out.push((Change::SetPermission(everything(&u.name, v)), format!("permissions of '{}'", u.name)));
+                    out.push((
+                        Change::SetPermission(everything(&u.name, v)),
+                        format!("permissions of '{}'", u.name),
+                    ));
                 }
             }
         }
@@ -192,7 +205,8 @@ mod tests {
     #[test]
     fn run_time_changes_survive_and_the_configuration_applies_over_them() {
         let data = tempfile::tempdir().expect("dir");
-        let (file, dir) = DirectoryFile::open(data.path(), &settings(&["guest", "app"], &["a"])).expect("open");
+        let (file, dir) =
+            DirectoryFile::open(data.path(), &settings(&["guest", "app"], &["a"])).expect("open");
         assert!(dir.access.may_open("app", "a"), "a configured user gets everything without [[permissions]]");
         // At run time: a user and a vhost of its own, and app loses `a`.
         let mut next = dir.clone();
@@ -205,7 +219,10 @@ mod tests {
         let (_, dir) = DirectoryFile::open(data.path(), &settings(&["guest"], &[])).expect("reopen");
         assert!(dir.user("app").is_none(), "a user the configuration dropped is gone");
         assert!(!dir.vhosts.contains_key("a"), "so is a vhost it dropped");
-        assert!(dir.user("made").is_some() && dir.access.may_open("made", "runtime"), "run-time changes stay");
+        assert!(
+            dir.user("made").is_some() && dir.access.may_open("made", "runtime"),
+            "run-time changes stay"
+        );
         assert!(dir.user("guest").is_some_and(|u| u.password.verify("guest")));
     }
 

@@ -138,11 +138,15 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     }
 }
 
-/// Serves `app` on `listener` until the task is aborted.
+/// Serves `app` on `listener` until the task is aborted; its connections end with it (they
+/// hold the node, and with it the store, which a server started again on the same data
+/// directory must be able to take).
 pub async fn serve(listener: TcpListener, app: axum::Router, what: &'static str) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_ip = Arc::new(PerIp::default());
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -160,7 +164,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, what: &'static str)
             continue;
         };
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _held = (permit, slot);
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {

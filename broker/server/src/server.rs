@@ -21,9 +21,9 @@ use warren_core::directory::SharedDirectory;
 use warren_core::{Broker, BrokerConfig, ConnectionConfig};
 
 use crate::config::Settings;
+use crate::directory_file::DirectoryFile;
 use crate::driver::drive;
 use crate::listen::{accept_quic, accept_tcp, accept_tls, bind_dual_stack, serve_quic};
-use crate::directory_file::DirectoryFile;
 use crate::node::run_timers;
 pub use crate::node::{Node, NodeRef};
 pub use crate::services::Services;
@@ -433,7 +433,6 @@ async fn reload_on_hangup(
     }
 }
 
-
 /// What start-up builds each vhost's broker from, kept to build those added at run time.
 struct VHostMaker {
     settings: Settings,
@@ -459,7 +458,11 @@ impl VHostMaker {
     }
 
     /// Once start-up has loaded them: the plugins and store later brokers get too.
-    fn with(mut self, plugins: Option<Arc<crate::plugins::Plugins>>, storage: &crate::storage::Storage) -> Self {
+    fn with(
+        mut self,
+        plugins: Option<Arc<crate::plugins::Plugins>>,
+        storage: &crate::storage::Storage,
+    ) -> Self {
         self.plugins = plugins;
         self.store = Some((storage.store.clone(), storage.confirm_policy()));
         self

@@ -298,11 +298,11 @@ async fn rabbitmqs_client_lists_connections_channels_and_consumers_and_closes_a_
     assert!(common::eventually(|| !conn.status().connected()).await, "the client saw its connection closed");
     drop(consumer);
     assert!(
-        common::eventually(|| b
-            .node
-            .brokers()
-            .iter()
-            .all(|(_, s)| warren::server::lock(s).broker.open_counts().0 == 0))
+        common::eventually(|| b.node.brokers().iter().all(|(_, s)| warren::server::lock(s)
+            .broker
+            .open_counts()
+            .0
+            == 0))
         .await
     );
     assert!(admin.list_connections().await.expect("connections").is_empty());

@@ -209,8 +209,6 @@ struct Session {
     counted: bool,
     /// The node's own session (a definitions import): no permission is checked for it.
     system: bool,
-    /// Its user's limits, when it has any: its connection and channels are counted for them.
-    user_limits: Option<crate::auth::UserLimits>,
     info: ConnectionInfo,
     /// Its vhost: every name it uses is looked up there.
     vhost: VHostId,
@@ -445,14 +443,11 @@ impl Broker {
                 ),
             ));
         }
-        let user_limits = self
-            .directory()
-            .user(&info.user)
-            .map(|u| u.limits)
-            .filter(|l| *l != Default::default());
-        if let Some(max) = user_limits.and_then(|l| l.max_connections)
-            && !self.census.user_take(&info.user, census::PerUser::Connections, max)
-        {
+        // Every connection is counted for its user, limited or not: a limit set later holds
+        // against those already open, as in RabbitMQ.
+        let max = self.directory().user(&info.user).and_then(|u| u.limits.max_connections);
+        if !self.census.user_take(&info.user, census::PerUser::Connections, max.unwrap_or(usize::MAX)) {
+            let max = max.unwrap_or_default();
             return Err(AmqpError::new(
                 warren_codec::reply_code::NOT_ALLOWED,
                 format!(
@@ -461,24 +456,15 @@ impl Broker {
                 ),
             ));
         }
-        let give_back = |b: &Self| {
-            if user_limits.is_some_and(|l| l.max_connections.is_some()) {
-                b.census.user_give(&info.user, census::PerUser::Connections);
-            }
-        };
         if !self.census.open_connection(self.limits.max_connections) {
-            give_back(self);
+            self.census.user_give(&info.user, census::PerUser::Connections);
             let max = self.limits.max_connections.unwrap_or_default();
             return Err(AmqpError::new(
                 warren_codec::reply_code::NOT_ALLOWED,
                 format!("connection refused: node connection limit ({max}) is reached"),
             ));
         }
-        let id = self.register_session(info, true);
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.user_limits = user_limits;
-        }
-        Ok(id)
+        Ok(self.register_session(info, true))
     }
 
     /// Registers a session an operator's request runs as (the management API's): its vhost
@@ -518,6 +504,7 @@ impl Broker {
     /// vhost that does not exist gets the broker's first ([`VHostId::DEFAULT`]).
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnId {
         self.census.open_connection(None);
+        self.census.user_take(&info.user, census::PerUser::Connections, usize::MAX);
         self.register_session(info, true)
     }
 
@@ -533,7 +520,6 @@ impl Broker {
         let session = Session {
             counted,
             system: false,
-            user_limits: None,
             info,
             vhost,
             channels: Map::default(),
@@ -630,9 +616,7 @@ impl Broker {
             self.census.close_connection();
             self.vhosts[s.vhost].connections = self.vhosts[s.vhost].connections.saturating_sub(1);
             self.stats.connections_closed += 1;
-            if s.user_limits.is_some_and(|l| l.max_connections.is_some()) {
-                self.census.user_give(&s.info.user, census::PerUser::Connections);
-            }
+            self.census.user_give(&s.info.user, census::PerUser::Connections);
         }
         self.publish_census();
     }
@@ -771,17 +755,18 @@ impl Broker {
 
     fn open_channel_state(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
         // A user's channel limit counts over all its connections (530, as RabbitMQ).
-        if let Some(s) = self.sessions.get(&conn)
-            && let Some(max) = s.user_limits.and_then(|l| l.max_channels)
-            && !self.census.user_take(&s.info.user, census::PerUser::Channels, max)
-        {
-            return Err(AmqpError::new(
-                warren_codec::reply_code::NOT_ALLOWED,
-                format!(
-                    "number of channels opened for user '{}' has reached the maximum allowed user limit of ({max})",
-                    s.info.user
-                ),
-            ));
+        let counted = self.sessions.get(&conn).filter(|s| s.counted).map(|s| s.info.user.clone());
+        if let Some(user) = counted {
+            let max = self.directory().user(&user).and_then(|u| u.limits.max_channels);
+            if !self.census.user_take(&user, census::PerUser::Channels, max.unwrap_or(usize::MAX)) {
+                let max = max.unwrap_or_default();
+                return Err(AmqpError::new(
+                    warren_codec::reply_code::NOT_ALLOWED,
+                    format!(
+                        "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                    ),
+                ));
+            }
         }
         let id = self.next_channel_id();
         if let Some(s) = self.sessions.get_mut(&conn) {
@@ -1025,7 +1010,7 @@ impl Broker {
         let Some(state) = session.channels.remove(&ch) else {
             return;
         };
-        if session.user_limits.is_some_and(|l| l.max_channels.is_some()) {
+        if session.counted {
             self.census.user_give(&session.info.user, census::PerUser::Channels);
         }
         self.stats.channels_closed += 1;

@@ -39,11 +39,14 @@ fn admin(viewer: &Viewer) -> Result<(), ApiError> {
 fn change_error(e: ChangeError) -> ApiError {
     match e {
         ChangeError::Refused(DirectoryError::NoPermission { .. }) => not_found(),
-        ChangeError::Refused(e @ (DirectoryError::NoUser(_) | DirectoryError::NoVHost(_))) => bad_request(e.to_string()),
-        ChangeError::Refused(e) => bad_request(e.to_string()),
-        ChangeError::Storage(why) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal_error", "reason": why})))
+        ChangeError::Refused(e @ (DirectoryError::NoUser(_) | DirectoryError::NoVHost(_))) => {
+            bad_request(e.to_string())
         }
+        ChangeError::Refused(e) => bad_request(e.to_string()),
+        e @ ChangeError::Storage(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "internal_error", "reason": e.to_string()})),
+        ),
         ChangeError::Unsupported(why) => {
             (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": "not_implemented", "reason": why})))
         }

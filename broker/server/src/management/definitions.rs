@@ -107,7 +107,8 @@ pub(super) async fn import(
         let reason = "administrator tag needed";
         return Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))));
     }
-    let bad = |reason: String| (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason})));
+    let bad =
+        |reason: String| (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason})));
     let doc: serde_json::Map<String, Value> =
         serde_json::from_slice(&body).map_err(|e| bad(format!("not a definitions document: {e}")))?;
     let access: AccessDefinitions = serde_json::from_value(Value::Object(doc.clone()))
@@ -115,7 +116,10 @@ pub(super) async fn import(
     let plan = access.plan().map_err(bad)?;
     let refused = |e: crate::node::ChangeError| match e {
         crate::node::ChangeError::Refused(e) => bad(e.to_string()),
-        e => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal_error", "reason": e.to_string()}))),
+        e => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "internal_error", "reason": e.to_string()})),
+        ),
     };
     for v in &plan.vhosts {
         node.add_vhost(v, Vec::new()).await.map_err(refused)?;

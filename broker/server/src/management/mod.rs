@@ -167,7 +167,8 @@ async fn authorize(
     // Copied out, and the password hashed after: no request holds `/`'s lock for a hash.
     // The directory as it is now, without a broker lock: the password is hashed after.
     let dir = node.directory().load();
-    let user = warren_core::auth::check_password(&dir.users, &name, &password, is_loopback(peer.ip())).cloned();
+    let user =
+        warren_core::auth::check_password(&dir.users, &name, &password, is_loopback(peer.ip())).cloned();
     let user = match user {
         Ok(u) => u,
         Err(e) => {

@@ -693,12 +693,15 @@ pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_object().cloned().ok_or_else(|| bad_request(format!("{key} must hold objects"))))
+                .map(|v| {
+                    v.as_object().cloned().ok_or_else(|| bad_request(format!("{key} must hold objects")))
+                })
                 .collect(),
             Some(_) => Err(bad_request(format!("{key} must be a list"))),
         }
     };
-    let text = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let text =
+        |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let mut commands: Vec<(String, String, Command)> = Vec::new();
     for o in list("exchanges")? {
         let m = ExchangeDeclare {
@@ -723,7 +726,8 @@ pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -
         commands.push((text(&o, "vhost"), format!("queue '{}'", m.queue), Command::DeclareQueue(m)));
     }
     for o in list("bindings")? {
-        let (source, destination, key) = (text(&o, "source"), text(&o, "destination"), text(&o, "routing_key"));
+        let (source, destination, key) =
+            (text(&o, "source"), text(&o, "destination"), text(&o, "routing_key"));
         let what = format!("binding of '{destination}' to '{source}'");
         let cmd = match o.get("destination_type").and_then(Value::as_str) {
             Some("exchange") => Command::BindExchange(ExchangeBind {
@@ -747,7 +751,12 @@ pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -
     for (vhost, what, cmd) in commands {
         let failed = |(status, Json(body)): ApiError| {
             let reason = body.get("reason").and_then(Value::as_str).unwrap_or_default().to_string();
-            (status, Json(json!({"error": "bad_request", "reason": format!("{what} in vhost '{vhost}': {reason}")})))
+            (
+                status,
+                Json(
+                    json!({"error": "bad_request", "reason": format!("{what} in vhost '{vhost}': {reason}")}),
+                ),
+            )
         };
         let session = ApiSession::open_as(node, None, &vhost).map_err(failed)?;
         session.call(cmd, Some(replied)).await.map_err(failed)?;

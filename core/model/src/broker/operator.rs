@@ -8,10 +8,10 @@ use warren_codec::FieldValue;
 
 use super::Broker;
 use super::VHostId;
+use crate::directory::{Change, DirectoryError};
 use crate::error::{AmqpError, no_queue};
 use crate::exchange::Destination;
 use crate::message::Message;
-use crate::directory::{Change, DirectoryError};
 use crate::policy::Policy;
 use crate::queue::Offer;
 use crate::queue_args::Overflow;
@@ -41,8 +41,15 @@ impl Broker {
     /// them); an error names a policy whose vhost does not exist.
     pub fn set_policies(&mut self, policies: Vec<Policy>) -> Result<(), DirectoryError> {
         let dir = self.directory.shared().clone();
-        let old = dir.load().policies.iter().map(|p| Change::DeletePolicy { vhost: p.vhost.clone(), name: p.name.clone() }).collect::<Vec<_>>();
-        dir.change(old.into_iter().chain(policies.into_iter().map(Change::PutPolicy)), |_| Ok::<(), DirectoryError>(()))?;
+        let old = dir
+            .load()
+            .policies
+            .iter()
+            .map(|p| Change::DeletePolicy { vhost: p.vhost.clone(), name: p.name.clone() })
+            .collect::<Vec<_>>();
+        dir.change(old.into_iter().chain(policies.into_iter().map(Change::PutPolicy)), |_| {
+            Ok::<(), DirectoryError>(())
+        })?;
         self.refresh_directory();
         Ok(())
     }
