@@ -193,13 +193,14 @@ mod tests {
     use warren_core::auth::User;
 
     fn settings(users: &[&str], vhosts: &[&str]) -> Settings {
-        let mut s = Settings::default();
-        s.users = users
-            .iter()
-            .map(|n| User { name: n.to_string(), loopback_only: false, ..User::guest() })
-            .collect();
-        s.vhosts = vhosts.iter().map(|v| v.to_string()).collect();
-        s
+        Settings {
+            users: users
+                .iter()
+                .map(|n| User { name: n.to_string(), loopback_only: false, ..User::guest() })
+                .collect(),
+            vhosts: vhosts.iter().map(|v| v.to_string()).collect(),
+            ..Settings::default()
+        }
     }
 
     #[test]

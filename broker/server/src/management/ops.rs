@@ -638,52 +638,6 @@ pub(super) async fn get(
     Ok(Json(Value::Array(out)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::api::field_json;
-    use super::*;
-
-    #[test]
-    fn json_arguments_become_the_field_values_rabbitmq_gives_them() {
-        let o = json!({"x-max-length": 10, "x-ratio": 0.5, "x-dead-letter-exchange": "dlx", "x-flag": true, "x-list": [1, "a"]});
-        let Value::Object(o) = o else { unreachable!("an object") };
-        let t = json_table(&o);
-        assert_eq!(t.get("x-max-length"), Some(&FieldValue::I64(10)));
-        assert_eq!(t.get("x-ratio"), Some(&FieldValue::F64(0.5)));
-        assert_eq!(t.get("x-dead-letter-exchange"), Some(&FieldValue::LongString("dlx".into())));
-        assert_eq!(t.get("x-flag"), Some(&FieldValue::Bool(true)));
-        assert_eq!(field_json(&t["x-list"]), json!([1, "a"]));
-    }
-
-    #[test]
-    fn properties_keys_never_collide_as_rabbitmq_builds_them() {
-        let none = FieldTable::new();
-        assert_eq!(properties_key("", &none), "~");
-        assert_eq!(properties_key("~", &none), "%7E", "a key of ~ is not the empty key");
-        assert_eq!(properties_key("a%b", &none), "a%25b");
-        let int = |v: FieldValue| FieldTable::from([("x".to_string(), v)]);
-        let (a, b) =
-            (properties_key("k", &int(FieldValue::I32(1))), properties_key("k", &int(FieldValue::I64(1))));
-        assert_ne!(a, b, "arguments of other types are other bindings");
-        assert!(a.starts_with("k~"));
-        assert_ne!(properties_key(&a, &none), a, "a key shaped like a digest is escaped");
-        assert_eq!(encode_segment("a b/%~"), "a%20b%2F%25~");
-    }
-
-    #[test]
-    fn properties_round_trip_and_unknown_ones_are_named() {
-        let Value::Object(o) =
-            json!({"delivery_mode": 2, "headers": {"k": "v"}, "content_type": "text/plain"})
-        else {
-            unreachable!("an object")
-        };
-        let p = properties_from_json(&o).expect("properties");
-        assert_eq!(properties_json(&p), Value::Object(o));
-        let Value::Object(bad) = json!({"deliverymode": 2}) else { unreachable!("an object") };
-        assert!(properties_from_json(&bad).is_err());
-    }
-}
-
 /// Declares the exchanges and queues and makes the bindings of a definitions document, in
 /// that order, as the node itself; an error names the object that failed (what came before
 /// it stays). How many objects it made or found.
@@ -762,4 +716,50 @@ pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -
         session.call(cmd, Some(replied)).await.map_err(failed)?;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::api::field_json;
+    use super::*;
+
+    #[test]
+    fn json_arguments_become_the_field_values_rabbitmq_gives_them() {
+        let o = json!({"x-max-length": 10, "x-ratio": 0.5, "x-dead-letter-exchange": "dlx", "x-flag": true, "x-list": [1, "a"]});
+        let Value::Object(o) = o else { unreachable!("an object") };
+        let t = json_table(&o);
+        assert_eq!(t.get("x-max-length"), Some(&FieldValue::I64(10)));
+        assert_eq!(t.get("x-ratio"), Some(&FieldValue::F64(0.5)));
+        assert_eq!(t.get("x-dead-letter-exchange"), Some(&FieldValue::LongString("dlx".into())));
+        assert_eq!(t.get("x-flag"), Some(&FieldValue::Bool(true)));
+        assert_eq!(field_json(&t["x-list"]), json!([1, "a"]));
+    }
+
+    #[test]
+    fn properties_keys_never_collide_as_rabbitmq_builds_them() {
+        let none = FieldTable::new();
+        assert_eq!(properties_key("", &none), "~");
+        assert_eq!(properties_key("~", &none), "%7E", "a key of ~ is not the empty key");
+        assert_eq!(properties_key("a%b", &none), "a%25b");
+        let int = |v: FieldValue| FieldTable::from([("x".to_string(), v)]);
+        let (a, b) =
+            (properties_key("k", &int(FieldValue::I32(1))), properties_key("k", &int(FieldValue::I64(1))));
+        assert_ne!(a, b, "arguments of other types are other bindings");
+        assert!(a.starts_with("k~"));
+        assert_ne!(properties_key(&a, &none), a, "a key shaped like a digest is escaped");
+        assert_eq!(encode_segment("a b/%~"), "a%20b%2F%25~");
+    }
+
+    #[test]
+    fn properties_round_trip_and_unknown_ones_are_named() {
+        let Value::Object(o) =
+            json!({"delivery_mode": 2, "headers": {"k": "v"}, "content_type": "text/plain"})
+        else {
+            unreachable!("an object")
+        };
+        let p = properties_from_json(&o).expect("properties");
+        assert_eq!(properties_json(&p), Value::Object(o));
+        let Value::Object(bad) = json!({"deliverymode": 2}) else { unreachable!("an object") };
+        assert!(properties_from_json(&bad).is_err());
+    }
 }
