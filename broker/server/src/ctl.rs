@@ -1,7 +1,8 @@
 //! `warren ctl`: what an operator does daily, over the management HTTP API (so it works
 //! against any node it can reach, and against RabbitMQ's API too): list queues, exchanges,
 //! bindings, connections, channels, consumers, users, vhosts and permissions; declare,
-//! delete and purge; replay a dead-letter queue; close a connection; export definitions.
+//! delete and purge; replay a dead-letter queue; close a connection; add and delete users
+//! and vhosts, set and clear permissions; export and import definitions.
 //! Tables for people, `--json` for scripts.
 //!
 //! The HTTP client is a few lines of HTTP/1.1 over a blocking socket: one request per
@@ -111,6 +112,76 @@ pub enum Action {
     /// Print the definitions (users with password hashes, vhosts, permissions, policies,
     /// durable topology) in RabbitMQ's format.
     ExportDefinitions,
+    /// Load a definitions file (RabbitMQ's format, as `export-definitions` prints it or
+    /// RabbitMQ exports it).
+    ImportDefinitions {
+        /// The file; `-` for stdin.
+        file: std::path::PathBuf,
+    },
+    /// Add a user, or change its password and tags. The password comes from
+    /// `WARREN_NEW_PASSWORD` or, without it, the first line of stdin: never the command line.
+    AddUser {
+        /// Its name.
+        name: String,
+        /// Its tags, comma separated (administrator, monitoring, policymaker, management,
+        /// impersonator).
+        #[arg(long, default_value = "")]
+        tags: String,
+    },
+    /// Delete a user: its permissions go, its connections are closed.
+    DeleteUser {
+        /// Its name.
+        name: String,
+    },
+    /// Add a vhost (you get every permission on it).
+    AddVhost {
+        /// Its name.
+        name: String,
+    },
+    /// Delete a vhost with its queues, messages and exchanges; its connections are closed.
+    DeleteVhost {
+        /// Its name.
+        name: String,
+    },
+    /// Set a user's configure, write and read patterns on a vhost.
+    SetPermissions {
+        /// The user.
+        user: String,
+        /// Names it may declare and delete.
+        configure: String,
+        /// Names it may publish to and bind to.
+        write: String,
+        /// Names it may consume from and bind from.
+        read: String,
+        /// The vhost.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Clear a user's permissions on a vhost.
+    ClearPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+/// Bytes of a definitions file `import-definitions` sends at most (the API's own bound).
+const MAX_DEFINITIONS: u64 = 64 << 20;
+
+/// The new user's password: `WARREN_NEW_PASSWORD`, else stdin's first line.
+fn new_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("WARREN_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(std::io::stdin().take(64 << 10)), &mut line)?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    if p.is_empty() {
+        bail!("no password: set WARREN_NEW_PASSWORD or give it on stdin");
+    }
+    Ok(p)
 }
 
 /// A path segment percent-encoded (all but RFC 3986's unreserved characters).
@@ -423,6 +494,52 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<String> {
         }
         Action::ExportDefinitions => {
             serde_json::to_string_pretty(&api.ok("GET", "definitions", None, &[])?)?
+        }
+        Action::ImportDefinitions { file } => {
+            let mut text = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().take(MAX_DEFINITIONS + 1).read_to_end(&mut text)?;
+            } else {
+                std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {}", file.display()))?
+                    .take(MAX_DEFINITIONS + 1)
+                    .read_to_end(&mut text)?;
+            }
+            if text.len() as u64 > MAX_DEFINITIONS {
+                bail!(
+                    "{} is over the {MAX_DEFINITIONS} bytes a definitions document may have",
+                    file.display()
+                );
+            }
+            let defs: Value = serde_json::from_slice(&text).context("the definitions are not JSON")?;
+            api.ok("POST", "definitions", Some(&defs), &[])?;
+            done(format!("definitions from {} imported", file.display()))
+        }
+        Action::AddUser { name, tags } => {
+            let body = serde_json::json!({"password": new_password()?, "tags": tags});
+            api.ok("PUT", &format!("users/{}", seg(name)), Some(&body), &[])?;
+            done(format!("user '{name}' set"))
+        }
+        Action::DeleteUser { name } => {
+            api.ok("DELETE", &format!("users/{}", seg(name)), None, &[])?;
+            done(format!("user '{name}' deleted"))
+        }
+        Action::AddVhost { name } => {
+            api.ok("PUT", &format!("vhosts/{}", seg(name)), Some(&serde_json::json!({})), &[])?;
+            done(format!("vhost '{name}' added"))
+        }
+        Action::DeleteVhost { name } => {
+            api.ok("DELETE", &format!("vhosts/{}", seg(name)), None, &[])?;
+            done(format!("vhost '{name}' deleted"))
+        }
+        Action::SetPermissions { user, configure, write, read, vhost } => {
+            let body = serde_json::json!({"configure": configure, "write": write, "read": read});
+            api.ok("PUT", &format!("permissions/{}/{}", seg(vhost), seg(user)), Some(&body), &[])?;
+            done(format!("permissions of '{user}' on vhost '{vhost}' set"))
+        }
+        Action::ClearPermissions { user, vhost } => {
+            api.ok("DELETE", &format!("permissions/{}/{}", seg(vhost), seg(user)), None, &[])?;
+            done(format!("permissions of '{user}' on vhost '{vhost}' cleared"))
         }
     })
 }

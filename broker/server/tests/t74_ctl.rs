@@ -76,3 +76,68 @@ async fn ctl_lists_changes_replays_and_closes_through_the_api() {
     let (ok, _, err) = ctl(&b, &["--password", "wrong", "list", "queues"]).await;
     assert!(!ok && err.contains("401"), "{err}");
 }
+
+/// Runs `warren ctl` with `password` as the new user's password in its environment.
+async fn ctl_with_password(b: &TestBroker, args: &[&str], password: &str) -> (bool, String, String) {
+    let url = format!("http://{}", b.management.expect("management"));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("ctl")
+            .args(["--url", &url])
+            .args(&args)
+            .env("WARREN_NEW_PASSWORD", password)
+            .output()
+            .expect("run warren ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_manages_users_vhosts_permissions_and_definitions() {
+    let b = TestBroker::start().await;
+    let (ok, out, err) = ctl(&b, &["add-vhost", "shop"]).await;
+    assert!(ok && out.contains("vhost 'shop' added"), "{out}{err}");
+    let (ok, out, err) =
+        ctl_with_password(&b, &["add-user", "clerk", "--tags", "management"], "clerk-pw").await;
+    assert!(ok, "{out}{err}");
+    let uri = format!("amqp://clerk:clerk-pw@{}/shop", b.addr);
+    assert!(Connection::connect(&uri, ConnectionProperties::default()).await.is_err(), "no permissions yet");
+    let (ok, out, err) = ctl(&b, &["set-permissions", "clerk", "--vhost", "shop", ".*", ".*", ".*"]).await;
+    assert!(ok, "{out}{err}");
+    let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("clerk opens shop");
+    conn.close(200, "bye".into()).await.expect("close");
+    let (ok, out, _) = ctl(&b, &["list", "permissions"]).await;
+    assert!(ok && out.lines().any(|l| l.split_whitespace().take(2).eq(["clerk", "shop"])), "{out}");
+
+    // Export, delete, import again: the user logs in as before.
+    let (ok, exported, _) = ctl(&b, &["export-definitions"]).await;
+    assert!(ok);
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), &exported).expect("write");
+    let (ok, out, err) = ctl(&b, &["delete-user", "clerk"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(Connection::connect(&uri, ConnectionProperties::default()).await.is_err(), "deleted");
+    let path = file.path().to_string_lossy().to_string();
+    let (ok, out, err) = ctl(&b, &["import-definitions", &path]).await;
+    assert!(ok && out.contains("imported"), "{out}{err}");
+    let conn = Connection::connect(&uri, ConnectionProperties::default()).await.expect("clerk is back");
+    conn.close(200, "bye".into()).await.expect("close");
+
+    let (ok, _, err) = ctl(&b, &["clear-permissions", "clerk", "--vhost", "shop"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(&b, &["delete-vhost", "shop"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(&b, &["delete-vhost", "shop"]).await;
+    assert!(!ok && err.contains("404"), "a second delete names the 404: {err}");
+    let (ok, _, err) = ctl(&b, &["add-user", "nopass"]).await;
+    assert!(!ok && err.contains("WARREN_NEW_PASSWORD"), "{err}");
+    b.stop().await;
+}
