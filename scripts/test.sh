@@ -24,6 +24,12 @@ step "toolchain: wasm32-wasip2 target (the core must compile for it)"
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 ok
 
+step "packages: Chromium and ChromeDriver (the web UI test drives a real browser)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver) >/dev/null
+fi
+ok
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 ok

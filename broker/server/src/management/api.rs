@@ -455,6 +455,11 @@ pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) ->
                 "message_bytes_ready": q.bytes,
                 "policy": null,
                 "exclusive_consumer_tag": null,
+                "message_stats": {
+                    "publish": q.stats.published,
+                    "deliver_get": q.stats.delivered,
+                    "redeliver": q.stats.redelivered,
+                },
                 "retry_delayed": q.delayed,
                 "dead_lettered": dead,
                 "dead_letter_target": q.dead_letter_target,
@@ -490,8 +495,13 @@ pub(super) async fn overview(
     let queues = queues_of(&node, &viewer, None);
     let sum = |k: &str| queues.iter().filter_map(|q| q[k].as_u64()).sum::<u64>();
     let (mut connections, mut channels, mut exchanges) = (0usize, 0usize, 0usize);
-    for (_, shared) in &node.brokers() {
+    let mut stats = warren_core::stats::GlobalStats::default();
+    for (vhost, shared) in &node.brokers() {
         let s = lock(shared);
+        // A broker's counters are its vhost's: summed over the ones the viewer sees.
+        if viewer.sees(vhost) {
+            stats += s.broker.stats();
+        }
         let (c, ch) = s.broker.open_counts();
         connections += c;
         channels += ch;
@@ -528,7 +538,14 @@ pub(super) async fn overview(
             "connections": connections, "channels": channels, "queues": queues.len(),
             "exchanges": exchanges, "consumers": sum("consumers"),
         },
-        "message_stats": {},
+        "message_stats": {
+            "publish": stats.received,
+            "confirm": stats.confirmed,
+            "deliver_get": stats.delivered,
+            "ack": stats.acknowledged,
+            "return_unroutable": stats.unroutable_returned,
+            "drop_unroutable": stats.unroutable_dropped,
+        },
         "listeners": listeners.iter().map(|l| json!({"node": name, "protocol": l.protocol, "port": l.addr.port(), "ip_address": l.addr.ip().to_string()})).collect::<Vec<_>>(),
     }))
 }

@@ -5,6 +5,9 @@
 //!   retry-delayed messages, and whether a queue receives dead letters), health checks.
 //! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
 //!   messages from a dead-letter queue back to the queue each last died in.
+//! - The directory's changes (`access`): users, vhosts, permissions, limits, policies, and
+//!   the definitions import (`definitions`).
+//! - The web UI (`ui`): `/` and its two files, embedded.
 //!
 //! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does, with
 //! one of the tags `administrator`, `monitoring`, `policymaker` or `management`; a
@@ -40,6 +43,7 @@ mod api;
 mod definitions;
 mod listing;
 mod ops;
+mod ui;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
@@ -47,6 +51,9 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
     let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
     let listeners = axum::Extension(std::sync::Arc::new(listeners));
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
         .route(
@@ -161,6 +168,11 @@ async fn authorize(
             "the Host header must be an IP address, localhost, or a name listed in management-hosts",
         );
     }
+    // The UI's files hold no data: they are served to anyone who may reach the listener,
+    // and the page asks for a login before it reads anything.
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
     let Some((name, password)) = basic_credentials(req.headers()) else {
         return challenge();
     };
@@ -173,6 +185,13 @@ async fn authorize(
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "management API login refused");
+            // A page's script (the web UI) says so, and gets no challenge: one would make its
+            // request wait on the browser's own login prompt. Tools get RabbitMQ's answer.
+            let scripted = req.headers().get("x-requested-with").is_some_and(|v| v == "XMLHttpRequest");
+            if scripted {
+                let body = Json(json!({"error": "not_authorised", "reason": "Login failed"}));
+                return (StatusCode::UNAUTHORIZED, body).into_response();
+            }
             return challenge();
         }
     };
