@@ -78,10 +78,13 @@ impl PolicyDef {
         if !["queues", "classic_queues", "all"].contains(&self.apply_to.as_str()) {
             return Err(bad(format!("applies to {}; Warren's policies apply to queues", self.apply_to)));
         }
-        let pattern = regex::Regex::new(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
+        let pattern =
+            warren_core::permissions::compile(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
         let mut def: Vec<(&str, FieldValue)> = Vec::new();
         for (k, v) in &self.definition {
             let value = match v {
+                // Exchange names and routing keys: AMQP short strings.
+                Value::String(s) if s.len() > 255 => return Err(bad(format!("{k} is over 255 bytes"))),
                 Value::String(s) => FieldValue::str(s),
                 Value::Bool(b) => FieldValue::Bool(*b),
                 Value::Number(n) => {
@@ -144,6 +147,9 @@ pub struct UserDef {
     /// `max-connections`, `max-channels`.
     #[serde(default)]
     pub limits: BTreeMap<String, Value>,
+    /// Warren's: the user logs in from loopback addresses only (always so for guest).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub loopback_only: bool,
 }
 
 /// A vhost as RabbitMQ exports it (its metadata is not kept).
@@ -236,7 +242,7 @@ impl UserDef {
             max_channels: limit(self.limits.get("max-channels"), "max-channels").map_err(bad)?,
         };
         // Loopback only is guest's rule, whoever's definitions it comes from.
-        let loopback_only = self.name == "guest";
+        let loopback_only = self.loopback_only || self.name == "guest";
         Ok(User { name: self.name.clone(), password, loopback_only, tags: self.tags.clone(), limits })
     }
 }
@@ -323,6 +329,7 @@ impl AccessDefinitions {
                 hashing_algorithm: Some(algorithm.name().to_string()),
                 tags: u.tags.clone(),
                 limits,
+                loopback_only: u.loopback_only && u.name != "guest",
             });
         }
         let mut parameters = Vec::new();

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -107,11 +108,26 @@ impl DirectoryFile {
     /// Writes `dir` durably: on return it is on disk, or an error says why not and the old
     /// file is as it was.
     pub fn save(&self, dir: &Directory) -> std::io::Result<()> {
-        let access = AccessDefinitions::of(dir, crate::definitions::fresh_salt)?;
+        // One source of salts for every user a save hashes.
+        let mut random = std::fs::File::open("/dev/urandom")?;
+        let salt = || {
+            let mut s = [0u8; warren_core::password::SALT_LEN];
+            std::io::Read::read_exact(&mut random, &mut s).map(|()| s)
+        };
+        let access = AccessDefinitions::of(dir, salt)?;
         let contents = Contents { access, warren_from_config: self.from_config.clone() };
         let text = serde_json::to_vec_pretty(&contents).map_err(std::io::Error::other)?;
+        // What is written must be readable at the next start.
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the directory would take {} bytes, over the {MAX_FILE_BYTES} its file may have",
+                text.len()
+            )));
+        }
         let tmp = self.path.with_extension("json.new");
-        let mut f = std::fs::File::create(&tmp)?;
+        // It holds password hashes: the owner's alone.
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(&text)?;
         f.sync_all()?;
         drop(f);

@@ -126,26 +126,32 @@ impl Node {
 
     /// Applies `changes` to the directory, all or none, durably when the node has a file.
     /// Vhosts change through [`Node::add_vhost`] and [`Node::remove_vhost`] only.
-    pub fn change_directory(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
+    pub async fn change_directory(self: &Arc<Self>, changes: Vec<Change>) -> Result<(), ChangeError> {
         if changes.iter().any(|c| matches!(c, Change::PutVHost(_) | Change::DeleteVHost(_))) {
             return Err(ChangeError::Unsupported("vhosts are added and removed with their brokers"));
         }
-        self.commit(changes)
+        self.commit(changes).await
     }
 
-    fn commit(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
-        self.directory().change(changes, |next: &Directory| match &self.file {
-            Some(f) => f.save(next).map_err(|e| ChangeError::Storage(e.to_string())),
-            None => Ok(()),
-        })
+    /// Applies and saves `changes` off the async workers: a save serializes the directory and
+    /// waits for two fsyncs.
+    async fn commit(self: &Arc<Self>, changes: Vec<Change>) -> Result<(), ChangeError> {
+        let node = self.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            node.directory.change(changes, |next: &Directory| match &node.file {
+                Some(f) => f.save(next).map_err(|e| ChangeError::Storage(e.to_string())),
+                None => Ok(()),
+            })
+        });
+        saved.await.map_err(|e| ChangeError::Storage(format!("the save did not finish: {e}")))?
     }
 
     /// Creates vhost `name` with a broker of its own, then applies `then` (the creator's
     /// permissions, say) with it; nothing if it exists already but `then`.
-    pub async fn add_vhost(&self, name: &str, then: Vec<Change>) -> Result<(), ChangeError> {
+    pub async fn add_vhost(self: &Arc<Self>, name: &str, then: Vec<Change>) -> Result<(), ChangeError> {
         let _one = self.vhost_changes.lock().await;
         if self.directory().load().vhosts.contains_key(name) {
-            return self.commit(then);
+            return self.commit(then).await;
         }
         let maker = self.maker.as_ref().ok_or(ChangeError::Unsupported("this node cannot add vhosts"))?;
         // A vhost the directory once dropped may still have data in `/`'s broker, kept closed:
@@ -153,7 +159,7 @@ impl Node {
         let reopen = lock(&self.default.1).broker.vhosts().id(name).is_some();
         let mut changes = vec![Change::PutVHost(name.to_string())];
         changes.extend(then);
-        self.commit(changes)?;
+        self.commit(changes).await?;
         if reopen {
             lock(&self.default.1).broker.add_vhost(name);
             return Ok(());
@@ -164,11 +170,12 @@ impl Node {
         Ok(())
     }
 
-    /// Deletes vhost `name`: its connections are closed (320), its queues (with their
-    /// messages) and exchanges deleted, then it leaves the directory with every permission
-    /// on it. A store that cannot record a deletion stops it half-way, with an error: what
-    /// was deleted stays deleted, the vhost stays.
-    pub async fn remove_vhost(&self, name: &str) -> Result<(), ChangeError> {
+    /// Deletes vhost `name`: its connections and sessions are closed (320), its queues (with
+    /// their messages) and exchanges deleted and those deletions synced to disk, then it
+    /// leaves the directory with every permission on it. A store that cannot record or sync a
+    /// deletion stops it with an error: what was deleted stays deleted, and the vhost stays,
+    /// open again.
+    pub async fn remove_vhost(self: &Arc<Self>, name: &str) -> Result<(), ChangeError> {
         let _one = self.vhost_changes.lock().await;
         if !self.directory().load().vhosts.contains_key(name) {
             return Err(DirectoryError::NoVHost(name.to_string()).into());
@@ -177,22 +184,55 @@ impl Node {
             return Err(DirectoryError::Invalid("the default vhost '/' cannot be deleted".into()).into());
         }
         let shared = self.broker(name).unwrap_or_else(|| self.default.1.clone());
-        {
+        let written = {
             let mut s = lock(&shared);
             let r = s.broker.delete_vhost(name);
             s.wake_all();
             r.map_err(ChangeError::Storage)?;
+            s.broker.unsynced_position()
+        };
+        let settled = match written {
+            Some(position) => self.synced(&shared, position).await,
+            None => Ok(()),
+        };
+        if let Err(e) = settled.and(self.commit(vec![Change::DeleteVHost(name.to_string())]).await) {
+            lock(&shared).broker.add_vhost(name);
+            return Err(e);
         }
-        self.commit(vec![Change::DeleteVHost(name.to_string())])?;
-        let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = others.iter().position(|(n, _)| &**n == name) {
-            let (_, gone) = others.remove(i);
-            // Its timer task ends once it sees the broker gone.
+        let gone = {
+            let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
+            others.iter().position(|(n, _)| &**n == name).map(|i| others.remove(i).1)
+        };
+        // Its timer task ends once it sees the broker gone.
+        if let Some(gone) = gone {
             lock(&gone).timer().notify_one();
         }
         Ok(())
     }
+
+    /// Waits until `shared`'s store has synced past `position`.
+    async fn synced(&self, shared: &SharedRef, position: u64) -> Result<(), ChangeError> {
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        loop {
+            {
+                let s = lock(shared);
+                if s.broker.is_durable_to(position) {
+                    return Ok(());
+                }
+                if let Some(why) = s.broker.storage_failure() {
+                    return Err(ChangeError::Storage(why.to_string()));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ChangeError::Storage("the deletions were not synced in time".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
+
+/// How long a vhost deletion waits for the store to sync what it deleted.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs the broker's timed work (TTL expiry, retry delays, queue expiry) when it is due.
 pub async fn run_timers(broker: std::sync::Weak<std::sync::Mutex<Shared>>) {

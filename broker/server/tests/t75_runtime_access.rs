@@ -276,3 +276,76 @@ async fn only_administrators_change_the_directory() {
     assert!(api.get_user("x").await.is_err() && api.get_vhost("x").await.is_err(), "nothing was made");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn hostile_directory_changes_are_refused_whole() {
+    let b = TestBroker::start_with(|s| {
+        s.users.push(warren_core::auth::User {
+            name: "local".into(),
+            password: warren_core::password::Password::plain("local"),
+            loopback_only: true,
+            tags: vec![],
+            limits: Default::default(),
+        });
+    })
+    .await;
+    let api = admin(&b);
+    let refused = |e: Result<(), rabbitmq_http_client::error::Error<_, _, _, _>>| {
+        let e = format!("{:?}", e.expect_err("refused"));
+        assert!(e.contains("400"), "{e}");
+    };
+    // A pattern past the length bound, and a short one whose compiled form is too big.
+    let long = "a".repeat(5000);
+    refused(api.declare_permissions(&permissions("guest", "/", &long, ".*")).await);
+    refused(api.declare_permissions(&permissions("guest", "/", "a{1000}{1000}", ".*")).await);
+    // A policy name past 255 bytes, a policy value past 255 bytes.
+    let mut definition = serde_json::Map::new();
+    definition.insert("dead-letter-exchange".into(), serde_json::json!("x".repeat(300)));
+    let name = "p".repeat(300);
+    let policy = |name: &'static str, definition| PolicyParams {
+        vhost: "/",
+        name,
+        pattern: ".*",
+        apply_to: PolicyTarget::Queues,
+        priority: 0,
+        definition,
+    };
+    refused(api.declare_policy(&policy(Box::leak(name.into_boxed_str()), serde_json::Map::new())).await);
+    refused(api.declare_policy(&policy("long-value", definition)).await);
+    // Too many tags.
+    let tags = vec!["t"; 40].join(",");
+    let hash = password_hashing::base64_encoded_salted_password_hash_sha256(&password_hashing::salt(), "x");
+    refused(api.create_user(&UserParams { name: "tagged", password_hash: &hash, tags: &tags }).await);
+
+    // A blank password makes a user who cannot log in with one.
+    let body = r#"{"password": "", "tags": ""}"#;
+    let (status, _) = common::http_body(&b, "PUT", "/api/users/blank", body).await;
+    assert_eq!(status, 201);
+    api.declare_permissions(&permissions("blank", "/", ".*", ".*")).await.expect("permissions");
+    assert!(open(&b, "blank", "", "/").await.is_err(), "no login with a blank password");
+
+    // A loopback-only user changed through the API stays loopback-only.
+    let (status, _) = common::http_body(&b, "PUT", "/api/users/local", r#"{"tags": "management"}"#).await;
+    assert_eq!(status, 204);
+    let dir = b.node.directory().load();
+    let local = dir.user("local").expect("local");
+    assert!(local.loopback_only && local.has_tag("management") && local.password.verify("local"));
+
+    // An import that would fail half-way (a permission on a vhost it does not name) makes
+    // nothing, not even the vhost it names first.
+    let doc = serde_json::json!({
+        "vhosts": [{"name": "half"}],
+        "users": [{"name": "half-user", "password_hash": "", "tags": []}],
+        "permissions": [{"user": "half-user", "vhost": "elsewhere", "configure": ".*", "write": ".*", "read": ".*"}],
+    });
+    let e = format!("{:?}", api.import_definitions(doc).await.expect_err("refused"));
+    assert!(e.contains("elsewhere"), "{e}");
+    assert!(api.get_vhost("half").await.is_err() && api.get_user("half-user").await.is_err());
+
+    // The directory file is the owner's alone: it holds password hashes.
+    use std::os::unix::fs::PermissionsExt;
+    let file = b.data.as_ref().expect("data").path().join("definitions.json");
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    b.stop().await;
+}

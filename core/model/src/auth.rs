@@ -61,8 +61,9 @@ pub fn check_password<'u>(
 ) -> Result<&'u User, AuthError> {
     // An unknown user costs a hash too: the time of a refusal does not say whether the name
     // exists.
+    // A blank password never logs in, whatever was stored (RabbitMQ's rule).
     let user = match users.iter().find(|u| u.name == name) {
-        Some(u) => Some(u).filter(|u| u.password.verify(password)),
+        Some(u) => Some(u).filter(|u| u.password.verify(password) && !password.is_empty()),
         None => {
             let _ = crate::password::Password::Disabled.verify(password);
             None

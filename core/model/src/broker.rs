@@ -392,7 +392,8 @@ impl Broker {
     /// and the others); its id.
     pub fn add_vhost(&mut self, name: &str) -> VHostId {
         let (id, new) = self.vhosts.add(name);
-        if new {
+        // A vhost emptied by a deletion gets its predeclared exchanges back too.
+        if new || !self.vhosts[id].exchanges.contains_key("amq.direct") {
             self.declare_predefined_exchanges(id);
         }
         self.vhosts[id].open = true;
@@ -403,6 +404,11 @@ impl Broker {
     pub fn vhost_limits(&self) -> VHostLimits {
         let own = self.vhosts.iter().next().map_or("/", |(_, v)| &*v.name);
         self.directory.get().vhost_limits(own)
+    }
+
+    /// The limits of vhost `vh` (a broker may hold more than its own: `/`'s keeps reopened ones).
+    pub(crate) fn limits_of(&self, vh: VHostId) -> VHostLimits {
+        self.directory.get().vhost_limits(&self.vhosts[vh].name)
     }
 
     /// The node's directory as this broker last read it (users, vhosts, permissions).
@@ -431,7 +437,7 @@ impl Broker {
         }
         self.refresh_directory();
         self.authorize_vhost(&info.user, &info.vhost)?;
-        if let Some(max) = self.vhost_limits().max_connections
+        if let Some(max) = self.vhosts.id(&info.vhost).and_then(|id| self.limits_of(id).max_connections)
             && self.vhosts.id(&info.vhost).is_some_and(|id| self.vhosts[id].connections >= max)
         {
             // RabbitMQ's words.
@@ -631,6 +637,17 @@ impl Broker {
         let ids = cmd.ids();
         // A changed permission holds from the next operation on.
         self.refresh_directory();
+        // A session left in a vhost being deleted may do nothing more there.
+        if let Some(s) = self.sessions.get(&conn)
+            && !self.vhosts[s.vhost].open
+        {
+            let vhost = &self.vhosts[s.vhost].name;
+            return Err(AmqpError::new(
+                warren_codec::reply_code::NOT_FOUND,
+                format!("vhost '{vhost}' is deleted"),
+            )
+            .at(ids));
+        }
         if let Command::Publish(_) = &cmd {
             self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
         }

@@ -24,6 +24,8 @@ pub const MAX_VHOSTS: usize = 1_000;
 pub const MAX_PERMISSIONS: usize = 100_000;
 /// Policies a directory holds at most.
 pub const MAX_POLICIES: usize = 10_000;
+/// Tags one user has at most.
+pub const MAX_TAGS: usize = 32;
 
 /// What a node knows of who may log in and where.
 #[derive(Debug, Clone)]
@@ -152,6 +154,11 @@ impl Directory {
                 if user.name.is_empty() || user.name.len() > 255 {
                     return Err(DirectoryError::Invalid("a user name must be 1 to 255 bytes long".into()));
                 }
+                if user.tags.len() > MAX_TAGS || user.tags.iter().any(|t| t.len() > 255) {
+                    return Err(DirectoryError::Invalid(format!(
+                        "a user has at most {MAX_TAGS} tags of 255 bytes"
+                    )));
+                }
                 let full = self.users.len() >= MAX_USERS;
                 match self.users.iter_mut().find(|u| u.name == user.name) {
                     Some(u) => *u = user,
@@ -209,6 +216,9 @@ impl Directory {
             }
             Change::SetTopicPermission(t) => {
                 self.known(&t.user, &t.vhost)?;
+                if t.exchange.len() > 255 {
+                    return Err(DirectoryError::Invalid("an exchange name is at most 255 bytes".into()));
+                }
                 let full = self.access.topic_permission_count() >= MAX_PERMISSIONS;
                 if !self.access.set_topic_permission(t, !full) {
                     return Err(DirectoryError::Full { what: "topic permission", max: MAX_PERMISSIONS });
@@ -220,6 +230,9 @@ impl Directory {
                 }
             }
             Change::PutPolicy(policy) => {
+                if policy.name.is_empty() || policy.name.len() > 255 {
+                    return Err(DirectoryError::Invalid("a policy name must be 1 to 255 bytes long".into()));
+                }
                 if !self.vhosts.contains_key(&policy.vhost) {
                     return Err(DirectoryError::NoVHost(policy.vhost));
                 }

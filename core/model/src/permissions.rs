@@ -9,7 +9,20 @@
 //! everything). Patterns the `regex` crate cannot compile (look-around, backreferences) are
 //! refused when the configuration is loaded, with the pattern named.
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// The longest pattern accepted, in bytes.
+pub const MAX_PATTERN_LEN: usize = 4096;
+
+/// Compiles a pattern from a configuration, an API request or a definitions file, within
+/// bounds: its text, and the memory its compiled form and lazy DFA may take (a short pattern
+/// like `a{1000}{1000}` would otherwise compile to a large program).
+pub fn compile(text: &str) -> Result<Regex, String> {
+    if text.len() > MAX_PATTERN_LEN {
+        return Err(format!("a pattern may be {MAX_PATTERN_LEN} bytes long, not {}", text.len()));
+    }
+    RegexBuilder::new(text).size_limit(1 << 20).dfa_size_limit(1 << 20).build().map_err(|e| e.to_string())
+}
 
 /// The three kinds of access RabbitMQ grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +60,7 @@ impl Pattern {
         let regex = if text.is_empty() {
             None
         } else {
-            Some(Regex::new(text).map_err(|e| format!("pattern '{text}' cannot be used: {e}"))?)
+            Some(compile(text).map_err(|e| format!("pattern '{text}' cannot be used: {e}"))?)
         };
         Ok(Pattern { text: text.to_string(), regex })
     }

@@ -393,7 +393,8 @@ pub struct PolicyConfig {
 impl PolicyConfig {
     fn build(self) -> Result<Policy, ConfigError> {
         let bad = |why: String| ConfigError::Invalid(format!("policy '{}': {why}", self.name));
-        let pattern = regex::Regex::new(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
+        let pattern =
+            warren_core::permissions::compile(&self.pattern).map_err(|e| bad(format!("bad pattern: {e}")))?;
         let int = |v: u64| FieldValue::I64(i64::try_from(v).unwrap_or(i64::MAX));
         let mut def: Vec<(&str, FieldValue)> = Vec::new();
         let strings = [

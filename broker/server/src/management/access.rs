@@ -93,6 +93,8 @@ pub(super) async fn put_user(
     let o = body_object(&body)?;
     let existing = node.directory().load().user(&name).cloned();
     let password = match (string(&o, "password")?, string(&o, "password_hash")?) {
+        // RabbitMQ's blank password: the user cannot log in with one.
+        (Some(""), None) => Password::Disabled,
         (Some(p), None) => {
             let salt = crate::definitions::fresh_salt().map_err(|e| bad_request(e.to_string()))?;
             let hash = warren_core::password::hash(HashAlgorithm::default(), salt, p);
@@ -113,13 +115,14 @@ pub(super) async fn put_user(
     };
     let tags = tags(&o)?.or_else(|| existing.as_ref().map(|u| u.tags.clone())).unwrap_or_default();
     let user = User {
-        loopback_only: name == "guest",
+        // A user configured loopback-only stays so (guest always is).
+        loopback_only: existing.as_ref().map_or(name == "guest", |u| u.loopback_only),
         limits: existing.as_ref().map(|u| u.limits).unwrap_or_default(),
         name,
         password,
         tags,
     };
-    node.change_directory(vec![Change::PutUser(user)]).map_err(change_error)?;
+    node.change_directory(vec![Change::PutUser(user)]).await.map_err(change_error)?;
     Ok(made(existing.is_none()))
 }
 
@@ -130,7 +133,7 @@ pub(super) async fn delete_user(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    node.change_directory(vec![Change::DeleteUser(name.clone())]).map_err(|e| match e {
+    node.change_directory(vec![Change::DeleteUser(name.clone())]).await.map_err(|e| match e {
         ChangeError::Refused(DirectoryError::NoUser(_)) => not_found(),
         e => change_error(e),
     })?;
@@ -163,7 +166,14 @@ pub(super) async fn put_vhost(
         read: ".*".into(),
     };
     let grant = everything.permission().map_err(bad_request)?;
-    node.add_vhost(&name, vec![Change::SetPermission(grant)]).await.map_err(change_error)?;
+    // Without rules (a node built without a directory file) everyone may use it already, and
+    // a first rule would take every other vhost from everyone else.
+    let then = if node.directory().load().access.is_unrestricted() {
+        Vec::new()
+    } else {
+        vec![Change::SetPermission(grant)]
+    };
+    node.add_vhost(&name, then).await.map_err(change_error)?;
     tracing::info!(vhost = %name, by = %viewer.user.name, "vhost created");
     Ok(made(true))
 }
@@ -203,7 +213,7 @@ pub(super) async fn put_permission(
     };
     let new = !node.directory().load().access.may_open(&user, &vhost);
     let p = def.permission().map_err(bad_request)?;
-    node.change_directory(vec![Change::SetPermission(p)]).map_err(change_error)?;
+    node.change_directory(vec![Change::SetPermission(p)]).await.map_err(change_error)?;
     Ok(made(new))
 }
 
@@ -214,7 +224,7 @@ pub(super) async fn delete_permission(
     Path((vhost, user)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    node.change_directory(vec![Change::ClearPermission { user, vhost }]).map_err(change_error)?;
+    node.change_directory(vec![Change::ClearPermission { user, vhost }]).await.map_err(change_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -244,7 +254,7 @@ pub(super) async fn put_topic_permission(
         .iter()
         .any(|t| t.user == user && t.vhost == vhost && t.exchange == exchange);
     let t = def.permission().map_err(bad_request)?;
-    node.change_directory(vec![Change::SetTopicPermission(t)]).map_err(change_error)?;
+    node.change_directory(vec![Change::SetTopicPermission(t)]).await.map_err(change_error)?;
     Ok(made(new))
 }
 
@@ -256,7 +266,7 @@ pub(super) async fn delete_topic_permissions(
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
     let change = Change::ClearTopicPermissions { user, vhost, exchange: None };
-    node.change_directory(vec![change]).map_err(change_error)?;
+    node.change_directory(vec![change]).await.map_err(change_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -271,14 +281,19 @@ fn limit_value(body: &[u8]) -> Result<Option<usize>, ApiError> {
 }
 
 /// Sets (`Some`) or clears one of a user's limits.
-fn set_user_limit(node: &NodeRef, user: &str, name: &str, value: Option<usize>) -> Result<(), ApiError> {
+async fn set_user_limit(
+    node: &NodeRef,
+    user: &str,
+    name: &str,
+    value: Option<usize>,
+) -> Result<(), ApiError> {
     let mut limits: UserLimits = node.directory().load().user(user).ok_or_else(not_found)?.limits;
     match name {
         "max-connections" => limits.max_connections = value,
         "max-channels" => limits.max_channels = value,
         other => return Err(bad_request(format!("unknown user limit '{other}'"))),
     }
-    node.change_directory(vec![Change::SetUserLimits(user.to_string(), limits)]).map_err(change_error)
+    node.change_directory(vec![Change::SetUserLimits(user.to_string(), limits)]).await.map_err(change_error)
 }
 
 /// `PUT /api/user-limits/{user}/{name}` with `{"value": N}`.
@@ -289,7 +304,7 @@ pub(super) async fn put_user_limit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_user_limit(&node, &user, &name, limit_value(&body)?)?;
+    set_user_limit(&node, &user, &name, limit_value(&body)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -300,12 +315,17 @@ pub(super) async fn delete_user_limit(
     Path((user, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_user_limit(&node, &user, &name, None)?;
+    set_user_limit(&node, &user, &name, None).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Sets (`Some`) or clears one of a vhost's limits.
-fn set_vhost_limit(node: &NodeRef, vhost: &str, name: &str, value: Option<usize>) -> Result<(), ApiError> {
+async fn set_vhost_limit(
+    node: &NodeRef,
+    vhost: &str,
+    name: &str,
+    value: Option<usize>,
+) -> Result<(), ApiError> {
     let dir = node.directory().load();
     let mut limits: VHostLimits = *dir.vhosts.get(vhost).ok_or_else(not_found)?;
     match name {
@@ -313,7 +333,7 @@ fn set_vhost_limit(node: &NodeRef, vhost: &str, name: &str, value: Option<usize>
         "max-queues" => limits.max_queues = value,
         other => return Err(bad_request(format!("unknown vhost limit '{other}'"))),
     }
-    node.change_directory(vec![Change::SetVHostLimits(vhost.to_string(), limits)]).map_err(change_error)
+    node.change_directory(vec![Change::SetVHostLimits(vhost.to_string(), limits)]).await.map_err(change_error)
 }
 
 /// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`.
@@ -324,7 +344,7 @@ pub(super) async fn put_vhost_limit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_vhost_limit(&node, &vhost, &name, limit_value(&body)?)?;
+    set_vhost_limit(&node, &vhost, &name, limit_value(&body)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -335,7 +355,7 @@ pub(super) async fn delete_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_vhost_limit(&node, &vhost, &name, None)?;
+    set_vhost_limit(&node, &vhost, &name, None).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -365,7 +385,7 @@ pub(super) async fn put_policy(
         serde_json::from_value(Value::Object(o)).map_err(|e| bad_request(format!("not a policy: {e}")))?;
     let policy = def.policy().map_err(bad_request)?;
     let new = !node.directory().load().policies.iter().any(|p| p.vhost == vhost && p.name == name);
-    node.change_directory(vec![Change::PutPolicy(policy)]).map_err(change_error)?;
+    node.change_directory(vec![Change::PutPolicy(policy)]).await.map_err(change_error)?;
     Ok(made(new))
 }
 
@@ -376,7 +396,7 @@ pub(super) async fn delete_policy(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     policymaker(&viewer, &vhost)?;
-    node.change_directory(vec![Change::DeletePolicy { vhost, name }]).map_err(|e| match e {
+    node.change_directory(vec![Change::DeletePolicy { vhost, name }]).await.map_err(|e| match e {
         ChangeError::Refused(DirectoryError::NoPolicy { .. }) => not_found(),
         e => change_error(e),
     })?;

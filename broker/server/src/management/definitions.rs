@@ -111,9 +111,16 @@ pub(super) async fn import(
         |reason: String| (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason})));
     let doc: serde_json::Map<String, Value> =
         serde_json::from_slice(&body).map_err(|e| bad(format!("not a definitions document: {e}")))?;
-    let access: AccessDefinitions = serde_json::from_value(Value::Object(doc.clone()))
-        .map_err(|e| bad(format!("not a definitions document: {e}")))?;
+    let access: AccessDefinitions =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("not a definitions document: {e}")))?;
     let plan = access.plan().map_err(bad)?;
+    // Tried whole on a copy first: a refusal leaves nothing half made.
+    let mut trial = (*node.directory().load()).clone();
+    let vhosts = plan.vhosts.iter().cloned().map(warren_core::directory::Change::PutVHost);
+    for change in vhosts.chain(plan.changes.iter().cloned()) {
+        trial.apply(change).map_err(|e| bad(e.to_string()))?;
+    }
+    drop(trial);
     let refused = |e: crate::node::ChangeError| match e {
         crate::node::ChangeError::Refused(e) => bad(e.to_string()),
         e => (
@@ -124,7 +131,7 @@ pub(super) async fn import(
     for v in &plan.vhosts {
         node.add_vhost(v, Vec::new()).await.map_err(refused)?;
     }
-    node.change_directory(plan.changes).map_err(refused)?;
+    node.change_directory(plan.changes).await.map_err(refused)?;
     let declared = super::ops::import_topology(&node, &doc).await?;
     tracing::info!(
         by = %viewer.user.name,

@@ -123,6 +123,22 @@ pub async fn http(b: &TestBroker, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A request with a JSON `body` to the management API as guest; returns (status, body).
+pub async fn http_body(b: &TestBroker, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = b.management.expect("management API on");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string()))
+}
+
 /// A plain HTTP/1.1 request to `addr`; returns (status, body).
 pub async fn http_to(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let (status, _, body) = http_raw(addr, method, path, "").await;

@@ -60,16 +60,18 @@ impl Broker {
     }
 
     /// Empties vhost `name` for its deletion: its connections are closed with 320, its queues
-    /// (with their messages) and exchanges deleted, and it takes no connection any more. A
-    /// store that cannot record a deletion stops it there, with why: what was deleted stays
-    /// deleted, the rest stays.
+    /// (with their messages) and exchanges deleted, and it takes no connection or command any
+    /// more. A store that cannot record a deletion stops it there, with why: what was deleted
+    /// stays deleted, the rest stays, and the vhost is open again (with its predeclared
+    /// exchanges).
     pub fn delete_vhost(&mut self, name: &str) -> Result<(), String> {
         let Some(vh) = self.vhosts.id(name) else {
             return Ok(());
         };
         self.vhosts[vh].open = false;
+        // Every session, the management API's too: none may declare into what is going.
         let sessions: Vec<super::ConnId> =
-            self.sessions.iter().filter(|(_, s)| s.vhost == vh && s.counted).map(|(id, _)| *id).collect();
+            self.sessions.iter().filter(|(_, s)| s.vhost == vh).map(|(id, _)| *id).collect();
         for conn in sessions {
             self.close_connection(conn, &format!("vhost '{name}' is deleted"));
         }
@@ -77,14 +79,14 @@ impl Broker {
         for q in queues {
             self.delete_queue(vh, &q);
             if self.vhosts[vh].queues.contains_key(&q) {
-                return Err(self.unrecorded(&format!("queue '{q}'")));
+                return Err(self.reopen_after(vh, &format!("queue '{q}'")));
             }
         }
         let exchanges: Vec<String> = self.vhosts[vh].exchanges.keys().cloned().collect();
         for x in exchanges {
             self.delete_exchange(vh, &x);
             if self.vhosts[vh].exchanges.contains_key(&x) {
-                return Err(self.unrecorded(&format!("exchange '{x}'")));
+                return Err(self.reopen_after(vh, &format!("exchange '{x}'")));
             }
         }
         self.publish_census();
@@ -105,7 +107,10 @@ impl Broker {
         conns.len()
     }
 
-    fn unrecorded(&self, what: &str) -> String {
+    /// A deletion that stopped at `what`: the vhost opens again; why, for the operator.
+    fn reopen_after(&mut self, vh: VHostId, what: &str) -> String {
+        let name = self.vhosts[vh].name.to_string();
+        self.add_vhost(&name);
         let why = self.storage_failure().unwrap_or("the store refused the write");
         format!("the deletion of {what} could not be stored: {why}")
     }

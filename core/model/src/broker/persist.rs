@@ -200,6 +200,23 @@ impl Broker {
         (self.durability.pending.len(), written)
     }
 
+    /// Where the store has written to, when what is written there is not yet durable (confirms
+    /// wait for syncs): a caller that must know its writes are on disk waits until
+    /// [`Broker::is_durable_to`] says so. `None` when nothing needs waiting for.
+    pub fn unsynced_position(&self) -> Option<u64> {
+        let d = &self.durability;
+        if d.policy != ConfirmPolicy::AfterSync {
+            return None;
+        }
+        let position = d.store.as_ref().map_or(0, |s| s.written());
+        (position > d.synced).then_some(position)
+    }
+
+    /// Whether everything written up to `position` is durable.
+    pub fn is_durable_to(&self, position: u64) -> bool {
+        self.durability.synced >= position
+    }
+
     /// Acks a publish now, or once the store has synced what it wrote for it.
     pub(super) fn confirm(&mut self, conn: ConnId, ch: u16, delivery_tag: u64, stored: bool) {
         if !self.hold(conn, ch, stored, Held::Ack(delivery_tag)) {

@@ -48,7 +48,7 @@ impl Broker {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            if let Some(max) = self.vhost_limits().max_queues.or(self.limits.max_queues)
+            if let Some(max) = self.limits_of(vh).max_queues.or(self.limits.max_queues)
                 && self.vhosts[vh].queues.len() >= max
             {
                 return Err(precondition(format!(

@@ -753,3 +753,24 @@ fn a_session_driven_by_commands_alone_declares_consumes_publishes_and_settles() 
         .expect_err("no such queue");
     assert_eq!((e.code, e.class_id, e.method_id), (404, 50, 30));
 }
+
+#[test]
+fn a_deleted_vhost_takes_no_command_from_any_session_and_opens_again_emptied() {
+    let mut h = Harness::new();
+    h.b.add_vhost("shop");
+    let info = ConnectionInfo { vhost: "shop".into(), ..Default::default() };
+    let operator = h.b.open_operator_session(info).expect("an API session in shop");
+    h.b.apply(operator, 1, crate::command::Command::OpenChannel).expect("channel");
+    let declare = |q: &str| QueueDeclare { queue: q.into(), durable: true, ..Default::default() };
+    h.b.handle_method(operator, 1, declare("orders").into()).expect("declare");
+    h.b.delete_vhost("shop").expect("deleted");
+    // The API's session was told to go, and whatever it sends now is refused.
+    assert!(!h.b.take_errors(operator).is_empty(), "closed with 320");
+    let e = h.b.handle_method(operator, 1, declare("late").into()).expect_err("refused");
+    assert_eq!(e.code, warren_codec::reply_code::NOT_FOUND);
+    let shop = h.b.vhosts().id("shop").expect("shop");
+    assert!(h.b.vhosts()[shop].queue("orders").is_none() && h.b.vhosts()[shop].queue("late").is_none());
+    // Made again, it is empty but complete: its predeclared exchanges are back.
+    h.b.add_vhost("shop");
+    assert!(h.b.vhosts()[shop].exchange("amq.direct").is_some() && h.b.vhosts()[shop].open);
+}
