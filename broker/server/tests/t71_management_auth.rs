@@ -136,3 +136,127 @@ async fn one_address_cannot_take_every_http_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(http_raw(api, "GET", "/api/queues", &basic("guest", "guest")).await.0, 200, "slots come back");
 }
+
+/// Every route of the API, with a method it answers.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/overview"),
+    ("GET", "/api/whoami"),
+    ("GET", "/api/definitions"),
+    ("POST", "/api/definitions"),
+    ("GET", "/api/vhosts"),
+    ("GET", "/api/vhosts/%2F"),
+    ("PUT", "/api/vhosts/v"),
+    ("DELETE", "/api/vhosts/v"),
+    ("GET", "/api/vhosts/%2F/permissions"),
+    ("GET", "/api/users"),
+    ("GET", "/api/users/guest"),
+    ("PUT", "/api/users/u"),
+    ("DELETE", "/api/users/u"),
+    ("GET", "/api/users/guest/permissions"),
+    ("GET", "/api/permissions"),
+    ("GET", "/api/permissions/%2F/guest"),
+    ("PUT", "/api/permissions/%2F/guest"),
+    ("DELETE", "/api/permissions/%2F/guest"),
+    ("GET", "/api/topic-permissions"),
+    ("GET", "/api/topic-permissions/%2F/guest"),
+    ("PUT", "/api/topic-permissions/%2F/guest"),
+    ("DELETE", "/api/topic-permissions/%2F/guest"),
+    ("PUT", "/api/user-limits/guest/max-connections"),
+    ("DELETE", "/api/user-limits/guest/max-connections"),
+    ("PUT", "/api/vhost-limits/%2F/max-queues"),
+    ("DELETE", "/api/vhost-limits/%2F/max-queues"),
+    ("GET", "/api/exchanges"),
+    ("GET", "/api/exchanges/%2F"),
+    ("GET", "/api/exchanges/%2F/amq.direct"),
+    ("PUT", "/api/exchanges/%2F/x"),
+    ("DELETE", "/api/exchanges/%2F/x"),
+    ("POST", "/api/exchanges/%2F/amq.direct/publish"),
+    ("GET", "/api/bindings"),
+    ("GET", "/api/bindings/%2F"),
+    ("POST", "/api/bindings/%2F/e/amq.direct/q/q"),
+    ("DELETE", "/api/bindings/%2F/e/amq.direct/q/q/k"),
+    ("GET", "/api/queues"),
+    ("GET", "/api/queues/%2F"),
+    ("GET", "/api/queues/%2F/q"),
+    ("PUT", "/api/queues/%2F/q"),
+    ("DELETE", "/api/queues/%2F/q"),
+    ("DELETE", "/api/queues/%2F/q/contents"),
+    ("POST", "/api/queues/%2F/q/get"),
+    ("GET", "/api/queues/%2F/q/bindings"),
+    ("POST", "/api/queues/%2F/q/replay"),
+    ("GET", "/api/connections"),
+    ("GET", "/api/connections/c"),
+    ("DELETE", "/api/connections/c"),
+    ("GET", "/api/channels"),
+    ("GET", "/api/consumers"),
+    ("GET", "/api/policies"),
+    ("GET", "/api/policies/%2F"),
+    ("GET", "/api/policies/%2F/p"),
+    ("PUT", "/api/policies/%2F/p"),
+    ("DELETE", "/api/policies/%2F/p"),
+    ("GET", "/api/nodes"),
+    ("GET", "/api/health/checks/alarms"),
+    ("GET", "/api/health/checks/local-alarms"),
+    ("GET", "/api/health/checks/virtual-hosts"),
+    ("GET", "/api/health/checks/node-is-quorum-critical"),
+    ("GET", "/api/health/checks/port-listener/5672"),
+    ("GET", "/api/health/checks/protocol-listener/amqp"),
+];
+
+#[tokio::test]
+async fn no_route_answers_without_credentials_and_monitoring_changes_nothing() {
+    // Permissions for guest alone: tags open the API, permissions decide vhost changes.
+    let b = TestBroker::start_with(|s| {
+        let user = |name: &str, tags: &[&str]| User {
+            name: name.into(),
+            password: warren_core::password::Password::plain("pw"),
+            loopback_only: false,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            limits: Default::default(),
+        };
+        s.users = vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])];
+        let all = warren_core::permissions::Pattern::new(".*").expect("pattern");
+        let guest = warren_core::permissions::Permission {
+            user: "guest".into(),
+            vhost: "/".into(),
+            configure: all.clone(),
+            write: all.clone(),
+            read: all,
+        };
+        s.access = std::sync::Arc::new(warren_core::permissions::Access::rules(vec![guest], Vec::new()));
+    })
+    .await;
+    let api = b.management.expect("management on");
+    for (method, path) in ROUTES {
+        let (status, _, _) = http_raw(api, method, path, "").await;
+        assert_eq!(status, 401, "{method} {path} without credentials");
+        let (status, _, _) = http_raw(api, method, path, &basic("app", "pw")).await;
+        assert_eq!(status, 403, "{method} {path} as a user without a management tag");
+        // Closing a connection is checked against the connection (below).
+        if *method != "GET" && *path != "/api/connections/c" {
+            let (status, _, body) = http_raw(api, method, path, &basic("watcher", "pw")).await;
+            assert_eq!(status, 403, "{method} {path} as monitoring: {body}");
+        }
+    }
+    // Another user's connection is an administrator's to close.
+    let conn = lapin::Connection::connect(&b.uri(), lapin::ConnectionProperties::default()).await.expect("guest");
+    let (_, _, list) = http_raw(api, "GET", "/api/connections", &basic("watcher", "pw")).await;
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let name = list[0]["name"].as_str().expect("a connection").to_string();
+    let path = format!("/api/connections/{}", name.replace(' ', "%20").replace('>', "%3E").replace(':', "%3A"));
+    let (status, _, body) = http_raw(api, "DELETE", &path, &basic("watcher", "pw")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(conn.status().connected());
+    // Password hashes: in a definitions export for an administrator, nowhere else.
+    for (method, path) in ROUTES.iter().filter(|(m, p)| *m == "GET" && *p != "/api/definitions") {
+        let (_, _, body) = http_raw(api, method, path, &basic("guest", "guest")).await;
+        assert!(!body.contains("password_hash"), "{path}: {body}");
+    }
+    let (_, _, body) = http_raw(api, "GET", "/api/definitions", &basic("guest", "guest")).await;
+    assert!(body.contains("password_hash"));
+    let (status, _, _) = http_raw(api, "GET", "/api/definitions", &basic("watcher", "pw")).await;
+    assert_eq!(status, 403);
+    // The UI's files need no login; they carry no data.
+    let (status, _, body) = http_raw(api, "GET", "/", "").await;
+    assert!(status == 200 && body.contains("/ui/app.js"));
+}

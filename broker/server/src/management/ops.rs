@@ -219,6 +219,16 @@ fn arguments(o: &Map<String, Value>) -> Result<FieldTable, ApiError> {
     }
 }
 
+/// Refuses at once a change in a vhost the user has no permissions on (before its body is
+/// read: a request it may not make learns nothing from the answer).
+fn may_change(viewer: &Viewer, vhost: &str) -> Result<(), ApiError> {
+    if viewer.may_change(vhost) {
+        return Ok(());
+    }
+    let reason = format!("access to vhost '{vhost}' refused for user '{}'", viewer.user.name);
+    Err((StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason}))))
+}
+
 /// The object a change is about.
 #[derive(Clone, Copy)]
 enum Target<'a> {
@@ -271,6 +281,7 @@ pub(super) async fn declare_exchange(
     Path((vhost, name)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     let kind = o.get("type").and_then(Value::as_str).ok_or_else(|| bad_request("type is required"))?;
     let m = ExchangeDeclare {
@@ -294,6 +305,7 @@ pub(super) async fn delete_exchange(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&viewer, &vhost)?;
     let m = ExchangeDelete {
         exchange: name.clone(),
         if_unused: q.get("if-unused").is_some_and(|v| v == "true"),
@@ -310,6 +322,7 @@ pub(super) async fn declare_queue(
     Path((vhost, name)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     if flag(&o, "exclusive", false) {
         // Owned by the request's own session, it would be gone with the response.
@@ -334,6 +347,7 @@ pub(super) async fn delete_queue(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&viewer, &vhost)?;
     let yes = |k: &str| q.get(k).is_some_and(|v| v == "true");
     let m = QueueDelete {
         queue: name.clone(),
@@ -351,6 +365,7 @@ pub(super) async fn purge_queue(
     Extension(viewer): Extension<Viewer>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&viewer, &vhost)?;
     let m = QueuePurge { queue: name, ..Default::default() };
     ApiSession::open(&node, &viewer, &vhost)?.call(Command::PurgeQueue(m), Some(replied)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -364,6 +379,7 @@ pub(super) async fn bind(
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     let key = o.get("routing_key").and_then(Value::as_str).unwrap_or_default().to_string();
     let args = arguments(&o)?;
@@ -407,6 +423,7 @@ pub(super) async fn unbind(
     Extension(viewer): Extension<Viewer>,
     Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&viewer, &vhost)?;
     let to_queue = match kind.as_str() {
         "q" => true,
         "e" => false,
@@ -520,6 +537,7 @@ pub(super) async fn publish(
     Path((vhost, exchange)): Path<(String, String)>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     let routing_key = o.get("routing_key").and_then(Value::as_str).unwrap_or_default().to_string();
     let payload = o.get("payload").and_then(Value::as_str).unwrap_or_default();
@@ -572,6 +590,7 @@ pub(super) async fn get(
     Path((vhost, queue)): Path<(String, String)>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     let count = o.get("count").and_then(Value::as_u64).unwrap_or(1).min(MAX_GET as u64) as usize;
     let ackmode = o.get("ackmode").and_then(Value::as_str).unwrap_or("ack_requeue_true");
