@@ -46,8 +46,8 @@ pub struct CtlArgs {
 pub enum Action {
     /// List objects of one kind.
     List {
-        /// queues, exchanges, bindings, connections, channels, consumers, users, vhosts or
-        /// permissions.
+        /// queues, exchanges, bindings, connections, channels, consumers, users, vhosts,
+        /// permissions or replays.
         kind: String,
         /// Only this vhost's (queues, exchanges, bindings).
         #[arg(long)]
@@ -100,6 +100,17 @@ pub enum Action {
         /// At most this many.
         #[arg(long)]
         count: Option<usize>,
+        /// Run it as a background task (listed by `list replays`, stopped by `cancel-replay`).
+        #[arg(long)]
+        background: bool,
+        /// Messages a second, for a background task (1000 unless given).
+        #[arg(long, requires = "background")]
+        rate: Option<u32>,
+    },
+    /// Cancel a background replay; it stops after its current batch.
+    CancelReplay {
+        /// Its id, as `list replays` shows it.
+        id: u64,
     },
     /// Close a connection (320 CONNECTION_FORCED).
     CloseConnection {
@@ -379,6 +390,16 @@ fn columns(kind: &str) -> Option<&'static [(&'static str, &'static str)]> {
         ],
         "users" => &[("name", "name"), ("tags", "tags")],
         "vhosts" => &[("name", "name"), ("open", "open")],
+        "replays" => &[
+            ("id", "id"),
+            ("vhost", "vhost"),
+            ("queue", "queue"),
+            ("status", "status"),
+            ("moved", "moved"),
+            ("skipped", "skipped"),
+            ("refused", "refused"),
+            ("rate", "rate"),
+        ],
         "permissions" => &[
             ("user", "user"),
             ("vhost", "vhost"),
@@ -432,7 +453,7 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<String> {
     let done = |what: String| if args.json { serde_json::json!({"ok": what}).to_string() } else { what };
     Ok(match &args.action {
         Action::List { kind, vhost } => {
-            let cols = columns(kind).ok_or_else(|| anyhow!("cannot list '{kind}': queues, exchanges, bindings, connections, channels, consumers, users, vhosts or permissions"))?;
+            let cols = columns(kind).ok_or_else(|| anyhow!("cannot list '{kind}': queues, exchanges, bindings, connections, channels, consumers, users, vhosts, permissions or replays"))?;
             let path = match (kind.as_str(), vhost) {
                 ("queues" | "exchanges" | "bindings", Some(v)) => format!("{kind}/{}", seg(v)),
                 (_, Some(_)) => bail!("--vhost goes with queues, exchanges and bindings"),
@@ -472,7 +493,16 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<String> {
             api.ok("DELETE", &format!("queues/{}/{}/contents", seg(vhost), seg(name)), None, &[])?;
             done(format!("queue '{name}' in vhost '{vhost}' purged"))
         }
-        Action::Replay { vhost, name, count } => {
+        Action::Replay { vhost, name, count, background: true, rate } => {
+            let body = serde_json::json!({"vhost": vhost, "queue": name, "count": count, "rate": rate});
+            let task = api.ok("POST", "replays", Some(&body), &[])?;
+            if args.json { task.to_string() } else { format!("replay {} started", cell(&task, "id")) }
+        }
+        Action::CancelReplay { id } => {
+            api.ok("DELETE", &format!("replays/{id}"), None, &[])?;
+            done(format!("replay {id} cancelled"))
+        }
+        Action::Replay { vhost, name, count, background: false, .. } => {
             let query = count.map(|c| format!("?count={c}")).unwrap_or_default();
             let value =
                 api.ok("POST", &format!("queues/{}/{}/replay{query}", seg(vhost), seg(name)), None, &[])?;

@@ -184,6 +184,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/queues/%2F/q/get"),
     ("GET", "/api/queues/%2F/q/bindings"),
     ("POST", "/api/queues/%2F/q/replay"),
+    ("GET", "/api/replays"),
+    ("POST", "/api/replays"),
+    ("GET", "/api/replays/1"),
+    ("DELETE", "/api/replays/1"),
     ("GET", "/api/connections"),
     ("GET", "/api/connections/c"),
     ("DELETE", "/api/connections/c"),
@@ -239,11 +243,13 @@ async fn no_route_answers_without_credentials_and_monitoring_changes_nothing() {
         }
     }
     // Another user's connection is an administrator's to close.
-    let conn = lapin::Connection::connect(&b.uri(), lapin::ConnectionProperties::default()).await.expect("guest");
+    let conn =
+        lapin::Connection::connect(&b.uri(), lapin::ConnectionProperties::default()).await.expect("guest");
     let (_, _, list) = http_raw(api, "GET", "/api/connections", &basic("watcher", "pw")).await;
     let list: serde_json::Value = serde_json::from_str(&list).expect("json");
     let name = list[0]["name"].as_str().expect("a connection").to_string();
-    let path = format!("/api/connections/{}", name.replace(' ', "%20").replace('>', "%3E").replace(':', "%3A"));
+    let path =
+        format!("/api/connections/{}", name.replace(' ', "%20").replace('>', "%3E").replace(':', "%3A"));
     let (status, _, body) = http_raw(api, "DELETE", &path, &basic("watcher", "pw")).await;
     assert_eq!(status, 403, "{body}");
     assert!(conn.status().connected());

@@ -137,6 +137,30 @@ async fn ctl_manages_users_vhosts_permissions_and_definitions() {
     assert!(ok, "{err}");
     let (ok, _, err) = ctl(&b, &["delete-vhost", "shop"]).await;
     assert!(!ok && err.contains("404"), "a second delete names the 404: {err}");
+    // A background replay: started, listed, and cancelling a finished one is a 404.
+    let (ok, out, err) = ctl(&b, &["declare-queue", "/", "dlq"]).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = ctl(&b, &["replay", "/", "dlq", "--background", "--rate", "50"]).await;
+    assert!(ok && out.contains("replay 1 started"), "{out}{err}");
+    let (ok, out, _) = ctl(&b, &["list", "replays"]).await;
+    assert!(
+        ok && out.lines().nth(1).is_some_and(|l| l.split_whitespace().take(3).eq(["1", "/", "dlq"])),
+        "{out}"
+    );
+    // An empty queue's replay completes at once; a finished task cannot be cancelled.
+    let mut status = String::new();
+    for _ in 0..50 {
+        let (_, out, _) = ctl(&b, &["--json", "list", "replays"]).await;
+        let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+        status = listed[0]["status"].as_str().unwrap_or_default().to_string();
+        if status == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "completed");
+    let (ok, _, err) = ctl(&b, &["cancel-replay", "1"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
     let (ok, _, err) = ctl(&b, &["add-user", "nopass"]).await;
     assert!(!ok && err.contains("WARREN_NEW_PASSWORD"), "{err}");
     b.stop().await;

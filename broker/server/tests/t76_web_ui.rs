@@ -135,6 +135,10 @@ async fn log_in_see_a_queue_purge_it_and_replay_dead_letters() {
     c.goto(&format!("{base}/#/queue/%2F/work.dlq")).await.expect("dlq page");
     c.wait().for_element(Locator::Id("replay")).await.expect("replay button").click().await.expect("click");
     text_of(&c, "#result", "moved 1").await;
+    // The same as a background task, listed on the page (nothing left to move now).
+    c.find(Locator::Css("#replay-task button")).await.expect("background").click().await.expect("click");
+    text_of(&c, "#result", "started").await;
+    text_of(&c, "#replays", "completed").await;
     assert!(common::eventually(|| b.counts("work").is_some_and(|c| c.0 == 3)).await, "replayed");
 
     // Get messages (requeued), then purge, from the queue's page.

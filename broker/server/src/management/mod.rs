@@ -3,8 +3,10 @@
 //! - RabbitMQ's read routes (`api`): overview, whoami, vhosts, users, permissions, topic
 //!   permissions, exchanges, bindings, queues (with Warren's dead-letter counts by reason,
 //!   retry-delayed messages, and whether a queue receives dead letters), health checks.
-//! - `POST /api/queues/{vhost}/{queue}/replay[?count=N]`: moves up to N (default all)
-//!   messages from a dead-letter queue back to the queue each last died in.
+//! - Dead-letter replay (`replay`): `POST /api/queues/{vhost}/{queue}/replay[?count=N]` moves
+//!   up to N (default all) messages from a dead-letter queue back to the queue each last died
+//!   in and answers when done; `/api/replays` runs the same as a rate-limited background
+//!   task that can be listed and cancelled, in the manner of SQS's message move tasks.
 //! - The directory's changes (`access`): users, vhosts, permissions, limits, policies, and
 //!   the definitions import (`definitions`).
 //! - The web UI (`ui`): `/` and its two files, embedded.
@@ -25,24 +27,22 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use warren_core::auth::User;
-use warren_core::broker::ReplayReport;
 
 use crate::node::NodeRef;
-use crate::shared::lock;
 
 mod access;
 mod api;
 mod definitions;
 mod listing;
 mod ops;
+mod replay;
 mod ui;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
@@ -50,6 +50,7 @@ mod ui;
 pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Router {
     let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
     let listeners = axum::Extension(std::sync::Arc::new(listeners));
+    let replays = axum::Extension(std::sync::Arc::new(replay::Replays::default()));
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
@@ -108,7 +109,9 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
         .route("/api/queues/{vhost}/{queue}/contents", delete(ops::purge_queue))
         .route("/api/queues/{vhost}/{queue}/get", post(ops::get))
         .route("/api/queues/{vhost}/{queue}/bindings", get(api::queue_bindings))
-        .route("/api/queues/{vhost}/{queue}/replay", post(replay))
+        .route("/api/queues/{vhost}/{queue}/replay", post(replay::replay_now))
+        .route("/api/replays", get(replay::list).post(replay::start))
+        .route("/api/replays/{id}", get(replay::one).delete(replay::cancel))
         .route("/api/connections", get(api::connections))
         .route("/api/connections/{name}", get(api::connection).delete(api::close_connection))
         .route("/api/channels", get(api::channels))
@@ -127,6 +130,7 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
         .route("/api/health/checks/virtual-hosts", get(api::vhosts_health))
         .route("/api/health/checks/node-is-quorum-critical", get(api::quorum_critical))
         .layer(listeners)
+        .layer(replays)
         .layer(axum::middleware::from_fn(listing::shape))
         .layer(axum::middleware::from_fn_with_state(gate, authorize))
         .with_state(node)
@@ -290,71 +294,3 @@ fn is_loopback(ip: IpAddr) -> bool {
         IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
     }
 }
-
-#[derive(Debug, Deserialize)]
-struct ReplayQuery {
-    count: Option<usize>,
-}
-
-async fn replay(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path((vhost, queue)): Path<(String, String)>,
-    Query(q): Query<ReplayQuery>,
-) -> (StatusCode, Json<Value>) {
-    if !viewer.user.has_tag("administrator") {
-        let reason = format!("user '{}' may not POST this", viewer.user.name);
-        return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
-    }
-    if !api::vhost_names(&node).iter().any(|(v, _)| *v == vhost) {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
-    }
-    // An administrator too needs permissions on the vhost it changes, as in RabbitMQ.
-    if !viewer.may_change(&vhost) {
-        let reason = format!("user '{}' has no permissions on vhost '{vhost}'", viewer.user.name);
-        return (StatusCode::FORBIDDEN, Json(json!({"error": "not_authorised", "reason": reason})));
-    }
-    // A vhost the configuration dropped is kept, closed, by the broker of `/`.
-    let shared = node.broker(&vhost).unwrap_or_else(|| node.default_broker().clone());
-    let Some(vh) = lock(&shared).broker.vhosts().id(&vhost) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no vhost '{vhost}'")})));
-    };
-    let limit = q.count.unwrap_or(usize::MAX);
-    let mut total = ReplayReport::default();
-    loop {
-        let result = {
-            let mut s = lock(&shared);
-            let r = s.broker.replay_dead_letters(
-                vh,
-                &queue,
-                REPLAY_BATCH,
-                limit - total.moved,
-                total.next,
-                total.end,
-            );
-            s.wake_all();
-            r
-        };
-        match result {
-            Ok(r) => {
-                total.moved += r.moved;
-                total.skipped += r.skipped;
-                total.refused += r.refused;
-                total.next = r.next;
-                total.end = r.end;
-            }
-            Err(e) => return (StatusCode::NOT_FOUND, Json(json!({"error": e.text}))),
-        }
-        if total.next.is_none() || total.moved >= limit {
-            break;
-        }
-        // Other connections get the lock between batches.
-        tokio::task::yield_now().await;
-    }
-    let ReplayReport { moved, skipped, refused, .. } = total;
-    tracing::info!(%vhost, %queue, moved, skipped, refused, "dead-letter queue replayed");
-    (StatusCode::OK, Json(json!({"moved": moved, "skipped": skipped, "refused": refused})))
-}
-
-/// Messages a replay looks at per turn of the broker lock.
-const REPLAY_BATCH: usize = 1000;

@@ -233,11 +233,30 @@ async function queuePage(view, vhost, name) {
     location.hash = "#/queues";
     return "deleted";
   }));
+  const background = formOf("replay-task", [["Messages a second", "rate", { type: "number", value: "1000", min: "1", max: "100000" }]],
+    "Replay in the background", (f) => attempt(out, async () => {
+      const t = await api("POST", "replays", { vhost, queue: name, rate: Number(f.get("rate")) });
+      await refresh();
+      return `replay ${t.id} started`;
+    }));
+  const tasks = el("div", { id: "replays" });
   view.replaceChildren(el("h1", {}, `Queue ${name} in ${vhost}`), details,
     el("div", { class: "inline" }, purge, " ", replay, " ", del), out,
+    el("h2", {}, "Background replays"), background, tasks,
     el("h2", {}, "Get messages"), get, messages);
   const refresh = async () => {
     const q = await api("GET", path);
+    const mine = (await api("GET", "replays")).filter((t) => t.vhost === vhost && t.queue === name);
+    tasks.replaceChildren(table([
+      ["#", (t) => t.id, "num"], ["Status", (t) => t.status], ["Moved", (t) => t.moved, "num"],
+      ["Skipped", (t) => t.skipped, "num"], ["Refused", (t) => t.refused, "num"], ["Rate", (t) => `${t.rate}/s`],
+      ["", (t) => {
+        if (t.status !== "running") return "";
+        const b = el("button", { class: "danger" }, "Cancel");
+        b.addEventListener("click", () => attempt(out, async () => { await api("DELETE", `replays/${t.id}`); await refresh(); return `replay ${t.id} cancelled`; }));
+        return b;
+      }],
+    ], mine));
     const bindings = await api("GET", `${path}/bindings`);
     details.replaceChildren(
       table([["", (r) => r[0]], ["", (r) => r[1], "num"]], [
