@@ -140,7 +140,14 @@ if command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmqctl >/dev/nu
         rabbitmq-server -detached >/dev/null 2>&1 || true
         started_rabbit=1
     fi
-    if timeout 90 rabbitmqctl -q await_startup >/dev/null 2>&1; then
+    # await_startup gives up at once while the node is not up at all (it starts slowly on a
+    # busy machine): asked again each second, for up to 90 s.
+    rabbit_up=0
+    for _ in $(seq 90); do
+        if timeout 30 rabbitmqctl -q await_startup >/dev/null 2>&1; then rabbit_up=1; break; fi
+        sleep 1
+    done
+    if [ "$rabbit_up" = 1 ]; then
         RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/%2f" cargo test -q -p warren --test t62_vs_rabbitmq --test t73_definitions
     else
         echo "RabbitMQ did not start: comparisons skipped"

@@ -171,6 +171,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/exchanges/%2F/x"),
     ("DELETE", "/api/exchanges/%2F/x"),
     ("POST", "/api/exchanges/%2F/amq.direct/publish"),
+    ("GET", "/api/exchanges/%2F/amq.direct/bindings/source"),
+    ("GET", "/api/exchanges/%2F/amq.direct/bindings/destination"),
     ("GET", "/api/bindings"),
     ("GET", "/api/bindings/%2F"),
     ("POST", "/api/bindings/%2F/e/amq.direct/q/q"),

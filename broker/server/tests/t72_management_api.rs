@@ -138,6 +138,11 @@ async fn rabbitmqs_client_reads_overview_vhosts_users_permissions_exchanges_queu
         bindings.iter().map(|b| (b.source.clone(), b.routing_key.clone())).collect();
     assert_eq!(keys, [("".to_string(), "orders.q".to_string()), ("orders.x".into(), "new.*".into())]);
     assert_eq!(admin.list_bindings_in("orders").await.expect("bindings").len(), 2);
+    let from = admin.list_exchange_bindings_with_source("orders", "orders.x").await.expect("source");
+    assert_eq!(from.iter().map(|b| b.destination.as_str()).collect::<Vec<_>>(), ["orders.q"]);
+    let to = admin.list_exchange_bindings_with_destination("orders", "orders.x").await.expect("destination");
+    assert!(to.is_empty(), "nothing binds to orders.x");
+    assert!(admin.list_exchange_bindings_with_source("orders", "nope").await.is_err(), "404");
 
     admin.health_check_cluster_wide_alarms().await.expect("no alarm");
     admin.health_check_local_alarms().await.expect("no alarm");

@@ -410,6 +410,28 @@ pub(super) async fn queue_bindings(
     Ok(Json(Value::Array(mine)))
 }
 
+/// `GET /api/exchanges/{vhost}/{name}/bindings/source` and `.../destination`: the bindings
+/// with that exchange at that end (`amq.default` is the default exchange, as in RabbitMQ).
+pub(super) async fn exchange_bindings(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    Path((vhost, name, end)): Path<(String, String, String)>,
+) -> Reply {
+    known_vhost(&node, &viewer, &vhost)?;
+    let name = if name == "amq.default" { String::new() } else { name };
+    let exists = name.is_empty()
+        || exchanges_of(&node, &viewer, Some(&vhost)).iter().any(|x| x["name"] == name.as_str());
+    if !exists || !(end == "source" || end == "destination") {
+        return Err(not_found());
+    }
+    let list = bindings_of(&node, &viewer, Some(&vhost))
+        .into_iter()
+        .filter(|b| b[end.as_str()] == name.as_str())
+        .filter(|b| end == "source" || b["destination_type"] == "exchange")
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
 /// The queues of the vhosts `user` sees (`vhost` only when given), in RabbitMQ's shape with
 /// Warren's dead-letter fields beside it.
 pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) -> Vec<Value> {

@@ -96,6 +96,7 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
             get(api::exchange).put(ops::declare_exchange).delete(ops::delete_exchange),
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(ops::publish))
+        .route("/api/exchanges/{vhost}/{name}/bindings/{end}", get(api::exchange_bindings))
         .route("/api/bindings", get(|s, v| api::all(s, v, api::bindings_of)))
         .route("/api/bindings/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::bindings_of)))
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(ops::bind))
