@@ -30,6 +30,11 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 ok
 
+step "tools: rabbitmqadmin v2 (the RabbitMQ team's CLI, run against Warren by t78)"
+command -v "${CARGO_HOME:-$HOME/.cargo}/bin/rabbitmqadmin" >/dev/null 2>&1 \
+    || cargo install -q --locked rabbitmqadmin --version 2.35.0
+ok
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 ok
