@@ -133,7 +133,16 @@ impl DirectoryFile {
         drop(f);
         std::fs::rename(&tmp, &self.path)?;
         let parent = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(parent)?.sync_all()
+        // Past the rename the new file is in place but maybe not durably: said so, since the
+        // change is refused in memory yet may come back at the next start.
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: the file was replaced but not synced; the change may or may not survive a restart"
+                ),
+            )
+        })
     }
 }
 

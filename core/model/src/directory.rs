@@ -67,6 +67,34 @@ pub enum Change {
     DeleteVHost(String),
     /// Sets a user's limits.
     SetUserLimits(String, UserLimits),
+    /// Sets (`Some`) or clears one of a user's limits, leaving the other as it is.
+    SetUserLimit {
+        /// The user.
+        user: String,
+        /// Which.
+        limit: UserLimit,
+        /// The new value; `None` for no limit.
+        value: Option<usize>,
+    },
+    /// Sets or clears one of a vhost's limits, leaving the other as it is.
+    SetVHostLimit {
+        /// The vhost.
+        vhost: String,
+        /// Which.
+        limit: VHostLimit,
+        /// The new value; `None` for no limit.
+        value: Option<usize>,
+    },
+    /// Adds a user, or changes the password and tags of the one of that name, keeping what
+    /// the change does not name (its limits, whether it is loopback-only): the API's PUT.
+    UpdateUser {
+        /// Login name.
+        name: String,
+        /// The new password; `None` keeps the old one (required for a new user).
+        password: Option<crate::password::Password>,
+        /// The new tags; `None` keeps the old ones.
+        tags: Option<Vec<String>>,
+    },
     /// Sets a user's permissions on a vhost, replacing what it had there.
     SetPermission(Permission),
     /// Clears a user's permissions on a vhost.
@@ -96,6 +124,46 @@ pub enum Change {
         /// Its name.
         name: String,
     },
+}
+
+/// One of a user's limits, by RabbitMQ's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserLimit {
+    /// `max-connections`.
+    MaxConnections,
+    /// `max-channels`.
+    MaxChannels,
+}
+
+/// One of a vhost's limits, by RabbitMQ's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VHostLimit {
+    /// `max-connections`.
+    MaxConnections,
+    /// `max-queues`.
+    MaxQueues,
+}
+
+impl UserLimit {
+    /// The limit RabbitMQ names `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "max-connections" => Some(UserLimit::MaxConnections),
+            "max-channels" => Some(UserLimit::MaxChannels),
+            _ => None,
+        }
+    }
+}
+
+impl VHostLimit {
+    /// The limit RabbitMQ names `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "max-connections" => Some(VHostLimit::MaxConnections),
+            "max-queues" => Some(VHostLimit::MaxQueues),
+            _ => None,
+        }
+    }
 }
 
 /// Why a change was refused; the directory is as it was.
@@ -201,6 +269,39 @@ impl Directory {
             Change::SetUserLimits(name, limits) => {
                 let user = self.users.iter_mut().find(|u| u.name == name);
                 user.ok_or(DirectoryError::NoUser(name))?.limits = limits;
+            }
+            Change::SetUserLimit { user, limit, value } => {
+                let found = self.users.iter_mut().find(|u| u.name == user);
+                let limits = &mut found.ok_or(DirectoryError::NoUser(user))?.limits;
+                match limit {
+                    UserLimit::MaxConnections => limits.max_connections = value,
+                    UserLimit::MaxChannels => limits.max_channels = value,
+                }
+            }
+            Change::SetVHostLimit { vhost, limit, value } => {
+                let limits = self.vhosts.get_mut(&vhost).ok_or(DirectoryError::NoVHost(vhost))?;
+                match limit {
+                    VHostLimit::MaxConnections => limits.max_connections = value,
+                    VHostLimit::MaxQueues => limits.max_queues = value,
+                }
+            }
+            Change::UpdateUser { name, password, tags } => {
+                let user = match self.user(&name) {
+                    Some(u) => User {
+                        password: password.unwrap_or_else(|| u.password.clone()),
+                        tags: tags.unwrap_or_else(|| u.tags.clone()),
+                        ..u.clone()
+                    },
+                    None => {
+                        let password = password.ok_or_else(|| {
+                            DirectoryError::Invalid("a new user needs a password or a password hash".into())
+                        })?;
+                        let loopback_only = name == "guest";
+                        let tags = tags.unwrap_or_default();
+                        User { name, password, loopback_only, tags, limits: UserLimits::default() }
+                    }
+                };
+                return self.apply(Change::PutUser(user));
             }
             Change::SetPermission(p) => {
                 self.known(&p.user, &p.vhost)?;
@@ -384,6 +485,34 @@ mod tests {
         d.apply(Change::DeleteUser("app".into())).expect("delete user");
         assert!(!d.access.may_open("app", "/"));
         assert_eq!(d.apply(Change::DeleteUser("app".into())), Err(DirectoryError::NoUser("app".into())));
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_does_not_name() {
+        let mut d = Directory::default();
+        d.apply(Change::SetUserLimit { user: "guest".into(), limit: UserLimit::MaxChannels, value: Some(3) })
+            .expect("limit");
+        // A PUT of tags alone, as the API makes it after a limit was set meanwhile.
+        d.apply(Change::UpdateUser {
+            name: "guest".into(),
+            password: None,
+            tags: Some(vec!["monitoring".into()]),
+        })
+        .expect("update");
+        let g = d.user("guest").expect("guest");
+        assert_eq!(g.limits.max_channels, Some(3));
+        assert!(g.loopback_only && g.password.verify("guest") && g.has_tag("monitoring"));
+        let e = d.apply(Change::UpdateUser { name: "new".into(), password: None, tags: None });
+        assert!(e.is_err(), "a new user needs a password");
+        d.apply(Change::SetVHostLimit { vhost: "/".into(), limit: VHostLimit::MaxQueues, value: Some(2) })
+            .expect("vhost limit");
+        d.apply(Change::SetVHostLimit {
+            vhost: "/".into(),
+            limit: VHostLimit::MaxConnections,
+            value: Some(5),
+        })
+        .expect("vhost limit");
+        assert_eq!((d.vhost_limits("/").max_queues, d.vhost_limits("/").max_connections), (Some(2), Some(5)));
     }
 
     #[test]

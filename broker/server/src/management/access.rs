@@ -12,9 +12,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use warren_core::auth::{User, UserLimits};
-use warren_core::broker::VHostLimits;
-use warren_core::directory::{Change, DirectoryError};
+use warren_core::directory::{Change, DirectoryError, UserLimit, VHostLimit};
 use warren_core::password::{HashAlgorithm, Password};
 
 use super::Viewer;
@@ -91,39 +89,33 @@ pub(super) async fn put_user(
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
     let o = body_object(&body)?;
-    let existing = node.directory().load().user(&name).cloned();
+    let existed = node.directory().load().user(&name).is_some();
     let password = match (string(&o, "password")?, string(&o, "password_hash")?) {
         // RabbitMQ's blank password: the user cannot log in with one.
-        (Some(""), None) => Password::Disabled,
+        (Some(""), None) => Some(Password::Disabled),
         (Some(p), None) => {
             let salt = crate::definitions::fresh_salt().map_err(|e| bad_request(e.to_string()))?;
             let hash = warren_core::password::hash(HashAlgorithm::default(), salt, p);
-            Password::from_hash(HashAlgorithm::default(), &hash).map_err(|e| bad_request(e.to_string()))?
+            Some(
+                Password::from_hash(HashAlgorithm::default(), &hash)
+                    .map_err(|e| bad_request(e.to_string()))?,
+            )
         }
         (None, Some(h)) => {
             let algorithm = match string(&o, "hashing_algorithm")? {
                 Some(a) => HashAlgorithm::from_name(a).map_err(|e| bad_request(e.to_string()))?,
                 None => HashAlgorithm::default(),
             };
-            Password::from_hash(algorithm, h).map_err(|e| bad_request(e.to_string()))?
+            Some(Password::from_hash(algorithm, h).map_err(|e| bad_request(e.to_string()))?)
         }
         (Some(_), Some(_)) => return Err(bad_request("give password or password_hash, not both")),
-        (None, None) => match &existing {
-            Some(u) => u.password.clone(),
-            None => return Err(bad_request("password or password_hash must be set")),
-        },
+        (None, None) => None,
     };
-    let tags = tags(&o)?.or_else(|| existing.as_ref().map(|u| u.tags.clone())).unwrap_or_default();
-    let user = User {
-        // A user configured loopback-only stays so (guest always is).
-        loopback_only: existing.as_ref().map_or(name == "guest", |u| u.loopback_only),
-        limits: existing.as_ref().map(|u| u.limits).unwrap_or_default(),
-        name,
-        password,
-        tags,
-    };
-    node.change_directory(vec![Change::PutUser(user)]).await.map_err(change_error)?;
-    Ok(made(existing.is_none()))
+    // Merged in the directory, under its writer: what it does not name (limits, whether the
+    // user is loopback-only) stays as it is, whatever else changes meanwhile.
+    let change = Change::UpdateUser { name, password, tags: tags(&o)? };
+    node.change_directory(vec![change]).await.map_err(change_error)?;
+    Ok(made(!existed))
 }
 
 /// `DELETE /api/users/{user}`: its permissions go with it and its connections are closed.
@@ -287,13 +279,13 @@ async fn set_user_limit(
     name: &str,
     value: Option<usize>,
 ) -> Result<(), ApiError> {
-    let mut limits: UserLimits = node.directory().load().user(user).ok_or_else(not_found)?.limits;
-    match name {
-        "max-connections" => limits.max_connections = value,
-        "max-channels" => limits.max_channels = value,
-        other => return Err(bad_request(format!("unknown user limit '{other}'"))),
-    }
-    node.change_directory(vec![Change::SetUserLimits(user.to_string(), limits)]).await.map_err(change_error)
+    let limit =
+        UserLimit::from_name(name).ok_or_else(|| bad_request(format!("unknown user limit '{name}'")))?;
+    let change = Change::SetUserLimit { user: user.to_string(), limit, value };
+    node.change_directory(vec![change]).await.map_err(|e| match e {
+        ChangeError::Refused(DirectoryError::NoUser(_)) => not_found(),
+        e => change_error(e),
+    })
 }
 
 /// `PUT /api/user-limits/{user}/{name}` with `{"value": N}`.
@@ -326,14 +318,13 @@ async fn set_vhost_limit(
     name: &str,
     value: Option<usize>,
 ) -> Result<(), ApiError> {
-    let dir = node.directory().load();
-    let mut limits: VHostLimits = *dir.vhosts.get(vhost).ok_or_else(not_found)?;
-    match name {
-        "max-connections" => limits.max_connections = value,
-        "max-queues" => limits.max_queues = value,
-        other => return Err(bad_request(format!("unknown vhost limit '{other}'"))),
-    }
-    node.change_directory(vec![Change::SetVHostLimits(vhost.to_string(), limits)]).await.map_err(change_error)
+    let limit =
+        VHostLimit::from_name(name).ok_or_else(|| bad_request(format!("unknown vhost limit '{name}'")))?;
+    let change = Change::SetVHostLimit { vhost: vhost.to_string(), limit, value };
+    node.change_directory(vec![change]).await.map_err(|e| match e {
+        ChangeError::Refused(DirectoryError::NoVHost(_)) => not_found(),
+        e => change_error(e),
+    })
 }
 
 /// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`.
