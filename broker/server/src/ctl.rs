@@ -184,10 +184,17 @@ const MAX_DEFINITIONS: u64 = 64 << 20;
 /// The new user's password: `WARREN_NEW_PASSWORD`, else stdin's first line.
 fn new_password() -> anyhow::Result<String> {
     if let Ok(p) = std::env::var("WARREN_NEW_PASSWORD") {
+        // An empty one is likely a variable that expanded to nothing: it would disable the login.
+        if p.is_empty() {
+            bail!("WARREN_NEW_PASSWORD is empty");
+        }
         return Ok(p);
     }
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(std::io::stdin().take(64 << 10)), &mut line)?;
+    if line.len() >= 64 << 10 && !line.ends_with('\n') {
+        bail!("the password on stdin is over 64 KiB");
+    }
     let p = line.trim_end_matches(['\r', '\n']).to_string();
     if p.is_empty() {
         bail!("no password: set WARREN_NEW_PASSWORD or give it on stdin");

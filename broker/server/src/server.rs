@@ -299,6 +299,8 @@ impl Server {
             let app = crate::metrics::router(self.node.clone(), &self.services);
             tokio::spawn(crate::http::serve(l, app, "metrics"))
         });
+        // Background replays outlive a request, not the server: stopped before the index.
+        let replays = Arc::new(crate::management::Replays::default());
         let management = self.management.map(|l| {
             tokio::spawn(crate::http::serve(
                 l,
@@ -306,6 +308,7 @@ impl Server {
                     self.node.clone(),
                     self.management_hosts.clone(),
                     listeners.clone(),
+                    replays.clone(),
                 ),
                 "management",
             ))
@@ -386,6 +389,7 @@ impl Server {
         for task in [management, metrics].into_iter().flatten() {
             task.abort();
         }
+        replays.stop().await;
         let _ = stop_tx.send(true);
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
         if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()

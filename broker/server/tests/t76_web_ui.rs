@@ -123,12 +123,17 @@ async fn log_in_see_a_queue_purge_it_and_replay_dead_letters() {
     got.delivery.acker.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
     assert!(common::eventually(|| b.counts("work.dlq").is_some_and(|c| c.0 == 1)).await);
 
+    // A queue named "." cannot be addressed by a URL (the browser resolves dot segments): it
+    // is listed, without a link, and the page still works.
+    ch.queue_declare(".".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("dot");
     // The queue list shows both, with their depth.
     c.goto(&format!("{base}/#/queues")).await.expect("queues");
     text_of(&c, "tr[data-queue='//work'] td[data-field='ready']", "2").await;
     // Dead-letter counts by reason are the source queue's; the DLQ is marked as one.
     text_of(&c, "tr[data-queue='//work']", "rejected: 1").await;
     text_of(&c, "tr[data-queue='//work.dlq'] td:last-child", "yes").await;
+    let dot = c.find(Locator::Css("tr[data-queue='//.']")).await.expect("the '.' queue is listed");
+    assert!(dot.find(Locator::Css("a")).await.is_err(), "without a link");
     screenshot(&c, "queues").await;
 
     // Replay the dead-letter queue from its page: the message goes back to `work`.

@@ -106,3 +106,41 @@ async fn a_replay_task_is_paced_listed_cancelled_and_loses_nothing() {
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_replay_stops_with_the_server_and_nothing_is_lost_across_the_restart() {
+    let data = tempfile::tempdir().expect("data");
+    let dir = data.path().to_path_buf();
+    let b = TestBroker::start_with(|s| s.data_dir = dir.clone()).await;
+    let conn = Connection::connect(&b.uri(), ConnectionProperties::default()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("keep.dlq".into(), durable, Default::default()).await.expect("dlq");
+    let args = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("keep.dlq"))]);
+    ch.queue_declare("keep".into(), durable, args).await.expect("keep");
+    for i in 0..50 {
+        let props = BasicProperties::default().with_expiration("0".into()).with_delivery_mode(2);
+        ch.basic_publish(
+            "".into(),
+            "keep".into(),
+            BasicPublishOptions::default(),
+            format!("m{i}").as_bytes(),
+            props,
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(common::eventually(|| b.counts("keep.dlq").is_some_and(|c| c.0 == 50)).await);
+    let (status, body) =
+        http_body(&b, "POST", "/api/replays", r#"{"vhost": "/", "queue": "keep.dlq", "rate": 5}"#).await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    conn.close(200, "bye".into()).await.expect("close");
+    // The stop cancels the task and waits for it before the queue index is written.
+    tokio::time::timeout(std::time::Duration::from_secs(20), b.stop()).await.expect("stopped in time");
+    let b = TestBroker::start_with(|s| s.data_dir = dir.clone()).await;
+    let (keep, dlq) = (b.counts("keep").expect("keep").0, b.counts("keep.dlq").expect("dlq").0);
+    assert_eq!(keep + dlq, 50, "every message in exactly one queue: {keep} + {dlq}");
+    assert!(keep > 0 && keep < 50, "the replay had begun and was stopped: {keep}");
+    b.stop().await;
+}

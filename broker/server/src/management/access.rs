@@ -272,82 +272,64 @@ fn limit_value(body: &[u8]) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// Sets (`Some`) or clears one of a user's limits.
-async fn set_user_limit(
+/// Whose limits a limits route is about.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Owner {
+    /// `/api/user-limits/{user}/{name}`.
+    User,
+    /// `/api/vhost-limits/{vhost}/{name}`.
+    VHost,
+}
+
+/// Sets (`Some`) or clears limit `name` of `who`; 204, or 404 for a user or vhost that
+/// does not exist.
+async fn set_limit(
     node: &NodeRef,
-    user: &str,
+    owner: Owner,
+    who: String,
     name: &str,
     value: Option<usize>,
-) -> Result<(), ApiError> {
-    let limit =
-        UserLimit::from_name(name).ok_or_else(|| bad_request(format!("unknown user limit '{name}'")))?;
-    let change = Change::SetUserLimit { user: user.to_string(), limit, value };
+) -> Result<Response, ApiError> {
+    let unknown = || bad_request(format!("unknown limit '{name}'"));
+    let change = match owner {
+        Owner::User => {
+            Change::SetUserLimit { user: who, limit: UserLimit::from_name(name).ok_or_else(unknown)?, value }
+        }
+        Owner::VHost => Change::SetVHostLimit {
+            vhost: who,
+            limit: VHostLimit::from_name(name).ok_or_else(unknown)?,
+            value,
+        },
+    };
     node.change_directory(vec![change]).await.map_err(|e| match e {
-        ChangeError::Refused(DirectoryError::NoUser(_)) => not_found(),
+        ChangeError::Refused(DirectoryError::NoUser(_) | DirectoryError::NoVHost(_)) => not_found(),
         e => change_error(e),
-    })
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `PUT /api/user-limits/{user}/{name}` with `{"value": N}`.
-pub(super) async fn put_user_limit(
+/// `PUT /api/user-limits/{user}/{name}` and `/api/vhost-limits/{vhost}/{name}` with
+/// `{"value": N}` (negative: no limit, as in RabbitMQ).
+pub(super) async fn put_limit(
     State(node): State<NodeRef>,
     Extension(viewer): Extension<Viewer>,
-    Path((user, name)): Path<(String, String)>,
+    Path((who, name)): Path<(String, String)>,
     body: Bytes,
+    owner: Owner,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_user_limit(&node, &user, &name, limit_value(&body)?).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    set_limit(&node, owner, who, &name, limit_value(&body)?).await
 }
 
-/// `DELETE /api/user-limits/{user}/{name}`.
-pub(super) async fn delete_user_limit(
+/// `DELETE` of the same: the limit is gone.
+pub(super) async fn delete_limit(
     State(node): State<NodeRef>,
     Extension(viewer): Extension<Viewer>,
-    Path((user, name)): Path<(String, String)>,
+    Path((who, name)): Path<(String, String)>,
+    owner: Owner,
 ) -> Result<Response, ApiError> {
     admin(&viewer)?;
-    set_user_limit(&node, &user, &name, None).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Sets (`Some`) or clears one of a vhost's limits.
-async fn set_vhost_limit(
-    node: &NodeRef,
-    vhost: &str,
-    name: &str,
-    value: Option<usize>,
-) -> Result<(), ApiError> {
-    let limit =
-        VHostLimit::from_name(name).ok_or_else(|| bad_request(format!("unknown vhost limit '{name}'")))?;
-    let change = Change::SetVHostLimit { vhost: vhost.to_string(), limit, value };
-    node.change_directory(vec![change]).await.map_err(|e| match e {
-        ChangeError::Refused(DirectoryError::NoVHost(_)) => not_found(),
-        e => change_error(e),
-    })
-}
-
-/// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`.
-pub(super) async fn put_vhost_limit(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    admin(&viewer)?;
-    set_vhost_limit(&node, &vhost, &name, limit_value(&body)?).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `DELETE /api/vhost-limits/{vhost}/{name}`.
-pub(super) async fn delete_vhost_limit(
-    State(node): State<NodeRef>,
-    Extension(viewer): Extension<Viewer>,
-    Path((vhost, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    admin(&viewer)?;
-    set_vhost_limit(&node, &vhost, &name, None).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    set_limit(&node, owner, who, &name, None).await
 }
 
 /// A policy change needs `administrator` or `policymaker`, and permissions on the vhost.

@@ -33,6 +33,10 @@ fn bad(reason: String) -> Response {
 
 /// The layer: reshapes a JSON array answer by the request's listing parameters.
 pub(super) async fn shape(req: Request, next: Next) -> Response {
+    // Listings are the API's; the UI's files pass untouched.
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
     let q: HashMap<String, String> = Query::try_from_uri(req.uri()).map(|Query(q)| q).unwrap_or_default();
     if !PARAMS.iter().any(|p| q.contains_key(*p)) {
         return next.run(req).await;

@@ -43,14 +43,17 @@ mod definitions;
 mod listing;
 mod ops;
 mod replay;
+
+pub use replay::Replays;
+use std::sync::Arc;
 mod ui;
 
 /// The API's routes over the shared broker state; `hosts` are the names it answers to
 /// besides IP addresses and `localhost` (`management-hosts`).
-pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Router {
+pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>, replays: Arc<Replays>) -> Router {
     let gate = Gate { node: node.clone(), hosts: std::sync::Arc::from(hosts) };
     let listeners = axum::Extension(std::sync::Arc::new(listeners));
-    let replays = axum::Extension(std::sync::Arc::new(replay::Replays::default()));
+    let replays = axum::Extension(replays);
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
@@ -83,11 +86,13 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>) -> Ro
         )
         .route(
             "/api/user-limits/{user}/{name}",
-            axum::routing::put(access::put_user_limit).delete(access::delete_user_limit),
+            axum::routing::put(|s, v, p, b| access::put_limit(s, v, p, b, access::Owner::User))
+                .delete(|s, v, p| access::delete_limit(s, v, p, access::Owner::User)),
         )
         .route(
             "/api/vhost-limits/{vhost}/{name}",
-            axum::routing::put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+            axum::routing::put(|s, v, p, b| access::put_limit(s, v, p, b, access::Owner::VHost))
+                .delete(|s, v, p| access::delete_limit(s, v, p, access::Owner::VHost)),
         )
         .route("/api/exchanges", get(|s, v| api::all(s, v, api::exchanges_of)))
         .route("/api/exchanges/{vhost}", get(|s, v, p| api::in_vhost(s, v, p, api::exchanges_of)))
@@ -174,8 +179,9 @@ async fn authorize(
         );
     }
     // The UI's files hold no data: they are served to anyone who may reach the listener,
-    // and the page asks for a login before it reads anything.
-    if !req.uri().path().starts_with("/api/") {
+    // and the page asks for a login before it reads anything. Only those three paths: any
+    // other route needs a login, whatever it is added as.
+    if ui::PUBLIC.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let Some((name, password)) = basic_credentials(req.headers()) else {
@@ -210,7 +216,12 @@ async fn authorize(
     }
     // The handlers scope what they show and do by who asked.
     req.extensions_mut().insert(Viewer { user, dir });
-    next.run(req).await
+    let mut response = next.run(req).await;
+    // API answers (a definitions export holds password hashes) are never cached nor sniffed.
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Who asked, with the directory as it was when it did: what a handler shows and does is

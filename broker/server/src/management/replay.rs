@@ -74,7 +74,7 @@ struct Task {
 
 /// The node's replay tasks.
 #[derive(Default)]
-pub(super) struct Replays {
+pub struct Replays {
     inner: Mutex<Inner>,
 }
 
@@ -83,6 +83,8 @@ struct Inner {
     next_id: u64,
     running: Vec<Task>,
     finished: VecDeque<Progress>,
+    /// The tasks themselves, for [`Replays::stop`]; finished ones are dropped at each start.
+    handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Replays {
@@ -106,6 +108,21 @@ impl Replays {
             while inner.finished.len() > KEEP_FINISHED {
                 inner.finished.pop_front();
             }
+        }
+    }
+
+    /// Cancels every running task and waits (up to 10 s) for each to end its batch: at a
+    /// server's stop, before the queue index is written.
+    pub async fn stop(&self) {
+        let handles = {
+            let mut inner = self.lock();
+            for t in &inner.running {
+                t.cancel.store(true, Ordering::Release);
+            }
+            std::mem::take(&mut inner.handles)
+        };
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
     }
 
@@ -157,6 +174,10 @@ async fn run(
     let batch = rate.map_or(BATCH, |r| (r as usize / 10).clamp(1, BATCH));
     let mut total = ReplayReport::default();
     loop {
+        // Checked before each batch, after the pause: a cancel moves nothing more.
+        if cancel.load(Ordering::Acquire) {
+            return Ok(total);
+        }
         let started = tokio::time::Instant::now();
         let result = {
             let mut s = lock(&shared);
@@ -173,7 +194,7 @@ async fn run(
         total.next = r.next;
         total.end = r.end;
         progress(&total);
-        if total.next.is_none() || total.moved >= limit || cancel.load(Ordering::Acquire) {
+        if total.next.is_none() || total.moved >= limit {
             return Ok(total);
         }
         match rate {
@@ -284,15 +305,18 @@ pub(super) async fn start(
         progress
     };
     let id = progress.id;
+    let replays_handles = replays.clone();
     tracing::info!(id, %vhost, %queue, rate, by = %viewer.user.name, "dead-letter replay started");
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let r = run(&node, &vhost, &queue, count.unwrap_or(usize::MAX), Some(rate), &cancel, |t| {
             replays.update(id, |p| (p.moved, p.skipped, p.refused) = (t.moved, t.skipped, t.refused));
         })
         .await;
         match r {
             Ok(t) => {
-                let status = if cancel.load(Ordering::Acquire) { "cancelled" } else { "completed" };
+                // Cancelled only if it stopped with work left.
+                let left = t.next.is_some() && t.moved < count.unwrap_or(usize::MAX);
+                let status = if left { "cancelled" } else { "completed" };
                 tracing::info!(id, %vhost, %queue, moved = t.moved, status, "dead-letter replay ended");
                 replays.finish(id, status, None);
             }
@@ -302,6 +326,11 @@ pub(super) async fn start(
             }
         }
     });
+    {
+        let mut inner = replays_handles.lock();
+        inner.handles.retain(|h| !h.is_finished());
+        inner.handles.push(task);
+    }
     Ok((StatusCode::CREATED, Json(json!(progress))))
 }
 

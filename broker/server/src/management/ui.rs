@@ -7,6 +7,9 @@
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+/// The paths served without a login.
+pub(super) const PUBLIC: [&str; 3] = ["/", "/ui/app.js", "/ui/app.css"];
+
 const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/app.js");
 const STYLE: &str = include_str!("ui/app.css");

@@ -38,7 +38,14 @@ async function api(method, path, body) {
   return value;
 }
 
-const seg = (s) => encodeURIComponent(s);
+// A name as one path segment. `.` and `..` cannot be one: the browser resolves them (and
+// their %2E spellings) as dot segments, so a request for them would reach another path.
+const addressable = (s) => s !== "." && s !== "..";
+
+function seg(s) {
+  if (s === "." || s === "..") throw new Error(`'${s}' cannot be named in a URL: use a client for it`);
+  return encodeURIComponent(s);
+}
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -174,7 +181,8 @@ async function queues(view) {
     const qs = await api("GET", "queues");
     list.replaceChildren(table([
       ["Vhost", (q) => q.vhost],
-      ["Name", (q) => el("a", { href: `#/queue/${seg(q.vhost)}/${seg(q.name)}` }, q.name)],
+      ["Name", (q) => (addressable(q.vhost) && addressable(q.name)
+        ? el("a", { href: `#/queue/${seg(q.vhost)}/${seg(q.name)}` }, q.name) : q.name)],
       ["Ready", (q) => q.messages_ready, "num", "ready"],
       ["Unacked", (q) => q.messages_unacknowledged, "num", "unacked"],
       ["Consumers", (q) => q.consumers, "num"],
@@ -323,30 +331,35 @@ async function admin(view) {
   const body = el("div");
   view.replaceChildren(el("h1", {}, "Users, vhosts and permissions"), out, body);
   const run = (f) => attempt(out, async () => { const r = await f(); await refresh(); return r; });
+  // The path is made at the click: a name that cannot be in one fails that action alone.
   const remove = (label, path, what) => {
     const b = el("button", { class: "danger" }, label);
-    b.addEventListener("click", () => run(async () => { await api("DELETE", path); return `${what} deleted`; }));
+    b.addEventListener("click", () => run(async () => { await api("DELETE", path()); return `${what} deleted`; }));
     return b;
   };
   const refresh = async () => {
     const [users, vhosts, perms] = await Promise.all([api("GET", "users"), api("GET", "vhosts"), api("GET", "permissions")]);
     body.replaceChildren(
       el("h2", {}, "Users"),
-      table([["Name", (u) => u.name], ["Tags", (u) => (u.tags || []).join(", ")], ["", (u) => remove("Delete", `users/${seg(u.name)}`, `user ${u.name}`)]], users),
-      formOf("add-user", [["Name", "name", { required: true }], ["Password", "password", { type: "password", required: true }], ["Tags", "tags"]],
+      table([["Name", (u) => u.name], ["Tags", (u) => (u.tags || []).join(", ")], ["", (u) => remove("Delete", () => `users/${seg(u.name)}`, `user ${u.name}`)]], users),
+      // Not the browser's saved login: that would make this form change the admin's own user.
+      formOf("add-user", [["Name", "name", { required: true, autocomplete: "off" }],
+        ["Password", "password", { type: "password", required: true, autocomplete: "new-password" }], ["Tags", "tags"]],
         "Add user", (f) => run(async () => {
-          await api("PUT", `users/${seg(f.get("name"))}`, { password: f.get("password"), tags: f.get("tags") });
+          const body = { password: f.get("password") };
+          if (f.get("tags")) body.tags = f.get("tags");
+          await api("PUT", `users/${seg(f.get("name"))}`, body);
           return `user ${f.get("name")} set`;
         })),
       el("h2", {}, "Vhosts"),
-      table([["Name", (v) => v.name], ["", (v) => (v.name === "/" ? "" : remove("Delete", `vhosts/${seg(v.name)}`, `vhost ${v.name}`))]], vhosts),
+      table([["Name", (v) => v.name], ["", (v) => (v.name === "/" ? "" : remove("Delete", () => `vhosts/${seg(v.name)}`, `vhost ${v.name}`))]], vhosts),
       formOf("add-vhost", [["Name", "name", { required: true }]], "Add vhost", (f) => run(async () => {
         await api("PUT", `vhosts/${seg(f.get("name"))}`, {});
         return `vhost ${f.get("name")} added`;
       })),
       el("h2", {}, "Permissions"),
       table([["User", (p) => p.user], ["Vhost", (p) => p.vhost], ["Configure", (p) => p.configure], ["Write", (p) => p.write],
-        ["Read", (p) => p.read], ["", (p) => remove("Clear", `permissions/${seg(p.vhost)}/${seg(p.user)}`, "permissions")]], perms),
+        ["Read", (p) => p.read], ["", (p) => remove("Clear", () => `permissions/${seg(p.vhost)}/${seg(p.user)}`, "permissions")]], perms),
       formOf("set-permissions", [["User", "user", { required: true }], ["Vhost", "vhost", { value: "/" }], ["Configure", "configure", { value: ".*" }],
         ["Write", "write", { value: ".*" }], ["Read", "read", { value: ".*" }]], "Set permissions", (f) => run(async () => {
         await api("PUT", `permissions/${seg(f.get("vhost"))}/${seg(f.get("user"))}`,
@@ -364,6 +377,7 @@ async function definitions(view) {
   exportButton.addEventListener("click", () => attempt(out, async () => {
     const defs = await api("GET", "definitions");
     const url = URL.createObjectURL(new Blob([JSON.stringify(defs, null, 2)], { type: "application/json" }));
+    for (const a of link.querySelectorAll("a")) URL.revokeObjectURL(a.href);
     link.replaceChildren(el("a", { href: url, download: "warren-definitions.json" }, "warren-definitions.json"));
     return "exported: the file holds password hashes";
   }));
@@ -389,8 +403,12 @@ const routes = [
   [/^#\/definitions$/, definitions],
 ];
 
+let generation = 0;
+
 async function route() {
   clearInterval(refreshTimer);
+  // A view still loading when the page moves on must not start its refresh afterwards.
+  const mine = ++generation;
   if (!auth.get()) return showLogin("");
   const hash = location.hash || "#/overview";
   const view = document.getElementById("view");
@@ -399,8 +417,11 @@ async function route() {
   if (!found) { location.hash = "#/overview"; return; }
   try {
     const refresh = await found[1](view, ...hash.match(found[0]).slice(1));
-    if (typeof refresh === "function") {
-      refreshTimer = setInterval(() => refresh().catch((e) => view.prepend(message(e.message, true))), SAMPLE_MS);
+    if (typeof refresh === "function" && mine === generation) {
+      refreshTimer = setInterval(() => refresh().catch((e) => {
+        if (!auth.get()) return showLogin(e.message);
+        view.prepend(message(e.message, true));
+      }), SAMPLE_MS);
     }
   } catch (e) {
     if (e.status === undefined && !auth.get()) return showLogin(e.message);
@@ -409,6 +430,7 @@ async function route() {
 }
 
 function showLogin(error) {
+  generation++;
   clearInterval(refreshTimer);
   document.getElementById("login").hidden = false;
   document.getElementById("nav").hidden = true;
