@@ -141,6 +141,8 @@ impl Broker {
         seqs.retain(|s| *s <= end);
         let mut report = ReplayReport { end: Some(end), ..Default::default() };
         let mut last = after;
+        // Whether each origin's dead letters reach `dlq`, asked once per batch.
+        let mut reaches: crate::hash::Map<String, bool> = crate::hash::Map::default();
         for seq in &seqs {
             if report.moved >= max_moves {
                 report.next = last;
@@ -152,7 +154,9 @@ impl Broker {
             };
             // `x-death` is a header any publisher can write: a message only goes back to a
             // queue whose dead letters can reach this one, never to any queue it names.
-            let origin = died_in(&m.message).filter(|o| o != dlq && self.dead_letters_reach(vh, o, dlq));
+            let origin = died_in(&m.message).filter(|o| {
+                o != dlq && *reaches.entry(o.clone()).or_insert_with(|| self.dead_letters_reach(vh, o, dlq))
+            });
             let target = origin.as_ref().and_then(|o| self.vhosts[vh].queues.get(o));
             let Some(target) = target else {
                 report.skipped += 1;
@@ -206,25 +210,23 @@ impl Broker {
     }
 
     fn dead_letter_targets_in(&self, vh: VHostId) -> BTreeSet<String> {
-        self.dead_letter_targets_of(vh, |_| true)
+        self.dead_letter_targets_of(vh, self.vhosts[vh].queues.values().collect())
     }
 
     /// Whether queue `origin`'s dead letters can reach queue `dlq`, through any binding.
+    /// Looked up directly: a replay asks this for each message it moves.
     fn dead_letters_reach(&self, vh: VHostId, origin: &str, dlq: &str) -> bool {
-        self.dead_letter_targets_of(vh, |q| &*q.name == origin).contains(dlq)
+        self.dead_letter_targets_of(vh, self.vhosts[vh].queues.get(origin).into_iter().collect())
+            .contains(dlq)
     }
 
     /// The queues the dead letters of the queues `from` picks can reach.
-    fn dead_letter_targets_of(
-        &self,
-        vh: VHostId,
-        from: impl Fn(&crate::queue::Queue) -> bool,
-    ) -> BTreeSet<String> {
+    fn dead_letter_targets_of(&self, vh: VHostId, sources: Vec<&crate::queue::Queue>) -> BTreeSet<String> {
         let mut seen_x: crate::hash::Set<&str> = crate::hash::Set::default();
-        let sources = || self.vhosts[vh].queues.values().filter(|q| from(q));
-        let mut work: Vec<&str> = sources().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
+        let mut work: Vec<&str> =
+            sources.iter().filter_map(|q| q.args.dead_letter_exchange.as_deref()).collect();
         let mut targets = BTreeSet::new();
-        for q in sources() {
+        for q in &sources {
             // The default exchange as DLX reaches exactly the queue named by the key.
             if q.args.dead_letter_exchange.as_deref() == Some("")
                 && let Some(k) = &q.args.dead_letter_routing_key
