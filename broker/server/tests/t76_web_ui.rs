@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 struct Driver(Child, u16);
 
 impl Drop for Driver {
+    // The whole process group: chromedriver and the browsers it started, even when the test
+    // failed before closing its session.
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-9", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -28,6 +32,7 @@ async fn browser() -> (Driver, Client) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
