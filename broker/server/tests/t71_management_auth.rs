@@ -15,18 +15,20 @@ fn basic(user: &str, password: &str) -> String {
     format!("Authorization: Basic {token}\r\n")
 }
 
+/// guest, a `monitoring` user and one with no tag, each with password "pw" but guest.
+fn users() -> Vec<User> {
+    let user = |name: &str, tags: &[&str]| User {
+        name: name.into(),
+        password: warren_core::password::Password::plain("pw"),
+        loopback_only: false,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        limits: Default::default(),
+    };
+    vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])]
+}
+
 async fn broker() -> TestBroker {
-    TestBroker::start_with(|s| {
-        let user = |name: &str, tags: &[&str]| User {
-            name: name.into(),
-            password: warren_core::password::Password::plain("pw"),
-            loopback_only: false,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            limits: Default::default(),
-        };
-        s.users = vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])];
-    })
-    .await
+    TestBroker::start_with(|s| s.users = users()).await
 }
 
 #[tokio::test]
@@ -213,14 +215,7 @@ const ROUTES: &[(&str, &str)] = &[
 async fn no_route_answers_without_credentials_and_monitoring_changes_nothing() {
     // Permissions for guest alone: tags open the API, permissions decide vhost changes.
     let b = TestBroker::start_with(|s| {
-        let user = |name: &str, tags: &[&str]| User {
-            name: name.into(),
-            password: warren_core::password::Password::plain("pw"),
-            loopback_only: false,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            limits: Default::default(),
-        };
-        s.users = vec![User::guest(), user("watcher", &["monitoring"]), user("app", &[])];
+        s.users = users();
         let all = warren_core::permissions::Pattern::new(".*").expect("pattern");
         let guest = warren_core::permissions::Permission {
             user: "guest".into(),

@@ -10,18 +10,27 @@ use lapin::{Connection, ConnectionProperties};
 
 /// Runs `warren ctl` against `b` off the async workers: (success, stdout, stderr).
 async fn ctl(b: &TestBroker, args: &[&str]) -> (bool, String, String) {
+    ctl_with(b, args, None).await
+}
+
+/// [`ctl`], with `password` as the new user's password in its environment when given.
+async fn ctl_with(b: &TestBroker, args: &[&str], password: Option<&str>) -> (bool, String, String) {
     let url = format!("http://{}", b.management.expect("management"));
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let password = password.map(str::to_string);
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .arg("ctl")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        cmd.arg("ctl")
             .args(["--url", &url])
             .args(&args)
             .env_remove("WARREN_URL")
             .env_remove("WARREN_USER")
             .env_remove("WARREN_PASSWORD")
-            .output()
-            .expect("run warren ctl");
+            .env_remove("WARREN_NEW_PASSWORD");
+        if let Some(p) = password {
+            cmd.env("WARREN_NEW_PASSWORD", p);
+        }
+        let out = cmd.output().expect("run warren ctl");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -77,36 +86,12 @@ async fn ctl_lists_changes_replays_and_closes_through_the_api() {
     assert!(!ok && err.contains("401"), "{err}");
 }
 
-/// Runs `warren ctl` with `password` as the new user's password in its environment.
-async fn ctl_with_password(b: &TestBroker, args: &[&str], password: &str) -> (bool, String, String) {
-    let url = format!("http://{}", b.management.expect("management"));
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .arg("ctl")
-            .args(["--url", &url])
-            .args(&args)
-            .env("WARREN_NEW_PASSWORD", password)
-            .output()
-            .expect("run warren ctl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .expect("join")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ctl_manages_users_vhosts_permissions_and_definitions() {
     let b = TestBroker::start().await;
     let (ok, out, err) = ctl(&b, &["add-vhost", "shop"]).await;
     assert!(ok && out.contains("vhost 'shop' added"), "{out}{err}");
-    let (ok, out, err) =
-        ctl_with_password(&b, &["add-user", "clerk", "--tags", "management"], "clerk-pw").await;
+    let (ok, out, err) = ctl_with(&b, &["add-user", "clerk", "--tags", "management"], Some("clerk-pw")).await;
     assert!(ok, "{out}{err}");
     let uri = format!("amqp://clerk:clerk-pw@{}/shop", b.addr);
     assert!(Connection::connect(&uri, ConnectionProperties::default()).await.is_err(), "no permissions yet");
