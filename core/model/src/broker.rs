@@ -400,12 +400,6 @@ impl Broker {
         id
     }
 
-    /// The limits of the broker's vhost (its first).
-    pub fn vhost_limits(&self) -> VHostLimits {
-        let own = self.vhosts.iter().next().map_or("/", |(_, v)| &*v.name);
-        self.directory.get().vhost_limits(own)
-    }
-
     /// The limits of vhost `vh` (a broker may hold more than its own: `/`'s keeps reopened ones).
     pub(crate) fn limits_of(&self, vh: VHostId) -> VHostLimits {
         self.directory.get().vhost_limits(&self.vhosts[vh].name)
@@ -426,19 +420,22 @@ impl Broker {
         self.directory.refresh();
     }
 
+    /// The id of vhost `name` if it takes sessions; RabbitMQ's 530 when it does not exist or
+    /// is closed.
+    fn open_vhost(&self, name: &str) -> Result<VHostId, AmqpError> {
+        self.vhosts.id(name).filter(|id| self.vhosts[*id].open).ok_or_else(|| {
+            AmqpError::new(warren_codec::reply_code::NOT_ALLOWED, format!("vhost {name} not found"))
+        })
+    }
+
     /// Registers a connection that completed its handshake, or refuses it with 530 as RabbitMQ
     /// does when its vhost does not exist or the connection limit is reached.
     pub fn open_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
-        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
-            return Err(AmqpError::new(
-                warren_codec::reply_code::NOT_ALLOWED,
-                format!("vhost {} not found", info.vhost),
-            ));
-        }
+        let vh = self.open_vhost(&info.vhost)?;
         self.refresh_directory();
         self.authorize_vhost(&info.user, &info.vhost)?;
-        if let Some(max) = self.vhosts.id(&info.vhost).and_then(|id| self.limits_of(id).max_connections)
-            && self.vhosts.id(&info.vhost).is_some_and(|id| self.vhosts[id].connections >= max)
+        if let Some(max) = self.limits_of(vh).max_connections
+            && self.vhosts[vh].connections >= max
         {
             // RabbitMQ's words.
             return Err(AmqpError::new(
@@ -478,12 +475,7 @@ impl Broker {
     /// connection: it takes no slot of the connection limit and is not counted as opened or
     /// closed.
     pub fn open_operator_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
-        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
-            return Err(AmqpError::new(
-                warren_codec::reply_code::NOT_ALLOWED,
-                format!("vhost {} not found", info.vhost),
-            ));
-        }
+        self.open_vhost(&info.vhost)?;
         self.refresh_directory();
         self.authorize_vhost(&info.user, &info.vhost)?;
         Ok(self.register_session(info, false))
@@ -493,12 +485,7 @@ impl Broker {
     /// administrator asked for): its vhost must exist; no permission is checked for it, and
     /// it takes no connection slot.
     pub fn open_system_session(&mut self, info: ConnectionInfo) -> Result<ConnId, AmqpError> {
-        if self.vhosts.id(&info.vhost).is_none_or(|id| !self.vhosts[id].open) {
-            return Err(AmqpError::new(
-                warren_codec::reply_code::NOT_ALLOWED,
-                format!("vhost {} not found", info.vhost),
-            ));
-        }
+        self.open_vhost(&info.vhost)?;
         let id = self.register_session(info, false);
         if let Some(s) = self.sessions.get_mut(&id) {
             s.system = true;

@@ -65,8 +65,6 @@ pub enum Change {
     SetVHostLimits(String, VHostLimits),
     /// Deletes a vhost and every permission on it.
     DeleteVHost(String),
-    /// Sets a user's limits.
-    SetUserLimits(String, UserLimits),
     /// Sets (`Some`) or clears one of a user's limits, leaving the other as it is.
     SetUserLimit {
         /// The user.
@@ -265,10 +263,6 @@ impl Directory {
                 self.vhosts.remove(&name).ok_or_else(|| DirectoryError::NoVHost(name.clone()))?;
                 self.access.retain(|_, vhost| vhost != name);
                 self.policies.retain(|p| p.vhost != name);
-            }
-            Change::SetUserLimits(name, limits) => {
-                let user = self.users.iter_mut().find(|u| u.name == name);
-                user.ok_or(DirectoryError::NoUser(name))?.limits = limits;
             }
             Change::SetUserLimit { user, limit, value } => {
                 let found = self.users.iter_mut().find(|u| u.name == user);

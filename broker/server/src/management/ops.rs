@@ -207,6 +207,61 @@ pub(super) fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// An exchange.declare from a request's (or a definitions entry's) fields, as RabbitMQ reads them.
+fn exchange_declare(
+    exchange: String,
+    kind: String,
+    o: &Map<String, Value>,
+) -> Result<ExchangeDeclare, ApiError> {
+    Ok(ExchangeDeclare {
+        exchange,
+        kind,
+        durable: flag(o, "durable", true),
+        auto_delete: flag(o, "auto_delete", false),
+        internal: flag(o, "internal", false),
+        arguments: arguments(o)?,
+        ..Default::default()
+    })
+}
+
+/// A queue.declare from a request's (or a definitions entry's) fields.
+fn queue_declare(queue: String, o: &Map<String, Value>) -> Result<QueueDeclare, ApiError> {
+    Ok(QueueDeclare {
+        queue,
+        durable: flag(o, "durable", true),
+        auto_delete: flag(o, "auto_delete", false),
+        arguments: arguments(o)?,
+        ..Default::default()
+    })
+}
+
+/// The bind command of `destination` (a queue, or an exchange) to `source`.
+fn bind_command(
+    to_queue: bool,
+    source: String,
+    destination: String,
+    key: String,
+    args: FieldTable,
+) -> Command {
+    if to_queue {
+        Command::BindQueue(QueueBind {
+            queue: destination,
+            exchange: source,
+            routing_key: key,
+            arguments: args,
+            ..Default::default()
+        })
+    } else {
+        Command::BindExchange(ExchangeBind {
+            destination,
+            source,
+            routing_key: key,
+            arguments: args,
+            ..Default::default()
+        })
+    }
+}
+
 fn flag(o: &Map<String, Value>, key: &str, default: bool) -> bool {
     o.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
@@ -284,15 +339,7 @@ pub(super) async fn declare_exchange(
     may_change(&viewer, &vhost)?;
     let o = body_object(&body)?;
     let kind = o.get("type").and_then(Value::as_str).ok_or_else(|| bad_request("type is required"))?;
-    let m = ExchangeDeclare {
-        exchange: name.clone(),
-        kind: kind.to_string(),
-        durable: flag(&o, "durable", true),
-        auto_delete: flag(&o, "auto_delete", false),
-        internal: flag(&o, "internal", false),
-        arguments: arguments(&o)?,
-        ..Default::default()
-    };
+    let m = exchange_declare(name.clone(), kind.to_string(), &o)?;
     let was_there =
         change(&node, &viewer, &vhost, Target::Exchange(&name), false, Command::DeclareExchange(m)).await?;
     Ok(created(was_there))
@@ -328,13 +375,7 @@ pub(super) async fn declare_queue(
         // Owned by the request's own session, it would be gone with the response.
         return Err(bad_request("an exclusive queue cannot be declared through the API"));
     }
-    let m = QueueDeclare {
-        queue: name.clone(),
-        durable: flag(&o, "durable", true),
-        auto_delete: flag(&o, "auto_delete", false),
-        arguments: arguments(&o)?,
-        ..Default::default()
-    };
+    let m = queue_declare(name.clone(), &o)?;
     let was_there =
         change(&node, &viewer, &vhost, Target::Queue(&name), false, Command::DeclareQueue(m)).await?;
     Ok(created(was_there))
@@ -386,20 +427,8 @@ pub(super) async fn bind(
     let props = properties_key(&key, &args);
     let (source_name, destination_name) = (source.clone(), destination.clone());
     let cmd = match kind.as_str() {
-        "q" => Command::BindQueue(QueueBind {
-            queue: destination,
-            exchange: source,
-            routing_key: key,
-            arguments: args,
-            ..Default::default()
-        }),
-        "e" => Command::BindExchange(ExchangeBind {
-            destination,
-            source,
-            routing_key: key,
-            arguments: args,
-            ..Default::default()
-        }),
+        "q" => bind_command(true, source, destination, key, args),
+        "e" => bind_command(false, source, destination, key, args),
         _ => return Err(not_found()),
     };
     ApiSession::open(&node, &viewer, &vhost)?.call(cmd, Some(replied)).await?;
@@ -677,47 +706,19 @@ pub(super) async fn import_topology(node: &NodeRef, defs: &Map<String, Value>) -
         |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let mut commands: Vec<(String, String, Command)> = Vec::new();
     for o in list("exchanges")? {
-        let m = ExchangeDeclare {
-            exchange: text(&o, "name"),
-            kind: text(&o, "type"),
-            durable: flag(&o, "durable", true),
-            auto_delete: flag(&o, "auto_delete", false),
-            internal: flag(&o, "internal", false),
-            arguments: arguments(&o)?,
-            ..Default::default()
-        };
+        let m = exchange_declare(text(&o, "name"), text(&o, "type"), &o)?;
         commands.push((text(&o, "vhost"), format!("exchange '{}'", m.exchange), Command::DeclareExchange(m)));
     }
     for o in list("queues")? {
-        let m = QueueDeclare {
-            queue: text(&o, "name"),
-            durable: flag(&o, "durable", true),
-            auto_delete: flag(&o, "auto_delete", false),
-            arguments: arguments(&o)?,
-            ..Default::default()
-        };
+        let m = queue_declare(text(&o, "name"), &o)?;
         commands.push((text(&o, "vhost"), format!("queue '{}'", m.queue), Command::DeclareQueue(m)));
     }
     for o in list("bindings")? {
         let (source, destination, key) =
             (text(&o, "source"), text(&o, "destination"), text(&o, "routing_key"));
         let what = format!("binding of '{destination}' to '{source}'");
-        let cmd = match o.get("destination_type").and_then(Value::as_str) {
-            Some("exchange") => Command::BindExchange(ExchangeBind {
-                destination,
-                source,
-                routing_key: key,
-                arguments: arguments(&o)?,
-                ..Default::default()
-            }),
-            _ => Command::BindQueue(QueueBind {
-                queue: destination,
-                exchange: source,
-                routing_key: key,
-                arguments: arguments(&o)?,
-                ..Default::default()
-            }),
-        };
+        let to_queue = o.get("destination_type").and_then(Value::as_str) != Some("exchange");
+        let cmd = bind_command(to_queue, source, destination, key, arguments(&o)?);
         commands.push((text(&o, "vhost"), what, cmd));
     }
     let count = commands.len();
