@@ -1,0 +1,167 @@
+//! The inter-node wire: length-prefixed JSON frames (a big-endian `u32`, then that many
+//! octets), a hello naming the cluster, the sender and the stream's class, then requests one
+//! way and responses the other, matched by id so one connection carries many at once.
+//!
+//! JSON because metadata traffic is small and a capture is readable; a frame over
+//! [`MAX_FRAME`] ends the connection before its body is read.
+
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::types::{Meta, NodeId, Outcome, Proposal};
+
+/// Octets one frame may have: a snapshot of the largest directory fits.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Which traffic a connection carries: control (votes, appends, pings, proposals) is never
+/// queued behind bulk (snapshots, later message bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Class {
+    /// Small and urgent.
+    Control,
+    /// Large.
+    Bulk,
+}
+
+/// The first frame a dialer sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The cluster's id: a peer of another cluster is refused.
+    pub cluster: String,
+    /// The dialer's name.
+    pub from: String,
+    /// What the connection carries.
+    pub class: Class,
+}
+
+/// A request, by its id on its connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// Matches the response.
+    pub id: u64,
+    /// What is asked.
+    pub rpc: Rpc,
+}
+
+/// What one node asks of another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Are you there? (the failure detector's heartbeat)
+    Ping,
+    /// Raft: replicate entries.
+    AppendEntries(AppendEntriesRequest<Meta>),
+    /// Raft: a vote.
+    Vote(VoteRequest<Meta>),
+    /// Raft: a whole snapshot.
+    Snapshot {
+        /// The sender's vote.
+        vote: VoteOf<Meta>,
+        /// What the snapshot covers.
+        meta: SnapshotMetaOf<Meta>,
+        /// The machine's state.
+        data: String,
+    },
+    /// A proposal forwarded to the leader.
+    Propose(Proposal),
+}
+
+/// A response, by the id of its request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// The answer.
+    pub reply: Reply,
+}
+
+/// What a node answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// To a ping.
+    Pong,
+    /// Raft's answers.
+    AppendEntries(AppendEntriesResponse<Meta>),
+    /// Raft's answers.
+    Vote(VoteResponse<Meta>),
+    /// Raft's answers.
+    Snapshot(SnapshotResponse<Meta>),
+    /// The proposal was applied on the leader at `index`.
+    Proposed {
+        /// What its apply gave.
+        outcome: Outcome,
+        /// Its log index: the proposer waits until it has applied that far.
+        index: u64,
+    },
+    /// This node is not the leader; the leader it knows, if any.
+    NotLeader(Option<NodeId>),
+    /// The request failed here.
+    Failed(String),
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A frame announced more than [`MAX_FRAME`] octets.
+    #[error("a frame of {0} octets, over the {MAX_FRAME} allowed")]
+    TooLarge(usize),
+    /// A frame that is not what was expected.
+    #[error("a malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Writes `value` as one frame.
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) -> Result<(), WireError> {
+    let body = serde_json::to_vec(value)?;
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, WireError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused_before_their_body() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello = Hello { cluster: "c".into(), from: "n1".into(), class: Class::Bulk };
+        write(&mut a, &hello).await.expect("write");
+        let got: Hello = read(&mut b).await.expect("read").expect("a frame");
+        assert_eq!((got.from.as_str(), got.class), ("n1", Class::Bulk));
+        // A length over the limit, and no body at all: refused on the length alone.
+        a.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).await.expect("write");
+        assert!(matches!(read::<_, Hello>(&mut b).await, Err(WireError::TooLarge(_))));
+        drop(a);
+        assert!(read::<_, Hello>(&mut b).await.expect("clean end").is_none());
+    }
+}
