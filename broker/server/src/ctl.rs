@@ -223,15 +223,18 @@ struct Api {
 
 impl Api {
     fn new(args: &CtlArgs) -> anyhow::Result<Api> {
-        let Some(rest) = args.url.strip_prefix("http://") else {
+        Api::at(&args.url, &args.user, &args.password.0)
+    }
+
+    fn at(url: &str, user: &str, password: &str) -> anyhow::Result<Api> {
+        let Some(rest) = url.strip_prefix("http://") else {
             bail!("--url must be http://HOST:PORT (HTTPS is not supported by warren ctl; use a tunnel)");
         };
         let host = rest.trim_end_matches('/').to_string();
         if host.is_empty() || host.contains('/') {
-            bail!("--url must be http://HOST:PORT, got {}", args.url);
+            bail!("--url must be http://HOST:PORT, got {url}");
         }
-        let auth =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password.0));
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Ok(Api { host, auth })
     }
 
@@ -601,4 +604,63 @@ mod tests {
         assert!(dechunk(b"5\r\nab").is_err());
         assert_eq!(seg("/"), "%2F");
     }
+}
+
+/// `warren cluster ...`: asks the node the configuration (`--config`) describes, over its
+/// management API.
+pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) -> anyhow::Result<String> {
+    let crate::config::ClusterAction::Status { json, user, password } = action;
+    let settings = crate::config::Settings::load(cli)?;
+    let Some(mut addr) = settings.management_listen else {
+        bail!("the node's management API is off; warren cluster asks through it");
+    };
+    // A listener on every address is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let api = Api::at(&format!("http://{addr}"), user, &password.0)?;
+    let value = api.ok("GET", "cluster", None, &[])?;
+    if *json {
+        return Ok(serde_json::to_string_pretty(&value)?);
+    }
+    let s: warren_cluster::Status = serde_json::from_value(value)?;
+    let or_none = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let mut out = format!(
+        "node {} ({}), term {}, metadata leader {}, committed {}, applied {}, leader changes seen {}\n",
+        s.node,
+        s.state,
+        s.term,
+        s.leader.as_deref().unwrap_or("none"),
+        or_none(s.commit_index),
+        or_none(s.applied_index),
+        s.leader_changes
+    );
+    let rows: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "address": m.addr,
+                "voter": if m.voter { "yes" } else { "no" },
+                "state": if m.up { "up" } else { "down" },
+                "last_seen": m.last_seen_ms_ago.map_or_else(|| "never".to_string(), |ms| format!("{ms} ms ago")),
+                "leader": if s.leader.as_deref() == Some(m.name.as_str()) { "*" } else { "" },
+            })
+        })
+        .collect();
+    let cols = [
+        ("NAME", "name"),
+        ("ADDRESS", "address"),
+        ("VOTER", "voter"),
+        ("STATE", "state"),
+        ("LAST SEEN", "last_seen"),
+        ("LEADER", "leader"),
+    ];
+    out.push_str(&table(&cols, &rows));
+    Ok(out)
 }

@@ -229,6 +229,26 @@ fn limit(value: Option<&Value>, what: &str) -> Result<Option<usize>, String> {
 }
 
 impl UserDef {
+    /// The definition of `u`; a password configured in clear is hashed under `salt`.
+    pub fn of(u: &User, salt: [u8; SALT_LEN]) -> Self {
+        let (algorithm, hash) = u.password.exported(salt);
+        let mut limits = BTreeMap::new();
+        if let Some(n) = u.limits.max_connections {
+            limits.insert("max-connections".to_string(), json!(n));
+        }
+        if let Some(n) = u.limits.max_channels {
+            limits.insert("max-channels".to_string(), json!(n));
+        }
+        UserDef {
+            name: u.name.clone(),
+            password_hash: hash,
+            hashing_algorithm: Some(algorithm.name().to_string()),
+            tags: u.tags.clone(),
+            limits,
+            loopback_only: u.loopback_only && u.name != "guest",
+        }
+    }
+
     /// The user it describes.
     pub fn user(&self) -> Result<User, String> {
         let bad = |why: String| format!("user '{}': {why}", self.name);
@@ -248,6 +268,17 @@ impl UserDef {
 }
 
 impl PermissionDef {
+    /// The definition of `p`.
+    pub fn of(p: &Permission) -> Self {
+        PermissionDef {
+            user: p.user.clone(),
+            vhost: p.vhost.clone(),
+            configure: p.configure.as_str().into(),
+            write: p.write.as_str().into(),
+            read: p.read.as_str().into(),
+        }
+    }
+
     /// The entry it describes; an error names a pattern that cannot be used.
     pub fn permission(&self) -> Result<Permission, String> {
         let pattern = |t: &str| {
@@ -264,6 +295,17 @@ impl PermissionDef {
 }
 
 impl TopicPermissionDef {
+    /// The definition of `t`.
+    pub fn of(t: &TopicPermission) -> Self {
+        TopicPermissionDef {
+            user: t.user.clone(),
+            vhost: t.vhost.clone(),
+            exchange: t.exchange.clone(),
+            write: t.write_template.clone(),
+            read: t.read_template.clone(),
+        }
+    }
+
     /// The entry it describes.
     pub fn permission(&self) -> Result<TopicPermission, String> {
         TopicPermission::new(&self.user, &self.vhost, &self.exchange, &self.write, &self.read).map_err(|e| {
@@ -313,25 +355,7 @@ impl AccessDefinitions {
         dir: &Directory,
         mut salt: impl FnMut() -> std::io::Result<[u8; SALT_LEN]>,
     ) -> std::io::Result<Self> {
-        let mut users = Vec::new();
-        for u in &dir.users {
-            let (algorithm, hash) = u.password.exported(salt()?);
-            let mut limits = BTreeMap::new();
-            if let Some(n) = u.limits.max_connections {
-                limits.insert("max-connections".to_string(), json!(n));
-            }
-            if let Some(n) = u.limits.max_channels {
-                limits.insert("max-channels".to_string(), json!(n));
-            }
-            users.push(UserDef {
-                name: u.name.clone(),
-                password_hash: hash,
-                hashing_algorithm: Some(algorithm.name().to_string()),
-                tags: u.tags.clone(),
-                limits,
-                loopback_only: u.loopback_only && u.name != "guest",
-            });
-        }
+        let users = dir.users.iter().map(|u| Ok(UserDef::of(u, salt()?))).collect::<std::io::Result<_>>()?;
         let mut parameters = Vec::new();
         for (name, l) in &dir.vhosts {
             let mut value = serde_json::Map::new();
@@ -372,28 +396,8 @@ impl AccessDefinitions {
         } else {
             dir.access.permissions()
         };
-        let permissions = entries
-            .iter()
-            .map(|p| PermissionDef {
-                user: p.user.clone(),
-                vhost: p.vhost.clone(),
-                configure: p.configure.as_str().into(),
-                write: p.write.as_str().into(),
-                read: p.read.as_str().into(),
-            })
-            .collect();
-        let topic_permissions = dir
-            .access
-            .topic_permissions()
-            .iter()
-            .map(|t| TopicPermissionDef {
-                user: t.user.clone(),
-                vhost: t.vhost.clone(),
-                exchange: t.exchange.clone(),
-                write: t.write_template.clone(),
-                read: t.read_template.clone(),
-            })
-            .collect();
+        let permissions = entries.iter().map(PermissionDef::of).collect();
+        let topic_permissions = dir.access.topic_permissions().iter().map(TopicPermissionDef::of).collect();
         let vhosts = dir.vhosts.keys().map(|name| VHostDef { name: name.clone() }).collect();
         let policies = dir.policies.iter().map(PolicyDef::of).collect();
         Ok(AccessDefinitions { users, vhosts, permissions, topic_permissions, parameters, policies })

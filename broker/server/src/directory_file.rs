@@ -162,7 +162,7 @@ fn read(path: &Path) -> anyhow::Result<Option<Contents>> {
 }
 
 /// What the configuration sets, in order, each with what it is for an error message.
-fn config_changes(settings: &Settings, dir: &Directory) -> Vec<(Change, String)> {
+pub(crate) fn config_changes(settings: &Settings, dir: &Directory) -> Vec<(Change, String)> {
     let mut out = Vec::new();
     let vhosts: Vec<&str> = std::iter::once("/").chain(settings.vhosts.iter().map(String::as_str)).collect();
     for v in &vhosts {

@@ -26,6 +26,8 @@
 //! - [`http`]: serving the HTTP endpoints with header timeouts and a connection cap.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
+//! - [`cluster_meta`]: the cluster's metadata on this node: directory changes proposed to the
+//!   metadata group and applied by every member.
 //!
 //! Modules depend one way: `server` on the rest, the rest on `node`, `shared` and `services`,
 //! `node` on `shared` and `directory_file`, and `shared` on nothing of this crate.
@@ -36,6 +38,7 @@
 pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;
+pub mod cluster_meta;
 pub mod config;
 pub mod ctl;
 pub mod definitions;

@@ -28,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", warren::ctl::run(args)?);
         return Ok(());
     }
+    if let Some(Command::Cluster { action }) = &cli.command {
+        println!("{}", warren::ctl::cluster(&cli, action)?);
+        return Ok(());
+    }
     if let Some(Command::HashPassword { password, algorithm }) = &cli.command {
         return hash_password(password.clone().map(|s| s.0), algorithm);
     }

@@ -36,6 +36,9 @@ pub struct Node {
     directory: SharedDirectory,
     /// One vhost change at a time: a vhost is in the directory exactly when it has a broker.
     vhost_changes: tokio::sync::Mutex<()>,
+    /// The cluster, when the node is a member of one: directory changes are proposed to its
+    /// metadata group and made by [`Node::apply_replicated`] on every member.
+    cluster: std::sync::OnceLock<Arc<warren_cluster::Cluster>>,
 }
 
 /// A handle on the node.
@@ -53,6 +56,9 @@ pub enum ChangeError {
     /// This node cannot do it (built without a way to make vhosts).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The cluster could not commit it (no quorum), or cannot say whether it did.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Node {
@@ -84,7 +90,20 @@ impl Node {
             file,
             directory,
             vhost_changes: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes the node a member of `cluster`: from now on its directory changes are replicated.
+    pub fn set_cluster(&self, cluster: Arc<warren_cluster::Cluster>) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::error!("the node joined a cluster twice; the first one stays");
+        }
+    }
+
+    /// The cluster the node is a member of, if any.
+    pub fn cluster(&self) -> Option<&Arc<warren_cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// The broker of `/`.
@@ -136,6 +155,9 @@ impl Node {
     /// Applies and saves `changes` off the async workers: a save serializes the directory and
     /// waits for two fsyncs.
     async fn commit(self: &Arc<Self>, changes: Vec<Change>) -> Result<(), ChangeError> {
+        if let Some(cluster) = self.cluster.get() {
+            return crate::cluster_meta::propose(cluster, &self.directory, changes).await;
+        }
         let node = self.clone();
         let saved = tokio::task::spawn_blocking(move || {
             node.directory.change(changes, |next: &Directory| match &node.file {
@@ -153,21 +175,91 @@ impl Node {
         if self.directory().load().vhosts.contains_key(name) {
             return self.commit(then).await;
         }
-        let maker = self.maker.as_ref().ok_or(ChangeError::Unsupported("this node cannot add vhosts"))?;
-        // A vhost the directory once dropped may still have data in `/`'s broker, kept closed:
-        // it opens there again rather than in a new broker that would not see that data.
-        let reopen = lock(&self.default.1).broker.vhosts().id(name).is_some();
+        if self.maker.is_none() {
+            return Err(ChangeError::Unsupported("this node cannot add vhosts"));
+        }
         let mut changes = vec![Change::PutVHost(name.to_string())];
         changes.extend(then);
+        // In a cluster, every member (this one too) makes the broker as it applies the change.
+        let replicated = self.cluster.get().is_some();
         self.commit(changes).await?;
-        if reopen {
-            lock(&self.default.1).broker.add_vhost(name);
-            return Ok(());
+        if !replicated {
+            self.open_vhost(name);
         }
+        Ok(())
+    }
+
+    /// Gives vhost `name` a broker: `/`'s, when the directory once dropped it and its data is
+    /// still there, kept closed (it opens there again rather than in a new broker that would
+    /// not see that data); else a new one.
+    fn open_vhost(&self, name: &str) {
+        if lock(&self.default.1).broker.vhosts().id(name).is_some() {
+            lock(&self.default.1).broker.add_vhost(name);
+            return;
+        }
+        let Some(maker) = self.maker.as_ref() else {
+            tracing::error!(vhost = name, "this node cannot make brokers for new vhosts");
+            return;
+        };
         let shared = Shared::new(maker(name), self.clock.clone());
         tokio::spawn(run_timers(Arc::downgrade(&shared)));
         self.others.write().unwrap_or_else(|p| p.into_inner()).push((Arc::from(name), shared));
+    }
+
+    /// Lets go of vhost `name`'s broker once its vhost is deleted.
+    fn forget_vhost(&self, name: &str) {
+        let gone = {
+            let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
+            others.iter().position(|(n, _)| &**n == name).map(|i| others.remove(i).1)
+        };
+        // Its timer task ends once it sees the broker gone.
+        if let Some(gone) = gone {
+            lock(&gone).timer().notify_one();
+        }
+    }
+
+    /// Applies `changes` as the cluster's metadata group committed them, on every member
+    /// alike: all or none, vhosts gaining or losing their brokers. Refused as on every member.
+    pub fn apply_replicated(&self, changes: Vec<Change>) -> Result<(), DirectoryError> {
+        let before = self.directory.load();
+        let mut next = (*before).clone();
+        for c in changes {
+            next.apply(c)?;
+        }
+        if !next.vhosts.contains_key("/") {
+            return Err(DirectoryError::Invalid("the default vhost '/' cannot be deleted".into()));
+        }
+        self.converge(&before, next);
         Ok(())
+    }
+
+    /// Replaces the whole directory with `next` (a replicated snapshot's).
+    pub fn restore_directory(&self, mut next: Directory) {
+        next.vhosts.entry("/".to_string()).or_default();
+        let before = self.directory.load();
+        self.converge(&before, next);
+    }
+
+    /// Closes the vhosts `next` drops (their sessions with 320, their queues and exchanges
+    /// deleted), opens those it adds, and publishes it.
+    fn converge(&self, before: &Directory, next: Directory) {
+        for gone in before.vhosts.keys().filter(|v| !next.vhosts.contains_key(*v)) {
+            let shared = self.broker(gone).unwrap_or_else(|| self.default.1.clone());
+            let deleted = {
+                let mut s = lock(&shared);
+                let r = s.broker.delete_vhost(gone);
+                s.wake_all();
+                r
+            };
+            if let Err(e) = deleted {
+                tracing::error!(vhost = %gone, error = %e, "a deleted vhost's queues could not all be deleted here");
+            }
+            self.forget_vhost(gone);
+        }
+        for new in next.vhosts.keys().filter(|v| !before.vhosts.contains_key(*v)) {
+            self.open_vhost(new);
+        }
+        self.directory.replace(next);
     }
 
     /// Deletes vhost `name`: its connections and sessions are closed (320), its queues (with
@@ -182,6 +274,10 @@ impl Node {
         }
         if name == "/" {
             return Err(DirectoryError::Invalid("the default vhost '/' cannot be deleted".into()).into());
+        }
+        if self.cluster.get().is_some() {
+            // Every member deletes its part as it applies the change.
+            return self.commit(vec![Change::DeleteVHost(name.to_string())]).await;
         }
         let shared = self.broker(name).unwrap_or_else(|| self.default.1.clone());
         let written = {
@@ -199,14 +295,7 @@ impl Node {
             lock(&shared).broker.add_vhost(name);
             return Err(e);
         }
-        let gone = {
-            let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
-            others.iter().position(|(n, _)| &**n == name).map(|i| others.remove(i).1)
-        };
-        // Its timer task ends once it sees the broker gone.
-        if let Some(gone) = gone {
-            lock(&gone).timer().notify_one();
-        }
+        self.forget_vhost(name);
         Ok(())
     }
 

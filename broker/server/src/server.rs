@@ -142,8 +142,16 @@ impl Server {
                  on each configured vhost (add [[permissions]] entries to narrow them)"
             );
         }
-        let (file, directory) = DirectoryFile::open(&settings.data_dir, settings)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        // A cluster member's directory is the metadata group's, replayed once it has started;
+        // a single node's is its file.
+        let (file, directory) = match settings.cluster {
+            Some(_) => (None, crate::cluster_meta::empty(false)),
+            None => {
+                let (file, directory) = DirectoryFile::open(&settings.data_dir, settings)
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+                (Some(file), directory)
+            }
+        };
         // One broker per vhost, `/` first: connections to different vhosts never share a lock.
         let vhosts: Vec<String> = std::iter::once("/".to_string())
             .chain(directory.vhosts.keys().filter(|v| *v != "/").cloned())
@@ -177,9 +185,13 @@ impl Server {
             hangup,
             data_lock: Some(data_lock),
             vhost_maker: Some(Box::new(move |name: &str| maker.make(name))),
-            directory_file: Some(file),
+            directory_file: file,
         };
-        Ok(Server::new(parts, settings))
+        let server = Server::new(parts, settings);
+        crate::cluster_meta::join(&server.node, settings)
+            .await
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        Ok(server)
     }
 
     /// A server from its parts; `settings` gives the connection limits and the management
@@ -391,6 +403,9 @@ impl Server {
         }
         replays.stop().await;
         let _ = stop_tx.send(true);
+        if let Some(cluster) = self.node.cluster() {
+            cluster.shutdown().await;
+        }
         let deadline = self.connection.close_timeout + Duration::from_secs(1);
         if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()
         {

@@ -151,6 +151,14 @@ impl UserLimit {
             _ => None,
         }
     }
+
+    /// RabbitMQ's name of it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UserLimit::MaxConnections => "max-connections",
+            UserLimit::MaxChannels => "max-channels",
+        }
+    }
 }
 
 impl VHostLimit {
@@ -160,6 +168,14 @@ impl VHostLimit {
             "max-connections" => Some(VHostLimit::MaxConnections),
             "max-queues" => Some(VHostLimit::MaxQueues),
             _ => None,
+        }
+    }
+
+    /// RabbitMQ's name of it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VHostLimit::MaxConnections => "max-connections",
+            VHostLimit::MaxQueues => "max-queues",
         }
     }
 }
@@ -411,9 +427,19 @@ impl SharedDirectory {
             next.apply(c)?;
         }
         commit(&next)?;
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Replaces the whole state (a replicated snapshot's).
+    pub fn replace(&self, directory: Directory) {
+        let _one_at_a_time = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(directory);
+    }
+
+    fn publish(&self, next: Directory) {
         *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.inner.version.fetch_add(1, Ordering::AcqRel);
-        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use warren_core::queue_args::QueueArgs;
 use crate::tls::TlsConfig;
 
 mod access;
+pub mod cluster;
 mod plugins;
 pub use plugins::{ExchangePluginConfig, PluginEntry, PluginSettings, PluginsConfig, RetryPluginConfig};
 
@@ -47,7 +48,7 @@ pub struct Cli {
     #[arg(long, env = "WARREN_MANAGEMENT_LISTEN", value_name = "ADDR")]
     pub management_listen: Option<SocketAddr>,
     /// TOML file with the same settings and more; unknown keys are an error.
-    #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "WARREN_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Start even if a storage log is damaged in the middle, skipping (and logging) the
     /// damaged records. Without it such damage stops the start, naming the file and offset.
@@ -76,6 +77,12 @@ pub enum Command {
     /// Operate a running broker over its management API: list, declare, delete, purge,
     /// replay, close connections, export definitions.
     Ctl(crate::ctl::CtlArgs),
+    /// The cluster of the node `--config` configures.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Print RabbitMQ's hash of a password, for `password-hash` in `[[users]]` (and accepted
     /// by RabbitMQ's definitions import). The password is read from standard input when not
     /// given, so it stays out of the shell history and the process list.
@@ -85,6 +92,24 @@ pub enum Command {
         /// RabbitMQ's hashing module: `rabbit_password_hashing_sha256` (default), `_sha512` or `_md5`.
         #[arg(long, default_value = "rabbit_password_hashing_sha256")]
         algorithm: String,
+    },
+}
+
+/// What `warren cluster` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterAction {
+    /// Print the members, their state and the metadata leader, as the node sees them (asked
+    /// over its management API).
+    Status {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The user to ask as (`administrator` or `monitoring`).
+        #[arg(long, env = "WARREN_USER", default_value = "guest")]
+        user: String,
+        /// Its password.
+        #[arg(long, env = "WARREN_PASSWORD", default_value = "guest", hide_env_values = true)]
+        password: Secret,
     },
 }
 
@@ -165,6 +190,8 @@ pub struct FileConfig {
     /// `[[plugins.exchange]]` and `[[plugins.retry]]`: WebAssembly components to load.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// `[cluster]`: this node's part in a cluster.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// `[storage]` in the config file.
@@ -508,6 +535,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Plugin components to load.
     pub plugins: PluginSettings,
+    /// The cluster this node is a member of; `None` for a single node.
+    pub cluster: Option<cluster::ClusterSettings>,
 }
 
 impl Default for Settings {
@@ -531,6 +560,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             limits: LimitSettings::default(),
             plugins: PluginSettings::default(),
+            cluster: None,
         }
     }
 }
@@ -681,6 +711,7 @@ impl Settings {
         s.limits.counts.max_tx_operations = file.limits.max_tx_operations;
         s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;
+        s.cluster = file.cluster.map(cluster::ClusterConfig::build).transpose()?;
         let (users, access) = access::build(file.users, file.permissions, file.topic_permissions, &s.vhosts)?;
         (s.users, s.access) = (users, std::sync::Arc::new(access));
         Ok(s)

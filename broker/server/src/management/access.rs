@@ -48,6 +48,9 @@ fn change_error(e: ChangeError) -> ApiError {
         ChangeError::Unsupported(why) => {
             (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": "not_implemented", "reason": why})))
         }
+        ChangeError::Unavailable(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "unavailable", "reason": why})))
+        }
     }
 }
 

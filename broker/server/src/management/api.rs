@@ -600,12 +600,6 @@ pub(super) async fn vhosts_health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /api/health/checks/node-is-quorum-critical`: no quorum queue can lose its majority by
-/// this node stopping (there are none yet).
-pub(super) async fn quorum_critical() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
 /// One connection's details, copied out of its broker.
 struct ConnectionRow {
     id: warren_core::ConnId,
@@ -830,8 +824,11 @@ pub(super) async fn one_policy(
     found.map(|p| Json(policy_json(p))).ok_or_else(not_found)
 }
 
-/// `GET /api/nodes`: this node (a single node until the cluster issue).
+/// `GET /api/nodes`: this node, or every member of its cluster.
 pub(super) async fn nodes(State(node): State<NodeRef>) -> Json<Value> {
+    if let Some(members) = super::cluster::nodes(&node) {
+        return Json(Value::Array(members));
+    }
     let alarm = lock(node.default_broker()).broker.alarm().map(str::to_string);
     let processors = std::thread::available_parallelism().map_or(1, usize::from);
     Json(json!([{

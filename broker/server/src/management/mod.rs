@@ -10,6 +10,8 @@
 //! - The directory's changes (`access`): users, vhosts, permissions, limits, policies, and
 //!   the definitions import (`definitions`).
 //! - The web UI (`ui`): `/` and its two files, embedded.
+//! - The cluster (`cluster`): `/api/cluster`, the members in `/api/nodes`, the
+//!   `node-is-quorum-critical` check.
 //!
 //! Every route needs HTTP basic auth as one of the broker's users, as RabbitMQ's does, with
 //! one of the tags `administrator`, `monitoring`, `policymaker` or `management`; a
@@ -39,6 +41,7 @@ use crate::node::NodeRef;
 
 mod access;
 mod api;
+mod cluster;
 mod definitions;
 mod listing;
 mod ops;
@@ -129,12 +132,13 @@ pub fn router(node: NodeRef, hosts: Vec<String>, listeners: Vec<Listener>, repla
             get(api::one_policy).put(access::put_policy).delete(access::delete_policy),
         )
         .route("/api/nodes", get(api::nodes))
+        .route("/api/cluster", get(cluster::status))
         .route("/api/health/checks/port-listener/{port}", get(api::port_listener))
         .route("/api/health/checks/protocol-listener/{protocol}", get(api::protocol_listener))
         .route("/api/health/checks/alarms", get(api::alarms))
         .route("/api/health/checks/local-alarms", get(api::alarms))
         .route("/api/health/checks/virtual-hosts", get(api::vhosts_health))
-        .route("/api/health/checks/node-is-quorum-critical", get(api::quorum_critical))
+        .route("/api/health/checks/node-is-quorum-critical", get(cluster::quorum_critical))
         .layer(listeners)
         .layer(replays)
         .layer(axum::middleware::from_fn(listing::shape))

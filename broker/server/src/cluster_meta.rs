@@ -1,0 +1,453 @@
+//! The cluster's metadata on this node: how a directory change travels through the
+//! metadata group (one JSON command per proposal, in the definitions vocabulary of
+//! [`crate::definitions`]) and the machine that applies it ([`NodeMachine`]), which is
+//! [`Node::apply_replicated`]: the same [`Directory::apply`] a single node runs, so each
+//! change has one meaning whatever carries it.
+//!
+//! The configuration's users, vhosts, permissions and policies seed a new cluster's
+//! directory once (the first seed committed wins; later ones change nothing); after that the
+//! directory changes through the management API of any member, as RabbitMQ's definitions
+//! are loaded at a cluster's first boot only.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use serde::{Deserialize, Serialize};
+use warren_core::broker::VHostLimits;
+use warren_core::directory::{Change, Directory, DirectoryError, SharedDirectory, UserLimit, VHostLimit};
+use warren_core::password::{HashAlgorithm, Password};
+use warren_core::permissions::Access;
+
+use crate::config::Settings;
+use crate::definitions::{
+    AccessDefinitions, PermissionDef, PolicyDef, TopicPermissionDef, UserDef, fresh_salt,
+};
+use crate::node::{ChangeError, Node, NodeRef};
+
+/// One directory change as it is proposed and logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ChangeDef {
+    /// [`Change::PutUser`].
+    PutUser {
+        /// The user, its password hashed.
+        user: UserDef,
+    },
+    /// [`Change::DeleteUser`].
+    DeleteUser {
+        /// Its name.
+        name: String,
+    },
+    /// [`Change::PutVHost`].
+    PutVhost {
+        /// Its name.
+        name: String,
+    },
+    /// [`Change::SetVHostLimits`].
+    SetVhostLimits {
+        /// The vhost.
+        name: String,
+        /// `max-connections`.
+        max_connections: Option<usize>,
+        /// `max-queues`.
+        max_queues: Option<usize>,
+    },
+    /// [`Change::DeleteVHost`].
+    DeleteVhost {
+        /// Its name.
+        name: String,
+    },
+    /// [`Change::SetUserLimit`].
+    SetUserLimit {
+        /// The user.
+        user: String,
+        /// RabbitMQ's name of the limit.
+        limit: String,
+        /// The value; `None` for none.
+        value: Option<usize>,
+    },
+    /// [`Change::SetVHostLimit`].
+    SetVhostLimit {
+        /// The vhost.
+        vhost: String,
+        /// RabbitMQ's name of the limit.
+        limit: String,
+        /// The value; `None` for none.
+        value: Option<usize>,
+    },
+    /// [`Change::UpdateUser`].
+    UpdateUser {
+        /// Its name.
+        name: String,
+        /// The new password's hash and algorithm (an empty hash: no password login).
+        password: Option<(String, String)>,
+        /// The new tags.
+        tags: Option<Vec<String>>,
+    },
+    /// [`Change::SetPermission`].
+    SetPermission {
+        /// The entry.
+        permission: PermissionDef,
+    },
+    /// [`Change::ClearPermission`].
+    ClearPermission {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// [`Change::SetTopicPermission`].
+    SetTopicPermission {
+        /// The entry.
+        permission: TopicPermissionDef,
+    },
+    /// [`Change::ClearTopicPermissions`].
+    ClearTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// One exchange, or all.
+        exchange: Option<String>,
+    },
+    /// [`Change::PutPolicy`].
+    PutPolicy {
+        /// The policy.
+        policy: PolicyDef,
+    },
+    /// [`Change::DeletePolicy`].
+    DeletePolicy {
+        /// Its vhost.
+        vhost: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl ChangeDef {
+    /// The definition of `c`; a password in clear is hashed under a fresh salt first, so no
+    /// clear password is ever logged or sent to a peer.
+    pub fn of(c: &Change) -> std::io::Result<Self> {
+        Ok(match c {
+            Change::PutUser(u) => ChangeDef::PutUser { user: UserDef::of(u, fresh_salt()?) },
+            Change::DeleteUser(n) => ChangeDef::DeleteUser { name: n.clone() },
+            Change::PutVHost(n) => ChangeDef::PutVhost { name: n.clone() },
+            Change::SetVHostLimits(n, l) => ChangeDef::SetVhostLimits {
+                name: n.clone(),
+                max_connections: l.max_connections,
+                max_queues: l.max_queues,
+            },
+            Change::DeleteVHost(n) => ChangeDef::DeleteVhost { name: n.clone() },
+            Change::SetUserLimit { user, limit, value } => {
+                ChangeDef::SetUserLimit { user: user.clone(), limit: limit.name().into(), value: *value }
+            }
+            Change::SetVHostLimit { vhost, limit, value } => {
+                ChangeDef::SetVhostLimit { vhost: vhost.clone(), limit: limit.name().into(), value: *value }
+            }
+            Change::UpdateUser { name, password, tags } => {
+                let password = match password {
+                    Some(p) => {
+                        let (algorithm, hash) = p.exported(fresh_salt()?);
+                        Some((algorithm.name().to_string(), hash))
+                    }
+                    None => None,
+                };
+                ChangeDef::UpdateUser { name: name.clone(), password, tags: tags.clone() }
+            }
+            Change::SetPermission(p) => ChangeDef::SetPermission { permission: PermissionDef::of(p) },
+            Change::ClearPermission { user, vhost } => {
+                ChangeDef::ClearPermission { user: user.clone(), vhost: vhost.clone() }
+            }
+            Change::SetTopicPermission(t) => {
+                ChangeDef::SetTopicPermission { permission: TopicPermissionDef::of(t) }
+            }
+            Change::ClearTopicPermissions { user, vhost, exchange } => ChangeDef::ClearTopicPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                exchange: exchange.clone(),
+            },
+            Change::PutPolicy(p) => ChangeDef::PutPolicy { policy: PolicyDef::of(p) },
+            Change::DeletePolicy { vhost, name } => {
+                ChangeDef::DeletePolicy { vhost: vhost.clone(), name: name.clone() }
+            }
+        })
+    }
+
+    /// The change it describes; an error names what cannot be read.
+    pub fn change(&self) -> Result<Change, String> {
+        Ok(match self {
+            ChangeDef::PutUser { user } => Change::PutUser(user.user()?),
+            ChangeDef::DeleteUser { name } => Change::DeleteUser(name.clone()),
+            ChangeDef::PutVhost { name } => Change::PutVHost(name.clone()),
+            ChangeDef::SetVhostLimits { name, max_connections, max_queues } => Change::SetVHostLimits(
+                name.clone(),
+                VHostLimits { max_connections: *max_connections, max_queues: *max_queues },
+            ),
+            ChangeDef::DeleteVhost { name } => Change::DeleteVHost(name.clone()),
+            ChangeDef::SetUserLimit { user, limit, value } => Change::SetUserLimit {
+                user: user.clone(),
+                limit: UserLimit::from_name(limit).ok_or_else(|| format!("no user limit '{limit}'"))?,
+                value: *value,
+            },
+            ChangeDef::SetVhostLimit { vhost, limit, value } => Change::SetVHostLimit {
+                vhost: vhost.clone(),
+                limit: VHostLimit::from_name(limit).ok_or_else(|| format!("no vhost limit '{limit}'"))?,
+                value: *value,
+            },
+            ChangeDef::UpdateUser { name, password, tags } => {
+                let password = match password {
+                    Some((algorithm, hash)) => {
+                        let algorithm = HashAlgorithm::from_name(algorithm).map_err(|e| e.to_string())?;
+                        Some(Password::from_hash(algorithm, hash).map_err(|e| e.to_string())?)
+                    }
+                    None => None,
+                };
+                Change::UpdateUser { name: name.clone(), password, tags: tags.clone() }
+            }
+            ChangeDef::SetPermission { permission } => Change::SetPermission(permission.permission()?),
+            ChangeDef::ClearPermission { user, vhost } => {
+                Change::ClearPermission { user: user.clone(), vhost: vhost.clone() }
+            }
+            ChangeDef::SetTopicPermission { permission } => {
+                Change::SetTopicPermission(permission.permission()?)
+            }
+            ChangeDef::ClearTopicPermissions { user, vhost, exchange } => Change::ClearTopicPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                exchange: exchange.clone(),
+            },
+            ChangeDef::PutPolicy { policy } => Change::PutPolicy(policy.policy()?),
+            ChangeDef::DeletePolicy { vhost, name } => {
+                Change::DeletePolicy { vhost: vhost.clone(), name: name.clone() }
+            }
+        })
+    }
+}
+
+/// What one proposal asks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MetaCommand {
+    /// Directory changes, all or none.
+    Directory(Vec<ChangeDef>),
+    /// The configuration's directory, applied only if no seed was before.
+    Seed(Vec<ChangeDef>),
+}
+
+/// The machine's whole state, as a snapshot carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaSnapshot {
+    seeded: bool,
+    /// Warren's access without rules (every user may do everything); definitions cannot say it.
+    unrestricted: bool,
+    #[serde(flatten)]
+    definitions: AccessDefinitions,
+}
+
+/// The metadata machine of this node: its directory (and, through it, its vhosts' brokers).
+pub struct NodeMachine {
+    node: Weak<Node>,
+    seeded: AtomicBool,
+}
+
+impl NodeMachine {
+    fn node(&self) -> Result<NodeRef, String> {
+        self.node.upgrade().ok_or_else(|| "the node is stopping".to_string())
+    }
+
+    fn changes(defs: &[ChangeDef]) -> Result<Vec<Change>, String> {
+        defs.iter().map(ChangeDef::change).collect()
+    }
+}
+
+impl warren_cluster::MetaMachine for NodeMachine {
+    fn apply(&self, body: &str) -> Result<String, String> {
+        let node = self.node()?;
+        let command: MetaCommand =
+            serde_json::from_str(body).map_err(|e| format!("an unreadable metadata command: {e}"))?;
+        match command {
+            MetaCommand::Directory(defs) => {
+                node.apply_replicated(Self::changes(&defs)?).map_err(|e| e.to_string())?;
+                Ok("ok".into())
+            }
+            MetaCommand::Seed(defs) => {
+                if self.seeded.load(Ordering::Acquire) {
+                    return Ok("already seeded".into());
+                }
+                node.apply_replicated(Self::changes(&defs)?).map_err(|e| e.to_string())?;
+                self.seeded.store(true, Ordering::Release);
+                Ok("seeded".into())
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Result<String, String> {
+        let node = self.node()?;
+        let dir = node.directory().load();
+        let definitions = AccessDefinitions::of(&dir, fresh_salt).map_err(|e| e.to_string())?;
+        let snapshot = MetaSnapshot {
+            seeded: self.seeded.load(Ordering::Acquire),
+            unrestricted: dir.access.is_unrestricted(),
+            definitions,
+        };
+        serde_json::to_string(&snapshot).map_err(|e| e.to_string())
+    }
+
+    fn restore(&self, data: &str) -> Result<(), String> {
+        let node = self.node()?;
+        let snapshot: MetaSnapshot =
+            serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
+        let mut dir = empty(snapshot.unrestricted);
+        let plan = snapshot.definitions.plan()?;
+        for change in plan.vhosts.into_iter().map(Change::PutVHost).chain(plan.changes) {
+            let unrestricted_permission = snapshot.unrestricted && matches!(change, Change::SetPermission(_));
+            // Unrestricted access is exported as every permission; it is not a rule to keep.
+            if !unrestricted_permission {
+                dir.apply(change).map_err(|e| format!("the snapshot: {e}"))?;
+            }
+        }
+        node.restore_directory(dir);
+        self.seeded.store(snapshot.seeded, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// A directory with nothing in it but `/`, before the cluster's seed or snapshot.
+pub fn empty(unrestricted: bool) -> Directory {
+    Directory {
+        users: Vec::new(),
+        access: if unrestricted { Access::Unrestricted } else { Access::rules(Vec::new(), Vec::new()) },
+        ..Default::default()
+    }
+}
+
+/// Proposes `changes` to the cluster; `Ok` once they are committed and applied here. They
+/// are tried on this node's copy first, so a change the directory refuses is refused with
+/// its own reason without a round trip.
+pub async fn propose(
+    cluster: &warren_cluster::Cluster,
+    directory: &SharedDirectory,
+    changes: Vec<Change>,
+) -> Result<(), ChangeError> {
+    let mut trial = (*directory.load()).clone();
+    for c in &changes {
+        trial.apply(c.clone())?;
+    }
+    let defs = changes
+        .iter()
+        .map(ChangeDef::of)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| ChangeError::Storage(format!("no salt for a password hash: {e}")))?;
+    let body = serde_json::to_string(&MetaCommand::Directory(defs))
+        .map_err(|e| ChangeError::Storage(e.to_string()))?;
+    match cluster.propose(body).await {
+        Ok(_) => Ok(()),
+        // Another member's change came first and made this one fail everywhere.
+        Err(warren_cluster::ProposeError::Refused(why)) => Err(DirectoryError::Invalid(why).into()),
+        Err(e) => Err(ChangeError::Unavailable(e.to_string())),
+    }
+}
+
+/// Starts this node's membership of the cluster `settings` describe and, in the
+/// background, proposes the configuration's seed until one is committed.
+pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
+    let Some(c) = &settings.cluster else {
+        return Ok(());
+    };
+    let machine = Arc::new(NodeMachine { node: Arc::downgrade(node), seeded: AtomicBool::new(false) });
+    let config = warren_cluster::ClusterConfig {
+        node: c.node.clone(),
+        listen: c.listen,
+        peers: c
+            .peers
+            .iter()
+            .map(|(name, addr)| warren_cluster::Member { name: name.clone(), addr: addr.to_string() })
+            .collect(),
+        dir: settings.data_dir.join("cluster"),
+        propose_timeout: c.propose_timeout,
+    };
+    let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
+    node.set_cluster(cluster.clone());
+    let seed = crate::directory_file::config_changes(settings, &empty(true));
+    let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
+    let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
+    tokio::spawn(async move {
+        loop {
+            if machine.seeded.load(Ordering::Acquire) {
+                return;
+            }
+            if cluster.has_leader() {
+                match cluster.propose(body.clone()).await {
+                    Ok(answer) => {
+                        tracing::info!(
+                            answer,
+                            "the configuration's directory was proposed as the cluster's seed"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "the seed is not committed yet"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_core::auth::User;
+    use warren_core::permissions::{Pattern, Permission, TopicPermission};
+
+    #[test]
+    fn every_change_round_trips_through_its_definition() {
+        let all = || Pattern::new(".*").expect("pattern");
+        let changes = vec![
+            Change::PutUser(User { name: "a".into(), ..User::guest() }),
+            Change::DeleteUser("a".into()),
+            Change::PutVHost("v".into()),
+            Change::SetVHostLimits("v".into(), VHostLimits { max_connections: Some(3), max_queues: None }),
+            Change::DeleteVHost("v".into()),
+            Change::SetUserLimit { user: "a".into(), limit: UserLimit::MaxChannels, value: Some(4) },
+            Change::SetVHostLimit { vhost: "v".into(), limit: VHostLimit::MaxQueues, value: None },
+            Change::UpdateUser { name: "a".into(), password: Some(Password::plain("pw")), tags: None },
+            Change::SetPermission(Permission {
+                user: "a".into(),
+                vhost: "v".into(),
+                configure: all(),
+                write: all(),
+                read: all(),
+            }),
+            Change::ClearPermission { user: "a".into(), vhost: "v".into() },
+            Change::SetTopicPermission(
+                TopicPermission::new("a", "v", "amq.topic", "^x", ".*").expect("topic"),
+            ),
+            Change::ClearTopicPermissions { user: "a".into(), vhost: "v".into(), exchange: None },
+            Change::DeletePolicy { vhost: "v".into(), name: "p".into() },
+        ];
+        for c in changes {
+            let def = ChangeDef::of(&c).expect("def");
+            let text = serde_json::to_string(&def).expect("json");
+            assert!(!text.contains("\"pw\""), "no clear password travels: {text}");
+            let back: ChangeDef = serde_json::from_str(&text).expect("parse");
+            let again = back.change().expect("change");
+            // Compared by their definitions: a hashed password is not equal to the clear one.
+            assert_eq!(
+                serde_json::to_string(&ChangeDef::of(&again).expect("def")).expect("json").len(),
+                text.len(),
+                "{c:?}"
+            );
+        }
+        let updated = ChangeDef::of(&Change::UpdateUser {
+            name: "a".into(),
+            password: Some(Password::plain("pw")),
+            tags: None,
+        })
+        .expect("def")
+        .change()
+        .expect("back");
+        let Change::UpdateUser { password: Some(p), .. } = updated else { panic!("an update") };
+        assert!(p.verify("pw") && !p.verify("other"));
+    }
+}

@@ -1,0 +1,219 @@
+//! A cluster of real `warren` processes on 127.0.0.1, each with its own ports, config file
+//! and data dir, for the cluster tests.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http_as;
+
+/// What `warren` logs once it serves.
+const READY: &str = "listening for AMQP 0-9-1 over TCP";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// One member.
+pub struct Node {
+    pub name: String,
+    pub amqp: SocketAddr,
+    pub management: SocketAddr,
+    pub cluster: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+/// The members, started.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` members named n1.., each started and serving AMQP (not yet agreeing on a leader).
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut nodes: Vec<Node> = (1..=n)
+            .map(|i| {
+                let name = format!("n{i}");
+                let node_dir = dir.path().join(&name);
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                Node {
+                    amqp: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    management: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    cluster: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    config: node_dir.join("warren.toml"),
+                    dir: node_dir,
+                    name,
+                    child: None,
+                }
+            })
+            .collect();
+        let peers: Vec<String> = nodes.iter().map(|m| format!("\"{}@{}\"", m.name, m.cluster)).collect();
+        for node in &nodes {
+            node.write_config(&node.name, &peers.join(", "));
+        }
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_ready(0);
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    /// The leader every running member names, once they all name the same one (and it is
+    /// not `not`); panics after 20 s.
+    pub async fn leader(&self, running: &[usize], not: Option<&str>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for &i in running {
+                seen.push(
+                    self.nodes[i].status().await.and_then(|s| s["leader"].as_str().map(str::to_string)),
+                );
+            }
+            if let Some(Some(l)) = seen.first()
+                && seen.iter().all(|s| s.as_ref() == Some(l))
+                && Some(l.as_str()) != not
+            {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {running:?}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of the member named `name`.
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).expect("a member")
+    }
+}
+
+impl Node {
+    /// Writes this node's config file naming it `name` with `peers`.
+    pub fn write_config(&self, name: &str, peers: &str) {
+        let text = format!(
+            "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"127.0.0.1:0\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\n",
+            self.dir.join("data").display(),
+            self.amqp,
+            self.management,
+            self.cluster,
+        );
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    fn command(&self) -> Command {
+        let log = std::fs::File::options().create(true).append(true).open(self.log_path()).expect("log");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+        c.args(["--config", &self.config.display().to_string()]).stdout(Stdio::null()).stderr(log);
+        c
+    }
+
+    fn spawn(&mut self) {
+        self.child = Some(self.command().spawn().expect("start warren"));
+    }
+
+    fn wait_ready(&mut self, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches(READY).count() == before {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited ({status}): {}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not start: {}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again on its data dir.
+    pub fn restart(&mut self) {
+        let before = self.log().matches(READY).count();
+        self.spawn();
+        self.wait_ready(before);
+    }
+
+    /// Runs it with its config as is, expecting it to refuse to start; its log.
+    pub fn refused_start(&self) -> String {
+        let mut child = self.command().spawn().expect("start warren");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(!status.success(), "it started");
+                return self.log();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} kept running: {}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`).
+    pub fn pause(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill").args([signal, &pid]).status().expect("kill").success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("warren.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `GET /api/cluster` as guest, when it answers 200.
+    pub async fn status(&self) -> Option<Value> {
+        let (code, body) = tokio::time::timeout(
+            Duration::from_secs(2),
+            http_as(self.management, ("guest", "guest"), "GET", "/api/cluster", ""),
+        )
+        .await
+        .ok()?;
+        if code != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// An AMQP URI for `user` on `vhost` (percent-encoded by the caller).
+    pub fn uri(&self, user: &str, password: &str, vhost: &str) -> String {
+        format!("amqp://{user}:{password}@{}/{vhost}", self.amqp)
+    }
+
+    /// A management request as `user`.
+    pub async fn api(&self, user: (&str, &str), method: &str, path: &str, body: &str) -> (u16, String) {
+        http_as(self.management, user, method, path, body).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // A paused process must be resumed to die cleanly in every case.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// The data dir of a node.
+pub fn data_dir(node: &Node) -> &Path {
+    &node.dir
+}

@@ -1,0 +1,191 @@
+//! A cluster of three real `warren` processes on 127.0.0.1 (issue #19): the metadata group
+//! replicates the directory (users, vhosts, permissions), a change made on one member holds
+//! on every member, and the group survives a `kill -9`, a `SIGSTOP`ped leader and a lost
+//! majority (refused with 503 within its bound, made once the majority is back). What
+//! clients were told (2xx) is checked against what every member holds at the end.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use lapin::{Connection, ConnectionProperties};
+
+const GUEST: (&str, &str) = ("guest", "guest");
+
+/// Whether `user` can open `vhost` on member `i` now.
+async fn login(c: &Cluster, i: usize, user: &str, vhost: &str) -> bool {
+    let uri = c.nodes[i].uri(user, &format!("{user}-pw"), vhost);
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        Connection::connect(&uri, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = conn.close(200, "bye".into()).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Waits up to 10 s for `login` to give `want`.
+async fn login_becomes(c: &Cluster, i: usize, user: &str, vhost: &str, want: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if login(c, i, user, vhost).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn add_user(c: &Cluster, i: usize, user: &str) -> u16 {
+    let body = format!(r#"{{"password":"{user}-pw","tags":"administrator"}}"#);
+    let (code, _) = c.nodes[i].api(GUEST, "PUT", &format!("/api/users/{user}"), &body).await;
+    if (200..300).contains(&code) {
+        let all = r#"{"configure":".*","write":".*","read":".*"}"#;
+        let (p, body) = c.nodes[i].api(GUEST, "PUT", &format!("/api/permissions/%2F/{user}"), all).await;
+        assert!((200..300).contains(&p), "permissions of {user}: {p} {body}");
+    }
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_member_holds_on_every_member() {
+    let c = Cluster::start(3);
+    let leader = c.leader(&[0, 1, 2], None).await;
+    assert!(["n1", "n2", "n3"].contains(&leader.as_str()), "{leader}");
+
+    // Made on n1: a user, a vhost, permissions there.
+    assert!((200..300).contains(&add_user(&c, 0, "alice").await));
+    let (code, body) = c.nodes[0].api(GUEST, "PUT", "/api/vhosts/orders", "").await;
+    assert!((200..300).contains(&code), "{code} {body}");
+    let all = r#"{"configure":".*","write":".*","read":".*"}"#;
+    let (code, body) = c.nodes[0].api(GUEST, "PUT", "/api/permissions/orders/alice", all).await;
+    assert!((200..300).contains(&code), "{code} {body}");
+    // n1 answered once it applied the change: alice is in at once there.
+    assert!(login(&c, 0, "alice", "orders").await, "n1 reads its own write");
+    // The others catch up within milliseconds; bounded here at 10 s.
+    for i in [1, 2] {
+        assert!(login_becomes(&c, i, "alice", "orders", true).await, "alice on {}", c.nodes[i].name);
+    }
+    // The vhost has a broker on n3: a queue can be declared there.
+    let conn =
+        Connection::connect(&c.nodes[2].uri("alice", "alice-pw", "orders"), ConnectionProperties::default())
+            .await
+            .expect("alice on n3");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("q".into(), Default::default(), Default::default()).await.expect("declare on n3");
+
+    // `warren cluster status` as the README shows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["cluster", "status", "--config", &c.nodes[1].config.display().to_string()])
+        .output()
+        .expect("warren cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("node n2") && text.contains(&format!("metadata leader {leader}")), "{text}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(text.lines().any(|l| l.starts_with(n) && l.contains(" up ")), "{n} up in:\n{text}");
+    }
+    // RabbitMQ's /api/nodes lists every member.
+    let (code, body) = c.nodes[2].api(GUEST, "GET", "/api/nodes", "").await;
+    assert_eq!(code, 200);
+    let nodes: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{body}");
+
+    // Deleted on n2: the session on n3 is closed, and nobody opens the vhost anywhere.
+    let (code, body) = c.nodes[1].api(GUEST, "DELETE", "/api/vhosts/orders", "").await;
+    assert!((200..300).contains(&code), "{code} {body}");
+    let closed = async {
+        while conn.status().connected() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), closed).await.is_ok(),
+        "n3's connection to orders closed"
+    );
+    for i in 0..3 {
+        assert!(login_becomes(&c, i, "alice", "orders", false).await, "orders gone on {}", c.nodes[i].name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_survives_a_crash_a_pause_and_a_lost_majority() {
+    let mut c = Cluster::start(3);
+    let mut told_ok: Vec<String> = Vec::new();
+    let first = c.leader(&[0, 1, 2], None).await;
+
+    // kill -9 of the leader: the other two elect one of them and take writes.
+    let l = c.index(&first);
+    c.nodes[l].kill();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let second = c.leader(&rest, Some(&first)).await;
+    assert_eq!(add_user(&c, rest[0], "bob").await / 100, 2, "the majority takes writes");
+    told_ok.push("bob".into());
+    // It comes back from its files and catches up.
+    c.nodes[l].restart();
+    assert!(login_becomes(&c, l, "bob", "%2F", true).await, "the restarted member has bob");
+
+    // SIGSTOP of the leader past the election timeout: a new one, no split brain after.
+    let s = c.index(&second);
+    c.nodes[s].pause(true);
+    let others: Vec<usize> = (0..3).filter(|i| *i != s).collect();
+    let third = c.leader(&others, Some(&second)).await;
+    assert_eq!(add_user(&c, others[0], "carol").await / 100, 2);
+    told_ok.push("carol".into());
+    c.nodes[s].pause(false);
+    let agreed = c.leader(&[0, 1, 2], None).await;
+    assert_eq!(agreed, third, "the paused leader stepped down and follows");
+    assert!(login_becomes(&c, s, "carol", "%2F", true).await, "the paused member caught up");
+
+    // Two of three down: the last refuses writes within its bound, with 503.
+    let alone = (0..3).find(|i| *i != s).unwrap_or(0);
+    let gone: Vec<usize> = (0..3).filter(|i| *i != alone).collect();
+    for &g in &gone {
+        c.nodes[g].kill();
+    }
+    let t = Instant::now();
+    let (code, body) = c.nodes[alone]
+        .api(GUEST, "PUT", "/api/users/dave", r#"{"password":"dave-pw","tags":"administrator"}"#)
+        .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("quorum") || body.contains("may or may not"), "{body}");
+    assert!(t.elapsed() < Duration::from_secs(8), "bounded: {:?}", t.elapsed());
+    // Reads and logins keep working on the minority.
+    assert!(login(&c, alone, "bob", "%2F").await, "the minority still serves what it has");
+
+    // The majority returns; the change is made, and everything converges.
+    for &g in &gone {
+        c.nodes[g].restart();
+    }
+    c.leader(&[0, 1, 2], None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let code = add_user(&c, alone, "dave").await;
+        if code / 100 == 2 {
+            told_ok.push("dave".into());
+            break;
+        }
+        assert!(Instant::now() < deadline, "dave never made: {code}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every change a client was told was made is on every member.
+    for user in &told_ok {
+        for i in 0..3 {
+            assert!(login_becomes(&c, i, user, "%2F", true).await, "{user} on {}", c.nodes[i].name);
+        }
+    }
+
+    // A node's name never changes: its data dir refuses another.
+    c.nodes[0].kill();
+    let peers =
+        c.nodes.iter().map(|n| format!("\"{}@{}\"", if n.name == "n1" { "n9" } else { &n.name }, n.cluster));
+    c.nodes[0].write_config("n9", &peers.collect::<Vec<_>>().join(", "));
+    let log = c.nodes[0].refused_start();
+    assert!(log.contains("belongs to node 'n1'"), "{log}");
+}
