@@ -326,11 +326,104 @@ pub fn router(node: NodeRef, services: &crate::services::Services) -> axum::Rout
     )
 }
 
+/// Registers the cluster's metrics when the node is a member of one; whether it is.
+fn node_is_member(r: &Registry, node: &NodeRef) -> bool {
+    if node.cluster().is_none() {
+        return false;
+    }
+    match r.register(Box::new(ClusterCollector::new(node.clone()))) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster metrics not registered");
+            false
+        }
+    }
+}
+
+/// The cluster's metrics, read from its status at scrape time: the members, which of them
+/// the failure detector hears, and the metadata group's Raft numbers.
+pub struct ClusterCollector {
+    node: NodeRef,
+    descs: Vec<Desc>,
+}
+
+impl ClusterCollector {
+    /// A collector over `node`'s cluster.
+    pub fn new(node: NodeRef) -> Self {
+        let descs = cluster_families(None)
+            .iter()
+            .flat_map(|f| f.desc().into_iter().cloned().collect::<Vec<_>>())
+            .collect();
+        ClusterCollector { node, descs }
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let status = self.node.cluster().map(|c| c.status());
+        cluster_families(status.as_ref()).iter().flat_map(|f| f.collect()).collect()
+    }
+}
+
+fn cluster_families(s: Option<&warren_cluster::Status>) -> Vec<Box<dyn Family>> {
+    let group = ["metadata"];
+    let members = gauge("warren_cluster_members", "Members of the cluster, voters and learners.", &[]);
+    let up = gauge(
+        "warren_cluster_node_up",
+        "1 when the failure detector hears the member (always for this node).",
+        &["node"],
+    );
+    let g = |name: &str, help: &str| gauge(name, help, &["group"]);
+    let term = g("warren_raft_term", "The Raft group's current term.");
+    let commit = g("warren_raft_commit_index", "The last log index this node knows committed.");
+    let applied = g("warren_raft_applied_index", "The last log index this node applied.");
+    let lag = g("warren_raft_apply_lag", "Committed entries this node has not applied yet.");
+    let has_leader = g(
+        "warren_raft_has_leader",
+        "1 when this node knows a leader of the group (0: no quorum, or an election).",
+    );
+    let is_leader = g("warren_raft_is_leader", "1 when this node leads the group.");
+    let changes = counter(
+        "warren_raft_leader_changes_total",
+        "Leaders this node has seen elected since it started.",
+        &["group"],
+    );
+    if let Some(s) = s {
+        members.with_label_values(&[] as &[&str]).set(int(s.members.len()));
+        for m in &s.members {
+            up.with_label_values(&[m.name.as_str()]).set(i64::from(m.up));
+        }
+        let (c, a) = (s.commit_index.unwrap_or(0), s.applied_index.unwrap_or(0));
+        term.with_label_values(&group).set(i64::try_from(s.term).unwrap_or(i64::MAX));
+        commit.with_label_values(&group).set(i64::try_from(c).unwrap_or(i64::MAX));
+        applied.with_label_values(&group).set(i64::try_from(a).unwrap_or(i64::MAX));
+        lag.with_label_values(&group).set(i64::try_from(c.saturating_sub(a)).unwrap_or(i64::MAX));
+        has_leader.with_label_values(&group).set(i64::from(s.leader.is_some()));
+        is_leader.with_label_values(&group).set(i64::from(s.state == "leader"));
+        changes.with_label_values(&group).inc_by(s.leader_changes);
+    }
+    vec![
+        Box::new(members),
+        Box::new(up),
+        Box::new(term),
+        Box::new(commit),
+        Box::new(applied),
+        Box::new(lag),
+        Box::new(has_leader),
+        Box::new(is_leader),
+        Box::new(changes),
+    ]
+}
+
 /// The registry served on `/metrics`: the broker collector, the storage, memory and plugin
 /// metrics, and process metrics.
 pub fn registry(node: NodeRef, services: &crate::services::Services) -> Registry {
     let r = Registry::new();
-    if let Err(e) = r.register(Box::new(BrokerCollector::new(node))) {
+    if let Err(e) = r.register(Box::new(BrokerCollector::new(node.clone()))) {
         tracing::error!(error = %e, "broker metrics not registered");
     }
     if let Some(m) = &services.storage_metrics {
@@ -341,6 +434,9 @@ pub fn registry(node: NodeRef, services: &crate::services::Services) -> Registry
         && let Err(e) = r.register(Box::new(p.collector()))
     {
         tracing::error!(error = %e, "plugin metrics not registered");
+    }
+    if node_is_member(&r, &node) {
+        tracing::debug!("cluster metrics registered");
     }
     let process = prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "warren");
     if let Err(e) = r.register(Box::new(process)) {

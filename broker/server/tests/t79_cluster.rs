@@ -97,6 +97,26 @@ async fn a_change_on_one_member_holds_on_every_member() {
     let nodes: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{body}");
 
+    // The cluster's series, with every name the example alerts and dashboard use.
+    let (code, metrics) = common::http_to(c.nodes[1].metrics, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("warren_cluster_members 3"), "{metrics}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(metrics.contains(&format!("warren_cluster_node_up{{node=\"{n}\"}} 1")), "{n} up: {metrics}");
+    }
+    assert!(metrics.contains("warren_raft_has_leader{group=\"metadata\"} 1"), "{metrics}");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let re = regex::Regex::new(r"warren_(cluster|raft)_[a-z_]+").expect("regex");
+    for file in ["grafana/warren.json", "prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("example file");
+        for name in re.find_iter(&text).map(|m| m.as_str()) {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "{file} uses {name}, which a member does not export"
+            );
+        }
+    }
+
     // Deleted on n2: the session on n3 is closed, and nobody opens the vhost anywhere.
     let (code, body) = c.nodes[1].api(GUEST, "DELETE", "/api/vhosts/orders", "").await;
     assert!((200..300).contains(&code), "{code} {body}");

@@ -22,6 +22,7 @@ pub struct Node {
     pub name: String,
     pub amqp: SocketAddr,
     pub management: SocketAddr,
+    pub metrics: SocketAddr,
     pub cluster: SocketAddr,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -46,6 +47,7 @@ impl Cluster {
                 Node {
                     amqp: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     management: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     cluster: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     config: node_dir.join("warren.toml"),
                     dir: node_dir,
@@ -99,10 +101,11 @@ impl Node {
     /// Writes this node's config file naming it `name` with `peers`.
     pub fn write_config(&self, name: &str, peers: &str) {
         let text = format!(
-            "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"127.0.0.1:0\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\n",
+            "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"{}\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\n",
             self.dir.join("data").display(),
             self.amqp,
             self.management,
+            self.metrics,
             self.cluster,
         );
         std::fs::write(&self.config, text).expect("config");
