@@ -1,11 +1,16 @@
 //! A node's part in the cluster: its identity, the metadata group's Raft node, the
-//! inter-node listener, the failure detector, and the door proposals go through.
+//! inter-node listener, the failure detector, and the doors proposals, joins and removals go
+//! through.
 //!
 //! Every node of `[cluster] peers` is a voter from the start; each fresh node initializes the
 //! group with that same set (openraft allows it when the set is the same everywhere), so the
-//! first majority to come up elects a leader. Node ids are the ranks of the names in the
-//! sorted list, the same on every node; the cluster's id is that list, so a node configured
-//! with other peers is refused at its hello rather than joining a different group.
+//! first majority to come up elects a leader. A node's Raft id is a hash of its name
+//! ([`node_id`]), the same everywhere. The cluster's id is the sorted list of the initial
+//! names, kept in each member's identity file: a node of another cluster is refused at its
+//! hello. A node whose `peers` do not name it is a new node: it waits, empty, until
+//! [`Cluster::join`] asks a member to add it (a learner first, a voter once it caught up) and
+//! learns the cluster's id from the answer. [`Cluster::remove`] takes a member out and
+//! retires its name, which no node may join under again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -18,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::alias::SnapshotOf;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,7 +32,7 @@ use crate::files;
 use crate::machine::{MetaMachine, StateMachine};
 use crate::network::Network;
 use crate::store::LogStore;
-use crate::transport::{self, Transport};
+use crate::transport::{self, ClusterId, Transport};
 use crate::types::{Member, Meta, NodeId, Outcome, Proposal};
 use crate::wire::{Reply, Rpc};
 
@@ -40,6 +45,19 @@ pub const HEARTBEAT_MS: u64 = 250;
 /// The metadata group's election timeout range, in milliseconds: a leader that stops is
 /// replaced within about this long.
 pub const ELECTION_MS: (u64, u64) = (1000, 2000);
+/// How long a join (or a removal) may take: a new node catches up with the log first.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A node's Raft id: FNV-1a of its name, so every member computes the same one without
+/// asking; names are never reused, and a join whose id meets another name's is refused.
+pub fn node_id(name: &str) -> NodeId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
 
 /// What a node is told about the cluster.
 #[derive(Debug, Clone)]
@@ -48,7 +66,7 @@ pub struct ClusterConfig {
     pub node: String,
     /// Where this node listens for its peers.
     pub listen: SocketAddr,
-    /// Every initial member, this node included.
+    /// Every initial member; a node these do not name is a new node that joins later.
     pub peers: Vec<Member>,
     /// Where the node keeps its identity, Raft log and snapshots.
     pub dir: PathBuf,
@@ -94,7 +112,8 @@ pub enum ProposeError {
 #[derive(Debug, Serialize, Deserialize)]
 struct Identity {
     name: String,
-    cluster: String,
+    /// The cluster's id; `None` for a new node that has not joined yet.
+    cluster: Option<String>,
 }
 
 /// What `warren cluster status` shows.
@@ -135,46 +154,53 @@ pub struct MemberStatus {
 
 /// This node's handle on the cluster.
 pub struct Cluster {
-    id: NodeId,
-    name: String,
-    raft: Raft<Meta, StateMachine>,
-    transport: Arc<Transport>,
-    propose_timeout: Duration,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    /// Started as a new node that no member has added yet.
+    new: bool,
     leader_changes: Arc<AtomicU64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the listener's requests and the node's own calls share.
+struct Shared {
+    id: NodeId,
+    me: Member,
+    raft: Raft<Meta, StateMachine>,
+    transport: Arc<Transport>,
+    cluster_id: ClusterId,
+    retired: Arc<Mutex<BTreeSet<String>>>,
+    propose_timeout: Duration,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Checks (or, on a fresh data dir, writes) the node's identity.
-fn identity(dir: &Path, name: &str, cluster: &str) -> Result<(), ClusterError> {
+/// The identity kept in `dir`, if any; one of another name is refused.
+fn read_identity(dir: &Path, name: &str) -> Result<Option<Identity>, ClusterError> {
     let path = dir.join("identity.json");
-    match files::read(&path, 1 << 16)? {
-        Some(bytes) => {
-            let id: Identity = serde_json::from_slice(&bytes)
-                .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
-            if id.name != name {
-                return Err(ClusterError::Config(format!(
-                    "this data dir belongs to node '{}', not '{name}': a node's name never changes (use a fresh data dir for a new node)",
-                    id.name
-                )));
-            }
-            if id.cluster != cluster {
-                return Err(ClusterError::Config(format!(
-                    "this data dir belongs to a cluster of [{}], not of [{cluster}]: the initial peers never change",
-                    id.cluster
-                )));
-            }
-            Ok(())
-        }
-        None => {
-            let bytes = serde_json::to_vec(&Identity { name: name.into(), cluster: cluster.into() })
-                .map_err(std::io::Error::other)?;
-            Ok(files::replace(&path, &bytes, true)?)
-        }
+    let Some(bytes) = files::read(&path, 1 << 16)? else {
+        return Ok(None);
+    };
+    let id: Identity = serde_json::from_slice(&bytes)
+        .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
+    if id.name != name {
+        return Err(ClusterError::Config(format!(
+            "this data dir belongs to node '{}', not '{name}': a node's name never changes (use a fresh data dir for a new node)",
+            id.name
+        )));
     }
+    Ok(Some(id))
+}
+
+fn write_identity(dir: &Path, id: &Identity) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(id).map_err(std::io::Error::other)?;
+    files::replace(&dir.join("identity.json"), &bytes, true)
+}
+
+fn id_now(c: &ClusterId) -> String {
+    c.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Cluster {
@@ -188,29 +214,46 @@ impl Cluster {
         if names.len() != config.peers.len() {
             return Err(ClusterError::Config("[cluster] peers names a node twice".into()));
         }
-        let Some(rank) = names.iter().position(|n| *n == config.node) else {
-            return Err(ClusterError::Config(format!(
-                "[cluster] peers does not name this node, '{}'",
-                config.node
-            )));
+        let initial = names.contains(config.node.as_str());
+        let id = node_id(&config.node);
+        let members: BTreeMap<NodeId, Member> =
+            config.peers.iter().map(|m| (node_id(&m.name), m.clone())).collect();
+        if members.len() != config.peers.len() {
+            return Err(ClusterError::Config(
+                "two names of [cluster] peers have the same node id; rename one".into(),
+            ));
+        }
+        std::fs::create_dir_all(&config.dir)?;
+        let stored = read_identity(&config.dir, &config.node)?;
+        let cluster_id = match stored.as_ref().and_then(|i| i.cluster.clone()) {
+            Some(c) => c,
+            None if initial => names.iter().copied().collect::<Vec<_>>().join(","),
+            None => String::new(),
         };
-        let id = rank as NodeId + 1;
-        let cluster_id = names.iter().copied().collect::<Vec<_>>().join(",");
-        let members: BTreeMap<NodeId, Member> = config
+        let identity = Identity {
+            name: config.node.clone(),
+            cluster: (!cluster_id.is_empty()).then(|| cluster_id.clone()),
+        };
+        if stored.as_ref().map(|s| &s.cluster) != Some(&identity.cluster) {
+            write_identity(&config.dir, &identity)?;
+        }
+        let me = config
             .peers
             .iter()
-            .map(|m| (names.iter().position(|n| *n == m.name).map_or(0, |r| r as NodeId + 1), m.clone()))
-            .collect();
-        std::fs::create_dir_all(&config.dir)?;
-        identity(&config.dir, &config.node, &cluster_id)?;
+            .find(|m| m.name == config.node)
+            .cloned()
+            .unwrap_or_else(|| Member { name: config.node.clone(), addr: config.listen.to_string() });
         let log = LogStore::open(&config.dir)?;
         let sm = StateMachine::open(&config.dir, machine)?;
-        let transport = Transport::new(&cluster_id, &config.node);
+        let retired = sm.retired();
+        let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(cluster_id));
+        let routes = config.peers.iter().map(|m| (m.name.clone(), m.addr.clone())).collect();
+        let transport = Transport::new(cluster_id.clone(), &config.node, routes);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen))
         })?;
         let raft_config = Config {
-            cluster_name: cluster_id.clone(),
+            cluster_name: "warren".into(),
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_MS.0,
             election_timeout_max: ELECTION_MS.1,
@@ -221,110 +264,116 @@ impl Cluster {
         let raft = Raft::new(id, raft_config, Network::new(transport.clone()), log, sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            id,
+            me,
+            raft: raft.clone(),
+            transport: transport.clone(),
+            cluster_id: cluster_id.clone(),
+            retired,
+            propose_timeout: config.propose_timeout,
+        });
         let mut tasks = Vec::new();
-        let (served, timeout) = (raft.clone(), config.propose_timeout);
+        let served = shared.clone();
         tasks.push(tokio::spawn(transport::serve(listener, cluster_id, move |rpc| {
-            handle(served.clone(), timeout, rpc)
+            let s = served.clone();
+            async move { s.handle(rpc).await }
         })));
-        if !raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))? {
+        let initialized = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if initial && !initialized {
             // Every fresh member proposes the same set; whichever entry wins, it is that set.
             if let Err(e) = raft.initialize(members.clone()).await {
                 tracing::debug!(error = %e, "the metadata group was initialized elsewhere first");
             }
         }
+        if !initial && !initialized {
+            tracing::info!(node = %config.node, "a new node: it waits to be joined (warren cluster join)");
+        }
         let leader_changes = Arc::new(AtomicU64::new(0));
         tasks.push(tokio::spawn(watch_leader(raft.clone(), leader_changes.clone())));
         tasks.push(tokio::spawn(detect(raft.clone(), transport.clone(), id)));
         tracing::info!(node = %config.node, id, listen = %config.listen, peers = members.len(), "cluster member started");
-        Ok(Arc::new(Cluster {
-            id,
-            name: config.node,
-            raft,
-            transport,
-            propose_timeout: config.propose_timeout,
-            leader_changes,
-            tasks: Mutex::new(tasks),
-        }))
+        let new = !initial && !initialized;
+        Ok(Arc::new(Cluster { shared, dir: config.dir, new, leader_changes, tasks: Mutex::new(tasks) }))
     }
 
     /// Proposes `body` to the metadata group: the machine's answer once the change is
     /// committed by a majority and applied on this node.
     pub async fn propose(&self, body: String) -> Result<String, ProposeError> {
-        let deadline = tokio::time::Instant::now() + self.propose_timeout;
-        let proposal = Proposal { body };
-        loop {
-            let written = tokio::time::timeout_at(deadline, self.raft.client_write(proposal.clone())).await;
-            let leader = match written {
-                Err(_) => return Err(ProposeError::NoQuorum(self.propose_timeout)),
-                Ok(Ok(r)) => return settle(r.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
-                Ok(Err(e)) => return Err(ProposeError::Failed(e.to_string())),
-            };
-            match leader.filter(|l| *l != self.id) {
-                Some(l) => {
-                    if let Some(r) = self.forward(l, &proposal, deadline).await? {
-                        return r;
-                    }
-                }
-                None => {}
+        self.shared.propose(Proposal::App(body)).await
+    }
+
+    /// Whether this node started as a new node with nothing of the group yet (it waits to be
+    /// joined).
+    pub fn started_new(&self) -> bool {
+        self.new
+    }
+
+    /// Whether this node is in the group's membership (a voter or a learner).
+    pub fn is_member(&self) -> bool {
+        let m = self.shared.raft.metrics().borrow_watched().clone();
+        m.membership_config.nodes().any(|(id, _)| *id == self.shared.id)
+    }
+
+    /// Asks the member at `via` (its inter-node address) to add this new node; `Ok` once it
+    /// is a voter, or when it already was a member.
+    pub async fn join(&self, via: &str) -> Result<(), ProposeError> {
+        if self.is_member() {
+            return Ok(());
+        }
+        let addr: SocketAddr = self
+            .shared
+            .me
+            .addr
+            .parse()
+            .map_err(|_| ProposeError::Failed(format!("'{}' is not ip:port", self.shared.me.addr)))?;
+        if addr.ip().is_unspecified() {
+            return Err(ProposeError::Failed(format!(
+                "this node listens on {addr}: a joining node needs a listen address its peers can dial"
+            )));
+        }
+        let link = self.shared.transport.link_to(via);
+        match link.call(Rpc::Join(self.shared.me.clone()), JOIN_TIMEOUT).await {
+            Ok(Reply::Joined { cluster }) => {
+                *self.shared.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = cluster.clone();
+                let identity = Identity { name: self.shared.me.name.clone(), cluster: Some(cluster) };
+                write_identity(&self.dir, &identity).map_err(|e| ProposeError::Failed(e.to_string()))?;
+                tracing::info!(via, "joined the cluster");
+                Ok(())
             }
-            // No leader yet, or it changed under us before the proposal was sent: again.
-            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
-                return Err(ProposeError::NoQuorum(self.propose_timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Reply::Failed(why)) => Err(ProposeError::Refused(why)),
+            Ok(other) => Err(ProposeError::Failed(format!("{via} answered {other:?}"))),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
         }
     }
 
-    /// Forwards `proposal` to `leader`; `None` when it was not sent (try again).
-    async fn forward(
-        &self,
-        leader: NodeId,
-        proposal: &Proposal,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<Result<String, ProposeError>>, ProposeError> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let Some(member) =
-            metrics.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, m)| m.clone())
-        else {
-            return Ok(None);
-        };
-        let peer = self.transport.peer(leader, &member);
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match peer.control.call(Rpc::Propose(proposal.clone()), left).await {
-            Ok(Reply::Proposed { outcome, index }) => {
-                // Answered once this node has applied it too: its client reads its own write.
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let applied = self
-                    .raft
-                    .wait(Some(left))
-                    .applied_index_at_least(Some(index), "a forwarded proposal")
-                    .await;
-                if applied.is_err() {
-                    return Err(ProposeError::Lagging(self.propose_timeout));
-                }
-                Ok(Some(settle(outcome)))
-            }
-            Ok(Reply::NotLeader(_)) => Ok(None),
-            Ok(Reply::Failed(why)) => Err(ProposeError::Failed(why)),
-            Ok(other) => Err(ProposeError::Failed(format!("the leader answered {other:?}"))),
-            Err(transport::CallError::Connect(..)) => Ok(None),
-            Err(transport::CallError::Timeout(..)) => Err(ProposeError::NoQuorum(self.propose_timeout)),
-            Err(e) => Err(ProposeError::Failed(format!("{e}; the change may or may not have been made"))),
+    /// Takes member `name` out of the cluster for good, its name retired (this node's own
+    /// name: it leaves).
+    pub async fn remove(&self, name: &str) -> Result<(), ProposeError> {
+        match self.shared.handle(Rpc::Remove(name.to_string())).await {
+            Reply::Removed => Ok(()),
+            Reply::Failed(why) => Err(ProposeError::Refused(why)),
+            other => Err(ProposeError::Failed(format!("{other:?}"))),
         }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.me.name
     }
 
     /// What `warren cluster status` shows.
     pub fn status(&self) -> Status {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = self.shared.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let peers: BTreeMap<NodeId, Arc<transport::Peer>> = self.transport.peers().into_iter().collect();
+        let peers: BTreeMap<NodeId, Arc<transport::Peer>> =
+            self.shared.transport.peers().into_iter().collect();
         let now = now_ms();
         let members = membership
             .nodes()
             .map(|(id, member)| {
-                let (up, seen) = if *id == self.id {
+                let (up, seen) = if *id == self.shared.id {
                     (true, Some(0))
                 } else {
                     match peers.get(id) {
@@ -349,7 +398,7 @@ impl Cluster {
             .and_then(|l| membership.nodes().find(|(id, _)| **id == l))
             .map(|(_, n)| n.name.clone());
         Status {
-            node: self.name.clone(),
+            node: self.shared.me.name.clone(),
             state: state_name(m.state).into(),
             term: m.current_term,
             leader,
@@ -362,22 +411,199 @@ impl Cluster {
 
     /// Whether a metadata leader is known (writes can be made).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader.is_some()
+        self.shared.raft.metrics().borrow_watched().current_leader.is_some()
     }
 
     /// Waits up to `timeout` for this node to have applied what the cluster had committed
     /// when it started (so what it serves is no older than what it served before a restart).
     pub async fn caught_up(&self, timeout: Duration) -> bool {
-        self.raft.wait_for_recovery(Some(timeout)).await.is_ok()
+        self.shared.raft.wait_for_recovery(Some(timeout)).await.is_ok()
     }
 
     /// Leaves the group's work: the Raft node stops and the listener closes.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "the metadata group did not stop cleanly");
         }
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
+        }
+    }
+}
+
+impl Shared {
+    /// Proposes `proposal`: its outcome once committed and applied here.
+    async fn propose(&self, proposal: Proposal) -> Result<String, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        loop {
+            let written = tokio::time::timeout_at(deadline, self.raft.client_write(proposal.clone())).await;
+            let leader = match written {
+                Err(_) => return Err(ProposeError::NoQuorum(self.propose_timeout)),
+                Ok(Ok(r)) => return settle(r.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
+                Ok(Err(e)) => return Err(ProposeError::Failed(e.to_string())),
+            };
+            if leader.is_some_and(|l| l != self.id)
+                && let Some(r) = self.forward(&proposal, deadline).await?
+            {
+                return r;
+            }
+            // No leader yet, or it changed under us before the proposal was sent: again.
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(ProposeError::NoQuorum(self.propose_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader's line, when a leader other than this node is known.
+    fn leader_peer(&self) -> Option<Arc<transport::Peer>> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader.filter(|l| *l != self.id)?;
+        let member = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.clone())?;
+        Some(self.transport.peer(leader, &member))
+    }
+
+    /// Forwards `proposal` to the leader; `None` when it was not sent (try again).
+    async fn forward(
+        &self,
+        proposal: &Proposal,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Result<String, ProposeError>>, ProposeError> {
+        let Some(peer) = self.leader_peer() else {
+            return Ok(None);
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match peer.control.call(Rpc::Propose(proposal.clone()), left).await {
+            Ok(Reply::Proposed { outcome, index }) => {
+                // Answered once this node has applied it too: its client reads its own write.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let applied = self
+                    .raft
+                    .wait(Some(left))
+                    .applied_index_at_least(Some(index), "a forwarded proposal")
+                    .await;
+                if applied.is_err() {
+                    return Err(ProposeError::Lagging(self.propose_timeout));
+                }
+                Ok(Some(settle(outcome)))
+            }
+            Ok(Reply::NotLeader(_)) => Ok(None),
+            Ok(Reply::Failed(why)) => Err(ProposeError::Failed(why)),
+            Ok(other) => Err(ProposeError::Failed(format!("the leader answered {other:?}"))),
+            Err(transport::CallError::Connect(..)) => Ok(None),
+            Err(transport::CallError::Timeout(..)) => Err(ProposeError::NoQuorum(self.propose_timeout)),
+            Err(e) => Err(ProposeError::Failed(format!("{e}; the change may or may not have been made"))),
+        }
+    }
+
+    /// Answers one peer's request (and this node's own removals).
+    async fn handle(&self, rpc: Rpc) -> Reply {
+        let raft = &self.raft;
+        match rpc {
+            Rpc::Ping => Reply::Pong,
+            Rpc::AppendEntries(r) => raft
+                .append_entries(r)
+                .await
+                .map_or_else(|e| Reply::Failed(e.to_string()), Reply::AppendEntries),
+            Rpc::Vote(r) => raft.vote(r).await.map_or_else(|e| Reply::Failed(e.to_string()), Reply::Vote),
+            Rpc::Snapshot { vote, meta, data } => {
+                let snapshot =
+                    SnapshotOf::<Meta, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data.into_bytes()) };
+                raft.install_full_snapshot(vote, snapshot)
+                    .await
+                    .map_or_else(|e| Reply::Failed(e.to_string()), Reply::Snapshot)
+            }
+            Rpc::Propose(p) => match tokio::time::timeout(self.propose_timeout, raft.client_write(p)).await {
+                Ok(Ok(r)) => Reply::Proposed { outcome: r.data, index: r.log_id.index() },
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    Reply::NotLeader(f.leader_id)
+                }
+                Ok(Err(e)) => Reply::Failed(e.to_string()),
+                Err(_) => Reply::Failed(format!("not committed within {:?}", self.propose_timeout)),
+            },
+            Rpc::Join(m) if self.leads() => self.admit(m).await,
+            Rpc::Remove(name) if self.leads() => self.retire(&name).await,
+            rpc @ (Rpc::Join(_) | Rpc::Remove(_)) => match self.leader_peer() {
+                Some(peer) => peer
+                    .control
+                    .call(rpc, JOIN_TIMEOUT)
+                    .await
+                    .unwrap_or_else(|e| Reply::Failed(e.to_string())),
+                None => Reply::Failed("the cluster has no metadata leader now; try again".into()),
+            },
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+    }
+
+    /// On the leader: adds `member` as a learner, waits for it to catch up, makes it a voter.
+    async fn admit(&self, member: Member) -> Reply {
+        if self.retired.lock().unwrap_or_else(|p| p.into_inner()).contains(&member.name) {
+            return Reply::Failed(format!(
+                "the name '{}' belonged to a node that left the cluster; names are never reused, give the new node another",
+                member.name
+            ));
+        }
+        let id = node_id(&member.name);
+        let m = self.raft.metrics().borrow_watched().clone();
+        if let Some((_, other)) = m.membership_config.nodes().find(|(i, _)| **i == id) {
+            if other.name != member.name {
+                return Reply::Failed(format!(
+                    "'{}' has the node id of member '{}'; rename it",
+                    member.name, other.name
+                ));
+            }
+            if m.membership_config.voter_ids().any(|v| v == id) {
+                return Reply::Joined { cluster: id_now(&self.cluster_id) };
+            }
+        }
+        tracing::info!(node = %member, "a node joins: added as a learner");
+        match tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, member.clone(), true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Reply::Failed(format!("adding it as a learner failed: {e}")),
+            Err(_) => return Reply::Failed(format!("it did not catch up within {JOIN_TIMEOUT:?}")),
+        }
+        let promote = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+        match tokio::time::timeout(JOIN_TIMEOUT, promote).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node = %member, "a node joined as a voter");
+                Reply::Joined { cluster: id_now(&self.cluster_id) }
+            }
+            Ok(Err(e)) => Reply::Failed(format!("making it a voter failed: {e}")),
+            Err(_) => Reply::Failed(format!("making it a voter took over {JOIN_TIMEOUT:?}")),
+        }
+    }
+
+    /// On the leader: retires `name` and takes its node out of the membership.
+    async fn retire(&self, name: &str) -> Reply {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let Some(id) = m.membership_config.nodes().find(|(_, n)| n.name == name).map(|(i, _)| *i) else {
+            return Reply::Failed(format!("no member is named '{name}'"));
+        };
+        let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Reply::Failed(format!(
+                "'{name}' is the last voter; a cluster cannot lose its last member"
+            ));
+        }
+        if let Err(e) = self.propose(Proposal::Retire(name.to_string())).await {
+            return Reply::Failed(e.to_string());
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, self.raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node = name, "a member left the cluster; its name is retired");
+                Reply::Removed
+            }
+            Ok(Err(e)) => Reply::Failed(format!("removing it failed: {e}")),
+            Err(_) => Reply::Failed(format!("removing it took over {JOIN_TIMEOUT:?}")),
         }
     }
 }
@@ -397,32 +623,6 @@ fn state_name(s: ServerState) -> &'static str {
         ServerState::Candidate => "candidate",
         ServerState::Learner => "learner",
         ServerState::Shutdown => "stopped",
-    }
-}
-
-/// Answers one peer's request.
-async fn handle(raft: Raft<Meta, StateMachine>, timeout: Duration, rpc: Rpc) -> Reply {
-    match rpc {
-        Rpc::Ping => Reply::Pong,
-        Rpc::AppendEntries(r) => {
-            raft.append_entries(r).await.map_or_else(|e| Reply::Failed(e.to_string()), Reply::AppendEntries)
-        }
-        Rpc::Vote(r) => raft.vote(r).await.map_or_else(|e| Reply::Failed(e.to_string()), Reply::Vote),
-        Rpc::Snapshot { vote, meta, data } => {
-            let snapshot =
-                SnapshotOf::<Meta, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data.into_bytes()) };
-            raft.install_full_snapshot(vote, snapshot)
-                .await
-                .map_or_else(|e| Reply::Failed(e.to_string()), Reply::Snapshot)
-        }
-        Rpc::Propose(p) => match tokio::time::timeout(timeout, raft.client_write(p)).await {
-            Ok(Ok(r)) => Reply::Proposed { outcome: r.data, index: r.log_id.index() },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Reply::NotLeader(f.leader_id)
-            }
-            Ok(Err(e)) => Reply::Failed(e.to_string()),
-            Err(_) => Reply::Failed(format!("not committed within {timeout:?}")),
-        },
     }
 }
 

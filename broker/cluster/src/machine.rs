@@ -5,6 +5,7 @@
 //! The applied state is not written at each apply: a restart restores the last snapshot and
 //! applies the log after it again, which the determinism makes the same state.
 
+use std::collections::BTreeSet;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::files;
-use crate::types::{Meta, Outcome};
+use crate::types::{Meta, Outcome, Proposal};
 
 /// The snapshot's file name.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -33,11 +34,22 @@ pub trait MetaMachine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<String, String>;
     /// Replaces the whole state with a snapshot's.
     fn restore(&self, data: &str) -> Result<(), String>;
+    /// Empties the state: the group's log is about to be applied from its start (a node that
+    /// served something of its own before it joined drops it).
+    fn reset(&self);
+}
+
+/// What a snapshot holds: the names retired so far and the machine's state.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    retired: BTreeSet<String>,
+    app: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMetaOf<Meta>,
+    /// A [`SnapshotData`], as JSON.
     data: String,
 }
 
@@ -46,6 +58,8 @@ struct SnapshotFile {
 pub struct StateMachine {
     machine: Arc<dyn MetaMachine>,
     inner: Arc<Mutex<Inner>>,
+    /// Names of members that left, never to be used again.
+    retired: Arc<std::sync::Mutex<BTreeSet<String>>>,
     dir: PathBuf,
 }
 
@@ -55,20 +69,55 @@ struct Inner {
     snapshot: Option<(SnapshotMetaOf<Meta>, String)>,
 }
 
+fn inner_empty() -> Inner {
+    Inner { last_applied: None, membership: Default::default(), snapshot: None }
+}
+
 impl StateMachine {
     /// The state machine of `machine`, restored from the snapshot in `dir` if there is one.
     pub fn open(dir: &Path, machine: Arc<dyn MetaMachine>) -> io::Result<StateMachine> {
         let path = dir.join(SNAPSHOT_FILE);
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()));
-        let mut inner = Inner { last_applied: None, membership: Default::default(), snapshot: None };
+        let mut inner = inner_empty();
+        let mut sm = StateMachine {
+            machine,
+            inner: Arc::new(Mutex::new(inner_empty())),
+            retired: Arc::default(),
+            dir: dir.to_path_buf(),
+        };
         if let Some(bytes) = files::read(&path, MAX_SNAPSHOT)? {
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-            machine.restore(&file.data).map_err(bad)?;
+            sm.restore(&file.data).map_err(bad)?;
             inner.last_applied = file.meta.last_log_id;
             inner.membership = file.meta.last_membership.clone();
             inner.snapshot = Some((file.meta, file.data));
         }
-        Ok(StateMachine { machine, inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf() })
+        sm.inner = Arc::new(Mutex::new(inner));
+        Ok(sm)
+    }
+
+    /// The names retired so far (shared with the state machine, which keeps it current).
+    pub fn retired(&self) -> Arc<std::sync::Mutex<BTreeSet<String>>> {
+        self.retired.clone()
+    }
+
+    fn retired_now(&self) -> BTreeSet<String> {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The snapshot data of the state now.
+    fn data(&self) -> Result<String, String> {
+        let app = self.machine.snapshot()?;
+        serde_json::to_string(&SnapshotData { retired: self.retired_now(), app }).map_err(|e| e.to_string())
+    }
+
+    /// Takes the state of snapshot data.
+    fn restore(&self, data: &str) -> Result<(), String> {
+        let d: SnapshotData =
+            serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
+        self.machine.restore(&d.app)?;
+        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = d.retired;
+        Ok(())
     }
 
     fn save(&self, meta: &SnapshotMetaOf<Meta>, data: &str) -> io::Result<()> {
@@ -84,7 +133,7 @@ impl RaftSnapshotBuilder<Meta> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<Meta, Cursor<Vec<u8>>>, io::Error> {
         let mut s = self.inner.lock().await;
         // Under the lock, so no apply moves the state between the data and its log id.
-        let data = self.machine.snapshot().map_err(io::Error::other)?;
+        let data = self.data().map_err(io::Error::other)?;
         let meta =
             SnapshotMetaOf::<Meta> { last_log_id: s.last_applied, last_membership: s.membership.clone() };
         self.save(&meta, &data)?;
@@ -110,10 +159,21 @@ impl RaftStateMachine<Meta> for StateMachine {
     {
         let mut s = self.inner.lock().await;
         while let Some((entry, responder)) = entries.try_next().await? {
+            if s.last_applied.is_none() {
+                // The log from its start: whatever the machine held before is not the group's.
+                self.machine.reset();
+                self.retired.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
             s.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::default(),
-                EntryPayload::Normal(p) => Outcome { result: Some(self.machine.apply(&p.body)) },
+                EntryPayload::Normal(Proposal::App(body)) => {
+                    Outcome { result: Some(self.machine.apply(&body)) }
+                }
+                EntryPayload::Normal(Proposal::Retire(name)) => {
+                    self.retired.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
+                    Outcome { result: Some(Ok("retired".into())) }
+                }
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembershipOf::<Meta>::new(Some(entry.log_id), m);
                     Outcome::default()
@@ -139,7 +199,7 @@ impl RaftStateMachine<Meta> for StateMachine {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let mut s = self.inner.lock().await;
         // Restored first: a snapshot the machine refuses must not become the one on disk.
-        self.machine.restore(&data).map_err(io::Error::other)?;
+        self.restore(&data).map_err(io::Error::other)?;
         self.save(meta, &data)?;
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();

@@ -322,7 +322,7 @@ mod tests {
 
     fn entry(term: u64, index: u64) -> EntryOf<Meta> {
         let log_id = LogIdOf::<Meta>::new(openraft::alias::LeaderIdOf::<Meta>::new_committed(term, 1), index);
-        EntryOf::<Meta>::new_normal(log_id, crate::types::Proposal { body: format!("p{index}") })
+        EntryOf::<Meta>::new_normal(log_id, crate::types::Proposal::App(format!("p{index}")))
     }
 
     async fn append(store: &mut LogStore, es: Vec<EntryOf<Meta>>) {

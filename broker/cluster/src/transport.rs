@@ -43,10 +43,20 @@ pub enum CallError {
     Timeout(String, Duration),
 }
 
+/// The cluster's id as this node knows it: empty until a joining node has joined.
+pub type ClusterId = Arc<std::sync::RwLock<String>>;
+
+fn id_of(cluster: &ClusterId) -> String {
+    cluster.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// This node's lines to its peers.
 pub struct Transport {
-    cluster: String,
+    cluster: ClusterId,
     me: String,
+    /// Where this node's configuration says each peer is, by name: it wins over the address
+    /// the membership holds (a proxy, a NAT, an address that moved).
+    routes: HashMap<String, String>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
 }
 
@@ -67,7 +77,9 @@ pub struct Peer {
 /// One connection to a peer, made when first needed and again after it broke.
 pub struct Link {
     addr: String,
-    hello: Hello,
+    cluster: ClusterId,
+    from: String,
+    class: Class,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
@@ -79,9 +91,15 @@ struct Conn {
 }
 
 impl Transport {
-    /// The lines of node `me` of cluster `cluster`.
-    pub fn new(cluster: &str, me: &str) -> Arc<Transport> {
-        Arc::new(Transport { cluster: cluster.into(), me: me.into(), peers: Mutex::new(HashMap::new()) })
+    /// The lines of node `me` of cluster `cluster`, reaching the peers `routes` names at the
+    /// addresses it gives.
+    pub fn new(cluster: ClusterId, me: &str, routes: HashMap<String, String>) -> Arc<Transport> {
+        Arc::new(Transport { cluster, me: me.into(), routes, peers: Mutex::new(HashMap::new()) })
+    }
+
+    /// A line to `addr` outside the membership (a joining node's first contact).
+    pub fn link_to(&self, addr: &str) -> Link {
+        Link::new(addr, self.cluster.clone(), &self.me, Class::Control)
     }
 
     /// The peer `id`, known as `member` (its address is updated when it changed).
@@ -90,11 +108,8 @@ impl Transport {
         if let Some(p) = peers.get(&id).filter(|p| p.member == *member) {
             return p.clone();
         }
-        let link = |class| Link {
-            addr: member.addr.clone(),
-            hello: Hello { cluster: self.cluster.clone(), from: self.me.clone(), class },
-            conn: tokio::sync::Mutex::new(None),
-        };
+        let addr = self.routes.get(&member.name).unwrap_or(&member.addr);
+        let link = |class| Link::new(addr, self.cluster.clone(), &self.me, class);
         let p = Arc::new(Peer {
             member: member.clone(),
             control: link(Class::Control),
@@ -114,6 +129,10 @@ impl Transport {
 }
 
 impl Link {
+    fn new(addr: &str, cluster: ClusterId, from: &str, class: Class) -> Link {
+        Link { addr: addr.into(), cluster, from: from.into(), class, conn: tokio::sync::Mutex::new(None) }
+    }
+
     async fn conn(&self) -> Result<Arc<Conn>, CallError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
@@ -127,7 +146,8 @@ impl Link {
         };
         let _ = stream.set_nodelay(true);
         let (mut r, mut w) = stream.into_split();
-        wire::write(&mut w, &self.hello).await.map_err(|e| failed(e.to_string()))?;
+        let hello = Hello { cluster: id_of(&self.cluster), from: self.from.clone(), class: self.class };
+        wire::write(&mut w, &hello).await.map_err(|e| failed(e.to_string()))?;
         let (tx, mut rx) = mpsc::channel::<Request>(1024);
         let alive = Arc::new(AtomicBool::new(true));
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
@@ -203,15 +223,14 @@ impl Link {
 }
 
 /// Serves the requests of peers of cluster `cluster` that connect to `listener`, answering
-/// each with `handle`; runs until the future is dropped, which closes every connection it
-/// accepted.
-pub async fn serve<F, Fut>(listener: TcpListener, cluster: String, handle: F)
+/// each with `handle` (a node that has not joined may only ask to join); runs until the
+/// future is dropped, which closes every connection it accepted.
+pub async fn serve<F, Fut>(listener: TcpListener, cluster: ClusterId, handle: F)
 where
     F: Fn(Rpc) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
-    let cluster: Arc<str> = cluster.into();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         // Finished connections are reaped as they go, so the set holds the open ones.
@@ -245,9 +264,13 @@ where
                     return;
                 }
             };
-            if *hello.cluster != *cluster {
-                tracing::warn!(%from, theirs = %hello.cluster, ours = %cluster, node = %hello.from,
-                    "a node of another cluster (its peers differ from ours); refused");
+            let ours = id_of(&cluster);
+            let joining = hello.cluster.is_empty();
+            // A node that has not joined takes anyone's traffic: its leader-to-be replicates
+            // to it before telling it the cluster's id.
+            if !joining && !ours.is_empty() && hello.cluster != ours {
+                tracing::warn!(%from, theirs = %hello.cluster, %ours, node = %hello.from,
+                    "a node of another cluster (or this one has not joined yet); refused");
                 return;
             }
             let (tx, mut rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
@@ -272,7 +295,11 @@ where
                 };
                 let (handle, tx) = (handle.clone(), tx.clone());
                 work.spawn(async move {
-                    let reply = handle(req.rpc).await;
+                    let reply = match req.rpc {
+                        rpc @ Rpc::Join(_) => handle(rpc).await,
+                        _ if joining => Reply::Failed("join the cluster first".into()),
+                        rpc => handle(rpc).await,
+                    };
                     let _ = tx.send(Response { id: req.id, reply }).await;
                     drop(permit);
                 });

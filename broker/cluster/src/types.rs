@@ -3,17 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A change to the replicated metadata, in the words of the machine that applies it (the
-/// server's JSON); the cluster carries it without reading it.
+/// What a proposal asks of the metadata group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    /// The change, as the machine encodes it.
-    pub body: String,
+pub enum Proposal {
+    /// A change to the replicated metadata, in the words of the machine that applies it (the
+    /// server's JSON); the cluster carries it without reading it.
+    App(String),
+    /// A member's name leaves for good: no node may join under it again.
+    Retire(String),
 }
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "proposal of {} bytes", self.body.len())
+        match self {
+            Proposal::App(body) => write!(f, "proposal of {} bytes", body.len()),
+            Proposal::Retire(name) => write!(f, "retirement of {name}"),
+        }
     }
 }
 

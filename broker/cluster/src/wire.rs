@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::types::{Meta, NodeId, Outcome, Proposal};
+use crate::types::{Member, Meta, NodeId, Outcome, Proposal};
 
 /// Octets one frame may have: a snapshot of the largest directory fits.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -31,7 +31,8 @@ pub enum Class {
 /// The first frame a dialer sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
-    /// The cluster's id: a peer of another cluster is refused.
+    /// The cluster's id: a peer of another cluster is refused. Empty from a node that has not
+    /// joined yet, whose connection may then only ask to join.
     pub cluster: String,
     /// The dialer's name.
     pub from: String,
@@ -68,6 +69,10 @@ pub enum Rpc {
     },
     /// A proposal forwarded to the leader.
     Propose(Proposal),
+    /// A new node asks to become a member (forwarded to the leader).
+    Join(Member),
+    /// A member leaves for good, its name retired (forwarded to the leader).
+    Remove(String),
 }
 
 /// A response, by the id of its request.
@@ -99,6 +104,13 @@ pub enum Reply {
     },
     /// This node is not the leader; the leader it knows, if any.
     NotLeader(Option<NodeId>),
+    /// The node joined the cluster of this id, as a voter.
+    Joined {
+        /// The cluster's id, for the new member's hellos.
+        cluster: String,
+    },
+    /// The member was removed.
+    Removed,
     /// The request failed here.
     Failed(String),
 }

@@ -29,6 +29,9 @@ impl MetaMachine for Words {
             data.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
         Ok(())
     }
+    fn reset(&self) {
+        self.0.lock().expect("lock").clear();
+    }
 }
 
 fn free_port() -> u16 {

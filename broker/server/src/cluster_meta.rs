@@ -310,6 +310,13 @@ impl warren_cluster::MetaMachine for NodeMachine {
         self.seeded.store(snapshot.seeded, Ordering::Release);
         Ok(())
     }
+
+    fn reset(&self) {
+        if let Ok(node) = self.node() {
+            node.restore_directory(empty(false));
+        }
+        self.seeded.store(false, Ordering::Release);
+    }
 }
 
 /// A directory with nothing in it but `/`, before the cluster's seed or snapshot.
@@ -369,6 +376,14 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
     let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
     node.set_cluster(cluster.clone());
     let seed = crate::directory_file::config_changes(settings, &empty(true));
+    if cluster.started_new() {
+        // A new node waiting to be joined serves its configuration's directory, so its users
+        // can ask it to join; the cluster's replaces it at the first entry it applies.
+        let changes = seed.iter().map(|(c, _)| c.clone()).collect();
+        if let Err(e) = node.apply_replicated(changes) {
+            tracing::warn!(error = %e, "the configuration's directory does not apply");
+        }
+    }
     let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
     let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
     tokio::spawn(async move {

@@ -609,7 +609,13 @@ mod tests {
 /// `warren cluster ...`: asks the node the configuration (`--config`) describes, over its
 /// management API.
 pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) -> anyhow::Result<String> {
-    let crate::config::ClusterAction::Status { json, user, password } = action;
+    use crate::config::ClusterAction;
+    let (user, password) = match action {
+        ClusterAction::Status { user, password, .. }
+        | ClusterAction::Join { user, password, .. }
+        | ClusterAction::Leave { user, password }
+        | ClusterAction::Forget { user, password, .. } => (user, password),
+    };
     let settings = crate::config::Settings::load(cli)?;
     let Some(mut addr) = settings.management_listen else {
         bail!("the node's management API is off; warren cluster asks through it");
@@ -623,8 +629,23 @@ pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) 
         });
     }
     let api = Api::at(&format!("http://{addr}"), user, &password.0)?;
+    let json = match action {
+        ClusterAction::Status { json, .. } => *json,
+        ClusterAction::Join { peer, .. } => {
+            api.ok("POST", "cluster/join", Some(&serde_json::json!({ "peer": peer })), &[])?;
+            return Ok(format!("joined the cluster through {peer}"));
+        }
+        ClusterAction::Leave { .. } => {
+            api.ok("POST", "cluster/leave", None, &[])?;
+            return Ok("left the cluster: stop this node now; its name cannot be used again".into());
+        }
+        ClusterAction::Forget { node, .. } => {
+            api.ok("POST", "cluster/forget", Some(&serde_json::json!({ "node": node })), &[])?;
+            return Ok(format!("'{node}' is out of the cluster; its name cannot be used again"));
+        }
+    };
     let value = api.ok("GET", "cluster", None, &[])?;
-    if *json {
+    if json {
         return Ok(serde_json::to_string_pretty(&value)?);
     }
     let s: warren_cluster::Status = serde_json::from_value(value)?;

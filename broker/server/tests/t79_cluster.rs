@@ -209,3 +209,75 @@ async fn the_group_survives_a_crash_a_pause_and_a_lost_majority() {
     let log = c.nodes[0].refused_start();
     assert!(log.contains("belongs to node 'n1'"), "{log}");
 }
+
+/// The members `GET /api/cluster` on member `i` lists, by name.
+async fn members(c: &Cluster, i: usize) -> Vec<String> {
+    let s = c.nodes[i].status().await.unwrap_or_default();
+    let list = s["members"].as_array().cloned().unwrap_or_default();
+    let mut names: Vec<String> = list.iter().filter_map(|m| m["name"].as_str().map(str::to_string)).collect();
+    names.sort();
+    names
+}
+
+async fn members_become(c: &Cluster, i: usize, want: &[&str]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if members(c, i).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_leave_and_are_forgotten_and_names_are_never_reused() {
+    let mut c = Cluster::start(3);
+    c.leader(&[0, 1, 2], None).await;
+    assert_eq!(add_user(&c, 0, "early").await / 100, 2);
+
+    // A fourth node, its peers the three: it waits, then joins through n2.
+    let n4 = c.add("n4", "second");
+    let via = c.nodes[1].cluster.to_string();
+    let (ok, out) = c.ctl(n4, &["join", &via]);
+    assert!(ok, "{out}");
+    assert!(
+        members_become(&c, 0, &["n1", "n2", "n3", "n4"]).await,
+        "n1 lists n4: {:?}",
+        members(&c, 0).await
+    );
+    let s = c.nodes[n4].status().await.expect("n4's status");
+    assert!(s["members"].as_array().is_some_and(|m| m.iter().all(|m| m["voter"] == true)), "all voters: {s}");
+    // What the cluster held before the join is on n4; what n4 makes reaches the others.
+    assert!(login_becomes(&c, n4, "early", "%2F", true).await, "n4 has the cluster's directory");
+    assert_eq!(add_user(&c, n4, "late").await / 100, 2);
+    assert!(login_becomes(&c, 2, "late", "%2F", true).await, "n3 has n4's change");
+
+    // n4 leaves; its name is retired: a fresh node named n4 cannot join.
+    let (ok, out) = c.ctl(n4, &["leave"]);
+    assert!(ok, "{out}");
+    assert!(members_become(&c, 0, &["n1", "n2", "n3"]).await, "{:?}", members(&c, 0).await);
+    c.nodes[n4].kill();
+    let again = c.add("n4", "third");
+    let (ok, out) = c.ctl(again, &["join", &via]);
+    assert!(!ok && out.contains("never reused"), "{out}");
+    c.nodes[again].kill();
+
+    // forget: refused while the node is up, done once it is down.
+    let (ok, out) = c.ctl(0, &["forget", "n3"]);
+    assert!(!ok && out.contains("is up"), "{out}");
+    c.nodes[2].kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, out) = c.ctl(0, &["forget", "n3"]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n3 never forgotten: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(members_become(&c, 1, &["n1", "n2"]).await, "{:?}", members(&c, 1).await);
+    // Two voters left, both up: writes go on.
+    assert_eq!(add_user(&c, 1, "after").await / 100, 2);
+    assert!(login_becomes(&c, 0, "after", "%2F", true).await);
+}

@@ -20,7 +20,8 @@ pub struct ClusterConfig {
     pub node: String,
     /// The inter-node listener.
     pub listen: SocketAddr,
-    /// Every initial member as `name@ip:port`, this node included.
+    /// Every initial member as `name@ip:port`; a node not listed is a new node that joins a
+    /// running cluster (`warren cluster join`).
     pub peers: Vec<String>,
     /// Allows peers off loopback over plain TCP (the cluster's mutual TLS is not built yet).
     #[serde(default)]
@@ -76,14 +77,23 @@ impl ClusterConfig {
             }
             peers.push((name.to_string(), addr));
         }
-        let Some((_, me)) = peers.iter().find(|(n, _)| *n == self.node) else {
-            return Err(bad(format!("peers must list this node, '{}'", self.node)));
-        };
-        if me.port() != self.listen.port() {
-            return Err(bad(format!(
-                "this node listens on port {} but peers gives it {me}",
-                self.listen.port()
-            )));
+        match peers.iter().find(|(n, _)| *n == self.node) {
+            Some((_, me)) if me.port() != self.listen.port() => {
+                return Err(bad(format!(
+                    "this node listens on port {} but peers gives it {me}",
+                    self.listen.port()
+                )));
+            }
+            Some(_) => {}
+            // A new node: `warren cluster join` gives the members its listen address to dial.
+            None if self.listen.ip().is_unspecified() => {
+                return Err(bad(format!(
+                    "node '{}' is not in peers, so it joins later, and its peers dial its listen address: \
+                     give listen a specific IP, not {}",
+                    self.node, self.listen
+                )));
+            }
+            None => {}
         }
         let off_loopback =
             !self.listen.ip().is_loopback() || peers.iter().any(|(_, a)| !a.ip().is_loopback());

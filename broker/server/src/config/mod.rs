@@ -111,6 +111,38 @@ pub enum ClusterAction {
         #[arg(long, env = "WARREN_PASSWORD", default_value = "guest", hide_env_values = true)]
         password: Secret,
     },
+    /// Add this new node (one its own `peers` do not name) to the cluster of the member whose
+    /// inter-node address is PEER: a learner first, a voter once it caught up.
+    Join {
+        /// A member's inter-node address, ip:port.
+        peer: String,
+        /// The user to ask as (`administrator`).
+        #[arg(long, env = "WARREN_USER", default_value = "guest")]
+        user: String,
+        /// Its password.
+        #[arg(long, env = "WARREN_PASSWORD", default_value = "guest", hide_env_values = true)]
+        password: Secret,
+    },
+    /// Take this node out of its cluster for good; its name is retired.
+    Leave {
+        /// The user to ask as (`administrator`).
+        #[arg(long, env = "WARREN_USER", default_value = "guest")]
+        user: String,
+        /// Its password.
+        #[arg(long, env = "WARREN_PASSWORD", default_value = "guest", hide_env_values = true)]
+        password: Secret,
+    },
+    /// Take member NODE, which is down, out of the cluster for good; its name is retired.
+    Forget {
+        /// The member's name.
+        node: String,
+        /// The user to ask as (`administrator`).
+        #[arg(long, env = "WARREN_USER", default_value = "guest")]
+        user: String,
+        /// Its password.
+        #[arg(long, env = "WARREN_PASSWORD", default_value = "guest", hide_env_values = true)]
+        password: Secret,
+    },
 }
 
 /// A secret given on the command line: never printed by `Debug`.

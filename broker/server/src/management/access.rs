@@ -24,7 +24,7 @@ use crate::shared::lock;
 
 type ApiError = (StatusCode, Json<Value>);
 
-fn admin(viewer: &Viewer) -> Result<(), ApiError> {
+pub(super) fn admin(viewer: &Viewer) -> Result<(), ApiError> {
     if viewer.user.has_tag("administrator") {
         return Ok(());
     }

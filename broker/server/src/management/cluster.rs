@@ -1,12 +1,18 @@
 //! The cluster's part of the API: `GET /api/cluster` (Warren's: what `warren cluster status`
-//! prints), the members in `GET /api/nodes`, and RabbitMQ's `node-is-quorum-critical` check
-//! for the metadata group.
+//! prints), `POST /api/cluster/join`, `/leave` and `/forget` (what `warren cluster join`,
+//! `leave` and `forget` send; `administrator` only), the members in `GET /api/nodes`, and
+//! RabbitMQ's `node-is-quorum-critical` check for the metadata group.
 
 use axum::Json;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warren_cluster::Status;
+use warren_cluster::{ProposeError, Status};
+
+use super::Viewer;
+use super::access::admin;
+use super::ops::{bad_request, body_object};
 
 type ApiError = (StatusCode, Json<Value>);
 use crate::node::NodeRef;
@@ -22,6 +28,82 @@ pub(super) async fn status(State(node): State<NodeRef>) -> Result<Json<Status>, 
             ),
         )),
     }
+}
+
+fn member_of(node: &NodeRef) -> Result<std::sync::Arc<warren_cluster::Cluster>, ApiError> {
+    node.cluster().cloned().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "reason": "this node is not a cluster member ([cluster] is not configured)"})),
+        )
+    })
+}
+
+fn failed(e: ProposeError) -> ApiError {
+    let code = match e {
+        ProposeError::Refused(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(json!({"error": "cluster", "reason": e.to_string()})))
+}
+
+fn text_field(body: &Bytes, key: &str) -> Result<String, ApiError> {
+    let o = body_object(body)?;
+    match o.get(key) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Ok(s.clone()),
+        _ => Err(bad_request(format!("{key} must be a string of 1 to 255 bytes"))),
+    }
+}
+
+/// `POST /api/cluster/join` `{"peer": "ip:port"}`: this new node asks the member whose
+/// inter-node address is `peer` to add it.
+pub(super) async fn join(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    admin(&viewer)?;
+    let cluster = member_of(&node)?;
+    let peer = text_field(&body, "peer")?;
+    cluster.join(&peer).await.map_err(failed)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/cluster/leave`: this node leaves the cluster for good, its name retired.
+pub(super) async fn leave(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+) -> Result<StatusCode, ApiError> {
+    admin(&viewer)?;
+    let cluster = member_of(&node)?;
+    cluster.remove(cluster.name()).await.map_err(failed)?;
+    tracing::warn!("this node left the cluster: stop it; its data dir cannot rejoin under the same name");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/cluster/forget` `{"node": "name"}`: takes a member that is down out of the
+/// cluster for good, as `rabbitmqctl forget_cluster_node`.
+pub(super) async fn forget(
+    State(node): State<NodeRef>,
+    Extension(viewer): Extension<Viewer>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    admin(&viewer)?;
+    let cluster = member_of(&node)?;
+    let name = text_field(&body, "node")?;
+    if name == cluster.name() {
+        return Err(bad_request("a node does not forget itself: use leave on it"));
+    }
+    if cluster.status().members.iter().any(|m| m.name == name && m.up) {
+        return Err((
+            StatusCode::CONFLICT,
+            Json(
+                json!({"error": "conflict", "reason": format!("node '{name}' is up: stop it first, or run leave on it")}),
+            ),
+        ));
+    }
+    cluster.remove(&name).await.map_err(failed)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The members as `GET /api/nodes` lists them (RabbitMQ's `name`, `running`, `type`), or

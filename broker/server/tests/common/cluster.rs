@@ -32,30 +32,16 @@ pub struct Node {
 /// The members, started.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    _dir: tempfile::TempDir,
+    /// The initial members as `peers` lists them.
+    pub peers: String,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// `n` members named n1.., each started and serving AMQP (not yet agreeing on a leader).
     pub fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("dir");
-        let mut nodes: Vec<Node> = (1..=n)
-            .map(|i| {
-                let name = format!("n{i}");
-                let node_dir = dir.path().join(&name);
-                std::fs::create_dir_all(&node_dir).expect("node dir");
-                Node {
-                    amqp: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                    management: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                    metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                    cluster: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                    config: node_dir.join("warren.toml"),
-                    dir: node_dir,
-                    name,
-                    child: None,
-                }
-            })
-            .collect();
+        let mut nodes: Vec<Node> = (1..=n).map(|i| Node::new(dir.path(), &format!("n{i}"))).collect();
         let peers: Vec<String> = nodes.iter().map(|m| format!("\"{}@{}\"", m.name, m.cluster)).collect();
         for node in &nodes {
             node.write_config(&node.name, &peers.join(", "));
@@ -66,7 +52,31 @@ impl Cluster {
         for node in &mut nodes {
             node.wait_ready(0);
         }
-        Cluster { nodes, _dir: dir }
+        Cluster { nodes, peers: peers.join(", "), dir }
+    }
+
+    /// Starts a new node named `name` (in a fresh data dir under `tag`) whose `peers` list
+    /// the initial members only: it waits to be joined. Its index.
+    pub fn add(&mut self, name: &str, tag: &str) -> usize {
+        let mut node = Node::new(&self.dir.path().join(tag), name);
+        node.write_config(name, &self.peers);
+        node.spawn();
+        node.wait_ready(0);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Runs `warren cluster ARGS --config` of member `i`; its success and output.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("cluster")
+            .args(args)
+            .args(["--config", &self.nodes[i].config.display().to_string()])
+            .output()
+            .expect("warren cluster");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
     }
 
     /// The leader every running member names, once they all name the same one (and it is
@@ -98,6 +108,23 @@ impl Cluster {
 }
 
 impl Node {
+    /// A node named `name` in `parent/name`, with free ports, not started.
+    fn new(parent: &Path, name: &str) -> Node {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Node {
+            amqp: port(),
+            management: port(),
+            metrics: port(),
+            cluster: port(),
+            config: dir.join("warren.toml"),
+            dir,
+            name: name.to_string(),
+            child: None,
+        }
+    }
+
     /// Writes this node's config file naming it `name` with `peers`.
     pub fn write_config(&self, name: &str, peers: &str) {
         let text = format!(
