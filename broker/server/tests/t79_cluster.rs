@@ -281,3 +281,57 @@ async fn nodes_join_leave_and_are_forgotten_and_names_are_never_reused() {
     assert_eq!(add_user(&c, 1, "after").await / 100, 2);
     assert!(login_becomes(&c, 0, "after", "%2F", true).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_refuses_writes_and_converges_after_healing() {
+    use common::proxy::Proxy;
+    // Every member reaches every other through a proxy of its own: (from, to) → proxy.
+    let mut proxies: Vec<((usize, usize), Proxy)> = Vec::new();
+    let c = Cluster::start_routed(3, |i, j, addr| {
+        let p = Proxy::start(addr);
+        let at = p.addr;
+        proxies.push(((i, j), p));
+        at
+    });
+    let first = c.leader(&[0, 1, 2], None).await;
+    let l = c.index(&first);
+    assert_eq!(add_user(&c, 0, "before").await / 100, 2);
+    // The leader is cut off from both others, both ways.
+    for ((i, j), p) in &proxies {
+        if *i == l || *j == l {
+            p.cut();
+        }
+    }
+    let majority: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let second = c.leader(&majority, Some(&first)).await;
+    assert_ne!(second, first);
+    // The majority takes writes; the old leader, alone, refuses them within its bound.
+    assert_eq!(add_user(&c, majority[0], "majority").await / 100, 2);
+    let t = Instant::now();
+    let (code, body) = c.nodes[l]
+        .api(GUEST, "PUT", "/api/users/minority", r#"{"password":"minority-pw","tags":"administrator"}"#)
+        .await;
+    assert_eq!(code, 503, "the minority refuses: {body}");
+    assert!(t.elapsed() < Duration::from_secs(8), "bounded: {:?}", t.elapsed());
+    // It still serves what it has.
+    assert!(login(&c, l, "before", "%2F").await);
+    // Healed: one leader, the majority's change everywhere, and the refused one nowhere
+    // (its entry never reached a majority, so the new leader's log replaced it).
+    for (_, p) in &proxies {
+        p.heal();
+    }
+    let agreed = c.leader(&[0, 1, 2], None).await;
+    assert_eq!(agreed, second, "the majority's leader stays; the old one follows");
+    for i in 0..3 {
+        assert!(
+            login_becomes(&c, i, "majority", "%2F", true).await,
+            "majority's user on {}",
+            c.nodes[i].name
+        );
+        assert!(
+            !login(&c, i, "minority", "%2F").await,
+            "the refused change is nowhere ({})",
+            c.nodes[i].name
+        );
+    }
+}

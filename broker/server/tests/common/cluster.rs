@@ -40,11 +40,25 @@ pub struct Cluster {
 impl Cluster {
     /// `n` members named n1.., each started and serving AMQP (not yet agreeing on a leader).
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_routed(n, |_, _, addr| addr)
+    }
+
+    /// As [`Cluster::start`], member `i` reaching member `j` (whose inter-node listener is at
+    /// `addr`) at `route(i, j, addr)`: a proxy's address, say.
+    pub fn start_routed(n: usize, mut route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr) -> Cluster {
         let dir = tempfile::tempdir().expect("dir");
         let mut nodes: Vec<Node> = (1..=n).map(|i| Node::new(dir.path(), &format!("n{i}"))).collect();
         let peers: Vec<String> = nodes.iter().map(|m| format!("\"{}@{}\"", m.name, m.cluster)).collect();
-        for node in &nodes {
-            node.write_config(&node.name, &peers.join(", "));
+        for (i, node) in nodes.iter().enumerate() {
+            let routed: Vec<String> = nodes
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    let addr = if i == j { m.cluster } else { route(i, j, m.cluster) };
+                    format!("\"{}@{addr}\"", m.name)
+                })
+                .collect();
+            node.write_config(&node.name, &routed.join(", "));
         }
         for node in &mut nodes {
             node.spawn();
@@ -59,6 +73,7 @@ impl Cluster {
     /// the initial members only: it waits to be joined. Its index.
     pub fn add(&mut self, name: &str, tag: &str) -> usize {
         let mut node = Node::new(&self.dir.path().join(tag), name);
+        // (A new node's routes are the initial members' own addresses.)
         node.write_config(name, &self.peers);
         node.spawn();
         node.wait_ready(0);

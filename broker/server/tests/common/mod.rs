@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod lapin_client;
 pub mod process;
+pub mod proxy;
 
 use std::net::SocketAddr;
 
