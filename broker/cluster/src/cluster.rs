@@ -392,7 +392,9 @@ impl Cluster {
                     last_seen_ms_ago: seen,
                 }
             })
-            .collect();
+            .collect::<Vec<MemberStatus>>();
+        let mut members = members;
+        members.sort_by(|a, b| a.name.cmp(&b.name));
         let leader = m
             .current_leader
             .and_then(|l| membership.nodes().find(|(id, _)| **id == l))
