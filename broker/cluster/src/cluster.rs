@@ -72,6 +72,8 @@ pub struct ClusterConfig {
     pub dir: PathBuf,
     /// How long a proposal may wait to be committed and applied here.
     pub propose_timeout: Duration,
+    /// Mutual TLS between nodes; `None` for plain TCP.
+    pub tls: Option<Arc<transport::Tls>>,
 }
 
 /// Why the node could not take its place in the cluster.
@@ -248,7 +250,7 @@ impl Cluster {
         let retired = sm.retired();
         let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(cluster_id));
         let routes = config.peers.iter().map(|m| (m.name.clone(), m.addr.clone())).collect();
-        let transport = Transport::new(cluster_id.clone(), &config.node, routes);
+        let transport = Transport::new(cluster_id.clone(), &config.node, routes, config.tls.clone());
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen))
         })?;
@@ -275,7 +277,7 @@ impl Cluster {
         });
         let mut tasks = Vec::new();
         let served = shared.clone();
-        tasks.push(tokio::spawn(transport::serve(listener, cluster_id, move |rpc| {
+        tasks.push(tokio::spawn(transport::serve(listener, cluster_id, config.tls.clone(), move |rpc| {
             let s = served.clone();
             async move { s.handle(rpc).await }
         })));

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -43,6 +44,20 @@ pub enum CallError {
     Timeout(String, Duration),
 }
 
+/// Mutual TLS between nodes: both sides present a certificate of the cluster's CA, and a
+/// dialer checks that the peer's names the address it dialed.
+#[derive(Debug)]
+pub struct Tls {
+    /// What the listener presents and how it checks dialers.
+    pub server: Arc<rustls::ServerConfig>,
+    /// What a dialer presents and how it checks the listener.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// A connection, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// The cluster's id as this node knows it: empty until a joining node has joined.
 pub type ClusterId = Arc<std::sync::RwLock<String>>;
 
@@ -57,6 +72,7 @@ pub struct Transport {
     /// Where this node's configuration says each peer is, by name: it wins over the address
     /// the membership holds (a proxy, a NAT, an address that moved).
     routes: HashMap<String, String>,
+    tls: Option<Arc<Tls>>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
 }
 
@@ -77,6 +93,7 @@ pub struct Peer {
 /// One connection to a peer, made when first needed and again after it broke.
 pub struct Link {
     addr: String,
+    tls: Option<Arc<Tls>>,
     cluster: ClusterId,
     from: String,
     class: Class,
@@ -92,14 +109,19 @@ struct Conn {
 
 impl Transport {
     /// The lines of node `me` of cluster `cluster`, reaching the peers `routes` names at the
-    /// addresses it gives.
-    pub fn new(cluster: ClusterId, me: &str, routes: HashMap<String, String>) -> Arc<Transport> {
-        Arc::new(Transport { cluster, me: me.into(), routes, peers: Mutex::new(HashMap::new()) })
+    /// addresses it gives, over TLS when `tls` is given.
+    pub fn new(
+        cluster: ClusterId,
+        me: &str,
+        routes: HashMap<String, String>,
+        tls: Option<Arc<Tls>>,
+    ) -> Arc<Transport> {
+        Arc::new(Transport { cluster, me: me.into(), routes, tls, peers: Mutex::new(HashMap::new()) })
     }
 
     /// A line to `addr` outside the membership (a joining node's first contact).
     pub fn link_to(&self, addr: &str) -> Link {
-        Link::new(addr, self.cluster.clone(), &self.me, Class::Control)
+        Link::new(addr, self.tls.clone(), self.cluster.clone(), &self.me, Class::Control)
     }
 
     /// The peer `id`, known as `member` (its address is updated when it changed).
@@ -109,7 +131,7 @@ impl Transport {
             return p.clone();
         }
         let addr = self.routes.get(&member.name).unwrap_or(&member.addr);
-        let link = |class| Link::new(addr, self.cluster.clone(), &self.me, class);
+        let link = |class| Link::new(addr, self.tls.clone(), self.cluster.clone(), &self.me, class);
         let p = Arc::new(Peer {
             member: member.clone(),
             control: link(Class::Control),
@@ -129,8 +151,37 @@ impl Transport {
 }
 
 impl Link {
-    fn new(addr: &str, cluster: ClusterId, from: &str, class: Class) -> Link {
-        Link { addr: addr.into(), cluster, from: from.into(), class, conn: tokio::sync::Mutex::new(None) }
+    fn new(addr: &str, tls: Option<Arc<Tls>>, cluster: ClusterId, from: &str, class: Class) -> Link {
+        Link {
+            addr: addr.into(),
+            tls,
+            cluster,
+            from: from.into(),
+            class,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The connection, TLS when configured: the peer's certificate must chain to the cluster's
+    /// CA and name the IP address dialed.
+    async fn dial(&self) -> Result<Box<dyn Stream>, String> {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let ip = tcp.peer_addr().map_err(|e| e.to_string())?.ip();
+        let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+        let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+        match tokio::time::timeout(HELLO_TIMEOUT, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Err(e)) => Err(format!("TLS: {e}")),
+            Err(_) => Err(format!("no TLS handshake within {HELLO_TIMEOUT:?}")),
+        }
     }
 
     async fn conn(&self) -> Result<Arc<Conn>, CallError> {
@@ -139,13 +190,8 @@ impl Link {
             return Ok(c.clone());
         }
         let failed = |e: String| CallError::Connect(self.addr.clone(), e);
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => return Err(failed(format!("no connection within {CONNECT_TIMEOUT:?}"))),
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut r, mut w) = stream.into_split();
+        let stream = self.dial().await.map_err(failed)?;
+        let (mut r, mut w) = tokio::io::split(stream);
         let hello = Hello { cluster: id_of(&self.cluster), from: self.from.clone(), class: self.class };
         wire::write(&mut w, &hello).await.map_err(|e| failed(e.to_string()))?;
         let (tx, mut rx) = mpsc::channel::<Request>(1024);
@@ -225,7 +271,7 @@ impl Link {
 /// Serves the requests of peers of cluster `cluster` that connect to `listener`, answering
 /// each with `handle` (a node that has not joined may only ask to join); runs until the
 /// future is dropped, which closes every connection it accepted.
-pub async fn serve<F, Fut>(listener: TcpListener, cluster: ClusterId, handle: F)
+pub async fn serve<F, Fut>(listener: TcpListener, cluster: ClusterId, tls: Option<Arc<Tls>>, handle: F)
 where
     F: Fn(Rpc) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
@@ -247,11 +293,28 @@ where
             tracing::warn!(%from, limit = MAX_INBOUND, "too many inter-node connections; refused");
             continue;
         };
-        let (handle, cluster) = (handle.clone(), cluster.clone());
+        let (handle, cluster, tls) = (handle.clone(), cluster.clone(), tls.clone());
         connections.spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
-            let (mut r, mut w) = stream.into_split();
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                    match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%from, error = %e, "an inter-node TLS handshake failed; closed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%from, "no inter-node TLS handshake in time; closed");
+                            return;
+                        }
+                    }
+                }
+            };
+            let (mut r, mut w) = tokio::io::split(stream);
             let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read::<_, Hello>(&mut r)).await {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => return,

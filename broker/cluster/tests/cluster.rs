@@ -46,6 +46,7 @@ async fn start(name: &str, peers: &[Member], dir: &Path, words: Arc<Words>) -> A
         peers: peers.to_vec(),
         dir: dir.join(name),
         propose_timeout: Duration::from_secs(3),
+        tls: None,
     };
     Cluster::start(config, words).await.expect("start")
 }

@@ -372,6 +372,16 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
             .collect(),
         dir: settings.data_dir.join("cluster"),
         propose_timeout: c.propose_timeout,
+        tls: match &settings.amqps {
+            Some((_, t)) => {
+                let ca =
+                    c.ca.as_ref()
+                        .or(t.ca.as_ref())
+                        .ok_or_else(|| anyhow::anyhow!("[cluster] with [tls] needs a CA"))?;
+                Some(Arc::new(crate::tls::cluster_tls(t, ca)?))
+            }
+            None => None,
+        },
     };
     let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
     node.set_cluster(cluster.clone());

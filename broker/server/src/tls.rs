@@ -104,3 +104,29 @@ pub fn common_name(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String>
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
 }
+
+/// Mutual TLS between cluster members: the node's certificate and key from `[tls]`, both
+/// ways; a peer's certificate must chain to `ca` (a dialer's, and a listener's, which must
+/// also name the IP address it was dialed at).
+pub fn cluster_tls(t: &TlsConfig, ca: &Path) -> Result<warren_cluster::transport::Tls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs("certificate", &t.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| file_error("key", &t.key, e))?;
+    let mut roots = RootCertStore::empty();
+    for c in certs("cluster CA", ca)? {
+        roots.add(c).map_err(|e| file_error("cluster CA", ca, e))?;
+    }
+    let roots = Arc::new(roots);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(warren_cluster::transport::Tls { server: Arc::new(server), client: Arc::new(client) })
+}

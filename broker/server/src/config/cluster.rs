@@ -23,9 +23,12 @@ pub struct ClusterConfig {
     /// Every initial member as `name@ip:port`; a node not listed is a new node that joins a
     /// running cluster (`warren cluster join`).
     pub peers: Vec<String>,
-    /// Allows peers off loopback over plain TCP (the cluster's mutual TLS is not built yet).
+    /// Allows peers off loopback over plain TCP when `[tls]` is not configured.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// The cluster's CA (PEM): with `[tls]`, every member's certificate must chain to it; by
+    /// default `[tls] ca`.
+    pub ca: Option<std::path::PathBuf>,
     /// How long a metadata change waits for a majority, in milliseconds (default 5000).
     pub propose_timeout_ms: Option<u64>,
 }
@@ -41,6 +44,12 @@ pub struct ClusterSettings {
     pub peers: Vec<(String, SocketAddr)>,
     /// How long a metadata change waits for a majority.
     pub propose_timeout: Duration,
+    /// The cluster's CA, when `[cluster] ca` names one.
+    pub ca: Option<std::path::PathBuf>,
+    /// Whether some address is off loopback.
+    pub off_loopback: bool,
+    /// Plain TCP off loopback is allowed.
+    pub insecure_plaintext: bool,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -97,20 +106,40 @@ impl ClusterConfig {
         }
         let off_loopback =
             !self.listen.ip().is_loopback() || peers.iter().any(|(_, a)| !a.ip().is_loopback());
-        if off_loopback && !self.insecure_plaintext {
-            return Err(bad(
-                "inter-node traffic off loopback would be plain TCP (the cluster's mutual TLS is not built yet): \
-                 keep listen and peers on loopback, or set insecure-plaintext = true on a network you trust"
-                    .into(),
-            ));
-        }
         let propose_timeout = match self.propose_timeout_ms {
             Some(0) => return Err(bad("propose-timeout-ms must be above 0".into())),
             Some(ms) if ms > 600_000 => return Err(bad("propose-timeout-ms must be at most 600000".into())),
             Some(ms) => Duration::from_millis(ms),
             None => Duration::from_secs(5),
         };
-        Ok(ClusterSettings { node: self.node, listen: self.listen, peers, propose_timeout })
+        Ok(ClusterSettings {
+            node: self.node,
+            listen: self.listen,
+            peers,
+            propose_timeout,
+            ca: self.ca,
+            off_loopback,
+            insecure_plaintext: self.insecure_plaintext,
+        })
+    }
+}
+
+impl ClusterSettings {
+    /// Checks the transport against `[tls]`: with it, the nodes speak mutual TLS and need the
+    /// cluster's CA; without it, plain TCP stays on loopback unless `insecure-plaintext`.
+    pub fn check_transport(&self, tls: Option<&crate::tls::TlsConfig>) -> Result<(), ConfigError> {
+        match tls {
+            Some(t) if self.ca.is_none() && t.ca.is_none() => Err(ConfigError::Invalid(
+                "[cluster] with [tls]: the nodes authenticate each other with a CA; set [cluster] ca (or [tls] ca)".into(),
+            )),
+            Some(_) => Ok(()),
+            None if self.off_loopback && !self.insecure_plaintext => Err(ConfigError::Invalid(
+                "[cluster]: inter-node traffic off loopback would be plain TCP: configure [tls] (with a CA) for \
+                 mutual TLS between the nodes, or set insecure-plaintext = true on a network you trust"
+                    .into(),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -123,57 +152,54 @@ mod tests {
         c.build().map_err(|e| e.to_string())
     }
 
+    fn config(node: &str, listen: &str, peers: &str) -> String {
+        format!("node = \"{node}\"\nlisten = \"{listen}\"\npeers = [{peers}]\n")
+    }
+
     #[test]
     fn a_loopback_cluster_and_each_mistake_named() {
-        let ok = parse(
-            r#"node = "n1"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@127.0.0.1:25700", "n2@127.0.0.1:25701"]"#,
-        )
-        .expect("valid");
+        let two = r#""n1@127.0.0.1:25700", "n2@127.0.0.1:25701""#;
+        let ok = parse(&config("n1", "127.0.0.1:25700", two)).expect("valid");
         assert_eq!(ok.peers.len(), 2);
-        let e = parse(
-            r#"node = "n3"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@127.0.0.1:25700"]"#,
-        )
-        .expect_err("not listed");
-        assert!(e.contains("must list this node"), "{e}");
-        let e = parse(
-            r#"node = "n1"
-               listen = "0.0.0.0:25700"
-               peers = ["n1@10.0.0.1:25700"]"#,
-        )
-        .expect_err("plaintext off loopback");
-        assert!(e.contains("insecure-plaintext"), "{e}");
-        let e = parse(
-            r#"node = "n1"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@127.0.0.1:25700", "n1@127.0.0.1:25701"]"#,
-        )
-        .expect_err("twice");
+        assert!(ok.check_transport(None).is_ok(), "loopback needs no TLS");
+        let new = parse(&config("n3", "127.0.0.1:25702", two)).expect("a new node, to be joined");
+        assert_eq!(new.peers.len(), 2);
+        let e = parse(&config("n3", "0.0.0.0:25702", two)).expect_err("a new node must be dialable");
+        assert!(e.contains("specific IP"), "{e}");
+        let e = parse(&config("n1", "127.0.0.1:25700", r#""n1@127.0.0.1:25700", "n1@127.0.0.1:25701""#))
+            .expect_err("twice");
         assert!(e.contains("twice"), "{e}");
-        let e = parse(
-            r#"node = "n 1"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@127.0.0.1:25700"]"#,
-        )
-        .expect_err("name");
+        let e = parse(&config("n 1", "127.0.0.1:25700", two)).expect_err("name");
         assert!(e.contains("node 'n 1'"), "{e}");
-        let e = parse(
-            r#"node = "n1"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@localhost:25700"]"#,
-        )
-        .expect_err("not an ip");
+        let e = parse(&config("n1", "127.0.0.1:25700", r#""n1@localhost:25700""#)).expect_err("not an ip");
         assert!(e.contains("not ip:port"), "{e}");
-        let e = parse(
-            r#"node = "n1"
-               listen = "127.0.0.1:25700"
-               peers = ["n1@127.0.0.1:25700"]
-               colour = "red""#,
-        )
-        .expect_err("unknown key");
+        let e =
+            parse(&format!("{}colour = \"red\"\n", config("n1", "127.0.0.1:25700", two))).expect_err("key");
         assert!(e.contains("colour"), "{e}");
+        let e = parse(&config("n1", "127.0.0.1:25709", two)).expect_err("port");
+        assert!(e.contains("port 25709"), "{e}");
+    }
+
+    #[test]
+    fn off_loopback_needs_tls_with_a_ca_or_an_explicit_plaintext() {
+        let off = parse(&config("n1", "0.0.0.0:25700", r#""n1@10.0.0.1:25700""#)).expect("parsed");
+        let e = off.check_transport(None).expect_err("plaintext off loopback").to_string();
+        assert!(e.contains("insecure-plaintext"), "{e}");
+        let tls = crate::tls::TlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            ca: None,
+            fail_if_no_peer_cert: false,
+        };
+        let e = off.check_transport(Some(&tls)).expect_err("TLS without a CA").to_string();
+        assert!(e.contains("[cluster] ca"), "{e}");
+        let with_ca = crate::tls::TlsConfig { ca: Some("ca.pem".into()), ..tls };
+        assert!(off.check_transport(Some(&with_ca)).is_ok());
+        let allowed = parse(&format!(
+            "{}insecure-plaintext = true\n",
+            config("n1", "0.0.0.0:25700", r#""n1@10.0.0.1:25700""#)
+        ))
+        .expect("parsed");
+        assert!(allowed.check_transport(None).is_ok());
     }
 }

@@ -744,6 +744,9 @@ impl Settings {
         s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;
         s.cluster = file.cluster.map(cluster::ClusterConfig::build).transpose()?;
+        if let Some(c) = &s.cluster {
+            c.check_transport(s.amqps.as_ref().map(|(_, t)| t))?;
+        }
         let (users, access) = access::build(file.users, file.permissions, file.topic_permissions, &s.vhosts)?;
         (s.users, s.access) = (users, std::sync::Arc::new(access));
         Ok(s)

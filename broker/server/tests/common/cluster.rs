@@ -45,7 +45,17 @@ impl Cluster {
 
     /// As [`Cluster::start`], member `i` reaching member `j` (whose inter-node listener is at
     /// `addr`) at `route(i, j, addr)`: a proxy's address, say.
-    pub fn start_routed(n: usize, mut route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr) -> Cluster {
+    pub fn start_routed(n: usize, route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr) -> Cluster {
+        Cluster::start_full(n, route, |_| String::new())
+    }
+
+    /// As [`Cluster::start_routed`], each member's config file ending with `extra(name)`
+    /// (top-level keys and sections of its own, such as `[tls]`).
+    pub fn start_full(
+        n: usize,
+        mut route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr,
+        extra: impl Fn(&str) -> String,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("dir");
         let mut nodes: Vec<Node> = (1..=n).map(|i| Node::new(dir.path(), &format!("n{i}"))).collect();
         let peers: Vec<String> = nodes.iter().map(|m| format!("\"{}@{}\"", m.name, m.cluster)).collect();
@@ -59,6 +69,11 @@ impl Cluster {
                 })
                 .collect();
             node.write_config(&node.name, &routed.join(", "));
+            // Keys before the first section go on top, sections at the end.
+            let extra = extra(&node.name);
+            let (top, sections) = extra.find("\n[").map_or((extra.as_str(), ""), |i| extra.split_at(i));
+            let text = std::fs::read_to_string(&node.config).expect("config");
+            std::fs::write(&node.config, format!("{top}\n{text}{sections}")).expect("config");
         }
         for node in &mut nodes {
             node.spawn();
@@ -142,6 +157,7 @@ impl Node {
 
     /// Writes this node's config file naming it `name` with `peers`.
     pub fn write_config(&self, name: &str, peers: &str) {
+        // Top-level keys first: `extra` sections go after [cluster].
         let text = format!(
             "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"{}\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\n",
             self.dir.join("data").display(),
