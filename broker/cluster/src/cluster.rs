@@ -413,6 +413,12 @@ impl Cluster {
         }
     }
 
+    /// Why this node's Raft node stopped (its log could not be written, say), if it did: it
+    /// takes no part in the cluster any more until a restart.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
+    }
+
     /// Whether a metadata leader is known (writes can be made).
     pub fn has_leader(&self) -> bool {
         self.shared.raft.metrics().borrow_watched().current_leader.is_some()

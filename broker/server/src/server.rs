@@ -337,6 +337,11 @@ impl Server {
                 _ = watchdog.tick() => {
                     let dead = if timers.iter().any(tokio::task::JoinHandle::is_finished) {
                         Some("the timer task")
+                    } else if let Some(why) = self.node.cluster().and_then(|c| c.failure()) {
+                        // A member whose Raft log cannot be written serves a directory that no
+                        // longer follows the cluster's: better stopped, and restarted from its log.
+                        tracing::error!(error = %why, "the cluster's Raft node stopped");
+                        Some("the cluster's Raft node")
                     } else {
                         storage.as_ref().and_then(crate::storage::StorageTask::dead)
                     };

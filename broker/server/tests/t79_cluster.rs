@@ -418,3 +418,32 @@ async fn with_tls_the_members_speak_mutual_tls_and_refuse_a_stranger() {
     );
     assert!(members(&c, 0).await.len() == 3, "still three members");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_raft_log_cannot_be_synced_stops_and_the_others_go_on() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader(&[0, 1, 2], None).await;
+    let l = c.index(&leader);
+    let f = (0..3).find(|i| *i != l).unwrap_or(0);
+    // The follower again, under the fault shim.
+    let faults = c.nodes[f].dir.join("faults");
+    std::fs::create_dir_all(&faults).expect("faults dir");
+    let shim = common::process::shim(&c.nodes[f].dir);
+    c.nodes[f].env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("WARREN_FAULTS_DIR".into(), faults.display().to_string()),
+    ];
+    c.nodes[f].kill();
+    c.nodes[f].restart();
+    assert_eq!(c.leader(&[0, 1, 2], None).await, leader);
+    // Its fsyncs fail from now on: the next append it receives cannot be made durable.
+    std::fs::write(faults.join("fsync"), b"").expect("arm");
+    assert_eq!(add_user(&c, l, "synced").await / 100, 2, "the leader and the other member commit it");
+    let stopped = c.nodes[f].exited_within(Duration::from_secs(15));
+    assert_eq!(stopped, Some(false), "the member stopped with an error: {}", c.nodes[f].log());
+    assert!(c.nodes[f].log().contains("the cluster's Raft node stopped"), "{}", c.nodes[f].log());
+    // Disk healthy again: it restarts from its log and catches up.
+    std::fs::remove_file(faults.join("fsync")).expect("disarm");
+    c.nodes[f].restart();
+    assert!(login_becomes(&c, f, "synced", "%2F", true).await, "it caught up");
+}

@@ -10,26 +10,12 @@ use std::time::Duration;
 mod common;
 
 use common::process::Process;
+use common::process::shim;
 use common::{code, publish_confirmed};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-
-/// Compiles the shim into `dir`; the C compiler is part of the Rust toolchain's needs.
-fn shim(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/shim.c");
-    let out = dir.join("shim.so");
-    let status = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "the fault shim must compile");
-    out
-}
 
 /// A broker under the shim, with its fault switches in `dir/faults`.
 struct Faulty {

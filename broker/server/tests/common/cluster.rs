@@ -13,8 +13,22 @@ use super::http_as;
 /// What `warren` logs once it serves.
 const READY: &str = "listening for AMQP 0-9-1 over TCP";
 
+/// A free port below Linux's ephemeral range (32768 and up): a port taken from that range and
+/// let go can be taken again by any outgoing connection (a member dialing another) before the
+/// node meant to listen on it starts. Each test process walks its own stretch of the range.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 200) * 60;
+    for _ in 0..12_000 {
+        let p = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let p = p as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port below 32000");
 }
 
 /// One member.
@@ -26,6 +40,8 @@ pub struct Node {
     pub cluster: SocketAddr,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Added to the process's environment (a fault shim, say).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -151,6 +167,7 @@ impl Node {
             config: dir.join("warren.toml"),
             dir,
             name: name.to_string(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -173,6 +190,7 @@ impl Node {
         let log = std::fs::File::options().create(true).append(true).open(self.log_path()).expect("log");
         let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
         c.args(["--config", &self.config.display().to_string()]).stdout(Stdio::null()).stderr(log);
+        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }
 
@@ -213,6 +231,19 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; whether it did, successfully.
+    pub fn exited_within(&mut self, within: Duration) -> Option<bool> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL.

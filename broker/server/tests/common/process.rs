@@ -105,3 +105,19 @@ fn command(dir: &Path, amqp: &str, env: &[(&str, &str)]) -> Command {
 pub fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("warren.log")).unwrap_or_default()
 }
+
+/// Compiles the storage fault shim (`tests/faults/shim.c`, loaded with `LD_PRELOAD`) into
+/// `dir`; the C compiler is part of the Rust toolchain's needs.
+pub fn shim(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/shim.c");
+    let out = dir.join("shim.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "the fault shim must compile");
+    out
+}
