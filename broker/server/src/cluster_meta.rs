@@ -244,6 +244,27 @@ struct MetaSnapshot {
     definitions: AccessDefinitions,
 }
 
+impl MetaSnapshot {
+    /// The snapshot of `dir`.
+    fn of(dir: &Directory, seeded: bool) -> Result<Self, String> {
+        let definitions = AccessDefinitions::of(dir, fresh_salt).map_err(|e| e.to_string())?;
+        Ok(MetaSnapshot { seeded, unrestricted: dir.access.is_unrestricted(), definitions })
+    }
+
+    /// The directory it holds.
+    fn directory(&self) -> Result<Directory, String> {
+        let mut dir = empty(self.unrestricted);
+        let plan = self.definitions.plan()?;
+        for change in plan.vhosts.into_iter().map(Change::PutVHost).chain(plan.changes) {
+            // Unrestricted access is exported as every permission; it is not a rule to keep.
+            if !(self.unrestricted && matches!(change, Change::SetPermission(_))) {
+                dir.apply(change).map_err(|e| format!("the snapshot: {e}"))?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
 /// The metadata machine of this node: its directory (and, through it, its vhosts' brokers).
 pub struct NodeMachine {
     node: Weak<Node>,
@@ -283,13 +304,7 @@ impl warren_cluster::MetaMachine for NodeMachine {
 
     fn snapshot(&self) -> Result<String, String> {
         let node = self.node()?;
-        let dir = node.directory().load();
-        let definitions = AccessDefinitions::of(&dir, fresh_salt).map_err(|e| e.to_string())?;
-        let snapshot = MetaSnapshot {
-            seeded: self.seeded.load(Ordering::Acquire),
-            unrestricted: dir.access.is_unrestricted(),
-            definitions,
-        };
+        let snapshot = MetaSnapshot::of(&node.directory().load(), self.seeded.load(Ordering::Acquire))?;
         serde_json::to_string(&snapshot).map_err(|e| e.to_string())
     }
 
@@ -297,16 +312,7 @@ impl warren_cluster::MetaMachine for NodeMachine {
         let node = self.node()?;
         let snapshot: MetaSnapshot =
             serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
-        let mut dir = empty(snapshot.unrestricted);
-        let plan = snapshot.definitions.plan()?;
-        for change in plan.vhosts.into_iter().map(Change::PutVHost).chain(plan.changes) {
-            let unrestricted_permission = snapshot.unrestricted && matches!(change, Change::SetPermission(_));
-            // Unrestricted access is exported as every permission; it is not a rule to keep.
-            if !unrestricted_permission {
-                dir.apply(change).map_err(|e| format!("the snapshot: {e}"))?;
-            }
-        }
-        node.restore_directory(dir);
+        node.restore_directory(snapshot.directory()?);
         self.seeded.store(snapshot.seeded, Ordering::Release);
         Ok(())
     }
@@ -422,6 +428,7 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use warren_core::auth::User;
     use warren_core::permissions::{Pattern, Permission, TopicPermission};
 
@@ -474,5 +481,87 @@ mod tests {
         .expect("back");
         let Change::UpdateUser { password: Some(p), .. } = updated else { panic!("an update") };
         assert!(p.verify("pw") && !p.verify("other"));
+    }
+
+    /// A change over a few names, so that changes meet: the same user, vhost or policy.
+    fn change() -> impl Strategy<Value = Change> {
+        let name = || prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_string);
+        let vhost = || prop::sample::select(vec!["/", "v", "w"]).prop_map(str::to_string);
+        let pattern = || prop::sample::select(vec!["", ".*", "^q", "x|y"]);
+        prop_oneof![
+            (name(), any::<bool>()).prop_map(|(n, lo)| Change::PutUser(User {
+                name: n,
+                loopback_only: lo,
+                password: Password::plain("pw"),
+                ..User::guest()
+            })),
+            name().prop_map(Change::DeleteUser),
+            vhost().prop_map(Change::PutVHost),
+            vhost().prop_map(Change::DeleteVHost),
+            (vhost(), prop::option::of(0usize..5)).prop_map(|(v, n)| Change::SetVHostLimit {
+                vhost: v,
+                limit: VHostLimit::MaxQueues,
+                value: n
+            }),
+            (name(), prop::option::of(0usize..5)).prop_map(|(u, n)| Change::SetUserLimit {
+                user: u,
+                limit: UserLimit::MaxConnections,
+                value: n
+            }),
+            (name(), vhost(), pattern(), pattern()).prop_map(|(u, v, c, w)| Change::SetPermission(
+                Permission {
+                    user: u,
+                    vhost: v,
+                    configure: Pattern::new(c).expect("pattern"),
+                    write: Pattern::new(w).expect("pattern"),
+                    read: Pattern::new(".*").expect("pattern"),
+                }
+            )),
+            (name(), vhost()).prop_map(|(u, v)| Change::ClearPermission { user: u, vhost: v }),
+            (name(), vhost()).prop_map(|(u, v)| Change::SetTopicPermission(
+                TopicPermission::new(&u, &v, "amq.topic", "^{username}", ".*").expect("topic")
+            )),
+            (name(), prop::option::of(prop::collection::vec("[a-z]{1,6}", 0..3)))
+                .prop_map(|(n, tags)| { Change::UpdateUser { name: n, password: None, tags } }),
+        ]
+    }
+
+    /// A directory's contents, compared through its definitions (passwords by whether they
+    /// verify, since a hash is salted).
+    fn contents(dir: &Directory) -> String {
+        let mut defs =
+            AccessDefinitions::of(dir, || Ok([7; warren_core::password::SALT_LEN])).expect("export");
+        for u in &mut defs.users {
+            let verifies = dir.user(&u.name).is_some_and(|x| x.password.verify("pw"));
+            u.password_hash = verifies.to_string();
+        }
+        serde_json::to_string(&defs).expect("json")
+    }
+
+    proptest! {
+        /// Two members that apply the same log, one from the changes as made and one from
+        /// them as the log carries them, hold the same directory and refuse the same
+        /// changes; a snapshot restores it exactly.
+        #[test]
+        fn members_applying_the_same_log_agree_and_a_snapshot_restores_it(
+            changes in prop::collection::vec(change(), 0..40)
+        ) {
+            let mut made = empty(false);
+            let mut logged = empty(false);
+            for c in changes {
+                let carried = ChangeDef::of(&c).expect("def");
+                let text = serde_json::to_string(&carried).expect("json");
+                let back: ChangeDef = serde_json::from_str(&text).expect("parse");
+                let a = made.apply(c);
+                let b = logged.apply(back.change().expect("change"));
+                prop_assert_eq!(a.is_ok(), b.is_ok());
+            }
+            prop_assert_eq!(contents(&made), contents(&logged));
+            let snapshot = MetaSnapshot::of(&made, true).expect("snapshot");
+            let text = serde_json::to_string(&snapshot).expect("json");
+            let back: MetaSnapshot = serde_json::from_str(&text).expect("parse");
+            let restored = back.directory().expect("restore");
+            prop_assert_eq!(contents(&restored), contents(&made));
+        }
     }
 }
