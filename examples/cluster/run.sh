@@ -12,6 +12,10 @@ if [ -z "$warren" ]; then
   warren="${CARGO_TARGET_DIR:-$root/target}/release/warren"
 fi
 mkdir -p cluster-data
+# The cookie every member must hold, readable by its owner only.
+if [ ! -f cluster-data/cookie ]; then
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >cluster-data/cookie)
+fi
 pids=()
 for n in 1 2 3; do
   "$warren" --config "n$n.toml" >"cluster-data/n$n.log" 2>&1 &

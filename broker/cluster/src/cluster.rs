@@ -74,6 +74,8 @@ pub struct ClusterConfig {
     pub propose_timeout: Duration,
     /// Mutual TLS between nodes; `None` for plain TCP.
     pub tls: Option<Arc<transport::Tls>>,
+    /// The secret every member holds.
+    pub cookie: crate::cookie::Cookie,
 }
 
 /// Why the node could not take its place in the cluster.
@@ -250,7 +252,13 @@ impl Cluster {
         let retired = sm.retired();
         let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(cluster_id));
         let routes = config.peers.iter().map(|m| (m.name.clone(), m.addr.clone())).collect();
-        let transport = Transport::new(cluster_id.clone(), &config.node, routes, config.tls.clone());
+        let transport = Transport::new(
+            cluster_id.clone(),
+            &config.node,
+            routes,
+            config.tls.clone(),
+            config.cookie.clone(),
+        );
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen))
         })?;
@@ -277,10 +285,17 @@ impl Cluster {
         });
         let mut tasks = Vec::new();
         let served = shared.clone();
-        tasks.push(tokio::spawn(transport::serve(listener, cluster_id, config.tls.clone(), move |rpc| {
-            let s = served.clone();
-            async move { s.handle(rpc).await }
-        })));
+        let cookie = config.cookie.clone();
+        tasks.push(tokio::spawn(transport::serve(
+            listener,
+            cluster_id,
+            config.tls.clone(),
+            cookie,
+            move |rpc| {
+                let s = served.clone();
+                async move { s.handle(rpc).await }
+            },
+        )));
         let initialized = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
         if initial && !initialized {
             // Every fresh member proposes the same set; whichever entry wins, it is that set.

@@ -8,6 +8,7 @@
 //! - [`store`]: the metadata group's Raft log on disk (records with CRCs, vote, committed).
 //! - [`network`]: openraft's network over the transport.
 //! - [`transport`]: connections between nodes (control and bulk), requests and responses.
+//! - [`cookie`]: the cluster's shared secret and the mutual challenge every connection starts with.
 //! - [`wire`]: the inter-node frames and messages.
 //! - [`types`]: the metadata group's Raft types.
 //! - [`files`]: small files written whole and durably.
@@ -15,6 +16,7 @@
 //!   one process, by (group, node), for tests and the spike (`benches/spike.rs`).
 
 pub mod cluster;
+pub mod cookie;
 pub mod files;
 pub mod local;
 pub mod machine;

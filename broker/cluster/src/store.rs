@@ -131,28 +131,42 @@ impl LogStore {
     }
 }
 
+/// The CRC of a record: its length field and its payload, so a damaged length is caught too.
+fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
+}
+
+/// The length of the sound record at the start of `rest`, if one is there: a length of 1 to
+/// [`MAX_RECORD`] octets that fits, and a CRC that matches.
+fn sound_record(rest: &[u8]) -> Option<usize> {
+    if rest.len() < 8 {
+        return None;
+    }
+    let len_bytes = [rest[0], rest[1], rest[2], rest[3]];
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len == 0 || len > MAX_RECORD || rest.len() - 8 < len {
+        return None;
+    }
+    (record_crc(len_bytes, &rest[8..8 + len]) == crc).then_some(len)
+}
+
 /// Replays the records of `data` into `each`; the octets that hold whole, sound records.
+/// Where a record is not sound, the rest of the file must hold none either (a write the
+/// crash interrupted: cut short, torn, or a tail of zeros the file system extended it with);
+/// a sound record after an unsound one is damage to something acknowledged, and an error.
 fn replay(data: &[u8], mut each: impl FnMut(Record)) -> Result<usize, String> {
     let mut pos = 0;
     while pos < data.len() {
-        let rest = &data[pos..];
-        if rest.len() < 8 {
-            break;
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len > MAX_RECORD || rest.len() - 8 < len {
-            // Runs past the end: the last write, cut short.
-            break;
-        }
-        let payload = &rest[8..8 + len];
-        let at_end = rest.len() == 8 + len;
-        if crc32c::crc32c(payload) != crc {
-            if at_end {
-                break;
+        let Some(len) = sound_record(&data[pos..]) else {
+            if let Some(later) = (pos + 1..data.len()).find(|p| sound_record(&data[*p..]).is_some()) {
+                return Err(format!(
+                    "a damaged record at offset {pos}, with a sound one at offset {later} after it"
+                ));
             }
-            return Err(format!("a damaged record at offset {pos}, with records after it"));
-        }
+            break;
+        };
+        let payload = &data[pos + 8..pos + 8 + len];
         let record: Record = serde_json::from_slice(payload)
             .map_err(|e| format!("an unreadable record at offset {pos}: {e}"))?;
         each(record);
@@ -166,8 +180,9 @@ fn encode(record: &Record, out: &mut Vec<u8>) -> io::Result<()> {
     if payload.len() > MAX_RECORD {
         return Err(io::Error::other(format!("a log record of {} octets, over {MAX_RECORD}", payload.len())));
     }
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let len = (payload.len() as u32).to_le_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&record_crc(len, &payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(())
 }
@@ -361,6 +376,13 @@ mod tests {
         append(&mut s, vec![entry(1, 3)]).await;
         drop(s);
         assert_eq!(LogStore::open(dir.path()).expect("reopen").lock().entries.len(), 3);
+        // A tail of zeros (the file extended, the data never written): cut like a torn write.
+        let mut zeros = std::fs::read(&path).expect("read");
+        let sound = zeros.len();
+        zeros.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &zeros).expect("extend");
+        assert_eq!(LogStore::open(dir.path()).expect("a zero tail").lock().entries.len(), 3);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len() as usize, sound, "cut back");
         // One flipped octet inside the first record, with sound records after it.
         let mut bad = std::fs::read(&path).expect("read");
         bad[12] ^= 0x55;
@@ -368,6 +390,13 @@ mod tests {
         let e = LogStore::open(dir.path()).err().expect("damage is refused");
         assert!(e.to_string().contains("offset 0"), "{e}");
         assert_eq!(std::fs::read(&path).expect("kept"), bad, "nothing is cut on damage");
+        // A damaged length field (claiming to run past the end) is damage too, not a tail.
+        let mut bad = std::fs::read(&path).expect("read");
+        bad[12] ^= 0x55;
+        bad[3] = 0x7f;
+        std::fs::write(&path, &bad).expect("damage the length");
+        let e = LogStore::open(dir.path()).err().expect("a damaged length is refused");
+        assert!(e.to_string().contains("offset 0"), "{e}");
     }
 
     #[tokio::test]

@@ -18,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::cookie::{self, Cookie};
 use crate::types::{Member, NodeId};
-use crate::wire::{self, Class, Hello, Reply, Request, Response, Rpc};
+use crate::wire::{self, Challenge, Class, Hello, MAX_HANDSHAKE_FRAME, Proof, Reply, Request, Response, Rpc};
 
 /// Connections a node accepts at once.
 pub const MAX_INBOUND: usize = 64;
@@ -29,6 +30,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a dial may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an accepted connection may send nothing (peers ping every 500 ms on control
+/// connections; an idle bulk connection is dialed again when next needed).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,7 @@ pub struct Transport {
     /// the membership holds (a proxy, a NAT, an address that moved).
     routes: HashMap<String, String>,
     tls: Option<Arc<Tls>>,
+    cookie: Cookie,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
 }
 
@@ -94,6 +99,7 @@ pub struct Peer {
 pub struct Link {
     addr: String,
     tls: Option<Arc<Tls>>,
+    cookie: Cookie,
     cluster: ClusterId,
     from: String,
     class: Class,
@@ -115,13 +121,14 @@ impl Transport {
         me: &str,
         routes: HashMap<String, String>,
         tls: Option<Arc<Tls>>,
+        cookie: Cookie,
     ) -> Arc<Transport> {
-        Arc::new(Transport { cluster, me: me.into(), routes, tls, peers: Mutex::new(HashMap::new()) })
+        Arc::new(Transport { cluster, me: me.into(), routes, tls, cookie, peers: Mutex::new(HashMap::new()) })
     }
 
     /// A line to `addr` outside the membership (a joining node's first contact).
     pub fn link_to(&self, addr: &str) -> Link {
-        Link::new(addr, self.tls.clone(), self.cluster.clone(), &self.me, Class::Control)
+        Link::new(addr, self.tls.clone(), self.cookie.clone(), self.cluster.clone(), &self.me, Class::Control)
     }
 
     /// The peer `id`, known as `member` (its address is updated when it changed).
@@ -131,7 +138,9 @@ impl Transport {
             return p.clone();
         }
         let addr = self.routes.get(&member.name).unwrap_or(&member.addr);
-        let link = |class| Link::new(addr, self.tls.clone(), self.cluster.clone(), &self.me, class);
+        let link = |class| {
+            Link::new(addr, self.tls.clone(), self.cookie.clone(), self.cluster.clone(), &self.me, class)
+        };
         let p = Arc::new(Peer {
             member: member.clone(),
             control: link(Class::Control),
@@ -151,10 +160,18 @@ impl Transport {
 }
 
 impl Link {
-    fn new(addr: &str, tls: Option<Arc<Tls>>, cluster: ClusterId, from: &str, class: Class) -> Link {
+    fn new(
+        addr: &str,
+        tls: Option<Arc<Tls>>,
+        cookie: Cookie,
+        cluster: ClusterId,
+        from: &str,
+        class: Class,
+    ) -> Link {
         Link {
             addr: addr.into(),
             tls,
+            cookie,
             cluster,
             from: from.into(),
             class,
@@ -192,8 +209,25 @@ impl Link {
         let failed = |e: String| CallError::Connect(self.addr.clone(), e);
         let stream = self.dial().await.map_err(failed)?;
         let (mut r, mut w) = tokio::io::split(stream);
-        let hello = Hello { cluster: id_of(&self.cluster), from: self.from.clone(), class: self.class };
+        let nonce = cookie::nonce().map_err(|e| failed(e.to_string()))?;
+        let hello =
+            Hello { cluster: id_of(&self.cluster), from: self.from.clone(), class: self.class, nonce };
         wire::write(&mut w, &hello).await.map_err(|e| failed(e.to_string()))?;
+        let challenge = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            wire::read_limited::<_, Challenge>(&mut r, MAX_HANDSHAKE_FRAME),
+        );
+        let challenge = match challenge.await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => return Err(failed("closed at the handshake (another cluster?)".into())),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed(format!("no handshake within {HELLO_TIMEOUT:?}"))),
+        };
+        if !self.cookie.verify(&challenge.proof, "listener", &hello.nonce, &challenge.nonce) {
+            return Err(failed("the peer does not hold this cluster's cookie".into()));
+        }
+        let proof = Proof { proof: self.cookie.proof("dialer", &challenge.nonce, &hello.nonce) };
+        wire::write(&mut w, &proof).await.map_err(|e| failed(e.to_string()))?;
         let (tx, mut rx) = mpsc::channel::<Request>(1024);
         let alive = Arc::new(AtomicBool::new(true));
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
@@ -271,8 +305,13 @@ impl Link {
 /// Serves the requests of peers of cluster `cluster` that connect to `listener`, answering
 /// each with `handle` (a node that has not joined may only ask to join); runs until the
 /// future is dropped, which closes every connection it accepted.
-pub async fn serve<F, Fut>(listener: TcpListener, cluster: ClusterId, tls: Option<Arc<Tls>>, handle: F)
-where
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    cluster: ClusterId,
+    tls: Option<Arc<Tls>>,
+    cookie: Cookie,
+    handle: F,
+) where
     F: Fn(Rpc) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
@@ -293,7 +332,7 @@ where
             tracing::warn!(%from, limit = MAX_INBOUND, "too many inter-node connections; refused");
             continue;
         };
-        let (handle, cluster, tls) = (handle.clone(), cluster.clone(), tls.clone());
+        let (handle, cluster, tls, cookie) = (handle.clone(), cluster.clone(), tls.clone(), cookie.clone());
         connections.spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
@@ -315,7 +354,8 @@ where
                 }
             };
             let (mut r, mut w) = tokio::io::split(stream);
-            let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read::<_, Hello>(&mut r)).await {
+            let hello = wire::read_limited::<_, Hello>(&mut r, MAX_HANDSHAKE_FRAME);
+            let hello = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
@@ -336,6 +376,20 @@ where
                     "a node of another cluster (or this one has not joined yet); refused");
                 return;
             }
+            // Both sides prove they hold the cookie before anything else is read.
+            let Ok(nonce) = cookie::nonce() else { return };
+            let challenge = Challenge { proof: cookie.proof("listener", &hello.nonce, &nonce), nonce };
+            if wire::write(&mut w, &challenge).await.is_err() {
+                return;
+            }
+            let proof = wire::read_limited::<_, Proof>(&mut r, MAX_HANDSHAKE_FRAME);
+            match tokio::time::timeout(HELLO_TIMEOUT, proof).await {
+                Ok(Ok(Some(p))) if cookie.verify(&p.proof, "dialer", &challenge.nonce, &hello.nonce) => {}
+                _ => {
+                    tracing::warn!(%from, node = %hello.from, "an inter-node connection did not prove it holds the cluster's cookie; closed");
+                    return;
+                }
+            }
             let (tx, mut rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
             let mut work = tokio::task::JoinSet::new();
             let writer = work.spawn(async move {
@@ -348,10 +402,11 @@ where
             let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             loop {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-                let req = match wire::read::<_, Request>(&mut r).await {
-                    Ok(Some(req)) => req,
-                    Ok(None) => break,
-                    Err(e) => {
+                let req = match tokio::time::timeout(IDLE_TIMEOUT, wire::read::<_, Request>(&mut r)).await {
+                    Err(_) => break,
+                    Ok(Ok(Some(req))) => req,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
                         tracing::warn!(%from, node = %hello.from, error = %e, "a bad inter-node frame; connection closed");
                         break;
                     }

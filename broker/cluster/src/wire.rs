@@ -17,6 +17,8 @@ use crate::types::{Member, Meta, NodeId, Outcome, Proposal};
 
 /// Octets one frame may have: a snapshot of the largest directory fits.
 pub const MAX_FRAME: usize = 64 << 20;
+/// Octets the frames of the handshake (hello, challenge, proof) may have.
+pub const MAX_HANDSHAKE_FRAME: usize = 4 << 10;
 
 /// Which traffic a connection carries: control (votes, appends, pings, proposals) is never
 /// queued behind bulk (snapshots, later message bodies).
@@ -38,6 +40,25 @@ pub struct Hello {
     pub from: String,
     /// What the connection carries.
     pub class: Class,
+    /// The dialer's challenge to the listener: 16 random octets, hex.
+    pub nonce: String,
+}
+
+/// The listener's answer to a hello: its proof that it holds the cookie, and its own
+/// challenge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Challenge {
+    /// 16 random octets, hex.
+    pub nonce: String,
+    /// HMAC-SHA256 under the cookie of the two nonces, hex (see `crate::cookie`).
+    pub proof: String,
+}
+
+/// The dialer's proof that it holds the cookie.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proof {
+    /// HMAC-SHA256 under the cookie of the two nonces, the other way round, hex.
+    pub proof: String,
 }
 
 /// A request, by its id on its connection.
@@ -121,8 +142,8 @@ pub enum WireError {
     /// The connection failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// A frame announced more than [`MAX_FRAME`] octets.
-    #[error("a frame of {0} octets, over the {MAX_FRAME} allowed")]
+    /// A frame announced more octets than allowed.
+    #[error("a frame of {0} octets, over the limit")]
     TooLarge(usize),
     /// A frame that is not what was expected.
     #[error("a malformed frame: {0}")]
@@ -144,6 +165,14 @@ pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) ->
 
 /// Reads one frame; `None` at a clean end of the stream.
 pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, WireError> {
+    read_limited(r, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` octets; `None` at a clean end of the stream.
+pub async fn read_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -151,7 +180,7 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Resul
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(WireError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
@@ -166,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused_before_their_body() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let hello = Hello { cluster: "c".into(), from: "n1".into(), class: Class::Bulk };
+        let hello = Hello { cluster: "c".into(), from: "n1".into(), class: Class::Bulk, nonce: "00".into() };
         write(&mut a, &hello).await.expect("write");
         let got: Hello = read(&mut b).await.expect("read").expect("a frame");
         assert_eq!((got.from.as_str(), got.class), ("n1", Class::Bulk));

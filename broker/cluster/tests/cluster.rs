@@ -47,6 +47,7 @@ async fn start(name: &str, peers: &[Member], dir: &Path, words: Arc<Words>) -> A
         dir: dir.join(name),
         propose_timeout: Duration::from_secs(3),
         tls: None,
+        cookie: warren_cluster::cookie::Cookie::new(b"a test cluster's cookie").expect("cookie"),
     };
     Cluster::start(config, words).await.expect("start")
 }

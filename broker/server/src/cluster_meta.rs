@@ -388,6 +388,7 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
             }
             None => None,
         },
+        cookie: c.cookie.clone(),
     };
     let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
     node.set_cluster(cluster.clone());

@@ -262,6 +262,18 @@ async fn nodes_join_leave_and_are_forgotten_and_names_are_never_reused() {
     let (ok, out) = c.ctl(again, &["join", &via]);
     assert!(!ok && out.contains("never reused"), "{out}");
     c.nodes[again].kill();
+    // A node without the cluster's cookie gets nowhere: the member closes the connection
+    // before reading a request.
+    let wrong = c.add("n5", "fifth");
+    let text = std::fs::read_to_string(&c.nodes[wrong].config).expect("config");
+    std::fs::write(&c.nodes[wrong].config, text.replace("the test cluster's cookie", "some other cookie!!"))
+        .expect("cookie");
+    c.nodes[wrong].kill();
+    c.nodes[wrong].restart();
+    let (ok, out) = c.ctl(wrong, &["join", &via]);
+    assert!(!ok && out.contains("cookie"), "{out}");
+    assert!(c.nodes[1].log().contains("did not prove it holds the cluster's cookie"), "n2 refused it");
+    c.nodes[wrong].kill();
 
     // forget: refused while the node is up, done once it is down.
     let (ok, out) = c.ctl(0, &["forget", "n3"]);

@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     pub ca: Option<std::path::PathBuf>,
     /// How long a metadata change waits for a majority, in milliseconds (default 5000).
     pub propose_timeout_ms: Option<u64>,
+    /// A file holding the cluster's cookie, the secret every member proves it holds (RabbitMQ's
+    /// Erlang cookie): 16 to 1024 octets, readable by its owner only.
+    pub cookie_file: Option<std::path::PathBuf>,
+    /// The cookie itself, when not in a file.
+    pub cookie: Option<String>,
 }
 
 /// The cluster settings, checked.
@@ -50,6 +55,8 @@ pub struct ClusterSettings {
     pub off_loopback: bool,
     /// Plain TCP off loopback is allowed.
     pub insecure_plaintext: bool,
+    /// The secret every member holds.
+    pub cookie: warren_cluster::cookie::Cookie,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -112,7 +119,20 @@ impl ClusterConfig {
             Some(ms) => Duration::from_millis(ms),
             None => Duration::from_secs(5),
         };
+        let cookie = match (&self.cookie_file, &self.cookie) {
+            (Some(_), Some(_)) => return Err(bad("give cookie-file or cookie, not both".into())),
+            (None, None) => {
+                return Err(bad(
+                    "a cluster needs a cookie every member holds: cookie-file = \"PATH\" (a file of 16 to 1024 octets, mode 600)"
+                        .into(),
+                ));
+            }
+            (None, Some(c)) => c.as_bytes().to_vec(),
+            (Some(path), None) => read_cookie(path).map_err(bad)?,
+        };
+        let cookie = warren_cluster::cookie::Cookie::new(&cookie).map_err(bad)?;
         Ok(ClusterSettings {
+            cookie,
             node: self.node,
             listen: self.listen,
             peers,
@@ -122,6 +142,25 @@ impl ClusterConfig {
             insecure_plaintext: self.insecure_plaintext,
         })
     }
+}
+
+/// The cookie in `path`, its trailing whitespace left out; a file others may read is refused,
+/// as Erlang refuses such a cookie.
+fn read_cookie(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let named = |e: std::io::Error| format!("cookie-file {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(named)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("cookie-file {}: others may read it; chmod 600 it", path.display()));
+    }
+    if meta.len() > 4096 {
+        return Err(format!("cookie-file {}: {} octets, too long for a cookie", path.display(), meta.len()));
+    }
+    let mut bytes = std::fs::read(path).map_err(named)?;
+    while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+        bytes.pop();
+    }
+    Ok(bytes)
 }
 
 impl ClusterSettings {
@@ -153,7 +192,9 @@ mod tests {
     }
 
     fn config(node: &str, listen: &str, peers: &str) -> String {
-        format!("node = \"{node}\"\nlisten = \"{listen}\"\npeers = [{peers}]\n")
+        format!(
+            "node = \"{node}\"\nlisten = \"{listen}\"\npeers = [{peers}]\ncookie = \"sixteen octets or more\"\n"
+        )
     }
 
     #[test]
@@ -178,6 +219,26 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         let e = parse(&config("n1", "127.0.0.1:25709", two)).expect_err("port");
         assert!(e.contains("port 25709"), "{e}");
+    }
+
+    #[test]
+    fn the_cookie_is_required_and_kept_private() {
+        let bare = "node = \"n1\"\nlisten = \"127.0.0.1:25700\"\npeers = [\"n1@127.0.0.1:25700\"]\n";
+        let e = parse(bare).expect_err("no cookie");
+        assert!(e.contains("cookie-file"), "{e}");
+        let e = parse(&format!("{bare}cookie = \"short\"\n")).expect_err("short");
+        assert!(e.contains("16 to 1024"), "{e}");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("cookie");
+        std::fs::write(&file, "a cookie of enough octets\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let with_file = format!("{bare}cookie-file = \"{}\"\n", file.display());
+        let e = parse(&with_file).expect_err("readable by others");
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let ok = parse(&with_file).expect("a private cookie file");
+        assert!(!format!("{ok:?}").contains("enough octets"), "the cookie never shows in Debug");
     }
 
     #[test]

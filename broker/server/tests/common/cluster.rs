@@ -176,7 +176,7 @@ impl Node {
     pub fn write_config(&self, name: &str, peers: &str) {
         // Top-level keys first: `extra` sections go after [cluster].
         let text = format!(
-            "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"{}\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\n",
+            "data-dir = \"{}\"\namqp-listen = \"{}\"\nmanagement-listen = \"{}\"\nmetrics-listen = \"{}\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"{name}\"\nlisten = \"{}\"\npeers = [{peers}]\npropose-timeout-ms = 2000\ncookie = \"the test cluster's cookie\"\n",
             self.dir.join("data").display(),
             self.amqp,
             self.management,
