@@ -248,7 +248,7 @@ impl Cluster {
             .cloned()
             .unwrap_or_else(|| Member { name: config.node.clone(), addr: config.listen.to_string() });
         let log = LogStore::open(&config.dir)?;
-        let sm = StateMachine::open(&config.dir, machine)?;
+        let sm = StateMachine::open(&config.dir, machine, log.last_index())?;
         let retired = sm.retired();
         let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(cluster_id));
         let routes = config.peers.iter().map(|m| (m.name.clone(), m.addr.clone())).collect();

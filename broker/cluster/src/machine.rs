@@ -29,7 +29,10 @@ pub const MAX_SNAPSHOT: u64 = 256 << 20;
 /// call left; `apply` must give every member the same answer for the same state.
 pub trait MetaMachine: Send + Sync + 'static {
     /// Applies one proposal: the answer, or why the change was refused (and nothing changed).
-    fn apply(&self, body: &str) -> Result<String, String>;
+    /// `live` is false for an entry this node's log held at its start (applied again after a
+    /// restart, from the snapshot on): its state change is the same, but effects beyond the
+    /// state that a later entry may have made obsolete (deleting stored data) are left out.
+    fn apply(&self, body: &str, live: bool) -> Result<String, String>;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Result<String, String>;
     /// Replaces the whole state with a snapshot's.
@@ -57,6 +60,8 @@ struct SnapshotFile {
 #[derive(Clone)]
 pub struct StateMachine {
     machine: Arc<dyn MetaMachine>,
+    /// The last index the log held at this start: entries up to it are applied again.
+    replayed_upto: Option<u64>,
     inner: Arc<Mutex<Inner>>,
     /// Names of members that left, never to be used again.
     retired: Arc<std::sync::Mutex<BTreeSet<String>>>,
@@ -74,13 +79,19 @@ fn inner_empty() -> Inner {
 }
 
 impl StateMachine {
-    /// The state machine of `machine`, restored from the snapshot in `dir` if there is one.
-    pub fn open(dir: &Path, machine: Arc<dyn MetaMachine>) -> io::Result<StateMachine> {
+    /// The state machine of `machine`, restored from the snapshot in `dir` if there is one;
+    /// the log held entries up to `replayed_upto` at this start.
+    pub fn open(
+        dir: &Path,
+        machine: Arc<dyn MetaMachine>,
+        replayed_upto: Option<u64>,
+    ) -> io::Result<StateMachine> {
         let path = dir.join(SNAPSHOT_FILE);
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()));
         let mut inner = inner_empty();
         let mut sm = StateMachine {
             machine,
+            replayed_upto,
             inner: Arc::new(Mutex::new(inner_empty())),
             retired: Arc::default(),
             dir: dir.to_path_buf(),
@@ -168,7 +179,8 @@ impl RaftStateMachine<Meta> for StateMachine {
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::default(),
                 EntryPayload::Normal(Proposal::App(body)) => {
-                    Outcome { result: Some(self.machine.apply(&body)) }
+                    let live = self.replayed_upto.is_none_or(|upto| entry.log_id.index() > upto);
+                    Outcome { result: Some(self.machine.apply(&body, live)) }
                 }
                 EntryPayload::Normal(Proposal::Retire(name)) => {
                     self.retired.lock().unwrap_or_else(|p| p.into_inner()).insert(name);

@@ -126,6 +126,11 @@ impl LogStore {
         })
     }
 
+    /// The index of the last entry it holds.
+    pub fn last_index(&self) -> Option<u64> {
+        self.lock().entries.keys().next_back().copied()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

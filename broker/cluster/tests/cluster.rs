@@ -13,7 +13,7 @@ use warren_cluster::{Cluster, ClusterConfig, Member, MetaMachine, ProposeError};
 struct Words(Mutex<Vec<String>>);
 
 impl MetaMachine for Words {
-    fn apply(&self, body: &str) -> Result<String, String> {
+    fn apply(&self, body: &str, _live: bool) -> Result<String, String> {
         if body == "bad" {
             return Err("bad is refused".into());
         }

@@ -282,20 +282,20 @@ impl NodeMachine {
 }
 
 impl warren_cluster::MetaMachine for NodeMachine {
-    fn apply(&self, body: &str) -> Result<String, String> {
+    fn apply(&self, body: &str, live: bool) -> Result<String, String> {
         let node = self.node()?;
         let command: MetaCommand =
             serde_json::from_str(body).map_err(|e| format!("an unreadable metadata command: {e}"))?;
         match command {
             MetaCommand::Directory(defs) => {
-                node.apply_replicated(Self::changes(&defs)?).map_err(|e| e.to_string())?;
+                node.apply_replicated(Self::changes(&defs)?, live).map_err(|e| e.to_string())?;
                 Ok("ok".into())
             }
             MetaCommand::Seed(defs) => {
                 if self.seeded.load(Ordering::Acquire) {
                     return Ok("already seeded".into());
                 }
-                node.apply_replicated(Self::changes(&defs)?).map_err(|e| e.to_string())?;
+                node.apply_replicated(Self::changes(&defs)?, live).map_err(|e| e.to_string())?;
                 self.seeded.store(true, Ordering::Release);
                 Ok("seeded".into())
             }
@@ -397,7 +397,7 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
         // A new node waiting to be joined serves its configuration's directory, so its users
         // can ask it to join; the cluster's replaces it at the first entry it applies.
         let changes = seed.iter().map(|(c, _)| c.clone()).collect();
-        if let Err(e) = node.apply_replicated(changes) {
+        if let Err(e) = node.apply_replicated(changes, true) {
             tracing::warn!(error = %e, "the configuration's directory does not apply");
         }
     }

@@ -189,10 +189,17 @@ impl Node {
         Ok(())
     }
 
-    /// Gives vhost `name` a broker: `/`'s, when the directory once dropped it and its data is
-    /// still there, kept closed (it opens there again rather than in a new broker that would
-    /// not see that data); else a new one.
+    /// Gives vhost `name` a broker: the one it had, when it was closed with its data kept (a
+    /// replayed deletion), or `/`'s, when the directory once dropped it and its data is still
+    /// there (it opens there again rather than in a new broker that would not see that data);
+    /// else a new one.
     fn open_vhost(&self, name: &str) {
+        if let Some(own) =
+            self.others.read().unwrap_or_else(|p| p.into_inner()).iter().find(|(n, _)| &**n == name)
+        {
+            lock(&own.1).broker.add_vhost(name);
+            return;
+        }
         if lock(&self.default.1).broker.vhosts().id(name).is_some() {
             lock(&self.default.1).broker.add_vhost(name);
             return;
@@ -220,7 +227,10 @@ impl Node {
 
     /// Applies `changes` as the cluster's metadata group committed them, on every member
     /// alike: all or none, vhosts gaining or losing their brokers. Refused as on every member.
-    pub fn apply_replicated(&self, changes: Vec<Change>) -> Result<(), DirectoryError> {
+    /// `live` is false for entries applied again at a start (the log after the snapshot): a
+    /// vhost they delete is closed with its data kept, since that data may belong to a later
+    /// vhost of the same name the log goes on to make.
+    pub fn apply_replicated(&self, changes: Vec<Change>, live: bool) -> Result<(), DirectoryError> {
         let before = self.directory.load();
         let mut next = (*before).clone();
         for c in changes {
@@ -229,22 +239,29 @@ impl Node {
         if !next.vhosts.contains_key("/") {
             return Err(DirectoryError::Invalid("the default vhost '/' cannot be deleted".into()));
         }
-        self.converge(&before, next);
+        self.converge(&before, next, live);
         Ok(())
     }
 
-    /// Replaces the whole directory with `next` (a replicated snapshot's).
+    /// Replaces the whole directory with `next` (a replicated snapshot's, or the empty one a
+    /// log applied from its start begins with); a vhost it drops is closed with its data kept.
     pub fn restore_directory(&self, mut next: Directory) {
         next.vhosts.entry("/".to_string()).or_default();
         let before = self.directory.load();
-        self.converge(&before, next);
+        self.converge(&before, next, false);
     }
 
-    /// Closes the vhosts `next` drops (their sessions with 320, their queues and exchanges
-    /// deleted), opens those it adds, and publishes it.
-    fn converge(&self, before: &Directory, next: Directory) {
+    /// Closes the vhosts `next` drops (their sessions with 320; their queues and exchanges
+    /// deleted when `delete`, else kept, closed), opens those it adds, and publishes it.
+    fn converge(&self, before: &Directory, next: Directory, delete: bool) {
         for gone in before.vhosts.keys().filter(|v| !next.vhosts.contains_key(*v)) {
             let shared = self.broker(gone).unwrap_or_else(|| self.default.1.clone());
+            if !delete {
+                let mut s = lock(&shared);
+                s.broker.close_vhost(gone);
+                s.wake_all();
+                continue;
+            }
             let deleted = {
                 let mut s = lock(&shared);
                 let r = s.broker.delete_vhost(gone);

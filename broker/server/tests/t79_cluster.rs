@@ -459,3 +459,44 @@ async fn a_member_whose_raft_log_cannot_be_synced_stops_and_the_others_go_on() {
     c.nodes[f].restart();
     assert!(login_becomes(&c, f, "synced", "%2F", true).await, "it caught up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_applies_the_log_again_without_deleting_a_later_vhosts_data() {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let mut c = Cluster::start(3);
+    c.leader(&[0, 1, 2], None).await;
+    // Made, deleted and made again: the log holds all three.
+    for (method, path) in [("PUT", "/api/vhosts/v"), ("DELETE", "/api/vhosts/v"), ("PUT", "/api/vhosts/v")] {
+        let (code, body) = c.nodes[0].api(GUEST, method, path, "").await;
+        assert!((200..300).contains(&code), "{method} {path}: {code} {body}");
+    }
+    let conn = Connection::connect(&c.nodes[0].uri("guest", "guest", "v"), ConnectionProperties::default())
+        .await
+        .expect("guest on v");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("keep".into(), durable, Default::default()).await.expect("declare");
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let confirm = ch
+        .basic_publish("".into(), "keep".into(), BasicPublishOptions::default(), b"kept", persistent)
+        .await
+        .expect("publish");
+    assert!(confirm.await.expect("confirm").is_ack());
+    let _ = conn.close(200, "bye".into()).await;
+    // A crash: at the restart the log is applied again from its start.
+    c.nodes[0].kill();
+    c.nodes[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let depth = loop {
+        let (code, body) = c.nodes[0].api(GUEST, "GET", "/api/queues/v/keep", "").await;
+        if code == 200 {
+            let q: serde_json::Value = serde_json::from_str(&body).expect("json");
+            break q["messages"].as_u64();
+        }
+        assert!(Instant::now() < deadline, "queue keep not served again: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(depth, Some(1), "the replayed deletion left the later vhost's message alone");
+}

@@ -93,6 +93,22 @@ impl Broker {
         Ok(())
     }
 
+    /// Closes vhost `name` and keeps what it holds: its connections are closed with 320 and
+    /// it takes none until [`Broker::add_vhost`] opens it again. For a deletion replayed from a
+    /// log, whose data may be a later incarnation's: nothing stored is deleted.
+    pub fn close_vhost(&mut self, name: &str) {
+        let Some(vh) = self.vhosts.id(name) else {
+            return;
+        };
+        self.vhosts[vh].open = false;
+        let sessions: Vec<super::ConnId> =
+            self.sessions.iter().filter(|(_, s)| s.vhost == vh).map(|(id, _)| *id).collect();
+        for conn in sessions {
+            self.close_connection(conn, &format!("vhost '{name}' is deleted"));
+        }
+        self.publish_census();
+    }
+
     /// Closes every connection of `user` with 320 (its user was deleted); how many.
     pub fn close_connections_of(&mut self, user: &str, reason: &str) -> usize {
         let conns: Vec<super::ConnId> = self
