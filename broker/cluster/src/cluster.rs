@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::alias::SnapshotOf;
 use openraft::error::{ClientWriteError, RaftError};
@@ -45,8 +45,21 @@ pub const HEARTBEAT_MS: u64 = 250;
 /// The metadata group's election timeout range, in milliseconds: a leader that stops is
 /// replaced within about this long.
 pub const ELECTION_MS: (u64, u64) = (1000, 2000);
-/// How long a join (or a removal) may take: a new node catches up with the log first.
+/// How long each step of a join (or a removal) may take on the leader: a new node catches up
+/// with the log first.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a joining node waits for the answer: longer than the leader's steps together.
+pub const JOINER_TIMEOUT: Duration = Duration::from_secs(150);
+/// Members a cluster may have.
+pub const MAX_MEMBERS: usize = 32;
+
+/// Whether a joining member's name and address are ones a member could have.
+fn valid_member(m: &Member) -> bool {
+    let name_ok = !m.name.is_empty()
+        && m.name.len() <= 64
+        && m.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    name_ok && m.addr.parse::<SocketAddr>().is_ok()
+}
 
 /// A node's Raft id: FNV-1a of its name, so every member computes the same one without
 /// asking; names are never reused, and a join whose id meets another name's is refused.
@@ -160,8 +173,8 @@ pub struct MemberStatus {
 pub struct Cluster {
     shared: Arc<Shared>,
     dir: PathBuf,
-    /// Started as a new node that no member has added yet.
-    new: bool,
+    /// Set by [`Cluster::shutdown`].
+    stopped: std::sync::atomic::AtomicBool,
     leader_changes: Arc<AtomicU64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -177,8 +190,11 @@ struct Shared {
     propose_timeout: Duration,
 }
 
+/// Milliseconds on a monotonic clock (since the first call, plus one so 0 means never): a
+/// wall-clock jump must not flip members up and down.
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The identity kept in `dir`, if any; one of another name is refused.
@@ -297,7 +313,7 @@ impl Cluster {
             },
         )));
         let initialized = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if initial && !initialized {
+        if initial && !initialized && !shared.formed_elsewhere(&members).await {
             // Every fresh member proposes the same set; whichever entry wins, it is that set.
             if let Err(e) = raft.initialize(members.clone()).await {
                 tracing::debug!(error = %e, "the metadata group was initialized elsewhere first");
@@ -310,20 +326,32 @@ impl Cluster {
         tasks.push(tokio::spawn(watch_leader(raft.clone(), leader_changes.clone())));
         tasks.push(tokio::spawn(detect(raft.clone(), transport.clone(), id)));
         tracing::info!(node = %config.node, id, listen = %config.listen, peers = members.len(), "cluster member started");
-        let new = !initial && !initialized;
-        Ok(Arc::new(Cluster { shared, dir: config.dir, new, leader_changes, tasks: Mutex::new(tasks) }))
+        Ok(Arc::new(Cluster {
+            shared,
+            dir: config.dir,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            leader_changes,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// Whether the node `config` describes would start as a new node that waits to be joined
+    /// (its `peers` do not name it, and its data dir holds no cluster yet); known before
+    /// [`Cluster::start`], so what it serves meanwhile is set before any entry can arrive.
+    pub fn starts_new(config: &ClusterConfig) -> bool {
+        if config.peers.iter().any(|m| m.name == config.node) {
+            return false;
+        }
+        let joined =
+            matches!(read_identity(&config.dir, &config.node), Ok(Some(Identity { cluster: Some(_), .. })));
+        let log = std::fs::metadata(config.dir.join(crate::store::LOG_FILE)).map_or(0, |m| m.len());
+        !joined && log == 0
     }
 
     /// Proposes `body` to the metadata group: the machine's answer once the change is
     /// committed by a majority and applied on this node.
     pub async fn propose(&self, body: String) -> Result<String, ProposeError> {
         self.shared.propose(Proposal::App(body)).await
-    }
-
-    /// Whether this node started as a new node with nothing of the group yet (it waits to be
-    /// joined).
-    pub fn started_new(&self) -> bool {
-        self.new
     }
 
     /// Whether this node is in the group's membership (a voter or a learner).
@@ -350,7 +378,7 @@ impl Cluster {
             )));
         }
         let link = self.shared.transport.link_to(via);
-        match link.call(Rpc::Join(self.shared.me.clone()), JOIN_TIMEOUT).await {
+        match link.call(Rpc::Join(self.shared.me.clone()), JOINER_TIMEOUT).await {
             Ok(Reply::Joined { cluster }) => {
                 *self.shared.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = cluster.clone();
                 let identity = Identity { name: self.shared.me.name.clone(), cluster: Some(cluster) };
@@ -428,6 +456,11 @@ impl Cluster {
         }
     }
 
+    /// Whether [`Cluster::shutdown`] ran.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     /// Why this node's Raft node stopped (its log could not be written, say), if it did: it
     /// takes no part in the cluster any more until a restart.
     pub fn failure(&self) -> Option<String> {
@@ -447,6 +480,7 @@ impl Cluster {
 
     /// Leaves the group's work: the Raft node stops and the listener closes.
     pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Release);
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "the metadata group did not stop cleanly");
         }
@@ -526,7 +560,15 @@ impl Shared {
     async fn handle(&self, rpc: Rpc) -> Reply {
         let raft = &self.raft;
         match rpc {
-            Rpc::Ping => Reply::Pong,
+            // A node whose Raft stopped is not a working member, whatever its listener says.
+            Rpc::Ping => match raft.metrics().borrow_watched().running_state.as_ref() {
+                Ok(()) => Reply::Pong,
+                Err(e) => Reply::Failed(format!("this node's Raft stopped: {e}")),
+            },
+            Rpc::Probe => match raft.is_initialized().await {
+                Ok(initialized) => Reply::Probed { initialized },
+                Err(e) => Reply::Failed(e.to_string()),
+            },
             Rpc::AppendEntries(r) => raft
                 .append_entries(r)
                 .await
@@ -552,12 +594,28 @@ impl Shared {
             rpc @ (Rpc::Join(_) | Rpc::Remove(_)) => match self.leader_peer() {
                 Some(peer) => peer
                     .control
-                    .call(rpc, JOIN_TIMEOUT)
+                    .call(rpc, JOINER_TIMEOUT)
                     .await
                     .unwrap_or_else(|e| Reply::Failed(e.to_string())),
                 None => Reply::Failed("the cluster has no metadata leader now; try again".into()),
             },
         }
+    }
+
+    /// Whether a peer of `members` has a group already: then this member, fresh, waits for
+    /// the log rather than proposing the first membership again (a data dir that was lost
+    /// must not start a group anew).
+    async fn formed_elsewhere(&self, members: &BTreeMap<NodeId, Member>) -> bool {
+        for (id, m) in members.iter().filter(|(id, _)| **id != self.id) {
+            let peer = self.transport.peer(*id, m);
+            if let Ok(Reply::Probed { initialized: true }) =
+                peer.control.call(Rpc::Probe, Duration::from_secs(2)).await
+            {
+                tracing::info!(peer = %m, "the cluster has formed already: this fresh member waits for its log");
+                return true;
+            }
+        }
+        false
     }
 
     fn leads(&self) -> bool {
@@ -572,7 +630,21 @@ impl Shared {
                 member.name
             ));
         }
+        if !valid_member(&member) {
+            return Reply::Failed(format!(
+                "'{}' at '{}' is not a node name at an ip:port",
+                member.name, member.addr
+            ));
+        }
         let id = node_id(&member.name);
+        let retired_id =
+            self.retired.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| node_id(n) == id);
+        if retired_id {
+            return Reply::Failed(format!(
+                "'{}' has the node id of a retired name; give the node another",
+                member.name
+            ));
+        }
         let m = self.raft.metrics().borrow_watched().clone();
         if let Some((_, other)) = m.membership_config.nodes().find(|(i, _)| **i == id) {
             if other.name != member.name {
@@ -582,8 +654,17 @@ impl Shared {
                 ));
             }
             if m.membership_config.voter_ids().any(|v| v == id) {
-                return Reply::Joined { cluster: id_now(&self.cluster_id) };
+                // A member's data dir holds the cluster's id and it never asks again: this one
+                // starts empty, and an empty log must not vote where the old one did.
+                return Reply::Failed(format!(
+                    "'{}' is a member already: a node that lost its data dir comes back under a new name \
+                     (warren cluster forget {} first)",
+                    member.name, member.name
+                ));
             }
+        }
+        if m.membership_config.nodes().count() >= MAX_MEMBERS {
+            return Reply::Failed(format!("the cluster has {MAX_MEMBERS} members, as many as it may"));
         }
         tracing::info!(node = %member, "a node joins: added as a learner");
         match tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, member.clone(), true)).await {
@@ -614,22 +695,30 @@ impl Shared {
                 "'{name}' is the last voter; a cluster cannot lose its last member"
             ));
         }
-        if let Err(e) = self.propose(Proposal::Retire(name.to_string())).await {
-            return Reply::Failed(e.to_string());
-        }
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
+        // Out of the membership first: a name retired while its node still votes could never
+        // be used again by a node that could not leave either.
         match tokio::time::timeout(JOIN_TIMEOUT, self.raft.change_membership(change, false)).await {
-            Ok(Ok(_)) => {
-                tracing::info!(node = name, "a member left the cluster; its name is retired");
-                Reply::Removed
-            }
-            Ok(Err(e)) => Reply::Failed(format!("removing it failed: {e}")),
-            Err(_) => Reply::Failed(format!("removing it took over {JOIN_TIMEOUT:?}")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Reply::Failed(format!("removing it failed: {e}")),
+            Err(_) => return Reply::Failed(format!("removing it took over {JOIN_TIMEOUT:?}")),
         }
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.propose(Proposal::Retire(name.to_string())).await {
+                Ok(_) => {
+                    tracing::info!(node = name, "a member left the cluster; its name is retired");
+                    return Reply::Removed;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Reply::Failed(format!("it is out of the cluster, but its name was not retired: {last}"))
     }
 }
 

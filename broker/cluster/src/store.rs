@@ -271,7 +271,10 @@ impl RaftLogStorage<Meta> for LogStore {
         let mut s = self.lock();
         s.check()?;
         let bytes = serde_json::to_vec(vote).map_err(io::Error::other)?;
-        files::replace(&s.dir.join(VOTE_FILE), &bytes, true)?;
+        if let Err(e) = files::replace(&s.dir.join(VOTE_FILE), &bytes, true) {
+            s.failed = Some(e.to_string());
+            return Err(e);
+        }
         s.vote = Some(*vote);
         Ok(())
     }
@@ -280,9 +283,10 @@ impl RaftLogStorage<Meta> for LogStore {
         let mut s = self.lock();
         s.committed = committed;
         let bytes = serde_json::to_vec(&committed).map_err(io::Error::other)?;
-        // A hint, not synced: losing it costs a later apply at restart, nothing else.
-        if let Err(e) = files::replace(&s.dir.join(COMMITTED_FILE), &bytes, false) {
-            tracing::debug!(error = %e, "the committed index was not saved");
+        // A hint, synced so a restart applies what this node had applied (a deleted user stays
+        // deleted) before it hears from a leader; a failure costs only that.
+        if let Err(e) = files::replace(&s.dir.join(COMMITTED_FILE), &bytes, true) {
+            tracing::warn!(error = %e, "the committed index was not saved");
         }
         Ok(())
     }
@@ -331,7 +335,12 @@ impl RaftLogStorage<Meta> for LogStore {
         s.write(&[Record::Purge(log_id)])?;
         s.entries.retain(|i, _| *i > log_id.index());
         s.last_purged = Some(log_id);
-        s.compact()
+        let compacted = s.compact();
+        if let Err(e) = &compacted {
+            // The file may be the old one or the new, its handle either: nothing more is written.
+            s.failed = Some(e.to_string());
+        }
+        compacted
     }
 }
 

@@ -94,6 +94,8 @@ pub enum Rpc {
     Join(Member),
     /// A member leaves for good, its name retired (forwarded to the leader).
     Remove(String),
+    /// Has this node a group (is its Raft initialized)? Asked by a fresh initial member.
+    Probe,
 }
 
 /// A response, by the id of its request.
@@ -132,6 +134,11 @@ pub enum Reply {
     },
     /// The member was removed.
     Removed,
+    /// To a probe.
+    Probed {
+        /// Whether this node's Raft is initialized.
+        initialized: bool,
+    },
     /// The request failed here.
     Failed(String),
 }

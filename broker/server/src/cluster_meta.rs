@@ -390,21 +390,28 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
         },
         cookie: c.cookie.clone(),
     };
-    let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
-    node.set_cluster(cluster.clone());
     let seed = crate::directory_file::config_changes(settings, &empty(true));
-    if cluster.started_new() {
+    if warren_cluster::Cluster::starts_new(&config) {
         // A new node waiting to be joined serves its configuration's directory, so its users
-        // can ask it to join; the cluster's replaces it at the first entry it applies.
+        // can ask it to join; the cluster's replaces it at the first entry it applies. Set
+        // before the Raft node starts, so no entry can come first.
         let changes = seed.iter().map(|(c, _)| c.clone()).collect();
         if let Err(e) = node.apply_replicated(changes, true) {
             tracing::warn!(error = %e, "the configuration's directory does not apply");
         }
     }
+    let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
+    node.set_cluster(cluster.clone());
     let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
     let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
+    // Until a seed is committed (this one or another member's), the cluster stops, or the
+    // seed is refused (then it never will be: the configuration is at fault, and said so).
+    let cluster = Arc::downgrade(&cluster);
     tokio::spawn(async move {
         loop {
+            let Some(cluster) = cluster.upgrade().filter(|c| !c.is_stopped() && c.failure().is_none()) else {
+                return;
+            };
             if machine.seeded.load(Ordering::Acquire) {
                 return;
             }
@@ -417,9 +424,14 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
                         );
                         return;
                     }
+                    Err(warren_cluster::ProposeError::Refused(why)) => {
+                        tracing::error!(error = %why, "the cluster refuses the configuration's directory as its seed");
+                        return;
+                    }
                     Err(e) => tracing::debug!(error = %e, "the seed is not committed yet"),
                 }
             }
+            drop(cluster);
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     });
