@@ -52,6 +52,11 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const JOINER_TIMEOUT: Duration = Duration::from_secs(150);
 /// Members a cluster may have.
 pub const MAX_MEMBERS: usize = 32;
+/// Octets one proposal may have: a batch of [`MAX_BATCH`] of them, escaped, stays within a
+/// frame ([`crate::wire::MAX_FRAME`]).
+pub const MAX_PROPOSAL: usize = 4 << 20;
+/// Entries one append request carries at most.
+pub const MAX_BATCH: u64 = 8;
 
 /// Whether a joining member's name and address are ones a member could have.
 fn valid_member(m: &Member) -> bool {
@@ -284,6 +289,8 @@ impl Cluster {
             election_timeout_min: ELECTION_MS.0,
             election_timeout_max: ELECTION_MS.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_payload_entries: MAX_BATCH,
+            max_append_entries: Some(64),
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Raft(e.to_string()))?);
@@ -493,6 +500,14 @@ impl Cluster {
 impl Shared {
     /// Proposes `proposal`: its outcome once committed and applied here.
     async fn propose(&self, proposal: Proposal) -> Result<String, ProposeError> {
+        if let Proposal::App(body) = &proposal
+            && body.len() > MAX_PROPOSAL
+        {
+            return Err(ProposeError::Refused(format!(
+                "a change of {} octets, over the {MAX_PROPOSAL} one change may have; make it in parts",
+                body.len()
+            )));
+        }
         let deadline = tokio::time::Instant::now() + self.propose_timeout;
         loop {
             let written = tokio::time::timeout_at(deadline, self.raft.client_write(proposal.clone())).await;

@@ -134,6 +134,19 @@ impl LogStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Runs `f` on the store off the async workers: its writes wait for fsyncs, which must not
+    /// hold up heartbeats or AMQP traffic on a slow disk. openraft calls one storage method at
+    /// a time, so the order of writes is kept.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| io::Error::other(format!("a Raft log write did not finish: {e}")))?
+    }
 }
 
 /// The CRC of a record: its length field and its payload, so a damaged length is caught too.
@@ -268,27 +281,32 @@ impl RaftLogStorage<Meta> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<Meta>) -> Result<(), io::Error> {
-        let mut s = self.lock();
-        s.check()?;
-        let bytes = serde_json::to_vec(vote).map_err(io::Error::other)?;
-        if let Err(e) = files::replace(&s.dir.join(VOTE_FILE), &bytes, true) {
-            s.failed = Some(e.to_string());
-            return Err(e);
-        }
-        s.vote = Some(*vote);
-        Ok(())
+        let vote = *vote;
+        self.off_workers(move |s| {
+            s.check()?;
+            let bytes = serde_json::to_vec(&vote).map_err(io::Error::other)?;
+            if let Err(e) = files::replace(&s.dir.join(VOTE_FILE), &bytes, true) {
+                s.failed = Some(e.to_string());
+                return Err(e);
+            }
+            s.vote = Some(vote);
+            Ok(())
+        })
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<Meta>>) -> Result<(), io::Error> {
-        let mut s = self.lock();
-        s.committed = committed;
-        let bytes = serde_json::to_vec(&committed).map_err(io::Error::other)?;
-        // A hint, synced so a restart applies what this node had applied (a deleted user stays
-        // deleted) before it hears from a leader; a failure costs only that.
-        if let Err(e) = files::replace(&s.dir.join(COMMITTED_FILE), &bytes, true) {
-            tracing::warn!(error = %e, "the committed index was not saved");
-        }
-        Ok(())
+        self.off_workers(move |s| {
+            s.committed = committed;
+            let bytes = serde_json::to_vec(&committed).map_err(io::Error::other)?;
+            // A hint, synced so a restart applies what this node had applied (a deleted user
+            // stays deleted) before it hears from a leader; a failure costs only that.
+            if let Err(e) = files::replace(&s.dir.join(COMMITTED_FILE), &bytes, true) {
+                tracing::warn!(error = %e, "the committed index was not saved");
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<Meta>>, io::Error> {
@@ -299,22 +317,24 @@ impl RaftLogStorage<Meta> for LogStore {
     where
         I: IntoIterator<Item = EntryOf<Meta>> + OptionalSend,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        let mut s = self.lock();
         let records: Vec<Record> = entries.into_iter().map(Record::Entry).collect();
-        match s.write(&records) {
-            Ok(()) => {
+        let written = self
+            .off_workers(move |s| {
+                s.write(&records)?;
                 for r in records {
                     if let Record::Entry(e) = r {
                         s.entries.insert(e.index(), e);
                     }
                 }
-                drop(s);
+                Ok(())
+            })
+            .await;
+        match written {
+            Ok(()) => {
                 callback.io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                drop(s);
                 callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                 Err(e)
             }
@@ -322,25 +342,30 @@ impl RaftLogStorage<Meta> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<Meta>>) -> Result<(), io::Error> {
-        let mut s = self.lock();
         let after = last_log_id.map(|l| l.index());
-        s.write(&[Record::Truncate(after)])?;
-        let from = after.map_or(0, |a| a + 1);
-        s.entries.retain(|i, _| *i < from);
-        Ok(())
+        self.off_workers(move |s| {
+            s.write(&[Record::Truncate(after)])?;
+            let from = after.map_or(0, |a| a + 1);
+            s.entries.retain(|i, _| *i < from);
+            Ok(())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<Meta>) -> Result<(), io::Error> {
-        let mut s = self.lock();
-        s.write(&[Record::Purge(log_id)])?;
-        s.entries.retain(|i, _| *i > log_id.index());
-        s.last_purged = Some(log_id);
-        let compacted = s.compact();
-        if let Err(e) = &compacted {
-            // The file may be the old one or the new, its handle either: nothing more is written.
-            s.failed = Some(e.to_string());
-        }
-        compacted
+        self.off_workers(move |s| {
+            s.write(&[Record::Purge(log_id)])?;
+            s.entries.retain(|i, _| *i > log_id.index());
+            s.last_purged = Some(log_id);
+            let compacted = s.compact();
+            if let Err(e) = &compacted {
+                // The file may be the old one or the new, its handle either: nothing more is
+                // written.
+                s.failed = Some(e.to_string());
+            }
+            compacted
+        })
+        .await
     }
 }
 

@@ -89,6 +89,9 @@ async fn three_members_propose_fail_over_and_restart() {
             "applied on the proposer before the answer"
         );
     }
+    let huge =
+        nodes[0].propose("x".repeat(warren_cluster::cluster::MAX_PROPOSAL + 1)).await.expect_err("too big");
+    assert!(matches!(huge, ProposeError::Refused(ref w) if w.contains("make it in parts")), "{huge}");
     let refused = nodes[1].propose("bad".into()).await.expect_err("refused");
     assert!(matches!(refused, ProposeError::Refused(ref w) if w.contains("bad is refused")), "{refused}");
     // The leader stops; the other two elect one and go on.
