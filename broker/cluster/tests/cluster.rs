@@ -56,10 +56,11 @@ async fn start(name: &str, peers: &[Member], dir: &Path, words: Arc<Words>) -> A
 async fn leader(nodes: &[&Arc<Cluster>], not: Option<&str>) -> String {
     for _ in 0..200 {
         let seen: Vec<Option<String>> = nodes.iter().map(|n| n.status().leader).collect();
-        if let Some(Some(l)) = seen.first() {
-            if seen.iter().all(|s| s.as_ref() == Some(l)) && Some(l.as_str()) != not {
-                return l.clone();
-            }
+        if let Some(Some(l)) = seen.first()
+            && seen.iter().all(|s| s.as_ref() == Some(l))
+            && Some(l.as_str()) != not
+        {
+            return l.clone();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

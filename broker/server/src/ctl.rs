@@ -584,28 +584,6 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_and_read_nested_fields() {
-        let rows = vec![
-            serde_json::json!({"consumer_tag": "c1", "queue": {"name": "q", "vhost": "/"}, "ack_required": true}),
-            serde_json::json!({"consumer_tag": "a-long-tag", "queue": {"name": "orders", "vhost": "v"}, "ack_required": false}),
-        ];
-        let t = table(&[("tag", "consumer_tag"), ("queue", "queue.name"), ("ack", "ack_required")], &rows);
-        assert_eq!(t, "tag         queue   ack\nc1          q       true\na-long-tag  orders  false");
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("ok"), b"abcde");
-        assert!(dechunk(b"5\r\nab").is_err());
-        assert_eq!(seg("/"), "%2F");
-    }
-}
-
 /// `warren cluster ...`: asks the node the configuration (`--config`) describes, over its
 /// management API.
 pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) -> anyhow::Result<String> {
@@ -684,4 +662,26 @@ pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) 
     ];
     out.push_str(&table(&cols, &rows));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_read_nested_fields() {
+        let rows = vec![
+            serde_json::json!({"consumer_tag": "c1", "queue": {"name": "q", "vhost": "/"}, "ack_required": true}),
+            serde_json::json!({"consumer_tag": "a-long-tag", "queue": {"name": "orders", "vhost": "v"}, "ack_required": false}),
+        ];
+        let t = table(&[("tag", "consumer_tag"), ("queue", "queue.name"), ("ack", "ack_required")], &rows);
+        assert_eq!(t, "tag         queue   ack\nc1          q       true\na-long-tag  orders  false");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("ok"), b"abcde");
+        assert!(dechunk(b"5\r\nab").is_err());
+        assert_eq!(seg("/"), "%2F");
+    }
 }
