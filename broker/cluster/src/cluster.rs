@@ -390,6 +390,16 @@ impl Cluster {
                 *self.shared.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = cluster.clone();
                 let identity = Identity { name: self.shared.me.name.clone(), cluster: Some(cluster) };
                 write_identity(&self.dir, &identity).map_err(|e| ProposeError::Failed(e.to_string()))?;
+                // Answered once this node itself sees itself a voter, as its status will show.
+                let id = self.shared.id;
+                let wait = self.shared.raft.wait(Some(Duration::from_secs(10)));
+                let voter = wait.metrics(
+                    |m| m.membership_config.membership().voter_ids().any(|v| v == id),
+                    "this node a voter",
+                );
+                if voter.await.is_err() {
+                    return Err(ProposeError::Lagging(Duration::from_secs(10)));
+                }
                 tracing::info!(via, "joined the cluster");
                 Ok(())
             }
