@@ -4,13 +4,14 @@
 set -euo pipefail
 W=${WARREN:-${CARGO_TARGET_DIR:-$HOME/.cache/warren/target}/release/warren}
 N=${N:-300}
+here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); cd "$work" && mkdir -p cluster-data
-cp "$(dirname "$0")"/../examples/cluster/n{1,2,3}.toml .
+cp "$here"/../examples/cluster/n{1,2,3}.toml .
 (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > cluster-data/cookie)
 pids=()
 for n in 1 2 3; do "$W" --config n$n.toml > cluster-data/n$n.log 2>&1 & pids+=($!); done
 "$W" --data-dir single --amqp-listen 127.0.0.1:5799 --management-listen 127.0.0.1:15799 --metrics-listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 > single.log 2>&1 & pids+=($!)
-trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do "$W" cluster status --config n1.toml 2>/dev/null | grep -q "metadata leader n" && break; sleep 0.2; done
 sleep 2
 leader=$("$W" cluster status --config n1.toml --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
