@@ -32,7 +32,8 @@ pub struct ClusterConfig {
     /// How long a metadata change waits for a majority, in milliseconds (default 5000).
     pub propose_timeout_ms: Option<u64>,
     /// A file holding the cluster's cookie, the secret every member proves it holds (RabbitMQ's
-    /// Erlang cookie): 16 to 1024 octets, readable by its owner only.
+    /// Erlang cookie): 16 to 1024 octets, readable by its owner only. Without it or `cookie`,
+    /// `~/.warren.cookie`, made on first use.
     pub cookie_file: Option<std::path::PathBuf>,
     /// The cookie itself, when not in a file.
     pub cookie: Option<String>,
@@ -121,12 +122,17 @@ impl ClusterConfig {
         };
         let cookie = match (&self.cookie_file, &self.cookie) {
             (Some(_), Some(_)) => return Err(bad("give cookie-file or cookie, not both".into())),
-            (None, None) => {
-                return Err(bad(
-                    "a cluster needs a cookie every member holds: cookie-file = \"PATH\" (a file of 16 to 1024 octets, mode 600)"
-                        .into(),
-                ));
-            }
+            // As Erlang's ~/.erlang.cookie: the user's own file, made on first use, so nodes
+            // the same user runs on one machine share it (copy it to other machines).
+            (None, None) => match std::env::var_os("HOME") {
+                Some(home) => home_cookie(&std::path::Path::new(&home).join(HOME_COOKIE)).map_err(bad)?,
+                None => {
+                    return Err(bad(
+                        "a cluster needs a cookie every member holds: cookie-file = \"PATH\" (a file of 16 to 1024 octets, mode 600)"
+                            .into(),
+                    ));
+                }
+            },
             (None, Some(c)) => c.as_bytes().to_vec(),
             (Some(path), None) => read_cookie(path).map_err(bad)?,
         };
@@ -142,6 +148,45 @@ impl ClusterConfig {
             insecure_plaintext: self.insecure_plaintext,
         })
     }
+}
+
+/// The cookie file in the user's home a cluster uses when its config names none.
+pub const HOME_COOKIE: &str = ".warren.cookie";
+
+/// The cookie in `path`, made there first (32 random octets, hex, mode 600) when there is
+/// none: written whole to a file of its own, then linked into place, so nodes starting at
+/// once all read the one that won.
+fn home_cookie(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
+            .map_err(|e| format!("no random cookie: {e}"))?;
+        let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_extension(format!("new.{}", std::process::id()));
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot make the cookie file {}: {e}", path.display()));
+        }
+        // Another node may have linked its own first: then that one is the cookie.
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = linked
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(format!("cannot make the cookie file {}: {e}", path.display()));
+        }
+        tracing::info!(file = %path.display(), "made the cluster cookie file; copy it to the other members' machines");
+    }
+    read_cookie(path)
 }
 
 /// The cookie in `path`, its trailing whitespace left out; a file others may read is refused,
@@ -224,14 +269,19 @@ mod tests {
     #[test]
     fn the_cookie_is_required_and_kept_private() {
         let bare = "node = \"n1\"\nlisten = \"127.0.0.1:25700\"\npeers = [\"n1@127.0.0.1:25700\"]\n";
-        let e = parse(bare).expect_err("no cookie");
-        assert!(e.contains("cookie-file"), "{e}");
+        // No cookie named: the home file, made once and shared by every later reader.
+        let home = tempfile::tempdir().expect("home");
+        let file = home.path().join(HOME_COOKIE);
+        let first = home_cookie(&file).expect("made");
+        assert_eq!(first.len(), 64);
+        assert_eq!(home_cookie(&file).expect("read"), first, "the same cookie the second time");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777, 0o600);
         let e = parse(&format!("{bare}cookie = \"short\"\n")).expect_err("short");
         assert!(e.contains("16 to 1024"), "{e}");
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("cookie");
         std::fs::write(&file, "a cookie of enough octets\n").expect("write");
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let with_file = format!("{bare}cookie-file = \"{}\"\n", file.display());
         let e = parse(&with_file).expect_err("readable by others");

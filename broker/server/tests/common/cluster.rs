@@ -92,6 +92,14 @@ impl Cluster {
             std::fs::write(&node.config, format!("{top}\n{text}{sections}")).expect("config");
         }
         for node in &mut nodes {
+            // `extra` may say `# no cookie`: then the config names none, and the members share
+            // the cookie file of the home `extra` gives them.
+            let text = std::fs::read_to_string(&node.config).expect("config");
+            if let Some(home) = text.lines().find_map(|l| l.strip_prefix("# no cookie, home ")) {
+                node.env.push(("HOME".into(), home.to_string()));
+                let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("cookie = ")).collect();
+                std::fs::write(&node.config, kept.join("\n") + "\n").expect("config");
+            }
             node.spawn();
         }
         for node in &mut nodes {
