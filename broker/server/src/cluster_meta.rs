@@ -388,7 +388,7 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
             }
             None => None,
         },
-        cookie: c.cookie.clone(),
+        cookie: c.cookie().map_err(|e| anyhow::anyhow!(e))?,
     };
     let seed = crate::directory_file::config_changes(settings, &empty(true));
     if warren_cluster::Cluster::starts_new(&config) {

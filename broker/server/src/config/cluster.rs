@@ -56,8 +56,8 @@ pub struct ClusterSettings {
     pub off_loopback: bool,
     /// Plain TCP off loopback is allowed.
     pub insecure_plaintext: bool,
-    /// The secret every member holds.
-    pub cookie: warren_cluster::cookie::Cookie,
+    /// The secret every member holds; `None`: the user's home file ([`ClusterSettings::cookie`]).
+    pub cookie: Option<warren_cluster::cookie::Cookie>,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -124,19 +124,13 @@ impl ClusterConfig {
             (Some(_), Some(_)) => return Err(bad("give cookie-file or cookie, not both".into())),
             // As Erlang's ~/.erlang.cookie: the user's own file, made on first use, so nodes
             // the same user runs on one machine share it (copy it to other machines).
-            (None, None) => match std::env::var_os("HOME") {
-                Some(home) => home_cookie(&std::path::Path::new(&home).join(HOME_COOKIE)).map_err(bad)?,
-                None => {
-                    return Err(bad(
-                        "a cluster needs a cookie every member holds: cookie-file = \"PATH\" (a file of 16 to 1024 octets, mode 600)"
-                            .into(),
-                    ));
-                }
-            },
-            (None, Some(c)) => c.as_bytes().to_vec(),
-            (Some(path), None) => read_cookie(path).map_err(bad)?,
+            // The home file is read (or made) when the node starts, not by every tool that
+            // reads the configuration.
+            (None, None) => None,
+            (None, Some(c)) => Some(c.as_bytes().to_vec()),
+            (Some(path), None) => Some(read_cookie(path).map_err(bad)?),
         };
-        let cookie = warren_cluster::cookie::Cookie::new(&cookie).map_err(bad)?;
+        let cookie = cookie.map(|c| warren_cluster::cookie::Cookie::new(&c)).transpose().map_err(bad)?;
         Ok(ClusterSettings {
             cookie,
             node: self.node,
@@ -209,6 +203,19 @@ fn read_cookie(path: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 impl ClusterSettings {
+    /// The cookie: as configured, else the user's `~/.warren.cookie` (made on first use, as
+    /// Erlang makes `~/.erlang.cookie`, so members one user runs on one machine share it).
+    pub fn cookie(&self) -> Result<warren_cluster::cookie::Cookie, String> {
+        if let Some(c) = &self.cookie {
+            return Ok(c.clone());
+        }
+        let home = std::env::var_os("HOME").ok_or_else(|| {
+            "[cluster]: no cookie-file, no cookie and no HOME for ~/.warren.cookie: give cookie-file = \"PATH\"".to_string()
+        })?;
+        let bytes = home_cookie(&std::path::Path::new(&home).join(HOME_COOKIE))?;
+        warren_cluster::cookie::Cookie::new(&bytes)
+    }
+
     /// Checks the transport against `[tls]`: with it, the nodes speak mutual TLS and need the
     /// cluster's CA; without it, plain TCP stays on loopback unless `insecure-plaintext`.
     pub fn check_transport(&self, tls: Option<&crate::tls::TlsConfig>) -> Result<(), ConfigError> {
