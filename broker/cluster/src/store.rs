@@ -149,6 +149,14 @@ impl LogStore {
     }
 }
 
+/// Reads `data` as a log file would be read at start: how many octets hold sound records and
+/// how many records they are, or why the start would stop (for the fuzz target and tools).
+pub fn scan(data: &[u8]) -> Result<(usize, usize), String> {
+    let mut records = 0;
+    let good = replay(data, |_| records += 1)?;
+    Ok((good, records))
+}
+
 /// The CRC of a record: its length field and its payload, so a damaged length is caught too.
 fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len), payload)

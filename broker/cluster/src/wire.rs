@@ -195,6 +195,23 @@ pub async fn read_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
+/// Decodes the frame at the start of `buf` (at most `max` octets): the value and the octets
+/// it took, `None` while the frame is incomplete. The same rules as [`read_limited`], for a
+/// buffer (and the fuzz target).
+pub fn decode<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<Option<(T, usize)>, WireError> {
+    let Some(header) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > max {
+        return Err(WireError::TooLarge(len));
+    }
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((serde_json::from_slice(body)?, 4 + len)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
