@@ -386,18 +386,22 @@ impl Cluster {
         }
         let link = self.shared.transport.link_to(via);
         match link.call(Rpc::Join(self.shared.me.clone()), JOINER_TIMEOUT).await {
-            Ok(Reply::Joined { cluster }) => {
+            Ok(Reply::Joined { cluster, index }) => {
                 *self.shared.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = cluster.clone();
                 let identity = Identity { name: self.shared.me.name.clone(), cluster: Some(cluster) };
                 write_identity(&self.dir, &identity).map_err(|e| ProposeError::Failed(e.to_string()))?;
-                // Answered once this node itself sees itself a voter, as its status will show.
+                // Answered once this node has applied the cluster's log up to its promotion: it
+                // sees itself a voter and serves the cluster's directory (its users can log in).
                 let id = self.shared.id;
                 let wait = self.shared.raft.wait(Some(Duration::from_secs(10)));
-                let voter = wait.metrics(
-                    |m| m.membership_config.membership().voter_ids().any(|v| v == id),
-                    "this node a voter",
+                let caught_up = wait.metrics(
+                    |m| {
+                        m.membership_config.membership().voter_ids().any(|v| v == id)
+                            && m.last_applied.is_some_and(|a| a.index() >= index)
+                    },
+                    "this node a voter, caught up",
                 );
-                if voter.await.is_err() {
+                if caught_up.await.is_err() {
                     return Err(ProposeError::Lagging(Duration::from_secs(10)));
                 }
                 tracing::info!(via, "joined the cluster");
@@ -699,9 +703,9 @@ impl Shared {
         }
         let promote = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
         match tokio::time::timeout(JOIN_TIMEOUT, promote).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(r)) => {
                 tracing::info!(node = %member, "a node joined as a voter");
-                Reply::Joined { cluster: id_now(&self.cluster_id) }
+                Reply::Joined { cluster: id_now(&self.cluster_id), index: r.log_id.index() }
             }
             Ok(Err(e)) => Reply::Failed(format!("making it a voter failed: {e}")),
             Err(_) => Reply::Failed(format!("making it a voter took over {JOIN_TIMEOUT:?}")),

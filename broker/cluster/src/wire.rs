@@ -131,6 +131,8 @@ pub enum Reply {
     Joined {
         /// The cluster's id, for the new member's hellos.
         cluster: String,
+        /// The log index of its promotion: it answers its operator once it applied that far.
+        index: u64,
     },
     /// The member was removed.
     Removed,

@@ -251,7 +251,15 @@ async fn nodes_join_leave_and_are_forgotten_and_names_are_never_reused() {
         "n1 lists n4: {:?}",
         members(&c, 0).await
     );
-    let s = c.nodes[n4].status().await.expect("n4's status");
+    let mut s = None;
+    for _ in 0..50 {
+        s = c.nodes[n4].status().await;
+        if s.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = s.expect("n4's status");
     assert!(s["members"].as_array().is_some_and(|m| m.iter().all(|m| m["voter"] == true)), "all voters: {s}");
     // What the cluster held before the join is on n4; what n4 makes reaches the others.
     assert!(login_becomes(&c, n4, "early", "%2F", true).await, "n4 has the cluster's directory");
