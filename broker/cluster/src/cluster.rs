@@ -224,10 +224,6 @@ fn write_identity(dir: &Path, id: &Identity) -> std::io::Result<()> {
     files::replace(&dir.join("identity.json"), &bytes, true)
 }
 
-fn id_now(c: &ClusterId) -> String {
-    c.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 impl Cluster {
     /// Takes this node's place in the cluster `config` describes, its metadata held by
     /// `machine`.
@@ -436,7 +432,7 @@ impl Cluster {
         let peers: BTreeMap<NodeId, Arc<transport::Peer>> =
             self.shared.transport.peers().into_iter().collect();
         let now = now_ms();
-        let members = membership
+        let mut members = membership
             .nodes()
             .map(|(id, member)| {
                 let (up, seen) = if *id == self.shared.id {
@@ -459,7 +455,6 @@ impl Cluster {
                 }
             })
             .collect::<Vec<MemberStatus>>();
-        let mut members = members;
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let leader = m
             .current_leader
@@ -705,7 +700,7 @@ impl Shared {
         match tokio::time::timeout(JOIN_TIMEOUT, promote).await {
             Ok(Ok(r)) => {
                 tracing::info!(node = %member, "a node joined as a voter");
-                Reply::Joined { cluster: id_now(&self.cluster_id), index: r.log_id.index() }
+                Reply::Joined { cluster: transport::id_of(&self.cluster_id), index: r.log_id.index() }
             }
             Ok(Err(e)) => Reply::Failed(format!("making it a voter failed: {e}")),
             Err(_) => Reply::Failed(format!("making it a voter took over {JOIN_TIMEOUT:?}")),

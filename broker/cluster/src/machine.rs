@@ -56,6 +56,18 @@ struct SnapshotFile {
     data: String,
 }
 
+/// Gives `machine` and `retired` the state of snapshot data.
+fn restore(
+    machine: &dyn MetaMachine,
+    retired: &std::sync::Mutex<BTreeSet<String>>,
+    data: &str,
+) -> Result<(), String> {
+    let d: SnapshotData = serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
+    machine.restore(&d.app)?;
+    *retired.lock().unwrap_or_else(|p| p.into_inner()) = d.retired;
+    Ok(())
+}
+
 /// The state machine openraft drives; clones share it.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -68,14 +80,11 @@ pub struct StateMachine {
     dir: PathBuf,
 }
 
+#[derive(Default)]
 struct Inner {
     last_applied: Option<LogIdOf<Meta>>,
     membership: StoredMembershipOf<Meta>,
     snapshot: Option<(SnapshotMetaOf<Meta>, String)>,
-}
-
-fn inner_empty() -> Inner {
-    Inner { last_applied: None, membership: Default::default(), snapshot: None }
 }
 
 impl StateMachine {
@@ -88,23 +97,22 @@ impl StateMachine {
     ) -> io::Result<StateMachine> {
         let path = dir.join(SNAPSHOT_FILE);
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()));
-        let mut inner = inner_empty();
-        let mut sm = StateMachine {
-            machine,
-            replayed_upto,
-            inner: Arc::new(Mutex::new(inner_empty())),
-            retired: Arc::default(),
-            dir: dir.to_path_buf(),
-        };
+        let retired: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
+        let mut inner = Inner::default();
         if let Some(bytes) = files::read(&path, MAX_SNAPSHOT)? {
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-            sm.restore(&file.data).map_err(bad)?;
+            restore(&*machine, &retired, &file.data).map_err(bad)?;
             inner.last_applied = file.meta.last_log_id;
             inner.membership = file.meta.last_membership.clone();
             inner.snapshot = Some((file.meta, file.data));
         }
-        sm.inner = Arc::new(Mutex::new(inner));
-        Ok(sm)
+        Ok(StateMachine {
+            machine,
+            replayed_upto,
+            inner: Arc::new(Mutex::new(inner)),
+            retired,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The names retired so far (shared with the state machine, which keeps it current).
@@ -124,11 +132,7 @@ impl StateMachine {
 
     /// Takes the state of snapshot data.
     fn restore(&self, data: &str) -> Result<(), String> {
-        let d: SnapshotData =
-            serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
-        self.machine.restore(&d.app)?;
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = d.retired;
-        Ok(())
+        restore(&*self.machine, &self.retired, data)
     }
 
     fn save(&self, meta: &SnapshotMetaOf<Meta>, data: &str) -> io::Result<()> {

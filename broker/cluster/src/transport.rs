@@ -65,7 +65,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// The cluster's id as this node knows it: empty until a joining node has joined.
 pub type ClusterId = Arc<std::sync::RwLock<String>>;
 
-fn id_of(cluster: &ClusterId) -> String {
+/// The cluster's id as known now.
+pub(crate) fn id_of(cluster: &ClusterId) -> String {
     cluster.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
