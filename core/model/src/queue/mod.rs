@@ -1,6 +1,5 @@
 //! A queue: its declaration, its ready messages in publish order, and its consumers.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -12,6 +11,11 @@ use crate::deadletter::Reason;
 use crate::error::{AmqpError, precondition};
 use crate::message::QueuedMessage;
 use crate::queue_args::QueueArgs;
+
+mod lane;
+pub mod quorum;
+
+pub use lane::{Lane, Ordered};
 
 /// Identifies one consumer: the connection, channel and tag it was registered under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +62,7 @@ pub struct Queue {
     /// Messages ready for delivery, one lane per priority (one lane without `x-max-priority`),
     /// each in publish order. Change them only through the methods below, which keep `count`
     /// and `ready_bytes` right.
-    lanes: Vec<Lane>,
+    lanes: Vec<Lane<QueuedMessage>>,
     /// Ready messages in all lanes.
     count: usize,
     /// Body octets of the ready messages (for `x-max-length-bytes`).
@@ -270,9 +274,9 @@ impl Queue {
     /// not the queue.
     pub fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {
         if let [lane] = self.lanes.as_slice() {
-            return lane.seqs_after(after, n);
+            return lane.orders_after(after, n);
         }
-        let mut out: Vec<u64> = self.lanes.iter().flat_map(|l| l.seqs_after(after, n)).collect();
+        let mut out: Vec<u64> = self.lanes.iter().flat_map(|l| l.orders_after(after, n)).collect();
         out.sort_unstable();
         out.truncate(n);
         out
@@ -315,8 +319,7 @@ impl Queue {
         self.count = 0;
         let mut all = Vec::new();
         for lane in &mut self.lanes {
-            all.extend(lane.ready.drain(..));
-            all.extend(std::mem::take(&mut lane.returned).into_values());
+            all.extend(lane.drain());
         }
         all
     }
@@ -359,80 +362,9 @@ impl Queue {
     }
 }
 
-/// The ready messages of one priority.
-#[derive(Debug, Default)]
-struct Lane {
-    /// In publish order, by `seq`.
-    ready: VecDeque<QueuedMessage>,
-    /// Messages that came back (requeued, or released by a retry delay) with a seq below the
-    /// back of `ready`: kept apart so a return costs O(log n), not a shift of the deque. The
-    /// lane's order is the merge of the two by seq.
-    returned: BTreeMap<u64, QueuedMessage>,
-}
-
-impl Lane {
-    fn insert(&mut self, m: QueuedMessage) {
-        // New messages go at the back; a return goes to the side map.
-        if self.ready.back().is_none_or(|last| last.seq < m.seq) {
-            self.ready.push_back(m);
-        } else {
-            self.returned.insert(m.seq, m);
-        }
-    }
-
-    /// Whether the oldest message is in `returned` rather than at the front of `ready`.
-    fn oldest_returned(&self) -> bool {
-        match (self.returned.first_key_value(), self.ready.front()) {
-            (Some((r, _)), Some(f)) => *r < f.seq,
-            (r, _) => r.is_some(),
-        }
-    }
-
-    fn pop(&mut self) -> Option<QueuedMessage> {
-        if self.oldest_returned() {
-            self.returned.pop_first().map(|(_, m)| m)
-        } else {
-            self.ready.pop_front()
-        }
-    }
-
-    fn take(&mut self, seq: u64) -> Option<QueuedMessage> {
-        if let Some(m) = self.returned.remove(&seq) {
-            return Some(m);
-        }
-        let at = self.ready.binary_search_by_key(&seq, |m| m.seq).ok()?;
-        self.ready.remove(at)
-    }
-
-    fn head(&self) -> Option<&QueuedMessage> {
-        if self.oldest_returned() { self.returned.values().next() } else { self.ready.front() }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.ready.iter().chain(self.returned.values())
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
-        self.ready.iter_mut().chain(self.returned.values_mut())
-    }
-
-    fn seqs_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {
-        use std::ops::Bound;
-        let start = after.map_or(0, |a| self.ready.partition_point(|m| m.seq <= a));
-        let mut ready = self.ready.range(start..).map(|m| m.seq).peekable();
-        let low = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut returned = self.returned.range((low, Bound::Unbounded)).map(|(s, _)| *s).peekable();
-        let mut out = Vec::with_capacity(n.min(1024));
-        while out.len() < n {
-            let next = match (ready.peek(), returned.peek()) {
-                (Some(a), Some(b)) if a < b => ready.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => returned.next(),
-                (Some(_), None) => ready.next(),
-                (None, None) => break,
-            };
-            out.extend(next);
-        }
-        out
+impl Ordered for QueuedMessage {
+    fn order(&self) -> u64 {
+        self.seq
     }
 }
 

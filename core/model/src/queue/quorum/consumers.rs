@@ -1,0 +1,235 @@
+//! A quorum queue's consumers: who may receive now, whose turn it is, and which messages
+//! each holds. Replicated with the queue, so a new leader knows every consumer's unacked
+//! messages and resumes their deliveries.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::MsgRef;
+
+/// A client connection anywhere in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    /// The node it is connected to.
+    pub node: u64,
+    /// The connection, unique on that node.
+    pub conn: u64,
+}
+
+/// One consumer: the connection, channel and tag it registered under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConsumerId {
+    /// Its connection.
+    pub owner: Owner,
+    /// Its channel.
+    pub channel: u16,
+    /// Its consumer tag; `basic.get` takes messages under the empty tag, which a consume
+    /// never has (the broker generates one when the client leaves it empty).
+    pub tag: String,
+}
+
+/// Where a consumer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Receives messages while it has room.
+    Active,
+    /// Registered behind the single active consumer; it takes over when that one goes.
+    Waiting,
+    /// Cancelled, still holding unacked messages it may settle.
+    Cancelled,
+    /// Holds messages taken by `basic.get`; never pushed to.
+    Pull,
+}
+
+/// One consumer's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Consumer {
+    /// Unacked messages it may hold; 0 is no limit.
+    pub prefetch: u32,
+    /// `x-priority`: higher priorities are served first while they have room.
+    pub priority: i64,
+    /// Its status.
+    pub status: Status,
+    /// Registration order: the single active consumer is the oldest.
+    order: u64,
+    /// When it was last given a message, in turns: the least recently served goes next.
+    served: u64,
+    /// Its unacked messages by delivery id.
+    checked_out: BTreeMap<u64, MsgRef>,
+    /// The id its next delivery gets.
+    next_id: u64,
+}
+
+impl Consumer {
+    fn has_room(&self) -> bool {
+        self.prefetch == 0 || self.checked_out.len() < self.prefetch as usize
+    }
+
+    /// Takes `msg` as its next delivery in `turn`, returning the delivery id.
+    fn hand(&mut self, msg: MsgRef, turn: u64) -> u64 {
+        let delivery = self.next_id;
+        self.next_id += 1;
+        self.served = turn;
+        self.checked_out.insert(delivery, msg);
+        delivery
+    }
+
+    /// Its unacked messages.
+    pub fn checked_out(&self) -> impl Iterator<Item = (&u64, &MsgRef)> {
+        self.checked_out.iter()
+    }
+}
+
+/// Whose turn it is between two consumers with room: the higher priority, then the least
+/// recently served, then the older.
+fn turn(a: &Consumer, b: &Consumer) -> std::cmp::Ordering {
+    a.priority.cmp(&b.priority).then(b.served.cmp(&a.served)).then(b.order.cmp(&a.order))
+}
+
+/// Every consumer of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Consumers {
+    #[serde(with = "super::pairs")]
+    map: BTreeMap<ConsumerId, Consumer>,
+    next_order: u64,
+    turn: u64,
+}
+
+impl Consumers {
+    /// Registers a consumer, or changes an existing one's prefetch and priority (a cancelled
+    /// one listens again).
+    pub fn checkout(&mut self, id: ConsumerId, prefetch: u32, priority: i64, single_active: bool) {
+        let fresh = if single_active && self.map.values().any(|c| c.status == Status::Active) {
+            Status::Waiting
+        } else {
+            Status::Active
+        };
+        match self.map.get_mut(&id) {
+            Some(c) => {
+                c.prefetch = prefetch;
+                c.priority = priority;
+                if matches!(c.status, Status::Cancelled | Status::Pull) {
+                    c.status = fresh;
+                }
+            }
+            None => {
+                let order = self.next_order;
+                self.next_order += 1;
+                let c = Consumer {
+                    prefetch,
+                    priority,
+                    status: fresh,
+                    order,
+                    served: 0,
+                    checked_out: BTreeMap::new(),
+                    next_id: 0,
+                };
+                self.map.insert(id, c);
+            }
+        }
+    }
+
+    /// Stops pushing to a consumer; it keeps its unacked messages until it settles them.
+    /// Returns whether it was there.
+    pub fn cancel(&mut self, id: &ConsumerId, single_active: bool) -> bool {
+        let Some(c) = self.map.get_mut(id) else { return false };
+        c.status = Status::Cancelled;
+        if c.checked_out.is_empty() {
+            self.map.remove(id);
+        }
+        self.promote(single_active);
+        true
+    }
+
+    /// Removes a consumer whose connection is gone, with its unacked messages.
+    pub fn remove(&mut self, id: &ConsumerId, single_active: bool) -> Option<Consumer> {
+        let c = self.map.remove(id)?;
+        self.promote(single_active);
+        Some(c)
+    }
+
+    /// With a single active consumer, makes the oldest waiting one active when none is.
+    fn promote(&mut self, single_active: bool) {
+        if !single_active || self.map.values().any(|c| c.status == Status::Active) {
+            return;
+        }
+        let oldest = self.map.values_mut().filter(|c| c.status == Status::Waiting).min_by_key(|c| c.order);
+        if let Some(c) = oldest {
+            c.status = Status::Active;
+        }
+    }
+
+    /// The consumer the next ready message goes to: an active one with room, the highest
+    /// priority first, then the least recently served, then the oldest.
+    pub fn next(&self) -> Option<&ConsumerId> {
+        self.map.iter().filter(|(_, c)| c.status == Status::Active && c.has_room()).max_by(|(_, a), (_, b)| turn(a, b)).map(|(id, _)| id)
+    }
+
+    /// Hands `msg` to the consumer [`Consumers::next`] names, returning who and the delivery
+    /// id, or the message back when no consumer has room.
+    pub fn assign_next(&mut self, msg: MsgRef) -> Result<(&ConsumerId, u64), MsgRef> {
+        let best = self.map.iter_mut().filter(|(_, c)| c.status == Status::Active && c.has_room()).max_by(|(_, a), (_, b)| turn(a, b));
+        let Some((id, c)) = best else { return Err(msg) };
+        self.turn += 1;
+        Ok((id, c.hand(msg, self.turn)))
+    }
+
+    /// Hands `msg` to the `basic.get` side of a channel, registering it if needed.
+    pub fn assign_pulled(&mut self, id: ConsumerId, msg: MsgRef) -> Option<u64> {
+        if !self.map.contains_key(&id) {
+            let order = self.next_order;
+            self.next_order += 1;
+            let c = Consumer {
+                prefetch: 0,
+                priority: 0,
+                status: Status::Pull,
+                order,
+                served: 0,
+                checked_out: BTreeMap::new(),
+                next_id: 0,
+            };
+            self.map.insert(id.clone(), c);
+        }
+        self.turn += 1;
+        let turn = self.turn;
+        self.map.get_mut(&id).map(|c| c.hand(msg, turn))
+    }
+
+    /// Takes a message back from consumer `id` (settled, returned or discarded); a
+    /// cancelled or pull-only consumer holding nothing more is forgotten.
+    pub fn take(&mut self, id: &ConsumerId, delivery: u64) -> Option<MsgRef> {
+        let c = self.map.get_mut(id)?;
+        let m = c.checked_out.remove(&delivery)?;
+        if c.checked_out.is_empty() && matches!(c.status, Status::Cancelled | Status::Pull) {
+            self.map.remove(id);
+        }
+        Some(m)
+    }
+
+    /// The consumers of connections `gone` says are gone.
+    pub fn owned_by(&self, gone: impl Fn(&Owner) -> bool) -> Vec<ConsumerId> {
+        self.map.keys().filter(|id| gone(&id.owner)).cloned().collect()
+    }
+
+    /// Whether any consumer listens (for `x-expires`, which counts a queue with consumers as
+    /// used).
+    pub fn any_listening(&self) -> bool {
+        self.map.values().any(|c| matches!(c.status, Status::Active | Status::Waiting))
+    }
+
+    /// One consumer.
+    pub fn get(&self, id: &ConsumerId) -> Option<&Consumer> {
+        self.map.get(id)
+    }
+
+    /// Every consumer.
+    pub fn iter(&self) -> impl Iterator<Item = (&ConsumerId, &Consumer)> {
+        self.map.iter()
+    }
+
+    /// Every unacked message.
+    pub fn checked_out(&self) -> impl Iterator<Item = &MsgRef> {
+        self.map.values().flat_map(|c| c.checked_out.values())
+    }
+}

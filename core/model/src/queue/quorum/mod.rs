@@ -1,0 +1,718 @@
+//! A quorum queue as a replicated state machine, in the style of RabbitMQ's `rabbit_fifo`.
+//!
+//! Every replica applies the same commands in the same order and reaches the same state,
+//! consumers and their unacked messages included, so a new leader resumes deliveries where
+//! the old one stopped. [`QuorumQueue::apply`] reads no clock and no random source: time comes
+//! in [`Meta`], stamped by the leader that proposed the entry, and every collection is
+//! ordered. Only the leader executes the [`Effect`]s; followers drop them.
+//!
+//! Bodies are not held here: a message is the log entry that enqueued it
+//! ([`MsgRef::index`]), read from the log when it is delivered, and
+//! [`QuorumQueue::live_indexes`] says which entries the log must keep, so one old message
+//! at the head pins its own entry, not the whole log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::lane::{Lane, Ordered};
+use crate::deadletter::Reason;
+
+mod consumers;
+mod pairs;
+#[cfg(test)]
+mod tests;
+
+pub use consumers::{Consumer, ConsumerId, Consumers, Owner, Status};
+
+/// RabbitMQ 4's default `x-delivery-limit` for quorum queues.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// Priorities a quorum queue tells apart (RabbitMQ 4.3: 32 strict levels, no
+/// `x-max-priority` needed); a higher priority counts as the highest.
+pub const PRIORITIES: u8 = 32;
+
+/// What the log says of an entry besides its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// The entry's index in the queue's log.
+    pub index: u64,
+    /// The proposing leader's wall clock, milliseconds since the epoch.
+    pub time_ms: u64,
+}
+
+/// What the queue keeps of a message; the body stays in the log entry at `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsgRef {
+    /// The log entry that enqueued it: its place in publish order, and where its body is.
+    pub index: u64,
+    /// Body octets (for `x-max-length-bytes`).
+    pub size: u64,
+    /// Its priority, at most `PRIORITIES - 1`.
+    pub priority: u8,
+    /// When its TTL runs out (the queue's or its own, the shorter), in `Meta::time_ms`.
+    pub expires_ms: Option<u64>,
+    /// Failed deliveries so far (`x-delivery-count`): rejected with requeue, or held by a
+    /// consumer that went away.
+    pub delivery_count: u32,
+    /// Deliveries so far, failed or not (the `redelivered` flag).
+    pub acquired: u32,
+}
+
+impl Ordered for MsgRef {
+    fn order(&self) -> u64 {
+        self.index
+    }
+}
+
+/// What the queue must know of a message being published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Body octets.
+    pub size: u64,
+    /// Its `priority` property (0 when absent).
+    pub priority: u8,
+    /// Its `expiration` property, milliseconds.
+    pub ttl_ms: Option<u64>,
+}
+
+/// A channel publishing with confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublisherId {
+    /// Its connection.
+    pub owner: Owner,
+    /// Its channel.
+    pub channel: u16,
+}
+
+/// A publish awaiting a confirm: who sent it and its sequence number, so an enqueue proposed
+/// again after a leader change is answered as the first one was instead of being enqueued
+/// twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    /// The channel.
+    pub publisher: PublisherId,
+    /// The channel's confirm sequence number for this publish.
+    pub seq: u64,
+    /// The lowest sequence number the proposer still awaits an answer for: outcomes below it
+    /// are never asked for again, so the queue forgets them.
+    pub oldest_unanswered: u64,
+}
+
+/// The queue's arguments and policy, as far as the machine acts on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// `x-max-length`: ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: body octets of ready messages.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow: reject-publish` (else drop-head).
+    pub reject_publish: bool,
+    /// `x-delivery-limit`: failed deliveries before the message is dead-lettered; `None`
+    /// when disabled (`-1`).
+    pub delivery_limit: Option<u32>,
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, milliseconds unused before the queue asks to be deleted.
+    pub expires: Option<u64>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// Whether a dead-letter exchange is set: without one, dead messages are dropped.
+    pub dead_letter: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_length: None,
+            max_length_bytes: None,
+            reject_publish: false,
+            delivery_limit: Some(DEFAULT_DELIVERY_LIMIT),
+            message_ttl: None,
+            expires: None,
+            single_active_consumer: false,
+            dead_letter: false,
+        }
+    }
+}
+
+/// What a replica applies, in log order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A message published to the queue (its body is the entry's).
+    Enqueue {
+        /// The publisher, when it wants a confirm.
+        publish: Option<Publish>,
+        /// What the queue must know of the message.
+        header: Header,
+    },
+    /// `basic.consume` (or a changed prefetch or priority for an existing consumer).
+    Checkout {
+        /// Who.
+        consumer: ConsumerId,
+        /// Unacked messages it may hold; 0 is no limit.
+        prefetch: u32,
+        /// `x-priority`.
+        priority: i64,
+    },
+    /// `basic.cancel`: no more deliveries; unacked ones may still be settled.
+    Cancel {
+        /// Who.
+        consumer: ConsumerId,
+    },
+    /// Acknowledged: the messages are done.
+    Settle {
+        /// Whose deliveries.
+        consumer: ConsumerId,
+        /// Which.
+        ids: Vec<u64>,
+    },
+    /// Requeued by `basic.reject`, `basic.nack` or `basic.recover`.
+    Return {
+        /// Whose deliveries.
+        consumer: ConsumerId,
+        /// Which.
+        ids: Vec<u64>,
+        /// Whether it counts as a failed delivery towards `x-delivery-limit` (RabbitMQ 4.3:
+        /// `basic.reject` does, `basic.nack` does not).
+        failed: bool,
+    },
+    /// Rejected without requeue: dead-lettered.
+    Discard {
+        /// Whose deliveries.
+        consumer: ConsumerId,
+        /// Which.
+        ids: Vec<u64>,
+    },
+    /// `basic.get`.
+    Dequeue {
+        /// The channel's get side: its connection and channel, the empty tag.
+        consumer: ConsumerId,
+        /// `no-ack`: settled as it is taken.
+        settle: bool,
+    },
+    /// A connection ended: its consumers go, their unacked messages return as failed
+    /// deliveries, its publishers are forgotten.
+    Down {
+        /// The connection.
+        owner: Owner,
+    },
+    /// A node left the cluster or was declared down: [`Command::Down`] for each of its
+    /// connections.
+    NodeDown {
+        /// The node.
+        node: u64,
+    },
+    /// `queue.purge`: ready messages go (not dead-lettered); unacked ones stay.
+    Purge,
+    /// Time passed: the leader proposes one when an [`Effect::Timer`] it was given fires.
+    Tick,
+    /// Arguments or policy changed.
+    Configure(Config),
+}
+
+/// What one command answers its proposer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Done.
+    Ok,
+    /// The message is in the queue (or was, when this repeats an enqueue applied before).
+    Enqueued,
+    /// The queue is full and refuses it (`x-overflow: reject-publish`): nacked.
+    Rejected,
+    /// `basic.get`'s answer, with the ready messages left.
+    Dequeued {
+        /// The message, if one was ready.
+        delivery: Option<Delivery>,
+        /// Ready messages after it.
+        remaining: u64,
+    },
+    /// `queue.purge`'s count.
+    Purged(u64),
+    /// The command named a consumer the queue does not have.
+    NoConsumer,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its id among the consumer's deliveries (0 for a settled `basic.get`: nothing to
+    /// settle).
+    pub id: u64,
+    /// The message.
+    pub msg: MsgRef,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+}
+
+/// What the leader does after applying a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send these messages to the consumer, in this order.
+    Deliver {
+        /// To whom.
+        consumer: ConsumerId,
+        /// What.
+        deliveries: Vec<Delivery>,
+    },
+    /// Publish these to the dead-letter exchange (at most once: they have left the queue).
+    DeadLetter {
+        /// Why.
+        reason: Reason,
+        /// Which, oldest first.
+        msgs: Vec<MsgRef>,
+    },
+    /// Propose a [`Command::Tick`] at this time (a TTL or `x-expires` deadline); replaces
+    /// the timer asked for before.
+    Timer {
+        /// When, in `Meta::time_ms`.
+        at_ms: u64,
+    },
+    /// `x-expires` passed with the queue unused: delete it.
+    Expired,
+}
+
+/// Counters for metrics, replicated like the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Messages enqueued.
+    pub enqueued: u64,
+    /// Publishes refused by `reject-publish`.
+    pub rejected: u64,
+    /// Enqueues answered again without enqueuing (proposed twice).
+    pub duplicates: u64,
+    /// Deliveries to consumers and `basic.get`.
+    pub delivered: u64,
+    /// Messages settled.
+    pub settled: u64,
+    /// Messages returned to the queue.
+    pub returned: u64,
+    /// Messages dead-lettered (or dropped, without a dead-letter exchange) by reason.
+    pub dead_lettered: [u64; 4],
+}
+
+/// A publisher's confirms as the queue saw them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Enqueuer {
+    /// The highest sequence number applied.
+    last: u64,
+    /// Sequence numbers at or below `last` that were refused, not yet known answered.
+    rejected: BTreeSet<u64>,
+}
+
+/// One quorum queue's replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuorumQueue {
+    config: Config,
+    /// Ready messages by priority.
+    lanes: BTreeMap<u8, Lane<MsgRef>>,
+    ready: u64,
+    ready_bytes: u64,
+    consumers: Consumers,
+    #[serde(with = "pairs")]
+    enqueuers: BTreeMap<PublisherId, Enqueuer>,
+    /// The last declare, consume, cancel or get (for `x-expires`).
+    last_used_ms: u64,
+    /// The deadline last given in an [`Effect::Timer`].
+    armed: Option<u64>,
+    /// Whether [`Effect::Expired`] was given.
+    expired: bool,
+    stats: Stats,
+}
+
+/// Effects gathered during one apply, one delivery list per consumer.
+#[derive(Default)]
+struct Gathered {
+    deliveries: Vec<(ConsumerId, Vec<Delivery>)>,
+    dead: Vec<(Reason, Vec<MsgRef>)>,
+    timer: Option<u64>,
+    expired: bool,
+}
+
+impl Gathered {
+    fn deliver(&mut self, consumer: &ConsumerId, d: Delivery) {
+        match self.deliveries.iter_mut().find(|(c, _)| c == consumer) {
+            Some((_, list)) => list.push(d),
+            None => self.deliveries.push((consumer.clone(), vec![d])),
+        }
+    }
+
+    fn dead_letter(&mut self, reason: Reason, m: MsgRef) {
+        match self.dead.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, list)) => list.push(m),
+            None => self.dead.push((reason, vec![m])),
+        }
+    }
+
+    fn finish(self) -> Vec<Effect> {
+        let mut out: Vec<Effect> = self
+            .deliveries
+            .into_iter()
+            .map(|(consumer, deliveries)| Effect::Deliver { consumer, deliveries })
+            .collect();
+        out.extend(self.dead.into_iter().map(|(reason, msgs)| Effect::DeadLetter { reason, msgs }));
+        out.extend(self.timer.map(|at_ms| Effect::Timer { at_ms }));
+        if self.expired {
+            out.push(Effect::Expired);
+        }
+        out
+    }
+}
+
+impl QuorumQueue {
+    /// A new, empty queue, declared at `now_ms`.
+    pub fn new(config: Config, now_ms: u64) -> Self {
+        QuorumQueue {
+            config,
+            lanes: BTreeMap::new(),
+            ready: 0,
+            ready_bytes: 0,
+            consumers: Consumers::default(),
+            enqueuers: BTreeMap::new(),
+            last_used_ms: now_ms,
+            armed: None,
+            expired: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Applies one committed command: the only door into the queue's state.
+    pub fn apply(&mut self, meta: Meta, command: Command) -> (Reply, Vec<Effect>) {
+        let mut fx = Gathered::default();
+        let now = meta.time_ms;
+        self.expire(now, &mut fx);
+        let sac = self.config.single_active_consumer;
+        let reply = match command {
+            Command::Enqueue { publish, header } => self.enqueue(meta, publish, header),
+            // The empty tag is basic.get's, and only basic.get's.
+            Command::Checkout { consumer, .. } | Command::Dequeue { consumer, .. }
+                if consumer.tag.is_empty() != matches!(command, Command::Dequeue { .. }) =>
+            {
+                Reply::NoConsumer
+            }
+            Command::Checkout { consumer, prefetch, priority } => {
+                self.last_used_ms = now;
+                self.consumers.checkout(consumer, prefetch, priority, sac);
+                Reply::Ok
+            }
+            Command::Cancel { consumer } => {
+                self.last_used_ms = now;
+                if self.consumers.cancel(&consumer, sac) { Reply::Ok } else { Reply::NoConsumer }
+            }
+            Command::Settle { consumer, ids } => {
+                for id in ids {
+                    if self.consumers.take(&consumer, id).is_some() {
+                        self.stats.settled += 1;
+                    }
+                }
+                Reply::Ok
+            }
+            Command::Return { consumer, ids, failed } => {
+                for id in ids {
+                    if let Some(m) = self.consumers.take(&consumer, id) {
+                        self.give_back(m, failed, &mut fx);
+                    }
+                }
+                Reply::Ok
+            }
+            Command::Discard { consumer, ids } => {
+                for id in ids {
+                    if let Some(m) = self.consumers.take(&consumer, id) {
+                        self.dead_letter(Reason::Rejected, m, &mut fx);
+                    }
+                }
+                Reply::Ok
+            }
+            Command::Dequeue { consumer, settle } => self.dequeue(meta, consumer, settle, &mut fx),
+            Command::Down { owner } => {
+                self.down(|o| *o == owner, &mut fx);
+                Reply::Ok
+            }
+            Command::NodeDown { node } => {
+                self.down(|o| o.node == node, &mut fx);
+                Reply::Ok
+            }
+            Command::Purge => {
+                let n = self.ready;
+                self.lanes.clear();
+                self.ready = 0;
+                self.ready_bytes = 0;
+                Reply::Purged(n)
+            }
+            Command::Tick => Reply::Ok,
+            Command::Configure(config) => {
+                self.config = config;
+                self.last_used_ms = now;
+                // A reconfigured queue may go on expiring.
+                self.expired = false;
+                Reply::Ok
+            }
+        };
+        self.deliver(meta, &mut fx);
+        if !self.config.reject_publish {
+            self.drop_over_limit(&mut fx);
+        }
+        self.expire(now, &mut fx);
+        self.check_unused(now, &mut fx);
+        self.arm(&mut fx);
+        (reply, fx.finish())
+    }
+
+    fn enqueue(&mut self, meta: Meta, publish: Option<Publish>, header: Header) -> Reply {
+        if let Some(p) = &publish
+            && let Some(e) = self.enqueuers.get_mut(&p.publisher)
+        {
+            e.rejected = e.rejected.split_off(&p.oldest_unanswered);
+            if p.seq <= e.last {
+                self.stats.duplicates += 1;
+                return if e.rejected.contains(&p.seq) { Reply::Rejected } else { Reply::Enqueued };
+            }
+        }
+        let refused = self.config.reject_publish && self.would_overflow(header.size);
+        if let Some(p) = publish {
+            let e = self.enqueuers.entry(p.publisher).or_default();
+            e.last = p.seq;
+            if refused {
+                e.rejected.insert(p.seq);
+            }
+        }
+        if refused {
+            self.stats.rejected += 1;
+            return Reply::Rejected;
+        }
+        let ttl = match (header.ttl_ms, self.config.message_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let msg = MsgRef {
+            index: meta.index,
+            size: header.size,
+            priority: header.priority.min(PRIORITIES - 1),
+            expires_ms: ttl.map(|t| meta.time_ms.saturating_add(t)),
+            delivery_count: 0,
+            acquired: 0,
+        };
+        self.push(msg);
+        self.stats.enqueued += 1;
+        Reply::Enqueued
+    }
+
+    fn dequeue(&mut self, meta: Meta, consumer: ConsumerId, settle: bool, fx: &mut Gathered) -> Reply {
+        self.last_used_ms = meta.time_ms;
+        let delivery = loop {
+            let Some(mut m) = self.pop() else { break None };
+            if self.is_expired(&m, meta) {
+                self.dead_letter(Reason::Expired, m, fx);
+                continue;
+            }
+            let redelivered = m.acquired > 0;
+            m.acquired = m.acquired.saturating_add(1);
+            self.stats.delivered += 1;
+            let id = if settle {
+                self.stats.settled += 1;
+                0
+            } else {
+                match self.consumers.assign_pulled(consumer, m) {
+                    Some(id) => id,
+                    // assign_pulled registers the consumer first, so this cannot happen;
+                    // keep the message rather than lose it.
+                    None => {
+                        self.push(m);
+                        break None;
+                    }
+                }
+            };
+            break Some(Delivery { id, msg: m, redelivered });
+        };
+        Reply::Dequeued { delivery, remaining: self.ready }
+    }
+
+    /// Hands ready messages to consumers with room, highest priority first.
+    fn deliver(&mut self, meta: Meta, fx: &mut Gathered) {
+        while self.consumers.next().is_some() {
+            let Some(mut m) = self.pop() else { return };
+            if self.is_expired(&m, meta) {
+                self.dead_letter(Reason::Expired, m, fx);
+                continue;
+            }
+            let redelivered = m.acquired > 0;
+            m.acquired = m.acquired.saturating_add(1);
+            match self.consumers.assign_next(m) {
+                Ok((consumer, id)) => {
+                    self.stats.delivered += 1;
+                    fx.deliver(consumer, Delivery { id, msg: m, redelivered });
+                }
+                Err(mut m) => {
+                    m.acquired -= 1;
+                    self.push(m);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a message popped for delivery has expired. One enqueued by this very entry
+    /// may still go to a waiting consumer: a TTL of 0 means "now or never", as in RabbitMQ.
+    fn is_expired(&self, m: &MsgRef, meta: Meta) -> bool {
+        m.index != meta.index && m.expires_ms.is_some_and(|at| at <= meta.time_ms)
+    }
+
+    /// Dead-letters expired messages at the head of each lane (RabbitMQ expires a message
+    /// once it reaches the head, never from the middle).
+    fn expire(&mut self, now: u64, fx: &mut Gathered) {
+        let mut gone = Vec::new();
+        for lane in self.lanes.values_mut() {
+            while lane.head().is_some_and(|m| m.expires_ms.is_some_and(|at| at <= now)) {
+                gone.extend(lane.pop());
+            }
+        }
+        for m in gone {
+            self.took(&m);
+            self.dead_letter(Reason::Expired, m, fx);
+        }
+        self.lanes.retain(|_, l| !l.is_empty());
+    }
+
+    fn drop_over_limit(&mut self, fx: &mut Gathered) {
+        while self.over_limit() {
+            let Some(m) = self.pop() else { return };
+            self.dead_letter(Reason::MaxLen, m, fx);
+        }
+    }
+
+    fn down(&mut self, gone: impl Fn(&Owner) -> bool, fx: &mut Gathered) {
+        let sac = self.config.single_active_consumer;
+        for id in self.consumers.owned_by(&gone) {
+            if let Some(c) = self.consumers.remove(&id, sac) {
+                let held: Vec<MsgRef> = c.checked_out().map(|(_, m)| *m).collect();
+                for m in held {
+                    self.give_back(m, true, fx);
+                }
+            }
+        }
+        self.enqueuers.retain(|p, _| !gone(&p.owner));
+    }
+
+    /// Puts a returned message back in its place, or dead-letters it past the delivery limit.
+    fn give_back(&mut self, mut m: MsgRef, failed: bool, fx: &mut Gathered) {
+        self.stats.returned += 1;
+        if failed {
+            m.delivery_count = m.delivery_count.saturating_add(1);
+        }
+        if self.config.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
+            self.dead_letter(Reason::DeliveryLimit, m, fx);
+        } else {
+            self.push(m);
+        }
+    }
+
+    fn dead_letter(&mut self, reason: Reason, m: MsgRef, fx: &mut Gathered) {
+        self.stats.dead_lettered[reason as usize] += 1;
+        if self.config.dead_letter {
+            fx.dead_letter(reason, m);
+        }
+    }
+
+    /// `x-expires`: a queue without consumers, not declared, consumed from or read by
+    /// `basic.get` for that long asks to be deleted, once.
+    fn check_unused(&mut self, now: u64, fx: &mut Gathered) {
+        if let Some(at) = self.unused_deadline()
+            && now >= at
+        {
+            self.expired = true;
+            fx.expired = true;
+        }
+    }
+
+    fn unused_deadline(&self) -> Option<u64> {
+        let after = self.config.expires?;
+        (!self.expired && !self.consumers.any_listening()).then(|| self.last_used_ms.saturating_add(after))
+    }
+
+    /// The next time the queue must be ticked: the earliest TTL at a lane's head, or
+    /// `x-expires`. A new leader arms its timer from this.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let ttl = self.lanes.values().filter_map(|l| l.head().and_then(|m| m.expires_ms)).min();
+        match (ttl, self.unused_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn arm(&mut self, fx: &mut Gathered) {
+        let next = self.next_deadline();
+        if next != self.armed {
+            self.armed = next;
+            fx.timer = next;
+        }
+    }
+
+    fn push(&mut self, m: MsgRef) {
+        self.ready += 1;
+        self.ready_bytes += m.size;
+        self.lanes.entry(m.priority).or_default().insert(m);
+    }
+
+    /// Takes the next ready message: the oldest of the highest priority.
+    fn pop(&mut self) -> Option<MsgRef> {
+        let mut lane = self.lanes.last_entry()?;
+        let m = lane.get_mut().pop()?;
+        if lane.get().is_empty() {
+            lane.remove();
+        }
+        self.took(&m);
+        Some(m)
+    }
+
+    fn took(&mut self, m: &MsgRef) {
+        self.ready -= 1;
+        self.ready_bytes -= m.size;
+    }
+
+    fn would_overflow(&self, size: u64) -> bool {
+        self.config.max_length.is_some_and(|max| self.ready >= max)
+            || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
+    }
+
+    fn over_limit(&self) -> bool {
+        self.config.max_length.is_some_and(|max| self.ready > max)
+            || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
+    }
+
+    /// The log entries the queue still needs (its messages, ready and unacked): the log may
+    /// drop every other entry once a snapshot holds this state.
+    pub fn live_indexes(&self) -> BTreeSet<u64> {
+        let ready = self.lanes.values().flat_map(Lane::iter).map(|m| m.index);
+        ready.chain(self.consumers.checked_out().map(|m| m.index)).collect()
+    }
+
+    /// Ready messages.
+    pub fn ready(&self) -> u64 {
+        self.ready
+    }
+
+    /// Body octets of the ready messages.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn unacked(&self) -> usize {
+        self.consumers.checked_out().count()
+    }
+
+    /// The consumers.
+    pub fn consumers(&self) -> &Consumers {
+        &self.consumers
+    }
+
+    /// Its arguments and policy.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}

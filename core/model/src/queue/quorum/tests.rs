@@ -1,0 +1,535 @@
+//! The quorum queue's machine: RabbitMQ's semantics scenario by scenario, then properties
+//! over random command sequences (replicas agree, snapshot plus tail equals replay,
+//! nothing is lost or counted twice, ordering equals the classic queue's).
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn owner(conn: u64) -> Owner {
+    Owner { node: 1, conn }
+}
+
+fn consumer(conn: u64, tag: &str) -> ConsumerId {
+    ConsumerId { owner: owner(conn), channel: 1, tag: tag.into() }
+}
+
+fn getter(conn: u64) -> ConsumerId {
+    ConsumerId { owner: owner(conn), channel: 1, tag: String::new() }
+}
+
+/// A queue and its log position: each `apply` is the next entry, at the time set.
+struct Log {
+    q: QuorumQueue,
+    index: u64,
+    time_ms: u64,
+}
+
+impl Log {
+    fn new(config: Config) -> Self {
+        Log { q: QuorumQueue::new(config, 1_000), index: 0, time_ms: 1_000 }
+    }
+
+    fn apply(&mut self, c: Command) -> (Reply, Vec<Effect>) {
+        self.index += 1;
+        self.q.apply(Meta { index: self.index, time_ms: self.time_ms }, c)
+    }
+
+    fn publish(&mut self, size: u64) -> (Reply, Vec<Effect>) {
+        self.publish_with(Header { size, priority: 0, ttl_ms: None })
+    }
+
+    fn publish_with(&mut self, header: Header) -> (Reply, Vec<Effect>) {
+        self.apply(Command::Enqueue { publish: None, header })
+    }
+
+    fn consume(&mut self, c: &ConsumerId, prefetch: u32) -> Vec<Effect> {
+        self.apply(Command::Checkout { consumer: c.clone(), prefetch, priority: 0 }).1
+    }
+}
+
+/// The deliveries in `fx` for `c`, as (entry index, delivery id, redelivered).
+fn delivered(fx: &[Effect], c: &ConsumerId) -> Vec<(u64, u64, bool)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Deliver { consumer, deliveries } if consumer == c => Some(deliveries),
+            _ => None,
+        })
+        .flatten()
+        .map(|d| (d.msg.index, d.id, d.redelivered))
+        .collect()
+}
+
+fn dead(fx: &[Effect]) -> Vec<(Reason, u64)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::DeadLetter { reason, msgs } => Some(msgs.iter().map(|m| (*reason, m.index)).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_consumer_gets_messages_in_order_within_its_prefetch() {
+    let mut log = Log::new(Config::default());
+    for _ in 0..5 {
+        assert_eq!(log.publish(10).0, Reply::Enqueued);
+    }
+    let a = consumer(1, "a");
+    let fx = log.consume(&a, 2);
+    assert_eq!(delivered(&fx, &a), [(1, 0, false), (2, 1, false)]);
+    assert_eq!((log.q.ready(), log.q.ready_bytes(), log.q.unacked()), (3, 30, 2));
+    let (_, fx) = log.apply(Command::Settle { consumer: a.clone(), ids: vec![0] });
+    assert_eq!(delivered(&fx, &a), [(3, 2, false)], "one settled makes room for one");
+    assert_eq!(log.q.live_indexes().into_iter().collect::<Vec<_>>(), [2, 3, 4, 5]);
+}
+
+#[test]
+fn consumers_take_turns_and_a_higher_priority_goes_first_while_it_has_room() {
+    let mut log = Log::new(Config::default());
+    let (a, b, hi) = (consumer(1, "a"), consumer(2, "b"), consumer(3, "hi"));
+    log.consume(&a, 0);
+    log.consume(&b, 0);
+    let mut fx = Vec::new();
+    for _ in 0..4 {
+        fx.extend(log.publish(1).1);
+    }
+    assert_eq!(delivered(&fx, &a).len(), 2);
+    assert_eq!(delivered(&fx, &b).len(), 2);
+    log.apply(Command::Checkout { consumer: hi.clone(), prefetch: 1, priority: 5 });
+    let (_, fx) = log.publish(1);
+    assert_eq!(delivered(&fx, &hi).len(), 1);
+    let (_, fx) = log.publish(1);
+    assert!(delivered(&fx, &hi).is_empty(), "hi is full: the others take it");
+    assert_eq!(delivered(&fx, &a).len() + delivered(&fx, &b).len(), 1);
+}
+
+#[test]
+fn a_reject_counts_towards_the_delivery_limit_and_a_nack_does_not() {
+    let mut log = Log::new(Config { delivery_limit: Some(2), dead_letter: true, ..Config::default() });
+    log.publish(1);
+    let a = consumer(1, "a");
+    let mut fx = log.consume(&a, 1);
+    for round in 0..3u32 {
+        let (id, index, redelivered) = {
+            let d = delivered(&fx, &a);
+            (d[0].1, d[0].0, d[0].2)
+        };
+        assert_eq!((index, redelivered), (1, round > 0));
+        // A nack with requeue never counts.
+        fx = log.apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: false }).1;
+        let id = delivered(&fx, &a)[0].1;
+        fx = log.apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: true }).1;
+        if round < 2 {
+            assert!(dead(&fx).is_empty());
+            assert_eq!(log.q.consumers().get(&a).map(|c| c.checked_out().count()), Some(1));
+        }
+    }
+    assert_eq!(dead(&fx), [(Reason::DeliveryLimit, 1)], "the third failed delivery is one too many");
+    assert_eq!(log.q.ready() + log.q.unacked() as u64, 0);
+}
+
+#[test]
+fn a_lost_consumer_returns_its_messages_as_failed_deliveries() {
+    let mut log = Log::new(Config::default());
+    let (a, b) = (consumer(1, "a"), consumer(2, "b"));
+    log.consume(&a, 0);
+    log.publish(1);
+    log.publish(1);
+    let fx = log.consume(&b, 0);
+    assert!(delivered(&fx, &b).is_empty());
+    let (_, fx) = log.apply(Command::Down { owner: owner(1) });
+    assert_eq!(delivered(&fx, &b), [(2, 0, true), (3, 1, true)], "in publish order, redelivered");
+    let counts: Vec<_> = log.q.consumers().get(&b).into_iter().flat_map(|c| c.checked_out()).map(|(_, m)| m.delivery_count).collect();
+    assert_eq!(counts, [1, 1]);
+    assert!(log.q.consumers().get(&a).is_none());
+}
+
+#[test]
+fn an_enqueue_proposed_twice_is_answered_twice_and_enqueued_once() {
+    let mut log = Log::new(Config { max_length: Some(1), reject_publish: true, ..Config::default() });
+    let publisher = PublisherId { owner: owner(1), channel: 1 };
+    let header = Header { size: 1, priority: 0, ttl_ms: None };
+    let enqueue = |seq, oldest_unanswered| Command::Enqueue {
+        publish: Some(Publish { publisher, seq, oldest_unanswered }),
+        header,
+    };
+    assert_eq!(log.apply(enqueue(1, 1)).0, Reply::Enqueued);
+    assert_eq!(log.apply(enqueue(2, 1)).0, Reply::Rejected, "full");
+    // The proposer lost both answers in a leader change and proposes them again.
+    assert_eq!(log.apply(enqueue(1, 1)).0, Reply::Enqueued);
+    assert_eq!(log.apply(enqueue(2, 1)).0, Reply::Rejected);
+    assert_eq!(log.q.ready(), 1);
+    assert_eq!(log.q.stats().duplicates, 2);
+    // Once the proposer has its answers, the queue forgets the refusal.
+    log.apply(Command::Purge);
+    assert_eq!(log.apply(enqueue(3, 3)).0, Reply::Enqueued);
+    assert!(log.q.enqueuers.values().all(|e| e.rejected.is_empty()));
+    // A publisher's connection going away forgets it.
+    log.apply(Command::Down { owner: owner(1) });
+    assert!(log.q.enqueuers.is_empty());
+}
+
+#[test]
+fn ttl_expires_messages_at_the_head_and_asks_for_a_tick() {
+    let mut log = Log::new(Config { message_ttl: Some(100), dead_letter: true, ..Config::default() });
+    let (_, fx) = log.publish(1);
+    assert_eq!(fx, [Effect::Timer { at_ms: 1_100 }]);
+    log.time_ms = 1_050;
+    let (_, fx) = log.publish_with(Header { size: 1, priority: 0, ttl_ms: Some(10) });
+    assert!(fx.is_empty(), "its own TTL is shorter, but it is not the head: no new deadline");
+    log.time_ms = 1_100;
+    let (_, fx) = log.apply(Command::Tick);
+    // The second expired behind the first and goes as soon as it is the head.
+    assert_eq!(dead(&fx), [(Reason::Expired, 1), (Reason::Expired, 2)]);
+    assert_eq!(log.q.ready(), 0);
+    assert_eq!(log.q.next_deadline(), None);
+}
+
+#[test]
+fn a_ttl_of_zero_reaches_a_waiting_consumer_or_no_one() {
+    let mut log = Log::new(Config { message_ttl: Some(0), ..Config::default() });
+    let (_, fx) = log.publish(1);
+    assert!(fx.is_empty());
+    assert_eq!((log.q.ready(), log.q.stats().dead_lettered[Reason::Expired as usize]), (0, 1));
+    let a = consumer(1, "a");
+    log.consume(&a, 0);
+    let (_, fx) = log.publish(1);
+    assert_eq!(delivered(&fx, &a).len(), 1);
+}
+
+#[test]
+fn max_length_drops_the_head_or_refuses_the_publish() {
+    let mut log = Log::new(Config { max_length: Some(2), dead_letter: true, ..Config::default() });
+    for _ in 0..3 {
+        log.publish(1);
+    }
+    assert_eq!(log.q.ready(), 2);
+    assert_eq!(log.q.live_indexes().into_iter().collect::<Vec<_>>(), [2, 3]);
+    let (_, fx) = log.publish(1);
+    assert_eq!(dead(&fx), [(Reason::MaxLen, 2)]);
+
+    let mut log = Log::new(Config { max_length_bytes: Some(10), reject_publish: true, ..Config::default() });
+    assert_eq!(log.publish(6).0, Reply::Enqueued);
+    assert_eq!(log.publish(5).0, Reply::Rejected);
+    assert_eq!(log.publish(4).0, Reply::Enqueued);
+    assert_eq!((log.q.ready(), log.q.ready_bytes(), log.q.stats().rejected), (2, 10, 1));
+}
+
+#[test]
+fn higher_priorities_go_first_and_above_the_top_count_as_the_top() {
+    let mut log = Log::new(Config::default());
+    for p in [0, 200, 5, 31, 5] {
+        log.publish_with(Header { size: 1, priority: p, ttl_ms: None });
+    }
+    let a = consumer(1, "a");
+    let order: Vec<_> = delivered(&log.consume(&a, 0), &a).into_iter().map(|d| d.0).collect();
+    assert_eq!(order, [2, 4, 3, 5, 1]);
+}
+
+#[test]
+fn a_single_active_consumer_hands_over_when_it_goes() {
+    let mut log = Log::new(Config { single_active_consumer: true, ..Config::default() });
+    let (a, b) = (consumer(1, "a"), consumer(2, "b"));
+    log.consume(&a, 1);
+    log.consume(&b, 0);
+    assert_eq!(log.q.consumers().get(&b).map(|c| c.status), Some(Status::Waiting));
+    let (_, fx) = log.publish(1);
+    assert_eq!(delivered(&fx, &a).len(), 1);
+    let (_, fx) = log.publish(1);
+    assert!(fx.is_empty(), "a is full and b waits");
+    let (_, fx) = log.apply(Command::Down { owner: owner(1) });
+    assert_eq!(delivered(&fx, &b), [(3, 0, true), (4, 1, false)]);
+    assert_eq!(log.q.consumers().get(&b).map(|c| c.status), Some(Status::Active));
+}
+
+#[test]
+fn a_cancelled_consumer_keeps_its_unacked_messages_until_it_settles_them() {
+    let mut log = Log::new(Config::default());
+    let a = consumer(1, "a");
+    log.consume(&a, 0);
+    log.publish(1);
+    log.apply(Command::Cancel { consumer: a.clone() });
+    let (_, fx) = log.publish(1);
+    assert!(fx.is_empty());
+    assert_eq!(log.q.consumers().get(&a).map(|c| c.status), Some(Status::Cancelled));
+    log.apply(Command::Settle { consumer: a.clone(), ids: vec![0] });
+    assert!(log.q.consumers().get(&a).is_none(), "forgotten once it holds nothing");
+    assert_eq!(log.apply(Command::Cancel { consumer: a }).0, Reply::NoConsumer);
+}
+
+#[test]
+fn basic_get_takes_one_message_settled_or_not() {
+    let mut log = Log::new(Config::default());
+    for _ in 0..3 {
+        log.publish(1);
+    }
+    let g = getter(1);
+    let (reply, _) = log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
+    let Reply::Dequeued { delivery: Some(d), remaining: 2 } = reply else { panic!("{reply:?}") };
+    assert_eq!((d.msg.index, d.id), (1, 0));
+    let (reply, _) = log.apply(Command::Dequeue { consumer: g.clone(), settle: true });
+    assert!(matches!(reply, Reply::Dequeued { delivery: Some(_), remaining: 1 }));
+    assert_eq!(log.q.unacked(), 1);
+    log.apply(Command::Return { consumer: g.clone(), ids: vec![0], failed: false });
+    let (reply, _) = log.apply(Command::Dequeue { consumer: g, settle: true });
+    let Reply::Dequeued { delivery: Some(d), remaining: 1 } = reply else { panic!("{reply:?}") };
+    assert_eq!((d.msg.index, d.redelivered), (1, true), "back in its place");
+}
+
+#[test]
+fn an_unused_queue_expires_once_and_a_consumer_keeps_it() {
+    let mut log = Log::new(Config { expires: Some(500), ..Config::default() });
+    let (_, fx) = log.apply(Command::Tick);
+    assert_eq!(fx, [Effect::Timer { at_ms: 1_500 }]);
+    let a = consumer(1, "a");
+    log.time_ms = 1_400;
+    let fx = log.consume(&a, 0);
+    assert!(fx.is_empty(), "{fx:?}");
+    log.time_ms = 5_000;
+    assert!(log.apply(Command::Tick).1.is_empty(), "a consumer keeps it in use");
+    let (_, fx) = log.apply(Command::Cancel { consumer: a });
+    assert_eq!(fx, [Effect::Timer { at_ms: 5_500 }]);
+    log.time_ms = 5_500;
+    assert_eq!(log.apply(Command::Tick).1, [Effect::Expired]);
+    assert!(log.apply(Command::Tick).1.is_empty(), "once");
+}
+
+#[test]
+fn purge_takes_the_ready_messages_and_leaves_the_unacked() {
+    let mut log = Log::new(Config::default());
+    let a = consumer(1, "a");
+    log.consume(&a, 1);
+    for _ in 0..4 {
+        log.publish(1);
+    }
+    assert_eq!(log.apply(Command::Purge).0, Reply::Purged(3));
+    assert_eq!((log.q.ready(), log.q.unacked()), (0, 1));
+}
+
+// ---- properties over random command sequences ----
+
+/// One step of a random history: a command, or the clock moving on.
+#[derive(Debug, Clone)]
+enum Step {
+    Do(Command),
+    Wait(u64),
+}
+
+fn any_consumer() -> impl Strategy<Value = ConsumerId> {
+    (1..4u64, prop_oneof![Just(""), Just("a"), Just("b")]).prop_map(|(conn, tag)| ConsumerId {
+        owner: owner(conn),
+        channel: 1,
+        tag: tag.into(),
+    })
+}
+
+fn any_step() -> impl Strategy<Value = Step> {
+    let ids = proptest::collection::vec(0..12u64, 0..4);
+    prop_oneof![
+        6 => (1..4u64, 0..20u64, 0..40u8, proptest::option::of(0..300u64), proptest::bool::ANY).prop_map(
+            |(conn, seq, priority, ttl_ms, confirm)| {
+                let publisher = PublisherId { owner: owner(conn), channel: 1 };
+                Step::Do(Command::Enqueue {
+                    publish: confirm.then_some(Publish { publisher, seq, oldest_unanswered: seq.saturating_sub(3) }),
+                    header: Header { size: 1 + u64::from(priority % 7), priority, ttl_ms },
+                })
+            }
+        ),
+        2 => (any_consumer(), 0..4u32, -1..2i64)
+            .prop_map(|(consumer, prefetch, priority)| Step::Do(Command::Checkout { consumer, prefetch, priority })),
+        1 => any_consumer().prop_map(|consumer| Step::Do(Command::Cancel { consumer })),
+        3 => (any_consumer(), ids.clone()).prop_map(|(consumer, ids)| Step::Do(Command::Settle { consumer, ids })),
+        2 => (any_consumer(), ids.clone(), proptest::bool::ANY)
+            .prop_map(|(consumer, ids, failed)| Step::Do(Command::Return { consumer, ids, failed })),
+        1 => (any_consumer(), ids).prop_map(|(consumer, ids)| Step::Do(Command::Discard { consumer, ids })),
+        1 => (any_consumer(), proptest::bool::ANY)
+            .prop_map(|(consumer, settle)| Step::Do(Command::Dequeue { consumer, settle })),
+        1 => (1..4u64).prop_map(|conn| Step::Do(Command::Down { owner: owner(conn) })),
+        1 => Just(Step::Do(Command::Purge)),
+        1 => Just(Step::Do(Command::Tick)),
+        2 => (0..200u64).prop_map(Step::Wait),
+    ]
+}
+
+fn any_config() -> impl Strategy<Value = Config> {
+    (
+        proptest::option::of(0..6u64),
+        proptest::option::of(0..30u64),
+        proptest::bool::ANY,
+        proptest::option::of(0..3u32),
+        proptest::option::of(0..400u64),
+        proptest::bool::ANY,
+        proptest::bool::ANY,
+    )
+        .prop_map(|(max_length, max_length_bytes, reject_publish, delivery_limit, message_ttl, sac, dead_letter)| {
+            Config {
+                max_length,
+                max_length_bytes,
+                reject_publish,
+                delivery_limit,
+                message_ttl,
+                expires: None,
+                single_active_consumer: sac,
+                dead_letter,
+            }
+        })
+}
+
+/// Runs `steps` from entry `from` on, returning every reply and effect.
+fn run(q: &mut QuorumQueue, steps: &[Step], clock: &mut (u64, u64)) -> Vec<(Reply, Vec<Effect>)> {
+    let mut out = Vec::new();
+    for s in steps {
+        match s {
+            Step::Wait(ms) => clock.1 += ms,
+            Step::Do(c) => {
+                clock.0 += 1;
+                out.push(q.apply(Meta { index: clock.0, time_ms: clock.1 }, c.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Every message the queue was given is in exactly one place: ready, unacked, settled,
+/// dead-lettered or purged.
+fn check_invariants(q: &QuorumQueue, purged: u64) -> Result<(), TestCaseError> {
+    let ready: Vec<&MsgRef> = q.lanes.values().flat_map(Lane::iter).collect();
+    prop_assert_eq!(ready.len() as u64, q.ready);
+    prop_assert_eq!(ready.iter().map(|m| m.size).sum::<u64>(), q.ready_bytes);
+    prop_assert!(q.lanes.values().all(|l| !l.is_empty()), "no empty lane is kept");
+    let unacked = q.unacked();
+    let live = q.live_indexes();
+    prop_assert_eq!(live.len(), ready.len() + unacked, "a message is in two places");
+    let s = q.stats();
+    let dead: u64 = s.dead_lettered.iter().sum();
+    prop_assert_eq!(s.enqueued, q.ready + unacked as u64 + s.settled + dead + purged);
+    if q.config.single_active_consumer {
+        prop_assert!(q.consumers().iter().filter(|(_, c)| c.status == Status::Active).count() <= 1);
+    }
+    if !q.config.reject_publish {
+        prop_assert!(!q.over_limit());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Three replicas apply the same log: one from the start, two restored from snapshots
+    /// (serialized and read back) taken at other points. All end in the same state, and
+    /// from the later snapshot on they answer and act alike.
+    #[test]
+    fn replicas_agree_and_a_snapshot_plus_the_tail_equals_replay(
+        config in any_config(),
+        steps in proptest::collection::vec(any_step(), 1..120),
+        cut_a in 0..120usize,
+        cut_b in 0..120usize,
+    ) {
+        let (cut_a, cut_b) = (cut_a.min(steps.len()), cut_b.min(steps.len()));
+        let (early, late) = (cut_a.min(cut_b), cut_a.max(cut_b));
+        let mut full = QuorumQueue::new(config.clone(), 0);
+        let mut clock = (0, 0);
+        let mut purged = 0;
+        let mut history = Vec::new();
+        for s in &steps {
+            let out = run(&mut full, std::slice::from_ref(s), &mut clock);
+            for (reply, fx) in &out {
+                if let Reply::Purged(n) = reply {
+                    purged += n;
+                }
+                // A delivery never takes a consumer past its prefetch (a lowered prefetch
+                // may leave it above until it settles).
+                for e in fx {
+                    if let Effect::Deliver { consumer, .. } = e {
+                        let c = full.consumers().get(consumer);
+                        prop_assert!(c.is_some_and(|c| c.prefetch == 0 || c.checked_out().count() <= c.prefetch as usize));
+                    }
+                }
+            }
+            history.extend(out);
+            check_invariants(&full, purged)?;
+        }
+
+        let replay = |cut: usize| -> Result<(QuorumQueue, Vec<(Reply, Vec<Effect>)>), TestCaseError> {
+            let mut q = QuorumQueue::new(config.clone(), 0);
+            let mut clock = (0, 0);
+            run(&mut q, &steps[..cut], &mut clock);
+            let json = serde_json::to_string(&q).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut restored: QuorumQueue = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&restored, &q);
+            let tail = run(&mut restored, &steps[cut..], &mut clock);
+            Ok((restored, tail))
+        };
+        let (a, _) = replay(early)?;
+        let (b, tail) = replay(late)?;
+        prop_assert_eq!(&a, &full);
+        prop_assert_eq!(&b, &full);
+        let commands_before = steps[..late].iter().filter(|s| matches!(s, Step::Do(_))).count();
+        prop_assert_eq!(&tail[..], &history[commands_before..]);
+    }
+
+    /// With one consumer taking and returning messages, a quorum queue hands them out in
+    /// the order a classic queue does (priority, then publish order, returns back in place).
+    #[test]
+    fn delivery_order_equals_the_classic_queues(
+        ops in proptest::collection::vec((0..3u8, 0..4u8, 0..8usize), 1..200),
+    ) {
+        use std::sync::Arc;
+        let spec = crate::queue::QueueSpec {
+            durable: true,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: Default::default(),
+        };
+        let args = crate::queue_args::QueueArgs { max_priority: Some(3), ..Default::default() };
+        #[allow(clippy::disallowed_methods)] // the classic queue's constructor wants an Instant
+        let now = std::time::Instant::now();
+        let mut classic = crate::queue::Queue::new(1, "q".into(), spec, args, now);
+        let mut log = Log::new(Config::default());
+        let g = getter(1);
+        // Held by the consumer: classic messages, and the quorum delivery ids beside them.
+        let mut held: Vec<(crate::message::QueuedMessage, u64)> = Vec::new();
+        for (op, priority, pick) in ops {
+            match op {
+                0 => {
+                    log.publish_with(Header { size: 1, priority, ttl_ms: None });
+                    let mut m = crate::message::Message {
+                        exchange: String::new(),
+                        routing_key: "q".into(),
+                        properties: Default::default(),
+                        body: bytes::Bytes::from_static(b"x"),
+                    };
+                    m.properties.priority = Some(priority);
+                    // The quorum queue orders by log index: the classic seq follows it.
+                    let seq = log.index;
+                    classic.reserve_seq(seq);
+                    classic.push(crate::message::QueuedMessage::new(seq, Arc::new(m), None, 0));
+                }
+                1 => {
+                    let (reply, _) = log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
+                    let quorum = match reply {
+                        Reply::Dequeued { delivery, .. } => delivery,
+                        other => return Err(TestCaseError::fail(format!("{other:?}"))),
+                    };
+                    let got = classic.pop();
+                    prop_assert_eq!(
+                        got.as_ref().map(|m| (m.seq, m.redelivered)),
+                        quorum.map(|d| (d.msg.index, d.redelivered))
+                    );
+                    if let (Some(m), Some(d)) = (got, quorum) {
+                        held.push((m, d.id));
+                    }
+                }
+                _ if !held.is_empty() => {
+                    let (m, id) = held.remove(pick % held.len());
+                    classic.requeue(m);
+                    log.apply(Command::Return { consumer: g.clone(), ids: vec![id], failed: false });
+                }
+                _ => {}
+            }
+            prop_assert_eq!(classic.len() as u64, log.q.ready());
+        }
+    }
+}
