@@ -24,7 +24,10 @@
 //!   tx), delivery and settling, dead-lettering, confirms, persistence, timers, direct
 //!   reply-to, consumer timeouts, operator actions (replay), the census a node's brokers
 //!   share (one broker per vhost), and its in-memory tests.
-//! - [`queue`]: one queue's messages (priority lanes), consumers and declaration checks.
+//! - [`queue`]: one queue's declaration checks, consumers and messages: the classic queue
+//!   (`queue/mod.rs`), the priority lane every kind keeps its ready messages in
+//!   (`queue/lane.rs`), and the quorum queue's replicated state machine (`queue/quorum/`:
+//!   the machine, its consumers, and the pair encoding of its snapshot's maps).
 //! - [`queue_args`]: the one table of queue arguments: parsing, equivalence, policy keys.
 //! - [`channel`]: per-channel delivery tags, unacked messages, prefetch, transactions.
 //! - [`exchange`]: the exchange types, one per file, behind [`exchange::ExchangeType`].

@@ -21,6 +21,26 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// `x-queue-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A queue on one node, its messages in the node's store.
+    #[default]
+    Classic,
+    /// A queue replicated by Raft ([`crate::queue::quorum`]).
+    Quorum,
+}
+
+/// `x-queue-leader-locator`: where a quorum queue's first leader goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaderLocator {
+    /// The node the declaring client is connected to.
+    #[default]
+    ClientLocal,
+    /// The node leading the fewest queues.
+    Balanced,
+}
+
 /// A queue's behaviour-changing arguments.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueArgs {
@@ -41,6 +61,16 @@ pub struct QueueArgs {
     /// `x-delivery-limit`: deliveries that may end in a requeue before the message is
     /// dead-lettered.
     pub delivery_limit: Option<u32>,
+    /// `x-delivery-limit` below 0: no limit, not even a quorum queue's default.
+    pub delivery_limit_off: bool,
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-quorum-initial-group-size`: replicas of a quorum queue.
+    pub initial_group_size: Option<u32>,
+    /// `x-queue-leader-locator`.
+    pub leader_locator: LeaderLocator,
+    /// `x-dead-letter-strategy: at-least-once` (else at-most-once).
+    pub dead_letter_at_least_once: bool,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
     /// `x-max-priority`: priorities 0 to this one, higher delivered first.
@@ -146,8 +176,52 @@ pub const ARGS: &[ArgSpec] = &[
         name: "x-delivery-limit",
         policy_key: Some("delivery-limit"),
         equivalence: true,
+        parse: Some(delivery_limit),
+    },
+    ArgSpec {
+        name: "x-quorum-initial-group-size",
+        policy_key: None,
+        equivalence: true,
         parse: Some(|q, k, v| {
-            q.delivery_limit = Some(u32::try_from(non_negative(k, v)?).unwrap_or(u32::MAX));
+            let n = non_negative(k, v)?;
+            if n == 0 {
+                return Err(precondition(format!("invalid arg '{k}': must be positive")));
+            }
+            q.initial_group_size = Some(u32::try_from(n).unwrap_or(u32::MAX));
+            Ok(())
+        }),
+    },
+    ArgSpec {
+        name: "x-queue-leader-locator",
+        policy_key: Some("queue-leader-locator"),
+        equivalence: true,
+        parse: Some(|q, k, v| {
+            q.leader_locator = match text(k, v)?.as_str() {
+                "client-local" => LeaderLocator::ClientLocal,
+                "balanced" => LeaderLocator::Balanced,
+                other => {
+                    return Err(precondition(format!(
+                        "invalid arg '{k}': '{other}'; expected client-local or balanced"
+                    )));
+                }
+            };
+            Ok(())
+        }),
+    },
+    ArgSpec {
+        name: "x-dead-letter-strategy",
+        policy_key: Some("dead-letter-strategy"),
+        equivalence: true,
+        parse: Some(|q, k, v| {
+            q.dead_letter_at_least_once = match text(k, v)?.as_str() {
+                "at-most-once" => false,
+                "at-least-once" => true,
+                other => {
+                    return Err(precondition(format!(
+                        "invalid arg '{k}': '{other}'; expected at-most-once or at-least-once"
+                    )));
+                }
+            };
             Ok(())
         }),
     },
@@ -206,15 +280,30 @@ fn overflow(q: &mut QueueArgs, key: &str, v: &FieldValue) -> Result<(), AmqpErro
     Ok(())
 }
 
-fn queue_type(_: &mut QueueArgs, key: &str, v: &FieldValue) -> Result<(), AmqpError> {
-    let t = text(key, v)?;
-    if t != "classic" {
-        return Err(precondition(format!(
-            "invalid arg 'x-queue-type': queue type '{t}' is not supported by Warren yet"
-        )));
+fn queue_type(q: &mut QueueArgs, key: &str, v: &FieldValue) -> Result<(), AmqpError> {
+    q.queue_type = match text(key, v)?.as_str() {
+        "classic" => QueueType::Classic,
+        "quorum" => QueueType::Quorum,
+        t => return Err(precondition(format!("invalid arg 'x-queue-type': unsupported queue type '{t}'"))),
+    };
+    Ok(())
+}
+
+fn delivery_limit(q: &mut QueueArgs, key: &str, v: &FieldValue) -> Result<(), AmqpError> {
+    let n = v
+        .as_i64()
+        .ok_or_else(|| precondition(format!("invalid arg '{key}': expected an integer, got {v:?}")))?;
+    // RabbitMQ 4: -1 (any negative) turns the limit off.
+    match u32::try_from(n) {
+        Ok(limit) => q.delivery_limit = Some(limit),
+        Err(_) if n < 0 => q.delivery_limit_off = true,
+        Err(_) => q.delivery_limit = Some(u32::MAX),
     }
     Ok(())
 }
+
+/// Arguments a quorum queue refuses, as RabbitMQ does.
+const NOT_FOR_QUORUM: &[&str] = &["x-max-priority", "x-queue-mode"];
 
 fn single_active_consumer(q: &mut QueueArgs, _: &str, v: &FieldValue) -> Result<(), AmqpError> {
     q.single_active_consumer = v.as_bool().ok_or_else(|| {
@@ -249,6 +338,40 @@ impl QueueArgs {
         }
         q.retry = Retry::parse(args, retry_plugins)?;
         Ok(q)
+    }
+
+    /// Checks what a queue's type requires of its declaration, with RabbitMQ's words: a
+    /// quorum queue is durable, never auto-delete or exclusive, and refuses the arguments
+    /// that make no sense for it.
+    pub fn check_type(
+        &self,
+        queue: &str,
+        vhost: &str,
+        spec: &crate::queue::QueueSpec,
+    ) -> Result<(), AmqpError> {
+        if self.queue_type != QueueType::Quorum {
+            return Ok(());
+        }
+        let property = if !spec.durable {
+            Some("non-durable")
+        } else if spec.auto_delete {
+            Some("auto-delete")
+        } else if spec.exclusive_owner.is_some() {
+            Some("exclusive-owner")
+        } else {
+            None
+        };
+        if let Some(p) = property {
+            return Err(precondition(format!(
+                "invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"
+            )));
+        }
+        if let Some(arg) = NOT_FOR_QUORUM.iter().find(|a| spec.arguments.contains_key(**a)) {
+            return Err(precondition(format!(
+                "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}' of queue type quorum"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -303,6 +426,92 @@ mod tests {
             QueueArgs::parse(&args(&[("x-queue-mode", FieldValue::str("lazy"))]), &RetryPlugins::default())
                 .is_ok()
         );
+    }
+
+    fn spec(
+        durable: bool,
+        auto_delete: bool,
+        exclusive: bool,
+        arguments: FieldTable,
+    ) -> crate::queue::QueueSpec {
+        crate::queue::QueueSpec { durable, auto_delete, exclusive_owner: exclusive.then_some(7), arguments }
+    }
+
+    /// RabbitMQ 3.10's answers to the same declares, taken from a real broker.
+    #[test]
+    fn a_quorum_queue_is_checked_as_rabbitmq_checks_it() {
+        let quorum = |extra: &[(&str, FieldValue)]| {
+            let mut a = args(&[("x-queue-type", FieldValue::str("quorum"))]);
+            a.extend(args(extra));
+            a
+        };
+        let check = |durable, auto_delete, exclusive, a: FieldTable| {
+            let parsed = QueueArgs::parse(&a, &RetryPlugins::default())?;
+            parsed.check_type("q", "/", &spec(durable, auto_delete, exclusive, a))?;
+            Ok::<_, AmqpError>(parsed)
+        };
+        let text = |r: Result<QueueArgs, AmqpError>| r.map(|_| ()).map_err(|e| (e.code, e.text));
+        let refused = |what: &str| {
+            Err((406, format!("PRECONDITION_FAILED - invalid property '{what}' for queue 'q' in vhost '/'")))
+        };
+        assert_eq!(text(check(false, false, false, quorum(&[]))), refused("non-durable"));
+        assert_eq!(text(check(true, true, false, quorum(&[]))), refused("auto-delete"));
+        assert_eq!(text(check(true, false, true, quorum(&[]))), refused("exclusive-owner"));
+        for arg in ["x-max-priority", "x-queue-mode"] {
+            let value = if arg == "x-max-priority" { FieldValue::I32(5) } else { FieldValue::str("lazy") };
+            let e = check(true, false, false, quorum(&[(arg, value)])).expect_err(arg);
+            assert_eq!(
+                e.text,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{arg}' for queue 'q' in vhost '/' of queue type quorum"
+                )
+            );
+        }
+        for bad in [
+            ("x-quorum-initial-group-size", FieldValue::I32(0)),
+            ("x-quorum-initial-group-size", FieldValue::str("3")),
+            ("x-dead-letter-strategy", FieldValue::str("x")),
+            ("x-queue-leader-locator", FieldValue::str("random")),
+        ] {
+            let e = check(true, false, false, quorum(std::slice::from_ref(&bad))).expect_err(bad.0);
+            assert!(e.code == 406 && e.text.contains(bad.0), "{}", e.text);
+        }
+        let e =
+            QueueArgs::parse(&args(&[("x-queue-type", FieldValue::str("bogus"))]), &RetryPlugins::default());
+        assert_eq!(
+            e.map(|_| ()).map_err(|e| e.text),
+            Err("PRECONDITION_FAILED - invalid arg 'x-queue-type': unsupported queue type 'bogus'".into())
+        );
+
+        let a = check(
+            true,
+            false,
+            false,
+            quorum(&[
+                ("x-quorum-initial-group-size", FieldValue::I32(5)),
+                ("x-queue-leader-locator", FieldValue::str("balanced")),
+                ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+                ("x-overflow", FieldValue::str("reject-publish-dlx")),
+                ("x-single-active-consumer", FieldValue::Bool(true)),
+            ]),
+        )
+        .expect("accepted by RabbitMQ");
+        assert_eq!(
+            (a.queue_type, a.initial_group_size, a.leader_locator, a.dead_letter_at_least_once),
+            (QueueType::Quorum, Some(5), LeaderLocator::Balanced, true)
+        );
+        let config = crate::queue::quorum::Config::from_args(&a);
+        assert!(config.reject_publish && config.single_active_consumer);
+        assert_eq!(
+            config.delivery_limit,
+            Some(crate::queue::quorum::DEFAULT_DELIVERY_LIMIT),
+            "RabbitMQ 4's default"
+        );
+        let off =
+            check(true, false, false, quorum(&[("x-delivery-limit", FieldValue::I32(-1))])).expect("-1");
+        assert_eq!(crate::queue::quorum::Config::from_args(&off).delivery_limit, None);
+        // A classic queue is not held to a quorum queue's rules.
+        assert!(check(false, true, true, args(&[("x-max-priority", FieldValue::I32(5))])).is_ok());
     }
 
     #[test]

@@ -98,6 +98,16 @@ impl Broker {
             &effective_arguments(&self.directory().policies, &self.vhosts[vh].name, name, &spec.arguments),
             &self.retry_plugins,
         )?;
+        let vhost = &self.vhosts[vh].name;
+        args.check_type(name, vhost, &spec)?;
+        if args.queue_type == crate::queue_args::QueueType::Quorum {
+            // The machine exists (queue::quorum); its log, its replicas and the broker's
+            // deliveries from it do not yet. Refused after the checks above, so a declare
+            // RabbitMQ would refuse gets RabbitMQ's answer.
+            return Err(precondition(format!(
+                "queue '{name}' in vhost '{vhost}': queue type 'quorum' is not served by Warren yet"
+            )));
+        }
         self.census.reserve_queue_ids(id + 1);
         let mut q = Queue::new(id, name.to_string(), spec, args, self.now);
         q.vhost = vh;

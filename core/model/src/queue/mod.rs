@@ -1,4 +1,7 @@
 //! A queue: its declaration, its ready messages in publish order, and its consumers.
+//!
+//! The classic queue is [`Queue`] here; [`quorum`] is the replicated kind, a state machine
+//! that owns its consumers too. Both keep their ready messages in [`Lane`]s.
 
 use std::time::Instant;
 

@@ -163,13 +163,21 @@ impl Consumers {
     /// The consumer the next ready message goes to: an active one with room, the highest
     /// priority first, then the least recently served, then the oldest.
     pub fn next(&self) -> Option<&ConsumerId> {
-        self.map.iter().filter(|(_, c)| c.status == Status::Active && c.has_room()).max_by(|(_, a), (_, b)| turn(a, b)).map(|(id, _)| id)
+        self.map
+            .iter()
+            .filter(|(_, c)| c.status == Status::Active && c.has_room())
+            .max_by(|(_, a), (_, b)| turn(a, b))
+            .map(|(id, _)| id)
     }
 
     /// Hands `msg` to the consumer [`Consumers::next`] names, returning who and the delivery
     /// id, or the message back when no consumer has room.
     pub fn assign_next(&mut self, msg: MsgRef) -> Result<(&ConsumerId, u64), MsgRef> {
-        let best = self.map.iter_mut().filter(|(_, c)| c.status == Status::Active && c.has_room()).max_by(|(_, a), (_, b)| turn(a, b));
+        let best = self
+            .map
+            .iter_mut()
+            .filter(|(_, c)| c.status == Status::Active && c.has_room())
+            .max_by(|(_, a), (_, b)| turn(a, b));
         let Some((id, c)) = best else { return Err(msg) };
         self.turn += 1;
         Ok((id, c.hand(msg, self.turn)))

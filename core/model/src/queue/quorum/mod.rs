@@ -136,6 +136,29 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The machine's part of a quorum queue's parsed arguments (with policies applied).
+    /// `reject-publish-dlx` refuses like `reject-publish`: a quorum queue dead-letters no
+    /// refused publish, as in RabbitMQ.
+    pub fn from_args(a: &crate::queue_args::QueueArgs) -> Config {
+        use crate::queue_args::Overflow;
+        Config {
+            max_length: a.max_length,
+            max_length_bytes: a.max_length_bytes,
+            reject_publish: matches!(a.overflow, Overflow::RejectPublish | Overflow::RejectPublishDlx),
+            delivery_limit: if a.delivery_limit_off {
+                None
+            } else {
+                Some(a.delivery_limit.unwrap_or(DEFAULT_DELIVERY_LIMIT))
+            },
+            message_ttl: a.message_ttl,
+            expires: a.expires,
+            single_active_consumer: a.single_active_consumer,
+            dead_letter: a.dead_letter_exchange.is_some(),
+        }
+    }
+}
+
 /// What a replica applies, in log order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

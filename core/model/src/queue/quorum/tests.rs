@@ -63,7 +63,9 @@ fn delivered(fx: &[Effect], c: &ConsumerId) -> Vec<(u64, u64, bool)> {
 fn dead(fx: &[Effect]) -> Vec<(Reason, u64)> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::DeadLetter { reason, msgs } => Some(msgs.iter().map(|m| (*reason, m.index)).collect::<Vec<_>>()),
+            Effect::DeadLetter { reason, msgs } => {
+                Some(msgs.iter().map(|m| (*reason, m.index)).collect::<Vec<_>>())
+            }
             _ => None,
         })
         .flatten()
@@ -141,7 +143,14 @@ fn a_lost_consumer_returns_its_messages_as_failed_deliveries() {
     assert!(delivered(&fx, &b).is_empty());
     let (_, fx) = log.apply(Command::Down { owner: owner(1) });
     assert_eq!(delivered(&fx, &b), [(2, 0, true), (3, 1, true)], "in publish order, redelivered");
-    let counts: Vec<_> = log.q.consumers().get(&b).into_iter().flat_map(|c| c.checked_out()).map(|(_, m)| m.delivery_count).collect();
+    let counts: Vec<_> = log
+        .q
+        .consumers()
+        .get(&b)
+        .into_iter()
+        .flat_map(|c| c.checked_out())
+        .map(|(_, m)| m.delivery_count)
+        .collect();
     assert_eq!(counts, [1, 1]);
     assert!(log.q.consumers().get(&a).is_none());
 }
@@ -363,22 +372,36 @@ fn any_config() -> impl Strategy<Value = Config> {
         proptest::bool::ANY,
         proptest::bool::ANY,
     )
-        .prop_map(|(max_length, max_length_bytes, reject_publish, delivery_limit, message_ttl, sac, dead_letter)| {
-            Config {
+        .prop_map(
+            |(
                 max_length,
                 max_length_bytes,
                 reject_publish,
                 delivery_limit,
                 message_ttl,
-                expires: None,
-                single_active_consumer: sac,
+                sac,
                 dead_letter,
-            }
-        })
+            )| {
+                Config {
+                    max_length,
+                    max_length_bytes,
+                    reject_publish,
+                    delivery_limit,
+                    message_ttl,
+                    expires: None,
+                    single_active_consumer: sac,
+                    dead_letter,
+                }
+            },
+        )
 }
 
-/// Runs `steps` from entry `from` on, returning every reply and effect.
-fn run(q: &mut QuorumQueue, steps: &[Step], clock: &mut (u64, u64)) -> Vec<(Reply, Vec<Effect>)> {
+/// One command's reply and effects.
+type Applied = (Reply, Vec<Effect>);
+
+/// Runs `steps` on `q` with the log position and clock in `clock`, returning every reply and
+/// effect.
+fn run(q: &mut QuorumQueue, steps: &[Step], clock: &mut (u64, u64)) -> Vec<Applied> {
     let mut out = Vec::new();
     for s in steps {
         match s {
@@ -452,7 +475,7 @@ proptest! {
             check_invariants(&full, purged)?;
         }
 
-        let replay = |cut: usize| -> Result<(QuorumQueue, Vec<(Reply, Vec<Effect>)>), TestCaseError> {
+        let replay = |cut: usize| -> Result<(QuorumQueue, Vec<Applied>), TestCaseError> {
             let mut q = QuorumQueue::new(config.clone(), 0);
             let mut clock = (0, 0);
             run(&mut q, &steps[..cut], &mut clock);
