@@ -501,7 +501,8 @@ mod tests {
             (QueueType::Quorum, Some(5), LeaderLocator::Balanced, true)
         );
         let config = crate::queue::quorum::Config::from_args(&a);
-        assert!(config.reject_publish && config.single_active_consumer);
+        // RabbitMQ falls back to drop-head for reject-publish-dlx on a quorum queue.
+        assert!(!config.reject_publish && config.single_active_consumer);
         assert_eq!(
             config.delivery_limit,
             Some(crate::queue::quorum::DEFAULT_DELIVERY_LIMIT),

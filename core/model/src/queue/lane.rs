@@ -88,6 +88,13 @@ impl<T: Ordered> Lane<T> {
         self.ready.drain(..).chain(std::mem::take(&mut self.returned).into_values())
     }
 
+    /// Whether `ready` is in strictly rising order and the returned ones are unique by
+    /// construction (a state read from a snapshot is checked with this).
+    pub fn is_ordered(&self) -> bool {
+        self.ready.iter().zip(self.ready.iter().skip(1)).all(|(a, b)| a.order() < b.order())
+            && self.returned.iter().all(|(k, m)| *k == m.order())
+    }
+
     /// The orders of up to `n` messages after `after` (from the oldest when `None`), oldest
     /// first: a cursor over the lane that costs the batch, not the lane.
     pub fn orders_after(&self, after: Option<u64>, n: usize) -> Vec<u64> {

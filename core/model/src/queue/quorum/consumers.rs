@@ -69,7 +69,7 @@ impl Consumer {
     /// Takes `msg` as its next delivery in `turn`, returning the delivery id.
     fn hand(&mut self, msg: MsgRef, turn: u64) -> u64 {
         let delivery = self.next_id;
-        self.next_id += 1;
+        self.next_id = self.next_id.saturating_add(1);
         self.served = turn;
         self.checked_out.insert(delivery, msg);
         delivery
@@ -115,7 +115,7 @@ impl Consumers {
             }
             None => {
                 let order = self.next_order;
-                self.next_order += 1;
+                self.next_order = self.next_order.saturating_add(1);
                 let c = Consumer {
                     prefetch,
                     priority,
@@ -179,7 +179,7 @@ impl Consumers {
             .filter(|(_, c)| c.status == Status::Active && c.has_room())
             .max_by(|(_, a), (_, b)| turn(a, b));
         let Some((id, c)) = best else { return Err(msg) };
-        self.turn += 1;
+        self.turn = self.turn.saturating_add(1);
         Ok((id, c.hand(msg, self.turn)))
     }
 
@@ -187,7 +187,7 @@ impl Consumers {
     pub fn assign_pulled(&mut self, id: ConsumerId, msg: MsgRef) -> Option<u64> {
         if !self.map.contains_key(&id) {
             let order = self.next_order;
-            self.next_order += 1;
+            self.next_order = self.next_order.saturating_add(1);
             let c = Consumer {
                 prefetch: 0,
                 priority: 0,
@@ -199,7 +199,7 @@ impl Consumers {
             };
             self.map.insert(id.clone(), c);
         }
-        self.turn += 1;
+        self.turn = self.turn.saturating_add(1);
         let turn = self.turn;
         self.map.get_mut(&id).map(|c| c.hand(msg, turn))
     }
@@ -234,6 +234,21 @@ impl Consumers {
     /// Every consumer.
     pub fn iter(&self) -> impl Iterator<Item = (&ConsumerId, &Consumer)> {
         self.map.iter()
+    }
+
+    /// Checks what a snapshot says of the consumers: delivery ids below each consumer's
+    /// next one, turn counters that can still grow, at most one active consumer where only
+    /// one may be (the caller checks messages held twice).
+    pub fn check(&self) -> Result<(), String> {
+        for (id, c) in &self.map {
+            if c.checked_out.last_key_value().is_some_and(|(&d, _)| d >= c.next_id)
+                || c.order >= self.next_order
+                || c.served > self.turn
+            {
+                return Err(format!("consumer '{}' has counters ahead of the queue's", id.tag));
+            }
+        }
+        Ok(())
     }
 
     /// Every unacked message.

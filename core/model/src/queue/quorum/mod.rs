@@ -76,14 +76,23 @@ pub struct Header {
     pub ttl_ms: Option<u64>,
 }
 
-/// A channel publishing with confirms.
+/// A channel publishing with confirms, in one incarnation: a channel number reopened, or a
+/// connection id reused after a node restarts, is another publisher. The proposer must never
+/// reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PublisherId {
     /// Its connection.
     pub owner: Owner,
     /// Its channel.
     pub channel: u16,
+    /// Which opening of that channel, unique on its node across restarts.
+    pub incarnation: u64,
 }
+
+/// Refusals a publisher's entry remembers for enqueues proposed again; older ones are
+/// forgotten, and a repeat of a forgotten one is answered [`Reply::Rejected`]: the client
+/// publishes it again, which at worst duplicates it, never loses it.
+pub const MAX_REMEMBERED_REFUSALS: usize = 4096;
 
 /// A publish awaiting a confirm: who sent it and its sequence number, so an enqueue proposed
 /// again after a leader change is answered as the first one was instead of being enqueued
@@ -92,7 +101,9 @@ pub struct PublisherId {
 pub struct Publish {
     /// The channel.
     pub publisher: PublisherId,
-    /// The channel's confirm sequence number for this publish.
+    /// This publisher's enqueues to this queue counted from 1, without gaps: the queue
+    /// answers a repeat as it answered the first, and refuses one past a gap
+    /// ([`Reply::OutOfSequence`]) so a lost proposal is never skipped over.
     pub seq: u64,
     /// The lowest sequence number the proposer still awaits an answer for: outcomes below it
     /// are never asked for again, so the queue forgets them.
@@ -138,14 +149,14 @@ impl Default for Config {
 
 impl Config {
     /// The machine's part of a quorum queue's parsed arguments (with policies applied).
-    /// `reject-publish-dlx` refuses like `reject-publish`: a quorum queue dead-letters no
-    /// refused publish, as in RabbitMQ.
+    /// `reject-publish-dlx` is not a quorum queue's: RabbitMQ falls back to drop-head for
+    /// it, and so does this.
     pub fn from_args(a: &crate::queue_args::QueueArgs) -> Config {
         use crate::queue_args::Overflow;
         Config {
             max_length: a.max_length,
             max_length_bytes: a.max_length_bytes,
-            reject_publish: matches!(a.overflow, Overflow::RejectPublish | Overflow::RejectPublishDlx),
+            reject_publish: a.overflow == Overflow::RejectPublish,
             delivery_limit: if a.delivery_limit_off {
                 None
             } else {
@@ -254,6 +265,13 @@ pub enum Reply {
     Purged(u64),
     /// The command named a consumer the queue does not have.
     NoConsumer,
+    /// An enqueue past a gap in its publisher's sequence: propose the missing ones first.
+    OutOfSequence {
+        /// The sequence number the queue expects next from this publisher.
+        expected: u64,
+    },
+    /// `basic.get` on a queue with a single active consumer, which RabbitMQ refuses too.
+    Unsupported(&'static str),
 }
 
 /// A message handed to a consumer.
@@ -314,13 +332,20 @@ pub struct Stats {
     pub dead_lettered: [u64; 4],
 }
 
-/// A publisher's confirms as the queue saw them.
+/// Counts one more; a counter read from a hostile snapshot cannot make it panic.
+fn bump(counter: &mut u64) {
+    *counter = counter.saturating_add(1);
+}
+
+/// A publisher's enqueues as the queue saw them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Enqueuer {
     /// The highest sequence number applied.
     last: u64,
     /// Sequence numbers at or below `last` that were refused, not yet known answered.
     rejected: BTreeSet<u64>,
+    /// Refusals below this were forgotten ([`MAX_REMEMBERED_REFUSALS`]).
+    forgotten_below: u64,
 }
 
 /// One quorum queue's replicated state.
@@ -338,8 +363,6 @@ pub struct QuorumQueue {
     last_used_ms: u64,
     /// The deadline last given in an [`Effect::Timer`].
     armed: Option<u64>,
-    /// Whether [`Effect::Expired`] was given.
-    expired: bool,
     stats: Stats,
 }
 
@@ -394,7 +417,6 @@ impl QuorumQueue {
             enqueuers: BTreeMap::new(),
             last_used_ms: now_ms,
             armed: None,
-            expired: false,
             stats: Stats::default(),
         }
     }
@@ -425,7 +447,7 @@ impl QuorumQueue {
             Command::Settle { consumer, ids } => {
                 for id in ids {
                     if self.consumers.take(&consumer, id).is_some() {
-                        self.stats.settled += 1;
+                        bump(&mut self.stats.settled);
                     }
                 }
                 Reply::Ok
@@ -446,13 +468,16 @@ impl QuorumQueue {
                 }
                 Reply::Ok
             }
+            Command::Dequeue { .. } if sac => {
+                Reply::Unsupported("basic.get on a single active consumer queue")
+            }
             Command::Dequeue { consumer, settle } => self.dequeue(meta, consumer, settle, &mut fx),
             Command::Down { owner } => {
-                self.down(|o| *o == owner, &mut fx);
+                self.down(|o| *o == owner, now, &mut fx);
                 Reply::Ok
             }
             Command::NodeDown { node } => {
-                self.down(|o| o.node == node, &mut fx);
+                self.down(|o| o.node == node, now, &mut fx);
                 Reply::Ok
             }
             Command::Purge => {
@@ -462,12 +487,20 @@ impl QuorumQueue {
                 self.ready_bytes = 0;
                 Reply::Purged(n)
             }
-            Command::Tick => Reply::Ok,
+            Command::Tick => {
+                // Asked again at every tick past the deadline: a leader that died before
+                // deleting the queue leaves the next one to ask.
+                if self.unused_deadline().is_some_and(|at| now >= at) {
+                    fx.expired = true;
+                }
+                Reply::Ok
+            }
             Command::Configure(config) => {
-                self.config = config;
+                // A policy cannot make a queue single-active-consumer or undo it (an argument
+                // fixed at declare, as in RabbitMQ): consumers already waiting or active keep
+                // their places.
+                self.config = Config { single_active_consumer: sac, ..config };
                 self.last_used_ms = now;
-                // A reconfigured queue may go on expiring.
-                self.expired = false;
                 Reply::Ok
             }
         };
@@ -476,31 +509,50 @@ impl QuorumQueue {
             self.drop_over_limit(&mut fx);
         }
         self.expire(now, &mut fx);
-        self.check_unused(now, &mut fx);
         self.arm(&mut fx);
         (reply, fx.finish())
     }
 
     fn enqueue(&mut self, meta: Meta, publish: Option<Publish>, header: Header) -> Reply {
-        if let Some(p) = &publish
-            && let Some(e) = self.enqueuers.get_mut(&p.publisher)
-        {
-            e.rejected = e.rejected.split_off(&p.oldest_unanswered);
-            if p.seq <= e.last {
-                self.stats.duplicates += 1;
-                return if e.rejected.contains(&p.seq) { Reply::Rejected } else { Reply::Enqueued };
+        // Whether this publish is tracked for repeats: a publisher's first enqueue is 1. A
+        // later one from a publisher the queue does not know (its first was lost, or its
+        // connection was declared down) is refused as out of sequence: its proposer nacks
+        // what it has in flight and goes on as a new incarnation. Unconfirmed publishes of
+        // a connection declared down are not owed a place, as in RabbitMQ.
+        let mut tracked = None;
+        if let Some(p) = &publish {
+            match self.enqueuers.get_mut(&p.publisher) {
+                Some(e) => {
+                    e.rejected = e.rejected.split_off(&p.oldest_unanswered);
+                    if p.seq <= e.last {
+                        bump(&mut self.stats.duplicates);
+                        let refused = e.rejected.contains(&p.seq) || p.seq < e.forgotten_below;
+                        return if refused { Reply::Rejected } else { Reply::Enqueued };
+                    }
+                    if p.seq != e.last.saturating_add(1) {
+                        return Reply::OutOfSequence { expected: e.last.saturating_add(1) };
+                    }
+                    tracked = Some(p.publisher);
+                }
+                None if p.seq == 1 => tracked = Some(p.publisher),
+                None => return Reply::OutOfSequence { expected: 1 },
             }
         }
         let refused = self.config.reject_publish && self.would_overflow(header.size);
-        if let Some(p) = publish {
-            let e = self.enqueuers.entry(p.publisher).or_default();
+        if let (Some(id), Some(p)) = (tracked, publish) {
+            let e = self.enqueuers.entry(id).or_default();
             e.last = p.seq;
             if refused {
                 e.rejected.insert(p.seq);
+                if e.rejected.len() > MAX_REMEMBERED_REFUSALS
+                    && let Some(oldest) = e.rejected.pop_first()
+                {
+                    e.forgotten_below = e.forgotten_below.max(oldest.saturating_add(1));
+                }
             }
         }
         if refused {
-            self.stats.rejected += 1;
+            bump(&mut self.stats.rejected);
             return Reply::Rejected;
         }
         let ttl = match (header.ttl_ms, self.config.message_ttl) {
@@ -516,7 +568,7 @@ impl QuorumQueue {
             acquired: 0,
         };
         self.push(msg);
-        self.stats.enqueued += 1;
+        bump(&mut self.stats.enqueued);
         Reply::Enqueued
     }
 
@@ -530,9 +582,9 @@ impl QuorumQueue {
             }
             let redelivered = m.acquired > 0;
             m.acquired = m.acquired.saturating_add(1);
-            self.stats.delivered += 1;
+            bump(&mut self.stats.delivered);
             let id = if settle {
-                self.stats.settled += 1;
+                bump(&mut self.stats.settled);
                 0
             } else {
                 match self.consumers.assign_pulled(consumer, m) {
@@ -562,11 +614,11 @@ impl QuorumQueue {
             m.acquired = m.acquired.saturating_add(1);
             match self.consumers.assign_next(m) {
                 Ok((consumer, id)) => {
-                    self.stats.delivered += 1;
+                    bump(&mut self.stats.delivered);
                     fx.deliver(consumer, Delivery { id, msg: m, redelivered });
                 }
                 Err(mut m) => {
-                    m.acquired -= 1;
+                    m.acquired = m.acquired.saturating_sub(1);
                     self.push(m);
                     return;
                 }
@@ -603,9 +655,11 @@ impl QuorumQueue {
         }
     }
 
-    fn down(&mut self, gone: impl Fn(&Owner) -> bool, fx: &mut Gathered) {
+    fn down(&mut self, gone: impl Fn(&Owner) -> bool, now: u64, fx: &mut Gathered) {
         let sac = self.config.single_active_consumer;
         for id in self.consumers.owned_by(&gone) {
+            // Losing a consumer is a use, as a cancel is (for `x-expires`).
+            self.last_used_ms = now;
             if let Some(c) = self.consumers.remove(&id, sac) {
                 let held: Vec<MsgRef> = c.checked_out().map(|(_, m)| *m).collect();
                 for m in held {
@@ -618,7 +672,7 @@ impl QuorumQueue {
 
     /// Puts a returned message back in its place, or dead-letters it past the delivery limit.
     fn give_back(&mut self, mut m: MsgRef, failed: bool, fx: &mut Gathered) {
-        self.stats.returned += 1;
+        bump(&mut self.stats.returned);
         if failed {
             m.delivery_count = m.delivery_count.saturating_add(1);
         }
@@ -630,26 +684,17 @@ impl QuorumQueue {
     }
 
     fn dead_letter(&mut self, reason: Reason, m: MsgRef, fx: &mut Gathered) {
-        self.stats.dead_lettered[reason as usize] += 1;
+        bump(&mut self.stats.dead_lettered[reason as usize]);
         if self.config.dead_letter {
             fx.dead_letter(reason, m);
         }
     }
 
-    /// `x-expires`: a queue without consumers, not declared, consumed from or read by
-    /// `basic.get` for that long asks to be deleted, once.
-    fn check_unused(&mut self, now: u64, fx: &mut Gathered) {
-        if let Some(at) = self.unused_deadline()
-            && now >= at
-        {
-            self.expired = true;
-            fx.expired = true;
-        }
-    }
-
+    /// `x-expires`: when a queue without consumers, not declared, consumed from or read by
+    /// `basic.get` since, asks to be deleted (at each [`Command::Tick`] from then on).
     fn unused_deadline(&self) -> Option<u64> {
         let after = self.config.expires?;
-        (!self.expired && !self.consumers.any_listening()).then(|| self.last_used_ms.saturating_add(after))
+        (!self.consumers.any_listening()).then(|| self.last_used_ms.saturating_add(after))
     }
 
     /// The next time the queue must be ticked: the earliest TTL at a lane's head, or
@@ -670,9 +715,11 @@ impl QuorumQueue {
         }
     }
 
+    // Counters saturate rather than panic or wrap: a hostile size cannot stop a replica, and
+    // `check` refuses a snapshot whose counters disagree with its messages.
     fn push(&mut self, m: MsgRef) {
-        self.ready += 1;
-        self.ready_bytes += m.size;
+        self.ready = self.ready.saturating_add(1);
+        self.ready_bytes = self.ready_bytes.saturating_add(m.size);
         self.lanes.entry(m.priority).or_default().insert(m);
     }
 
@@ -688,18 +735,70 @@ impl QuorumQueue {
     }
 
     fn took(&mut self, m: &MsgRef) {
-        self.ready -= 1;
-        self.ready_bytes -= m.size;
+        self.ready = self.ready.saturating_sub(1);
+        self.ready_bytes = self.ready_bytes.saturating_sub(m.size);
     }
 
     fn would_overflow(&self, size: u64) -> bool {
         self.config.max_length.is_some_and(|max| self.ready >= max)
-            || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
+            || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes.saturating_add(size) > max)
     }
 
     fn over_limit(&self) -> bool {
         self.config.max_length.is_some_and(|max| self.ready > max)
             || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
+    }
+
+    /// Every unacked delivery, for a new leader to send again: the old one may have died
+    /// between committing a delivery and sending it. The consumer's side drops ids it
+    /// already has (they rise by one per consumer).
+    pub fn resend(&self) -> Vec<Effect> {
+        self.consumers
+            .iter()
+            .filter(|(_, c)| c.status != Status::Pull)
+            .filter_map(|(id, c)| {
+                let deliveries: Vec<Delivery> = c
+                    .checked_out()
+                    .map(|(&id, m)| Delivery { id, msg: *m, redelivered: m.acquired > 1 })
+                    .collect();
+                (!deliveries.is_empty()).then(|| Effect::Deliver { consumer: id.clone(), deliveries })
+            })
+            .collect()
+    }
+
+    /// Checks a state read from a snapshot before it is applied to: its counters agree with
+    /// its messages, no message is in two places, priorities and delivery ids are in range.
+    /// A snapshot comes from a peer or a disk; a replica does not take one blindly.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        let (mut ready, mut bytes) = (0u64, 0u64);
+        for (&priority, lane) in &self.lanes {
+            if priority >= PRIORITIES || lane.is_empty() {
+                return Err(format!("lane {priority} is out of range or empty"));
+            }
+            for m in lane.iter() {
+                if m.priority != priority || !seen.insert(m.index) {
+                    return Err(format!("message {} is misplaced or held twice", m.index));
+                }
+                ready += 1;
+                bytes = bytes.checked_add(m.size).ok_or("ready bytes overflow")?;
+            }
+            if !lane.is_ordered() {
+                return Err(format!("lane {priority} is out of order"));
+            }
+        }
+        if (ready, bytes) != (self.ready, self.ready_bytes) {
+            return Err(format!(
+                "counters say {} ready, {} bytes; the lanes hold {ready}, {bytes}",
+                self.ready, self.ready_bytes
+            ));
+        }
+        for m in self.consumers.checked_out() {
+            if !seen.insert(m.index) {
+                return Err(format!("message {} is held twice", m.index));
+            }
+        }
+        self.consumers.check()
     }
 
     /// The log entries the queue still needs (its messages, ready and unacked): the log may

@@ -2,6 +2,8 @@
 //! over random command sequences (replicas agree, snapshot plus tail equals replay,
 //! nothing is lost or counted twice, ordering equals the classic queue's).
 
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -158,7 +160,7 @@ fn a_lost_consumer_returns_its_messages_as_failed_deliveries() {
 #[test]
 fn an_enqueue_proposed_twice_is_answered_twice_and_enqueued_once() {
     let mut log = Log::new(Config { max_length: Some(1), reject_publish: true, ..Config::default() });
-    let publisher = PublisherId { owner: owner(1), channel: 1 };
+    let publisher = PublisherId { owner: owner(1), channel: 1, incarnation: 0 };
     let header = Header { size: 1, priority: 0, ttl_ms: None };
     let enqueue = |seq, oldest_unanswered| Command::Enqueue {
         publish: Some(Publish { publisher, seq, oldest_unanswered }),
@@ -175,9 +177,74 @@ fn an_enqueue_proposed_twice_is_answered_twice_and_enqueued_once() {
     log.apply(Command::Purge);
     assert_eq!(log.apply(enqueue(3, 3)).0, Reply::Enqueued);
     assert!(log.q.enqueuers.values().all(|e| e.rejected.is_empty()));
+    // A gap is refused: the missing enqueue is proposed first.
+    assert_eq!(log.apply(enqueue(5, 3)).0, Reply::OutOfSequence { expected: 4 });
+    // The same channel number opened again is another publisher, counting from 1.
+    let reopened =
+        Publish { publisher: PublisherId { incarnation: 1, ..publisher }, seq: 1, oldest_unanswered: 1 };
+    log.apply(Command::Purge);
+    assert_eq!(log.apply(Command::Enqueue { publish: Some(reopened), header }).0, Reply::Enqueued);
+    assert_eq!(log.q.ready(), 1);
     // A publisher's connection going away forgets it.
     log.apply(Command::Down { owner: owner(1) });
     assert!(log.q.enqueuers.is_empty());
+}
+
+#[test]
+fn refusals_past_the_memory_are_answered_as_refusals() {
+    let mut log = Log::new(Config { max_length: Some(0), reject_publish: true, ..Config::default() });
+    let publisher = PublisherId { owner: owner(1), channel: 1, incarnation: 0 };
+    let header = Header { size: 1, priority: 0, ttl_ms: None };
+    // A proposer that never says it has its answers (oldest_unanswered stays at 1).
+    let enqueue =
+        |seq| Command::Enqueue { publish: Some(Publish { publisher, seq, oldest_unanswered: 1 }), header };
+    let n = MAX_REMEMBERED_REFUSALS as u64 + 10;
+    for seq in 1..=n {
+        assert_eq!(log.apply(enqueue(seq)).0, Reply::Rejected);
+    }
+    assert_eq!(log.q.enqueuers[&publisher].rejected.len(), MAX_REMEMBERED_REFUSALS, "bounded");
+    assert_eq!(log.apply(enqueue(1)).0, Reply::Rejected, "forgotten, still a refusal");
+    assert_eq!(log.apply(enqueue(n)).0, Reply::Rejected);
+}
+
+#[test]
+fn a_snapshot_that_disagrees_with_itself_is_refused() {
+    let mut log = Log::new(Config::default());
+    log.publish(5);
+    log.publish(5);
+    assert_eq!(log.q.check(), Ok(()));
+    let mut bad = log.q.clone();
+    bad.ready = 7;
+    assert!(bad.check().is_err());
+    let mut bad = log.q.clone();
+    bad.ready_bytes = 0;
+    assert!(bad.check().is_err());
+    // The same entry held twice.
+    let mut json = serde_json::to_value(&log.q).expect("serializes");
+    json["lanes"]["0"]["ready"][1]["index"] = json["lanes"]["0"]["ready"][0]["index"].clone();
+    let twice: QuorumQueue = serde_json::from_value(json).expect("well-formed");
+    assert!(twice.check().is_err());
+}
+
+#[test]
+fn a_new_leader_resends_every_unacked_delivery() {
+    let mut log = Log::new(Config::default());
+    let a = consumer(1, "a");
+    log.consume(&a, 0);
+    log.publish(1);
+    log.publish(1);
+    let fx = log.q.resend();
+    assert_eq!(delivered(&fx, &a), [(2, 0, false), (3, 1, false)]);
+}
+
+#[test]
+fn basic_get_is_refused_on_a_single_active_consumer_queue_and_a_policy_cannot_change_that() {
+    let mut log = Log::new(Config { single_active_consumer: true, ..Config::default() });
+    log.publish(1);
+    let (reply, _) = log.apply(Command::Dequeue { consumer: getter(1), settle: true });
+    assert!(matches!(reply, Reply::Unsupported(_)));
+    log.apply(Command::Configure(Config { single_active_consumer: false, ..Config::default() }));
+    assert!(log.q.config().single_active_consumer);
 }
 
 #[test]
@@ -302,7 +369,17 @@ fn an_unused_queue_expires_once_and_a_consumer_keeps_it() {
     assert_eq!(fx, [Effect::Timer { at_ms: 5_500 }]);
     log.time_ms = 5_500;
     assert_eq!(log.apply(Command::Tick).1, [Effect::Expired]);
-    assert!(log.apply(Command::Tick).1.is_empty(), "once");
+    assert_eq!(
+        log.apply(Command::Tick).1,
+        [Effect::Expired],
+        "asked again until deleted: a leader may die first"
+    );
+    // A consumer lost with its connection is a use, as a cancel is.
+    let mut log = Log::new(Config { expires: Some(500), ..Config::default() });
+    log.consume(&consumer(1, "a"), 0);
+    log.time_ms = 10_000;
+    let (_, fx) = log.apply(Command::Down { owner: owner(1) });
+    assert_eq!(fx, [Effect::Timer { at_ms: 10_500 }]);
 }
 
 #[test]
@@ -319,16 +396,41 @@ fn purge_takes_the_ready_messages_and_leaves_the_unacked() {
 
 // ---- properties over random command sequences ----
 
-/// One step of a random history: a command, or the clock moving on.
+/// One step of a random history: a command, a publish, or the clock moving on.
 #[derive(Debug, Clone)]
 enum Step {
     Do(Command),
+    /// A publish from connection `conn`; with confirms, `mode` 0 proposes the publisher's
+    /// next sequence number, 1 proposes its last one again (a repeat after a leader change),
+    /// 2 skips one (a proposal lost before it reached the log).
+    Publish {
+        conn: u64,
+        confirm: bool,
+        mode: u8,
+        header: Header,
+    },
     Wait(u64),
+}
+
+/// The proposers' side of a history: the log position, the leader's clock, each
+/// publisher's incarnation and last sequence number, and what the queue was told to keep.
+#[derive(Debug, Clone, Default)]
+struct Driver {
+    index: u64,
+    time_ms: u64,
+    publishers: BTreeMap<u64, (u64, u64)>,
+    /// Publishes the queue answered `Enqueued` to the first time they were proposed.
+    accepted: u64,
+}
+
+fn owner_of(conn: u64) -> Owner {
+    // Two nodes, so NodeDown takes some connections and not others.
+    Owner { node: 1 + conn % 2, conn }
 }
 
 fn any_consumer() -> impl Strategy<Value = ConsumerId> {
     (1..4u64, prop_oneof![Just(""), Just("a"), Just("b")]).prop_map(|(conn, tag)| ConsumerId {
-        owner: owner(conn),
+        owner: owner_of(conn),
         channel: 1,
         tag: tag.into(),
     })
@@ -337,13 +439,12 @@ fn any_consumer() -> impl Strategy<Value = ConsumerId> {
 fn any_step() -> impl Strategy<Value = Step> {
     let ids = proptest::collection::vec(0..12u64, 0..4);
     prop_oneof![
-        6 => (1..4u64, 0..20u64, 0..40u8, proptest::option::of(0..300u64), proptest::bool::ANY).prop_map(
-            |(conn, seq, priority, ttl_ms, confirm)| {
-                let publisher = PublisherId { owner: owner(conn), channel: 1 };
-                Step::Do(Command::Enqueue {
-                    publish: confirm.then_some(Publish { publisher, seq, oldest_unanswered: seq.saturating_sub(3) }),
-                    header: Header { size: 1 + u64::from(priority % 7), priority, ttl_ms },
-                })
+        6 => (1..4u64, proptest::bool::ANY, prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)], 0..40u8, proptest::option::of(0..300u64)).prop_map(
+            |(conn, confirm, mode, priority, ttl_ms)| Step::Publish {
+                conn,
+                confirm,
+                mode,
+                header: Header { size: 1 + u64::from(priority % 7), priority, ttl_ms },
             }
         ),
         2 => (any_consumer(), 0..4u32, -1..2i64)
@@ -355,43 +456,35 @@ fn any_step() -> impl Strategy<Value = Step> {
         1 => (any_consumer(), ids).prop_map(|(consumer, ids)| Step::Do(Command::Discard { consumer, ids })),
         1 => (any_consumer(), proptest::bool::ANY)
             .prop_map(|(consumer, settle)| Step::Do(Command::Dequeue { consumer, settle })),
-        1 => (1..4u64).prop_map(|conn| Step::Do(Command::Down { owner: owner(conn) })),
+        1 => (1..4u64).prop_map(|conn| Step::Do(Command::Down { owner: owner_of(conn) })),
+        1 => (1..3u64).prop_map(|node| Step::Do(Command::NodeDown { node })),
         1 => Just(Step::Do(Command::Purge)),
-        1 => Just(Step::Do(Command::Tick)),
+        2 => Just(Step::Do(Command::Tick)),
+        1 => any_config().prop_map(|c| Step::Do(Command::Configure(c))),
         2 => (0..200u64).prop_map(Step::Wait),
     ]
 }
 
 fn any_config() -> impl Strategy<Value = Config> {
     (
-        proptest::option::of(0..6u64),
-        proptest::option::of(0..30u64),
-        proptest::bool::ANY,
-        proptest::option::of(0..3u32),
-        proptest::option::of(0..400u64),
-        proptest::bool::ANY,
-        proptest::bool::ANY,
+        (proptest::option::of(0..6u64), proptest::option::of(0..30u64), proptest::bool::ANY),
+        (proptest::option::of(0..3u32), proptest::option::of(0..400u64), proptest::option::of(1..500u64)),
+        (proptest::bool::ANY, proptest::bool::ANY),
     )
         .prop_map(
             |(
+                (max_length, max_length_bytes, reject_publish),
+                (delivery_limit, message_ttl, expires),
+                (single_active_consumer, dead_letter),
+            )| Config {
                 max_length,
                 max_length_bytes,
                 reject_publish,
                 delivery_limit,
                 message_ttl,
-                sac,
+                expires,
+                single_active_consumer,
                 dead_letter,
-            )| {
-                Config {
-                    max_length,
-                    max_length_bytes,
-                    reject_publish,
-                    delivery_limit,
-                    message_ttl,
-                    expires: None,
-                    single_active_consumer: sac,
-                    dead_letter,
-                }
             },
         )
 }
@@ -399,18 +492,55 @@ fn any_config() -> impl Strategy<Value = Config> {
 /// One command's reply and effects.
 type Applied = (Reply, Vec<Effect>);
 
-/// Runs `steps` on `q` with the log position and clock in `clock`, returning every reply and
-/// effect.
-fn run(q: &mut QuorumQueue, steps: &[Step], clock: &mut (u64, u64)) -> Vec<Applied> {
+/// Runs `steps` on `q`, the proposers' side in `d`, returning every reply and effect.
+fn run(q: &mut QuorumQueue, steps: &[Step], d: &mut Driver) -> Vec<Applied> {
     let mut out = Vec::new();
     for s in steps {
-        match s {
-            Step::Wait(ms) => clock.1 += ms,
-            Step::Do(c) => {
-                clock.0 += 1;
-                out.push(q.apply(Meta { index: clock.0, time_ms: clock.1 }, c.clone()));
+        let (command, fresh) = match s {
+            Step::Wait(ms) => {
+                d.time_ms += ms;
+                continue;
             }
+            Step::Do(c) => {
+                // A connection that goes comes back as new channels: new incarnations.
+                let gone = |o: &Owner| match c {
+                    Command::Down { owner } => o == owner,
+                    Command::NodeDown { node } => o.node == *node,
+                    _ => false,
+                };
+                for (conn, (incarnation, last)) in d.publishers.iter_mut() {
+                    if gone(&owner_of(*conn)) {
+                        *incarnation += 1;
+                        *last = 0;
+                    }
+                }
+                (c.clone(), false)
+            }
+            Step::Publish { conn, confirm: false, header, .. } => {
+                let _ = conn;
+                (Command::Enqueue { publish: None, header: *header }, true)
+            }
+            Step::Publish { conn, confirm: true, mode, header } => {
+                let (incarnation, last) = d.publishers.entry(*conn).or_default();
+                let seq = match mode {
+                    0 => *last + 1,
+                    1 if *last > 0 => *last,
+                    _ => *last + 2,
+                };
+                if seq == *last + 1 {
+                    *last = seq;
+                }
+                let publisher = PublisherId { owner: owner_of(*conn), channel: 1, incarnation: *incarnation };
+                let publish = Publish { publisher, seq, oldest_unanswered: seq.saturating_sub(3).max(1) };
+                (Command::Enqueue { publish: Some(publish), header: *header }, *mode == 0)
+            }
+        };
+        d.index += 1;
+        let applied = q.apply(Meta { index: d.index, time_ms: d.time_ms }, command);
+        if fresh && applied.0 == Reply::Enqueued {
+            d.accepted += 1;
         }
+        out.push(applied);
     }
     out
 }
@@ -453,11 +583,11 @@ proptest! {
         let (cut_a, cut_b) = (cut_a.min(steps.len()), cut_b.min(steps.len()));
         let (early, late) = (cut_a.min(cut_b), cut_a.max(cut_b));
         let mut full = QuorumQueue::new(config.clone(), 0);
-        let mut clock = (0, 0);
+        let mut driver = Driver::default();
         let mut purged = 0;
         let mut history = Vec::new();
         for s in &steps {
-            let out = run(&mut full, std::slice::from_ref(s), &mut clock);
+            let out = run(&mut full, std::slice::from_ref(s), &mut driver);
             for (reply, fx) in &out {
                 if let Reply::Purged(n) = reply {
                     purged += n;
@@ -473,23 +603,28 @@ proptest! {
             }
             history.extend(out);
             check_invariants(&full, purged)?;
+            // Every publish the queue said it took is in it (or was, and went somewhere
+            // counted): a repeat never stands in for a message that was not enqueued.
+            prop_assert_eq!(driver.accepted, full.stats().enqueued);
+            prop_assert_eq!(full.check(), Ok(()));
         }
 
         let replay = |cut: usize| -> Result<(QuorumQueue, Vec<Applied>), TestCaseError> {
             let mut q = QuorumQueue::new(config.clone(), 0);
-            let mut clock = (0, 0);
-            run(&mut q, &steps[..cut], &mut clock);
+            let mut driver = Driver::default();
+            run(&mut q, &steps[..cut], &mut driver);
             let json = serde_json::to_string(&q).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut restored: QuorumQueue = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&restored, &q);
-            let tail = run(&mut restored, &steps[cut..], &mut clock);
+            prop_assert_eq!(restored.check(), Ok(()));
+            let tail = run(&mut restored, &steps[cut..], &mut driver);
             Ok((restored, tail))
         };
         let (a, _) = replay(early)?;
         let (b, tail) = replay(late)?;
         prop_assert_eq!(&a, &full);
         prop_assert_eq!(&b, &full);
-        let commands_before = steps[..late].iter().filter(|s| matches!(s, Step::Do(_))).count();
+        let commands_before = steps[..late].iter().filter(|s| !matches!(s, Step::Wait(_))).count();
         prop_assert_eq!(&tail[..], &history[commands_before..]);
     }
 
