@@ -62,19 +62,21 @@ fi
 )
 ok
 
-step "warren-core stays free of I/O crates and builds for wasm32-wasip2"
-if cargo tree -p warren-core -e normal --prefix none | grep -E '^(tokio|quinn|openraft|wasmtime|prometheus|mio) '; then
-    echo "warren-core depends on an I/O crate" >&2
-    exit 1
-fi
-cargo check -q -p warren-codec -p warren-core --target wasm32-wasip2
+step "warren-core and warren-mqtt stay free of I/O crates and build for wasm32-wasip2"
+for crate in warren-core warren-mqtt; do
+    if cargo tree -p "$crate" -e normal --prefix none | grep -E '^(tokio|quinn|openraft|wasmtime|prometheus|mio) '; then
+        echo "$crate depends on an I/O crate" >&2
+        exit 1
+    fi
+done
+cargo check -q -p warren-codec -p warren-core -p warren-mqtt --target wasm32-wasip2
 ok
 
 step "cargo test (unit, property, integration with lapin and amqprs)"
 cargo test --workspace
 ok
 
-step "fuzz: frame decoder, field tables, topic matcher, connection machine, inter-node frames, Raft log (20 s each)"
+step "fuzz: frame decoder, field tables, topic matcher, connection machine, MQTT decoder, inter-node frames, Raft log (20 s each)"
 # cargo-fuzz needs nightly for its sanitizer flags; both are installed once per machine.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
@@ -83,7 +85,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
     export CARGO_TARGET_DIR="$HOME/.cache/warren/fuzz-target"
     log=$(mktemp)
     for dir_target in core/codec:frame core/codec:field_table core/codec:topic core/codec:connection \
-        broker/cluster:wire broker/cluster:raft_log; do
+        core/mqtt:decode broker/cluster:wire broker/cluster:raft_log; do
         dir=${dir_target%%:*} target=${dir_target#*:}
         # A crash fails the run and leaves its input in $dir/fuzz/artifacts/.
         if ! (cd "$root/$dir" && cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-20}") >"$log" 2>&1; then

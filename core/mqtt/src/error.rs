@@ -1,0 +1,64 @@
+//! What the decoder and encoder refuse.
+
+/// MQTT 5 reason codes the decoder's errors map to (§2.4).
+pub mod reason {
+    /// Malformed Packet.
+    pub const MALFORMED: u8 = 0x81;
+    /// Protocol Error.
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    /// Unsupported Protocol Version (CONNACK).
+    pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
+    /// Packet too large.
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    /// MQTT 3.1.1's CONNACK code for an unacceptable protocol version.
+    pub const V311_UNACCEPTABLE_PROTOCOL_VERSION: u8 = 0x01;
+}
+
+/// Why bytes are not a packet. Each ends the connection that sent them, and only it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes break the packet's format.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    /// The packet is well formed but not allowed here.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// The packet is larger than the limit (announced by its remaining length).
+    #[error("packet of {size} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Its size, fixed header included.
+        size: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// A CONNECT for a protocol level other than 4 (3.1.1) or 5.
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+}
+
+impl DecodeError {
+    /// The MQTT 5 reason code for a DISCONNECT (or CONNACK) that answers it.
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            DecodeError::Malformed(_) => reason::MALFORMED,
+            DecodeError::Protocol(_) => reason::PROTOCOL_ERROR,
+            DecodeError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
+            DecodeError::UnsupportedVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Why a packet cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A string or binary field is over 65 535 bytes.
+    #[error("a field of {0} bytes is over 65 535")]
+    FieldTooLong(usize),
+    /// The packet is over MQTT's largest remaining length (268 435 455).
+    #[error("a packet of {0} bytes is over MQTT's limit")]
+    PacketTooLarge(usize),
+    /// The packet cannot be said in this version (properties or reason codes in 3.1.1,
+    /// AUTH), or breaks a rule the decoder would refuse (QoS 0 with a packet id).
+    #[error("cannot be encoded: {0}")]
+    Invalid(&'static str),
+}
