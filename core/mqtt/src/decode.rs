@@ -90,7 +90,9 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let version = match (name.as_str(), level) {
         ("MQTT", 4) => Version::V311,
         ("MQTT", 5) => Version::V5,
-        ("MQTT", _) | ("MQIsdp", _) => return Err(DecodeError::UnsupportedVersion(level)),
+        // MQTT 3.1 (MQIsdp, level 3) is refused as unsupported (CONNACK 0x01): Warren speaks
+        // 3.1.1 and 5.
+        ("MQTT", _) | ("MQIsdp", 3) => return Err(DecodeError::UnsupportedVersion(level)),
         _ => return Err(DecodeError::Malformed("the protocol name is not MQTT")),
     };
     let v5 = version == Version::V5;
@@ -110,9 +112,13 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     }
     let keep_alive = r.u16()?;
     let properties = properties(r, v5, Context::Connect)?;
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(DecodeError::Protocol("authentication data without a method"));
+    }
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = properties_of_will(r, v5)?;
+        check_response_topic(&properties)?;
         let topic = r.string()?;
         topic::check_name(&topic).map_err(|_| DecodeError::Protocol("the will topic is not a topic name"))?;
         Some(Will { topic, payload: r.binary()?, qos: will_qos, retain: will_retain, properties })
@@ -137,6 +143,24 @@ fn properties_of_will(r: &mut Reader, v5: bool) -> Result<Properties, DecodeErro
     properties(r, v5, Context::Will)
 }
 
+/// [MQTT-4.7.3-1]: a topic filter is at least one character.
+fn non_empty(filter: String) -> Result<String, DecodeError> {
+    if filter.is_empty() {
+        return Err(DecodeError::Protocol("an empty topic filter"));
+    }
+    Ok(filter)
+}
+
+/// [MQTT-3.3.2-14]: a response topic is a topic name, without wildcards.
+fn check_response_topic(p: &Properties) -> Result<(), DecodeError> {
+    match &p.response_topic {
+        Some(t) if topic::check_name(t).is_err() => {
+            Err(DecodeError::Protocol("a response topic that is not a topic name"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     let flags = r.u8()?;
     if flags & 0xfe != 0 {
@@ -151,6 +175,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     let topic = r.string()?;
     let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
     let properties = properties(r, v5, Context::Publish)?;
+    check_response_topic(&properties)?;
     if topic.is_empty() {
         // MQTT 5 lets a topic alias stand for the topic; 3.1.1 has no empty topic.
         if properties.topic_alias.is_none() {
@@ -184,7 +209,7 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let properties = properties(r, v5, Context::Subscribe)?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
-        let filter = r.string()?;
+        let filter = non_empty(r.string()?)?;
         let options = r.u8()?;
         let reserved = if v5 { 0xc0 } else { 0xfc };
         if options & reserved != 0 {
@@ -224,7 +249,7 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let properties = properties(r, v5, Context::Unsubscribe)?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
-        filters.push(r.string()?);
+        filters.push(non_empty(r.string()?)?);
     }
     if filters.is_empty() {
         return Err(DecodeError::Protocol("UNSUBSCRIBE without a topic filter"));

@@ -54,9 +54,11 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
             }
             for f in &s.filters {
                 put_string(&mut body, &f.filter)?;
-                let extra = u8::from(f.no_local) << 2
-                    | u8::from(f.retain_as_published) << 3
-                    | (f.retain_handling & 3) << 4;
+                if f.retain_handling > 2 {
+                    return Err(EncodeError::Invalid("retain handling above 2"));
+                }
+                let extra =
+                    u8::from(f.no_local) << 2 | u8::from(f.retain_as_published) << 3 | f.retain_handling << 4;
                 if !v5 && extra != 0 {
                     return Err(EncodeError::Invalid("MQTT 5 subscription options in 3.1.1"));
                 }
@@ -95,7 +97,11 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
         }
     }
     let len = body.len() + payload.len();
-    let rl = u32::try_from(len).map_err(|_| EncodeError::PacketTooLarge(len))?;
+    // Checked before a byte is written: a refused packet leaves `out` as it was.
+    let rl = u32::try_from(len)
+        .ok()
+        .filter(|&n| n <= crate::wire::MAX_VARINT)
+        .ok_or(EncodeError::PacketTooLarge(len))?;
     out.reserve(5 + len);
     out.put_u8(packet.type_code() << 4 | flags);
     put_varint(out, rl)?;

@@ -12,6 +12,46 @@ pub mod reason {
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     /// MQTT 3.1.1's CONNACK code for an unacceptable protocol version.
     pub const V311_UNACCEPTABLE_PROTOCOL_VERSION: u8 = 0x01;
+    /// MQTT 3.1.1's CONNACK code for a client identifier it refuses.
+    pub const V311_IDENTIFIER_REJECTED: u8 = 0x02;
+    /// MQTT 3.1.1's CONNACK code for a bad user name or password.
+    pub const V311_BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
+    /// MQTT 3.1.1's CONNACK code for a client not authorized.
+    pub const V311_NOT_AUTHORIZED: u8 = 0x05;
+    /// MQTT 3.1.1's SUBACK failure.
+    pub const V311_SUBSCRIBE_FAILURE: u8 = 0x80;
+    /// No subscription existed (UNSUBACK).
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    /// Unspecified error.
+    pub const UNSPECIFIED: u8 = 0x80;
+    /// Client Identifier not valid.
+    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
+    /// Bad User Name or Password.
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
+    /// Not authorized.
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    /// Bad authentication method.
+    pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
+    /// Keep Alive timeout.
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    /// Session taken over.
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    /// Topic Filter invalid.
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    /// Topic Name invalid.
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    /// Receive Maximum exceeded.
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    /// Topic Alias invalid.
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    /// Quota exceeded.
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    /// QoS not supported.
+    pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
+    /// Shared Subscriptions not supported.
+    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
+    /// Subscription Identifiers not supported.
+    pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
 }
 
 /// Why bytes are not a packet. Each ends the connection that sent them, and only it.

@@ -11,6 +11,10 @@
 //! - [`properties`]: MQTT 5 properties: which packet may carry which, read and written.
 //! - [`decode`]: bytes to packets, with the limits.
 //! - [`encode`]: packets to bytes.
+//! - [`session`]: one connection's rules, sans-IO: CONNECT to CONNACK with the broker's
+//!   login, keep-alive, QoS 0 and 1 with PUBACK after the broker's confirm, topic aliases,
+//!   subscriptions as bindings of the session's queue, deliveries with packet identifiers,
+//!   the will (`session/`: the session, connect, inbound, outbound, subscribe).
 //! - [`topic`]: topic names and filters (checks, matching, shared subscriptions) and
 //!   RabbitMQ's mapping between MQTT topics and AMQP routing keys.
 //! - [`error`]: what the decoder and encoder refuse, with MQTT 5 reason codes.
@@ -21,6 +25,7 @@ pub mod encode;
 pub mod error;
 pub mod packet;
 pub mod properties;
+pub mod session;
 pub mod topic;
 mod wire;
 

@@ -91,18 +91,9 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
-const ALL: [Context; 10] = [
-    Context::Connect,
-    Context::Will,
-    Context::ConnAck,
-    Context::Publish,
-    Context::Ack,
-    Context::Subscribe,
-    Context::SubAck,
-    Context::Unsubscribe,
-    Context::Disconnect,
-    Context::Auth,
-];
+/// User properties one packet may carry: the specification sets no number, and a packet
+/// of empty pairs (5 bytes each) would otherwise cost ten times its size in memory.
+pub const MAX_USER_PROPERTIES: usize = 1024;
 
 /// Which contexts may carry property `id` (§2.2.2.2's table).
 pub(crate) fn allowed(id: u8, c: Context) -> bool {
@@ -153,12 +144,10 @@ impl Properties {
         while r.remaining() > 0 {
             let id = r.varint()?;
             let id = u8::try_from(id).map_err(|_| DecodeError::Malformed("unknown property identifier"))?;
+            // §2.2.2.2: an identifier not valid for the packet is a Malformed Packet, known
+            // elsewhere or not.
             if !allowed(id, c) {
-                return Err(if ALL.iter().any(|&other| allowed(id, other)) {
-                    DecodeError::Protocol("a property this packet may not carry")
-                } else {
-                    DecodeError::Malformed("unknown property identifier")
-                });
+                return Err(DecodeError::Malformed("a property this packet may not carry"));
             }
             match id {
                 0x01 => once(&mut p.payload_format_indicator, flag(&mut r)?)?,
@@ -205,6 +194,9 @@ impl Properties {
                 0x24 => once(&mut p.maximum_qos, flag(&mut r)?)?,
                 0x25 => once(&mut p.retain_available, flag(&mut r)?)?,
                 0x26 => {
+                    if p.user_properties.len() >= MAX_USER_PROPERTIES {
+                        return Err(DecodeError::Protocol("more user properties than Warren takes"));
+                    }
                     let (k, v) = (r.string()?, r.string()?);
                     p.user_properties.push((k, v));
                 }

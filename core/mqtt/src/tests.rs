@@ -19,6 +19,11 @@ fn text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 /._é€-]{0,12}"
 }
 
+/// A topic filter: at least one character.
+fn filter() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 /._é€-]{1,12}"
+}
+
 fn bytes() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from)
 }
@@ -113,6 +118,10 @@ fn keep_allowed(p: &mut Properties, c: Context) {
     if c == Context::Subscribe {
         p.subscription_identifiers.truncate(1);
     }
+    // Authentication data comes with its method.
+    if p.authentication_method.is_none() {
+        p.authentication_data = None;
+    }
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
@@ -120,7 +129,7 @@ fn qos() -> impl Strategy<Value = QoS> {
 }
 
 /// Any packet `v` can carry, with the properties of MQTT 5 only there.
-fn packet(v: Version) -> impl Strategy<Value = Packet> {
+pub(crate) fn packet(v: Version) -> impl Strategy<Value = Packet> {
     let v5 = v == Version::V5;
     let props = move |c: Context| properties(c).prop_map(move |p| if v5 { p } else { Properties::default() });
     let code = move || if v5 { (0..=255u8).boxed() } else { Just(0u8).boxed() };
@@ -172,16 +181,15 @@ fn packet(v: Version) -> impl Strategy<Value = Packet> {
                     payload,
                 })
             });
-    let subscription =
-        (text(), qos(), any::<bool>(), any::<bool>(), 0..3u8).prop_map(move |(filter, qos, nl, rap, rh)| {
-            Subscription {
-                filter,
-                qos,
-                no_local: nl && v5,
-                retain_as_published: rap && v5,
-                retain_handling: if v5 { rh } else { 0 },
-            }
-        });
+    let subscription = (filter(), qos(), any::<bool>(), any::<bool>(), 0..3u8).prop_map(
+        move |(filter, qos, nl, rap, rh)| Subscription {
+            filter,
+            qos,
+            no_local: nl && v5,
+            retain_as_published: rap && v5,
+            retain_handling: if v5 { rh } else { 0 },
+        },
+    );
     prop_oneof![
         connect,
         (any::<bool>(), code(), props(Context::ConnAck)).prop_map(|(session_present, code, properties)| {
@@ -202,7 +210,7 @@ fn packet(v: Version) -> impl Strategy<Value = Packet> {
         (1..=u16::MAX, props(Context::SubAck), proptest::collection::vec(any::<u8>(), 1..4)).prop_map(
             |(packet_id, properties, codes)| Packet::SubAck(SubAck { packet_id, properties, codes })
         ),
-        (1..=u16::MAX, props(Context::Unsubscribe), proptest::collection::vec(text(), 1..4)).prop_map(
+        (1..=u16::MAX, props(Context::Unsubscribe), proptest::collection::vec(filter(), 1..4)).prop_map(
             |(packet_id, properties, filters)| Packet::Unsubscribe(Unsubscribe {
                 packet_id,
                 properties,
@@ -320,6 +328,7 @@ fn bad_connects_get_the_answer_the_specification_gives() {
     assert!(decode_all(&connect("MQTT", 4, 0x02), Version::V311).is_ok());
     assert_eq!(refused(&connect("MQIsdp", 3, 0x02), Version::V311), DecodeError::UnsupportedVersion(3));
     assert_eq!(refused(&connect("MQTT", 6, 0x02), Version::V311), DecodeError::UnsupportedVersion(6));
+    assert!(matches!(refused(&connect("MQIsdp", 4, 0x02), Version::V311), DecodeError::Malformed(_)));
     assert!(matches!(refused(&connect("HTTP", 4, 0x02), Version::V311), DecodeError::Malformed(_)));
     assert!(
         matches!(refused(&connect("MQTT", 4, 0x03), Version::V311), DecodeError::Malformed(_)),
@@ -357,7 +366,32 @@ fn bad_packets_after_connect_are_refused_with_their_reason() {
         matches!(refused(&[0x30, 0x06, 0, 1, b't', 2, 0x02, 0], v5), DecodeError::Malformed(_)),
         "cut short"
     );
-    assert!(matches!(refused(&[0x30, 0x09, 0, 1, b't', 5, 0x11, 0, 0, 0, 1], v5), DecodeError::Protocol(_)));
+    assert!(
+        matches!(refused(&[0x30, 0x09, 0, 1, b't', 5, 0x11, 0, 0, 0, 1], v5), DecodeError::Malformed(_)),
+        "§2.2.2.2"
+    );
+    // A response topic with a wildcard; a property id, a length written longer than needed.
+    assert!(matches!(
+        refused(&[0x30, 0x0a, 0, 1, b'a', 6, 0x08, 0, 3, b'b', b'/', b'+'], v5),
+        DecodeError::Protocol(_)
+    ));
+    assert!(matches!(refused(&[0x30, 0x07, 0, 1, b't', 3, 0x81, 0x00, 1], v5), DecodeError::Malformed(_)));
+    assert!(matches!(refused(&[0xc0, 0x80, 0x00], v5), DecodeError::Malformed(_)));
+    // Empty topic filters.
+    assert!(matches!(refused(&[0x82, 0x06, 0, 1, 0, 0, 0, 0], v5), DecodeError::Protocol(_)));
+    assert!(matches!(refused(&[0xa2, 0x04, 0, 1, 0, 0], Version::V311), DecodeError::Protocol(_)));
+    // More user properties than Warren takes.
+    let mut props = Vec::new();
+    for _ in 0..=crate::properties::MAX_USER_PROPERTIES {
+        props.extend_from_slice(&[0x26, 0, 0, 0, 0]);
+    }
+    let mut body = BytesMut::from(&[0u8, 1, b't'][..]);
+    crate::wire::put_varint(&mut body, props.len() as u32).expect("fits");
+    body.extend_from_slice(&props);
+    let mut packet = BytesMut::from(&[0x30u8][..]);
+    crate::wire::put_varint(&mut packet, body.len() as u32).expect("fits");
+    packet.extend_from_slice(&body);
+    assert!(matches!(refused(&packet, v5), DecodeError::Protocol(_)));
     assert!(matches!(refused(&[0x30, 0x06, 0, 1, b't', 2, 0x7f, 0], v5), DecodeError::Malformed(_)));
     // A property list longer than the packet.
     assert!(matches!(refused(&[0x30, 0x04, 0, 1, b't', 9], v5), DecodeError::Malformed(_)));
@@ -420,4 +454,5 @@ fn what_3_1_1_cannot_say_is_refused_by_the_encoder() {
         filters: vec!["x".repeat(70_000)],
     });
     assert!(encode(&long, Version::V311, &mut out).is_err());
+    assert!(out.is_empty(), "a refused packet writes nothing");
 }

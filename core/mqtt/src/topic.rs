@@ -30,6 +30,10 @@ pub fn check_name(topic: &str) -> Result<(), TopicError> {
     if topic.contains(['+', '#']) {
         return Err(TopicError::Wildcard);
     }
+    // A routing key from AMQP may hold U+0000, which no MQTT string may.
+    if topic.contains('\0') {
+        return Err(TopicError::Wildcard);
+    }
     Ok(())
 }
 
@@ -93,21 +97,11 @@ pub fn parse_filter(s: &str) -> Result<Filter<'_>, TopicError> {
     Ok(Filter { share: Some(share), filter })
 }
 
-/// RabbitMQ's swap between MQTT's level separator and AMQP's word separator: `/` and `.`
-/// trade places, so each side keeps its own separator's meaning.
-fn swap_separators(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '/' => '.',
-            '.' => '/',
-            c => c,
-        })
-        .collect()
-}
-
-/// The AMQP routing key of an MQTT topic name (RabbitMQ's `mqtt_to_amqp`).
+/// The AMQP routing key of an MQTT topic name (RabbitMQ's `rabbit_mqtt_util:mqtt_to_amqp`):
+/// `/` becomes `.`. A `.` in an MQTT topic stays, and so is a word break in AMQP, as in
+/// RabbitMQ.
 pub fn to_routing_key(topic: &str) -> Result<String, TopicError> {
-    let key = swap_separators(topic);
+    let key = topic.replace('/', ".");
     if key.len() > MAX_ROUTING_KEY {
         return Err(TopicError::TooLong(key.len()));
     }
@@ -116,17 +110,31 @@ pub fn to_routing_key(topic: &str) -> Result<String, TopicError> {
 
 /// The AMQP binding key of an MQTT topic filter: separators swapped, `+` as `*`, `#` as `#`.
 pub fn to_binding_key(filter: &str) -> Result<String, TopicError> {
-    let key: String = swap_separators(filter).chars().map(|c| if c == '+' { '*' } else { c }).collect();
+    let key: String = filter
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            '+' => '*',
+            c => c,
+        })
+        .collect();
     if key.len() > MAX_ROUTING_KEY {
         return Err(TopicError::TooLong(key.len()));
     }
     Ok(key)
 }
 
-/// The MQTT topic name of an AMQP routing key (RabbitMQ's `amqp_to_mqtt`), for deliveries
-/// of messages published over AMQP.
+/// The MQTT topic name of an AMQP routing key (RabbitMQ's `amqp_to_mqtt`: `.` becomes `/`,
+/// `*` becomes `+`), for deliveries of messages published over AMQP. The result may not be
+/// a valid topic name (an empty key, `#`): check it with [`check_name`] before sending.
 pub fn from_routing_key(key: &str) -> String {
-    swap_separators(key)
+    key.chars()
+        .map(|c| match c {
+            '.' => '/',
+            '*' => '+',
+            c => c,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,11 +187,13 @@ mod tests {
     #[test]
     fn topics_map_to_routing_keys_as_rabbitmq_maps_them() {
         assert_eq!(to_routing_key("sensors/kitchen/temp"), Ok("sensors.kitchen.temp".into()));
-        assert_eq!(to_routing_key("v1.2/x"), Ok("v1/2.x".into()), "a dot in MQTT is not a word break");
+        assert_eq!(to_routing_key("v1.2/x"), Ok("v1.2.x".into()), "RabbitMQ leaves a dot a dot");
         assert_eq!(to_binding_key("sensors/+/temp"), Ok("sensors.*.temp".into()));
         assert_eq!(to_binding_key("sensors/#"), Ok("sensors.#".into()));
         assert_eq!(from_routing_key("sensors.kitchen.temp"), "sensors/kitchen/temp");
-        assert_eq!(from_routing_key(&to_routing_key("a.b/c").unwrap_or_default()), "a.b/c");
+        assert_eq!(from_routing_key("a/b.c"), "a/b/c");
+        assert_eq!(from_routing_key("a.*"), "a/+", "and that is no topic name to send");
+        assert!(check_name(&from_routing_key("a.*")).is_err() && check_name(&from_routing_key("")).is_err());
         assert_eq!(to_routing_key(&"x".repeat(256)), Err(TopicError::TooLong(256)));
     }
 }

@@ -93,8 +93,10 @@ pub fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
     for (i, &b) in buf.iter().enumerate().take(4) {
         value |= u32::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            // A longer form than needed is allowed by neither version ("MUST use the minimum
-            // number of bytes"), but brokers accept it; so do we, within four bytes.
+            // [MQTT-1.5.5-1]: the fewest bytes that hold the value, so one value has one form.
+            if i > 0 && b == 0 {
+                return Err(DecodeError::Malformed("a variable byte integer longer than needed"));
+            }
             return Ok(Some((value, i + 1)));
         }
         if i == 3 {
