@@ -17,6 +17,8 @@
 //! # Layout
 //! - [`connection`]: the per-connection AMQP machine; one file per part (handshake as
 //!   typestates, running, content assembly, timers, close, output).
+//! - [`adapter`]: a session for another protocol's adapter (MQTT): its operations applied on
+//!   channels of a broker session, the replies matched to them.
 //! - [`command`]: the commands a protocol machine submits ([`Broker::apply`], the door of every
 //!   channel operation), translated from AMQP methods or built by another protocol.
 //! - [`broker`]: the model's state and its doors: sessions and their channels, vhosts
@@ -51,6 +53,7 @@
 //!
 //! Nothing here reads a clock, a socket or a file; the driver in `broker/server` does.
 
+pub mod adapter;
 pub mod auth;
 pub mod broker;
 pub mod channel;
