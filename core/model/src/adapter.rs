@@ -203,10 +203,9 @@ impl Bridge {
     fn open_channel(&mut self, broker: &mut Broker, role: Role) -> Result<(), AmqpError> {
         // A failed channel's number is not reused: a late reply on it cannot be taken for
         // one on its successor.
-        self.next_channel = self
-            .next_channel
-            .checked_add(1)
-            .ok_or_else(|| AmqpError::new(warren_codec::reply_code::CHANNEL_ERROR, "no channel number left"))?;
+        self.next_channel = self.next_channel.checked_add(1).ok_or_else(|| {
+            AmqpError::new(warren_codec::reply_code::CHANNEL_ERROR, "no channel number left")
+        })?;
         let ch = self.next_channel;
         self.channels[role as usize] = ch;
         broker.apply(self.conn, ch, Command::OpenChannel)?;
@@ -230,7 +229,8 @@ impl Bridge {
                 let existed = broker.queue(&name).is_some();
                 let mut arguments = FieldTable::new();
                 if let Some(ms) = expires_ms {
-                    arguments.insert("x-expires".into(), FieldValue::I64(i64::try_from(ms).unwrap_or(i64::MAX)));
+                    arguments
+                        .insert("x-expires".into(), FieldValue::I64(i64::try_from(ms).unwrap_or(i64::MAX)));
                 }
                 let m = QueueDeclare { queue: name, durable, exclusive, arguments, ..Default::default() };
                 self.topology(broker, id, existed, Command::DeclareQueue(m));
@@ -251,12 +251,10 @@ impl Bridge {
                 let ch = self.channel(Role::Consume);
                 let qos = BasicQos { prefetch_count: prefetch, ..Default::default() };
                 let consume = BasicConsume { queue, consumer_tag: CONSUMER_TAG.into(), ..Default::default() };
-                let r = broker
-                    .apply(self.conn, ch, Command::Qos(qos))
-                    .and_then(|()| {
-                        self.wait(ch, Waiting::Own);
-                        broker.apply(self.conn, ch, Command::Consume(consume))
-                    });
+                let r = broker.apply(self.conn, ch, Command::Qos(qos)).and_then(|()| {
+                    self.wait(ch, Waiting::Own);
+                    broker.apply(self.conn, ch, Command::Consume(consume))
+                });
                 match r {
                     Ok(()) => self.wait(ch, Waiting::Done { id, existed: false }),
                     Err(e) => self.failed(broker, Role::Consume, e, Some(id)),
@@ -370,7 +368,9 @@ impl Bridge {
             Outgoing::Method { channel, method } => match method {
                 Method::BasicAck(a) => self.settle(a.delivery_tag, a.multiple, true),
                 Method::BasicNack(n) => self.settle(n.delivery_tag, n.multiple, false),
-                Method::BasicCancel(_) => self.answers.push(Answer::ConsumerLost("the queue was deleted".into())),
+                Method::BasicCancel(_) => {
+                    self.answers.push(Answer::ConsumerLost("the queue was deleted".into()))
+                }
                 Method::ChannelClose(c) => {
                     self.failed_on(broker, channel, AmqpError::new(c.reply_code, c.reply_text.clone()))
                 }
@@ -387,11 +387,8 @@ impl Bridge {
     }
 
     fn settle(&mut self, tag: u64, multiple: bool, ok: bool) {
-        let done: Vec<u64> = if multiple {
-            self.confirms.range(..=tag).map(|(s, _)| *s).collect()
-        } else {
-            vec![tag]
-        };
+        let done: Vec<u64> =
+            if multiple { self.confirms.range(..=tag).map(|(s, _)| *s).collect() } else { vec![tag] };
         for seq in done {
             if let Some(Some(id)) = self.confirms.remove(&seq) {
                 self.answers.push(if ok { Answer::Confirmed(id) } else { Answer::Refused(id) });

@@ -11,7 +11,8 @@ use warren_core::broker::ConnectionInfo;
 use warren_core::harness::Harness;
 
 fn bridge(h: &mut Harness) -> Bridge {
-    let info = ConnectionInfo { user: "guest".into(), vhost: "/".into(), name: "mqtt".into(), ..Default::default() };
+    let info =
+        ConnectionInfo { user: "guest".into(), vhost: "/".into(), name: "mqtt".into(), ..Default::default() };
     let mut b = Bridge::open(&mut h.broker, info).expect("guest may use /");
     assert!(b.poll(&mut h.broker).is_empty(), "the bridge's own replies are not answers");
     b
@@ -50,7 +51,10 @@ fn operations_are_answered_in_order_and_a_refusal_costs_only_its_channel() {
     b.submit(&mut h.broker, bind(4, "no-such-exchange", "a"));
     b.submit(&mut h.broker, bind(5, "amq.topic", "b.#"));
     let answers = b.poll(&mut h.broker);
-    assert_eq!(done(&answers), [(1, Ok(false)), (2, Ok(true)), (3, Ok(false)), (4, Err(404)), (5, Ok(false))]);
+    assert_eq!(
+        done(&answers),
+        [(1, Ok(false)), (2, Ok(true)), (3, Ok(false)), (4, Err(404)), (5, Ok(false))]
+    );
     assert_eq!(h.broker.queue_counts("mqtt-subscription-aqos1").map(|c| c.0), Some(0));
 }
 
@@ -72,7 +76,12 @@ fn its_publishes_are_confirmed_and_reach_amqp_consumers_and_a_refused_one_is_tol
     h.open_channel(amqp, 1);
     h.send_method(amqp, 1, QueueDeclare { queue: "readings".into(), ..Default::default() });
     assert!(matches!(h.method(amqp), Some(Method::QueueDeclareOk(_))));
-    let bind = QueueBind { queue: "readings".into(), exchange: "amq.topic".into(), routing_key: "home.#".into(), ..Default::default() };
+    let bind = QueueBind {
+        queue: "readings".into(),
+        exchange: "amq.topic".into(),
+        routing_key: "home.#".into(),
+        ..Default::default()
+    };
     h.send_method(amqp, 1, bind);
     assert!(matches!(h.method(amqp), Some(Method::QueueBindOk(_))));
 
@@ -84,7 +93,16 @@ fn its_publishes_are_confirmed_and_reach_amqp_consumers_and_a_refused_one_is_tol
     assert_eq!(answers, [Answer::Confirmed(7), Answer::Refused(8), Answer::Confirmed(9)]);
     assert_eq!(h.broker.queue_counts("readings").map(|c| c.0), Some(2));
 
-    h.send_method(amqp, 1, BasicConsume { queue: "readings".into(), consumer_tag: "c".into(), no_ack: true, ..Default::default() });
+    h.send_method(
+        amqp,
+        1,
+        BasicConsume {
+            queue: "readings".into(),
+            consumer_tag: "c".into(),
+            no_ack: true,
+            ..Default::default()
+        },
+    );
     assert!(matches!(h.method(amqp), Some(Method::BasicConsumeOk(_))));
     let frames = h.drain(amqp);
     let bodies: Vec<Vec<u8>> = frames
@@ -103,25 +121,47 @@ fn amqp_publishes_reach_its_consumer_and_what_it_did_not_ack_goes_back_when_it_c
     let mut h = Harness::new(Instant::now());
     let mut b = bridge(&mut h);
     let queue = "mqtt-subscription-cqos1".to_string();
-    b.submit(&mut h.broker, Op::DeclareQueue { id: 1, name: queue.clone(), durable: true, exclusive: false, expires_ms: None });
-    b.submit(&mut h.broker, Op::Bind { id: 2, queue: queue.clone(), exchange: "amq.topic".into(), key: "alerts.*".into() });
+    b.submit(
+        &mut h.broker,
+        Op::DeclareQueue { id: 1, name: queue.clone(), durable: true, exclusive: false, expires_ms: None },
+    );
+    b.submit(
+        &mut h.broker,
+        Op::Bind { id: 2, queue: queue.clone(), exchange: "amq.topic".into(), key: "alerts.*".into() },
+    );
     b.submit(&mut h.broker, Op::Consume { id: 3, queue: queue.clone(), prefetch: 1 });
     assert_eq!(done(&b.poll(&mut h.broker)), [(1, Ok(false)), (2, Ok(false)), (3, Ok(false))]);
 
     let amqp = h.open();
     h.open_channel(amqp, 1);
     for body in [&b"fire"[..], b"flood"] {
-        let m = BasicPublish { exchange: "amq.topic".into(), routing_key: "alerts.house".into(), ..Default::default() };
+        let m = BasicPublish {
+            exchange: "amq.topic".into(),
+            routing_key: "alerts.house".into(),
+            ..Default::default()
+        };
         let mut buf = bytes::BytesMut::new();
-        warren_codec::encode_content(&mut buf, 1, m, &BasicProperties::default(), &bytes::Bytes::from_static(body), 131_072);
+        warren_codec::encode_content(
+            &mut buf,
+            1,
+            m,
+            &BasicProperties::default(),
+            &bytes::Bytes::from_static(body),
+            131_072,
+        );
         h.send(amqp, &buf);
     }
     let answers = b.poll(&mut h.broker);
-    let [Answer::Delivery { delivery_tag, message, .. }] = &answers[..] else { panic!("prefetch 1: {answers:?}") };
+    let [Answer::Delivery { delivery_tag, message, .. }] = &answers[..] else {
+        panic!("prefetch 1: {answers:?}")
+    };
     assert_eq!((&message.body[..], message.routing_key.as_str()), (&b"fire"[..], "alerts.house"));
     b.submit(&mut h.broker, Op::Ack { delivery_tag: *delivery_tag });
     let answers = b.poll(&mut h.broker);
-    assert!(matches!(&answers[..], [Answer::Delivery { message, .. }] if &message.body[..] == b"flood"), "{answers:?}");
+    assert!(
+        matches!(&answers[..], [Answer::Delivery { message, .. }] if &message.body[..] == b"flood"),
+        "{answers:?}"
+    );
     b.close(&mut h.broker);
     assert_eq!(h.broker.queue_counts(&queue).map(|c| c.0), Some(1), "the unacked one is back");
 }
