@@ -85,8 +85,8 @@ pub enum Op {
         exchange: String,
         /// The routing key.
         routing_key: String,
-        /// Properties and headers.
-        properties: BasicProperties,
+        /// Properties and headers (boxed: they are most of an operation's size).
+        properties: Box<BasicProperties>,
         /// The body.
         body: Bytes,
     },
@@ -232,7 +232,16 @@ impl Bridge {
                     arguments
                         .insert("x-expires".into(), FieldValue::I64(i64::try_from(ms).unwrap_or(i64::MAX)));
                 }
-                let m = QueueDeclare { queue: name, durable, exclusive, arguments, ..Default::default() };
+                // A queue that exists is taken as it is (checked passively): a session resumed
+                // with other settings (its expiry) must not fail on AMQP's equivalence check.
+                let m = QueueDeclare {
+                    queue: name,
+                    passive: existed,
+                    durable,
+                    exclusive,
+                    arguments,
+                    ..Default::default()
+                };
                 self.topology(broker, id, existed, Command::DeclareQueue(m));
             }
             Op::DeleteQueue { id, name } => {
@@ -265,7 +274,7 @@ impl Bridge {
                 self.confirms.insert(self.next_seq, confirm);
                 self.next_seq += 1;
                 let method = BasicPublish { exchange, routing_key, ..Default::default() };
-                let p = Publish { method, properties: Box::new(properties), body };
+                let p = Publish { method, properties, body };
                 if let Err(e) = broker.apply(self.conn, ch, Command::Publish(p)) {
                     self.failed(broker, Role::Publish, e, None);
                 }

@@ -63,7 +63,7 @@ fn publish(confirm: u64, exchange: &str, key: &str, body: &'static [u8]) -> Op {
         confirm: Some(confirm),
         exchange: exchange.into(),
         routing_key: key.into(),
-        properties: warren_codec::BasicProperties { delivery_mode: Some(2), ..Default::default() },
+        properties: Box::new(warren_codec::BasicProperties { delivery_mode: Some(2), ..Default::default() }),
         body: bytes::Bytes::from_static(body),
     }
 }

@@ -24,6 +24,8 @@ pub mod reason {
     pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
     /// Unspecified error.
     pub const UNSPECIFIED: u8 = 0x80;
+    /// Implementation specific error (what Warren does not offer yet).
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
     /// Client Identifier not valid.
     pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
     /// Bad User Name or Password.

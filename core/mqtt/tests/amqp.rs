@@ -114,7 +114,13 @@ impl Mqtt {
                     content_type: message.content_type,
                     ..Default::default()
                 };
-                Op::Publish { confirm, exchange, routing_key, properties, body: message.body }
+                Op::Publish {
+                    confirm,
+                    exchange,
+                    routing_key,
+                    properties: Box::new(properties),
+                    body: message.body,
+                }
             }
             Command::Close { .. } => {
                 if let Some(b) = self.bridge.take() {

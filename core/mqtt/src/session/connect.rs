@@ -57,6 +57,18 @@ impl Session {
             return self
                 .refuse_connect(reason::BAD_AUTHENTICATION_METHOD, "extended authentication is not offered");
         }
+        if let Some(w) = &c.will {
+            if v5 && w.qos == QoS::ExactlyOnce {
+                // CONNACK says maximum QoS 1 [MQTT-3.2.2-12].
+                return self.refuse_connect(reason::QOS_NOT_SUPPORTED, "a QoS 2 will");
+            }
+            if topic::to_routing_key(&w.topic).is_err() {
+                if v5 {
+                    return self.refuse_connect(reason::TOPIC_NAME_INVALID, "a will topic over 255 bytes");
+                }
+                return self.end("a will topic over 255 bytes", false);
+            }
+        }
         if !assigned {
             self.client_id = c.client_id.clone();
         }
@@ -180,6 +192,12 @@ impl Session {
         self.send(&Packet::ConnAck(ConnAck { session_present, code: 0, properties }));
         self.state = State::Connected;
         self.deadline = (self.keep_alive_ms > 0).then(|| now_ms.saturating_add(self.keep_alive_ms));
+        // What waited for CONNACK: deliveries to a resumed session, then the packets the
+        // client sent right after CONNECT.
+        for e in std::mem::take(&mut self.early) {
+            self.handle(now_ms, e);
+        }
+        self.process(now_ms);
     }
 
     /// Answers CONNECT with a refusal and ends the session (no will: it never began).
@@ -200,7 +218,8 @@ impl Session {
         let delay = u64::from(will.properties.will_delay_interval.unwrap_or(0))
             .min(u64::from(self.session_expiry()))
             .saturating_mul(1000);
-        let message = message_of(&will.properties, will.qos, will.payload);
+        // A 3.1.1 will at QoS 2 goes at QoS 1, as its publishes do.
+        let message = message_of(&will.properties, will.qos.min(QoS::AtLeastOnce), will.payload);
         self.command(Command::Will {
             client_id: self.client_id.clone(),
             routing_key,

@@ -48,14 +48,14 @@ impl Session {
         let confirm = match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) | (_, None) => None,
             (_, Some(packet_id)) => {
+                // A 5 client told our receive maximum and went over it; a 3.1.1 client is
+                // not read from while at it (`wants_input`), so cannot get here.
                 if self.confirms.len() >= usize::from(self.config.receive_maximum) {
-                    if v5 {
-                        self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
-                    }
+                    self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
                     return self.end("more QoS 1 publishes in flight than the receive maximum", true);
                 }
                 let id = self.next_id();
-                self.confirms.insert(id, packet_id);
+                self.confirms.insert(id, (packet_id, None));
                 Some(id)
             }
         };
@@ -65,18 +65,28 @@ impl Session {
 
     /// The broker's answer to a QoS 1 publish: PUBACK, or in MQTT 5 a PUBACK with a failure
     /// code. MQTT 3.1.1 has no negative PUBACK: as in RabbitMQ, the client gets none and
-    /// sends the message again when it reconnects.
-    pub(super) fn confirmed(&mut self, id: u64, ok: bool) {
-        let Some(packet_id) = self.confirms.remove(&id) else { return };
-        match (ok, self.version) {
-            (true, _) => {
-                self.send(&Packet::PubAck(Ack::ok(packet_id)));
+    /// sends the message again when it reconnects. PUBACKs go out in the order the
+    /// publishes came [MQTT-4.6.0-2], whatever order the broker answers in.
+    pub(super) fn confirmed(&mut self, now_ms: u64, id: u64, ok: bool) {
+        let Some((_, answer)) = self.confirms.get_mut(&id) else { return };
+        *answer = Some(ok);
+        while let Some(entry) = self.confirms.first_entry() {
+            let (packet_id, answer) = *entry.get();
+            let Some(ok) = answer else { break };
+            entry.remove();
+            match (ok, self.version) {
+                (true, _) => {
+                    self.send(&Packet::PubAck(Ack::ok(packet_id)));
+                }
+                (false, Version::V5) => {
+                    let nack =
+                        Ack { packet_id, code: reason::QUOTA_EXCEEDED, properties: Default::default() };
+                    self.send(&Packet::PubAck(nack));
+                }
+                (false, Version::V311) => {}
             }
-            (false, Version::V5) => {
-                let nack = Ack { packet_id, code: reason::QUOTA_EXCEEDED, properties: Default::default() };
-                self.send(&Packet::PubAck(nack));
-            }
-            (false, Version::V311) => {}
         }
+        // Room again for a 3.1.1 client held at its quota.
+        self.process(now_ms);
     }
 }

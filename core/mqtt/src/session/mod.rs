@@ -294,13 +294,20 @@ pub struct Session {
     client_max_packet: u32,
     /// Aliases the client set up.
     aliases: BTreeMap<u16, String>,
-    /// QoS 1 publishes from the client awaiting the broker's confirm: confirm id → packet id.
-    confirms: BTreeMap<u64, u16>,
+    /// QoS 1 publishes from the client in the order they came, awaiting the broker's answer:
+    /// confirm id → packet id and the answer once given (PUBACKs go out in this order).
+    confirms: BTreeMap<u64, (u16, Option<bool>)>,
+    /// QoS 0 deliveries written to `output`, acked once the host takes the bytes: the
+    /// broker's prefetch then bounds what waits for a client that does not read.
+    written: Vec<u64>,
+    /// Broker events that came before CONNACK (deliveries to a resumed session), handled
+    /// right after it.
+    early: Vec<Event>,
     /// QoS 1 deliveries awaiting the client's PUBACK: packet id → delivery tag.
     inflight: BTreeMap<u16, u64>,
     next_packet_id: u16,
-    /// Subscriptions: filter → granted QoS.
-    subscriptions: BTreeMap<String, QoS>,
+    /// Subscriptions: filter → its binding key and granted QoS.
+    subscriptions: BTreeMap<String, (String, QoS)>,
     /// SUBSCRIBE and UNSUBSCRIBE packets waiting for the broker.
     pending: Vec<subscribe::Pending>,
     /// Whether the queue was declared and consumed on this connection.
@@ -330,6 +337,8 @@ impl Session {
             client_max_packet: u32::MAX,
             aliases: BTreeMap::new(),
             confirms: BTreeMap::new(),
+            written: Vec::new(),
+            early: Vec::new(),
             inflight: BTreeMap::new(),
             next_packet_id: 0,
             subscriptions: BTreeMap::new(),
@@ -345,7 +354,42 @@ impl Session {
             return;
         }
         self.input.extend_from_slice(bytes);
+        self.process(now_ms);
+    }
+
+    /// Whether the host should read more from the client: not while CONNACK is pending or a
+    /// 3.1.1 client has as many QoS 1 publishes unconfirmed as the receive maximum (3.1.1
+    /// has no way to tell it to wait; not reading is RabbitMQ's answer too).
+    pub fn wants_input(&self) -> bool {
+        match self.state {
+            State::Connecting => true,
+            State::LoggingIn | State::Closed => false,
+            // A 5 client was told our receive maximum: going over it is its error (0x93).
+            State::Connected => {
+                self.version == Version::V5 || self.confirms.len() < usize::from(self.config.receive_maximum)
+            }
+        }
+    }
+
+    /// Decodes and handles the packets buffered, as far as the session may now.
+    fn process(&mut self, now_ms: u64) {
         loop {
+            if !self.wants_input() && self.state != State::Closed {
+                // Held, not read: but a host that keeps pushing bytes is bounded.
+                let cap = self.config.max_packet_size.saturating_mul(2) as usize;
+                let cap = if self.state == State::LoggingIn {
+                    self.config.max_packet_size_unauthenticated as usize
+                } else {
+                    cap
+                };
+                if self.input.len() > cap {
+                    self.end("more bytes than may wait unread", true);
+                }
+                return;
+            }
+            if self.state == State::Closed {
+                return;
+            }
             let max = if self.state == State::Connected {
                 self.config.max_packet_size
             } else {
@@ -370,8 +414,11 @@ impl Session {
         }
     }
 
-    /// The bytes to write to the client.
+    /// The bytes to write to the client. The QoS 0 deliveries in them are acked now.
     pub fn take_output(&mut self) -> BytesMut {
+        for delivery_tag in std::mem::take(&mut self.written) {
+            self.commands.push_back(Command::Ack { delivery_tag });
+        }
         std::mem::take(&mut self.output)
     }
 
@@ -428,10 +475,15 @@ impl Session {
                     self.done(id, result);
                 }
             }
-            Event::Confirmed(id) => self.confirmed(id, true),
-            Event::Refused(id) => self.confirmed(id, false),
+            Event::Confirmed(id) => self.confirmed(now_ms, id, true),
+            Event::Refused(id) => self.confirmed(now_ms, id, false),
+            // Before CONNACK nothing goes to the client: held (the broker's prefetch bounds it).
+            e @ Event::Delivery { .. } if self.state != State::Connected => self.early.push(e),
             Event::Delivery { delivery_tag, redelivered, retained, routing_key, message } => {
                 self.deliver(delivery_tag, redelivered, retained, &routing_key, message)
+            }
+            Event::TakenOver if self.state != State::Connected => {
+                self.end("another connection took the client identifier before CONNACK", false)
             }
             Event::TakenOver => {
                 if self.version == Version::V5 {
@@ -448,7 +500,8 @@ impl Session {
             (State::Connecting, Packet::Connect(c)) => self.connect(*c),
             (State::Connecting, _) => self.end("the first packet is not CONNECT", false),
             (_, Packet::Connect(_)) => self.protocol_error("a second CONNECT"),
-            (State::LoggingIn, _) => self.protocol_error("a packet before CONNACK"),
+            // Not reached: input waits while logging in (`wants_input`).
+            (State::LoggingIn, _) => {}
             (_, Packet::Publish(p)) => self.publish(p),
             (_, Packet::PubAck(a)) => self.puback(a.packet_id),
             (_, Packet::Subscribe(s)) => self.subscribe(s),
@@ -457,8 +510,9 @@ impl Session {
                 self.send(&Packet::PingResp);
             }
             (_, Packet::Disconnect(d)) => {
-                // MQTT 5's 0x04 asks for the will; any other DISCONNECT discards it.
-                let will = self.version == Version::V5 && d.code == 0x04;
+                // Only a normal DISCONNECT (0x00) discards the will: MQTT 5's 0x04 asks for it,
+                // and an error code (0x80 and up) is no normal end [MQTT-3.14.4-3].
+                let will = self.version == Version::V5 && d.code != 0;
                 self.end("the client disconnected", will);
             }
             (_, Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)) => {
@@ -480,10 +534,14 @@ impl Session {
         self.commands.push_back(c);
     }
 
-    /// Writes a packet for the client; one larger than the client accepts is not sent.
+    /// Writes a packet for the client; a PUBLISH larger than the client accepts is not sent
+    /// (every other packet the server sends is small).
     fn send(&mut self, p: &Packet) -> bool {
         let mut buf = BytesMut::new();
-        if encode(p, self.version, &mut buf).is_err() || buf.len() > self.client_max_packet as usize {
+        if encode(p, self.version, &mut buf).is_err() {
+            return false;
+        }
+        if matches!(p, Packet::Publish(_)) && buf.len() > self.client_max_packet as usize {
             return false;
         }
         self.output.extend_from_slice(&buf);
@@ -502,8 +560,25 @@ impl Session {
     /// Ends the session for bad bytes: MQTT 5 says why first (the will goes, as for any
     /// end without DISCONNECT).
     fn refuse(&mut self, e: &DecodeError) {
-        if self.version == Version::V5 && self.state == State::Connected {
-            self.disconnect(e.reason_code());
+        match (e, self.state) {
+            // [MQTT-3.1.2-2]: CONNACK 0x01, in 3.1.1's form, which every version reads.
+            (DecodeError::UnsupportedVersion(_), State::Connecting) => {
+                let nack = ConnAck {
+                    session_present: false,
+                    code: reason::V311_UNACCEPTABLE_PROTOCOL_VERSION,
+                    properties: Properties::default(),
+                };
+                let mut buf = BytesMut::new();
+                if encode(&Packet::ConnAck(nack), Version::V311, &mut buf).is_ok() {
+                    self.output.extend_from_slice(&buf);
+                }
+            }
+            // A second CONNECT, whatever its level, is a protocol error.
+            (DecodeError::UnsupportedVersion(_), State::Connected) if self.version == Version::V5 => {
+                self.disconnect(reason::PROTOCOL_ERROR)
+            }
+            (_, State::Connected) if self.version == Version::V5 => self.disconnect(e.reason_code()),
+            _ => {}
         }
         let text = e.to_string();
         self.end(&text, true);

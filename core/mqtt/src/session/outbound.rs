@@ -21,25 +21,28 @@ impl Session {
         if topic::check_name(&topic).is_err() {
             return self.command(Command::Ack { delivery_tag: tag });
         }
-        // The highest QoS among the subscriptions that match, as RabbitMQ grants it; a
-        // message the client no longer subscribes to (an AMQP binding, a filter just
-        // removed) goes at QoS 0.
+        // The highest QoS among the subscriptions whose binding routed it (matched as the
+        // broker matched, on the routing key). None known (a resumed session's, made on an
+        // earlier connection): the session's queue is its QoS 1 queue, as RabbitMQ's.
         let granted = self
             .subscriptions
-            .iter()
-            .filter(|(f, _)| topic::matches(f, &topic))
+            .values()
+            .filter(|(key, _)| amqp_topic_matches(key, routing_key))
             .map(|(_, q)| *q)
             .max()
-            .unwrap_or(QoS::AtMostOnce);
+            .unwrap_or(QoS::AtLeastOnce);
         let qos = if m.qos >= 1 || m.persistent { granted.min(QoS::AtLeastOnce) } else { QoS::AtMostOnce };
         let mut properties = Properties::default();
         if self.version == Version::V5 {
             properties.content_type = m.content_type;
             properties.correlation_data = m.correlation_id;
-            properties.response_topic = m.reply_to.as_deref().map(topic::from_routing_key);
+            // A reply-to from AMQP need not make a topic name; then it is left out.
+            properties.response_topic =
+                m.reply_to.as_deref().map(topic::from_routing_key).filter(|t| topic::check_name(t).is_ok());
             properties.user_properties = m.headers;
+            // Whole seconds, rounded up: a message with 500 ms left is not "expires now".
             properties.message_expiry_interval =
-                m.expiration_ms.map(|ms| u32::try_from(ms / 1000).unwrap_or(u32::MAX));
+                m.expiration_ms.map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX));
         }
         let packet_id = if qos == QoS::AtLeastOnce {
             match self.packet_id() {
@@ -65,11 +68,14 @@ impl Session {
             Some(id) if sent => {
                 self.inflight.insert(id, tag);
             }
+            // QoS 0: acked once the host took the bytes.
+            None if sent => self.written.push(tag),
             _ => self.command(Command::Ack { delivery_tag: tag }),
         }
     }
 
     pub(super) fn puback(&mut self, packet_id: u16) {
+        // An unknown packet id (a duplicate PUBACK) is let be.
         if let Some(tag) = self.inflight.remove(&packet_id) {
             self.command(Command::Ack { delivery_tag: tag });
         }
@@ -86,4 +92,21 @@ impl Session {
         }
         None
     }
+}
+
+/// AMQP topic matching, as the broker routed: words split on `.`, `*` one word, `#` any
+/// number of words (none too).
+fn amqp_topic_matches(key: &str, routing_key: &str) -> bool {
+    fn go(k: &[&str], r: &[&str]) -> bool {
+        match (k.first(), r.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&k[1..], r) || (!r.is_empty() && go(k, &r[1..])),
+            (Some(&"*"), Some(_)) => go(&k[1..], &r[1..]),
+            (Some(a), Some(b)) if a == b => go(&k[1..], &r[1..]),
+            _ => false,
+        }
+    }
+    let k: Vec<&str> = key.split('.').collect();
+    let r: Vec<&str> = routing_key.split('.').collect();
+    go(&k, &r)
 }

@@ -8,11 +8,14 @@ use crate::topic;
 
 /// SUBSCRIBE and UNSUBSCRIBE packets waiting for the broker at once, at most: a client
 /// that sends more before the broker answers is over its quota.
-pub const MAX_PENDING: usize = 64;
+pub const MAX_PENDING: usize = 16;
 
-/// Filters one SUBSCRIBE or UNSUBSCRIBE may carry: each is a binding, and a 16 MiB packet of
-/// one-character filters would be millions.
+/// Filters waiting for the broker at once, over all those packets: each is a binding, and a
+/// 16 MiB packet of one-character filters would be millions.
 pub const MAX_FILTERS: usize = 1024;
+
+/// Subscriptions one session may hold; a filter past it is refused (quota exceeded).
+pub const MAX_SUBSCRIPTIONS: usize = 4096;
 
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the broker's answers.
 #[derive(Debug)]
@@ -23,8 +26,8 @@ pub(super) struct Pending {
     codes: Vec<u8>,
     /// Outstanding commands: id, and the filter it is for (`None`: the queue, for all).
     waiting: Vec<(u64, Option<usize>)>,
-    /// The filters with their QoS and retain handling, to record on success.
-    filters: Vec<(String, QoS, u8)>,
+    /// The filters with their binding key, QoS and retain handling, to record on success.
+    filters: Vec<(String, String, QoS, u8)>,
 }
 
 impl Session {
@@ -37,17 +40,11 @@ impl Session {
         if self.over_quota(s.filters.len()) {
             return;
         }
-        let failure = if v5 { reason::TOPIC_FILTER_INVALID } else { reason::V311_SUBSCRIBE_FAILURE };
-        let mut pending = Pending {
-            packet_id: s.packet_id,
-            unsubscribe: false,
-            codes: Vec::new(),
-            waiting: Vec::new(),
-            filters: Vec::new(),
-        };
+        let invalid = if v5 { reason::TOPIC_FILTER_INVALID } else { reason::V311_SUBSCRIBE_FAILURE };
+        let quota = if v5 { reason::QUOTA_EXCEEDED } else { reason::V311_SUBSCRIBE_FAILURE };
+        let mut pending = self.pending_for(s.packet_id, false);
         for (i, f) in s.filters.into_iter().enumerate() {
             let granted = f.qos.min(QoS::AtLeastOnce);
-            pending.filters.push((f.filter.clone(), granted, f.retain_handling));
             // 3.1.1 has no shared subscriptions: "$share/..." is an ordinary filter there.
             let checked = if v5 {
                 topic::parse_filter(&f.filter).and_then(|p| match p.share {
@@ -57,19 +54,22 @@ impl Session {
             } else {
                 topic::check_filter(&f.filter)
             };
-            let code = match checked {
-                Ok(()) => granted as u8,
-                Err(topic::TopicError::Shared) if v5 => reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-                Err(_) => failure,
+            let key = topic::to_binding_key(&f.filter);
+            let new = !self.subscriptions.contains_key(&f.filter);
+            let code = match (checked, &key) {
+                (Err(topic::TopicError::Shared), _) if v5 => reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                (Err(_), _) | (_, Err(_)) => invalid,
+                // Not offered yet: refused rather than ignored.
+                _ if f.no_local || f.retain_as_published => reason::IMPLEMENTATION_SPECIFIC,
+                _ if new && self.subscriptions.len() + i >= MAX_SUBSCRIPTIONS => quota,
+                _ => granted as u8,
             };
+            let key = key.unwrap_or_default();
             pending.codes.push(code);
+            pending.filters.push((f.filter, key.clone(), granted, f.retain_handling));
             if code >= 0x80 {
                 continue;
             }
-            let Ok(key) = topic::to_binding_key(&f.filter) else {
-                pending.codes[i] = failure;
-                continue;
-            };
             if !self.consuming {
                 self.consuming = true;
                 let id = self.next_id();
@@ -94,36 +94,43 @@ impl Session {
         if self.over_quota(u.filters.len()) {
             return;
         }
-        let mut pending = Pending {
-            packet_id: u.packet_id,
-            unsubscribe: true,
-            codes: Vec::new(),
-            waiting: Vec::new(),
-            filters: Vec::new(),
-        };
+        let mut pending = self.pending_for(u.packet_id, true);
         for (i, filter) in u.filters.into_iter().enumerate() {
-            let known = self.subscriptions.contains_key(&filter);
-            pending.codes.push(if known { 0 } else { reason::NO_SUBSCRIPTION_EXISTED });
-            if let (true, Ok(key)) = (known, topic::to_binding_key(&filter)) {
-                let id = self.next_id();
-                let (queue, exchange) = (self.queue.clone(), self.config.exchange.clone());
-                self.command(Command::Unbind { id, queue, exchange, key });
-                pending.waiting.push((id, Some(i)));
+            // Unbound whether this connection knows the filter or not: a resumed session's
+            // subscriptions were made on an earlier one, and unbinding what is not bound is
+            // no failure.
+            match topic::to_binding_key(&filter) {
+                Ok(key) => {
+                    let id = self.next_id();
+                    let (queue, exchange) = (self.queue.clone(), self.config.exchange.clone());
+                    self.command(Command::Unbind { id, queue, exchange, key: key.clone() });
+                    pending.waiting.push((id, Some(i)));
+                    pending.codes.push(0);
+                    pending.filters.push((filter, key, QoS::AtMostOnce, 0));
+                }
+                Err(_) => {
+                    pending.codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+                    pending.filters.push((filter, String::new(), QoS::AtMostOnce, 0));
+                }
             }
-            pending.filters.push((filter, QoS::AtMostOnce, 0));
         }
         self.pending.push(pending);
         self.answer_ready();
     }
 
+    fn pending_for(&self, packet_id: u16, unsubscribe: bool) -> Pending {
+        Pending { packet_id, unsubscribe, codes: Vec::new(), waiting: Vec::new(), filters: Vec::new() }
+    }
+
     fn over_quota(&mut self, filters: usize) -> bool {
-        if self.pending.len() < MAX_PENDING && filters <= MAX_FILTERS {
+        let waiting: usize = self.pending.iter().map(|p| p.filters.len()).sum();
+        if self.pending.len() < MAX_PENDING && waiting + filters <= MAX_FILTERS {
             return false;
         }
         if self.version == Version::V5 {
             self.disconnect(reason::QUOTA_EXCEEDED);
         }
-        self.end("too many SUBSCRIBE and UNSUBSCRIBE packets waiting", true);
+        self.end("too many SUBSCRIBE and UNSUBSCRIBE filters waiting", true);
         true
     }
 
@@ -147,8 +154,12 @@ impl Session {
                         *c = code;
                     }
                 }
-                // Without the queue, no filter of this packet holds.
-                None => p.codes.iter_mut().for_each(|c| *c = code),
+                // Without the queue, no filter of this packet holds; the next SUBSCRIBE
+                // declares it again.
+                None => {
+                    p.codes.iter_mut().filter(|c| **c < 0x80).for_each(|c| *c = code);
+                    self.consuming = false;
+                }
             }
         }
         self.answer_ready();
@@ -160,7 +171,7 @@ impl Session {
         while self.pending.first().is_some_and(|p| p.waiting.is_empty()) {
             let p = self.pending.remove(0);
             if p.unsubscribe {
-                for ((filter, _, _), code) in p.filters.iter().zip(&p.codes) {
+                for ((filter, _, _, _), code) in p.filters.iter().zip(&p.codes) {
                     if *code == 0 {
                         self.subscriptions.remove(filter);
                     }
@@ -171,11 +182,11 @@ impl Session {
                 continue;
             }
             let mut retained = Vec::new();
-            for ((filter, qos, retain_handling), code) in p.filters.into_iter().zip(&p.codes) {
+            for ((filter, key, qos, retain_handling), code) in p.filters.into_iter().zip(&p.codes) {
                 if *code >= 0x80 {
                     continue;
                 }
-                let new = self.subscriptions.insert(filter.clone(), qos).is_none();
+                let new = self.subscriptions.insert(filter.clone(), (key, qos)).is_none();
                 // Retain handling: 0 always sends the retained messages, 1 only for a new
                 // subscription, 2 never.
                 if retain_handling == 0 || (retain_handling == 1 && new) {

@@ -403,19 +403,27 @@ fn a_delivery_larger_than_the_client_takes_is_settled_not_sent() {
 }
 
 #[test]
-fn unsubscribe_removes_known_filters_and_says_which_were_not() {
+fn unsubscribe_unbinds_every_filter_known_here_or_not() {
     let (mut c, _) = Client::login(Version::V5, "u", true);
     c.send(subscribe(1, &[("a/b", QoS::AtLeastOnce)]));
     c.answer_all(false);
     c.packets();
+    // "never" may be a resumed session's, bound on an earlier connection: unbound too.
     c.send(Packet::Unsubscribe(Unsubscribe {
         packet_id: 2,
         properties: Properties::default(),
         filters: vec!["a/b".into(), "never".into()],
     }));
     let cs = c.answer_all(false);
-    assert!(matches!(&cs[..], [Command::Unbind { key, .. }] if key == "a.b"));
-    assert!(matches!(&c.packets()[..], [Packet::UnsubAck(UnsubAck { codes, .. })] if codes == &[0, 0x11]));
+    let keys: Vec<&str> = cs
+        .iter()
+        .filter_map(|c| match c {
+            Command::Unbind { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, ["a.b", "never"]);
+    assert!(matches!(&c.packets()[..], [Packet::UnsubAck(UnsubAck { codes, .. })] if codes == &[0, 0]));
 }
 
 #[test]
@@ -584,6 +592,7 @@ proptest::proptest! {
             c.send(Packet::Connect(Box::new(connect_packet(v, "p", false))));
         }
         let mut closed_seen = false;
+        let mut wrote_any = false;
         for s in steps {
             match s {
                 Step::Client(p) => c.send(*p),
@@ -606,8 +615,14 @@ proptest::proptest! {
             let out = c.s.take_output();
             let mut buf = out.clone();
             // What the session writes decodes in the version it speaks (CONNACK may go out
-            // before a 3.1.1 client's version is known: both decode it alike).
-            while let Some(_p) = decode(&mut buf, c.s.version, u32::MAX).map_err(|e| TestCaseError::fail(e.to_string()))? {}
+            // before a 3.1.1 client's version is known: both decode it alike), and the first
+            // packet it ever writes is CONNACK [MQTT-3.2.0-1].
+            while let Some(p) = decode(&mut buf, c.s.version, u32::MAX).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                if !wrote_any {
+                    prop_assert!(matches!(p, Packet::ConnAck(_)), "first: {p:?}");
+                    wrote_any = true;
+                }
+            }
             let cs = c.commands();
             if closed_seen {
                 prop_assert!(out.is_empty() && cs.is_empty(), "{out:?} {cs:?}");
@@ -619,4 +634,211 @@ proptest::proptest! {
             prop_assert!(c.s.inflight.len() < usize::from(u16::MAX));
         }
     }
+}
+
+#[test]
+fn packets_sent_right_after_connect_wait_for_connack() {
+    let mut c = Client::new(Version::V5);
+    let mut bytes = BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect_packet(Version::V5, "fast", true))), Version::V5, &mut bytes)
+        .expect("encodes");
+    encode(&subscribe(1, &[("a", QoS::AtMostOnce)]), Version::V5, &mut bytes).expect("encodes");
+    c.s.receive(0, &bytes);
+    assert!(!c.s.wants_input(), "nothing more is read before CONNACK");
+    c.answer_all(false);
+    let packets = c.packets();
+    assert!(
+        matches!(&packets[..], [Packet::ConnAck(_), Packet::SubAck(SubAck { codes, .. })] if codes == &[0]),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn deliveries_before_connack_wait_for_it() {
+    let mut c = Client::new(Version::V311);
+    c.send(Packet::Connect(Box::new(connect_packet(Version::V311, "resumed", false))));
+    // Authenticate, then the declare: answer those, and deliver before the consume's Done.
+    for _ in 0..2 {
+        for cmd in c.commands() {
+            if let Some(id) = command_id(&cmd) {
+                c.s.handle(0, Event::Done { id, result: Ok(true) });
+            }
+        }
+    }
+    let Some(Command::Consume { id, .. }) = c.commands().pop() else { panic!("consume") };
+    let m = Message { qos: 1, persistent: true, body: Bytes::from_static(b"kept"), ..Message::default() };
+    c.s.handle(
+        0,
+        Event::Delivery {
+            delivery_tag: 1,
+            redelivered: true,
+            retained: false,
+            routing_key: "a.b".into(),
+            message: m,
+        },
+    );
+    assert!(c.packets().is_empty());
+    c.s.handle(0, Event::Done { id, result: Ok(false) });
+    let packets = c.packets();
+    assert!(
+        matches!(&packets[..], [Packet::ConnAck(ConnAck { session_present: true, .. }), Packet::Publish(p)]
+        if p.qos == QoS::AtLeastOnce && p.dup && p.topic == "a/b"),
+        "a resumed session's queue is its QoS 1 queue: {packets:?}"
+    );
+    assert!(c.commands().is_empty(), "not acked before PUBACK");
+}
+
+#[test]
+fn a_filter_with_a_dot_grants_its_qos_as_the_broker_routed() {
+    let (mut c, _) = Client::login(Version::V311, "dot", true);
+    c.send(subscribe(1, &[("home/kitchen.v2/temp", QoS::AtLeastOnce), ("news/#", QoS::AtMostOnce)]));
+    c.answer_all(false);
+    c.packets();
+    let m = Message { qos: 1, persistent: true, ..Message::default() };
+    let deliver = |tag: u64, key: &str| Event::Delivery {
+        delivery_tag: tag,
+        redelivered: false,
+        retained: false,
+        routing_key: key.into(),
+        message: m.clone(),
+    };
+    c.s.handle(0, deliver(1, "home.kitchen.v2.temp"));
+    assert!(matches!(&c.packets()[..], [Packet::Publish(Publish { qos: QoS::AtLeastOnce, .. })]));
+    c.s.handle(0, deliver(2, "news.a.b"));
+    assert!(matches!(&c.packets()[..], [Packet::Publish(Publish { qos: QoS::AtMostOnce, .. })]), "granted 0");
+}
+
+#[test]
+fn qos0_deliveries_are_acked_once_the_host_takes_the_bytes() {
+    let (mut c, _) = Client::login(Version::V311, "slow", true);
+    c.send(subscribe(1, &[("t", QoS::AtMostOnce)]));
+    c.answer_all(false);
+    c.packets();
+    c.commands();
+    c.s.handle(
+        0,
+        Event::Delivery {
+            delivery_tag: 9,
+            redelivered: false,
+            retained: false,
+            routing_key: "t".into(),
+            message: Message::default(),
+        },
+    );
+    assert!(c.commands().is_empty(), "a client that does not read holds the broker's prefetch");
+    let _ = c.s.take_output();
+    assert_eq!(c.commands(), [Command::Ack { delivery_tag: 9 }]);
+}
+
+#[test]
+fn pubacks_go_out_in_the_order_the_publishes_came() {
+    let (mut c, _) = Client::login(Version::V311, "o", true);
+    for id in 1..=3 {
+        c.send(publish("t", QoS::AtLeastOnce, Some(id)));
+    }
+    let ids: Vec<u64> = c
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Publish { confirm, .. } => confirm,
+            _ => None,
+        })
+        .collect();
+    c.s.handle(0, Event::Confirmed(ids[2]));
+    assert!(c.packets().is_empty(), "the third waits for the first two");
+    c.s.handle(0, Event::Refused(ids[0]));
+    assert!(c.packets().is_empty(), "the second still waits");
+    c.s.handle(0, Event::Confirmed(ids[1]));
+    assert_eq!(
+        c.packets(),
+        [Packet::PubAck(Ack::ok(2)), Packet::PubAck(Ack::ok(3))],
+        "3.1.1 has no PUBACK for the refused first"
+    );
+}
+
+#[test]
+fn a_3_1_1_client_at_the_receive_maximum_is_not_read_until_confirms_come() {
+    let mut c = Client::new(Version::V311);
+    c.s.config.receive_maximum = 1;
+    c.send(Packet::Connect(Box::new(connect_packet(Version::V311, "q", true))));
+    c.answer_all(false);
+    c.packets();
+    c.send(publish("t", QoS::AtLeastOnce, Some(1)));
+    c.send(publish("t", QoS::AtLeastOnce, Some(2)));
+    assert!(!c.s.wants_input() && c.s.closed().is_none());
+    let cs = c.commands();
+    assert_eq!(cs.len(), 1, "the second waits unread");
+    let Command::Publish { confirm: Some(id), .. } = cs[0] else { panic!() };
+    c.s.handle(0, Event::Confirmed(id));
+    assert_eq!(c.packets(), [Packet::PubAck(Ack::ok(1))]);
+    assert!(matches!(&c.commands()[..], [Command::Publish { .. }]), "read once there was room");
+}
+
+#[test]
+fn an_unsupported_protocol_level_gets_connack_0x01() {
+    let mut c = Client::new(Version::V311);
+    let mut bytes = vec![0x10, 12, 0, 6];
+    bytes.extend_from_slice(b"MQIsdp");
+    bytes.extend_from_slice(&[3, 0x02, 0, 60]);
+    c.s.receive(0, &bytes);
+    assert!(matches!(
+        &c.packets()[..],
+        [Packet::ConnAck(ConnAck { code: 0x01, session_present: false, .. })]
+    ));
+    assert!(c.s.closed().is_some());
+}
+
+#[test]
+fn a_disconnect_with_an_error_code_publishes_the_will() {
+    let mut c = Client::new(Version::V5);
+    let mut connect = connect_packet(Version::V5, "w", true);
+    connect.will = Some(Will {
+        topic: "s".into(),
+        payload: Bytes::new(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    c.send(Packet::Connect(Box::new(connect)));
+    c.answer_all(false);
+    c.send(Packet::Disconnect(Reasoned { code: 0x80, properties: Properties::default() }));
+    assert!(c.commands().iter().any(|c| matches!(c, Command::Will { .. })));
+}
+
+#[test]
+fn options_not_offered_yet_are_refused_not_ignored() {
+    let (mut c, _) = Client::login(Version::V5, "nl", true);
+    let Packet::Subscribe(mut s) = subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)]) else {
+        unreachable!()
+    };
+    s.filters[0].no_local = true;
+    c.send(Packet::Subscribe(s));
+    c.answer_all(false);
+    assert!(matches!(&c.packets()[..], [Packet::SubAck(SubAck { codes, .. })] if codes == &[0x83, 0]));
+}
+
+#[test]
+fn a_qos1_delivery_too_large_for_the_client_is_settled_and_not_held() {
+    let mut c = Client::new(Version::V5);
+    let mut connect = connect_packet(Version::V5, "small1", true);
+    connect.properties.maximum_packet_size = Some(64);
+    c.send(Packet::Connect(Box::new(connect)));
+    c.answer_all(false);
+    c.send(subscribe(1, &[("t", QoS::AtLeastOnce)]));
+    c.answer_all(false);
+    c.packets();
+    let big = Message { qos: 1, persistent: true, body: Bytes::from(vec![0u8; 100]), ..Message::default() };
+    c.s.handle(
+        0,
+        Event::Delivery {
+            delivery_tag: 5,
+            redelivered: false,
+            retained: false,
+            routing_key: "t".into(),
+            message: big,
+        },
+    );
+    assert!(c.packets().is_empty());
+    assert_eq!(c.commands(), [Command::Ack { delivery_tag: 5 }]);
+    assert!(c.s.inflight.is_empty());
 }
