@@ -76,7 +76,7 @@ step "cargo test (unit, property, integration with lapin and amqprs)"
 cargo test --workspace
 ok
 
-step "fuzz: frame decoder, field tables, topic matcher, connection machine, MQTT decoder, inter-node frames, Raft log (20 s each)"
+step "fuzz: frame decoder, field tables, topic matcher, connection machine, MQTT decoder and session, inter-node frames, Raft log (20 s each)"
 # cargo-fuzz needs nightly for its sanitizer flags; both are installed once per machine.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
@@ -85,7 +85,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q cargo-fuzz --locked
     export CARGO_TARGET_DIR="$HOME/.cache/warren/fuzz-target"
     log=$(mktemp)
     for dir_target in core/codec:frame core/codec:field_table core/codec:topic core/codec:connection \
-        core/mqtt:decode broker/cluster:wire broker/cluster:raft_log; do
+        core/mqtt:decode core/mqtt:session broker/cluster:wire broker/cluster:raft_log; do
         dir=${dir_target%%:*} target=${dir_target#*:}
         # A crash fails the run and leaves its input in $dir/fuzz/artifacts/.
         if ! (cd "$root/$dir" && cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-20}") >"$log" 2>&1; then

@@ -457,6 +457,11 @@ impl Session {
         self.closed.as_deref()
     }
 
+    /// The protocol version the session speaks (3.1.1 until CONNECT says otherwise).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// The client identifier in use.
     pub fn client_id(&self) -> &str {
         &self.client_id
