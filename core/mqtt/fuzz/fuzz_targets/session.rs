@@ -29,15 +29,40 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 let id = u64::from(op >> 3);
-                let result = if op & 0x80 == 0 { Ok(op & 0x40 != 0) } else { Err(Failure { code: 403, text: String::new() }) };
+                let result = if op & 0x80 == 0 {
+                    Ok(op & 0x40 != 0)
+                } else {
+                    Err(Failure { code: 403, text: String::new() })
+                };
                 s.handle(now, Event::Done { id, result });
             }
-            4 => s.handle(now, if op & 0x80 == 0 { Event::Confirmed(u64::from(op >> 3)) } else { Event::Refused(u64::from(op >> 3)) }),
+            4 => s.handle(
+                now,
+                if op & 0x80 == 0 {
+                    Event::Confirmed(u64::from(op >> 3))
+                } else {
+                    Event::Refused(u64::from(op >> 3))
+                },
+            ),
             5 => {
-                let message = Message { qos: op >> 7, persistent: op & 0x40 != 0, body: Bytes::from_static(b"m"), ..Message::default() };
+                let message = Message {
+                    qos: op >> 7,
+                    persistent: op & 0x40 != 0,
+                    body: Bytes::from_static(b"m"),
+                    ..Message::default()
+                };
                 let keys = ["a.b", "", "#", "a.*", "x", "$SYS.y"];
                 let routing_key = keys[usize::from(op >> 3) % keys.len()].to_string();
-                s.handle(now, Event::Delivery { delivery_tag: u64::from(op), redelivered: op & 1 != 0, retained: false, routing_key, message });
+                s.handle(
+                    now,
+                    Event::Delivery {
+                        delivery_tag: u64::from(op),
+                        redelivered: op & 1 != 0,
+                        retained: false,
+                        routing_key,
+                        message,
+                    },
+                );
             }
             6 => {
                 now += u64::from(op) * 1000;
