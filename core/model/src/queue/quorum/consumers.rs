@@ -251,6 +251,25 @@ impl Consumers {
         Ok(())
     }
 
+    /// The consumers holding a delivery made at or before `before` (all of them with
+    /// deliveries when `any` is false: the limit is longer than time so far, so none).
+    pub fn oldest_before(&self, before: u64, any: bool) -> Vec<ConsumerId> {
+        if !any {
+            return Vec::new();
+        }
+        self.map
+            .iter()
+            .filter(|(_, c)| c.checked_out.values().next().is_some_and(|m| m.delivered_ms <= before))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The earliest delivery time among each consumer's oldest unsettled delivery (its
+    /// lowest id: deliveries are made in time order).
+    pub fn oldest_delivery(&self) -> Option<u64> {
+        self.map.values().filter_map(|c| c.checked_out.values().next().map(|m| m.delivered_ms)).min()
+    }
+
     /// Every unacked message.
     pub fn checked_out(&self) -> impl Iterator<Item = &MsgRef> {
         self.map.values().flat_map(|c| c.checked_out.values())

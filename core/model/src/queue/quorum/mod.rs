@@ -57,6 +57,8 @@ pub struct MsgRef {
     pub delivery_count: u32,
     /// Deliveries so far, failed or not (the `redelivered` flag).
     pub acquired: u32,
+    /// When it was last handed to a consumer, in `Meta::time_ms` (for `x-consumer-timeout`).
+    pub delivered_ms: u64,
 }
 
 impl Ordered for MsgRef {
@@ -130,6 +132,9 @@ pub struct Config {
     pub single_active_consumer: bool,
     /// Whether a dead-letter exchange is set: without one, dead messages are dropped.
     pub dead_letter: bool,
+    /// `x-consumer-timeout`: how long a delivery may wait for its settlement before its
+    /// consumer is cancelled and its messages returned (RabbitMQ's `consumer_timeout`).
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -143,6 +148,7 @@ impl Default for Config {
             expires: None,
             single_active_consumer: false,
             dead_letter: false,
+            consumer_timeout_ms: None,
         }
     }
 }
@@ -166,6 +172,7 @@ impl Config {
             expires: a.expires,
             single_active_consumer: a.single_active_consumer,
             dead_letter: a.dead_letter_exchange.is_some(),
+            consumer_timeout_ms: a.consumer_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -210,6 +217,10 @@ pub enum Command {
         /// Whether it counts as a failed delivery towards `x-delivery-limit` (RabbitMQ 4.3:
         /// `basic.reject` does, `basic.nack` does not).
         failed: bool,
+        /// Held out of the queue this long first (a retry policy's delay). The leader works
+        /// it out and proposes it, so every replica holds the message equally long whatever
+        /// the policy (a plugin's included).
+        delay_ms: Option<u64>,
     },
     /// Rejected without requeue: dead-lettered.
     Discard {
@@ -311,6 +322,13 @@ pub enum Effect {
     },
     /// `x-expires` passed with the queue unused: delete it.
     Expired,
+    /// A consumer's delivery waited longer than `x-consumer-timeout`: the consumer is gone
+    /// and its messages are back; close its channel (RabbitMQ: 406, delivery acknowledgement
+    /// timed out).
+    ConsumerTimedOut {
+        /// Whose.
+        consumer: ConsumerId,
+    },
 }
 
 /// Counters for metrics, replicated like the rest.
@@ -357,6 +375,9 @@ pub struct QuorumQueue {
     ready: u64,
     ready_bytes: u64,
     consumers: Consumers,
+    /// Returned messages held out until their delay ends: (release time, index).
+    #[serde(with = "pairs")]
+    delayed: BTreeMap<(u64, u64), MsgRef>,
     #[serde(with = "pairs")]
     enqueuers: BTreeMap<PublisherId, Enqueuer>,
     /// The last declare, consume, cancel or get (for `x-expires`).
@@ -373,6 +394,7 @@ struct Gathered {
     dead: Vec<(Reason, Vec<MsgRef>)>,
     timer: Option<u64>,
     expired: bool,
+    timed_out: Vec<ConsumerId>,
 }
 
 impl Gathered {
@@ -401,6 +423,7 @@ impl Gathered {
         if self.expired {
             out.push(Effect::Expired);
         }
+        out.extend(self.timed_out.into_iter().map(|consumer| Effect::ConsumerTimedOut { consumer }));
         out
     }
 }
@@ -414,6 +437,7 @@ impl QuorumQueue {
             ready: 0,
             ready_bytes: 0,
             consumers: Consumers::default(),
+            delayed: BTreeMap::new(),
             enqueuers: BTreeMap::new(),
             last_used_ms: now_ms,
             armed: None,
@@ -425,6 +449,8 @@ impl QuorumQueue {
     pub fn apply(&mut self, meta: Meta, command: Command) -> (Reply, Vec<Effect>) {
         let mut fx = Gathered::default();
         let now = meta.time_ms;
+        self.release_delayed(now);
+        self.time_out_consumers(now, &mut fx);
         self.expire(now, &mut fx);
         let sac = self.config.single_active_consumer;
         let reply = match command {
@@ -452,10 +478,10 @@ impl QuorumQueue {
                 }
                 Reply::Ok
             }
-            Command::Return { consumer, ids, failed } => {
+            Command::Return { consumer, ids, failed, delay_ms } => {
                 for id in ids {
                     if let Some(m) = self.consumers.take(&consumer, id) {
-                        self.give_back(m, failed, &mut fx);
+                        self.give_back(m, failed, delay_ms.map(|d| now.saturating_add(d)), &mut fx);
                     }
                 }
                 Reply::Ok
@@ -566,6 +592,7 @@ impl QuorumQueue {
             expires_ms: ttl.map(|t| meta.time_ms.saturating_add(t)),
             delivery_count: 0,
             acquired: 0,
+            delivered_ms: 0,
         };
         self.push(msg);
         bump(&mut self.stats.enqueued);
@@ -582,6 +609,7 @@ impl QuorumQueue {
             }
             let redelivered = m.acquired > 0;
             m.acquired = m.acquired.saturating_add(1);
+            m.delivered_ms = meta.time_ms;
             bump(&mut self.stats.delivered);
             let id = if settle {
                 bump(&mut self.stats.settled);
@@ -612,6 +640,7 @@ impl QuorumQueue {
             }
             let redelivered = m.acquired > 0;
             m.acquired = m.acquired.saturating_add(1);
+            m.delivered_ms = meta.time_ms;
             match self.consumers.assign_next(m) {
                 Ok((consumer, id)) => {
                     bump(&mut self.stats.delivered);
@@ -663,23 +692,53 @@ impl QuorumQueue {
             if let Some(c) = self.consumers.remove(&id, sac) {
                 let held: Vec<MsgRef> = c.checked_out().map(|(_, m)| *m).collect();
                 for m in held {
-                    self.give_back(m, true, fx);
+                    self.give_back(m, true, None, fx);
                 }
             }
         }
         self.enqueuers.retain(|p, _| !gone(&p.owner));
     }
 
-    /// Puts a returned message back in its place, or dead-letters it past the delivery limit.
-    fn give_back(&mut self, mut m: MsgRef, failed: bool, fx: &mut Gathered) {
+    /// Puts a returned message back in its place (at `until`, when a delay holds it out
+    /// first), or dead-letters it past the delivery limit.
+    fn give_back(&mut self, mut m: MsgRef, failed: bool, until: Option<u64>, fx: &mut Gathered) {
         bump(&mut self.stats.returned);
         if failed {
             m.delivery_count = m.delivery_count.saturating_add(1);
         }
         if self.config.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
             self.dead_letter(Reason::DeliveryLimit, m, fx);
+        } else if let Some(at) = until {
+            self.delayed.insert((at, m.index), m);
         } else {
             self.push(m);
+        }
+    }
+
+    /// Delayed messages whose time came go back to their place among the ready ones.
+    fn release_delayed(&mut self, now: u64) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                return;
+            }
+            let m = entry.remove();
+            self.push(m);
+        }
+    }
+
+    /// `x-consumer-timeout`: a consumer whose oldest unsettled delivery waited too long is
+    /// removed and its messages returned, as failed deliveries (its channel is closed).
+    fn time_out_consumers(&mut self, now: u64, fx: &mut Gathered) {
+        let Some(limit) = self.config.consumer_timeout_ms else { return };
+        let sac = self.config.single_active_consumer;
+        for id in self.consumers.oldest_before(now.saturating_sub(limit), limit <= now) {
+            if let Some(c) = self.consumers.remove(&id, sac) {
+                let held: Vec<MsgRef> = c.checked_out().map(|(_, m)| *m).collect();
+                for m in held {
+                    self.give_back(m, true, None, fx);
+                }
+                fx.timed_out.push(id);
+            }
         }
     }
 
@@ -701,10 +760,12 @@ impl QuorumQueue {
     /// `x-expires`. A new leader arms its timer from this.
     pub fn next_deadline(&self) -> Option<u64> {
         let ttl = self.lanes.values().filter_map(|l| l.head().and_then(|m| m.expires_ms)).min();
-        match (ttl, self.unused_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let delayed = self.delayed.keys().next().map(|(at, _)| *at);
+        let timeout = self
+            .config
+            .consumer_timeout_ms
+            .and_then(|limit| self.consumers.oldest_delivery().map(|at| at.saturating_add(limit)));
+        [ttl, self.unused_deadline(), delayed, timeout].into_iter().flatten().min()
     }
 
     fn arm(&mut self, fx: &mut Gathered) {
@@ -739,13 +800,17 @@ impl QuorumQueue {
         self.ready_bytes = self.ready_bytes.saturating_sub(m.size);
     }
 
+    /// Messages held out by a delay are still the queue's for its length limit, as in a
+    /// classic queue.
     fn would_overflow(&self, size: u64) -> bool {
-        self.config.max_length.is_some_and(|max| self.ready >= max)
+        self.config.max_length.is_some_and(|max| self.ready + self.delayed.len() as u64 >= max)
             || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes.saturating_add(size) > max)
     }
 
     fn over_limit(&self) -> bool {
-        self.config.max_length.is_some_and(|max| self.ready > max)
+        self.config
+            .max_length
+            .is_some_and(|max| self.ready > 0 && self.ready + self.delayed.len() as u64 > max)
             || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
     }
 
@@ -793,10 +858,13 @@ impl QuorumQueue {
                 self.ready, self.ready_bytes
             ));
         }
-        for m in self.consumers.checked_out() {
+        for m in self.consumers.checked_out().chain(self.delayed.values()) {
             if !seen.insert(m.index) {
                 return Err(format!("message {} is held twice", m.index));
             }
+        }
+        if self.delayed.iter().any(|((_, index), m)| *index != m.index) {
+            return Err("a delayed message is filed under another index".into());
         }
         self.consumers.check()
     }
@@ -805,7 +873,8 @@ impl QuorumQueue {
     /// drop every other entry once a snapshot holds this state.
     pub fn live_indexes(&self) -> BTreeSet<u64> {
         let ready = self.lanes.values().flat_map(Lane::iter).map(|m| m.index);
-        ready.chain(self.consumers.checked_out().map(|m| m.index)).collect()
+        let delayed = self.delayed.values().map(|m| m.index);
+        ready.chain(delayed).chain(self.consumers.checked_out().map(|m| m.index)).collect()
     }
 
     /// Ready messages.
@@ -816,6 +885,11 @@ impl QuorumQueue {
     /// Body octets of the ready messages.
     pub fn ready_bytes(&self) -> u64 {
         self.ready_bytes
+    }
+
+    /// Messages held out by a retry delay.
+    pub fn delayed(&self) -> usize {
+        self.delayed.len()
     }
 
     /// Messages delivered and not yet settled.

@@ -122,9 +122,12 @@ fn a_reject_counts_towards_the_delivery_limit_and_a_nack_does_not() {
         };
         assert_eq!((index, redelivered), (1, round > 0));
         // A nack with requeue never counts.
-        fx = log.apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: false }).1;
+        fx = log
+            .apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: false, delay_ms: None })
+            .1;
         let id = delivered(&fx, &a)[0].1;
-        fx = log.apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: true }).1;
+        fx =
+            log.apply(Command::Return { consumer: a.clone(), ids: vec![id], failed: true, delay_ms: None }).1;
         if round < 2 {
             assert!(dead(&fx).is_empty());
             assert_eq!(log.q.consumers().get(&a).map(|c| c.checked_out().count()), Some(1));
@@ -348,7 +351,7 @@ fn basic_get_takes_one_message_settled_or_not() {
     let (reply, _) = log.apply(Command::Dequeue { consumer: g.clone(), settle: true });
     assert!(matches!(reply, Reply::Dequeued { delivery: Some(_), remaining: 1 }));
     assert_eq!(log.q.unacked(), 1);
-    log.apply(Command::Return { consumer: g.clone(), ids: vec![0], failed: false });
+    log.apply(Command::Return { consumer: g.clone(), ids: vec![0], failed: false, delay_ms: None });
     let (reply, _) = log.apply(Command::Dequeue { consumer: g, settle: true });
     let Reply::Dequeued { delivery: Some(d), remaining: 1 } = reply else { panic!("{reply:?}") };
     assert_eq!((d.msg.index, d.redelivered), (1, true), "back in its place");
@@ -451,8 +454,8 @@ fn any_step() -> impl Strategy<Value = Step> {
             .prop_map(|(consumer, prefetch, priority)| Step::Do(Command::Checkout { consumer, prefetch, priority })),
         1 => any_consumer().prop_map(|consumer| Step::Do(Command::Cancel { consumer })),
         3 => (any_consumer(), ids.clone()).prop_map(|(consumer, ids)| Step::Do(Command::Settle { consumer, ids })),
-        2 => (any_consumer(), ids.clone(), proptest::bool::ANY)
-            .prop_map(|(consumer, ids, failed)| Step::Do(Command::Return { consumer, ids, failed })),
+        2 => (any_consumer(), ids.clone(), proptest::bool::ANY, proptest::option::of(0..300u64))
+            .prop_map(|(consumer, ids, failed, delay_ms)| Step::Do(Command::Return { consumer, ids, failed, delay_ms })),
         1 => (any_consumer(), ids).prop_map(|(consumer, ids)| Step::Do(Command::Discard { consumer, ids })),
         1 => (any_consumer(), proptest::bool::ANY)
             .prop_map(|(consumer, settle)| Step::Do(Command::Dequeue { consumer, settle })),
@@ -469,13 +472,13 @@ fn any_config() -> impl Strategy<Value = Config> {
     (
         (proptest::option::of(0..6u64), proptest::option::of(0..30u64), proptest::bool::ANY),
         (proptest::option::of(0..3u32), proptest::option::of(0..400u64), proptest::option::of(1..500u64)),
-        (proptest::bool::ANY, proptest::bool::ANY),
+        (proptest::bool::ANY, proptest::bool::ANY, proptest::option::of(1..600u64)),
     )
         .prop_map(
             |(
                 (max_length, max_length_bytes, reject_publish),
                 (delivery_limit, message_ttl, expires),
-                (single_active_consumer, dead_letter),
+                (single_active_consumer, dead_letter, consumer_timeout_ms),
             )| Config {
                 max_length,
                 max_length_bytes,
@@ -485,6 +488,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 expires,
                 single_active_consumer,
                 dead_letter,
+                consumer_timeout_ms,
             },
         )
 }
@@ -554,10 +558,11 @@ fn check_invariants(q: &QuorumQueue, purged: u64) -> Result<(), TestCaseError> {
     prop_assert!(q.lanes.values().all(|l| !l.is_empty()), "no empty lane is kept");
     let unacked = q.unacked();
     let live = q.live_indexes();
-    prop_assert_eq!(live.len(), ready.len() + unacked, "a message is in two places");
+    let delayed = q.delayed();
+    prop_assert_eq!(live.len(), ready.len() + unacked + delayed, "a message is in two places");
     let s = q.stats();
     let dead: u64 = s.dead_lettered.iter().sum();
-    prop_assert_eq!(s.enqueued, q.ready + unacked as u64 + s.settled + dead + purged);
+    prop_assert_eq!(s.enqueued, q.ready + (unacked + delayed) as u64 + s.settled + dead + purged);
     if q.config.single_active_consumer {
         prop_assert!(q.consumers().iter().filter(|(_, c)| c.status == Status::Active).count() <= 1);
     }
@@ -683,11 +688,54 @@ proptest! {
                 _ if !held.is_empty() => {
                     let (m, id) = held.remove(pick % held.len());
                     classic.requeue(m);
-                    log.apply(Command::Return { consumer: g.clone(), ids: vec![id], failed: false });
+                    log.apply(Command::Return { consumer: g.clone(), ids: vec![id], failed: false, delay_ms: None });
                 }
                 _ => {}
             }
             prop_assert_eq!(classic.len() as u64, log.q.ready());
         }
     }
+}
+
+#[test]
+fn a_return_with_a_delay_holds_the_message_out_until_then() {
+    let mut log = Log::new(Config::default());
+    let a = consumer(1, "a");
+    log.consume(&a, 0);
+    log.publish(3);
+    log.publish(4);
+    let (_, fx) =
+        log.apply(Command::Return { consumer: a.clone(), ids: vec![0], failed: true, delay_ms: Some(500) });
+    assert!(delivered(&fx, &a).is_empty(), "held out");
+    assert_eq!(fx, [Effect::Timer { at_ms: 1_500 }]);
+    assert_eq!((log.q.ready(), log.q.delayed(), log.q.unacked()), (0, 1, 1));
+    assert_eq!(log.q.live_indexes().len(), 2, "a delayed message's entry is kept");
+    log.time_ms = 1_499;
+    assert!(delivered(&log.apply(Command::Tick).1, &a).is_empty());
+    log.time_ms = 1_500;
+    let fx = log.apply(Command::Tick).1;
+    assert_eq!(delivered(&fx, &a), [(2, 2, true)], "back, redelivered, in its place");
+    let count = log
+        .q
+        .consumers()
+        .get(&a)
+        .and_then(|c| c.checked_out().find(|(id, _)| **id == 2))
+        .map(|(_, m)| m.delivery_count);
+    assert_eq!(count, Some(1));
+}
+
+#[test]
+fn a_consumer_whose_delivery_waits_past_the_timeout_is_cancelled_and_its_messages_return() {
+    let mut log = Log::new(Config { consumer_timeout_ms: Some(1_000), ..Config::default() });
+    let (a, b) = (consumer(1, "a"), consumer(2, "b"));
+    log.consume(&a, 1);
+    let (_, fx) = log.publish(1);
+    assert_eq!(delivered(&fx, &a).len(), 1);
+    assert!(fx.contains(&Effect::Timer { at_ms: 2_000 }), "{fx:?}");
+    log.consume(&b, 0);
+    log.time_ms = 2_000;
+    let (_, fx) = log.apply(Command::Tick);
+    assert!(fx.contains(&Effect::ConsumerTimedOut { consumer: a.clone() }), "{fx:?}");
+    assert_eq!(delivered(&fx, &b), [(2, 0, true)], "its message went to the other consumer");
+    assert!(log.q.consumers().get(&a).is_none());
 }
