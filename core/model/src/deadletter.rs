@@ -11,7 +11,7 @@ use warren_codec::{BasicProperties, FieldTable, FieldValue};
 use crate::message::Message;
 
 /// Why a message was dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     /// basic.reject or basic.nack with requeue=false (or retries exhausted).
     Rejected,

@@ -135,6 +135,11 @@ pub struct Config {
     /// `x-consumer-timeout`: how long a delivery may wait for its settlement before its
     /// consumer is cancelled and its messages returned (RabbitMQ's `consumer_timeout`).
     pub consumer_timeout_ms: Option<u64>,
+    /// `x-dead-letter-strategy: at-least-once`: a dead message stays the queue's (and counts
+    /// towards its length) until the leader reports it published to the dead-letter
+    /// exchange and confirmed ([`Command::DeadLettered`]). As in RabbitMQ it holds only with
+    /// a dead-letter exchange and `x-overflow: reject-publish`; otherwise at most once.
+    pub dead_letter_at_least_once: bool,
 }
 
 impl Default for Config {
@@ -149,6 +154,7 @@ impl Default for Config {
             single_active_consumer: false,
             dead_letter: false,
             consumer_timeout_ms: None,
+            dead_letter_at_least_once: false,
         }
     }
 }
@@ -173,6 +179,7 @@ impl Config {
             single_active_consumer: a.single_active_consumer,
             dead_letter: a.dead_letter_exchange.is_some(),
             consumer_timeout_ms: a.consumer_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            dead_letter_at_least_once: a.dead_letter_at_least_once,
         }
     }
 }
@@ -250,6 +257,12 @@ pub enum Command {
     },
     /// `queue.purge`: ready messages go (not dead-lettered); unacked ones stay.
     Purge,
+    /// At-least-once dead-lettering: these messages (by index) were published to the
+    /// dead-letter exchange and confirmed; the queue lets them go.
+    DeadLettered {
+        /// Their indexes.
+        indexes: Vec<u64>,
+    },
     /// Time passed: the leader proposes one when an [`Effect::Timer`] it was given fires.
     Tick,
     /// Arguments or policy changed.
@@ -348,6 +361,8 @@ pub struct Stats {
     pub returned: u64,
     /// Messages dead-lettered (or dropped, without a dead-letter exchange) by reason.
     pub dead_lettered: [u64; 4],
+    /// At-least-once dead letters confirmed by the dead-letter exchange (and let go).
+    pub dead_letters_confirmed: u64,
 }
 
 /// Counts one more; a counter read from a hostile snapshot cannot make it panic.
@@ -378,6 +393,8 @@ pub struct QuorumQueue {
     /// Returned messages held out until their delay ends: (release time, index).
     #[serde(with = "pairs")]
     delayed: BTreeMap<(u64, u64), MsgRef>,
+    /// At-least-once dead letters not yet confirmed by the dead-letter exchange, by index.
+    dead: BTreeMap<u64, (Reason, MsgRef)>,
     #[serde(with = "pairs")]
     enqueuers: BTreeMap<PublisherId, Enqueuer>,
     /// The last declare, consume, cancel or get (for `x-expires`).
@@ -438,6 +455,7 @@ impl QuorumQueue {
             ready_bytes: 0,
             consumers: Consumers::default(),
             delayed: BTreeMap::new(),
+            dead: BTreeMap::new(),
             enqueuers: BTreeMap::new(),
             last_used_ms: now_ms,
             armed: None,
@@ -512,6 +530,14 @@ impl QuorumQueue {
                 self.ready = 0;
                 self.ready_bytes = 0;
                 Reply::Purged(n)
+            }
+            Command::DeadLettered { indexes } => {
+                for index in indexes {
+                    if self.dead.remove(&index).is_some() {
+                        bump(&mut self.stats.dead_letters_confirmed);
+                    }
+                }
+                Reply::Ok
             }
             Command::Tick => {
                 // Asked again at every tick past the deadline: a leader that died before
@@ -744,9 +770,18 @@ impl QuorumQueue {
 
     fn dead_letter(&mut self, reason: Reason, m: MsgRef, fx: &mut Gathered) {
         bump(&mut self.stats.dead_lettered[reason as usize]);
-        if self.config.dead_letter {
-            fx.dead_letter(reason, m);
+        if !self.config.dead_letter {
+            return;
         }
+        if self.at_least_once() {
+            self.dead.insert(m.index, (reason, m));
+        }
+        fx.dead_letter(reason, m);
+    }
+
+    /// Whether dead letters are kept until confirmed (RabbitMQ's condition for it).
+    fn at_least_once(&self) -> bool {
+        self.config.dead_letter_at_least_once && self.config.dead_letter && self.config.reject_publish
     }
 
     /// `x-expires`: when a queue without consumers, not declared, consumed from or read by
@@ -803,14 +838,12 @@ impl QuorumQueue {
     /// Messages held out by a delay are still the queue's for its length limit, as in a
     /// classic queue.
     fn would_overflow(&self, size: u64) -> bool {
-        self.config.max_length.is_some_and(|max| self.ready + self.delayed.len() as u64 >= max)
+        self.config.max_length.is_some_and(|max| self.held() >= max)
             || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes.saturating_add(size) > max)
     }
 
     fn over_limit(&self) -> bool {
-        self.config
-            .max_length
-            .is_some_and(|max| self.ready > 0 && self.ready + self.delayed.len() as u64 > max)
+        self.config.max_length.is_some_and(|max| self.ready > 0 && self.held() > max)
             || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
     }
 
@@ -818,6 +851,14 @@ impl QuorumQueue {
     /// between committing a delivery and sending it. The consumer's side drops ids it
     /// already has (they rise by one per consumer).
     pub fn resend(&self) -> Vec<Effect> {
+        let mut by_reason: Vec<(Reason, Vec<MsgRef>)> = Vec::new();
+        for (reason, m) in self.dead.values() {
+            match by_reason.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, list)) => list.push(*m),
+                None => by_reason.push((*reason, vec![*m])),
+            }
+        }
+        let dead = by_reason.into_iter().map(|(reason, msgs)| Effect::DeadLetter { reason, msgs });
         self.consumers
             .iter()
             .filter(|(_, c)| c.status != Status::Pull)
@@ -828,6 +869,7 @@ impl QuorumQueue {
                     .collect();
                 (!deliveries.is_empty()).then(|| Effect::Deliver { consumer: id.clone(), deliveries })
             })
+            .chain(dead)
             .collect()
     }
 
@@ -858,7 +900,12 @@ impl QuorumQueue {
                 self.ready, self.ready_bytes
             ));
         }
-        for m in self.consumers.checked_out().chain(self.delayed.values()) {
+        for m in self
+            .consumers
+            .checked_out()
+            .chain(self.delayed.values())
+            .chain(self.dead.values().map(|(_, m)| m))
+        {
             if !seen.insert(m.index) {
                 return Err(format!("message {} is held twice", m.index));
             }
@@ -874,7 +921,8 @@ impl QuorumQueue {
     pub fn live_indexes(&self) -> BTreeSet<u64> {
         let ready = self.lanes.values().flat_map(Lane::iter).map(|m| m.index);
         let delayed = self.delayed.values().map(|m| m.index);
-        ready.chain(delayed).chain(self.consumers.checked_out().map(|m| m.index)).collect()
+        let dead = self.dead.keys().copied();
+        ready.chain(delayed).chain(dead).chain(self.consumers.checked_out().map(|m| m.index)).collect()
     }
 
     /// Ready messages.
@@ -890,6 +938,17 @@ impl QuorumQueue {
     /// Messages held out by a retry delay.
     pub fn delayed(&self) -> usize {
         self.delayed.len()
+    }
+
+    /// At-least-once dead letters waiting for the dead-letter exchange's confirm.
+    pub fn dead_letters_pending(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Messages that count towards `x-max-length`: ready, held out by a delay, and dead
+    /// letters not yet confirmed.
+    fn held(&self) -> u64 {
+        self.ready + (self.delayed.len() + self.dead.len()) as u64
     }
 
     /// Messages delivered and not yet settled.

@@ -462,6 +462,7 @@ fn any_step() -> impl Strategy<Value = Step> {
         1 => (1..4u64).prop_map(|conn| Step::Do(Command::Down { owner: owner_of(conn) })),
         1 => (1..3u64).prop_map(|node| Step::Do(Command::NodeDown { node })),
         1 => Just(Step::Do(Command::Purge)),
+        1 => proptest::collection::vec(0..60u64, 0..3).prop_map(|indexes| Step::Do(Command::DeadLettered { indexes })),
         2 => Just(Step::Do(Command::Tick)),
         1 => any_config().prop_map(|c| Step::Do(Command::Configure(c))),
         2 => (0..200u64).prop_map(Step::Wait),
@@ -472,13 +473,13 @@ fn any_config() -> impl Strategy<Value = Config> {
     (
         (proptest::option::of(0..6u64), proptest::option::of(0..30u64), proptest::bool::ANY),
         (proptest::option::of(0..3u32), proptest::option::of(0..400u64), proptest::option::of(1..500u64)),
-        (proptest::bool::ANY, proptest::bool::ANY, proptest::option::of(1..600u64)),
+        (proptest::bool::ANY, proptest::bool::ANY, proptest::option::of(1..600u64), proptest::bool::ANY),
     )
         .prop_map(
             |(
                 (max_length, max_length_bytes, reject_publish),
                 (delivery_limit, message_ttl, expires),
-                (single_active_consumer, dead_letter, consumer_timeout_ms),
+                (single_active_consumer, dead_letter, consumer_timeout_ms, dead_letter_at_least_once),
             )| Config {
                 max_length,
                 max_length_bytes,
@@ -489,6 +490,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 single_active_consumer,
                 dead_letter,
                 consumer_timeout_ms,
+                dead_letter_at_least_once,
             },
         )
 }
@@ -559,10 +561,13 @@ fn check_invariants(q: &QuorumQueue, purged: u64) -> Result<(), TestCaseError> {
     let unacked = q.unacked();
     let live = q.live_indexes();
     let delayed = q.delayed();
-    prop_assert_eq!(live.len(), ready.len() + unacked + delayed, "a message is in two places");
+    let pending = q.dead_letters_pending();
+    prop_assert_eq!(live.len(), ready.len() + unacked + delayed + pending, "a message is in two places");
     let s = q.stats();
     let dead: u64 = s.dead_lettered.iter().sum();
+    // Dead letters waiting for their confirm are counted once, among the dead.
     prop_assert_eq!(s.enqueued, q.ready + (unacked + delayed) as u64 + s.settled + dead + purged);
+    prop_assert!(s.dead_letters_confirmed + pending as u64 <= dead);
     if q.config.single_active_consumer {
         prop_assert!(q.consumers().iter().filter(|(_, c)| c.status == Status::Active).count() <= 1);
     }
@@ -738,4 +743,39 @@ fn a_consumer_whose_delivery_waits_past_the_timeout_is_cancelled_and_its_message
     assert!(fx.contains(&Effect::ConsumerTimedOut { consumer: a.clone() }), "{fx:?}");
     assert_eq!(delivered(&fx, &b), [(2, 0, true)], "its message went to the other consumer");
     assert!(log.q.consumers().get(&a).is_none());
+}
+
+#[test]
+fn at_least_once_dead_letters_stay_the_queues_until_confirmed() {
+    let config = Config {
+        max_length: Some(2),
+        reject_publish: true,
+        dead_letter: true,
+        dead_letter_at_least_once: true,
+        ..Config::default()
+    };
+    let mut log = Log::new(config);
+    log.publish(1);
+    let g = getter(1);
+    log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
+    let (_, fx) = log.apply(Command::Discard { consumer: g, ids: vec![0] });
+    assert_eq!(dead(&fx), [(Reason::Rejected, 1)]);
+    assert_eq!(log.q.dead_letters_pending(), 1);
+    assert!(log.q.live_indexes().contains(&1), "its entry is kept until confirmed");
+    assert_eq!(log.publish(1).0, Reply::Enqueued);
+    assert_eq!(log.publish(1).0, Reply::Rejected, "the unconfirmed dead letter counts towards the length");
+    // A new leader publishes it again.
+    assert_eq!(dead(&log.q.resend()), [(Reason::Rejected, 1)]);
+    log.apply(Command::DeadLettered { indexes: vec![1] });
+    assert_eq!(log.q.dead_letters_pending(), 0);
+    assert_eq!(log.publish(1).0, Reply::Enqueued);
+
+    // Without reject-publish, at most once, as RabbitMQ.
+    let mut log =
+        Log::new(Config { dead_letter: true, dead_letter_at_least_once: true, ..Config::default() });
+    log.publish(1);
+    let g = getter(1);
+    log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
+    log.apply(Command::Discard { consumer: g, ids: vec![0] });
+    assert_eq!(log.q.dead_letters_pending(), 0);
 }
