@@ -40,6 +40,9 @@ pub enum Status {
     Cancelled,
     /// Holds messages taken by `basic.get`; never pushed to.
     Pull,
+    /// On a node declared down: not pushed to; its messages stay its own until the node is
+    /// back (`Active` or `Waiting` again) or removed.
+    Suspected,
 }
 
 /// One consumer's state.
@@ -215,6 +218,33 @@ impl Consumers {
         Some(m)
     }
 
+    /// Suspects the listening consumers of `node` (`down`), or lets the suspected ones
+    /// listen again: active, or waiting behind a single active consumer that took over.
+    pub fn suspect(&mut self, node: u64, down: bool, single_active: bool) {
+        if down {
+            for (id, c) in self.map.iter_mut() {
+                if id.owner.node == node && matches!(c.status, Status::Active | Status::Waiting) {
+                    c.status = Status::Suspected;
+                }
+            }
+            self.promote(single_active);
+            return;
+        }
+        let mut back: Vec<(u64, ConsumerId)> = self
+            .map
+            .iter()
+            .filter(|(id, c)| id.owner.node == node && c.status == Status::Suspected)
+            .map(|(id, c)| (c.order, id.clone()))
+            .collect();
+        back.sort();
+        for (_, id) in back {
+            let taken = single_active && self.map.values().any(|c| c.status == Status::Active);
+            if let Some(c) = self.map.get_mut(&id) {
+                c.status = if taken { Status::Waiting } else { Status::Active };
+            }
+        }
+    }
+
     /// The consumers of connections `gone` says are gone.
     pub fn owned_by(&self, gone: impl Fn(&Owner) -> bool) -> Vec<ConsumerId> {
         self.map.keys().filter(|id| gone(&id.owner)).cloned().collect()
@@ -223,7 +253,8 @@ impl Consumers {
     /// Whether any consumer listens (for `x-expires`, which counts a queue with consumers as
     /// used).
     pub fn any_listening(&self) -> bool {
-        self.map.values().any(|c| matches!(c.status, Status::Active | Status::Waiting))
+        // A suspected consumer may be behind a partition, not gone: the queue is in use.
+        self.map.values().any(|c| matches!(c.status, Status::Active | Status::Waiting | Status::Suspected))
     }
 
     /// One consumer.

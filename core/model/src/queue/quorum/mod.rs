@@ -249,9 +249,22 @@ pub enum Command {
         /// The connection.
         owner: Owner,
     },
-    /// A node left the cluster or was declared down: [`Command::Down`] for each of its
-    /// connections.
+    /// The failure detector declared a node down: its consumers are suspected, not gone
+    /// (it may be a partition): nothing more is delivered to them, and their unacked
+    /// messages stay theirs until [`Command::NodeUp`] or [`Command::NodeRemoved`], as
+    /// `rabbit_fifo` does, so a healed partition does not deliver everything twice.
     NodeDown {
+        /// The node.
+        node: u64,
+    },
+    /// A node declared down is back: its suspected consumers receive again.
+    NodeUp {
+        /// The node.
+        node: u64,
+    },
+    /// A node left the cluster (or stayed down past the cluster's limit): [`Command::Down`]
+    /// for each of its connections.
+    NodeRemoved {
         /// The node.
         node: u64,
     },
@@ -521,6 +534,14 @@ impl QuorumQueue {
                 Reply::Ok
             }
             Command::NodeDown { node } => {
+                self.consumers.suspect(node, true, sac);
+                Reply::Ok
+            }
+            Command::NodeUp { node } => {
+                self.consumers.suspect(node, false, sac);
+                Reply::Ok
+            }
+            Command::NodeRemoved { node } => {
                 self.down(|o| o.node == node, now, &mut fx);
                 Reply::Ok
             }

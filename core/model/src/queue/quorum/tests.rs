@@ -461,6 +461,8 @@ fn any_step() -> impl Strategy<Value = Step> {
             .prop_map(|(consumer, settle)| Step::Do(Command::Dequeue { consumer, settle })),
         1 => (1..4u64).prop_map(|conn| Step::Do(Command::Down { owner: owner_of(conn) })),
         1 => (1..3u64).prop_map(|node| Step::Do(Command::NodeDown { node })),
+        1 => (1..3u64).prop_map(|node| Step::Do(Command::NodeUp { node })),
+        1 => (1..3u64).prop_map(|node| Step::Do(Command::NodeRemoved { node })),
         1 => Just(Step::Do(Command::Purge)),
         1 => proptest::collection::vec(0..60u64, 0..3).prop_map(|indexes| Step::Do(Command::DeadLettered { indexes })),
         2 => Just(Step::Do(Command::Tick)),
@@ -511,7 +513,7 @@ fn run(q: &mut QuorumQueue, steps: &[Step], d: &mut Driver) -> Vec<Applied> {
                 // A connection that goes comes back as new channels: new incarnations.
                 let gone = |o: &Owner| match c {
                     Command::Down { owner } => o == owner,
-                    Command::NodeDown { node } => o.node == *node,
+                    Command::NodeRemoved { node } => o.node == *node,
                     _ => false,
                 };
                 for (conn, (incarnation, last)) in d.publishers.iter_mut() {
@@ -608,6 +610,7 @@ proptest! {
                     if let Effect::Deliver { consumer, .. } = e {
                         let c = full.consumers().get(consumer);
                         prop_assert!(c.is_some_and(|c| c.prefetch == 0 || c.checked_out().count() <= c.prefetch as usize));
+                        prop_assert!(c.is_some_and(|c| c.status == Status::Active), "a delivery to a consumer not active");
                     }
                 }
             }
@@ -778,4 +781,27 @@ fn at_least_once_dead_letters_stay_the_queues_until_confirmed() {
     log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
     log.apply(Command::Discard { consumer: g, ids: vec![0] });
     assert_eq!(log.q.dead_letters_pending(), 0);
+}
+
+#[test]
+fn a_node_declared_down_keeps_its_consumers_messages_until_it_is_back_or_removed() {
+    let mut log = Log::new(Config::default());
+    let far = ConsumerId { owner: Owner { node: 2, conn: 7 }, channel: 1, tag: "far".into() };
+    let near = consumer(1, "near");
+    log.consume(&far, 1);
+    log.publish(1);
+    log.consume(&near, 0);
+    let (_, fx) = log.apply(Command::NodeDown { node: 2 });
+    assert!(fx.is_empty(), "its message is not handed to another: the node may only be cut off");
+    assert_eq!(log.q.consumers().get(&far).map(|c| c.status), Some(Status::Suspected));
+    let (_, fx) = log.publish(1);
+    assert_eq!(delivered(&fx, &near).len(), 1, "new messages go to consumers that are up");
+    log.apply(Command::NodeUp { node: 2 });
+    assert_eq!(
+        log.q.consumers().get(&far).map(|c| (c.status, c.checked_out().count())),
+        Some((Status::Active, 1))
+    );
+    log.apply(Command::NodeDown { node: 2 });
+    let (_, fx) = log.apply(Command::NodeRemoved { node: 2 });
+    assert_eq!(delivered(&fx, &near), [(2, 1, true)], "removed: its message goes to the consumer that is up");
 }
