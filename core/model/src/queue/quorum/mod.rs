@@ -649,14 +649,7 @@ impl QuorumQueue {
     fn dequeue(&mut self, meta: Meta, consumer: ConsumerId, settle: bool, fx: &mut Gathered) -> Reply {
         self.last_used_ms = meta.time_ms;
         let delivery = loop {
-            let Some(mut m) = self.pop() else { break None };
-            if self.is_expired(&m, meta) {
-                self.dead_letter(Reason::Expired, m, fx);
-                continue;
-            }
-            let redelivered = m.acquired > 0;
-            m.acquired = m.acquired.saturating_add(1);
-            m.delivered_ms = meta.time_ms;
+            let Some((m, redelivered)) = self.take_next(meta, fx) else { break None };
             bump(&mut self.stats.delivered);
             let id = if settle {
                 bump(&mut self.stats.settled);
@@ -680,14 +673,7 @@ impl QuorumQueue {
     /// Hands ready messages to consumers with room, highest priority first.
     fn deliver(&mut self, meta: Meta, fx: &mut Gathered) {
         while self.consumers.next().is_some() {
-            let Some(mut m) = self.pop() else { return };
-            if self.is_expired(&m, meta) {
-                self.dead_letter(Reason::Expired, m, fx);
-                continue;
-            }
-            let redelivered = m.acquired > 0;
-            m.acquired = m.acquired.saturating_add(1);
-            m.delivered_ms = meta.time_ms;
+            let Some((m, redelivered)) = self.take_next(meta, fx) else { return };
             match self.consumers.assign_next(m) {
                 Ok((consumer, id)) => {
                     bump(&mut self.stats.delivered);
@@ -699,6 +685,22 @@ impl QuorumQueue {
                     return;
                 }
             }
+        }
+    }
+
+    /// The next ready message to hand out, marked as delivered now, and whether it was
+    /// delivered before; expired ones on the way are dead-lettered.
+    fn take_next(&mut self, meta: Meta, fx: &mut Gathered) -> Option<(MsgRef, bool)> {
+        loop {
+            let mut m = self.pop()?;
+            if self.is_expired(&m, meta) {
+                self.dead_letter(Reason::Expired, m, fx);
+                continue;
+            }
+            let redelivered = m.acquired > 0;
+            m.acquired = m.acquired.saturating_add(1);
+            m.delivered_ms = meta.time_ms;
+            return Some((m, redelivered));
         }
     }
 
