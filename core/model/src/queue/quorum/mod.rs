@@ -648,25 +648,22 @@ impl QuorumQueue {
 
     fn dequeue(&mut self, meta: Meta, consumer: ConsumerId, settle: bool, fx: &mut Gathered) -> Reply {
         self.last_used_ms = meta.time_ms;
-        let delivery = loop {
-            let Some((m, redelivered)) = self.take_next(meta, fx) else { break None };
+        let delivery = self.take_next(meta, fx).and_then(|(m, redelivered)| {
             bump(&mut self.stats.delivered);
             let id = if settle {
                 bump(&mut self.stats.settled);
                 0
             } else {
-                match self.consumers.assign_pulled(consumer, m) {
-                    Some(id) => id,
-                    // assign_pulled registers the consumer first, so this cannot happen;
-                    // keep the message rather than lose it.
-                    None => {
-                        self.push(m);
-                        break None;
-                    }
-                }
+                // assign_pulled registers the consumer first, so it always gives an id; were
+                // it not to, the message is kept rather than lost.
+                let Some(id) = self.consumers.assign_pulled(consumer, m) else {
+                    self.push(m);
+                    return None;
+                };
+                id
             };
-            break Some(Delivery { id, msg: m, redelivered });
-        };
+            Some(Delivery { id, msg: m, redelivered })
+        });
         Reply::Dequeued { delivery, remaining: self.ready }
     }
 
