@@ -125,7 +125,8 @@ pub enum Answer {
     /// The session's consumer is gone (its queue was deleted, or its channel failed): the
     /// adapter's session cannot go on receiving.
     ConsumerLost(String),
-    /// The broker closed the session (an operator, a deleted vhost).
+    /// The session is over (an operator closed it, a connection-level error, no channel
+    /// left): every operation is refused from now on; end it with [`Bridge::close_session`].
     Closed(String),
 }
 
@@ -146,14 +147,29 @@ enum Role {
     Publish,
 }
 
+const ROLES: [Role; 3] = [Role::Topology, Role::Consume, Role::Publish];
+
+/// One channel of the bridge: its number, the reply it waits for, and what waits behind it.
+///
+/// One synchronous operation at a time per channel: the broker holds a durable change's -ok
+/// until its sync while a later operation's -ok would go at once, so replies are matched to
+/// operations only when no two are outstanding on a channel.
+#[derive(Debug, Default)]
+struct Lane {
+    ch: u16,
+    /// Replies owed for the bridge's own setup of the channel (open-ok, select-ok): never
+    /// held by a sync, so they come before any operation's.
+    own: u8,
+    waiting: Option<Waiting>,
+    backlog: VecDeque<(Command, Waiting)>,
+}
+
 /// An adapter's session in the broker.
 #[derive(Debug)]
 pub struct Bridge {
     conn: ConnId,
-    /// The channel of each role.
-    channels: [u16; 3],
+    lanes: [Lane; 3],
     next_channel: u16,
-    waiting: BTreeMap<u16, VecDeque<Waiting>>,
     /// Confirm sequence numbers on the publish channel, with the confirm id asked for.
     confirms: BTreeMap<u64, Option<u64>>,
     next_seq: u64,
@@ -161,6 +177,12 @@ pub struct Bridge {
     outgoing: Vec<Outgoing>,
     /// Deliveries wait for room: poll again once the last ones are written.
     more: bool,
+    /// The consume channel failed: its delivery tags are void until a new consume.
+    consumer_lost: bool,
+    /// The session is over (the broker closed it, or the bridge could not go on).
+    closed: Option<String>,
+    /// The channel being failed: nothing more is applied on it meanwhile.
+    failing: Option<Role>,
 }
 
 /// The consumer tag of an adapter session's consumer.
@@ -173,16 +195,18 @@ impl Bridge {
         let conn = broker.open_session(info)?;
         let mut b = Bridge {
             conn,
-            channels: [0; 3],
+            lanes: Default::default(),
             next_channel: 0,
-            waiting: BTreeMap::new(),
             confirms: BTreeMap::new(),
             next_seq: 1,
             answers: Vec::new(),
             outgoing: Vec::new(),
             more: false,
+            consumer_lost: false,
+            closed: None,
+            failing: None,
         };
-        for role in [Role::Topology, Role::Consume, Role::Publish] {
+        for role in ROLES {
             if let Err(e) = b.open_channel(broker, role) {
                 broker.disconnect(conn);
                 return Err(e);
@@ -196,8 +220,13 @@ impl Bridge {
         self.conn
     }
 
-    fn channel(&self, role: Role) -> u16 {
-        self.channels[role as usize]
+    /// Why the session is over, once it is: every operation is refused from then on.
+    pub fn closed(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+
+    fn lane(&mut self, role: Role) -> &mut Lane {
+        &mut self.lanes[role as usize]
     }
 
     fn open_channel(&mut self, broker: &mut Broker, role: Role) -> Result<(), AmqpError> {
@@ -207,26 +236,29 @@ impl Bridge {
             AmqpError::new(warren_codec::reply_code::CHANNEL_ERROR, "no channel number left")
         })?;
         let ch = self.next_channel;
-        self.channels[role as usize] = ch;
+        let lane = self.lane(role);
+        lane.ch = ch;
+        lane.own = 0;
+        lane.waiting = None;
         broker.apply(self.conn, ch, Command::OpenChannel)?;
-        self.wait(ch, Waiting::Own);
+        self.lane(role).own += 1;
         if role == Role::Publish {
+            // In confirm mode before any publish can reach it.
             self.next_seq = 1;
             broker.apply(self.conn, ch, Command::SelectConfirms(ConfirmSelect { no_wait: false }))?;
-            self.wait(ch, Waiting::Own);
+            self.lane(role).own += 1;
         }
         Ok(())
     }
 
-    fn wait(&mut self, ch: u16, w: Waiting) {
-        self.waiting.entry(ch).or_default().push_back(w);
-    }
-
     /// Applies one operation.
     pub fn submit(&mut self, broker: &mut Broker, op: Op) {
+        if let Some(why) = self.closed.clone() {
+            return self.refuse(op, &why);
+        }
         match op {
             Op::DeclareQueue { id, name, durable, exclusive, expires_ms } => {
-                let existed = broker.queue(&name).is_some();
+                let existed = broker.queue_exists_for(self.conn, &name);
                 let mut arguments = FieldTable::new();
                 if let Some(ms) = expires_ms {
                     arguments
@@ -242,35 +274,49 @@ impl Bridge {
                     arguments,
                     ..Default::default()
                 };
-                self.topology(broker, id, existed, Command::DeclareQueue(m));
+                self.sync(broker, Role::Topology, Command::DeclareQueue(m), Waiting::Done { id, existed });
             }
             Op::DeleteQueue { id, name } => {
                 let m = QueueDelete { queue: name, ..Default::default() };
-                self.topology(broker, id, false, Command::DeleteQueue(m));
+                self.sync(
+                    broker,
+                    Role::Topology,
+                    Command::DeleteQueue(m),
+                    Waiting::Done { id, existed: false },
+                );
             }
             Op::Bind { id, queue, exchange, key } => {
                 let m = QueueBind { queue, exchange, routing_key: key, ..Default::default() };
-                self.topology(broker, id, false, Command::BindQueue(m));
+                self.sync(
+                    broker,
+                    Role::Topology,
+                    Command::BindQueue(m),
+                    Waiting::Done { id, existed: false },
+                );
             }
             Op::Unbind { id, queue, exchange, key } => {
                 let m = QueueUnbind { queue, exchange, routing_key: key, ..Default::default() };
-                self.topology(broker, id, false, Command::UnbindQueue(m));
+                self.sync(
+                    broker,
+                    Role::Topology,
+                    Command::UnbindQueue(m),
+                    Waiting::Done { id, existed: false },
+                );
             }
             Op::Consume { id, queue, prefetch } => {
-                let ch = self.channel(Role::Consume);
+                self.consumer_lost = false;
                 let qos = BasicQos { prefetch_count: prefetch, ..Default::default() };
                 let consume = BasicConsume { queue, consumer_tag: CONSUMER_TAG.into(), ..Default::default() };
-                let r = broker.apply(self.conn, ch, Command::Qos(qos)).and_then(|()| {
-                    self.wait(ch, Waiting::Own);
-                    broker.apply(self.conn, ch, Command::Consume(consume))
-                });
-                match r {
-                    Ok(()) => self.wait(ch, Waiting::Done { id, existed: false }),
-                    Err(e) => self.failed(broker, Role::Consume, e, Some(id)),
-                }
+                self.sync(broker, Role::Consume, Command::Qos(qos), Waiting::Own);
+                self.sync(
+                    broker,
+                    Role::Consume,
+                    Command::Consume(consume),
+                    Waiting::Done { id, existed: false },
+                );
             }
             Op::Publish { confirm, exchange, routing_key, properties, body } => {
-                let ch = self.channel(Role::Publish);
+                let ch = self.lane(Role::Publish).ch;
                 self.confirms.insert(self.next_seq, confirm);
                 self.next_seq += 1;
                 let method = BasicPublish { exchange, routing_key, ..Default::default() };
@@ -280,7 +326,11 @@ impl Bridge {
                 }
             }
             Op::Ack { delivery_tag } => {
-                let ch = self.channel(Role::Consume);
+                // A lost consumer's tags name nothing on its channel's successor.
+                if self.consumer_lost {
+                    return;
+                }
+                let ch = self.lane(Role::Consume).ch;
                 if let Err(e) = broker.apply(self.conn, ch, Command::Ack { delivery_tag, multiple: false }) {
                     self.failed(broker, Role::Consume, e, None);
                 }
@@ -288,30 +338,65 @@ impl Bridge {
         }
     }
 
-    fn topology(&mut self, broker: &mut Broker, id: u64, existed: bool, cmd: Command) {
-        let ch = self.channel(Role::Topology);
-        match broker.apply(self.conn, ch, cmd) {
-            Ok(()) => self.wait(ch, Waiting::Done { id, existed }),
-            Err(e) => self.failed(broker, Role::Topology, e, Some(id)),
+    /// The answer an operation gets once the session is over.
+    fn refuse(&mut self, op: Op, why: &str) {
+        let e = AmqpError::new(warren_codec::reply_code::CHANNEL_ERROR, why.to_string());
+        match op {
+            Op::DeclareQueue { id, .. }
+            | Op::DeleteQueue { id, .. }
+            | Op::Bind { id, .. }
+            | Op::Unbind { id, .. }
+            | Op::Consume { id, .. } => self.answers.push(Answer::Done { id, result: Err(e) }),
+            Op::Publish { confirm, .. } => self.answers.extend(confirm.map(Answer::Refused)),
+            Op::Ack { .. } => {}
+        }
+    }
+
+    /// A synchronous operation on `role`'s channel: applied now if nothing is outstanding
+    /// there, else after what is.
+    fn sync(&mut self, broker: &mut Broker, role: Role, cmd: Command, w: Waiting) {
+        self.lane(role).backlog.push_back((cmd, w));
+        self.pump(broker, role);
+    }
+
+    /// Applies the next operations waiting on `role`'s channel, one outstanding at a time.
+    fn pump(&mut self, broker: &mut Broker, role: Role) {
+        while self.closed.is_none() && self.failing != Some(role) && self.lane(role).waiting.is_none() {
+            let Some((cmd, w)) = self.lane(role).backlog.pop_front() else { return };
+            let ch = self.lane(role).ch;
+            match broker.apply(self.conn, ch, cmd) {
+                Ok(()) => self.lane(role).waiting = Some(w),
+                Err(e) => {
+                    let op = match w {
+                        Waiting::Done { id, .. } => Some(id),
+                        Waiting::Own => None,
+                    };
+                    self.failed(broker, role, e, op);
+                }
+            }
         }
     }
 
     /// A channel failed (for operation `op`, when one was refused as it was applied): the
     /// broker closes it; what waited on it is answered, and a fresh channel takes its role
-    /// (the consumer's is not restarted: its loss is told).
+    /// (the consumer's is not restarted: its loss is told). A connection-level error, or a
+    /// channel that cannot be opened again, ends the session.
     fn failed(&mut self, broker: &mut Broker, role: Role, e: AmqpError, op: Option<u64>) {
-        // Replies the broker already sent on the channel answer their operations first: only
-        // what is still waiting after them fails with it.
+        // What the broker already answered (a confirm, an -ok) is matched first: only what
+        // is still outstanding fails with the channel.
+        let outer = self.failing.replace(role);
         self.drain(broker);
+        self.failing = outer;
         if let Some(id) = op {
             self.answers.push(Answer::Done { id, result: Err(e.clone()) });
         }
-        let ch = self.channel(role);
+        if e.is_hard() {
+            return self.close(&e.text);
+        }
+        let ch = self.lane(role).ch;
         broker.channel_error(self.conn, ch, &e);
-        for w in self.waiting.remove(&ch).unwrap_or_default() {
-            if let Waiting::Done { id, .. } = w {
-                self.answers.push(Answer::Done { id, result: Err(e.clone()) });
-            }
+        if let Some(Waiting::Done { id, .. }) = self.lane(role).waiting.take() {
+            self.answers.push(Answer::Done { id, result: Err(e.clone()) });
         }
         match role {
             Role::Publish => {
@@ -319,12 +404,40 @@ impl Bridge {
                     self.answers.extend(id.map(Answer::Refused));
                 }
             }
-            Role::Consume => self.answers.push(Answer::ConsumerLost(e.text.clone())),
+            Role::Consume => {
+                self.consumer_lost = true;
+                self.answers.push(Answer::ConsumerLost(e.text.clone()));
+            }
             Role::Topology => {}
         }
         if let Err(e) = self.open_channel(broker, role) {
-            self.answers.push(Answer::Closed(e.text));
+            return self.close(&e.text);
         }
+        // What waited behind the failed operation goes on, on the new channel.
+        self.pump(broker, role);
+    }
+
+    /// Ends the session: everything outstanding is answered as refused.
+    fn close(&mut self, why: &str) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(why.to_string());
+        let e = AmqpError::new(warren_codec::reply_code::CHANNEL_ERROR, why.to_string());
+        for role in ROLES {
+            let lane = self.lane(role);
+            let waiting = lane.waiting.take();
+            let backlog: Vec<Waiting> = lane.backlog.drain(..).map(|(_, w)| w).collect();
+            for w in waiting.into_iter().chain(backlog) {
+                if let Waiting::Done { id, .. } = w {
+                    self.answers.push(Answer::Done { id, result: Err(e.clone()) });
+                }
+            }
+        }
+        for (_, id) in std::mem::take(&mut self.confirms) {
+            self.answers.extend(id.map(Answer::Refused));
+        }
+        self.answers.push(Answer::Closed(why.to_string()));
     }
 
     /// Whether deliveries wait for room: [`Bridge::poll`] again once the answers of the last
@@ -335,10 +448,15 @@ impl Bridge {
 
     /// The broker's replies and deliveries since the last call, as answers.
     pub fn poll(&mut self, broker: &mut Broker) -> Vec<Answer> {
-        self.drain(broker);
+        // Each -ok may let a waiting operation go, whose own -ok may be out at once.
+        for _ in 0..64 {
+            if !self.drain(broker) {
+                break;
+            }
+        }
         for (ch, e) in broker.take_errors(self.conn) {
-            if ch == 0 {
-                self.answers.push(Answer::Closed(e.text));
+            if ch == 0 || e.is_hard() {
+                self.close(&e.text);
             } else {
                 self.failed_on(broker, ch, e);
             }
@@ -349,23 +467,21 @@ impl Bridge {
     /// The broker failed channel `ch` on its own (not in answer to an operation applied just
     /// now); a channel no longer in use (one the bridge failed already) is let be.
     fn failed_on(&mut self, broker: &mut Broker, ch: u16, e: AmqpError) {
-        let role = match self.channels.iter().position(|c| *c == ch) {
-            Some(0) => Role::Topology,
-            Some(1) => Role::Consume,
-            Some(_) => Role::Publish,
-            None => return,
-        };
-        self.failed(broker, role, e, None);
+        if let Some(role) = ROLES.into_iter().find(|r| self.lanes[*r as usize].ch == ch) {
+            self.failed(broker, role, e, None);
+        }
     }
 
-    /// Matches what the broker sent so far to what waits for it.
-    fn drain(&mut self, broker: &mut Broker) {
+    /// Matches what the broker sent so far to what waits for it; whether anything came.
+    fn drain(&mut self, broker: &mut Broker) -> bool {
         let mut out = std::mem::take(&mut self.outgoing);
         self.more = broker.take_outbound(self.conn, &mut out);
+        let any = !out.is_empty();
         for item in out.drain(..) {
             self.reply(broker, item);
         }
         self.outgoing = out;
+        any
     }
 
     fn reply(&mut self, broker: &mut Broker, item: Outgoing) {
@@ -378,18 +494,27 @@ impl Bridge {
                 Method::BasicAck(a) => self.settle(a.delivery_tag, a.multiple, true),
                 Method::BasicNack(n) => self.settle(n.delivery_tag, n.multiple, false),
                 Method::BasicCancel(_) => {
-                    self.answers.push(Answer::ConsumerLost("the queue was deleted".into()))
+                    self.consumer_lost = true;
+                    self.answers.push(Answer::ConsumerLost("the queue was deleted".into()));
                 }
                 Method::ChannelClose(c) => {
                     self.failed_on(broker, channel, AmqpError::new(c.reply_code, c.reply_text.clone()))
                 }
-                Method::ConnectionClose(c) => self.answers.push(Answer::Closed(c.reply_text)),
-                // Every other method is the -ok of the oldest operation waiting on its channel.
+                Method::ConnectionClose(c) => self.close(&c.reply_text),
+                // Every other method is the -ok of the operation outstanding on its channel.
                 _ => {
-                    let w = self.waiting.get_mut(&channel).and_then(VecDeque::pop_front);
-                    if let Some(Waiting::Done { id, existed }) = w {
+                    let Some(role) = ROLES.into_iter().find(|r| self.lanes[*r as usize].ch == channel) else {
+                        return;
+                    };
+                    let lane = self.lane(role);
+                    if lane.own > 0 {
+                        lane.own -= 1;
+                        return;
+                    }
+                    if let Some(Waiting::Done { id, existed }) = lane.waiting.take() {
                         self.answers.push(Answer::Done { id, result: Ok(existed) });
                     }
+                    self.pump(broker, role);
                 }
             },
         }
@@ -407,7 +532,7 @@ impl Bridge {
 
     /// Ends the session: its consumer cancelled, unacked deliveries back in their queue,
     /// exclusive queues gone.
-    pub fn close(self, broker: &mut Broker) {
+    pub fn close_session(self, broker: &mut Broker) {
         broker.disconnect(self.conn);
     }
 }

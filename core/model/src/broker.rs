@@ -830,6 +830,11 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether queue `name` exists in the vhost of session `conn`.
+    pub fn queue_exists_for(&self, conn: ConnId, name: &str) -> bool {
+        self.vhosts[self.vh(conn)].queues.contains_key(name)
+    }
+
     /// Moves what connection `conn` has to send into `out`. True when deliveries still wait
     /// for room (at most `OUTBOUND_LIMIT` go out per pull): pull again once these are written.
     #[must_use = "when true, more deliveries wait for room: pull again once these are written"]

@@ -162,7 +162,7 @@ fn amqp_publishes_reach_its_consumer_and_what_it_did_not_ack_goes_back_when_it_c
         matches!(&answers[..], [Answer::Delivery { message, .. }] if &message.body[..] == b"flood"),
         "{answers:?}"
     );
-    b.close(&mut h.broker);
+    b.close_session(&mut h.broker);
     assert_eq!(h.broker.queue_counts(&queue).map(|c| c.0), Some(1), "the unacked one is back");
 }
 
@@ -177,4 +177,49 @@ fn a_consume_it_may_not_make_is_refused_and_its_consumer_reported_lost() {
     // Its topology channel still works.
     b.submit(&mut h.broker, Op::DeleteQueue { id: 2, name: "missing".into() });
     assert_eq!(done(&b.poll(&mut h.broker)), [(2, Ok(false))]);
+}
+
+#[test]
+fn operations_on_a_channel_go_one_at_a_time_and_queues_are_looked_up_in_the_sessions_vhost() {
+    use warren_codec::{Method, QueueDeclare};
+    let mut h = Harness::new(Instant::now());
+    // A queue of the same name in `/`: the session in `a` must not take it for its own.
+    let amqp = h.open();
+    h.open_channel(amqp, 1);
+    h.send_method(amqp, 1, QueueDeclare { queue: "q".into(), ..Default::default() });
+    assert!(matches!(h.method(amqp), Some(Method::QueueDeclareOk(_))));
+    h.broker.add_vhost("a");
+    let info = ConnectionInfo { user: "guest".into(), vhost: "a".into(), ..Default::default() };
+    let mut b = Bridge::open(&mut h.broker, info).expect("guest may use a");
+    let declare =
+        |id| Op::DeclareQueue { id, name: "q".into(), durable: false, exclusive: false, expires_ms: None };
+    b.submit(&mut h.broker, declare(1));
+    b.submit(
+        &mut h.broker,
+        Op::Bind { id: 2, queue: "q".into(), exchange: "amq.topic".into(), key: "k".into() },
+    );
+    // The bind waits for the declare's -ok (a durable one may be held for its sync).
+    assert_eq!(h.broker.queue_counts_in(h.broker.vhosts().id("a").expect("a"), "q").map(|c| c.0), Some(0));
+    assert_eq!(done(&b.poll(&mut h.broker)), [(1, Ok(false)), (2, Ok(false))], "not there before, in `a`");
+    b.submit(&mut h.broker, declare(3));
+    assert_eq!(done(&b.poll(&mut h.broker)), [(3, Ok(true))]);
+}
+
+#[test]
+fn once_the_broker_closes_the_session_every_operation_is_refused() {
+    let mut h = Harness::new(Instant::now());
+    let mut b = bridge(&mut h);
+    h.broker.close_connection(b.conn(), "an operator closed it");
+    let answers = b.poll(&mut h.broker);
+    assert!(answers.iter().any(|a| matches!(a, Answer::Closed(_))), "{answers:?}");
+    assert!(b.closed().is_some());
+    b.submit(
+        &mut h.broker,
+        Op::Bind { id: 1, queue: "q".into(), exchange: "amq.topic".into(), key: "k".into() },
+    );
+    b.submit(&mut h.broker, publish(2, "amq.topic", "k", b"x"));
+    let answers = b.poll(&mut h.broker);
+    assert_eq!(done(&answers), [(1, Err(504))]);
+    assert!(answers.contains(&Answer::Refused(2)), "{answers:?}");
+    b.close_session(&mut h.broker);
 }

@@ -55,8 +55,11 @@ impl Mqtt {
             if let Some(b) = self.bridge.as_mut() {
                 for a in b.poll(&mut h.broker) {
                     busy = true;
-                    if let Some(e) = event(a) {
-                        self.session.handle(0, e);
+                    match event(a) {
+                        Some(e) => self.session.handle(0, e),
+                        // The session's consumer or broker session is gone: as RabbitMQ, the
+                        // MQTT connection ends (its will goes).
+                        None => self.session.socket_closed(),
                     }
                 }
             }
@@ -124,7 +127,7 @@ impl Mqtt {
             }
             Command::Close { .. } => {
                 if let Some(b) = self.bridge.take() {
-                    b.close(&mut h.broker);
+                    b.close_session(&mut h.broker);
                 }
                 return;
             }

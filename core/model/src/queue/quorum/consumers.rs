@@ -245,6 +245,23 @@ impl Consumers {
         }
     }
 
+    /// The active consumers of `node`.
+    pub fn active_on(&self, node: u64) -> Vec<ConsumerId> {
+        self.map
+            .iter()
+            .filter(|(id, c)| id.owner.node == node && c.status == Status::Active)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Takes every unacked message back from consumer `id`, in delivery order.
+    pub fn take_all(&mut self, id: &ConsumerId) -> Vec<MsgRef> {
+        self.map
+            .get_mut(id)
+            .map(|c| std::mem::take(&mut c.checked_out).into_values().collect())
+            .unwrap_or_default()
+    }
+
     /// The consumers of connections `gone` says are gone.
     pub fn owned_by(&self, gone: impl Fn(&Owner) -> bool) -> Vec<ConsumerId> {
         self.map.keys().filter(|id| gone(&id.owner)).cloned().collect()
@@ -268,8 +285,8 @@ impl Consumers {
     }
 
     /// Checks what a snapshot says of the consumers: delivery ids below each consumer's
-    /// next one, turn counters that can still grow, at most one active consumer where only
-    /// one may be (the caller checks messages held twice).
+    /// next one, turn counters that can still grow (the caller checks messages held twice
+    /// and the single active consumer).
     pub fn check(&self) -> Result<(), String> {
         for (id, c) in &self.map {
             if c.checked_out.last_key_value().is_some_and(|(&d, _)| d >= c.next_id)

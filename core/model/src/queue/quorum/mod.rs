@@ -407,6 +407,7 @@ pub struct QuorumQueue {
     #[serde(with = "pairs")]
     delayed: BTreeMap<(u64, u64), MsgRef>,
     /// At-least-once dead letters not yet confirmed by the dead-letter exchange, by index.
+    #[serde(with = "pairs")]
     dead: BTreeMap<u64, (Reason, MsgRef)>,
     #[serde(with = "pairs")]
     enqueuers: BTreeMap<PublisherId, Enqueuer>,
@@ -501,6 +502,15 @@ impl QuorumQueue {
                 self.last_used_ms = now;
                 if self.consumers.cancel(&consumer, sac) { Reply::Ok } else { Reply::NoConsumer }
             }
+            // A consumer the queue no longer has (timed out, its node removed) is told so: its
+            // channel learns it from its next settle, even if the effect that said so was lost.
+            Command::Settle { consumer, .. }
+            | Command::Return { consumer, .. }
+            | Command::Discard { consumer, .. }
+                if self.consumers.get(&consumer).is_none() =>
+            {
+                Reply::NoConsumer
+            }
             Command::Settle { consumer, ids } => {
                 for id in ids {
                     if self.consumers.take(&consumer, id).is_some() {
@@ -534,6 +544,15 @@ impl QuorumQueue {
                 Reply::Ok
             }
             Command::NodeDown { node } => {
+                if sac {
+                    // The single active consumer's messages come back before another takes
+                    // over, so the queue's order holds (`rabbit_fifo` returns them all).
+                    for id in self.consumers.active_on(node) {
+                        for m in self.consumers.take_all(&id) {
+                            self.give_back(m, false, None, &mut fx);
+                        }
+                    }
+                }
                 self.consumers.suspect(node, true, sac);
                 Reply::Ok
             }
@@ -574,6 +593,11 @@ impl QuorumQueue {
                 // their places.
                 self.config = Config { single_active_consumer: sac, ..config };
                 self.last_used_ms = now;
+                // Dead letters kept for a confirm that no longer matters (at-least-once turned
+                // off) are let go, as `rabbit_fifo_dlx` cleans up: they were handed out already.
+                if !self.at_least_once() {
+                    self.dead.clear();
+                }
                 Reply::Ok
             }
         };
@@ -779,6 +803,8 @@ impl QuorumQueue {
         let sac = self.config.single_active_consumer;
         for id in self.consumers.oldest_before(now.saturating_sub(limit), limit <= now) {
             if let Some(c) = self.consumers.remove(&id, sac) {
+                // Losing a consumer is a use of the queue, as a cancel is (for `x-expires`).
+                self.last_used_ms = now;
                 let held: Vec<MsgRef> = c.checked_out().map(|(_, m)| *m).collect();
                 for m in held {
                     self.give_back(m, true, None, fx);
@@ -930,8 +956,23 @@ impl QuorumQueue {
                 return Err(format!("message {} is held twice", m.index));
             }
         }
-        if self.delayed.iter().any(|((_, index), m)| *index != m.index) {
-            return Err("a delayed message is filed under another index".into());
+        if self.delayed.iter().any(|((_, index), m)| *index != m.index)
+            || self.dead.iter().any(|(index, (_, m))| *index != m.index)
+        {
+            return Err("a message is filed under another index".into());
+        }
+        let held_elsewhere = self
+            .consumers
+            .checked_out()
+            .chain(self.delayed.values())
+            .chain(self.dead.values().map(|(_, m)| m));
+        if held_elsewhere.into_iter().any(|m| m.priority >= PRIORITIES) {
+            return Err("a message's priority is out of range".into());
+        }
+        if self.config.single_active_consumer
+            && self.consumers.iter().filter(|(_, c)| c.status == Status::Active).count() > 1
+        {
+            return Err("more than one active consumer on a single-active-consumer queue".into());
         }
         self.consumers.check()
     }

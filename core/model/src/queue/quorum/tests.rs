@@ -805,3 +805,55 @@ fn a_node_declared_down_keeps_its_consumers_messages_until_it_is_back_or_removed
     let (_, fx) = log.apply(Command::NodeRemoved { node: 2 });
     assert_eq!(delivered(&fx, &near), [(2, 1, true)], "removed: its message goes to the consumer that is up");
 }
+
+#[test]
+fn a_timed_out_consumer_counts_as_a_use_and_its_channel_learns_it_from_its_next_settle() {
+    let config = Config { consumer_timeout_ms: Some(1_000), expires: Some(500), ..Config::default() };
+    let mut log = Log::new(config);
+    let a = consumer(1, "a");
+    log.consume(&a, 1);
+    log.publish(1);
+    log.time_ms = 2_000;
+    let (_, fx) = log.apply(Command::Tick);
+    assert!(fx.contains(&Effect::ConsumerTimedOut { consumer: a.clone() }));
+    assert!(!fx.contains(&Effect::Expired), "the queue was in use until now: {fx:?}");
+    assert_eq!(log.q.ready(), 1, "its message is back");
+    let (reply, _) = log.apply(Command::Settle { consumer: a, ids: vec![0] });
+    assert_eq!(reply, Reply::NoConsumer);
+}
+
+#[test]
+fn a_single_active_consumer_on_a_node_declared_down_gives_its_messages_back_first() {
+    let mut log = Log::new(Config { single_active_consumer: true, ..Config::default() });
+    let far = ConsumerId { owner: Owner { node: 2, conn: 7 }, channel: 1, tag: "far".into() };
+    let near = consumer(1, "near");
+    log.consume(&far, 1);
+    log.consume(&near, 1);
+    log.publish(1);
+    log.publish(1);
+    let (_, fx) = log.apply(Command::NodeDown { node: 2 });
+    assert_eq!(delivered(&fx, &near), [(3, 0, true)], "the oldest first, not the next");
+    log.apply(Command::NodeUp { node: 2 });
+    assert_eq!(log.q.consumers().get(&far).map(|c| c.status), Some(Status::Waiting));
+    assert_eq!(log.q.check(), Ok(()));
+}
+
+#[test]
+fn turning_at_least_once_off_lets_the_kept_dead_letters_go() {
+    let config = Config {
+        max_length: Some(5),
+        reject_publish: true,
+        dead_letter: true,
+        dead_letter_at_least_once: true,
+        ..Config::default()
+    };
+    let mut log = Log::new(config.clone());
+    log.publish(1);
+    let g = getter(1);
+    log.apply(Command::Dequeue { consumer: g.clone(), settle: false });
+    log.apply(Command::Discard { consumer: g, ids: vec![0] });
+    assert_eq!(log.q.dead_letters_pending(), 1);
+    log.apply(Command::Configure(Config { dead_letter_at_least_once: false, ..config }));
+    assert_eq!(log.q.dead_letters_pending(), 0);
+    assert!(log.q.resend().is_empty());
+}
