@@ -602,12 +602,31 @@ impl QuorumQueue {
             }
         };
         self.deliver(meta, &mut fx);
+        // The length limit first, then a TTL-0 message no one took: the order a classic
+        // queue goes in (a full queue drops its head for the new message, which then expires).
         if !self.config.reject_publish {
             self.drop_over_limit(&mut fx);
         }
+        self.expire_unwanted(meta, &mut fx);
         self.expire(now, &mut fx);
         self.arm(&mut fx);
         (reply, fx.finish())
+    }
+
+    /// A message this entry enqueued already expired (a TTL of 0) and no consumer took it:
+    /// it goes now, wherever it stands, as RabbitMQ expires such a message at once rather
+    /// than at the head ("now or never").
+    fn expire_unwanted(&mut self, meta: Meta, fx: &mut Gathered) {
+        let Some(lane) = self.lanes.values_mut().find(|l| l.iter().any(|m| m.index == meta.index)) else {
+            return;
+        };
+        if lane.iter().any(|m| m.index == meta.index && m.expires_ms.is_some_and(|at| at <= meta.time_ms))
+            && let Some(m) = lane.take(meta.index)
+        {
+            self.lanes.retain(|_, l| !l.is_empty());
+            self.took(&m);
+            self.dead_letter(Reason::Expired, m, fx);
+        }
     }
 
     fn enqueue(&mut self, meta: Meta, publish: Option<Publish>, header: Header) -> Reply {
