@@ -902,9 +902,17 @@ impl Broker {
     /// method made is on disk first: the reply waits for the sync, and a failed write sends
     /// none (the method fails with 541 instead, see [`Broker::handle_method`]).
     fn reply(&mut self, conn: ConnId, channel: u16, no_wait: bool, method: impl Into<Method>) {
+        let behind_held = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.channels.get(&channel))
+            .is_some_and(|c| c.held_replies > 0);
         match self.durability.command.as_ref() {
             Some(c) if c.failed.is_some() => {}
             Some(c) if c.wrote && !no_wait => self.reply_after_sync(conn, channel, true, method),
+            // Behind a reply held for a sync, this one waits too: replies on a channel go out
+            // in the order of their methods, whatever each waited for.
+            _ if !no_wait && behind_held => self.reply_after_sync(conn, channel, true, method),
             _ if !no_wait => self.send(conn, channel, method),
             _ => {}
         }

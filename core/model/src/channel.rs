@@ -65,6 +65,9 @@ pub struct ChannelState {
     /// Set while the transport holds this channel's deliveries back (a QUIC channel stream
     /// whose client is not reading): they wait in their queues, as under channel.flow.
     pub held: bool,
+    /// Method replies of this channel waiting for a sync: a later reply waits behind them,
+    /// so a client gets its replies in the order it sent the methods.
+    pub held_replies: usize,
     /// Next publish sequence number once confirm.select was received.
     pub confirm_seq: Option<u64>,
     /// Publishes and settlements held for tx.commit, once tx.select was received.
@@ -116,6 +119,7 @@ impl Default for ChannelState {
             channel_prefetch: 0,
             active: true,
             held: false,
+            held_replies: 0,
             confirm_seq: None,
             tx: None,
             tx_bytes: 0,

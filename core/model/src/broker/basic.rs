@@ -164,7 +164,7 @@ impl Broker {
             c.consumer_prefetch = m.prefetch_count;
         }
         let queues: Vec<Arc<str>> = c.consumer_queues().collect();
-        self.send(conn, ch, BasicQosOk {});
+        self.reply(conn, ch, false, BasicQosOk {});
         let vh = self.vh(conn);
         for q in queues {
             self.dispatch(vh, &q);
@@ -288,7 +288,7 @@ impl Broker {
                 return Ok(());
             };
             let Some(msg) = q.pop() else {
-                self.send(conn, ch, BasicGetEmpty::default());
+                self.reply(conn, ch, false, BasicGetEmpty::default());
                 return Ok(());
             };
             if msg.expires_at.is_some_and(|t| t <= now) {
@@ -339,7 +339,7 @@ impl Broker {
         // Given back, not refused: a retry policy for failures does not delay them.
         self.settle_as(conn, ch, 0, true, Some(true), super::deliver::Return::Released)?;
         if reply {
-            self.send(conn, ch, BasicRecoverOk {});
+            self.reply(conn, ch, false, BasicRecoverOk {});
         }
         Ok(())
     }
@@ -369,7 +369,7 @@ impl Broker {
             return Ok(());
         };
         c.active = m.active;
-        self.send(conn, ch, ChannelFlowOk { active: m.active });
+        self.reply(conn, ch, false, ChannelFlowOk { active: m.active });
         self.dispatch_channel(conn, ch);
         Ok(())
     }

@@ -151,8 +151,13 @@ impl Broker {
                 self.stats.confirmed += 1;
             }
             // A channel closed and reopened under the same number must not get the old acks.
-            if self.channel(p.conn, p.channel).is_none_or(|c| c.id != p.channel_id) {
-                continue;
+            match self.channel(p.conn, p.channel) {
+                Some(c) if c.id == p.channel_id => {
+                    if matches!(p.held, Held::Reply(_)) {
+                        c.held_replies = c.held_replies.saturating_sub(1);
+                    }
+                }
+                _ => continue,
             }
             match p.held {
                 // One by one, in order: a run of them merges into one multiple ack, and none
@@ -175,8 +180,9 @@ impl Broker {
         self.durability.failed = Some(why.to_string());
         let pending = std::mem::take(&mut self.durability.pending);
         for p in pending {
-            if self.channel(p.conn, p.channel).is_none_or(|c| c.id != p.channel_id) {
-                continue;
+            match self.channel(p.conn, p.channel) {
+                Some(c) if c.id == p.channel_id => c.held_replies = 0,
+                _ => continue,
             }
             match p.held {
                 Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, false, false),
@@ -246,7 +252,14 @@ impl Broker {
         if position <= d.synced {
             return false;
         }
-        let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+        let is_reply = matches!(held, Held::Reply(_));
+        let channel_id = match self.channel(conn, ch) {
+            Some(c) => {
+                c.held_replies += usize::from(is_reply);
+                c.id
+            }
+            None => 0,
+        };
         self.durability.pending.push_back(PendingConfirm { position, conn, channel: ch, channel_id, held });
         true
     }

@@ -774,3 +774,28 @@ fn a_deleted_vhost_takes_no_command_from_any_session_and_opens_again_emptied() {
     h.b.add_vhost("shop");
     assert!(h.b.vhosts()[shop].exchange("amq.direct").is_some() && h.b.vhosts()[shop].open);
 }
+
+#[test]
+fn a_reply_behind_one_held_for_a_sync_waits_for_it() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterSync);
+    // Pipelined on one channel: a durable declare (its -ok waits for the sync), then a
+    // transient one (nothing to wait for, but its -ok must not overtake the first).
+    h.method(durable("kept"));
+    h.declare("passing", &[]);
+    let names = |out: Vec<Outgoing>| -> Vec<String> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Method { method: Method::QueueDeclareOk(ok), .. } => Some(ok.queue),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(names(h.sent()).is_empty(), "the second waits behind the first");
+    let (_, written) = h.b.storage_backlog();
+    h.b.storage_synced(written);
+    assert_eq!(names(h.sent()), ["kept", "passing"]);
+    // With nothing held, a reply goes at once again.
+    h.declare("later", &[]);
+    assert_eq!(names(h.sent()), ["later"]);
+}

@@ -15,7 +15,7 @@ impl Broker {
             }
             c.tx.get_or_insert_with(Vec::new);
         }
-        self.send(conn, ch, TxSelectOk {});
+        self.reply(conn, ch, false, TxSelectOk {});
         Ok(())
     }
 
@@ -40,7 +40,7 @@ impl Broker {
 
     pub(super) fn tx_rollback(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
         self.take_tx(conn, ch)?;
-        self.send(conn, ch, TxRollbackOk {});
+        self.reply(conn, ch, false, TxRollbackOk {});
         Ok(())
     }
 
