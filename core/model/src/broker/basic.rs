@@ -321,7 +321,7 @@ impl Broker {
             let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now };
             c.unacked.insert(delivery_tag, u);
         }
-        self.push(conn, Outgoing::Content { channel: ch, method: method.into(), message });
+        self.reply_content(conn, ch, method.into(), message);
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use super::timers::{Delayed, Timer};
 use super::{Broker, ConnId};
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination};
+use crate::message::Outgoing;
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{Queue, QueueSpec};
 use crate::stats::BrokerEvent;
@@ -54,6 +55,8 @@ enum Held {
     Ack(u64),
     /// A reply such as tx.commit-ok.
     Reply(Method),
+    /// A reply with content (basic.get-ok) behind a held reply on its channel.
+    Content(Method, Arc<Message>),
 }
 
 /// What start-up found in the store.
@@ -153,7 +156,7 @@ impl Broker {
             // A channel closed and reopened under the same number must not get the old acks.
             match self.channel(p.conn, p.channel) {
                 Some(c) if c.id == p.channel_id => {
-                    if matches!(p.held, Held::Reply(_)) {
+                    if matches!(p.held, Held::Reply(_) | Held::Content(..)) {
                         c.held_replies = c.held_replies.saturating_sub(1);
                     }
                 }
@@ -164,6 +167,9 @@ impl Broker {
                 // covers a nack sent in between (see `confirms`).
                 Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, false, true),
                 Held::Reply(m) => self.send(p.conn, p.channel, m),
+                Held::Content(method, message) => {
+                    self.push(p.conn, Outgoing::Content { channel: p.channel, method, message })
+                }
             }
         }
     }
@@ -186,7 +192,7 @@ impl Broker {
             }
             match p.held {
                 Held::Ack(delivery_tag) => self.send_confirm(p.conn, p.channel, delivery_tag, false, false),
-                Held::Reply(m) => {
+                Held::Reply(m) | Held::Content(m, _) => {
                     let text = format!("{} could not be made durable: {why}", m.name());
                     self.raise_error(p.conn, 0, AmqpError::new(INTERNAL_ERROR, text));
                 }
@@ -231,6 +237,24 @@ impl Broker {
         }
     }
 
+    /// Sends basic.get-ok with its message now, or behind a reply of its channel held for a
+    /// sync (replies go out in the order of their methods).
+    pub(super) fn reply_content(&mut self, conn: ConnId, ch: u16, method: Method, message: Arc<Message>) {
+        let behind = self.channel(conn, ch).is_some_and(|c| c.held_replies > 0);
+        // Held only when a sync is pending, which a held reply on the channel means.
+        if behind && self.will_hold() {
+            self.hold(conn, ch, true, Held::Content(method, message));
+        } else {
+            self.push(conn, Outgoing::Content { channel: ch, method, message });
+        }
+    }
+
+    /// Whether [`Broker::hold`] holds what was stored now.
+    fn will_hold(&self) -> bool {
+        let d = &self.durability;
+        d.policy == ConfirmPolicy::AfterSync && d.store.as_ref().is_some_and(|s| s.written() > d.synced)
+    }
+
     /// Sends `reply` now, or once the store has synced what was written for it (tx.commit-ok
     /// for a transaction that stored messages).
     pub(super) fn reply_after_sync(&mut self, conn: ConnId, ch: u16, stored: bool, reply: impl Into<Method>) {
@@ -252,7 +276,7 @@ impl Broker {
         if position <= d.synced {
             return false;
         }
-        let is_reply = matches!(held, Held::Reply(_));
+        let is_reply = matches!(held, Held::Reply(_) | Held::Content(..));
         let channel_id = match self.channel(conn, ch) {
             Some(c) => {
                 c.held_replies += usize::from(is_reply);

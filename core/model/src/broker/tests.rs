@@ -798,4 +798,21 @@ fn a_reply_behind_one_held_for_a_sync_waits_for_it() {
     // With nothing held, a reply goes at once again.
     h.declare("later", &[]);
     assert_eq!(names(h.sent()), ["later"]);
+    // basic.get-ok with its message waits behind a held reply too.
+    h.method(durable("kept2"));
+    h.publish("later", "m", BasicProperties::default());
+    h.method(warren_codec::BasicGet { queue: "later".into(), no_ack: true, ..Default::default() });
+    assert!(h.sent().is_empty(), "get-ok waits behind the held declare-ok");
+    let (_, written) = h.b.storage_backlog();
+    h.b.storage_synced(written);
+    let order: Vec<&str> = h
+        .sent()
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Method { method: Method::QueueDeclareOk(_), .. } => Some("declare-ok"),
+            Outgoing::Content { method: Method::BasicGetOk(_), .. } => Some("get-ok"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["declare-ok", "get-ok"]);
 }
