@@ -56,6 +56,32 @@ fn machine(c: &mut Criterion) {
             black_box(fx);
         })
     });
+    group.bench_function("enqueue, deliver, settle with 100 consumers (prefetch 10)", |b| {
+        let mut log = Log { q: QuorumQueue::new(Config::default(), 0), index: 0 };
+        let ids: Vec<ConsumerId> = (0..100)
+            .map(|i| ConsumerId { owner: Owner { node: 1, conn: i }, channel: 1, tag: format!("c{i}") })
+            .collect();
+        let mut unacked: std::collections::VecDeque<(ConsumerId, u64)> = std::collections::VecDeque::new();
+        for id in &ids {
+            log.apply(Command::Checkout { consumer: id.clone(), prefetch: 10, priority: 0 });
+        }
+        for _ in 0..2_000 {
+            for e in log.apply(enqueue()) {
+                if let Effect::Deliver { consumer, deliveries } = e {
+                    unacked.extend(deliveries.iter().map(|d| (consumer.clone(), d.id)));
+                }
+            }
+        }
+        b.iter(|| {
+            log.apply(enqueue());
+            let Some((consumer, id)) = unacked.pop_front() else { return };
+            for e in log.apply(Command::Settle { consumer, ids: vec![id] }) {
+                if let Effect::Deliver { consumer, deliveries } = e {
+                    unacked.extend(deliveries.iter().map(|d| (consumer.clone(), d.id)));
+                }
+            }
+        })
+    });
     group.finish();
 
     // What an idle queue holds: the struct, and its snapshot.

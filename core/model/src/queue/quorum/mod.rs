@@ -485,8 +485,14 @@ impl QuorumQueue {
         self.time_out_consumers(now, &mut fx);
         self.expire(now, &mut fx);
         let sac = self.config.single_active_consumer;
+        let mut expired_on_arrival = false;
         let reply = match command {
-            Command::Enqueue { publish, header } => self.enqueue(meta, publish, header),
+            Command::Enqueue { publish, header } => {
+                // A TTL of 0 (the message's or the queue's): now or never.
+                let ttl = header.ttl_ms.into_iter().chain(self.config.message_ttl).min();
+                expired_on_arrival = ttl == Some(0);
+                self.enqueue(meta, publish, header)
+            }
             // The empty tag is basic.get's, and only basic.get's.
             Command::Checkout { consumer, .. } | Command::Dequeue { consumer, .. }
                 if consumer.tag.is_empty() != matches!(command, Command::Dequeue { .. }) =>
@@ -607,7 +613,7 @@ impl QuorumQueue {
         if !self.config.reject_publish {
             self.drop_over_limit(&mut fx);
         }
-        self.expire_unwanted(meta, &mut fx);
+        self.expire_unwanted(meta, expired_on_arrival, &mut fx);
         self.expire(now, &mut fx);
         self.arm(&mut fx);
         (reply, fx.finish())
@@ -616,13 +622,13 @@ impl QuorumQueue {
     /// A message this entry enqueued already expired (a TTL of 0) and no consumer took it:
     /// it goes now, wherever it stands, as RabbitMQ expires such a message at once rather
     /// than at the head ("now or never").
-    fn expire_unwanted(&mut self, meta: Meta, fx: &mut Gathered) {
-        let Some(lane) = self.lanes.values_mut().find(|l| l.iter().any(|m| m.index == meta.index)) else {
+    fn expire_unwanted(&mut self, meta: Meta, expired_on_arrival: bool, fx: &mut Gathered) {
+        if !expired_on_arrival {
             return;
-        };
-        if lane.iter().any(|m| m.index == meta.index && m.expires_ms.is_some_and(|at| at <= meta.time_ms))
-            && let Some(m) = lane.take(meta.index)
-        {
+        }
+        // Its lane is its priority's; a consumer may have taken it already.
+        let taken = self.lanes.values_mut().find_map(|l| l.take(meta.index));
+        if let Some(m) = taken {
             self.lanes.retain(|_, l| !l.is_empty());
             self.took(&m);
             self.dead_letter(Reason::Expired, m, fx);
