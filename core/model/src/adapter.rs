@@ -183,6 +183,8 @@ pub struct Bridge {
     closed: Option<String>,
     /// The channel being failed: nothing more is applied on it meanwhile.
     failing: Option<Role>,
+    /// Synchronous operations applied so far (a poll goes on while -oks let more go).
+    applied: u64,
 }
 
 /// The consumer tag of an adapter session's consumer.
@@ -205,6 +207,7 @@ impl Bridge {
             consumer_lost: false,
             closed: None,
             failing: None,
+            applied: 0,
         };
         for role in ROLES {
             if let Err(e) = b.open_channel(broker, role) {
@@ -365,7 +368,10 @@ impl Bridge {
             let Some((cmd, w)) = self.lane(role).backlog.pop_front() else { return };
             let ch = self.lane(role).ch;
             match broker.apply(self.conn, ch, cmd) {
-                Ok(()) => self.lane(role).waiting = Some(w),
+                Ok(()) => {
+                    self.lane(role).waiting = Some(w);
+                    self.applied += 1;
+                }
                 Err(e) => {
                     let op = match w {
                         Waiting::Done { id, .. } => Some(id),
@@ -448,9 +454,13 @@ impl Bridge {
 
     /// The broker's replies and deliveries since the last call, as answers.
     pub fn poll(&mut self, broker: &mut Broker) -> Vec<Answer> {
-        // Each -ok may let a waiting operation go, whose own -ok may be out at once.
-        for _ in 0..64 {
-            if !self.drain(broker) {
+        // Each -ok may let a waiting operation go, whose own -ok may be out at once; a poll
+        // ends when none did (each round takes at least one from the finite backlog), not
+        // when deliveries stop coming: those wait for the next poll (`more`).
+        loop {
+            let before = self.applied;
+            self.drain(broker);
+            if self.applied == before {
                 break;
             }
         }
@@ -472,16 +482,14 @@ impl Bridge {
         }
     }
 
-    /// Matches what the broker sent so far to what waits for it; whether anything came.
-    fn drain(&mut self, broker: &mut Broker) -> bool {
+    /// Matches what the broker sent so far to what waits for it.
+    fn drain(&mut self, broker: &mut Broker) {
         let mut out = std::mem::take(&mut self.outgoing);
         self.more = broker.take_outbound(self.conn, &mut out);
-        let any = !out.is_empty();
         for item in out.drain(..) {
             self.reply(broker, item);
         }
         self.outgoing = out;
-        any
     }
 
     fn reply(&mut self, broker: &mut Broker, item: Outgoing) {

@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::wire::{Reader, put_binary, put_string, put_varint, varint_len};
+use crate::wire::{Reader, put_binary, put_string, put_varint};
 
 /// Where a property list stands, which decides the properties allowed in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,13 +224,6 @@ impl Properties {
         put_varint(out, len)?;
         out.put_slice(&body);
         Ok(())
-    }
-
-    /// The bytes [`Properties::write`] writes, length included.
-    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
-        let mut body = BytesMut::new();
-        self.write_body(&mut body)?;
-        Ok(varint_len(u32::try_from(body.len()).unwrap_or(u32::MAX)) + body.len())
     }
 
     fn write_body(&self, b: &mut BytesMut) -> Result<(), EncodeError> {

@@ -106,15 +106,6 @@ pub fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
     Ok(None)
 }
 
-pub fn varint_len(v: u32) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
 pub fn put_varint(out: &mut BytesMut, mut v: u32) -> Result<(), EncodeError> {
     if v > MAX_VARINT {
         return Err(EncodeError::PacketTooLarge(v as usize));

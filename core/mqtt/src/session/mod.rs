@@ -542,14 +542,16 @@ impl Session {
     /// Writes a packet for the client; a PUBLISH larger than the client accepts is not sent
     /// (every other packet the server sends is small).
     fn send(&mut self, p: &Packet) -> bool {
-        let mut buf = BytesMut::new();
-        if encode(p, self.version, &mut buf).is_err() {
+        // Written in place (a refused packet writes nothing), taken back if too large: a
+        // delivery's payload is copied once, into the output.
+        let start = self.output.len();
+        if encode(p, self.version, &mut self.output).is_err() {
             return false;
         }
-        if matches!(p, Packet::Publish(_)) && buf.len() > self.client_max_packet as usize {
+        if matches!(p, Packet::Publish(_)) && self.output.len() - start > self.client_max_packet as usize {
+            self.output.truncate(start);
             return false;
         }
-        self.output.extend_from_slice(&buf);
         true
     }
 

@@ -95,18 +95,27 @@ impl Session {
 }
 
 /// AMQP topic matching, as the broker routed: words split on `.`, `*` one word, `#` any
-/// number of words (none too).
+/// number of words (none too). Walks the strings without collecting their words: it runs
+/// for every subscription on every delivery. A binding key from an MQTT filter has at most
+/// one `#`, its last word, so the walk is linear.
 fn amqp_topic_matches(key: &str, routing_key: &str) -> bool {
-    fn go(k: &[&str], r: &[&str]) -> bool {
-        match (k.first(), r.first()) {
+    /// The first word and the rest (`None` once there are no more words).
+    fn split(s: Option<&str>) -> (Option<&str>, Option<&str>) {
+        match s.map(|s| s.split_once('.')) {
+            None => (None, None),
+            Some(Some((w, rest))) => (Some(w), Some(rest)),
+            Some(None) => (s, None),
+        }
+    }
+    fn go(k: Option<&str>, r: Option<&str>) -> bool {
+        let ((kw, krest), (rw, rrest)) = (split(k), split(r));
+        match (kw, rw) {
             (None, None) => true,
-            (Some(&"#"), _) => go(&k[1..], r) || (!r.is_empty() && go(k, &r[1..])),
-            (Some(&"*"), Some(_)) => go(&k[1..], &r[1..]),
-            (Some(a), Some(b)) if a == b => go(&k[1..], &r[1..]),
+            (Some("#"), _) => go(krest, r) || (rw.is_some() && go(k, rrest)),
+            (Some("*"), Some(_)) => go(krest, rrest),
+            (Some(a), Some(b)) if a == b => go(krest, rrest),
             _ => false,
         }
     }
-    let k: Vec<&str> = key.split('.').collect();
-    let r: Vec<&str> = routing_key.split('.').collect();
-    go(&k, &r)
+    go(Some(key), Some(routing_key))
 }
