@@ -127,6 +127,28 @@ fn collect(root: &Node, words: &[&str], out: &mut Vec<Destination>) -> usize {
     steps
 }
 
+/// Whether one binding key matches a routing key, as the exchange routes (for a store kept
+/// beside the exchange, such as retained messages). Dynamic programming over word
+/// positions: polynomial whatever number of `#`s the pattern holds.
+pub fn matches(pattern: &str, routing_key: &str) -> bool {
+    let (p, k) = (words(pattern), words(routing_key));
+    // reach[j]: the pattern's words so far can match the key's first j words.
+    let mut reach = vec![false; k.len() + 1];
+    reach[0] = true;
+    for w in &p {
+        let mut next = vec![false; k.len() + 1];
+        for j in 0..=k.len() {
+            next[j] = match *w {
+                "#" => reach[j] || (j > 0 && next[j - 1]),
+                "*" => j > 0 && reach[j - 1],
+                w => j > 0 && reach[j - 1] && k[j - 1] == w,
+            };
+        }
+        reach = next;
+    }
+    reach[k.len()]
+}
+
 /// Splits a key into words the way RabbitMQ does.
 pub fn words(key: &str) -> Vec<&str> {
     if key.is_empty() { Vec::new() } else { key.split('.').collect() }
@@ -237,6 +259,18 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn matches_agrees_with_the_reference(
+            pattern in key(&["a", "b", "*", "#"]),
+            routing_key in key(&["a", "b", "c"]),
+        ) {
+            prop_assert_eq!(
+                matches(&pattern, &routing_key),
+                reference(&words(&pattern), &words(&routing_key)),
+                "{} against {}", pattern, routing_key
+            );
+        }
 
         #[test]
         fn trie_agrees_with_the_reference_matcher(

@@ -255,6 +255,9 @@ pub enum Event {
     TakenOver,
 }
 
+/// An empty input buffer with more capacity than this is let go.
+const SHRINK_ABOVE: usize = 64 << 10;
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -355,6 +358,29 @@ impl Session {
         }
         self.input.extend_from_slice(bytes);
         self.process(now_ms);
+        // A large packet's buffer is not kept once it is handled: an idle session holds
+        // little, however large its past packets were.
+        if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
+            self.input = BytesMut::new();
+        }
+    }
+
+    /// Octets received and held, not yet a whole packet (or held back by `wants_input`).
+    pub fn buffered(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Ends the session for a reason of the host's (a resource bound): MQTT 5 is told
+    /// `code` first, and the will goes, as for any end without DISCONNECT.
+    pub fn abort(&mut self, code: u8, why: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        if self.version == Version::V5 && self.state == State::Connected {
+            self.disconnect(code);
+        }
+        self.input.clear();
+        self.end(why, true);
     }
 
     /// Whether the host should read more from the client: not while CONNACK is pending or a
@@ -435,6 +461,13 @@ impl Session {
     /// The time passed: a client silent past its keep-alive (or a connection without
     /// CONNECT) is closed, its will published.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        // Input the session holds back (a login under way, a 3.1.1 client at the receive
+        // maximum) is not the client's silence: its keep-alive waits too.
+        let held = self.state == State::LoggingIn || (self.state == State::Connected && !self.wants_input());
+        if held && self.keep_alive_ms > 0 && self.deadline.is_some_and(|d| now_ms >= d) {
+            self.deadline = Some(now_ms.saturating_add(self.keep_alive_ms));
+            return;
+        }
         if self.deadline.is_some_and(|d| now_ms >= d) && self.state != State::Closed {
             let why =
                 if self.state == State::Connecting { "no CONNECT in time" } else { "keep-alive timeout" };

@@ -775,6 +775,34 @@ fn a_3_1_1_client_at_the_receive_maximum_is_not_read_until_confirms_come() {
 }
 
 #[test]
+fn a_client_held_back_by_slow_confirms_is_not_taken_for_silent() {
+    let mut c = Client::new(Version::V311);
+    c.s.config.receive_maximum = 1;
+    c.send(Packet::Connect(Box::new(connect_packet(Version::V311, "q", true))));
+    c.answer_all(false);
+    c.packets();
+    c.send(publish("t", QoS::AtLeastOnce, Some(1)));
+    c.send(publish("t", QoS::AtLeastOnce, Some(2)));
+    let cs = c.commands();
+    let Command::Publish { confirm: Some(id), .. } = cs[0] else { panic!() };
+    // Keep-alive 10 s: at 15 s the session holds its input, so waits another 15 s.
+    c.s.handle_timeout(15_000);
+    assert!(c.s.closed().is_none(), "its silence is the broker's doing");
+    assert_eq!(c.s.poll_timeout(), Some(30_000));
+    c.s.handle(15_500, Event::Confirmed(id));
+    c.packets();
+    let cs = c.commands();
+    let Command::Publish { confirm: Some(second), .. } = cs[0] else { panic!("{cs:?}") };
+    c.s.handle(15_600, Event::Confirmed(second));
+    // The held publish is read at 15.5 s, which counts as hearing from the client; silent
+    // from there, it is closed 15 s later.
+    c.s.handle_timeout(30_499);
+    assert!(c.s.closed().is_none());
+    c.s.handle_timeout(30_500);
+    assert!(c.s.closed().is_some(), "a client that is read and says nothing times out");
+}
+
+#[test]
 fn an_unsupported_protocol_level_gets_connack_0x01() {
     let mut c = Client::new(Version::V311);
     let mut bytes = vec![0x10, 12, 0, 6];
