@@ -44,23 +44,62 @@ pub(crate) fn message(
     wit::Message {
         exchange: exchange.to_string(),
         routing_key: routing_key.to_string(),
-        properties: wit::Properties {
-            content_type: p.content_type.clone(),
-            content_encoding: p.content_encoding.clone(),
-            delivery_mode: p.delivery_mode,
-            priority: p.priority,
-            correlation_id: p.correlation_id.clone(),
-            reply_to: p.reply_to.clone(),
-            expiration: p.expiration.clone(),
-            message_id: p.message_id.clone(),
-            timestamp: p.timestamp,
-            kind: p.kind.clone(),
-            user_id: p.user_id.clone(),
-            app_id: p.app_id.clone(),
-        },
+        properties: wit_properties(p),
         headers: p.headers.as_ref().map(fields).unwrap_or_default(),
         body_size,
     }
+}
+
+/// Properties as the plugin sees them, headers apart.
+pub(crate) fn wit_properties(p: &BasicProperties) -> wit::Properties {
+    wit::Properties {
+        content_type: p.content_type.clone(),
+        content_encoding: p.content_encoding.clone(),
+        delivery_mode: p.delivery_mode,
+        priority: p.priority,
+        correlation_id: p.correlation_id.clone(),
+        reply_to: p.reply_to.clone(),
+        expiration: p.expiration.clone(),
+        message_id: p.message_id.clone(),
+        timestamp: p.timestamp,
+        kind: p.kind.clone(),
+        user_id: p.user_id.clone(),
+        app_id: p.app_id.clone(),
+    }
+}
+
+/// Properties from a plugin, headers apart; refused when a string is no AMQP short string
+/// (over 255 octets), which no AMQP client could be sent.
+pub(crate) fn properties(p: wit::Properties) -> Result<BasicProperties, String> {
+    let strings = [
+        ("content-type", &p.content_type),
+        ("content-encoding", &p.content_encoding),
+        ("correlation-id", &p.correlation_id),
+        ("reply-to", &p.reply_to),
+        ("expiration", &p.expiration),
+        ("message-id", &p.message_id),
+        ("type", &p.kind),
+        ("user-id", &p.user_id),
+        ("app-id", &p.app_id),
+    ];
+    if let Some((name, _)) = strings.iter().find(|(_, v)| v.as_ref().is_some_and(|s| s.len() > 255)) {
+        return Err(format!("property {name} is longer than 255 octets"));
+    }
+    Ok(BasicProperties {
+        content_type: p.content_type,
+        content_encoding: p.content_encoding,
+        delivery_mode: p.delivery_mode,
+        priority: p.priority,
+        correlation_id: p.correlation_id,
+        reply_to: p.reply_to,
+        expiration: p.expiration,
+        message_id: p.message_id,
+        timestamp: p.timestamp,
+        kind: p.kind,
+        user_id: p.user_id,
+        app_id: p.app_id,
+        ..Default::default()
+    })
 }
 
 /// A binding as the plugin sees it.
@@ -83,9 +122,19 @@ pub(crate) fn destination(d: wit::Destination) -> Destination {
     }
 }
 
-/// A field list from a plugin as a table (a later duplicate name wins).
+/// A field list from a plugin as a table (a later duplicate name wins); a name over 255
+/// octets is refused (AMQP could not carry it).
 pub(crate) fn table(fields: Vec<wit::Field>) -> Result<FieldTable, String> {
-    fields.into_iter().map(|f| Ok((f.name, field_value(f.value)?))).collect()
+    fields
+        .into_iter()
+        .map(|f| {
+            if f.name.len() > 255 {
+                let start: String = f.name.chars().take(32).collect();
+                return Err(format!("field name '{start}…' is longer than 255 octets"));
+            }
+            Ok((f.name, field_value(f.value)?))
+        })
+        .collect()
 }
 
 fn field_value(v: wit::FieldValue) -> Result<FieldValue, String> {
