@@ -30,6 +30,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 ok
 
+step "packages: mosquitto-clients and python3-paho-mqtt (real MQTT clients for the MQTT adapter's tests)"
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto-clients python3-paho-mqtt) >/dev/null
+fi
+ok
+
 step "tools: rabbitmqadmin v2 (the RabbitMQ team's CLI, run against Warren by t78)"
 command -v "${CARGO_HOME:-$HOME/.cargo}/bin/rabbitmqadmin" >/dev/null 2>&1 \
     || cargo install -q --locked rabbitmqadmin --version 2.35.0

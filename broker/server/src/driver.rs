@@ -288,7 +288,7 @@ impl Drop for ReleaseOnPanic {
 /// Writes all of `buf` and flushes (a TLS stream may hold records back after accepting the
 /// bytes), failing with `TimedOut` when one step makes no progress for `timeout`. Progress,
 /// not the whole write, is timed: a large delivery to a slow but reading client is fine.
-async fn write_out<S: AsyncWrite + Unpin>(
+pub(crate) async fn write_out<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut buf: &[u8],
     timeout: Duration,

@@ -11,6 +11,9 @@
 //! - [`shared`]: a broker behind its lock, its connection tasks' wakers, the [`shared::Clock`].
 //! - [`services`]: handles shared without the lock (alarms, storage/memory metrics, plugins).
 //! - [`driver`]: one AMQP connection's task around [`warren_core::Connection`].
+//! - [`adapter`]: protocol adapters (`[[plugins.adapter]]`): their listeners, one task per
+//!   connection driving a session in the adapter's wasm instance, and the names, wills and
+//!   retained messages their sessions share.
 //! - [`listen`]: the dual-stack TCP bind, accepting on TCP/TLS/QUIC, QUIC stream routing.
 //! - [`channel_streams`]: QUIC channel streams (one stream per AMQP channel), bounded both ways.
 //! - [`quic`]: QUIC endpoints and certificates (mapping v1: one stream, one AMQP connection).
@@ -35,6 +38,7 @@
 //! Tests start a [`server::Server`] in-process on `127.0.0.1:0` and talk to it over a real
 //! socket with real AMQP clients.
 
+pub mod adapter;
 pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;

@@ -8,9 +8,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use warren_core::Broker;
-use warren_plugin_host::{ExchangePlugin, FAILURE_KINDS, PluginStats, RetryPlugin, Runtime};
+use warren_plugin_host::{AdapterPlugin, ExchangePlugin, FAILURE_KINDS, PluginStats, RetryPlugin, Runtime};
 
-use crate::config::PluginSettings;
+use crate::config::{AdapterEntry, PluginSettings};
 use crate::node::Node;
 use crate::shared::lock;
 
@@ -18,6 +18,8 @@ use crate::shared::lock;
 pub struct Plugins {
     exchanges: Vec<ExchangePlugin>,
     retries: Vec<Arc<RetryPlugin>>,
+    /// Protocol adapters, with the entries that name their listeners and their counters.
+    pub adapters: Vec<(AdapterEntry, Arc<AdapterPlugin>, Arc<crate::adapter::AdapterStats>)>,
 }
 
 impl Plugins {
@@ -30,13 +32,13 @@ impl Plugins {
         data_dir: &Path,
         brokers: &mut [Broker],
     ) -> anyhow::Result<Option<Plugins>> {
-        if settings.exchanges.is_empty() && settings.retries.is_empty() {
+        if settings.exchanges.is_empty() && settings.retries.is_empty() && settings.adapters.is_empty() {
             return Ok(None);
         }
         let cache = data_dir.join("plugin-cache");
         let runtime = Runtime::new(Some(&cache))
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e:#}"))?;
-        let mut plugins = Plugins { exchanges: Vec::new(), retries: Vec::new() };
+        let mut plugins = Plugins { exchanges: Vec::new(), retries: Vec::new(), adapters: Vec::new() };
         for e in &settings.exchanges {
             let (kind, path) = (&e.name, &e.component);
             let started = std::time::Instant::now();
@@ -55,6 +57,19 @@ impl Plugins {
                 b.register_retry_policy(p.clone());
             }
             plugins.retries.push(p);
+        }
+        for a in &settings.adapters {
+            let e = &a.plugin;
+            let p = AdapterPlugin::load(
+                &runtime,
+                &e.name,
+                &e.component,
+                e.config.clone(),
+                e.limits,
+                a.sessions_per_instance,
+            )?;
+            tracing::info!(protocol = %e.name, component = %e.component.display(), "protocol adapter plugin loaded");
+            plugins.adapters.push((a.clone(), Arc::new(p), Arc::default()));
         }
         Ok(Some(plugins))
     }
@@ -91,6 +106,16 @@ impl Plugins {
                 Err(e) => tracing::error!("retry policy plugin not reloaded, the previous one stays: {e}"),
             }
         }
+        for (_, p, _) in &self.adapters {
+            match p.reload() {
+                Ok(()) => {
+                    tracing::info!(protocol = %p.name(), "protocol adapter plugin reloaded: new connections use it")
+                }
+                Err(e) => {
+                    tracing::error!("protocol adapter plugin not reloaded, the previous one stays: {e}")
+                }
+            }
+        }
     }
 
     fn stats(&self) -> Vec<(&'static str, String, Arc<PluginStats>)> {
@@ -99,7 +124,8 @@ impl Plugins {
             use warren_core::retry::ExternalRetry;
             ("retry", p.name().to_string(), p.stats())
         });
-        x.chain(r).collect()
+        let a = self.adapters.iter().map(|(_, p, _)| ("adapter", p.name().to_string(), p.stats()));
+        x.chain(r).chain(a).collect()
     }
 
     /// A collector for `/metrics`.
@@ -120,11 +146,20 @@ struct PluginFamilies {
     instances: IntGaugeVec,
     rebuilds: IntCounterVec,
     reloads: IntCounterVec,
+    adapter_connections: IntGaugeVec,
+    adapter_sessions: IntGaugeVec,
+    adapter_accepted: IntCounterVec,
+    adapter_refused: IntCounterVec,
+    adapter_received: IntCounterVec,
+    adapter_sent: IntCounterVec,
 }
 
 impl PluginFamilies {
     fn new() -> Self {
         let labels = &["plugin", "kind"];
+        let g = |n: &str, h: &str| {
+            IntGaugeVec::new(Opts::new(n, h), &["protocol"]).unwrap_or_else(|e| panic!("metric {n}: {e}"))
+        };
         let c = |n: &str, h: &str, l: &[&str]| {
             IntCounterVec::new(Opts::new(n, h), l).unwrap_or_else(|e| panic!("metric {n}: {e}"))
         };
@@ -146,12 +181,48 @@ impl PluginFamilies {
                 labels,
             ),
             reloads: c("warren_plugin_reloads_total", "Components swapped in by a reload.", labels),
+            adapter_connections: g(
+                "warren_adapter_connections",
+                "Connections open on the adapter's listener.",
+            ),
+            adapter_sessions: g("warren_adapter_sessions", "Sessions open in the adapter's instances."),
+            adapter_accepted: c(
+                "warren_adapter_connections_accepted_total",
+                "Connections accepted by the adapter's listener.",
+                &["protocol"],
+            ),
+            adapter_refused: c(
+                "warren_adapter_connections_refused_total",
+                "Connections refused: max-connections reached, or no instance could open a session.",
+                &["protocol"],
+            ),
+            adapter_received: c(
+                "warren_adapter_received_bytes_total",
+                "Octets read from the adapter's clients.",
+                &["protocol"],
+            ),
+            adapter_sent: c(
+                "warren_adapter_sent_bytes_total",
+                "Octets written to the adapter's clients.",
+                &["protocol"],
+            ),
         }
     }
 
     fn descs(&self) -> Vec<Desc> {
-        let all: [&dyn Collector; 5] =
-            [&self.calls, &self.traps, &self.instances, &self.rebuilds, &self.reloads];
+        let all: [&dyn Collector; 11] = [
+            &self.calls,
+            &self.traps,
+            &self.instances,
+            &self.rebuilds,
+            &self.reloads,
+            &self.adapter_connections,
+            &self.adapter_sessions,
+            &self.adapter_accepted,
+            &self.adapter_refused,
+            &self.adapter_received,
+            &self.adapter_sent,
+        ];
         all.iter().flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>()).collect()
     }
 }
@@ -173,7 +244,29 @@ impl Collector for PluginCollector {
             f.rebuilds.with_label_values(&l).inc_by(s.rebuilds());
             f.reloads.with_label_values(&l).inc_by(s.reloads());
         }
-        let all: [&dyn Collector; 5] = [&f.calls, &f.traps, &f.instances, &f.rebuilds, &f.reloads];
+        for (_, p, s) in &self.plugins.adapters {
+            let l = [p.name()];
+            let (sessions, _) = p.census();
+            f.adapter_connections.with_label_values(&l).set(i64::try_from(s.open()).unwrap_or(i64::MAX));
+            f.adapter_sessions.with_label_values(&l).set(i64::try_from(sessions).unwrap_or(i64::MAX));
+            f.adapter_accepted.with_label_values(&l).inc_by(s.accepted());
+            f.adapter_refused.with_label_values(&l).inc_by(s.refused());
+            f.adapter_received.with_label_values(&l).inc_by(s.received());
+            f.adapter_sent.with_label_values(&l).inc_by(s.sent());
+        }
+        let all: [&dyn Collector; 11] = [
+            &f.calls,
+            &f.traps,
+            &f.instances,
+            &f.rebuilds,
+            &f.reloads,
+            &f.adapter_connections,
+            &f.adapter_sessions,
+            &f.adapter_accepted,
+            &f.adapter_refused,
+            &f.adapter_received,
+            &f.adapter_sent,
+        ];
         all.iter().flat_map(|c| c.collect()).collect()
     }
 }

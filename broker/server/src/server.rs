@@ -62,6 +62,8 @@ pub struct Parts {
     pub vhost_maker: Option<crate::node::VHostMaker>,
     /// Where directory changes are kept; `None`: they last as long as the process.
     pub directory_file: Option<DirectoryFile>,
+    /// Protocol adapters' listeners (`[[plugins.adapter]]`).
+    pub adapters: Vec<crate::adapter::Listener>,
 }
 
 /// A bound, not yet running broker.
@@ -81,6 +83,11 @@ pub struct Server {
     storage: Option<crate::storage::Storage>,
     hangup: Option<tokio::signal::unix::Signal>,
     _data_lock: Option<std::fs::File>,
+    adapters: Vec<crate::adapter::Listener>,
+    hub: Arc<crate::adapter::hub::Hub>,
+    data_dir: std::path::PathBuf,
+    /// Whether retained messages are saved (their file could be read at start).
+    save_retained: bool,
 }
 
 impl Server {
@@ -164,6 +171,35 @@ impl Server {
             .map(Arc::new);
         let storage = crate::storage::Storage::open(&settings.data_dir, settings.storage, &mut brokers)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let mut adapters = Vec::new();
+        for (entry, plugin, stats) in plugins.iter().flat_map(|p| p.adapters.iter()) {
+            let socket = TcpListener::bind(entry.listen).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{} adapter cannot listen on {}: {e}", entry.plugin.name, entry.listen),
+                )
+            })?;
+            let tls = match (entry.tls_listen, &settings.amqps) {
+                (Some(addr), Some((_, tls))) => {
+                    let config = crate::tls::server_config(tls).map_err(std::io::Error::other)?;
+                    let socket = TcpListener::bind(addr).await.map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("{} adapter cannot listen on {addr} (TLS): {e}", entry.plugin.name),
+                        )
+                    })?;
+                    Some((socket, tokio_rustls::TlsAcceptor::from(config)))
+                }
+                _ => None,
+            };
+            adapters.push(crate::adapter::Listener {
+                socket,
+                tls,
+                plugin: plugin.clone(),
+                max_connections: entry.max_connections,
+                stats: stats.clone(),
+            });
+        }
         let maker = maker.with(plugins.clone(), &storage);
         let services = Services {
             alarms: storage.alarms.clone(),
@@ -186,6 +222,7 @@ impl Server {
             data_lock: Some(data_lock),
             vhost_maker: Some(Box::new(move |name: &str| maker.make(name))),
             directory_file: file,
+            adapters,
         };
         let server = Server::new(parts, settings);
         crate::cluster_meta::join(&server.node, settings)
@@ -197,6 +234,7 @@ impl Server {
     /// A server from its parts; `settings` gives the connection limits and the management
     /// API's host names.
     pub fn new(parts: Parts, settings: &Settings) -> Server {
+        let hub = Arc::new(crate::adapter::hub::Hub::default());
         let mut services = parts.services;
         // The store raises the disk and storage alarms on its own set: the connections must
         // read that one.
@@ -224,6 +262,11 @@ impl Server {
             storage: parts.storage,
             hangup: parts.hangup,
             _data_lock: parts.data_lock,
+            save_retained: !parts.adapters.is_empty()
+                && crate::adapter::restore_retained(&hub, &settings.data_dir),
+            hub,
+            adapters: parts.adapters,
+            data_dir: settings.data_dir.clone(),
         }
     }
 
@@ -243,6 +286,25 @@ impl Server {
     /// The certificate file QUIC clients can trust, when QUIC is on.
     pub fn quic_cert(&self) -> Option<&std::path::Path> {
         self.quic.as_ref().map(|(_, c)| c.as_path())
+    }
+
+    /// The address of protocol adapter `protocol`'s listener, when one is configured.
+    pub fn adapter_addr(&self, protocol: &str) -> Option<SocketAddr> {
+        self.adapter_addrs().into_iter().find(|(p, _)| p == protocol).map(|(_, a)| a)
+    }
+
+    /// Every protocol adapter's listener: its protocol and address.
+    pub fn adapter_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.adapters
+            .iter()
+            .filter_map(|l| Some((l.plugin.name().to_string(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// The TLS listener of protocol adapter `protocol`, when one is configured.
+    pub fn adapter_tls_addr(&self, protocol: &str) -> Option<SocketAddr> {
+        let l = self.adapters.iter().find(|l| l.plugin.name() == protocol)?;
+        l.tls.as_ref()?.0.local_addr().ok()
     }
 
     /// The address of the AMQPS listener, when TLS is configured.
@@ -325,6 +387,17 @@ impl Server {
                 "management",
             ))
         });
+        // Stopped after the connections, so its last save has what they left.
+        let (saver_stop, saver_stop_rx) = watch::channel(false);
+        let retained_saver = self.save_retained.then(|| {
+            let (hub, dir) = (self.hub.clone(), self.data_dir.clone());
+            tokio::spawn(crate::adapter::save_retained(hub, dir, Duration::from_secs(1), saver_stop_rx))
+        });
+        for l in self.adapters {
+            let (node, hub, stop) = (self.node.clone(), self.hub.clone(), stop_rx.clone());
+            let (write, close) = (self.connection.write_timeout, self.connection.close_timeout);
+            tasks.spawn(crate::adapter::serve(l, node, hub, write, close, stop));
+        }
         let alarms = self.services.alarms.clone();
         tokio::pin!(shutdown);
         // A background task that ended (a panic in broker code a timer ran, the syncer
@@ -415,6 +488,11 @@ impl Server {
         if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err()
         {
             tasks.abort_all();
+        }
+        // Its last save, with what the adapters' connections left.
+        let _ = saver_stop.send(true);
+        if let Some(saver) = retained_saver {
+            let _ = saver.await;
         }
         // Every connection is gone: index the queues for a fast next start, make everything
         // durable and mark the stop clean.

@@ -47,6 +47,7 @@ async fn serve(
         data_lock: None,
         vhost_maker: None,
         directory_file: None,
+        adapters: Vec::new(),
     };
     let server = Server::new(parts, &Settings::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

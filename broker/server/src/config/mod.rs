@@ -17,7 +17,10 @@ use crate::tls::TlsConfig;
 mod access;
 pub mod cluster;
 mod plugins;
-pub use plugins::{ExchangePluginConfig, PluginEntry, PluginSettings, PluginsConfig, RetryPluginConfig};
+pub use plugins::{
+    AdapterEntry, AdapterPluginConfig, ExchangePluginConfig, PluginEntry, PluginSettings, PluginsConfig,
+    RetryPluginConfig,
+};
 
 /// Command-line flags.
 #[derive(Debug, Default, Parser)]
@@ -743,6 +746,14 @@ impl Settings {
         s.limits.counts.max_tx_operations = file.limits.max_tx_operations;
         s.limits.counts.max_tx_bytes = file.limits.max_tx_bytes.map(|Size(n)| n);
         s.plugins = file.plugins.build()?;
+        if let Some(a) = s.plugins.adapters.iter().find(|a| a.tls_listen.is_some())
+            && s.amqps.is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "plugins.adapter '{}': tls-listen needs a [tls] section with cert and key",
+                a.plugin.name
+            )));
+        }
         s.cluster = file.cluster.map(cluster::ClusterConfig::build).transpose()?;
         if let Some(c) = &s.cluster {
             c.check_transport(s.amqps.as_ref().map(|(_, t)| t))?;

@@ -1,4 +1,5 @@
-//! `[[plugins.exchange]]` and `[[plugins.retry]]`: the components to load, with their limits.
+//! `[[plugins.exchange]]`, `[[plugins.retry]]` and `[[plugins.adapter]]`: the components to
+//! load, with their limits.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,36 @@ pub struct PluginsConfig {
     /// Retry policies.
     #[serde(default)]
     pub retry: Vec<RetryPluginConfig>,
+    /// Protocol adapters.
+    #[serde(default)]
+    pub adapter: Vec<AdapterPluginConfig>,
+}
+
+/// `[[plugins.adapter]]`: a protocol served by a component on a listener of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdapterPluginConfig {
+    /// The protocol's name, which logs and metrics use ("mqtt").
+    pub protocol: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Where it listens (`0.0.0.0:1883`).
+    pub listen: std::net::SocketAddr,
+    /// Where it listens over TLS with `[tls]`'s certificate (`0.0.0.0:8883`).
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// Handed to the adapter when an instance is built; it may refuse it.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Linear memory cap per instance (octets, or "64MiB").
+    pub memory: Option<Size>,
+    /// Deadline for one call, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Most instances alive at once.
+    pub max_instances: Option<usize>,
+    /// Sessions one instance serves: a trap in an instance ends this many at most.
+    pub sessions_per_instance: Option<usize>,
+    /// Most connections at once on this listener.
+    pub max_connections: Option<usize>,
 }
 
 /// `[[plugins.exchange]]`: an exchange type implemented by a component.
@@ -95,7 +126,31 @@ pub struct PluginSettings {
     pub exchanges: Vec<PluginEntry>,
     /// Retry policies.
     pub retries: Vec<PluginEntry>,
+    /// Protocol adapters.
+    pub adapters: Vec<AdapterEntry>,
 }
+
+/// One protocol adapter to serve.
+#[derive(Debug, Clone)]
+pub struct AdapterEntry {
+    /// The plugin, `name` being the protocol.
+    pub plugin: PluginEntry,
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// Where it listens over TLS.
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// Sessions per instance.
+    pub sessions_per_instance: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+}
+
+/// Sessions per adapter instance unless the entry says: a trap costs at most this many.
+pub const DEFAULT_SESSIONS_PER_INSTANCE: usize = 256;
+/// An adapter instance's memory cap unless the entry says: its sessions' buffers share it.
+pub const DEFAULT_ADAPTER_MEMORY: usize = 512 << 20;
+/// Connections an adapter listener serves at once unless the entry says.
+pub const DEFAULT_ADAPTER_CONNECTIONS: usize = 65_536;
 
 /// One plugin to load.
 #[derive(Debug, Clone)]
@@ -140,6 +195,42 @@ impl PluginsConfig {
             let limits = plugin_limits(&what, r.memory, r.timeout_ms, r.max_instances)?;
             let config = r.config.into_iter().collect();
             s.retries.push(PluginEntry { name: r.name, component: r.component, config, limits });
+        }
+        for a in self.adapter {
+            let what = format!("plugins.adapter '{}'", a.protocol);
+            if a.protocol.is_empty() || !a.protocol.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: protocol must be letters, digits and '-'"
+                )));
+            }
+            if s.adapters.iter().any(|e| e.plugin.name == a.protocol) {
+                return Err(ConfigError::Invalid(format!("{what}: configured twice")));
+            }
+            if s.adapters.iter().any(|e| e.listen == a.listen) {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: {} is another adapter's listener",
+                    a.listen
+                )));
+            }
+            let mut limits = plugin_limits(&what, a.memory, a.timeout_ms, a.max_instances)?;
+            if a.memory.is_none() {
+                limits.memory_bytes = DEFAULT_ADAPTER_MEMORY;
+            }
+            let sessions_per_instance = a.sessions_per_instance.unwrap_or(DEFAULT_SESSIONS_PER_INSTANCE);
+            let max_connections = a.max_connections.unwrap_or(DEFAULT_ADAPTER_CONNECTIONS);
+            if sessions_per_instance == 0 || max_connections == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: sessions-per-instance and max-connections must be above 0"
+                )));
+            }
+            let config = a.config.into_iter().collect();
+            s.adapters.push(AdapterEntry {
+                plugin: PluginEntry { name: a.protocol, component: a.component, config, limits },
+                listen: a.listen,
+                tls_listen: a.tls_listen,
+                sessions_per_instance,
+                max_connections,
+            });
         }
         Ok(s)
     }

@@ -186,6 +186,36 @@ memroy = 5",
 }
 
 #[test]
+fn protocol_adapters_take_a_listener_a_config_table_and_limits() {
+    let text = "[[plugins.adapter]]
+protocol = \"mqtt\"
+component = \"adapter_mqtt.wasm\"
+listen = \"127.0.0.1:1883\"
+sessions-per-instance = 64
+config = { prefetch = \"20\" }";
+    let s = Settings::resolve(&Cli::default(), parse(text).unwrap_or_default()).expect("valid");
+    let a = &s.plugins.adapters[0];
+    assert_eq!((a.plugin.name.as_str(), a.listen.port(), a.sessions_per_instance), ("mqtt", 1883, 64));
+    assert_eq!(a.plugin.config, vec![("prefetch".into(), "20".into())]);
+    assert_eq!(a.plugin.limits.memory_bytes, plugins::DEFAULT_ADAPTER_MEMORY, "adapters' own default");
+    let entry = |more: &str| {
+        format!(
+            "[[plugins.adapter]]\nprotocol = \"mqtt\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1883\"\n{more}"
+        )
+    };
+    for (bad, says) in [
+        (entry("tls-listen = \"127.0.0.1:8883\""), "needs a [tls] section"),
+        (entry("sessions-per-instance = 0"), "above 0"),
+        (format!("{}\n{}", entry(""), entry("")), "configured twice"),
+        (entry("").replace("\"mqtt\"", "\"mq tt\""), "letters, digits"),
+    ] {
+        let file = parse(&bad).map_err(|e| panic!("{bad}: {e}")).unwrap_or_default();
+        let e = Settings::resolve(&Cli::default(), file).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn users_take_rabbitmq_hashes_and_permissions_are_checked_against_users_and_vhosts() {
     let resolve = |text: &str| {
         parse(text)

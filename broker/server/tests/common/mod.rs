@@ -19,6 +19,12 @@ pub struct TestBroker {
     pub amqps: Option<SocketAddr>,
     pub quic: Option<(SocketAddr, std::path::PathBuf)>,
     pub metrics: Option<SocketAddr>,
+    /// The MQTT adapter's listener, when one is configured.
+    pub mqtt: Option<SocketAddr>,
+    /// Every protocol adapter's listener, by protocol.
+    pub adapters: Vec<(String, SocketAddr)>,
+    /// The MQTT adapter's TLS listener, when one is configured.
+    pub mqtts: Option<SocketAddr>,
     pub shared: SharedRef,
     /// Every vhost's broker (`shared` is the one of `/`).
     pub node: warren::server::NodeRef,
@@ -56,6 +62,9 @@ impl TestBroker {
         let amqps = server.amqps_addr();
         let quic = server.quic_addr().zip(server.quic_cert().map(|p| p.to_path_buf()));
         let metrics = server.metrics_addr();
+        let mqtt = server.adapter_addr("mqtt");
+        let adapters = server.adapter_addrs();
+        let mqtts = server.adapter_tls_addr("mqtt");
         let shared = server.shared();
         let node = server.node();
         let alarms = server.services().alarms.clone();
@@ -73,6 +82,9 @@ impl TestBroker {
             amqps,
             quic,
             metrics,
+            mqtt,
+            adapters,
+            mqtts,
             shared,
             node,
             alarms,
