@@ -6,8 +6,10 @@
 //! - [`throughput`]: producers and consumers; throughput, end-to-end and confirm latency.
 //! - [`connections`]: many idle connections, and the broker's memory for each.
 //! - [`histogram`]: latency quantiles without storing every sample.
+//! - [`mqtt`]: MQTT fan-out at QoS 0 or 1, and idle MQTT connections, for any MQTT broker.
 
 pub mod client;
 pub mod connections;
 pub mod histogram;
+pub mod mqtt;
 pub mod throughput;

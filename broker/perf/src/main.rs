@@ -28,6 +28,37 @@ enum Mode {
         #[command(flatten)]
         load: Load,
     },
+    /// MQTT: one publisher fanning out to subscribers at QoS 0 or 1 (any MQTT broker).
+    Mqtt {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// Seconds to publish.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Subscribers, each getting every message.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// QoS of publishes and subscriptions: 0 or 1.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+        /// Body size in octets (at least 8).
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        /// QoS 1 publishes unacked at most.
+        #[arg(long, default_value_t = 100)]
+        window: usize,
+    },
+    /// MQTT: opens idle connections and reports the broker's memory per connection.
+    MqttConnections {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The broker's process id, to read its memory from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Opens idle connections with a channel each and reports the broker's memory per connection.
     Connections {
         /// Broker URI.
@@ -40,6 +71,37 @@ enum Mode {
         #[arg(long)]
         pid: Option<u32>,
     },
+}
+
+#[derive(Debug, Args)]
+struct MqttArgs {
+    /// The broker's MQTT listener.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: std::net::SocketAddr,
+    /// User name.
+    #[arg(long, default_value = "guest")]
+    user: String,
+    /// Password.
+    #[arg(long, default_value = "guest")]
+    password: String,
+    /// Speak MQTT 5 rather than 3.1.1.
+    #[arg(long)]
+    v5: bool,
+}
+
+impl MqttArgs {
+    fn scenario(self) -> warren_perf::mqtt::Scenario {
+        warren_perf::mqtt::Scenario {
+            addr: self.addr,
+            user: (self.user, self.password),
+            qos: 0,
+            subscribers: 0,
+            size: 16,
+            duration: Duration::ZERO,
+            window: 1,
+            version: if self.v5 { warren_mqtt::Version::V5 } else { warren_mqtt::Version::V311 },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +200,34 @@ async fn main() -> anyhow::Result<()> {
                 bail!("latency needs --rate: latency at saturation measures queueing, not the broker");
             }
             report("latency", &throughput::run(&load.scenario(cli.json)?).await?, cli.json)
+        }
+        Mode::Mqtt { mqtt, duration, subscribers, qos, size, window } => {
+            let s = warren_perf::mqtt::Scenario {
+                duration: Duration::from_secs_f64(duration),
+                subscribers,
+                qos,
+                size,
+                window,
+                ..mqtt.scenario()
+            };
+            let summary = warren_perf::mqtt::run(&s).await?;
+            if cli.json {
+                println!("{}", summary.json());
+            } else {
+                println!("{}", summary.text());
+            }
+        }
+        Mode::MqttConnections { mqtt, count, pid } => {
+            let (opened, per) = warren_perf::mqtt::connections(&mqtt.scenario(), count, pid).await?;
+            let per = per.map_or("unknown (give --pid)".into(), |b| format!("{b:.0} octets"));
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"mode": "mqtt-connections", "opened": opened, "per_connection": per})
+                );
+            } else {
+                println!("opened {opened} MQTT connections; broker memory per connection: {per}");
+            }
         }
         Mode::Connections { uri, count, pid } => {
             let s = warren_perf::connections::run(&uri, count, pid).await?;
