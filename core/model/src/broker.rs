@@ -41,6 +41,7 @@ mod exchanges;
 mod operator;
 mod persist;
 mod queues;
+mod quorum;
 mod reply_to;
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,9 @@ pub struct BrokerConfig {
     /// What the brokers of one node share (ids, counts for the limits): the same `Arc` for
     /// each when every vhost has a broker of its own.
     pub census: std::sync::Arc<Census>,
+    /// Why quorum queues are refused, when they are: a node of a cluster cannot serve them
+    /// as one-member groups (their replication is not built yet). `None` serves them.
+    pub quorum_refused: Option<String>,
 }
 
 /// One vhost's limits (RabbitMQ's `rabbitmqctl set_vhost_limits`); `None` is unlimited.
@@ -135,6 +139,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             vhost: "/".into(),
             census: Default::default(),
+            quorum_refused: None,
         }
     }
 }
@@ -287,6 +292,8 @@ pub struct Broker {
     consumer_sweep: Option<Instant>,
     /// Why publishers are blocked (a resource alarm), when they are.
     alarm: Option<String>,
+    /// Why quorum queues are refused, when they are ([`BrokerConfig::quorum_refused`]).
+    quorum_refused: Option<String>,
 }
 
 impl Broker {
@@ -319,6 +326,7 @@ impl Broker {
             events: Vec::new(),
             durability: Default::default(),
             alarm: None,
+            quorum_refused: config.quorum_refused,
         };
         b.declare_predefined_exchanges(VHostId::DEFAULT);
         b
@@ -673,12 +681,14 @@ impl Broker {
             Command::Consume(m) => self.basic_consume(conn, ch, m),
             Command::Cancel(m) => self.basic_cancel(conn, ch, m),
             Command::Get(m) => self.basic_get(conn, ch, m),
-            Command::Ack { delivery_tag, multiple } => self.settle(conn, ch, delivery_tag, multiple, None),
+            Command::Ack { delivery_tag, multiple } => {
+                self.settle(conn, ch, delivery_tag, multiple, None, deliver::Return::Refused)
+            }
             Command::Reject { delivery_tag, requeue } => {
-                self.settle(conn, ch, delivery_tag, false, Some(requeue))
+                self.settle(conn, ch, delivery_tag, false, Some(requeue), deliver::Return::Rejected)
             }
             Command::Nack { delivery_tag, multiple, requeue } => {
-                self.settle(conn, ch, delivery_tag, multiple, Some(requeue))
+                self.settle(conn, ch, delivery_tag, multiple, Some(requeue), deliver::Return::Refused)
             }
             Command::Recover { requeue, reply } => self.basic_recover(conn, ch, requeue, reply),
             Command::SelectConfirms(m) => self.confirm_select(conn, ch, m),
@@ -1037,11 +1047,13 @@ impl Broker {
             if let Some(q) = self.vhosts[vh].queues.get_mut(&*c.queue) {
                 q.remove_consumer(conn, ch, &tag);
             }
+            self.quorum_cancel(vh, &c.queue, conn, ch, &tag);
             touched.push(c.queue);
         }
         for u in state.unacked.into_values() {
             touched.push(u.queue.clone());
-            self.give_back(vh, u, deliver::Return::Released);
+            // Its consumer is lost with the channel: a failed delivery for a quorum queue.
+            self.give_back(vh, (conn, ch), u, deliver::Return::Lost);
         }
         touched.sort();
         touched.dedup();

@@ -44,6 +44,17 @@ pub struct Unacked {
     pub consumer: Option<std::sync::Arc<str>>,
     /// When it was delivered, for the consumer timeout.
     pub delivered_at: std::time::Instant,
+    /// Which delivery of a quorum queue's machine it is; `None` from a classic queue.
+    pub quorum: Option<QuorumDelivery>,
+}
+
+/// A delivery from a quorum queue as its machine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumDelivery {
+    /// Its id among its consumer's deliveries: the machine settles by it.
+    pub id: u64,
+    /// The message's index: its body goes back under it when it is returned.
+    pub index: u64,
 }
 
 /// One channel's delivery state.
@@ -235,6 +246,7 @@ mod tests {
             consumer: None,
             #[allow(clippy::disallowed_methods)] // a test needs some instant
             delivered_at: std::time::Instant::now(),
+            quorum: None,
         }
     }
 

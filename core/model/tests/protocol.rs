@@ -522,25 +522,25 @@ fn a_direct_reply_never_crosses_vhosts() {
     assert!(matches!(h.method(req), Some(Method::BasicDeliver(_))), "delivered within the vhost");
 }
 
-/// A quorum declare is checked as RabbitMQ checks it (its words for a bad one), then refused
-/// with a 406 that says quorum queues are not served yet, and nothing is declared.
+/// A quorum declare is checked as RabbitMQ checks it (its words for a bad one); a node that
+/// is told not to serve quorum queues (a cluster member, until they replicate) refuses a
+/// good one with a 406 that says why, and nothing is declared.
 #[test]
-fn a_quorum_queue_is_checked_then_refused_until_it_is_served() {
-    let mut h = harness();
+fn a_quorum_queue_is_checked_then_refused_where_it_is_not_served() {
+    let why = "quorum queues are not replicated across a cluster yet";
+    let config = BrokerConfig { quorum_refused: Some(why.into()), ..Default::default() };
+    let mut h = Harness::with(Instant::now(), config, ConnectionConfig::default());
     let c = h.open();
     let quorum = args(&[("x-queue-type", FieldValue::str("quorum"))]);
     for (durable, want) in [
-        (false, "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'qq' in vhost '/'"),
-        (
-            true,
-            "PRECONDITION_FAILED - queue 'qq' in vhost '/': queue type 'quorum' is not served by Warren yet",
-        ),
+        (false, "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'qq' in vhost '/'".to_string()),
+        (true, format!("PRECONDITION_FAILED - queue 'qq' in vhost '/': {why}")),
     ] {
         h.open_channel(c, 1);
         let m = QueueDeclare { queue: "qq".into(), durable, arguments: quorum.clone(), ..Default::default() };
         h.send_method(c, 1, m);
         let Some(Method::ChannelClose(close)) = h.method(c) else { panic!("expected channel.close") };
-        assert_eq!((close.reply_code, close.reply_text.as_str()), (406, want));
+        assert_eq!((close.reply_code, close.reply_text.as_str()), (406, want.as_str()));
         h.send_method(c, 1, ChannelCloseOk {});
         assert_eq!(ready(&h, "qq"), None);
     }

@@ -243,6 +243,12 @@ impl Broker {
             q.had_consumer = true;
             q.last_used = self.now;
         }
+        if self.is_quorum(vh, &m.queue) {
+            // Its deliveries follow consume-ok.
+            self.reply(conn, ch, m.no_wait, BasicConsumeOk { consumer_tag: tag.clone() });
+            self.quorum_checkout(vh, &m.queue, (conn, ch, &tag), m.no_ack, prefetch, priority);
+            return Ok(());
+        }
         self.reply(conn, ch, m.no_wait, BasicConsumeOk { consumer_tag: tag });
         self.dispatch(vh, &m.queue);
         Ok(())
@@ -264,6 +270,10 @@ impl Broker {
             return Ok(());
         };
         q.remove_consumer(conn, ch, &m.consumer_tag);
+        self.quorum_cancel(vh, &queue, conn, ch, &m.consumer_tag);
+        let Some(q) = self.vhosts[vh].queues.get_mut(&*queue) else {
+            return Ok(());
+        };
         if q.should_auto_delete() {
             self.delete_queue(vh, &queue);
             return Ok(());
@@ -283,6 +293,9 @@ impl Broker {
         };
         q.check_access(conn)?;
         q.last_used = now;
+        if q.quorum.is_some() {
+            return self.quorum_get(vh, (conn, ch), &m.queue, m.no_ack);
+        }
         let msg = loop {
             let Some(q) = self.vhosts[vh].queues.get_mut(&m.queue) else {
                 return Ok(());
@@ -318,7 +331,7 @@ impl Broker {
         if m.no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now };
+            let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now, quorum: None };
             c.unacked.insert(delivery_tag, u);
         }
         self.reply_content(conn, ch, method.into(), message);

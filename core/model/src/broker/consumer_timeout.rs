@@ -94,11 +94,12 @@ impl Broker {
         if let Some(q) = self.vhosts[vh].queues.get_mut(&*consumer.queue) {
             q.remove_consumer(conn, ch, tag);
         }
+        self.quorum_cancel(vh, &consumer.queue, conn, ch, tag);
         self.send(conn, ch, BasicCancel { consumer_tag: tag.to_string(), no_wait: true });
         self.events
             .push(crate::stats::BrokerEvent::ConsumerTimedOut { consumer: tag.to_string(), detail: text });
         for u in returned {
-            self.give_back(vh, u, Return::Released);
+            self.give_back(vh, (conn, ch), u, Return::Lost);
         }
         self.dispatch(vh, &consumer.queue);
     }

@@ -53,6 +53,9 @@ impl Broker {
         let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return Offer::NoQueue;
         };
+        if q.quorum.is_some() {
+            return self.quorum_offer(vh, queue, message, own_ttl, hold_ms);
+        }
         let size = message.body.len() as u64;
         if q.would_overflow(size) {
             match q.args.overflow {

@@ -16,10 +16,28 @@ use crate::retry::ExternalDecision;
 /// How an unacked message came back to its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Return {
-    /// A consumer nacked or rejected it with requeue: the retry policy applies.
+    /// A consumer nacked it with requeue: the retry policy applies.
     Refused,
-    /// Its channel closed or the client asked to recover: it simply goes back.
+    /// A consumer rejected it with requeue: as [`Return::Refused`], and a quorum queue counts
+    /// it as a failed delivery (RabbitMQ 4.3; a nack does not count).
+    Rejected,
+    /// The client asked to recover: it simply goes back.
     Released,
+    /// Its consumer is gone (its channel closed, it timed out): it goes back, and a quorum
+    /// queue counts it as a failed delivery.
+    Lost,
+}
+
+impl Return {
+    /// Whether a consumer refused it (a retry policy for failures applies).
+    fn refused(self) -> bool {
+        matches!(self, Return::Refused | Return::Rejected)
+    }
+
+    /// How a quorum queue takes it back.
+    fn quorum(self) -> super::quorum::Giveback {
+        super::quorum::Giveback::Return { failed: matches!(self, Return::Rejected | Return::Lost) }
+    }
 }
 
 impl Broker {
@@ -32,7 +50,8 @@ impl Broker {
             let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
                 return;
             };
-            if q.consumers.is_empty() {
+            // A quorum queue's machine hands out its messages itself (`broker/quorum.rs`).
+            if q.consumers.is_empty() || q.quorum.is_some() {
                 return;
             }
             let Some(head) = q.head() else {
@@ -112,6 +131,7 @@ impl Broker {
                         message: msg,
                         consumer,
                         delivered_at: now,
+                        quorum: None,
                     };
                     ch.unacked.insert(delivery_tag, u);
                     due = timeout.map(|t| now + t);
@@ -144,7 +164,8 @@ impl Broker {
         }
     }
 
-    /// basic.ack (`requeue` None), basic.nack and basic.reject (`requeue` Some).
+    /// basic.ack (`requeue` None), basic.nack and basic.reject (`requeue` Some); `how` says
+    /// which of the two refused a message it requeues.
     pub(super) fn settle(
         &mut self,
         conn: ConnId,
@@ -152,6 +173,7 @@ impl Broker {
         delivery_tag: u64,
         multiple: bool,
         requeue: Option<bool>,
+        how: Return,
     ) -> Result<(), AmqpError> {
         let Some(c) = self.channel(conn, ch) else {
             return Ok(());
@@ -163,7 +185,7 @@ impl Broker {
             }
             return self.hold_in_tx(conn, ch, TxOp::Settle { tag: delivery_tag, multiple, requeue });
         }
-        self.settle_as(conn, ch, delivery_tag, multiple, requeue, Return::Refused)
+        self.settle_as(conn, ch, delivery_tag, multiple, requeue, how)
     }
 
     /// Applies an ack, nack or reject now; a requeue counts as `how` (a consumer's nack
@@ -195,6 +217,7 @@ impl Broker {
                     q.stats.acked += 1;
                 }
                 self.forget(u.queue_id, &u.message);
+                self.quorum_ack(vh, conn, ch, u);
             }
         }
         for u in taken {
@@ -204,7 +227,10 @@ impl Broker {
             }
             match requeue {
                 None => {}
-                Some(true) => self.give_back(vh, u, how),
+                Some(true) => self.give_back(vh, (conn, ch), u, how),
+                Some(false) if u.quorum.is_some() => {
+                    self.quorum_give_back(vh, conn, ch, u, super::quorum::Giveback::Discard);
+                }
                 Some(false) if self.vhosts[vh].queues.get(&*u.queue).is_some_and(|q| q.id == u.queue_id) => {
                     self.dead_letter(vh, &u.queue, u.message, Reason::Rejected);
                 }
@@ -223,7 +249,11 @@ impl Broker {
     /// Returns an unacked message to its queue (if that queue still exists): counted against
     /// `x-delivery-limit`, held back by the retry policy when a consumer refused it, and
     /// otherwise put back at its original position.
-    pub(super) fn give_back(&mut self, vh: VHostId, u: Unacked, how: Return) {
+    pub(super) fn give_back(&mut self, vh: VHostId, (conn, ch): (ConnId, u16), u: Unacked, how: Return) {
+        if u.quorum.is_some() {
+            // Retry policies are refused on quorum queues at declare (not served for them yet).
+            return self.quorum_give_back(vh, conn, ch, u, how.quorum());
+        }
         let now = self.now;
         let Some(q) = self.vhosts[vh].queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) else {
             return;
@@ -236,7 +266,7 @@ impl Broker {
         if m.expires_at.is_some_and(|t| t <= now) {
             return self.dead_letter(vh, &u.queue, m, Reason::Expired);
         }
-        if let Some(policy) = q.args.retry.as_ref().filter(|p| p.applies(how == Return::Refused)) {
+        if let Some(policy) = q.args.retry.as_ref().filter(|p| p.applies(how.refused())) {
             let previous = retry_count(&m.message);
             let attempt = previous.saturating_add(1);
             match policy.decide(&m.message, previous, m.delivery_count, Reason::Rejected) {

@@ -586,13 +586,18 @@ impl Broker {
         }
         let names: crate::hash::Map<u64, (VHostId, std::sync::Arc<str>)> =
             self.vhosts.all_queues().map(|q| (q.id, (q.vhost, q.name.clone()))).collect();
-        for e in r.entries {
+        let mut entries = r.entries;
+        // In publish order per queue: a quorum queue's machine takes them in that order.
+        entries.sort_by_key(|e| (e.queue, e.seq));
+        self.quorum_restoring(true);
+        for e in entries {
             if let Some((vh, name)) = names.get(&e.queue)
                 && self.restore_entry(*vh, name, e, r.clean)
             {
                 report.messages += 1;
             }
         }
+        self.quorum_restoring(false);
         self.publish_census();
         report
     }
@@ -625,6 +630,12 @@ impl Broker {
         m.stored = Some(e.at);
         q.reserve_seq(m.seq);
         let queue_id = q.id;
+        if q.quorum.is_some() {
+            // Its machine takes it again, count and TTL left, in publish order; a retry
+            // delay is not served for quorum queues, so it is ready at once.
+            self.quorum_restore(vh, queue, queue_id, m);
+            return true;
+        }
         match e.state.ready_at_ms.filter(|&at| at > unix_ms) {
             Some(at) => {
                 q.delayed += 1;

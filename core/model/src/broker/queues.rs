@@ -100,20 +100,36 @@ impl Broker {
         )?;
         let vhost = &self.vhosts[vh].name;
         args.check_type(name, vhost, &spec)?;
-        if args.queue_type == crate::queue_args::QueueType::Quorum {
-            // The machine exists (queue::quorum); its log, its replicas and the broker's
-            // deliveries from it do not yet. Refused after the checks above, so a declare
-            // RabbitMQ would refuse gets RabbitMQ's answer.
-            return Err(precondition(format!(
-                "queue '{name}' in vhost '{vhost}': queue type 'quorum' is not served by Warren yet"
-            )));
+        let quorum = args.queue_type == crate::queue_args::QueueType::Quorum;
+        if quorum {
+            // Refused after the checks above, so a declare RabbitMQ would refuse gets
+            // RabbitMQ's answer.
+            if let Some(why) = &self.quorum_refused {
+                return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
+            }
+            if args.retry.is_some() {
+                return Err(precondition(format!(
+                    "queue '{name}' in vhost '{vhost}': retry policies are not served for quorum queues yet"
+                )));
+            }
         }
         self.census.reserve_queue_ids(id + 1);
+        let machine = quorum.then(|| {
+            let config = super::quorum::machine_config(&args, false);
+            let machine = crate::queue::quorum::QuorumQueue::new(config, self.unix_ms);
+            Box::new(crate::queue::quorum::Local::new(machine))
+        });
         let mut q = Queue::new(id, name.to_string(), spec, args, self.now);
         q.vhost = vh;
         q.vhost_name = self.vhosts[vh].name.clone();
+        q.quorum = machine;
         self.vhosts[vh].queues.insert(name.to_string(), q);
-        self.arm_queue_expiry(vh, name);
+        if quorum {
+            // Arms its x-expires: the machine keeps the time the queue was last used.
+            self.quorum_tick(vh, name, id);
+        } else {
+            self.arm_queue_expiry(vh, name);
+        }
         let v = &self.vhosts[vh];
         v.queues.get(name).ok_or_else(|| no_queue(&v.name, name))
     }
@@ -124,6 +140,11 @@ impl Broker {
             return Err(no_queue(&self.vhosts[vh].name, &m.queue));
         };
         q.check_access(conn)?;
+        if q.quorum.is_some() {
+            let message_count = self.quorum_purge(vh, &m.queue);
+            self.reply(conn, ch, m.no_wait, QueuePurgeOk { message_count });
+            return Ok(());
+        }
         let (id, purged) = (q.id, q.purge());
         for m in &purged {
             self.forget(id, m);

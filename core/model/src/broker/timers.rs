@@ -22,6 +22,8 @@ pub(super) enum Timer {
     QueueExpires { vh: VHostId, queue: Arc<str>, queue_id: u64 },
     /// Some consumer's delivery may have waited too long for its ack.
     ConsumerTimeouts,
+    /// A quorum queue's machine asked to be ticked (a TTL, `x-expires`, a retry delay).
+    QuorumTick { vh: VHostId, queue: Arc<str>, queue_id: u64 },
 }
 
 /// A message held out of its queue by a retry policy or a delayed-message exchange.
@@ -74,6 +76,10 @@ impl Broker {
                 Timer::ConsumerTimeouts => {
                     counts = true;
                     self.sweep_consumer_timeouts();
+                }
+                Timer::QuorumTick { vh, queue, queue_id } => {
+                    counts = true;
+                    self.quorum_tick(vh, &queue, queue_id);
                 }
             }
         }
@@ -163,6 +169,11 @@ impl Broker {
             return;
         };
         q.delayed = q.delayed.saturating_sub(1);
+        if q.quorum.is_some() {
+            // Held by a delayed-message exchange: its machine takes it now, TTL and all.
+            self.quorum_enqueue(vh, &d.queue, d.queue_id, d.message);
+            return;
+        }
         // Its TTL may have run out while it was held (it counts from now for a delayed-message
         // hold, and kept running through a retry delay): expired now, or armed from now.
         let expires = d.message.expires_at;
@@ -189,6 +200,10 @@ impl Broker {
             return;
         };
         q.last_used = self.now;
+        // A quorum queue's machine keeps its own x-expires.
+        if q.quorum.is_some() {
+            return;
+        }
         let Some(ms) = q.args.expires else {
             return;
         };

@@ -87,6 +87,10 @@ pub struct Queue {
     /// Whether it ever had a consumer; auto-delete applies only after the first.
     pub had_consumer: bool,
     next_seq: u64,
+    /// A quorum queue's machine and bodies; `None` for a classic queue. A quorum queue's
+    /// lanes stay empty: its messages, their order and their consumers' turns are the
+    /// machine's (`consumers` above is kept for the broker's bookkeeping: cancels, counts).
+    pub quorum: Option<Box<quorum::Local>>,
 }
 
 /// What happened to a message offered to a queue.
@@ -126,6 +130,7 @@ impl Queue {
             exclusive_consumer: false,
             had_consumer: false,
             next_seq: 0,
+            quorum: None,
         }
     }
 
@@ -285,15 +290,18 @@ impl Queue {
         out
     }
 
-    /// The ready messages, in no particular order.
+    /// The messages it holds and no consumer does (a quorum queue's delayed and dead ones
+    /// too), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
-        self.lanes.iter().flat_map(Lane::iter)
+        let quorum = self.quorum.iter().flat_map(|l| l.bodies());
+        self.lanes.iter().flat_map(Lane::iter).chain(quorum)
     }
 
-    /// The ready messages, in no particular order, to change what the store keeps of them
-    /// (never their body's length, seq or priority).
+    /// [`Queue::iter`], to change what the store keeps of them (never their body's length,
+    /// seq or priority).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
-        self.lanes.iter_mut().flat_map(Lane::iter_mut)
+        let quorum = self.quorum.iter_mut().flat_map(|l| l.bodies_mut());
+        self.lanes.iter_mut().flat_map(Lane::iter_mut).chain(quorum)
     }
 
     /// The message delivered next.
@@ -303,17 +311,23 @@ impl Queue {
 
     /// Number of ready messages.
     pub fn len(&self) -> usize {
-        self.count
+        match &self.quorum {
+            Some(l) => usize::try_from(l.machine().ready()).unwrap_or(usize::MAX),
+            None => self.count,
+        }
     }
 
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.len() == 0
     }
 
     /// Body octets of the ready messages.
     pub fn bytes(&self) -> u64 {
-        self.ready_bytes
+        match &self.quorum {
+            Some(l) => l.machine().ready_bytes(),
+            None => self.ready_bytes,
+        }
     }
 
     /// Takes every ready message out.

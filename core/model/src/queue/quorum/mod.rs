@@ -19,11 +19,13 @@ use super::lane::{Lane, Ordered};
 use crate::deadletter::Reason;
 
 mod consumers;
+mod local;
 mod pairs;
 #[cfg(test)]
 mod tests;
 
 pub use consumers::{Consumer, ConsumerId, Consumers, Owner, Status};
+pub use local::Local;
 
 /// RabbitMQ 4's default `x-delivery-limit` for quorum queues.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
@@ -76,6 +78,9 @@ pub struct Header {
     pub priority: u8,
     /// Its `expiration` property, milliseconds.
     pub ttl_ms: Option<u64>,
+    /// Failed deliveries it had before (0 for a publish): a message carried over, as one
+    /// restored from the node's log after a restart, keeps its count.
+    pub delivery_count: u32,
 }
 
 /// A channel publishing with confirms, in one incarnation: a channel number reopened, or a
@@ -686,8 +691,8 @@ impl QuorumQueue {
             size: header.size,
             priority: header.priority.min(PRIORITIES - 1),
             expires_ms: ttl.map(|t| meta.time_ms.saturating_add(t)),
-            delivery_count: 0,
-            acquired: 0,
+            delivery_count: header.delivery_count,
+            acquired: header.delivery_count,
             delivered_ms: 0,
         };
         self.push(msg);

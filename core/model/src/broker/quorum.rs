@@ -1,0 +1,511 @@
+//! Quorum queues served on this node: AMQP's operations become the machine's commands
+//! ([`crate::queue::quorum::Command`]), and its effects become deliveries, dead letters,
+//! timers and deletions.
+//!
+//! A node serves a quorum queue as a one-member group ([`crate::queue::quorum::Local`]): a
+//! command is committed once it is in the node's log, so it is applied at once. Every
+//! message of a quorum queue is stored, persistent or not (its log holds them all, as
+//! RabbitMQ's does), and its publisher's confirm waits for the store's sync like any stored
+//! message's. A restart puts the stored messages back through the machine in publish order,
+//! with their delivery counts. What the machine decides (order, priorities, prefetch,
+//! single active consumer, TTL at the head, length limits, `x-delivery-limit`,
+//! `x-expires`) is decided there and nowhere else; the broker keeps what is per channel
+//! (delivery tags, unacked entries, the consumer timeout).
+
+use std::sync::Arc;
+
+use warren_codec::BasicGetOk;
+use warren_codec::reply_code::PRECONDITION_FAILED;
+
+use super::deliver::{count_delivery, delivered_form};
+use super::timers::Timer;
+use super::{Broker, ConnId, VHostId};
+use crate::channel::{QuorumDelivery, Unacked};
+use crate::error::AmqpError;
+use crate::message::{Message, Outgoing, QueuedMessage};
+use crate::queue::Offer;
+use crate::queue::quorum::{Command, ConsumerId, Delivery, Effect, Header, Owner, PRIORITIES, Reply};
+
+/// The machine's name for consumer `tag` on channel `ch` of `conn` (the empty tag is the
+/// channel's `basic.get`).
+fn consumer_id(conn: ConnId, ch: u16, tag: &str) -> ConsumerId {
+    // One node: every owner is on node 0 until the cluster serves quorum queues.
+    ConsumerId { owner: Owner { node: 0, conn }, channel: ch, tag: tag.to_string() }
+}
+
+/// What a quorum queue knows of a message entering it.
+fn header(m: &Message, ttl_ms: Option<u64>, delivery_count: u32) -> Header {
+    Header {
+        size: m.body.len() as u64,
+        priority: m.properties.priority.unwrap_or(0).min(PRIORITIES - 1),
+        ttl_ms,
+        delivery_count,
+    }
+}
+
+/// How an unacked message of a quorum queue is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Giveback {
+    /// Back to the queue; `failed` counts towards `x-delivery-limit`.
+    Return {
+        /// A failed delivery (RabbitMQ 4.3: `basic.reject`, a lost consumer).
+        failed: bool,
+    },
+    /// Rejected without requeue: dead-lettered.
+    Discard,
+}
+
+impl Broker {
+    /// Whether `queue` of `vh` is a quorum queue.
+    pub(super) fn is_quorum(&self, vh: VHostId, queue: &str) -> bool {
+        self.vhosts[vh].queues.get(queue).is_some_and(|q| q.quorum.is_some())
+    }
+
+    /// Applies `command` to quorum queue `queue` (incarnation `queue_id` when given) and
+    /// carries out its effects; `None` when there is no such quorum queue.
+    fn quorum_apply(&mut self, vh: VHostId, queue: &str, queue_id: Option<u64>, command: Command) -> Option<Reply> {
+        let now_ms = self.unix_ms;
+        let q = self.vhosts[vh].queues.get_mut(queue).filter(|q| queue_id.is_none_or(|id| q.id == id))?;
+        let id = q.id;
+        let (reply, effects) = q.quorum.as_mut()?.apply(now_ms, command);
+        let name: Arc<str> = q.name.clone();
+        self.quorum_effects(vh, &name, id, effects);
+        Some(reply)
+    }
+
+    /// Carries out what the machine asked for.
+    fn quorum_effects(&mut self, vh: VHostId, queue: &Arc<str>, queue_id: u64, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Deliver { consumer, deliveries } => {
+                    self.quorum_deliver(vh, queue, queue_id, consumer, deliveries);
+                }
+                Effect::DeadLetter { reason, msgs } => {
+                    let at_least_once = self.vhosts[vh]
+                        .queues
+                        .get(&**queue)
+                        .and_then(|q| q.quorum.as_ref())
+                        .is_some_and(|l| l.machine().config().dead_letter_at_least_once);
+                    let mut indexes = Vec::with_capacity(msgs.len());
+                    for m in msgs {
+                        let body = self.quorum_body(vh, queue, queue_id, m.index);
+                        if let Some(body) = body {
+                            // The copy is written before the original is forgotten: at least
+                            // once whichever strategy, on one node.
+                            self.dead_letter(vh, queue, body, reason);
+                        }
+                        indexes.push(m.index);
+                    }
+                    if at_least_once {
+                        self.quorum_apply(vh, queue, Some(queue_id), Command::DeadLettered { indexes });
+                    }
+                }
+                Effect::Timer { at_ms } => {
+                    let armed = self.vhosts[vh]
+                        .queues
+                        .get_mut(&**queue)
+                        .filter(|q| q.id == queue_id)
+                        .and_then(|q| q.quorum.as_mut())
+                        .map(|l| std::mem::replace(&mut l.armed, Some(at_ms)));
+                    if armed.is_some_and(|before| before != Some(at_ms)) {
+                        let at = self.after(at_ms.saturating_sub(self.unix_ms));
+                        self.arm(at, Timer::QuorumTick { vh, queue: queue.clone(), queue_id });
+                    }
+                }
+                Effect::Expired => {
+                    if self.vhosts[vh].queues.get(&**queue).is_some_and(|q| q.id == queue_id) {
+                        self.delete_queue(vh, queue);
+                    }
+                }
+                Effect::ConsumerTimedOut { consumer } => {
+                    // The broker times consumers out per channel (the machine's own timeout
+                    // is off); were the machine to do it, the channel is closed as RabbitMQ does.
+                    let text = format!("consumer '{}' timed out waiting for an acknowledgement", consumer.tag);
+                    let err = AmqpError::new(PRECONDITION_FAILED, text);
+                    self.raise_error(consumer.owner.conn, consumer.channel, err);
+                }
+            }
+        }
+    }
+
+    /// Takes the body of message `index` out of quorum queue `queue`.
+    fn quorum_body(&mut self, vh: VHostId, queue: &str, queue_id: u64, index: u64) -> Option<QueuedMessage> {
+        let q = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id)?;
+        let body = q.quorum.as_mut()?.take(index);
+        if body.is_none() {
+            // The machine and the bodies disagree: a bug, said loudly rather than hidden.
+            self.events.push(crate::stats::BrokerEvent::StorageError {
+                error: format!("quorum queue '{queue}': no body for message {index}"),
+            });
+        }
+        body
+    }
+
+    /// Hands the machine's deliveries to their consumer's channel.
+    fn quorum_deliver(
+        &mut self,
+        vh: VHostId,
+        queue: &Arc<str>,
+        queue_id: u64,
+        consumer: ConsumerId,
+        deliveries: Vec<Delivery>,
+    ) {
+        let now = self.now;
+        let (conn, channel) = (consumer.owner.conn, consumer.channel);
+        let mut settled = Vec::new();
+        let mut unknown = Vec::new();
+        let mut due = None;
+        for d in deliveries {
+            let Some(mut m) = self.quorum_body(vh, queue, queue_id, d.msg.index) else {
+                continue;
+            };
+            m.delivery_count = d.msg.delivery_count;
+            m.redelivered |= d.redelivered;
+            let Some(c) = self.sessions.get_mut(&conn).and_then(|s| s.channels.get_mut(&channel)) else {
+                unknown.push((d.id, d.msg.index, m));
+                continue;
+            };
+            let Some(k) = c.consumers.get_mut(&consumer.tag) else {
+                unknown.push((d.id, d.msg.index, m));
+                continue;
+            };
+            let no_ack = k.no_ack;
+            if !no_ack {
+                k.unacked += 1;
+                due = k.timeout.map(|t| now + t).or(due);
+            }
+            let delivery_tag = c.next_delivery_tag();
+            let consumer_tag: Arc<str> = Arc::from(consumer.tag.as_str());
+            let message = delivered_form(&m);
+            let redelivered = m.redelivered;
+            if no_ack {
+                settled.push((d.id, m));
+            } else {
+                let u = Unacked {
+                    queue_id,
+                    queue: queue.clone(),
+                    message: m,
+                    consumer: Some(consumer_tag.clone()),
+                    delivered_at: now,
+                    quorum: Some(QuorumDelivery { id: d.id, index: d.msg.index }),
+                };
+                c.unacked.insert(delivery_tag, u);
+            }
+            if let Some(q) = self.vhosts[vh].queues.get_mut(&**queue) {
+                count_delivery(&mut self.stats, q, redelivered);
+            }
+            self.push(conn, Outgoing::Deliver { channel, consumer_tag, delivery_tag, redelivered, message });
+        }
+        if let Some(at) = due {
+            self.arm_consumer_sweep(at);
+        }
+        if !settled.is_empty() {
+            let ids = settled.iter().map(|(id, _)| *id).collect();
+            for (_, m) in &settled {
+                self.forget(queue_id, m);
+            }
+            self.quorum_apply(vh, queue, Some(queue_id), Command::Settle { consumer: consumer.clone(), ids });
+        }
+        if !unknown.is_empty() {
+            // A consumer the machine still had but its channel no longer does: gone, and
+            // what it was given goes back (cancelled first, or it would be handed them again).
+            let ids = unknown.iter().map(|(id, _, _)| *id).collect();
+            self.quorum_keep(vh, queue, queue_id, unknown.into_iter().map(|(_, index, m)| (index, m)));
+            self.quorum_apply(vh, queue, Some(queue_id), Command::Cancel { consumer: consumer.clone() });
+            let back = Command::Return { consumer, ids, failed: false, delay_ms: None };
+            self.quorum_apply(vh, queue, Some(queue_id), back);
+        }
+    }
+
+    /// Puts bodies back in quorum queue `queue` under their machine indexes.
+    fn quorum_keep(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+        bodies: impl IntoIterator<Item = (u64, QueuedMessage)>,
+    ) {
+        let Some(l) =
+            self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id).and_then(|q| q.quorum.as_mut())
+        else {
+            return;
+        };
+        for (index, m) in bodies {
+            l.keep(index, m);
+        }
+    }
+
+    /// Puts a routed message in quorum queue `queue`: stored first (every message of a
+    /// quorum queue is), then enqueued by the machine, which may hand it to a consumer at
+    /// once. `hold_ms` holds it first (a delayed-message exchange's `x-delay`).
+    pub(super) fn quorum_offer(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        message: Arc<Message>,
+        own_ttl: Option<u64>,
+        hold_ms: Option<u64>,
+    ) -> Offer {
+        let (now, unix_ms) = (self.now, self.unix_ms);
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
+            return Offer::NoQueue;
+        };
+        let (id, seq) = (q.id, q.allocate_seq());
+        // The shorter of the queue's and the message's TTL, from when it joins the queue:
+        // the machine applies it; the entry keeps the deadline for a restart.
+        let ttl = own_ttl.into_iter().chain(q.args.message_ttl).min();
+        let joins = now + std::time::Duration::from_millis(hold_ms.unwrap_or(0));
+        let expires_at = ttl.map(|ms| joins + std::time::Duration::from_millis(ms));
+        let mut entry = QueuedMessage::new(seq, message, expires_at, unix_ms);
+        let due_ms = hold_ms.map(|ms| unix_ms.saturating_add(ms));
+        let stored = self.has_store();
+        if stored && let Err(e) = self.store_entry(id, &mut entry, due_ms) {
+            // Not written, not queued: the publisher's confirm becomes a nack.
+            self.storage_result(Err(e));
+            return Offer::Refused;
+        }
+        if let (Some(ms), Some(due_ms)) = (hold_ms, due_ms) {
+            if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
+                q.stats.published += 1;
+                q.delayed += 1;
+            }
+            let delayed = self.next_delayed;
+            self.next_delayed += 1;
+            let name: Arc<str> = Arc::from(queue);
+            self.hold_message(
+                delayed,
+                super::timers::Delayed { vh, queue: name, queue_id: id, message: entry, due_ms },
+            );
+            let at = self.after(ms);
+            self.arm(at, Timer::Retry { id: delayed });
+            return Offer::Accepted { stored };
+        }
+        if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
+            q.stats.published += 1;
+        }
+        if self.quorum_enqueue(vh, queue, id, entry) { Offer::Accepted { stored } } else { Offer::Refused }
+    }
+
+    /// The TTL left to message `m` (none when it has none), as its machine takes it.
+    fn ttl_left(&self, m: &QueuedMessage) -> Option<u64> {
+        m.expires_at.map(|at| at.saturating_duration_since(self.now).as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    /// Enqueues a message (stored already, when there is a store) in quorum queue `queue`;
+    /// false when the queue refused it (`x-overflow: reject-publish`), which forgets it.
+    pub(super) fn quorum_enqueue(&mut self, vh: VHostId, queue: &str, queue_id: u64, m: QueuedMessage) -> bool {
+        let ttl = self.ttl_left(&m);
+        let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id) else {
+            self.forget(queue_id, &m);
+            return false;
+        };
+        let Some(l) = q.quorum.as_mut() else {
+            return false;
+        };
+        let index = l.next_index();
+        let h = header(&m.message, ttl, m.delivery_count);
+        // Kept before the apply: the machine may hand it to a consumer in the same step.
+        l.keep(index, m);
+        let reply = self.quorum_apply(vh, queue, Some(queue_id), Command::Enqueue { publish: None, header: h });
+        if reply == Some(Reply::Enqueued) {
+            return true;
+        }
+        if let Some(m) = self.quorum_body(vh, queue, queue_id, index) {
+            self.forget(queue_id, &m);
+        }
+        false
+    }
+
+    /// basic.consume on a quorum queue: the machine registers the consumer and may deliver.
+    pub(super) fn quorum_checkout(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        (conn, ch, tag): (ConnId, u16, &str),
+        no_ack: bool,
+        prefetch: u16,
+        priority: i64,
+    ) {
+        let consumer = consumer_id(conn, ch, tag);
+        // An auto-ack consumer settles each delivery as it is sent: the machine need not
+        // limit it.
+        let prefetch = if no_ack { 0 } else { u32::from(prefetch) };
+        self.quorum_apply(vh, queue, None, Command::Checkout { consumer, prefetch, priority });
+    }
+
+    /// A consumer of a quorum queue is gone (cancelled, its channel closed, timed out): no
+    /// more deliveries; what it holds is settled or given back through its channel.
+    pub(super) fn quorum_cancel(&mut self, vh: VHostId, queue: &str, conn: ConnId, ch: u16, tag: &str) {
+        if self.is_quorum(vh, queue) {
+            self.quorum_apply(vh, queue, None, Command::Cancel { consumer: consumer_id(conn, ch, tag) });
+        }
+    }
+
+    /// An acknowledged delivery from a quorum queue (its stored entry is forgotten already).
+    pub(super) fn quorum_ack(&mut self, vh: VHostId, conn: ConnId, ch: u16, u: &Unacked) {
+        let Some(d) = u.quorum else {
+            return;
+        };
+        let consumer = consumer_id(conn, ch, u.consumer.as_deref().unwrap_or(""));
+        self.quorum_apply(vh, &u.queue, Some(u.queue_id), Command::Settle { consumer, ids: vec![d.id] });
+    }
+
+    /// Gives an unacked delivery back to its quorum queue (if the queue is still there).
+    pub(super) fn quorum_give_back(&mut self, vh: VHostId, conn: ConnId, ch: u16, u: Unacked, how: Giveback) {
+        let Some(QuorumDelivery { id, index }) = u.quorum else {
+            return;
+        };
+        let (queue, queue_id) = (u.queue.clone(), u.queue_id);
+        if !self.vhosts[vh].queues.get(&*queue).is_some_and(|q| q.id == queue_id) {
+            return; // gone with its queue, and its stored entry with it
+        }
+        let consumer = consumer_id(conn, ch, u.consumer.as_deref().unwrap_or(""));
+        let mut m = u.message;
+        if how == (Giveback::Return { failed: true }) {
+            // The machine counts it too; the store keeps the count for a restart.
+            m.delivery_count = m.delivery_count.saturating_add(1);
+            self.store_delivery_count(queue_id, m.seq, m.stored, m.delivery_count);
+        }
+        self.quorum_keep(vh, &queue, queue_id, [(index, m)]);
+        let command = match how {
+            Giveback::Return { failed } => Command::Return { consumer, ids: vec![id], failed, delay_ms: None },
+            Giveback::Discard => Command::Discard { consumer, ids: vec![id] },
+        };
+        if self.quorum_apply(vh, &queue, Some(queue_id), command) == Some(Reply::NoConsumer) {
+            // The machine gave it back already (its consumer went): what it holds keeps its
+            // body, and nothing else does.
+            let held = self.vhosts[vh]
+                .queues
+                .get(&*queue)
+                .and_then(|q| q.quorum.as_ref())
+                .is_some_and(|l| l.machine().live_indexes().contains(&index));
+            if !held && let Some(m) = self.quorum_body(vh, &queue, queue_id, index) {
+                self.forget(queue_id, &m);
+            }
+        }
+    }
+
+    /// basic.get on a quorum queue.
+    pub(super) fn quorum_get(
+        &mut self,
+        vh: VHostId,
+        (conn, ch): (ConnId, u16),
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<(), AmqpError> {
+        let Some((queue_id, name)) = self.vhosts[vh].queues.get(queue).map(|q| (q.id, q.name.clone())) else {
+            return Ok(());
+        };
+        let consumer = consumer_id(conn, ch, "");
+        let reply = self.quorum_apply(vh, queue, Some(queue_id), Command::Dequeue { consumer, settle: no_ack });
+        let (d, remaining) = match reply {
+            Some(Reply::Dequeued { delivery: Some(d), remaining }) => (d, remaining),
+            Some(Reply::Unsupported(what)) => return Err(AmqpError::new(PRECONDITION_FAILED, what)),
+            _ => {
+                self.reply(conn, ch, false, warren_codec::BasicGetEmpty::default());
+                return Ok(());
+            }
+        };
+        let Some(mut m) = self.quorum_body(vh, queue, queue_id, d.msg.index) else {
+            self.reply(conn, ch, false, warren_codec::BasicGetEmpty::default());
+            return Ok(());
+        };
+        m.delivery_count = d.msg.delivery_count;
+        m.redelivered |= d.redelivered;
+        if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
+            count_delivery(&mut self.stats, q, m.redelivered);
+        }
+        let now = self.now;
+        let Some(c) = self.channel(conn, ch) else {
+            return Ok(());
+        };
+        let delivery_tag = c.next_delivery_tag();
+        let method = BasicGetOk {
+            delivery_tag,
+            redelivered: m.redelivered,
+            exchange: m.message.exchange.clone(),
+            routing_key: m.message.routing_key.clone(),
+            message_count: u32::try_from(remaining).unwrap_or(u32::MAX),
+        };
+        let message = delivered_form(&m);
+        if no_ack {
+            self.forget(queue_id, &m);
+        } else {
+            let quorum = Some(QuorumDelivery { id: d.id, index: d.msg.index });
+            let u = Unacked { queue_id, queue: name, message: m, consumer: None, delivered_at: now, quorum };
+            c.unacked.insert(delivery_tag, u);
+        }
+        self.reply_content(conn, ch, method.into(), message);
+        Ok(())
+    }
+
+    /// queue.purge on a quorum queue: its ready messages go (unacked ones stay); how many.
+    pub(super) fn quorum_purge(&mut self, vh: VHostId, queue: &str) -> u32 {
+        let Some(queue_id) = self.vhosts[vh].queues.get(queue).map(|q| q.id) else {
+            return 0;
+        };
+        let purged = match self.quorum_apply(vh, queue, Some(queue_id), Command::Purge) {
+            Some(Reply::Purged(n)) => n,
+            _ => 0,
+        };
+        let dropped = self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .and_then(|q| q.quorum.as_mut())
+            .map(|l| l.take_dropped())
+            .unwrap_or_default();
+        for m in &dropped {
+            self.forget(queue_id, m);
+        }
+        u32::try_from(purged).unwrap_or(u32::MAX)
+    }
+
+    /// A quorum queue's timer fired: time passes for its machine.
+    pub(super) fn quorum_tick(&mut self, vh: VHostId, queue: &str, queue_id: u64) {
+        if let Some(l) = self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
+        {
+            l.armed = None;
+        }
+        self.quorum_apply(vh, queue, Some(queue_id), Command::Tick);
+    }
+}
+
+impl Broker {
+    /// Puts a message restored from the store back in its quorum queue, with its count.
+    pub(super) fn quorum_restore(&mut self, vh: VHostId, queue: &str, queue_id: u64, m: QueuedMessage) {
+        self.quorum_enqueue(vh, queue, queue_id, m);
+    }
+
+    /// Lifts (`restoring`) or sets again the length limits of every quorum queue: a restore
+    /// puts back every stored message, whatever a policy changed since, and never refuses
+    /// one (which would forget it); the limits then apply as to any queue.
+    pub(super) fn quorum_restoring(&mut self, restoring: bool) {
+        let queues: Vec<(VHostId, Arc<str>, u64, crate::queue::quorum::Config)> = self
+            .vhosts
+            .all_queues()
+            .filter(|q| q.quorum.is_some())
+            .map(|q| (q.vhost, q.name.clone(), q.id, machine_config(&q.args, restoring)))
+            .collect();
+        for (vh, name, id, config) in queues {
+            self.quorum_apply(vh, &name, Some(id), Command::Configure(config));
+        }
+    }
+}
+
+/// A quorum queue's machine configuration from its arguments (with policies applied);
+/// without length limits while `restoring`.
+pub(super) fn machine_config(args: &crate::queue_args::QueueArgs, restoring: bool) -> crate::queue::quorum::Config {
+    let mut config = crate::queue::quorum::Config::from_args(args);
+    // Consumers time out per channel, as from a classic queue (`consumer_timeout.rs`).
+    config.consumer_timeout_ms = None;
+    if restoring {
+        config.max_length = None;
+        config.max_length_bytes = None;
+        config.reject_publish = false;
+    }
+    config
+}
