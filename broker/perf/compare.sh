@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Warren beside RabbitMQ on this machine: the same warren-perf scenarios against each broker,
 # alternating, and one table with both figures and the ratio Warren/RabbitMQ.
-#   usage: broker/perf/compare.sh            (DURATION=seconds per run, default 10)
+#   usage: broker/perf/compare.sh            (DURATION=seconds per run, default 10;
+#          SCENARIOS=quorum for quorum queues)
 # RabbitMQ is Debian's rabbitmq-server on 5672, started here if installed and not running.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -51,15 +52,27 @@ else
     rabbit_version=""
 fi
 
-# name | warren-perf arguments | summary field to compare
-scenarios=(
+# name | warren-perf arguments | summary field to compare. SCENARIOS=quorum measures quorum
+# queues instead (RabbitMQ runs a single-node quorum queue too): persistent with confirms,
+# every message fsynced before its confirm on both.
+if [ "${SCENARIOS:-classic}" = quorum ]; then
+    qq="--queue-args x-queue-type=quorum --persistent"
+    scenarios=(
+        "q1) quorum, 16 B, confirms 256, prefetch 1000, multi-ack 100|throughput --size 16 $qq --confirm 256 --prefetch 1000 --multi-ack 100 --duration $duration|consume_rate"
+        "q2) quorum, 1 KiB, confirms 256, prefetch 1000, multi-ack 100|throughput --size 1024 $qq --confirm 256 --prefetch 1000 --multi-ack 100 --duration $duration|consume_rate"
+        "q3) quorum, 16 B, 4 producers 4 consumers, confirms 256|throughput --size 16 $qq --producers 4 --consumers 4 --confirm 256 --prefetch 1000 --multi-ack 100 --duration $duration|consume_rate"
+        "q4) quorum, latency at 2 000 msg/s, p99 in µs (lower is better)|latency --size 16 $qq --rate 2000 --duration $duration|latency_p99_us"
+    )
+else
+    scenarios=(
     "a) transient 16 B, 1 producer 1 consumer, auto-ack|throughput --size 16 --autoack --duration $duration|consume_rate"
     "b) transient 1 KiB, 1 producer 1 consumer, auto-ack|throughput --size 1024 --autoack --duration $duration|consume_rate"
     "c) persistent 16 B, confirms 256, prefetch 1000, multi-ack 100|throughput --size 16 --persistent --confirm 256 --prefetch 1000 --multi-ack 100 --duration $duration|consume_rate"
     "d) latency at 10 000 msg/s, p99 in µs (lower is better)|latency --size 16 --rate 10000 --autoack --duration $duration|latency_p99_us"
     "e) 2 000 idle connections, heap octets per connection (lower is better)|connections --count 2000|bytes_per_connection"
     "f) fan-out to 10 queues through a topic exchange (deliveries/s)|throughput --size 16 --autoack --consumers 10 --exchange perf.fanout --routing-key a.b --duration $duration|consume_rate"
-)
+    )
+fi
 
 results="$work/results"
 : >"$results"

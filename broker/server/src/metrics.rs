@@ -23,6 +23,8 @@ const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target"];
 pub(crate) struct QueueSnapshot {
     pub(crate) vhost: String,
     pub(crate) name: String,
+    /// `classic` or `quorum`.
+    pub(crate) kind: &'static str,
     pub(crate) durable: bool,
     pub(crate) dead_letter_target: bool,
     pub(crate) ready: usize,
@@ -58,6 +60,7 @@ pub(crate) fn queue_snapshots_with(b: &warren_core::Broker, decl: bool) -> Vec<Q
         .map(|q| QueueSnapshot {
             vhost: q.vhost_name.to_string(),
             name: q.name.to_string(),
+            kind: q.kind(),
             durable: q.spec.durable,
             dead_letter_target: targets.contains(&(q.vhost, q.name.to_string())),
             ready: q.len(),

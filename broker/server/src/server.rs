@@ -583,6 +583,11 @@ impl VHostMaker {
             limits: self.settings.limits.counts,
             census: self.census.clone(),
             vhost: vhost.to_string(),
+            // A member of a cluster would serve a quorum queue as a group of one on the node
+            // where it was declared, which is not what a quorum queue promises.
+            quorum_refused: self.settings.cluster.is_some().then(|| {
+                "quorum queues are not replicated across a cluster yet: declare them on a single node, or use classic queues".to_string()
+            }),
         };
         let mut broker = Broker::new(config, now);
         broker.set_time(now, unix_ms);

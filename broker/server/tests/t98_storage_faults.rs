@@ -341,3 +341,58 @@ async fn a_segment_the_disk_cannot_read_stops_the_start_with_an_error_not_a_cras
     let (_conn, ch) = b.channel().await;
     assert_eq!(drain(&ch, "eio").await, ["unreadable"]);
 }
+
+/// A quorum queue stores every message, transient ones too (its log holds them all, as
+/// RabbitMQ's does): none is confirmed before its sync, a failed fsync nacks, and after a
+/// kill -9 every confirmed message comes back once, in publish order, with the delivery
+/// count a reject gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_confirms_only_synced_messages_and_a_kill_keeps_every_confirmed_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Faulty::start(dir.path(), None);
+    let (_conn, ch) = b.process.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let quorum = common::table(&[("x-queue-type", common::s("quorum"))]);
+    ch.queue_declare("qq".into(), durable(), quorum.clone()).await.expect("declare");
+    let confirmed: Vec<String> = (0..100).map(|i| format!("before-{i}")).collect();
+    // Transient: delivery-mode 1.
+    publish_confirmed(&ch, "", "qq", &confirmed, BasicProperties::default().with_delivery_mode(1)).await;
+    // One failed delivery: the first message, rejected back into the queue.
+    let first = ch.basic_get("qq".into(), BasicGetOptions::default()).await.expect("get").expect("a message");
+    assert_eq!(first.delivery.data, b"before-0");
+    first.delivery.acker.reject(BasicRejectOptions { requeue: true }).await.expect("reject");
+
+    b.arm("fsync");
+    let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
+    let outcomes = publish_all(&ch, "qq", &after, Duration::from_secs(5)).await;
+    assert!(b.hits("fsync") > 0, "the shim failed an fsync");
+    assert!(!outcomes.contains(&Some(true)), "confirmed after the failed fsync: {outcomes:?}");
+    assert!(outcomes.contains(&Some(false)), "the publishers are told by a nack: {outcomes:?}");
+    b.disarm("fsync");
+
+    b.process.kill();
+    let b = Process::start(dir.path(), &[]);
+    let (_conn, ch) = b.channel().await;
+    ch.queue_declare("qq".into(), durable(), quorum).await.expect("the same quorum queue, redeclared");
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let n =
+        ch.queue_declare("qq".into(), passive, FieldTable::default()).await.expect("there").message_count();
+    let mut back = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let m =
+            ch.basic_get("qq".into(), BasicGetOptions { no_ack: true }).await.expect("get").expect("message");
+        let count =
+            m.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+        counts.push(count);
+        back.push(String::from_utf8(m.delivery.data).expect("text"));
+    }
+    let kept: Vec<&String> = back.iter().filter(|b| b.starts_with("before-")).collect();
+    assert_eq!(kept, confirmed.iter().collect::<Vec<_>>(), "every confirmed message once, in order");
+    assert!(back.iter().all(|b| b.starts_with("before-") || b.starts_with("after-")), "{back:?}");
+    assert!(
+        matches!(counts[0], Some(lapin::types::AMQPValue::LongLongInt(1))),
+        "the reject's count survived the kill: {:?}",
+        counts[0]
+    );
+}

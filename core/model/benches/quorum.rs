@@ -25,7 +25,10 @@ fn consumer() -> ConsumerId {
 }
 
 fn enqueue() -> Command {
-    Command::Enqueue { publish: None, header: Header { size: 16, priority: 0, ttl_ms: None, delivery_count: 0 } }
+    Command::Enqueue {
+        publish: None,
+        header: Header { size: 16, priority: 0, ttl_ms: None, delivery_count: 0 },
+    }
 }
 
 fn machine(c: &mut Criterion) {

@@ -533,7 +533,10 @@ fn a_quorum_queue_is_checked_then_refused_where_it_is_not_served() {
     let c = h.open();
     let quorum = args(&[("x-queue-type", FieldValue::str("quorum"))]);
     for (durable, want) in [
-        (false, "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'qq' in vhost '/'".to_string()),
+        (
+            false,
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'qq' in vhost '/'".to_string(),
+        ),
         (true, format!("PRECONDITION_FAILED - queue 'qq' in vhost '/': {why}")),
     ] {
         h.open_channel(c, 1);

@@ -70,7 +70,12 @@ fn deliveries(h: &mut Harness, c: Client) -> Vec<Seen> {
                 other => panic!("a body, got {other:?}"),
             },
         };
-        let count = header.properties.headers.as_ref().and_then(|h| h.get("x-delivery-count")).and_then(FieldValue::as_i64);
+        let count = header
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-delivery-count"))
+            .and_then(FieldValue::as_i64);
         out.push(Seen { tag: d.delivery_tag, redelivered: d.redelivered, body, delivery_count: count });
     }
     out
@@ -245,7 +250,13 @@ fn declares_rabbitmq_refuses_are_refused_with_its_words() {
         ),
     ] {
         let c = client(&mut h);
-        let m = QueueDeclare { queue: "qq".into(), durable, exclusive, arguments: quorum(&extra), ..Default::default() };
+        let m = QueueDeclare {
+            queue: "qq".into(),
+            durable,
+            exclusive,
+            arguments: quorum(&extra),
+            ..Default::default()
+        };
         h.send_method(c, 1, m);
         let Some(Method::ChannelClose(close)) = h.method(c) else { panic!("expected channel.close") };
         assert_eq!(close.reply_code, 406);

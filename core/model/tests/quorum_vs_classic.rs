@@ -93,8 +93,12 @@ fn quorum(config: Config, steps: &[Step]) -> Vec<Option<u32>> {
                 n += 1;
                 index += 1;
                 numbers.insert(index, n);
-                let header =
-                    Header { size: u64::from(n.to_string().len() as u32), priority: 0, ttl_ms: *ttl, delivery_count: 0 };
+                let header = Header {
+                    size: u64::from(n.to_string().len() as u32),
+                    priority: 0,
+                    ttl_ms: *ttl,
+                    delivery_count: 0,
+                };
                 q.apply(Meta { index, time_ms: now }, Command::Enqueue { publish: None, header });
             }
             Step::Wait(ms) => {

@@ -462,7 +462,7 @@ pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) ->
             json!({
                 "vhost": q.vhost,
                 "name": q.name,
-                "type": "classic",
+                "type": q.kind,
                 "durable": q.durable,
                 "auto_delete": auto_delete,
                 "exclusive": exclusive,

@@ -331,7 +331,8 @@ impl Broker {
         if m.no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now, quorum: None };
+            let u =
+                Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now, quorum: None };
             c.unacked.insert(delivery_tag, u);
         }
         self.reply_content(conn, ch, method.into(), message);

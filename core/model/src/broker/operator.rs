@@ -151,6 +151,12 @@ impl Broker {
         let Some(q) = self.vhosts[vh].queues.get(dlq) else {
             return Err(no_queue(&self.vhosts[vh].name, dlq));
         };
+        if q.quorum.is_some() {
+            // Its messages are the machine's, which has no cursor for a replay yet.
+            return Err(crate::error::precondition(format!(
+                "queue '{dlq}' is a quorum queue: replaying its dead letters is not served yet"
+            )));
+        }
         let end = end.unwrap_or_else(|| q.last_seq());
         let mut seqs = q.seqs_after(after, batch);
         let whole_batch = seqs.len() == batch;

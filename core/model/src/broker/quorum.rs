@@ -63,7 +63,13 @@ impl Broker {
 
     /// Applies `command` to quorum queue `queue` (incarnation `queue_id` when given) and
     /// carries out its effects; `None` when there is no such quorum queue.
-    fn quorum_apply(&mut self, vh: VHostId, queue: &str, queue_id: Option<u64>, command: Command) -> Option<Reply> {
+    fn quorum_apply(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: Option<u64>,
+        command: Command,
+    ) -> Option<Reply> {
         let now_ms = self.unix_ms;
         let q = self.vhosts[vh].queues.get_mut(queue).filter(|q| queue_id.is_none_or(|id| q.id == id))?;
         let id = q.id;
@@ -120,7 +126,8 @@ impl Broker {
                 Effect::ConsumerTimedOut { consumer } => {
                     // The broker times consumers out per channel (the machine's own timeout
                     // is off); were the machine to do it, the channel is closed as RabbitMQ does.
-                    let text = format!("consumer '{}' timed out waiting for an acknowledgement", consumer.tag);
+                    let text =
+                        format!("consumer '{}' timed out waiting for an acknowledgement", consumer.tag);
                     let err = AmqpError::new(PRECONDITION_FAILED, text);
                     self.raise_error(consumer.owner.conn, consumer.channel, err);
                 }
@@ -225,8 +232,11 @@ impl Broker {
         queue_id: u64,
         bodies: impl IntoIterator<Item = (u64, QueuedMessage)>,
     ) {
-        let Some(l) =
-            self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id).and_then(|q| q.quorum.as_mut())
+        let Some(l) = self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
         else {
             return;
         };
@@ -288,12 +298,19 @@ impl Broker {
 
     /// The TTL left to message `m` (none when it has none), as its machine takes it.
     fn ttl_left(&self, m: &QueuedMessage) -> Option<u64> {
-        m.expires_at.map(|at| at.saturating_duration_since(self.now).as_millis().try_into().unwrap_or(u64::MAX))
+        m.expires_at
+            .map(|at| at.saturating_duration_since(self.now).as_millis().try_into().unwrap_or(u64::MAX))
     }
 
     /// Enqueues a message (stored already, when there is a store) in quorum queue `queue`;
     /// false when the queue refused it (`x-overflow: reject-publish`), which forgets it.
-    pub(super) fn quorum_enqueue(&mut self, vh: VHostId, queue: &str, queue_id: u64, m: QueuedMessage) -> bool {
+    pub(super) fn quorum_enqueue(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+        m: QueuedMessage,
+    ) -> bool {
         let ttl = self.ttl_left(&m);
         let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id) else {
             self.forget(queue_id, &m);
@@ -306,7 +323,8 @@ impl Broker {
         let h = header(&m.message, ttl, m.delivery_count);
         // Kept before the apply: the machine may hand it to a consumer in the same step.
         l.keep(index, m);
-        let reply = self.quorum_apply(vh, queue, Some(queue_id), Command::Enqueue { publish: None, header: h });
+        let reply =
+            self.quorum_apply(vh, queue, Some(queue_id), Command::Enqueue { publish: None, header: h });
         if reply == Some(Reply::Enqueued) {
             return true;
         }
@@ -368,7 +386,9 @@ impl Broker {
         }
         self.quorum_keep(vh, &queue, queue_id, [(index, m)]);
         let command = match how {
-            Giveback::Return { failed } => Command::Return { consumer, ids: vec![id], failed, delay_ms: None },
+            Giveback::Return { failed } => {
+                Command::Return { consumer, ids: vec![id], failed, delay_ms: None }
+            }
             Giveback::Discard => Command::Discard { consumer, ids: vec![id] },
         };
         if self.quorum_apply(vh, &queue, Some(queue_id), command) == Some(Reply::NoConsumer) {
@@ -397,7 +417,8 @@ impl Broker {
             return Ok(());
         };
         let consumer = consumer_id(conn, ch, "");
-        let reply = self.quorum_apply(vh, queue, Some(queue_id), Command::Dequeue { consumer, settle: no_ack });
+        let reply =
+            self.quorum_apply(vh, queue, Some(queue_id), Command::Dequeue { consumer, settle: no_ack });
         let (d, remaining) = match reply {
             Some(Reply::Dequeued { delivery: Some(d), remaining }) => (d, remaining),
             Some(Reply::Unsupported(what)) => return Err(AmqpError::new(PRECONDITION_FAILED, what)),
@@ -462,11 +483,8 @@ impl Broker {
 
     /// A quorum queue's timer fired: time passes for its machine.
     pub(super) fn quorum_tick(&mut self, vh: VHostId, queue: &str, queue_id: u64) {
-        if let Some(l) = self.vhosts[vh]
-            .queues
-            .get_mut(queue)
-            .filter(|q| q.id == queue_id)
-            .and_then(|q| q.quorum.as_mut())
+        if let Some(l) =
+            self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id).and_then(|q| q.quorum.as_mut())
         {
             l.armed = None;
         }
@@ -498,7 +516,10 @@ impl Broker {
 
 /// A quorum queue's machine configuration from its arguments (with policies applied);
 /// without length limits while `restoring`.
-pub(super) fn machine_config(args: &crate::queue_args::QueueArgs, restoring: bool) -> crate::queue::quorum::Config {
+pub(super) fn machine_config(
+    args: &crate::queue_args::QueueArgs,
+    restoring: bool,
+) -> crate::queue::quorum::Config {
     let mut config = crate::queue::quorum::Config::from_args(args);
     // Consumers time out per channel, as from a classic queue (`consumer_timeout.rs`).
     config.consumer_timeout_ms = None;

@@ -309,6 +309,11 @@ impl Queue {
         self.lanes.iter().rev().find_map(Lane::head)
     }
 
+    /// Its type as RabbitMQ names it: `classic` or `quorum`.
+    pub fn kind(&self) -> &'static str {
+        if self.quorum.is_some() { "quorum" } else { "classic" }
+    }
+
     /// Number of ready messages.
     pub fn len(&self) -> usize {
         match &self.quorum {
