@@ -242,12 +242,7 @@ fn declares_rabbitmq_refuses_are_refused_with_its_words() {
     for (durable, extra, exclusive, want) in [
         (false, vec![], false, "invalid property 'non-durable' for queue 'qq' in vhost '/'"),
         (true, vec![], true, "invalid property 'exclusive-owner' for queue 'qq' in vhost '/'"),
-        (
-            true,
-            vec![("x-delayed-retry-type", FieldValue::str("all"))],
-            false,
-            "retry policies are not served for quorum queues yet",
-        ),
+        (true, vec![("x-max-priority", FieldValue::I64(5))], false, "invalid arg 'x-max-priority'"),
     ] {
         let c = client(&mut h);
         let m = QueueDeclare {
@@ -262,4 +257,33 @@ fn declares_rabbitmq_refuses_are_refused_with_its_words() {
         assert_eq!(close.reply_code, 406);
         assert!(close.reply_text.contains(want), "{}", close.reply_text);
     }
+}
+
+#[test]
+fn a_delayed_retry_holds_a_failed_delivery_out_and_a_nack_comes_back_at_once() {
+    let mut h = harness();
+    let c = client(&mut h);
+    let a = quorum(&[
+        ("x-delayed-retry-type", FieldValue::str("failed")),
+        ("x-delayed-retry-min", FieldValue::I64(200)),
+        ("x-delayed-retry-max", FieldValue::I64(200)),
+    ]);
+    assert!(matches!(declare(&mut h, c, "qq", true, a), Method::QueueDeclareOk(_)));
+    publish(&mut h, c, "qq", "flaky", BasicProperties::default());
+    consume(&mut h, c, "qq", "ctag", false);
+    h.method(c);
+    let d = deliveries(&mut h, c);
+    // A nack is a return, not a failure: RabbitMQ 4.3's `failed` type leaves it alone.
+    h.send_method(c, 1, BasicNack { delivery_tag: d[0].tag, multiple: false, requeue: true });
+    let d = deliveries(&mut h, c);
+    assert_eq!(d.len(), 1, "a nacked message comes back at once");
+    // A reject is a failed delivery: held out for the policy's delay.
+    h.send_method(c, 1, BasicReject { delivery_tag: d[0].tag, requeue: true });
+    assert!(deliveries(&mut h, c).is_empty(), "held out");
+    h.advance(Duration::from_millis(150));
+    assert!(deliveries(&mut h, c).is_empty(), "still held out");
+    h.advance(Duration::from_millis(60));
+    let d = deliveries(&mut h, c);
+    assert_eq!(bodies(&d), ["flaky"], "back after the delay");
+    assert_eq!(d[0].delivery_count, Some(1));
 }

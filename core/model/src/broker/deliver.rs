@@ -34,9 +34,9 @@ impl Return {
         matches!(self, Return::Refused | Return::Rejected)
     }
 
-    /// How a quorum queue takes it back.
-    fn quorum(self) -> super::quorum::Giveback {
-        super::quorum::Giveback::Return { failed: matches!(self, Return::Rejected | Return::Lost) }
+    /// Whether a quorum queue counts it as a failed delivery (RabbitMQ 4.3).
+    pub(super) fn failed(self) -> bool {
+        matches!(self, Return::Rejected | Return::Lost)
     }
 }
 
@@ -251,8 +251,7 @@ impl Broker {
     /// otherwise put back at its original position.
     pub(super) fn give_back(&mut self, vh: VHostId, (conn, ch): (ConnId, u16), u: Unacked, how: Return) {
         if u.quorum.is_some() {
-            // Retry policies are refused on quorum queues at declare (not served for them yet).
-            return self.quorum_give_back(vh, conn, ch, u, how.quorum());
+            return self.quorum_return(vh, (conn, ch), u, how);
         }
         let now = self.now;
         let Some(q) = self.vhosts[vh].queues.get_mut(&*u.queue).filter(|q| q.id == u.queue_id) else {
@@ -273,14 +272,7 @@ impl Broker {
                 ExternalDecision::DeadLetter => return self.dead_letter(vh, &u.queue, m, Reason::Rejected),
                 ExternalDecision::Drop => return self.forget(u.queue_id, &m),
                 ExternalDecision::Retry { delay_ms, set_headers, remove_headers } => {
-                    let mut copy = Message::clone(&m.message);
-                    let headers = copy.properties.headers.get_or_insert_with(Default::default);
-                    for k in &remove_headers {
-                        headers.remove(k);
-                    }
-                    headers.extend(set_headers);
-                    headers.insert("x-retry-count".into(), FieldValue::I64(i64::from(attempt)));
-                    m.message = Arc::new(copy);
+                    m.message = retried(&m.message, attempt, set_headers, &remove_headers);
                     return self.delay(vh, &u.queue, u.queue_id, m, delay_ms);
                 }
             }
@@ -318,7 +310,24 @@ fn with_header(m: &Message, key: &str, value: FieldValue) -> Arc<Message> {
     Arc::new(copy)
 }
 
-fn retry_count(m: &Message) -> u32 {
+/// The message a retry policy sends round again: its header changes, and `x-retry-count`.
+pub(super) fn retried(
+    m: &Message,
+    attempt: u32,
+    set_headers: warren_codec::FieldTable,
+    remove_headers: &[String],
+) -> Arc<Message> {
+    let mut copy = m.clone();
+    let headers = copy.properties.headers.get_or_insert_with(Default::default);
+    for k in remove_headers {
+        headers.remove(k);
+    }
+    headers.extend(set_headers);
+    headers.insert("x-retry-count".into(), FieldValue::I64(i64::from(attempt)));
+    Arc::new(copy)
+}
+
+pub(super) fn retry_count(m: &Message) -> u32 {
     m.properties
         .headers
         .as_ref()

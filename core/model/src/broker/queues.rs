@@ -107,11 +107,6 @@ impl Broker {
             if let Some(why) = &self.quorum_refused {
                 return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
             }
-            if args.retry.is_some() {
-                return Err(precondition(format!(
-                    "queue '{name}' in vhost '{vhost}': retry policies are not served for quorum queues yet"
-                )));
-            }
         }
         self.census.reserve_queue_ids(id + 1);
         let machine = quorum.then(|| {

@@ -25,6 +25,7 @@ use crate::error::AmqpError;
 use crate::message::{Message, Outgoing, QueuedMessage};
 use crate::queue::Offer;
 use crate::queue::quorum::{Command, ConsumerId, Delivery, Effect, Header, Owner, PRIORITIES, Reply};
+use crate::retry::ExternalDecision;
 
 /// The machine's name for consumer `tag` on channel `ch` of `conn` (the empty tag is the
 /// channel's `basic.get`).
@@ -50,6 +51,8 @@ pub(super) enum Giveback {
     Return {
         /// A failed delivery (RabbitMQ 4.3: `basic.reject`, a lost consumer).
         failed: bool,
+        /// Held out this long first (a retry policy's delay).
+        delay_ms: Option<u64>,
     },
     /// Rejected without requeue: dead-lettered.
     Discard,
@@ -112,7 +115,7 @@ impl Broker {
                         .get_mut(&**queue)
                         .filter(|q| q.id == queue_id)
                         .and_then(|q| q.quorum.as_mut())
-                        .map(|l| std::mem::replace(&mut l.armed, Some(at_ms)));
+                        .map(|l| l.armed.replace(at_ms));
                     if armed.is_some_and(|before| before != Some(at_ms)) {
                         let at = self.after(at_ms.saturating_sub(self.unix_ms));
                         self.arm(at, Timer::QuorumTick { vh, queue: queue.clone(), queue_id });
@@ -368,26 +371,71 @@ impl Broker {
         self.quorum_apply(vh, &u.queue, Some(u.queue_id), Command::Settle { consumer, ids: vec![d.id] });
     }
 
+    /// Gives an unacked delivery back to its quorum queue as `how` says, through the queue's
+    /// retry policy when it has one for this kind of return. As RabbitMQ 4.3 has it for
+    /// quorum queues, `x-delayed-retry-type: failed` means a failed delivery (a reject, a
+    /// lost consumer) and `returned` any other (a nack, a recover); the leader works the
+    /// delay out and the machine holds the message out for it.
+    pub(super) fn quorum_return(
+        &mut self,
+        vh: VHostId,
+        (conn, ch): (ConnId, u16),
+        mut u: Unacked,
+        how: super::deliver::Return,
+    ) {
+        let failed = how.failed();
+        let policy = self.vhosts[vh]
+            .queues
+            .get(&*u.queue)
+            .filter(|q| q.id == u.queue_id)
+            .and_then(|q| q.args.retry.clone())
+            .filter(|p| p.applies(failed));
+        let Some(policy) = policy else {
+            return self.quorum_give_back(vh, conn, ch, u, Giveback::Return { failed, delay_ms: None });
+        };
+        let previous = super::deliver::retry_count(&u.message.message);
+        let count = u.message.delivery_count.saturating_add(u32::from(failed));
+        match policy.decide(&u.message.message, previous, count, crate::deadletter::Reason::Rejected) {
+            ExternalDecision::DeadLetter => self.quorum_give_back(vh, conn, ch, u, Giveback::Discard),
+            ExternalDecision::Drop => {
+                self.forget(u.queue_id, &u.message);
+                self.quorum_ack(vh, conn, ch, &u);
+            }
+            ExternalDecision::Retry { delay_ms, set_headers, remove_headers } => {
+                let attempt = previous.saturating_add(1);
+                u.message.message =
+                    super::deliver::retried(&u.message.message, attempt, set_headers, &remove_headers);
+                if u.message.stored.is_some() {
+                    // Stored again with its new headers.
+                    let due_ms = self.unix_ms.saturating_add(delay_ms);
+                    let r = self.store_entry(u.queue_id, &mut u.message, Some(due_ms));
+                    self.storage_result(r);
+                }
+                self.quorum_give_back(vh, conn, ch, u, Giveback::Return { failed, delay_ms: Some(delay_ms) });
+            }
+        }
+    }
+
     /// Gives an unacked delivery back to its quorum queue (if the queue is still there).
     pub(super) fn quorum_give_back(&mut self, vh: VHostId, conn: ConnId, ch: u16, u: Unacked, how: Giveback) {
         let Some(QuorumDelivery { id, index }) = u.quorum else {
             return;
         };
         let (queue, queue_id) = (u.queue.clone(), u.queue_id);
-        if !self.vhosts[vh].queues.get(&*queue).is_some_and(|q| q.id == queue_id) {
+        if self.vhosts[vh].queues.get(&*queue).is_none_or(|q| q.id != queue_id) {
             return; // gone with its queue, and its stored entry with it
         }
         let consumer = consumer_id(conn, ch, u.consumer.as_deref().unwrap_or(""));
         let mut m = u.message;
-        if how == (Giveback::Return { failed: true }) {
+        if matches!(how, Giveback::Return { failed: true, .. }) {
             // The machine counts it too; the store keeps the count for a restart.
             m.delivery_count = m.delivery_count.saturating_add(1);
             self.store_delivery_count(queue_id, m.seq, m.stored, m.delivery_count);
         }
         self.quorum_keep(vh, &queue, queue_id, [(index, m)]);
         let command = match how {
-            Giveback::Return { failed } => {
-                Command::Return { consumer, ids: vec![id], failed, delay_ms: None }
+            Giveback::Return { failed, delay_ms } => {
+                Command::Return { consumer, ids: vec![id], failed, delay_ms }
             }
             Giveback::Discard => Command::Discard { consumer, ids: vec![id] },
         };
