@@ -67,7 +67,7 @@ pub(crate) fn queue_snapshots_with(b: &warren_core::Broker, decl: bool) -> Vec<Q
             unacked: unacked.get(&q.id).copied().unwrap_or(0),
             bytes: q.bytes(),
             consumers: q.consumers.len(),
-            delayed: q.delayed,
+            delayed: q.delayed + q.quorum.as_ref().map_or(0, |l| l.machine().delayed()),
             head_ms: q.head().map(|m| m.enqueued_ms),
             stats: q.stats,
             dead_lettered: q.dead_lettered,

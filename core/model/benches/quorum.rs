@@ -27,7 +27,7 @@ fn consumer() -> ConsumerId {
 fn enqueue() -> Command {
     Command::Enqueue {
         publish: None,
-        header: Header { size: 16, priority: 0, ttl_ms: None, delivery_count: 0 },
+        header: Header { size: 16, priority: 0, ttl_ms: None, delivery_count: 0, delay_ms: None },
     }
 }
 

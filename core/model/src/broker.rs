@@ -601,6 +601,7 @@ impl Broker {
         };
         let vh = session.vhost;
         let channels: Vec<u16> = session.channels.keys().copied().collect();
+        self.quorum_disconnect(vh, conn);
         for ch in channels {
             self.release_channel(conn, ch);
         }
@@ -1047,14 +1048,18 @@ impl Broker {
             if let Some(q) = self.vhosts[vh].queues.get_mut(&*c.queue) {
                 q.remove_consumer(conn, ch, &tag);
             }
-            self.quorum_cancel(vh, &c.queue, conn, ch, &tag);
             touched.push(c.queue);
         }
-        for u in state.unacked.into_values() {
+        // A quorum queue takes its deliveries back and drops the channel's consumers in one
+        // step (`quorum_lost`); a classic queue one message at a time.
+        let (held, classic): (Vec<_>, Vec<_>) = state.unacked.into_values().partition(|u| u.quorum.is_some());
+        for u in classic {
             touched.push(u.queue.clone());
-            // Its consumer is lost with the channel: a failed delivery for a quorum queue.
             self.give_back(vh, (conn, ch), u, deliver::Return::Lost);
         }
+        touched.extend(held.iter().map(|u| u.queue.clone()));
+        let lost = Self::lost_command(conn, Some(ch), None);
+        self.quorum_lost(vh, held, touched.clone(), &lost);
         touched.sort();
         touched.dedup();
         for name in touched {

@@ -116,6 +116,8 @@ pub enum TxOp {
         multiple: bool,
         /// Requeue flag for nack and reject.
         requeue: Option<bool>,
+        /// A basic.reject (a failed delivery for a quorum queue), not a nack.
+        reject: bool,
     },
 }
 

@@ -232,6 +232,10 @@ fn ttl_length_limits_and_x_expires_are_the_machines() {
     declare(&mut h, c, "brief", true, quorum(&[("x-expires", FieldValue::I64(5000))]));
     h.advance(Duration::from_millis(4000));
     assert!(h.broker.queue_counts("brief").is_some());
+    // A redeclare is a use: the deadline moves.
+    declare(&mut h, c, "brief", true, quorum(&[("x-expires", FieldValue::I64(5000))]));
+    h.advance(Duration::from_millis(4000));
+    assert!(h.broker.queue_counts("brief").is_some(), "kept by the redeclare");
     h.advance(Duration::from_millis(1001));
     assert_eq!(h.broker.queue_counts("brief"), None, "expired unused");
 }
@@ -286,4 +290,115 @@ fn a_delayed_retry_holds_a_failed_delivery_out_and_a_nack_comes_back_at_once() {
     let d = deliveries(&mut h, c);
     assert_eq!(bodies(&d), ["flaky"], "back after the delay");
     assert_eq!(d[0].delivery_count, Some(1));
+}
+
+#[test]
+fn a_lost_connection_counts_once_whichever_of_its_channels_held_a_message() {
+    let mut h = harness();
+    let a = client(&mut h);
+    h.open_channel(a, 2);
+    declare(&mut h, a, "qq", true, quorum(&[("x-delivery-limit", FieldValue::I64(1))]));
+    for ch in [1u16, 2] {
+        let m = BasicConsume { queue: "qq".into(), consumer_tag: format!("c{ch}"), ..Default::default() };
+        h.send_method(a, ch, m);
+    }
+    for i in 0..4 {
+        publish(&mut h, a, "qq", &format!("m{i}"), BasicProperties::default());
+    }
+    assert_eq!(deliveries(&mut h, a).len(), 4, "shared between the two channels");
+    let b = client(&mut h);
+    consume(&mut h, b, "qq", "other", false);
+    h.method(b);
+    h.disconnect(a);
+    let d = deliveries(&mut h, b);
+    assert_eq!(bodies(&d), ["m0", "m1", "m2", "m3"], "none dead-lettered, back in order");
+    assert!(d.iter().all(|s| s.delivery_count == Some(1)), "one failed delivery each: {d:?}");
+}
+
+#[test]
+fn a_single_active_consumers_messages_come_back_before_its_successor_takes_any() {
+    let mut h = harness();
+    let a = client(&mut h);
+    declare(&mut h, a, "qq", true, quorum(&[("x-single-active-consumer", FieldValue::Bool(true))]));
+    h.send_method(a, 1, BasicQos { prefetch_count: 2, ..Default::default() });
+    h.method(a);
+    consume(&mut h, a, "qq", "first", false);
+    h.method(a);
+    let b = client(&mut h);
+    consume(&mut h, b, "qq", "second", false);
+    h.method(b);
+    for i in 0..4 {
+        publish(&mut h, a, "qq", &format!("m{i}"), BasicProperties::default());
+    }
+    assert_eq!(bodies(&deliveries(&mut h, a)), ["m0", "m1"]);
+    assert!(deliveries(&mut h, b).is_empty(), "waiting behind the active one");
+    h.send_method(a, 1, ChannelClose::default());
+    let d = deliveries(&mut h, b);
+    assert_eq!(bodies(&d), ["m0", "m1", "m2", "m3"], "in the queue's order");
+}
+
+#[test]
+fn a_delayed_message_counts_towards_the_length_limit_while_it_is_held() {
+    let mut h = harness();
+    let c = client(&mut h);
+    let x = ExchangeDeclare {
+        exchange: "later".into(),
+        kind: "x-delayed-message".into(),
+        durable: true,
+        arguments: args(&[("x-delayed-type", FieldValue::str("direct"))]),
+        ..Default::default()
+    };
+    h.send_method(c, 1, x);
+    assert!(matches!(h.method(c), Some(Method::ExchangeDeclareOk(_))));
+    let a =
+        quorum(&[("x-max-length", FieldValue::I64(1)), ("x-overflow", FieldValue::str("reject-publish"))]);
+    declare(&mut h, c, "qq", true, a);
+    h.send_method(
+        c,
+        1,
+        QueueBind {
+            queue: "qq".into(),
+            exchange: "later".into(),
+            routing_key: "k".into(),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(h.method(c), Some(Method::QueueBindOk(_))));
+    h.send_method(c, 1, ConfirmSelect::default());
+    h.method(c);
+    let mut buf = BytesMut::new();
+    let m = BasicPublish { exchange: "later".into(), routing_key: "k".into(), ..Default::default() };
+    let props =
+        BasicProperties { headers: Some(args(&[("x-delay", FieldValue::I64(1000))])), ..Default::default() };
+    encode_content(&mut buf, 1, m, &props, &Bytes::from_static(b"held"), 131_072);
+    h.send(c, &buf);
+    assert!(matches!(h.method(c), Some(Method::BasicAck(_))), "held, and confirmed");
+    publish(&mut h, c, "qq", "direct", BasicProperties::default());
+    assert!(matches!(h.method(c), Some(Method::BasicNack(_))), "the held one fills the queue");
+    consume(&mut h, c, "qq", "ctag", true);
+    h.method(c);
+    assert!(deliveries(&mut h, c).is_empty(), "not before its delay");
+    h.advance(Duration::from_millis(1001));
+    assert_eq!(bodies(&deliveries(&mut h, c)), ["held"]);
+}
+
+#[test]
+fn at_least_once_dead_lettering_is_refused_until_it_is_served() {
+    let mut h = harness();
+    let c = client(&mut h);
+    let a = quorum(&[
+        ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+        ("x-overflow", FieldValue::str("reject-publish")),
+        ("x-dead-letter-exchange", FieldValue::str("dlx")),
+    ]);
+    let Method::ChannelClose(close) = declare(&mut h, c, "qq", true, a) else { panic!("refused") };
+    assert_eq!(close.reply_code, 406);
+    assert!(close.reply_text.contains("at-least-once is not served yet"), "{}", close.reply_text);
+    // Without reject-publish RabbitMQ dead-letters at most once: served.
+    let c = client(&mut h);
+    let a = quorum(&[
+        ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+        ("x-dead-letter-exchange", FieldValue::str("dlx")),
+    ]);
+    assert!(matches!(declare(&mut h, c, "qq", true, a), Method::QueueDeclareOk(_)));
 }

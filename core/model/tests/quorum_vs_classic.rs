@@ -98,6 +98,7 @@ fn quorum(config: Config, steps: &[Step]) -> Vec<Option<u32>> {
                     priority: 0,
                     ttl_ms: *ttl,
                     delivery_count: 0,
+                    delay_ms: None,
                 };
                 q.apply(Meta { index, time_ms: now }, Command::Enqueue { publish: None, header });
             }

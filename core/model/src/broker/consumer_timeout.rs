@@ -94,13 +94,15 @@ impl Broker {
         if let Some(q) = self.vhosts[vh].queues.get_mut(&*consumer.queue) {
             q.remove_consumer(conn, ch, tag);
         }
-        self.quorum_cancel(vh, &consumer.queue, conn, ch, tag);
         self.send(conn, ch, BasicCancel { consumer_tag: tag.to_string(), no_wait: true });
         self.events
             .push(crate::stats::BrokerEvent::ConsumerTimedOut { consumer: tag.to_string(), detail: text });
-        for u in returned {
+        let (held, classic): (Vec<_>, Vec<_>) = returned.into_iter().partition(|u| u.quorum.is_some());
+        for u in classic {
             self.give_back(vh, (conn, ch), u, Return::Lost);
         }
+        let lost = Self::lost_command(conn, Some(ch), Some(tag));
+        self.quorum_lost(vh, held, vec![consumer.queue.clone()], &lost);
         self.dispatch(vh, &consumer.queue);
     }
 }

@@ -183,7 +183,8 @@ impl Broker {
             if !c.knows_tag(delivery_tag, multiple) {
                 return Err(precondition(format!("unknown delivery tag {delivery_tag}")));
             }
-            return self.hold_in_tx(conn, ch, TxOp::Settle { tag: delivery_tag, multiple, requeue });
+            let reject = how == Return::Rejected;
+            return self.hold_in_tx(conn, ch, TxOp::Settle { tag: delivery_tag, multiple, requeue, reject });
         }
         self.settle_as(conn, ch, delivery_tag, multiple, requeue, how)
     }

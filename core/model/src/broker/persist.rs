@@ -589,6 +589,16 @@ impl Broker {
         let mut entries = r.entries;
         // In publish order per queue: a quorum queue's machine takes them in that order.
         entries.sort_by_key(|e| (e.queue, e.seq));
+        // Every queue's seqs are taken before any entry goes back: one that dies as it comes
+        // back (a TTL that ran out while the node was down) is dead-lettered at once, and its
+        // copy must not get the seq of an entry of its target not restored yet.
+        for e in &entries {
+            if let Some((vh, name)) = names.get(&e.queue)
+                && let Some(q) = self.vhosts[*vh].queues.get_mut(&**name)
+            {
+                q.reserve_seq(e.seq);
+            }
+        }
         self.quorum_restoring(true);
         for e in entries {
             if let Some((vh, name)) = names.get(&e.queue)
@@ -633,7 +643,7 @@ impl Broker {
         if q.quorum.is_some() {
             // Its machine takes it again, count and TTL left, in publish order; a retry
             // delay is not served for quorum queues, so it is ready at once.
-            self.quorum_restore(vh, queue, queue_id, m);
+            self.quorum_restore(vh, queue, queue_id, m, e.state.ready_at_ms);
             return true;
         }
         match e.state.ready_at_ms.filter(|&at| at > unix_ms) {

@@ -39,6 +39,8 @@ impl Broker {
                 q.check_equivalent(m.durable, m.auto_delete, &m.arguments)?;
                 q.check_exclusivity(conn, m.exclusive)?;
             }
+            // A declare is a use (x-expires), for a quorum queue's machine too.
+            self.quorum_used(vh, &name);
         } else if m.passive {
             return Err(no_queue(&self.vhosts[vh].name, &name));
         } else {
@@ -106,6 +108,15 @@ impl Broker {
             // RabbitMQ's answer.
             if let Some(why) = &self.quorum_refused {
                 return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
+            }
+            let config = super::quorum::machine_config(&args, false);
+            if config.dead_letter_at_least_once && config.dead_letter && config.reject_publish {
+                // It needs the dead-letter exchange's confirm before the original goes, and a
+                // retry of those it did not get: not built yet. RabbitMQ falls back to at most
+                // once only without reject-publish; here it is said rather than done wrong.
+                return Err(precondition(format!(
+                    "queue '{name}' in vhost '{vhost}': x-dead-letter-strategy at-least-once is not served yet"
+                )));
             }
         }
         self.census.reserve_queue_ids(id + 1);

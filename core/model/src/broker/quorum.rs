@@ -35,12 +35,13 @@ fn consumer_id(conn: ConnId, ch: u16, tag: &str) -> ConsumerId {
 }
 
 /// What a quorum queue knows of a message entering it.
-fn header(m: &Message, ttl_ms: Option<u64>, delivery_count: u32) -> Header {
+fn header(m: &Message, ttl_ms: Option<u64>, delivery_count: u32, delay_ms: Option<u64>) -> Header {
     Header {
         size: m.body.len() as u64,
         priority: m.properties.priority.unwrap_or(0).min(PRIORITIES - 1),
         ttl_ms,
         delivery_count,
+        delay_ms,
     }
 }
 
@@ -90,23 +91,12 @@ impl Broker {
                     self.quorum_deliver(vh, queue, queue_id, consumer, deliveries);
                 }
                 Effect::DeadLetter { reason, msgs } => {
-                    let at_least_once = self.vhosts[vh]
-                        .queues
-                        .get(&**queue)
-                        .and_then(|q| q.quorum.as_ref())
-                        .is_some_and(|l| l.machine().config().dead_letter_at_least_once);
-                    let mut indexes = Vec::with_capacity(msgs.len());
+                    // At most once (at-least-once is refused at declare): to the dead-letter
+                    // exchange if the queue has one, then forgotten.
                     for m in msgs {
-                        let body = self.quorum_body(vh, queue, queue_id, m.index);
-                        if let Some(body) = body {
-                            // The copy is written before the original is forgotten: at least
-                            // once whichever strategy, on one node.
+                        if let Some(body) = self.quorum_body(vh, queue, queue_id, m.index) {
                             self.dead_letter(vh, queue, body, reason);
                         }
-                        indexes.push(m.index);
-                    }
-                    if at_least_once {
-                        self.quorum_apply(vh, queue, Some(queue_id), Command::DeadLettered { indexes });
                     }
                 }
                 Effect::Timer { at_ms } => {
@@ -277,26 +267,15 @@ impl Broker {
             self.storage_result(Err(e));
             return Offer::Refused;
         }
-        if let (Some(ms), Some(due_ms)) = (hold_ms, due_ms) {
-            if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
-                q.stats.published += 1;
-                q.delayed += 1;
-            }
-            let delayed = self.next_delayed;
-            self.next_delayed += 1;
-            let name: Arc<str> = Arc::from(queue);
-            self.hold_message(
-                delayed,
-                super::timers::Delayed { vh, queue: name, queue_id: id, message: entry, due_ms },
-            );
-            let at = self.after(ms);
-            self.arm(at, Timer::Retry { id: delayed });
-            return Offer::Accepted { stored };
-        }
         if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
             q.stats.published += 1;
         }
-        if self.quorum_enqueue(vh, queue, id, entry) { Offer::Accepted { stored } } else { Offer::Refused }
+        // A hold is the machine's: the message counts towards the length limits meanwhile.
+        if self.quorum_enqueue(vh, queue, id, entry, hold_ms) {
+            Offer::Accepted { stored }
+        } else {
+            Offer::Refused
+        }
     }
 
     /// The TTL left to message `m` (none when it has none), as its machine takes it.
@@ -305,16 +284,19 @@ impl Broker {
             .map(|at| at.saturating_duration_since(self.now).as_millis().try_into().unwrap_or(u64::MAX))
     }
 
-    /// Enqueues a message (stored already, when there is a store) in quorum queue `queue`;
-    /// false when the queue refused it (`x-overflow: reject-publish`), which forgets it.
+    /// Enqueues a message (stored already, when there is a store) in quorum queue `queue`,
+    /// held out `delay_ms` first; false when the queue refused it (`x-overflow:
+    /// reject-publish`), which forgets it.
     pub(super) fn quorum_enqueue(
         &mut self,
         vh: VHostId,
         queue: &str,
         queue_id: u64,
         m: QueuedMessage,
+        delay_ms: Option<u64>,
     ) -> bool {
-        let ttl = self.ttl_left(&m);
+        // The entry's deadline counts the hold in; the machine's TTL runs from the join.
+        let ttl = self.ttl_left(&m).map(|t| t.saturating_sub(delay_ms.unwrap_or(0)));
         let Some(q) = self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id) else {
             self.forget(queue_id, &m);
             return false;
@@ -323,7 +305,7 @@ impl Broker {
             return false;
         };
         let index = l.next_index();
-        let h = header(&m.message, ttl, m.delivery_count);
+        let h = header(&m.message, ttl, m.delivery_count, delay_ms);
         // Kept before the apply: the machine may hand it to a consumer in the same step.
         l.keep(index, m);
         let reply =
@@ -537,13 +519,135 @@ impl Broker {
             l.armed = None;
         }
         self.quorum_apply(vh, queue, Some(queue_id), Command::Tick);
+        // A tick before the deadline (the wall clock stepped back) moves nothing, and the
+        // machine asks for no new timer: armed again from its deadline, or it would stall.
+        let next = self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
+            .and_then(|l| {
+                let at = l.machine().next_deadline()?;
+                (l.armed != Some(at)).then(|| {
+                    l.armed = Some(at);
+                    at
+                })
+            });
+        if let Some(at_ms) = next {
+            // At least a millisecond on, so a clock that stepped back cannot spin this.
+            let at = self.after(at_ms.saturating_sub(self.unix_ms).max(1));
+            self.arm(at, Timer::QuorumTick { vh, queue: Arc::from(queue), queue_id });
+        }
+    }
+
+    /// A redeclare of quorum queue `queue` is a use of it (for `x-expires`).
+    pub(super) fn quorum_used(&mut self, vh: VHostId, queue: &str) {
+        let config = self.vhosts[vh]
+            .queues
+            .get(queue)
+            .filter(|q| q.quorum.is_some())
+            .map(|q| machine_config(&q.args, false));
+        if let Some(config) = config {
+            self.quorum_apply(vh, queue, None, Command::Configure(config));
+        }
     }
 }
 
 impl Broker {
-    /// Puts a message restored from the store back in its quorum queue, with its count.
-    pub(super) fn quorum_restore(&mut self, vh: VHostId, queue: &str, queue_id: u64, m: QueuedMessage) {
-        self.quorum_enqueue(vh, queue, queue_id, m);
+    /// Puts a message restored from the store back in its quorum queue, with its count,
+    /// held out until `ready_at_ms` when a delay was still running.
+    pub(super) fn quorum_restore(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+        m: QueuedMessage,
+        ready_at_ms: Option<u64>,
+    ) {
+        let delay = ready_at_ms.map(|at| at.saturating_sub(self.unix_ms)).filter(|d| *d > 0);
+        self.quorum_enqueue(vh, queue, queue_id, m, delay);
+    }
+
+    /// Consumers of quorum queues went without settling (their channel closed, their
+    /// connection went, one timed out): the bodies of what they held go back to their
+    /// queues first (`held`, taken out of the channels), then each of the `queues` applies
+    /// `lost` once, which returns them as failed deliveries and removes the consumers in
+    /// one step.
+    pub(super) fn quorum_lost(
+        &mut self,
+        vh: VHostId,
+        held: Vec<Unacked>,
+        queues: Vec<Arc<str>>,
+        lost: &Command,
+    ) {
+        let mut affected: Vec<(Arc<str>, u64)> = Vec::new();
+        for u in held {
+            let Some(QuorumDelivery { index, .. }) = u.quorum else { continue };
+            let (queue, queue_id) = (u.queue.clone(), u.queue_id);
+            if self.vhosts[vh].queues.get(&*queue).is_none_or(|q| q.id != queue_id) {
+                continue; // gone with its queue, and its stored entry with it
+            }
+            let mut m = u.message;
+            // The machine counts the failed delivery too; the store keeps it for a restart.
+            m.delivery_count = m.delivery_count.saturating_add(1);
+            self.store_delivery_count(queue_id, m.seq, m.stored, m.delivery_count);
+            self.quorum_keep(vh, &queue, queue_id, [(index, m)]);
+            affected.push((queue, queue_id));
+        }
+        for name in queues {
+            if let Some(q) = self.vhosts[vh].queues.get(&*name).filter(|q| q.quorum.is_some()) {
+                affected.push((name, q.id));
+            }
+        }
+        affected.sort();
+        affected.dedup();
+        for (queue, queue_id) in affected {
+            self.quorum_apply(vh, &queue, Some(queue_id), lost.clone());
+        }
+    }
+
+    /// Connection `conn` is going: every quorum queue it consumed from takes back what its
+    /// channels held and drops its consumers in one step ([`Command::Down`]), so a message
+    /// returned from one of its channels is not handed to another of them and counted as
+    /// failed twice. What stays in the channels is for the classic queues.
+    pub(super) fn quorum_disconnect(&mut self, vh: VHostId, conn: ConnId) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let mut held = Vec::new();
+        let mut queues: Vec<Arc<str>> = Vec::new();
+        for (&ch, c) in session.channels.iter_mut() {
+            let tags: Vec<u64> =
+                c.unacked.iter().filter(|(_, u)| u.quorum.is_some()).map(|(t, _)| *t).collect();
+            held.extend(tags.iter().filter_map(|t| c.unacked.remove(t)));
+            let gone: Vec<String> = c
+                .consumers
+                .iter()
+                .filter(|(_, k)| self.vhosts[vh].queues.get(&*k.queue).is_some_and(|q| q.quorum.is_some()))
+                .map(|(tag, _)| tag.clone())
+                .collect();
+            for tag in gone {
+                if let Some(k) = c.consumers.remove(&tag) {
+                    if let Some(q) = self.vhosts[vh].queues.get_mut(&*k.queue) {
+                        q.remove_consumer(conn, ch, &tag);
+                    }
+                    queues.push(k.queue);
+                }
+            }
+        }
+        queues.extend(held.iter().map(|u| u.queue.clone()));
+        let down = Self::lost_command(conn, None, None);
+        self.quorum_lost(vh, held, queues, &down);
+    }
+
+    /// The machine's command for consumers lost on channel `ch` of `conn` (all of them, or
+    /// `tag`'s), or on the whole connection.
+    pub(super) fn lost_command(conn: ConnId, ch: Option<u16>, tag: Option<&str>) -> Command {
+        let owner = Owner { node: 0, conn };
+        match ch {
+            Some(channel) => Command::Lost { owner, channel, tag: tag.map(str::to_string) },
+            None => Command::Down { owner },
+        }
     }
 
     /// Lifts (`restoring`) or sets again the length limits of every quorum queue: a restore

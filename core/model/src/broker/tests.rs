@@ -18,6 +18,7 @@ struct Harness {
     b: Broker,
     conn: ConnId,
     now: Instant,
+    unix_ms: u64,
 }
 
 impl Harness {
@@ -39,7 +40,7 @@ impl Harness {
         }
         let conn = b.connect(ConnectionInfo::default());
         b.open_channel(conn, 1);
-        let mut h = Harness { b, conn, now };
+        let mut h = Harness { b, conn, now, unix_ms: 1_700_000_000_000 };
         h.sent();
         h
     }
@@ -58,10 +59,11 @@ impl Harness {
         self.b.publish(self.conn, 1, m, props, Bytes::from_static(body.as_bytes())).expect("publish");
     }
 
-    /// Moves virtual time forward and runs what is due.
+    /// Moves virtual time forward, the wall clock with it, and runs what is due.
     fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
-        self.b.set_time(self.now, 1_700_000_000_000);
+        self.unix_ms += ms;
+        self.b.set_time(self.now, self.unix_ms);
         self.b.handle_timeout();
     }
 
@@ -815,4 +817,40 @@ fn a_reply_behind_one_held_for_a_sync_waits_for_it() {
         })
         .collect();
     assert_eq!(order, ["declare-ok", "get-ok"]);
+}
+
+/// What a quorum queue drops without a dead-letter exchange (drop-head, a reject, a TTL)
+/// leaves the store too: a restart brings back only what it still held.
+#[test]
+fn a_quorum_queue_lets_go_of_what_dies_without_a_dead_letter_exchange() {
+    let store = MemoryStore::new();
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    let quorum = QueueDeclare {
+        queue: "qq".into(),
+        durable: true,
+        arguments: [
+            ("x-queue-type".to_string(), FieldValue::str("quorum")),
+            ("x-max-length".to_string(), FieldValue::I64(2)),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    h.method(quorum.clone());
+    for body in ["a", "b", "c"] {
+        h.publish("qq", body, BasicProperties::default());
+    }
+    h.method(BasicConsume { queue: "qq".into(), consumer_tag: "w".into(), ..Default::default() });
+    let tags: Vec<u64> = h.deliveries().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(tags.len(), 2, "drop-head kept two");
+    h.method(BasicReject { delivery_tag: tags[0], requeue: false });
+    let expiring = BasicProperties { expiration: Some("10".into()), ..Default::default() };
+    h.method(warren_codec::BasicCancel { consumer_tag: "w".into(), no_wait: false });
+    h.publish("qq", "d", expiring);
+    h.advance(20);
+    let mut h = Harness::with_store(&store, ConfirmPolicy::AfterWrite);
+    h.method(BasicConsume { queue: "qq".into(), no_ack: true, ..Default::default() });
+    let back = bodies(h.sent());
+    let want = [Bytes::from_static(b"c")];
+    assert_eq!(back, want, "only the unacked one: the dropped, rejected and expired are gone");
 }

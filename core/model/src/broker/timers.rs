@@ -169,11 +169,6 @@ impl Broker {
             return;
         };
         q.delayed = q.delayed.saturating_sub(1);
-        if q.quorum.is_some() {
-            // Held by a delayed-message exchange: its machine takes it now, TTL and all.
-            self.quorum_enqueue(vh, &d.queue, d.queue_id, d.message);
-            return;
-        }
         // Its TTL may have run out while it was held (it counts from now for a delayed-message
         // hold, and kept running through a retry delay): expired now, or armed from now.
         let expires = d.message.expires_at;

@@ -28,8 +28,10 @@ impl Broker {
                     let confirm = self.channel(conn, ch).and_then(|c| c.next_confirm_seq());
                     stored |= self.route_and_deliver(conn, ch, method, properties, body, confirm)?
                 }
-                TxOp::Settle { tag, multiple, requeue } => {
-                    self.settle_as(conn, ch, tag, multiple, requeue, super::deliver::Return::Refused)?
+                TxOp::Settle { tag, multiple, requeue, reject } => {
+                    use super::deliver::Return;
+                    let how = if reject { Return::Rejected } else { Return::Refused };
+                    self.settle_as(conn, ch, tag, multiple, requeue, how)?
                 }
             }
         }

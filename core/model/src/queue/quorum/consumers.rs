@@ -263,8 +263,8 @@ impl Consumers {
     }
 
     /// The consumers of connections `gone` says are gone.
-    pub fn owned_by(&self, gone: impl Fn(&Owner) -> bool) -> Vec<ConsumerId> {
-        self.map.keys().filter(|id| gone(&id.owner)).cloned().collect()
+    pub fn matching(&self, gone: impl Fn(&ConsumerId) -> bool) -> Vec<ConsumerId> {
+        self.map.keys().filter(|id| gone(id)).cloned().collect()
     }
 
     /// Whether any consumer listens (for `x-expires`, which counts a queue with consumers as

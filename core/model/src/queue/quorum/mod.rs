@@ -81,6 +81,10 @@ pub struct Header {
     /// Failed deliveries it had before (0 for a publish): a message carried over, as one
     /// restored from the node's log after a restart, keeps its count.
     pub delivery_count: u32,
+    /// Held out this long before it joins the queue (a delayed-message exchange's
+    /// `x-delay`, or what was left of a retry delay when the log is replayed); it counts
+    /// towards the length limits meanwhile, and its TTL runs from when it joins.
+    pub delay_ms: Option<u64>,
 }
 
 /// A channel publishing with confirms, in one incarnation: a channel number reopened, or a
@@ -254,6 +258,18 @@ pub enum Command {
         /// The connection.
         owner: Owner,
     },
+    /// Consumers of one channel went without settling (the channel closed, or `tag`'s
+    /// consumer timed out; the empty tag is the channel's `basic.get`): they go, and their
+    /// unacked messages return as failed deliveries, all in one step, so neither another
+    /// consumer of the channel nor a single active consumer's successor takes one first.
+    Lost {
+        /// The channel's connection.
+        owner: Owner,
+        /// The channel.
+        channel: u16,
+        /// Only this consumer of it, when given.
+        tag: Option<String>,
+    },
     /// The failure detector declared a node down: its consumers are suspected, not gone
     /// (it may be a partition): nothing more is delivered to them, and their unacked
     /// messages stay theirs until [`Command::NodeUp`] or [`Command::NodeRemoved`], as
@@ -338,7 +354,10 @@ pub enum Effect {
         /// What.
         deliveries: Vec<Delivery>,
     },
-    /// Publish these to the dead-letter exchange (at most once: they have left the queue).
+    /// These messages died (expired, over a limit, rejected, past the delivery limit):
+    /// publish them to the dead-letter exchange when the queue has one (at most once: they
+    /// have left the queue), else drop them. Reported either way, so the holder of their
+    /// bodies lets them go.
     DeadLetter {
         /// Why.
         reason: Reason,
@@ -551,7 +570,15 @@ impl QuorumQueue {
             }
             Command::Dequeue { consumer, settle } => self.dequeue(meta, consumer, settle, &mut fx),
             Command::Down { owner } => {
-                self.down(|o| *o == owner, now, &mut fx);
+                self.down(|id| id.owner == owner, now, &mut fx);
+                self.enqueuers.retain(|p, _| p.owner != owner);
+                Reply::Ok
+            }
+            Command::Lost { owner, channel, tag } => {
+                let gone = |id: &ConsumerId| {
+                    id.owner == owner && id.channel == channel && tag.as_ref().is_none_or(|t| *t == id.tag)
+                };
+                self.down(gone, now, &mut fx);
                 Reply::Ok
             }
             Command::NodeDown { node } => {
@@ -572,7 +599,8 @@ impl QuorumQueue {
                 Reply::Ok
             }
             Command::NodeRemoved { node } => {
-                self.down(|o| o.node == node, now, &mut fx);
+                self.down(|id| id.owner.node == node, now, &mut fx);
+                self.enqueuers.retain(|p, _| p.owner.node != node);
                 Reply::Ok
             }
             Command::Purge => {
@@ -686,16 +714,22 @@ impl QuorumQueue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let delay = header.delay_ms.unwrap_or(0);
+        let joins = meta.time_ms.saturating_add(delay);
         let msg = MsgRef {
             index: meta.index,
             size: header.size,
             priority: header.priority.min(PRIORITIES - 1),
-            expires_ms: ttl.map(|t| meta.time_ms.saturating_add(t)),
+            expires_ms: ttl.map(|t| joins.saturating_add(t)),
             delivery_count: header.delivery_count,
             acquired: header.delivery_count,
             delivered_ms: 0,
         };
-        self.push(msg);
+        if delay > 0 {
+            self.delayed.insert((joins, msg.index), msg);
+        } else {
+            self.push(msg);
+        }
         bump(&mut self.stats.enqueued);
         Reply::Enqueued
     }
@@ -784,9 +818,9 @@ impl QuorumQueue {
         }
     }
 
-    fn down(&mut self, gone: impl Fn(&Owner) -> bool, now: u64, fx: &mut Gathered) {
+    fn down(&mut self, gone: impl Fn(&ConsumerId) -> bool, now: u64, fx: &mut Gathered) {
         let sac = self.config.single_active_consumer;
-        for id in self.consumers.owned_by(&gone) {
+        for id in self.consumers.matching(&gone) {
             // Losing a consumer is a use, as a cancel is (for `x-expires`).
             self.last_used_ms = now;
             if let Some(c) = self.consumers.remove(&id, sac) {
@@ -796,7 +830,6 @@ impl QuorumQueue {
                 }
             }
         }
-        self.enqueuers.retain(|p, _| !gone(&p.owner));
     }
 
     /// Puts a returned message back in its place (at `until`, when a delay holds it out
@@ -846,13 +879,12 @@ impl QuorumQueue {
 
     fn dead_letter(&mut self, reason: Reason, m: MsgRef, fx: &mut Gathered) {
         bump(&mut self.stats.dead_lettered[reason as usize]);
-        if !self.config.dead_letter {
-            return;
-        }
-        if self.at_least_once() {
+        // Reported with or without a dead-letter exchange: the message has left the queue,
+        // and whoever holds its body (the log, the leader's store) lets it go.
+        fx.dead_letter(reason, m);
+        if self.config.dead_letter && self.at_least_once() {
             self.dead.insert(m.index, (reason, m));
         }
-        fx.dead_letter(reason, m);
     }
 
     /// Whether dead letters are kept until confirmed (RabbitMQ's condition for it).

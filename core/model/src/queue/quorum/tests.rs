@@ -38,7 +38,7 @@ impl Log {
     }
 
     fn publish(&mut self, size: u64) -> (Reply, Vec<Effect>) {
-        self.publish_with(Header { size, priority: 0, ttl_ms: None, delivery_count: 0 })
+        self.publish_with(Header { size, priority: 0, ttl_ms: None, delivery_count: 0, delay_ms: None })
     }
 
     fn publish_with(&mut self, header: Header) -> (Reply, Vec<Effect>) {
@@ -164,7 +164,7 @@ fn a_lost_consumer_returns_its_messages_as_failed_deliveries() {
 fn an_enqueue_proposed_twice_is_answered_twice_and_enqueued_once() {
     let mut log = Log::new(Config { max_length: Some(1), reject_publish: true, ..Config::default() });
     let publisher = PublisherId { owner: owner(1), channel: 1, incarnation: 0 };
-    let header = Header { size: 1, priority: 0, ttl_ms: None, delivery_count: 0 };
+    let header = Header { size: 1, priority: 0, ttl_ms: None, delivery_count: 0, delay_ms: None };
     let enqueue = |seq, oldest_unanswered| Command::Enqueue {
         publish: Some(Publish { publisher, seq, oldest_unanswered }),
         header,
@@ -197,7 +197,7 @@ fn an_enqueue_proposed_twice_is_answered_twice_and_enqueued_once() {
 fn refusals_past_the_memory_are_answered_as_refusals() {
     let mut log = Log::new(Config { max_length: Some(0), reject_publish: true, ..Config::default() });
     let publisher = PublisherId { owner: owner(1), channel: 1, incarnation: 0 };
-    let header = Header { size: 1, priority: 0, ttl_ms: None, delivery_count: 0 };
+    let header = Header { size: 1, priority: 0, ttl_ms: None, delivery_count: 0, delay_ms: None };
     // A proposer that never says it has its answers (oldest_unanswered stays at 1).
     let enqueue =
         |seq| Command::Enqueue { publish: Some(Publish { publisher, seq, oldest_unanswered: 1 }), header };
@@ -256,7 +256,13 @@ fn ttl_expires_messages_at_the_head_and_asks_for_a_tick() {
     let (_, fx) = log.publish(1);
     assert_eq!(fx, [Effect::Timer { at_ms: 1_100 }]);
     log.time_ms = 1_050;
-    let (_, fx) = log.publish_with(Header { size: 1, priority: 0, ttl_ms: Some(10), delivery_count: 0 });
+    let (_, fx) = log.publish_with(Header {
+        size: 1,
+        priority: 0,
+        ttl_ms: Some(10),
+        delivery_count: 0,
+        delay_ms: None,
+    });
     assert!(fx.is_empty(), "its own TTL is shorter, but it is not the head: no new deadline");
     log.time_ms = 1_100;
     let (_, fx) = log.apply(Command::Tick);
@@ -270,7 +276,8 @@ fn ttl_expires_messages_at_the_head_and_asks_for_a_tick() {
 fn a_ttl_of_zero_reaches_a_waiting_consumer_or_no_one() {
     let mut log = Log::new(Config { message_ttl: Some(0), ..Config::default() });
     let (_, fx) = log.publish(1);
-    assert!(fx.is_empty());
+    // Reported without a dead-letter exchange too: whoever holds its body lets it go.
+    assert_eq!(dead(&fx), [(Reason::Expired, 1)]);
     assert_eq!((log.q.ready(), log.q.stats().dead_lettered[Reason::Expired as usize]), (0, 1));
     let a = consumer(1, "a");
     log.consume(&a, 0);
@@ -300,7 +307,7 @@ fn max_length_drops_the_head_or_refuses_the_publish() {
 fn higher_priorities_go_first_and_above_the_top_count_as_the_top() {
     let mut log = Log::new(Config::default());
     for p in [0, 200, 5, 31, 5] {
-        log.publish_with(Header { size: 1, priority: p, ttl_ms: None, delivery_count: 0 });
+        log.publish_with(Header { size: 1, priority: p, ttl_ms: None, delivery_count: 0, delay_ms: None });
     }
     let a = consumer(1, "a");
     let order: Vec<_> = delivered(&log.consume(&a, 0), &a).into_iter().map(|d| d.0).collect();
@@ -447,7 +454,7 @@ fn any_step() -> impl Strategy<Value = Step> {
                 conn,
                 confirm,
                 mode,
-                header: Header { size: 1 + u64::from(priority % 7), priority, ttl_ms, delivery_count: 0 },
+                header: Header { size: 1 + u64::from(priority % 7), priority, ttl_ms, delivery_count: 0, delay_ms: None },
             }
         ),
         2 => (any_consumer(), 0..4u32, -1..2i64)
@@ -665,7 +672,7 @@ proptest! {
         for (op, priority, pick) in ops {
             match op {
                 0 => {
-                    log.publish_with(Header { size: 1, priority, ttl_ms: None, delivery_count: 0 });
+                    log.publish_with(Header { size: 1, priority, ttl_ms: None, delivery_count: 0, delay_ms: None });
                     let mut m = crate::message::Message {
                         exchange: String::new(),
                         routing_key: "q".into(),
