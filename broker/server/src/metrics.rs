@@ -4,7 +4,8 @@
 //! A custom [`Collector`] reads the broker at scrape time: it copies the counters out under
 //! the broker lock (a few hundred nanoseconds per queue, no allocation per message) and builds
 //! the series after releasing it. A deleted queue therefore leaves no stale series. Queues
-//! that receive dead letters carry `dead_letter_target="true"`, the others `"false"`.
+//! that receive dead letters carry `dead_letter_target="true"`, the others `"false"`; every
+//! queue carries its `queue_type` (`classic` or `quorum`), as RabbitMQ's detailed metrics do.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use crate::node::NodeRef;
 use crate::shared::lock;
 
-const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target"];
+const QUEUE_LABELS: &[&str] = &["vhost", "queue", "dead_letter_target", "queue_type"];
 
 /// One queue's numbers, copied out under the lock (for metrics and the management API).
 pub(crate) struct QueueSnapshot {
@@ -219,7 +220,7 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
     );
     for q in queues {
         let target = if q.dead_letter_target { "true" } else { "false" };
-        let l = [q.vhost.as_str(), q.name.as_str(), target];
+        let l = [q.vhost.as_str(), q.name.as_str(), target, q.kind];
         ready.with_label_values(&l).set(int(q.ready));
         unacked.with_label_values(&l).set(int(q.unacked));
         total.with_label_values(&l).set(int(q.ready + q.unacked));
@@ -235,7 +236,8 @@ fn families(snap: &Snapshot) -> Vec<Box<dyn Family>> {
         acked.with_label_values(&l).inc_by(q.stats.acked);
         for r in Reason::ALL {
             let count = q.dead_lettered[r as usize];
-            dead.with_label_values(&[q.vhost.as_str(), q.name.as_str(), target, r.as_str()]).inc_by(count);
+            let l = [q.vhost.as_str(), q.name.as_str(), target, q.kind, r.as_str()];
+            dead.with_label_values(&l).inc_by(count);
         }
     }
     out.extend([

@@ -259,6 +259,11 @@ async fn rabbitmqs_client_declares_binds_publishes_gets_purges_and_deletes() {
     admin.declare_quorum_queue("orders", "qq").await.expect("a quorum queue");
     let q = admin.get_queue_info("orders", "qq").await.expect("listed");
     assert_eq!(q.queue_type, "quorum");
+    let (status, body) = common::http(&b, "GET", "/api/queues/orders/qq").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status, 200);
+    assert_eq!(v["leader"], v["node"], "{body}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(1), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1059,7 +1059,8 @@ impl Broker {
         }
         touched.extend(held.iter().map(|u| u.queue.clone()));
         let lost = Self::lost_command(conn, Some(ch), None);
-        self.quorum_lost(vh, held, touched.clone(), &lost);
+        let held = held.into_iter().map(|u| (ch, u)).collect();
+        self.quorum_lost(vh, conn, held, touched.clone(), &lost);
         touched.sort();
         touched.dedup();
         for name in touched {

@@ -402,3 +402,28 @@ fn at_least_once_dead_lettering_is_refused_until_it_is_served() {
     ]);
     assert!(matches!(declare(&mut h, c, "qq", true, a), Method::QueueDeclareOk(_)));
 }
+
+#[test]
+fn a_lost_consumers_messages_go_through_the_retry_policy_for_failures() {
+    let mut h = harness();
+    let a = client(&mut h);
+    let args = quorum(&[
+        ("x-delayed-retry-type", FieldValue::str("failed")),
+        ("x-delayed-retry-min", FieldValue::I64(300)),
+        ("x-delayed-retry-max", FieldValue::I64(300)),
+    ]);
+    declare(&mut h, a, "qq", true, args);
+    publish(&mut h, a, "qq", "job", BasicProperties::default());
+    consume(&mut h, a, "qq", "crashes", false);
+    h.method(a);
+    assert_eq!(deliveries(&mut h, a).len(), 1);
+    let b = client(&mut h);
+    consume(&mut h, b, "qq", "next", false);
+    h.method(b);
+    h.disconnect(a);
+    assert!(deliveries(&mut h, b).is_empty(), "held out by the policy, not handed on at once");
+    h.advance(Duration::from_millis(301));
+    let d = deliveries(&mut h, b);
+    assert_eq!(bodies(&d), ["job"]);
+    assert_eq!(d[0].delivery_count, Some(1), "the lost delivery counted once");
+}

@@ -459,7 +459,7 @@ pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) ->
                 Some(d) => (d.auto_delete, d.exclusive, table_json(&d.arguments)),
                 None => (false, false, json!({})),
             };
-            json!({
+            let mut v = json!({
                 "vhost": q.vhost,
                 "name": q.name,
                 "type": q.kind,
@@ -485,7 +485,14 @@ pub(super) fn queues_of(node: &NodeRef, viewer: &Viewer, vhost: Option<&str>) ->
                 "retry_delayed": q.delayed,
                 "dead_lettered": dead,
                 "dead_letter_target": q.dead_letter_target,
-            })
+            });
+            if q.kind == "quorum" {
+                // A one-member group on this node: RabbitMQ's fields for a quorum queue.
+                v["leader"] = json!(name);
+                v["members"] = json!([name]);
+                v["online"] = json!([name]);
+            }
+            v
         })
         .collect();
     queues.sort_by(|a, b| {

@@ -102,7 +102,8 @@ impl Broker {
             self.give_back(vh, (conn, ch), u, Return::Lost);
         }
         let lost = Self::lost_command(conn, Some(ch), Some(tag));
-        self.quorum_lost(vh, held, vec![consumer.queue.clone()], &lost);
+        let held = held.into_iter().map(|u| (ch, u)).collect();
+        self.quorum_lost(vh, conn, held, vec![consumer.queue.clone()], &lost);
         self.dispatch(vh, &consumer.queue);
     }
 }

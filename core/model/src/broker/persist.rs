@@ -372,8 +372,11 @@ impl Broker {
             let queues = self.vhosts.iter_mut().flat_map(|v| v.queues.values_mut());
             for q in queues.filter(|q| stores_messages(&q.spec)) {
                 let id = q.id;
+                // A quorum queue's held-out messages keep their deadline.
+                let holds = q.quorum.as_ref().map(|l| l.holds_by_seq()).unwrap_or_default();
                 for m in q.iter_mut() {
-                    step(id, m, None);
+                    let ready_at = holds.get(&m.seq).copied();
+                    step(id, m, ready_at);
                 }
             }
             let unacked = self
@@ -426,7 +429,8 @@ impl Broker {
         };
         for q in self.vhosts.all_queues().filter(|q| stores_messages(&q.spec)) {
             queues.push(q.id);
-            entries.extend(q.iter().filter_map(|m| entry(self, q.id, m, None)));
+            let holds = q.quorum.as_ref().map(|l| l.holds_by_seq()).unwrap_or_default();
+            entries.extend(q.iter().filter_map(|m| entry(self, q.id, m, holds.get(&m.seq).copied())));
         }
         let unacked =
             self.sessions.values().flat_map(|s| s.channels.values()).flat_map(|c| c.unacked.values());
@@ -557,7 +561,7 @@ impl Broker {
                 exclusive_owner: None,
                 arguments: q.arguments,
             };
-            match self.create_queue(vh, q.id, &q.name, spec) {
+            match self.create_queue(vh, q.id, &q.name, spec, false) {
                 Ok(_) => report.queues += 1,
                 Err(e) => report.skipped.push(format!("queue '{}': {}", q.name, e.text)),
             }

@@ -67,7 +67,7 @@ impl Broker {
             let vhost = self.vhosts[vh].name.clone();
             let op = super::persist::queue_record(
                 &vhost,
-                self.create_queue(vh, self.census.next_queue_id(), &name, spec)?,
+                self.create_queue(vh, self.census.next_queue_id(), &name, spec, true)?,
             );
             if let Some(op) = op
                 && !self.store_meta(op)
@@ -95,6 +95,7 @@ impl Broker {
         id: u64,
         name: &str,
         spec: QueueSpec,
+        fresh: bool,
     ) -> Result<&Queue, AmqpError> {
         let args = QueueArgs::parse(
             &effective_arguments(&self.directory().policies, &self.vhosts[vh].name, name, &spec.arguments),
@@ -103,13 +104,15 @@ impl Broker {
         let vhost = &self.vhosts[vh].name;
         args.check_type(name, vhost, &spec)?;
         let quorum = args.queue_type == crate::queue_args::QueueType::Quorum;
-        if quorum {
+        // A stored quorum queue comes back whatever the node may serve now (a restart never
+        // drops data): as a group of one, dead-lettering at most once.
+        if quorum && fresh {
             // Refused after the checks above, so a declare RabbitMQ would refuse gets
             // RabbitMQ's answer.
             if let Some(why) = &self.quorum_refused {
                 return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
             }
-            let config = super::quorum::machine_config(&args, false);
+            let config = crate::queue::quorum::Config::from_args(&args);
             if config.dead_letter_at_least_once && config.dead_letter && config.reject_publish {
                 // It needs the dead-letter exchange's confirm before the original goes, and a
                 // retry of those it did not get: not built yet. RabbitMQ falls back to at most
@@ -132,7 +135,7 @@ impl Broker {
         self.vhosts[vh].queues.insert(name.to_string(), q);
         if quorum {
             // Arms its x-expires: the machine keeps the time the queue was last used.
-            self.quorum_tick(vh, name, id);
+            self.quorum_start(vh, name, id);
         } else {
             self.arm_queue_expiry(vh, name);
         }

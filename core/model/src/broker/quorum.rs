@@ -108,7 +108,7 @@ impl Broker {
                         .map(|l| l.armed.replace(at_ms));
                     if armed.is_some_and(|before| before != Some(at_ms)) {
                         let at = self.after(at_ms.saturating_sub(self.unix_ms));
-                        self.arm(at, Timer::QuorumTick { vh, queue: queue.clone(), queue_id });
+                        self.arm(at, Timer::QuorumTick { vh, queue: queue.clone(), queue_id, at_ms });
                     }
                 }
                 Effect::Expired => {
@@ -511,12 +511,19 @@ impl Broker {
         u32::try_from(purged).unwrap_or(u32::MAX)
     }
 
-    /// A quorum queue's timer fired: time passes for its machine.
-    pub(super) fn quorum_tick(&mut self, vh: VHostId, queue: &str, queue_id: u64) {
-        if let Some(l) =
-            self.vhosts[vh].queues.get_mut(queue).filter(|q| q.id == queue_id).and_then(|q| q.quorum.as_mut())
-        {
-            l.armed = None;
+    /// A quorum queue's timer for `at_ms` fired: time passes for its machine. A timer armed
+    /// for a deadline the machine replaced since does nothing (each deadline has one timer,
+    /// so they cannot pile up).
+    pub(super) fn quorum_tick(&mut self, vh: VHostId, queue: &str, queue_id: u64, at_ms: u64) {
+        let current = self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
+            .filter(|l| l.armed == Some(at_ms))
+            .map(|l| l.armed = None);
+        if current.is_none() {
+            return;
         }
         self.quorum_apply(vh, queue, Some(queue_id), Command::Tick);
         // A tick before the deadline (the wall clock stepped back) moves nothing, and the
@@ -526,18 +533,22 @@ impl Broker {
             .get_mut(queue)
             .filter(|q| q.id == queue_id)
             .and_then(|q| q.quorum.as_mut())
+            .filter(|l| l.armed.is_none())
             .and_then(|l| {
                 let at = l.machine().next_deadline()?;
-                (l.armed != Some(at)).then(|| {
-                    l.armed = Some(at);
-                    at
-                })
+                l.armed = Some(at);
+                Some(at)
             });
         if let Some(at_ms) = next {
             // At least a millisecond on, so a clock that stepped back cannot spin this.
             let at = self.after(at_ms.saturating_sub(self.unix_ms).max(1));
-            self.arm(at, Timer::QuorumTick { vh, queue: Arc::from(queue), queue_id });
+            self.arm(at, Timer::QuorumTick { vh, queue: Arc::from(queue), queue_id, at_ms });
         }
+    }
+
+    /// A new quorum queue's first tick, which arms its machine's timer (`x-expires`).
+    pub(super) fn quorum_start(&mut self, vh: VHostId, queue: &str, queue_id: u64) {
+        self.quorum_apply(vh, queue, Some(queue_id), Command::Tick);
     }
 
     /// A redeclare of quorum queue `queue` is a use of it (for `x-expires`).
@@ -576,16 +587,24 @@ impl Broker {
     pub(super) fn quorum_lost(
         &mut self,
         vh: VHostId,
-        held: Vec<Unacked>,
+        conn: ConnId,
+        held: Vec<(u16, Unacked)>,
         queues: Vec<Arc<str>>,
         lost: &Command,
     ) {
         let mut affected: Vec<(Arc<str>, u64)> = Vec::new();
-        for u in held {
+        for (ch, u) in held {
             let Some(QuorumDelivery { index, .. }) = u.quorum else { continue };
             let (queue, queue_id) = (u.queue.clone(), u.queue_id);
-            if self.vhosts[vh].queues.get(&*queue).is_none_or(|q| q.id != queue_id) {
+            let Some(q) = self.vhosts[vh].queues.get(&*queue).filter(|q| q.id == queue_id) else {
                 continue; // gone with its queue, and its stored entry with it
+            };
+            if q.args.retry.as_ref().is_some_and(|p| p.applies(true)) {
+                // A retry policy for failures decides each one (held out, dead-lettered or
+                // dropped): returned one by one; the lost consumer is removed after.
+                affected.push((queue, queue_id));
+                self.quorum_return(vh, (conn, ch), u, super::deliver::Return::Lost);
+                continue;
             }
             let mut m = u.message;
             // The machine counts the failed delivery too; the store keeps it for a restart.
@@ -619,7 +638,7 @@ impl Broker {
         for (&ch, c) in session.channels.iter_mut() {
             let tags: Vec<u64> =
                 c.unacked.iter().filter(|(_, u)| u.quorum.is_some()).map(|(t, _)| *t).collect();
-            held.extend(tags.iter().filter_map(|t| c.unacked.remove(t)));
+            held.extend(tags.iter().filter_map(|t| c.unacked.remove(t)).map(|u| (ch, u)));
             let gone: Vec<String> = c
                 .consumers
                 .iter()
@@ -635,9 +654,9 @@ impl Broker {
                 }
             }
         }
-        queues.extend(held.iter().map(|u| u.queue.clone()));
+        queues.extend(held.iter().map(|(_, u)| u.queue.clone()));
         let down = Self::lost_command(conn, None, None);
-        self.quorum_lost(vh, held, queues, &down);
+        self.quorum_lost(vh, conn, held, queues, &down);
     }
 
     /// The machine's command for consumers lost on channel `ch` of `conn` (all of them, or
@@ -675,6 +694,9 @@ pub(super) fn machine_config(
     let mut config = crate::queue::quorum::Config::from_args(args);
     // Consumers time out per channel, as from a classic queue (`consumer_timeout.rs`).
     config.consumer_timeout_ms = None;
+    // At most once: at-least-once is refused at declare until it is served (a queue stored
+    // with it comes back at most once).
+    config.dead_letter_at_least_once = false;
     if restoring {
         config.max_length = None;
         config.max_length_bytes = None;

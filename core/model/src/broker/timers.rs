@@ -22,8 +22,9 @@ pub(super) enum Timer {
     QueueExpires { vh: VHostId, queue: Arc<str>, queue_id: u64 },
     /// Some consumer's delivery may have waited too long for its ack.
     ConsumerTimeouts,
-    /// A quorum queue's machine asked to be ticked (a TTL, `x-expires`, a retry delay).
-    QuorumTick { vh: VHostId, queue: Arc<str>, queue_id: u64 },
+    /// A quorum queue's machine asked to be ticked at `at_ms` (a TTL, `x-expires`, a
+    /// delay); one armed for a deadline since replaced does nothing.
+    QuorumTick { vh: VHostId, queue: Arc<str>, queue_id: u64, at_ms: u64 },
 }
 
 /// A message held out of its queue by a retry policy or a delayed-message exchange.
@@ -77,9 +78,9 @@ impl Broker {
                     counts = true;
                     self.sweep_consumer_timeouts();
                 }
-                Timer::QuorumTick { vh, queue, queue_id } => {
+                Timer::QuorumTick { vh, queue, queue_id, at_ms } => {
                     counts = true;
-                    self.quorum_tick(vh, &queue, queue_id);
+                    self.quorum_tick(vh, &queue, queue_id, at_ms);
                 }
             }
         }

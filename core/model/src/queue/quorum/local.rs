@@ -73,6 +73,12 @@ impl Local {
         gone.into_iter().filter_map(|i| self.bodies.remove(&i)).collect()
     }
 
+    /// When each held-out message joins the queue, by its stored entry's seq (what the store
+    /// keeps as its `ready_at`).
+    pub fn holds_by_seq(&self) -> BTreeMap<u64, u64> {
+        self.machine.holds().filter_map(|(index, at)| self.bodies.get(&index).map(|m| (m.seq, at))).collect()
+    }
+
     /// The bodies kept here, to read.
     pub fn bodies(&self) -> impl Iterator<Item = &QueuedMessage> {
         self.bodies.values()

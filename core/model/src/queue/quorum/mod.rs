@@ -1063,6 +1063,11 @@ impl QuorumQueue {
         self.delayed.len()
     }
 
+    /// The messages held out, by index, with when each joins the queue.
+    pub fn holds(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.delayed.keys().map(|&(at, index)| (index, at))
+    }
+
     /// At-least-once dead letters waiting for the dead-letter exchange's confirm.
     pub fn dead_letters_pending(&self) -> usize {
         self.dead.len()
