@@ -361,6 +361,10 @@ async fn a_quorum_queue_confirms_only_synced_messages_and_a_kill_keeps_every_con
     let first = ch.basic_get("qq".into(), BasicGetOptions::default()).await.expect("get").expect("a message");
     assert_eq!(first.delivery.data, b"before-0");
     first.delivery.acker.reject(BasicRejectOptions { requeue: true }).await.expect("reject");
+    // The reject's count is written; a durable declare's -ok waits for a sync, so it is on
+    // disk before the fsync fails (else that failure, not the publishes', would come first
+    // and block the publisher before it sends, which proves nothing about nacks).
+    ch.queue_declare("synced".into(), durable(), FieldTable::default()).await.expect("a synced declare");
 
     b.arm("fsync");
     let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
