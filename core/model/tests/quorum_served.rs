@@ -383,24 +383,45 @@ fn a_delayed_message_counts_towards_the_length_limit_while_it_is_held() {
 }
 
 #[test]
-fn at_least_once_dead_lettering_is_refused_until_it_is_served() {
+fn an_at_least_once_dead_letter_is_kept_until_its_copy_is_taken() {
     let mut h = harness();
     let c = client(&mut h);
     let a = quorum(&[
         ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
         ("x-overflow", FieldValue::str("reject-publish")),
-        ("x-dead-letter-exchange", FieldValue::str("dlx")),
-    ]);
-    let Method::ChannelClose(close) = declare(&mut h, c, "qq", true, a) else { panic!("refused") };
-    assert_eq!(close.reply_code, 406);
-    assert!(close.reply_text.contains("at-least-once is not served yet"), "{}", close.reply_text);
-    // Without reject-publish RabbitMQ dead-letters at most once: served.
-    let c = client(&mut h);
-    let a = quorum(&[
-        ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+        ("x-max-length", FieldValue::I64(2)),
+        // Not declared yet: the copies reach no queue.
         ("x-dead-letter-exchange", FieldValue::str("dlx")),
     ]);
     assert!(matches!(declare(&mut h, c, "qq", true, a), Method::QueueDeclareOk(_)));
+    h.send_method(c, 1, ConfirmSelect::default());
+    h.method(c);
+    for i in 0..2 {
+        publish(&mut h, c, "qq", &format!("m{i}"), BasicProperties::default());
+        assert!(matches!(h.method(c), Some(Method::BasicAck(_))));
+    }
+    consume(&mut h, c, "qq", "ctag", false);
+    h.method(c);
+    for d in deliveries(&mut h, c) {
+        h.send_method(c, 1, BasicReject { delivery_tag: d.tag, requeue: false });
+    }
+    assert_eq!(h.broker.queue_counts("qq"), Some((0, 0, 1)));
+    publish(&mut h, c, "qq", "m2", BasicProperties::default());
+    assert!(matches!(h.method(c), Some(Method::BasicNack(_))), "the kept dead letters fill the queue");
+    // The dead-letter exchange appears; the next retry delivers the copies and lets go.
+    let x = ExchangeDeclare { exchange: "dlx".into(), kind: "fanout".into(), ..Default::default() };
+    h.send_method(c, 1, x);
+    assert!(matches!(h.method(c), Some(Method::ExchangeDeclareOk(_))));
+    declare(&mut h, c, "dead", false, FieldTable::new());
+    h.send_method(c, 1, QueueBind { queue: "dead".into(), exchange: "dlx".into(), ..Default::default() });
+    assert!(matches!(h.method(c), Some(Method::QueueBindOk(_))));
+    assert_eq!(h.broker.queue_counts("dead"), Some((0, 0, 0)));
+    h.advance(Duration::from_millis(1001));
+    assert_eq!(h.broker.queue_counts("dead"), Some((2, 0, 0)), "both copies, once each");
+    h.send_method(c, 1, BasicCancel { consumer_tag: "ctag".into(), no_wait: false });
+    h.method(c);
+    publish(&mut h, c, "qq", "m3", BasicProperties::default());
+    assert!(matches!(h.method(c), Some(Method::BasicAck(_))), "room again");
 }
 
 #[test]

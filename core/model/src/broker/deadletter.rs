@@ -151,17 +151,36 @@ impl Broker {
         }
     }
 
-    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange. Targets
-    /// that would form an automatic cycle are skipped.
+    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange, counted
+    /// as a dead letter of `reason`.
     fn send_to_dlx(&mut self, vh: VHostId, queue: &str, m: &QueuedMessage, reason: Reason) {
         let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return;
         };
-        let Some(dlx) = q.args.dead_letter_exchange.clone() else {
+        if q.args.dead_letter_exchange.is_none() {
             return;
-        };
+        }
         q.count_dead_letter(reason);
         self.stats.dead_lettered[reason as usize] += 1;
+        self.route_dead_copy(vh, queue, m, reason);
+    }
+
+    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange; whether
+    /// it reached a queue and every queue it reached took it (what an at-least-once dead
+    /// letter waits for). Targets that would form an automatic cycle are skipped.
+    pub(super) fn route_dead_copy(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        m: &QueuedMessage,
+        reason: Reason,
+    ) -> bool {
+        let Some(q) = self.vhosts[vh].queues.get(queue) else {
+            return false;
+        };
+        let Some(dlx) = q.args.dead_letter_exchange.clone() else {
+            return false;
+        };
         let dlrk = q.args.dead_letter_routing_key.clone();
         let now_secs = self.unix_ms / 1000;
         let dead = deadletter::dead_letter(&m.message, queue, reason, &dlx, dlrk.as_deref(), now_secs);
@@ -169,12 +188,14 @@ impl Broker {
         let Ok(mut targets) =
             self.route(vh, &dlx, &dead.routing_key, &dead.properties, dead.body.len() as u64)
         else {
-            return;
+            return false;
         };
         targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));
         let dead = Arc::new(dead);
+        let mut taken = !targets.is_empty();
         for t in targets {
-            self.offer(vh, &t, dead.clone(), None);
+            taken &= matches!(self.offer(vh, &t, dead.clone(), None), Offer::Accepted { .. });
         }
+        taken
     }
 }

@@ -105,21 +105,12 @@ impl Broker {
         args.check_type(name, vhost, &spec)?;
         let quorum = args.queue_type == crate::queue_args::QueueType::Quorum;
         // A stored quorum queue comes back whatever the node may serve now (a restart never
-        // drops data): as a group of one, dead-lettering at most once.
+        // drops data): as a group of one.
         if quorum && fresh {
             // Refused after the checks above, so a declare RabbitMQ would refuse gets
             // RabbitMQ's answer.
             if let Some(why) = &self.quorum_refused {
                 return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
-            }
-            let config = crate::queue::quorum::Config::from_args(&args);
-            if config.dead_letter_at_least_once && config.dead_letter && config.reject_publish {
-                // It needs the dead-letter exchange's confirm before the original goes, and a
-                // retry of those it did not get: not built yet. RabbitMQ falls back to at most
-                // once only without reject-publish; here it is said rather than done wrong.
-                return Err(precondition(format!(
-                    "queue '{name}' in vhost '{vhost}': x-dead-letter-strategy at-least-once is not served yet"
-                )));
             }
         }
         self.census.reserve_queue_ids(id + 1);

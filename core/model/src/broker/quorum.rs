@@ -27,6 +27,9 @@ use crate::queue::Offer;
 use crate::queue::quorum::{Command, ConsumerId, Delivery, Effect, Header, Owner, PRIORITIES, Reply};
 use crate::retry::ExternalDecision;
 
+/// How long an at-least-once dead letter whose copy found no taker waits to be tried again.
+pub(super) const DEAD_LETTER_RETRY_MS: u64 = 1000;
+
 /// The machine's name for consumer `tag` on channel `ch` of `conn` (the empty tag is the
 /// channel's `basic.get`).
 fn consumer_id(conn: ConnId, ch: u16, tag: &str) -> ConsumerId {
@@ -91,13 +94,7 @@ impl Broker {
                     self.quorum_deliver(vh, queue, queue_id, consumer, deliveries);
                 }
                 Effect::DeadLetter { reason, msgs } => {
-                    // At most once (at-least-once is refused at declare): to the dead-letter
-                    // exchange if the queue has one, then forgotten.
-                    for m in msgs {
-                        if let Some(body) = self.quorum_body(vh, queue, queue_id, m.index) {
-                            self.dead_letter(vh, queue, body, reason);
-                        }
-                    }
+                    self.quorum_dead(vh, queue, queue_id, reason, msgs, true)
                 }
                 Effect::Timer { at_ms } => {
                     let armed = self.vhosts[vh]
@@ -124,6 +121,102 @@ impl Broker {
                     let err = AmqpError::new(PRECONDITION_FAILED, text);
                     self.raise_error(consumer.owner.conn, consumer.channel, err);
                 }
+            }
+        }
+    }
+
+    /// Messages that died in quorum queue `queue` (`count`ed as dead letters, unless this is
+    /// a retry). At most once (the default): to the dead-letter exchange if the queue has
+    /// one, then forgotten. At least once: the machine keeps each (counted in the queue's
+    /// length) until every queue its copy reaches took it, and only then lets it go
+    /// (`DeadLettered`); one whose copy reached no queue, or a full one, is tried again
+    /// every [`DEAD_LETTER_RETRY_MS`], as RabbitMQ's dead-letter worker does.
+    fn quorum_dead(
+        &mut self,
+        vh: VHostId,
+        queue: &Arc<str>,
+        queue_id: u64,
+        reason: crate::deadletter::Reason,
+        msgs: Vec<crate::queue::quorum::MsgRef>,
+        count: bool,
+    ) {
+        let Some(l) =
+            self.vhosts[vh].queues.get(&**queue).filter(|q| q.id == queue_id).and_then(|q| q.quorum.as_ref())
+        else {
+            return;
+        };
+        if !l.machine().at_least_once() {
+            for m in msgs {
+                if let Some(body) = self.quorum_body(vh, queue, queue_id, m.index) {
+                    self.dead_letter(vh, queue, body, reason);
+                }
+            }
+            return;
+        }
+        let mut done = Vec::new();
+        let mut waiting = false;
+        for m in msgs {
+            let body = self.vhosts[vh]
+                .queues
+                .get(&**queue)
+                .and_then(|q| q.quorum.as_ref())
+                .and_then(|l| l.body(m.index).cloned());
+            let Some(body) = body else { continue };
+            if count {
+                if let Some(q) = self.vhosts[vh].queues.get_mut(&**queue) {
+                    q.count_dead_letter(reason);
+                }
+                self.stats.dead_lettered[reason as usize] += 1;
+            }
+            // The copy is written (where its target stores) before the original's removal,
+            // in one log: a crash between them leaves both, never neither.
+            if self.route_dead_copy(vh, queue, &body, reason) {
+                if let Some(body) = self.quorum_body(vh, queue, queue_id, m.index) {
+                    self.forget(queue_id, &body);
+                }
+                done.push(m.index);
+            } else {
+                waiting = true;
+            }
+        }
+        if !done.is_empty() {
+            self.quorum_apply(vh, queue, Some(queue_id), Command::DeadLettered { indexes: done });
+        }
+        if waiting {
+            self.arm_dead_letter_retry(vh, queue, queue_id);
+        }
+    }
+
+    /// Arms a retry of quorum queue `queue`'s kept dead letters, unless one is armed.
+    fn arm_dead_letter_retry(&mut self, vh: VHostId, queue: &Arc<str>, queue_id: u64) {
+        let Some(l) = self.vhosts[vh]
+            .queues
+            .get_mut(&**queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
+            .filter(|l| !l.retrying_dead)
+        else {
+            return;
+        };
+        l.retrying_dead = true;
+        let at = self.after(DEAD_LETTER_RETRY_MS);
+        self.arm(at, Timer::QuorumDeadLetters { vh, queue: queue.clone(), queue_id });
+    }
+
+    /// The retry of quorum queue `queue`'s kept dead letters is due.
+    pub(super) fn quorum_dead_letter_retry(&mut self, vh: VHostId, queue: &Arc<str>, queue_id: u64) {
+        let Some(l) = self.vhosts[vh]
+            .queues
+            .get_mut(&**queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_mut())
+        else {
+            return;
+        };
+        l.retrying_dead = false;
+        for e in l.machine().resend() {
+            if let Effect::DeadLetter { reason, msgs } = e {
+                self.quorum_dead(vh, queue, queue_id, reason, msgs, false);
             }
         }
     }
@@ -694,9 +787,6 @@ pub(super) fn machine_config(
     let mut config = crate::queue::quorum::Config::from_args(args);
     // Consumers time out per channel, as from a classic queue (`consumer_timeout.rs`).
     config.consumer_timeout_ms = None;
-    // At most once: at-least-once is refused at declare until it is served (a queue stored
-    // with it comes back at most once).
-    config.dead_letter_at_least_once = false;
     if restoring {
         config.max_length = None;
         config.max_length_bytes = None;

@@ -25,6 +25,8 @@ pub(super) enum Timer {
     /// A quorum queue's machine asked to be ticked at `at_ms` (a TTL, `x-expires`, a
     /// delay); one armed for a deadline since replaced does nothing.
     QuorumTick { vh: VHostId, queue: Arc<str>, queue_id: u64, at_ms: u64 },
+    /// A quorum queue's at-least-once dead letters are tried again.
+    QuorumDeadLetters { vh: VHostId, queue: Arc<str>, queue_id: u64 },
 }
 
 /// A message held out of its queue by a retry policy or a delayed-message exchange.
@@ -81,6 +83,9 @@ impl Broker {
                 Timer::QuorumTick { vh, queue, queue_id, at_ms } => {
                     counts = true;
                     self.quorum_tick(vh, &queue, queue_id, at_ms);
+                }
+                Timer::QuorumDeadLetters { vh, queue, queue_id } => {
+                    self.quorum_dead_letter_retry(vh, &queue, queue_id);
                 }
             }
         }

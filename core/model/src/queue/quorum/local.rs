@@ -24,12 +24,14 @@ pub struct Local {
     bodies: BTreeMap<u64, QueuedMessage>,
     /// The deadline of the tick last armed, in `Meta::time_ms`.
     pub armed: Option<u64>,
+    /// A retry of its kept (at-least-once) dead letters is armed.
+    pub retrying_dead: bool,
 }
 
 impl Local {
     /// A new, empty queue with `machine`'s arguments.
     pub fn new(machine: QuorumQueue) -> Self {
-        Local { machine, next_index: 1, bodies: BTreeMap::new(), armed: None }
+        Local { machine, next_index: 1, bodies: BTreeMap::new(), armed: None, retrying_dead: false }
     }
 
     /// The machine, to read.
@@ -59,6 +61,11 @@ impl Local {
     /// Keeps the body of message `index` (the machine holds it, no consumer does).
     pub fn keep(&mut self, index: u64, m: QueuedMessage) {
         self.bodies.insert(index, m);
+    }
+
+    /// The body of message `index`, kept here.
+    pub fn body(&self, index: u64) -> Option<&QueuedMessage> {
+        self.bodies.get(&index)
     }
 
     /// Takes the body of message `index` out (to a consumer, a dead-letter exchange, or away).

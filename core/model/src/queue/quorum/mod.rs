@@ -887,8 +887,10 @@ impl QuorumQueue {
         }
     }
 
-    /// Whether dead letters are kept until confirmed (RabbitMQ's condition for it).
-    fn at_least_once(&self) -> bool {
+    /// Whether dead letters are kept until confirmed (RabbitMQ's condition for it):
+    /// `x-dead-letter-strategy: at-least-once` with a dead-letter exchange and
+    /// `x-overflow: reject-publish`.
+    pub fn at_least_once(&self) -> bool {
         self.config.dead_letter_at_least_once && self.config.dead_letter && self.config.reject_publish
     }
 
