@@ -230,6 +230,9 @@ struct Session {
     /// Errors the broker raised on its own (not in answer to a method): channel 0 for the
     /// connection. Its connection machine closes them on its next pull.
     errors: Vec<(u16, AmqpError)>,
+    /// Auto-ack deliveries from quorum queues in `outbound`, by channel: settled when the
+    /// connection takes them (`take_outbound`).
+    autoacked: Vec<(u16, crate::channel::Unacked)>,
 }
 
 /// Deliveries a connection may have waiting to be encoded before its consumers get no more:
@@ -530,6 +533,7 @@ impl Broker {
             published: false,
             told_blocked: false,
             errors: Vec::new(),
+            autoacked: Vec::new(),
         };
         self.sessions.insert(id, session);
         id
@@ -850,6 +854,12 @@ impl Broker {
     /// for room (at most `OUTBOUND_LIMIT` go out per pull): pull again once these are written.
     #[must_use = "when true, more deliveries wait for room: pull again once these are written"]
     pub fn take_outbound(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) -> bool {
+        let more = self.take_outbound_of(conn, out);
+        self.settle_taken(conn);
+        more
+    }
+
+    fn take_outbound_of(&mut self, conn: ConnId, out: &mut Vec<Outgoing>) -> bool {
         let vh = self.vh(conn);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return false;
@@ -1051,8 +1061,15 @@ impl Broker {
             touched.push(c.queue);
         }
         // A quorum queue takes its deliveries back and drops the channel's consumers in one
-        // step (`quorum_lost`); a classic queue one message at a time.
-        let (held, classic): (Vec<_>, Vec<_>) = state.unacked.into_values().partition(|u| u.quorum.is_some());
+        // step (`quorum_lost`); a classic queue one message at a time. Auto-ack deliveries
+        // the socket never took go back too.
+        let (mut held, classic): (Vec<_>, Vec<_>) =
+            state.unacked.into_values().partition(|u| u.quorum.is_some());
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            let (mine, rest) = std::mem::take(&mut s.autoacked).into_iter().partition(|(c, _)| *c == ch);
+            s.autoacked = rest;
+            held.extend(mine.into_iter().map(|(_, u): (u16, crate::channel::Unacked)| u));
+        }
         for u in classic {
             touched.push(u.queue.clone());
             self.give_back(vh, (conn, ch), u, deliver::Return::Lost);

@@ -27,6 +27,10 @@ use crate::queue::Offer;
 use crate::queue::quorum::{Command, ConsumerId, Delivery, Effect, Header, Owner, PRIORITIES, Reply};
 use crate::retry::ExternalDecision;
 
+/// Deliveries an auto-ack consumer of a quorum queue may have waiting for its connection to
+/// take them (they are settled then); the rest wait in the queue.
+pub(super) const AUTO_ACK_WINDOW: u32 = 1024;
+
 /// How long an at-least-once dead letter whose copy found no taker waits to be tried again.
 pub(super) const DEAD_LETTER_RETRY_MS: u64 = 1000;
 
@@ -245,7 +249,7 @@ impl Broker {
     ) {
         let now = self.now;
         let (conn, channel) = (consumer.owner.conn, consumer.channel);
-        let mut settled = Vec::new();
+        let mut auto = Vec::new();
         let mut unknown = Vec::new();
         let mut due = None;
         for d in deliveries {
@@ -271,17 +275,17 @@ impl Broker {
             let consumer_tag: Arc<str> = Arc::from(consumer.tag.as_str());
             let message = delivered_form(&m);
             let redelivered = m.redelivered;
+            let u = Unacked {
+                queue_id,
+                queue: queue.clone(),
+                message: m,
+                consumer: Some(consumer_tag.clone()),
+                delivered_at: now,
+                quorum: Some(QuorumDelivery { id: d.id, index: d.msg.index }),
+            };
             if no_ack {
-                settled.push((d.id, m));
+                auto.push((channel, u));
             } else {
-                let u = Unacked {
-                    queue_id,
-                    queue: queue.clone(),
-                    message: m,
-                    consumer: Some(consumer_tag.clone()),
-                    delivered_at: now,
-                    quorum: Some(QuorumDelivery { id: d.id, index: d.msg.index }),
-                };
                 c.unacked.insert(delivery_tag, u);
             }
             if let Some(q) = self.vhosts[vh].queues.get_mut(&**queue) {
@@ -292,12 +296,11 @@ impl Broker {
         if let Some(at) = due {
             self.arm_consumer_sweep(at);
         }
-        if !settled.is_empty() {
-            let ids = settled.iter().map(|(id, _)| *id).collect();
-            for (_, m) in &settled {
-                self.forget(queue_id, m);
-            }
-            self.quorum_apply(vh, queue, Some(queue_id), Command::Settle { consumer: consumer.clone(), ids });
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            // Settled when the connection takes them for its socket (`take_outbound`), not
+            // now: the consumer's window (AUTO_ACK_WINDOW) holds the rest in the queue while
+            // the client does not read, as a prefetch does for manual acks.
+            s.autoacked.extend(auto);
         }
         if !unknown.is_empty() {
             // A consumer the machine still had but its channel no longer does: gone, and
@@ -423,9 +426,9 @@ impl Broker {
         priority: i64,
     ) {
         let consumer = consumer_id(conn, ch, tag);
-        // An auto-ack consumer settles each delivery as it is sent: the machine need not
-        // limit it.
-        let prefetch = if no_ack { 0 } else { u32::from(prefetch) };
+        // An auto-ack consumer's deliveries are settled as its connection takes them: the
+        // window bounds what waits for that in front of a client that does not read.
+        let prefetch = if no_ack { AUTO_ACK_WINDOW } else { u32::from(prefetch) };
         self.quorum_apply(vh, queue, None, Command::Checkout { consumer, prefetch, priority });
     }
 
@@ -718,6 +721,19 @@ impl Broker {
         }
     }
 
+    /// Settles the auto-ack deliveries connection `conn` just took for its socket: forgotten,
+    /// and their consumers' windows open again (which may deliver more, for the next pull).
+    pub(super) fn settle_taken(&mut self, conn: ConnId) {
+        let vh = self.vh(conn);
+        let Some(s) = self.sessions.get_mut(&conn).filter(|s| !s.autoacked.is_empty()) else {
+            return;
+        };
+        for (ch, u) in std::mem::take(&mut s.autoacked) {
+            self.forget(u.queue_id, &u.message);
+            self.quorum_ack(vh, conn, ch, &u);
+        }
+    }
+
     /// Connection `conn` is going: every quorum queue it consumed from takes back what its
     /// channels held and drops its consumers in one step ([`Command::Down`]), so a message
     /// returned from one of its channels is not handed to another of them and counted as
@@ -726,7 +742,8 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let mut held = Vec::new();
+        // Auto-ack deliveries its socket never took go back with the rest.
+        let mut held = std::mem::take(&mut session.autoacked);
         let mut queues: Vec<Arc<str>> = Vec::new();
         for (&ch, c) in session.channels.iter_mut() {
             let tags: Vec<u64> =

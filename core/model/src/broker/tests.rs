@@ -854,3 +854,28 @@ fn a_quorum_queue_lets_go_of_what_dies_without_a_dead_letter_exchange() {
     let want = [Bytes::from_static(b"c")];
     assert_eq!(back, want, "only the unacked one: the dropped, rejected and expired are gone");
 }
+
+/// An auto-ack consumer of a quorum queue gets a window of deliveries at a time: the rest
+/// wait in the queue until its connection takes what it was given (a client that does not
+/// read holds no more than the window in front of it), and each pull settles what it took.
+#[test]
+fn an_auto_ack_consumer_of_a_quorum_queue_is_held_to_its_window_until_it_reads() {
+    let mut h = Harness::new();
+    let quorum = QueueDeclare {
+        queue: "qq".into(),
+        durable: true,
+        arguments: [("x-queue-type".to_string(), FieldValue::str("quorum"))].into_iter().collect(),
+        ..Default::default()
+    };
+    h.method(quorum);
+    let window = super::quorum::AUTO_ACK_WINDOW as usize;
+    for _ in 0..window + 500 {
+        h.publish("qq", "m", BasicProperties::default());
+    }
+    h.method(BasicConsume { queue: "qq".into(), no_ack: true, ..Default::default() });
+    assert_eq!(h.b.queue_counts("qq"), Some((500, 0, 1)), "a window's worth handed out, none read");
+    assert_eq!(bodies(h.sent()).len(), window, "the connection takes the window");
+    // Taking them settled them: the rest came out for the next pull.
+    assert_eq!(h.b.queue_counts("qq"), Some((0, 0, 1)));
+    assert_eq!(bodies(h.sent()).len(), 500);
+}
