@@ -448,3 +448,67 @@ fn a_lost_consumers_messages_go_through_the_retry_policy_for_failures() {
     assert_eq!(bodies(&d), ["job"]);
     assert_eq!(d[0].delivery_count, Some(1), "the lost delivery counted once");
 }
+
+#[test]
+fn an_at_least_once_retry_goes_only_to_the_queues_that_did_not_take_the_copy() {
+    let mut h = harness();
+    let c = client(&mut h);
+    let x = ExchangeDeclare { exchange: "dlx".into(), kind: "fanout".into(), ..Default::default() };
+    h.send_method(c, 1, x);
+    h.method(c);
+    declare(&mut h, c, "took", false, FieldTable::new());
+    let full =
+        args(&[("x-max-length", FieldValue::I64(1)), ("x-overflow", FieldValue::str("reject-publish"))]);
+    declare(&mut h, c, "full", false, full);
+    publish(&mut h, c, "full", "filler", BasicProperties::default());
+    for q in ["took", "full"] {
+        h.send_method(c, 1, QueueBind { queue: q.into(), exchange: "dlx".into(), ..Default::default() });
+        assert!(matches!(h.method(c), Some(Method::QueueBindOk(_))));
+    }
+    let a = quorum(&[
+        ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+        ("x-overflow", FieldValue::str("reject-publish")),
+        ("x-dead-letter-exchange", FieldValue::str("dlx")),
+    ]);
+    declare(&mut h, c, "qq", true, a);
+    publish(&mut h, c, "qq", "dies", BasicProperties::default());
+    h.send_method(c, 1, BasicGet { queue: "qq".into(), no_ack: false, ..Default::default() });
+    let Some(Method::BasicGetOk(ok)) = h.method(c) else { panic!("get-ok") };
+    h.drain(c);
+    h.send_method(c, 1, BasicReject { delivery_tag: ok.delivery_tag, requeue: false });
+    assert_eq!(h.broker.queue_counts("took"), Some((1, 0, 0)));
+    for _ in 0..3 {
+        h.advance(Duration::from_millis(1001));
+        assert_eq!(h.broker.queue_counts("took"), Some((1, 0, 0)), "no copy twice to a queue that took one");
+    }
+    // Room in the full one: the next retry completes the dead letter.
+    h.send_method(c, 1, QueuePurge { queue: "full".into(), ..Default::default() });
+    h.method(c);
+    h.advance(Duration::from_millis(1001));
+    assert_eq!(h.broker.queue_counts("full"), Some((1, 0, 0)));
+    assert_eq!(h.broker.queue_counts("took"), Some((1, 0, 0)));
+    h.advance(Duration::from_millis(3000));
+    assert_eq!(h.broker.queue_counts("full"), Some((1, 0, 0)), "let go: tried no more");
+}
+
+#[test]
+fn an_at_least_once_dead_letter_that_only_cycles_back_is_dropped_not_kept() {
+    let mut h = harness();
+    let c = client(&mut h);
+    let a = quorum(&[
+        ("x-dead-letter-strategy", FieldValue::str("at-least-once")),
+        ("x-overflow", FieldValue::str("reject-publish")),
+        ("x-max-length", FieldValue::I64(1)),
+        ("x-message-ttl", FieldValue::I64(100)),
+        // Back into itself by the message's own routing key: an automatic cycle on expiry.
+        ("x-dead-letter-exchange", FieldValue::str("")),
+    ]);
+    declare(&mut h, c, "qq", true, a);
+    h.send_method(c, 1, ConfirmSelect::default());
+    h.method(c);
+    publish(&mut h, c, "qq", "m0", BasicProperties::default());
+    assert!(matches!(h.method(c), Some(Method::BasicAck(_))));
+    h.advance(Duration::from_millis(101));
+    publish(&mut h, c, "qq", "m1", BasicProperties::default());
+    assert!(matches!(h.method(c), Some(Method::BasicAck(_))), "the cycled one is not kept taking room");
+}

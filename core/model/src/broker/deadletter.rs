@@ -162,18 +162,21 @@ impl Broker {
         }
         q.count_dead_letter(reason);
         self.stats.dead_lettered[reason as usize] += 1;
-        self.route_dead_copy(vh, queue, m, reason);
+        self.route_dead_copy(vh, queue, m, reason, &mut Vec::new());
     }
 
-    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange; whether
-    /// it reached a queue and every queue it reached took it (what an at-least-once dead
-    /// letter waits for). Targets that would form an automatic cycle are skipped.
+    /// Routes a dead-lettered copy of `m` through its queue's dead-letter exchange to every
+    /// queue it reaches but those in `taken`, adding those that take it; whether it is done
+    /// (what an at-least-once dead letter waits for): every queue it reaches has it, or it
+    /// reaches only queues that would form an automatic cycle (skipped, and so dropped, as
+    /// RabbitMQ does). Reaching no queue at all is not done.
     pub(super) fn route_dead_copy(
         &mut self,
         vh: VHostId,
         queue: &str,
         m: &QueuedMessage,
         reason: Reason,
+        taken: &mut Vec<Arc<str>>,
     ) -> bool {
         let Some(q) = self.vhosts[vh].queues.get(queue) else {
             return false;
@@ -190,12 +193,19 @@ impl Broker {
         else {
             return false;
         };
-        targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t));
-        let dead = Arc::new(dead);
-        let mut taken = !targets.is_empty();
-        for t in targets {
-            taken &= matches!(self.offer(vh, &t, dead.clone(), None), Offer::Accepted { .. });
+        if targets.is_empty() {
+            return false;
         }
-        taken
+        targets.retain(|t| !deadletter::is_cycle(&dead.properties, reason, t) && !taken.contains(t));
+        let dead = Arc::new(dead);
+        let mut done = true;
+        for t in targets {
+            if matches!(self.offer(vh, &t, dead.clone(), None), Offer::Accepted { .. }) {
+                taken.push(t);
+            } else {
+                done = false;
+            }
+        }
+        done
     }
 }

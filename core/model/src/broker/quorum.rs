@@ -165,7 +165,15 @@ impl Broker {
                 .get(&**queue)
                 .and_then(|q| q.quorum.as_ref())
                 .and_then(|l| l.body(m.index).cloned());
-            let Some(body) = body else { continue };
+            let Some(body) = body else {
+                // The machine and the bodies disagree: said, and let go rather than kept
+                // (and counted in the length) for ever.
+                self.events.push(crate::stats::BrokerEvent::StorageError {
+                    error: format!("quorum queue '{queue}': no body for dead letter {}", m.index),
+                });
+                done.push(m.index);
+                continue;
+            };
             if count {
                 if let Some(q) = self.vhosts[vh].queues.get_mut(&**queue) {
                     q.count_dead_letter(reason);
@@ -173,8 +181,17 @@ impl Broker {
                 self.stats.dead_lettered[reason as usize] += 1;
             }
             // The copy is written (where its target stores) before the original's removal,
-            // in one log: a crash between them leaves both, never neither.
-            if self.route_dead_copy(vh, queue, &body, reason) {
+            // in one log: a crash between them leaves both, never neither. A retry goes only
+            // to the queues that did not take it yet.
+            let mut taken = self
+                .quorum_local(vh, queue, queue_id)
+                .and_then(|l| l.dead_taken.remove(&m.index))
+                .unwrap_or_default();
+            let finished = self.route_dead_copy(vh, queue, &body, reason, &mut taken);
+            if !finished && let Some(l) = self.quorum_local(vh, queue, queue_id) {
+                l.dead_taken.insert(m.index, taken);
+            }
+            if finished {
                 if let Some(body) = self.quorum_body(vh, queue, queue_id, m.index) {
                     self.forget(queue_id, &body);
                 }
@@ -189,6 +206,20 @@ impl Broker {
         if waiting {
             self.arm_dead_letter_retry(vh, queue, queue_id);
         }
+    }
+
+    /// Quorum queue `queue` (incarnation `queue_id`) as served here.
+    fn quorum_local(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+    ) -> Option<&mut crate::queue::quorum::Local> {
+        self.vhosts[vh]
+            .queues
+            .get_mut(queue)
+            .filter(|q| q.id == queue_id)
+            .and_then(|q| q.quorum.as_deref_mut())
     }
 
     /// Arms a retry of quorum queue `queue`'s kept dead letters, unless one is armed.
@@ -653,9 +684,37 @@ impl Broker {
             .queues
             .get(queue)
             .filter(|q| q.quorum.is_some())
-            .map(|q| machine_config(&q.args, false));
-        if let Some(config) = config {
-            self.quorum_apply(vh, queue, None, Command::Configure(config));
+            .map(|q| (q.id, machine_config(&q.args, false)));
+        if let Some((id, config)) = config {
+            self.quorum_configure(vh, queue, id, config);
+        }
+    }
+
+    /// Applies a configuration to quorum queue `queue`; dead letters it stops keeping (at
+    /// least once turned off) are let go with their bodies, as at most once.
+    fn quorum_configure(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        queue_id: u64,
+        config: crate::queue::quorum::Config,
+    ) {
+        let kept = |b: &mut Self| {
+            b.quorum_local(vh, queue, queue_id).map_or(0, |l| l.machine().dead_letters_pending())
+        };
+        let before = kept(self);
+        self.quorum_apply(vh, queue, Some(queue_id), Command::Configure(config));
+        if kept(self) < before {
+            let dropped = self
+                .quorum_local(vh, queue, queue_id)
+                .map(|l| {
+                    l.dead_taken.clear();
+                    l.take_dropped()
+                })
+                .unwrap_or_default();
+            for m in &dropped {
+                self.forget(queue_id, m);
+            }
         }
     }
 }
@@ -790,7 +849,7 @@ impl Broker {
             .map(|q| (q.vhost, q.name.clone(), q.id, machine_config(&q.args, restoring)))
             .collect();
         for (vh, name, id, config) in queues {
-            self.quorum_apply(vh, &name, Some(id), Command::Configure(config));
+            self.quorum_configure(vh, &name, id, config);
         }
     }
 }
@@ -804,10 +863,11 @@ pub(super) fn machine_config(
     let mut config = crate::queue::quorum::Config::from_args(args);
     // Consumers time out per channel, as from a classic queue (`consumer_timeout.rs`).
     config.consumer_timeout_ms = None;
+    // Without limits nothing overflows, so reject-publish refuses nothing; it stays, with
+    // it the at-least-once condition (a dead letter made during the restore is kept).
     if restoring {
         config.max_length = None;
         config.max_length_bytes = None;
-        config.reject_publish = false;
     }
     config
 }

@@ -26,12 +26,22 @@ pub struct Local {
     pub armed: Option<u64>,
     /// A retry of its kept (at-least-once) dead letters is armed.
     pub retrying_dead: bool,
+    /// The queues that took a copy of each kept dead letter, by index: a retry goes to the
+    /// others only.
+    pub dead_taken: BTreeMap<u64, Vec<std::sync::Arc<str>>>,
 }
 
 impl Local {
     /// A new, empty queue with `machine`'s arguments.
     pub fn new(machine: QuorumQueue) -> Self {
-        Local { machine, next_index: 1, bodies: BTreeMap::new(), armed: None, retrying_dead: false }
+        Local {
+            machine,
+            next_index: 1,
+            bodies: BTreeMap::new(),
+            armed: None,
+            retrying_dead: false,
+            dead_taken: BTreeMap::new(),
+        }
     }
 
     /// The machine, to read.

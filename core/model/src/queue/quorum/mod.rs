@@ -948,8 +948,13 @@ impl QuorumQueue {
     /// Messages held out by a delay are still the queue's for its length limit, as in a
     /// classic queue.
     fn would_overflow(&self, size: u64) -> bool {
+        // Kept dead letters count in bytes too: their bodies are still the queue's.
+        let dead_bytes = || self.dead.values().fold(0u64, |n, (_, m)| n.saturating_add(m.size));
         self.config.max_length.is_some_and(|max| self.held() >= max)
-            || self.config.max_length_bytes.is_some_and(|max| self.ready_bytes.saturating_add(size) > max)
+            || self
+                .config
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes.saturating_add(dead_bytes()).saturating_add(size) > max)
     }
 
     fn over_limit(&self) -> bool {
