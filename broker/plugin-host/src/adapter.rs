@@ -94,6 +94,8 @@ pub enum Event {
     Retained(Arc<Message>),
     /// Another session claimed this one's name.
     TakenOver,
+    /// The broker is stopping.
+    ShuttingDown,
 }
 
 /// What a session answers a call with.
@@ -484,5 +486,6 @@ fn event(e: Event) -> Option<wit::Event> {
         },
         Event::Retained(m) => delivery(0, false, true, &m),
         Event::TakenOver => wit::Event::TakenOver,
+        Event::ShuttingDown => wit::Event::ShuttingDown,
     })
 }

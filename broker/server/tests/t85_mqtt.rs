@@ -753,3 +753,21 @@ async fn retained_messages_survive_a_restart() {
             .await;
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "1 status/pump running");
 }
+
+/// A broker that stops tells its MQTT 5 clients why (DISCONNECT 0x8B, server shutting
+/// down) before it closes their connections; 3.1.1 has no way to say it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_tells_mqtt5_clients_it_is_shutting_down() {
+    let b = broker().await;
+    let addr = b.mqtt.expect("listener");
+    let (mut v5, ack) = Raw::connect(addr, Version::V5, "leaving-5", "guest").await;
+    assert!(matches!(ack, Some(Packet::ConnAck(ref a)) if a.code == 0), "{ack:?}");
+    let (mut v3, ack) = Raw::connect(addr, Version::V311, "leaving-3", "guest").await;
+    assert!(matches!(ack, Some(Packet::ConnAck(ref a)) if a.code == 0), "{ack:?}");
+    let stopping = tokio::spawn(b.stop());
+    let last = v5.recv().await;
+    assert!(matches!(last, Some(Packet::Disconnect(ref d)) if d.code == 0x8B), "{last:?}");
+    assert!(v5.closed().await);
+    assert_eq!(v3.recv().await, None, "3.1.1: closed without a word");
+    stopping.await.expect("stopped");
+}

@@ -196,6 +196,9 @@ impl Session for Connection {
                 // The session cannot go on without its consumer or its broker session: as in
                 // RabbitMQ, the connection ends (and the will goes).
                 Event::ConsumerLost(_) | Event::Closed(_) => self.session.socket_closed(),
+                // As RabbitMQ at a node's shutdown: MQTT 5 hears 0x8B, and the will goes (the
+                // server closed the connection, which is when a will is published).
+                Event::ShuttingDown => self.session.abort(0x8B, "the server is shutting down"),
             }
         }
         self.output(now)

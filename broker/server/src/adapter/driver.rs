@@ -158,10 +158,7 @@ pub(crate) async fn drive(
         }
         // What a step left for later goes first, in order; a shutdown still ends it.
         if let Some(out) = c.pending.take() {
-            if *stop.borrow() {
-                break;
-            }
-            result = c.step(out).await;
+            result = if *stop.borrow() { c.shut_down().await } else { c.step(out).await };
             continue;
         }
         // A timeout too far to be an Instant is none.
@@ -192,8 +189,8 @@ pub(crate) async fn drive(
             () = c.taken.notified() => c.session.handle(now(), vec![Event::TakenOver]),
             () = sleep => c.session.timeout(now()),
             Ok(()) = stop.changed() => {
-                c.closing = Some("the broker is shutting down".into());
-                break;
+                result = c.shut_down().await;
+                continue;
             }
         };
         result = match out {
@@ -309,6 +306,16 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// The broker is stopping: the session is told (and says goodbye to its client if its
+    /// protocol can), what it answers is carried out, and the connection ends after writing
+    /// what it said.
+    async fn shut_down(&mut self) -> Result<(), SessionError> {
+        self.closing = Some("the broker is shutting down".into());
+        let now = self.ctx.now_ms();
+        let out = self.session.handle(now, vec![Event::ShuttingDown])?;
+        self.step(out).await
+    }
+
     /// Carries out an output and every answer it leads to.
     async fn step(&mut self, mut out: Output) -> Result<(), SessionError> {
         for _ in 0..MAX_ROUNDS {
