@@ -315,9 +315,25 @@ impl Broker {
         };
         let (queue_id, queue, message_count) = (q.id, q.name.clone(), q.len() as u32);
         count_delivery(&mut self.stats, q, msg.redelivered);
+        self.get_ok((conn, ch), (queue_id, queue), msg, message_count, m.no_ack, None);
+        Ok(())
+    }
+
+    /// Answers basic.get with `msg`, taken from queue `queue` (incarnation `queue_id`):
+    /// get-ok with its message, held as unacked unless `no_ack` (then forgotten: it is
+    /// delivered). `quorum` is the delivery a quorum queue's machine knows it by.
+    pub(super) fn get_ok(
+        &mut self,
+        (conn, ch): (ConnId, u16),
+        (queue_id, queue): (u64, Arc<str>),
+        msg: crate::message::QueuedMessage,
+        message_count: u32,
+        no_ack: bool,
+        quorum: Option<crate::channel::QuorumDelivery>,
+    ) {
         let now = self.now;
         let Some(c) = self.channel(conn, ch) else {
-            return Ok(());
+            return;
         };
         let delivery_tag = c.next_delivery_tag();
         let method = BasicGetOk {
@@ -328,15 +344,13 @@ impl Broker {
             message_count,
         };
         let message = delivered_form(&msg);
-        if m.no_ack {
+        if no_ack {
             self.forget(queue_id, &msg);
         } else {
-            let u =
-                Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now, quorum: None };
+            let u = Unacked { queue_id, queue, message: msg, consumer: None, delivered_at: now, quorum };
             c.unacked.insert(delivery_tag, u);
         }
         self.reply_content(conn, ch, method.into(), message);
-        Ok(())
     }
 
     pub(super) fn basic_recover(

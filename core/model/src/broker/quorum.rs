@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use warren_codec::BasicGetOk;
 use warren_codec::reply_code::PRECONDITION_FAILED;
 
 use super::deliver::{count_delivery, delivered_form};
@@ -593,27 +592,9 @@ impl Broker {
         if let Some(q) = self.vhosts[vh].queues.get_mut(queue) {
             count_delivery(&mut self.stats, q, m.redelivered);
         }
-        let now = self.now;
-        let Some(c) = self.channel(conn, ch) else {
-            return Ok(());
-        };
-        let delivery_tag = c.next_delivery_tag();
-        let method = BasicGetOk {
-            delivery_tag,
-            redelivered: m.redelivered,
-            exchange: m.message.exchange.clone(),
-            routing_key: m.message.routing_key.clone(),
-            message_count: u32::try_from(remaining).unwrap_or(u32::MAX),
-        };
-        let message = delivered_form(&m);
-        if no_ack {
-            self.forget(queue_id, &m);
-        } else {
-            let quorum = Some(QuorumDelivery { id: d.id, index: d.msg.index });
-            let u = Unacked { queue_id, queue: name, message: m, consumer: None, delivered_at: now, quorum };
-            c.unacked.insert(delivery_tag, u);
-        }
-        self.reply_content(conn, ch, method.into(), message);
+        let count = u32::try_from(remaining).unwrap_or(u32::MAX);
+        let quorum = Some(QuorumDelivery { id: d.id, index: d.msg.index });
+        self.get_ok((conn, ch), (queue_id, name), m, count, no_ack, quorum);
         Ok(())
     }
 

@@ -61,13 +61,6 @@ impl Local {
         self.machine.apply(Meta { index, time_ms }, command)
     }
 
-    /// Applies an enqueue restored from the log at its own index (`index` at or after every
-    /// index applied so far: entries come back in log order).
-    pub fn apply_at(&mut self, index: u64, time_ms: u64, command: Command) -> (Reply, Vec<Effect>) {
-        self.next_index = self.next_index.max(index);
-        self.apply(time_ms, command)
-    }
-
     /// Keeps the body of message `index` (the machine holds it, no consumer does).
     pub fn keep(&mut self, index: u64, m: QueuedMessage) {
         self.bodies.insert(index, m);
