@@ -52,6 +52,7 @@ mod vhost;
 pub use census::Census;
 pub use confirms::Confirmed;
 pub use exchanges::Exchange;
+pub(crate) use exchanges::check_exchange_equivalent;
 pub use operator::ReplayReport;
 pub use persist::{Compaction, ConfirmPolicy, RestoreReport};
 pub use reply_to::ReplyConsumer;

@@ -30,6 +30,8 @@
 //!   (`queue/mod.rs`), the priority lane every kind keeps its ready messages in
 //!   (`queue/lane.rs`), and the quorum queue's replicated state machine (`queue/quorum/`:
 //!   the machine, its consumers, and the pair encoding of its snapshot's maps).
+//! - [`catalog`]: a cluster's topology (exchanges, queues with their home node, bindings) as
+//!   one replicated state machine the metadata group's log drives.
 //! - [`queue_args`]: the one table of queue arguments: parsing, equivalence, policy keys.
 //! - [`channel`]: per-channel delivery tags, unacked messages, prefetch, transactions.
 //! - [`exchange`]: the exchange types, one per file, behind [`exchange::ExchangeType`].
@@ -56,6 +58,7 @@
 pub mod adapter;
 pub mod auth;
 pub mod broker;
+pub mod catalog;
 pub mod channel;
 pub mod command;
 pub mod connection;

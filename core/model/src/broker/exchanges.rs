@@ -19,14 +19,7 @@ use crate::error::{AmqpError, no_exchange, no_queue, precondition};
 use crate::exchange::{Binding, Destination, ExchangeType, RoutingInput};
 use crate::storage::MetaOp;
 
-/// Pre-declared exchanges, as RabbitMQ has them.
-pub(super) const PREDECLARED: &[(&str, &str)] = &[
-    ("amq.direct", "direct"),
-    ("amq.fanout", "fanout"),
-    ("amq.topic", "topic"),
-    ("amq.headers", "headers"),
-    ("amq.match", "headers"),
-];
+pub(super) use crate::catalog::PREDECLARED;
 
 /// A declared exchange: its declaration, its bindings, and its type's routing state.
 #[derive(Debug)]
@@ -606,26 +599,45 @@ impl Broker {
 }
 
 fn check_equivalent(vhost: &str, m: &ExchangeDeclare, x: &Exchange) -> Result<(), AmqpError> {
-    let name = &m.exchange;
+    check_exchange_equivalent(
+        vhost,
+        &m.exchange,
+        (&m.kind, m.durable, m.auto_delete, m.internal, &m.arguments),
+        (&x.kind, x.durable, x.auto_delete, x.internal, &x.arguments),
+    )
+}
+
+/// An exchange's declaration as the equivalence check reads it: type, durable, auto-delete,
+/// internal, arguments.
+pub(crate) type ExchangeShape<'a> = (&'a str, bool, bool, bool, &'a FieldTable);
+
+/// RabbitMQ's equivalence check of an exchange redeclare, received against current. Shared by
+/// the broker and the cluster's catalog, so both refuse with the same words.
+pub(crate) fn check_exchange_equivalent(
+    vhost: &str,
+    name: &str,
+    received: ExchangeShape<'_>,
+    current: ExchangeShape<'_>,
+) -> Result<(), AmqpError> {
     let differ = |what: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
         precondition(format!(
             "inequivalent arg '{what}' for exchange '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
         ))
     };
-    if m.kind != x.kind {
-        return Err(differ("type", &m.kind, &x.kind));
+    if received.0 != current.0 {
+        return Err(differ("type", &received.0, &current.0));
     }
-    if m.durable != x.durable {
-        return Err(differ("durable", &m.durable, &x.durable));
+    if received.1 != current.1 {
+        return Err(differ("durable", &received.1, &current.1));
     }
-    if m.auto_delete != x.auto_delete {
-        return Err(differ("auto_delete", &m.auto_delete, &x.auto_delete));
+    if received.2 != current.2 {
+        return Err(differ("auto_delete", &received.2, &current.2));
     }
-    if m.internal != x.internal {
-        return Err(differ("internal", &m.internal, &x.internal));
+    if received.3 != current.3 {
+        return Err(differ("internal", &received.3, &current.3));
     }
     let ae = |t: &FieldTable| t.get("alternate-exchange").and_then(FieldValue::as_str).map(str::to_string);
-    let (new, old) = (ae(&m.arguments), ae(&x.arguments));
+    let (new, old) = (ae(received.4), ae(current.4));
     if new != old {
         let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
         return Err(differ("alternate-exchange", &show(new), &show(old)));

@@ -141,29 +141,8 @@ impl Queue {
         auto_delete: bool,
         args: &FieldTable,
     ) -> Result<(), AmqpError> {
-        let (name, vhost) = (&self.name, &self.vhost_name);
-        let flag = |what: &str, received: bool, current: bool| {
-            precondition(format!(
-                "inequivalent arg '{what}' for queue '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
-            ))
-        };
-        if durable != self.spec.durable {
-            return Err(flag("durable", durable, self.spec.durable));
-        }
-        if auto_delete != self.spec.auto_delete {
-            return Err(flag("auto_delete", auto_delete, self.spec.auto_delete));
-        }
-        for key in crate::queue_args::equivalence_args() {
-            let (new, old) = (args.get(key), self.spec.arguments.get(key));
-            if new != old {
-                return Err(precondition(format!(
-                    "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
-                    describe(new),
-                    describe(old)
-                )));
-            }
-        }
-        Ok(())
+        let current = (self.spec.durable, self.spec.auto_delete, &self.spec.arguments);
+        check_equivalent(&self.vhost_name, &self.name, current, (durable, auto_delete, args))
     }
 
     /// Refuses access from any connection but the owner of an exclusive queue.
@@ -388,6 +367,39 @@ impl Ordered for QueuedMessage {
     fn order(&self) -> u64 {
         self.seq
     }
+}
+
+/// RabbitMQ's equivalence check of a queue redeclare: `durable`, `auto_delete` and the
+/// arguments the table marks, current against received. Shared by a queue and the cluster's
+/// catalog, so both refuse with the same words.
+pub(crate) fn check_equivalent(
+    vhost: &str,
+    name: &str,
+    current: (bool, bool, &FieldTable),
+    received: (bool, bool, &FieldTable),
+) -> Result<(), AmqpError> {
+    let flag = |what: &str, received: bool, current: bool| {
+        precondition(format!(
+            "inequivalent arg '{what}' for queue '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
+        ))
+    };
+    if received.0 != current.0 {
+        return Err(flag("durable", received.0, current.0));
+    }
+    if received.1 != current.1 {
+        return Err(flag("auto_delete", received.1, current.1));
+    }
+    for key in crate::queue_args::equivalence_args() {
+        let (new, old) = (received.2.get(key), current.2.get(key));
+        if new != old {
+            return Err(precondition(format!(
+                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
+                describe(new),
+                describe(old)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn describe(v: Option<&FieldValue>) -> String {
