@@ -193,6 +193,8 @@ struct Shared {
     cluster_id: ClusterId,
     retired: Arc<Mutex<BTreeSet<String>>>,
     propose_timeout: Duration,
+    /// The server's machine, which answers [`Rpc::App`].
+    machine: Arc<dyn MetaMachine>,
 }
 
 /// Milliseconds on a monotonic clock (since the first call, plus one so 0 means never): a
@@ -265,7 +267,7 @@ impl Cluster {
             .cloned()
             .unwrap_or_else(|| Member { name: config.node.clone(), addr: config.listen.to_string() });
         let log = LogStore::open(&config.dir)?;
-        let sm = StateMachine::open(&config.dir, machine, log.last_index())?;
+        let sm = StateMachine::open(&config.dir, machine.clone(), log.last_index())?;
         let retired = sm.retired();
         let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(cluster_id));
         let routes = config.peers.iter().map(|m| (m.name.clone(), m.addr.clone())).collect();
@@ -301,6 +303,7 @@ impl Cluster {
             cluster_id: cluster_id.clone(),
             retired,
             propose_timeout: config.propose_timeout,
+            machine,
         });
         let mut tasks = Vec::new();
         let served = shared.clone();
@@ -355,6 +358,25 @@ impl Cluster {
     /// committed by a majority and applied on this node.
     pub async fn propose(&self, body: String) -> Result<String, ProposeError> {
         self.shared.propose(Proposal::App(body)).await
+    }
+
+    /// Sends `body` to member `node`'s machine ([`MetaMachine::serve`]) on the bulk line and
+    /// waits at most `ttl` for its answer.
+    pub async fn call(&self, node: &str, body: String, ttl: Duration) -> Result<String, String> {
+        let member = {
+            let m = self.shared.raft.metrics().borrow_watched().clone();
+            m.membership_config.nodes().find(|(_, n)| n.name == node).map(|(id, n)| (*id, n.clone()))
+        };
+        let Some((id, member)) = member else {
+            return Err(format!("node '{node}' is not a member of the cluster"));
+        };
+        let peer = self.shared.transport.peer(id, &member);
+        match peer.bulk.call(Rpc::App(body), ttl).await {
+            Ok(Reply::App(answer)) => Ok(answer),
+            Ok(Reply::Failed(why)) => Err(why),
+            Ok(other) => Err(format!("node '{node}' answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Whether this node is in the group's membership (a voter or a learner).
@@ -612,6 +634,10 @@ impl Shared {
                 }
                 Ok(Err(e)) => Reply::Failed(e.to_string()),
                 Err(_) => Reply::Failed(format!("not committed within {:?}", self.propose_timeout)),
+            },
+            Rpc::App(body) => match self.machine.serve(body).await {
+                Ok(answer) => Reply::App(answer),
+                Err(why) => Reply::Failed(why),
             },
             Rpc::Join(m) if self.leads() => self.admit(m).await,
             Rpc::Remove(name) if self.leads() => self.retire(&name).await,

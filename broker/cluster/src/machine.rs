@@ -32,7 +32,14 @@ pub trait MetaMachine: Send + Sync + 'static {
     /// `live` is false for an entry this node's log held at its start (applied again after a
     /// restart, from the snapshot on): its state change is the same, but effects beyond the
     /// state that a later entry may have made obsolete (deleting stored data) are left out.
-    fn apply(&self, body: &str, live: bool) -> Result<String, String>;
+    /// `index` is the entry's log index, the same on every member.
+    fn apply(&self, index: u64, body: &str, live: bool) -> Result<String, String>;
+    /// Answers a peer's request of the machine's own ([`crate::Cluster::call`]): what it
+    /// carries is the machine's business, as a proposal's body is.
+    fn serve(
+        &self,
+        body: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Result<String, String>;
     /// Replaces the whole state with a snapshot's.
@@ -184,7 +191,7 @@ impl RaftStateMachine<Meta> for StateMachine {
                 EntryPayload::Blank => Outcome::default(),
                 EntryPayload::Normal(Proposal::App(body)) => {
                     let live = self.replayed_upto.is_none_or(|upto| entry.log_id.index() > upto);
-                    Outcome { result: Some(self.machine.apply(&body, live)) }
+                    Outcome { result: Some(self.machine.apply(entry.log_id.index(), &body, live)) }
                 }
                 EntryPayload::Normal(Proposal::Retire(name)) => {
                     self.retired.lock().unwrap_or_else(|p| p.into_inner()).insert(name);

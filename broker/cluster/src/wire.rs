@@ -96,6 +96,8 @@ pub enum Rpc {
     Remove(String),
     /// Has this node a group (is its Raft initialized)? Asked by a fresh initial member.
     Probe,
+    /// A request of the server's own (a message for a queue that lives on this node).
+    App(String),
 }
 
 /// A response, by the id of its request.
@@ -141,6 +143,8 @@ pub enum Reply {
         /// Whether this node's Raft is initialized.
         initialized: bool,
     },
+    /// The answer to [`Rpc::App`].
+    App(String),
     /// The request failed here.
     Failed(String),
 }

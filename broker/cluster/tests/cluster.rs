@@ -13,7 +13,7 @@ use warren_cluster::{Cluster, ClusterConfig, Member, MetaMachine, ProposeError};
 struct Words(Mutex<Vec<String>>);
 
 impl MetaMachine for Words {
-    fn apply(&self, body: &str, _live: bool) -> Result<String, String> {
+    fn apply(&self, _index: u64, body: &str, _live: bool) -> Result<String, String> {
         if body == "bad" {
             return Err("bad is refused".into());
         }
@@ -31,6 +31,15 @@ impl MetaMachine for Words {
     }
     fn reset(&self) {
         self.0.lock().expect("lock").clear();
+    }
+    fn serve(
+        &self,
+        body: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        let n = self.0.lock().expect("lock").len();
+        Box::pin(async move {
+            if body == "bad" { Err("bad is refused".into()) } else { Ok(format!("{body} {n}")) }
+        })
     }
 }
 
@@ -90,6 +99,18 @@ async fn three_members_propose_fail_over_and_restart() {
             "applied on the proposer before the answer"
         );
     }
+    // A request of the machine's own, to a named member, answered by its machine.
+    let answer = nodes[0].call("n3", "hello".into(), Duration::from_secs(2)).await.expect("call");
+    assert_eq!(answer, "hello 3");
+    assert!(
+        nodes[1].call("n1", "bad".into(), Duration::from_secs(2)).await.is_err_and(|e| e.contains("bad"))
+    );
+    assert!(
+        nodes[1]
+            .call("n9", "x".into(), Duration::from_secs(2))
+            .await
+            .is_err_and(|e| e.contains("not a member"))
+    );
     let huge =
         nodes[0].propose("x".repeat(warren_cluster::cluster::MAX_PROPOSAL + 1)).await.expect_err("too big");
     assert!(matches!(huge, ProposeError::Refused(ref w) if w.contains("make it in parts")), "{huge}");

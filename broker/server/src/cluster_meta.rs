@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 use warren_core::broker::VHostLimits;
+use warren_core::catalog::{Catalog, CatalogCommand, CatalogReply};
 use warren_core::directory::{Change, Directory, DirectoryError, SharedDirectory, UserLimit, VHostLimit};
 use warren_core::password::{HashAlgorithm, Password};
 use warren_core::permissions::Access;
@@ -227,11 +228,13 @@ impl ChangeDef {
 /// What one proposal asks.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-enum MetaCommand {
+pub(crate) enum MetaCommand {
     /// Directory changes, all or none.
     Directory(Vec<ChangeDef>),
     /// The configuration's directory, applied only if no seed was before.
     Seed(Vec<ChangeDef>),
+    /// A change to the topology (exchanges, queues, bindings).
+    Catalog(CatalogCommand),
 }
 
 /// The machine's whole state, as a snapshot carries it.
@@ -242,13 +245,16 @@ struct MetaSnapshot {
     unrestricted: bool,
     #[serde(flatten)]
     definitions: AccessDefinitions,
+    /// The topology.
+    #[serde(default)]
+    catalog: Catalog,
 }
 
 impl MetaSnapshot {
     /// The snapshot of `dir`.
-    fn of(dir: &Directory, seeded: bool) -> Result<Self, String> {
+    fn of(dir: &Directory, seeded: bool, catalog: Catalog) -> Result<Self, String> {
         let definitions = AccessDefinitions::of(dir, fresh_salt).map_err(|e| e.to_string())?;
-        Ok(MetaSnapshot { seeded, unrestricted: dir.access.is_unrestricted(), definitions })
+        Ok(MetaSnapshot { seeded, unrestricted: dir.access.is_unrestricted(), definitions, catalog })
     }
 
     /// The directory it holds.
@@ -265,10 +271,12 @@ impl MetaSnapshot {
     }
 }
 
-/// The metadata machine of this node: its directory (and, through it, its vhosts' brokers).
+/// The metadata machine of this node: its directory (and, through it, its vhosts' brokers)
+/// and the cluster's topology, which it makes real in those brokers.
 pub struct NodeMachine {
     node: Weak<Node>,
     seeded: AtomicBool,
+    catalog: std::sync::Mutex<Catalog>,
 }
 
 impl NodeMachine {
@@ -279,17 +287,47 @@ impl NodeMachine {
     fn changes(defs: &[ChangeDef]) -> Result<Vec<Change>, String> {
         defs.iter().map(ChangeDef::change).collect()
     }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `command` at `index` to the catalog and makes its changes real here.
+    fn apply_catalog(&self, node: &Node, index: u64, command: CatalogCommand) -> CatalogReply {
+        // The catalog's lock is held while the brokers change, so a snapshot never sees a
+        // catalog ahead of them.
+        let mut catalog = self.catalog();
+        let (reply, changes) = catalog.apply(index, command);
+        node.materialize(&changes);
+        reply
+    }
 }
 
 impl warren_cluster::MetaMachine for NodeMachine {
-    fn apply(&self, body: &str, live: bool) -> Result<String, String> {
+    fn apply(&self, index: u64, body: &str, live: bool) -> Result<String, String> {
         let node = self.node()?;
         let command: MetaCommand =
             serde_json::from_str(body).map_err(|e| format!("an unreadable metadata command: {e}"))?;
         match command {
             MetaCommand::Directory(defs) => {
-                node.apply_replicated(Self::changes(&defs)?, live).map_err(|e| e.to_string())?;
+                let changes = Self::changes(&defs)?;
+                let gone: Vec<String> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::DeleteVHost(v) => Some(v.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                node.apply_replicated(changes, live).map_err(|e| e.to_string())?;
+                // A deleted vhost's topology goes with it, on every member alike.
+                for vhost in gone {
+                    self.apply_catalog(&node, index, CatalogCommand::DropVHost { vhost });
+                }
                 Ok("ok".into())
+            }
+            MetaCommand::Catalog(command) => {
+                let reply = self.apply_catalog(&node, index, command);
+                serde_json::to_string(&reply).map_err(|e| e.to_string())
             }
             MetaCommand::Seed(defs) => {
                 if self.seeded.load(Ordering::Acquire) {
@@ -304,7 +342,9 @@ impl warren_cluster::MetaMachine for NodeMachine {
 
     fn snapshot(&self) -> Result<String, String> {
         let node = self.node()?;
-        let snapshot = MetaSnapshot::of(&node.directory().load(), self.seeded.load(Ordering::Acquire))?;
+        let catalog = self.catalog().clone();
+        let snapshot =
+            MetaSnapshot::of(&node.directory().load(), self.seeded.load(Ordering::Acquire), catalog)?;
         serde_json::to_string(&snapshot).map_err(|e| e.to_string())
     }
 
@@ -312,16 +352,34 @@ impl warren_cluster::MetaMachine for NodeMachine {
         let node = self.node()?;
         let snapshot: MetaSnapshot =
             serde_json::from_str(data).map_err(|e| format!("an unreadable snapshot: {e}"))?;
+        snapshot.catalog.check().map_err(|e| format!("the snapshot's topology: {e}"))?;
         node.restore_directory(snapshot.directory()?);
         self.seeded.store(snapshot.seeded, Ordering::Release);
+        let mut catalog = self.catalog();
+        *catalog = snapshot.catalog;
+        node.reconcile(&catalog);
         Ok(())
     }
 
     fn reset(&self) {
+        let mut catalog = self.catalog();
+        *catalog = Catalog::new();
         if let Ok(node) = self.node() {
             node.restore_directory(empty(false));
+            node.reconcile(&catalog);
         }
         self.seeded.store(false, Ordering::Release);
+    }
+
+    fn serve(
+        &self,
+        body: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let node = node.upgrade().ok_or_else(|| "the node is stopping".to_string())?;
+            crate::cluster_work::serve(&node, &body).await
+        })
     }
 }
 
@@ -361,13 +419,39 @@ pub async fn propose(
     }
 }
 
+/// Tells the cluster this node started (again): the queues it held that do not outlive a
+/// restart (transient, exclusive) go, everywhere. Tried until it is committed.
+async fn restarted(cluster: Weak<warren_cluster::Cluster>, node: String) {
+    let command = MetaCommand::Catalog(CatalogCommand::NodeRestarted { node });
+    let Ok(body) = serde_json::to_string(&command) else {
+        return;
+    };
+    loop {
+        let Some(cluster) = cluster.upgrade().filter(|c| !c.is_stopped() && c.failure().is_none()) else {
+            return;
+        };
+        if cluster.has_leader() && cluster.is_member() {
+            match cluster.propose(body.clone()).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "this node's restart is not committed yet"),
+            }
+        }
+        drop(cluster);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// Starts this node's membership of the cluster `settings` describe and, in the
 /// background, proposes the configuration's seed until one is committed.
 pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
     let Some(c) = &settings.cluster else {
         return Ok(());
     };
-    let machine = Arc::new(NodeMachine { node: Arc::downgrade(node), seeded: AtomicBool::new(false) });
+    let machine = Arc::new(NodeMachine {
+        node: Arc::downgrade(node),
+        seeded: AtomicBool::new(false),
+        catalog: std::sync::Mutex::new(Catalog::new()),
+    });
     let config = warren_cluster::ClusterConfig {
         node: c.node.clone(),
         listen: c.listen,
@@ -402,6 +486,8 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
     }
     let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
     node.set_cluster(cluster.clone());
+    crate::cluster_work::start(node, &cluster);
+    tokio::spawn(restarted(Arc::downgrade(&cluster), c.node.clone()));
     let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
     let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
     // Until a seed is committed (this one or another member's), the cluster stops, or the
@@ -570,7 +656,7 @@ mod tests {
                 prop_assert_eq!(a.is_ok(), b.is_ok());
             }
             prop_assert_eq!(contents(&made), contents(&logged));
-            let snapshot = MetaSnapshot::of(&made, true).expect("snapshot");
+            let snapshot = MetaSnapshot::of(&made, true, Catalog::new()).expect("snapshot");
             let text = serde_json::to_string(&snapshot).expect("json");
             let back: MetaSnapshot = serde_json::from_str(&text).expect("parse");
             let restored = back.directory().expect("restore");

@@ -97,7 +97,8 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // Under a resource alarm a publishing connection is not read from: TCP backpressure
         // holds its publishes, as in RabbitMQ.
-        let may_read = !alarms.any() || conn.may_read(&lock(&shared).broker);
+        // Nor is one that waits for the cluster to answer a change it asked for.
+        let may_read = !(alarms.any() || node.is_clustered()) || conn.may_read(&lock(&shared).broker);
         let mut woke = false;
         tokio::select! {
             read = read_some(&mut stream, conn.read_buf(), &mut read_size), if may_read => {
@@ -126,7 +127,12 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
             () = notify.notified() => {
                 let mut s = lock(&shared);
-                conn.pull_outbound(Instant::now().into_std(), &mut s.broker);
+                if conn.has_pending_input() {
+                    // Frames held behind a change the cluster has answered now.
+                    conn.handle_input(Instant::now().into_std(), &mut s.broker);
+                } else {
+                    conn.pull_outbound(Instant::now().into_std(), &mut s.broker);
+                }
                 // A pull can dispatch held-back deliveries, some to other connections.
                 woke = s.wake_others(conn.id());
             }

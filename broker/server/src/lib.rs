@@ -29,8 +29,10 @@
 //! - [`http`]: serving the HTTP endpoints with header timeouts and a connection cap.
 //! - [`management`]: the management HTTP API (queues, dead-letter replay).
 //! - [`metrics`]: Prometheus `/metrics`, read from the broker at scrape time.
-//! - [`cluster_meta`]: the cluster's metadata on this node: directory changes proposed to the
-//!   metadata group and applied by every member.
+//! - [`cluster_meta`]: the cluster's metadata on this node: directory and topology changes
+//!   proposed to the metadata group and applied by every member.
+//! - [`cluster_work`]: a member's brokers' proposals and forwards carried out, and messages
+//!   other members forward to queues that live here.
 //!
 //! Modules depend one way: `server` on the rest, the rest on `node`, `shared` and `services`,
 //! `node` on `shared` and `directory_file`, and `shared` on nothing of this crate.
@@ -43,6 +45,7 @@ pub mod alarms;
 pub mod bridge;
 pub mod channel_streams;
 pub mod cluster_meta;
+pub mod cluster_work;
 pub mod config;
 pub mod ctl;
 pub mod definitions;

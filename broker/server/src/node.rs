@@ -39,6 +39,8 @@ pub struct Node {
     /// The cluster, when the node is a member of one: directory changes are proposed to its
     /// metadata group and made by [`Node::apply_replicated`] on every member.
     cluster: std::sync::OnceLock<Arc<warren_cluster::Cluster>>,
+    /// Where every broker of a cluster member sends its proposals and forwards.
+    outbox: std::sync::OnceLock<crate::shared::ClusterOutbox>,
 }
 
 /// A handle on the node.
@@ -91,6 +93,7 @@ impl Node {
             directory,
             vhost_changes: tokio::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
+            outbox: std::sync::OnceLock::new(),
         })
     }
 
@@ -98,6 +101,41 @@ impl Node {
     pub fn set_cluster(&self, cluster: Arc<warren_cluster::Cluster>) {
         if self.cluster.set(cluster).is_err() {
             tracing::error!("the node joined a cluster twice; the first one stays");
+        }
+    }
+
+    /// Whether the node is a member of a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    /// Has every broker, and those made later, send its cluster work to `outbox`.
+    pub fn set_outbox(&self, outbox: crate::shared::ClusterOutbox) {
+        if self.outbox.set(outbox.clone()).is_err() {
+            return;
+        }
+        for (_, shared) in self.brokers() {
+            lock(&shared).set_outbox(outbox.clone());
+        }
+    }
+
+    /// Makes catalog `changes` real in the brokers of their vhosts.
+    pub fn materialize(&self, changes: &[warren_core::catalog::CatalogChange]) {
+        for c in changes {
+            let vhost = c.vhost();
+            let shared = self.broker(vhost).unwrap_or_else(|| self.default.1.clone());
+            let mut s = lock(&shared);
+            s.broker.catalog_changed(c);
+            s.wake_all();
+        }
+    }
+
+    /// Brings every broker to what `catalog` holds.
+    pub fn reconcile(&self, catalog: &warren_core::catalog::Catalog) {
+        for (vhost, shared) in self.brokers() {
+            let mut s = lock(&shared);
+            s.broker.catalog_reconcile(&vhost, catalog.vhost(&vhost), catalog.applied());
+            s.wake_all();
         }
     }
 
@@ -209,6 +247,9 @@ impl Node {
             return;
         };
         let shared = Shared::new(maker(name), self.clock.clone());
+        if let Some(outbox) = self.outbox.get() {
+            lock(&shared).set_outbox(outbox.clone());
+        }
         tokio::spawn(run_timers(Arc::downgrade(&shared)));
         self.others.write().unwrap_or_else(|p| p.into_inner()).push((Arc::from(name), shared));
     }
@@ -317,7 +358,7 @@ impl Node {
     }
 
     /// Waits until `shared`'s store has synced past `position`.
-    async fn synced(&self, shared: &SharedRef, position: u64) -> Result<(), ChangeError> {
+    pub async fn synced(&self, shared: &SharedRef, position: u64) -> Result<(), ChangeError> {
         let deadline = tokio::time::Instant::now() + SYNC_WAIT;
         loop {
             {

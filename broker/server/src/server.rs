@@ -588,6 +588,7 @@ impl VHostMaker {
             quorum_refused: self.settings.cluster.is_some().then(|| {
                 "quorum queues are not replicated across a cluster yet: declare them on a single node, or use classic queues".to_string()
             }),
+            cluster_node: self.settings.cluster.as_ref().map(|c| c.node.clone()),
         };
         let mut broker = Broker::new(config, now);
         broker.set_time(now, unix_ms);

@@ -32,6 +32,19 @@ impl Clock for SystemClock {
     }
 }
 
+/// What a cluster member's broker gave for the cluster to carry: changes to propose and
+/// messages for queues on other nodes, in the order the broker made them.
+#[derive(Debug, Default)]
+pub struct ClusterWork {
+    /// Changes for the metadata group.
+    pub proposals: Vec<warren_core::broker::Proposal>,
+    /// Messages for other nodes.
+    pub forwards: Vec<warren_core::broker::Forward>,
+}
+
+/// Where a cluster member's broker sends its [`ClusterWork`].
+pub type ClusterOutbox = tokio::sync::mpsc::UnboundedSender<ClusterWork>;
+
 /// State shared by all connection tasks.
 pub struct Shared {
     /// The broker model.
@@ -41,6 +54,8 @@ pub struct Shared {
     woken: Vec<ConnId>,
     timer: Arc<Notify>,
     events: Vec<BrokerEvent>,
+    /// A cluster member's: where proposals and forwards go.
+    outbox: Option<ClusterOutbox>,
 }
 
 impl Shared {
@@ -53,7 +68,28 @@ impl Shared {
             woken: Vec::new(),
             timer: Arc::new(Notify::new()),
             events: Vec::new(),
+            outbox: None,
         }))
+    }
+
+    /// Sends what the broker gives for the cluster to `outbox` from now on.
+    pub fn set_outbox(&mut self, outbox: ClusterOutbox) {
+        self.outbox = Some(outbox);
+        self.send_cluster_work();
+    }
+
+    /// Hands the broker's proposals and forwards to the cluster, if it has any.
+    fn send_cluster_work(&mut self) {
+        if let Some(outbox) = &self.outbox
+            && self.broker.has_cluster_work()
+        {
+            let work = ClusterWork {
+                proposals: self.broker.take_proposals(),
+                forwards: self.broker.take_forwards(),
+            };
+            // The receiver goes only when the node stops.
+            let _ = outbox.send(work);
+        }
     }
 
     /// Notified when the broker's earliest timer may have moved earlier.
@@ -87,12 +123,14 @@ impl Shared {
         if self.broker.take_timer_changed() {
             self.timer.notify_one();
         }
+        self.send_cluster_work();
         self.broker.take_events(&mut self.events);
         for e in self.events.drain(..) {
             match e {
                 BrokerEvent::QueueDeclared { queue, durable } => info!(%queue, durable, "queue declared"),
                 BrokerEvent::QueueDeleted { queue } => info!(%queue, "queue deleted"),
                 BrokerEvent::StorageError { error } => tracing::error!(%error, "storage write failed"),
+                BrokerEvent::Cluster { detail } => warn!(%detail, "the cluster's topology"),
                 BrokerEvent::ConsumerTimedOut { consumer, detail } => {
                     warn!(%consumer, %detail, "consumer cancelled for its consumer timeout")
                 }

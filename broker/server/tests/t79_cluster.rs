@@ -561,3 +561,155 @@ async fn a_rolling_restart_loses_no_change_and_every_member_serves_after_it() {
         }
     }
 }
+
+/// Opens a channel on member `i` as guest in `/`.
+async fn guest_channel(c: &Cluster, i: usize) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(&c.nodes[i].uri("guest", "guest", "/"), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+/// A passive declare of `queue` on member `i`: the queue's message count, or the error code.
+async fn passive(c: &Cluster, i: usize, queue: &str) -> Result<u32, u16> {
+    let (conn, ch) = guest_channel(c, i).await;
+    let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let r = ch.queue_declare(queue.into(), opts, Default::default()).await;
+    let _ = conn.close(200, "bye".into()).await;
+    r.map(|q| q.message_count()).map_err(|e| amqp_code(&e))
+}
+
+/// Waits up to 10 s for `passive` on member `i` to answer with `code` (200: found).
+async fn passive_becomes(c: &Cluster, i: usize, queue: &str, code: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if passive(c, i, queue).await.map_or_else(|e| e, |_| 200) == code {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn amqp_code(e: &lapin::Error) -> u16 {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => p.get_id(),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
+    use lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    let c = Cluster::start(3);
+    c.leader(&[0, 1, 2], None).await;
+
+    // Declared on n1 (its home), an exchange on n2, bound on n2: each answered once the
+    // cluster applied it on the member asked.
+    let (_c1, ch1) = guest_channel(&c, 0).await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch1.queue_declare("orders".into(), durable, FieldTable::default()).await.expect("declare on n1");
+    let (_c2, ch2) = guest_channel(&c, 1).await;
+    let xopts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch2.exchange_declare("x".into(), lapin::ExchangeKind::Direct, xopts, FieldTable::default())
+        .await
+        .expect("exchange on n2");
+    ch2.queue_bind(
+        "orders".into(),
+        "x".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind on n2, to a queue whose home is n1");
+    // Every member knows the queue.
+    assert!(passive_becomes(&c, 2, "orders", 200).await, "orders known on n3");
+    // A redeclare that differs is refused on any member, with RabbitMQ's code.
+    let (_c3, ch3) = guest_channel(&c, 2).await;
+    let e = ch3.queue_declare("orders".into(), QueueDeclareOptions::default(), FieldTable::default()).await;
+    assert_eq!(e.map(|_| ()).map_err(|e| amqp_code(&e)), Err(406), "inequivalent on n3");
+
+    // Published on n3 through the exchange n2 declared: confirmed once n1 took (and synced)
+    // each message. A change made through n3 first: answered once n3 applied it, so n3 has
+    // applied the binding before it too (the log is one order for every member).
+    let (_c3, ch3) = guest_channel(&c, 2).await;
+    ch3.queue_declare("barrier".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare on n3");
+    ch3.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for i in 0..200u32 {
+        let confirm = ch3
+            .basic_publish(
+                "x".into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                props.clone(),
+            )
+            .await
+            .expect("publish on n3");
+        confirms.push(confirm);
+    }
+    for (i, confirm) in confirms.into_iter().enumerate() {
+        assert!(confirm.await.expect("confirm").is_ack(), "message {i} acked");
+    }
+    assert_eq!(passive(&c, 0, "orders").await, Ok(200), "every message is on n1");
+
+    // Consumed on n1, every message once, in order.
+    let mut consumer = ch1
+        .basic_consume(
+            "orders".into(),
+            "c".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume on n1");
+    for i in 0..200u32 {
+        let d = tokio::time::timeout(Duration::from_secs(10), futures_lite::StreamExt::next(&mut consumer))
+            .await
+            .expect("delivery in time")
+            .expect("a delivery")
+            .expect("ok");
+        assert_eq!(d.data, i.to_be_bytes(), "in order");
+    }
+
+    // Consuming through another member is refused, saying where the queue lives.
+    let (_c2b, ch2b) = guest_channel(&c, 1).await;
+    let e = ch2b
+        .basic_consume("orders".into(), "c2".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("not through n2 yet");
+    assert_eq!(amqp_code(&e), 540, "{e}");
+    assert!(e.to_string().contains("lives on node 'n1'"), "{e}");
+
+    // An exclusive queue of a connection on n2 is locked on n1, and goes when that
+    // connection closes: everywhere.
+    let (c2x, ch2x) = guest_channel(&c, 1).await;
+    let excl = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    ch2x.queue_declare("mine".into(), excl, FieldTable::default()).await.expect("exclusive on n2");
+    // Known on n1, and locked there, as an exclusive queue of another connection is.
+    assert!(passive_becomes(&c, 0, "mine", 405).await, "known and locked on n1");
+    let (_c1b, ch1b) = guest_channel(&c, 0).await;
+    let e = ch1b.queue_declare("mine".into(), excl, FieldTable::default()).await.expect_err("locked");
+    assert_eq!(amqp_code(&e), 405, "{e}");
+    c2x.close(200, "bye".into()).await.expect("close");
+    for i in 0..3 {
+        assert!(passive_becomes(&c, i, "mine", 404).await, "mine gone on {}", c.nodes[i].name);
+    }
+
+    // Deleted through n3: gone on every member, and its binding with it.
+    let (_c3b, ch3b) = guest_channel(&c, 2).await;
+    ch3b.queue_delete("orders".into(), Default::default()).await.expect("delete on n3");
+    for i in 0..3 {
+        assert!(passive_becomes(&c, i, "orders", 404).await, "orders gone on {}", c.nodes[i].name);
+    }
+}

@@ -38,6 +38,7 @@ mod consumer_timeout;
 mod deadletter;
 mod deliver;
 mod exchanges;
+mod member;
 mod operator;
 mod persist;
 mod queues;
@@ -53,6 +54,7 @@ pub use census::Census;
 pub use confirms::Confirmed;
 pub use exchanges::Exchange;
 pub(crate) use exchanges::check_exchange_equivalent;
+pub use member::{Forward, Proposal};
 pub use operator::ReplayReport;
 pub use persist::{Compaction, ConfirmPolicy, RestoreReport};
 pub use reply_to::ReplyConsumer;
@@ -85,6 +87,9 @@ pub struct BrokerConfig {
     /// Why quorum queues are refused, when they are: a node of a cluster cannot serve them
     /// as one-member groups (their replication is not built yet). `None` serves them.
     pub quorum_refused: Option<String>,
+    /// This node's name when it is a member of a cluster: topology changes then go through
+    /// the cluster's catalog (see `broker/member.rs`). `None` on a single node.
+    pub cluster_node: Option<String>,
 }
 
 /// One vhost's limits (RabbitMQ's `rabbitmqctl set_vhost_limits`); `None` is unlimited.
@@ -141,6 +146,7 @@ impl Default for BrokerConfig {
             vhost: "/".into(),
             census: Default::default(),
             quorum_refused: None,
+            cluster_node: None,
         }
     }
 }
@@ -298,6 +304,8 @@ pub struct Broker {
     alarm: Option<String>,
     /// Why quorum queues are refused, when they are ([`BrokerConfig::quorum_refused`]).
     quorum_refused: Option<String>,
+    /// A cluster member's part ([`BrokerConfig::cluster_node`]); `None` on a single node.
+    member: Option<member::Member>,
 }
 
 impl Broker {
@@ -331,6 +339,7 @@ impl Broker {
             durability: Default::default(),
             alarm: None,
             quorum_refused: config.quorum_refused,
+            member: config.cluster_node.as_deref().map(member::Member::new),
         };
         b.declare_predefined_exchanges(VHostId::DEFAULT);
         b
@@ -610,15 +619,7 @@ impl Broker {
         for ch in channels {
             self.release_channel(conn, ch);
         }
-        let exclusive: Vec<String> = self.vhosts[vh]
-            .queues
-            .values()
-            .filter(|q| q.spec.exclusive_owner == Some(conn))
-            .map(|q| q.name.to_string())
-            .collect();
-        for name in exclusive {
-            self.delete_queue(vh, &name);
-        }
+        self.drop_exclusive_queues(vh, conn);
         if let Some(s) = self.sessions.remove(&conn).filter(|s| s.counted) {
             self.census.close_connection();
             self.vhosts[s.vhost].connections = self.vhosts[s.vhost].connections.saturating_sub(1);
@@ -672,6 +673,16 @@ impl Broker {
         }
         self.expand_queue_shortcut(conn, ch, &mut cmd).map_err(|e| e.at(ids))?;
         self.authorize(conn, &cmd).map_err(|e| e.at(ids))?;
+        // A cluster member proposes what would change the topology, and answers once the
+        // cluster's catalog applied it.
+        if self.member.is_some()
+            && let Some(r) = self.member_command(conn, ch, &cmd)
+        {
+            if cmd.may_change_counts() {
+                self.publish_census();
+            }
+            return r.map_err(|e| e.at(ids));
+        }
         let topology = cmd.is_topology();
         let counts = cmd.may_change_counts();
         // Set afresh for every command: one that panicked half-way must not leave its state
@@ -1083,7 +1094,7 @@ impl Broker {
         touched.dedup();
         for name in touched {
             if self.vhosts[vh].queues.get(&*name).is_some_and(Queue::should_auto_delete) {
-                self.delete_queue(vh, &name);
+                self.drop_own_queue(vh, &name);
             } else {
                 self.dispatch(vh, &name);
             }

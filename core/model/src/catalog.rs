@@ -299,6 +299,20 @@ pub enum CatalogChange {
     },
 }
 
+impl CatalogChange {
+    /// The vhost it is in.
+    pub fn vhost(&self) -> &str {
+        match self {
+            CatalogChange::ExchangeAdded { vhost, .. }
+            | CatalogChange::ExchangeRemoved { vhost, .. }
+            | CatalogChange::QueueAdded { vhost, .. }
+            | CatalogChange::QueueRemoved { vhost, .. }
+            | CatalogChange::BindingAdded { vhost, .. }
+            | CatalogChange::BindingRemoved { vhost, .. } => vhost,
+        }
+    }
+}
+
 /// What an apply answers the asking client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogReply {
@@ -346,6 +360,9 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     vhosts: BTreeMap<String, VHostCatalog>,
+    /// The log index of the last command applied.
+    #[serde(default)]
+    applied: u64,
 }
 
 impl Catalog {
@@ -359,6 +376,11 @@ impl Catalog {
         self.vhosts.get(name)
     }
 
+    /// The log index of the last command applied (0 before any).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
     /// Every vhost with topology.
     pub fn vhosts(&self) -> impl Iterator<Item = (&String, &VHostCatalog)> {
         self.vhosts.iter()
@@ -369,6 +391,7 @@ impl Catalog {
     pub fn apply(&mut self, index: u64, command: CatalogCommand) -> (CatalogReply, Vec<CatalogChange>) {
         let mut changes = Vec::new();
         let vhost = command.vhost().map(str::to_string);
+        self.applied = self.applied.max(index);
         let reply = match self.step(index, command, &mut changes) {
             Ok(r) => r,
             Err(e) => {
@@ -1029,8 +1052,9 @@ mod tests {
                 let before = catalog.clone();
                 let (reply, changes) = catalog.apply(i as u64 + 1, cmd.clone());
                 if reply.error().is_some() {
-                    prop_assert_eq!(&before, &catalog);
+                    prop_assert_eq!(&before.vhosts, &catalog.vhosts);
                 }
+                prop_assert_eq!(catalog.applied(), i as u64 + 1);
                 for change in changes {
                     image.take(change);
                 }

@@ -97,6 +97,12 @@ pub enum BrokerEvent {
         /// Its name.
         queue: String,
     },
+    /// A cluster member could not make something of the cluster's topology real here (a
+    /// plugin type it lacks, an unreadable entry).
+    Cluster {
+        /// What, and why.
+        detail: String,
+    },
     /// A storage write failed where no client could be told.
     StorageError {
         /// What failed.

@@ -103,11 +103,16 @@ impl Broker {
         let own_ttl = message_ttl(&message.properties).ok().flatten();
         // Offering finds the queue, so the direct path needs no separate existence check.
         let (mut reached, mut refused, mut stored) = (false, false, false);
+        let mut forwarded = Vec::new();
         let mut offer =
             |b: &mut Broker, name: &str| match b.offer_after(vh, name, message.clone(), own_ttl, hold) {
                 Offer::NoQueue => {}
                 Offer::Refused => (reached, refused) = (true, true),
                 Offer::Accepted { stored: s } => (reached, stored) = (true, stored | s),
+                Offer::Forwarded(id) => {
+                    reached = true;
+                    forwarded.push(id);
+                }
             };
         let mut replied = false;
         if direct && super::reply_to::is_reply_key(&message.routing_key) {
@@ -140,7 +145,10 @@ impl Broker {
         if let Some(delivery_tag) = confirm {
             // A queue that refused it (x-overflow reject-publish, a failed write) makes the
             // confirm a nack; a stored message is acked once the store has synced it.
-            if refused {
+            if !forwarded.is_empty() {
+                // And one forwarded to another node once that node took it.
+                self.hold_confirm(conn, ch, delivery_tag, &forwarded, stored, refused);
+            } else if refused {
                 self.send_confirm(conn, ch, delivery_tag, false, false);
             } else {
                 self.confirm(conn, ch, delivery_tag, stored);
@@ -275,7 +283,7 @@ impl Broker {
             return Ok(());
         };
         if q.should_auto_delete() {
-            self.delete_queue(vh, &queue);
+            self.drop_own_queue(vh, &queue);
             return Ok(());
         }
         if q.consumers.is_empty() {

@@ -53,6 +53,9 @@ impl Broker {
         let Some(q) = self.vhosts[vh].queues.get_mut(queue) else {
             return Offer::NoQueue;
         };
+        if q.home.is_some() {
+            return self.forward(vh, queue, message, hold_ms).map_or(Offer::NoQueue, Offer::Forwarded);
+        }
         if q.quorum.is_some() {
             return self.quorum_offer(vh, queue, message, own_ttl, hold_ms);
         }
@@ -200,7 +203,10 @@ impl Broker {
         let dead = Arc::new(dead);
         let mut done = true;
         for t in targets {
-            if matches!(self.offer(vh, &t, dead.clone(), None), Offer::Accepted { .. }) {
+            // A copy forwarded to another node counts as taken: dead-lettering across nodes is
+            // at most once.
+            if matches!(self.offer(vh, &t, dead.clone(), None), Offer::Accepted { .. } | Offer::Forwarded(_))
+            {
                 taken.push(t);
             } else {
                 done = false;

@@ -197,7 +197,9 @@ impl Broker {
         }
     }
 
-    pub(super) fn create_exchange(&mut self, vh: VHostId, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+    /// The routing state of a new exchange of `m`'s type and arguments, and whether it is a
+    /// delayed-message exchange; an error for a type or arguments it cannot have.
+    fn new_router(&self, m: &ExchangeDeclare) -> Result<(bool, Box<dyn ExchangeType>), AmqpError> {
         let delays = m.kind == DELAYED_MESSAGE;
         // A delayed-message exchange routes as the type `x-delayed-type` names.
         let kind = if delays { delayed_type(&m.arguments)? } else { m.kind.clone() };
@@ -208,7 +210,51 @@ impl Broker {
                 AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind))
             }
         })?;
-        let router = factory.create(&m.arguments)?;
+        Ok((delays, factory.create(&m.arguments)?))
+    }
+
+    /// A new exchange's checks, before a cluster member proposes its declare: what
+    /// exchange.declare checks of one that does not exist yet, and what its type says of its
+    /// arguments.
+    pub(super) fn check_new_exchange(&self, vh: VHostId, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+        if is_default(&m.exchange) {
+            return Err(default_refused());
+        }
+        if m.kind != DELAYED_MESSAGE && self.types.get(&m.kind).is_none() {
+            return Err(AmqpError::new(COMMAND_INVALID, format!("unknown exchange type '{}'", m.kind)));
+        }
+        if m.exchange.starts_with("amq.") {
+            return Err(AmqpError::new(
+                ACCESS_REFUSED,
+                format!("exchange name '{}' contains reserved prefix 'amq.*'", m.exchange),
+            ));
+        }
+        if let Some(max) = self.limits.max_exchanges
+            && self.node_count(super::census::Count::Exchanges) >= max
+        {
+            // RabbitMQ 4's words for cluster_exchange_limit.
+            return Err(precondition(format!(
+                "cannot declare exchange '{}' in vhost '{}': exchange limit of {max} is reached",
+                m.exchange, self.vhosts[vh].name
+            )));
+        }
+        self.new_router(m).map(|_| ())
+    }
+
+    /// Whether exchange `source` may be bound from with `key` and `arguments` (it exists, is
+    /// not the default exchange, and its type takes them).
+    pub(super) fn validate_binding(
+        &mut self,
+        vh: VHostId,
+        source: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.source_exchange(vh, source)?.router.validate_binding(key, arguments)
+    }
+
+    pub(super) fn create_exchange(&mut self, vh: VHostId, m: &ExchangeDeclare) -> Result<(), AmqpError> {
+        let (delays, router) = self.new_router(m)?;
         let x = Exchange {
             kind: m.kind.clone(),
             durable: m.durable,
@@ -249,22 +295,8 @@ impl Broker {
             }
             match self.vhosts[vh].exchanges.get(&m.exchange) {
                 Some(x) => check_equivalent(&self.vhosts[vh].name, &m, x)?,
-                None if m.exchange.starts_with("amq.") => {
-                    return Err(AmqpError::new(
-                        ACCESS_REFUSED,
-                        format!("exchange name '{}' contains reserved prefix 'amq.*'", m.exchange),
-                    ));
-                }
                 None => {
-                    if let Some(max) = self.limits.max_exchanges
-                        && self.node_count(super::census::Count::Exchanges) >= max
-                    {
-                        // RabbitMQ 4's words for cluster_exchange_limit.
-                        return Err(precondition(format!(
-                            "cannot declare exchange '{}' in vhost '{}': exchange limit of {max} is reached",
-                            m.exchange, self.vhosts[vh].name
-                        )));
-                    }
+                    self.check_new_exchange(vh, &m)?;
                     self.create_exchange(vh, &m)?;
                     if let Some(r) = Self::exchange_record(&self.vhosts[vh].name, &m.exchange, &m)
                         && !self.store_meta(MetaOp::PutExchange(r))
@@ -405,7 +437,7 @@ impl Broker {
     }
 
     /// An exchange as a binding's destination: it must exist and not be the default exchange.
-    fn exchange_destination(&self, vh: VHostId, name: &str) -> Result<Destination, AmqpError> {
+    pub(super) fn exchange_destination(&self, vh: VHostId, name: &str) -> Result<Destination, AmqpError> {
         if is_default(name) {
             return Err(default_refused());
         }
@@ -438,7 +470,7 @@ impl Broker {
         Ok(())
     }
 
-    fn unbind(
+    pub(super) fn unbind(
         &mut self,
         vh: VHostId,
         source: &str,

@@ -198,7 +198,7 @@ impl Broker {
             message.routing_key = origin.clone();
             let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
             match self.offer(vh, &origin, Arc::new(message), own_ttl) {
-                Offer::Accepted { .. } => {
+                Offer::Accepted { .. } | Offer::Forwarded(_) => {
                     if let Some(id) = self.vhosts[vh].queues.get(dlq).map(|q| q.id) {
                         self.forget(id, &m);
                     }

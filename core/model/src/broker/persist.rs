@@ -473,6 +473,11 @@ impl Broker {
     /// Records a durable topology change; returns whether it was written (or there is no
     /// store). Inside a topology method a failure fails the method (see [`CommandWrites`]).
     pub(super) fn store_meta(&mut self, op: MetaOp) -> bool {
+        // A cluster member keeps exchanges and bindings in the cluster's catalog; its store
+        // holds the queues that live here, for their messages.
+        if self.member.is_some() && !matches!(op, MetaOp::PutQueue(_) | MetaOp::DeleteQueue(_)) {
+            return true;
+        }
         let Some(store) = self.durability.store.as_mut() else {
             return true;
         };

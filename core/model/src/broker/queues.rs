@@ -97,22 +97,8 @@ impl Broker {
         spec: QueueSpec,
         fresh: bool,
     ) -> Result<&Queue, AmqpError> {
-        let args = QueueArgs::parse(
-            &effective_arguments(&self.directory().policies, &self.vhosts[vh].name, name, &spec.arguments),
-            &self.retry_plugins,
-        )?;
-        let vhost = &self.vhosts[vh].name;
-        args.check_type(name, vhost, &spec)?;
+        let args = self.queue_args(vh, name, &spec, fresh)?;
         let quorum = args.queue_type == crate::queue_args::QueueType::Quorum;
-        // A stored quorum queue comes back whatever the node may serve now (a restart never
-        // drops data): as a group of one.
-        if quorum && fresh {
-            // Refused after the checks above, so a declare RabbitMQ would refuse gets
-            // RabbitMQ's answer.
-            if let Some(why) = &self.quorum_refused {
-                return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
-            }
-        }
         self.census.reserve_queue_ids(id + 1);
         let machine = quorum.then(|| {
             let config = super::quorum::machine_config(&args, false);
@@ -132,6 +118,33 @@ impl Broker {
         }
         let v = &self.vhosts[vh];
         v.queues.get(name).ok_or_else(|| no_queue(&v.name, name))
+    }
+
+    /// Queue `name`'s arguments, parsed with the policies that apply and checked against its
+    /// declaration; a `fresh` quorum queue is refused where this node cannot serve one (a
+    /// stored one comes back whatever the node may serve now: a restart never drops data).
+    pub(super) fn queue_args(
+        &self,
+        vh: VHostId,
+        name: &str,
+        spec: &QueueSpec,
+        fresh: bool,
+    ) -> Result<QueueArgs, AmqpError> {
+        let args = QueueArgs::parse(
+            &effective_arguments(&self.directory().policies, &self.vhosts[vh].name, name, &spec.arguments),
+            &self.retry_plugins,
+        )?;
+        let vhost = &self.vhosts[vh].name;
+        args.check_type(name, vhost, spec)?;
+        // Refused after the checks above, so a declare RabbitMQ would refuse gets RabbitMQ's
+        // answer.
+        if fresh
+            && args.queue_type == crate::queue_args::QueueType::Quorum
+            && let Some(why) = &self.quorum_refused
+        {
+            return Err(precondition(format!("queue '{name}' in vhost '{vhost}': {why}")));
+        }
+        Ok(args)
     }
 
     pub(super) fn queue_purge(&mut self, conn: ConnId, ch: u16, m: QueuePurge) -> Result<(), AmqpError> {

@@ -226,7 +226,7 @@ impl Broker {
         }
         let due = q.last_used + Duration::from_millis(ms);
         if now >= due {
-            self.delete_queue(vh, queue);
+            self.drop_own_queue(vh, queue);
         } else {
             let name = Arc::from(queue);
             self.arm(due, Timer::QueueExpires { vh, queue: name, queue_id });

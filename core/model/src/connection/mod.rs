@@ -278,15 +278,28 @@ impl Connection {
                     self.send_start();
                 }
                 State::Running | State::Closing { .. } => {
+                    if self.paused(broker) {
+                        break;
+                    }
                     self.decode_input();
                     if self.decoded.is_empty() && self.decode_error.is_none() {
                         break;
                     }
                     let mut decoded = std::mem::take(&mut self.decoded);
-                    for frame in decoded.drain(..) {
+                    let mut frames = decoded.drain(..);
+                    for frame in frames.by_ref() {
                         self.handle_frame(now, frame, broker);
+                        if self.paused(broker) {
+                            break;
+                        }
                     }
+                    // What a paused connection did not get to waits, in order, for its answer.
+                    let rest: Vec<Frame> = frames.collect();
+                    decoded.extend(rest);
                     self.decoded = decoded;
+                    if self.paused(broker) {
+                        break;
+                    }
                     if let Some(e) = self.decode_error.take() {
                         self.fail(now, codec_error(e), broker);
                     }
@@ -316,13 +329,35 @@ impl Connection {
     ) {
         self.now = now;
         self.last_recv = now;
-        for frame in frames {
-            if self.state == State::Closed {
-                break;
+        let mut frames = frames.into_iter();
+        if !self.paused(broker) && self.decoded.is_empty() {
+            for frame in frames.by_ref() {
+                if self.state == State::Closed {
+                    break;
+                }
+                self.handle_frame(now, frame, broker);
+                if self.paused(broker) {
+                    break;
+                }
             }
-            self.handle_frame(now, frame, broker);
+        }
+        // Behind a change the cluster has not answered: kept, in order, for `handle_input`.
+        if self.state != State::Closed {
+            self.decoded.extend(frames);
         }
         self.pull_outbound(now, broker);
+    }
+
+    /// Whether this connection waits for the cluster to answer a change it asked for: until
+    /// then it acts on no more frames (what follows may depend on the change), and reads none.
+    fn paused(&self, broker: &Broker) -> bool {
+        self.state == State::Running && self.id.is_some_and(|id| broker.awaits_cluster(id))
+    }
+
+    /// Whether frames wait to be acted on: the driver calls [`Connection::handle_input`] once
+    /// the connection is woken, without new input.
+    pub fn has_pending_input(&self) -> bool {
+        !self.decoded.is_empty()
     }
 
     /// Closes the connection for bytes that did not decode on another stream of it.
@@ -339,7 +374,8 @@ impl Connection {
     /// Whether the driver should read from the socket now: not while a resource alarm blocks
     /// publishers and this connection has published (RabbitMQ's flow control by backpressure).
     pub fn may_read(&self, broker: &Broker) -> bool {
-        !(self.state == State::Running && self.id.is_some_and(|id| broker.is_blocked(id)))
+        let blocked = self.state == State::Running && self.id.is_some_and(|id| broker.is_blocked(id));
+        !(blocked || self.paused(broker))
     }
 
     fn handle_frame(&mut self, now: Instant, frame: Frame, broker: &mut Broker) {

@@ -58,6 +58,9 @@ pub struct Queue {
     pub vhost: crate::broker::VHostId,
     /// That vhost's name, for errors.
     pub vhost_name: std::sync::Arc<str>,
+    /// On a cluster member, the node it lives on when that is another one: it holds no
+    /// messages here, and what is routed to it is forwarded there.
+    pub home: Option<std::sync::Arc<str>>,
     /// How it was declared.
     pub spec: QueueSpec,
     /// Its arguments, parsed.
@@ -105,6 +108,9 @@ pub enum Offer {
     Refused,
     /// There is no queue by that name (any more).
     NoQueue,
+    /// The queue lives on another node: the message is forwarded there, and this forward's
+    /// answer says whether it took it.
+    Forwarded(u64),
 }
 
 impl Queue {
@@ -122,6 +128,7 @@ impl Queue {
             name: name.into(),
             vhost: crate::broker::VHostId::DEFAULT,
             vhost_name: std::sync::Arc::from("/"),
+            home: None,
             spec,
             lanes,
             count: 0,

@@ -1,0 +1,265 @@
+//! What a cluster member's brokers hand the cluster ([`ClusterWork`]), carried out: topology
+//! changes proposed to the metadata group, their answers given back to the broker that
+//! asked; messages for queues on other nodes sent to those nodes, in order, and their
+//! answers given back so publishers get their confirms. And the other side: messages other
+//! members forward to queues that live here ([`serve`]).
+//!
+//! Forwards to one node go one request at a time, each carrying every message that waited
+//! while the one before was out: the order of a channel's messages holds, and a busy line
+//! batches. Bodies travel base64-encoded in the JSON frames of the inter-node wire.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use warren_cluster::{Cluster, ProposeError};
+use warren_codec::ContentHeader;
+use warren_core::broker::{Forward, Proposal};
+use warren_core::catalog::CatalogReply;
+use warren_core::message::Message;
+use warren_core::queue::Offer;
+
+use crate::cluster_meta::MetaCommand;
+use crate::node::{Node, NodeRef};
+use crate::shared::{ClusterWork, lock};
+
+/// How long a node waits for another to take a batch of forwarded messages (and sync them).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages one forwarding request carries at most.
+pub const MAX_FORWARD_BATCH: usize = 256;
+/// Body octets one forwarding request carries at most (beyond the first message).
+pub const MAX_FORWARD_BYTES: usize = 16 << 20;
+
+/// What one node asks another of its own.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Request {
+    /// Messages for queues that live on the node asked, in order.
+    Forward(Vec<Forwarded>),
+}
+
+/// One message for some of the asked node's queues.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    vhost: String,
+    /// The queues, each with the incarnation the sender routed to.
+    queues: Vec<(String, u64)>,
+    exchange: String,
+    routing_key: String,
+    /// The content header's payload (properties), base64.
+    header: String,
+    /// The body, base64.
+    body: String,
+    hold_ms: Option<u64>,
+}
+
+/// Starts carrying out the cluster work of `node`'s brokers.
+pub fn start(node: &NodeRef, cluster: &Arc<Cluster>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    node.set_outbox(tx);
+    tokio::spawn(pump(Arc::downgrade(node), Arc::downgrade(cluster), rx));
+}
+
+/// One forward as it waits for its batch: the id to answer and where it goes.
+struct Pending {
+    forward: Forward,
+}
+
+async fn pump(node: Weak<Node>, cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<ClusterWork>) {
+    let mut lines: HashMap<Arc<str>, mpsc::UnboundedSender<Pending>> = HashMap::new();
+    while let Some(work) = rx.recv().await {
+        for p in work.proposals {
+            tokio::spawn(propose(node.clone(), cluster.clone(), p));
+        }
+        for forward in work.forwards {
+            let home = forward.home.clone();
+            let line = lines.entry(home.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(forward_line(node.clone(), cluster.clone(), home, rx));
+                tx
+            });
+            let _ = line.send(Pending { forward });
+        }
+    }
+}
+
+/// Proposes one change and answers whoever waits for it.
+async fn propose(node: Weak<Node>, cluster: Weak<Cluster>, p: Proposal) {
+    let vhost = p.command.vhost().map(str::to_string);
+    let body = match serde_json::to_string(&MetaCommand::Catalog(p.command.clone())) {
+        Ok(b) => b,
+        Err(e) => return tracing::error!(error = %e, "a topology change could not be written"),
+    };
+    let result = match cluster.upgrade() {
+        Some(c) => c.propose(body).await,
+        None => Err(ProposeError::Failed("the node is stopping".into())),
+    };
+    let answer = match result {
+        Ok(text) => {
+            serde_json::from_str::<CatalogReply>(&text).map_err(|e| format!("an unreadable answer: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let Some(node) = node.upgrade() else {
+        return;
+    };
+    let shared =
+        vhost.as_deref().and_then(|v| node.broker(v)).unwrap_or_else(|| node.default_broker().clone());
+    let mut s = lock(&shared);
+    match (p.token, answer) {
+        (Some(token), answer) => s.broker.catalog_answered(token, answer),
+        (None, Err(why)) => {
+            tracing::warn!(change = ?p.command, error = %why, "this node's own topology change was not committed");
+            s.broker.proposal_failed(&p.command);
+        }
+        (None, Ok(_)) => {}
+    }
+    s.wake_all();
+}
+
+/// Sends the forwards for node `home`, a batch at a time, and answers them.
+async fn forward_line(
+    node: Weak<Node>,
+    cluster: Weak<Cluster>,
+    home: Arc<str>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].forward.message.body.len();
+        while batch.len() < MAX_FORWARD_BATCH && bytes < MAX_FORWARD_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.forward.message.body.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (messages, ids) = group(&batch);
+        let answer = match (serde_json::to_string(&Request::Forward(messages)), cluster.upgrade()) {
+            (Ok(body), Some(c)) => c.call(&home, body, FORWARD_TIMEOUT).await,
+            (Err(e), _) => Err(e.to_string()),
+            (_, None) => Err("the node is stopping".into()),
+        };
+        let taken: Vec<Vec<bool>> = match answer
+            .and_then(|a| serde_json::from_str(&a).map_err(|e| e.to_string()))
+        {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(node = %home, error = %why, messages = ids.len(), "messages for queues on another node were not taken");
+                Vec::new()
+            }
+        };
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        for (i, (vhost, message_ids)) in ids.iter().enumerate() {
+            let Some(shared) = node.broker(vhost) else {
+                continue;
+            };
+            let mut s = lock(&shared);
+            for (j, id) in message_ids.iter().enumerate() {
+                let ok = taken.get(i).and_then(|t| t.get(j)).copied().unwrap_or(false);
+                s.broker.forward_done(*id, ok);
+            }
+            s.wake_all();
+        }
+    }
+}
+
+/// The batch as messages (one per message, with every queue it goes to) and, for each, its
+/// vhost and the forward ids in the order of its queues.
+fn group(batch: &[Pending]) -> (Vec<Forwarded>, Vec<(String, Vec<u64>)>) {
+    let mut messages: Vec<Forwarded> = Vec::new();
+    let mut ids: Vec<(String, Vec<u64>)> = Vec::new();
+    let mut last: Option<&Arc<Message>> = None;
+    for p in batch {
+        let f = &p.forward;
+        // One message routed to several queues of the node travels once.
+        if let (Some(prev), Some(m), Some(i)) = (last, messages.last_mut(), ids.last_mut())
+            && Arc::ptr_eq(prev, &f.message)
+            && m.vhost == *f.vhost
+            && m.hold_ms == f.hold_ms
+        {
+            m.queues.push((f.queue.to_string(), f.incarnation));
+            i.1.push(f.id);
+            continue;
+        }
+        let mut header = BytesMut::new();
+        ContentHeader::basic(f.message.body.len() as u64, (*f.message.properties).clone())
+            .encode(&mut header);
+        messages.push(Forwarded {
+            vhost: f.vhost.to_string(),
+            queues: vec![(f.queue.to_string(), f.incarnation)],
+            exchange: f.message.exchange.clone(),
+            routing_key: f.message.routing_key.clone(),
+            header: B64.encode(&header),
+            body: B64.encode(&f.message.body),
+            hold_ms: f.hold_ms,
+        });
+        ids.push((f.vhost.to_string(), vec![f.id]));
+        last = Some(&f.message);
+    }
+    (messages, ids)
+}
+
+/// Answers another member's request: messages for queues that live here are offered to
+/// them in order, and the answer (per message, per queue: taken or not) comes once what was
+/// stored is synced.
+pub async fn serve(node: &NodeRef, body: &str) -> Result<String, String> {
+    let Request::Forward(messages) =
+        serde_json::from_str(body).map_err(|e| format!("an unreadable request: {e}"))?;
+    if messages.len() > MAX_FORWARD_BATCH {
+        return Err(format!("{} messages in one request, over {MAX_FORWARD_BATCH}", messages.len()));
+    }
+    let mut answers = Vec::with_capacity(messages.len());
+    let mut written: Vec<(crate::shared::SharedRef, u64)> = Vec::new();
+    for f in messages {
+        let message = decode(&f)?;
+        let Some(shared) = node.broker(&f.vhost) else {
+            answers.push(vec![true; f.queues.len()]);
+            continue;
+        };
+        let mut s = lock(&shared);
+        let taken: Vec<bool> = f
+            .queues
+            .iter()
+            .map(|(queue, incarnation)| {
+                // A queue deleted since was routed to before it went: the message went with it.
+                !matches!(
+                    s.broker.accept_forward(&f.vhost, queue, *incarnation, message.clone(), f.hold_ms),
+                    Offer::Refused
+                )
+            })
+            .collect();
+        if let Some(position) = s.broker.unsynced_position() {
+            written.push((shared.clone(), position));
+        }
+        s.wake_all();
+        answers.push(taken);
+    }
+    for (shared, position) in written {
+        node.synced(&shared, position).await.map_err(|e| e.to_string())?;
+    }
+    serde_json::to_string(&answers).map_err(|e| e.to_string())
+}
+
+/// The message a forward carries.
+fn decode(f: &Forwarded) -> Result<Arc<Message>, String> {
+    let header = B64.decode(&f.header).map_err(|e| format!("a forwarded header: {e}"))?;
+    let body = B64.decode(&f.body).map_err(|e| format!("a forwarded body: {e}"))?;
+    let header =
+        ContentHeader::decode(Bytes::from(header)).map_err(|e| format!("a forwarded header: {e}"))?;
+    Ok(Arc::new(Message {
+        exchange: f.exchange.clone(),
+        routing_key: f.routing_key.clone(),
+        properties: header.properties,
+        body: Bytes::from(body),
+    }))
+}

@@ -1,0 +1,889 @@
+//! A cluster member's part of the broker. Topology changes go to the cluster's catalog
+//! ([`crate::catalog`]) instead of changing this broker at once: the command that asks for
+//! one becomes a [`Proposal`], its connection reads nothing more until the answer comes back
+//! ([`Broker::awaits_cluster`]), and every member makes the catalog's changes real as it
+//! applies them ([`Broker::catalog_changed`]). A queue lives on its home node; the others
+//! hold an entry for it that routes there: a publish that reaches it becomes a [`Forward`]
+//! to its home, and the publisher's confirm waits for the home's answer.
+//!
+//! What the home alone knows (a queue's consumers, its `x-expires`, its exclusive owner's
+//! connection) decides the home's own deletions, which it proposes like any other change.
+
+use std::sync::Arc;
+
+use warren_codec::reply_code::NOT_IMPLEMENTED;
+use warren_codec::{
+    ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, FieldTable,
+    Method, QueueBindOk, QueueDeclareOk, QueueDeleteOk, QueueUnbindOk,
+};
+
+use super::{Broker, ConnId, VHostId};
+use crate::catalog::{
+    BindingEntry, CatalogChange, CatalogCommand, CatalogReply, ExchangeEntry, Owner, QueueEntry, Table,
+    Target, VHostCatalog,
+};
+use crate::command::Command;
+use crate::error::{AmqpError, no_queue, precondition};
+use crate::exchange::Destination;
+use crate::hash::{Map, Set};
+use crate::message::Message;
+use crate::queue::{Offer, Queue, QueueSpec};
+use crate::stats::BrokerEvent;
+
+/// The owner an exclusive queue has on a member that is not its home (or whose owning
+/// connection is from before a restart): no connection here is it.
+const ELSEWHERE: ConnId = ConnId::MAX;
+
+/// A change for the cluster's metadata group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// What to answer with [`Broker::catalog_answered`]; `None` when nobody waits (the home's
+    /// own deletions).
+    pub token: Option<u64>,
+    /// The change.
+    pub command: CatalogCommand,
+}
+
+/// A message for a queue on another node.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// What to answer with [`Broker::forward_done`].
+    pub id: u64,
+    /// The node the queue lives on.
+    pub home: Arc<str>,
+    /// The queue's vhost.
+    pub vhost: Arc<str>,
+    /// The queue.
+    pub queue: Arc<str>,
+    /// Its incarnation: a queue of the same name declared since does not get the message.
+    pub incarnation: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// A delayed-message exchange's hold, in milliseconds.
+    pub hold_ms: Option<u64>,
+}
+
+/// A client command waiting for the catalog's answer.
+#[derive(Debug)]
+struct Waiting {
+    conn: ConnId,
+    channel: u16,
+    channel_id: u64,
+    /// The method's ids, for an error.
+    ids: (u16, u16),
+    answer: Answer,
+}
+
+/// What a waiting command answers once the catalog agreed.
+#[derive(Debug)]
+enum Answer {
+    /// queue.declare-ok, with the counts as they are then.
+    DeclareQueue { name: String, no_wait: bool },
+    /// Any other -ok.
+    Reply { method: Method, no_wait: bool },
+}
+
+/// A publish whose confirm waits for forwards.
+#[derive(Debug)]
+struct HeldConfirm {
+    conn: ConnId,
+    channel: u16,
+    channel_id: u64,
+    tag: u64,
+    /// Forwards not answered yet.
+    left: usize,
+    /// A queue refused it (here or at a home): the confirm is a nack.
+    refused: bool,
+    /// It was stored here: the ack waits for the sync too.
+    stored: bool,
+}
+
+/// A cluster member's state.
+#[derive(Debug)]
+pub(super) struct Member {
+    /// This node's name.
+    node: Arc<str>,
+    proposals: Vec<Proposal>,
+    waiting: Map<u64, Waiting>,
+    /// Connections that read nothing until their command is answered, by token.
+    paused: Map<ConnId, u64>,
+    next_token: u64,
+    forwards: Vec<Forward>,
+    /// Which held confirm each forward counts for.
+    forwarded: Map<u64, u64>,
+    confirms: Map<u64, HeldConfirm>,
+    next_forward: u64,
+    /// Incarnations whose deletion this home proposed and that are not applied yet.
+    deleting: Set<u64>,
+    /// Exclusive owners whose going was proposed.
+    owners_gone: Set<ConnId>,
+}
+
+impl Member {
+    /// The member of node `node`.
+    pub(super) fn new(node: &str) -> Self {
+        Member {
+            node: Arc::from(node),
+            proposals: Vec::new(),
+            waiting: Map::default(),
+            paused: Map::default(),
+            next_token: 0,
+            forwards: Vec::new(),
+            forwarded: Map::default(),
+            confirms: Map::default(),
+            next_forward: 0,
+            deleting: Set::default(),
+            owners_gone: Set::default(),
+        }
+    }
+}
+
+/// 540 for what a member cannot do yet for a queue on another node.
+fn elsewhere(q: &Queue, home: &str, what: &str) -> AmqpError {
+    AmqpError::new(
+        NOT_IMPLEMENTED,
+        format!(
+            "queue '{}' in vhost '{}' lives on node '{home}'; {what} through another node is not supported yet: connect to '{home}'",
+            q.name, q.vhost_name
+        ),
+    )
+}
+
+impl Broker {
+    /// This node's name, when it is a cluster member.
+    pub fn member_node(&self) -> Option<&str> {
+        self.member.as_ref().map(|m| &*m.node)
+    }
+
+    /// Whether connection `conn` waits for the cluster to answer a change it asked for: it
+    /// must read no more input until then (what it sends next may depend on the change).
+    pub fn awaits_cluster(&self, conn: ConnId) -> bool {
+        self.member.as_ref().is_some_and(|m| m.paused.contains_key(&conn))
+    }
+
+    /// Whether proposals or forwards wait to be taken.
+    pub fn has_cluster_work(&self) -> bool {
+        self.member.as_ref().is_some_and(|m| !m.proposals.is_empty() || !m.forwards.is_empty())
+    }
+
+    /// The changes to propose to the metadata group, in order.
+    pub fn take_proposals(&mut self) -> Vec<Proposal> {
+        self.member.as_mut().map(|m| std::mem::take(&mut m.proposals)).unwrap_or_default()
+    }
+
+    /// The messages to forward to other nodes.
+    pub fn take_forwards(&mut self) -> Vec<Forward> {
+        self.member.as_mut().map(|m| std::mem::take(&mut m.forwards)).unwrap_or_default()
+    }
+
+    /// The proposal of `token` was applied here and the catalog answered `reply`, or it could
+    /// not be committed (`Err`, why: it may still take effect later). Its command's client
+    /// gets the -ok or the error, and reads again.
+    pub fn catalog_answered(&mut self, token: u64, reply: Result<CatalogReply, String>) {
+        let Some(m) = self.member.as_mut() else {
+            return;
+        };
+        let Some(w) = m.waiting.remove(&token) else {
+            return;
+        };
+        if m.paused.get(&w.conn) == Some(&token) {
+            m.paused.remove(&w.conn);
+        }
+        self.wake(w.conn);
+        if self.channel(w.conn, w.channel).is_none_or(|c| c.id != w.channel_id) {
+            return;
+        }
+        let error = match reply {
+            Err(why) => Some(AmqpError::new(
+                warren_codec::reply_code::INTERNAL_ERROR,
+                format!("the cluster did not take the change: {why}"),
+            )),
+            Ok(r) => r.error(),
+        };
+        if let Some(e) = error {
+            self.raise_error(w.conn, w.channel, e.at(w.ids));
+            return;
+        }
+        match w.answer {
+            Answer::DeclareQueue { name, no_wait } => {
+                let vh = self.vh(w.conn);
+                let (message_count, consumer_count) = self.vhosts[vh]
+                    .queues
+                    .get(&name)
+                    .map_or((0, 0), |q| (q.len() as u32, q.consumers.len() as u32));
+                if let Some(c) = self.channel(w.conn, w.channel) {
+                    c.last_queue = Some(name.clone());
+                }
+                self.reply(
+                    w.conn,
+                    w.channel,
+                    no_wait,
+                    QueueDeclareOk { queue: name, message_count, consumer_count },
+                );
+            }
+            Answer::Reply { method, no_wait } => self.reply(w.conn, w.channel, no_wait, method),
+        }
+    }
+
+    /// A topology command of a member's client: `None` when this broker answers it on its
+    /// own (it changes nothing: a passive declare, a redeclare, a delete of what is not
+    /// there), else what proposing it gave (the client waits for the catalog's answer).
+    pub(super) fn member_command(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        cmd: &Command,
+    ) -> Option<Result<(), AmqpError>> {
+        let node = self.member.as_ref()?.node.clone();
+        let vh = self.vh(conn);
+        let vhost = self.vhosts[vh].name.to_string();
+        let by = Owner { node: node.to_string(), conn };
+        let ids = cmd.ids();
+        let (command, answer) = match cmd {
+            Command::DeclareQueue(m) if !m.passive => {
+                if self.vhosts[vh].queues.contains_key(&m.queue) || self.is_reply_queue(vh, &m.queue) {
+                    return None;
+                }
+                let name = if m.queue.is_empty() { self.names.name("amq.gen-") } else { m.queue.clone() };
+                let spec = QueueSpec {
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    exclusive_owner: m.exclusive.then_some(conn),
+                    arguments: m.arguments.clone(),
+                };
+                if let Err(e) = self.check_new_queue(conn, vh, &name, &spec) {
+                    return Some(Err(e));
+                }
+                let command = CatalogCommand::DeclareQueue {
+                    vhost,
+                    name: name.clone(),
+                    home: node.to_string(),
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    exclusive: m.exclusive,
+                    arguments: Table::of(&m.arguments),
+                    by,
+                };
+                (command, Answer::DeclareQueue { name, no_wait: m.no_wait })
+            }
+            Command::DeleteQueue(m) => {
+                let q = self.vhosts[vh].queues.get(&m.queue)?;
+                if let Err(e) = q.check_access(conn) {
+                    return Some(Err(e));
+                }
+                if let Some(home) = &q.home
+                    && (m.if_empty || m.if_unused)
+                {
+                    return Some(Err(elsewhere(q, home, "a conditional delete")));
+                }
+                if m.if_unused && !q.consumers.is_empty() {
+                    return Some(Err(precondition(format!("queue '{}' in vhost '{vhost}' in use", m.queue))));
+                }
+                if m.if_empty && !q.is_empty() {
+                    return Some(Err(precondition(format!(
+                        "queue '{}' in vhost '{vhost}' is not empty",
+                        m.queue
+                    ))));
+                }
+                let message_count = q.len() as u32;
+                let command = CatalogCommand::DeleteQueue {
+                    vhost,
+                    name: m.queue.clone(),
+                    incarnation: Some(q.id),
+                    by: Some(by),
+                };
+                let method = QueueDeleteOk { message_count }.into();
+                (command, Answer::Reply { method, no_wait: m.no_wait })
+            }
+            Command::PurgeQueue(m) => {
+                let q = self.vhosts[vh].queues.get(&m.queue)?;
+                let home = q.home.as_ref()?;
+                return Some(Err(elsewhere(q, home, "purging it")));
+            }
+            Command::Consume(m) => {
+                let q = self.vhosts[vh].queues.get(&m.queue)?;
+                let home = q.home.as_ref()?;
+                return Some(Err(elsewhere(q, home, "consuming from it")));
+            }
+            Command::Get(m) => {
+                let q = self.vhosts[vh].queues.get(&m.queue)?;
+                let home = q.home.as_ref()?;
+                return Some(Err(elsewhere(q, home, "basic.get from it")));
+            }
+            Command::DeclareExchange(m) if !m.passive => {
+                if self.vhosts[vh].exchanges.contains_key(&m.exchange)
+                    || super::exchanges::is_default(&m.exchange)
+                {
+                    return None;
+                }
+                if let Err(e) = self.check_new_exchange(vh, m) {
+                    return Some(Err(e));
+                }
+                let entry = ExchangeEntry {
+                    kind: m.kind.clone(),
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: Table::of(&m.arguments),
+                };
+                let command = CatalogCommand::DeclareExchange { vhost, name: m.exchange.clone(), entry };
+                (command, Answer::Reply { method: ExchangeDeclareOk {}.into(), no_wait: m.no_wait })
+            }
+            Command::DeleteExchange(m) => {
+                if !self.vhosts[vh].exchanges.contains_key(&m.exchange) || m.exchange.starts_with("amq.") {
+                    return None;
+                }
+                let command = CatalogCommand::DeleteExchange {
+                    vhost,
+                    name: m.exchange.clone(),
+                    if_unused: m.if_unused,
+                };
+                (command, Answer::Reply { method: ExchangeDeleteOk {}.into(), no_wait: m.no_wait })
+            }
+            Command::BindQueue(m) => {
+                let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+                let binding =
+                    self.member_binding(conn, vh, &m.exchange, dest, &m.routing_key, &m.arguments, true)?;
+                let binding = match binding {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                };
+                let command = CatalogCommand::Bind { vhost, binding, by };
+                (command, Answer::Reply { method: QueueBindOk {}.into(), no_wait: m.no_wait })
+            }
+            Command::BindExchange(m) => {
+                let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+                let binding = match self.member_binding(
+                    conn,
+                    vh,
+                    &m.source,
+                    dest,
+                    &m.routing_key,
+                    &m.arguments,
+                    true,
+                )? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                };
+                let command = CatalogCommand::Bind { vhost, binding, by };
+                (command, Answer::Reply { method: ExchangeBindOk {}.into(), no_wait: m.no_wait })
+            }
+            Command::UnbindQueue(m) => {
+                let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+                let binding = match self.member_binding(
+                    conn,
+                    vh,
+                    &m.exchange,
+                    dest,
+                    &m.routing_key,
+                    &m.arguments,
+                    false,
+                )? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                };
+                let command = CatalogCommand::Unbind { vhost, binding, by };
+                (command, Answer::Reply { method: QueueUnbindOk {}.into(), no_wait: false })
+            }
+            Command::UnbindExchange(m) => {
+                let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+                let binding = match self.member_binding(
+                    conn,
+                    vh,
+                    &m.source,
+                    dest,
+                    &m.routing_key,
+                    &m.arguments,
+                    false,
+                )? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                };
+                let command = CatalogCommand::Unbind { vhost, binding, by };
+                (command, Answer::Reply { method: ExchangeUnbindOk {}.into(), no_wait: m.no_wait })
+            }
+            _ => return None,
+        };
+        let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+        let m = self.member.as_mut()?;
+        m.next_token += 1;
+        let token = m.next_token;
+        m.waiting.insert(token, Waiting { conn, channel: ch, channel_id, ids, answer });
+        m.paused.insert(conn, token);
+        m.proposals.push(Proposal { token: Some(token), command });
+        Some(Ok(()))
+    }
+
+    /// A binding a member's client asks to add (`adding`) or remove: `None` when nothing
+    /// would change (this broker answers), else the binding to propose or why it is refused.
+    #[allow(clippy::too_many_arguments)]
+    fn member_binding(
+        &mut self,
+        conn: ConnId,
+        vh: VHostId,
+        source: &str,
+        dest: Destination,
+        key: &str,
+        arguments: &FieldTable,
+        adding: bool,
+    ) -> Option<Result<BindingEntry, AmqpError>> {
+        let target = match &dest {
+            Destination::Queue(q) => Target::Queue(q.to_string()),
+            Destination::Exchange(x) => Target::Exchange(x.to_string()),
+        };
+        let bound = self.vhosts[vh].exchanges.get(source).is_some_and(|x| {
+            x.bindings().any(|b| b.destination == dest && b.key == key && b.arguments == *arguments)
+        });
+        if bound == adding {
+            return None;
+        }
+        if adding && let Err(e) = self.check_new_binding(conn, vh, source, &dest, key, arguments) {
+            return Some(Err(e));
+        }
+        Some(Ok(BindingEntry {
+            source: source.to_string(),
+            target,
+            key: key.to_string(),
+            arguments: Table::of(arguments),
+        }))
+    }
+
+    /// The home's own change `command` could not be committed: a later cause (the next
+    /// consumer to go, the owner's next close) may propose it again.
+    pub fn proposal_failed(&mut self, command: &CatalogCommand) {
+        let Some(m) = self.member.as_mut() else {
+            return;
+        };
+        match command {
+            CatalogCommand::DeleteQueue { incarnation: Some(i), by: None, .. } => {
+                m.deleting.remove(i);
+            }
+            CatalogCommand::OwnerGone { owner } => {
+                m.owners_gone.remove(&owner.conn);
+            }
+            _ => {}
+        }
+    }
+
+    /// The home's own deletion of queue `name` (auto-delete, `x-expires`): on a member it is
+    /// proposed, and happens when the catalog applies it; otherwise at once.
+    pub(super) fn drop_own_queue(&mut self, vh: VHostId, name: &str) {
+        let Some(m) = self.member.as_mut() else {
+            self.delete_queue(vh, name);
+            return;
+        };
+        let Some(q) = self.vhosts[vh].queues.get(name).filter(|q| q.home.is_none()) else {
+            return;
+        };
+        if m.deleting.insert(q.id) {
+            let command = CatalogCommand::DeleteQueue {
+                vhost: self.vhosts[vh].name.to_string(),
+                name: name.to_string(),
+                incarnation: Some(q.id),
+                by: None,
+            };
+            m.proposals.push(Proposal { token: None, command });
+        }
+    }
+
+    /// Connection `conn` is gone: its exclusive queues go. On a member the catalog is told
+    /// (once); otherwise they are deleted at once.
+    pub(super) fn drop_exclusive_queues(&mut self, vh: VHostId, conn: ConnId) {
+        let exclusive: Vec<String> = self.vhosts[vh]
+            .queues
+            .values()
+            .filter(|q| q.spec.exclusive_owner == Some(conn) && q.home.is_none())
+            .map(|q| q.name.to_string())
+            .collect();
+        if exclusive.is_empty() {
+            return;
+        }
+        let Some(m) = self.member.as_mut() else {
+            for name in exclusive {
+                self.delete_queue(vh, &name);
+            }
+            return;
+        };
+        if m.owners_gone.insert(conn) {
+            let owner = Owner { node: m.node.to_string(), conn };
+            m.proposals.push(Proposal { token: None, command: CatalogCommand::OwnerGone { owner } });
+        }
+    }
+
+    /// A message routed to queue `q` on another node: forwarded there; returns the forward's id.
+    pub(super) fn forward(
+        &mut self,
+        vh: VHostId,
+        queue: &str,
+        message: Arc<Message>,
+        hold_ms: Option<u64>,
+    ) -> Option<u64> {
+        let q = self.vhosts[vh].queues.get(queue)?;
+        let home = q.home.clone()?;
+        let (queue, incarnation, vhost) = (q.name.clone(), q.id, q.vhost_name.clone());
+        let m = self.member.as_mut()?;
+        m.next_forward += 1;
+        let id = m.next_forward;
+        m.forwards.push(Forward { id, home, vhost, queue, incarnation, message, hold_ms });
+        Some(id)
+    }
+
+    /// Holds publish `tag`'s confirm until forwards `ids` are answered (and, when `stored`,
+    /// the store has synced it here); a `refused` one is nacked then.
+    pub(super) fn hold_confirm(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        tag: u64,
+        ids: &[u64],
+        stored: bool,
+        refused: bool,
+    ) {
+        let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+        let Some(m) = self.member.as_mut() else {
+            return;
+        };
+        let key = ids[0];
+        for id in ids {
+            m.forwarded.insert(*id, key);
+        }
+        m.confirms.insert(
+            key,
+            HeldConfirm { conn, channel: ch, channel_id, tag, left: ids.len(), refused, stored },
+        );
+    }
+
+    /// Forward `id` was answered: taken by its queue (or its queue is gone), or refused (a
+    /// full queue, a failed write, a home that could not be reached).
+    pub fn forward_done(&mut self, id: u64, taken: bool) {
+        let Some(m) = self.member.as_mut() else {
+            return;
+        };
+        let Some(key) = m.forwarded.remove(&id) else {
+            return;
+        };
+        let Some(h) = m.confirms.get_mut(&key) else {
+            return;
+        };
+        h.left = h.left.saturating_sub(1);
+        h.refused |= !taken;
+        if h.left > 0 {
+            return;
+        }
+        let Some(h) = m.confirms.remove(&key) else {
+            return;
+        };
+        if self.channel(h.conn, h.channel).is_none_or(|c| c.id != h.channel_id) {
+            return;
+        }
+        if h.refused {
+            self.send_confirm(h.conn, h.channel, h.tag, false, false);
+        } else {
+            self.confirm(h.conn, h.channel, h.tag, h.stored);
+        }
+    }
+
+    /// A message another node forwarded to queue `queue` of vhost `vhost` (incarnation
+    /// `incarnation`), which lives here. `NoQueue` when it is gone.
+    pub fn accept_forward(
+        &mut self,
+        vhost: &str,
+        queue: &str,
+        incarnation: u64,
+        message: Arc<Message>,
+        hold_ms: Option<u64>,
+    ) -> Offer {
+        let Some(vh) = self.vhosts.id(vhost) else {
+            return Offer::NoQueue;
+        };
+        if !self.vhosts[vh].queues.get(queue).is_some_and(|q| q.id == incarnation && q.home.is_none()) {
+            return Offer::NoQueue;
+        }
+        let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
+        let offer = self.offer_after(vh, queue, message, own_ttl, hold_ms);
+        self.stats.received += 1;
+        offer
+    }
+
+    /// Makes one change the catalog applied real in this broker (a vhost it does not serve
+    /// is not its business).
+    pub fn catalog_changed(&mut self, change: &CatalogChange) {
+        let Some(vh) = self.vhosts.id(change.vhost()) else {
+            return;
+        };
+        match change {
+            CatalogChange::ExchangeAdded { name, entry, .. } => self.add_catalog_exchange(vh, name, entry),
+            CatalogChange::ExchangeRemoved { name, .. } => self.delete_exchange(vh, name),
+            CatalogChange::QueueAdded { name, entry, .. } => self.add_catalog_queue(vh, name, entry),
+            CatalogChange::QueueRemoved { name, incarnation, .. } => {
+                if self.vhosts[vh].queues.get(name).is_some_and(|q| q.id == *incarnation) {
+                    self.delete_queue(vh, name);
+                }
+                if let Some(m) = self.member.as_mut() {
+                    m.deleting.remove(incarnation);
+                }
+            }
+            CatalogChange::BindingAdded { binding, .. } => self.add_catalog_binding(vh, binding),
+            CatalogChange::BindingRemoved { binding, .. } => {
+                if let Ok(arguments) = binding.arguments.table() {
+                    let _ = self.unbind(
+                        vh,
+                        &binding.source,
+                        destination(&binding.target),
+                        binding.key.clone(),
+                        arguments,
+                    );
+                }
+            }
+        }
+        self.publish_census();
+    }
+
+    /// Brings vhost `vhost` to what `catalog` holds for it (after a snapshot was installed, or
+    /// a log is applied from its start). Queues this node holds whose incarnation is above
+    /// `applied` are kept: the log after it may still declare them (they came back from this
+    /// node's store), and what it deletes it names.
+    pub fn catalog_reconcile(&mut self, vhost: &str, catalog: Option<&VHostCatalog>, applied: u64) {
+        let Some(vh) = self.vhosts.id(vhost) else {
+            return;
+        };
+        let empty = VHostCatalog::default();
+        let catalog = catalog.unwrap_or(&empty);
+        // Exchanges: what the catalog does not hold, or holds otherwise, goes.
+        let exchanges: Vec<String> = self.vhosts[vh]
+            .exchanges
+            .iter()
+            .filter(|(name, x)| {
+                !name.is_empty()
+                    && !super::exchanges::PREDECLARED.iter().any(|(n, _)| n == name)
+                    && catalog.exchanges.get(*name).is_none_or(|e| !same_exchange(e, x))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in exchanges {
+            self.delete_exchange(vh, &name);
+        }
+        let queues: Vec<String> = self.vhosts[vh]
+            .queues
+            .values()
+            .filter(|q| match catalog.queues.get(&*q.name) {
+                Some(e) => {
+                    e.incarnation != q.id
+                        || e.home.as_str() != q.home.as_deref().unwrap_or(self.member_node().unwrap_or(""))
+                }
+                None => q.home.is_some() || q.id <= applied,
+            })
+            .map(|q| q.name.to_string())
+            .collect();
+        for name in queues {
+            self.delete_queue(vh, &name);
+        }
+        for (name, entry) in &catalog.exchanges {
+            self.add_catalog_exchange(vh, name, entry);
+        }
+        for (name, entry) in &catalog.queues {
+            self.add_catalog_queue(vh, name, entry);
+        }
+        // Bindings: exactly the catalog's, between ends that exist here.
+        let mut extra = Vec::new();
+        for (source, x) in &self.vhosts[vh].exchanges {
+            for b in x.bindings() {
+                let entry = BindingEntry {
+                    source: source.clone(),
+                    target: match &b.destination {
+                        Destination::Queue(q) => Target::Queue(q.to_string()),
+                        Destination::Exchange(e) => Target::Exchange(e.to_string()),
+                    },
+                    key: b.key.clone(),
+                    arguments: Table::of(&b.arguments),
+                };
+                if !catalog.bindings.contains(&entry) {
+                    extra.push((source.clone(), b.destination.clone(), b.key.clone(), b.arguments.clone()));
+                }
+            }
+        }
+        for (source, dest, key, arguments) in extra {
+            let _ = self.unbind(vh, &source, dest, key, arguments);
+        }
+        for b in &catalog.bindings {
+            self.add_catalog_binding(vh, b);
+        }
+        self.publish_census();
+    }
+
+    fn add_catalog_exchange(&mut self, vh: VHostId, name: &str, entry: &ExchangeEntry) {
+        if self.vhosts[vh].exchanges.contains_key(name) {
+            return;
+        }
+        let decl = match entry.arguments.table() {
+            Ok(arguments) => ExchangeDeclare {
+                exchange: name.to_string(),
+                kind: entry.kind.clone(),
+                durable: entry.durable,
+                auto_delete: entry.auto_delete,
+                internal: entry.internal,
+                arguments,
+                ..Default::default()
+            },
+            Err(e) => return self.cluster_warning(format!("exchange '{name}': {e}")),
+        };
+        if let Err(e) = self.create_exchange(vh, &decl) {
+            // A type this node lacks (a plugin it was not given): it cannot route through it.
+            self.cluster_warning(format!("exchange '{name}' of the cluster cannot be served here: {e}"));
+        }
+    }
+
+    fn add_catalog_queue(&mut self, vh: VHostId, name: &str, entry: &QueueEntry) {
+        let me = self.member_node().unwrap_or_default().to_string();
+        let here = entry.home == me;
+        match self.vhosts[vh].queues.get(name) {
+            Some(q) if q.id == entry.incarnation && q.home.is_none() == here => return,
+            // Another incarnation (from before this one): it was deleted.
+            Some(_) => {
+                self.delete_queue(vh, name);
+            }
+            None => {}
+        }
+        let arguments = match entry.arguments.table() {
+            Ok(a) => a,
+            Err(e) => return self.cluster_warning(format!("queue '{name}': {e}")),
+        };
+        let owner = entry.exclusive.as_ref().map(|o| {
+            // Its owner is a connection of this run only if the connection is still here.
+            if here && o.node == me && self.sessions.contains_key(&o.conn) { o.conn } else { ELSEWHERE }
+        });
+        let spec = QueueSpec {
+            durable: entry.durable,
+            auto_delete: entry.auto_delete,
+            exclusive_owner: owner,
+            arguments,
+        };
+        if !here {
+            let args =
+                crate::queue_args::QueueArgs::parse(&spec.arguments, &self.retry_plugins).unwrap_or_default();
+            let mut q = Queue::new(entry.incarnation, name.to_string(), spec, args, self.now);
+            q.vhost = vh;
+            q.vhost_name = self.vhosts[vh].name.clone();
+            q.home = Some(Arc::from(entry.home.as_str()));
+            self.census.reserve_queue_ids(entry.incarnation + 1);
+            self.vhosts[vh].queues.insert(name.to_string(), q);
+            return;
+        }
+        let vhost = self.vhosts[vh].name.to_string();
+        let record = match self.create_queue(vh, entry.incarnation, name, spec, false) {
+            Ok(q) => super::persist::queue_record(&vhost, q),
+            Err(e) => return self.cluster_warning(format!("queue '{name}' cannot be served here: {e}")),
+        };
+        if let Some(op) = record
+            && !self.store_meta(op)
+        {
+            self.cluster_warning(format!(
+                "queue '{name}' is not durable here: its record could not be stored"
+            ));
+        }
+        self.events.push(BrokerEvent::QueueDeclared { queue: name.to_string(), durable: entry.durable });
+        if owner == Some(ELSEWHERE)
+            && entry.exclusive.as_ref().is_some_and(|o| o.node == me)
+            && let Some(o) = entry.exclusive.clone()
+            && let Some(m) = self.member.as_mut()
+        {
+            // Declared by a connection of this node that is gone: it goes too.
+            m.proposals.push(Proposal { token: None, command: CatalogCommand::OwnerGone { owner: o } });
+        }
+    }
+
+    fn add_catalog_binding(&mut self, vh: VHostId, b: &BindingEntry) {
+        let Ok(arguments) = b.arguments.table() else {
+            return self.cluster_warning(format!("a binding from '{}' is unreadable", b.source));
+        };
+        let v = &self.vhosts[vh];
+        let ends = v.exchanges.contains_key(&b.source)
+            && match &b.target {
+                Target::Queue(q) => v.queues.contains_key(q),
+                Target::Exchange(x) => v.exchanges.contains_key(x),
+            };
+        if !ends {
+            return;
+        }
+        if let Err(e) = self.bind(vh, &b.source, destination(&b.target), b.key.clone(), arguments) {
+            self.cluster_warning(format!("a binding from '{}' cannot be served here: {e}", b.source));
+        }
+    }
+
+    fn cluster_warning(&mut self, detail: String) {
+        self.events.push(BrokerEvent::Cluster { detail });
+    }
+
+    /// A new queue's checks that need this node (its name, limits, arguments against its
+    /// plugins and policies), before its declare is proposed.
+    fn check_new_queue(
+        &self,
+        conn: ConnId,
+        vh: VHostId,
+        name: &str,
+        spec: &QueueSpec,
+    ) -> Result<(), AmqpError> {
+        self.authorize_queue_declare(conn, name, &spec.arguments)?;
+        if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+            return Err(AmqpError::new(
+                warren_codec::reply_code::ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        if let Some(max) = self.limits_of(vh).max_queues.or(self.limits.max_queues)
+            && self.vhosts[vh].queues.len() >= max
+        {
+            return Err(precondition(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.vhosts[vh].name
+            )));
+        }
+        self.queue_args(vh, name, spec, true).map(|_| ())
+    }
+
+    /// A new binding's checks that need this node: both ends here and usable by `conn`, the
+    /// arguments its source's type takes, the binding limit.
+    fn check_new_binding(
+        &mut self,
+        conn: ConnId,
+        vh: VHostId,
+        source: &str,
+        dest: &Destination,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        match dest {
+            Destination::Queue(q) => {
+                let v = &self.vhosts[vh];
+                v.queues.get(&**q).ok_or_else(|| no_queue(&v.name, q))?.check_access(conn)?;
+            }
+            Destination::Exchange(x) => {
+                self.exchange_destination(vh, x)?;
+            }
+        }
+        if let Some(max) = self.limits.max_bindings
+            && self.node_count(super::census::Count::Bindings) >= max
+        {
+            return Err(precondition(format!(
+                "cannot bind to '{source}' in vhost '{}': binding limit of {max} is reached",
+                self.vhosts[vh].name
+            )));
+        }
+        self.validate_binding(vh, source, key, arguments)
+    }
+}
+
+fn destination(t: &Target) -> Destination {
+    match t {
+        Target::Queue(q) => Destination::Queue(Arc::from(q.as_str())),
+        Target::Exchange(x) => Destination::Exchange(Arc::from(x.as_str())),
+    }
+}
+
+fn same_exchange(e: &ExchangeEntry, x: &super::Exchange) -> bool {
+    e.kind == x.kind
+        && e.durable == x.durable
+        && e.auto_delete == x.auto_delete
+        && e.internal == x.internal
+        && e.arguments == Table::of(&x.arguments)
+}
