@@ -364,7 +364,13 @@ impl Bridge {
 
     /// Applies the next operations waiting on `role`'s channel, one outstanding at a time.
     fn pump(&mut self, broker: &mut Broker, role: Role) {
-        while self.closed.is_none() && self.failing != Some(role) && self.lane(role).waiting.is_none() {
+        // Nothing while the session waits for the cluster to apply a change it asked for:
+        // what follows may need it (a consume of the queue being declared).
+        while self.closed.is_none()
+            && self.failing != Some(role)
+            && self.lane(role).waiting.is_none()
+            && !broker.awaits_cluster(self.conn)
+        {
             let Some((cmd, w)) = self.lane(role).backlog.pop_front() else { return };
             let ch = self.lane(role).ch;
             match broker.apply(self.conn, ch, cmd) {
@@ -490,6 +496,12 @@ impl Bridge {
             self.reply(broker, item);
         }
         self.outgoing = out;
+        // Lanes held while the session waited for the cluster go on once it answered.
+        if !broker.awaits_cluster(self.conn) {
+            for role in ROLES {
+                self.pump(broker, role);
+            }
+        }
     }
 
     fn reply(&mut self, broker: &mut Broker, item: Outgoing) {

@@ -357,7 +357,7 @@ impl Connection {
     /// Whether frames wait to be acted on: the driver calls [`Connection::handle_input`] once
     /// the connection is woken, without new input.
     pub fn has_pending_input(&self) -> bool {
-        !self.decoded.is_empty()
+        !self.decoded.is_empty() || !self.input.is_empty()
     }
 
     /// Closes the connection for bytes that did not decode on another stream of it.
