@@ -626,6 +626,8 @@ pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) 
     if json {
         return Ok(serde_json::to_string_pretty(&value)?);
     }
+    let queues: Vec<Value> = value.get("queues").and_then(Value::as_array).cloned().unwrap_or_default();
+    let truncated = value.get("queues_truncated").and_then(Value::as_bool).unwrap_or(false);
     let s: warren_cluster::Status = serde_json::from_value(value)?;
     let or_none = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let mut out = format!(
@@ -661,6 +663,16 @@ pub fn cluster(cli: &crate::config::Cli, action: &crate::config::ClusterAction) 
         ("LEADER", "leader"),
     ];
     out.push_str(&table(&cols, &rows));
+    if !queues.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&table(
+            &[("VHOST", "vhost"), ("QUEUE", "name"), ("TYPE", "type"), ("HOME", "home")],
+            &queues,
+        ));
+        if truncated {
+            out.push_str("\n(more queues not shown: GET /api/cluster lists the first 10000)");
+        }
+    }
     Ok(out)
 }
 

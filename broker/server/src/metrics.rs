@@ -57,7 +57,10 @@ pub(crate) fn queue_snapshots(b: &warren_core::Broker) -> Vec<QueueSnapshot> {
 pub(crate) fn queue_snapshots_with(b: &warren_core::Broker, decl: bool) -> Vec<QueueSnapshot> {
     let targets = b.dead_letter_targets();
     let unacked = b.unacked_by_queue();
+    // A cluster member's numbers are those of the queues that live on it, as RabbitMQ's
+    // per-node metrics are; the others' homes give theirs.
     b.queues()
+        .filter(|q| q.home.is_none())
         .map(|q| QueueSnapshot {
             vhost: q.vhost_name.to_string(),
             name: q.name.to_string(),

@@ -321,6 +321,10 @@ async fn a_partitioned_leader_refuses_writes_and_converges_after_healing() {
     let first = c.leader(&[0, 1, 2], None).await;
     let l = c.index(&first);
     assert_eq!(add_user(&c, 0, "before").await / 100, 2);
+    let (conn, ch) = guest_channel(&c, l).await;
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("before-q".into(), durable, Default::default()).await.expect("declared before the cut");
+    let _ = conn.close(200, "bye".into()).await;
     // The leader is cut off from both others, both ways.
     for ((i, j), p) in &proxies {
         if *i == l || *j == l {
@@ -338,6 +342,20 @@ async fn a_partitioned_leader_refuses_writes_and_converges_after_healing() {
         .await;
     assert_eq!(code, 503, "the minority refuses: {body}");
     assert!(t.elapsed() < Duration::from_secs(8), "bounded: {:?}", t.elapsed());
+    // A queue declared there is refused too (541, as RabbitMQ's metadata store times out),
+    // within the same bound; its publishes to its own queues go on.
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    assert_eq!(publish_confirmed(&c, l, "before-q", 5).await, 5, "its own queue takes messages");
+    let t = Instant::now();
+    let (conn, ch) = guest_channel(&c, l).await;
+    let e = ch
+        .queue_declare("minority-q".into(), durable, Default::default())
+        .await
+        .expect_err("the minority takes no declare");
+    assert_eq!(amqp_code(&e), 541, "{e}");
+    assert!(e.to_string().contains("no quorum"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(8), "bounded: {:?}", t.elapsed());
+    assert!(!conn.status().connected(), "541 closes the connection");
     // It still serves what it has.
     assert!(login(&c, l, "before", "%2F").await);
     // Healed: one leader, the majority's change everywhere, and the refused one nowhere
@@ -663,6 +681,22 @@ async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
     }
     assert_eq!(passive(&c, 0, "orders").await, Ok(200), "every message is on n1");
 
+    // `warren cluster status` names each queue's home, on any member.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["cluster", "status", "--config", &c.nodes[2].config.display().to_string()])
+        .output()
+        .expect("warren cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("orders") && l.contains("classic") && l.trim_end().ends_with("n1")),
+        "orders lives on n1:\n{text}"
+    );
+    // Its numbers come from its home alone: n3's metrics do not count it.
+    let (_, metrics) = common::http_to(c.nodes[2].metrics, "GET", "/metrics").await;
+    assert!(!metrics.contains("queue=\"orders\""), "{metrics}");
+    let (_, metrics) = common::http_to(c.nodes[0].metrics, "GET", "/metrics").await;
+    assert!(metrics.contains("queue=\"orders\""), "n1 counts it: {metrics}");
+
     // Consumed on n1, every message once, in order.
     let mut consumer = ch1
         .basic_consume(
@@ -712,4 +746,80 @@ async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
     for i in 0..3 {
         assert!(passive_becomes(&c, i, "orders", 404).await, "orders gone on {}", c.nodes[i].name);
     }
+}
+
+/// Publishes `n` persistent messages to `queue` through member `i` with confirms; how many
+/// were acked (the rest were nacked).
+async fn publish_confirmed(c: &Cluster, i: usize, queue: &str, n: u32) -> usize {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let (_conn, ch) = guest_channel(c, i).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for k in 0..n {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &k.to_be_bytes(),
+                props.clone(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+    }
+    let mut acked = 0;
+    for confirm in confirms {
+        let done = tokio::time::timeout(Duration::from_secs(40), confirm).await.expect("a confirm in time");
+        acked += usize::from(done.expect("confirm").is_ack());
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_meanwhile() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let mut c = Cluster::start(3);
+    c.leader(&[0, 1, 2], None).await;
+    let (conn, ch1) = guest_channel(&c, 0).await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch1.queue_declare("keep".into(), durable, FieldTable::default()).await.expect("durable on n1");
+    ch1.queue_declare("temp".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("transient on n1");
+    let _ = conn.close(200, "bye".into()).await;
+    // Through n2 once it knows the queue: every message acked means every one synced on n1.
+    assert!(passive_becomes(&c, 1, "keep", 200).await, "keep known on n2");
+    assert_eq!(publish_confirmed(&c, 1, "keep", 50).await, 50);
+
+    // n1 crashes: a publish to its queue through n2 is nacked (n1 cannot take it), within
+    // the bound, and the cluster goes on with the other two.
+    c.nodes[0].kill();
+    let t = Instant::now();
+    assert_eq!(publish_confirmed(&c, 1, "keep", 3).await, 0, "nacked while its home is down");
+    assert!(t.elapsed() < Duration::from_secs(35), "nacked within the bound: {:?}", t.elapsed());
+    let (_c2, ch2) = guest_channel(&c, 1).await;
+    ch2.queue_declare("meanwhile".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("the majority takes changes");
+
+    // Back from its data dir and the log: its durable queue with every message; the
+    // transient one is gone everywhere, as RabbitMQ drops a restarted node's transient queues.
+    c.nodes[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut count = passive(&c, 0, "keep").await;
+    while count != Ok(50) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = passive(&c, 0, "keep").await;
+    }
+    assert_eq!(count, Ok(50), "keep has its 50 messages after n1's crash");
+    for i in 0..3 {
+        assert!(passive_becomes(&c, i, "temp", 404).await, "temp gone on {}", c.nodes[i].name);
+        assert!(passive_becomes(&c, i, "meanwhile", 200).await, "meanwhile on {}", c.nodes[i].name);
+    }
+    // And it takes messages through the others again.
+    assert_eq!(publish_confirmed(&c, 2, "keep", 10).await, 10);
+    assert_eq!(passive(&c, 0, "keep").await, Ok(60));
 }

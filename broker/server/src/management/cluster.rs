@@ -17,10 +17,37 @@ use super::ops::{bad_request, body_object};
 type ApiError = (StatusCode, Json<Value>);
 use crate::node::NodeRef;
 
-/// `GET /api/cluster`: the members, their state, the metadata leader; 404 on a single node.
-pub(super) async fn status(State(node): State<NodeRef>) -> Result<Json<Status>, ApiError> {
+/// Queues `GET /api/cluster` lists at most (with `queues_truncated` past it).
+pub const MAX_STATUS_QUEUES: usize = 10_000;
+
+/// `GET /api/cluster`: the members, their state, the metadata leader, and each queue's home
+/// node; 404 on a single node.
+pub(super) async fn status(State(node): State<NodeRef>) -> Result<Json<Value>, ApiError> {
     match node.cluster() {
-        Some(c) => Ok(Json(c.status())),
+        Some(c) => {
+            let status: Status = c.status();
+            let mut queues = Vec::new();
+            let mut truncated = false;
+            'brokers: for (_, shared) in node.brokers() {
+                let s = crate::shared::lock(&shared);
+                for q in s.broker.queues() {
+                    if queues.len() == MAX_STATUS_QUEUES {
+                        truncated = true;
+                        break 'brokers;
+                    }
+                    let home = q.home.as_deref().unwrap_or(&status.node);
+                    queues.push(
+                        json!({"vhost": &*q.vhost_name, "name": &*q.name, "home": home, "type": q.kind()}),
+                    );
+                }
+            }
+            let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut value {
+                o.insert("queues".into(), Value::Array(queues));
+                o.insert("queues_truncated".into(), Value::Bool(truncated));
+            }
+            Ok(Json(value))
+        }
         None => Err((
             StatusCode::NOT_FOUND,
             Json(
