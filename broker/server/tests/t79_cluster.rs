@@ -680,6 +680,21 @@ async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
         assert!(confirm.await.expect("confirm").is_ack(), "message {i} acked");
     }
     assert_eq!(passive(&c, 0, "orders").await, Ok(200), "every message is on n1");
+    // A transaction through n2: commit-ok once n1 took its message.
+    let (_c2t, ch2t) = guest_channel(&c, 1).await;
+    ch2t.tx_select().await.expect("tx.select");
+    ch2t.basic_publish(
+        "x".into(),
+        "k".into(),
+        BasicPublishOptions::default(),
+        &200u32.to_be_bytes(),
+        props.clone(),
+    )
+    .await
+    .expect("publish in the transaction");
+    assert_eq!(passive(&c, 0, "orders").await, Ok(200), "not before the commit");
+    ch2t.tx_commit().await.expect("tx.commit");
+    assert_eq!(passive(&c, 0, "orders").await, Ok(201), "on n1 once committed");
 
     // `warren cluster status` names each queue's home, on any member.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -707,7 +722,7 @@ async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
         )
         .await
         .expect("consume on n1");
-    for i in 0..200u32 {
+    for i in 0..201u32 {
         let d = tokio::time::timeout(Duration::from_secs(10), futures_lite::StreamExt::next(&mut consumer))
             .await
             .expect("delivery in time")

@@ -83,13 +83,22 @@ enum Answer {
     Reply { method: Method, no_wait: bool },
 }
 
-/// A publish whose confirm waits for forwards.
+/// What waits for forwards: a publish's confirm, or a transaction's commit-ok.
+#[derive(Debug)]
+enum Held {
+    /// basic.ack (or nack) of this publish sequence number.
+    Confirm(u64),
+    /// tx.commit-ok; a message some queue did not take fails the channel instead.
+    Commit,
+}
+
+/// A publish whose confirm (or a commit whose -ok) waits for forwards.
 #[derive(Debug)]
 struct HeldConfirm {
     conn: ConnId,
     channel: u16,
     channel_id: u64,
-    tag: u64,
+    held: Held,
     /// Forwards not answered yet.
     left: usize,
     /// A queue refused it (here or at a home): the confirm is a nack.
@@ -539,17 +548,48 @@ impl Broker {
         stored: bool,
         refused: bool,
     ) {
+        self.hold_for_forwards(conn, ch, Held::Confirm(tag), ids, stored, refused);
+    }
+
+    /// The forwards made so far (a mark for [`Broker::hold_commit`]).
+    pub(super) fn forward_mark(&self) -> u64 {
+        self.member.as_ref().map_or(0, |m| m.next_forward)
+    }
+
+    /// Holds `conn`'s tx.commit-ok until the forwards made since `mark` (by the commit) are
+    /// answered, and the store synced what it wrote (`stored`); whether there were any.
+    pub(super) fn hold_commit(&mut self, conn: ConnId, ch: u16, mark: u64, stored: bool) -> bool {
+        let now = self.forward_mark();
+        if now == mark {
+            return false;
+        }
+        let ids: Vec<u64> = (mark + 1..=now).collect();
+        self.hold_for_forwards(conn, ch, Held::Commit, &ids, stored, false);
+        true
+    }
+
+    fn hold_for_forwards(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        held: Held,
+        ids: &[u64],
+        stored: bool,
+        refused: bool,
+    ) {
         let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
         let Some(m) = self.member.as_mut() else {
             return;
         };
-        let key = ids[0];
+        let Some(key) = ids.first().copied() else {
+            return;
+        };
         for id in ids {
             m.forwarded.insert(*id, key);
         }
         m.confirms.insert(
             key,
-            HeldConfirm { conn, channel: ch, channel_id, tag, left: ids.len(), refused, stored },
+            HeldConfirm { conn, channel: ch, channel_id, held, left: ids.len(), refused, stored },
         );
     }
 
@@ -576,10 +616,17 @@ impl Broker {
         if self.channel(h.conn, h.channel).is_none_or(|c| c.id != h.channel_id) {
             return;
         }
-        if h.refused {
-            self.send_confirm(h.conn, h.channel, h.tag, false, false);
-        } else {
-            self.confirm(h.conn, h.channel, h.tag, h.stored);
+        match h.held {
+            Held::Confirm(tag) if h.refused => self.send_confirm(h.conn, h.channel, tag, false, false),
+            Held::Confirm(tag) => self.confirm(h.conn, h.channel, tag, h.stored),
+            Held::Commit if h.refused => {
+                let e = AmqpError::new(
+                    warren_codec::reply_code::INTERNAL_ERROR,
+                    "messages of the transaction were not taken by their queues on another node",
+                );
+                self.raise_error(h.conn, h.channel, e.at((90, 20)));
+            }
+            Held::Commit => self.reply_after_sync(h.conn, h.channel, h.stored, warren_codec::TxCommitOk {}),
         }
     }
 

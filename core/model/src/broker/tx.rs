@@ -21,6 +21,7 @@ impl Broker {
 
     pub(super) fn tx_commit(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
         let ops = self.take_tx(conn, ch)?;
+        let mark = self.forward_mark();
         let mut stored = false;
         for op in ops {
             match op {
@@ -35,8 +36,11 @@ impl Broker {
                 }
             }
         }
-        // As RabbitMQ: commit-ok once the transaction's persistent messages are on disk.
-        self.reply_after_sync(conn, ch, stored, TxCommitOk {});
+        // As RabbitMQ: commit-ok once the transaction's persistent messages are on disk, and
+        // on a cluster member once the other nodes took those forwarded to their queues.
+        if !self.hold_commit(conn, ch, mark, stored) {
+            self.reply_after_sync(conn, ch, stored, TxCommitOk {});
+        }
         Ok(())
     }
 
