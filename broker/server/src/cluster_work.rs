@@ -34,6 +34,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_FORWARD_BATCH: usize = 256;
 /// Body octets one forwarding request carries at most (beyond the first message).
 pub const MAX_FORWARD_BYTES: usize = 16 << 20;
+/// Body octets of the largest message forwarded: base64-encoded with its properties it fits
+/// one inter-node frame ([`warren_cluster::wire::MAX_FRAME`]) with room to spare.
+pub const MAX_FORWARD_MESSAGE: usize = 40 << 20;
 
 /// What one node asks another of its own.
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,11 +132,36 @@ async fn forward_line(
     home: Arc<str>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        if first.forward.message.body.len() > MAX_FORWARD_MESSAGE {
+            // It would not fit a frame: not taken, and the line goes on.
+            tracing::warn!(node = %home, octets = first.forward.message.body.len(), "a message too large to forward");
+            if let Some(node) = node.upgrade()
+                && let Some(shared) = node.broker(&first.forward.vhost)
+            {
+                let mut s = lock(&shared);
+                s.broker.forward_done(first.forward.id, false);
+                s.wake_all();
+            }
+            continue;
+        }
+        let mut bytes = first.forward.message.body.len();
         let mut batch = vec![first];
-        let mut bytes = batch[0].forward.message.body.len();
-        while batch.len() < MAX_FORWARD_BATCH && bytes < MAX_FORWARD_BYTES {
+        while batch.len() < MAX_FORWARD_BATCH {
             match rx.try_recv() {
+                // The next request takes what would make this one too large.
+                Ok(p) if bytes + p.forward.message.body.len() > MAX_FORWARD_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
                 Ok(p) => {
                     bytes += p.forward.message.body.len();
                     batch.push(p);
