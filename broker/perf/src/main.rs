@@ -109,6 +109,10 @@ struct Load {
     /// Broker URI.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     uri: Uri,
+    /// Where producers connect, when not to `--uri` (another member of a cluster: the queues
+    /// live where `--uri` declares them).
+    #[arg(long)]
+    publish_uri: Option<Uri>,
     /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -167,6 +171,7 @@ impl Load {
         let cleanup = self.queue.is_none();
         Ok(Scenario {
             uri: self.uri,
+            publish_uri: self.publish_uri,
             producers: self.producers,
             consumers: self.consumers,
             size: self.size,

@@ -20,6 +20,8 @@ use crate::histogram::Histogram;
 pub struct Scenario {
     /// The broker.
     pub uri: Uri,
+    /// Where producers connect, when not to `uri`.
+    pub publish_uri: Option<Uri>,
     /// Publishing connections.
     pub producers: usize,
     /// Consuming connections.
@@ -323,7 +325,7 @@ async fn produce(
     stop: &AtomicBool,
     confirm_latency: &Arc<Mutex<Histogram>>,
 ) -> anyhow::Result<()> {
-    let (mut r, mut w) = connect(&s.uri).await?;
+    let (mut r, mut w) = connect(s.publish_uri.as_ref().unwrap_or(&s.uri)).await?;
     let window = s.confirm.map(|n| Arc::new(Semaphore::new(n)));
     let outstanding: Outstanding = Arc::default();
     let confirms = match &window {

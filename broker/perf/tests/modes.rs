@@ -35,6 +35,7 @@ async fn broker() -> (Uri, tempfile::TempDir, tokio::sync::oneshot::Sender<()>) 
 
 fn scenario(uri: Uri) -> Scenario {
     Scenario {
+        publish_uri: None,
         uri,
         producers: 1,
         consumers: 1,
