@@ -293,12 +293,12 @@ impl NodeMachine {
     }
 
     /// Applies `command` at `index` to the catalog and makes its changes real here.
-    fn apply_catalog(&self, node: &Node, index: u64, command: CatalogCommand) -> CatalogReply {
+    fn apply_catalog(&self, node: &Node, index: u64, command: CatalogCommand, live: bool) -> CatalogReply {
         // The catalog's lock is held while the brokers change, so a snapshot never sees a
         // catalog ahead of them.
         let mut catalog = self.catalog();
         let (reply, changes) = catalog.apply(index, command);
-        node.materialize(&changes);
+        node.materialize(&changes, live);
         reply
     }
 }
@@ -321,12 +321,12 @@ impl warren_cluster::MetaMachine for NodeMachine {
                 node.apply_replicated(changes, live).map_err(|e| e.to_string())?;
                 // A deleted vhost's topology goes with it, on every member alike.
                 for vhost in gone {
-                    self.apply_catalog(&node, index, CatalogCommand::DropVHost { vhost });
+                    self.apply_catalog(&node, index, CatalogCommand::DropVHost { vhost }, live);
                 }
                 Ok("ok".into())
             }
             MetaCommand::Catalog(command) => {
-                let reply = self.apply_catalog(&node, index, command);
+                let reply = self.apply_catalog(&node, index, command, live);
                 serde_json::to_string(&reply).map_err(|e| e.to_string())
             }
             MetaCommand::Seed(defs) => {

@@ -120,12 +120,13 @@ impl Node {
     }
 
     /// Makes catalog `changes` real in the brokers of their vhosts.
-    pub fn materialize(&self, changes: &[warren_core::catalog::CatalogChange]) {
+    /// `live` is false for changes of entries applied again at a start.
+    pub fn materialize(&self, changes: &[warren_core::catalog::CatalogChange], live: bool) {
         for c in changes {
             let vhost = c.vhost();
             let shared = self.broker(vhost).unwrap_or_else(|| self.default.1.clone());
             let mut s = lock(&shared);
-            s.broker.catalog_changed(c);
+            s.broker.catalog_changed(c, live);
             s.wake_all();
         }
     }

@@ -804,7 +804,13 @@ async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_m
     ch1.queue_declare("temp".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .expect("transient on n1");
+    // A name used before: its earlier incarnation deleted, the later one holding messages.
+    // Applying the log again at n1's start must never take the later one for the earlier.
+    ch1.queue_declare("again".into(), durable, FieldTable::default()).await.expect("again, first");
+    ch1.queue_delete("again".into(), Default::default()).await.expect("again deleted");
+    ch1.queue_declare("again".into(), durable, FieldTable::default()).await.expect("again, second");
     let _ = conn.close(200, "bye".into()).await;
+    assert_eq!(publish_confirmed(&c, 0, "again", 7).await, 7);
     // Through n2 once it knows the queue: every message acked means every one synced on n1.
     assert!(passive_becomes(&c, 1, "keep", 200).await, "keep known on n2");
     assert_eq!(publish_confirmed(&c, 1, "keep", 50).await, 50);
@@ -830,6 +836,7 @@ async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_m
         count = passive(&c, 0, "keep").await;
     }
     assert_eq!(count, Ok(50), "keep has its 50 messages after n1's crash");
+    assert_eq!(passive(&c, 0, "again").await, Ok(7), "the later incarnation kept its messages");
     for i in 0..3 {
         assert!(passive_becomes(&c, i, "temp", 404).await, "temp gone on {}", c.nodes[i].name);
         assert!(passive_becomes(&c, i, "meanwhile", 200).await, "meanwhile on {}", c.nodes[i].name);

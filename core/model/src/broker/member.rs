@@ -654,14 +654,14 @@ impl Broker {
 
     /// Makes one change the catalog applied real in this broker (a vhost it does not serve
     /// is not its business).
-    pub fn catalog_changed(&mut self, change: &CatalogChange) {
+    pub fn catalog_changed(&mut self, change: &CatalogChange, live: bool) {
         let Some(vh) = self.vhosts.id(change.vhost()) else {
             return;
         };
         match change {
             CatalogChange::ExchangeAdded { name, entry, .. } => self.add_catalog_exchange(vh, name, entry),
             CatalogChange::ExchangeRemoved { name, .. } => self.delete_exchange(vh, name),
-            CatalogChange::QueueAdded { name, entry, .. } => self.add_catalog_queue(vh, name, entry),
+            CatalogChange::QueueAdded { name, entry, .. } => self.add_catalog_queue(vh, name, entry, live),
             CatalogChange::QueueRemoved { name, incarnation, .. } => {
                 if self.vhosts[vh].queues.get(name).is_some_and(|q| q.id == *incarnation) {
                     self.delete_queue(vh, name);
@@ -713,12 +713,18 @@ impl Broker {
         let queues: Vec<String> = self.vhosts[vh]
             .queues
             .values()
-            .filter(|q| match catalog.queues.get(&*q.name) {
-                Some(e) => {
-                    e.incarnation != q.id
-                        || e.home.as_str() != q.home.as_deref().unwrap_or(self.member_node().unwrap_or(""))
+            .filter(|q| {
+                // One that lives here and is later than what the catalog holds (or than the
+                // catalog's last entry) came back from the store: the log after the
+                // snapshot settles it.
+                let later = q.home.is_none() && q.id > applied;
+                match catalog.queues.get(&*q.name) {
+                    Some(e) if e.incarnation == q.id => {
+                        e.home.as_str() != q.home.as_deref().unwrap_or(self.member_node().unwrap_or(""))
+                    }
+                    Some(e) => !(later && q.id > e.incarnation),
+                    None => !later,
                 }
-                None => q.home.is_some() || q.id <= applied,
             })
             .map(|q| q.name.to_string())
             .collect();
@@ -729,7 +735,7 @@ impl Broker {
             self.add_catalog_exchange(vh, name, entry);
         }
         for (name, entry) in &catalog.queues {
-            self.add_catalog_queue(vh, name, entry);
+            self.add_catalog_queue(vh, name, entry, false);
         }
         // Bindings: exactly the catalog's, between ends that exist here.
         let mut extra = Vec::new();
@@ -780,12 +786,19 @@ impl Broker {
         }
     }
 
-    fn add_catalog_queue(&mut self, vh: VHostId, name: &str, entry: &QueueEntry) {
+    /// Makes queue entry `name` real here. `live` is false for an entry applied again at a
+    /// start (or a snapshot's): what it implies beyond the queue itself (an owner gone) was
+    /// acted on when it was new.
+    fn add_catalog_queue(&mut self, vh: VHostId, name: &str, entry: &QueueEntry, live: bool) {
         let me = self.member_node().unwrap_or_default().to_string();
         let here = entry.home == me;
         match self.vhosts[vh].queues.get(name) {
             Some(q) if q.id == entry.incarnation && q.home.is_none() == here => return,
-            // Another incarnation (from before this one): it was deleted.
+            // A later incarnation, back from this node's store at a start: the log after this
+            // entry deletes this one and declares that one again. Never deleted for an
+            // earlier entry.
+            Some(q) if q.id > entry.incarnation => return,
+            // An earlier incarnation: the cluster deleted it since.
             Some(_) => {
                 self.delete_queue(vh, name);
             }
@@ -829,7 +842,8 @@ impl Broker {
             ));
         }
         self.events.push(BrokerEvent::QueueDeclared { queue: name.to_string(), durable: entry.durable });
-        if owner == Some(ELSEWHERE)
+        if live
+            && owner == Some(ELSEWHERE)
             && entry.exclusive.as_ref().is_some_and(|o| o.node == me)
             && let Some(o) = entry.exclusive.clone()
             && let Some(m) = self.member.as_mut()
