@@ -276,7 +276,8 @@ impl MetaSnapshot {
 pub struct NodeMachine {
     node: Weak<Node>,
     seeded: AtomicBool,
-    catalog: std::sync::Mutex<Catalog>,
+    /// Shared with the node, which reads it to answer forwards ([`Node::catalog`]).
+    catalog: Arc<std::sync::Mutex<Catalog>>,
 }
 
 impl NodeMachine {
@@ -421,8 +422,8 @@ pub async fn propose(
 
 /// Tells the cluster this node started (again): the queues it held that do not outlive a
 /// restart (transient, exclusive) go, everywhere. Tried until it is committed.
-async fn restarted(cluster: Weak<warren_cluster::Cluster>, node: String) {
-    let command = MetaCommand::Catalog(CatalogCommand::NodeRestarted { node });
+async fn restarted(cluster: Weak<warren_cluster::Cluster>, node: String, boot: u64) {
+    let command = MetaCommand::Catalog(CatalogCommand::NodeRestarted { node, boot });
     let Ok(body) = serde_json::to_string(&command) else {
         return;
     };
@@ -443,14 +444,14 @@ async fn restarted(cluster: Weak<warren_cluster::Cluster>, node: String) {
 
 /// Starts this node's membership of the cluster `settings` describe and, in the
 /// background, proposes the configuration's seed until one is committed.
-pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
+pub async fn join(node: &NodeRef, settings: &Settings, boot: u64) -> anyhow::Result<()> {
     let Some(c) = &settings.cluster else {
         return Ok(());
     };
     let machine = Arc::new(NodeMachine {
         node: Arc::downgrade(node),
         seeded: AtomicBool::new(false),
-        catalog: std::sync::Mutex::new(Catalog::new()),
+        catalog: node.catalog().clone(),
     });
     let config = warren_cluster::ClusterConfig {
         node: c.node.clone(),
@@ -487,7 +488,7 @@ pub async fn join(node: &NodeRef, settings: &Settings) -> anyhow::Result<()> {
     let cluster = warren_cluster::Cluster::start(config, machine.clone()).await?;
     node.set_cluster(cluster.clone());
     crate::cluster_work::start(node, &cluster);
-    tokio::spawn(restarted(Arc::downgrade(&cluster), c.node.clone()));
+    tokio::spawn(restarted(Arc::downgrade(&cluster), c.node.clone(), boot));
     let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
     let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
     // Until a seed is committed (this one or another member's), the cluster stops, or the

@@ -29,7 +29,7 @@ use crate::node::{Node, NodeRef};
 use crate::shared::{ClusterWork, lock};
 
 /// How long a node waits for another to take a batch of forwarded messages (and sync them).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// Messages one forwarding request carries at most.
 pub const MAX_FORWARD_BATCH: usize = 256;
 /// Body octets one forwarding request carries at most (beyond the first message).
@@ -251,31 +251,78 @@ pub async fn serve(node: &NodeRef, body: &str) -> Result<String, String> {
     for f in messages {
         let message = decode(&f)?;
         let Some(shared) = node.broker(&f.vhost) else {
-            answers.push(vec![true; f.queues.len()]);
+            answers.push(vec![false; f.queues.len()]);
             continue;
         };
-        let mut s = lock(&shared);
-        let taken: Vec<bool> = f
-            .queues
-            .iter()
-            .map(|(queue, incarnation)| {
-                // A queue deleted since was routed to before it went: the message went with it.
-                !matches!(
-                    s.broker.accept_forward(&f.vhost, queue, *incarnation, message.clone(), f.hold_ms),
-                    Offer::Refused
-                )
-            })
-            .collect();
-        if let Some(position) = s.broker.unsynced_position() {
-            written.push((shared.clone(), position));
+        let mut taken = Vec::with_capacity(f.queues.len());
+        for (queue, incarnation) in &f.queues {
+            let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+            let ok = loop {
+                let offer = {
+                    let mut s = lock(&shared);
+                    let offer = s.broker.accept_forward(&f.vhost, queue, *incarnation, message.clone(), f.hold_ms);
+                    if let Some(position) = s.broker.unsynced_position() {
+                        written.push((shared.clone(), position));
+                    }
+                    s.wake_all();
+                    offer
+                };
+                if !matches!(offer, Offer::NoQueue) {
+                    break !matches!(offer, Offer::Refused);
+                }
+                match fate(node, &f.vhost, queue, *incarnation) {
+                    // Deleted since it was routed to: the message went with it, as in RabbitMQ.
+                    Fate::Gone => break true,
+                    // The catalog holds it but this node could not make it (logged): refused.
+                    Fate::Held => break false,
+                    // The sender applied its declare before this node did: wait for it.
+                    Fate::Pending if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Fate::Pending => break false,
+                }
+            };
+            taken.push(ok);
         }
-        s.wake_all();
         answers.push(taken);
     }
+    // Each broker's furthest write, once.
+    let mut furthest: Vec<(crate::shared::SharedRef, u64)> = Vec::new();
     for (shared, position) in written {
+        match furthest.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &shared)) {
+            Some((_, p)) => *p = (*p).max(position),
+            None => furthest.push((shared, position)),
+        }
+    }
+    for (shared, position) in furthest {
         node.synced(&shared, position).await.map_err(|e| e.to_string())?;
     }
     serde_json::to_string(&answers).map_err(|e| e.to_string())
+}
+
+/// How long a forwarded message for a queue this node has not applied the declare of yet
+/// waits for it.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// What became of a queue a forward names that the broker does not have.
+enum Fate {
+    /// This node has not applied its declare yet.
+    Pending,
+    /// The catalog holds it: it should be here.
+    Held,
+    /// It was deleted since.
+    Gone,
+}
+
+fn fate(node: &Node, vhost: &str, queue: &str, incarnation: u64) -> Fate {
+    let catalog = node.catalog().lock().unwrap_or_else(|p| p.into_inner());
+    if catalog.applied() < incarnation {
+        return Fate::Pending;
+    }
+    match catalog.vhost(vhost).and_then(|v| v.queues.get(queue)) {
+        Some(q) if q.incarnation == incarnation => Fate::Held,
+        _ => Fate::Gone,
+    }
 }
 
 /// The message a forward carries.

@@ -41,6 +41,8 @@ pub struct Node {
     cluster: std::sync::OnceLock<Arc<warren_cluster::Cluster>>,
     /// Where every broker of a cluster member sends its proposals and forwards.
     outbox: std::sync::OnceLock<crate::shared::ClusterOutbox>,
+    /// The cluster's topology as this member applied it (empty on a single node).
+    catalog: Arc<std::sync::Mutex<warren_core::catalog::Catalog>>,
 }
 
 /// A handle on the node.
@@ -94,6 +96,7 @@ impl Node {
             vhost_changes: tokio::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
             outbox: std::sync::OnceLock::new(),
+            catalog: Arc::default(),
         })
     }
 
@@ -102,6 +105,12 @@ impl Node {
         if self.cluster.set(cluster).is_err() {
             tracing::error!("the node joined a cluster twice; the first one stays");
         }
+    }
+
+    /// The cluster's topology as this member applied it; its lock is taken before any
+    /// broker's, never after.
+    pub fn catalog(&self) -> &Arc<std::sync::Mutex<warren_core::catalog::Catalog>> {
+        &self.catalog
     }
 
     /// Whether the node is a member of a cluster.

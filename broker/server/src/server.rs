@@ -225,7 +225,8 @@ impl Server {
             adapters,
         };
         let server = Server::new(parts, settings);
-        crate::cluster_meta::join(&server.node, settings)
+        // The seed is drawn at each start: it names this run of the node to the cluster.
+        crate::cluster_meta::join(&server.node, settings, seed)
             .await
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         Ok(server)
@@ -589,6 +590,7 @@ impl VHostMaker {
                 "quorum queues are not replicated across a cluster yet: declare them on a single node, or use classic queues".to_string()
             }),
             cluster_node: self.settings.cluster.as_ref().map(|c| c.node.clone()),
+            boot: self.seed,
         };
         let mut broker = Broker::new(config, now);
         broker.set_time(now, unix_ms);

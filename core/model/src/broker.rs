@@ -90,6 +90,9 @@ pub struct BrokerConfig {
     /// This node's name when it is a member of a cluster: topology changes then go through
     /// the cluster's catalog (see `broker/member.rs`). `None` on a single node.
     pub cluster_node: Option<String>,
+    /// This run of the node, drawn at its start: a cluster member's queues that do not
+    /// outlive a restart carry it, so its next run tells them apart from its own.
+    pub boot: u64,
 }
 
 /// One vhost's limits (RabbitMQ's `rabbitmqctl set_vhost_limits`); `None` is unlimited.
@@ -147,6 +150,7 @@ impl Default for BrokerConfig {
             census: Default::default(),
             quorum_refused: None,
             cluster_node: None,
+            boot: 0,
         }
     }
 }
@@ -339,7 +343,7 @@ impl Broker {
             durability: Default::default(),
             alarm: None,
             quorum_refused: config.quorum_refused,
-            member: config.cluster_node.as_deref().map(member::Member::new),
+            member: config.cluster_node.as_deref().map(|n| member::Member::new(n, config.boot)),
         };
         b.declare_predefined_exchanges(VHostId::DEFAULT);
         b

@@ -95,6 +95,9 @@ pub struct QueueEntry {
     pub exclusive: Option<Owner>,
     /// Declare arguments.
     pub arguments: Table,
+    /// The run of its home that declared it (see [`CatalogCommand::NodeRestarted`]).
+    #[serde(default)]
+    pub boot: u64,
 }
 
 /// Where a binding leads.
@@ -177,6 +180,8 @@ pub enum CatalogCommand {
         arguments: Table,
         /// The asking connection.
         by: Owner,
+        /// The run of the asking node (its home, if this creates it).
+        boot: u64,
     },
     /// A queue's deletion: queue.delete (checked by its home first), or its home's own
     /// (auto-delete, `x-expires`). `incarnation` names the one meant; `None` for whatever
@@ -216,10 +221,13 @@ pub enum CatalogCommand {
         owner: Owner,
     },
     /// A node started again: the queues it held that do not survive a restart (not durable,
-    /// or exclusive) go, since their messages and owners went with it.
+    /// or exclusive) go, since their messages and owners went with it; those its new run
+    /// declared already stay.
     NodeRestarted {
         /// The node.
         node: String,
+        /// Its new run.
+        boot: u64,
     },
     /// A vhost was deleted: its topology goes with it.
     DropVHost {
@@ -468,9 +476,15 @@ impl Catalog {
                 exclusive,
                 arguments,
                 by,
+                boot,
             } => {
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 if let Some(q) = v.queues.get(&name) {
+                    // As a broker checks a redeclare: another connection's exclusive queue
+                    // first (405), then equivalence (406), then the exclusive flag.
+                    if q.exclusive.as_ref().is_some_and(|o| *o != by) {
+                        return Err(locked(&vhost, &name));
+                    }
                     check_queue_equivalent(&vhost, &name, q, durable, auto_delete, &arguments)?;
                     // RabbitMQ's check_exclusivity: the owner, saying exclusive as it did.
                     let asked = exclusive.then_some(&by);
@@ -493,6 +507,7 @@ impl Catalog {
                     auto_delete,
                     exclusive: exclusive.then_some(by),
                     arguments,
+                    boot,
                 };
                 v.queues.insert(name.clone(), entry.clone());
                 changes.push(CatalogChange::QueueAdded { vhost, name, entry });
@@ -562,12 +577,12 @@ impl Catalog {
                 }
                 Ok(CatalogReply::Done)
             }
-            CatalogCommand::NodeRestarted { node } => {
+            CatalogCommand::NodeRestarted { node, boot } => {
                 for (vhost, v) in &mut self.vhosts {
                     let gone: Vec<String> = v
                         .queues
                         .iter()
-                        .filter(|(_, q)| q.home == node && (!q.durable || q.exclusive.is_some()))
+                        .filter(|(_, q)| q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some()))
                         .map(|(n, _)| n.clone())
                         .collect();
                     for name in gone {
@@ -763,6 +778,7 @@ mod tests {
             exclusive,
             arguments: Table::default(),
             by: owner(by),
+            boot: 1,
         }
     }
 
@@ -812,6 +828,7 @@ mod tests {
                 exclusive: false,
                 arguments: Table::of(&args),
                 by: owner(1),
+                boot: 1,
             },
         );
         let e = r.error().expect("refused");
@@ -906,9 +923,15 @@ mod tests {
         c.apply(1, declare_queue("durable", "n1", false, 1));
         c.apply(2, declare_queue("excl", "n1", true, 1));
         c.apply(3, declare_queue("elsewhere", "n2", true, 1));
-        c.apply(4, CatalogCommand::NodeRestarted { node: "n1".into() });
+        // Declared by n1's new run (boot 2) before its restart was committed: it stays.
+        let mut fresh = declare_queue("fresh", "n1", true, 9);
+        if let CatalogCommand::DeclareQueue { boot, .. } = &mut fresh {
+            *boot = 2;
+        }
+        c.apply(4, fresh);
+        c.apply(5, CatalogCommand::NodeRestarted { node: "n1".into(), boot: 2 });
         let v = c.vhost("/").expect("vhost");
-        assert_eq!(v.queues.keys().collect::<Vec<_>>(), ["durable", "elsewhere"]);
+        assert_eq!(v.queues.keys().collect::<Vec<_>>(), ["durable", "elsewhere", "fresh"]);
     }
 
     /// A member's image of the topology, built from the changes alone, with the rules a
@@ -998,8 +1021,8 @@ mod tests {
             (vhost(), name(), any::<bool>()).prop_map(|(vhost, name, if_unused)| {
                 CatalogCommand::DeleteExchange { vhost, name, if_unused }
             }),
-            (vhost(), name(), node(), any::<bool>(), any::<bool>(), by()).prop_map(
-                |(vhost, name, home, durable, exclusive, by)| CatalogCommand::DeclareQueue {
+            (vhost(), name(), node(), any::<bool>(), any::<bool>(), by(), 0u64..2).prop_map(
+                |(vhost, name, home, durable, exclusive, by, boot)| CatalogCommand::DeclareQueue {
                     vhost,
                     name,
                     home,
@@ -1008,6 +1031,7 @@ mod tests {
                     exclusive,
                     arguments: Table::default(),
                     by,
+                    boot,
                 }
             ),
             (vhost(), name(), prop::option::of(0u64..40), prop::option::of(by())).prop_map(
@@ -1024,7 +1048,7 @@ mod tests {
                 by
             }),
             by().prop_map(|owner| CatalogCommand::OwnerGone { owner }),
-            node().prop_map(|node| CatalogCommand::NodeRestarted { node }),
+            (node(), 0u64..2).prop_map(|(node, boot)| CatalogCommand::NodeRestarted { node, boot }),
             vhost().prop_map(|vhost| CatalogCommand::DropVHost { vhost }),
         ]
     }

@@ -112,6 +112,8 @@ struct HeldConfirm {
 pub(super) struct Member {
     /// This node's name.
     node: Arc<str>,
+    /// This run of it ([`super::BrokerConfig::boot`]).
+    boot: u64,
     proposals: Vec<Proposal>,
     waiting: Map<u64, Waiting>,
     /// Connections that read nothing until their command is answered, by token.
@@ -130,9 +132,10 @@ pub(super) struct Member {
 
 impl Member {
     /// The member of node `node`.
-    pub(super) fn new(node: &str) -> Self {
+    pub(super) fn new(node: &str, boot: u64) -> Self {
         Member {
             node: Arc::from(node),
+            boot,
             proposals: Vec::new(),
             waiting: Map::default(),
             paused: Map::default(),
@@ -272,6 +275,7 @@ impl Broker {
                     exclusive: m.exclusive,
                     arguments: Table::of(&m.arguments),
                     by,
+                    boot: self.member.as_ref().map_or(0, |m| m.boot),
                 };
                 (command, Answer::DeclareQueue { name, no_wait: m.no_wait })
             }
