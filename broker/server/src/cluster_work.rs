@@ -94,14 +94,25 @@ async fn pump(node: Weak<Node>, cluster: Weak<Cluster>, mut rx: mpsc::UnboundedR
 /// Proposes one change and answers whoever waits for it.
 async fn propose(node: Weak<Node>, cluster: Weak<Cluster>, p: Proposal) {
     let vhost = p.command.vhost().map(str::to_string);
-    let body = match serde_json::to_string(&MetaCommand::Catalog(p.command.clone())) {
-        Ok(b) => b,
-        Err(e) => return tracing::error!(error = %e, "a topology change could not be written"),
-    };
-    let result = match cluster.upgrade() {
-        Some(c) => c.propose(body).await,
-        None => Err(ProposeError::Failed("the node is stopping".into())),
-    };
+    // A change that cannot be written is answered as failed: its client must not wait on.
+    let body = serde_json::to_string(&MetaCommand::Catalog(p.command.clone())).map_err(|e| e.to_string());
+    // The node's own changes (no client waits) are tried until committed: they delete by
+    // incarnation, so a late or repeated one takes nothing else.
+    let mut result;
+    loop {
+        result = match (cluster.upgrade().filter(|c| !c.is_stopped()), &body) {
+            (_, Err(e)) => Err(ProposeError::Refused(format!("the change could not be written: {e}"))),
+            (Some(c), Ok(body)) => c.propose(body.clone()).await,
+            (None, _) => Err(ProposeError::Failed("the node is stopping".into())),
+        };
+        let stopping = cluster.upgrade().is_none_or(|c| c.is_stopped());
+        if p.token.is_some() || result.is_ok() || stopping || matches!(result, Err(ProposeError::Refused(_)))
+        {
+            break;
+        }
+        tracing::debug!(change = ?p.command, error = ?result.as_ref().err(), "this node's own change is tried again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let answer = match result {
         Ok(text) => {
             serde_json::from_str::<CatalogReply>(&text).map_err(|e| format!("an unreadable answer: {e}"))
@@ -260,7 +271,8 @@ pub async fn serve(node: &NodeRef, body: &str) -> Result<String, String> {
             let ok = loop {
                 let offer = {
                     let mut s = lock(&shared);
-                    let offer = s.broker.accept_forward(&f.vhost, queue, *incarnation, message.clone(), f.hold_ms);
+                    let offer =
+                        s.broker.accept_forward(&f.vhost, queue, *incarnation, message.clone(), f.hold_ms);
                     if let Some(position) = s.broker.unsynced_position() {
                         written.push((shared.clone(), position));
                     }

@@ -732,12 +732,15 @@ async fn topology_is_the_clusters_and_a_queue_is_served_through_any_member() {
     }
 
     // Consuming through another member is refused, saying where the queue lives.
-    let (_c2b, ch2b) = guest_channel(&c, 1).await;
+    let (c2b, ch2b) = guest_channel(&c, 1).await;
     let e = ch2b
         .basic_consume("orders".into(), "c2".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect_err("not through n2 yet");
-    assert_eq!(amqp_code(&e), 540, "{e}");
+    assert_eq!(amqp_code(&e), 406, "{e}");
+    // A channel error: the connection goes on.
+    assert!(c2b.status().connected(), "only the channel closed");
+    c2b.create_channel().await.expect("another channel on the same connection");
     assert!(e.to_string().contains("lives on node 'n1'"), "{e}");
 
     // An exclusive queue of a connection on n2 is locked on n1, and goes when that

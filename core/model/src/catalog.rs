@@ -582,7 +582,9 @@ impl Catalog {
                     let gone: Vec<String> = v
                         .queues
                         .iter()
-                        .filter(|(_, q)| q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some()))
+                        .filter(|(_, q)| {
+                            q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some())
+                        })
                         .map(|(n, _)| n.clone())
                         .collect();
                     for name in gone {

@@ -17,6 +17,7 @@ use super::{Broker, ConnId};
 #[derive(Debug)]
 pub struct Census {
     next_conn: AtomicU64,
+    next_token: AtomicU64,
     next_queue_id: AtomicU64,
     connections: AtomicUsize,
     counts: [AtomicUsize; Count::ALL.len()],
@@ -38,6 +39,7 @@ impl Default for Census {
         Census {
             next_conn: AtomicU64::new(1),
             next_queue_id: AtomicU64::new(1),
+            next_token: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             counts: Default::default(),
             users: Default::default(),
@@ -64,6 +66,12 @@ impl Census {
     /// A fresh connection id.
     pub fn next_conn(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A token for a change a cluster member proposes, unique on the node (a vhost's broker
+    /// made again must not take an answer meant for its predecessor).
+    pub fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A fresh queue incarnation id.

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use warren_codec::reply_code::NOT_IMPLEMENTED;
+use warren_codec::reply_code::PRECONDITION_FAILED;
 use warren_codec::{
     ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, FieldTable,
     Method, QueueBindOk, QueueDeclareOk, QueueDeleteOk, QueueUnbindOk,
@@ -118,7 +118,6 @@ pub(super) struct Member {
     waiting: Map<u64, Waiting>,
     /// Connections that read nothing until their command is answered, by token.
     paused: Map<ConnId, u64>,
-    next_token: u64,
     forwards: Vec<Forward>,
     /// Which held confirm each forward counts for.
     forwarded: Map<u64, u64>,
@@ -126,8 +125,6 @@ pub(super) struct Member {
     next_forward: u64,
     /// Incarnations whose deletion this home proposed and that are not applied yet.
     deleting: Set<u64>,
-    /// Exclusive owners whose going was proposed.
-    owners_gone: Set<ConnId>,
 }
 
 impl Member {
@@ -139,21 +136,20 @@ impl Member {
             proposals: Vec::new(),
             waiting: Map::default(),
             paused: Map::default(),
-            next_token: 0,
             forwards: Vec::new(),
             forwarded: Map::default(),
             confirms: Map::default(),
             next_forward: 0,
             deleting: Set::default(),
-            owners_gone: Set::default(),
         }
     }
 }
 
-/// 540 for what a member cannot do yet for a queue on another node.
+/// 406 for what a member cannot do yet for a queue on another node.
 fn elsewhere(q: &Queue, home: &str, what: &str) -> AmqpError {
+    // A channel error: the connection's other channels go on.
     AmqpError::new(
-        NOT_IMPLEMENTED,
+        PRECONDITION_FAILED,
         format!(
             "queue '{}' in vhost '{}' lives on node '{home}'; {what} through another node is not supported yet: connect to '{home}'",
             q.name, q.vhost_name
@@ -418,9 +414,8 @@ impl Broker {
             _ => return None,
         };
         let channel_id = self.channel(conn, ch).map_or(0, |c| c.id);
+        let token = self.census.next_token();
         let m = self.member.as_mut()?;
-        m.next_token += 1;
-        let token = m.next_token;
         m.waiting.insert(token, Waiting { conn, channel: ch, channel_id, ids, answer });
         m.paused.insert(conn, token);
         m.proposals.push(Proposal { token: Some(token), command });
@@ -461,20 +456,13 @@ impl Broker {
         }))
     }
 
-    /// The home's own change `command` could not be committed: a later cause (the next
-    /// consumer to go, the owner's next close) may propose it again.
+    /// The home's own change `command` was given up (the node stops): a later cause may
+    /// propose it again.
     pub fn proposal_failed(&mut self, command: &CatalogCommand) {
-        let Some(m) = self.member.as_mut() else {
-            return;
-        };
-        match command {
-            CatalogCommand::DeleteQueue { incarnation: Some(i), by: None, .. } => {
-                m.deleting.remove(i);
-            }
-            CatalogCommand::OwnerGone { owner } => {
-                m.owners_gone.remove(&owner.conn);
-            }
-            _ => {}
+        if let Some(m) = self.member.as_mut()
+            && let CatalogCommand::DeleteQueue { incarnation: Some(i), by: None, .. } = command
+        {
+            m.deleting.remove(i);
         }
     }
 
@@ -517,10 +505,9 @@ impl Broker {
             }
             return;
         };
-        if m.owners_gone.insert(conn) {
-            let owner = Owner { node: m.node.to_string(), conn };
-            m.proposals.push(Proposal { token: None, command: CatalogCommand::OwnerGone { owner } });
-        }
+        // Once: a connection goes once, and its id is never used again.
+        let owner = Owner { node: m.node.to_string(), conn };
+        m.proposals.push(Proposal { token: None, command: CatalogCommand::OwnerGone { owner } });
     }
 
     /// A message routed to queue `q` on another node: forwarded there; returns the forward's id.

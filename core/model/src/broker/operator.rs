@@ -185,8 +185,11 @@ impl Broker {
                 self.put_back(vh, dlq, m);
                 continue;
             };
-            if target.would_overflow(m.message.body.len() as u64)
-                && target.args.overflow != Overflow::DropHead
+            // A queue on another node of a cluster: a forward is not known taken when the
+            // replay moves on, so the message stays here.
+            if target.home.is_some()
+                || target.would_overflow(m.message.body.len() as u64)
+                    && target.args.overflow != Overflow::DropHead
             {
                 report.refused += 1;
                 self.put_back(vh, dlq, m);
@@ -198,13 +201,13 @@ impl Broker {
             message.routing_key = origin.clone();
             let own_ttl = super::deadletter::message_ttl(&message.properties).ok().flatten();
             match self.offer(vh, &origin, Arc::new(message), own_ttl) {
-                Offer::Accepted { .. } | Offer::Forwarded(_) => {
+                Offer::Accepted { .. } => {
                     if let Some(id) = self.vhosts[vh].queues.get(dlq).map(|q| q.id) {
                         self.forget(id, &m);
                     }
                     report.moved += 1;
                 }
-                Offer::Refused | Offer::NoQueue => {
+                Offer::Refused | Offer::NoQueue | Offer::Forwarded(_) => {
                     report.refused += 1;
                     self.put_back(vh, dlq, m);
                 }
