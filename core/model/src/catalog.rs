@@ -37,9 +37,40 @@ pub const PREDECLARED: &[(&str, &str)] = &[
 ];
 
 /// A field table as the catalog keeps it: its AMQP wire form, which is canonical (sorted
-/// keys), so equal tables are equal octets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// keys), so equal tables are equal octets. Hex in a snapshot (an array of numbers would
+/// take twice the room).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Table(Vec<u8>);
+
+impl Serialize for Table {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut hex = String::with_capacity(self.0.len() * 2);
+        for b in &self.0 {
+            hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for Table {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(serde::de::Error::custom("a table that is not hex")),
+        };
+        if hex.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("a table of odd length"));
+        }
+        hex.as_bytes()
+            .chunks(2)
+            .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+            .collect::<Result<_, _>>()
+            .map(Table)
+    }
+}
 
 impl Table {
     /// The wire form of `t`.
@@ -360,9 +391,9 @@ impl CatalogReply {
     }
 }
 
-/// The most exchanges, queues and bindings one cluster's catalog holds (each), so a snapshot
-/// stays within what a node reads.
-pub const MAX_ENTRIES: usize = 1_000_000;
+/// The most exchanges, queues and bindings one cluster's catalog holds (each, over every
+/// vhost), so that its snapshot, which travels in one inter-node frame, stays well within it.
+pub const MAX_ENTRIES: usize = 50_000;
 
 /// The cluster's topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,6 +413,11 @@ impl Catalog {
     /// Vhost `name`'s topology, if it has any.
     pub fn vhost(&self, name: &str) -> Option<&VHostCatalog> {
         self.vhosts.get(name)
+    }
+
+    /// How many of something every vhost holds together.
+    fn count(&self, of: impl Fn(&VHostCatalog) -> usize) -> usize {
+        self.vhosts.values().map(of).sum()
     }
 
     /// The log index of the last command applied (0 before any).
@@ -428,6 +464,7 @@ impl Catalog {
     ) -> Result<CatalogReply, AmqpError> {
         match command {
             CatalogCommand::DeclareExchange { vhost, name, entry } => {
+                let full = self.count(|v| v.exchanges.len()) >= MAX_ENTRIES;
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 if let Some(x) = v.exchanges.get(&name) {
                     check_exchange_equivalent(&vhost, &name, &entry, x)?;
@@ -439,7 +476,7 @@ impl Catalog {
                         format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
-                if v.exchanges.len() >= MAX_ENTRIES {
+                if full {
                     return Err(precondition(format!(
                         "cannot declare exchange '{name}': the catalog is full"
                     )));
@@ -478,6 +515,7 @@ impl Catalog {
                 by,
                 boot,
             } => {
+                let full = self.count(|v| v.queues.len()) >= MAX_ENTRIES;
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 if let Some(q) = v.queues.get(&name) {
                     // As a broker checks a redeclare: another connection's exclusive queue
@@ -497,7 +535,7 @@ impl Catalog {
                         created: false,
                     });
                 }
-                if v.queues.len() >= MAX_ENTRIES {
+                if full {
                     return Err(precondition(format!("cannot declare queue '{name}': the catalog is full")));
                 }
                 let entry = QueueEntry {
@@ -532,9 +570,10 @@ impl Catalog {
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::Bind { vhost, binding, by } => {
+                let full = self.count(|v| v.bindings.len()) >= MAX_ENTRIES;
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 check_binding_ends(&vhost, v, &binding, &by)?;
-                if v.bindings.len() >= MAX_ENTRIES {
+                if full {
                     return Err(precondition(format!(
                         "cannot bind to '{}' in vhost '{vhost}': the catalog is full",
                         binding.source
@@ -834,6 +873,14 @@ mod tests {
             },
         );
         let e = r.error().expect("refused");
+        let table = Table::of(&args);
+        let json = serde_json::to_string(&table).expect("json");
+        assert!(json.trim_matches('"').bytes().all(|b| b.is_ascii_hexdigit()), "{json}");
+        assert_eq!(serde_json::from_str::<Table>(&json).expect("parse"), table);
+        assert!(
+            serde_json::from_str::<Table>("\"0g\"").is_err()
+                && serde_json::from_str::<Table>("\"abc\"").is_err()
+        );
         assert_eq!(e.code, 406);
         assert!(e.text.contains("inequivalent arg 'x-max-length'"), "{}", e.text);
         assert!(changes.is_empty());

@@ -34,6 +34,10 @@ use crate::stats::BrokerEvent;
 /// connection is from before a restart): no connection here is it.
 const ELSEWHERE: ConnId = ConnId::MAX;
 
+/// Body octets of forwards one broker may have unanswered before its publishing connections
+/// are read no more (RabbitMQ's credit flow does the same towards a slow queue).
+pub const MAX_FORWARD_BACKLOG: u64 = 64 << 20;
+
 /// A change for the cluster's metadata group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposal {
@@ -123,6 +127,12 @@ pub(super) struct Member {
     forwarded: Map<u64, u64>,
     confirms: Map<u64, HeldConfirm>,
     next_forward: u64,
+    /// Body octets of each forward not answered yet, by id.
+    in_flight: Map<u64, u64>,
+    /// Their sum: over [`MAX_FORWARD_BACKLOG`] the connections that publish are not read.
+    in_flight_bytes: u64,
+    /// Publishers were held for it, and are woken when it falls below.
+    throttled: bool,
     /// Incarnations whose deletion this home proposed and that are not applied yet.
     deleting: Set<u64>,
 }
@@ -140,6 +150,9 @@ impl Member {
             forwarded: Map::default(),
             confirms: Map::default(),
             next_forward: 0,
+            in_flight: Map::default(),
+            in_flight_bytes: 0,
+            throttled: false,
             deleting: Set::default(),
         }
     }
@@ -166,7 +179,11 @@ impl Broker {
     /// Whether connection `conn` waits for the cluster to answer a change it asked for: it
     /// must read no more input until then (what it sends next may depend on the change).
     pub fn awaits_cluster(&self, conn: ConnId) -> bool {
-        self.member.as_ref().is_some_and(|m| m.paused.contains_key(&conn))
+        self.member.as_ref().is_some_and(|m| {
+            m.paused.contains_key(&conn)
+                || (m.in_flight_bytes > MAX_FORWARD_BACKLOG
+                    && self.sessions.get(&conn).is_some_and(|s| s.published))
+        })
     }
 
     /// Whether proposals or forwards wait to be taken.
@@ -524,6 +541,10 @@ impl Broker {
         let m = self.member.as_mut()?;
         m.next_forward += 1;
         let id = m.next_forward;
+        let size = message.body.len() as u64;
+        m.in_flight.insert(id, size);
+        m.in_flight_bytes += size;
+        m.throttled |= m.in_flight_bytes > MAX_FORWARD_BACKLOG;
         m.forwards.push(Forward { id, home, vhost, queue, incarnation, message, hold_ms });
         Some(id)
     }
@@ -587,6 +608,21 @@ impl Broker {
     /// Forward `id` was answered: taken by its queue (or its queue is gone), or refused (a
     /// full queue, a failed write, a home that could not be reached).
     pub fn forward_done(&mut self, id: u64, taken: bool) {
+        let Some(m) = self.member.as_mut() else {
+            return;
+        };
+        if let Some(size) = m.in_flight.remove(&id) {
+            m.in_flight_bytes = m.in_flight_bytes.saturating_sub(size);
+        }
+        if m.throttled && m.in_flight_bytes <= MAX_FORWARD_BACKLOG {
+            m.throttled = false;
+            // The publishers held for it read again.
+            let publishers: Vec<ConnId> =
+                self.sessions.iter().filter(|(_, s)| s.published).map(|(id, _)| *id).collect();
+            for conn in publishers {
+                self.wake(conn);
+            }
+        }
         let Some(m) = self.member.as_mut() else {
             return;
         };
