@@ -133,6 +133,9 @@ pub(super) struct Member {
     in_flight_bytes: u64,
     /// Publishers were held for it, and are woken when it falls below.
     throttled: bool,
+    /// Queues that live here whose record the store could not write, by incarnation: their
+    /// declarer is told (541) rather than given an -ok.
+    unstored: Set<u64>,
     /// Incarnations whose deletion this home proposed and that are not applied yet.
     deleting: Set<u64>,
 }
@@ -154,6 +157,7 @@ impl Member {
             in_flight_bytes: 0,
             throttled: false,
             deleting: Set::default(),
+            unstored: Set::default(),
         }
     }
 }
@@ -214,6 +218,10 @@ impl Broker {
         if m.paused.get(&w.conn) == Some(&token) {
             m.paused.remove(&w.conn);
         }
+        let unstored = match &reply {
+            Ok(CatalogReply::Queue { incarnation, created: true, .. }) => m.unstored.remove(incarnation),
+            _ => false,
+        };
         self.wake(w.conn);
         if self.channel(w.conn, w.channel).is_none_or(|c| c.id != w.channel_id) {
             return;
@@ -222,6 +230,10 @@ impl Broker {
             Err(why) => Some(AmqpError::new(
                 warren_codec::reply_code::INTERNAL_ERROR,
                 format!("the cluster did not take the change: {why}"),
+            )),
+            Ok(_) if unstored => Some(AmqpError::new(
+                warren_codec::reply_code::INTERNAL_ERROR,
+                "the queue was declared in the cluster but could not be stored on this node",
             )),
             Ok(r) => r.error(),
         };
@@ -867,6 +879,10 @@ impl Broker {
             self.cluster_warning(format!(
                 "queue '{name}' is not durable here: its record could not be stored"
             ));
+            // Its declarer, waiting on this node, is told (an entry applied again has none).
+            if live && let Some(m) = self.member.as_mut() {
+                m.unstored.insert(entry.incarnation);
+            }
         }
         self.events.push(BrokerEvent::QueueDeclared { queue: name.to_string(), durable: entry.durable });
         if live
