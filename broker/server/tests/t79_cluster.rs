@@ -550,8 +550,38 @@ async fn add_user_retrying(c: &Cluster, i: usize, user: &str) -> bool {
 /// is on every member at the end, and each member serves again after its restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_loses_no_change_and_every_member_serves_after_it() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     let mut c = Cluster::start(3);
     c.leader(&[0, 1, 2], None).await;
+    // Durable topology and persistent messages: a queue on each member, bound to an exchange,
+    // each holding what was published through another member.
+    {
+        let (_conn, ch) = guest_channel(&c, 0).await;
+        let xopts = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare("rx".into(), lapin::ExchangeKind::Fanout, xopts, Default::default())
+            .await
+            .expect("exchange");
+    }
+    for i in 0..3 {
+        let (_conn, ch) = guest_channel(&c, i).await;
+        let q = format!("rolled-q{i}");
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(q.as_str().into(), durable, Default::default()).await.expect("declare");
+        ch.queue_bind(
+            q.as_str().into(),
+            "rx".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("bind");
+    }
+    for i in 0..3 {
+        let q = format!("rolled-q{i}");
+        assert!(passive_becomes(&c, (i + 1) % 3, &q, 200).await);
+        assert_eq!(publish_confirmed(&c, (i + 1) % 3, &q, 10).await, 10);
+    }
     let mut made = Vec::new();
     for i in 0..3 {
         let t = Instant::now();
@@ -577,6 +607,20 @@ async fn a_rolling_restart_loses_no_change_and_every_member_serves_after_it() {
         for i in 0..3 {
             assert!(login_becomes(&c, i, u, "%2F", true).await, "{u} on {}", c.nodes[i].name);
         }
+    }
+    // Every queue on its home with its messages, and the exchange routes to all three
+    // again: one confirmed publish through n2 reaches each.
+    for i in 0..3 {
+        assert_eq!(passive(&c, i, &format!("rolled-q{i}")).await, Ok(10), "rolled-q{i} on its home");
+    }
+    let (_conn, ch) = guest_channel(&c, 1).await;
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let confirm =
+        ch.basic_publish("rx".into(), "".into(), Default::default(), b"after", props).await.expect("publish");
+    assert!(confirm.await.expect("confirm").is_ack());
+    for i in 0..3 {
+        assert_eq!(passive(&c, i, &format!("rolled-q{i}")).await, Ok(11), "rolled-q{i} took it");
     }
 }
 
