@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Metadata write latency: PUT /api/users/uN (201) on a 3-node cluster (on the leader and on a
-# follower) and on a single node; median and p99 of N writes, in ms.
+# Metadata write latency: PUT /api/users/uN (201) and PUT /api/queues/%2F/qN (a durable queue
+# declared through the API's AMQP session: declare -> declare-ok) on a 3-node cluster (on the
+# leader and on a follower) and on a single node; median and p99 of N writes, in ms.
 set -euo pipefail
 W=${WARREN:-${CARGO_TARGET_DIR:-$HOME/.cache/warren/target}/release/warren}
 N=${N:-300}
@@ -25,3 +26,12 @@ run() { # port label
 run "$lport" "cluster-leader"
 run "$fport" "cluster-follower"
 run 15799 "single-node"
+queues() { # port label
+  for i in $(seq 1 "$N"); do
+    curl -s -o /dev/null -u guest:guest -XPUT -H 'content-type: application/json' \
+      -d '{"durable":true}' -w '%{time_total}\n' "http://127.0.0.1:$1/api/queues/%2F/$2-$i"
+  done | sort -n | awk -v l="$2 queue" '{a[NR]=$1*1000} END {printf "%-22s median %.2f ms  p99 %.2f ms  (%d declares)\n", l, a[int(NR/2)], a[int(NR*0.99)], NR}'
+}
+queues "$lport" "cluster-leader"
+queues "$fport" "cluster-follower"
+queues 15799 "single-node"

@@ -31,7 +31,7 @@ use crate::shared::{ClusterWork, lock};
 /// How long a node waits for another to take a batch of forwarded messages (and sync them).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// Messages one forwarding request carries at most.
-pub const MAX_FORWARD_BATCH: usize = 256;
+pub const MAX_FORWARD_BATCH: usize = 4096;
 /// Body octets one forwarding request carries at most (beyond the first message).
 pub const MAX_FORWARD_BYTES: usize = 16 << 20;
 /// Body octets of the largest message forwarded: base64-encoded with its properties it fits
