@@ -24,6 +24,7 @@ use crate::definitions::{
     AccessDefinitions, PermissionDef, PolicyDef, TopicPermissionDef, UserDef, fresh_salt,
 };
 use crate::node::{ChangeError, Node, NodeRef};
+use crate::shared::lock;
 
 /// One directory change as it is proposed and logged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -475,6 +476,18 @@ pub async fn join(node: &NodeRef, settings: &Settings, boot: u64) -> anyhow::Res
         },
         cookie: c.cookie().map_err(|e| anyhow::anyhow!(e))?,
     };
+    // The cluster's topology is the catalog's: queues a node stored on its own before it was
+    // ever a member (ids that are not log indexes) have no place in it. As RabbitMQ, a node
+    // joins with none (its data dir emptied first), rather than lose them later.
+    if !config.dir.join(warren_cluster::store::LOG_FILE).exists() {
+        let stored: usize = node.brokers().iter().map(|(_, s)| lock(s).broker.queues().count()).sum();
+        if stored > 0 {
+            anyhow::bail!(
+                "{}: this data dir holds {stored} queue(s) of a single node, but the node has never been a cluster member: a node starts in a cluster with no queues of its own (move their messages off, or give it a fresh data dir)",
+                settings.data_dir.display()
+            );
+        }
+    }
     let seed = crate::directory_file::config_changes(settings, &empty(true));
     if warren_cluster::Cluster::starts_new(&config) {
         // A new node waiting to be joined serves its configuration's directory, so its users

@@ -257,17 +257,19 @@ pub async fn serve(node: &NodeRef, body: &str) -> Result<String, String> {
     if messages.len() > MAX_FORWARD_BATCH {
         return Err(format!("{} messages in one request, over {MAX_FORWARD_BATCH}", messages.len()));
     }
+    // Every message read before any is offered: a request is taken whole or refused whole.
+    let decoded = messages.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
     let mut answers = Vec::with_capacity(messages.len());
     let mut written: Vec<(crate::shared::SharedRef, u64)> = Vec::new();
-    for f in messages {
-        let message = decode(&f)?;
+    // One bound for the whole request: it is answered well before its sender gives up.
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    for (f, message) in messages.iter().zip(decoded) {
         let Some(shared) = node.broker(&f.vhost) else {
             answers.push(vec![false; f.queues.len()]);
             continue;
         };
         let mut taken = Vec::with_capacity(f.queues.len());
         for (queue, incarnation) in &f.queues {
-            let deadline = tokio::time::Instant::now() + APPLY_WAIT;
             let ok = loop {
                 let offer = {
                     let mut s = lock(&shared);
@@ -312,8 +314,8 @@ pub async fn serve(node: &NodeRef, body: &str) -> Result<String, String> {
     serde_json::to_string(&answers).map_err(|e| e.to_string())
 }
 
-/// How long a forwarded message for a queue this node has not applied the declare of yet
-/// waits for it.
+/// How long a forwarding request waits, in all, for declares of its queues this node has
+/// not applied yet.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// What became of a queue a forward names that the broker does not have.

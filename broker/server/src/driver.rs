@@ -129,7 +129,7 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut s = lock(&shared);
                 if conn.has_pending_input() {
                     // Frames held behind a change the cluster has answered now.
-                    conn.handle_input(Instant::now().into_std(), &mut s.broker);
+                    conn.resume_input(Instant::now().into_std(), &mut s.broker);
                 } else {
                     conn.pull_outbound(Instant::now().into_std(), &mut s.broker);
                 }

@@ -41,6 +41,9 @@ pub struct Node {
     cluster: std::sync::OnceLock<Arc<warren_cluster::Cluster>>,
     /// Where every broker of a cluster member sends its proposals and forwards.
     outbox: std::sync::OnceLock<crate::shared::ClusterOutbox>,
+    /// Vhosts `/`'s broker serves besides `/` (their data was stored there when the directory
+    /// had dropped them, and they opened there again).
+    hosted: RwLock<Vec<Arc<str>>>,
     /// The cluster's topology as this member applied it (empty on a single node).
     catalog: Arc<std::sync::Mutex<warren_core::catalog::Catalog>>,
 }
@@ -97,6 +100,7 @@ impl Node {
             cluster: std::sync::OnceLock::new(),
             outbox: std::sync::OnceLock::new(),
             catalog: Arc::default(),
+            hosted: RwLock::default(),
         })
     }
 
@@ -142,7 +146,7 @@ impl Node {
 
     /// Brings every broker to what `catalog` holds.
     pub fn reconcile(&self, catalog: &warren_core::catalog::Catalog) {
-        for (vhost, shared) in self.brokers() {
+        for (vhost, shared) in self.vhost_brokers() {
             let mut s = lock(&shared);
             s.broker.catalog_reconcile(&vhost, catalog.vhost(&vhost), catalog.applied());
             s.wake_all();
@@ -165,7 +169,19 @@ impl Node {
             return Some(self.default.1.clone());
         }
         let others = self.others.read().unwrap_or_else(|p| p.into_inner());
-        others.iter().find(|(n, _)| &**n == name).map(|(_, s)| s.clone())
+        if let Some((_, s)) = others.iter().find(|(n, _)| &**n == name) {
+            return Some(s.clone());
+        }
+        let hosted = self.hosted.read().unwrap_or_else(|p| p.into_inner());
+        hosted.iter().any(|n| &**n == name).then(|| self.default.1.clone())
+    }
+
+    /// Every vhost with the broker serving it, those `/`'s broker hosts besides `/` too.
+    pub fn vhost_brokers(&self) -> Vec<(Arc<str>, SharedRef)> {
+        let mut all = self.brokers();
+        let hosted = self.hosted.read().unwrap_or_else(|p| p.into_inner());
+        all.extend(hosted.iter().map(|n| (n.clone(), self.default.1.clone())));
+        all
     }
 
     /// Every broker with the vhost it serves, `/` first, as they are now.
@@ -250,6 +266,10 @@ impl Node {
         }
         if lock(&self.default.1).broker.vhosts().id(name).is_some() {
             lock(&self.default.1).broker.add_vhost(name);
+            let mut hosted = self.hosted.write().unwrap_or_else(|p| p.into_inner());
+            if !hosted.iter().any(|n| &**n == name) {
+                hosted.push(Arc::from(name));
+            }
             return;
         }
         let Some(maker) = self.maker.as_ref() else {
@@ -266,6 +286,7 @@ impl Node {
 
     /// Lets go of vhost `name`'s broker once its vhost is deleted.
     fn forget_vhost(&self, name: &str) {
+        self.hosted.write().unwrap_or_else(|p| p.into_inner()).retain(|n| &**n != name);
         let gone = {
             let mut others = self.others.write().unwrap_or_else(|p| p.into_inner());
             others.iter().position(|(n, _)| &**n == name).map(|i| others.remove(i).1)

@@ -892,3 +892,42 @@ async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_m
     assert_eq!(publish_confirmed(&c, 2, "keep", 10).await, 10);
     assert_eq!(passive(&c, 0, "keep").await, Ok(60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_queues_of_its_own_does_not_start_as_a_cluster_member() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = common::process::Process::start(dir.path(), &[]);
+    let (conn, ch) = p.channel().await;
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare("mine".into(), durable, Default::default()).await.expect("declare");
+    let _ = conn.close(200, "bye".into()).await;
+    p.kill();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let config = dir.path().join("member.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = \"{}\"\namqp-listen = \"127.0.0.1:0\"\nmanagement-listen = \"127.0.0.1:0\"\nmetrics-listen = \"127.0.0.1:0\"\nquic-listen = \"127.0.0.1:0\"\n\n[cluster]\nnode = \"n1\"\nlisten = \"127.0.0.1:{port}\"\npeers = [\"n1@127.0.0.1:{port}\"]\ncookie = \"the test cluster's cookie\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--config", &config.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "it kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("read");
+    assert!(!status.success(), "refused: {err}");
+    assert!(err.contains("1 queue(s) of a single node") && err.contains("fresh data dir"), "{err}");
+}

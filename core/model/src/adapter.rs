@@ -369,7 +369,7 @@ impl Bridge {
         while self.closed.is_none()
             && self.failing != Some(role)
             && self.lane(role).waiting.is_none()
-            && !broker.awaits_cluster(self.conn)
+            && !broker.awaits_answer(self.conn)
         {
             let Some((cmd, w)) = self.lane(role).backlog.pop_front() else { return };
             let ch = self.lane(role).ch;
@@ -466,6 +466,12 @@ impl Bridge {
         loop {
             let before = self.applied;
             self.drain(broker);
+            // Lanes held while the session waited for the cluster go on once it answered.
+            if !broker.awaits_answer(self.conn) {
+                for role in ROLES {
+                    self.pump(broker, role);
+                }
+            }
             if self.applied == before {
                 break;
             }
@@ -496,12 +502,6 @@ impl Bridge {
             self.reply(broker, item);
         }
         self.outgoing = out;
-        // Lanes held while the session waited for the cluster go on once it answered.
-        if !broker.awaits_cluster(self.conn) {
-            for role in ROLES {
-                self.pump(broker, role);
-            }
-        }
     }
 
     fn reply(&mut self, broker: &mut Broker, item: Outgoing) {

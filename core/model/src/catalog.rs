@@ -393,7 +393,11 @@ impl CatalogReply {
 
 /// The most exchanges, queues and bindings one cluster's catalog holds (each, over every
 /// vhost), so that its snapshot, which travels in one inter-node frame, stays well within it.
-pub const MAX_ENTRIES: usize = 50_000;
+pub const MAX_ENTRIES: usize = 30_000;
+/// The most octets of arguments one entry has.
+pub const MAX_ENTRY_ARGUMENTS: usize = 16 << 10;
+/// The most octets of arguments the whole catalog holds.
+pub const MAX_ARGUMENTS: usize = 8 << 20;
 
 /// The cluster's topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +417,21 @@ impl Catalog {
     /// Vhost `name`'s topology, if it has any.
     pub fn vhost(&self, name: &str) -> Option<&VHostCatalog> {
         self.vhosts.get(name)
+    }
+
+    /// Whether an entry with `arguments` is more than the catalog takes (alone, or with what
+    /// it holds).
+    fn too_large(&self, arguments: &Table) -> bool {
+        let held: usize = self
+            .vhosts
+            .values()
+            .map(|v| {
+                v.exchanges.values().map(|x| x.arguments.0.len()).sum::<usize>()
+                    + v.queues.values().map(|q| q.arguments.0.len()).sum::<usize>()
+                    + v.bindings.iter().map(|b| b.arguments.0.len()).sum::<usize>()
+            })
+            .sum();
+        arguments.0.len() > MAX_ENTRY_ARGUMENTS || held + arguments.0.len() > MAX_ARGUMENTS
     }
 
     /// How many of something every vhost holds together.
@@ -464,7 +483,8 @@ impl Catalog {
     ) -> Result<CatalogReply, AmqpError> {
         match command {
             CatalogCommand::DeclareExchange { vhost, name, entry } => {
-                let full = self.count(|v| v.exchanges.len()) >= MAX_ENTRIES;
+                let full =
+                    self.count(|v| v.exchanges.len()) >= MAX_ENTRIES || self.too_large(&entry.arguments);
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 if let Some(x) = v.exchanges.get(&name) {
                     check_exchange_equivalent(&vhost, &name, &entry, x)?;
@@ -515,7 +535,7 @@ impl Catalog {
                 by,
                 boot,
             } => {
-                let full = self.count(|v| v.queues.len()) >= MAX_ENTRIES;
+                let full = self.count(|v| v.queues.len()) >= MAX_ENTRIES || self.too_large(&arguments);
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 if let Some(q) = v.queues.get(&name) {
                     // As a broker checks a redeclare: another connection's exclusive queue
@@ -570,7 +590,8 @@ impl Catalog {
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::Bind { vhost, binding, by } => {
-                let full = self.count(|v| v.bindings.len()) >= MAX_ENTRIES;
+                let full =
+                    self.count(|v| v.bindings.len()) >= MAX_ENTRIES || self.too_large(&binding.arguments);
                 let v = self.vhosts.entry(vhost.clone()).or_default();
                 check_binding_ends(&vhost, v, &binding, &by)?;
                 if full {
@@ -964,6 +985,20 @@ mod tests {
         let in_use =
             CatalogCommand::DeleteExchange { vhost: "/".into(), name: "amq.direct".into(), if_unused: false };
         assert_eq!(c.apply(7, in_use).0.error().map(|e| e.code), Some(403));
+    }
+
+    #[test]
+    fn arguments_too_large_for_a_snapshot_are_refused() {
+        let mut c = Catalog::new();
+        let mut args = FieldTable::new();
+        args.insert("x-big".into(), FieldValue::str(&"a".repeat(MAX_ENTRY_ARGUMENTS)));
+        let mut big = declare_queue("big", "n1", false, 1);
+        if let CatalogCommand::DeclareQueue { arguments, .. } = &mut big {
+            *arguments = Table::of(&args);
+        }
+        let (r, changes) = c.apply(1, big);
+        assert_eq!(r.error().map(|e| e.code), Some(406));
+        assert!(changes.is_empty() && c.vhost("/").is_none());
     }
 
     #[test]

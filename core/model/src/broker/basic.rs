@@ -142,6 +142,9 @@ impl Broker {
             let out = Outgoing::Content { channel: ch, method: ret.into(), message: message.clone() };
             self.push(conn, out);
         }
+        if !forwarded.is_empty() {
+            self.collected(&forwarded);
+        }
         if let Some(delivery_tag) = confirm {
             // A queue that refused it (x-overflow reject-publish, a failed write) makes the
             // confirm a nack; a stored message is acked once the store has synced it.

@@ -126,7 +126,8 @@ pub(super) struct Member {
     /// Which held confirm each forward counts for.
     forwarded: Map<u64, u64>,
     confirms: Map<u64, HeldConfirm>,
-    next_forward: u64,
+    /// The forwards of the transaction being committed, while one is.
+    collecting: Option<Vec<u64>>,
     /// Body octets of each forward not answered yet, by id.
     in_flight: Map<u64, u64>,
     /// Their sum: over [`MAX_FORWARD_BACKLOG`] the connections that publish are not read.
@@ -152,7 +153,7 @@ impl Member {
             forwards: Vec::new(),
             forwarded: Map::default(),
             confirms: Map::default(),
-            next_forward: 0,
+            collecting: None,
             in_flight: Map::default(),
             in_flight_bytes: 0,
             throttled: false,
@@ -188,6 +189,12 @@ impl Broker {
                 || (m.in_flight_bytes > MAX_FORWARD_BACKLOG
                     && self.sessions.get(&conn).is_some_and(|s| s.published))
         })
+    }
+
+    /// Whether session `conn` waits for the cluster's answer to a change it asked for (not
+    /// for forwards to drain): what it applies next may depend on the change.
+    pub fn awaits_answer(&self, conn: ConnId) -> bool {
+        self.member.as_ref().is_some_and(|m| m.paused.contains_key(&conn))
     }
 
     /// Whether proposals or forwards wait to be taken.
@@ -550,10 +557,16 @@ impl Broker {
         let q = self.vhosts[vh].queues.get(queue)?;
         let home = q.home.clone()?;
         let (queue, incarnation, vhost) = (q.name.clone(), q.id, q.vhost_name.clone());
+        // Unique on the node, as tokens are: a vhost's broker made again takes no answer
+        // meant for its predecessor.
+        let id = self.census.next_token();
         let m = self.member.as_mut()?;
-        m.next_forward += 1;
-        let id = m.next_forward;
-        let size = message.body.len() as u64;
+        // A message routed to several queues there is counted once (it travels once).
+        let size = if m.forwards.last().is_some_and(|f| Arc::ptr_eq(&f.message, &message)) {
+            0
+        } else {
+            message.body.len() as u64
+        };
         m.in_flight.insert(id, size);
         m.in_flight_bytes += size;
         m.throttled |= m.in_flight_bytes > MAX_FORWARD_BACKLOG;
@@ -575,19 +588,35 @@ impl Broker {
         self.hold_for_forwards(conn, ch, Held::Confirm(tag), ids, stored, refused);
     }
 
-    /// The forwards made so far (a mark for [`Broker::hold_commit`]).
-    pub(super) fn forward_mark(&self) -> u64 {
-        self.member.as_ref().map_or(0, |m| m.next_forward)
+    /// A transaction's commit starts: the forwards its publishes make are collected (not
+    /// those of dead letters its acks make, which are at most once).
+    pub(super) fn collect_forwards(&mut self) {
+        if let Some(m) = self.member.as_mut() {
+            m.collecting = Some(Vec::new());
+        }
     }
 
-    /// Holds `conn`'s tx.commit-ok until the forwards made since `mark` (by the commit) are
-    /// answered, and the store synced what it wrote (`stored`); whether there were any.
-    pub(super) fn hold_commit(&mut self, conn: ConnId, ch: u16, mark: u64, stored: bool) -> bool {
-        let now = self.forward_mark();
-        if now == mark {
+    /// Publish forwards `ids` count for the commit being made, if one is.
+    pub(super) fn collected(&mut self, ids: &[u64]) {
+        if let Some(c) = self.member.as_mut().and_then(|m| m.collecting.as_mut()) {
+            c.extend_from_slice(ids);
+        }
+    }
+
+    /// Ends a commit's collection (one that failed half-way holds nothing).
+    pub(super) fn end_collecting(&mut self) {
+        if let Some(m) = self.member.as_mut() {
+            m.collecting = None;
+        }
+    }
+
+    /// Holds `conn`'s tx.commit-ok until the forwards its publishes made are answered, and
+    /// the store synced what it wrote (`stored`); whether there were any.
+    pub(super) fn hold_commit(&mut self, conn: ConnId, ch: u16, stored: bool) -> bool {
+        let ids = self.member.as_mut().and_then(|m| m.collecting.take()).unwrap_or_default();
+        if ids.is_empty() {
             return false;
         }
-        let ids: Vec<u64> = (mark + 1..=now).collect();
         self.hold_for_forwards(conn, ch, Held::Commit, &ids, stored, false);
         true
     }
@@ -831,6 +860,13 @@ impl Broker {
     fn add_catalog_queue(&mut self, vh: VHostId, name: &str, entry: &QueueEntry, live: bool) {
         let me = self.member_node().unwrap_or_default().to_string();
         let here = entry.home == me;
+        let boot = self.member.as_ref().map_or(0, |m| m.boot);
+        // This node's queue of an earlier run that does not outlive a restart: its messages
+        // and owner went with that run, and this run's restart proposal deletes it. Not made
+        // again meanwhile (forwards to it are refused: the catalog holds it, this node not).
+        if here && entry.boot != boot && (!entry.durable || entry.exclusive.is_some()) {
+            return;
+        }
         match self.vhosts[vh].queues.get(name) {
             Some(q) if q.id == entry.incarnation && q.home.is_none() == here => return,
             // A later incarnation, back from this node's store at a start: the log after this

@@ -21,7 +21,22 @@ impl Broker {
 
     pub(super) fn tx_commit(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {
         let ops = self.take_tx(conn, ch)?;
-        let mark = self.forward_mark();
+        self.collect_forwards();
+        let stored = self.commit_ops(conn, ch, ops);
+        // Collected for this commit only, whatever became of it.
+        let held = stored.as_ref().is_ok_and(|stored| self.hold_commit(conn, ch, *stored));
+        self.end_collecting();
+        let stored = stored?;
+        // As RabbitMQ: commit-ok once the transaction's persistent messages are on disk, and
+        // on a cluster member once the other nodes took those forwarded to their queues.
+        if !held {
+            self.reply_after_sync(conn, ch, stored, TxCommitOk {});
+        }
+        Ok(())
+    }
+
+    /// Carries out a transaction's operations; whether one of them was stored.
+    fn commit_ops(&mut self, conn: ConnId, ch: u16, ops: Vec<TxOp>) -> Result<bool, AmqpError> {
         let mut stored = false;
         for op in ops {
             match op {
@@ -36,12 +51,7 @@ impl Broker {
                 }
             }
         }
-        // As RabbitMQ: commit-ok once the transaction's persistent messages are on disk, and
-        // on a cluster member once the other nodes took those forwarded to their queues.
-        if !self.hold_commit(conn, ch, mark, stored) {
-            self.reply_after_sync(conn, ch, stored, TxCommitOk {});
-        }
-        Ok(())
+        Ok(stored)
     }
 
     pub(super) fn tx_rollback(&mut self, conn: ConnId, ch: u16) -> Result<(), AmqpError> {

@@ -255,8 +255,14 @@ impl Connection {
 
     /// Processes every complete frame in the read buffer (and those `decode_input` decoded).
     pub fn handle_input(&mut self, now: Instant, broker: &mut Broker) {
-        self.now = now;
         self.last_recv = now;
+        self.resume_input(now, broker);
+    }
+
+    /// Acts on frames read before and held while the cluster answered a change: the input
+    /// of [`Connection::handle_input`] without new bytes (the peer is not heard from anew).
+    pub fn resume_input(&mut self, now: Instant, broker: &mut Broker) {
+        self.now = now;
         loop {
             match &self.state {
                 State::Closed => {
@@ -354,10 +360,10 @@ impl Connection {
         self.state == State::Running && self.id.is_some_and(|id| broker.awaits_cluster(id))
     }
 
-    /// Whether frames wait to be acted on: the driver calls [`Connection::handle_input`] once
-    /// the connection is woken, without new input.
+    /// Whether decoded frames wait to be acted on: the driver calls
+    /// [`Connection::resume_input`] once the connection is woken.
     pub fn has_pending_input(&self) -> bool {
-        !self.decoded.is_empty() || !self.input.is_empty()
+        !self.decoded.is_empty()
     }
 
     /// Closes the connection for bytes that did not decode on another stream of it.
