@@ -17,21 +17,17 @@ for _ in $(seq 1 100); do "$W" cluster status --config n1.toml 2>/dev/null | gre
 sleep 2
 leader=$("$W" cluster status --config n1.toml --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
 lport=$((15700 + ${leader#n})); fport=$((15700 + (${leader#n} % 3) + 1))
-run() { # port label
+run() { # port label path body: N PUTs of path-1..path-N, their median and p99
   for i in $(seq 1 "$N"); do
     curl -s -o /dev/null -u guest:guest -XPUT -H 'content-type: application/json' \
-      -d "{\"password\":\"p$i\",\"tags\":\"\"}" -w '%{time_total}\n' "http://127.0.0.1:$1/api/users/$2-$i"
+      -d "$4" -w '%{time_total}\n' "http://127.0.0.1:$1$3-$i"
   done | sort -n | awk -v l="$2" '{a[NR]=$1*1000} END {printf "%-22s median %.2f ms  p99 %.2f ms  (%d writes)\n", l, a[int(NR/2)], a[int(NR*0.99)], NR}'
 }
-run "$lport" "cluster-leader"
-run "$fport" "cluster-follower"
-run 15799 "single-node"
-queues() { # port label
-  for i in $(seq 1 "$N"); do
-    curl -s -o /dev/null -u guest:guest -XPUT -H 'content-type: application/json' \
-      -d '{"durable":true}' -w '%{time_total}\n' "http://127.0.0.1:$1/api/queues/%2F/$2-$i"
-  done | sort -n | awk -v l="$2 queue" '{a[NR]=$1*1000} END {printf "%-22s median %.2f ms  p99 %.2f ms  (%d declares)\n", l, a[int(NR/2)], a[int(NR*0.99)], NR}'
-}
-queues "$lport" "cluster-leader"
-queues "$fport" "cluster-follower"
-queues 15799 "single-node"
+user='{"password":"p","tags":""}'
+run "$lport" "cluster-leader" "/api/users/leader" "$user"
+run "$fport" "cluster-follower" "/api/users/follower" "$user"
+run 15799 "single-node" "/api/users/single" "$user"
+queue='{"durable":true}'
+run "$lport" "cluster-leader queue" "/api/queues/%2F/leader" "$queue"
+run "$fport" "cluster-follower queue" "/api/queues/%2F/follower" "$queue"
+run 15799 "single-node queue" "/api/queues/%2F/single" "$queue"

@@ -385,67 +385,73 @@ impl Broker {
                 };
                 (command, Answer::Reply { method: ExchangeDeleteOk {}.into(), no_wait: m.no_wait })
             }
-            Command::BindQueue(m) => {
-                let dest = Destination::Queue(Arc::from(m.queue.as_str()));
-                let binding =
-                    self.member_binding(conn, vh, &m.exchange, dest, &m.routing_key, &m.arguments, true)?;
-                let binding = match binding {
+            Command::BindQueue(_)
+            | Command::BindExchange(_)
+            | Command::UnbindQueue(_)
+            | Command::UnbindExchange(_) => {
+                let (source, dest, key, arguments, adding, method, no_wait): (_, _, _, _, _, Method, _) =
+                    match cmd {
+                        Command::BindQueue(m) => {
+                            let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+                            (
+                                &m.exchange,
+                                dest,
+                                &m.routing_key,
+                                &m.arguments,
+                                true,
+                                QueueBindOk {}.into(),
+                                m.no_wait,
+                            )
+                        }
+                        Command::BindExchange(m) => {
+                            let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+                            (
+                                &m.source,
+                                dest,
+                                &m.routing_key,
+                                &m.arguments,
+                                true,
+                                ExchangeBindOk {}.into(),
+                                m.no_wait,
+                            )
+                        }
+                        Command::UnbindQueue(m) => {
+                            let dest = Destination::Queue(Arc::from(m.queue.as_str()));
+                            // queue.unbind has no no-wait.
+                            (
+                                &m.exchange,
+                                dest,
+                                &m.routing_key,
+                                &m.arguments,
+                                false,
+                                QueueUnbindOk {}.into(),
+                                false,
+                            )
+                        }
+                        Command::UnbindExchange(m) => {
+                            let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
+                            (
+                                &m.source,
+                                dest,
+                                &m.routing_key,
+                                &m.arguments,
+                                false,
+                                ExchangeUnbindOk {}.into(),
+                                m.no_wait,
+                            )
+                        }
+                        _ => return None,
+                    };
+                let binding = match self.member_binding(conn, vh, source, dest, key, arguments, adding)? {
                     Ok(b) => b,
                     Err(e) => return Some(Err(e)),
                 };
-                let command = CatalogCommand::Bind { vhost, binding, by };
-                (command, Answer::Reply { method: QueueBindOk {}.into(), no_wait: m.no_wait })
-            }
-            Command::BindExchange(m) => {
-                let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
-                let binding = match self.member_binding(
-                    conn,
-                    vh,
-                    &m.source,
-                    dest,
-                    &m.routing_key,
-                    &m.arguments,
-                    true,
-                )? {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e)),
+                let command = if adding {
+                    CatalogCommand::Bind { vhost, binding, by }
+                } else {
+                    CatalogCommand::Unbind { vhost, binding, by }
                 };
-                let command = CatalogCommand::Bind { vhost, binding, by };
-                (command, Answer::Reply { method: ExchangeBindOk {}.into(), no_wait: m.no_wait })
-            }
-            Command::UnbindQueue(m) => {
-                let dest = Destination::Queue(Arc::from(m.queue.as_str()));
-                let binding = match self.member_binding(
-                    conn,
-                    vh,
-                    &m.exchange,
-                    dest,
-                    &m.routing_key,
-                    &m.arguments,
-                    false,
-                )? {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e)),
-                };
-                let command = CatalogCommand::Unbind { vhost, binding, by };
-                (command, Answer::Reply { method: QueueUnbindOk {}.into(), no_wait: false })
-            }
-            Command::UnbindExchange(m) => {
-                let dest = Destination::Exchange(Arc::from(m.destination.as_str()));
-                let binding = match self.member_binding(
-                    conn,
-                    vh,
-                    &m.source,
-                    dest,
-                    &m.routing_key,
-                    &m.arguments,
-                    false,
-                )? {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e)),
-                };
-                let command = CatalogCommand::Unbind { vhost, binding, by };
-                (command, Answer::Reply { method: ExchangeUnbindOk {}.into(), no_wait: m.no_wait })
+                (command, Answer::Reply { method, no_wait })
             }
             _ => return None,
         };
@@ -964,20 +970,7 @@ impl Broker {
         spec: &QueueSpec,
     ) -> Result<(), AmqpError> {
         self.authorize_queue_declare(conn, name, &spec.arguments)?;
-        if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
-            return Err(AmqpError::new(
-                warren_codec::reply_code::ACCESS_REFUSED,
-                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-            ));
-        }
-        if let Some(max) = self.limits_of(vh).max_queues.or(self.limits.max_queues)
-            && self.vhosts[vh].queues.len() >= max
-        {
-            return Err(precondition(format!(
-                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
-                self.vhosts[vh].name
-            )));
-        }
+        self.check_new_queue_name(vh, name)?;
         self.queue_args(vh, name, spec, true).map(|_| ())
     }
 

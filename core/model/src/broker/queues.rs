@@ -44,20 +44,7 @@ impl Broker {
         } else if m.passive {
             return Err(no_queue(&self.vhosts[vh].name, &name));
         } else {
-            if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
-                return Err(AmqpError::new(
-                    ACCESS_REFUSED,
-                    format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-                ));
-            }
-            if let Some(max) = self.limits_of(vh).max_queues.or(self.limits.max_queues)
-                && self.vhosts[vh].queues.len() >= max
-            {
-                return Err(precondition(format!(
-                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
-                    self.vhosts[vh].name
-                )));
-            }
+            self.check_new_queue_name(vh, &name)?;
             let spec = QueueSpec {
                 durable: m.durable,
                 auto_delete: m.auto_delete,
@@ -118,6 +105,26 @@ impl Broker {
         }
         let v = &self.vhosts[vh];
         v.queues.get(name).ok_or_else(|| no_queue(&v.name, name))
+    }
+
+    /// A new queue's name and the queue limits: RabbitMQ's reserved prefix, the vhost's and
+    /// the node's `max-queues`.
+    pub(super) fn check_new_queue_name(&self, vh: VHostId, name: &str) -> Result<(), AmqpError> {
+        if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+            return Err(AmqpError::new(
+                ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        if let Some(max) = self.limits_of(vh).max_queues.or(self.limits.max_queues)
+            && self.vhosts[vh].queues.len() >= max
+        {
+            return Err(precondition(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.vhosts[vh].name
+            )));
+        }
+        Ok(())
     }
 
     /// Queue `name`'s arguments, parsed with the policies that apply and checked against its
