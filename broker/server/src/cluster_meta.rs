@@ -443,6 +443,54 @@ async fn restarted(cluster: Weak<warren_cluster::Cluster>, node: String, boot: u
     }
 }
 
+/// How long a member must have been down, as the metadata leader's failure detector sees
+/// it, before the queues exclusive to its connections go.
+pub const NODE_DOWN_CLEANUP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On the metadata leader: proposes that a member down past [`NODE_DOWN_CLEANUP`] lost its
+/// exclusive queues (once each time it goes down).
+async fn watch_down(node: Weak<Node>, cluster: Weak<warren_cluster::Cluster>) {
+    let mut down_since: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+    let mut done: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let (Some(node), Some(cluster)) = (node.upgrade(), cluster.upgrade()) else {
+            return;
+        };
+        if cluster.is_stopped() {
+            return;
+        }
+        let status = cluster.status();
+        let now = tokio::time::Instant::now();
+        for m in status.members.iter().filter(|m| m.name != status.node) {
+            if m.up {
+                down_since.remove(&m.name);
+                done.remove(&m.name);
+                continue;
+            }
+            let since = *down_since.entry(m.name.clone()).or_insert(now);
+            let leads = status.leader.as_deref() == Some(status.node.as_str());
+            let owed = node.catalog().lock().unwrap_or_else(|p| p.into_inner()).has_exclusive_of(&m.name);
+            if !leads || !owed || now - since < NODE_DOWN_CLEANUP || done.contains(&m.name) {
+                continue;
+            }
+            let command = MetaCommand::Catalog(CatalogCommand::NodeDown { node: m.name.clone() });
+            let Ok(body) = serde_json::to_string(&command) else {
+                continue;
+            };
+            match cluster.propose(body).await {
+                Ok(_) => {
+                    tracing::warn!(node = %m.name, "a member down past the bound: the queues exclusive to its connections are gone");
+                    done.insert(m.name.clone());
+                }
+                Err(e) => {
+                    tracing::debug!(node = %m.name, error = %e, "a down member's exclusive queues are not dropped yet")
+                }
+            }
+        }
+    }
+}
+
 /// Starts this node's membership of the cluster `settings` describe and, in the
 /// background, proposes the configuration's seed until one is committed.
 pub async fn join(node: &NodeRef, settings: &Settings, boot: u64) -> anyhow::Result<()> {
@@ -502,6 +550,7 @@ pub async fn join(node: &NodeRef, settings: &Settings, boot: u64) -> anyhow::Res
     node.set_cluster(cluster.clone());
     crate::cluster_work::start(node, &cluster);
     tokio::spawn(restarted(Arc::downgrade(&cluster), c.node.clone(), boot));
+    tokio::spawn(watch_down(Arc::downgrade(node), Arc::downgrade(&cluster)));
     let defs = seed.iter().map(|(c, _)| ChangeDef::of(c)).collect::<std::io::Result<Vec<_>>>()?;
     let body = serde_json::to_string(&MetaCommand::Seed(defs))?;
     // Until a seed is committed (this one or another member's), the cluster stops, or the

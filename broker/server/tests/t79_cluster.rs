@@ -858,6 +858,11 @@ async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_m
     ch1.queue_declare("again".into(), durable, FieldTable::default()).await.expect("again, second");
     let _ = conn.close(200, "bye".into()).await;
     assert_eq!(publish_confirmed(&c, 0, "again", 7).await, 7);
+    // An exclusive queue of a connection that stays open on n1 until n1 dies.
+    let (_owner, och) = guest_channel(&c, 0).await;
+    let excl = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    och.queue_declare("owned".into(), excl, FieldTable::default()).await.expect("exclusive on n1");
+    assert!(passive_becomes(&c, 1, "owned", 405).await, "known, and locked, on n2");
     // Through n2 once it knows the queue: every message acked means every one synced on n1.
     assert!(passive_becomes(&c, 1, "keep", 200).await, "keep known on n2");
     assert_eq!(publish_confirmed(&c, 1, "keep", 50).await, 50);
@@ -872,6 +877,15 @@ async fn a_queue_keeps_its_messages_through_its_homes_crash_and_is_unavailable_m
     ch2.queue_declare("meanwhile".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .expect("the majority takes changes");
+    // Down past the bound (10 s): the queue exclusive to its connection goes, everywhere.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut owned = passive(&c, 1, "owned").await;
+    while owned != Err(404) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        owned = passive(&c, 1, "owned").await;
+    }
+    assert_eq!(owned, Err(404), "n1's exclusive queue dropped while n1 is down");
+    assert_eq!(passive(&c, 2, "owned").await, Err(404));
 
     // Back from its data dir and the log: its durable queue with every message; the
     // transient one is gone everywhere, as RabbitMQ drops a restarted node's transient queues.

@@ -260,6 +260,12 @@ pub enum CatalogCommand {
         /// Its new run.
         boot: u64,
     },
+    /// A node has been down past the cluster's bound: the queues exclusive to its
+    /// connections go (their owners went with it), as RabbitMQ drops them.
+    NodeDown {
+        /// The node.
+        node: String,
+    },
     /// A vhost was deleted: its topology goes with it.
     DropVHost {
         /// Its name.
@@ -278,7 +284,9 @@ impl CatalogCommand {
             | CatalogCommand::Bind { vhost, .. }
             | CatalogCommand::Unbind { vhost, .. }
             | CatalogCommand::DropVHost { vhost } => Some(vhost),
-            CatalogCommand::OwnerGone { .. } | CatalogCommand::NodeRestarted { .. } => None,
+            CatalogCommand::OwnerGone { .. }
+            | CatalogCommand::NodeRestarted { .. }
+            | CatalogCommand::NodeDown { .. } => None,
         }
     }
 }
@@ -417,6 +425,11 @@ impl Catalog {
     /// Vhost `name`'s topology, if it has any.
     pub fn vhost(&self, name: &str) -> Option<&VHostCatalog> {
         self.vhosts.get(name)
+    }
+
+    /// Whether queues exclusive to connections of `node` are in it.
+    pub fn has_exclusive_of(&self, node: &str) -> bool {
+        self.vhosts.values().any(|v| v.queues.values().any(|q| q.home == node && q.exclusive.is_some()))
     }
 
     /// Whether an entry with `arguments` is more than the catalog takes (alone, or with what
@@ -645,6 +658,20 @@ impl Catalog {
                         .filter(|(_, q)| {
                             q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some())
                         })
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for name in gone {
+                        remove_queue(vhost, v, &name, changes);
+                    }
+                }
+                Ok(CatalogReply::Done)
+            }
+            CatalogCommand::NodeDown { node } => {
+                for (vhost, v) in &mut self.vhosts {
+                    let gone: Vec<String> = v
+                        .queues
+                        .iter()
+                        .filter(|(_, q)| q.home == node && q.exclusive.is_some())
                         .map(|(n, _)| n.clone())
                         .collect();
                     for name in gone {
@@ -1133,6 +1160,7 @@ mod tests {
             }),
             by().prop_map(|owner| CatalogCommand::OwnerGone { owner }),
             (node(), 0u64..2).prop_map(|(node, boot)| CatalogCommand::NodeRestarted { node, boot }),
+            node().prop_map(|node| CatalogCommand::NodeDown { node }),
             vhost().prop_map(|vhost| CatalogCommand::DropVHost { vhost }),
         ]
     }
