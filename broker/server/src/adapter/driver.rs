@@ -171,10 +171,14 @@ pub(crate) async fn drive(
         };
         let ctx = c.ctx.clone();
         let now = || ctx.now_ms();
+        // On a cluster member, a client whose publishes wait for other nodes past the
+        // broker's bound is not read from (TCP backpressure); it is woken when they drain.
+        let held = ctx.node.is_clustered()
+            && c.login.as_ref().is_some_and(|l| lock(&l.shared).broker.awaits_cluster(l.bridge.conn()));
         let out = tokio::select! {
             // Readiness first, then a buffer for this read only: an idle connection holds no
             // read buffer (thousands of idle MQTT clients are the common case).
-            read = stream.read_chunk(), if c.wants_input => match read {
+            read = stream.read_chunk(), if c.wants_input && !held => match read {
                 Ok(buf) => {
                     ctx.stats.add_received(buf.len());
                     c.session.receive(now(), &buf)
