@@ -637,47 +637,18 @@ impl Catalog {
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::OwnerGone { owner } => {
-                for (vhost, v) in &mut self.vhosts {
-                    let gone: Vec<String> = v
-                        .queues
-                        .iter()
-                        .filter(|(_, q)| q.exclusive.as_ref() == Some(&owner))
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for name in gone {
-                        remove_queue(vhost, v, &name, changes);
-                    }
-                }
+                self.remove_queues_where(|q| q.exclusive.as_ref() == Some(&owner), changes);
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::NodeRestarted { node, boot } => {
-                for (vhost, v) in &mut self.vhosts {
-                    let gone: Vec<String> = v
-                        .queues
-                        .iter()
-                        .filter(|(_, q)| {
-                            q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some())
-                        })
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for name in gone {
-                        remove_queue(vhost, v, &name, changes);
-                    }
-                }
+                self.remove_queues_where(
+                    |q| q.home == node && q.boot != boot && (!q.durable || q.exclusive.is_some()),
+                    changes,
+                );
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::NodeDown { node } => {
-                for (vhost, v) in &mut self.vhosts {
-                    let gone: Vec<String> = v
-                        .queues
-                        .iter()
-                        .filter(|(_, q)| q.home == node && q.exclusive.is_some())
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for name in gone {
-                        remove_queue(vhost, v, &name, changes);
-                    }
-                }
+                self.remove_queues_where(|q| q.home == node && q.exclusive.is_some(), changes);
                 Ok(CatalogReply::Done)
             }
             CatalogCommand::DropVHost { vhost } => {
@@ -695,6 +666,17 @@ impl Catalog {
                     }
                 }
                 Ok(CatalogReply::Done)
+            }
+        }
+    }
+
+    /// Removes, in every vhost, the queues `gone` picks (and their bindings).
+    fn remove_queues_where(&mut self, gone: impl Fn(&QueueEntry) -> bool, changes: &mut Vec<CatalogChange>) {
+        for (vhost, v) in &mut self.vhosts {
+            let names: Vec<String> =
+                v.queues.iter().filter(|(_, q)| gone(q)).map(|(n, _)| n.clone()).collect();
+            for name in names {
+                remove_queue(vhost, v, &name, changes);
             }
         }
     }

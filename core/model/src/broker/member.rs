@@ -184,11 +184,11 @@ impl Broker {
     /// Whether connection `conn` waits for the cluster to answer a change it asked for: it
     /// must read no more input until then (what it sends next may depend on the change).
     pub fn awaits_cluster(&self, conn: ConnId) -> bool {
-        self.member.as_ref().is_some_and(|m| {
-            m.paused.contains_key(&conn)
-                || (m.in_flight_bytes > MAX_FORWARD_BACKLOG
-                    && self.sessions.get(&conn).is_some_and(|s| s.published))
-        })
+        self.awaits_answer(conn)
+            || self.member.as_ref().is_some_and(|m| {
+                m.in_flight_bytes > MAX_FORWARD_BACKLOG
+                    && self.sessions.get(&conn).is_some_and(|s| s.published)
+            })
     }
 
     /// Whether session `conn` waits for the cluster's answer to a change it asked for (not
@@ -321,14 +321,8 @@ impl Broker {
                 {
                     return Some(Err(elsewhere(q, home, "a conditional delete")));
                 }
-                if m.if_unused && !q.consumers.is_empty() {
-                    return Some(Err(precondition(format!("queue '{}' in vhost '{vhost}' in use", m.queue))));
-                }
-                if m.if_empty && !q.is_empty() {
-                    return Some(Err(precondition(format!(
-                        "queue '{}' in vhost '{vhost}' is not empty",
-                        m.queue
-                    ))));
+                if let Err(e) = q.check_delete(m.if_unused, m.if_empty) {
+                    return Some(Err(e));
                 }
                 let message_count = q.len() as u32;
                 let command = CatalogCommand::DeleteQueue {
@@ -340,20 +334,16 @@ impl Broker {
                 let method = QueueDeleteOk { message_count }.into();
                 (command, Answer::Reply { method, no_wait: m.no_wait })
             }
-            Command::PurgeQueue(m) => {
-                let q = self.vhosts[vh].queues.get(&m.queue)?;
+            Command::PurgeQueue(_) | Command::Consume(_) | Command::Get(_) => {
+                let (queue, what) = match cmd {
+                    Command::PurgeQueue(m) => (&m.queue, "purging it"),
+                    Command::Consume(m) => (&m.queue, "consuming from it"),
+                    Command::Get(m) => (&m.queue, "basic.get from it"),
+                    _ => return None,
+                };
+                let q = self.vhosts[vh].queues.get(queue)?;
                 let home = q.home.as_ref()?;
-                return Some(Err(elsewhere(q, home, "purging it")));
-            }
-            Command::Consume(m) => {
-                let q = self.vhosts[vh].queues.get(&m.queue)?;
-                let home = q.home.as_ref()?;
-                return Some(Err(elsewhere(q, home, "consuming from it")));
-            }
-            Command::Get(m) => {
-                let q = self.vhosts[vh].queues.get(&m.queue)?;
-                let home = q.home.as_ref()?;
-                return Some(Err(elsewhere(q, home, "basic.get from it")));
+                return Some(Err(elsewhere(q, home, what)));
             }
             Command::DeclareExchange(m) if !m.passive => {
                 if self.vhosts[vh].exchanges.contains_key(&m.exchange)

@@ -178,15 +178,9 @@ impl Broker {
         // RabbitMQ answers delete-ok for a queue that does not exist: delete is idempotent.
         let mut message_count = 0;
         let vh = self.vh(conn);
-        let vhost = &self.vhosts[vh].name;
         if let Some(q) = self.vhosts[vh].queues.get(&m.queue) {
             q.check_access(conn)?;
-            if m.if_unused && !q.consumers.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '{vhost}' in use", m.queue)));
-            }
-            if m.if_empty && !q.is_empty() {
-                return Err(precondition(format!("queue '{}' in vhost '{vhost}' is not empty", m.queue)));
-            }
+            q.check_delete(m.if_unused, m.if_empty)?;
             let (count, own) = self.delete_queue_for(vh, &m.queue, Some((conn, ch)));
             message_count = count;
             // RabbitMQ's order: delete-ok, then the cancels of this channel's own consumers;

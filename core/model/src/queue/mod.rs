@@ -152,6 +152,19 @@ impl Queue {
         check_equivalent(&self.vhost_name, &self.name, current, (durable, auto_delete, args))
     }
 
+    /// A queue.delete's conditions: `if_unused` refuses a queue with consumers, `if_empty`
+    /// one with ready messages (RabbitMQ's 406s).
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<(), AmqpError> {
+        let (name, vhost) = (&self.name, &self.vhost_name);
+        if if_unused && !self.consumers.is_empty() {
+            return Err(precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
+        }
+        if if_empty && !self.is_empty() {
+            return Err(precondition(format!("queue '{name}' in vhost '{vhost}' is not empty")));
+        }
+        Ok(())
+    }
+
     /// Refuses access from any connection but the owner of an exclusive queue.
     pub fn check_access(&self, conn: ConnId) -> Result<(), AmqpError> {
         match self.spec.exclusive_owner {
